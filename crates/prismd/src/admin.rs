@@ -1,0 +1,224 @@
+//! Operator commands on the server machine: manage users and mint refresh tokens without a
+//! browser. They open the same database as `serve` (SQLite allows this while it runs) and go
+//! through the same domain functions as the API.
+
+use std::io::{BufRead, Write};
+use std::path::Path;
+
+use anyhow::Context;
+use clap::Subcommand;
+use prismd::domain::accounts::{self, Role, UserDraft, public_id};
+use prismd::domain::{RequestMeta, auth};
+use prismd::store::{SqliteStore, Store, User};
+
+const OPERATOR: &str = "operator";
+
+#[derive(Subcommand)]
+pub enum UsersCommand {
+    /// Add a user to the organization; prints the new user's id.
+    Add {
+        #[arg(long, env = "PRISMD_USER_EMAIL")]
+        email: String,
+        /// Display name (default: the email address).
+        #[arg(long, env = "PRISMD_USER_NAME")]
+        name: Option<String>,
+        /// Owner, Admin, Integrator, Restricted Integrator or Guest.
+        #[arg(long, env = "PRISMD_USER_ROLE", default_value = "Guest")]
+        role: String,
+        /// Read a password for browser login from the first line of stdin.
+        #[arg(long, env = "PRISMD_PASSWORD_STDIN")]
+        password_stdin: bool,
+    },
+    /// List the organization's users.
+    List {
+        /// JSON output, one array.
+        #[arg(long, env = "PRISMD_JSON")]
+        json: bool,
+        /// Include removed users.
+        #[arg(long, env = "PRISMD_USERS_ALL")]
+        all: bool,
+    },
+    /// Remove a user: their refresh and access tokens stop working at once.
+    Remove {
+        #[arg(long, env = "PRISMD_USER_EMAIL")]
+        email: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TokensCommand {
+    /// Mint a refresh token for a user and print it (only it) on stdout.
+    Create {
+        #[arg(long, env = "PRISMD_USER_EMAIL")]
+        email: String,
+        /// A name for the token, for example the CI pipeline that will use it.
+        #[arg(long, env = "PRISMD_TOKEN_NAME")]
+        name: Option<String>,
+    },
+}
+
+async fn open(data_dir: &Path) -> anyhow::Result<SqliteStore> {
+    SqliteStore::open(data_dir, 1)
+        .await
+        .with_context(|| format!("cannot open the database in {}", data_dir.display()))
+}
+
+pub async fn users(data_dir: &Path, command: UsersCommand) -> anyhow::Result<()> {
+    let store = open(data_dir).await?;
+    let result = run_users(&store, command).await;
+    store.close().await;
+    result
+}
+
+pub async fn tokens(data_dir: &Path, command: TokensCommand) -> anyhow::Result<()> {
+    let store = open(data_dir).await?;
+    let result = run_tokens(&store, command).await;
+    store.close().await;
+    result
+}
+
+async fn run_users(store: &SqliteStore, command: UsersCommand) -> anyhow::Result<()> {
+    let org = accounts::default_org(store).await?;
+    let meta = RequestMeta::default();
+    match command {
+        UsersCommand::Add {
+            email,
+            name,
+            role,
+            password_stdin,
+        } => {
+            let role: Role = role.parse()?;
+            let password = if password_stdin {
+                Some(read_password()?)
+            } else {
+                None
+            };
+            let draft = UserDraft {
+                email,
+                name,
+                role,
+                password,
+            };
+            let user = accounts::add_user(store, &org, draft, OPERATOR.into(), &meta).await?;
+            println!("{}", public_id("User", &user.id));
+        }
+        UsersCommand::List { json, all } => {
+            let users = store.list_users(&org.id, all).await?;
+            if json {
+                let rows: Vec<_> = users.iter().map(user_json).collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print_table(&users, all)?;
+            }
+        }
+        UsersCommand::Remove { email } => {
+            let user = accounts::find_user(store, &org, &email).await?;
+            accounts::remove_user(store, &user, OPERATOR.into(), &meta).await?;
+            eprintln!("Removed {}; their tokens no longer work.", user.email);
+        }
+    }
+    Ok(())
+}
+
+async fn run_tokens(store: &SqliteStore, command: TokensCommand) -> anyhow::Result<()> {
+    let org = accounts::default_org(store).await?;
+    match command {
+        TokensCommand::Create { email, name } => {
+            let user = accounts::find_user(store, &org, &email).await?;
+            let name = name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
+            let token = auth::mint_refresh_token(
+                store,
+                &user,
+                name,
+                OPERATOR.into(),
+                &RequestMeta::default(),
+            )
+            .await?;
+            println!("{token}");
+        }
+    }
+    Ok(())
+}
+
+fn read_password() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the password from stdin")?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+fn rfc3339(ms: i64) -> String {
+    let at =
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+fn role_name(key: &str) -> String {
+    key.parse::<Role>()
+        .map(|r| r.name().to_owned())
+        .unwrap_or_else(|_| key.to_owned())
+}
+
+fn user_json(user: &User) -> serde_json::Value {
+    serde_json::json!({
+        "id": public_id("User", &user.id),
+        "email": user.email,
+        "name": user.name,
+        "role": role_name(&user.role),
+        "createdAt": rfc3339(user.created_at),
+        "removedAt": user.removed_at.map(rfc3339),
+    })
+}
+
+fn print_table(users: &[User], with_status: bool) -> anyhow::Result<()> {
+    let mut rows = vec![vec![
+        "ID".to_owned(),
+        "EMAIL".to_owned(),
+        "NAME".to_owned(),
+        "ROLE".to_owned(),
+        "CREATED".to_owned(),
+    ]];
+    if with_status {
+        rows[0].push("STATUS".to_owned());
+    }
+    for user in users {
+        let mut row = vec![
+            public_id("User", &user.id),
+            user.email.clone(),
+            user.name.clone(),
+            role_name(&user.role),
+            rfc3339(user.created_at),
+        ];
+        if with_status {
+            row.push(
+                if user.removed_at.is_some() {
+                    "removed"
+                } else {
+                    "active"
+                }
+                .to_owned(),
+            );
+        }
+        rows.push(row);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|col| {
+            rows.iter()
+                .map(|r| r[col].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        writeln!(out, "{}", cells.join("  ").trim_end())?;
+    }
+    Ok(())
+}

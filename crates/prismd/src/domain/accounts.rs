@@ -1,0 +1,333 @@
+//! Accounts: organizations, users and their roles, the first-start bootstrap, and the opaque
+//! public ids (`base64("User:<uuid>")`, as Prismatic's) used by the API and the admin commands.
+
+use std::fmt;
+use std::str::FromStr;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use prism_proto::token_format::{self, SecretKind};
+
+use super::{DomainError, RequestMeta, now_ms, passwords};
+use crate::store::{AuditEvent, NewOrganization, NewUser, Organization, Store, StoreError, User};
+
+/// Roles of an organization member, most privileged first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Owner,
+    Admin,
+    Integrator,
+    RestrictedIntegrator,
+    Guest,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [
+        Role::Owner,
+        Role::Admin,
+        Role::Integrator,
+        Role::RestrictedIntegrator,
+        Role::Guest,
+    ];
+
+    /// The stored form.
+    pub fn key(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::Integrator => "integrator",
+            Role::RestrictedIntegrator => "restricted_integrator",
+            Role::Guest => "guest",
+        }
+    }
+
+    /// The display name, as Prismatic shows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Owner => "Owner",
+            Role::Admin => "Admin",
+            Role::Integrator => "Integrator",
+            Role::RestrictedIntegrator => "Restricted Integrator",
+            Role::Guest => "Guest",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Role {
+    type Err = DomainError;
+
+    /// Accepts the key or the display name in any case, with spaces, hyphens or underscores.
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        let wanted: String = input
+            .trim()
+            .chars()
+            .map(|c| {
+                if c == ' ' || c == '-' {
+                    '_'
+                } else {
+                    c.to_ascii_lowercase()
+                }
+            })
+            .collect();
+        Role::ALL
+            .into_iter()
+            .find(|role| role.key() == wanted)
+            .ok_or_else(|| {
+                let names: Vec<_> = Role::ALL.iter().map(|r| r.name()).collect();
+                DomainError::InvalidInput(format!("unknown role; use one of: {}", names.join(", ")))
+            })
+    }
+}
+
+/// Lower-cases and checks an email address (one `@`, no spaces, at most 254 characters).
+pub fn normalize_email(input: &str) -> Result<String, DomainError> {
+    let email = input.trim().to_lowercase();
+    let valid = email.len() <= 254
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty() && !domain.is_empty() && !domain.contains('@')
+        });
+    if valid {
+        Ok(email)
+    } else {
+        Err(DomainError::InvalidInput(
+            "not a valid email address".into(),
+        ))
+    }
+}
+
+/// The opaque public id of a record: `base64("<Kind>:<uuid>")`.
+pub fn public_id(kind: &str, id: &str) -> String {
+    STANDARD.encode(format!("{kind}:{id}"))
+}
+
+/// The inner id of a public id of `kind`, if it is one.
+pub fn parse_public_id(kind: &str, public: &str) -> Option<String> {
+    let decoded = String::from_utf8(STANDARD.decode(public).ok()?).ok()?;
+    decoded
+        .strip_prefix(kind)?
+        .strip_prefix(':')
+        .map(str::to_owned)
+}
+
+/// A user to add.
+#[derive(Debug, Clone)]
+pub struct UserDraft {
+    pub email: String,
+    pub name: Option<String>,
+    pub role: Role,
+    pub password: Option<String>,
+}
+
+/// Adds a user to `org`. `actor` names who did it in the audit trail.
+pub async fn add_user(
+    store: &dyn Store,
+    org: &Organization,
+    draft: UserDraft,
+    actor: String,
+    meta: &RequestMeta,
+) -> Result<User, DomainError> {
+    let email = normalize_email(&draft.email)?;
+    let name = draft
+        .name
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty());
+    if name.as_ref().is_some_and(|n| n.chars().count() > 200) {
+        return Err(DomainError::InvalidInput(
+            "the name must have at most 200 characters".into(),
+        ));
+    }
+    let password_hash = match draft.password {
+        Some(password) => Some(passwords::hash(password).await?),
+        None => None,
+    };
+    let now = now_ms();
+    let id = uuid::Uuid::new_v4().to_string();
+    let detail = serde_json::json!({ "email": email, "role": draft.role.key() }).to_string();
+    let user = NewUser {
+        id: id.clone(),
+        org_id: org.id.clone(),
+        name: name.unwrap_or_else(|| email.clone()),
+        email,
+        role: draft.role.key().to_owned(),
+        password_hash,
+        created_at: now,
+    };
+    let audit = AuditEvent {
+        at: now,
+        action: "user.created",
+        actor,
+        org_id: Some(org.id.clone()),
+        subject_user_id: Some(id),
+        address: meta.address.clone(),
+        user_agent: meta.user_agent.clone(),
+        detail: Some(detail),
+    };
+    store
+        .create_user(user, audit)
+        .await
+        .map_err(|err| match err {
+            StoreError::Conflict(_) => DomainError::Conflict(
+                "an active user with this email already exists in the organization".into(),
+            ),
+            other => other.into(),
+        })
+}
+
+/// Removes a user: from this moment none of their tokens is honoured.
+pub async fn remove_user(
+    store: &dyn Store,
+    user: &User,
+    actor: String,
+    meta: &RequestMeta,
+) -> Result<(), DomainError> {
+    let now = now_ms();
+    let audit = AuditEvent {
+        at: now,
+        action: "user.removed",
+        actor,
+        org_id: Some(user.org_id.clone()),
+        subject_user_id: Some(user.id.clone()),
+        address: meta.address.clone(),
+        user_agent: meta.user_agent.clone(),
+        detail: Some(serde_json::json!({ "email": user.email }).to_string()),
+    };
+    if store.remove_user(&user.id, now, audit).await? {
+        Ok(())
+    } else {
+        Err(DomainError::NotFound("no active user with that id".into()))
+    }
+}
+
+/// What the first start created; the password is shown to the operator once.
+#[derive(Debug)]
+pub struct Bootstrapped {
+    pub org: Organization,
+    pub owner_email: String,
+    pub owner_password: String,
+}
+
+/// On an empty database, creates the organization and its Owner with a generated password.
+pub async fn bootstrap(
+    store: &dyn Store,
+    org_name: &str,
+    owner_email: &str,
+) -> Result<Option<Bootstrapped>, DomainError> {
+    let owner_email = normalize_email(owner_email)?;
+    // 43 characters of base62 from the OS CSPRNG; the token format's generator provides them.
+    let owner_password = token_format::generate(SecretKind::RefreshToken)
+        .map_err(|_| DomainError::Internal("randomness failed"))?
+        [SecretKind::RefreshToken.prefix().len()..][..24]
+        .to_owned();
+    let password_hash = passwords::hash(owner_password.clone()).await?;
+    let now = now_ms();
+    let org = Organization {
+        id: uuid::Uuid::new_v4().to_string(),
+        name: org_name.trim().to_owned(),
+        tenant_id: uuid::Uuid::new_v4().to_string(),
+        created_at: now,
+    };
+    let owner_id = uuid::Uuid::new_v4().to_string();
+    let created = store
+        .bootstrap(
+            NewOrganization {
+                id: org.id.clone(),
+                name: org.name.clone(),
+                tenant_id: org.tenant_id.clone(),
+                created_at: now,
+            },
+            NewUser {
+                id: owner_id.clone(),
+                org_id: org.id.clone(),
+                email: owner_email.clone(),
+                name: "Owner".into(),
+                role: Role::Owner.key().into(),
+                password_hash: Some(password_hash),
+                created_at: now,
+            },
+            AuditEvent {
+                at: now,
+                action: "org.bootstrapped",
+                actor: "operator".into(),
+                org_id: Some(org.id.clone()),
+                subject_user_id: Some(owner_id),
+                address: None,
+                user_agent: None,
+                detail: Some(
+                    serde_json::json!({ "org": org.name, "owner": owner_email }).to_string(),
+                ),
+            },
+        )
+        .await?;
+    Ok(created.then_some(Bootstrapped {
+        org,
+        owner_email,
+        owner_password,
+    }))
+}
+
+/// The install's organization, or a clear error when the server was never started.
+pub async fn default_org(store: &dyn Store) -> Result<Organization, DomainError> {
+    store.default_organization().await?.ok_or_else(|| {
+        DomainError::NotFound(
+            "no organization exists yet; start the server once ('prismd serve') to create it"
+                .into(),
+        )
+    })
+}
+
+/// The active user with this email in `org`.
+pub async fn find_user(
+    store: &dyn Store,
+    org: &Organization,
+    email: &str,
+) -> Result<User, DomainError> {
+    let email = normalize_email(email)?;
+    store
+        .find_active_user_by_email(&org.id, &email)
+        .await?
+        .ok_or_else(|| DomainError::NotFound(format!("no active user with email {email}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_parse_leniently_and_reject_unknown() -> Result<(), DomainError> {
+        assert_eq!(
+            "Restricted Integrator".parse::<Role>()?,
+            Role::RestrictedIntegrator
+        );
+        assert_eq!(
+            "restricted-integrator".parse::<Role>()?,
+            Role::RestrictedIntegrator
+        );
+        assert_eq!("ADMIN".parse::<Role>()?, Role::Admin);
+        assert!("root".parse::<Role>().is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn emails_normalize_and_validate() -> Result<(), DomainError> {
+        assert_eq!(normalize_email(" Ada@Example.COM ")?, "ada@example.com");
+        for bad in ["", "ada", "@x", "a@", "a b@x", "a@b@c"] {
+            assert!(normalize_email(bad).is_err(), "{bad}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn public_ids_round_trip() {
+        let id = public_id("User", "0b3c");
+        assert_eq!(id, "VXNlcjowYjNj");
+        assert_eq!(parse_public_id("User", &id).as_deref(), Some("0b3c"));
+        assert_eq!(parse_public_id("Organization", &id), None);
+    }
+}

@@ -1,0 +1,289 @@
+//! Token flows: exchange a refresh token for an access token, revoke all of a user's tokens,
+//! authenticate a bearer token, and mint a refresh token. `/auth/*`, `/oauth/token`, `/api`
+//! and the admin commands all go through here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use prism_proto::token_format::{self, SecretKind};
+use prism_proto::wire::TokenResponse;
+use ring::rand::{SecureRandom, SystemRandom};
+
+use super::standing::{self, Standing};
+use super::usage::UsageRecorder;
+use super::{BearerError, DomainError, GrantError, RequestMeta, now_ms};
+use crate::store::{AuditEvent, NewRefreshToken, Organization, Store, User};
+use crate::tokens::jwt::Audience;
+use crate::tokens::{AccessClaims, KeyRing, VerifyExpectations, hash_secret};
+
+/// The public OAuth client of the `prism` CLI; refresh tokens minted by operators belong to it
+/// too, so the official client can use them.
+pub const CLI_CLIENT_ID: &str = "prism-cli";
+/// Scope of refresh tokens minted for the CLI and for CI.
+pub const DEFAULT_SCOPE: &str = "openid profile email offline_access";
+
+/// Issuer, audience and lifetime of access tokens.
+#[derive(Debug, Clone)]
+pub struct TokenSettings {
+    pub issuer: String,
+    pub audience: String,
+    pub access_token_ttl: Duration,
+}
+
+/// The caller behind a verified, still-standing access token.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user: User,
+    pub org: Organization,
+    pub claims: AccessClaims,
+}
+
+/// What a revoke request did. The HTTP answer is the same either way (RFC 7009: no oracle).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevokeOutcome {
+    Revoked,
+    NothingToRevoke,
+}
+
+/// The token service.
+pub struct AuthService {
+    store: Arc<dyn Store>,
+    keys: Arc<KeyRing>,
+    settings: TokenSettings,
+    usage: UsageRecorder,
+    rng: SystemRandom,
+}
+
+impl AuthService {
+    pub fn new(store: Arc<dyn Store>, keys: Arc<KeyRing>, settings: TokenSettings) -> Self {
+        Self {
+            store,
+            keys,
+            settings,
+            usage: UsageRecorder::default(),
+            rng: SystemRandom::new(),
+        }
+    }
+
+    pub fn settings(&self) -> &TokenSettings {
+        &self.settings
+    }
+
+    pub fn keys(&self) -> &KeyRing {
+        &self.keys
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn usage(&self) -> &UsageRecorder {
+        &self.usage
+    }
+
+    /// The hot path: checksum, hash, one indexed read, the standing rule, one signature.
+    /// `client_id` is checked when the caller names one (the OAuth endpoint does); an empty
+    /// `tenant_id` counts as absent.
+    pub async fn exchange_refresh_token(
+        &self,
+        refresh_token: &str,
+        tenant_id: Option<&str>,
+        client_id: Option<&str>,
+        meta: &RequestMeta,
+    ) -> Result<TokenResponse, DomainError> {
+        token_format::validate(SecretKind::RefreshToken, refresh_token)
+            .map_err(|err| DomainError::InvalidGrant(GrantError::Malformed(err)))?;
+        let grant = self
+            .store
+            .find_refresh_grant(&hash_secret(refresh_token))
+            .await?
+            .ok_or(DomainError::InvalidGrant(GrantError::Unknown))?;
+        standing::check(Standing {
+            user_removed: grant.user_removed_at.is_some(),
+            user_epoch: grant.user_epoch,
+            token_epoch: grant.token_epoch,
+            session_revoked: grant.token_revoked_at.is_some(),
+        })
+        .map_err(|denial| DomainError::InvalidGrant(GrantError::Denied(denial)))?;
+        if client_id.is_some_and(|client| client != grant.client_id) {
+            return Err(DomainError::InvalidGrant(GrantError::WrongClient));
+        }
+        if let Some(tenant) = tenant_id.filter(|t| !t.is_empty())
+            && tenant != grant.tenant_id
+        {
+            return Err(DomainError::AccessDenied(
+                "the user of this refresh token is not a member of that tenant".to_owned(),
+            ));
+        }
+        let now = now_ms();
+        let now_secs = now / 1000;
+        let ttl = i64::try_from(self.settings.access_token_ttl.as_secs()).unwrap_or(i64::MAX);
+        let claims = AccessClaims {
+            iss: self.settings.issuer.clone(),
+            sub: grant.user_id,
+            aud: Audience::One(self.settings.audience.clone()),
+            exp: now_secs.saturating_add(ttl),
+            iat: now_secs,
+            nbf: None,
+            jti: self.random_id()?,
+            client_id: grant.client_id,
+            scope: grant.scope,
+            tid: grant.tenant_id,
+            sid: grant.token_id,
+            ep: grant.user_epoch,
+        };
+        let access_token = self
+            .keys
+            .sign(&claims)
+            .map_err(|_| DomainError::Internal("signing failed"))?;
+        self.usage.record(&claims.sid, now, meta.address.as_deref());
+        Ok(TokenResponse {
+            access_token,
+            token_type: "Bearer".to_owned(),
+            expires_in: self.settings.access_token_ttl.as_secs(),
+            scope: claims.scope,
+            refresh_token: None,
+            id_token: None,
+        })
+    }
+
+    /// Revokes every refresh token of the presented token's user, and with them every access
+    /// token issued before now, in one durable write. A token that is malformed, unknown or
+    /// already dead revokes nothing: otherwise a leaked, already-revoked token could be used to
+    /// kill its owner's new tokens again and again.
+    pub async fn revoke_all(
+        &self,
+        refresh_token: &str,
+        meta: &RequestMeta,
+    ) -> Result<RevokeOutcome, DomainError> {
+        if token_format::validate(SecretKind::RefreshToken, refresh_token).is_err() {
+            return Ok(RevokeOutcome::NothingToRevoke);
+        }
+        let Some(grant) = self
+            .store
+            .find_refresh_grant(&hash_secret(refresh_token))
+            .await?
+        else {
+            return Ok(RevokeOutcome::NothingToRevoke);
+        };
+        let stands = standing::check(Standing {
+            user_removed: grant.user_removed_at.is_some(),
+            user_epoch: grant.user_epoch,
+            token_epoch: grant.token_epoch,
+            session_revoked: grant.token_revoked_at.is_some(),
+        });
+        if stands.is_err() {
+            return Ok(RevokeOutcome::NothingToRevoke);
+        }
+        let audit = AuditEvent {
+            at: now_ms(),
+            action: "tokens.revoked_all",
+            actor: format!("session:{}", grant.token_id),
+            org_id: None,
+            subject_user_id: Some(grant.user_id.clone()),
+            address: meta.address.clone(),
+            user_agent: meta.user_agent.clone(),
+            detail: None,
+        };
+        // `false` means a concurrent revoke moved the epoch first: the tokens are dead either way.
+        self.store
+            .revoke_all_tokens(&grant.user_id, grant.user_epoch, audit)
+            .await?;
+        Ok(RevokeOutcome::Revoked)
+    }
+
+    /// Verifies a bearer token and applies the standing rule with the user's current state.
+    pub async fn authenticate_access_token(&self, token: &str) -> Result<Principal, DomainError> {
+        let expect = VerifyExpectations {
+            issuer: &self.settings.issuer,
+            audience: &self.settings.audience,
+            now_secs: now_ms() / 1000,
+        };
+        let claims = self
+            .keys
+            .verify(token, &expect)
+            .map_err(|err| DomainError::InvalidToken(BearerError::Jwt(err)))?;
+        let record = self
+            .store
+            .principal(&claims.sub, &claims.sid)
+            .await?
+            .ok_or(DomainError::InvalidToken(BearerError::UnknownUser))?;
+        standing::check(Standing {
+            user_removed: record.user.removed_at.is_some(),
+            user_epoch: record.user.token_epoch,
+            token_epoch: claims.ep,
+            session_revoked: !matches!(record.session_revoked_at, Some(None)),
+        })
+        .map_err(|denial| DomainError::InvalidToken(BearerError::Denied(denial)))?;
+        Ok(Principal {
+            user: record.user,
+            org: record.org,
+            claims,
+        })
+    }
+
+    /// Mints a new refresh token for `user`; only its hash is stored. Returns the secret.
+    pub async fn mint_refresh_token(
+        &self,
+        user: &User,
+        name: Option<String>,
+        actor: String,
+        meta: &RequestMeta,
+    ) -> Result<String, DomainError> {
+        mint_refresh_token(self.store.as_ref(), user, name, actor, meta).await
+    }
+
+    fn random_id(&self) -> Result<String, DomainError> {
+        let mut bytes = [0u8; 16];
+        self.rng
+            .fill(&mut bytes)
+            .map_err(|_| DomainError::Internal("randomness failed"))?;
+        Ok(URL_SAFE_NO_PAD.encode(bytes))
+    }
+}
+
+/// Mints a refresh token with nothing but a store: the admin commands use this without keys.
+pub async fn mint_refresh_token(
+    store: &dyn Store,
+    user: &User,
+    name: Option<String>,
+    actor: String,
+    meta: &RequestMeta,
+) -> Result<String, DomainError> {
+    let secret = token_format::generate(SecretKind::RefreshToken)
+        .map_err(|_| DomainError::Internal("randomness failed"))?;
+    let now = now_ms();
+    let token_id = uuid::Uuid::new_v4().to_string();
+    let detail = serde_json::json!({ "token_id": token_id, "name": name }).to_string();
+    let inserted = store
+        .insert_refresh_token(
+            NewRefreshToken {
+                id: token_id,
+                token_hash: hash_secret(&secret),
+                user_id: user.id.clone(),
+                client_id: CLI_CLIENT_ID.to_owned(),
+                name,
+                scope: DEFAULT_SCOPE.to_owned(),
+                created_at: now,
+            },
+            AuditEvent {
+                at: now,
+                action: "token.minted",
+                actor,
+                org_id: Some(user.org_id.clone()),
+                subject_user_id: Some(user.id.clone()),
+                address: meta.address.clone(),
+                user_agent: meta.user_agent.clone(),
+                detail: Some(detail),
+            },
+        )
+        .await?;
+    if !inserted {
+        return Err(DomainError::NotFound(
+            "the user does not exist or has been removed".to_owned(),
+        ));
+    }
+    Ok(secret)
+}

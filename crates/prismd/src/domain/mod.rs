@@ -1,0 +1,87 @@
+//! The rules of the service, independent of HTTP: exchanging and revoking tokens, deciding
+//! whether a caller still stands, and managing accounts. Handlers, GraphQL resolvers and the
+//! admin commands all call these functions, so each rule lives in one place.
+
+pub mod accounts;
+pub mod auth;
+pub mod passwords;
+pub mod standing;
+pub mod usage;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prism_proto::TokenFormatError;
+
+use crate::store::StoreError;
+use crate::tokens::JwtError;
+pub use standing::Denial;
+
+/// The domain layer's one error type.
+#[derive(Debug, thiserror::Error)]
+pub enum DomainError {
+    /// The caller sent something unusable; the message says what and never echoes a secret.
+    #[error("{0}")]
+    InvalidInput(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// A refresh token that cannot be exchanged (OAuth `invalid_grant`).
+    #[error("{0}")]
+    InvalidGrant(GrantError),
+    /// The token is fine but does not give access to what was asked (OAuth `access_denied`).
+    #[error("{0}")]
+    AccessDenied(String),
+    /// A bearer token that does not authenticate (RFC 6750 `invalid_token`).
+    #[error("{0}")]
+    InvalidToken(BearerError),
+    /// The database is unreachable or failing; the caller may retry.
+    #[error("storage unavailable: {0}")]
+    Unavailable(#[from] StoreError),
+    /// Something that should never happen (randomness or signing failed).
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+/// Why a refresh token was refused. Messages are written for someone reading a CI log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum GrantError {
+    #[error(
+        "the refresh token is malformed: {0}; copy it again from 'prism me:token --type refresh'"
+    )]
+    Malformed(TokenFormatError),
+    #[error(
+        "the refresh token is not known to this server; check that the right secret is configured"
+    )]
+    Unknown,
+    #[error("the refresh token was issued to another client")]
+    WrongClient,
+    #[error("{0}")]
+    Denied(Denial),
+}
+
+/// Why a bearer token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BearerError {
+    #[error("{0}")]
+    Jwt(JwtError),
+    #[error("the access token's user does not exist")]
+    UnknownUser,
+    #[error("{0}")]
+    Denied(Denial),
+}
+
+/// Where a request came from, for audit events and last-use records.
+#[derive(Debug, Clone, Default)]
+pub struct RequestMeta {
+    pub address: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// Milliseconds since the Unix epoch; the storage layer's time unit.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

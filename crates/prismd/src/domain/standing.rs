@@ -1,0 +1,90 @@
+//! The one rule every endpoint applies before honouring a token: a removed user gets nothing,
+//! and a token issued before its user's last revoke-all (or from a revoked session) is dead.
+
+use std::fmt;
+
+/// Why a token's holder no longer stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denial {
+    UserRemoved,
+    Revoked,
+}
+
+impl fmt::Display for Denial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Denial::UserRemoved => "the token's user has been removed from the organization",
+            Denial::Revoked => {
+                "the token has been revoked; mint a new refresh token with 'prism me:token --type refresh'"
+            }
+        })
+    }
+}
+
+/// The facts the rule looks at, wherever they were read from.
+#[derive(Debug, Clone, Copy)]
+pub struct Standing {
+    pub user_removed: bool,
+    /// The user's current token epoch.
+    pub user_epoch: i64,
+    /// The epoch the presented token was issued under.
+    pub token_epoch: i64,
+    /// The session (refresh token) was revoked on its own, or no longer exists.
+    pub session_revoked: bool,
+}
+
+/// Applies the rule.
+pub fn check(standing: Standing) -> Result<(), Denial> {
+    if standing.user_removed {
+        return Err(Denial::UserRemoved);
+    }
+    if standing.session_revoked || standing.token_epoch != standing.user_epoch {
+        return Err(Denial::Revoked);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OK: Standing = Standing {
+        user_removed: false,
+        user_epoch: 3,
+        token_epoch: 3,
+        session_revoked: false,
+    };
+
+    #[test]
+    fn each_fact_denies_on_its_own() {
+        assert_eq!(check(OK), Ok(()));
+        assert_eq!(
+            check(Standing {
+                user_removed: true,
+                ..OK
+            }),
+            Err(Denial::UserRemoved)
+        );
+        assert_eq!(
+            check(Standing {
+                token_epoch: 2,
+                ..OK
+            }),
+            Err(Denial::Revoked)
+        );
+        assert_eq!(
+            check(Standing {
+                token_epoch: 4,
+                ..OK
+            }),
+            Err(Denial::Revoked)
+        );
+        assert_eq!(
+            check(Standing {
+                session_revoked: true,
+                ..OK
+            }),
+            Err(Denial::Revoked)
+        );
+    }
+}

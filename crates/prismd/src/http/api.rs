@@ -1,0 +1,130 @@
+//! `POST /api`: the GraphQL API that access tokens unlock. The bearer token is verified and
+//! the caller's standing checked before the query is even parsed; resolvers get the
+//! [`Principal`] and never see the token.
+
+use async_graphql::{Context, EmptyMutation, EmptySubscription, ID, Object, Schema, SimpleObject};
+use axum::Json;
+use axum::extract::{FromRequestParts, State};
+use axum::http::header;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use super::body::{BodyShape, JsonBody};
+use super::error::HttpError;
+use crate::domain::accounts::public_id;
+use crate::domain::auth::Principal;
+
+pub type ApiSchema = Schema<QueryRoot, EmptyMutation, EmptySubscription>;
+
+/// Builds the schema with limits that keep hostile queries cheap.
+pub fn schema() -> ApiSchema {
+    Schema::build(QueryRoot, EmptyMutation, EmptySubscription)
+        .limit_depth(16)
+        .limit_complexity(1000)
+        .limit_recursive_depth(32)
+        .finish()
+}
+
+/// GraphQL requests: `{query, variables, operationName}`.
+pub struct GraphqlRequest(async_graphql::Request);
+
+impl<'de> serde::Deserialize<'de> for GraphqlRequest {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        async_graphql::Request::deserialize(deserializer).map(GraphqlRequest)
+    }
+}
+
+impl BodyShape for GraphqlRequest {
+    const MAX_BYTES: usize = 256 * 1024;
+    const EXPECTED: &'static str =
+        r#"a JSON object with a string field "query" and optional "variables" and "operationName""#;
+}
+
+/// The authenticated caller, from `Authorization: Bearer <access token>`.
+pub struct Authenticated(pub Principal);
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, HttpError> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| {
+                let (scheme, token) = value.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            })
+            .filter(|token| !token.is_empty())
+            .ok_or_else(HttpError::missing_bearer)?;
+        Ok(Authenticated(
+            state.auth.authenticate_access_token(token).await?,
+        ))
+    }
+}
+
+pub async fn graphql(
+    State(state): State<AppState>,
+    Authenticated(principal): Authenticated,
+    JsonBody(GraphqlRequest(request)): JsonBody<GraphqlRequest>,
+) -> Response {
+    let response = state.schema.execute(request.data(principal)).await;
+    Json(response).into_response()
+}
+
+pub struct QueryRoot;
+
+#[Object]
+impl QueryRoot {
+    /// The user the access token belongs to.
+    async fn authenticated_user(&self, ctx: &Context<'_>) -> async_graphql::Result<UserNode> {
+        let principal = ctx.data::<Principal>()?;
+        Ok(UserNode::from(principal))
+    }
+}
+
+/// A user as the API shows it.
+#[derive(SimpleObject)]
+#[graphql(name = "User")]
+pub struct UserNode {
+    id: ID,
+    name: String,
+    email: String,
+    tenant_id: String,
+    org: Option<OrganizationNode>,
+    /// Set for customer users; this server has organization users only, so always null.
+    customer: Option<CustomerNode>,
+}
+
+#[derive(SimpleObject)]
+#[graphql(name = "Organization")]
+pub struct OrganizationNode {
+    id: ID,
+    name: String,
+}
+
+#[derive(SimpleObject)]
+#[graphql(name = "Customer")]
+pub struct CustomerNode {
+    id: ID,
+    name: String,
+}
+
+impl From<&Principal> for UserNode {
+    fn from(principal: &Principal) -> Self {
+        let user = &principal.user;
+        let org = &principal.org;
+        UserNode {
+            id: ID(public_id("User", &user.id)),
+            name: user.name.clone(),
+            email: user.email.clone(),
+            tenant_id: org.tenant_id.clone(),
+            org: Some(OrganizationNode {
+                id: ID(public_id("Organization", &org.id)),
+                name: org.name.clone(),
+            }),
+            customer: None,
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! The HTTP layer's one error type: every failure becomes a JSON body in the OAuth shape
+//! (`error`, `error_description`) with a fitting status, and never carries internals or
+//! secrets. Storage trouble is a 503 with `Retry-After`, so clients retry instead of failing.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use prism_proto::wire::OAuthErrorBody;
+
+use crate::domain::DomainError;
+
+#[derive(Debug)]
+pub struct HttpError {
+    status: StatusCode,
+    error: &'static str,
+    description: String,
+    /// Set for 401s: the RFC 6750 challenge.
+    challenge: Option<HeaderValue>,
+}
+
+impl HttpError {
+    pub fn new(status: StatusCode, error: &'static str, description: impl Into<String>) -> Self {
+        Self {
+            status,
+            error,
+            description: description.into(),
+            challenge: None,
+        }
+    }
+
+    pub fn invalid_request(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", description)
+    }
+
+    /// 401 for a request that carried no bearer token at all (RFC 6750 §3.1: no error code).
+    pub fn missing_bearer() -> Self {
+        Self {
+            challenge: Some(HeaderValue::from_static(r#"Bearer realm="prism""#)),
+            ..Self::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request",
+                "an 'Authorization: Bearer <access token>' header is required",
+            )
+        }
+    }
+
+    fn invalid_token(description: String) -> Self {
+        // Descriptions are our own fixed texts; drop quotes anyway so the header stays valid.
+        let safe: String = description
+            .chars()
+            .filter(|c| *c != '"' && *c != '\\')
+            .collect();
+        let challenge = HeaderValue::from_str(&format!(
+            r#"Bearer realm="prism", error="invalid_token", error_description="{safe}""#
+        ))
+        .unwrap_or_else(|_| HeaderValue::from_static(r#"Bearer error="invalid_token""#));
+        Self {
+            challenge: Some(challenge),
+            ..Self::new(StatusCode::UNAUTHORIZED, "invalid_token", description)
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl From<DomainError> for HttpError {
+    fn from(err: DomainError) -> Self {
+        match err {
+            DomainError::InvalidInput(msg) => Self::invalid_request(msg),
+            DomainError::NotFound(msg) => Self::new(StatusCode::NOT_FOUND, "not_found", msg),
+            DomainError::Conflict(msg) => Self::new(StatusCode::CONFLICT, "conflict", msg),
+            DomainError::InvalidGrant(reason) => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_grant", reason.to_string())
+            }
+            DomainError::AccessDenied(msg) => {
+                Self::new(StatusCode::FORBIDDEN, "access_denied", msg)
+            }
+            DomainError::InvalidToken(reason) => Self::invalid_token(reason.to_string()),
+            DomainError::Unavailable(cause) => {
+                tracing::error!(error = %cause, "storage unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "the service is temporarily unavailable; retry shortly",
+                )
+            }
+            DomainError::Internal(what) => {
+                tracing::error!(error = what, "internal error");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "internal server error",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let body = OAuthErrorBody {
+            error: self.error.to_owned(),
+            error_description: self.description,
+        };
+        let mut response = (self.status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(challenge) = self.challenge {
+            headers.insert(header::WWW_AUTHENTICATE, challenge);
+        }
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

@@ -1,0 +1,146 @@
+//! The HTTP surface: the router, shared state, request ids and the one-line access log.
+//! One module per flow; handlers parse, call one domain function and map the result.
+
+mod api;
+mod auth;
+mod body;
+mod error;
+mod oauth;
+mod ops;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use tower_http::timeout::TimeoutLayer;
+
+use crate::domain::RequestMeta;
+use crate::domain::auth::AuthService;
+
+pub use api::ApiSchema;
+pub use error::HttpError;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub auth: Arc<AuthService>,
+    pub schema: ApiSchema,
+    pub metadata: Arc<serde_json::Value>,
+}
+
+impl AppState {
+    pub fn new(auth: Arc<AuthService>) -> Self {
+        let metadata = Arc::new(oauth::metadata_document(&auth.settings().issuer));
+        Self {
+            auth,
+            schema: api::schema(),
+            metadata,
+        }
+    }
+}
+
+/// Builds the router with its middleware.
+pub fn router(state: AppState, request_timeout: Duration) -> Router {
+    Router::new()
+        .route("/auth/refresh", post(auth::refresh))
+        .route("/auth/revoke", post(auth::revoke))
+        .route("/oauth/token", post(oauth::token))
+        .route("/.well-known/jwks.json", get(oauth::jwks))
+        .route("/.well-known/openid-configuration", get(oauth::metadata))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(oauth::metadata),
+        )
+        .route("/api", post(api::graphql))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .fallback(oauth::not_found)
+        .with_state(state)
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
+        .layer(middleware::from_fn(access_log))
+}
+
+/// The caller's address and user agent, for audit events and last-use records.
+pub struct ClientMeta(pub RequestMeta);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientMeta {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let address = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip().to_string());
+        let user_agent = parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.chars().take(256).collect());
+        Ok(ClientMeta(RequestMeta {
+            address,
+            user_agent,
+        }))
+    }
+}
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A client-supplied request id is kept when it is short and plain; otherwise we make one.
+fn request_id(req: &Request) -> HeaderValue {
+    let supplied = req.headers().get(&X_REQUEST_ID).filter(|v| {
+        let bytes = v.as_bytes();
+        !bytes.is_empty()
+            && bytes.len() <= 64
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    });
+    match supplied {
+        Some(value) => value.clone(),
+        None => {
+            let n = REQUEST_COUNTER.fetch_add(1, Ordering::Relaxed);
+            HeaderValue::from_str(&format!("{:08x}-{n:x}", std::process::id()))
+                .unwrap_or_else(|_| HeaderValue::from_static("-"))
+        }
+    }
+}
+
+/// One line per request: method, route, status, latency, request id. The route is the
+/// matched pattern, never the raw path or query, and no header is logged, so no token can
+/// reach the log.
+async fn access_log(mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = request_id(&req);
+    req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "<unmatched>".to_owned());
+    let mut response = next.run(req).await;
+    let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    tracing::info!(
+        target: "prismd::access",
+        request_id = id.to_str().unwrap_or("-"),
+        %method,
+        route,
+        status = response.status().as_u16(),
+        latency_us,
+        "request"
+    );
+    response.headers_mut().insert(X_REQUEST_ID.clone(), id);
+    response
+}

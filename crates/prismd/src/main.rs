@@ -1,0 +1,165 @@
+//! The `prismd` binary: `serve`, and the operator's commands (`users`, `tokens`) that work on
+//! the same database as the server, also while it runs.
+
+mod admin;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use prismd::config::ServeConfig;
+use prismd::telemetry::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "prismd",
+    version,
+    about = "Prismatic-compatible API authentication server"
+)]
+struct Cli {
+    /// Directory that holds the SQLite database and the first Owner's password file.
+    #[arg(long, env = "PRISMD_DATA_DIR", default_value = "./data", global = true)]
+    data_dir: PathBuf,
+
+    /// Log format on stderr. The level is set with PRISMD_LOG (for example `info` or `debug`).
+    #[arg(
+        long,
+        env = "PRISMD_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Add, list and remove users.
+    #[command(subcommand)]
+    Users(admin::UsersCommand),
+    /// Mint refresh tokens.
+    #[command(subcommand)]
+    Tokens(admin::TokensCommand),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address and port to listen on.
+    #[arg(long, env = "PRISMD_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+
+    /// Public base URL of this server (the `iss` of its tokens). Default: http://<listen>.
+    #[arg(long, env = "PRISMD_ISSUER")]
+    issuer: Option<String>,
+
+    /// `aud` of access tokens. Default: <issuer>/api.
+    #[arg(long, env = "PRISMD_AUDIENCE")]
+    audience: Option<String>,
+
+    /// Lifetime of access tokens, for example `7d`, `12h` or `15m`.
+    #[arg(long, env = "PRISMD_ACCESS_TOKEN_TTL", default_value = "7d", value_parser = parse_duration)]
+    access_token_ttl: Duration,
+
+    /// Read connections to the database.
+    #[arg(long, env = "PRISMD_DB_READERS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+    db_readers: u32,
+
+    /// Longest time a request may take before it is answered with 408.
+    #[arg(long, env = "PRISMD_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    request_timeout: Duration,
+
+    /// Name of the organization created on the first start.
+    #[arg(long, env = "PRISMD_ORG_NAME", default_value = "My Organization")]
+    org_name: String,
+
+    /// Email of the Owner account created on the first start.
+    #[arg(long, env = "PRISMD_OWNER_EMAIL", default_value = "owner@localhost")]
+    owner_email: String,
+}
+
+fn parse_duration(input: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(input).map_err(|e| e.to_string())?;
+    if duration.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(duration)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    telemetry::init(cli.log_format, default_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => run_server(cli.data_dir, args).await,
+            Command::Users(command) => admin::users(&cli.data_dir, command).await,
+            Command::Tokens(command) => admin::tokens(&cli.data_dir, command).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_server(data_dir: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
+    let config = ServeConfig {
+        issuer: args.issuer,
+        audience: args.audience,
+        access_token_ttl: args.access_token_ttl,
+        db_readers: args.db_readers,
+        request_timeout: args.request_timeout,
+        org_name: args.org_name,
+        owner_email: args.owner_email,
+        ..ServeConfig::new(data_dir)
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", args.listen))?;
+    prismd::serve(config, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,244 @@
+//! Persistence: the `Store` trait every handler and domain function talks to, the records it
+//! returns, and the storage error type. One implementation per backend (SQLite today).
+
+mod sqlite;
+
+use async_trait::async_trait;
+
+pub use sqlite::SqliteStore;
+
+/// Storage failures. Handlers map every variant to a response without internals.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness rule was violated (for example an active user with that email exists).
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
+    /// The database could not be reached or answered with an error.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations could not be applied.
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The data directory or database file could not be prepared.
+    #[error("cannot prepare the database file: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// An organization (a Prismatic tenant).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Organization {
+    pub id: String,
+    pub name: String,
+    pub tenant_id: String,
+    pub created_at: i64,
+}
+
+/// A user account as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: String,
+    pub org_id: String,
+    pub email: String,
+    pub name: String,
+    pub role: String,
+    pub token_epoch: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub removed_at: Option<i64>,
+}
+
+/// A user to create.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub id: String,
+    pub org_id: String,
+    pub email: String,
+    pub name: String,
+    pub role: String,
+    pub password_hash: Option<String>,
+    pub created_at: i64,
+}
+
+/// An organization to create.
+#[derive(Debug, Clone)]
+pub struct NewOrganization {
+    pub id: String,
+    pub name: String,
+    pub tenant_id: String,
+    pub created_at: i64,
+}
+
+/// A refresh token to store. Only the SHA-256 of the secret is kept.
+#[derive(Debug, Clone)]
+pub struct NewRefreshToken {
+    pub id: String,
+    pub token_hash: [u8; 32],
+    pub user_id: String,
+    pub client_id: String,
+    pub name: Option<String>,
+    pub scope: String,
+    pub created_at: i64,
+}
+
+/// Everything the refresh exchange needs, read in one indexed look-up by token hash.
+#[derive(Debug, Clone)]
+pub struct RefreshGrant {
+    pub token_id: String,
+    pub token_epoch: i64,
+    pub token_revoked_at: Option<i64>,
+    pub client_id: String,
+    pub scope: String,
+    pub user_id: String,
+    pub user_epoch: i64,
+    pub user_removed_at: Option<i64>,
+    pub tenant_id: String,
+}
+
+/// The caller behind an access token: the user, their organization and the state of the
+/// session the token was issued from, read in one look-up.
+#[derive(Debug, Clone)]
+pub struct PrincipalRecord {
+    pub user: User,
+    pub org: Organization,
+    /// `None` when the session row does not exist (or belongs to someone else).
+    pub session_revoked_at: Option<Option<i64>>,
+}
+
+/// The last use of a refresh token, recorded in batches off the hot path.
+#[derive(Debug, Clone)]
+pub struct TokenUse {
+    pub token_id: String,
+    pub at: i64,
+    pub address: Option<String>,
+}
+
+/// A signing key as stored.
+#[derive(Debug, Clone)]
+pub struct SigningKeyRecord {
+    pub kid: String,
+    pub algorithm: String,
+    pub private_key: Vec<u8>,
+    pub public_key: Vec<u8>,
+    pub created_at: i64,
+    pub retired_at: Option<i64>,
+}
+
+/// A security event, written in the same transaction as the change it describes.
+#[derive(Debug, Clone)]
+pub struct AuditEvent {
+    pub at: i64,
+    pub action: &'static str,
+    pub actor: String,
+    pub org_id: Option<String>,
+    pub subject_user_id: Option<String>,
+    pub address: Option<String>,
+    pub user_agent: Option<String>,
+    /// Free-form JSON; never a secret.
+    pub detail: Option<String>,
+}
+
+/// An audit event as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub at: i64,
+    pub action: String,
+    pub actor: String,
+    pub org_id: Option<String>,
+    pub subject_user_id: Option<String>,
+    pub address: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// The one storage interface. Every method is a single short transaction.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Checks that the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Creates `org` and `owner` if no organization exists yet. Returns whether it did.
+    async fn bootstrap(
+        &self,
+        org: NewOrganization,
+        owner: NewUser,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError>;
+
+    /// The organization created first (the install's default).
+    async fn default_organization(&self) -> Result<Option<Organization>, StoreError>;
+
+    /// Creates a user; `Conflict` when an active user of the organization has that email.
+    async fn create_user(&self, user: NewUser, audit: AuditEvent) -> Result<User, StoreError>;
+
+    /// The active (not removed) user of `org_id` with this (normalised) email.
+    async fn find_active_user_by_email(
+        &self,
+        org_id: &str,
+        email: &str,
+    ) -> Result<Option<User>, StoreError>;
+
+    /// Users of an organization, oldest first.
+    async fn list_users(
+        &self,
+        org_id: &str,
+        include_removed: bool,
+    ) -> Result<Vec<User>, StoreError>;
+
+    /// Marks a user removed. Returns false when there was no such active user.
+    async fn remove_user(
+        &self,
+        user_id: &str,
+        at: i64,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError>;
+
+    /// Stores a new refresh token (its hash) under the user's current epoch, read in the same
+    /// statement so a concurrent revoke-all cannot leave it half-dead. Returns false when the
+    /// user does not exist or has been removed.
+    async fn insert_refresh_token(
+        &self,
+        token: NewRefreshToken,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError>;
+
+    /// The hot-path look-up: the token with this hash, its user and tenant.
+    async fn find_refresh_grant(
+        &self,
+        token_hash: &[u8; 32],
+    ) -> Result<Option<RefreshGrant>, StoreError>;
+
+    /// Revokes every refresh token and access token of a user in one durable write, by
+    /// moving the user's epoch on from `expected_epoch`. Returns false when the epoch had
+    /// already moved (someone else revoked first).
+    async fn revoke_all_tokens(
+        &self,
+        user_id: &str,
+        expected_epoch: i64,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError>;
+
+    /// The user, organization and session state behind an access token.
+    async fn principal(
+        &self,
+        user_id: &str,
+        session_id: &str,
+    ) -> Result<Option<PrincipalRecord>, StoreError>;
+
+    /// Records last-use times and addresses of refresh tokens (batched).
+    async fn record_token_uses(&self, uses: &[TokenUse]) -> Result<(), StoreError>;
+
+    /// Every signing key, newest first.
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError>;
+
+    /// Stores `key` unless an active (not retired) key exists already.
+    async fn insert_signing_key_if_none_active(
+        &self,
+        key: SigningKeyRecord,
+    ) -> Result<(), StoreError>;
+
+    /// Audit events, newest first, at most `limit`.
+    async fn recent_audit_events(&self, limit: i64) -> Result<Vec<AuditRecord>, StoreError>;
+
+    /// Closes connections cleanly (SQLite checkpoints its WAL).
+    async fn close(&self);
+}

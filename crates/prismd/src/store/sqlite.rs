@@ -1,0 +1,513 @@
+//! The embedded SQLite backend: one writer connection (SQLite allows one writer at a time, so
+//! queueing in the pool beats retrying on `SQLITE_BUSY`) and a pool of readers, WAL journal,
+//! and `synchronous = FULL` so that every commit (a revocation above all) is on disk before
+//! the reply.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+
+use super::{
+    AuditEvent, AuditRecord, NewOrganization, NewRefreshToken, NewUser, Organization,
+    PrincipalRecord, RefreshGrant, SigningKeyRecord, Store, StoreError, TokenUse, User,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// File name of the database inside the data directory.
+pub const DATABASE_FILE: &str = "prismd.db";
+
+/// How long a statement waits for another process's write lock (admin commands run beside
+/// the server) before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const USER_COLUMNS: &str = "u.id, u.org_id, u.email, u.name, u.role, u.token_epoch, \
+     u.created_at, u.updated_at, u.removed_at";
+
+/// SQLite-backed [`Store`].
+pub struct SqliteStore {
+    writer: SqlitePool,
+    readers: SqlitePool,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `<data_dir>/prismd.db` and applies migrations.
+    pub async fn open(data_dir: &Path, readers: u32) -> Result<Self, StoreError> {
+        let path = prepare_database_file(data_dir)?;
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone())
+            .await?;
+        MIGRATOR.run(&writer).await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(readers.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        Ok(Self {
+            writer,
+            readers,
+            path,
+        })
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        // IMMEDIATE takes the write lock up front, so a read-then-write transaction never
+        // fails half-way when an admin command writes at the same moment.
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+/// Creates the data directory (0700) and the database file (0600) before SQLite does, so
+/// neither is ever readable by other local users.
+fn prepare_database_file(data_dir: &Path) -> Result<PathBuf, std::io::Error> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if !data_dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)?;
+    }
+    let path = data_dir.join(DATABASE_FILE);
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&path)?;
+    Ok(path)
+}
+
+async fn insert_audit(
+    tx: &mut Transaction<'static, Sqlite>,
+    event: &AuditEvent,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO audit_events (at, action, actor, org_id, subject_user_id, address, user_agent, detail) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(event.at)
+    .bind(event.action)
+    .bind(&event.actor)
+    .bind(&event.org_id)
+    .bind(&event.subject_user_id)
+    .bind(&event.address)
+    .bind(&event.user_agent)
+    .bind(&event.detail)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn user_from_row(row: &SqliteRow) -> Result<User, sqlx::Error> {
+    Ok(User {
+        id: row.try_get("id")?,
+        org_id: row.try_get("org_id")?,
+        email: row.try_get("email")?,
+        name: row.try_get("name")?,
+        role: row.try_get("role")?,
+        token_epoch: row.try_get("token_epoch")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        removed_at: row.try_get("removed_at")?,
+    })
+}
+
+fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.readers).await?;
+        Ok(())
+    }
+
+    async fn bootstrap(
+        &self,
+        org: NewOrganization,
+        owner: NewUser,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let existing: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM organizations")
+            .fetch_one(&mut *tx)
+            .await?;
+        if existing > 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO organizations (id, name, tenant_id, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&org.id)
+        .bind(&org.name)
+        .bind(&org.tenant_id)
+        .bind(org.created_at)
+        .execute(&mut *tx)
+        .await?;
+        insert_user(&mut tx, &owner).await?;
+        insert_audit(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn default_organization(&self) -> Result<Option<Organization>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, name, tenant_id, created_at FROM organizations ORDER BY created_at, id LIMIT 1",
+        )
+        .fetch_optional(&self.readers)
+        .await?;
+        row.map(|row| {
+            Ok(Organization {
+                id: row.try_get("id")?,
+                name: row.try_get("name")?,
+                tenant_id: row.try_get("tenant_id")?,
+                created_at: row.try_get("created_at")?,
+            })
+        })
+        .transpose()
+        .map_err(StoreError::Database)
+    }
+
+    async fn create_user(&self, user: NewUser, audit: AuditEvent) -> Result<User, StoreError> {
+        let mut tx = self.begin_write().await?;
+        match insert_user(&mut tx, &user).await {
+            Ok(()) => {}
+            Err(err) if is_unique_violation(&err) => {
+                return Err(StoreError::Conflict(
+                    "an active user with this email exists",
+                ));
+            }
+            Err(err) => return Err(err.into()),
+        }
+        insert_audit(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(User {
+            id: user.id,
+            org_id: user.org_id,
+            email: user.email,
+            name: user.name,
+            role: user.role,
+            token_epoch: 0,
+            created_at: user.created_at,
+            updated_at: user.created_at,
+            removed_at: None,
+        })
+    }
+
+    async fn find_active_user_by_email(
+        &self,
+        org_id: &str,
+        email: &str,
+    ) -> Result<Option<User>, StoreError> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM users u WHERE u.org_id = $1 AND u.email = $2 AND u.removed_at IS NULL"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(org_id)
+            .bind(email)
+            .fetch_optional(&self.readers)
+            .await?;
+        Ok(row.as_ref().map(user_from_row).transpose()?)
+    }
+
+    async fn list_users(
+        &self,
+        org_id: &str,
+        include_removed: bool,
+    ) -> Result<Vec<User>, StoreError> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM users u WHERE u.org_id = $1 AND ($2 OR u.removed_at IS NULL) \
+             ORDER BY u.created_at, u.id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(org_id)
+            .bind(include_removed)
+            .fetch_all(&self.readers)
+            .await?;
+        Ok(rows.iter().map(user_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn remove_user(
+        &self,
+        user_id: &str,
+        at: i64,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        // The epoch moves too, so even a future bug that forgot the removed flag would still
+        // find every old token stale.
+        let done = sqlx::query(
+            "UPDATE users SET removed_at = $2, updated_at = $2, token_epoch = token_epoch + 1 \
+             WHERE id = $1 AND removed_at IS NULL",
+        )
+        .bind(user_id)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        insert_audit(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn insert_refresh_token(
+        &self,
+        token: NewRefreshToken,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "INSERT INTO refresh_tokens (id, token_hash, user_id, user_epoch, client_id, name, scope, created_at) \
+             SELECT $1, $2, u.id, u.token_epoch, $4, $5, $6, $7 FROM users u \
+             WHERE u.id = $3 AND u.removed_at IS NULL",
+        )
+        .bind(&token.id)
+        .bind(&token.token_hash[..])
+        .bind(&token.user_id)
+        .bind(&token.client_id)
+        .bind(&token.name)
+        .bind(&token.scope)
+        .bind(token.created_at)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        insert_audit(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn find_refresh_grant(
+        &self,
+        token_hash: &[u8; 32],
+    ) -> Result<Option<RefreshGrant>, StoreError> {
+        let row = sqlx::query(
+            "SELECT t.id, t.user_epoch, t.revoked_at, t.client_id, t.scope, \
+                    u.id AS user_id, u.token_epoch, u.removed_at, o.tenant_id \
+             FROM refresh_tokens t \
+             JOIN users u ON u.id = t.user_id \
+             JOIN organizations o ON o.id = u.org_id \
+             WHERE t.token_hash = $1",
+        )
+        .bind(&token_hash[..])
+        .fetch_optional(&self.readers)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(RefreshGrant {
+            token_id: row.try_get("id")?,
+            token_epoch: row.try_get("user_epoch")?,
+            token_revoked_at: row.try_get("revoked_at")?,
+            client_id: row.try_get("client_id")?,
+            scope: row.try_get("scope")?,
+            user_id: row.try_get("user_id")?,
+            user_epoch: row.try_get("token_epoch")?,
+            user_removed_at: row.try_get("removed_at")?,
+            tenant_id: row.try_get("tenant_id")?,
+        }))
+    }
+
+    async fn revoke_all_tokens(
+        &self,
+        user_id: &str,
+        expected_epoch: i64,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE users SET token_epoch = token_epoch + 1, updated_at = $3 \
+             WHERE id = $1 AND token_epoch = $2 AND removed_at IS NULL",
+        )
+        .bind(user_id)
+        .bind(expected_epoch)
+        .bind(audit.at)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        insert_audit(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn principal(
+        &self,
+        user_id: &str,
+        session_id: &str,
+    ) -> Result<Option<PrincipalRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS}, o.name AS org_name, o.tenant_id, o.created_at AS org_created_at, \
+                    t.id AS session_id, t.revoked_at AS session_revoked_at \
+             FROM users u \
+             JOIN organizations o ON o.id = u.org_id \
+             LEFT JOIN refresh_tokens t ON t.id = $2 AND t.user_id = u.id \
+             WHERE u.id = $1"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(user_id)
+            .bind(session_id)
+            .fetch_optional(&self.readers)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let user = user_from_row(&row)?;
+        let session_id: Option<String> = row.try_get("session_id")?;
+        let session_revoked_at = match session_id {
+            Some(_) => Some(row.try_get::<Option<i64>, _>("session_revoked_at")?),
+            None => None,
+        };
+        Ok(Some(PrincipalRecord {
+            org: Organization {
+                id: user.org_id.clone(),
+                name: row.try_get("org_name")?,
+                tenant_id: row.try_get("tenant_id")?,
+                created_at: row.try_get("org_created_at")?,
+            },
+            user,
+            session_revoked_at,
+        }))
+    }
+
+    async fn record_token_uses(&self, uses: &[TokenUse]) -> Result<(), StoreError> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        for token_use in uses {
+            sqlx::query(
+                "UPDATE refresh_tokens SET last_used_at = $2, last_used_addr = $3 \
+                 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)",
+            )
+            .bind(&token_use.token_id)
+            .bind(token_use.at)
+            .bind(&token_use.address)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT kid, algorithm, private_key, public_key, created_at, retired_at \
+             FROM signing_keys ORDER BY created_at DESC, kid",
+        )
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(SigningKeyRecord {
+                    kid: row.try_get("kid")?,
+                    algorithm: row.try_get("algorithm")?,
+                    private_key: row.try_get("private_key")?,
+                    public_key: row.try_get("public_key")?,
+                    created_at: row.try_get("created_at")?,
+                    retired_at: row.try_get("retired_at")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::Database)
+    }
+
+    async fn insert_signing_key_if_none_active(
+        &self,
+        key: SigningKeyRecord,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, algorithm, private_key, public_key, created_at, retired_at) \
+             SELECT $1, $2, $3, $4, $5, NULL \
+             WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE retired_at IS NULL)",
+        )
+        .bind(&key.kid)
+        .bind(&key.algorithm)
+        .bind(&key.private_key)
+        .bind(&key.public_key)
+        .bind(key.created_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn recent_audit_events(&self, limit: i64) -> Result<Vec<AuditRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, at, action, actor, org_id, subject_user_id, address, detail \
+             FROM audit_events ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AuditRecord {
+                    id: row.try_get("id")?,
+                    at: row.try_get("at")?,
+                    action: row.try_get("action")?,
+                    actor: row.try_get("actor")?,
+                    org_id: row.try_get("org_id")?,
+                    subject_user_id: row.try_get("subject_user_id")?,
+                    address: row.try_get("address")?,
+                    detail: row.try_get("detail")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::Database)
+    }
+
+    async fn close(&self) {
+        self.readers.close().await;
+        self.writer.close().await;
+    }
+}
+
+async fn insert_user(
+    tx: &mut Transaction<'static, Sqlite>,
+    user: &NewUser,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO users (id, org_id, email, name, role, password_hash, token_epoch, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $7)",
+    )
+    .bind(&user.id)
+    .bind(&user.org_id)
+    .bind(&user.email)
+    .bind(&user.name)
+    .bind(&user.role)
+    .bind(&user.password_hash)
+    .bind(user.created_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

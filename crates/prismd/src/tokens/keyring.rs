@@ -1,0 +1,152 @@
+//! The Ed25519 key ring: the active signing key (parsed once, not per signature) and every
+//! public key that may still verify a token, by `kid`. Keys live in the database so that
+//! every replica and every restart signs and verifies with the same keys.
+
+use std::collections::HashMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::rand::SystemRandom;
+use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::store::{SigningKeyRecord, Store, StoreError};
+
+/// The JOSE name of the only algorithm we sign and accept.
+pub const ALGORITHM: &str = "EdDSA";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("signing key {0} in the database cannot be parsed")]
+    Corrupt(String),
+    #[error("the operating system's random number generator failed")]
+    Randomness,
+    #[error("no active signing key after creating one")]
+    NoActiveKey,
+}
+
+pub(crate) struct SigningKey {
+    pub kid: String,
+    pair: Ed25519KeyPair,
+    /// `base64url({"alg":"EdDSA","typ":"at+jwt","kid":...})`, computed once.
+    pub header_b64: String,
+}
+
+impl SigningKey {
+    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
+        self.pair.sign(message).as_ref().to_vec()
+    }
+}
+
+pub(crate) struct VerifyingKey {
+    public: Vec<u8>,
+}
+
+impl VerifyingKey {
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        UnparsedPublicKey::new(&ED25519, &self.public)
+            .verify(message, signature)
+            .is_ok()
+    }
+}
+
+/// Active signing key plus every public key still trusted.
+pub struct KeyRing {
+    pub(crate) active: SigningKey,
+    pub(crate) verifying: HashMap<String, VerifyingKey>,
+    jwks: serde_json::Value,
+}
+
+impl KeyRing {
+    /// Loads the keys from the store, creating the first signing key if there is none.
+    pub async fn load_or_create(store: &dyn Store, now_ms: i64) -> Result<Self, KeyError> {
+        let records = store.signing_keys().await?;
+        if records.iter().any(|k| k.retired_at.is_none()) {
+            return Self::from_records(&records);
+        }
+        store
+            .insert_signing_key_if_none_active(generate(now_ms)?)
+            .await?;
+        Self::from_records(&store.signing_keys().await?)
+    }
+
+    /// Builds the ring from stored records (newest first): the newest active key signs.
+    pub fn from_records(records: &[SigningKeyRecord]) -> Result<Self, KeyError> {
+        let mut active = None;
+        let mut verifying = HashMap::new();
+        let mut jwks_keys = Vec::new();
+        for record in records.iter().filter(|k| k.algorithm == ALGORITHM) {
+            if active.is_none() && record.retired_at.is_none() {
+                let pair = Ed25519KeyPair::from_pkcs8(&record.private_key)
+                    .map_err(|_| KeyError::Corrupt(record.kid.clone()))?;
+                if pair.public_key().as_ref() != record.public_key.as_slice() {
+                    return Err(KeyError::Corrupt(record.kid.clone()));
+                }
+                let header = json!({"alg": ALGORITHM, "typ": "at+jwt", "kid": record.kid});
+                active = Some(SigningKey {
+                    kid: record.kid.clone(),
+                    pair,
+                    header_b64: URL_SAFE_NO_PAD.encode(header.to_string()),
+                });
+            }
+            jwks_keys.push(json!({
+                "kty": "OKP",
+                "crv": "Ed25519",
+                "x": URL_SAFE_NO_PAD.encode(&record.public_key),
+                "kid": record.kid,
+                "alg": ALGORITHM,
+                "use": "sig",
+            }));
+            verifying.insert(
+                record.kid.clone(),
+                VerifyingKey {
+                    public: record.public_key.clone(),
+                },
+            );
+        }
+        let active = active.ok_or(KeyError::NoActiveKey)?;
+        Ok(Self {
+            active,
+            verifying,
+            jwks: json!({ "keys": jwks_keys }),
+        })
+    }
+
+    /// The JSON Web Key Set document.
+    pub fn jwks(&self) -> &serde_json::Value {
+        &self.jwks
+    }
+
+    /// `kid` of the key that signs new tokens.
+    pub fn active_kid(&self) -> &str {
+        &self.active.kid
+    }
+}
+
+/// Generates a new Ed25519 key; its `kid` is the RFC 7638 JWK thumbprint.
+pub fn generate(now_ms: i64) -> Result<SigningKeyRecord, KeyError> {
+    let pkcs8 =
+        Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyError::Randomness)?;
+    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| KeyError::Randomness)?;
+    let public_key = pair.public_key().as_ref().to_vec();
+    Ok(SigningKeyRecord {
+        kid: thumbprint(&public_key),
+        algorithm: ALGORITHM.to_owned(),
+        private_key: pkcs8.as_ref().to_vec(),
+        public_key,
+        created_at: now_ms,
+        retired_at: None,
+    })
+}
+
+/// RFC 7638 thumbprint of an Ed25519 public key (members in lexicographic order).
+fn thumbprint(public_key: &[u8]) -> String {
+    let canonical = format!(
+        r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
+        URL_SAFE_NO_PAD.encode(public_key)
+    );
+    URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
+}

@@ -1,0 +1,16 @@
+//! Token material: refresh-token hashing, the Ed25519 key ring, and JWT access tokens
+//! (RFC 9068) with pinned-algorithm verification.
+
+pub mod jwt;
+pub mod keyring;
+
+use sha2::{Digest, Sha256};
+
+pub use jwt::{AccessClaims, JwtError, VerifyExpectations};
+pub use keyring::{KeyError, KeyRing};
+
+/// The only form in which a refresh token is stored or looked up. A refresh token carries
+/// 256 random bits, so a fast unsalted hash is enough (Argon2 is for low-entropy passwords).
+pub fn hash_secret(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
