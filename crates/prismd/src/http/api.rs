@@ -26,12 +26,28 @@ pub fn schema() -> ApiSchema {
         .finish()
 }
 
-/// GraphQL requests: `{query, variables, operationName}`.
-pub struct GraphqlRequest(async_graphql::Request);
+/// GraphQL-over-HTTP request body. `query` is required: a body without one is a 400, not a
+/// GraphQL error.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GraphqlRequest {
+    query: String,
+    #[serde(default)]
+    variables: Option<async_graphql::Variables>,
+    #[serde(default)]
+    operation_name: Option<String>,
+}
 
-impl<'de> serde::Deserialize<'de> for GraphqlRequest {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        async_graphql::Request::deserialize(deserializer).map(GraphqlRequest)
+impl GraphqlRequest {
+    fn into_request(self) -> async_graphql::Request {
+        let mut request = async_graphql::Request::new(self.query);
+        if let Some(variables) = self.variables {
+            request = request.variables(variables);
+        }
+        if let Some(name) = self.operation_name {
+            request = request.operation_name(name);
+        }
+        request
     }
 }
 
@@ -67,9 +83,12 @@ impl FromRequestParts<AppState> for Authenticated {
 pub async fn graphql(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
-    JsonBody(GraphqlRequest(request)): JsonBody<GraphqlRequest>,
+    JsonBody(request): JsonBody<GraphqlRequest>,
 ) -> Response {
-    let response = state.schema.execute(request.data(principal)).await;
+    let response = state
+        .schema
+        .execute(request.into_request().data(principal))
+        .await;
     Json(response).into_response()
 }
 

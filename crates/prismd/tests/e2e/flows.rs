@@ -1,0 +1,227 @@
+//! The token lifecycle: exchange, API, revoke-all, user removal, concurrency, restart.
+
+use crate::harness::{Options, Server, TestResult, admin_ok, temp_dir, user_with_token};
+
+#[tokio::test]
+async fn revoke_all_kills_every_token_of_the_user_and_only_theirs() -> TestResult {
+    let dir = temp_dir()?;
+    let server = Server::start(dir.path())?;
+    let first = user_with_token(dir.path(), "ada@example.com")?;
+    let second = admin_ok(
+        dir.path(),
+        &[
+            "tokens",
+            "create",
+            "--email",
+            "ada@example.com",
+            "--name",
+            "gitlab",
+        ],
+    )?;
+    let other_user = user_with_token(dir.path(), "bob@example.com")?;
+
+    let (status, body) = server.refresh(&first).await?;
+    assert_eq!(status, 200);
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 604800);
+    assert_eq!(body["scope"], "openid profile email offline_access");
+    let access_first = body["access_token"].as_str().ok_or("no token")?.to_owned();
+    let access_second = server.access_token(&second).await?;
+    let access_other = server.access_token(&other_user).await?;
+    assert_eq!(
+        server.whoami(&access_first).await?,
+        Ok("ada@example.com".into())
+    );
+    assert_eq!(
+        server.whoami(&access_second).await?,
+        Ok("ada@example.com".into())
+    );
+
+    let (status, _) = server.revoke(&first).await?;
+    assert_eq!(status, 200);
+
+    for token in [&first, &second] {
+        let (status, body) = server.refresh(token).await?;
+        assert_eq!(status, 400);
+        assert_eq!(body["error"], "invalid_grant");
+        assert!(
+            body["error_description"]
+                .as_str()
+                .unwrap_or("")
+                .contains("revoked"),
+            "{body}"
+        );
+    }
+    for access in [&access_first, &access_second] {
+        assert_eq!(server.whoami(access).await?, Err(401));
+    }
+    // Another user's tokens are untouched.
+    assert_eq!(
+        server.whoami(&access_other).await?,
+        Ok("bob@example.com".into())
+    );
+    server.access_token(&other_user).await?;
+
+    // A token minted afterwards works ...
+    let fresh = admin_ok(
+        dir.path(),
+        &["tokens", "create", "--email", "ada@example.com"],
+    )?;
+    let access_fresh = server.access_token(&fresh).await?;
+    assert_eq!(
+        server.whoami(&access_fresh).await?,
+        Ok("ada@example.com".into())
+    );
+    // ... and revoking with an already-revoked token cannot kill it (no revoke oracle, no DoS).
+    let (status, _) = server.revoke(&first).await?;
+    assert_eq!(status, 200);
+    assert_eq!(
+        server.whoami(&access_fresh).await?,
+        Ok("ada@example.com".into())
+    );
+    server.access_token(&fresh).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn removed_user_gets_nothing_and_readding_resurrects_nothing() -> TestResult {
+    let dir = temp_dir()?;
+    let server = Server::start(dir.path())?;
+    let token = user_with_token(dir.path(), "eve@example.com")?;
+    let access = server.access_token(&token).await?;
+    let old_id = admin_ok(dir.path(), &["users", "list", "--json"])?;
+
+    admin_ok(
+        dir.path(),
+        &["users", "remove", "--email", "eve@example.com"],
+    )?;
+    let (status, body) = server.refresh(&token).await?;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap_or("")
+            .contains("removed"),
+        "{body}"
+    );
+    assert_eq!(server.whoami(&access).await?, Err(401));
+    // Revoke with a removed user's token answers 200 and changes nothing.
+    assert_eq!(server.revoke(&token).await?.0, 200);
+
+    // Re-added with the same email: a new account; none of the old tokens come back.
+    let new_id = admin_ok(dir.path(), &["users", "add", "--email", "eve@example.com"])?;
+    assert!(!old_id.contains(&new_id), "re-added user must get a new id");
+    assert_eq!(server.refresh(&token).await?.0, 400);
+    assert_eq!(server.whoami(&access).await?, Err(401));
+    let new_token = admin_ok(
+        dir.path(),
+        &["tokens", "create", "--email", "eve@example.com"],
+    )?;
+    let new_access = server.access_token(&new_token).await?;
+    assert_eq!(
+        server.whoami(&new_access).await?,
+        Ok("eve@example.com".into())
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_refreshes_of_one_token_all_succeed() -> TestResult {
+    let dir = temp_dir()?;
+    let server = Server::start(dir.path())?;
+    let token = user_with_token(dir.path(), "ci@example.com")?;
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        let (http, url, token) = (
+            server.http.clone(),
+            server.url("/auth/refresh"),
+            token.clone(),
+        );
+        requests.spawn(async move {
+            let response = http
+                .post(url)
+                .json(&serde_json::json!({ "refresh_token": token }))
+                .send()
+                .await?;
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.json().await?;
+            Ok::<_, reqwest::Error>((status, body))
+        });
+    }
+    let mut ok = 0;
+    while let Some(result) = requests.join_next().await {
+        let (status, body) = result??;
+        assert_eq!(status, 200, "{body}");
+        assert!(body["access_token"].is_string());
+        ok += 1;
+    }
+    assert_eq!(ok, 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_token_state_survives_a_restart() -> TestResult {
+    let dir = temp_dir()?;
+    // A fixed issuer: the port changes across restarts, the public URL must not.
+    let options = Options {
+        args: vec!["--issuer".into(), "https://auth.example.test".into()],
+        ..Options::default()
+    };
+    let server = Server::start_with(dir.path(), options.clone())?;
+    let live = user_with_token(dir.path(), "live@example.com")?;
+    let revoked = user_with_token(dir.path(), "revoked@example.com")?;
+    let removed = user_with_token(dir.path(), "removed@example.com")?;
+    let live_access = server.access_token(&live).await?;
+    let revoked_access = server.access_token(&revoked).await?;
+    let removed_access = server.access_token(&removed).await?;
+    assert_eq!(server.revoke(&revoked).await?.0, 200);
+    admin_ok(
+        dir.path(),
+        &["users", "remove", "--email", "removed@example.com"],
+    )?;
+    let logs = server.stop()?;
+    assert!(
+        logs.contains("stopped"),
+        "graceful shutdown must finish: {logs}"
+    );
+
+    let server = Server::start_with(dir.path(), options)?;
+    assert!(
+        !server.logs().contains("first start"),
+        "bootstrap must happen once"
+    );
+    // Same signing key after restart: the old access token still verifies.
+    assert_eq!(
+        server.whoami(&live_access).await?,
+        Ok("live@example.com".into())
+    );
+    server.access_token(&live).await?;
+    for (token, access) in [(&revoked, &revoked_access), (&removed, &removed_access)] {
+        assert_eq!(server.refresh(token).await?.0, 400);
+        assert_eq!(server.whoami(access).await?, Err(401));
+    }
+
+    // Last use of a refresh token is written at shutdown, not lost.
+    let uses = last_used(dir.path()).await?;
+    assert!(
+        uses >= 1,
+        "expected recorded token uses after a graceful stop, got {uses}"
+    );
+    server.stop()?;
+    Ok(())
+}
+
+async fn last_used(data_dir: &std::path::Path) -> Result<i64, Box<dyn std::error::Error>> {
+    let url = format!("sqlite://{}?mode=ro", data_dir.join("prismd.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await?;
+    let count: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM refresh_tokens WHERE last_used_at IS NOT NULL AND last_used_addr = '127.0.0.1'",
+    )
+    .fetch_one(&pool)
+    .await?;
+    pool.close().await;
+    Ok(count)
+}

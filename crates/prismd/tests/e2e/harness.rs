@@ -1,0 +1,257 @@
+//! Starts real `prismd` processes on free ports and drives them over HTTP, plus the admin
+//! commands against the same data directory.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_prismd");
+
+/// A running server process and everything it wrote to stderr.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    logs: Arc<Mutex<Vec<String>>>,
+    pub http: reqwest::Client,
+}
+
+/// Options for starting a server.
+#[derive(Default, Clone)]
+pub struct Options {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Server {
+    pub fn start(data_dir: &Path) -> Result<Self, Box<dyn std::error::Error>> {
+        Self::start_with(data_dir, Options::default())
+    }
+
+    pub fn start_with(
+        data_dir: &Path,
+        options: Options,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
+        let mut command = Command::new(BIN);
+        command
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(&options.args)
+            .env_remove("PRISMD_LOG")
+            .env("PRISMD_LOG_FORMAT", "text")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (key, value) in &options.env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn()?;
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (address_tx, address_rx) = mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let address: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+                    let _ = address_tx.send(address);
+                }
+                if let Ok(mut logs) = sink.lock() {
+                    logs.push(line);
+                }
+            }
+        });
+        let address = match address_rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(address) => address,
+            Err(_) => {
+                let _ = child.kill();
+                let logs = logs.lock().map(|l| l.join("\n")).unwrap_or_default();
+                return Err(format!("prismd did not start; its log:\n{logs}").into());
+            }
+        };
+        Ok(Self {
+            child,
+            base: format!("http://{address}"),
+            logs,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    /// Everything the server has logged so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().map(|l| l.join("\n")).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits; returns the complete log. Fails unless the exit was clean.
+    pub fn stop(mut self) -> Result<String, Box<dyn std::error::Error>> {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()?;
+        assert!(status.success(), "kill failed");
+        let exit = self.child.wait()?;
+        // Let the reader thread take the last lines.
+        std::thread::sleep(Duration::from_millis(100));
+        let logs = self.logs();
+        assert!(exit.success(), "prismd exited with {exit:?}; log:\n{logs}");
+        Ok(logs)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// `POST /auth/refresh` with a JSON body; returns status and JSON body.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<(u16, Value), reqwest::Error> {
+        let body = serde_json::json!({ "refresh_token": refresh_token });
+        self.post_json("/auth/refresh", &body).await
+    }
+
+    /// Refreshes and returns the access token, failing the test on anything but 200.
+    pub async fn access_token(
+        &self,
+        refresh_token: &str,
+    ) -> Result<String, Box<dyn std::error::Error>> {
+        let (status, body) = self.refresh(refresh_token).await?;
+        assert_eq!(status, 200, "refresh failed: {body}");
+        Ok(body["access_token"]
+            .as_str()
+            .ok_or("no access_token")?
+            .to_owned())
+    }
+
+    pub async fn revoke(&self, refresh_token: &str) -> Result<(u16, Value), reqwest::Error> {
+        let body = serde_json::json!({ "refresh_token": refresh_token });
+        self.post_json("/auth/revoke", &body).await
+    }
+
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> Result<(u16, Value), reqwest::Error> {
+        let response = self.http.post(self.url(path)).json(body).send().await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// Sends raw bytes with the given content type; returns status and body text.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<(u16, String), reqwest::Error> {
+        let mut request = self.http.post(self.url(path)).body(body);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        Ok((status, response.text().await?))
+    }
+
+    /// `POST /api` with a bearer token; returns status, `WWW-Authenticate` and JSON body.
+    pub async fn graphql(
+        &self,
+        bearer: Option<&str>,
+        query: &str,
+    ) -> Result<(u16, Option<String>, Value), reqwest::Error> {
+        let mut request = self
+            .http
+            .post(self.url("/api"))
+            .json(&serde_json::json!({ "query": query }));
+        if let Some(token) = bearer {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let challenge = response
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok((
+            status,
+            challenge,
+            response.json().await.unwrap_or(Value::Null),
+        ))
+    }
+
+    /// The email `authenticatedUser` reports for `access`, or the HTTP status on failure.
+    pub async fn whoami(&self, access: &str) -> Result<Result<String, u16>, reqwest::Error> {
+        let (status, _, body) = self
+            .graphql(Some(access), "{ authenticatedUser { email } }")
+            .await?;
+        Ok(match body["data"]["authenticatedUser"]["email"].as_str() {
+            Some(email) if status == 200 => Ok(email.to_owned()),
+            _ => Err(status),
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs an admin command against `data_dir`.
+pub fn prismd(data_dir: &Path, args: &[&str]) -> Result<Output, std::io::Error> {
+    prismd_with_stdin(data_dir, args, "")
+}
+
+pub fn prismd_with_stdin(
+    data_dir: &Path,
+    args: &[&str],
+    stdin: &str,
+) -> Result<Output, std::io::Error> {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env_remove("PRISMD_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(stdin.as_bytes())?;
+    }
+    child.wait_with_output()
+}
+
+/// Runs an admin command that must succeed; returns its trimmed stdout.
+pub fn admin_ok(data_dir: &Path, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
+    let output = prismd(data_dir, args)?;
+    if !output.status.success() {
+        return Err(format!(
+            "prismd {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8(output.stdout)?.trim().to_owned())
+}
+
+/// Adds a user and mints a refresh token for them.
+pub fn user_with_token(data_dir: &Path, email: &str) -> Result<String, Box<dyn std::error::Error>> {
+    admin_ok(
+        data_dir,
+        &["users", "add", "--email", email, "--role", "Integrator"],
+    )?;
+    admin_ok(data_dir, &["tokens", "create", "--email", email])
+}
+
+pub fn temp_dir() -> Result<tempfile::TempDir, std::io::Error> {
+    tempfile::Builder::new().prefix("prismd-test-").tempdir()
+}

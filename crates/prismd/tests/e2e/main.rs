@@ -1,0 +1,10 @@
+//! End-to-end tests: every test starts a real `prismd` process on a free port with its own
+//! data directory and talks HTTP to it (plus `curl`, `jq` and `bash` for the seed's lines).
+
+mod admin;
+mod errors;
+mod flows;
+mod harness;
+mod jwt_attacks;
+mod ops;
+mod seed;
