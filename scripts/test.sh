@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace. The end-to-end tests drive the real server with bash,
+# curl and jq (the seed document's own lines), so this installs curl and jq when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v jq >/dev/null 2>&1 || missing+=(jq)
+if ((${#missing[@]})); then
+  echo "test.sh: installing ${missing[*]} (needed by the seed-document tests)" >&2
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+exec cargo test --workspace --locked "$@"
