@@ -1,5 +1,5 @@
-//! Operator commands on the server machine: manage users and mint refresh tokens without a
-//! browser. They open the same database as `serve` (SQLite allows this while it runs) and go
+//! Operator commands on the server machine: manage users, mint refresh tokens without a
+//! browser, and read the audit trail. They open the same database as `serve` (SQLite allows this while it runs) and go
 //! through the same domain functions as the API.
 
 use std::io::{BufRead, Write};
@@ -57,6 +57,13 @@ pub enum TokensCommand {
     },
 }
 
+#[derive(clap::Args)]
+pub struct AuditArgs {
+    /// Most events to print.
+    #[arg(long, env = "PRISMD_AUDIT_LIMIT", default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+    limit: i64,
+}
+
 async fn open(data_dir: &Path) -> anyhow::Result<SqliteStore> {
     SqliteStore::open(data_dir, 1)
         .await
@@ -75,6 +82,31 @@ pub async fn tokens(data_dir: &Path, command: TokensCommand) -> anyhow::Result<(
     let result = run_tokens(&store, command).await;
     store.close().await;
     result
+}
+
+pub async fn audit(data_dir: &Path, args: AuditArgs) -> anyhow::Result<()> {
+    let store = open(data_dir).await?;
+    let events = store.recent_audit_events(args.limit).await;
+    store.close().await;
+    let mut out = std::io::stdout().lock();
+    for event in events? {
+        let detail: Option<serde_json::Value> = event
+            .detail
+            .as_deref()
+            .and_then(|d| serde_json::from_str(d).ok());
+        let line = serde_json::json!({
+            "id": event.id,
+            "at": humantime::format_rfc3339_millis(at_ms(event.at)).to_string(),
+            "action": event.action,
+            "actor": event.actor,
+            "orgId": event.org_id.as_deref().map(|id| public_id("Organization", id)),
+            "subjectUserId": event.subject_user_id.as_deref().map(|id| public_id("User", id)),
+            "address": event.address,
+            "detail": detail,
+        });
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
 }
 
 async fn run_users(store: &SqliteStore, command: UsersCommand) -> anyhow::Result<()> {
@@ -149,10 +181,12 @@ fn read_password() -> anyhow::Result<String> {
     Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }
 
+fn at_ms(ms: i64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
 fn rfc3339(ms: i64) -> String {
-    let at =
-        std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    humantime::format_rfc3339_seconds(at).to_string()
+    humantime::format_rfc3339_seconds(at_ms(ms)).to_string()
 }
 
 fn role_name(key: &str) -> String {

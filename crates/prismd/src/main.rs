@@ -47,6 +47,8 @@ enum Command {
     /// Mint refresh tokens.
     #[command(subcommand)]
     Tokens(admin::TokensCommand),
+    /// Print security events, newest first, as JSON lines.
+    Audit(admin::AuditArgs),
 }
 
 #[derive(Args)]
@@ -115,6 +117,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => run_server(cli.data_dir, args).await,
             Command::Users(command) => admin::users(&cli.data_dir, command).await,
             Command::Tokens(command) => admin::tokens(&cli.data_dir, command).await,
+            Command::Audit(args) => admin::audit(&cli.data_dir, args).await,
         }
     });
     match result {

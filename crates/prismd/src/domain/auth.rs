@@ -181,7 +181,7 @@ impl AuthService {
             at: now_ms(),
             action: "tokens.revoked_all",
             actor: format!("session:{}", grant.token_id),
-            org_id: None,
+            org_id: Some(grant.org_id.clone()),
             subject_user_id: Some(grant.user_id.clone()),
             address: meta.address.clone(),
             user_agent: meta.user_agent.clone(),

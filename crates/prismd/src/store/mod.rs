@@ -91,6 +91,7 @@ pub struct RefreshGrant {
     pub user_id: String,
     pub user_epoch: i64,
     pub user_removed_at: Option<i64>,
+    pub org_id: String,
     pub tenant_id: String,
 }
 

@@ -313,7 +313,7 @@ impl Store for SqliteStore {
     ) -> Result<Option<RefreshGrant>, StoreError> {
         let row = sqlx::query(
             "SELECT t.id, t.user_epoch, t.revoked_at, t.client_id, t.scope, \
-                    u.id AS user_id, u.token_epoch, u.removed_at, o.tenant_id \
+                    u.id AS user_id, u.token_epoch, u.removed_at, u.org_id, o.tenant_id \
              FROM refresh_tokens t \
              JOIN users u ON u.id = t.user_id \
              JOIN organizations o ON o.id = u.org_id \
@@ -332,6 +332,7 @@ impl Store for SqliteStore {
             user_id: row.try_get("user_id")?,
             user_epoch: row.try_get("token_epoch")?,
             user_removed_at: row.try_get("removed_at")?,
+            org_id: row.try_get("org_id")?,
             tenant_id: row.try_get("tenant_id")?,
         }))
     }

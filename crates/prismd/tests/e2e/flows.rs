@@ -225,3 +225,52 @@ async fn last_used(data_dir: &std::path::Path) -> Result<i64, Box<dyn std::error
     pool.close().await;
     Ok(count)
 }
+
+#[tokio::test]
+async fn audit_trail_records_every_security_event_without_secrets() -> TestResult {
+    let dir = temp_dir()?;
+    let server = Server::start(dir.path())?;
+    let token = user_with_token(dir.path(), "audited@example.com")?;
+    server.access_token(&token).await?;
+    assert_eq!(server.revoke(&token).await?.0, 200);
+    admin_ok(
+        dir.path(),
+        &["users", "remove", "--email", "audited@example.com"],
+    )?;
+
+    let lines = admin_ok(dir.path(), &["audit", "--limit", "50"])?;
+    assert!(
+        !lines.contains(&token[9..]),
+        "the audit trail must not contain the token"
+    );
+    let events: Vec<serde_json::Value> = lines
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let actions: Vec<&str> = events.iter().filter_map(|e| e["action"].as_str()).collect();
+    // Newest first.
+    assert_eq!(
+        actions,
+        [
+            "user.removed",
+            "tokens.revoked_all",
+            "token.minted",
+            "user.created",
+            "org.bootstrapped"
+        ]
+    );
+    let revoke = &events[1];
+    assert_eq!(revoke["address"], "127.0.0.1");
+    assert!(
+        revoke["actor"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("session:"))
+    );
+    assert!(
+        revoke["orgId"].is_string() && revoke["subjectUserId"].is_string(),
+        "{revoke}"
+    );
+    assert_eq!(events[0]["actor"], "operator");
+    assert_eq!(events[0]["subjectUserId"], revoke["subjectUserId"]);
+    Ok(())
+}
