@@ -25,7 +25,7 @@ pub enum StoreError {
 }
 
 /// An organization (a Prismatic tenant).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Organization {
     pub id: String,
     pub name: String,
@@ -34,7 +34,7 @@ pub struct Organization {
 }
 
 /// A user account as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct User {
     pub id: String,
     pub org_id: String,
@@ -81,7 +81,7 @@ pub struct NewRefreshToken {
 }
 
 /// Everything the refresh exchange needs, read in one indexed look-up by token hash.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RefreshGrant {
     pub token_id: String,
     pub token_epoch: i64,
@@ -114,7 +114,7 @@ pub struct TokenUse {
 }
 
 /// A signing key as stored.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SigningKeyRecord {
     pub kid: String,
     pub algorithm: String,
@@ -139,7 +139,7 @@ pub struct AuditEvent {
 }
 
 /// An audit event as read back.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct AuditRecord {
     pub id: i64,
     pub at: i64,

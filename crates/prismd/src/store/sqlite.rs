@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{FromRow, Row, Sqlite, Transaction};
 
 use super::{
     AuditEvent, AuditRecord, NewOrganization, NewRefreshToken, NewUser, Organization,
@@ -121,20 +120,6 @@ async fn insert_audit(
     Ok(())
 }
 
-fn user_from_row(row: &SqliteRow) -> Result<User, sqlx::Error> {
-    Ok(User {
-        id: row.try_get("id")?,
-        org_id: row.try_get("org_id")?,
-        email: row.try_get("email")?,
-        name: row.try_get("name")?,
-        role: row.try_get("role")?,
-        token_epoch: row.try_get("token_epoch")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        removed_at: row.try_get("removed_at")?,
-    })
-}
-
 fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
 }
@@ -176,21 +161,11 @@ impl Store for SqliteStore {
     }
 
     async fn default_organization(&self) -> Result<Option<Organization>, StoreError> {
-        let row = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT id, name, tenant_id, created_at FROM organizations ORDER BY created_at, id LIMIT 1",
         )
         .fetch_optional(&self.readers)
-        .await?;
-        row.map(|row| {
-            Ok(Organization {
-                id: row.try_get("id")?,
-                name: row.try_get("name")?,
-                tenant_id: row.try_get("tenant_id")?,
-                created_at: row.try_get("created_at")?,
-            })
-        })
-        .transpose()
-        .map_err(StoreError::Database)
+        .await?)
     }
 
     async fn create_user(&self, user: NewUser, audit: AuditEvent) -> Result<User, StoreError> {
@@ -227,12 +202,11 @@ impl Store for SqliteStore {
         let sql = format!(
             "SELECT {USER_COLUMNS} FROM users u WHERE u.org_id = $1 AND u.email = $2 AND u.removed_at IS NULL"
         );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(org_id)
             .bind(email)
             .fetch_optional(&self.readers)
-            .await?;
-        Ok(row.as_ref().map(user_from_row).transpose()?)
+            .await?)
     }
 
     async fn list_users(
@@ -244,12 +218,11 @@ impl Store for SqliteStore {
             "SELECT {USER_COLUMNS} FROM users u WHERE u.org_id = $1 AND ($2 OR u.removed_at IS NULL) \
              ORDER BY u.created_at, u.id"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(org_id)
             .bind(include_removed)
             .fetch_all(&self.readers)
-            .await?;
-        Ok(rows.iter().map(user_from_row).collect::<Result<_, _>>()?)
+            .await?)
     }
 
     async fn remove_user(
@@ -311,9 +284,10 @@ impl Store for SqliteStore {
         &self,
         token_hash: &[u8; 32],
     ) -> Result<Option<RefreshGrant>, StoreError> {
-        let row = sqlx::query(
-            "SELECT t.id, t.user_epoch, t.revoked_at, t.client_id, t.scope, \
-                    u.id AS user_id, u.token_epoch, u.removed_at, u.org_id, o.tenant_id \
+        Ok(sqlx::query_as(
+            "SELECT t.id AS token_id, t.user_epoch AS token_epoch, t.revoked_at AS token_revoked_at, \
+                    t.client_id, t.scope, u.id AS user_id, u.token_epoch AS user_epoch, \
+                    u.removed_at AS user_removed_at, u.org_id, o.tenant_id \
              FROM refresh_tokens t \
              JOIN users u ON u.id = t.user_id \
              JOIN organizations o ON o.id = u.org_id \
@@ -321,20 +295,7 @@ impl Store for SqliteStore {
         )
         .bind(&token_hash[..])
         .fetch_optional(&self.readers)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        Ok(Some(RefreshGrant {
-            token_id: row.try_get("id")?,
-            token_epoch: row.try_get("user_epoch")?,
-            token_revoked_at: row.try_get("revoked_at")?,
-            client_id: row.try_get("client_id")?,
-            scope: row.try_get("scope")?,
-            user_id: row.try_get("user_id")?,
-            user_epoch: row.try_get("token_epoch")?,
-            user_removed_at: row.try_get("removed_at")?,
-            org_id: row.try_get("org_id")?,
-            tenant_id: row.try_get("tenant_id")?,
-        }))
+        .await?)
     }
 
     async fn revoke_all_tokens(
@@ -381,7 +342,7 @@ impl Store for SqliteStore {
             .fetch_optional(&self.readers)
             .await?;
         let Some(row) = row else { return Ok(None) };
-        let user = user_from_row(&row)?;
+        let user = User::from_row(&row)?;
         let session_id: Option<String> = row.try_get("session_id")?;
         let session_revoked_at = match session_id {
             Some(_) => Some(row.try_get::<Option<i64>, _>("session_revoked_at")?),
@@ -420,25 +381,12 @@ impl Store for SqliteStore {
     }
 
     async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT kid, algorithm, private_key, public_key, created_at, retired_at \
              FROM signing_keys ORDER BY created_at DESC, kid",
         )
         .fetch_all(&self.readers)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(SigningKeyRecord {
-                    kid: row.try_get("kid")?,
-                    algorithm: row.try_get("algorithm")?,
-                    private_key: row.try_get("private_key")?,
-                    public_key: row.try_get("public_key")?,
-                    created_at: row.try_get("created_at")?,
-                    retired_at: row.try_get("retired_at")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::Database)
+        .await?)
     }
 
     async fn insert_signing_key_if_none_active(
@@ -463,28 +411,13 @@ impl Store for SqliteStore {
     }
 
     async fn recent_audit_events(&self, limit: i64) -> Result<Vec<AuditRecord>, StoreError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT id, at, action, actor, org_id, subject_user_id, address, detail \
              FROM audit_events ORDER BY id DESC LIMIT $1",
         )
         .bind(limit)
         .fetch_all(&self.readers)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(AuditRecord {
-                    id: row.try_get("id")?,
-                    at: row.try_get("at")?,
-                    action: row.try_get("action")?,
-                    actor: row.try_get("actor")?,
-                    org_id: row.try_get("org_id")?,
-                    subject_user_id: row.try_get("subject_user_id")?,
-                    address: row.try_get("address")?,
-                    detail: row.try_get("detail")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::Database)
+        .await?)
     }
 
     async fn close(&self) {
