@@ -1,6 +1,6 @@
 //! Operator commands on the server machine: manage users, mint refresh tokens without a
-//! browser, and read the audit trail. They open the same database as `serve` (SQLite allows this while it runs) and go
-//! through the same domain functions as the API.
+//! browser, and read the audit trail. They open the same database as `serve` (SQLite allows
+//! this while it runs) and go through the same domain functions as the API.
 
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -43,6 +43,12 @@ pub enum UsersCommand {
         #[arg(long, env = "PRISMD_USER_EMAIL")]
         email: String,
     },
+    /// Set a user's password for browser login, read from the first line of stdin (also the
+    /// way back in if the first Owner's password is lost).
+    SetPassword {
+        #[arg(long, env = "PRISMD_USER_EMAIL")]
+        email: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -65,9 +71,7 @@ pub struct AuditArgs {
 }
 
 async fn open(data_dir: &Path) -> anyhow::Result<SqliteStore> {
-    SqliteStore::open(data_dir, 1)
-        .await
-        .with_context(|| format!("cannot open the database in {}", data_dir.display()))
+    Ok(SqliteStore::open_existing(data_dir, 1).await?)
 }
 
 pub async fn users(data_dir: &Path, command: UsersCommand) -> anyhow::Result<()> {
@@ -147,6 +151,11 @@ async fn run_users(store: &SqliteStore, command: UsersCommand) -> anyhow::Result
             let user = accounts::find_user(store, &org, &email).await?;
             accounts::remove_user(store, &user, OPERATOR.into(), &meta).await?;
             eprintln!("Removed {}; their tokens no longer work.", user.email);
+        }
+        UsersCommand::SetPassword { email } => {
+            let user = accounts::find_user(store, &org, &email).await?;
+            accounts::set_password(store, &user, read_password()?, OPERATOR.into(), &meta).await?;
+            eprintln!("Password set for {}.", user.email);
         }
     }
     Ok(())

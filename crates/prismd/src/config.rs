@@ -5,17 +5,25 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::tls::TlsSource;
+
 /// Everything `serve` needs to know.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub data_dir: PathBuf,
-    /// Public base URL, the `iss` of every token. Defaults to `http://<listen address>`.
+    /// Public base URL, the `iss` of every token. Defaults to `<scheme>://<listen address>`.
     pub issuer: Option<String>,
     /// `aud` of access tokens. Defaults to `<issuer>/api`.
     pub audience: Option<String>,
+    /// Serve HTTPS from these certificates; plain HTTP when `None`.
+    pub tls: Option<TlsSource>,
     pub access_token_ttl: Duration,
     pub db_readers: u32,
     pub request_timeout: Duration,
+    /// How long a client may take to send a request's headers.
+    pub header_read_timeout: Duration,
+    /// How long in-flight requests may take to finish after a shutdown signal.
+    pub shutdown_grace: Duration,
     pub usage_flush_interval: Duration,
     /// Name of the organization created on first start.
     pub org_name: String,
@@ -30,9 +38,12 @@ impl ServeConfig {
             data_dir,
             issuer: None,
             audience: None,
+            tls: None,
             access_token_ttl: Duration::from_secs(7 * 24 * 3600),
             db_readers: 8,
             request_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(20),
             usage_flush_interval: Duration::from_secs(5),
             org_name: "My Organization".to_owned(),
             owner_email: "owner@localhost".to_owned(),
@@ -41,9 +52,10 @@ impl ServeConfig {
 
     /// The issuer URL without a trailing slash.
     pub fn issuer_for(&self, local: SocketAddr) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         self.issuer
             .as_deref()
             .map(|i| i.trim_end_matches('/').to_owned())
-            .unwrap_or_else(|| format!("http://{local}"))
+            .unwrap_or_else(|| format!("{scheme}://{local}"))
     }
 }

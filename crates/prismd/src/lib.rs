@@ -4,23 +4,28 @@
 
 pub mod config;
 pub mod domain;
+mod files;
+pub mod first_start;
 pub mod http;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod tokens;
 
 use std::future::Future;
-use std::path::Path;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use axum_server::Handle;
 use tokio::sync::watch;
 
 use crate::config::ServeConfig;
 use crate::domain::auth::{AuthService, TokenSettings};
-use crate::domain::{DomainError, accounts, now_ms};
+use crate::domain::{DomainError, now_ms};
 use crate::store::{SqliteStore, Store, StoreError};
 use crate::tokens::{KeyError, KeyRing};
+
+pub use first_start::INITIAL_PASSWORD_FILE;
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -31,20 +36,26 @@ pub enum ServeError {
     Keys(#[from] KeyError),
     #[error("first-start setup failed: {0}")]
     Bootstrap(#[from] DomainError),
+    #[error("TLS set-up failed: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot load the TLS certificate or key: {0}")]
+    TlsLoad(std::io::Error),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 }
 
-/// Name of the file, in the data directory, that holds the first Owner's generated password.
-pub const INITIAL_PASSWORD_FILE: &str = "initial-owner-password";
+/// Largest request head (request line and headers) a client may send.
+const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
 
 /// Runs the server on `listener` until `shutdown` completes, then lets in-flight requests
-/// finish, writes pending last-use records and closes the database cleanly.
+/// finish (up to the configured grace period), writes pending last-use records and closes the
+/// database cleanly.
 pub async fn serve(
     config: ServeConfig,
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
     let issuer = config.issuer_for(local);
     let audience = config
@@ -55,14 +66,35 @@ pub async fn serve(
     let sqlite = SqliteStore::open(&config.data_dir, config.db_readers).await?;
     tracing::info!(path = %sqlite.path().display(), "database ready");
     let store: Arc<dyn Store> = Arc::new(sqlite);
-
-    if let Some(created) =
-        accounts::bootstrap(store.as_ref(), &config.org_name, &config.owner_email).await?
-    {
-        announce_bootstrap(&config.data_dir, &created)?;
-    }
+    first_start::ensure(
+        store.as_ref(),
+        &config.data_dir,
+        &config.org_name,
+        &config.owner_email,
+    )
+    .await?;
     let keys = Arc::new(KeyRing::load_or_create(store.as_ref(), now_ms()).await?);
     tracing::info!(kid = keys.active_kid(), "signing key loaded");
+
+    let tls = match &config.tls {
+        None => None,
+        Some(source) => {
+            let files = source.files(&config.data_dir, &[issuer_host(&issuer)])?;
+            if let Some(ca) = &files.ca {
+                tracing::info!(
+                    ca = %ca.display(),
+                    "development TLS: clients must trust this CA, e.g. NODE_EXTRA_CA_CERTS={0} for \
+                     the official prism CLI, or curl --cacert {0}",
+                    ca.display()
+                );
+            }
+            let loaded =
+                axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key)
+                    .await
+                    .map_err(ServeError::TlsLoad)?;
+            Some(loaded)
+        }
+    };
 
     let settings = TokenSettings {
         issuer: issuer.clone(),
@@ -79,16 +111,36 @@ pub async fn serve(
         flusher_stopped,
     ));
 
+    let handle: Handle<SocketAddr> = Handle::new();
+    let grace = config.shutdown_grace;
+    let signal_handle = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        signal_handle.graceful_shutdown(Some(grace));
+    });
+
     if issuer.starts_with("http://") && !local.ip().is_loopback() {
         tracing::warn!(%issuer, "the issuer is plain HTTP on a non-loopback address; put TLS in front of it");
     }
-    tracing::info!(%issuer, "listening on http://{local}");
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%issuer, "listening on {scheme}://{local}");
+    let make_service = app.into_make_service_with_connect_info::<SocketAddr>();
+    let served = match tls {
+        Some(tls) => {
+            let mut server = axum_server::from_tcp_rustls(listener, tls)?
+                .handle(handle)
+                .first_request_timeout(config.header_read_timeout);
+            limit_http1(server.http_builder(), config.header_read_timeout);
+            server.serve(make_service).await
+        }
+        None => {
+            let mut server = axum_server::from_tcp(listener)?
+                .handle(handle)
+                .first_request_timeout(config.header_read_timeout);
+            limit_http1(server.http_builder(), config.header_read_timeout);
+            server.serve(make_service).await
+        }
+    };
 
     tracing::info!("shutting down: requests finished, writing pending records");
     let _ = stop_flusher.send(true);
@@ -101,35 +153,29 @@ pub async fn serve(
     served.map_err(ServeError::Io)
 }
 
-/// Writes the generated Owner password to a 0600 file (never to the log) and tells the
-/// operator how to get in.
-fn announce_bootstrap(
-    data_dir: &Path,
-    created: &accounts::Bootstrapped,
-) -> Result<(), std::io::Error> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = data_dir.join(INITIAL_PASSWORD_FILE);
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&path)?;
-    writeln!(file, "{}", created.owner_password)?;
-    file.sync_all()?;
-    tracing::info!(
-        org = %created.org.name,
-        tenant_id = %created.org.tenant_id,
-        owner = %created.owner_email,
-        password_file = %path.display(),
-        "first start: created the organization and its Owner; the Owner's generated password is in \
-         the password file (readable only by this account). Mint a refresh token for CI with: \
-         prismd --data-dir {} tokens create --email {}",
-        data_dir.display(),
-        created.owner_email,
-    );
-    Ok(())
+/// Slow or oversized request heads are cut off instead of holding a connection (and a
+/// graceful shutdown) forever.
+fn limit_http1(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    header_read_timeout: std::time::Duration,
+) {
+    builder
+        .http1()
+        .header_read_timeout(header_read_timeout)
+        .max_buf_size(MAX_REQUEST_HEAD_BYTES);
+}
+
+/// The host of the issuer URL, so the development certificate also covers it.
+fn issuer_host(issuer: &str) -> String {
+    let rest = issuer.split_once("://").map_or(issuer, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
+        _ => authority,
+    }
+    .trim_start_matches('[')
+    .trim_end_matches(']')
+    .to_owned()
 }
 
 async fn flush_token_uses(

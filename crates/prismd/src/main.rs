@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use prismd::config::ServeConfig;
 use prismd::telemetry::{self, LogFormat};
+use prismd::tls::TlsSource;
 
 #[derive(Parser)]
 #[command(
@@ -57,9 +58,27 @@ struct ServeArgs {
     #[arg(long, env = "PRISMD_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
 
-    /// Public base URL of this server (the `iss` of its tokens). Default: http://<listen>.
+    /// Public base URL of this server (the `iss` of its tokens). Default: http(s)://<listen>.
     #[arg(long, env = "PRISMD_ISSUER")]
     issuer: Option<String>,
+
+    /// PEM certificate chain to serve HTTPS with (needs --tls-key).
+    #[arg(
+        long,
+        env = "PRISMD_TLS_CERT",
+        requires = "tls_key",
+        conflicts_with = "dev_tls"
+    )]
+    tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "PRISMD_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Serve HTTPS with a development CA and certificate kept in the data directory
+    /// (trust <data-dir>/ca.pem in clients).
+    #[arg(long, env = "PRISMD_DEV_TLS")]
+    dev_tls: bool,
 
     /// `aud` of access tokens. Default: <issuer>/api.
     #[arg(long, env = "PRISMD_AUDIENCE")]
@@ -76,6 +95,14 @@ struct ServeArgs {
     /// Longest time a request may take before it is answered with 408.
     #[arg(long, env = "PRISMD_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     request_timeout: Duration,
+
+    /// Longest time a client may take to send a request's headers.
+    #[arg(long, env = "PRISMD_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    header_read_timeout: Duration,
+
+    /// After SIGTERM, how long in-flight requests may take to finish.
+    #[arg(long, env = "PRISMD_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    shutdown_grace: Duration,
 
     /// Name of the organization created on the first start.
     #[arg(long, env = "PRISMD_ORG_NAME", default_value = "My Organization")]
@@ -130,8 +157,16 @@ fn main() -> ExitCode {
 }
 
 async fn run_server(data_dir: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
+    let tls = match (args.tls_cert, args.tls_key, args.dev_tls) {
+        (Some(cert), Some(key), _) => Some(TlsSource::Files { cert, key }),
+        (_, _, true) => Some(TlsSource::Dev),
+        _ => None,
+    };
     let config = ServeConfig {
         issuer: args.issuer,
+        tls,
+        header_read_timeout: args.header_read_timeout,
+        shutdown_grace: args.shutdown_grace,
         audience: args.audience,
         access_token_ttl: args.access_token_ttl,
         db_readers: args.db_readers,
@@ -143,8 +178,7 @@ async fn run_server(data_dir: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
     // Handlers are installed before the listener opens, so a SIGTERM that arrives while the
     // server starts is a graceful stop, not the default kill.
     let shutdown = shutdown_signal()?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
+    let listener = std::net::TcpListener::bind(args.listen)
         .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", args.listen))?;
     prismd::serve(config, listener, shutdown).await?;
     Ok(())

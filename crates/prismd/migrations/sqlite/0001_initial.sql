@@ -27,7 +27,6 @@ CREATE TABLE users (
 -- A removed account keeps its row (tokens and audit events point at it); the address can be
 -- used again by a new account.
 CREATE UNIQUE INDEX users_active_email ON users (org_id, email) WHERE removed_at IS NULL;
-CREATE INDEX users_email ON users (email);
 
 CREATE TABLE refresh_tokens (
     id              TEXT PRIMARY KEY,

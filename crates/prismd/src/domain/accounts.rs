@@ -9,7 +9,9 @@ use base64::engine::general_purpose::STANDARD;
 use prism_proto::token_format::{self, SecretKind};
 
 use super::{DomainError, RequestMeta, now_ms, passwords};
-use crate::store::{AuditEvent, NewOrganization, NewUser, Organization, Store, StoreError, User};
+use crate::store::{
+    AuditEvent, NewOrganization, NewUser, Organization, Removal, Store, StoreError, User,
+};
 
 /// Roles of an organization member, most privileged first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,34 +200,68 @@ pub async fn remove_user(
         user_agent: meta.user_agent.clone(),
         detail: Some(serde_json::json!({ "email": user.email }).to_string()),
     };
-    if store.remove_user(&user.id, now, audit).await? {
+    match store.remove_user(&user.id, now, audit).await? {
+        Removal::Removed => Ok(()),
+        Removal::NotFound => Err(DomainError::NotFound("no active user with that id".into())),
+        Removal::LastOwner => Err(DomainError::Conflict(
+            "this is the organization's last Owner; make another user Owner first".into(),
+        )),
+    }
+}
+
+/// Sets a user's password (for browser login), replacing any previous one.
+pub async fn set_password(
+    store: &dyn Store,
+    user: &User,
+    password: String,
+    actor: String,
+    meta: &RequestMeta,
+) -> Result<(), DomainError> {
+    let password_hash = passwords::hash(password).await?;
+    let audit = AuditEvent {
+        at: now_ms(),
+        action: "user.password_set",
+        actor,
+        org_id: Some(user.org_id.clone()),
+        subject_user_id: Some(user.id.clone()),
+        address: meta.address.clone(),
+        user_agent: meta.user_agent.clone(),
+        detail: None,
+    };
+    if store
+        .set_password_hash(&user.id, &password_hash, audit)
+        .await?
+    {
         Ok(())
     } else {
         Err(DomainError::NotFound("no active user with that id".into()))
     }
 }
 
-/// What the first start created; the password is shown to the operator once.
+/// What the first start created.
 #[derive(Debug)]
 pub struct Bootstrapped {
     pub org: Organization,
     pub owner_email: String,
-    pub owner_password: String,
 }
 
-/// On an empty database, creates the organization and its Owner with a generated password.
+/// A password for the first Owner: 24 base62 characters (about 143 bits) from the OS CSPRNG,
+/// taken from the token generator's random part.
+pub fn generate_initial_password() -> Result<String, DomainError> {
+    let token = token_format::generate(SecretKind::RefreshToken)
+        .map_err(|_| DomainError::Internal("randomness failed"))?;
+    Ok(token[SecretKind::RefreshToken.prefix().len()..][..24].to_owned())
+}
+
+/// On an empty database, creates the organization and its Owner. Returns `None` when an
+/// organization exists already.
 pub async fn bootstrap(
     store: &dyn Store,
     org_name: &str,
     owner_email: &str,
+    password_hash: String,
 ) -> Result<Option<Bootstrapped>, DomainError> {
     let owner_email = normalize_email(owner_email)?;
-    // 43 characters of base62 from the OS CSPRNG; the token format's generator provides them.
-    let owner_password = token_format::generate(SecretKind::RefreshToken)
-        .map_err(|_| DomainError::Internal("randomness failed"))?
-        [SecretKind::RefreshToken.prefix().len()..][..24]
-        .to_owned();
-    let password_hash = passwords::hash(owner_password.clone()).await?;
     let now = now_ms();
     let org = Organization {
         id: uuid::Uuid::new_v4().to_string(),
@@ -265,11 +301,7 @@ pub async fn bootstrap(
             },
         )
         .await?;
-    Ok(created.then_some(Bootstrapped {
-        org,
-        owner_email,
-        owner_password,
-    }))
+    Ok(created.then_some(Bootstrapped { org, owner_email }))
 }
 
 /// The install's organization, or a clear error when the server was never started.

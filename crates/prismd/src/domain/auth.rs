@@ -14,7 +14,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use super::standing::{self, Standing};
 use super::usage::UsageRecorder;
 use super::{BearerError, DomainError, GrantError, RequestMeta, now_ms};
-use crate::store::{AuditEvent, NewRefreshToken, Organization, Store, User};
+use crate::store::{AuditEvent, NewRefreshToken, Organization, RefreshGrant, Store, User};
 use crate::tokens::jwt::Audience;
 use crate::tokens::{AccessClaims, KeyRing, VerifyExpectations, hash_secret};
 
@@ -45,6 +45,17 @@ pub struct Principal {
 pub enum RevokeOutcome {
     Revoked,
     NothingToRevoke,
+}
+
+impl From<&RefreshGrant> for Standing {
+    fn from(grant: &RefreshGrant) -> Self {
+        Standing {
+            user_removed: grant.user_removed_at.is_some(),
+            user_epoch: grant.user_epoch,
+            token_epoch: grant.token_epoch,
+            session_revoked: grant.token_revoked_at.is_some(),
+        }
+    }
 }
 
 /// The token service.
@@ -84,13 +95,11 @@ impl AuthService {
     }
 
     /// The hot path: checksum, hash, one indexed read, the standing rule, one signature.
-    /// `client_id` is checked when the caller names one (the OAuth endpoint does); an empty
-    /// `tenant_id` counts as absent.
+    /// An empty `tenant_id` counts as absent.
     pub async fn exchange_refresh_token(
         &self,
         refresh_token: &str,
         tenant_id: Option<&str>,
-        client_id: Option<&str>,
         meta: &RequestMeta,
     ) -> Result<TokenResponse, DomainError> {
         token_format::validate(SecretKind::RefreshToken, refresh_token)
@@ -100,16 +109,8 @@ impl AuthService {
             .find_refresh_grant(&hash_secret(refresh_token))
             .await?
             .ok_or(DomainError::InvalidGrant(GrantError::Unknown))?;
-        standing::check(Standing {
-            user_removed: grant.user_removed_at.is_some(),
-            user_epoch: grant.user_epoch,
-            token_epoch: grant.token_epoch,
-            session_revoked: grant.token_revoked_at.is_some(),
-        })
-        .map_err(|denial| DomainError::InvalidGrant(GrantError::Denied(denial)))?;
-        if client_id.is_some_and(|client| client != grant.client_id) {
-            return Err(DomainError::InvalidGrant(GrantError::WrongClient));
-        }
+        standing::check(Standing::from(&grant))
+            .map_err(|denial| DomainError::InvalidGrant(GrantError::Denied(denial)))?;
         if let Some(tenant) = tenant_id.filter(|t| !t.is_empty())
             && tenant != grant.tenant_id
         {
@@ -168,13 +169,7 @@ impl AuthService {
         else {
             return Ok(RevokeOutcome::NothingToRevoke);
         };
-        let stands = standing::check(Standing {
-            user_removed: grant.user_removed_at.is_some(),
-            user_epoch: grant.user_epoch,
-            token_epoch: grant.token_epoch,
-            session_revoked: grant.token_revoked_at.is_some(),
-        });
-        if stands.is_err() {
+        if standing::check(Standing::from(&grant)).is_err() {
             return Ok(RevokeOutcome::NothingToRevoke);
         }
         let audit = AuditEvent {
@@ -224,17 +219,6 @@ impl AuthService {
         })
     }
 
-    /// Mints a new refresh token for `user`; only its hash is stored. Returns the secret.
-    pub async fn mint_refresh_token(
-        &self,
-        user: &User,
-        name: Option<String>,
-        actor: String,
-        meta: &RequestMeta,
-    ) -> Result<String, DomainError> {
-        mint_refresh_token(self.store.as_ref(), user, name, actor, meta).await
-    }
-
     fn random_id(&self) -> Result<String, DomainError> {
         let mut bytes = [0u8; 16];
         self.rng
@@ -244,7 +228,8 @@ impl AuthService {
     }
 }
 
-/// Mints a refresh token with nothing but a store: the admin commands use this without keys.
+/// Mints a refresh token for `user`; only its hash is stored. Returns the secret. Needs no
+/// signing key, so the admin commands call it directly.
 pub async fn mint_refresh_token(
     store: &dyn Store,
     user: &User,

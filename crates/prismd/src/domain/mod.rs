@@ -54,8 +54,6 @@ pub enum GrantError {
         "the refresh token is not known to this server; check that the right secret is configured"
     )]
     Unknown,
-    #[error("the refresh token was issued to another client")]
-    WrongClient,
     #[error("{0}")]
     Denied(Denial),
 }

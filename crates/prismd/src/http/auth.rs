@@ -1,5 +1,6 @@
 //! `POST /auth/refresh` and `POST /auth/revoke`, exactly as Prismatic's CI/CD document uses
-//! them: JSON in, JSON out.
+//! them (JSON in, JSON out), and `GET /auth/meta`, where the official `prism` CLI discovers
+//! this server.
 
 use axum::Json;
 use axum::extract::State;
@@ -10,9 +11,10 @@ use prism_proto::wire::{RefreshRequest, RevokeRequest};
 use super::body::{BodyShape, JsonBody};
 use super::error::HttpError;
 use super::{AppState, ClientMeta};
+use crate::domain::auth::CLI_CLIENT_ID;
 
 /// `/auth/*` bodies are a token and a tenant id; 16 KiB is generous.
-const AUTH_BODY_LIMIT: usize = 16 * 1024;
+pub(super) const AUTH_BODY_LIMIT: usize = 16 * 1024;
 
 impl BodyShape for RefreshRequest {
     const MAX_BYTES: usize = AUTH_BODY_LIMIT;
@@ -43,7 +45,7 @@ pub async fn refresh(
 ) -> Result<Response, HttpError> {
     let tokens = state
         .auth
-        .exchange_refresh_token(&body.refresh_token, body.tenant_id.as_deref(), None, &meta)
+        .exchange_refresh_token(&body.refresh_token, body.tenant_id.as_deref(), &meta)
         .await?;
     Ok(no_store(Json(tokens).into_response()))
 }
@@ -53,6 +55,24 @@ pub async fn revoke(
     ClientMeta(meta): ClientMeta,
     JsonBody(body): JsonBody<RevokeRequest>,
 ) -> Result<Response, HttpError> {
-    state.auth.revoke_all(&body.refresh_token, &meta).await?;
+    let outcome = state.auth.revoke_all(&body.refresh_token, &meta).await?;
+    tracing::debug!(?outcome, "revoke");
     Ok(no_store(Json(serde_json::json!({})).into_response()))
+}
+
+/// `{"domain", "clientId", "audience"}`: the official client builds `https://{domain}/...`
+/// from `domain`, a host with an optional port and no scheme.
+pub async fn meta(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let settings = state.auth.settings();
+    Json(serde_json::json!({
+        "domain": authority(&settings.issuer),
+        "clientId": CLI_CLIENT_ID,
+        "audience": settings.audience,
+    }))
+}
+
+/// `host[:port]` of a URL.
+fn authority(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.split(['/', '?', '#']).next().unwrap_or(rest)
 }

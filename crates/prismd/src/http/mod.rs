@@ -18,9 +18,9 @@ use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use tower_http::timeout::TimeoutLayer;
+use tracing::Instrument;
 
 use crate::domain::RequestMeta;
 use crate::domain::auth::AuthService;
@@ -52,6 +52,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
     Router::new()
         .route("/auth/refresh", post(auth::refresh))
         .route("/auth/revoke", post(auth::revoke))
+        .route("/auth/meta", get(auth::meta))
         .route("/oauth/token", post(oauth::token))
         .route("/.well-known/jwks.json", get(oauth::jwks))
         .route("/.well-known/openid-configuration", get(oauth::metadata))
@@ -63,12 +64,27 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .fallback(oauth::not_found)
+        .method_not_allowed_fallback(oauth::method_not_allowed)
         .with_state(state)
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            request_timeout,
-        ))
+        .layer(middleware::from_fn_with_state(request_timeout, deadline))
         .layer(middleware::from_fn(access_log))
+}
+
+/// Answers 408 (in the OAuth error shape) when a request takes longer than `limit`.
+async fn deadline(
+    axum::extract::State(limit): axum::extract::State<Duration>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => HttpError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "temporarily_unavailable",
+            "the request took too long; retry",
+        )
+        .into_response(),
+    }
 }
 
 /// The caller's address and user agent, for audit events and last-use records.
@@ -119,7 +135,7 @@ fn request_id(req: &Request) -> HeaderValue {
 
 /// One line per request: method, route, status, latency, request id. The route is the
 /// matched pattern, never the raw path or query, and no header is logged, so no token can
-/// reach the log.
+/// reach the log. Everything logged while the request runs carries its request id.
 async fn access_log(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = request_id(&req);
@@ -130,7 +146,8 @@ async fn access_log(mut req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "<unmatched>".to_owned());
-    let mut response = next.run(req).await;
+    let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or("-"));
+    let mut response = next.run(req).instrument(span).await;
     let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     tracing::info!(
         target: "prismd::access",

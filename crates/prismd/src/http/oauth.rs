@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::auth::no_store;
+use super::auth::{AUTH_BODY_LIMIT, no_store};
 use super::body::{BodyShape, JsonOrForm};
 use super::error::HttpError;
 use super::{AppState, ClientMeta};
@@ -30,7 +30,7 @@ pub struct TokenRequest {
 }
 
 impl BodyShape for TokenRequest {
-    const MAX_BYTES: usize = 16 * 1024;
+    const MAX_BYTES: usize = AUTH_BODY_LIMIT;
     const EXPECTED: &'static str =
         "string parameters grant_type, refresh_token and optional client_id, tenant_id, scope";
 }
@@ -56,12 +56,7 @@ pub async fn token(
             })?;
             let tokens = state
                 .auth
-                .exchange_refresh_token(
-                    refresh_token,
-                    request.tenant_id.as_deref(),
-                    request.client_id.as_deref(),
-                    &meta,
-                )
+                .exchange_refresh_token(refresh_token, request.tenant_id.as_deref(), &meta)
                 .await?;
             Ok(no_store(Json(tokens).into_response()))
         }
@@ -100,4 +95,12 @@ pub fn metadata_document(issuer: &str) -> Value {
 
 pub async fn not_found() -> impl IntoResponse {
     HttpError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+pub async fn method_not_allowed() -> impl IntoResponse {
+    HttpError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request",
+        "this endpoint does not accept that HTTP method",
+    )
 }

@@ -22,6 +22,21 @@ pub enum StoreError {
     /// The data directory or database file could not be prepared.
     #[error("cannot prepare the database file: {0}")]
     Io(#[from] std::io::Error),
+    /// An admin command was pointed at a directory without a database.
+    #[error(
+        "no database at {0}; check --data-dir, or start the server once ('prismd serve') to create it"
+    )]
+    Missing(std::path::PathBuf),
+}
+
+/// What a removal did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    Removed,
+    /// No active user with that id.
+    NotFound,
+    /// Refused: the organization would be left without an Owner.
+    LastOwner,
 }
 
 /// An organization (a Prismatic tenant).
@@ -85,6 +100,8 @@ pub struct NewRefreshToken {
 pub struct RefreshGrant {
     pub token_id: String,
     pub token_epoch: i64,
+    /// Set when this one session was revoked on its own (RFC 7009 revocation of one token,
+    /// session management); revoke-all moves the user's epoch instead.
     pub token_revoked_at: Option<i64>,
     pub client_id: String,
     pub scope: String,
@@ -154,7 +171,7 @@ pub struct AuditRecord {
 /// The one storage interface. Every method is a single short transaction.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Checks that the database answers.
+    /// Checks that the database answers, for reads and for writes.
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// Creates `org` and `owner` if no organization exists yet. Returns whether it did.
@@ -185,11 +202,19 @@ pub trait Store: Send + Sync + 'static {
         include_removed: bool,
     ) -> Result<Vec<User>, StoreError>;
 
-    /// Marks a user removed. Returns false when there was no such active user.
+    /// Marks a user removed, unless they are the organization's last active Owner.
     async fn remove_user(
         &self,
         user_id: &str,
         at: i64,
+        audit: AuditEvent,
+    ) -> Result<Removal, StoreError>;
+
+    /// Replaces an active user's password hash. Returns false when there is no such user.
+    async fn set_password_hash(
+        &self,
+        user_id: &str,
+        password_hash: &str,
         audit: AuditEvent,
     ) -> Result<bool, StoreError>;
 

@@ -14,7 +14,7 @@ use sqlx::{FromRow, Row, Sqlite, Transaction};
 
 use super::{
     AuditEvent, AuditRecord, NewOrganization, NewRefreshToken, NewUser, Organization,
-    PrincipalRecord, RefreshGrant, SigningKeyRecord, Store, StoreError, TokenUse, User,
+    PrincipalRecord, RefreshGrant, Removal, SigningKeyRecord, Store, StoreError, TokenUse, User,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -66,6 +66,16 @@ impl SqliteStore {
             readers,
             path,
         })
+    }
+
+    /// Opens an existing database; fails with [`StoreError::Missing`] rather than creating one
+    /// (admin commands use this, so a mistyped `--data-dir` is an error, not a new install).
+    pub async fn open_existing(data_dir: &Path, readers: u32) -> Result<Self, StoreError> {
+        let path = data_dir.join(DATABASE_FILE);
+        if !path.is_file() {
+            return Err(StoreError::Missing(path));
+        }
+        Self::open(data_dir, readers).await
     }
 
     /// Path of the database file.
@@ -128,6 +138,7 @@ fn is_unique_violation(err: &sqlx::Error) -> bool {
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.readers).await?;
+        sqlx::query("SELECT 1").execute(&self.writer).await?;
         Ok(())
     }
 
@@ -230,16 +241,52 @@ impl Store for SqliteStore {
         user_id: &str,
         at: i64,
         audit: AuditEvent,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Removal, StoreError> {
         let mut tx = self.begin_write().await?;
         // The epoch moves too, so even a future bug that forgot the removed flag would still
-        // find every old token stale.
+        // find every old token stale. The Owner count is read in the same statement, so two
+        // concurrent removals cannot leave the organization without one.
         let done = sqlx::query(
             "UPDATE users SET removed_at = $2, updated_at = $2, token_epoch = token_epoch + 1 \
-             WHERE id = $1 AND removed_at IS NULL",
+             WHERE id = $1 AND removed_at IS NULL \
+               AND (role <> 'owner' OR (SELECT COUNT(*) FROM users o \
+                    WHERE o.org_id = users.org_id AND o.role = 'owner' AND o.removed_at IS NULL) > 1)",
         )
         .bind(user_id)
         .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            let active: Option<i64> =
+                sqlx::query_scalar("SELECT 1 FROM users WHERE id = $1 AND removed_at IS NULL")
+                    .bind(user_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            tx.rollback().await?;
+            return Ok(if active.is_some() {
+                Removal::LastOwner
+            } else {
+                Removal::NotFound
+            });
+        }
+        insert_audit(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(Removal::Removed)
+    }
+
+    async fn set_password_hash(
+        &self,
+        user_id: &str,
+        password_hash: &str,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1 AND removed_at IS NULL",
+        )
+        .bind(user_id)
+        .bind(password_hash)
+        .bind(audit.at)
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {

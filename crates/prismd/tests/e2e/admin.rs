@@ -187,23 +187,83 @@ fn commands_before_the_first_start_explain_what_to_do() -> TestResult {
 }
 
 #[test]
-fn data_dir_comes_from_the_environment_too() -> TestResult {
+fn data_dir_comes_from_the_environment_and_a_wrong_one_creates_nothing() -> TestResult {
     let dir = temp_dir()?;
+    let missing = dir.path().join("typo");
     let output = std::process::Command::new(crate::harness::BIN)
         .args(["users", "list"])
-        .env("PRISMD_DATA_DIR", dir.path().join("from-env"))
+        .env("PRISMD_DATA_DIR", &missing)
         .output()?;
-    // No organization yet, but the database was created where the variable said.
     assert!(!output.status.success());
-    let db = dir.path().join("from-env").join("prismd.db");
-    assert!(db.exists());
-    assert_eq!(std::fs::metadata(&db)?.permissions().mode() & 0o777, 0o600);
-    assert_eq!(
-        std::fs::metadata(dir.path().join("from-env"))?
-            .permissions()
-            .mode()
-            & 0o777,
-        0o700
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.contains("no database at") && stderr.contains("typo"),
+        "{stderr}"
     );
+    assert!(
+        !missing.exists(),
+        "an admin command must not create a database"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn data_files_are_private() -> TestResult {
+    let dir = temp_dir()?;
+    let data = dir.path().join("data");
+    Server::start(&data)?.stop()?;
+    let mode = |path: std::path::PathBuf| -> Result<u32, std::io::Error> {
+        Ok(std::fs::metadata(path)?.permissions().mode() & 0o777)
+    };
+    assert_eq!(mode(data.clone())?, 0o700);
+    assert_eq!(mode(data.join("prismd.db"))?, 0o600);
+    assert_eq!(mode(data.join(prismd::INITIAL_PASSWORD_FILE))?, 0o600);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_last_owner_cannot_be_removed_and_passwords_can_be_reset() -> TestResult {
+    let dir = temp_dir()?;
+    let _server = Server::start(dir.path())?;
+    let data = dir.path();
+    let output = prismd(data, &["users", "remove", "--email", "owner@localhost"])?;
+    assert!(!output.status.success());
+    assert!(
+        stderr_of(&output).contains("last Owner"),
+        "{}",
+        stderr_of(&output)
+    );
+
+    // With a second Owner, the first can go.
+    admin_ok(
+        data,
+        &[
+            "users",
+            "add",
+            "--email",
+            "second@example.com",
+            "--role",
+            "Owner",
+        ],
+    )?;
+    admin_ok(data, &["users", "remove", "--email", "owner@localhost"])?;
+    let output = prismd(data, &["users", "remove", "--email", "second@example.com"])?;
+    assert!(!output.status.success(), "the remaining Owner must stay");
+
+    let output = prismd_with_stdin(
+        data,
+        &["users", "set-password", "--email", "second@example.com"],
+        "a brand new password\n",
+    )?;
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let audit = admin_ok(data, &["audit", "--limit", "1"])?;
+    assert!(audit.contains("user.password_set"), "{audit}");
+    assert!(!audit.contains("a brand new password"));
+    let output = prismd_with_stdin(
+        data,
+        &["users", "set-password", "--email", "nobody@example.com"],
+        "a brand new password\n",
+    )?;
+    assert!(!output.status.success());
     Ok(())
 }

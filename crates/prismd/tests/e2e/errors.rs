@@ -371,6 +371,11 @@ async fn unknown_paths_and_api_bodies_are_answered_cleanly() -> TestResult {
     assert_eq!(response.status().as_u16(), 404);
     let response = server.http.get(server.url("/auth/refresh")).send().await?;
     assert_eq!(response.status().as_u16(), 405);
+    let body: Value = response.json().await?;
+    assert_eq!(
+        body["error"], "invalid_request",
+        "405 must be an OAuth-shaped JSON error"
+    );
 
     for (case, body, want) in [
         ("malformed JSON", b"{\"query\":".to_vec(), 400),

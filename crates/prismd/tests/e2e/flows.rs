@@ -274,3 +274,66 @@ async fn audit_trail_records_every_security_event_without_secrets() -> TestResul
     assert_eq!(events[0]["subjectUserId"], revoke["subjectUserId"]);
     Ok(())
 }
+
+#[tokio::test]
+async fn answered_revocations_and_removals_survive_sigkill() -> TestResult {
+    let dir = temp_dir()?;
+    let options = Options {
+        args: vec!["--issuer".into(), "https://auth.example.test".into()],
+        ..Options::default()
+    };
+    let server = Server::start_with(dir.path(), options.clone())?;
+    let revoked = user_with_token(dir.path(), "revoked@example.com")?;
+    let removed = user_with_token(dir.path(), "removed@example.com")?;
+    let revoked_access = server.access_token(&revoked).await?;
+    let removed_access = server.access_token(&removed).await?;
+    assert_eq!(server.revoke(&revoked).await?.0, 200);
+    admin_ok(
+        dir.path(),
+        &["users", "remove", "--email", "removed@example.com"],
+    )?;
+    // No graceful shutdown: only what was fsynced before the answers counts.
+    server.kill_hard()?;
+
+    let server = Server::start_with(dir.path(), options)?;
+    for (token, access) in [(&revoked, &revoked_access), (&removed, &removed_access)] {
+        assert_eq!(server.refresh(token).await?.0, 400);
+        assert_eq!(server.whoami(access).await?, Err(401));
+    }
+    server.stop()?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stalled_client_does_not_hold_up_shutdown() -> TestResult {
+    use std::io::Write;
+    let dir = temp_dir()?;
+    let options = Options {
+        args: vec![
+            "--header-read-timeout".into(),
+            "1s".into(),
+            "--shutdown-grace".into(),
+            "2s".into(),
+        ],
+        ..Options::default()
+    };
+    let server = Server::start_with(dir.path(), options)?;
+    let address = server.base.trim_start_matches("http://").to_owned();
+    // Half a request head, never finished.
+    let mut stalled = std::net::TcpStream::connect(&address)?;
+    stalled.write_all(b"POST /auth/refresh HTTP/1.1\r\nHost: x\r\n")?;
+    let status = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(server.pid().to_string())
+        .status()?;
+    assert!(status.success());
+    // The bound is generous: this checks that shutdown finishes at all, not how fast.
+    let exited = server.wait_exit(std::time::Duration::from_secs(60))?;
+    assert_eq!(
+        exited,
+        Some(true),
+        "prismd must exit cleanly despite the stalled connection"
+    );
+    drop(stalled);
+    Ok(())
+}

@@ -18,6 +18,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_prismd");
 pub struct Server {
     child: Child,
     pub base: String,
+    data_dir: std::path::PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
     pub http: reqwest::Client,
 }
@@ -59,17 +60,17 @@ impl Server {
         let sink = logs.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let address: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
-                    let _ = address_tx.send(address);
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let url: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+                    let _ = address_tx.send(url);
                 }
                 if let Ok(mut logs) = sink.lock() {
                     logs.push(line);
                 }
             }
         });
-        let address = match address_rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(address) => address,
+        let base = match address_rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => url,
             Err(_) => {
                 let _ = child.kill();
                 let logs = logs.lock().map(|l| l.join("\n")).unwrap_or_default();
@@ -78,7 +79,8 @@ impl Server {
         };
         Ok(Self {
             child,
-            base: format!("http://{address}"),
+            base,
+            data_dir: data_dir.to_owned(),
             logs,
             http: reqwest::Client::new(),
         })
@@ -102,6 +104,39 @@ impl Server {
         let logs = self.logs();
         assert!(exit.success(), "prismd exited with {exit:?}; log:\n{logs}");
         Ok(logs)
+    }
+
+    /// SIGKILL: no graceful shutdown, no final writes. Returns the log.
+    pub fn kill_hard(mut self) -> Result<String, Box<dyn std::error::Error>> {
+        self.child.kill()?;
+        self.child.wait()?;
+        std::thread::sleep(Duration::from_millis(100));
+        Ok(self.logs())
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The process id, for signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit by itself, up to `limit`; returns whether it exited
+    /// successfully, or `None` if it was still running (then it is killed).
+    pub fn wait_exit(
+        mut self,
+        limit: Duration,
+    ) -> Result<Option<bool>, Box<dyn std::error::Error>> {
+        let started = std::time::Instant::now();
+        while started.elapsed() < limit {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status.success()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(None)
     }
 
     pub fn url(&self, path: &str) -> String {

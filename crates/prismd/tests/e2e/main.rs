@@ -6,5 +6,7 @@ mod errors;
 mod flows;
 mod harness;
 mod jwt_attacks;
+mod official_cli;
 mod ops;
 mod seed;
+mod tls;
