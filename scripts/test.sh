@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. The end-to-end tests drive the real server with bash,
 # curl and jq (the seed document's own lines) and with the official `prism` CLI (Node.js, npm),
-# so this installs those when missing.
+# whose browser login runs in Debian's headless Chromium, so this installs those when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +10,7 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v jq >/dev/null 2>&1 || missing+=(jq)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if ((${#missing[@]})); then
   echo "test.sh: installing ${missing[*]} (needed by the end-to-end tests)" >&2
   sudo=""

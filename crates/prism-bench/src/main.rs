@@ -269,7 +269,16 @@ async fn seed(data_dir: &Path, users: usize, tokens: usize) -> anyhow::Result<Ve
     let mut secrets = Vec::with_capacity(tokens);
     for n in 0..tokens.max(1) {
         let user = &seeded_users[n % seeded_users.len()];
-        secrets.push(auth::mint_refresh_token(&store, user, None, "bench".into(), &meta).await?);
+        secrets.push(
+            auth::mint_refresh_token(
+                &store,
+                user,
+                auth::SessionOrigin::default(),
+                "bench".into(),
+                &meta,
+            )
+            .await?,
+        );
     }
     prismd::store::Store::close(&store).await;
     Ok(secrets)

@@ -167,10 +167,14 @@ async fn run_tokens(store: &SqliteStore, command: TokensCommand) -> anyhow::Resu
         TokensCommand::Create { email, name } => {
             let user = accounts::find_user(store, &org, &email).await?;
             let name = name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
+            let origin = auth::SessionOrigin {
+                name,
+                ..Default::default()
+            };
             let token = auth::mint_refresh_token(
                 store,
                 &user,
-                name,
+                origin,
                 OPERATOR.into(),
                 &RequestMeta::default(),
             )

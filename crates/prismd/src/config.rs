@@ -29,6 +29,8 @@ pub struct ServeConfig {
     pub org_name: String,
     /// Email of the Owner created on first start.
     pub owner_email: String,
+    /// Where `/logout` may send the browser (`returnTo`), besides loopback addresses.
+    pub logout_return_to: Vec<String>,
 }
 
 impl ServeConfig {
@@ -47,6 +49,7 @@ impl ServeConfig {
             usage_flush_interval: Duration::from_secs(5),
             org_name: "My Organization".to_owned(),
             owner_email: "owner@localhost".to_owned(),
+            logout_return_to: vec!["https://prismatic.io".to_owned()],
         }
     }
 

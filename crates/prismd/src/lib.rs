@@ -102,7 +102,14 @@ pub async fn serve(
         access_token_ttl: config.access_token_ttl,
     };
     let auth = Arc::new(AuthService::new(store.clone(), keys, settings));
-    let app = http::router(http::AppState::new(auth.clone()), config.request_timeout);
+    let web = http::WebSettings {
+        secure_cookies: issuer.starts_with("https://"),
+        logout_return_to: config.logout_return_to.clone(),
+    };
+    let app = http::router(
+        http::AppState::new(auth.clone(), web),
+        config.request_timeout,
+    );
 
     let (stop_flusher, flusher_stopped) = watch::channel(false);
     let flusher = tokio::spawn(flush_token_uses(

@@ -111,6 +111,16 @@ struct ServeArgs {
     /// Email of the Owner account created on the first start.
     #[arg(long, env = "PRISMD_OWNER_EMAIL", default_value = "owner@localhost")]
     owner_email: String,
+
+    /// Where /logout may redirect the browser (returnTo), comma-separated; loopback addresses
+    /// are always allowed.
+    #[arg(
+        long,
+        env = "PRISMD_LOGOUT_RETURN_TO",
+        value_delimiter = ',',
+        default_value = "https://prismatic.io"
+    )]
+    logout_return_to: Vec<String>,
 }
 
 fn parse_duration(input: &str) -> Result<Duration, String> {
@@ -173,6 +183,7 @@ async fn run_server(data_dir: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
         request_timeout: args.request_timeout,
         org_name: args.org_name,
         owner_email: args.owner_email,
+        logout_return_to: args.logout_return_to,
         ..ServeConfig::new(data_dir)
     };
     // Handlers are installed before the listener opens, so a SIGTERM that arrives while the

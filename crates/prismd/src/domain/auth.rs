@@ -219,6 +219,80 @@ impl AuthService {
         })
     }
 
+    /// Revokes the one session a token belongs to (RFC 7009): a refresh token's own session,
+    /// or the session an access token was issued from. Unknown or invalid tokens revoke nothing.
+    pub async fn revoke_one(
+        &self,
+        token: &str,
+        meta: &RequestMeta,
+    ) -> Result<RevokeOutcome, DomainError> {
+        let session = if token_format::validate(SecretKind::RefreshToken, token).is_ok() {
+            self.store
+                .find_refresh_grant(&hash_secret(token))
+                .await?
+                .map(|grant| (grant.token_id, grant.user_id, grant.org_id))
+        } else {
+            let expect = VerifyExpectations {
+                issuer: &self.settings.issuer,
+                audience: &self.settings.audience,
+                now_secs: now_ms() / 1000,
+            };
+            match self.keys.verify(token, &expect) {
+                Ok(claims) => Some((claims.sid, claims.sub, String::new())),
+                Err(_) => None,
+            }
+        };
+        let Some((token_id, user_id, org_id)) = session else {
+            return Ok(RevokeOutcome::NothingToRevoke);
+        };
+        let audit = AuditEvent {
+            at: now_ms(),
+            action: "token.revoked",
+            actor: format!("session:{token_id}"),
+            org_id: Some(org_id).filter(|id| !id.is_empty()),
+            subject_user_id: Some(user_id.clone()),
+            address: meta.address.clone(),
+            user_agent: meta.user_agent.clone(),
+            detail: Some(serde_json::json!({ "token_id": token_id }).to_string()),
+        };
+        Ok(
+            if self
+                .store
+                .revoke_session(&token_id, &user_id, audit)
+                .await?
+            {
+                RevokeOutcome::Revoked
+            } else {
+                RevokeOutcome::NothingToRevoke
+            },
+        )
+    }
+
+    /// Signs an OpenID Connect ID token for `user`, for the client that logged in.
+    pub fn id_token(
+        &self,
+        user: &User,
+        client_id: &str,
+        nonce: Option<&str>,
+    ) -> Result<String, DomainError> {
+        let now = now_ms() / 1000;
+        let mut claims = serde_json::json!({
+            "iss": self.settings.issuer,
+            "sub": user.id,
+            "aud": client_id,
+            "iat": now,
+            "exp": now + 3600,
+            "email": user.email,
+            "name": user.name,
+        });
+        if let Some(nonce) = nonce {
+            claims["nonce"] = serde_json::Value::String(nonce.to_owned());
+        }
+        self.keys
+            .sign_id_token(&claims)
+            .map_err(|_| DomainError::Internal("signing failed"))
+    }
+
     fn random_id(&self) -> Result<String, DomainError> {
         let mut bytes = [0u8; 16];
         self.rng
@@ -228,12 +302,23 @@ impl AuthService {
     }
 }
 
+/// How a new session (refresh token) came to be.
+#[derive(Debug, Clone, Default)]
+pub struct SessionOrigin {
+    /// A name the user sees, for example "CLI login" or the CI pipeline's name.
+    pub name: Option<String>,
+    /// `None` means [`DEFAULT_SCOPE`].
+    pub scope: Option<String>,
+    /// The authorization code it was issued for.
+    pub from_code: Option<[u8; 32]>,
+}
+
 /// Mints a refresh token for `user`; only its hash is stored. Returns the secret. Needs no
 /// signing key, so the admin commands call it directly.
 pub async fn mint_refresh_token(
     store: &dyn Store,
     user: &User,
-    name: Option<String>,
+    origin: SessionOrigin,
     actor: String,
     meta: &RequestMeta,
 ) -> Result<String, DomainError> {
@@ -241,7 +326,7 @@ pub async fn mint_refresh_token(
         .map_err(|_| DomainError::Internal("randomness failed"))?;
     let now = now_ms();
     let token_id = uuid::Uuid::new_v4().to_string();
-    let detail = serde_json::json!({ "token_id": token_id, "name": name }).to_string();
+    let detail = serde_json::json!({ "token_id": token_id, "name": origin.name }).to_string();
     let inserted = store
         .insert_refresh_token(
             NewRefreshToken {
@@ -249,9 +334,10 @@ pub async fn mint_refresh_token(
                 token_hash: hash_secret(&secret),
                 user_id: user.id.clone(),
                 client_id: CLI_CLIENT_ID.to_owned(),
-                name,
-                scope: DEFAULT_SCOPE.to_owned(),
+                name: origin.name,
+                scope: origin.scope.unwrap_or_else(|| DEFAULT_SCOPE.to_owned()),
                 created_at: now,
+                from_code: origin.from_code,
             },
             AuditEvent {
                 at: now,

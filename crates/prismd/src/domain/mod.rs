@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod login;
 pub mod passwords;
 pub mod standing;
 pub mod usage;
@@ -56,6 +57,9 @@ pub enum GrantError {
     Unknown,
     #[error("{0}")]
     Denied(Denial),
+    /// An authorization code that cannot be redeemed; the text says why.
+    #[error("{0}")]
+    Code(&'static str),
 }
 
 /// Why a bearer token was refused.

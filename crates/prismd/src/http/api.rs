@@ -13,13 +13,16 @@ use super::AppState;
 use super::body::{BodyShape, JsonBody};
 use super::error::HttpError;
 use crate::domain::accounts::public_id;
-use crate::domain::auth::Principal;
+use std::sync::Arc;
+
+use crate::domain::auth::{AuthService, Principal};
 
 pub type ApiSchema = Schema<QueryRoot, EmptyMutation, EmptySubscription>;
 
 /// Builds the schema with limits that keep hostile queries cheap.
-pub fn schema() -> ApiSchema {
+pub fn schema(auth: Arc<AuthService>) -> ApiSchema {
     Schema::build(QueryRoot, EmptyMutation, EmptySubscription)
+        .data(auth)
         .limit_depth(16)
         .limit_complexity(1000)
         .limit_recursive_depth(32)
@@ -101,6 +104,50 @@ impl QueryRoot {
         let principal = ctx.data::<Principal>()?;
         Ok(UserNode::from(principal))
     }
+
+    /// The tenants (organizations) the caller's email belongs to.
+    async fn list_user_tenants(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<TenantConnection> {
+        let principal = ctx.data::<Principal>()?;
+        let auth = ctx.data::<Arc<AuthService>>()?;
+        let orgs = auth
+            .store()
+            .organizations_of_email(&principal.user.email)
+            .await
+            .map_err(|_| async_graphql::Error::new("the service is temporarily unavailable"))?;
+        let url = auth.settings().issuer.clone();
+        Ok(TenantConnection {
+            nodes: orgs
+                .into_iter()
+                .map(|org| TenantNode {
+                    tenant_id: org.tenant_id,
+                    url: url.clone(),
+                    org_name: org.name,
+                    aws_region: "self-hosted".to_owned(),
+                    system_suspended: false,
+                })
+                .collect(),
+        })
+    }
+}
+
+#[derive(SimpleObject)]
+#[graphql(name = "UserTenantConnection")]
+pub struct TenantConnection {
+    nodes: Vec<TenantNode>,
+}
+
+/// A tenant the caller can use (`tenant_id` of `/auth/refresh` and `/oauth/token`).
+#[derive(SimpleObject)]
+#[graphql(name = "UserTenant")]
+pub struct TenantNode {
+    tenant_id: String,
+    url: String,
+    org_name: String,
+    aws_region: String,
+    system_suspended: bool,
 }
 
 /// A user as the API shows it.

@@ -7,6 +7,7 @@ mod body;
 mod error;
 mod oauth;
 mod ops;
+mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,21 +29,32 @@ use crate::domain::auth::AuthService;
 pub use api::ApiSchema;
 pub use error::HttpError;
 
+/// Settings of the browser pages.
+#[derive(Debug, Clone, Default)]
+pub struct WebSettings {
+    /// Mark cookies `Secure` (the issuer is https).
+    pub secure_cookies: bool,
+    /// `returnTo` targets `/logout` may redirect to, besides loopback addresses.
+    pub logout_return_to: Vec<String>,
+}
+
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub auth: Arc<AuthService>,
     pub schema: ApiSchema,
     pub metadata: Arc<serde_json::Value>,
+    pub web: Arc<WebSettings>,
 }
 
 impl AppState {
-    pub fn new(auth: Arc<AuthService>) -> Self {
+    pub fn new(auth: Arc<AuthService>, web: WebSettings) -> Self {
         let metadata = Arc::new(oauth::metadata_document(&auth.settings().issuer));
         Self {
+            schema: api::schema(auth.clone()),
             auth,
-            schema: api::schema(),
             metadata,
+            web: Arc::new(web),
         }
     }
 }
@@ -54,6 +66,9 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/auth/revoke", post(auth::revoke))
         .route("/auth/meta", get(auth::meta))
         .route("/oauth/token", post(oauth::token))
+        .route("/oauth/revoke", post(oauth::revoke))
+        .route("/authorize", get(web::authorize).post(web::login))
+        .route("/logout", get(web::logout))
         .route("/.well-known/jwks.json", get(oauth::jwks))
         .route("/.well-known/openid-configuration", get(oauth::metadata))
         .route(

@@ -13,6 +13,7 @@ use super::body::{BodyShape, JsonOrForm};
 use super::error::HttpError;
 use super::{AppState, ClientMeta};
 use crate::domain::auth::{CLI_CLIENT_ID, DEFAULT_SCOPE};
+use crate::domain::login::CodeGrant;
 
 /// RFC 6749 token request parameters.
 #[derive(Debug, Deserialize)]
@@ -27,12 +28,18 @@ pub struct TokenRequest {
     #[serde(default)]
     #[allow(dead_code)] // Accepted and ignored: a refresh keeps the token's original scope.
     scope: Option<String>,
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    code_verifier: Option<String>,
+    #[serde(default)]
+    redirect_uri: Option<String>,
 }
 
 impl BodyShape for TokenRequest {
     const MAX_BYTES: usize = AUTH_BODY_LIMIT;
-    const EXPECTED: &'static str =
-        "string parameters grant_type, refresh_token and optional client_id, tenant_id, scope";
+    const EXPECTED: &'static str = "string parameters: grant_type, and refresh_token (refresh_token grant) or code, \
+         code_verifier, redirect_uri, client_id (authorization_code grant)";
 }
 
 pub async fn token(
@@ -60,12 +67,59 @@ pub async fn token(
                 .await?;
             Ok(no_store(Json(tokens).into_response()))
         }
+        "authorization_code" => {
+            let required = |value: &Option<String>, name: &str| {
+                value.clone().filter(|v| !v.is_empty()).ok_or_else(|| {
+                    HttpError::invalid_request(format!("the {name} parameter is required"))
+                })
+            };
+            let code = required(&request.code, "code")?;
+            let code_verifier = required(&request.code_verifier, "code_verifier")?;
+            let redirect_uri = required(&request.redirect_uri, "redirect_uri")?;
+            let client_id = required(&request.client_id, "client_id")?;
+            let grant = CodeGrant {
+                code: &code,
+                code_verifier: &code_verifier,
+                redirect_uri: &redirect_uri,
+                client_id: &client_id,
+            };
+            let tokens = state.auth.exchange_code(grant, &meta).await?;
+            Ok(no_store(Json(tokens).into_response()))
+        }
         _ => Err(HttpError::new(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
-            "this server supports grant_type=refresh_token",
+            "this server supports grant_type=authorization_code and grant_type=refresh_token",
         )),
     }
+}
+
+/// RFC 7009 revocation request.
+#[derive(Debug, Deserialize)]
+pub struct RevocationRequest {
+    token: String,
+    #[serde(default)]
+    #[allow(dead_code)] // Optional hint; both token types are recognised by their form.
+    token_type_hint: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)] // Public client: nothing to authenticate.
+    client_id: Option<String>,
+}
+
+impl BodyShape for RevocationRequest {
+    const MAX_BYTES: usize = AUTH_BODY_LIMIT;
+    const EXPECTED: &'static str = "a string parameter token and optional token_type_hint";
+}
+
+/// `POST /oauth/revoke`: revokes the one session the token belongs to; 200 whatever the token.
+pub async fn revoke(
+    State(state): State<AppState>,
+    ClientMeta(meta): ClientMeta,
+    JsonOrForm(request): JsonOrForm<RevocationRequest>,
+) -> Result<Response, HttpError> {
+    let outcome = state.auth.revoke_one(&request.token, &meta).await?;
+    tracing::debug!(?outcome, "revoke one");
+    Ok(no_store(Json(json!({})).into_response()))
 }
 
 pub async fn jwks(State(state): State<AppState>) -> Json<Value> {
@@ -81,10 +135,16 @@ pub fn metadata_document(issuer: &str) -> Value {
     json!({
         "issuer": issuer,
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+        "authorization_endpoint": format!("{issuer}/authorize"),
         "token_endpoint": format!("{issuer}/oauth/token"),
-        "grant_types_supported": ["refresh_token"],
+        "revocation_endpoint": format!("{issuer}/oauth/revoke"),
+        "end_session_endpoint": format!("{issuer}/logout"),
+        "grant_types_supported": ["authorization_code", "refresh_token"],
         "token_endpoint_auth_methods_supported": ["none"],
-        "response_types_supported": [],
+        "revocation_endpoint_auth_methods_supported": ["none"],
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "code_challenge_methods_supported": ["S256"],
         "scopes_supported": DEFAULT_SCOPE.split(' ').collect::<Vec<_>>(),
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["EdDSA"],

@@ -93,6 +93,52 @@ pub struct NewRefreshToken {
     pub name: Option<String>,
     pub scope: String,
     pub created_at: i64,
+    /// The authorization code this token was issued for, if any: a replay of that code
+    /// revokes this token.
+    pub from_code: Option<[u8; 32]>,
+}
+
+/// An authorization code to store (its hash), bound to client, redirect URI and challenge.
+#[derive(Debug, Clone)]
+pub struct NewAuthorizationCode {
+    pub code_hash: [u8; 32],
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub code_challenge: String,
+    pub scope: String,
+    pub nonce: Option<String>,
+    pub user_id: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// An authorization code as redeemed.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AuthorizationCode {
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub code_challenge: String,
+    pub scope: String,
+    pub nonce: Option<String>,
+    pub user_id: String,
+    pub expires_at: i64,
+}
+
+/// What presenting an authorization code did.
+#[derive(Debug, Clone)]
+pub enum CodeRedemption {
+    /// First use: the code is now spent.
+    Redeemed(AuthorizationCode),
+    /// Used before: the refresh token issued from it (if any) has been revoked.
+    Replayed,
+    Unknown,
+}
+
+/// A user with their password hash, for login.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub user: User,
+    pub password_hash: Option<String>,
 }
 
 /// Everything the refresh exchange needs, read in one indexed look-up by token hash.
@@ -249,6 +295,54 @@ pub trait Store: Send + Sync + 'static {
         user_id: &str,
         session_id: &str,
     ) -> Result<Option<PrincipalRecord>, StoreError>;
+
+    /// Active users with this email in any organization, oldest first, with password hashes.
+    async fn credentials_by_email(&self, email: &str) -> Result<Vec<Credentials>, StoreError>;
+
+    /// The user behind an active session, by id.
+    async fn active_user(&self, user_id: &str) -> Result<Option<User>, StoreError>;
+
+    /// Organizations where an active user with this email is a member.
+    async fn organizations_of_email(&self, email: &str) -> Result<Vec<Organization>, StoreError>;
+
+    /// Stores a new authorization code.
+    async fn insert_authorization_code(&self, code: NewAuthorizationCode)
+    -> Result<(), StoreError>;
+
+    /// Spends an authorization code. A second presentation marks it replayed and revokes the
+    /// refresh token issued from it, in the same transaction.
+    async fn redeem_authorization_code(
+        &self,
+        code_hash: &[u8; 32],
+        at: i64,
+    ) -> Result<CodeRedemption, StoreError>;
+
+    /// Revokes one session (refresh token) of `user_id`. Returns false if it was not live.
+    async fn revoke_session(
+        &self,
+        token_id: &str,
+        user_id: &str,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError>;
+
+    /// Stores a browser session (the hash of its cookie).
+    async fn insert_browser_session(
+        &self,
+        id_hash: &[u8; 32],
+        user_id: &str,
+        created_at: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError>;
+
+    /// The active user of an unexpired browser session.
+    async fn browser_session_user(
+        &self,
+        id_hash: &[u8; 32],
+        now: i64,
+    ) -> Result<Option<User>, StoreError>;
+
+    /// Ends a browser session.
+    async fn delete_browser_session(&self, id_hash: &[u8; 32]) -> Result<(), StoreError>;
 
     /// Records last-use times and addresses of refresh tokens (batched).
     async fn record_token_uses(&self, uses: &[TokenUse]) -> Result<(), StoreError>;

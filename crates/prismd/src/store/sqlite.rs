@@ -13,8 +13,9 @@ use sqlx::sqlite::{
 use sqlx::{FromRow, Row, Sqlite, Transaction};
 
 use super::{
-    AuditEvent, AuditRecord, NewOrganization, NewRefreshToken, NewUser, Organization,
-    PrincipalRecord, RefreshGrant, Removal, SigningKeyRecord, Store, StoreError, TokenUse, User,
+    AuditEvent, AuditRecord, AuthorizationCode, CodeRedemption, Credentials, NewAuthorizationCode,
+    NewOrganization, NewRefreshToken, NewUser, Organization, PrincipalRecord, RefreshGrant,
+    Removal, SigningKeyRecord, Store, StoreError, TokenUse, User,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -322,6 +323,26 @@ impl Store for SqliteStore {
             tx.rollback().await?;
             return Ok(false);
         }
+        if let Some(code_hash) = &token.from_code {
+            sqlx::query(
+                "UPDATE authorization_codes SET refresh_token_id = $2 WHERE code_hash = $1",
+            )
+            .bind(&code_hash[..])
+            .bind(&token.id)
+            .execute(&mut *tx)
+            .await?;
+            // A replay that came between redeeming the code and now finds no token to revoke;
+            // revoke it here instead.
+            sqlx::query(
+                "UPDATE refresh_tokens SET revoked_at = $2 WHERE id = $1 AND EXISTS \
+                 (SELECT 1 FROM authorization_codes WHERE code_hash = $3 AND replayed_at IS NOT NULL)",
+            )
+            .bind(&token.id)
+            .bind(token.created_at)
+            .bind(&code_hash[..])
+            .execute(&mut *tx)
+            .await?;
+        }
         insert_audit(&mut tx, &audit).await?;
         tx.commit().await?;
         Ok(true)
@@ -405,6 +426,182 @@ impl Store for SqliteStore {
             user,
             session_revoked_at,
         }))
+    }
+
+    async fn credentials_by_email(&self, email: &str) -> Result<Vec<Credentials>, StoreError> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS}, u.password_hash FROM users u \
+             WHERE u.email = $1 AND u.removed_at IS NULL ORDER BY u.created_at, u.id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(email)
+            .fetch_all(&self.readers)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Credentials {
+                    user: User::from_row(row)?,
+                    password_hash: row.try_get("password_hash")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::Database)
+    }
+
+    async fn active_user(&self, user_id: &str) -> Result<Option<User>, StoreError> {
+        let sql =
+            format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1 AND u.removed_at IS NULL");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(user_id)
+            .fetch_optional(&self.readers)
+            .await?)
+    }
+
+    async fn organizations_of_email(&self, email: &str) -> Result<Vec<Organization>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT o.id, o.name, o.tenant_id, o.created_at FROM organizations o \
+             JOIN users u ON u.org_id = o.id \
+             WHERE u.email = $1 AND u.removed_at IS NULL ORDER BY o.created_at, o.id",
+        )
+        .bind(email)
+        .fetch_all(&self.readers)
+        .await?)
+    }
+
+    async fn insert_authorization_code(
+        &self,
+        code: NewAuthorizationCode,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO authorization_codes (code_hash, client_id, redirect_uri, code_challenge, \
+             scope, nonce, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&code.code_hash[..])
+        .bind(&code.client_id)
+        .bind(&code.redirect_uri)
+        .bind(&code.code_challenge)
+        .bind(&code.scope)
+        .bind(&code.nonce)
+        .bind(&code.user_id)
+        .bind(code.created_at)
+        .bind(code.expires_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn redeem_authorization_code(
+        &self,
+        code_hash: &[u8; 32],
+        at: i64,
+    ) -> Result<CodeRedemption, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let redeemed: Option<AuthorizationCode> = sqlx::query_as(
+            "UPDATE authorization_codes SET used_at = $2 WHERE code_hash = $1 AND used_at IS NULL \
+             RETURNING client_id, redirect_uri, code_challenge, scope, nonce, user_id, expires_at",
+        )
+        .bind(&code_hash[..])
+        .bind(at)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(code) = redeemed {
+            tx.commit().await?;
+            return Ok(CodeRedemption::Redeemed(code));
+        }
+        let replayed = sqlx::query(
+            "UPDATE authorization_codes SET replayed_at = COALESCE(replayed_at, $2) WHERE code_hash = $1",
+        )
+        .bind(&code_hash[..])
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        if replayed.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(CodeRedemption::Unknown);
+        }
+        sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = $2 WHERE revoked_at IS NULL AND id = \
+             (SELECT refresh_token_id FROM authorization_codes WHERE code_hash = $1)",
+        )
+        .bind(&code_hash[..])
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(CodeRedemption::Replayed)
+    }
+
+    async fn revoke_session(
+        &self,
+        token_id: &str,
+        user_id: &str,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = $3 WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(token_id)
+        .bind(user_id)
+        .bind(audit.at)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        insert_audit(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn insert_browser_session(
+        &self,
+        id_hash: &[u8; 32],
+        user_id: &str,
+        created_at: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO browser_sessions (id_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&id_hash[..])
+        .bind(user_id)
+        .bind(created_at)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn browser_session_user(
+        &self,
+        id_hash: &[u8; 32],
+        now: i64,
+    ) -> Result<Option<User>, StoreError> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM browser_sessions s JOIN users u ON u.id = s.user_id \
+             WHERE s.id_hash = $1 AND s.expires_at > $2 AND u.removed_at IS NULL"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(&id_hash[..])
+            .bind(now)
+            .fetch_optional(&self.readers)
+            .await?)
+    }
+
+    async fn delete_browser_session(&self, id_hash: &[u8; 32]) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM browser_sessions WHERE id_hash = $1")
+            .bind(&id_hash[..])
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn record_token_uses(&self, uses: &[TokenUse]) -> Result<(), StoreError> {

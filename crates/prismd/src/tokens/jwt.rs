@@ -109,6 +109,19 @@ impl KeyRing {
         Ok(token)
     }
 
+    /// Signs an OpenID Connect ID token (`typ: JWT`, so it can never pass as an access token).
+    pub fn sign_id_token(&self, claims: &serde_json::Value) -> Result<String, JwtError> {
+        let key = &self.active;
+        let header = serde_json::json!({ "alg": ALGORITHM, "typ": "JWT", "kid": key.kid });
+        let mut token = URL_SAFE_NO_PAD.encode(header.to_string());
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(claims.to_string(), &mut token);
+        let signature = key.sign(token.as_bytes());
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
+        Ok(token)
+    }
+
     /// Verifies signature, type, issuer, audience and time of `token`.
     pub fn verify(
         &self,

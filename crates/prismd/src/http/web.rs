@@ -1,0 +1,385 @@
+//! The browser side of login: `GET/POST /authorize` (a server-rendered login page with no
+//! external assets and no JavaScript, CSRF-protected, framing forbidden) and `GET /logout`.
+
+use std::sync::LazyLock;
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::body::{BodyShape, JsonOrForm};
+use super::{AppState, ClientMeta};
+use crate::domain::login::{self, AuthorizationRequest, AuthorizeError, AuthorizeParams};
+
+const SESSION_COOKIE: &str = "prism_session";
+const CSRF_COOKIE: &str = "prism_csrf";
+
+const STYLE: &str = "body{font-family:system-ui,-apple-system,sans-serif;background:#f4f5f7;color:#1d2433;margin:0}\
+main{max-width:22rem;margin:8vh auto;padding:2rem;background:#fff;border-radius:.75rem;box-shadow:0 1px 4px #0002}\
+h1{font-size:1.4rem;margin:0 0 .25rem}p{margin:.25rem 0 1rem;color:#4a5568}\
+label{display:block;font-weight:600;margin:.75rem 0 .25rem}\
+input{width:100%;box-sizing:border-box;padding:.6rem;font-size:1rem;border:1px solid #c3c9d4;border-radius:.4rem}\
+button{width:100%;margin-top:1.25rem;padding:.7rem;font-size:1rem;font-weight:600;color:#fff;background:#2f5bea;border:0;border-radius:.4rem}\
+.error{color:#b42318;background:#fef3f2;padding:.6rem;border-radius:.4rem}";
+
+/// `Content-Security-Policy` of every page: nothing but our own inline style (by hash), forms
+/// that post here and redirect to a loopback client, and no framing.
+static CSP: LazyLock<String> = LazyLock::new(|| {
+    let hash = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(STYLE.as_bytes()));
+    format!(
+        "default-src 'none'; style-src 'sha256-{hash}'; form-action 'self' http://localhost:* \
+         http://127.0.0.1:* http://[::1]:*; frame-ancestors 'none'; base-uri 'none'"
+    )
+});
+
+/// Escapes text for HTML element content and quoted attribute values.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+fn page(status: StatusCode, title: &str, body: &str) -> Response {
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{title} · prism-auth</title><style>{STYLE}</style></head><body><main>{body}</main></body></html>",
+        title = escape(title)
+    );
+    let mut response = (status, html).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    if let Ok(csp) = HeaderValue::from_str(&CSP) {
+        headers.insert(header::CONTENT_SECURITY_POLICY, csp);
+    }
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn error_page(status: StatusCode, message: &str) -> Response {
+    page(
+        status,
+        "Sign-in problem",
+        &format!(
+            "<h1>Sign-in problem</h1><p class=\"error\">{}</p>",
+            escape(message)
+        ),
+    )
+}
+
+fn login_page(request: &AuthorizeParams, csrf: &str, email: &str, error: Option<&str>) -> Response {
+    let hidden: String = [
+        ("response_type", &request.response_type),
+        ("client_id", &request.client_id),
+        ("redirect_uri", &request.redirect_uri),
+        ("scope", &request.scope),
+        ("state", &request.state),
+        ("code_challenge", &request.code_challenge),
+        ("code_challenge_method", &request.code_challenge_method),
+        ("audience", &request.audience),
+        ("nonce", &request.nonce),
+    ]
+    .iter()
+    .filter_map(|(name, value)| {
+        value.as_deref().map(|v| {
+            format!(
+                "<input type=\"hidden\" name=\"{name}\" value=\"{}\">",
+                escape(v)
+            )
+        })
+    })
+    .collect();
+    let error = error
+        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e)))
+        .unwrap_or_default();
+    let body = format!(
+        "<h1>Sign in</h1><p>to continue to the prism command-line client</p>{error}\
+         <form method=\"post\" action=\"/authorize\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">{hidden}\
+         <label for=\"email\">Email</label>\
+         <input id=\"email\" name=\"email\" type=\"email\" autocomplete=\"username\" required autofocus value=\"{email}\">\
+         <label for=\"password\">Password</label>\
+         <input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
+         <button type=\"submit\">Sign in</button></form>",
+        csrf = escape(csrf),
+        email = escape(email),
+    );
+    page(StatusCode::OK, "Sign in", &body)
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+}
+
+fn set_cookie(
+    response: &mut Response,
+    name: &str,
+    value: &str,
+    path: &str,
+    max_age: i64,
+    secure: bool,
+    same_site: &str,
+) {
+    let secure = if secure { "; Secure" } else { "" };
+    let header = format!(
+        "{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite={same_site}{secure}"
+    );
+    if let Ok(value) = HeaderValue::from_str(&header) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+}
+
+fn see_other(location: &str) -> Response {
+    match HeaderValue::from_str(location) {
+        Ok(location) => {
+            let mut response = StatusCode::SEE_OTHER.into_response();
+            response.headers_mut().insert(header::LOCATION, location);
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Err(_) => error_page(StatusCode::BAD_REQUEST, "the redirect address is not valid"),
+    }
+}
+
+/// Maps a request problem to an error page or an error redirect (RFC 6749 §4.1.2.1).
+fn reject(params: &AuthorizeParams, error: AuthorizeError) -> Response {
+    match error {
+        AuthorizeError::NoRedirect(message) => error_page(StatusCode::BAD_REQUEST, &message),
+        AuthorizeError::Redirect { error, description } => {
+            let request = params
+                .redirect_uri
+                .as_deref()
+                .and_then(login::loopback_redirect)
+                .map(|redirect_uri| AuthorizationRequest {
+                    client_id: String::new(),
+                    redirect_uri,
+                    scope: String::new(),
+                    state: params.state.clone(),
+                    code_challenge: String::new(),
+                    nonce: None,
+                });
+            match request {
+                Some(request) => see_other(&login::redirect_with(
+                    &request,
+                    &[("error", error), ("error_description", &description)],
+                )),
+                None => error_page(StatusCode::BAD_REQUEST, &description),
+            }
+        }
+    }
+}
+
+async fn redirect_with_code(
+    state: &AppState,
+    user: &crate::store::User,
+    request: &AuthorizationRequest,
+) -> Response {
+    match login::issue_code(state.auth.store().as_ref(), user, request).await {
+        Ok(code) => see_other(&login::redirect_with(request, &[("code", &code)])),
+        Err(err) => {
+            tracing::error!(error = %err, "could not issue an authorization code");
+            error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the service is temporarily unavailable; try again",
+            )
+        }
+    }
+}
+
+/// `GET /authorize`: check the request, then continue a live browser session or show the form.
+pub async fn authorize(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(params): Query<AuthorizeParams>,
+) -> Response {
+    let request = match login::check_request(&params, &state.auth.settings().audience) {
+        Ok(request) => request,
+        Err(error) => return reject(&params, error),
+    };
+    if let Some(session) = cookie(&headers, SESSION_COOKIE)
+        && let Ok(Some(user)) = state.auth.browser_session_user(session).await
+    {
+        return redirect_with_code(&state, &user, &request).await;
+    }
+    let Ok(csrf) = login::random_secret() else {
+        return error_page(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+    };
+    let mut response = login_page(&params, &csrf, "", None);
+    set_cookie(
+        &mut response,
+        CSRF_COOKIE,
+        &csrf,
+        "/authorize",
+        1800,
+        state.web.secure_cookies,
+        "Strict",
+    );
+    response
+}
+
+/// The login form.
+#[derive(serde::Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    password: String,
+    #[serde(flatten)]
+    params: AuthorizeParams,
+}
+
+impl BodyShape for LoginForm {
+    const MAX_BYTES: usize = 16 * 1024;
+    const EXPECTED: &'static str = "the login form";
+}
+
+/// `POST /authorize`: check CSRF and the request, then the password; redirect with a code.
+pub async fn login(
+    State(state): State<AppState>,
+    ClientMeta(meta): ClientMeta,
+    headers: HeaderMap,
+    JsonOrForm(form): JsonOrForm<LoginForm>,
+) -> Response {
+    let csrf_ok = cookie(&headers, CSRF_COOKIE).is_some_and(|expected| {
+        !form.csrf.is_empty() && bool::from(expected.as_bytes().ct_eq(form.csrf.as_bytes()))
+    });
+    if !csrf_ok {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "This sign-in form expired or was not sent from this site. Start the login again.",
+        );
+    }
+    let request = match login::check_request(&form.params, &state.auth.settings().audience) {
+        Ok(request) => request,
+        Err(error) => return reject(&form.params, error),
+    };
+    let user =
+        match login::authenticate(state.auth.store().as_ref(), &form.email, &form.password).await {
+            Ok(Some(user)) => user,
+            Ok(None) => {
+                tracing::info!(
+                    address = meta.address.as_deref().unwrap_or("-"),
+                    "login failed"
+                );
+                return login_page(
+                    &form.params,
+                    &form.csrf,
+                    &form.email,
+                    Some("Wrong email or password."),
+                );
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "login check failed");
+                return error_page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the service is temporarily unavailable; try again",
+                );
+            }
+        };
+    let mut response = redirect_with_code(&state, &user, &request).await;
+    match state.auth.start_browser_session(&user).await {
+        Ok(session) => {
+            let max_age = login::BROWSER_SESSION_TTL_MS / 1000;
+            set_cookie(
+                &mut response,
+                SESSION_COOKIE,
+                &session,
+                "/",
+                max_age,
+                state.web.secure_cookies,
+                "Lax",
+            );
+        }
+        Err(err) => tracing::warn!(error = %err, "could not start a browser session"),
+    }
+    set_cookie(
+        &mut response,
+        CSRF_COOKIE,
+        "",
+        "/authorize",
+        0,
+        state.web.secure_cookies,
+        "Strict",
+    );
+    response
+}
+
+#[derive(serde::Deserialize)]
+pub struct LogoutParams {
+    #[serde(rename = "returnTo", alias = "post_logout_redirect_uri")]
+    return_to: Option<String>,
+}
+
+/// `GET /logout`: ends the browser session; redirects only to an allowed `returnTo`.
+pub async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(params): Query<LogoutParams>,
+) -> Response {
+    if let Some(session) = cookie(&headers, SESSION_COOKIE)
+        && let Err(err) = state.auth.end_browser_session(session).await
+    {
+        tracing::warn!(error = %err, "could not end a browser session");
+    }
+    let allowed = params.return_to.as_deref().filter(|target| {
+        state
+            .web
+            .logout_return_to
+            .iter()
+            .any(|allowed| allowed == target)
+            || login::loopback_redirect(target).is_some()
+    });
+    let mut response = match allowed {
+        Some(target) => see_other(target),
+        None => page(
+            StatusCode::OK,
+            "Signed out",
+            "<h1>Signed out</h1><p>You can close this window.</p>",
+        ),
+    };
+    set_cookie(
+        &mut response,
+        SESSION_COOKIE,
+        "",
+        "/",
+        0,
+        state.web.secure_cookies,
+        "Lax",
+    );
+    response
+}
