@@ -263,6 +263,7 @@ async fn seed(data_dir: &Path, users: usize, tokens: usize) -> anyhow::Result<Ve
             name: None,
             role: Role::Integrator,
             password: None,
+            external_id: None,
         };
         seeded_users.push(accounts::add_user(&store, &org, draft, "bench".into(), &meta).await?);
     }

@@ -43,6 +43,14 @@ pub enum UsersCommand {
         #[arg(long, env = "PRISMD_USER_EMAIL")]
         email: String,
     },
+    /// Print a single-use link (valid 7 days) where the user sets a password.
+    InviteLink {
+        #[arg(long, env = "PRISMD_USER_EMAIL")]
+        email: String,
+        /// The server's public URL, as `serve --issuer`.
+        #[arg(long, env = "PRISMD_ISSUER", default_value = "http://127.0.0.1:8080")]
+        issuer: String,
+    },
     /// Set a user's password for browser login, read from the first line of stdin (also the
     /// way back in if the first Owner's password is lost).
     SetPassword {
@@ -134,6 +142,7 @@ async fn run_users(store: &SqliteStore, command: UsersCommand) -> anyhow::Result
                 name,
                 role,
                 password,
+                external_id: None,
             };
             let user = accounts::add_user(store, &org, draft, OPERATOR.into(), &meta).await?;
             println!("{}", public_id("User", &user.id));
@@ -151,6 +160,11 @@ async fn run_users(store: &SqliteStore, command: UsersCommand) -> anyhow::Result
             let user = accounts::find_user(store, &org, &email).await?;
             accounts::remove_user(store, &user, OPERATOR.into(), &meta).await?;
             eprintln!("Removed {}; their tokens no longer work.", user.email);
+        }
+        UsersCommand::InviteLink { email, issuer } => {
+            let user = accounts::find_user(store, &org, &email).await?;
+            let token = accounts::create_invitation(store, &user, OPERATOR.into(), &meta).await?;
+            println!("{}/invite?token={token}", issuer.trim_end_matches('/'));
         }
         UsersCommand::SetPassword { email } => {
             let user = accounts::find_user(store, &org, &email).await?;

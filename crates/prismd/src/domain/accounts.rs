@@ -10,8 +10,10 @@ use prism_proto::token_format::{self, SecretKind};
 
 use super::{DomainError, RequestMeta, now_ms, passwords};
 use crate::store::{
-    AuditEvent, NewOrganization, NewUser, Organization, Removal, Store, StoreError, User,
+    AuditEvent, NewOrganization, NewUser, Organization, ProfileChanges, Removal, Store, StoreError,
+    User,
 };
+use crate::tokens::hash_secret;
 
 /// Roles of an organization member, most privileged first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +54,28 @@ impl Role {
             Role::RestrictedIntegrator => "Restricted Integrator",
             Role::Guest => "Guest",
         }
+    }
+}
+
+impl Role {
+    /// Owners and Admins manage the organization's users.
+    pub fn manages_users(self) -> bool {
+        matches!(self, Role::Owner | Role::Admin)
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            Role::Owner => "Full control of the organization, including its Owners",
+            Role::Admin => "Manages users and everything in the organization except Owners",
+            Role::Integrator => "Builds and deploys integrations",
+            Role::RestrictedIntegrator => "Builds integrations; cannot deploy to customers",
+            Role::Guest => "Read-only access",
+        }
+    }
+
+    /// The role of a stored user (an unknown stored value gets the least privilege).
+    pub fn of(user: &User) -> Role {
+        user.role.parse().unwrap_or(Role::Guest)
     }
 }
 
@@ -125,6 +149,7 @@ pub struct UserDraft {
     pub name: Option<String>,
     pub role: Role,
     pub password: Option<String>,
+    pub external_id: Option<String>,
 }
 
 /// Adds a user to `org`. `actor` names who did it in the audit trail.
@@ -159,6 +184,10 @@ pub async fn add_user(
         email,
         role: draft.role.key().to_owned(),
         password_hash,
+        external_id: draft
+            .external_id
+            .map(|e| e.trim().to_owned())
+            .filter(|e| !e.is_empty()),
         created_at: now,
     };
     let audit = AuditEvent {
@@ -206,6 +235,193 @@ pub async fn remove_user(
         Removal::LastOwner => Err(DomainError::Conflict(
             "this is the organization's last Owner; make another user Owner first".into(),
         )),
+    }
+}
+
+/// Adds a user to the actor's organization; only Owners and Admins may, and only Owners add
+/// Owners.
+pub async fn create_member(
+    store: &dyn Store,
+    actor: &User,
+    org: &Organization,
+    draft: UserDraft,
+    meta: &RequestMeta,
+) -> Result<User, DomainError> {
+    let actor_role = Role::of(actor);
+    if !actor_role.manages_users() {
+        return Err(DomainError::AccessDenied(
+            "only Owners and Admins can add users".into(),
+        ));
+    }
+    if draft.role == Role::Owner && actor_role != Role::Owner {
+        return Err(DomainError::AccessDenied(
+            "only Owners can add Owners".into(),
+        ));
+    }
+    add_user(store, org, draft, format!("user:{}", actor.id), meta).await
+}
+
+/// The active member `user_id` of the actor's organization; other organizations' users are
+/// indistinguishable from unknown ones.
+pub async fn member(store: &dyn Store, actor: &User, user_id: &str) -> Result<User, DomainError> {
+    store
+        .member(&actor.org_id, user_id)
+        .await?
+        .ok_or_else(|| DomainError::NotFound("no such user in your organization".into()))
+}
+
+/// Removes a member: Owners and Admins may; Admins cannot remove Owners; the last Owner stays.
+pub async fn delete_member(
+    store: &dyn Store,
+    actor: &User,
+    user_id: &str,
+    meta: &RequestMeta,
+) -> Result<User, DomainError> {
+    let actor_role = Role::of(actor);
+    if !actor_role.manages_users() {
+        return Err(DomainError::AccessDenied(
+            "only Owners and Admins can remove users".into(),
+        ));
+    }
+    let target = member(store, actor, user_id).await?;
+    if Role::of(&target) == Role::Owner && actor_role != Role::Owner {
+        return Err(DomainError::AccessDenied(
+            "Admins cannot remove Owners".into(),
+        ));
+    }
+    remove_user(store, &target, format!("user:{}", actor.id), meta).await?;
+    Ok(target)
+}
+
+/// Changes a member's profile: everyone may change their own; Owners and Admins others'
+/// (Admins not Owners').
+pub async fn update_member(
+    store: &dyn Store,
+    actor: &User,
+    user_id: &str,
+    changes: ProfileChanges,
+    meta: &RequestMeta,
+) -> Result<User, DomainError> {
+    let target = member(store, actor, user_id).await?;
+    if target.id != actor.id {
+        let actor_role = Role::of(actor);
+        if !actor_role.manages_users() {
+            return Err(DomainError::AccessDenied(
+                "you can only update your own profile".into(),
+            ));
+        }
+        if Role::of(&target) == Role::Owner && actor_role != Role::Owner {
+            return Err(DomainError::AccessDenied(
+                "Admins cannot change Owners".into(),
+            ));
+        }
+    }
+    let name = changes.name.map(|n| n.trim().to_owned());
+    if name
+        .as_ref()
+        .is_some_and(|n| n.is_empty() || n.chars().count() > 200)
+    {
+        return Err(DomainError::InvalidInput(
+            "the name must have 1 to 200 characters".into(),
+        ));
+    }
+    let phone = changes.phone.map(|p| p.trim().to_owned());
+    if phone.as_ref().is_some_and(|p| p.chars().count() > 40) {
+        return Err(DomainError::InvalidInput(
+            "the phone number must have at most 40 characters".into(),
+        ));
+    }
+    let audit = AuditEvent {
+        at: now_ms(),
+        action: "user.updated",
+        actor: format!("user:{}", actor.id),
+        org_id: Some(target.org_id.clone()),
+        subject_user_id: Some(target.id.clone()),
+        address: meta.address.clone(),
+        user_agent: meta.user_agent.clone(),
+        detail: None,
+    };
+    let changes = ProfileChanges {
+        name,
+        phone,
+        ..changes
+    };
+    if !store.update_profile(&target.id, changes, audit).await? {
+        return Err(DomainError::NotFound(
+            "no such user in your organization".into(),
+        ));
+    }
+    member(store, actor, user_id).await
+}
+
+/// How long an invitation link works.
+pub const INVITATION_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// Creates a single-use invitation for `user` to set a password; returns its secret token.
+pub async fn create_invitation(
+    store: &dyn Store,
+    user: &User,
+    actor: String,
+    meta: &RequestMeta,
+) -> Result<String, DomainError> {
+    let token = super::login::random_secret()?;
+    let now = now_ms();
+    let audit = AuditEvent {
+        at: now,
+        action: "user.invited",
+        actor,
+        org_id: Some(user.org_id.clone()),
+        subject_user_id: Some(user.id.clone()),
+        address: meta.address.clone(),
+        user_agent: meta.user_agent.clone(),
+        detail: None,
+    };
+    store
+        .insert_invitation(
+            &hash_secret(&token),
+            &user.id,
+            now + INVITATION_TTL_MS,
+            audit,
+        )
+        .await?;
+    Ok(token)
+}
+
+/// The user an invitation token is for, if it is still usable.
+pub async fn invitation_user(store: &dyn Store, token: &str) -> Result<Option<User>, DomainError> {
+    if token.len() != 43 {
+        return Ok(None);
+    }
+    Ok(store.invitation_user(&hash_secret(token), now_ms()).await?)
+}
+
+/// Spends an invitation: sets the password. Fails when the link is used, expired or unknown.
+pub async fn accept_invitation(
+    store: &dyn Store,
+    token: &str,
+    password: String,
+    meta: &RequestMeta,
+) -> Result<(), DomainError> {
+    let password_hash = passwords::hash(password).await?;
+    let audit = AuditEvent {
+        at: now_ms(),
+        action: "user.password_set",
+        actor: "invitation".into(),
+        org_id: None,
+        subject_user_id: None,
+        address: meta.address.clone(),
+        user_agent: meta.user_agent.clone(),
+        detail: None,
+    };
+    if store
+        .accept_invitation(&hash_secret(token), &password_hash, audit)
+        .await?
+    {
+        Ok(())
+    } else {
+        Err(DomainError::NotFound(
+            "this invitation link was already used or has expired".into(),
+        ))
     }
 }
 
@@ -285,6 +501,7 @@ pub async fn bootstrap(
                 name: "Owner".into(),
                 role: Role::Owner.key().into(),
                 password_hash: Some(password_hash),
+                external_id: None,
                 created_at: now,
             },
             AuditEvent {

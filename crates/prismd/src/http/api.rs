@@ -2,26 +2,26 @@
 //! the caller's standing checked before the query is even parsed; resolvers get the
 //! [`Principal`] and never see the token.
 
-use async_graphql::{Context, EmptyMutation, EmptySubscription, ID, Object, Schema, SimpleObject};
+use async_graphql::{EmptySubscription, Schema};
 use axum::Json;
 use axum::extract::{FromRequestParts, State};
 use axum::http::header;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 
-use super::AppState;
-use super::body::{BodyShape, JsonBody};
-use super::error::HttpError;
-use crate::domain::accounts::public_id;
 use std::sync::Arc;
 
+use super::body::{BodyShape, JsonBody};
+use super::error::HttpError;
+use super::graphql::{MutationRoot, QueryRoot};
+use super::{AppState, ClientMeta};
 use crate::domain::auth::{AuthService, Principal};
 
-pub type ApiSchema = Schema<QueryRoot, EmptyMutation, EmptySubscription>;
+pub type ApiSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
 
 /// Builds the schema with limits that keep hostile queries cheap.
 pub fn schema(auth: Arc<AuthService>) -> ApiSchema {
-    Schema::build(QueryRoot, EmptyMutation, EmptySubscription)
+    Schema::build(QueryRoot, MutationRoot, EmptySubscription)
         .data(auth)
         .limit_depth(16)
         .limit_complexity(1000)
@@ -86,111 +86,12 @@ impl FromRequestParts<AppState> for Authenticated {
 pub async fn graphql(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
+    ClientMeta(meta): ClientMeta,
     JsonBody(request): JsonBody<GraphqlRequest>,
 ) -> Response {
     let response = state
         .schema
-        .execute(request.into_request().data(principal))
+        .execute(request.into_request().data(principal).data(meta))
         .await;
     Json(response).into_response()
-}
-
-pub struct QueryRoot;
-
-#[Object]
-impl QueryRoot {
-    /// The user the access token belongs to.
-    async fn authenticated_user(&self, ctx: &Context<'_>) -> async_graphql::Result<UserNode> {
-        let principal = ctx.data::<Principal>()?;
-        Ok(UserNode::from(principal))
-    }
-
-    /// The tenants (organizations) the caller's email belongs to.
-    async fn list_user_tenants(
-        &self,
-        ctx: &Context<'_>,
-    ) -> async_graphql::Result<TenantConnection> {
-        let principal = ctx.data::<Principal>()?;
-        let auth = ctx.data::<Arc<AuthService>>()?;
-        let orgs = auth
-            .store()
-            .organizations_of_email(&principal.user.email)
-            .await
-            .map_err(|_| async_graphql::Error::new("the service is temporarily unavailable"))?;
-        let url = auth.settings().issuer.clone();
-        Ok(TenantConnection {
-            nodes: orgs
-                .into_iter()
-                .map(|org| TenantNode {
-                    tenant_id: org.tenant_id,
-                    url: url.clone(),
-                    org_name: org.name,
-                    aws_region: "self-hosted".to_owned(),
-                    system_suspended: false,
-                })
-                .collect(),
-        })
-    }
-}
-
-#[derive(SimpleObject)]
-#[graphql(name = "UserTenantConnection")]
-pub struct TenantConnection {
-    nodes: Vec<TenantNode>,
-}
-
-/// A tenant the caller can use (`tenant_id` of `/auth/refresh` and `/oauth/token`).
-#[derive(SimpleObject)]
-#[graphql(name = "UserTenant")]
-pub struct TenantNode {
-    tenant_id: String,
-    url: String,
-    org_name: String,
-    aws_region: String,
-    system_suspended: bool,
-}
-
-/// A user as the API shows it.
-#[derive(SimpleObject)]
-#[graphql(name = "User")]
-pub struct UserNode {
-    id: ID,
-    name: String,
-    email: String,
-    tenant_id: String,
-    org: Option<OrganizationNode>,
-    /// Set for customer users; this server has organization users only, so always null.
-    customer: Option<CustomerNode>,
-}
-
-#[derive(SimpleObject)]
-#[graphql(name = "Organization")]
-pub struct OrganizationNode {
-    id: ID,
-    name: String,
-}
-
-#[derive(SimpleObject)]
-#[graphql(name = "Customer")]
-pub struct CustomerNode {
-    id: ID,
-    name: String,
-}
-
-impl From<&Principal> for UserNode {
-    fn from(principal: &Principal) -> Self {
-        let user = &principal.user;
-        let org = &principal.org;
-        UserNode {
-            id: ID(public_id("User", &user.id)),
-            name: user.name.clone(),
-            email: user.email.clone(),
-            tenant_id: org.tenant_id.clone(),
-            org: Some(OrganizationNode {
-                id: ID(public_id("Organization", &org.id)),
-                name: org.name.clone(),
-            }),
-            customer: None,
-        }
-    }
 }

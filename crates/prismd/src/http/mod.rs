@@ -5,6 +5,7 @@ mod api;
 mod auth;
 mod body;
 mod error;
+mod graphql;
 mod oauth;
 mod ops;
 mod web;
@@ -69,6 +70,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/oauth/revoke", post(oauth::revoke))
         .route("/authorize", get(web::authorize).post(web::login))
         .route("/logout", get(web::logout))
+        .route("/invite", get(web::invite).post(web::accept_invite))
         .route("/.well-known/jwks.json", get(oauth::jwks))
         .route("/.well-known/openid-configuration", get(oauth::metadata))
         .route(

@@ -1,5 +1,6 @@
-//! The browser side of login: `GET/POST /authorize` (a server-rendered login page with no
-//! external assets and no JavaScript, CSRF-protected, framing forbidden) and `GET /logout`.
+//! The browser pages: `GET/POST /authorize` (a server-rendered login page with no external
+//! assets and no JavaScript, CSRF-protected, framing forbidden), `GET /logout`, and
+//! `GET/POST /invite` where an invited user sets a password.
 
 use std::sync::LazyLock;
 
@@ -12,6 +13,8 @@ use subtle::ConstantTimeEq;
 
 use super::body::{BodyShape, JsonOrForm};
 use super::{AppState, ClientMeta};
+use crate::domain::DomainError;
+use crate::domain::accounts;
 use crate::domain::login::{self, AuthorizationRequest, AuthorizeError, AuthorizeParams};
 
 const SESSION_COOKIE: &str = "prism_session";
@@ -382,4 +385,147 @@ pub async fn logout(
         "Lax",
     );
     response
+}
+
+#[derive(serde::Deserialize)]
+pub struct InviteQuery {
+    #[serde(default)]
+    token: String,
+}
+
+fn invite_page(token: &str, csrf: &str, email: &str, error: Option<&str>) -> Response {
+    let error = error
+        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e)))
+        .unwrap_or_default();
+    let body = format!(
+        "<h1>Set your password</h1><p>for {email}</p>{error}\
+         <form method=\"post\" action=\"/invite\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+         <input type=\"hidden\" name=\"token\" value=\"{token}\">\
+         <label for=\"password\">New password</label>\
+         <input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"new-password\" minlength=\"8\" required autofocus>\
+         <label for=\"confirm\">Repeat it</label>\
+         <input id=\"confirm\" name=\"confirm\" type=\"password\" autocomplete=\"new-password\" minlength=\"8\" required>\
+         <button type=\"submit\">Set password</button></form>",
+        email = escape(email),
+        csrf = escape(csrf),
+        token = escape(token),
+    );
+    page(StatusCode::OK, "Set your password", &body)
+}
+
+const INVITE_GONE: &str =
+    "This invitation link was already used or has expired. Ask an Owner or Admin for a new one.";
+
+/// `GET /invite?token=...`: the page where an invited user sets a password.
+pub async fn invite(State(state): State<AppState>, Query(query): Query<InviteQuery>) -> Response {
+    let user = match accounts::invitation_user(state.auth.store().as_ref(), &query.token).await {
+        Ok(Some(user)) => user,
+        Ok(None) => return error_page(StatusCode::NOT_FOUND, INVITE_GONE),
+        Err(err) => {
+            tracing::error!(error = %err, "invitation look-up failed");
+            return error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the service is temporarily unavailable; try again",
+            );
+        }
+    };
+    let Ok(csrf) = login::random_secret() else {
+        return error_page(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+    };
+    let mut response = invite_page(&query.token, &csrf, &user.email, None);
+    set_cookie(
+        &mut response,
+        CSRF_COOKIE,
+        &csrf,
+        "/invite",
+        1800,
+        state.web.secure_cookies,
+        "Strict",
+    );
+    response
+}
+
+#[derive(serde::Deserialize)]
+pub struct InviteForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    confirm: String,
+}
+
+impl BodyShape for InviteForm {
+    const MAX_BYTES: usize = 16 * 1024;
+    const EXPECTED: &'static str = "the password form";
+}
+
+/// `POST /invite`: sets the password and spends the invitation.
+pub async fn accept_invite(
+    State(state): State<AppState>,
+    ClientMeta(meta): ClientMeta,
+    headers: HeaderMap,
+    JsonOrForm(form): JsonOrForm<InviteForm>,
+) -> Response {
+    let csrf_ok = cookie(&headers, CSRF_COOKIE).is_some_and(|expected| {
+        !form.csrf.is_empty() && bool::from(expected.as_bytes().ct_eq(form.csrf.as_bytes()))
+    });
+    if !csrf_ok {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "This form expired or was not sent from this site. Open the invitation link again.",
+        );
+    }
+    let store = state.auth.store().as_ref();
+    let user = match accounts::invitation_user(store, &form.token).await {
+        Ok(Some(user)) => user,
+        Ok(None) => return error_page(StatusCode::NOT_FOUND, INVITE_GONE),
+        Err(_) => {
+            return error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the service is temporarily unavailable; try again",
+            );
+        }
+    };
+    if form.password != form.confirm {
+        return invite_page(
+            &form.token,
+            &form.csrf,
+            &user.email,
+            Some("The two passwords differ."),
+        );
+    }
+    match accounts::accept_invitation(store, &form.token, form.password, &meta).await {
+        Ok(()) => {
+            let mut response = page(
+                StatusCode::OK,
+                "Password set",
+                "<h1>Password set</h1><p>You can now sign in, for example with <code>prism login</code>.</p>",
+            );
+            set_cookie(
+                &mut response,
+                CSRF_COOKIE,
+                "",
+                "/invite",
+                0,
+                state.web.secure_cookies,
+                "Strict",
+            );
+            response
+        }
+        Err(DomainError::InvalidInput(message)) => {
+            invite_page(&form.token, &form.csrf, &user.email, Some(&message))
+        }
+        Err(DomainError::NotFound(_)) => error_page(StatusCode::NOT_FOUND, INVITE_GONE),
+        Err(err) => {
+            tracing::error!(error = %err, "could not accept an invitation");
+            error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the service is temporarily unavailable; try again",
+            )
+        }
+    }
 }

@@ -60,6 +60,19 @@ pub struct User {
     pub created_at: i64,
     pub updated_at: i64,
     pub removed_at: Option<i64>,
+    pub phone: Option<String>,
+    pub external_id: Option<String>,
+    pub dark_mode: bool,
+    pub dark_mode_sync_with_os: bool,
+}
+
+/// Profile fields to change; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct ProfileChanges {
+    pub name: Option<String>,
+    pub phone: Option<String>,
+    pub dark_mode: Option<bool>,
+    pub dark_mode_sync_with_os: Option<bool>,
 }
 
 /// A user to create.
@@ -71,6 +84,7 @@ pub struct NewUser {
     pub name: String,
     pub role: String,
     pub password_hash: Option<String>,
+    pub external_id: Option<String>,
     pub created_at: i64,
 }
 
@@ -240,6 +254,51 @@ pub trait Store: Send + Sync + 'static {
         org_id: &str,
         email: &str,
     ) -> Result<Option<User>, StoreError>;
+
+    /// One page of an organization's active users, oldest first, after the `(created_at, id)`
+    /// position `after`.
+    async fn users_page(
+        &self,
+        org_id: &str,
+        after: Option<(i64, String)>,
+        limit: i64,
+    ) -> Result<Vec<User>, StoreError>;
+
+    /// An active user of `org_id`.
+    async fn member(&self, org_id: &str, user_id: &str) -> Result<Option<User>, StoreError>;
+
+    /// Changes profile fields of an active user.
+    async fn update_profile(
+        &self,
+        user_id: &str,
+        changes: ProfileChanges,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError>;
+
+    /// Stores an invitation for a user (the hash of its token).
+    async fn insert_invitation(
+        &self,
+        token_hash: &[u8; 32],
+        user_id: &str,
+        expires_at: i64,
+        audit: AuditEvent,
+    ) -> Result<(), StoreError>;
+
+    /// The active user of an unused, unexpired invitation.
+    async fn invitation_user(
+        &self,
+        token_hash: &[u8; 32],
+        now: i64,
+    ) -> Result<Option<User>, StoreError>;
+
+    /// Spends an invitation and sets the user's password in one transaction. Returns false
+    /// when the invitation is used, expired or unknown.
+    async fn accept_invitation(
+        &self,
+        token_hash: &[u8; 32],
+        password_hash: &str,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError>;
 
     /// Users of an organization, oldest first.
     async fn list_users(

@@ -14,8 +14,8 @@ use sqlx::{FromRow, Row, Sqlite, Transaction};
 
 use super::{
     AuditEvent, AuditRecord, AuthorizationCode, CodeRedemption, Credentials, NewAuthorizationCode,
-    NewOrganization, NewRefreshToken, NewUser, Organization, PrincipalRecord, RefreshGrant,
-    Removal, SigningKeyRecord, Store, StoreError, TokenUse, User,
+    NewOrganization, NewRefreshToken, NewUser, Organization, PrincipalRecord, ProfileChanges,
+    RefreshGrant, Removal, SigningKeyRecord, Store, StoreError, TokenUse, User,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -28,7 +28,8 @@ pub const DATABASE_FILE: &str = "prismd.db";
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 const USER_COLUMNS: &str = "u.id, u.org_id, u.email, u.name, u.role, u.token_epoch, \
-     u.created_at, u.updated_at, u.removed_at";
+     u.created_at, u.updated_at, u.removed_at, u.phone, u.external_id, u.dark_mode, \
+     u.dark_mode_sync_with_os";
 
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
@@ -203,6 +204,10 @@ impl Store for SqliteStore {
             created_at: user.created_at,
             updated_at: user.created_at,
             removed_at: None,
+            phone: None,
+            external_id: user.external_id,
+            dark_mode: false,
+            dark_mode_sync_with_os: true,
         })
     }
 
@@ -426,6 +431,146 @@ impl Store for SqliteStore {
             user,
             session_revoked_at,
         }))
+    }
+
+    async fn users_page(
+        &self,
+        org_id: &str,
+        after: Option<(i64, String)>,
+        limit: i64,
+    ) -> Result<Vec<User>, StoreError> {
+        let (after_created, after_id) = after.unwrap_or((i64::MIN, String::new()));
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM users u WHERE u.org_id = $1 AND u.removed_at IS NULL \
+             AND (u.created_at > $2 OR (u.created_at = $2 AND u.id > $3)) \
+             ORDER BY u.created_at, u.id LIMIT $4"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(org_id)
+            .bind(after_created)
+            .bind(after_id)
+            .bind(limit)
+            .fetch_all(&self.readers)
+            .await?)
+    }
+
+    async fn member(&self, org_id: &str, user_id: &str) -> Result<Option<User>, StoreError> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1 AND u.org_id = $2 AND u.removed_at IS NULL"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(user_id)
+            .bind(org_id)
+            .fetch_optional(&self.readers)
+            .await?)
+    }
+
+    async fn update_profile(
+        &self,
+        user_id: &str,
+        changes: ProfileChanges,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE users SET name = COALESCE($2, name), phone = COALESCE($3, phone), \
+             dark_mode = COALESCE($4, dark_mode), \
+             dark_mode_sync_with_os = COALESCE($5, dark_mode_sync_with_os), updated_at = $6 \
+             WHERE id = $1 AND removed_at IS NULL",
+        )
+        .bind(user_id)
+        .bind(changes.name)
+        .bind(changes.phone)
+        .bind(changes.dark_mode)
+        .bind(changes.dark_mode_sync_with_os)
+        .bind(audit.at)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        insert_audit(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn insert_invitation(
+        &self,
+        token_hash: &[u8; 32],
+        user_id: &str,
+        expires_at: i64,
+        audit: AuditEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO invitations (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&token_hash[..])
+        .bind(user_id)
+        .bind(audit.at)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?;
+        insert_audit(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn invitation_user(
+        &self,
+        token_hash: &[u8; 32],
+        now: i64,
+    ) -> Result<Option<User>, StoreError> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM invitations i JOIN users u ON u.id = i.user_id \
+             WHERE i.token_hash = $1 AND i.used_at IS NULL AND i.expires_at > $2 AND u.removed_at IS NULL"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(&token_hash[..])
+            .bind(now)
+            .fetch_optional(&self.readers)
+            .await?)
+    }
+
+    async fn accept_invitation(
+        &self,
+        token_hash: &[u8; 32],
+        password_hash: &str,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let user_id: Option<String> = sqlx::query_scalar(
+            "UPDATE invitations SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL \
+             AND expires_at > $2 RETURNING user_id",
+        )
+        .bind(&token_hash[..])
+        .bind(audit.at)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(user_id) = user_id else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        let done = sqlx::query(
+            "UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1 AND removed_at IS NULL",
+        )
+        .bind(&user_id)
+        .bind(password_hash)
+        .bind(audit.at)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        let audit = AuditEvent {
+            subject_user_id: Some(user_id),
+            ..audit
+        };
+        insert_audit(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn credentials_by_email(&self, email: &str) -> Result<Vec<Credentials>, StoreError> {
@@ -675,8 +820,8 @@ async fn insert_user(
     user: &NewUser,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO users (id, org_id, email, name, role, password_hash, token_epoch, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $7)",
+        "INSERT INTO users (id, org_id, email, name, role, password_hash, external_id, token_epoch, \
+         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $8)",
     )
     .bind(&user.id)
     .bind(&user.org_id)
@@ -684,6 +829,7 @@ async fn insert_user(
     .bind(&user.name)
     .bind(&user.role)
     .bind(&user.password_hash)
+    .bind(&user.external_id)
     .bind(user.created_at)
     .execute(&mut **tx)
     .await?;

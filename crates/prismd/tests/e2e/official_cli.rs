@@ -36,6 +36,8 @@ fn official_prism() -> Result<PathBuf, Box<dyn std::error::Error>> {
             );
         }
     }
+    // ES modules resolve `playwright-core` next to the script, so the driver runs from here.
+    std::fs::copy(source.join("login.mjs"), dir.join("login.mjs"))?;
     *installed = Some(bin.clone());
     Ok(bin)
 }
@@ -181,4 +183,282 @@ fn curl_api(
         body.to_owned(),
         serde_json::from_str(body)?,
     ))
+}
+
+/// The official client in profile mode (its config file under `home`).
+fn prism_profile(
+    bin: &Path,
+    server: &Server,
+    home: &Path,
+    args: &[&str],
+) -> Result<Output, std::io::Error> {
+    Command::new(bin)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("PRISMATIC_URL", &server.base)
+        .env("NODE_EXTRA_CA_CERTS", server_ca(server))
+        .output()
+}
+
+fn ok_text(output: &Output, what: &str) -> Result<String, Box<dyn std::error::Error>> {
+    if !output.status.success() {
+        return Err(format!("{what} failed: {}", text(output)).into());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// `prism login --url`, with headless Chromium (Debian's, driven by playwright-core) filling
+/// the login page.
+fn browser_login(
+    bin: &Path,
+    server: &Server,
+    home: &Path,
+    email: &str,
+    password: &str,
+) -> TestResult {
+    use std::io::{BufRead, BufReader};
+    let mut login = Command::new(bin)
+        .args(["login", "--url"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("PRISMATIC_URL", &server.base)
+        .env("NODE_EXTRA_CA_CERTS", server_ca(server))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = login.stdout.take().ok_or("no stdout")?;
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut printed = Vec::new();
+    let url = loop {
+        let line = lines_rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .map_err(|_| format!("prism login printed no authorize URL: {printed:?}"))?;
+        if let Some(start) = line.find("https://") {
+            if line.contains("/authorize?") {
+                break line[start..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+            }
+        }
+        printed.push(line);
+    };
+    assert!(
+        url.contains("code_challenge_method=S256") && url.contains("client_id=prism-cli"),
+        "{url}"
+    );
+
+    let install_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("official-cli");
+    let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("official-cli-login-page.png");
+    let browser = Command::new("node")
+        .arg(install_dir.join("login.mjs"))
+        .args([url.as_str(), email, password])
+        .arg(&screenshot)
+        .output()?;
+    assert!(
+        browser.status.success(),
+        "browser login failed: {}",
+        text(&browser)
+    );
+    assert!(
+        std::fs::metadata(&screenshot)?.len() > 0,
+        "no screenshot of the login page"
+    );
+
+    let status = login.wait()?;
+    let mut rest = Vec::new();
+    while let Ok(line) = lines_rx.recv_timeout(std::time::Duration::from_secs(2)) {
+        rest.push(line);
+    }
+    assert!(status.success(), "prism login failed: {rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("Logged in to 'default'.")),
+        "{rest:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn official_cli_browser_login_and_user_management() -> TestResult {
+    let bin = official_prism()?;
+    let dir = temp_dir()?;
+    let home = temp_dir()?;
+    let server = Server::start_with(
+        dir.path(),
+        Options {
+            args: vec!["--dev-tls".into()],
+            ..Options::default()
+        },
+    )?;
+    let password = std::fs::read_to_string(dir.path().join(prismd::INITIAL_PASSWORD_FILE))?
+        .trim()
+        .to_owned();
+    browser_login(&bin, &server, home.path(), "owner@localhost", &password)?;
+
+    let me = ok_text(
+        &prism_profile(&bin, &server, home.path(), &["me"])?,
+        "prism me",
+    )?;
+    assert!(
+        me.contains("Email: owner@localhost") && me.contains("Authentication: Profile"),
+        "{me}"
+    );
+    let config = std::fs::read_to_string(home.path().join(".config/prism/config.yml"))?;
+    let field = |name: &str| {
+        config
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_owned()))
+            .unwrap_or_default()
+    };
+    let (old_access, old_refresh) = (field("accessToken:"), field("refreshToken:"));
+    assert!(old_refresh.starts_with("prism_rt_"), "{config}");
+
+    let roles = ok_text(
+        &prism_profile(
+            &bin,
+            &server,
+            home.path(),
+            &["organization:users:roles", "--output", "json", "-x"],
+        )?,
+        "roles",
+    )?;
+    let roles: serde_json::Value = serde_json::from_str(&roles)?;
+    let integrator = roles
+        .as_array()
+        .and_then(|r| r.iter().find(|role| role["name"] == "Integrator"))
+        .and_then(|role| role["id"].as_str())
+        .ok_or_else(|| format!("no Integrator role in {roles}"))?
+        .to_owned();
+
+    let created = ok_text(
+        &prism_profile(
+            &bin,
+            &server,
+            home.path(),
+            &[
+                "organization:users:create",
+                "-e",
+                "new@example.com",
+                "-r",
+                &integrator,
+                "-n",
+                "New Person",
+            ],
+        )?,
+        "users:create",
+    )?;
+    let new_id = created.trim().to_owned();
+    assert!(!new_id.is_empty());
+    let listed = ok_text(
+        &prism_profile(
+            &bin,
+            &server,
+            home.path(),
+            &["organization:users:list", "--output", "json", "-x"],
+        )?,
+        "users:list",
+    )?;
+    assert!(
+        listed.contains("new@example.com") && listed.contains("New Person"),
+        "{listed}"
+    );
+    ok_text(
+        &prism_profile(
+            &bin,
+            &server,
+            home.path(),
+            &["organization:users:delete", &new_id],
+        )?,
+        "users:delete",
+    )?;
+    let listed = ok_text(
+        &prism_profile(
+            &bin,
+            &server,
+            home.path(),
+            &["organization:users:list", "--output", "json"],
+        )?,
+        "users:list",
+    )?;
+    assert!(!listed.contains("new@example.com"), "{listed}");
+
+    let revoked = ok_text(
+        &prism_profile(
+            &bin,
+            &server,
+            home.path(),
+            &["me:token:revoke", "--no-confirm"],
+        )?,
+        "me:token:revoke",
+    )?;
+    assert!(
+        revoked.contains("All refresh tokens for your user have been revoked."),
+        "{revoked}"
+    );
+    let (status, body) = curl_refresh(&server, &old_refresh)?;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(curl_api(&server, &old_access)?.0, 401);
+
+    // A non-admin cannot create users, and the client says why.
+    admin_ok(
+        dir.path(),
+        &[
+            "users",
+            "add",
+            "--email",
+            "dev@example.com",
+            "--role",
+            "Integrator",
+        ],
+    )?;
+    let dev_token = admin_ok(
+        dir.path(),
+        &["tokens", "create", "--email", "dev@example.com"],
+    )?;
+    let denied = prism(
+        &bin,
+        &server,
+        home.path(),
+        &dev_token,
+        &[
+            "organization:users:create",
+            "-e",
+            "x@example.com",
+            "-r",
+            &integrator,
+        ],
+    )?;
+    assert!(!denied.status.success());
+    assert!(
+        text(&denied).contains("only Owners and Admins can add users"),
+        "{}",
+        text(&denied)
+    );
+    Ok(())
+}
+
+fn curl_refresh(
+    server: &Server,
+    refresh: &str,
+) -> Result<(u16, String), Box<dyn std::error::Error>> {
+    let output = Command::new("curl")
+        .args(["-sS", "-w", "\n%{http_code}", "--cacert"])
+        .arg(server_ca(server))
+        .args(["-H", "Content-Type: application/json", "--data"])
+        .arg(format!(r#"{{"refresh_token":"{refresh}"}}"#))
+        .arg(server.url("/auth/refresh"))
+        .output()?;
+    let out = String::from_utf8(output.stdout)?;
+    let (body, status) = out.rsplit_once('\n').ok_or("no status")?;
+    Ok((status.trim().parse()?, body.to_owned()))
 }

@@ -1,0 +1,508 @@
+//! The GraphQL schema behind `/api`, with the field names the official `prism` CLI sends:
+//! the caller, their tenants, the organization's users (Relay cursor pages), roles, and the
+//! user mutations. Resolvers call the account rules in `domain::accounts`; validation and
+//! permission problems come back in the payload's `errors { field messages }`.
+
+use std::sync::Arc;
+
+use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use crate::domain::accounts::{self, Role, UserDraft, parse_public_id, public_id};
+use crate::domain::auth::{AuthService, Principal};
+use crate::domain::{DomainError, RequestMeta};
+use crate::store::{Organization, ProfileChanges, User};
+
+/// Page size when the client does not ask for one, and the largest it may ask for.
+const PAGE_SIZE: i64 = 100;
+
+fn unavailable() -> async_graphql::Error {
+    async_graphql::Error::new("the service is temporarily unavailable; retry shortly")
+}
+
+struct Caller<'a> {
+    principal: &'a Principal,
+    auth: &'a Arc<AuthService>,
+    meta: RequestMeta,
+}
+
+fn caller<'a>(ctx: &Context<'a>) -> async_graphql::Result<Caller<'a>> {
+    Ok(Caller {
+        principal: ctx.data::<Principal>()?,
+        auth: ctx.data::<Arc<AuthService>>()?,
+        meta: ctx.data::<RequestMeta>().cloned().unwrap_or_default(),
+    })
+}
+
+/// A validation or permission problem, as Prismatic's payloads report them.
+#[derive(SimpleObject, Clone)]
+#[graphql(name = "ErrorType")]
+pub struct FieldError {
+    field: String,
+    messages: Vec<String>,
+}
+
+/// Domain failures of a mutation: user errors go into the payload (against `field`), while an
+/// unavailable database is a top-level error the client can retry.
+fn payload_errors(err: DomainError, field: &str) -> async_graphql::Result<Vec<FieldError>> {
+    let (field, message) = match err {
+        DomainError::InvalidInput(msg) | DomainError::Conflict(msg) => (field, msg),
+        DomainError::NotFound(msg) => ("id", msg),
+        DomainError::AccessDenied(msg) => ("__all__", msg),
+        DomainError::Unavailable(cause) => {
+            tracing::error!(error = %cause, "storage unavailable");
+            return Err(unavailable());
+        }
+        other => {
+            tracing::error!(error = %other, "mutation failed");
+            return Err(async_graphql::Error::new("internal error"));
+        }
+    };
+    Ok(vec![FieldError {
+        field: field.to_owned(),
+        messages: vec![message],
+    }])
+}
+
+fn user_id_from(id: &ID) -> Result<String, DomainError> {
+    parse_public_id("User", id)
+        .ok_or_else(|| DomainError::NotFound("no such user in your organization".into()))
+}
+
+pub struct QueryRoot;
+
+#[Object]
+impl QueryRoot {
+    /// The user the access token belongs to.
+    async fn authenticated_user(&self, ctx: &Context<'_>) -> async_graphql::Result<UserNode> {
+        let principal = ctx.data::<Principal>()?;
+        Ok(UserNode {
+            user: principal.user.clone(),
+            org: principal.org.clone(),
+        })
+    }
+
+    /// The tenants (organizations) the caller's email belongs to.
+    async fn list_user_tenants(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<TenantConnection> {
+        let caller = caller(ctx)?;
+        let orgs = caller
+            .auth
+            .store()
+            .organizations_of_email(&caller.principal.user.email)
+            .await
+            .map_err(|_| unavailable())?;
+        let url = caller.auth.settings().issuer.clone();
+        Ok(TenantConnection {
+            nodes: orgs
+                .into_iter()
+                .map(|org| TenantNode {
+                    tenant_id: org.tenant_id,
+                    url: url.clone(),
+                    org_name: org.name,
+                    aws_region: "self-hosted".to_owned(),
+                    system_suspended: false,
+                })
+                .collect(),
+        })
+    }
+
+    /// The caller's organization.
+    async fn organization(&self, ctx: &Context<'_>) -> async_graphql::Result<OrganizationNode> {
+        Ok(OrganizationNode(ctx.data::<Principal>()?.org.clone()))
+    }
+
+    /// The roles a user can have.
+    async fn organization_roles(&self) -> Vec<RoleNode> {
+        Role::ALL.into_iter().map(RoleNode).collect()
+    }
+}
+
+/// A user as the API shows it.
+pub struct UserNode {
+    user: User,
+    org: Organization,
+}
+
+#[Object(name = "User")]
+impl UserNode {
+    async fn id(&self) -> ID {
+        ID(public_id("User", &self.user.id))
+    }
+    async fn name(&self) -> &str {
+        &self.user.name
+    }
+    async fn email(&self) -> &str {
+        &self.user.email
+    }
+    async fn tenant_id(&self) -> &str {
+        &self.org.tenant_id
+    }
+    async fn phone(&self) -> Option<&str> {
+        self.user.phone.as_deref()
+    }
+    async fn external_id(&self) -> Option<&str> {
+        self.user.external_id.as_deref()
+    }
+    async fn role(&self) -> RoleNode {
+        RoleNode(Role::of(&self.user))
+    }
+    async fn dark_mode(&self) -> bool {
+        self.user.dark_mode
+    }
+    async fn dark_mode_sync_with_os(&self) -> bool {
+        self.user.dark_mode_sync_with_os
+    }
+    async fn org(&self) -> Option<OrganizationNode> {
+        Some(OrganizationNode(self.org.clone()))
+    }
+    /// Set for customer users; this server has organization users only, so always null.
+    async fn customer(&self) -> Option<CustomerNode> {
+        None
+    }
+}
+
+pub struct OrganizationNode(Organization);
+
+#[Object(name = "Organization")]
+impl OrganizationNode {
+    async fn id(&self) -> ID {
+        ID(public_id("Organization", &self.0.id))
+    }
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    async fn tenant_id(&self) -> &str {
+        &self.0.tenant_id
+    }
+
+    /// Active users, oldest first, in pages (`after` is a previous page's `endCursor`; an
+    /// empty string means the first page).
+    async fn users(
+        &self,
+        ctx: &Context<'_>,
+        after: Option<String>,
+        first: Option<i32>,
+    ) -> async_graphql::Result<UserConnection> {
+        let caller = caller(ctx)?;
+        let limit = first.map_or(PAGE_SIZE, |n| i64::from(n).clamp(1, PAGE_SIZE));
+        let position = match after.as_deref().filter(|a| !a.is_empty()) {
+            None => None,
+            Some(cursor) => Some(
+                decode_cursor(cursor).ok_or_else(|| async_graphql::Error::new("invalid cursor"))?,
+            ),
+        };
+        let mut users = caller
+            .auth
+            .store()
+            .users_page(&self.0.id, position, limit + 1)
+            .await
+            .map_err(|_| unavailable())?;
+        let has_next_page = users.len() as i64 > limit;
+        users.truncate(usize::try_from(limit).unwrap_or(0));
+        let end_cursor = users.last().map(|u| encode_cursor(u.created_at, &u.id));
+        Ok(UserConnection {
+            nodes: users
+                .into_iter()
+                .map(|user| UserNode {
+                    user,
+                    org: self.0.clone(),
+                })
+                .collect(),
+            page_info: PageInfo {
+                has_next_page,
+                end_cursor,
+            },
+        })
+    }
+}
+
+fn encode_cursor(created_at: i64, id: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{created_at}:{id}"))
+}
+
+fn decode_cursor(cursor: &str) -> Option<(i64, String)> {
+    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(cursor).ok()?).ok()?;
+    let (created_at, id) = text.split_once(':')?;
+    Some((created_at.parse().ok()?, id.to_owned()))
+}
+
+#[derive(SimpleObject)]
+pub struct UserConnection {
+    nodes: Vec<UserNode>,
+    page_info: PageInfo,
+}
+
+#[derive(SimpleObject)]
+pub struct PageInfo {
+    has_next_page: bool,
+    end_cursor: Option<String>,
+}
+
+#[derive(SimpleObject)]
+#[graphql(name = "Customer")]
+pub struct CustomerNode {
+    id: ID,
+    name: String,
+}
+
+pub struct RoleNode(Role);
+
+#[Object(name = "Role")]
+impl RoleNode {
+    async fn id(&self) -> ID {
+        ID(public_id("Role", self.0.key()))
+    }
+    async fn name(&self) -> &str {
+        self.0.name()
+    }
+    async fn description(&self) -> &str {
+        self.0.description()
+    }
+}
+
+#[derive(SimpleObject)]
+#[graphql(name = "UserTenantConnection")]
+pub struct TenantConnection {
+    nodes: Vec<TenantNode>,
+}
+
+/// A tenant the caller can use (`tenant_id` of `/auth/refresh` and `/oauth/token`).
+#[derive(SimpleObject)]
+#[graphql(name = "UserTenant")]
+pub struct TenantNode {
+    tenant_id: String,
+    url: String,
+    org_name: String,
+    aws_region: String,
+    system_suspended: bool,
+}
+
+#[derive(InputObject)]
+pub struct CreateOrganizationUserInput {
+    name: Option<String>,
+    email: String,
+    /// A role id from `organizationRoles` (its name is accepted too).
+    role: ID,
+    external_id: Option<String>,
+}
+
+#[derive(InputObject)]
+pub struct DeleteUserInput {
+    id: ID,
+}
+
+#[derive(InputObject)]
+pub struct UpdateUserInput {
+    id: ID,
+    name: Option<String>,
+    phone: Option<String>,
+    dark_mode: Option<bool>,
+    dark_mode_sync_with_os: Option<bool>,
+}
+
+#[derive(InputObject)]
+pub struct CreateUserInvitationInput {
+    id: ID,
+}
+
+#[derive(SimpleObject, Default)]
+pub struct CreateOrganizationUserPayload {
+    user: Option<UserNode>,
+    /// A single-use link where the new user sets a password (valid 7 days).
+    invitation_url: Option<String>,
+    errors: Vec<FieldError>,
+}
+
+#[derive(SimpleObject, Default)]
+pub struct UserPayload {
+    user: Option<UserNode>,
+    errors: Vec<FieldError>,
+}
+
+#[derive(SimpleObject, Default)]
+pub struct CreateUserInvitationPayload {
+    url: Option<String>,
+    errors: Vec<FieldError>,
+}
+
+fn parse_role(id: &ID) -> Result<Role, DomainError> {
+    parse_public_id("Role", id)
+        .as_deref()
+        .unwrap_or(id.as_str())
+        .parse()
+}
+
+fn invitation_url(auth: &AuthService, token: &str) -> String {
+    format!("{}/invite?token={token}", auth.settings().issuer)
+}
+
+pub struct MutationRoot;
+
+#[Object]
+impl MutationRoot {
+    /// Adds a user to the caller's organization (Owners and Admins).
+    async fn create_organization_user(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateOrganizationUserInput,
+    ) -> async_graphql::Result<CreateOrganizationUserPayload> {
+        let caller = caller(ctx)?;
+        let store = caller.auth.store().as_ref();
+        let role = match parse_role(&input.role) {
+            Ok(role) => role,
+            Err(err) => {
+                return Ok(CreateOrganizationUserPayload {
+                    errors: payload_errors(err, "role")?,
+                    ..Default::default()
+                });
+            }
+        };
+        let draft = UserDraft {
+            email: input.email,
+            name: input.name,
+            role,
+            password: None,
+            external_id: input.external_id,
+        };
+        let created = accounts::create_member(
+            store,
+            &caller.principal.user,
+            &caller.principal.org,
+            draft,
+            &caller.meta,
+        )
+        .await;
+        let user = match created {
+            Ok(user) => user,
+            Err(err) => {
+                return Ok(CreateOrganizationUserPayload {
+                    errors: payload_errors(err, "email")?,
+                    ..Default::default()
+                });
+            }
+        };
+        let actor = format!("user:{}", caller.principal.user.id);
+        let invitation = match accounts::create_invitation(store, &user, actor, &caller.meta).await
+        {
+            Ok(token) => Some(invitation_url(caller.auth, &token)),
+            Err(err) => {
+                tracing::warn!(error = %err, "user created, but the invitation could not be made");
+                None
+            }
+        };
+        Ok(CreateOrganizationUserPayload {
+            user: Some(UserNode {
+                user,
+                org: caller.principal.org.clone(),
+            }),
+            invitation_url: invitation,
+            errors: Vec::new(),
+        })
+    }
+
+    /// Removes a user from the organization; all their tokens stop working at once.
+    async fn delete_user(
+        &self,
+        ctx: &Context<'_>,
+        input: DeleteUserInput,
+    ) -> async_graphql::Result<UserPayload> {
+        let caller = caller(ctx)?;
+        let store = caller.auth.store().as_ref();
+        let result = match user_id_from(&input.id) {
+            Ok(id) => {
+                accounts::delete_member(store, &caller.principal.user, &id, &caller.meta).await
+            }
+            Err(err) => Err(err),
+        };
+        Ok(match result {
+            Ok(user) => UserPayload {
+                user: Some(UserNode {
+                    user,
+                    org: caller.principal.org.clone(),
+                }),
+                errors: Vec::new(),
+            },
+            Err(err) => UserPayload {
+                user: None,
+                errors: payload_errors(err, "id")?,
+            },
+        })
+    }
+
+    /// Changes a user's profile: your own, or (Owners and Admins) another member's.
+    async fn update_user(
+        &self,
+        ctx: &Context<'_>,
+        input: UpdateUserInput,
+    ) -> async_graphql::Result<UserPayload> {
+        let caller = caller(ctx)?;
+        let store = caller.auth.store().as_ref();
+        let changes = ProfileChanges {
+            name: input.name,
+            phone: input.phone,
+            dark_mode: input.dark_mode,
+            dark_mode_sync_with_os: input.dark_mode_sync_with_os,
+        };
+        let result = match user_id_from(&input.id) {
+            Ok(id) => {
+                accounts::update_member(store, &caller.principal.user, &id, changes, &caller.meta)
+                    .await
+            }
+            Err(err) => Err(err),
+        };
+        Ok(match result {
+            Ok(user) => UserPayload {
+                user: Some(UserNode {
+                    user,
+                    org: caller.principal.org.clone(),
+                }),
+                errors: Vec::new(),
+            },
+            Err(err) => UserPayload {
+                user: None,
+                errors: payload_errors(err, "name")?,
+            },
+        })
+    }
+
+    /// A new single-use link for a member to set their password (Owners and Admins).
+    async fn create_user_invitation(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateUserInvitationInput,
+    ) -> async_graphql::Result<CreateUserInvitationPayload> {
+        let caller = caller(ctx)?;
+        let store = caller.auth.store().as_ref();
+        let result = async {
+            if !Role::of(&caller.principal.user).manages_users() {
+                return Err(DomainError::AccessDenied(
+                    "only Owners and Admins can invite users".into(),
+                ));
+            }
+            let user =
+                accounts::member(store, &caller.principal.user, &user_id_from(&input.id)?).await?;
+            accounts::create_invitation(
+                store,
+                &user,
+                format!("user:{}", caller.principal.user.id),
+                &caller.meta,
+            )
+            .await
+        }
+        .await;
+        Ok(match result {
+            Ok(token) => CreateUserInvitationPayload {
+                url: Some(invitation_url(caller.auth, &token)),
+                errors: Vec::new(),
+            },
+            Err(err) => CreateUserInvitationPayload {
+                url: None,
+                errors: payload_errors(err, "id")?,
+            },
+        })
+    }
+}
