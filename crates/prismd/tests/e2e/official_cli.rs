@@ -242,14 +242,14 @@ fn browser_login(
         let line = lines_rx
             .recv_timeout(std::time::Duration::from_secs(60))
             .map_err(|_| format!("prism login printed no authorize URL: {printed:?}"))?;
-        if let Some(start) = line.find("https://") {
-            if line.contains("/authorize?") {
-                break line[start..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
-            }
+        if let Some(start) = line.find("https://")
+            && line.contains("/authorize?")
+        {
+            break line[start..]
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
         }
         printed.push(line);
     };
