@@ -60,6 +60,18 @@ pub enum UsersCommand {
 }
 
 #[derive(Subcommand)]
+pub enum OrgsCommand {
+    /// Create another organization (tenant); prints its tenant id. Its first user is added
+    /// with `prismd users add --tenant-id <id> --role Owner`.
+    Add {
+        #[arg(long, env = "PRISMD_ORG_NAME")]
+        name: String,
+    },
+    /// List organizations.
+    List,
+}
+
+#[derive(Subcommand)]
 pub enum TokensCommand {
     /// Mint a refresh token for a user and print it (only it) on stdout.
     Create {
@@ -82,16 +94,46 @@ async fn open(data_dir: &Path) -> anyhow::Result<SqliteStore> {
     Ok(SqliteStore::open_existing(data_dir, 1).await?)
 }
 
-pub async fn users(data_dir: &Path, command: UsersCommand) -> anyhow::Result<()> {
+pub async fn users(
+    data_dir: &Path,
+    tenant: Option<&str>,
+    command: UsersCommand,
+) -> anyhow::Result<()> {
     let store = open(data_dir).await?;
-    let result = run_users(&store, command).await;
+    let result = run_users(&store, tenant, command).await;
     store.close().await;
     result
 }
 
-pub async fn tokens(data_dir: &Path, command: TokensCommand) -> anyhow::Result<()> {
+pub async fn orgs(data_dir: &Path, command: OrgsCommand) -> anyhow::Result<()> {
     let store = open(data_dir).await?;
-    let result = run_tokens(&store, command).await;
+    let result = async {
+        match command {
+            OrgsCommand::Add { name } => {
+                let org = accounts::create_org(&store, &name, OPERATOR.into()).await?;
+                println!("{}", org.tenant_id);
+            }
+            OrgsCommand::List => {
+                for (n, org) in store.list_organizations().await?.into_iter().enumerate() {
+                    let default = if n == 0 { "  (default)" } else { "" };
+                    println!("{}  {}{default}", org.tenant_id, org.name);
+                }
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    store.close().await;
+    result
+}
+
+pub async fn tokens(
+    data_dir: &Path,
+    tenant: Option<&str>,
+    command: TokensCommand,
+) -> anyhow::Result<()> {
+    let store = open(data_dir).await?;
+    let result = run_tokens(&store, tenant, command).await;
     store.close().await;
     result
 }
@@ -121,8 +163,12 @@ pub async fn audit(data_dir: &Path, args: AuditArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_users(store: &SqliteStore, command: UsersCommand) -> anyhow::Result<()> {
-    let org = accounts::default_org(store).await?;
+async fn run_users(
+    store: &SqliteStore,
+    tenant: Option<&str>,
+    command: UsersCommand,
+) -> anyhow::Result<()> {
+    let org = accounts::org_by_tenant(store, tenant).await?;
     let meta = RequestMeta::default();
     match command {
         UsersCommand::Add {
@@ -175,8 +221,12 @@ async fn run_users(store: &SqliteStore, command: UsersCommand) -> anyhow::Result
     Ok(())
 }
 
-async fn run_tokens(store: &SqliteStore, command: TokensCommand) -> anyhow::Result<()> {
-    let org = accounts::default_org(store).await?;
+async fn run_tokens(
+    store: &SqliteStore,
+    tenant: Option<&str>,
+    command: TokensCommand,
+) -> anyhow::Result<()> {
+    let org = accounts::org_by_tenant(store, tenant).await?;
     match command {
         TokensCommand::Create { email, name } => {
             let user = accounts::find_user(store, &org, &email).await?;

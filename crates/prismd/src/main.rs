@@ -34,6 +34,10 @@ struct Cli {
     )]
     log_format: LogFormat,
 
+    /// Organization (tenant id) that `users` and `tokens` work on; default: the first one.
+    #[arg(long, env = "PRISMD_TENANT_ID", global = true)]
+    tenant_id: Option<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -48,6 +52,9 @@ enum Command {
     /// Mint refresh tokens.
     #[command(subcommand)]
     Tokens(admin::TokensCommand),
+    /// Create and list organizations (tenants).
+    #[command(subcommand)]
+    Orgs(admin::OrgsCommand),
     /// Print security events, newest first, as JSON lines.
     Audit(admin::AuditArgs),
 }
@@ -152,8 +159,13 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => run_server(cli.data_dir, args).await,
-            Command::Users(command) => admin::users(&cli.data_dir, command).await,
-            Command::Tokens(command) => admin::tokens(&cli.data_dir, command).await,
+            Command::Users(command) => {
+                admin::users(&cli.data_dir, cli.tenant_id.as_deref(), command).await
+            }
+            Command::Tokens(command) => {
+                admin::tokens(&cli.data_dir, cli.tenant_id.as_deref(), command).await
+            }
+            Command::Orgs(command) => admin::orgs(&cli.data_dir, command).await,
             Command::Audit(args) => admin::audit(&cli.data_dir, args).await,
         }
     });

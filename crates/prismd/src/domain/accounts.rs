@@ -531,6 +531,58 @@ pub async fn default_org(store: &dyn Store) -> Result<Organization, DomainError>
     })
 }
 
+/// The organization with `tenant_id`, or the install's first one when `None`.
+pub async fn org_by_tenant(
+    store: &dyn Store,
+    tenant_id: Option<&str>,
+) -> Result<Organization, DomainError> {
+    match tenant_id {
+        None => default_org(store).await,
+        Some(tenant) => store.organization_by_tenant(tenant).await?.ok_or_else(|| {
+            DomainError::NotFound(format!("no organization with tenant id {tenant}"))
+        }),
+    }
+}
+
+/// Creates another organization (a tenant) and returns it.
+pub async fn create_org(
+    store: &dyn Store,
+    name: &str,
+    actor: String,
+) -> Result<Organization, DomainError> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(DomainError::InvalidInput(
+            "the organization name must have 1 to 200 characters".into(),
+        ));
+    }
+    let now = now_ms();
+    let org = Organization {
+        id: uuid::Uuid::new_v4().to_string(),
+        name: name.to_owned(),
+        tenant_id: uuid::Uuid::new_v4().to_string(),
+        created_at: now,
+    };
+    let audit = AuditEvent {
+        at: now,
+        action: "org.created",
+        actor,
+        org_id: Some(org.id.clone()),
+        subject_user_id: None,
+        address: None,
+        user_agent: None,
+        detail: Some(serde_json::json!({ "name": org.name }).to_string()),
+    };
+    let new = NewOrganization {
+        id: org.id.clone(),
+        name: org.name.clone(),
+        tenant_id: org.tenant_id.clone(),
+        created_at: now,
+    };
+    store.create_organization(new, audit).await?;
+    Ok(org)
+}
+
 /// The active user with this email in `org`.
 pub async fn find_user(
     store: &dyn Store,

@@ -245,6 +245,22 @@ pub trait Store: Send + Sync + 'static {
     /// The organization created first (the install's default).
     async fn default_organization(&self) -> Result<Option<Organization>, StoreError>;
 
+    /// Every organization, oldest first.
+    async fn list_organizations(&self) -> Result<Vec<Organization>, StoreError>;
+
+    /// The organization with this tenant id.
+    async fn organization_by_tenant(
+        &self,
+        tenant_id: &str,
+    ) -> Result<Option<Organization>, StoreError>;
+
+    /// Creates another organization.
+    async fn create_organization(
+        &self,
+        org: NewOrganization,
+        audit: AuditEvent,
+    ) -> Result<(), StoreError>;
+
     /// Creates a user; `Conflict` when an active user of the organization has that email.
     async fn create_user(&self, user: NewUser, audit: AuditEvent) -> Result<User, StoreError>;
 

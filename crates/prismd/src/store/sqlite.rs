@@ -181,6 +181,46 @@ impl Store for SqliteStore {
         .await?)
     }
 
+    async fn list_organizations(&self) -> Result<Vec<Organization>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT id, name, tenant_id, created_at FROM organizations ORDER BY created_at, id",
+        )
+        .fetch_all(&self.readers)
+        .await?)
+    }
+
+    async fn organization_by_tenant(
+        &self,
+        tenant_id: &str,
+    ) -> Result<Option<Organization>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT id, name, tenant_id, created_at FROM organizations WHERE tenant_id = $1",
+        )
+        .bind(tenant_id)
+        .fetch_optional(&self.readers)
+        .await?)
+    }
+
+    async fn create_organization(
+        &self,
+        org: NewOrganization,
+        audit: AuditEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO organizations (id, name, tenant_id, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&org.id)
+        .bind(&org.name)
+        .bind(&org.tenant_id)
+        .bind(org.created_at)
+        .execute(&mut *tx)
+        .await?;
+        insert_audit(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn create_user(&self, user: NewUser, audit: AuditEvent) -> Result<User, StoreError> {
         let mut tx = self.begin_write().await?;
         match insert_user(&mut tx, &user).await {
