@@ -4,6 +4,7 @@
 mod admin;
 mod errors;
 mod flows;
+mod graphql;
 mod harness;
 mod jwt_attacks;
 mod official_cli;

@@ -1,0 +1,510 @@
+//! The GraphQL API beyond `authenticatedUser`: pagination, roles, user mutations with their
+//! permission rules, organization boundaries, and invitations.
+
+use serde_json::{Value, json};
+
+use crate::harness::{Server, TestResult, admin_ok, prismd_with_stdin, temp_dir};
+
+async fn gql(
+    server: &Server,
+    access: &str,
+    query: &str,
+    variables: Value,
+) -> Result<Value, Box<dyn std::error::Error>> {
+    let response = server
+        .http
+        .post(server.url("/api"))
+        .header("authorization", format!("Bearer {access}"))
+        .json(&json!({ "query": query, "variables": variables }))
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 200);
+    Ok(response.json().await?)
+}
+
+/// Adds a user with `role` (in `tenant`, if given) and returns an access token for them.
+async fn member(
+    server: &Server,
+    data: &std::path::Path,
+    tenant: Option<&str>,
+    email: &str,
+    role: &str,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let mut prefix = Vec::new();
+    if let Some(tenant) = tenant {
+        prefix = vec!["--tenant-id", tenant];
+    }
+    admin_ok(
+        data,
+        &[
+            prefix.as_slice(),
+            &["users", "add", "--email", email, "--role", role],
+        ]
+        .concat(),
+    )?;
+    let refresh = admin_ok(
+        data,
+        &[prefix.as_slice(), &["tokens", "create", "--email", email]].concat(),
+    )?;
+    server.access_token(&refresh).await
+}
+
+const CREATE: &str = "mutation($name: String, $email: String!, $role: ID!) { createOrganizationUser(input: {name: $name, email: $email, role: $role}) { user { id email role { name } } invitationUrl errors { field messages } } }";
+const DELETE: &str =
+    "mutation($id: ID!) { deleteUser(input: {id: $id}) { user { id } errors { field messages } } }";
+const UPDATE: &str = "mutation($id: ID!, $name: String, $phone: String) { updateUser(input: {id: $id, name: $name, phone: $phone}) { user { id name phone } errors { field messages } } }";
+
+fn role_id(roles: &Value, name: &str) -> String {
+    roles["data"]["organizationRoles"]
+        .as_array()
+        .and_then(|r| r.iter().find(|role| role["name"] == name))
+        .and_then(|role| role["id"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn first_error(payload: &Value) -> (String, String) {
+    let error = &payload["errors"][0];
+    (
+        error["field"].as_str().unwrap_or_default().to_owned(),
+        error["messages"][0].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn roles_and_permissions_of_user_mutations() -> TestResult {
+    let dir = temp_dir()?;
+    let data = dir.path();
+    let server = Server::start(data)?;
+    let owner_refresh = admin_ok(data, &["tokens", "create", "--email", "owner@localhost"])?;
+    let owner = server.access_token(&owner_refresh).await?;
+    let admin = member(&server, data, None, "admin@example.com", "Admin").await?;
+    let integrator = member(&server, data, None, "dev@example.com", "Integrator").await?;
+
+    let roles = gql(
+        &server,
+        &owner,
+        "{ organizationRoles { id name description } }",
+        json!({}),
+    )
+    .await?;
+    let names: Vec<&str> = roles["data"]["organizationRoles"]
+        .as_array()
+        .map(|r| r.iter().filter_map(|x| x["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        names,
+        [
+            "Owner",
+            "Admin",
+            "Integrator",
+            "Restricted Integrator",
+            "Guest"
+        ]
+    );
+    let (owner_role, integrator_role) = (role_id(&roles, "Owner"), role_id(&roles, "Integrator"));
+
+    let me = gql(&server, &integrator, "{ authenticatedUser { id name email tenantId externalId phone role { id name description } darkMode darkModeSyncWithOs org { id name } customer { id } } }", json!({})).await?;
+    let user = &me["data"]["authenticatedUser"];
+    assert_eq!(
+        (user["email"].as_str(), user["role"]["name"].as_str()),
+        (Some("dev@example.com"), Some("Integrator"))
+    );
+    assert!(user["customer"].is_null() && user["phone"].is_null() && user["darkMode"] == false);
+    let integrator_id = user["id"].as_str().ok_or("id")?.to_owned();
+
+    // An Integrator cannot create users; the message is the client's to show.
+    let denied = gql(
+        &server,
+        &integrator,
+        CREATE,
+        json!({"email": "x@example.com", "role": integrator_role}),
+    )
+    .await?;
+    assert_eq!(
+        first_error(&denied["data"]["createOrganizationUser"]),
+        (
+            "__all__".into(),
+            "only Owners and Admins can add users".into()
+        )
+    );
+
+    // An Admin can, with a role id or a role name; not an Owner.
+    let created = gql(
+        &server,
+        &admin,
+        CREATE,
+        json!({"name": "New", "email": "New@Example.com", "role": integrator_role}),
+    )
+    .await?;
+    let payload = &created["data"]["createOrganizationUser"];
+    assert_eq!(payload["errors"], json!([]), "{created}");
+    assert_eq!(payload["user"]["email"], "new@example.com");
+    assert!(
+        payload["invitationUrl"]
+            .as_str()
+            .is_some_and(|u| u.starts_with(&format!("{}/invite?token=", server.base)))
+    );
+    let new_id = payload["user"]["id"].as_str().ok_or("id")?.to_owned();
+    let by_name = gql(
+        &server,
+        &admin,
+        CREATE,
+        json!({"email": "guest@example.com", "role": "Guest"}),
+    )
+    .await?;
+    assert_eq!(
+        by_name["data"]["createOrganizationUser"]["user"]["role"]["name"],
+        "Guest"
+    );
+    let owner_by_admin = gql(
+        &server,
+        &admin,
+        CREATE,
+        json!({"email": "boss@example.com", "role": owner_role}),
+    )
+    .await?;
+    assert_eq!(
+        first_error(&owner_by_admin["data"]["createOrganizationUser"]).1,
+        "only Owners can add Owners"
+    );
+
+    // Validation problems name their field.
+    let duplicate = gql(
+        &server,
+        &admin,
+        CREATE,
+        json!({"email": "new@example.com", "role": integrator_role}),
+    )
+    .await?;
+    assert_eq!(
+        first_error(&duplicate["data"]["createOrganizationUser"]).0,
+        "email"
+    );
+    let bad_role = gql(
+        &server,
+        &admin,
+        CREATE,
+        json!({"email": "r@example.com", "role": "Um9sZTpyb290"}),
+    )
+    .await?;
+    assert_eq!(
+        first_error(&bad_role["data"]["createOrganizationUser"]).0,
+        "role"
+    );
+    let bad_email = gql(
+        &server,
+        &admin,
+        CREATE,
+        json!({"email": "nope", "role": integrator_role}),
+    )
+    .await?;
+    assert_eq!(
+        first_error(&bad_email["data"]["createOrganizationUser"]).0,
+        "email"
+    );
+
+    // Everyone updates their own profile; only managers update others'.
+    let own = gql(
+        &server,
+        &integrator,
+        UPDATE,
+        json!({"id": integrator_id, "name": "Dev", "phone": "+1 555 0100"}),
+    )
+    .await?;
+    assert_eq!(own["data"]["updateUser"]["user"]["name"], "Dev");
+    assert_eq!(own["data"]["updateUser"]["user"]["phone"], "+1 555 0100");
+    let other = gql(
+        &server,
+        &integrator,
+        UPDATE,
+        json!({"id": new_id, "name": "Hacked"}),
+    )
+    .await?;
+    assert_eq!(first_error(&other["data"]["updateUser"]).0, "__all__");
+    let empty_name = gql(&server, &admin, UPDATE, json!({"id": new_id, "name": "  "})).await?;
+    assert_eq!(first_error(&empty_name["data"]["updateUser"]).0, "name");
+
+    // Deletion: not by an Integrator; an Admin not of an Owner; the last Owner stays.
+    let owner_id = gql(&server, &owner, "{ authenticatedUser { id } }", json!({})).await?["data"]["authenticatedUser"]["id"].as_str().ok_or("id")?.to_owned();
+    let by_integrator = gql(&server, &integrator, DELETE, json!({"id": new_id})).await?;
+    assert_eq!(
+        first_error(&by_integrator["data"]["deleteUser"]).0,
+        "__all__"
+    );
+    let owner_by_admin = gql(&server, &admin, DELETE, json!({"id": owner_id})).await?;
+    assert_eq!(
+        first_error(&owner_by_admin["data"]["deleteUser"]).1,
+        "Admins cannot remove Owners"
+    );
+    let last_owner = gql(&server, &owner, DELETE, json!({"id": owner_id})).await?;
+    assert!(
+        first_error(&last_owner["data"]["deleteUser"])
+            .1
+            .contains("last Owner"),
+        "{last_owner}"
+    );
+    let garbage = gql(&server, &owner, DELETE, json!({"id": "not-an-id"})).await?;
+    assert_eq!(first_error(&garbage["data"]["deleteUser"]).0, "id");
+
+    // Deleting a user kills their tokens at once.
+    let integrator_refresh = admin_ok(data, &["tokens", "create", "--email", "dev@example.com"])?;
+    let deleted = gql(&server, &admin, DELETE, json!({"id": integrator_id})).await?;
+    assert_eq!(
+        deleted["data"]["deleteUser"]["errors"],
+        json!([]),
+        "{deleted}"
+    );
+    assert_eq!(server.whoami(&integrator).await?, Err(401));
+    assert_eq!(server.refresh(&integrator_refresh).await?.0, 400);
+
+    let audit = admin_ok(data, &["audit", "--limit", "20"])?;
+    for action in [
+        "user.created",
+        "user.updated",
+        "user.removed",
+        "user.invited",
+    ] {
+        assert!(
+            audit.contains(action),
+            "missing {action} in the audit trail"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn users_are_paged_with_cursors() -> TestResult {
+    let dir = temp_dir()?;
+    let server = Server::start(dir.path())?;
+    for n in 0..7 {
+        admin_ok(
+            dir.path(),
+            &["users", "add", "--email", &format!("u{n}@example.com")],
+        )?;
+    }
+    let owner = server
+        .access_token(&admin_ok(
+            dir.path(),
+            &["tokens", "create", "--email", "owner@localhost"],
+        )?)
+        .await?;
+    let query = "query($after: String) { organization { users(after: $after, first: 3) { nodes { id email role { name } } pageInfo { hasNextPage endCursor } } } }";
+    let mut after = json!("");
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = gql(&server, &owner, query, json!({ "after": after })).await?;
+        let users = &page["data"]["organization"]["users"];
+        for node in users["nodes"].as_array().ok_or("nodes")? {
+            seen.push(node["email"].as_str().unwrap_or_default().to_owned());
+        }
+        pages += 1;
+        if users["pageInfo"]["hasNextPage"] != true {
+            break;
+        }
+        after = users["pageInfo"]["endCursor"].clone();
+        assert!(pages < 10, "pagination does not end");
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen.len(), 8, "{seen:?}");
+    assert_eq!(seen[0], "owner@localhost");
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 8, "no user twice: {seen:?}");
+    let bad = gql(&server, &owner, query, json!({ "after": "!!" })).await?;
+    assert!(
+        bad["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cursor")),
+        "{bad}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn organizations_do_not_see_each_other() -> TestResult {
+    let dir = temp_dir()?;
+    let data = dir.path();
+    let server = Server::start(data)?;
+    let tenant_b = admin_ok(data, &["orgs", "add", "--name", "Beta"])?;
+    let admin_a = member(&server, data, None, "admin-a@example.com", "Admin").await?;
+    let admin_b = member(
+        &server,
+        data,
+        Some(&tenant_b),
+        "admin-b@example.com",
+        "Admin",
+    )
+    .await?;
+    let user_a = member(&server, data, None, "user-a@example.com", "Integrator").await?;
+    let user_a_id = gql(&server, &user_a, "{ authenticatedUser { id } }", json!({})).await?["data"]
+        ["authenticatedUser"]["id"]
+        .as_str()
+        .ok_or("id")?
+        .to_owned();
+
+    let listed = gql(
+        &server,
+        &admin_b,
+        r#"{ organization { name users(after: "") { nodes { email } } } }"#,
+        json!({}),
+    )
+    .await?;
+    assert_eq!(listed["data"]["organization"]["name"], "Beta");
+    assert_eq!(
+        listed["data"]["organization"]["users"]["nodes"],
+        json!([{ "email": "admin-b@example.com" }])
+    );
+
+    for (mutation, variables) in [
+        (DELETE, json!({"id": user_a_id})),
+        (UPDATE, json!({"id": user_a_id, "name": "Hijacked"})),
+    ] {
+        let answer = gql(&server, &admin_b, mutation, variables).await?;
+        let payload = answer["data"]
+            .as_object()
+            .and_then(|d| d.values().next())
+            .ok_or("payload")?;
+        assert_eq!(
+            first_error(payload),
+            ("id".into(), "no such user in your organization".into()),
+            "{answer}"
+        );
+    }
+    assert_eq!(
+        server.whoami(&user_a).await?,
+        Ok("user-a@example.com".into())
+    );
+    let listed_a = gql(
+        &server,
+        &admin_a,
+        r#"{ organization { users(after: "") { nodes { email } } } }"#,
+        json!({}),
+    )
+    .await?;
+    assert!(!listed_a.to_string().contains("admin-b@example.com"));
+
+    // A user created by B's admin lands in B.
+    let roles = gql(
+        &server,
+        &admin_b,
+        "{ organizationRoles { id name } }",
+        json!({}),
+    )
+    .await?;
+    let created = gql(
+        &server,
+        &admin_b,
+        CREATE,
+        json!({"email": "b2@example.com", "role": role_id(&roles, "Guest")}),
+    )
+    .await?;
+    assert_eq!(
+        created["data"]["createOrganizationUser"]["errors"],
+        json!([])
+    );
+    let tenants = gql(
+        &server,
+        &admin_b,
+        "{ listUserTenants { nodes { tenantId orgName } } }",
+        json!({}),
+    )
+    .await?;
+    assert_eq!(
+        tenants["data"]["listUserTenants"]["nodes"],
+        json!([{ "tenantId": tenant_b, "orgName": "Beta" }])
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_invitation_sets_a_password_once() -> TestResult {
+    let dir = temp_dir()?;
+    let server = Server::start(dir.path())?;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    admin_ok(
+        dir.path(),
+        &["users", "add", "--email", "invited@example.com"],
+    )?;
+    let link = admin_ok(
+        dir.path(),
+        &[
+            "users",
+            "invite-link",
+            "--email",
+            "invited@example.com",
+            "--issuer",
+            &server.base,
+        ],
+    )?;
+    assert!(
+        link.starts_with(&format!("{}/invite?token=", server.base)),
+        "{link}"
+    );
+
+    let page = http.get(&link).send().await?;
+    assert_eq!(page.status().as_u16(), 200);
+    let cookie = page
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|c| c.split(';').next())
+        .ok_or("no csrf cookie")?
+        .to_owned();
+    let html = page.text().await?;
+    assert!(html.contains("invited@example.com"));
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .ok_or("no csrf field")?
+        .to_owned();
+    let token = link.split("token=").nth(1).ok_or("token")?.to_owned();
+    let submit = |password: &str, confirm: &str, with_cookie: bool| {
+        let mut request = http.post(server.url("/invite")).form(&[
+            ("csrf", csrf.as_str()),
+            ("token", token.as_str()),
+            ("password", password),
+            ("confirm", confirm),
+        ]);
+        if with_cookie {
+            request = request.header("cookie", cookie.clone());
+        }
+        request.send()
+    };
+    assert_eq!(
+        submit("a good password", "a good password", false)
+            .await?
+            .status()
+            .as_u16(),
+        403,
+        "CSRF cookie required"
+    );
+    let mismatch = submit("a good password", "another one", true)
+        .await?
+        .text()
+        .await?;
+    assert!(mismatch.contains("The two passwords differ."));
+    let short = submit("short", "short", true).await?.text().await?;
+    assert!(short.contains("at least 8"));
+    let done = submit("a good password", "a good password", true).await?;
+    assert_eq!(done.status().as_u16(), 200);
+    assert!(done.text().await?.contains("Password set"));
+    // Single use.
+    assert_eq!(
+        submit("another password", "another password", true)
+            .await?
+            .status()
+            .as_u16(),
+        404
+    );
+    assert_eq!(http.get(&link).send().await?.status().as_u16(), 404);
+
+    let hash_set = prismd_with_stdin(dir.path(), &["audit", "--limit", "1"], "")?;
+    assert!(String::from_utf8_lossy(&hash_set.stdout).contains("user.password_set"));
+    Ok(())
+}
