@@ -7,6 +7,7 @@ mod flows;
 mod graphql;
 mod harness;
 mod jwt_attacks;
+mod login;
 mod official_cli;
 mod ops;
 mod seed;
