@@ -27,3 +27,4 @@ CREATE TABLE browser_sessions (
 );
 
 CREATE INDEX browser_sessions_expires ON browser_sessions (expires_at);
+CREATE INDEX browser_sessions_user ON browser_sessions (user_id);

@@ -29,12 +29,14 @@ button{width:100%;margin-top:1.25rem;padding:.7rem;font-size:1rem;font-weight:60
 .error{color:#b42318;background:#fef3f2;padding:.6rem;border-radius:.4rem}";
 
 /// `Content-Security-Policy` of every page: nothing but our own inline style (by hash), forms
-/// that post here and redirect to a loopback client, and no framing.
+/// that post here and redirect to a loopback client, and no framing. CSP cannot name IPv6
+/// literals, so a `http://[::1]` redirect URI is accepted by the server but a strict browser
+/// may block the redirect after the form; `localhost` and `127.0.0.1` always work.
 static CSP: LazyLock<String> = LazyLock::new(|| {
     let hash = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(STYLE.as_bytes()));
     format!(
         "default-src 'none'; style-src 'sha256-{hash}'; form-action 'self' http://localhost:* \
-         http://127.0.0.1:* http://[::1]:*; frame-ancestors 'none'; base-uri 'none'"
+         http://127.0.0.1:*; frame-ancestors 'none'; base-uri 'none'"
     )
 });
 

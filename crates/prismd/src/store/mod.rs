@@ -331,7 +331,8 @@ pub trait Store: Send + Sync + 'static {
         audit: AuditEvent,
     ) -> Result<Removal, StoreError>;
 
-    /// Replaces an active user's password hash. Returns false when there is no such user.
+    /// Replaces an active user's password hash and ends their browser sessions. Returns false
+    /// when there is no such user.
     async fn set_password_hash(
         &self,
         user_id: &str,
@@ -355,7 +356,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<RefreshGrant>, StoreError>;
 
     /// Revokes every refresh token and access token of a user in one durable write, by
-    /// moving the user's epoch on from `expected_epoch`. Returns false when the epoch had
+    /// moving the user's epoch on from `expected_epoch`, and ends their browser sessions. Returns false when the epoch had
     /// already moved (someone else revoked first).
     async fn revoke_all_tokens(
         &self,

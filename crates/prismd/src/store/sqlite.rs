@@ -132,6 +132,19 @@ async fn insert_audit(
     Ok(())
 }
 
+/// Signs a user out of every browser, in the caller's transaction: a revoke-all or a new
+/// password must not leave a browser session that can mint new codes.
+async fn end_browser_sessions(
+    tx: &mut Transaction<'static, Sqlite>,
+    user_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM browser_sessions WHERE user_id = $1")
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
 }
@@ -339,6 +352,7 @@ impl Store for SqliteStore {
             tx.rollback().await?;
             return Ok(false);
         }
+        end_browser_sessions(&mut tx, user_id).await?;
         insert_audit(&mut tx, &audit).await?;
         tx.commit().await?;
         Ok(true)
@@ -431,6 +445,7 @@ impl Store for SqliteStore {
             tx.rollback().await?;
             return Ok(false);
         }
+        end_browser_sessions(&mut tx, user_id).await?;
         insert_audit(&mut tx, &audit).await?;
         tx.commit().await?;
         Ok(true)
@@ -604,6 +619,7 @@ impl Store for SqliteStore {
             tx.rollback().await?;
             return Ok(false);
         }
+        end_browser_sessions(&mut tx, &user_id).await?;
         let audit = AuditEvent {
             subject_user_id: Some(user_id),
             ..audit

@@ -1175,7 +1175,6 @@ async fn session_and_refresh(
 
 /// After "log out everywhere" the browser session must not hand out new tokens.
 #[tokio::test]
-#[ignore = "bug: POST /auth/revoke (revoke all) leaves browser sessions alive; the prism_session cookie still mints new codes and refresh tokens"]
 async fn login_browser_session_ends_with_revoke_all() -> TestResult {
     let dir = temp_dir()?;
     let server = Server::start(dir.path())?;
@@ -1211,7 +1210,6 @@ async fn login_browser_session_ends_with_revoke_all() -> TestResult {
 
 /// After an operator sets a new password the old browser session must not hand out tokens.
 #[tokio::test]
-#[ignore = "bug: `prismd users set-password` leaves browser sessions alive; the prism_session cookie from before the reset still mints new codes and refresh tokens without the new password"]
 async fn login_browser_session_ends_with_password_change() -> TestResult {
     let dir = temp_dir()?;
     let server = Server::start(dir.path())?;
