@@ -354,16 +354,46 @@ pub async fn update_member(
     member(store, actor, user_id).await
 }
 
+/// An invitation for a member of the actor's organization: Owners and Admins may, Admins not
+/// for Owners.
+pub async fn invite_member(
+    store: &dyn Store,
+    actor: &User,
+    user_id: &str,
+    meta: &RequestMeta,
+) -> Result<String, DomainError> {
+    let actor_role = Role::of(actor);
+    if !actor_role.manages_users() {
+        return Err(DomainError::AccessDenied(
+            "only Owners and Admins can invite users".into(),
+        ));
+    }
+    let target = member(store, actor, user_id).await?;
+    if Role::of(&target) == Role::Owner && actor_role != Role::Owner {
+        return Err(DomainError::AccessDenied(
+            "Admins cannot invite Owners".into(),
+        ));
+    }
+    create_invitation(store, &target, format!("user:{}", actor.id), meta).await
+}
+
 /// How long an invitation link works.
 pub const INVITATION_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
 
-/// Creates a single-use invitation for `user` to set a password; returns its secret token.
+/// Creates a single-use invitation for `user` to set a first password; returns its secret
+/// token. Users who have a password get none: an invitation must never become a way to reset
+/// someone else's password (an operator uses `prismd users set-password` for that).
 pub async fn create_invitation(
     store: &dyn Store,
     user: &User,
     actor: String,
     meta: &RequestMeta,
 ) -> Result<String, DomainError> {
+    if store.has_password(&user.id).await? {
+        return Err(DomainError::Conflict(
+            "this user has set a password already; invitations are for new users".into(),
+        ));
+    }
     let token = super::login::random_secret()?;
     let now = now_ms();
     let audit = AuditEvent {

@@ -250,6 +250,8 @@ pub struct CodeGrant<'a> {
     pub code_verifier: &'a str,
     pub redirect_uri: &'a str,
     pub client_id: &'a str,
+    /// Optional; a tenant the user is not a member of gets `access_denied`.
+    pub tenant_id: Option<&'a str>,
 }
 
 fn invalid_grant(description: &'static str) -> DomainError {
@@ -325,7 +327,7 @@ impl AuthService {
         )
         .await?;
         let mut response = self
-            .exchange_refresh_token(&refresh_token, None, meta)
+            .exchange_refresh_token(&refresh_token, grant.tenant_id, meta)
             .await?;
         if code.scope.split_whitespace().any(|s| s == "openid") {
             response.id_token =

@@ -7,6 +7,22 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 use super::DomainError;
 
+/// Argon2 checks running at once. Each takes 19 MiB and a core for ~16 ms; without a bound, a
+/// flood of login attempts would fill the blocking pool and memory.
+static SLOTS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    tokio::sync::Semaphore::new(cores * 2)
+});
+
+async fn slot() -> Result<tokio::sync::SemaphorePermit<'static>, DomainError> {
+    SLOTS
+        .acquire()
+        .await
+        .map_err(|_| DomainError::Internal("password slots closed"))
+}
+
 pub const MIN_LENGTH: usize = 8;
 pub const MAX_LENGTH: usize = 1024;
 
@@ -29,6 +45,7 @@ pub async fn hash(password: String) -> Result<String, DomainError> {
             "the password must have at most {MAX_LENGTH} characters"
         )));
     }
+    let _slot = slot().await?;
     tokio::task::spawn_blocking(move || {
         let mut salt_bytes = [0u8; 16];
         SystemRandom::new()
@@ -47,6 +64,7 @@ pub async fn hash(password: String) -> Result<String, DomainError> {
 
 /// Verifies `password` against a stored PHC hash.
 pub async fn verify(password: String, stored: String) -> Result<bool, DomainError> {
+    let _slot = slot().await?;
     tokio::task::spawn_blocking(move || {
         let Ok(parsed) = PasswordHash::new(&stored) else {
             return Ok(false);

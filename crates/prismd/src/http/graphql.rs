@@ -477,23 +477,12 @@ impl MutationRoot {
     ) -> async_graphql::Result<CreateUserInvitationPayload> {
         let caller = caller(ctx)?;
         let store = caller.auth.store().as_ref();
-        let result = async {
-            if !Role::of(&caller.principal.user).manages_users() {
-                return Err(DomainError::AccessDenied(
-                    "only Owners and Admins can invite users".into(),
-                ));
+        let result = match user_id_from(&input.id) {
+            Ok(id) => {
+                accounts::invite_member(store, &caller.principal.user, &id, &caller.meta).await
             }
-            let user =
-                accounts::member(store, &caller.principal.user, &user_id_from(&input.id)?).await?;
-            accounts::create_invitation(
-                store,
-                &user,
-                format!("user:{}", caller.principal.user.id),
-                &caller.meta,
-            )
-            .await
-        }
-        .await;
+            Err(err) => Err(err),
+        };
         Ok(match result {
             Ok(token) => CreateUserInvitationPayload {
                 url: Some(invitation_url(caller.auth, &token)),

@@ -50,8 +50,9 @@ pub async fn token(
     if let Some(client) = request.client_id.as_deref()
         && client != CLI_CLIENT_ID
     {
+        // 400, not 401: a public client has no credentials to send again (RFC 6749 §5.2).
         return Err(HttpError::new(
-            StatusCode::UNAUTHORIZED,
+            StatusCode::BAD_REQUEST,
             "invalid_client",
             "unknown client_id",
         ));
@@ -82,6 +83,7 @@ pub async fn token(
                 code_verifier: &code_verifier,
                 redirect_uri: &redirect_uri,
                 client_id: &client_id,
+                tenant_id: request.tenant_id.as_deref(),
             };
             let tokens = state.auth.exchange_code(grant, &meta).await?;
             Ok(no_store(Json(tokens).into_response()))

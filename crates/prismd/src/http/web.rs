@@ -17,8 +17,19 @@ use crate::domain::DomainError;
 use crate::domain::accounts;
 use crate::domain::login::{self, AuthorizationRequest, AuthorizeError, AuthorizeParams};
 
+/// Cookie names. Over HTTPS they carry the `__Host-` prefix, so no other host (a sibling
+/// subdomain, say) can plant them; browsers then require `Secure`, `Path=/` and no `Domain`.
+fn cookie_name(name: &'static str, secure: bool) -> std::borrow::Cow<'static, str> {
+    if secure {
+        format!("__Host-{name}").into()
+    } else {
+        name.into()
+    }
+}
+
 const SESSION_COOKIE: &str = "prism_session";
 const CSRF_COOKIE: &str = "prism_csrf";
+const INVITE_CSRF_COOKIE: &str = "prism_invite_csrf";
 
 const STYLE: &str = "body{font-family:system-ui,-apple-system,sans-serif;background:#f4f5f7;color:#1d2433;margin:0}\
 main{max-width:22rem;margin:8vh auto;padding:2rem;background:#fff;border-radius:.75rem;box-shadow:0 1px 4px #0002}\
@@ -97,7 +108,27 @@ fn error_page(status: StatusCode, message: &str) -> Response {
 }
 
 fn login_page(request: &AuthorizeParams, csrf: &str, email: &str, error: Option<&str>) -> Response {
-    let hidden: String = [
+    let hidden = hidden_params(request);
+    let error = error
+        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e)))
+        .unwrap_or_default();
+    let body = format!(
+        "<h1>Sign in</h1><p>to continue to the prism command-line client</p>{error}\
+         <form method=\"post\" action=\"/authorize\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">{hidden}\
+         <label for=\"email\">Email</label>\
+         <input id=\"email\" name=\"email\" type=\"email\" autocomplete=\"username\" required autofocus value=\"{email}\">\
+         <label for=\"password\">Password</label>\
+         <input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
+         <button type=\"submit\">Sign in</button></form>",
+        csrf = escape(csrf),
+        email = escape(email),
+    );
+    page(StatusCode::OK, "Sign in", &body)
+}
+
+fn hidden_params(request: &AuthorizeParams) -> String {
+    [
         ("response_type", &request.response_type),
         ("client_id", &request.client_id),
         ("redirect_uri", &request.redirect_uri),
@@ -117,23 +148,47 @@ fn login_page(request: &AuthorizeParams, csrf: &str, email: &str, error: Option<
             )
         })
     })
-    .collect();
-    let error = error
-        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e)))
-        .unwrap_or_default();
+    .collect()
+}
+
+/// The page a signed-in browser sees: continue as this user, or sign in as someone else.
+fn continue_page(request: &AuthorizeParams, csrf: &str, email: &str) -> Response {
     let body = format!(
-        "<h1>Sign in</h1><p>to continue to the prism command-line client</p>{error}\
+        "<h1>Continue as {email}?</h1><p>The prism command-line client asks to sign in.</p>\
          <form method=\"post\" action=\"/authorize\">\
          <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">{hidden}\
-         <label for=\"email\">Email</label>\
-         <input id=\"email\" name=\"email\" type=\"email\" autocomplete=\"username\" required autofocus value=\"{email}\">\
-         <label for=\"password\">Password</label>\
-         <input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
-         <button type=\"submit\">Sign in</button></form>",
-        csrf = escape(csrf),
+         <button type=\"submit\" name=\"action\" value=\"continue\">Continue</button>\
+         <button type=\"submit\" name=\"action\" value=\"switch\">Use another account</button></form>",
         email = escape(email),
+        csrf = escape(csrf),
+        hidden = hidden_params(request),
     );
-    page(StatusCode::OK, "Sign in", &body)
+    page(StatusCode::OK, "Continue", &body)
+}
+
+/// Sets one of our cookies (always `Path=/`, `HttpOnly`; `Secure` and `__Host-` over HTTPS).
+fn set_cookie(
+    response: &mut Response,
+    name: &'static str,
+    value: &str,
+    max_age: i64,
+    secure: bool,
+    same_site: &str,
+) {
+    set_cookie_raw(
+        response,
+        &cookie_name(name, secure),
+        value,
+        "/",
+        max_age,
+        secure,
+        same_site,
+    );
+}
+
+/// Reads one of our cookies under the name it has in this mode.
+fn our_cookie<'a>(headers: &'a HeaderMap, name: &'static str, secure: bool) -> Option<&'a str> {
+    cookie(headers, &cookie_name(name, secure))
 }
 
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -147,7 +202,7 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, value)| value)
 }
 
-fn set_cookie(
+fn set_cookie_raw(
     response: &mut Response,
     name: &str,
     value: &str,
@@ -234,20 +289,29 @@ pub async fn authorize(
         Ok(request) => request,
         Err(error) => return reject(&params, error),
     };
-    if let Some(session) = cookie(&headers, SESSION_COOKIE)
-        && let Ok(Some(user)) = state.auth.browser_session_user(session).await
-    {
-        return redirect_with_code(&state, &user, &request).await;
-    }
+    drop(request);
     let Ok(csrf) = login::random_secret() else {
         return error_page(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
     };
-    let mut response = login_page(&params, &csrf, "", None);
+    // A live browser session skips the password, not the person: any web page can send a
+    // browser here, so a code is only issued after a click on our own page (RFC 8252 §8.6).
+    let session_user = match our_cookie(&headers, SESSION_COOKIE, state.web.secure_cookies) {
+        Some(session) => state
+            .auth
+            .browser_session_user(session)
+            .await
+            .ok()
+            .flatten(),
+        None => None,
+    };
+    let mut response = match session_user {
+        Some(user) => continue_page(&params, &csrf, &user.email),
+        None => login_page(&params, &csrf, "", None),
+    };
     set_cookie(
         &mut response,
         CSRF_COOKIE,
         &csrf,
-        "/authorize",
         1800,
         state.web.secure_cookies,
         "Strict",
@@ -264,6 +328,9 @@ pub struct LoginForm {
     email: String,
     #[serde(default)]
     password: String,
+    /// `continue` (use the browser session) or `switch` (end it and show the form).
+    #[serde(default)]
+    action: Option<String>,
     #[serde(flatten)]
     params: AuthorizeParams,
 }
@@ -280,9 +347,10 @@ pub async fn login(
     headers: HeaderMap,
     JsonOrForm(form): JsonOrForm<LoginForm>,
 ) -> Response {
-    let csrf_ok = cookie(&headers, CSRF_COOKIE).is_some_and(|expected| {
-        !form.csrf.is_empty() && bool::from(expected.as_bytes().ct_eq(form.csrf.as_bytes()))
-    });
+    let csrf_ok =
+        our_cookie(&headers, CSRF_COOKIE, state.web.secure_cookies).is_some_and(|expected| {
+            !form.csrf.is_empty() && bool::from(expected.as_bytes().ct_eq(form.csrf.as_bytes()))
+        });
     if !csrf_ok {
         return error_page(
             StatusCode::FORBIDDEN,
@@ -293,6 +361,55 @@ pub async fn login(
         Ok(request) => request,
         Err(error) => return reject(&form.params, error),
     };
+    let session = our_cookie(&headers, SESSION_COOKIE, state.web.secure_cookies);
+    match form.action.as_deref() {
+        Some("continue") => {
+            let user = match session {
+                Some(session) => state
+                    .auth
+                    .browser_session_user(session)
+                    .await
+                    .ok()
+                    .flatten(),
+                None => None,
+            };
+            let Some(user) = user else {
+                // The session ended meanwhile: sign in with a password instead.
+                return login_page(
+                    &form.params,
+                    &form.csrf,
+                    "",
+                    Some("Your session has ended; sign in again."),
+                );
+            };
+            let mut response = redirect_with_code(&state, &user, &request).await;
+            set_cookie(
+                &mut response,
+                CSRF_COOKIE,
+                "",
+                0,
+                state.web.secure_cookies,
+                "Strict",
+            );
+            return response;
+        }
+        Some("switch") => {
+            if let Some(session) = session {
+                let _ = state.auth.end_browser_session(session).await;
+            }
+            let mut response = login_page(&form.params, &form.csrf, "", None);
+            set_cookie(
+                &mut response,
+                SESSION_COOKIE,
+                "",
+                0,
+                state.web.secure_cookies,
+                "Lax",
+            );
+            return response;
+        }
+        _ => {}
+    }
     let user =
         match login::authenticate(state.auth.store().as_ref(), &form.email, &form.password).await {
             Ok(Some(user)) => user,
@@ -324,7 +441,6 @@ pub async fn login(
                 &mut response,
                 SESSION_COOKIE,
                 &session,
-                "/",
                 max_age,
                 state.web.secure_cookies,
                 "Lax",
@@ -336,7 +452,6 @@ pub async fn login(
         &mut response,
         CSRF_COOKIE,
         "",
-        "/authorize",
         0,
         state.web.secure_cookies,
         "Strict",
@@ -356,7 +471,7 @@ pub async fn logout(
     headers: HeaderMap,
     Query(params): Query<LogoutParams>,
 ) -> Response {
-    if let Some(session) = cookie(&headers, SESSION_COOKIE)
+    if let Some(session) = our_cookie(&headers, SESSION_COOKIE, state.web.secure_cookies)
         && let Err(err) = state.auth.end_browser_session(session).await
     {
         tracing::warn!(error = %err, "could not end a browser session");
@@ -381,7 +496,6 @@ pub async fn logout(
         &mut response,
         SESSION_COOKIE,
         "",
-        "/",
         0,
         state.web.secure_cookies,
         "Lax",
@@ -438,9 +552,8 @@ pub async fn invite(State(state): State<AppState>, Query(query): Query<InviteQue
     let mut response = invite_page(&query.token, &csrf, &user.email, None);
     set_cookie(
         &mut response,
-        CSRF_COOKIE,
+        INVITE_CSRF_COOKIE,
         &csrf,
-        "/invite",
         1800,
         state.web.secure_cookies,
         "Strict",
@@ -472,9 +585,11 @@ pub async fn accept_invite(
     headers: HeaderMap,
     JsonOrForm(form): JsonOrForm<InviteForm>,
 ) -> Response {
-    let csrf_ok = cookie(&headers, CSRF_COOKIE).is_some_and(|expected| {
-        !form.csrf.is_empty() && bool::from(expected.as_bytes().ct_eq(form.csrf.as_bytes()))
-    });
+    let csrf_ok = our_cookie(&headers, INVITE_CSRF_COOKIE, state.web.secure_cookies).is_some_and(
+        |expected| {
+            !form.csrf.is_empty() && bool::from(expected.as_bytes().ct_eq(form.csrf.as_bytes()))
+        },
+    );
     if !csrf_ok {
         return error_page(
             StatusCode::FORBIDDEN,
@@ -509,9 +624,8 @@ pub async fn accept_invite(
             );
             set_cookie(
                 &mut response,
-                CSRF_COOKIE,
+                INVITE_CSRF_COOKIE,
                 "",
-                "/invite",
                 0,
                 state.web.secure_cookies,
                 "Strict",

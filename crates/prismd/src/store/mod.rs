@@ -291,7 +291,10 @@ pub trait Store: Send + Sync + 'static {
         audit: AuditEvent,
     ) -> Result<bool, StoreError>;
 
-    /// Stores an invitation for a user (the hash of its token).
+    /// Whether an active user has a password.
+    async fn has_password(&self, user_id: &str) -> Result<bool, StoreError>;
+
+    /// Stores an invitation for a user (the hash of its token), replacing earlier ones.
     async fn insert_invitation(
         &self,
         token_hash: &[u8; 32],

@@ -550,6 +550,16 @@ impl Store for SqliteStore {
         Ok(true)
     }
 
+    async fn has_password(&self, user_id: &str) -> Result<bool, StoreError> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM users WHERE id = $1 AND removed_at IS NULL AND password_hash IS NOT NULL",
+        )
+        .bind(user_id)
+        .fetch_optional(&self.readers)
+        .await?;
+        Ok(found.is_some())
+    }
+
     async fn insert_invitation(
         &self,
         token_hash: &[u8; 32],
@@ -558,6 +568,12 @@ impl Store for SqliteStore {
         audit: AuditEvent,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
+        // A new link replaces the earlier ones.
+        sqlx::query("UPDATE invitations SET used_at = $2 WHERE user_id = $1 AND used_at IS NULL")
+            .bind(user_id)
+            .bind(audit.at)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
             "INSERT INTO invitations (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
         )
@@ -579,7 +595,8 @@ impl Store for SqliteStore {
     ) -> Result<Option<User>, StoreError> {
         let sql = format!(
             "SELECT {USER_COLUMNS} FROM invitations i JOIN users u ON u.id = i.user_id \
-             WHERE i.token_hash = $1 AND i.used_at IS NULL AND i.expires_at > $2 AND u.removed_at IS NULL"
+             WHERE i.token_hash = $1 AND i.used_at IS NULL AND i.expires_at > $2 \
+             AND u.removed_at IS NULL AND u.password_hash IS NULL"
         );
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(&token_hash[..])
@@ -607,8 +624,10 @@ impl Store for SqliteStore {
             tx.rollback().await?;
             return Ok(false);
         };
+        // An invitation only ever gives a first password: it cannot reset an existing one.
         let done = sqlx::query(
-            "UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1 AND removed_at IS NULL",
+            "UPDATE users SET password_hash = $2, updated_at = $3 \
+             WHERE id = $1 AND removed_at IS NULL AND password_hash IS NULL",
         )
         .bind(&user_id)
         .bind(password_hash)
@@ -620,6 +639,12 @@ impl Store for SqliteStore {
             return Ok(false);
         }
         end_browser_sessions(&mut tx, &user_id).await?;
+        // Every other link of this user dies with the one that was used.
+        sqlx::query("UPDATE invitations SET used_at = $2 WHERE user_id = $1 AND used_at IS NULL")
+            .bind(&user_id)
+            .bind(audit.at)
+            .execute(&mut *tx)
+            .await?;
         let audit = AuditEvent {
             subject_user_id: Some(user_id),
             ..audit

@@ -337,7 +337,7 @@ async fn oauth_token_endpoint_refresh_grant() -> TestResult {
         (
             "unknown client",
             format!("grant_type=refresh_token&client_id=evil&refresh_token={token}"),
-            401,
+            400,
             "invalid_client",
         ),
         (

@@ -508,3 +508,84 @@ async fn an_invitation_sets_a_password_once() -> TestResult {
     assert!(String::from_utf8_lossy(&hash_set.stdout).contains("user.password_set"));
     Ok(())
 }
+
+#[tokio::test]
+async fn invitations_cannot_reset_existing_passwords() -> TestResult {
+    let dir = temp_dir()?;
+    let data = dir.path();
+    let server = Server::start(data)?;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let admin = member(&server, data, None, "admin@example.com", "Admin").await?;
+    let owner_id = {
+        let owner = server
+            .access_token(&admin_ok(
+                data,
+                &["tokens", "create", "--email", "owner@localhost"],
+            )?)
+            .await?;
+        gql(&server, &owner, "{ authenticatedUser { id } }", json!({})).await?["data"]["authenticatedUser"]["id"].as_str().ok_or("id")?.to_owned()
+    };
+    let invite = "mutation($id: ID!) { createUserInvitation(input: {id: $id}) { url errors { field messages } } }";
+
+    // An Admin cannot get a link for an Owner (that would be a password reset of the Owner).
+    let denied = gql(&server, &admin, invite, json!({"id": owner_id})).await?;
+    assert_eq!(
+        first_error(&denied["data"]["createUserInvitation"]).1,
+        "Admins cannot invite Owners"
+    );
+    // Nor for anyone who has a password already (the Owner has one); not even an operator.
+    let output = crate::harness::prismd(
+        data,
+        &["users", "invite-link", "--email", "owner@localhost"],
+    )?;
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("set a password already"));
+
+    // A new link replaces the old one.
+    admin_ok(data, &["users", "add", "--email", "new@example.com"])?;
+    let first = admin_ok(
+        data,
+        &[
+            "users",
+            "invite-link",
+            "--email",
+            "new@example.com",
+            "--issuer",
+            &server.base,
+        ],
+    )?;
+    assert_eq!(
+        http.get(&first).send().await?.status().as_u16(),
+        200,
+        "control: a fresh link works"
+    );
+    let second = admin_ok(
+        data,
+        &[
+            "users",
+            "invite-link",
+            "--email",
+            "new@example.com",
+            "--issuer",
+            &server.base,
+        ],
+    )?;
+    assert_eq!(
+        http.get(&first).send().await?.status().as_u16(),
+        404,
+        "the older link must die"
+    );
+    assert_eq!(http.get(&second).send().await?.status().as_u16(), 200);
+
+    // Once the user has a password (set by an operator here), the link is dead.
+    let output = prismd_with_stdin(
+        data,
+        &["users", "set-password", "--email", "new@example.com"],
+        "operator chosen password\n",
+    )?;
+    assert!(output.status.success());
+    assert_eq!(http.get(&second).send().await?.status().as_u16(), 404);
+    Ok(())
+}

@@ -180,6 +180,50 @@ async fn post_authorize(
     Page::read(request.send().await?).await
 }
 
+/// With a live browser session: `GET /authorize` shows "Continue as <email>" (never a silent
+/// redirect), and clicking Continue posts the form. Returns the page after the click.
+async fn continue_as(
+    server: &Server,
+    http: &reqwest::Client,
+    query: &Params,
+    session_cookie: &str,
+    email: &str,
+) -> Res<Page> {
+    let page = get_authorize(server, http, query, Some(session_cookie)).await?;
+    assert_eq!(page.status, 200, "{}", page.describe());
+    assert_eq!(
+        page.location(),
+        None,
+        "a browser session must not redirect without a click"
+    );
+    assert!(
+        page.body.contains(&format!("Continue as {email}?")),
+        "{}",
+        page.describe()
+    );
+    assert!(
+        !page.body.contains("name=\"password\""),
+        "the consent page asks for no password"
+    );
+    let csrf = page.cookie("prism_csrf").ok_or("no prism_csrf cookie")?;
+    let mut form: Params = vec![("csrf", csrf.clone()), ("action", "continue".into())];
+    form.extend(query.iter().cloned());
+    post_authorize(
+        server,
+        http,
+        &form,
+        Some(&format!("{session_cookie}; prism_csrf={csrf}")),
+    )
+    .await
+}
+
+/// Is this the password form (not the consent page)?
+fn is_password_form(page: &Page) -> bool {
+    page.status == 200
+        && page.body.contains("name=\"password\"")
+        && !page.body.contains("Continue as")
+}
+
 /// The login form's POST body: CSRF field, credentials and the authorization parameters.
 fn login_form(csrf: &str, email: &str, password: &str, query: &Params) -> Params {
     let mut form: Params = vec![
@@ -355,7 +399,7 @@ async fn login_happy_path_issues_working_tokens_and_a_harmless_id_token() -> Tes
     let csrf_line = page
         .set_cookie("prism_csrf")
         .ok_or("no prism_csrf cookie")?;
-    for attribute in ["Path=/authorize", "HttpOnly", "SameSite=Strict"] {
+    for attribute in ["Path=/", "HttpOnly", "SameSite=Strict"] {
         assert!(csrf_line.contains(attribute), "{csrf_line}");
     }
     assert!(
@@ -857,8 +901,15 @@ async fn login_browser_session_skips_the_form_until_logout() -> TestResult {
     let page = get_authorize(&server, &http, &second, None).await?;
     assert_eq!(page.status, 200, "{}", page.describe());
 
-    // With the cookie: straight back with a new code for the new request.
-    let page = get_authorize(&server, &http, &second, Some(&session_cookie)).await?;
+    // With the cookie: one click (no password) and back with a new code for the new request.
+    let page = continue_as(
+        &server,
+        &http,
+        &second,
+        &session_cookie,
+        "admin@example.com",
+    )
+    .await?;
     assert_eq!(page.status, 303, "{}", page.describe());
     let location = url::Url::parse(page.location().ok_or("no Location")?)?;
     assert!(location.as_str().starts_with("http://localhost:59500/"));
@@ -901,11 +952,10 @@ async fn login_browser_session_skips_the_form_until_logout() -> TestResult {
     assert!(cleared.contains("Max-Age=0"), "{cleared}");
     assert!(cleared.contains("Path=/"), "{cleared}");
 
-    // The old cookie no longer skips the form.
+    // The old cookie no longer skips the password.
     let page = get_authorize(&server, &http, &second, Some(&session_cookie)).await?;
-    assert_eq!(page.status, 200, "{}", page.describe());
+    assert!(is_password_form(&page), "{}", page.describe());
     assert_eq!(page.location(), None);
-    assert!(page.csrf_field().is_some());
 
     // A foreign returnTo is not followed.
     let response = http
@@ -1165,7 +1215,7 @@ async fn session_and_refresh(
     let tokens = redeem_ok(server, http, &logged_in.code, verifier, REDIRECT).await?;
     let refresh = str_field(&tokens, "refresh_token")?.to_owned();
     let cookie = format!("prism_session={}", logged_in.session);
-    let page = get_authorize(server, http, query, Some(&cookie)).await?;
+    let page = continue_as(server, http, query, &cookie, "admin@example.com").await?;
     assert_eq!(page.status, 303, "control: {}", page.describe());
     let location = url::Url::parse(page.location().ok_or("no Location")?)?;
     let code = query_param(&location, "code").ok_or("no code")?;
@@ -1189,20 +1239,27 @@ async fn login_browser_session_ends_with_revoke_all() -> TestResult {
     // Control: revoke-all did take effect on the tokens.
     assert_eq!(server.refresh(&refresh).await?.0, 400);
 
+    // The old session gets the password form, not "Continue as", and a forced "continue"
+    // click is refused too.
     let page = get_authorize(&server, &http, &query, Some(&cookie)).await?;
-    if let Some(location) = page.location() {
-        let location = url::Url::parse(location)?;
-        if let Some(code) = query_param(&location, "code") {
-            let (status, body) = redeem(&server, &http, &code, &pkce.verifier, REDIRECT).await?;
-            assert_ne!(
-                status, 200,
-                "after revoke-all the old browser session got new tokens (scope {})",
-                body["scope"]
-            );
-        }
-    }
-    assert_eq!(page.status, 200, "{}", page.describe());
-    assert!(page.csrf_field().is_some(), "the login form is not shown");
+    assert!(is_password_form(&page), "{}", page.describe());
+    let csrf = page.cookie("prism_csrf").ok_or("no csrf cookie")?;
+    let mut form: Params = vec![("csrf", csrf.clone()), ("action", "continue".into())];
+    form.extend(query.iter().cloned());
+    let forced = post_authorize(
+        &server,
+        &http,
+        &form,
+        Some(&format!("{cookie}; prism_csrf={csrf}")),
+    )
+    .await?;
+    assert_eq!(
+        forced.location(),
+        None,
+        "the ended session must not get a code: {}",
+        forced.describe()
+    );
+    assert!(is_password_form(&forced), "{}", forced.describe());
 
     server.stop()?;
     Ok(())
@@ -1244,20 +1301,27 @@ async fn login_browser_session_ends_with_password_change() -> TestResult {
         page.describe()
     );
 
+    // The old session gets the password form, not "Continue as", and a forced "continue"
+    // click is refused too.
     let page = get_authorize(&server, &http, &query, Some(&cookie)).await?;
-    if let Some(location) = page.location() {
-        let location = url::Url::parse(location)?;
-        if let Some(code) = query_param(&location, "code") {
-            let (status, body) = redeem(&server, &http, &code, &pkce.verifier, REDIRECT).await?;
-            assert_ne!(
-                status, 200,
-                "after the password reset the old browser session got new tokens (scope {})",
-                body["scope"]
-            );
-        }
-    }
-    assert_eq!(page.status, 200, "{}", page.describe());
-    assert!(page.csrf_field().is_some(), "the login form is not shown");
+    assert!(is_password_form(&page), "{}", page.describe());
+    let csrf = page.cookie("prism_csrf").ok_or("no csrf cookie")?;
+    let mut form: Params = vec![("csrf", csrf.clone()), ("action", "continue".into())];
+    form.extend(query.iter().cloned());
+    let forced = post_authorize(
+        &server,
+        &http,
+        &form,
+        Some(&format!("{cookie}; prism_csrf={csrf}")),
+    )
+    .await?;
+    assert_eq!(
+        forced.location(),
+        None,
+        "the ended session must not get a code: {}",
+        forced.describe()
+    );
+    assert!(is_password_form(&forced), "{}", forced.describe());
 
     server.stop()?;
     Ok(())
