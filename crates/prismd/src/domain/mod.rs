@@ -4,6 +4,8 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod device;
+pub mod limits;
 pub mod login;
 pub mod passwords;
 pub mod standing;
@@ -39,6 +41,9 @@ pub enum DomainError {
     /// The database is unreachable or failing; the caller may retry.
     #[error("storage unavailable: {0}")]
     Unavailable(#[from] StoreError),
+    /// A device-code poll that returns no tokens yet, or never will.
+    #[error("{0}")]
+    Device(device::DeviceError),
     /// Something that should never happen (randomness or signing failed).
     #[error("internal error: {0}")]
     Internal(&'static str),

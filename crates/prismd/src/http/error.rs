@@ -77,6 +77,16 @@ impl From<DomainError> for HttpError {
                 Self::new(StatusCode::FORBIDDEN, "access_denied", msg)
             }
             DomainError::InvalidToken(reason) => Self::invalid_token(reason.to_string()),
+            DomainError::Device(reason) => {
+                use crate::domain::device::DeviceError;
+                let error = match reason {
+                    DeviceError::AuthorizationPending => "authorization_pending",
+                    DeviceError::SlowDown => "slow_down",
+                    DeviceError::ExpiredToken => "expired_token",
+                    DeviceError::AccessDenied => "access_denied",
+                };
+                Self::new(StatusCode::BAD_REQUEST, error, reason.to_string())
+            }
             DomainError::Unavailable(cause) => {
                 tracing::error!(error = %cause, "storage unavailable");
                 Self::new(

@@ -26,6 +26,7 @@ use tracing::Instrument;
 
 use crate::domain::RequestMeta;
 use crate::domain::auth::AuthService;
+use crate::domain::limits::AttemptLimiter;
 
 pub use api::ApiSchema;
 pub use error::HttpError;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub schema: ApiSchema,
     pub metadata: Arc<serde_json::Value>,
     pub web: Arc<WebSettings>,
+    /// Wrong device user codes per client address.
+    pub device_limiter: Arc<AttemptLimiter>,
 }
 
 impl AppState {
@@ -56,6 +59,7 @@ impl AppState {
             auth,
             metadata,
             web: Arc::new(web),
+            device_limiter: Arc::new(AttemptLimiter::new(10, Duration::from_secs(60))),
         }
     }
 }
@@ -68,6 +72,8 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/auth/meta", get(auth::meta))
         .route("/oauth/token", post(oauth::token))
         .route("/oauth/revoke", post(oauth::revoke))
+        .route("/oauth/device/code", post(oauth::device_code))
+        .route("/device", get(web::device).post(web::decide_device))
         .route("/authorize", get(web::authorize).post(web::login))
         .route("/logout", get(web::logout))
         .route("/invite", get(web::invite).post(web::accept_invite))

@@ -34,7 +34,12 @@ pub struct TokenRequest {
     code_verifier: Option<String>,
     #[serde(default)]
     redirect_uri: Option<String>,
+    #[serde(default)]
+    device_code: Option<String>,
 }
+
+/// RFC 8628 grant type.
+const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
 impl BodyShape for TokenRequest {
     const MAX_BYTES: usize = AUTH_BODY_LIMIT;
@@ -88,12 +93,69 @@ pub async fn token(
             let tokens = state.auth.exchange_code(grant, &meta).await?;
             Ok(no_store(Json(tokens).into_response()))
         }
+        DEVICE_CODE_GRANT => {
+            let device_code = request
+                .device_code
+                .as_deref()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| {
+                    HttpError::invalid_request("the device_code parameter is required")
+                })?;
+            let client_id = request.client_id.as_deref().unwrap_or(CLI_CLIENT_ID);
+            let tokens = state
+                .auth
+                .poll_device_code(device_code, client_id, &meta)
+                .await?;
+            Ok(no_store(Json(tokens).into_response()))
+        }
         _ => Err(HttpError::new(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
-            "this server supports grant_type=authorization_code and grant_type=refresh_token",
+            "this server supports grant_type=authorization_code, refresh_token and \
+             urn:ietf:params:oauth:grant-type:device_code",
         )),
     }
+}
+
+/// RFC 8628 device authorization request.
+#[derive(Debug, Deserialize)]
+pub struct DeviceCodeRequest {
+    client_id: String,
+    #[serde(default)]
+    scope: Option<String>,
+}
+
+impl BodyShape for DeviceCodeRequest {
+    const MAX_BYTES: usize = AUTH_BODY_LIMIT;
+    const EXPECTED: &'static str = "a string parameter client_id and an optional scope";
+}
+
+/// `POST /oauth/device/code`: a device code to poll with and a user code for a person.
+pub async fn device_code(
+    State(state): State<AppState>,
+    JsonOrForm(request): JsonOrForm<DeviceCodeRequest>,
+) -> Result<Response, HttpError> {
+    if request.client_id != CLI_CLIENT_ID {
+        return Err(HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_client",
+            "unknown client_id",
+        ));
+    }
+    let started = state
+        .auth
+        .start_device_authorization(&request.client_id, request.scope.as_deref())
+        .await?;
+    let issuer = &state.auth.settings().issuer;
+    let body = json!({
+        "device_code": started.device_code,
+        "user_code": started.user_code,
+        "verification_uri": format!("{issuer}/device"),
+        "verification_uri_complete": format!("{issuer}/device?user_code={}", started.user_code),
+        "expires_in": started.expires_in,
+        "interval": started.interval,
+    });
+    Ok(no_store(Json(body).into_response()))
 }
 
 /// RFC 7009 revocation request.
@@ -140,8 +202,9 @@ pub fn metadata_document(issuer: &str) -> Value {
         "authorization_endpoint": format!("{issuer}/authorize"),
         "token_endpoint": format!("{issuer}/oauth/token"),
         "revocation_endpoint": format!("{issuer}/oauth/revoke"),
+        "device_authorization_endpoint": format!("{issuer}/oauth/device/code"),
         "end_session_endpoint": format!("{issuer}/logout"),
-        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "grant_types_supported": ["authorization_code", "refresh_token", DEVICE_CODE_GRANT],
         "token_endpoint_auth_methods_supported": ["none"],
         "revocation_endpoint_auth_methods_supported": ["none"],
         "response_types_supported": ["code"],

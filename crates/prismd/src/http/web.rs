@@ -645,3 +645,196 @@ pub async fn accept_invite(
         }
     }
 }
+
+const DEVICE_CSRF_COOKIE: &str = "prism_device_csrf";
+
+#[derive(serde::Deserialize, Default)]
+pub struct DeviceQuery {
+    #[serde(default)]
+    user_code: String,
+}
+
+/// The page where a person approves a device login: the user code, and either "Continue as"
+/// (a live browser session) or email and password; Approve or Deny.
+fn device_page(
+    user_code: &str,
+    csrf: &str,
+    session_email: Option<&str>,
+    error: Option<&str>,
+) -> Response {
+    let error = error
+        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e)))
+        .unwrap_or_default();
+    let who = match session_email {
+        Some(email) => format!("<p>Signed in as {}.</p>", escape(email)),
+        None => "<label for=\"email\">Email</label>\
+                 <input id=\"email\" name=\"email\" type=\"email\" autocomplete=\"username\" required>\
+                 <label for=\"password\">Password</label>\
+                 <input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>"
+            .to_owned(),
+    };
+    let body = format!(
+        "<h1>Sign in a device</h1><p>Enter the code the prism command-line client shows.</p>{error}\
+         <form method=\"post\" action=\"/device\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+         <label for=\"user_code\">Code</label>\
+         <input id=\"user_code\" name=\"user_code\" autocomplete=\"off\" required value=\"{code}\">{who}\
+         <button type=\"submit\" name=\"action\" value=\"approve\">Approve</button>\
+         <button type=\"submit\" name=\"action\" value=\"deny\">Deny</button></form>",
+        csrf = escape(csrf),
+        code = escape(user_code),
+    );
+    page(StatusCode::OK, "Sign in a device", &body)
+}
+
+/// `GET /device[?user_code=...]`.
+pub async fn device(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<DeviceQuery>,
+) -> Response {
+    let Ok(csrf) = login::random_secret() else {
+        return error_page(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+    };
+    let session_user = match our_cookie(&headers, SESSION_COOKIE, state.web.secure_cookies) {
+        Some(session) => state
+            .auth
+            .browser_session_user(session)
+            .await
+            .ok()
+            .flatten(),
+        None => None,
+    };
+    let mut response = device_page(
+        &query.user_code,
+        &csrf,
+        session_user.as_ref().map(|u| u.email.as_str()),
+        None,
+    );
+    set_cookie(
+        &mut response,
+        DEVICE_CSRF_COOKIE,
+        &csrf,
+        1800,
+        state.web.secure_cookies,
+        "Strict",
+    );
+    response
+}
+
+#[derive(serde::Deserialize)]
+pub struct DeviceForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    user_code: String,
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    action: String,
+}
+
+impl BodyShape for DeviceForm {
+    const MAX_BYTES: usize = 16 * 1024;
+    const EXPECTED: &'static str = "the device form";
+}
+
+/// `POST /device`: checks CSRF, the attempt limit, the person (session or password) and the
+/// code; approves or denies it.
+pub async fn decide_device(
+    State(state): State<AppState>,
+    ClientMeta(meta): ClientMeta,
+    headers: HeaderMap,
+    JsonOrForm(form): JsonOrForm<DeviceForm>,
+) -> Response {
+    let secure = state.web.secure_cookies;
+    let csrf_ok = our_cookie(&headers, DEVICE_CSRF_COOKIE, secure).is_some_and(|expected| {
+        !form.csrf.is_empty() && bool::from(expected.as_bytes().ct_eq(form.csrf.as_bytes()))
+    });
+    if !csrf_ok {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "This form expired or was not sent from this site. Open the device page again.",
+        );
+    }
+    let address = meta.address.clone().unwrap_or_default();
+    if let Some(wait) = state.device_limiter.blocked_for(&address) {
+        let mut response = error_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!("Too many wrong codes. Try again in {wait} seconds."),
+        );
+        if let Ok(value) = HeaderValue::from_str(&wait.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return response;
+    }
+    let session_user = match our_cookie(&headers, SESSION_COOKIE, secure) {
+        Some(session) => state
+            .auth
+            .browser_session_user(session)
+            .await
+            .ok()
+            .flatten(),
+        None => None,
+    };
+    let user = match session_user {
+        Some(user) => user,
+        None => match login::authenticate(state.auth.store().as_ref(), &form.email, &form.password)
+            .await
+        {
+            Ok(Some(user)) => user,
+            Ok(None) => {
+                state.device_limiter.fail(&address);
+                return device_page(
+                    &form.user_code,
+                    &form.csrf,
+                    None,
+                    Some("Wrong email or password."),
+                );
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "device login check failed");
+                return error_page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the service is temporarily unavailable; try again",
+                );
+            }
+        },
+    };
+    let approve = form.action == "approve";
+    match state
+        .auth
+        .decide_device_code(&form.user_code, approve.then_some(&user))
+        .await
+    {
+        Ok(true) if approve => page(
+            StatusCode::OK,
+            "Device signed in",
+            "<h1>Device signed in</h1><p>You can close this window; the command-line client continues.</p>",
+        ),
+        Ok(true) => page(
+            StatusCode::OK,
+            "Sign-in denied",
+            "<h1>Sign-in denied</h1><p>The device was not signed in.</p>",
+        ),
+        Ok(false) => {
+            state.device_limiter.fail(&address);
+            let email = Some(user.email.as_str()).filter(|_| form.password.is_empty());
+            device_page(
+                &form.user_code,
+                &form.csrf,
+                email,
+                Some("That code is not valid or has expired. Check it and try again."),
+            )
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "device decision failed");
+            error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the service is temporarily unavailable; try again",
+            )
+        }
+    }
+}

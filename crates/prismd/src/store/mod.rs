@@ -148,6 +148,30 @@ pub enum CodeRedemption {
     Unknown,
 }
 
+/// A device authorization to store (RFC 8628).
+#[derive(Debug, Clone)]
+pub struct NewDeviceCode {
+    pub device_code_hash: [u8; 32],
+    pub user_code_hash: [u8; 32],
+    pub client_id: String,
+    pub scope: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub interval_secs: i64,
+}
+
+/// A device authorization as polled.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeviceCode {
+    pub client_id: String,
+    pub scope: String,
+    pub expires_at: i64,
+    pub interval_secs: i64,
+    pub last_polled_at: Option<i64>,
+    pub status: String,
+    pub user_id: Option<String>,
+}
+
 /// A user with their password hash, for login.
 #[derive(Debug, Clone)]
 pub struct Credentials {
@@ -395,6 +419,35 @@ pub trait Store: Send + Sync + 'static {
         code_hash: &[u8; 32],
         at: i64,
     ) -> Result<CodeRedemption, StoreError>;
+
+    /// Stores a new device authorization.
+    async fn insert_device_code(&self, code: NewDeviceCode) -> Result<(), StoreError>;
+
+    /// Notes a poll of a device code and returns its state before this poll.
+    async fn poll_device_code(
+        &self,
+        device_code_hash: &[u8; 32],
+        at: i64,
+    ) -> Result<Option<DeviceCode>, StoreError>;
+
+    /// Moves a pending, unexpired device code (found by its user code) to `approved` (with
+    /// the user) or `denied`. Returns false when there is no such pending code.
+    async fn decide_device_code(
+        &self,
+        user_code_hash: &[u8; 32],
+        approve_for: Option<&str>,
+        at: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Moves an approved device code to `redeemed`; false if it was not approved (any more).
+    async fn redeem_device_code(&self, device_code_hash: &[u8; 32]) -> Result<bool, StoreError>;
+
+    /// Slows a client down: a longer polling interval from now on.
+    async fn slow_down_device_code(
+        &self,
+        device_code_hash: &[u8; 32],
+        interval_secs: i64,
+    ) -> Result<(), StoreError>;
 
     /// Revokes one session (refresh token) of `user_id`. Returns false if it was not live.
     async fn revoke_session(

@@ -13,9 +13,10 @@ use sqlx::sqlite::{
 use sqlx::{FromRow, Row, Sqlite, Transaction};
 
 use super::{
-    AuditEvent, AuditRecord, AuthorizationCode, CodeRedemption, Credentials, NewAuthorizationCode,
-    NewOrganization, NewRefreshToken, NewUser, Organization, PrincipalRecord, ProfileChanges,
-    RefreshGrant, Removal, SigningKeyRecord, Store, StoreError, TokenUse, User,
+    AuditEvent, AuditRecord, AuthorizationCode, CodeRedemption, Credentials, DeviceCode,
+    NewAuthorizationCode, NewDeviceCode, NewOrganization, NewRefreshToken, NewUser, Organization,
+    PrincipalRecord, ProfileChanges, RefreshGrant, Removal, SigningKeyRecord, Store, StoreError,
+    TokenUse, User,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -757,6 +758,109 @@ impl Store for SqliteStore {
         .await?;
         tx.commit().await?;
         Ok(CodeRedemption::Replayed)
+    }
+
+    async fn insert_device_code(&self, code: NewDeviceCode) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO device_codes (device_code_hash, user_code_hash, client_id, scope, created_at, \
+             expires_at, interval_secs, status) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending')",
+        )
+        .bind(&code.device_code_hash[..])
+        .bind(&code.user_code_hash[..])
+        .bind(&code.client_id)
+        .bind(&code.scope)
+        .bind(code.created_at)
+        .bind(code.expires_at)
+        .bind(code.interval_secs)
+        .execute(&mut *tx)
+        .await
+        .map_err(|err| {
+            if is_unique_violation(&err) {
+                StoreError::Conflict("user code collision")
+            } else {
+                err.into()
+            }
+        })?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn poll_device_code(
+        &self,
+        device_code_hash: &[u8; 32],
+        at: i64,
+    ) -> Result<Option<DeviceCode>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let code: Option<DeviceCode> = sqlx::query_as(
+            "SELECT client_id, scope, expires_at, interval_secs, last_polled_at, status, user_id \
+             FROM device_codes WHERE device_code_hash = $1",
+        )
+        .bind(&device_code_hash[..])
+        .fetch_optional(&mut *tx)
+        .await?;
+        if code.is_some() {
+            sqlx::query("UPDATE device_codes SET last_polled_at = $2 WHERE device_code_hash = $1")
+                .bind(&device_code_hash[..])
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(code)
+    }
+
+    async fn decide_device_code(
+        &self,
+        user_code_hash: &[u8; 32],
+        approve_for: Option<&str>,
+        at: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let status = if approve_for.is_some() {
+            "approved"
+        } else {
+            "denied"
+        };
+        let done = sqlx::query(
+            "UPDATE device_codes SET status = $2, user_id = $3 \
+             WHERE user_code_hash = $1 AND status = 'pending' AND expires_at > $4",
+        )
+        .bind(&user_code_hash[..])
+        .bind(status)
+        .bind(approve_for)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn redeem_device_code(&self, device_code_hash: &[u8; 32]) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE device_codes SET status = 'redeemed' WHERE device_code_hash = $1 AND status = 'approved'",
+        )
+        .bind(&device_code_hash[..])
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn slow_down_device_code(
+        &self,
+        device_code_hash: &[u8; 32],
+        interval_secs: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("UPDATE device_codes SET interval_secs = $2 WHERE device_code_hash = $1")
+            .bind(&device_code_hash[..])
+            .bind(interval_secs)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn revoke_session(
