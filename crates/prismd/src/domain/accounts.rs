@@ -219,16 +219,13 @@ pub async fn remove_user(
     meta: &RequestMeta,
 ) -> Result<(), DomainError> {
     let now = now_ms();
-    let audit = AuditEvent {
-        at: now,
-        action: "user.removed",
+    let audit = user_event(
+        "user.removed",
         actor,
-        org_id: Some(user.org_id.clone()),
-        subject_user_id: Some(user.id.clone()),
-        address: meta.address.clone(),
-        user_agent: meta.user_agent.clone(),
-        detail: Some(serde_json::json!({ "email": user.email }).to_string()),
-    };
+        user,
+        meta,
+        Some(serde_json::json!({ "email": user.email }).to_string()),
+    );
     match store.remove_user(&user.id, now, audit).await? {
         Removal::Removed => Ok(()),
         Removal::NotFound => Err(DomainError::NotFound("no active user with that id".into())),
@@ -270,6 +267,49 @@ pub async fn member(store: &dyn Store, actor: &User, user_id: &str) -> Result<Us
         .ok_or_else(|| DomainError::NotFound("no such user in your organization".into()))
 }
 
+/// The one rule for acting on another member: Owners and Admins manage users, and only Owners
+/// act on Owners. `verb` completes the refusal ("remove", "change", "invite").
+async fn managed_member(
+    store: &dyn Store,
+    actor: &User,
+    user_id: &str,
+    verb: &str,
+) -> Result<User, DomainError> {
+    let actor_role = Role::of(actor);
+    if !actor_role.manages_users() {
+        return Err(DomainError::AccessDenied(format!(
+            "only Owners and Admins can {verb} users"
+        )));
+    }
+    let target = member(store, actor, user_id).await?;
+    if Role::of(&target) == Role::Owner && actor_role != Role::Owner {
+        return Err(DomainError::AccessDenied(format!(
+            "Admins cannot {verb} Owners"
+        )));
+    }
+    Ok(target)
+}
+
+/// An audit event about `subject`.
+fn user_event(
+    action: &'static str,
+    actor: String,
+    subject: &User,
+    meta: &RequestMeta,
+    detail: Option<String>,
+) -> AuditEvent {
+    AuditEvent {
+        at: now_ms(),
+        action,
+        actor,
+        org_id: Some(subject.org_id.clone()),
+        subject_user_id: Some(subject.id.clone()),
+        address: meta.address.clone(),
+        user_agent: meta.user_agent.clone(),
+        detail,
+    }
+}
+
 /// Removes a member: Owners and Admins may; Admins cannot remove Owners; the last Owner stays.
 pub async fn delete_member(
     store: &dyn Store,
@@ -277,18 +317,7 @@ pub async fn delete_member(
     user_id: &str,
     meta: &RequestMeta,
 ) -> Result<User, DomainError> {
-    let actor_role = Role::of(actor);
-    if !actor_role.manages_users() {
-        return Err(DomainError::AccessDenied(
-            "only Owners and Admins can remove users".into(),
-        ));
-    }
-    let target = member(store, actor, user_id).await?;
-    if Role::of(&target) == Role::Owner && actor_role != Role::Owner {
-        return Err(DomainError::AccessDenied(
-            "Admins cannot remove Owners".into(),
-        ));
-    }
+    let target = managed_member(store, actor, user_id, "remove").await?;
     remove_user(store, &target, format!("user:{}", actor.id), meta).await?;
     Ok(target)
 }
@@ -304,17 +333,7 @@ pub async fn update_member(
 ) -> Result<User, DomainError> {
     let target = member(store, actor, user_id).await?;
     if target.id != actor.id {
-        let actor_role = Role::of(actor);
-        if !actor_role.manages_users() {
-            return Err(DomainError::AccessDenied(
-                "you can only update your own profile".into(),
-            ));
-        }
-        if Role::of(&target) == Role::Owner && actor_role != Role::Owner {
-            return Err(DomainError::AccessDenied(
-                "Admins cannot change Owners".into(),
-            ));
-        }
+        managed_member(store, actor, user_id, "change").await?;
     }
     let name = changes.name.map(|n| n.trim().to_owned());
     if name
@@ -362,18 +381,7 @@ pub async fn invite_member(
     user_id: &str,
     meta: &RequestMeta,
 ) -> Result<String, DomainError> {
-    let actor_role = Role::of(actor);
-    if !actor_role.manages_users() {
-        return Err(DomainError::AccessDenied(
-            "only Owners and Admins can invite users".into(),
-        ));
-    }
-    let target = member(store, actor, user_id).await?;
-    if Role::of(&target) == Role::Owner && actor_role != Role::Owner {
-        return Err(DomainError::AccessDenied(
-            "Admins cannot invite Owners".into(),
-        ));
-    }
+    let target = managed_member(store, actor, user_id, "invite").await?;
     create_invitation(store, &target, format!("user:{}", actor.id), meta).await
 }
 
@@ -396,16 +404,7 @@ pub async fn create_invitation(
     }
     let token = super::login::random_secret()?;
     let now = now_ms();
-    let audit = AuditEvent {
-        at: now,
-        action: "user.invited",
-        actor,
-        org_id: Some(user.org_id.clone()),
-        subject_user_id: Some(user.id.clone()),
-        address: meta.address.clone(),
-        user_agent: meta.user_agent.clone(),
-        detail: None,
-    };
+    let audit = user_event("user.invited", actor, user, meta, None);
     store
         .insert_invitation(
             &hash_secret(&token),
@@ -464,16 +463,7 @@ pub async fn set_password(
     meta: &RequestMeta,
 ) -> Result<(), DomainError> {
     let password_hash = passwords::hash(password).await?;
-    let audit = AuditEvent {
-        at: now_ms(),
-        action: "user.password_set",
-        actor,
-        org_id: Some(user.org_id.clone()),
-        subject_user_id: Some(user.id.clone()),
-        address: meta.address.clone(),
-        user_agent: meta.user_agent.clone(),
-        detail: None,
-    };
+    let audit = user_event("user.password_set", actor, user, meta, None);
     if store
         .set_password_hash(&user.id, &password_hash, audit)
         .await?

@@ -191,6 +191,24 @@ fn our_cookie<'a>(headers: &'a HeaderMap, name: &'static str, secure: bool) -> O
     cookie(headers, &cookie_name(name, secure))
 }
 
+/// Double-submit CSRF check: the form field equals our cookie (compared in constant time).
+fn csrf_matches(headers: &HeaderMap, cookie_name: &'static str, secure: bool, field: &str) -> bool {
+    our_cookie(headers, cookie_name, secure).is_some_and(|expected| {
+        !field.is_empty() && bool::from(expected.as_bytes().ct_eq(field.as_bytes()))
+    })
+}
+
+/// The user of the request's live browser session, if any.
+async fn session_user(state: &AppState, headers: &HeaderMap) -> Option<crate::store::User> {
+    let session = our_cookie(headers, SESSION_COOKIE, state.web.secure_cookies)?;
+    state
+        .auth
+        .browser_session_user(session)
+        .await
+        .ok()
+        .flatten()
+}
+
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
@@ -295,15 +313,7 @@ pub async fn authorize(
     };
     // A live browser session skips the password, not the person: any web page can send a
     // browser here, so a code is only issued after a click on our own page (RFC 8252 §8.6).
-    let session_user = match our_cookie(&headers, SESSION_COOKIE, state.web.secure_cookies) {
-        Some(session) => state
-            .auth
-            .browser_session_user(session)
-            .await
-            .ok()
-            .flatten(),
-        None => None,
-    };
+    let session_user = session_user(&state, &headers).await;
     let mut response = match session_user {
         Some(user) => continue_page(&params, &csrf, &user.email),
         None => login_page(&params, &csrf, "", None),
@@ -347,10 +357,7 @@ pub async fn login(
     headers: HeaderMap,
     JsonOrForm(form): JsonOrForm<LoginForm>,
 ) -> Response {
-    let csrf_ok =
-        our_cookie(&headers, CSRF_COOKIE, state.web.secure_cookies).is_some_and(|expected| {
-            !form.csrf.is_empty() && bool::from(expected.as_bytes().ct_eq(form.csrf.as_bytes()))
-        });
+    let csrf_ok = csrf_matches(&headers, CSRF_COOKIE, state.web.secure_cookies, &form.csrf);
     if !csrf_ok {
         return error_page(
             StatusCode::FORBIDDEN,
@@ -364,15 +371,7 @@ pub async fn login(
     let session = our_cookie(&headers, SESSION_COOKIE, state.web.secure_cookies);
     match form.action.as_deref() {
         Some("continue") => {
-            let user = match session {
-                Some(session) => state
-                    .auth
-                    .browser_session_user(session)
-                    .await
-                    .ok()
-                    .flatten(),
-                None => None,
-            };
+            let user = session_user(&state, &headers).await;
             let Some(user) = user else {
                 // The session ended meanwhile: sign in with a password instead.
                 return login_page(
@@ -585,10 +584,11 @@ pub async fn accept_invite(
     headers: HeaderMap,
     JsonOrForm(form): JsonOrForm<InviteForm>,
 ) -> Response {
-    let csrf_ok = our_cookie(&headers, INVITE_CSRF_COOKIE, state.web.secure_cookies).is_some_and(
-        |expected| {
-            !form.csrf.is_empty() && bool::from(expected.as_bytes().ct_eq(form.csrf.as_bytes()))
-        },
+    let csrf_ok = csrf_matches(
+        &headers,
+        INVITE_CSRF_COOKIE,
+        state.web.secure_cookies,
+        &form.csrf,
     );
     if !csrf_ok {
         return error_page(
@@ -696,15 +696,7 @@ pub async fn device(
     let Ok(csrf) = login::random_secret() else {
         return error_page(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
     };
-    let session_user = match our_cookie(&headers, SESSION_COOKIE, state.web.secure_cookies) {
-        Some(session) => state
-            .auth
-            .browser_session_user(session)
-            .await
-            .ok()
-            .flatten(),
-        None => None,
-    };
+    let session_user = session_user(&state, &headers).await;
     let mut response = device_page(
         &query.user_code,
         &csrf,
@@ -749,10 +741,12 @@ pub async fn decide_device(
     headers: HeaderMap,
     JsonOrForm(form): JsonOrForm<DeviceForm>,
 ) -> Response {
-    let secure = state.web.secure_cookies;
-    let csrf_ok = our_cookie(&headers, DEVICE_CSRF_COOKIE, secure).is_some_and(|expected| {
-        !form.csrf.is_empty() && bool::from(expected.as_bytes().ct_eq(form.csrf.as_bytes()))
-    });
+    let csrf_ok = csrf_matches(
+        &headers,
+        DEVICE_CSRF_COOKIE,
+        state.web.secure_cookies,
+        &form.csrf,
+    );
     if !csrf_ok {
         return error_page(
             StatusCode::FORBIDDEN,
@@ -770,15 +764,7 @@ pub async fn decide_device(
         }
         return response;
     }
-    let session_user = match our_cookie(&headers, SESSION_COOKIE, secure) {
-        Some(session) => state
-            .auth
-            .browser_session_user(session)
-            .await
-            .ok()
-            .flatten(),
-        None => None,
-    };
+    let session_user = session_user(&state, &headers).await;
     let user = match session_user {
         Some(user) => user,
         None => match login::authenticate(state.auth.store().as_ref(), &form.email, &form.password)
