@@ -17,20 +17,29 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Profile {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub access_token: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub expires_in: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub refresh_token: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub scope: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub token_type: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prismatic_url: Option<String>,
+}
+
+/// A missing or `null` value (`accessToken:` with nothing after it) reads as empty.
+fn lenient<'de, D, T>(deserializer: D) -> std::result::Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 /// The whole file: `version`, `defaultProfile`, `profiles`.

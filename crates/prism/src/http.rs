@@ -19,23 +19,25 @@ pub struct ExtraCa {
 }
 
 impl ExtraCa {
-    /// `--ca-cert`, else `SSL_CERT_FILE`, else `NODE_EXTRA_CA_CERTS`.
-    pub fn find(flag: Option<PathBuf>) -> Option<Self> {
+    /// Every extra CA file named by `--ca-cert`, `SSL_CERT_FILE` and `NODE_EXTRA_CA_CERTS`
+    /// (all of them are trusted, so one setting serves this and the official client).
+    pub fn find(flag: Option<PathBuf>) -> Vec<Self> {
+        let mut found = Vec::new();
         if let Some(path) = flag {
-            return Some(Self {
+            found.push(Self {
                 path,
                 source: "--ca-cert",
             });
         }
         for name in [env::SSL_CERT_FILE, env::NODE_EXTRA_CA_CERTS] {
             if let Some(path) = env::var(name) {
-                return Some(Self {
+                found.push(Self {
                     path: PathBuf::from(path),
                     source: name,
                 });
             }
         }
-        None
+        found
     }
 }
 
@@ -47,15 +49,15 @@ pub struct Reply {
 
 pub struct Http {
     agent: OnceCell<Agent>,
-    extra_ca: Option<ExtraCa>,
+    extra_cas: Vec<ExtraCa>,
     print_requests: bool,
 }
 
 impl Http {
-    pub fn new(extra_ca: Option<ExtraCa>, print_requests: bool) -> Self {
+    pub fn new(extra_cas: Vec<ExtraCa>, print_requests: bool) -> Self {
         Self {
             agent: OnceCell::new(),
-            extra_ca,
+            extra_cas,
             print_requests,
         }
     }
@@ -64,9 +66,14 @@ impl Http {
         if let Some(agent) = self.agent.get() {
             return Ok(agent);
         }
-        let roots = match &self.extra_ca {
-            None => RootCerts::WebPki,
-            Some(ca) => {
+        let roots = if self.extra_cas.is_empty() {
+            RootCerts::WebPki
+        } else {
+            let mut certs: Vec<Certificate<'static>> = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+                .iter()
+                .map(|c| Certificate::from_der(c.as_ref()))
+                .collect();
+            for ca in &self.extra_cas {
                 let pem = std::fs::read(&ca.path).map_err(|e| {
                     Error::new(format!(
                         "cannot read the CA certificate {} (from {}): {e}",
@@ -74,10 +81,6 @@ impl Http {
                         ca.source
                     ))
                 })?;
-                let mut certs: Vec<Certificate<'static>> = webpki_root_certs::TLS_SERVER_ROOT_CERTS
-                    .iter()
-                    .map(|c| Certificate::from_der(c.as_ref()))
-                    .collect();
                 let before = certs.len();
                 for item in ureq::tls::parse_pem(&pem) {
                     if let Ok(PemItem::Certificate(cert)) = item {
@@ -91,8 +94,8 @@ impl Http {
                         ca.source
                     )));
                 }
-                RootCerts::from(certs)
             }
+            RootCerts::from(certs)
         };
         let agent: Agent = Agent::config_builder()
             .http_status_as_error(false)
@@ -184,15 +187,21 @@ impl Http {
         ) || cause.contains("certificate")
             || cause.contains("UnknownIssuer");
         if tls {
-            let hint = match &self.extra_ca {
-                Some(ca) => format!(
-                    "the extra CA {} (from {}) does not vouch for this server either",
-                    ca.path.display(),
-                    ca.source
-                ),
-                None => "if the server uses a private CA, pass --ca-cert <ca.pem> (or set \
-                         SSL_CERT_FILE or NODE_EXTRA_CA_CERTS)"
-                    .to_owned(),
+            let hint = if self.extra_cas.is_empty() {
+                "if the server uses a private CA, pass --ca-cert <ca.pem> (or set SSL_CERT_FILE \
+                 or NODE_EXTRA_CA_CERTS)"
+                    .to_owned()
+            } else {
+                let trusted: Vec<String> = self
+                    .extra_cas
+                    .iter()
+                    .map(|ca| format!("{} (from {})", ca.path.display(), ca.source))
+                    .collect();
+                format!(
+                    "the server's certificate is not signed by the web roots nor by {}; pass \
+                     the server's CA with --ca-cert <ca.pem>",
+                    trusted.join(", ")
+                )
             };
             return Error::new(format!("TLS error talking to {url}: {cause}; {hint}."));
         }
