@@ -58,11 +58,9 @@ pub fn login(ctx: &Ctx, force: bool, print_url: bool, device: bool) -> Result<()
     let url = session::env_url();
     if !force && config.profiles.contains_key(&name) {
         let same_url = config.profiles.get(&name).is_some_and(|p| {
-            session::normalize_url(
-                p.prismatic_url
-                    .as_deref()
-                    .unwrap_or(crate::env::DEFAULT_URL),
-            ) == url
+            p.prismatic_url
+                .as_deref()
+                .is_none_or(|u| session::normalize_url(u) == url)
         });
         if same_url {
             let mut existing = Session::from_profile(name.clone(), path.clone(), config.clone())?;

@@ -182,7 +182,11 @@ impl Session {
             .get(&name)
             .cloned()
             .ok_or_else(Error::not_logged_in)?;
-        let url = normalize_url(profile.prismatic_url.as_deref().unwrap_or(env::DEFAULT_URL));
+        // A profile without a URL (the older flat layout) uses PRISMATIC_URL or the default.
+        let url = match profile.prismatic_url.as_deref() {
+            Some(url) => normalize_url(url),
+            None => env_url(),
+        };
         if let Some(from_env) = env::var(env::PRISMATIC_URL)
             && normalize_url(&from_env) != url
         {

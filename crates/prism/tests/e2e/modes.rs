@@ -120,6 +120,12 @@ fn stored_valid_token_needs_no_network_and_flat_layout_is_read() -> TestResult {
     assert_eq!(printed.trim(), access);
     let refresh = ok(home.bare().args(["me:token", "-t", "refresh"]))?;
     assert_eq!(refresh.trim(), "prism_rt_x");
+    // A profile without a URL takes PRISMATIC_URL (never contacted here).
+    let printed = ok(home
+        .bare()
+        .arg("me:token")
+        .env("PRISMATIC_URL", "https://127.0.0.1:9"))?;
+    assert_eq!(printed.trim(), access);
     Ok(())
 }
 
