@@ -1,0 +1,465 @@
+//! What each command does: the GraphQL documents the official client sends, and the lines it
+//! prints.
+
+use std::io::{BufRead, Write};
+
+use serde_json::{Value, json};
+
+use crate::config::{self, Config};
+use crate::error::{Error, Result};
+use crate::login;
+use crate::session::{self, Ctx, Meta, Session};
+use crate::table::{self, Column, TableFlags};
+use crate::{TokenType, fail};
+
+pub const AM_I_LOGGED_IN: &str = "query { authenticatedUser { id } }";
+pub const WHOAMI: &str = "query whoami { authenticatedUser { name email tenantId org { id name } customer { id name } } }";
+pub const LIST_USER_TENANTS: &str = "query ListUserTenants { listUserTenants { nodes { tenantId url orgName awsRegion systemSuspended } } }";
+pub const LIST_USERS: &str = "query listUsers($after: String) { organization { users(after: $after) { nodes { id name email externalId phone role { name } } pageInfo { hasNextPage endCursor } } } }";
+pub const LIST_ROLES: &str =
+    "query listOrganizationRoles { organizationRoles { id name description } }";
+pub const CREATE_USER: &str = "mutation createOrganizationUser($name: String, $email: String!, $role: ID!) { createOrganizationUser(input: { name: $name, email: $email, role: $role }) { user { id } invitationUrl errors { field messages } } }";
+pub const DELETE_USER: &str = "mutation deleteUser($id: ID!) { deleteUser(input: { id: $id }) { user { id } errors { field messages } } }";
+pub const UPDATE_USER: &str = "mutation updateUser($user: ID!, $name: String, $phone: String, $darkMode: Boolean, $darkModeOsSync: Boolean) { updateUser(input: { id: $user, name: $name, phone: $phone, darkMode: $darkMode, darkModeSyncWithOs: $darkModeOsSync }) { user { id } errors { field messages } } }";
+
+/// A JSON value as a table cell: strings as is, null as empty.
+fn cell(value: &Value) -> String {
+    match value {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Fails with the payload's `errors` as `field: message` lines.
+fn payload_errors(payload: &Value) -> Result<()> {
+    let Some(errors) = payload["errors"].as_array().filter(|e| !e.is_empty()) else {
+        return Ok(());
+    };
+    let mut lines = Vec::new();
+    for error in errors {
+        let field = error["field"].as_str().unwrap_or("__all__");
+        for message in error["messages"].as_array().into_iter().flatten() {
+            let message = message.as_str().unwrap_or_default();
+            lines.push(if field == "__all__" {
+                message.to_owned()
+            } else {
+                format!("{field}: {message}")
+            });
+        }
+    }
+    Err(Error::new(lines.join("\n")))
+}
+
+pub fn login(ctx: &Ctx, force: bool, print_url: bool, device: bool) -> Result<()> {
+    let path = config::path()?;
+    let mut config = config::load(&path)?.unwrap_or_default();
+    let name = config.selected_name(ctx.profile.as_deref());
+    let url = session::env_url();
+    if !force && config.profiles.contains_key(&name) {
+        let same_url = config.profiles.get(&name).is_some_and(|p| {
+            p.prismatic_url
+                .as_deref()
+                .is_none_or(|u| session::normalize_url(u) == url)
+        });
+        if same_url {
+            let mut existing = Session::from_profile(name.clone(), path.clone(), config.clone())?;
+            if existing.graphql(ctx, AM_I_LOGGED_IN, json!({})).is_ok() {
+                ctx.say(&format!("Already logged in to '{name}'."));
+                return Ok(());
+            }
+            // The stored session is dead; reload in case the check refreshed it.
+            config = config::load(&path)?.unwrap_or_default();
+        }
+    }
+    let meta = Meta::fetch(&ctx.http, &url)?;
+    let tokens = if device {
+        login::device(ctx, &meta)?
+    } else {
+        login::browser(ctx, &meta, print_url)?
+    };
+    if tokens.refresh_token.as_deref().is_none_or(str::is_empty) {
+        fail!(
+            "The server issued no refresh token (scope offline_access was refused); cannot save a session."
+        );
+    }
+    let mut fresh = Session::transient(&url, &tokens, meta);
+    let tenants = fresh.graphql(ctx, LIST_USER_TENANTS, json!({}))?;
+    let whoami = fresh.graphql(ctx, WHOAMI, json!({}))?;
+    let tenant_id = whoami["authenticatedUser"]["tenantId"]
+        .as_str()
+        .map(str::to_owned);
+    let active = tenants["listUserTenants"]["nodes"]
+        .as_array()
+        .map(|nodes| {
+            nodes
+                .iter()
+                .filter(|n| n["systemSuspended"] != Value::Bool(true))
+                .count()
+        })
+        .unwrap_or(0);
+    if active > 1 && !ctx.quiet {
+        eprintln!(
+            "You belong to {active} tenants; this profile uses tenant '{}'. Set PRISMATIC_TENANT_ID to use another.",
+            tenant_id.as_deref().unwrap_or("")
+        );
+    }
+    config
+        .profiles
+        .insert(name.clone(), session::profile_from(tokens, &url, tenant_id));
+    if config.default_profile.is_none() {
+        config.default_profile = Some(name.clone());
+    }
+    config::save(&path, &config)?;
+    ctx.say(&format!("Logged in to '{name}'."));
+    Ok(())
+}
+
+pub fn logout(ctx: &Ctx, browser: bool) -> Result<()> {
+    let path = config::path()?;
+    let mut config = config::load(&path)?.unwrap_or_default();
+    let name = config.selected_name(ctx.profile.as_deref());
+    let Some(profile) = config.profiles.remove(&name) else {
+        fail!("Not logged in to '{name}': there is no such profile (see 'prism profiles:list').");
+    };
+    if config.default_profile.as_deref() == Some(name.as_str()) {
+        config.default_profile = None;
+    }
+    if browser {
+        let url = session::normalize_url(
+            profile
+                .prismatic_url
+                .as_deref()
+                .unwrap_or(crate::env::DEFAULT_URL),
+        );
+        let meta = Meta::fetch(&ctx.http, &url)?;
+        let logout_url = format!(
+            "{}?client_id={}&returnTo={}",
+            meta.auth_url("/logout"),
+            login::encode(&meta.client_id),
+            login::encode("https://prismatic.io")
+        );
+        let opener = if cfg!(target_os = "macos") {
+            "open"
+        } else {
+            "xdg-open"
+        };
+        let opened = std::process::Command::new(opener)
+            .arg(&logout_url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .is_ok();
+        if !opened {
+            eprintln!("Open this URL to end the browser session:\n{logout_url}");
+        }
+    }
+    config::save(&path, &config)?;
+    ctx.say(&format!("Logged out of '{name}'."));
+    Ok(())
+}
+
+pub fn me(ctx: &Ctx) -> Result<()> {
+    let mut session = Session::resolve(ctx)?;
+    let data = session.graphql(ctx, WHOAMI, json!({}))?;
+    let user = &data["authenticatedUser"];
+    let mut lines = vec![
+        format!("Name: {}", cell(&user["name"])),
+        format!("Email: {}", cell(&user["email"])),
+    ];
+    if user["org"].is_object() {
+        lines.push(format!("Organization: {}", cell(&user["org"]["name"])));
+        lines.push(format!("Organization ID: {}", cell(&user["org"]["id"])));
+    } else if user["customer"].is_object() {
+        lines.push(format!("Customer: {}", cell(&user["customer"]["name"])));
+        lines.push(format!("Customer ID: {}", cell(&user["customer"]["id"])));
+    }
+    lines.push(format!("Tenant ID: {}", cell(&user["tenantId"])));
+    lines.push(format!("Endpoint URL: {}", session.url));
+    match session.profile_name() {
+        Some(name) => {
+            lines.push("Authentication: Profile".to_owned());
+            lines.push(format!("Profile: {name}"));
+        }
+        None => lines.push("Authentication: Environment".to_owned()),
+    }
+    println!("{}", lines.join("\n"));
+    Ok(())
+}
+
+pub fn me_token(ctx: &Ctx, kind: TokenType) -> Result<()> {
+    let mut session = Session::resolve(ctx)?;
+    let token = match kind {
+        TokenType::Access => session.access_token(ctx)?,
+        TokenType::Refresh => session.refresh.clone().ok_or_else(|| {
+            Error::new(
+                "There is no refresh token (only PRISM_ACCESS_TOKEN is set): set PRISM_REFRESH_TOKEN or run 'prism login'.",
+            )
+        })?,
+    };
+    println!("{token}");
+    Ok(())
+}
+
+fn confirm(question: &str) -> Result<bool> {
+    eprint!("{question} (yes/no) ");
+    std::io::stderr()
+        .flush()
+        .map_err(|e| Error::new(format!("cannot write to stderr: {e}")))?;
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| Error::new(format!("cannot read the answer: {e}")))?;
+    let answer = answer.trim().to_ascii_lowercase();
+    Ok(answer == "yes" || answer == "y")
+}
+
+pub fn me_token_revoke(ctx: &Ctx, no_confirm: bool) -> Result<()> {
+    let mut session = Session::resolve(ctx)
+        .map_err(|e| Error::new(format!("You are not currently logged in. {e}")))?;
+    session
+        .graphql(ctx, AM_I_LOGGED_IN, json!({}))
+        .map_err(|e| Error::new(format!("You are not currently logged in. {e}")))?;
+    if !no_confirm
+        && !confirm("This will revoke all refresh tokens for the current user. Continue?")?
+    {
+        fail!("Nothing was revoked.");
+    }
+    session.revoke_all(ctx)?;
+    session.delete_profile()?;
+    ctx.say("All refresh tokens for your user have been revoked.");
+    Ok(())
+}
+
+const USER_COLUMNS: &[Column] = &[
+    Column {
+        key: "id",
+        header: "Id",
+        extended: true,
+    },
+    Column {
+        key: "name",
+        header: "Name",
+        extended: false,
+    },
+    Column {
+        key: "email",
+        header: "Email",
+        extended: false,
+    },
+    Column {
+        key: "phone",
+        header: "Phone",
+        extended: false,
+    },
+    Column {
+        key: "role",
+        header: "Role",
+        extended: false,
+    },
+    Column {
+        key: "externalId",
+        header: "External ID",
+        extended: false,
+    },
+];
+
+pub fn users_list(ctx: &Ctx, flags: &TableFlags) -> Result<()> {
+    let mut session = Session::resolve(ctx)?;
+    let mut rows = Vec::new();
+    let mut after = String::new();
+    loop {
+        let data = session.graphql(ctx, LIST_USERS, json!({ "after": after }))?;
+        let users = &data["organization"]["users"];
+        for node in users["nodes"].as_array().into_iter().flatten() {
+            rows.push(vec![
+                cell(&node["id"]),
+                cell(&node["name"]),
+                cell(&node["email"]),
+                cell(&node["phone"]),
+                cell(&node["role"]["name"]),
+                cell(&node["externalId"]),
+            ]);
+        }
+        let next = users["pageInfo"]["endCursor"].as_str().unwrap_or_default();
+        if users["pageInfo"]["hasNextPage"] != Value::Bool(true) || next.is_empty() || next == after
+        {
+            break;
+        }
+        after = next.to_owned();
+    }
+    table::print(USER_COLUMNS, rows, flags)
+}
+
+const ROLE_COLUMNS: &[Column] = &[
+    Column {
+        key: "id",
+        header: "Id",
+        extended: false,
+    },
+    Column {
+        key: "name",
+        header: "Name",
+        extended: false,
+    },
+    Column {
+        key: "description",
+        header: "Description",
+        extended: false,
+    },
+];
+
+pub fn users_roles(ctx: &Ctx, flags: &TableFlags) -> Result<()> {
+    let mut session = Session::resolve(ctx)?;
+    let data = session.graphql(ctx, LIST_ROLES, json!({}))?;
+    let rows = data["organizationRoles"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| vec![cell(&r["id"]), cell(&r["name"]), cell(&r["description"])])
+        .collect();
+    table::print(ROLE_COLUMNS, rows, flags)
+}
+
+pub fn users_create(ctx: &Ctx, email: &str, role: &str, name: Option<&str>) -> Result<()> {
+    let mut session = Session::resolve(ctx)?;
+    let data = session.graphql(
+        ctx,
+        CREATE_USER,
+        json!({ "email": email, "role": role, "name": name }),
+    )?;
+    let payload = &data["createOrganizationUser"];
+    payload_errors(payload)?;
+    let id = payload["user"]["id"]
+        .as_str()
+        .ok_or_else(|| Error::new("The server created no user and gave no reason."))?;
+    println!("{id}");
+    if let Some(link) = payload["invitationUrl"].as_str() {
+        eprintln!("Invitation link (send it to {email}; it works once, for 7 days): {link}");
+    }
+    Ok(())
+}
+
+pub fn users_delete(ctx: &Ctx, user: &str) -> Result<()> {
+    let mut session = Session::resolve(ctx)?;
+    let data = session.graphql(ctx, DELETE_USER, json!({ "id": user }))?;
+    payload_errors(&data["deleteUser"])
+}
+
+pub fn users_update(
+    ctx: &Ctx,
+    user: &str,
+    name: Option<&str>,
+    phone: Option<&str>,
+    dark_mode: Option<bool>,
+    dark_mode_os_sync: Option<bool>,
+) -> Result<()> {
+    let mut session = Session::resolve(ctx)?;
+    let data = session.graphql(
+        ctx,
+        UPDATE_USER,
+        json!({
+            "user": user,
+            "name": name,
+            "phone": phone,
+            "darkMode": dark_mode,
+            "darkModeOsSync": dark_mode_os_sync,
+        }),
+    )?;
+    let payload = &data["updateUser"];
+    payload_errors(payload)?;
+    println!("{}", cell(&payload["user"]["id"]));
+    Ok(())
+}
+
+const PROFILE_COLUMNS: &[Column] = &[
+    Column {
+        key: "name",
+        header: "Name",
+        extended: false,
+    },
+    Column {
+        key: "url",
+        header: "URL",
+        extended: false,
+    },
+    Column {
+        key: "tenantId",
+        header: "Tenant ID",
+        extended: true,
+    },
+    Column {
+        key: "default",
+        header: "Default",
+        extended: false,
+    },
+];
+
+fn load_existing() -> Result<(std::path::PathBuf, Config)> {
+    let path = config::path()?;
+    let config = config::load(&path)?.unwrap_or_default();
+    Ok((path, config))
+}
+
+pub fn profiles_list(flags: &TableFlags) -> Result<()> {
+    let (_, config) = load_existing()?;
+    let default = config.selected_name(crate::env::var(crate::env::PRISM_PROFILE).as_deref());
+    let rows = config
+        .profiles
+        .iter()
+        .map(|(name, p)| {
+            vec![
+                name.clone(),
+                p.prismatic_url
+                    .clone()
+                    .unwrap_or_else(|| crate::env::DEFAULT_URL.to_owned()),
+                p.tenant_id.clone().unwrap_or_default(),
+                if *name == default {
+                    "*".into()
+                } else {
+                    String::new()
+                },
+            ]
+        })
+        .collect();
+    table::print(PROFILE_COLUMNS, rows, flags)
+}
+
+fn no_such_profile(name: &str, config: &Config) -> Error {
+    let known: Vec<&str> = config.profiles.keys().map(String::as_str).collect();
+    if known.is_empty() {
+        Error::new(format!(
+            "There is no profile '{name}' (there are none): run 'prism login --profile {name}'."
+        ))
+    } else {
+        Error::new(format!(
+            "There is no profile '{name}'; the profiles are: {}.",
+            known.join(", ")
+        ))
+    }
+}
+
+pub fn profiles_use(ctx: &Ctx, name: &str) -> Result<()> {
+    let (path, mut config) = load_existing()?;
+    if !config.profiles.contains_key(name) {
+        return Err(no_such_profile(name, &config));
+    }
+    config.default_profile = Some(name.to_owned());
+    config::save(&path, &config)?;
+    ctx.say(&format!("Now using profile '{name}'."));
+    Ok(())
+}
+
+pub fn profiles_delete(ctx: &Ctx, name: &str) -> Result<()> {
+    let (path, mut config) = load_existing()?;
+    if config.profiles.remove(name).is_none() {
+        return Err(no_such_profile(name, &config));
+    }
+    if config.default_profile.as_deref() == Some(name) {
+        config.default_profile = None;
+    }
+    config::save(&path, &config)?;
+    ctx.say(&format!("Deleted profile '{name}'."));
+    Ok(())
+}

@@ -1,0 +1,247 @@
+//! `prism`: the command-line client of prism-auth. Command names, flags, environment variables,
+//! config file and output follow Prismatic's official `prism` CLI; this file owns the command
+//! line (clap) and the exit codes.
+
+mod commands;
+mod config;
+mod env;
+mod error;
+mod http;
+mod login;
+mod session;
+mod table;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+
+use crate::table::TableFlags;
+
+const AFTER_HELP: &str = "\
+Environment:
+  PRISMATIC_URL          API URL (default https://app.prismatic.io)
+  PRISM_ACCESS_TOKEN     use this access token (environment mode: the config file is not used)
+  PRISM_REFRESH_TOKEN    use this refresh token (environment mode)
+  PRISMATIC_TENANT_ID    tenant to request when refreshing
+  PRISM_PROFILE          profile to use (like --profile)
+  PRISM_CONFIG_FILE      config file (default ~/.config/prism/config.yml)
+  SSL_CERT_FILE, NODE_EXTRA_CA_CERTS   extra CA certificate (like --ca-cert)
+Empty values count as unset.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "prism",
+    version,
+    about = "Command-line client for prism-auth and Prismatic-compatible servers",
+    long_about = "Command-line client for prism-auth and Prismatic-compatible servers.\n\n\
+                  Works like Prismatic's official `prism` CLI (same commands, environment \
+                  variables and config file), starts in milliseconds, and keeps the config \
+                  file private (mode 0600).",
+    after_help = AFTER_HELP,
+    propagate_version = true
+)]
+struct Cli {
+    /// Use this profile from the config file [env: PRISM_PROFILE]
+    #[arg(long, global = true, value_name = "NAME")]
+    profile: Option<String>,
+    /// Print less: no confirmations or notices [env: PRISM_QUIET]
+    #[arg(long, global = true)]
+    quiet: bool,
+    /// Print each HTTP request (method, URL, GraphQL document; never tokens) on stderr
+    /// [env: PRISMATIC_PRINT_REQUESTS]
+    #[arg(long, global = true)]
+    print_requests: bool,
+    /// Also trust this CA certificate (PEM) [env: SSL_CERT_FILE, NODE_EXTRA_CA_CERTS]
+    #[arg(long, global = true, value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TokenType {
+    Access,
+    Refresh,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Log in through the browser and save the session in a profile
+    Login {
+        /// Log in again even when the profile has a working session
+        #[arg(short, long)]
+        force: bool,
+        /// Print the login URL instead of opening a browser
+        #[arg(short, long)]
+        url: bool,
+        /// Log in without a browser on this machine (OAuth device authorization grant)
+        #[arg(long, conflicts_with = "url")]
+        device: bool,
+    },
+    /// Delete the local profile (tokens stay valid; see me:token:revoke)
+    Logout {
+        /// Also end the login session in the browser
+        #[arg(short, long)]
+        browser: bool,
+    },
+    /// Show the current user, organization and how you are authenticated
+    Me,
+    /// Print an access token (refreshed when needed) or the refresh token
+    #[command(name = "me:token")]
+    MeToken {
+        /// Which token to print
+        #[arg(short = 't', long = "type", value_enum, default_value = "access")]
+        kind: TokenType,
+    },
+    /// Revoke all of your refresh tokens (access tokens stop working too) and delete the profile
+    #[command(name = "me:token:revoke")]
+    MeTokenRevoke {
+        /// Do not ask for confirmation
+        #[arg(long)]
+        no_confirm: bool,
+    },
+    /// List the users of your organization
+    #[command(name = "organization:users:list")]
+    UsersList {
+        #[command(flatten)]
+        table: TableFlags,
+    },
+    /// List the roles users of your organization can have
+    #[command(name = "organization:users:roles")]
+    UsersRoles {
+        #[command(flatten)]
+        table: TableFlags,
+    },
+    /// Add a user to your organization; prints the id (and the invitation link on stderr)
+    #[command(name = "organization:users:create")]
+    UsersCreate {
+        /// Email address of the new user
+        #[arg(short, long)]
+        email: String,
+        /// Role id (see organization:users:roles -x)
+        #[arg(short, long)]
+        role: String,
+        /// Name of the new user
+        #[arg(short, long)]
+        name: Option<String>,
+    },
+    /// Remove a user from your organization
+    #[command(name = "organization:users:delete")]
+    UsersDelete {
+        /// Id of the user (see organization:users:list -x)
+        user: String,
+    },
+    /// Change a user's name, phone or display settings; prints the id
+    #[command(name = "organization:users:update")]
+    UsersUpdate {
+        /// Id of the user (see organization:users:list -x)
+        user: String,
+        /// New name
+        #[arg(short, long)]
+        name: Option<String>,
+        /// New phone number
+        #[arg(short, long)]
+        phone: Option<String>,
+        /// Turn dark mode on
+        #[arg(short = 'd', long = "darkMode", alias = "dark-mode")]
+        dark_mode: bool,
+        /// Make dark mode follow the operating system
+        #[arg(short = 'o', long = "darkModeOsSync", alias = "dark-mode-os-sync")]
+        dark_mode_os_sync: bool,
+    },
+    /// List the profiles in the config file
+    #[command(name = "profiles:list")]
+    ProfilesList {
+        #[command(flatten)]
+        table: TableFlags,
+    },
+    /// Make a profile the default
+    #[command(name = "profiles:use")]
+    ProfilesUse {
+        /// Profile name
+        name: String,
+    },
+    /// Delete a profile from the config file
+    #[command(name = "profiles:delete")]
+    ProfilesDelete {
+        /// Profile name
+        name: String,
+    },
+    /// Print a shell completion script
+    Completion {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+}
+
+fn run(cli: Cli) -> error::Result<()> {
+    let ctx = session::Ctx {
+        http: http::Http::new(
+            http::ExtraCa::find(cli.ca_cert),
+            cli.print_requests || env::flag(env::PRISMATIC_PRINT_REQUESTS),
+        ),
+        profile: cli.profile.or_else(|| env::var(env::PRISM_PROFILE)),
+        quiet: cli.quiet || env::flag(env::PRISM_QUIET),
+    };
+    match cli.command {
+        Command::Login { force, url, device } => commands::login(&ctx, force, url, device),
+        Command::Logout { browser } => commands::logout(&ctx, browser),
+        Command::Me => commands::me(&ctx),
+        Command::MeToken { kind } => commands::me_token(&ctx, kind),
+        Command::MeTokenRevoke { no_confirm } => commands::me_token_revoke(&ctx, no_confirm),
+        Command::UsersList { table } => commands::users_list(&ctx, &table),
+        Command::UsersRoles { table } => commands::users_roles(&ctx, &table),
+        Command::UsersCreate { email, role, name } => {
+            commands::users_create(&ctx, &email, &role, name.as_deref())
+        }
+        Command::UsersDelete { user } => commands::users_delete(&ctx, &user),
+        Command::UsersUpdate {
+            user,
+            name,
+            phone,
+            dark_mode,
+            dark_mode_os_sync,
+        } => commands::users_update(
+            &ctx,
+            &user,
+            name.as_deref(),
+            phone.as_deref(),
+            dark_mode.then_some(true),
+            dark_mode_os_sync.then_some(true),
+        ),
+        Command::ProfilesList { table } => commands::profiles_list(&table),
+        Command::ProfilesUse { name } => commands::profiles_use(&ctx, &name),
+        Command::ProfilesDelete { name } => commands::profiles_delete(&ctx, &name),
+        Command::Completion { shell } => {
+            let shell = match shell {
+                Shell::Bash => clap_complete::Shell::Bash,
+                Shell::Zsh => clap_complete::Shell::Zsh,
+                Shell::Fish => clap_complete::Shell::Fish,
+            };
+            clap_complete::generate(shell, &mut Cli::command(), "prism", &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

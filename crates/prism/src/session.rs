@@ -1,0 +1,403 @@
+//! Credentials and their use: environment mode or a profile (the official client's
+//! precedence), the refresh rule (no access token, or it expires within 300 s), where refreshed
+//! tokens go (the profile only; environment credentials never touch the disk), and the GraphQL
+//! and `/auth/*` calls that need them.
+
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use prism_proto::wire::{OAuthErrorBody, TokenResponse};
+use serde_json::{Value, json};
+
+use crate::config::{self, Config, Profile};
+use crate::env;
+use crate::error::{Error, Result};
+use crate::http::Http;
+
+/// Refresh when the access token expires within this many seconds.
+pub const REFRESH_MARGIN_SECS: u64 = 300;
+
+/// What every command shares: HTTP and the global flags.
+pub struct Ctx {
+    pub http: Http,
+    /// `--profile`, else `PRISM_PROFILE`.
+    pub profile: Option<String>,
+    pub quiet: bool,
+}
+
+impl Ctx {
+    /// Prints an informational line on stdout unless `--quiet`.
+    pub fn say(&self, line: &str) {
+        if !self.quiet {
+            println!("{line}");
+        }
+    }
+}
+
+/// `GET {PRISMATIC_URL}/auth/meta`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Meta {
+    pub domain: String,
+    pub client_id: String,
+    #[serde(default)]
+    pub audience: String,
+}
+
+impl Meta {
+    pub fn fetch(http: &Http, url: &str) -> Result<Self> {
+        let meta_url = format!("{url}/auth/meta");
+        let reply = http.get(&meta_url)?;
+        if reply.status != 200 {
+            return Err(Error::new(format!(
+                "{meta_url} answered HTTP {}: is PRISMATIC_URL ({url}) a prism-auth or Prismatic server?",
+                reply.status
+            )));
+        }
+        serde_json::from_str(&reply.body).map_err(|e| {
+            Error::new(format!(
+                "{meta_url} did not return the expected JSON ({e}): is PRISMATIC_URL right?"
+            ))
+        })
+    }
+
+    /// `https://{domain}{path}`: the auth server is always reached over HTTPS.
+    pub fn auth_url(&self, path: &str) -> String {
+        format!("https://{}{path}", self.domain)
+    }
+
+    /// `POST https://{domain}/oauth/token` with a form: the tokens, or the OAuth error body.
+    pub fn token_call(
+        &self,
+        http: &Http,
+        form: &[(&str, &str)],
+    ) -> Result<std::result::Result<TokenResponse, OAuthErrorBody>> {
+        let url = self.auth_url("/oauth/token");
+        let reply = http.post_form(&url, form)?;
+        if reply.status == 200 {
+            return serde_json::from_str(&reply.body).map(Ok).map_err(|e| {
+                Error::new(format!("{url} returned an unexpected token response: {e}"))
+            });
+        }
+        serde_json::from_str::<OAuthErrorBody>(&reply.body)
+            .map(Err)
+            .map_err(|_| Error::new(format!("{url} answered HTTP {}", reply.status)))
+    }
+
+    /// Like [`Meta::token_call`], with an OAuth error turned into `error: description`.
+    pub fn token_request(&self, http: &Http, form: &[(&str, &str)]) -> Result<TokenResponse> {
+        self.token_call(http, form)?
+            .map_err(|body| Error::new(format!("{}: {}", body.error, body.error_description)))
+    }
+}
+
+/// Where the credentials of this run come from.
+pub enum Source {
+    Environment,
+    Profile {
+        name: String,
+        path: PathBuf,
+        config: Config,
+    },
+}
+
+pub struct Session {
+    pub url: String,
+    pub source: Source,
+    pub access: Option<String>,
+    pub refresh: Option<String>,
+    pub tenant_id: Option<String>,
+    meta: Option<Meta>,
+}
+
+/// `PRISMATIC_URL` without a trailing slash.
+pub fn normalize_url(url: &str) -> String {
+    url.trim_end_matches('/').to_owned()
+}
+
+/// The API URL for commands that do not use a profile's: `PRISMATIC_URL` or the default.
+pub fn env_url() -> String {
+    normalize_url(&env::var(env::PRISMATIC_URL).unwrap_or_else(|| env::DEFAULT_URL.to_owned()))
+}
+
+fn non_empty(value: &str) -> Option<String> {
+    (!value.is_empty()).then(|| value.to_owned())
+}
+
+/// The `exp` claim of a JWT, read without checking the signature.
+pub fn jwt_exp(token: &str) -> Option<u64> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: Value = serde_json::from_slice(&bytes).ok()?;
+    let exp = &claims["exp"];
+    exp.as_u64().or_else(|| exp.as_f64().map(|f| f as u64))
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Session {
+    /// Environment credentials when `PRISM_ACCESS_TOKEN` or `PRISM_REFRESH_TOKEN` is set,
+    /// otherwise the selected profile.
+    pub fn resolve(ctx: &Ctx) -> Result<Self> {
+        let access = env::var(env::PRISM_ACCESS_TOKEN);
+        let refresh = env::var(env::PRISM_REFRESH_TOKEN);
+        if access.is_some() || refresh.is_some() {
+            return Ok(Self {
+                url: env_url(),
+                source: Source::Environment,
+                access,
+                refresh,
+                tenant_id: env::var(env::PRISMATIC_TENANT_ID),
+                meta: None,
+            });
+        }
+        let path = config::path()?;
+        let Some(config) = config::load(&path)? else {
+            return Err(Error::not_logged_in());
+        };
+        let name = config.selected_name(ctx.profile.as_deref());
+        if !config.profiles.contains_key(&name) {
+            if ctx.profile.is_some() {
+                return Err(Error::new(format!(
+                    "Profile '{name}' does not exist: run 'prism login --profile {name}' or 'prism profiles:list'."
+                )));
+            }
+            return Err(Error::not_logged_in());
+        }
+        Self::from_profile(name, path, config)
+    }
+
+    /// Profile mode with profile `name` of `config` (which must contain it).
+    pub fn from_profile(name: String, path: PathBuf, config: Config) -> Result<Self> {
+        let profile = config
+            .profiles
+            .get(&name)
+            .cloned()
+            .ok_or_else(Error::not_logged_in)?;
+        // A profile without a URL (the older flat layout) uses PRISMATIC_URL or the default.
+        let url = match profile.prismatic_url.as_deref() {
+            Some(url) => normalize_url(url),
+            None => env_url(),
+        };
+        if let Some(from_env) = env::var(env::PRISMATIC_URL)
+            && normalize_url(&from_env) != url
+        {
+            return Err(Error::new(format!(
+                "PRISMATIC_URL does not match profile '{name}'."
+            )));
+        }
+        Ok(Self {
+            url,
+            access: non_empty(&profile.access_token),
+            refresh: non_empty(&profile.refresh_token),
+            tenant_id: env::var(env::PRISMATIC_TENANT_ID).or(profile.tenant_id.clone()),
+            source: Source::Profile { name, path, config },
+            meta: None,
+        })
+    }
+
+    /// Fresh tokens that are not saved anywhere (during login).
+    pub fn transient(url: &str, tokens: &TokenResponse, meta: Meta) -> Self {
+        Self {
+            url: url.to_owned(),
+            source: Source::Environment,
+            access: Some(tokens.access_token.clone()),
+            refresh: tokens.refresh_token.clone(),
+            tenant_id: None,
+            meta: Some(meta),
+        }
+    }
+
+    pub fn profile_name(&self) -> Option<&str> {
+        match &self.source {
+            Source::Profile { name, .. } => Some(name),
+            Source::Environment => None,
+        }
+    }
+
+    pub fn meta(&mut self, http: &Http) -> Result<&Meta> {
+        if self.meta.is_none() {
+            self.meta = Some(Meta::fetch(http, &self.url)?);
+        }
+        self.meta
+            .as_ref()
+            .ok_or_else(|| Error::new("the server's metadata is missing"))
+    }
+
+    /// Whether the access token must be refreshed before use.
+    pub fn needs_refresh(&self) -> bool {
+        match (&self.access, &self.refresh) {
+            (None, Some(_)) => true,
+            (Some(access), Some(_)) => {
+                jwt_exp(access).is_none_or(|exp| exp < now() + REFRESH_MARGIN_SECS)
+            }
+            _ => false,
+        }
+    }
+
+    /// A usable access token, refreshing first when needed.
+    pub fn access_token(&mut self, ctx: &Ctx) -> Result<String> {
+        if self.needs_refresh() {
+            self.refresh_now(ctx)?;
+        }
+        self.access.clone().ok_or_else(Error::not_logged_in)
+    }
+
+    /// Exchanges the refresh token at `https://{domain}/oauth/token`; in profile mode the new
+    /// access token is saved.
+    pub fn refresh_now(&mut self, ctx: &Ctx) -> Result<()> {
+        let refresh = self.refresh.clone().ok_or_else(Error::not_logged_in)?;
+        let tenant = self.tenant_id.clone();
+        let meta = self.meta(&ctx.http)?.clone();
+        let mut form = vec![
+            ("grant_type", "refresh_token"),
+            ("client_id", meta.client_id.as_str()),
+            ("refresh_token", refresh.as_str()),
+        ];
+        if let Some(tenant) = tenant.as_deref() {
+            form.push(("tenant_id", tenant));
+        }
+        let response = match meta.token_call(&ctx.http, &form)? {
+            Ok(response) => response,
+            Err(body) if body.error == "access_denied" => {
+                return Err(Error::new(format!(
+                    "Access denied for tenant ID '{}'. {}",
+                    tenant.unwrap_or_default(),
+                    body.error_description
+                )));
+            }
+            Err(body) => {
+                let what = match self.source {
+                    Source::Environment => "check PRISM_REFRESH_TOKEN",
+                    Source::Profile { .. } => "run 'prism login' to sign in again",
+                };
+                return Err(Error::new(format!(
+                    "Could not refresh the access token ({}: {}); {what}.",
+                    body.error, body.error_description
+                )));
+            }
+        };
+        self.access = Some(response.access_token.clone());
+        if let Source::Profile { name, path, config } = &mut self.source {
+            if let Some(profile) = config.profiles.get_mut(name.as_str()) {
+                profile.access_token = response.access_token;
+                profile.expires_in = response.expires_in;
+                profile.scope = response.scope;
+                profile.token_type = response.token_type;
+                if let Some(rotated) = response.refresh_token {
+                    profile.refresh_token = rotated.clone();
+                    self.refresh = Some(rotated);
+                }
+            }
+            config::save(path, config)?;
+        }
+        Ok(())
+    }
+
+    /// Runs a GraphQL document; returns its `data`.
+    pub fn graphql(&mut self, ctx: &Ctx, query: &str, variables: Value) -> Result<Value> {
+        let token = self.access_token(ctx)?;
+        let url = format!("{}/api", self.url);
+        let shown = format!("{query}\nvariables: {variables}");
+        let body = json!({ "query": query, "variables": variables });
+        let reply = ctx
+            .http
+            .post_json(&url, &body, Some(&token), Some(&shown))?;
+        if reply.status == 401 {
+            return Err(Error::new(
+                "Not authenticated. Run 'prism login' or select another profile.",
+            ));
+        }
+        let parsed: Value = serde_json::from_str(&reply.body).map_err(|_| {
+            Error::new(format!(
+                "{url} answered HTTP {} with a body that is not JSON.",
+                reply.status
+            ))
+        })?;
+        if reply.status != 200 {
+            let description = parsed["error_description"]
+                .as_str()
+                .or(parsed["errors"][0]["message"].as_str())
+                .unwrap_or("no details");
+            return Err(Error::new(format!(
+                "{url} answered HTTP {}: {description}",
+                reply.status
+            )));
+        }
+        match parsed.get("data") {
+            Some(data) if !data.is_null() => Ok(data.clone()),
+            _ => Err(Error::new(
+                parsed["errors"][0]["message"]
+                    .as_str()
+                    .unwrap_or("the server returned no data")
+                    .to_owned(),
+            )),
+        }
+    }
+
+    /// `POST {PRISMATIC_URL}/auth/revoke`: revokes all refresh tokens of the user.
+    pub fn revoke_all(&self, ctx: &Ctx) -> Result<()> {
+        let refresh = self.refresh.as_deref().ok_or_else(|| {
+            Error::new(
+                "Revoking needs a refresh token: set PRISM_REFRESH_TOKEN or use a profile from 'prism login'.",
+            )
+        })?;
+        let url = format!("{}/auth/revoke", self.url);
+        let reply = ctx
+            .http
+            .post_json(&url, &json!({ "refresh_token": refresh }), None, None)?;
+        if reply.status != 200 {
+            return Err(Error::new(format!(
+                "{url} answered HTTP {}: the tokens may not be revoked.",
+                reply.status
+            )));
+        }
+        Ok(())
+    }
+
+    /// Removes this session's profile from the config file (profile mode only).
+    pub fn delete_profile(&mut self) -> Result<()> {
+        if let Source::Profile { name, path, config } = &mut self.source {
+            config.profiles.remove(name.as_str());
+            if config.default_profile.as_deref() == Some(name.as_str()) {
+                config.default_profile = None;
+            }
+            config::save(path, config)?;
+        }
+        Ok(())
+    }
+}
+
+/// A new profile from a token response.
+pub fn profile_from(response: TokenResponse, url: &str, tenant_id: Option<String>) -> Profile {
+    Profile {
+        access_token: response.access_token,
+        expires_in: response.expires_in,
+        refresh_token: response.refresh_token.unwrap_or_default(),
+        scope: response.scope,
+        token_type: response.token_type,
+        tenant_id,
+        prismatic_url: Some(url.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_exp_without_verifying() -> Result<()> {
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"exp":1234}"#);
+        assert_eq!(jwt_exp(&format!("x.{payload}.y")), Some(1234));
+        assert_eq!(jwt_exp("not-a-jwt"), None);
+        Ok(())
+    }
+}

@@ -1,0 +1,6 @@
+//! End-to-end tests of the `prism` binary against real `prismd` processes over development TLS.
+
+mod harness;
+mod login;
+mod modes;
+mod users;
