@@ -1,13 +1,14 @@
 //! The browser login end to end, with the test playing the browser over HTTP: `prism login
 //! --url` prints the authorize URL, the test opens the login form, posts the Owner's
 //! credentials with the CSRF field and cookie, and follows the redirect to the CLI's loopback
-//! port. Also the device flag against a server without the device grant.
+//! port. And the device login end to end, with the test approving the code on the server's
+//! verification page.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 
-use crate::harness::{Home, PRISM, Res, Server, TestResult, fails, ok};
+use crate::harness::{Home, PRISM, Res, Server, TestResult, ok};
 
 /// Decoded query parameters of a URL.
 fn query(url: &str) -> Vec<(String, String)> {
@@ -55,9 +56,10 @@ fn sign_in(server: &Server, authorize_url: &str, email: &str, password: &str) ->
         .get_all("set-cookie")
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .find(|line| line.starts_with("prism_csrf="))
+        // Over HTTPS the server's cookies carry the __Host- prefix.
+        .find(|line| line.starts_with("__Host-prism_csrf="))
         .and_then(|line| line.split(';').next())
-        .ok_or("no prism_csrf cookie")?
+        .ok_or("no __Host-prism_csrf cookie")?
         .to_owned();
     let body = page.body_mut().read_to_string()?;
     let csrf = body
@@ -212,11 +214,100 @@ fn login_with_a_forged_state_saves_nothing() -> TestResult {
     Ok(())
 }
 
+/// Plays the person on the verification page: opens it, signs in and approves the code.
+fn approve_device(
+    server: &Server,
+    verification_url: &str,
+    email: &str,
+    password: &str,
+) -> TestResult {
+    let browser = server.browser()?;
+    let mut page = browser.get(verification_url).call()?;
+    assert_eq!(page.status().as_u16(), 200);
+    let cookie = page
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|line| line.starts_with("__Host-prism_device_csrf="))
+        .and_then(|line| line.split(';').next())
+        .ok_or("no device CSRF cookie")?
+        .to_owned();
+    let body = page.body_mut().read_to_string()?;
+    let csrf = body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .ok_or("no csrf field")?
+        .to_owned();
+    let user_code = param(&query(verification_url), "user_code")
+        .ok_or("no user_code in the URL")?
+        .to_owned();
+    let mut done = browser
+        .post(server.base.clone() + "/device")
+        .header("cookie", &cookie)
+        .send_form([
+            ("csrf", csrf.as_str()),
+            ("user_code", user_code.as_str()),
+            ("email", email),
+            ("password", password),
+            ("action", "approve"),
+        ])?;
+    let page = done.body_mut().read_to_string()?;
+    assert!(page.contains("Device signed in"), "{page}");
+    Ok(())
+}
+
 #[test]
-fn device_login_says_when_the_server_lacks_it() -> TestResult {
+fn device_login_end_to_end() -> TestResult {
     let server = Server::start()?;
     let home = Home::new()?;
-    let err = fails(home.prism(&server).args(["login", "--device"]))?;
-    assert!(err.contains("not supported by this server yet"), "{err}");
+    let mut child = Command::new(PRISM)
+        .args(["login", "--device"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home.dir.path())
+        .env("PRISMATIC_URL", &server.base)
+        .env("NODE_EXTRA_CA_CERTS", server.ca())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut out = BufReader::new(child.stdout.take().ok_or("no stdout")?);
+    let mut printed = String::new();
+    let verification = loop {
+        let mut line = String::new();
+        if out.read_line(&mut line)? == 0 {
+            return Err(format!("prism printed no verification URL: {printed}").into());
+        }
+        printed.push_str(&line);
+        if let Some(start) = line.find("https://") {
+            break line[start..].trim().to_owned();
+        }
+    };
+    assert!(
+        verification.contains("/device?user_code="),
+        "{verification}"
+    );
+    approve_device(
+        &server,
+        &verification,
+        "owner@localhost",
+        &server.owner_password()?,
+    )?;
+    let output = child.wait_with_output()?;
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest)?;
+    assert!(
+        output.status.success(),
+        "{printed}{rest}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(rest.contains("Logged in to 'default'."), "{rest}");
+    // The profile works: `me` answers with the Owner.
+    let me = ok(home.prism(&server).arg("me"))?;
+    assert!(me.contains("Email: owner@localhost"), "{me}");
+    let mode = std::fs::metadata(home.config())?.permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
     Ok(())
 }
