@@ -958,8 +958,12 @@ impl Store for PostgresStore {
         if uses.is_empty() {
             return Ok(());
         }
+        // Replicas flush at the same time and may touch the same tokens; updating rows in one
+        // order everywhere means their row locks cannot deadlock.
+        let mut ordered: Vec<&TokenUse> = uses.iter().collect();
+        ordered.sort_by(|a, b| a.token_id.cmp(&b.token_id));
         let mut tx = self.begin().await?;
-        for token_use in uses {
+        for token_use in ordered {
             sqlx::query(
                 "UPDATE refresh_tokens SET last_used_at = $2, last_used_addr = $3 \
                  WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)",
