@@ -1,15 +1,16 @@
 //! Operator commands on the server machine: manage users, mint refresh tokens without a
 //! browser, and read the audit trail. They open the same database as `serve` (SQLite allows
-//! this while it runs) and go through the same domain functions as the API.
+//! this while it runs; PostgreSQL anyway) and go through the same domain functions as the API,
+//! on either backend.
 
 use std::io::{BufRead, Write};
-use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Subcommand;
 use prismd::domain::accounts::{self, Role, UserDraft, public_id};
 use prismd::domain::{RequestMeta, auth};
-use prismd::store::{SqliteStore, Store, User};
+use prismd::store::{self, Backend, OpenOptions, PgPoolSettings, Store, User};
 
 const OPERATOR: &str = "operator";
 
@@ -90,27 +91,36 @@ pub struct AuditArgs {
     limit: i64,
 }
 
-async fn open(data_dir: &Path) -> anyhow::Result<SqliteStore> {
-    Ok(SqliteStore::open_existing(data_dir, 1).await?)
+async fn open(backend: &Backend) -> anyhow::Result<Arc<dyn Store>> {
+    // One command, one statement at a time: a couple of connections is plenty, and keeps
+    // a script of many commands from crowding the server's PostgreSQL pool.
+    let options = OpenOptions {
+        sqlite_readers: 1,
+        postgres: PgPoolSettings {
+            max_connections: 2,
+            ..PgPoolSettings::default()
+        },
+    };
+    Ok(store::open_existing(backend, options).await?)
 }
 
 pub async fn users(
-    data_dir: &Path,
+    backend: &Backend,
     tenant: Option<&str>,
     command: UsersCommand,
 ) -> anyhow::Result<()> {
-    let store = open(data_dir).await?;
-    let result = run_users(&store, tenant, command).await;
+    let store = open(backend).await?;
+    let result = run_users(store.as_ref(), tenant, command).await;
     store.close().await;
     result
 }
 
-pub async fn orgs(data_dir: &Path, command: OrgsCommand) -> anyhow::Result<()> {
-    let store = open(data_dir).await?;
+pub async fn orgs(backend: &Backend, command: OrgsCommand) -> anyhow::Result<()> {
+    let store = open(backend).await?;
     let result = async {
         match command {
             OrgsCommand::Add { name } => {
-                let org = accounts::create_org(&store, &name, OPERATOR.into()).await?;
+                let org = accounts::create_org(store.as_ref(), &name, OPERATOR.into()).await?;
                 println!("{}", org.tenant_id);
             }
             OrgsCommand::List => {
@@ -128,18 +138,18 @@ pub async fn orgs(data_dir: &Path, command: OrgsCommand) -> anyhow::Result<()> {
 }
 
 pub async fn tokens(
-    data_dir: &Path,
+    backend: &Backend,
     tenant: Option<&str>,
     command: TokensCommand,
 ) -> anyhow::Result<()> {
-    let store = open(data_dir).await?;
-    let result = run_tokens(&store, tenant, command).await;
+    let store = open(backend).await?;
+    let result = run_tokens(store.as_ref(), tenant, command).await;
     store.close().await;
     result
 }
 
-pub async fn audit(data_dir: &Path, args: AuditArgs) -> anyhow::Result<()> {
-    let store = open(data_dir).await?;
+pub async fn audit(backend: &Backend, args: AuditArgs) -> anyhow::Result<()> {
+    let store = open(backend).await?;
     let events = store.recent_audit_events(args.limit).await;
     store.close().await;
     let mut out = std::io::stdout().lock();
@@ -164,7 +174,7 @@ pub async fn audit(data_dir: &Path, args: AuditArgs) -> anyhow::Result<()> {
 }
 
 async fn run_users(
-    store: &SqliteStore,
+    store: &dyn Store,
     tenant: Option<&str>,
     command: UsersCommand,
 ) -> anyhow::Result<()> {
@@ -222,7 +232,7 @@ async fn run_users(
 }
 
 async fn run_tokens(
-    store: &SqliteStore,
+    store: &dyn Store,
     tenant: Option<&str>,
     command: TokensCommand,
 ) -> anyhow::Result<()> {

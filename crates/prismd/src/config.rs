@@ -5,12 +5,17 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::store::{OpenOptions, PgPoolSettings};
 use crate::tls::TlsSource;
 
 /// Everything `serve` needs to know.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
+    /// Holds the SQLite database (unless `database_url` names another place), the first
+    /// Owner's password file and development TLS files.
     pub data_dir: PathBuf,
+    /// `sqlite:<file>` or `postgres://...`; `None` means SQLite in `data_dir`.
+    pub database_url: Option<String>,
     /// Public base URL, the `iss` of every token. Defaults to `<scheme>://<listen address>`.
     pub issuer: Option<String>,
     /// `aud` of access tokens. Defaults to `<issuer>/api`.
@@ -19,6 +24,8 @@ pub struct ServeConfig {
     pub tls: Option<TlsSource>,
     pub access_token_ttl: Duration,
     pub db_readers: u32,
+    /// PostgreSQL pool size and how long a request waits for a connection.
+    pub db_pool: PgPoolSettings,
     pub request_timeout: Duration,
     /// How long a client may take to send a request's headers.
     pub header_read_timeout: Duration,
@@ -38,11 +45,13 @@ impl ServeConfig {
     pub fn new(data_dir: PathBuf) -> Self {
         Self {
             data_dir,
+            database_url: None,
             issuer: None,
             audience: None,
             tls: None,
             access_token_ttl: Duration::from_secs(7 * 24 * 3600),
             db_readers: 8,
+            db_pool: PgPoolSettings::default(),
             request_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(20),
@@ -50,6 +59,14 @@ impl ServeConfig {
             org_name: "My Organization".to_owned(),
             owner_email: "owner@localhost".to_owned(),
             logout_return_to: vec!["https://prismatic.io".to_owned()],
+        }
+    }
+
+    /// Connection settings for whichever backend the URL picks.
+    pub fn open_options(&self) -> OpenOptions {
+        OpenOptions {
+            sqlite_readers: self.db_readers,
+            postgres: self.db_pool,
         }
     }
 

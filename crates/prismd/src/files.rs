@@ -1,5 +1,6 @@
 //! Writing files that hold secrets: mode 0600 from the first byte, written to a temporary
-//! name, fsynced and renamed into place, so a crash leaves the old file or the new one.
+//! name, fsynced and renamed into place, so a crash leaves the old file or the new one; and the
+//! private directories they go in.
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -24,4 +25,16 @@ pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
         std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
+}
+
+/// Creates `dir` (and its parents) readable only by this user, unless it exists.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.exists() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use crate::config::ServeConfig;
 use crate::domain::auth::{AuthService, TokenSettings};
 use crate::domain::{DomainError, now_ms};
-use crate::store::{SqliteStore, Store, StoreError};
+use crate::store::{Backend, Store, StoreError};
 use crate::tokens::{KeyError, KeyRing};
 
 pub use first_start::INITIAL_PASSWORD_FILE;
@@ -63,9 +63,12 @@ pub async fn serve(
         .clone()
         .unwrap_or_else(|| format!("{issuer}/api"));
 
-    let sqlite = SqliteStore::open(&config.data_dir, config.db_readers).await?;
-    tracing::info!(path = %sqlite.path().display(), "database ready");
-    let store: Arc<dyn Store> = Arc::new(sqlite);
+    let backend = Backend::from_url(config.database_url.as_deref(), &config.data_dir)?;
+    let store: Arc<dyn Store> = store::open(&backend, config.open_options()).await?;
+    tracing::info!(database = %backend.describe(), "database ready");
+    // With PostgreSQL nothing else creates the data directory, and the first start writes
+    // the Owner's password file there.
+    files::create_private_dir(&config.data_dir)?;
     first_start::ensure(
         store.as_ref(),
         &config.data_dir,

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use prismd::config::ServeConfig;
+use prismd::store::{Backend, PgPoolSettings};
 use prismd::telemetry::{self, LogFormat};
 use prismd::tls::TlsSource;
 
@@ -20,9 +21,20 @@ use prismd::tls::TlsSource;
     about = "Prismatic-compatible API authentication server"
 )]
 struct Cli {
-    /// Directory that holds the SQLite database and the first Owner's password file.
+    /// Directory that holds the SQLite database (unless --database-url says otherwise) and
+    /// the first Owner's password file.
     #[arg(long, env = "PRISMD_DATA_DIR", default_value = "./data", global = true)]
     data_dir: PathBuf,
+
+    /// Database to use: `sqlite:<file>`, or `postgres://user:password@host:port/database`.
+    /// Default: SQLite in --data-dir.
+    #[arg(
+        long,
+        env = "PRISMD_DATABASE_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
 
     /// Log format on stderr. The level is set with PRISMD_LOG (for example `info` or `debug`).
     #[arg(
@@ -45,7 +57,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Add, list and remove users.
     #[command(subcommand)]
     Users(admin::UsersCommand),
@@ -95,9 +107,18 @@ struct ServeArgs {
     #[arg(long, env = "PRISMD_ACCESS_TOKEN_TTL", default_value = "7d", value_parser = parse_duration)]
     access_token_ttl: Duration,
 
-    /// Read connections to the database.
+    /// Read connections to the database (SQLite).
     #[arg(long, env = "PRISMD_DB_READERS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
     db_readers: u32,
+
+    /// Most connections to PostgreSQL this process opens (all replicas together must stay
+    /// under the server's max_connections).
+    #[arg(long, env = "PRISMD_DB_POOL_SIZE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    db_pool_size: u32,
+
+    /// How long a request waits for a PostgreSQL connection before it fails.
+    #[arg(long, env = "PRISMD_DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    db_acquire_timeout: Duration,
 
     /// Longest time a request may take before it is answered with 408.
     #[arg(long, env = "PRISMD_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
@@ -157,16 +178,21 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
+        if let Command::Serve(args) = cli.command {
+            return run_server(cli.data_dir, cli.database_url, *args).await;
+        }
+        let backend = Backend::from_url(cli.database_url.as_deref(), &cli.data_dir)?;
         match cli.command {
-            Command::Serve(args) => run_server(cli.data_dir, args).await,
+            // Handled above.
+            Command::Serve(_) => Ok(()),
             Command::Users(command) => {
-                admin::users(&cli.data_dir, cli.tenant_id.as_deref(), command).await
+                admin::users(&backend, cli.tenant_id.as_deref(), command).await
             }
             Command::Tokens(command) => {
-                admin::tokens(&cli.data_dir, cli.tenant_id.as_deref(), command).await
+                admin::tokens(&backend, cli.tenant_id.as_deref(), command).await
             }
-            Command::Orgs(command) => admin::orgs(&cli.data_dir, command).await,
-            Command::Audit(args) => admin::audit(&cli.data_dir, args).await,
+            Command::Orgs(command) => admin::orgs(&backend, command).await,
+            Command::Audit(args) => admin::audit(&backend, args).await,
         }
     });
     match result {
@@ -178,7 +204,11 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run_server(data_dir: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
+async fn run_server(
+    data_dir: PathBuf,
+    database_url: Option<String>,
+    args: ServeArgs,
+) -> anyhow::Result<()> {
     let tls = match (args.tls_cert, args.tls_key, args.dev_tls) {
         (Some(cert), Some(key), _) => Some(TlsSource::Files { cert, key }),
         (_, _, true) => Some(TlsSource::Dev),
@@ -192,6 +222,11 @@ async fn run_server(data_dir: PathBuf, args: ServeArgs) -> anyhow::Result<()> {
         audience: args.audience,
         access_token_ttl: args.access_token_ttl,
         db_readers: args.db_readers,
+        db_pool: PgPoolSettings {
+            max_connections: args.db_pool_size,
+            acquire_timeout: args.db_acquire_timeout,
+        },
+        database_url,
         request_timeout: args.request_timeout,
         org_name: args.org_name,
         owner_email: args.owner_email,

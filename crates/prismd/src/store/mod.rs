@@ -1,11 +1,17 @@
 //! Persistence: the `Store` trait every handler and domain function talks to, the records it
-//! returns, and the storage error type. One implementation per backend (SQLite today).
+//! returns, the storage error type, and the one place that picks a backend (SQLite or
+//! PostgreSQL) from the database URL.
 
+mod postgres;
 mod sqlite;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use sqlite::SqliteStore;
+pub use postgres::{PgPoolSettings, PostgresStore};
+pub use sqlite::{DATABASE_FILE, SqliteStore};
 
 /// Storage failures. Handlers map every variant to a response without internals.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +33,128 @@ pub enum StoreError {
         "no database at {0}; check --data-dir, or start the server once ('prismd serve') to create it"
     )]
     Missing(std::path::PathBuf),
+    /// An admin command was pointed at a PostgreSQL database nobody has set up.
+    #[error(
+        "the PostgreSQL database has no prism-auth tables; check --database-url, or start the \
+         server once ('prismd serve') to create them"
+    )]
+    NoSchema,
+    /// The database answers but refuses writes (for example a read-only standby).
+    #[error("the database is read-only")]
+    ReadOnly,
+    /// The database URL names no backend we have. Only the scheme is shown: the rest may hold
+    /// a password.
+    #[error(
+        "unsupported database URL (scheme '{0}'); use sqlite:<file> or postgres://user@host/db"
+    )]
+    UnsupportedUrl(String),
+}
+
+/// Where the data lives, decided from `--database-url` (or its absence).
+#[derive(Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded database: this file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL server, by connection URL.
+    Postgres(String),
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl Backend {
+    /// `sqlite:<file>` (also `sqlite://<file>`) or no URL: SQLite, by default
+    /// `<data_dir>/prismd.db`. `postgres://` or `postgresql://`: PostgreSQL.
+    pub fn from_url(url: Option<&str>, data_dir: &Path) -> Result<Self, StoreError> {
+        let url = url.map(str::trim).filter(|u| !u.is_empty());
+        let Some(url) = url else {
+            return Ok(Self::Sqlite(data_dir.join(DATABASE_FILE)));
+        };
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Self::Postgres(url.to_owned()));
+        }
+        if let Some(rest) = url.strip_prefix("sqlite:") {
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            // sqlx-style options (`?mode=rwc`) would silently become part of the file name.
+            if path.contains('?') {
+                return Err(StoreError::UnsupportedUrl(
+                    "sqlite with ?options (not supported)".into(),
+                ));
+            }
+            return Ok(Self::Sqlite(if path.is_empty() {
+                data_dir.join(DATABASE_FILE)
+            } else {
+                PathBuf::from(path)
+            }));
+        }
+        let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
+        Err(StoreError::UnsupportedUrl(
+            scheme.chars().take(20).collect(),
+        ))
+    }
+
+    /// For logs: the SQLite file, or PostgreSQL host, port and database, never the password.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Sqlite(path) => format!("sqlite {}", path.display()),
+            Self::Postgres(url) => match url::Url::parse(url) {
+                Ok(parsed) => format!(
+                    "postgres {}:{}{}",
+                    parsed.host_str().unwrap_or("(socket)"),
+                    parsed.port().unwrap_or(5432),
+                    parsed.path()
+                ),
+                Err(_) => "postgres".to_owned(),
+            },
+        }
+    }
+}
+
+/// Connection settings for either backend.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenOptions {
+    /// SQLite read connections.
+    pub sqlite_readers: u32,
+    /// PostgreSQL pool.
+    pub postgres: PgPoolSettings,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self {
+            sqlite_readers: 8,
+            postgres: PgPoolSettings::default(),
+        }
+    }
+}
+
+/// Opens (creating if needed) the database and applies migrations: what `serve` does.
+pub async fn open(backend: &Backend, options: OpenOptions) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match backend {
+        Backend::Sqlite(path) => {
+            Arc::new(SqliteStore::open_file(path, options.sqlite_readers).await?)
+        }
+        Backend::Postgres(url) => Arc::new(PostgresStore::open(url, options.postgres).await?),
+    })
+}
+
+/// Opens a database that must exist already: what admin commands do, so a mistyped location
+/// is an error rather than a new, empty install.
+pub async fn open_existing(
+    backend: &Backend,
+    options: OpenOptions,
+) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match backend {
+        Backend::Sqlite(path) => {
+            Arc::new(SqliteStore::open_existing_file(path, options.sqlite_readers).await?)
+        }
+        Backend::Postgres(url) => {
+            Arc::new(PostgresStore::open_existing(url, options.postgres).await?)
+        }
+    })
 }
 
 /// What a removal did.
@@ -493,4 +621,71 @@ pub trait Store: Send + Sync + 'static {
 
     /// Closes connections cleanly (SQLite checkpoints its WAL).
     async fn close(&self);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both backends must run the same schema versions: a migration added to one only would
+    /// make the other's records (and `FromRow`) disagree.
+    #[test]
+    fn migration_versions_match() {
+        let versions = |m: &sqlx::migrate::Migrator| -> Vec<(i64, String)> {
+            m.iter()
+                .filter(|m| !m.migration_type.is_down_migration())
+                .map(|m| (m.version, m.description.to_string()))
+                .collect()
+        };
+        let sqlite = versions(&sqlite::MIGRATOR);
+        let postgres = versions(&postgres::MIGRATOR);
+        assert!(!sqlite.is_empty());
+        assert_eq!(sqlite, postgres);
+    }
+
+    /// The same check on the directories, file name by file name.
+    #[test]
+    fn migration_file_names_match() -> Result<(), std::io::Error> {
+        let names = |dir: &str| -> Result<Vec<String>, std::io::Error> {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("migrations")
+                .join(dir);
+            let mut names = std::fs::read_dir(path)?
+                .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect::<Result<Vec<_>, _>>()?;
+            names.sort();
+            Ok(names)
+        };
+        assert_eq!(names("sqlite")?, names("postgres")?);
+        Ok(())
+    }
+
+    #[test]
+    fn backend_from_url() -> Result<(), StoreError> {
+        let dir = Path::new("/srv/prism");
+        assert_eq!(
+            Backend::from_url(None, dir)?,
+            Backend::Sqlite(dir.join(DATABASE_FILE))
+        );
+        assert_eq!(
+            Backend::from_url(Some("sqlite:"), dir)?,
+            Backend::Sqlite(dir.join(DATABASE_FILE))
+        );
+        assert_eq!(
+            Backend::from_url(Some("sqlite:///var/lib/p.db"), dir)?,
+            Backend::Sqlite(PathBuf::from("/var/lib/p.db"))
+        );
+        assert_eq!(
+            Backend::from_url(Some("sqlite:rel.db"), dir)?,
+            Backend::Sqlite(PathBuf::from("rel.db"))
+        );
+        let pg = Backend::from_url(Some("postgres://u:secret@db:6543/prism"), dir)?;
+        assert_eq!(pg.describe(), "postgres db:6543/prism");
+        assert!(!format!("{pg:?}").contains("secret"));
+        assert!(matches!(
+            Backend::from_url(Some("mysql://u:secret@h/db"), dir),
+            Err(StoreError::UnsupportedUrl(s)) if s == "mysql"
+        ));
+        Ok(())
+    }
 }

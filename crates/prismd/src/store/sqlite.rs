@@ -19,7 +19,7 @@ use super::{
     TokenUse, User,
 };
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// File name of the database inside the data directory.
 pub const DATABASE_FILE: &str = "prismd.db";
@@ -42,7 +42,13 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) `<data_dir>/prismd.db` and applies migrations.
     pub async fn open(data_dir: &Path, readers: u32) -> Result<Self, StoreError> {
-        let path = prepare_database_file(data_dir)?;
+        Self::open_file(&data_dir.join(DATABASE_FILE), readers).await
+    }
+
+    /// Opens (creating if needed) the database file at `path` (from a `sqlite:` URL) and
+    /// applies migrations.
+    pub async fn open_file(path: &Path, readers: u32) -> Result<Self, StoreError> {
+        let path = prepare_database_file(path)?;
         let options = SqliteConnectOptions::new()
             .filename(&path)
             .create_if_missing(true)
@@ -74,11 +80,15 @@ impl SqliteStore {
     /// Opens an existing database; fails with [`StoreError::Missing`] rather than creating one
     /// (admin commands use this, so a mistyped `--data-dir` is an error, not a new install).
     pub async fn open_existing(data_dir: &Path, readers: u32) -> Result<Self, StoreError> {
-        let path = data_dir.join(DATABASE_FILE);
+        Self::open_existing_file(&data_dir.join(DATABASE_FILE), readers).await
+    }
+
+    /// [`SqliteStore::open_existing`] for a database file named by a `sqlite:` URL.
+    pub async fn open_existing_file(path: &Path, readers: u32) -> Result<Self, StoreError> {
         if !path.is_file() {
-            return Err(StoreError::Missing(path));
+            return Err(StoreError::Missing(path.to_owned()));
         }
-        Self::open(data_dir, readers).await
+        Self::open_file(path, readers).await
     }
 
     /// Path of the database file.
@@ -93,17 +103,20 @@ impl SqliteStore {
     }
 }
 
-/// Creates the data directory (0700) and the database file (0600) before SQLite does, so
-/// neither is ever readable by other local users.
-fn prepare_database_file(data_dir: &Path) -> Result<PathBuf, std::io::Error> {
+/// Creates the database's directory (0700) and file (0600) before SQLite does, so neither is
+/// ever readable by other local users.
+fn prepare_database_file(path: &Path) -> Result<PathBuf, std::io::Error> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    if !data_dir.exists() {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(dir) = dir
+        && !dir.exists()
+    {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(data_dir)?;
+            .create(dir)?;
     }
-    let path = data_dir.join(DATABASE_FILE);
+    let path = path.to_owned();
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)

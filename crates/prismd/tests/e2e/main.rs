@@ -11,5 +11,6 @@ mod jwt_attacks;
 mod login;
 mod official_cli;
 mod ops;
+mod postgres;
 mod seed;
 mod tls;

@@ -1,0 +1,1048 @@
+//! The PostgreSQL backend: one connection pool shared by reads and writes (PostgreSQL takes
+//! concurrent writers, unlike SQLite), the same statements as the SQLite backend, and explicit
+//! locks where SQLite's single writer used to serialize for free (last Owner, first start,
+//! the first signing key, device-code polls).
+//!
+//! Transactions run at READ COMMITTED. Every single-use rule is a conditional `UPDATE` (or
+//! `UPDATE ... RETURNING`): a second transaction waits for the first's row lock, then
+//! re-checks the condition against the committed row and changes nothing.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{FromRow, Postgres, Row, Transaction};
+
+use super::{
+    AuditEvent, AuditRecord, AuthorizationCode, CodeRedemption, Credentials, DeviceCode,
+    NewAuthorizationCode, NewDeviceCode, NewOrganization, NewRefreshToken, NewUser, Organization,
+    PrincipalRecord, ProfileChanges, RefreshGrant, Removal, SigningKeyRecord, Store, StoreError,
+    TokenUse, User,
+};
+
+pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Advisory lock keys (`pg_advisory_xact_lock`), held to the end of one transaction. Fixed
+/// numbers so every replica takes the same lock; any other user of the database must not
+/// pick these (ASCII "prismB01" and "prismK01").
+const BOOTSTRAP_LOCK: i64 = 0x7072_6973_6d42_3031;
+const SIGNING_KEY_LOCK: i64 = 0x7072_6973_6d4b_3031;
+
+const USER_COLUMNS: &str = "u.id, u.org_id, u.email, u.name, u.role, u.token_epoch, \
+     u.created_at, u.updated_at, u.removed_at, u.phone, u.external_id, u.dark_mode, \
+     u.dark_mode_sync_with_os";
+
+/// Connection pool settings for PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PgPoolSettings {
+    /// Most connections this process opens. Several replicas multiply it, so keep the sum
+    /// under the server's `max_connections`.
+    pub max_connections: u32,
+    /// How long a request waits for a free connection (or a new one) before it fails,
+    /// rather than queueing without bound when the database is slow or gone.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PgPoolSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// PostgreSQL-backed [`Store`].
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://...`) and applies migrations. sqlx's migrator holds an
+    /// advisory lock while it runs, so replicas starting together apply them once.
+    pub async fn open(url: &str, settings: PgPoolSettings) -> Result<Self, StoreError> {
+        let store = Self::connect(url, settings).await?;
+        MIGRATOR.run(&store.pool).await?;
+        Ok(store)
+    }
+
+    /// Connects to an existing prism-auth database; fails with [`StoreError::NoSchema`] when
+    /// nobody has started the server on it yet, so an admin command pointed at the wrong
+    /// database does not quietly create a new install there.
+    pub async fn open_existing(url: &str, settings: PgPoolSettings) -> Result<Self, StoreError> {
+        let store = Self::connect(url, settings).await?;
+        let found: Option<String> = sqlx::query_scalar("SELECT to_regclass('organizations')::TEXT")
+            .fetch_one(&store.pool)
+            .await?;
+        if found.is_none() {
+            store.pool.close().await;
+            return Err(StoreError::NoSchema);
+        }
+        MIGRATOR.run(&store.pool).await?;
+        Ok(store)
+    }
+
+    async fn connect(url: &str, settings: PgPoolSettings) -> Result<Self, StoreError> {
+        let options: PgConnectOptions = url.parse()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections.max(1))
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_with(options)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        Ok(self.pool.begin().await?)
+    }
+}
+
+/// Serializes one kind of check-then-insert across every process on this database, until
+/// the caller's transaction ends.
+async fn advisory_lock(
+    tx: &mut Transaction<'static, Postgres>,
+    key: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(key)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn insert_audit(
+    tx: &mut Transaction<'static, Postgres>,
+    event: &AuditEvent,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO audit_events (at, action, actor, org_id, subject_user_id, address, user_agent, detail) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(event.at)
+    .bind(event.action)
+    .bind(&event.actor)
+    .bind(&event.org_id)
+    .bind(&event.subject_user_id)
+    .bind(&event.address)
+    .bind(&event.user_agent)
+    .bind(&event.detail)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Signs a user out of every browser, in the caller's transaction: a revoke-all or a new
+/// password must not leave a browser session that can mint new codes.
+async fn end_browser_sessions(
+    tx: &mut Transaction<'static, Postgres>,
+    user_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM browser_sessions WHERE user_id = $1")
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        // A write-capable answer: a standby (read-only replica) would be "ready" for SELECT 1
+        // but fail every revoke.
+        let read_only: String = sqlx::query_scalar("SHOW transaction_read_only")
+            .fetch_one(&self.pool)
+            .await?;
+        if read_only != "off" {
+            return Err(StoreError::ReadOnly);
+        }
+        Ok(())
+    }
+
+    async fn bootstrap(
+        &self,
+        org: NewOrganization,
+        owner: NewUser,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        // Two replicas starting on an empty database both see no organization; the lock makes
+        // the second wait, and its count (a new snapshot per statement at READ COMMITTED)
+        // then sees the first one's commit.
+        advisory_lock(&mut tx, BOOTSTRAP_LOCK).await?;
+        let existing: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM organizations")
+            .fetch_one(&mut *tx)
+            .await?;
+        if existing > 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO organizations (id, name, tenant_id, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&org.id)
+        .bind(&org.name)
+        .bind(&org.tenant_id)
+        .bind(org.created_at)
+        .execute(&mut *tx)
+        .await?;
+        insert_user(&mut tx, &owner).await?;
+        insert_audit(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn default_organization(&self) -> Result<Option<Organization>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT id, name, tenant_id, created_at FROM organizations ORDER BY created_at, id LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn list_organizations(&self) -> Result<Vec<Organization>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT id, name, tenant_id, created_at FROM organizations ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn organization_by_tenant(
+        &self,
+        tenant_id: &str,
+    ) -> Result<Option<Organization>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT id, name, tenant_id, created_at FROM organizations WHERE tenant_id = $1",
+        )
+        .bind(tenant_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn create_organization(
+        &self,
+        org: NewOrganization,
+        audit: AuditEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO organizations (id, name, tenant_id, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&org.id)
+        .bind(&org.name)
+        .bind(&org.tenant_id)
+        .bind(org.created_at)
+        .execute(&mut *tx)
+        .await?;
+        insert_audit(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn create_user(&self, user: NewUser, audit: AuditEvent) -> Result<User, StoreError> {
+        let mut tx = self.begin().await?;
+        match insert_user(&mut tx, &user).await {
+            Ok(()) => {}
+            Err(err) if is_unique_violation(&err) => {
+                return Err(StoreError::Conflict(
+                    "an active user with this email exists",
+                ));
+            }
+            Err(err) => return Err(err.into()),
+        }
+        insert_audit(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(User {
+            id: user.id,
+            org_id: user.org_id,
+            email: user.email,
+            name: user.name,
+            role: user.role,
+            token_epoch: 0,
+            created_at: user.created_at,
+            updated_at: user.created_at,
+            removed_at: None,
+            phone: None,
+            external_id: user.external_id,
+            dark_mode: false,
+            dark_mode_sync_with_os: true,
+        })
+    }
+
+    async fn find_active_user_by_email(
+        &self,
+        org_id: &str,
+        email: &str,
+    ) -> Result<Option<User>, StoreError> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM users u WHERE u.org_id = $1 AND u.email = $2 AND u.removed_at IS NULL"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(org_id)
+            .bind(email)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn list_users(
+        &self,
+        org_id: &str,
+        include_removed: bool,
+    ) -> Result<Vec<User>, StoreError> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM users u WHERE u.org_id = $1 AND ($2 OR u.removed_at IS NULL) \
+             ORDER BY u.created_at, u.id"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(org_id)
+            .bind(include_removed)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn remove_user(
+        &self,
+        user_id: &str,
+        at: i64,
+        audit: AuditEvent,
+    ) -> Result<Removal, StoreError> {
+        let mut tx = self.begin().await?;
+        // Two concurrent removals of two different Owners would each count the other as still
+        // active (neither has committed). Locking the organization's row first makes them
+        // take turns, and the count in the UPDATE below then sees the earlier removal. NO KEY
+        // UPDATE does not block inserts that merely reference the organization.
+        sqlx::query(
+            "SELECT 1 FROM organizations WHERE id = (SELECT org_id FROM users WHERE id = $1) \
+             FOR NO KEY UPDATE",
+        )
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+        // The epoch moves too, so even a future bug that forgot the removed flag would still
+        // find every old token stale.
+        let done = sqlx::query(
+            "UPDATE users SET removed_at = $2, updated_at = $2, token_epoch = token_epoch + 1 \
+             WHERE id = $1 AND removed_at IS NULL \
+               AND (role <> 'owner' OR (SELECT COUNT(*) FROM users o \
+                    WHERE o.org_id = users.org_id AND o.role = 'owner' AND o.removed_at IS NULL) > 1)",
+        )
+        .bind(user_id)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            let active: Option<bool> =
+                sqlx::query_scalar("SELECT TRUE FROM users WHERE id = $1 AND removed_at IS NULL")
+                    .bind(user_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            tx.rollback().await?;
+            return Ok(if active.is_some() {
+                Removal::LastOwner
+            } else {
+                Removal::NotFound
+            });
+        }
+        insert_audit(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(Removal::Removed)
+    }
+
+    async fn set_password_hash(
+        &self,
+        user_id: &str,
+        password_hash: &str,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(
+            "UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1 AND removed_at IS NULL",
+        )
+        .bind(user_id)
+        .bind(password_hash)
+        .bind(audit.at)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        end_browser_sessions(&mut tx, user_id).await?;
+        insert_audit(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn insert_refresh_token(
+        &self,
+        token: NewRefreshToken,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(
+            "INSERT INTO refresh_tokens (id, token_hash, user_id, user_epoch, client_id, name, scope, created_at) \
+             SELECT $1, $2, u.id, u.token_epoch, $4, $5, $6, $7 FROM users u \
+             WHERE u.id = $3 AND u.removed_at IS NULL",
+        )
+        .bind(&token.id)
+        .bind(&token.token_hash[..])
+        .bind(&token.user_id)
+        .bind(&token.client_id)
+        .bind(&token.name)
+        .bind(&token.scope)
+        .bind(token.created_at)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        if let Some(code_hash) = &token.from_code {
+            sqlx::query(
+                "UPDATE authorization_codes SET refresh_token_id = $2 WHERE code_hash = $1",
+            )
+            .bind(&code_hash[..])
+            .bind(&token.id)
+            .execute(&mut *tx)
+            .await?;
+            // A replay that came between redeeming the code and now finds no token to revoke;
+            // revoke it here instead.
+            sqlx::query(
+                "UPDATE refresh_tokens SET revoked_at = $2 WHERE id = $1 AND EXISTS \
+                 (SELECT 1 FROM authorization_codes WHERE code_hash = $3 AND replayed_at IS NOT NULL)",
+            )
+            .bind(&token.id)
+            .bind(token.created_at)
+            .bind(&code_hash[..])
+            .execute(&mut *tx)
+            .await?;
+        }
+        insert_audit(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn find_refresh_grant(
+        &self,
+        token_hash: &[u8; 32],
+    ) -> Result<Option<RefreshGrant>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT t.id AS token_id, t.user_epoch AS token_epoch, t.revoked_at AS token_revoked_at, \
+                    t.client_id, t.scope, u.id AS user_id, u.token_epoch AS user_epoch, \
+                    u.removed_at AS user_removed_at, u.org_id, o.tenant_id \
+             FROM refresh_tokens t \
+             JOIN users u ON u.id = t.user_id \
+             JOIN organizations o ON o.id = u.org_id \
+             WHERE t.token_hash = $1",
+        )
+        .bind(&token_hash[..])
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn revoke_all_tokens(
+        &self,
+        user_id: &str,
+        expected_epoch: i64,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(
+            "UPDATE users SET token_epoch = token_epoch + 1, updated_at = $3 \
+             WHERE id = $1 AND token_epoch = $2 AND removed_at IS NULL",
+        )
+        .bind(user_id)
+        .bind(expected_epoch)
+        .bind(audit.at)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        end_browser_sessions(&mut tx, user_id).await?;
+        insert_audit(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn principal(
+        &self,
+        user_id: &str,
+        session_id: &str,
+    ) -> Result<Option<PrincipalRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS}, o.name AS org_name, o.tenant_id, o.created_at AS org_created_at, \
+                    t.id AS session_id, t.revoked_at AS session_revoked_at \
+             FROM users u \
+             JOIN organizations o ON o.id = u.org_id \
+             LEFT JOIN refresh_tokens t ON t.id = $2 AND t.user_id = u.id \
+             WHERE u.id = $1"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(user_id)
+            .bind(session_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let user = User::from_row(&row)?;
+        let session_id: Option<String> = row.try_get("session_id")?;
+        let session_revoked_at = match session_id {
+            Some(_) => Some(row.try_get::<Option<i64>, _>("session_revoked_at")?),
+            None => None,
+        };
+        Ok(Some(PrincipalRecord {
+            org: Organization {
+                id: user.org_id.clone(),
+                name: row.try_get("org_name")?,
+                tenant_id: row.try_get("tenant_id")?,
+                created_at: row.try_get("org_created_at")?,
+            },
+            user,
+            session_revoked_at,
+        }))
+    }
+
+    async fn users_page(
+        &self,
+        org_id: &str,
+        after: Option<(i64, String)>,
+        limit: i64,
+    ) -> Result<Vec<User>, StoreError> {
+        let (after_created, after_id) = after.unwrap_or((i64::MIN, String::new()));
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM users u WHERE u.org_id = $1 AND u.removed_at IS NULL \
+             AND (u.created_at > $2 OR (u.created_at = $2 AND u.id > $3)) \
+             ORDER BY u.created_at, u.id LIMIT $4"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(org_id)
+            .bind(after_created)
+            .bind(after_id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn member(&self, org_id: &str, user_id: &str) -> Result<Option<User>, StoreError> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1 AND u.org_id = $2 AND u.removed_at IS NULL"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(user_id)
+            .bind(org_id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn update_profile(
+        &self,
+        user_id: &str,
+        changes: ProfileChanges,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(
+            "UPDATE users SET name = COALESCE($2, name), phone = COALESCE($3, phone), \
+             dark_mode = COALESCE($4, dark_mode), \
+             dark_mode_sync_with_os = COALESCE($5, dark_mode_sync_with_os), updated_at = $6 \
+             WHERE id = $1 AND removed_at IS NULL",
+        )
+        .bind(user_id)
+        .bind(changes.name)
+        .bind(changes.phone)
+        .bind(changes.dark_mode)
+        .bind(changes.dark_mode_sync_with_os)
+        .bind(audit.at)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        insert_audit(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn has_password(&self, user_id: &str) -> Result<bool, StoreError> {
+        let found: Option<bool> = sqlx::query_scalar(
+            "SELECT TRUE FROM users WHERE id = $1 AND removed_at IS NULL AND password_hash IS NOT NULL",
+        )
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.is_some())
+    }
+
+    async fn insert_invitation(
+        &self,
+        token_hash: &[u8; 32],
+        user_id: &str,
+        expires_at: i64,
+        audit: AuditEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        // A new link replaces the earlier ones.
+        sqlx::query("UPDATE invitations SET used_at = $2 WHERE user_id = $1 AND used_at IS NULL")
+            .bind(user_id)
+            .bind(audit.at)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO invitations (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&token_hash[..])
+        .bind(user_id)
+        .bind(audit.at)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?;
+        insert_audit(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn invitation_user(
+        &self,
+        token_hash: &[u8; 32],
+        now: i64,
+    ) -> Result<Option<User>, StoreError> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM invitations i JOIN users u ON u.id = i.user_id \
+             WHERE i.token_hash = $1 AND i.used_at IS NULL AND i.expires_at > $2 \
+             AND u.removed_at IS NULL AND u.password_hash IS NULL"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(&token_hash[..])
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn accept_invitation(
+        &self,
+        token_hash: &[u8; 32],
+        password_hash: &str,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let user_id: Option<String> = sqlx::query_scalar(
+            "UPDATE invitations SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL \
+             AND expires_at > $2 RETURNING user_id",
+        )
+        .bind(&token_hash[..])
+        .bind(audit.at)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(user_id) = user_id else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        // An invitation only ever gives a first password: it cannot reset an existing one.
+        let done = sqlx::query(
+            "UPDATE users SET password_hash = $2, updated_at = $3 \
+             WHERE id = $1 AND removed_at IS NULL AND password_hash IS NULL",
+        )
+        .bind(&user_id)
+        .bind(password_hash)
+        .bind(audit.at)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        end_browser_sessions(&mut tx, &user_id).await?;
+        // Every other link of this user dies with the one that was used.
+        sqlx::query("UPDATE invitations SET used_at = $2 WHERE user_id = $1 AND used_at IS NULL")
+            .bind(&user_id)
+            .bind(audit.at)
+            .execute(&mut *tx)
+            .await?;
+        let audit = AuditEvent {
+            subject_user_id: Some(user_id),
+            ..audit
+        };
+        insert_audit(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn credentials_by_email(&self, email: &str) -> Result<Vec<Credentials>, StoreError> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS}, u.password_hash FROM users u \
+             WHERE u.email = $1 AND u.removed_at IS NULL ORDER BY u.created_at, u.id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(email)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Credentials {
+                    user: User::from_row(row)?,
+                    password_hash: row.try_get("password_hash")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::Database)
+    }
+
+    async fn active_user(&self, user_id: &str) -> Result<Option<User>, StoreError> {
+        let sql =
+            format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1 AND u.removed_at IS NULL");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn organizations_of_email(&self, email: &str) -> Result<Vec<Organization>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT o.id, o.name, o.tenant_id, o.created_at FROM organizations o \
+             JOIN users u ON u.org_id = o.id \
+             WHERE u.email = $1 AND u.removed_at IS NULL ORDER BY o.created_at, o.id",
+        )
+        .bind(email)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn insert_authorization_code(
+        &self,
+        code: NewAuthorizationCode,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO authorization_codes (code_hash, client_id, redirect_uri, code_challenge, \
+             scope, nonce, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&code.code_hash[..])
+        .bind(&code.client_id)
+        .bind(&code.redirect_uri)
+        .bind(&code.code_challenge)
+        .bind(&code.scope)
+        .bind(&code.nonce)
+        .bind(&code.user_id)
+        .bind(code.created_at)
+        .bind(code.expires_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn redeem_authorization_code(
+        &self,
+        code_hash: &[u8; 32],
+        at: i64,
+    ) -> Result<CodeRedemption, StoreError> {
+        let mut tx = self.begin().await?;
+        let redeemed: Option<AuthorizationCode> = sqlx::query_as(
+            "UPDATE authorization_codes SET used_at = $2 WHERE code_hash = $1 AND used_at IS NULL \
+             RETURNING client_id, redirect_uri, code_challenge, scope, nonce, user_id, expires_at",
+        )
+        .bind(&code_hash[..])
+        .bind(at)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(code) = redeemed {
+            tx.commit().await?;
+            return Ok(CodeRedemption::Redeemed(code));
+        }
+        let replayed = sqlx::query(
+            "UPDATE authorization_codes SET replayed_at = COALESCE(replayed_at, $2) WHERE code_hash = $1",
+        )
+        .bind(&code_hash[..])
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        if replayed.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(CodeRedemption::Unknown);
+        }
+        sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = $2 WHERE revoked_at IS NULL AND id = \
+             (SELECT refresh_token_id FROM authorization_codes WHERE code_hash = $1)",
+        )
+        .bind(&code_hash[..])
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(CodeRedemption::Replayed)
+    }
+
+    async fn insert_device_code(&self, code: NewDeviceCode) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO device_codes (device_code_hash, user_code_hash, client_id, scope, created_at, \
+             expires_at, interval_secs, status) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending')",
+        )
+        .bind(&code.device_code_hash[..])
+        .bind(&code.user_code_hash[..])
+        .bind(&code.client_id)
+        .bind(&code.scope)
+        .bind(code.created_at)
+        .bind(code.expires_at)
+        .bind(code.interval_secs)
+        .execute(&mut *tx)
+        .await
+        .map_err(|err| {
+            if is_unique_violation(&err) {
+                StoreError::Conflict("user code collision")
+            } else {
+                err.into()
+            }
+        })?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn poll_device_code(
+        &self,
+        device_code_hash: &[u8; 32],
+        at: i64,
+    ) -> Result<Option<DeviceCode>, StoreError> {
+        let mut tx = self.begin().await?;
+        // FOR UPDATE: two polls racing must not both read the same "last polled" time, or
+        // neither would be told to slow down.
+        let code: Option<DeviceCode> = sqlx::query_as(
+            "SELECT client_id, scope, expires_at, interval_secs, last_polled_at, status, user_id \
+             FROM device_codes WHERE device_code_hash = $1 FOR UPDATE",
+        )
+        .bind(&device_code_hash[..])
+        .fetch_optional(&mut *tx)
+        .await?;
+        if code.is_some() {
+            sqlx::query("UPDATE device_codes SET last_polled_at = $2 WHERE device_code_hash = $1")
+                .bind(&device_code_hash[..])
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(code)
+    }
+
+    async fn decide_device_code(
+        &self,
+        user_code_hash: &[u8; 32],
+        approve_for: Option<&str>,
+        at: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let status = if approve_for.is_some() {
+            "approved"
+        } else {
+            "denied"
+        };
+        let done = sqlx::query(
+            "UPDATE device_codes SET status = $2, user_id = $3 \
+             WHERE user_code_hash = $1 AND status = 'pending' AND expires_at > $4",
+        )
+        .bind(&user_code_hash[..])
+        .bind(status)
+        .bind(approve_for)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn redeem_device_code(&self, device_code_hash: &[u8; 32]) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(
+            "UPDATE device_codes SET status = 'redeemed' WHERE device_code_hash = $1 AND status = 'approved'",
+        )
+        .bind(&device_code_hash[..])
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn slow_down_device_code(
+        &self,
+        device_code_hash: &[u8; 32],
+        interval_secs: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query("UPDATE device_codes SET interval_secs = $2 WHERE device_code_hash = $1")
+            .bind(&device_code_hash[..])
+            .bind(interval_secs)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn revoke_session(
+        &self,
+        token_id: &str,
+        user_id: &str,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = $3 WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(token_id)
+        .bind(user_id)
+        .bind(audit.at)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        insert_audit(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn insert_browser_session(
+        &self,
+        id_hash: &[u8; 32],
+        user_id: &str,
+        created_at: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO browser_sessions (id_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&id_hash[..])
+        .bind(user_id)
+        .bind(created_at)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn browser_session_user(
+        &self,
+        id_hash: &[u8; 32],
+        now: i64,
+    ) -> Result<Option<User>, StoreError> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM browser_sessions s JOIN users u ON u.id = s.user_id \
+             WHERE s.id_hash = $1 AND s.expires_at > $2 AND u.removed_at IS NULL"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(&id_hash[..])
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn delete_browser_session(&self, id_hash: &[u8; 32]) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query("DELETE FROM browser_sessions WHERE id_hash = $1")
+            .bind(&id_hash[..])
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn record_token_uses(&self, uses: &[TokenUse]) -> Result<(), StoreError> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        // Replicas flush at the same time and may touch the same tokens; updating rows in one
+        // order everywhere means their row locks cannot deadlock.
+        let mut ordered: Vec<&TokenUse> = uses.iter().collect();
+        ordered.sort_by(|a, b| a.token_id.cmp(&b.token_id));
+        let mut tx = self.begin().await?;
+        for token_use in ordered {
+            sqlx::query(
+                "UPDATE refresh_tokens SET last_used_at = $2, last_used_addr = $3 \
+                 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)",
+            )
+            .bind(&token_use.token_id)
+            .bind(token_use.at)
+            .bind(&token_use.address)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT kid, algorithm, private_key, public_key, created_at, retired_at \
+             FROM signing_keys ORDER BY created_at DESC, kid",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn insert_signing_key_if_none_active(
+        &self,
+        key: SigningKeyRecord,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        // NOT EXISTS alone is not enough here: two replicas starting at once both see no
+        // active key and both insert. The lock makes the second one see the first's key.
+        advisory_lock(&mut tx, SIGNING_KEY_LOCK).await?;
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, algorithm, private_key, public_key, created_at, retired_at) \
+             SELECT $1, $2, $3, $4, $5, NULL \
+             WHERE NOT EXISTS (SELECT 1 FROM signing_keys WHERE retired_at IS NULL)",
+        )
+        .bind(&key.kid)
+        .bind(&key.algorithm)
+        .bind(&key.private_key)
+        .bind(&key.public_key)
+        .bind(key.created_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn recent_audit_events(&self, limit: i64) -> Result<Vec<AuditRecord>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT id, at, action, actor, org_id, subject_user_id, address, detail \
+             FROM audit_events ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+async fn insert_user(
+    tx: &mut Transaction<'static, Postgres>,
+    user: &NewUser,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO users (id, org_id, email, name, role, password_hash, external_id, token_epoch, \
+         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $8)",
+    )
+    .bind(&user.id)
+    .bind(&user.org_id)
+    .bind(&user.email)
+    .bind(&user.name)
+    .bind(&user.role)
+    .bind(&user.password_hash)
+    .bind(&user.external_id)
+    .bind(user.created_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,1174 @@
+//! Store conformance: every contract of the `Store` trait, checked the same way against both
+//! backends. Each test runs twice, once on a fresh SQLite file in a temporary directory and
+//! once on a fresh PostgreSQL database created for it (and dropped afterwards) through the
+//! server named by `PRISM_TEST_POSTGRES_URL`. Without that variable the PostgreSQL half fails:
+//! a backend that was never tested must not look green.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use prismd::store::{
+    self, AuditEvent, Backend, CodeRedemption, NewAuthorizationCode, NewDeviceCode,
+    NewOrganization, NewRefreshToken, NewUser, OpenOptions, Organization, ProfileChanges, Removal,
+    SigningKeyRecord, Store, StoreError, TokenUse, User,
+};
+use sqlx::Connection;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const POSTGRES_URL_VAR: &str = "PRISM_TEST_POSTGRES_URL";
+
+/// A fixed clock: the stores never read the time themselves.
+const T0: i64 = 1_700_000_000_000;
+
+/// One fresh database and a store open on it.
+#[derive(Clone)]
+struct Db {
+    store: Arc<dyn Store>,
+    backend: Backend,
+}
+
+impl Db {
+    /// A second, independent store on the same database: another replica (PostgreSQL) or an
+    /// admin command beside the server (SQLite).
+    async fn another(&self) -> Result<Arc<dyn Store>, StoreError> {
+        store::open(&self.backend, OpenOptions::default()).await
+    }
+}
+
+enum Cleanup {
+    /// Kept only so the directory lives until the test ends.
+    Sqlite {
+        _dir: tempfile::TempDir,
+    },
+    Postgres {
+        admin_url: String,
+        name: String,
+    },
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Sqlite,
+    Postgres,
+}
+
+async fn fresh(kind: Kind) -> Result<(Db, Cleanup), Box<dyn std::error::Error>> {
+    match kind {
+        Kind::Sqlite => {
+            let dir = tempfile::tempdir()?;
+            let backend = Backend::from_url(None, dir.path())?;
+            let store = store::open(&backend, OpenOptions::default()).await?;
+            Ok((Db { store, backend }, Cleanup::Sqlite { _dir: dir }))
+        }
+        Kind::Postgres => {
+            let admin_url = std::env::var(POSTGRES_URL_VAR).map_err(|_| {
+                format!(
+                    "{POSTGRES_URL_VAR} is not set, so the PostgreSQL half of the store \
+                     conformance suite cannot run. Set it to a server where this user may \
+                     CREATE DATABASE, e.g. {POSTGRES_URL_VAR}=postgres://postgres@127.0.0.1:5432/test \
+                     (./scripts/test.sh and .ci/run set it when PostgreSQL answers locally)"
+                )
+            })?;
+            let name = format!("prism_conf_{}", uuid::Uuid::new_v4().simple());
+            let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+                .execute(&mut admin)
+                .await?;
+            admin.close().await?;
+            let mut url = url::Url::parse(&admin_url)?;
+            url.set_path(&name);
+            let backend = Backend::from_url(Some(url.as_str()), std::path::Path::new("."))?;
+            let store = store::open(&backend, OpenOptions::default()).await?;
+            Ok((Db { store, backend }, Cleanup::Postgres { admin_url, name }))
+        }
+    }
+}
+
+/// Runs one test body on a fresh database of `kind`, then removes the database whatever the
+/// outcome.
+async fn run<F, Fut>(kind: Kind, test: F) -> TestResult
+where
+    F: FnOnce(Db) -> Fut,
+    Fut: Future<Output = TestResult>,
+{
+    let (db, cleanup) = fresh(kind).await?;
+    let store = db.store.clone();
+    let outcome = test(db).await;
+    store.close().await;
+    if let Cleanup::Postgres { admin_url, name } = cleanup {
+        let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await?;
+        admin.close().await?;
+    }
+    outcome
+}
+
+/// Declares each test once per backend: `sqlite::name` and `postgres::name`.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> super::TestResult {
+                    super::run(super::Kind::Sqlite, super::$name).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> super::TestResult {
+                    super::run(super::Kind::Postgres, super::$name).await
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    bootstrap_once,
+    bootstrap_races,
+    organizations,
+    create_user_conflicts_and_readd,
+    users_page_order_and_cursor,
+    members_profiles_and_lookups,
+    refresh_token_insert_and_find,
+    revoke_all_one_write,
+    revoke_all_races,
+    remove_user_keeps_an_owner,
+    remove_user_races_keep_an_owner,
+    authorization_code_single_use,
+    authorization_code_replay_before_token,
+    authorization_code_redeem_races,
+    browser_sessions,
+    invitations_single_use,
+    device_codes,
+    device_code_redeem_races,
+    signing_key_created_once,
+    signing_key_races,
+    audit_rows,
+    token_uses_and_ping,
+);
+
+// ---- helpers ----------------------------------------------------------------------------
+
+fn audit(action: &'static str, at: i64) -> AuditEvent {
+    AuditEvent {
+        at,
+        action,
+        actor: "test".into(),
+        org_id: None,
+        subject_user_id: None,
+        address: Some("127.0.0.1".into()),
+        user_agent: None,
+        detail: Some(r#"{"k":1}"#.into()),
+    }
+}
+
+fn new_org(name: &str, at: i64) -> NewOrganization {
+    NewOrganization {
+        id: uuid::Uuid::new_v4().to_string(),
+        name: name.into(),
+        tenant_id: format!("tenant-{}", uuid::Uuid::new_v4().simple()),
+        created_at: at,
+    }
+}
+
+fn new_user(org_id: &str, email: &str, role: &str, at: i64) -> NewUser {
+    NewUser {
+        id: uuid::Uuid::new_v4().to_string(),
+        org_id: org_id.into(),
+        email: email.into(),
+        name: email.into(),
+        role: role.into(),
+        password_hash: None,
+        external_id: None,
+        created_at: at,
+    }
+}
+
+fn hash(seed: u8) -> [u8; 32] {
+    [seed; 32]
+}
+
+/// Bootstraps an organization with one Owner.
+async fn org_with_owner(
+    store: &dyn Store,
+) -> Result<(Organization, User), Box<dyn std::error::Error>> {
+    let org = new_org("Org", T0);
+    let owner = new_user(&org.id, "owner@example.com", "owner", T0);
+    assert!(store.bootstrap(org, owner, audit("bootstrap", T0)).await?);
+    let org = store.default_organization().await?.ok_or("no org")?;
+    let owner = store
+        .find_active_user_by_email(&org.id, "owner@example.com")
+        .await?
+        .ok_or("no owner")?;
+    Ok((org, owner))
+}
+
+async fn add_user(
+    store: &dyn Store,
+    org: &Organization,
+    email: &str,
+    role: &str,
+    at: i64,
+) -> Result<User, StoreError> {
+    store
+        .create_user(new_user(&org.id, email, role, at), audit("user.add", at))
+        .await
+}
+
+fn refresh_token(user: &User, seed: u8, from_code: Option<[u8; 32]>) -> NewRefreshToken {
+    NewRefreshToken {
+        id: uuid::Uuid::new_v4().to_string(),
+        token_hash: hash(seed),
+        user_id: user.id.clone(),
+        client_id: "client".into(),
+        name: Some("ci".into()),
+        scope: "openid".into(),
+        created_at: T0 + 10,
+        from_code,
+    }
+}
+
+fn auth_code(user: &User, seed: u8) -> NewAuthorizationCode {
+    NewAuthorizationCode {
+        code_hash: hash(seed),
+        client_id: "client".into(),
+        redirect_uri: "http://127.0.0.1/cb".into(),
+        code_challenge: "challenge".into(),
+        scope: "openid".into(),
+        nonce: Some("n".into()),
+        user_id: user.id.clone(),
+        created_at: T0,
+        expires_at: T0 + 60_000,
+    }
+}
+
+fn device_code(seed: u8) -> NewDeviceCode {
+    NewDeviceCode {
+        device_code_hash: hash(seed),
+        user_code_hash: hash(seed.wrapping_add(100)),
+        client_id: "client".into(),
+        scope: "openid".into(),
+        created_at: T0,
+        expires_at: T0 + 600_000,
+        interval_secs: 5,
+    }
+}
+
+fn signing_key(kid: &str, at: i64) -> SigningKeyRecord {
+    SigningKeyRecord {
+        kid: kid.into(),
+        algorithm: "EdDSA".into(),
+        private_key: vec![1, 2, 3, 0, 255],
+        public_key: vec![4, 5, 6],
+        created_at: at,
+        retired_at: None,
+    }
+}
+
+// ---- organizations and bootstrap --------------------------------------------------------
+
+async fn bootstrap_once(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    assert_eq!(store.default_organization().await?, None);
+    let (org, owner) = org_with_owner(store).await?;
+    assert_eq!(owner.role, "owner");
+    assert_eq!(owner.token_epoch, 0);
+    assert!(owner.dark_mode_sync_with_os);
+    assert!(!owner.dark_mode);
+    let again = new_org("Second", T0 + 1);
+    let owner2 = new_user(&again.id, "other@example.com", "owner", T0 + 1);
+    assert!(
+        !store
+            .bootstrap(again, owner2, audit("bootstrap", T0 + 1))
+            .await?
+    );
+    assert_eq!(store.list_organizations().await?, vec![org]);
+    Ok(())
+}
+
+async fn bootstrap_races(db: Db) -> TestResult {
+    // Two replicas start on an empty database at the same moment.
+    let other = db.another().await?;
+    let (a_org, b_org) = (new_org("A", T0), new_org("B", T0));
+    let a_owner = new_user(&a_org.id, "a@example.com", "owner", T0);
+    let b_owner = new_user(&b_org.id, "b@example.com", "owner", T0);
+    let (a, b) = tokio::join!(
+        db.store.bootstrap(a_org, a_owner, audit("bootstrap", T0)),
+        other.bootstrap(b_org, b_owner, audit("bootstrap", T0)),
+    );
+    other.close().await;
+    assert_eq!(u8::from(a?) + u8::from(b?), 1, "exactly one bootstrap wins");
+    assert_eq!(db.store.list_organizations().await?.len(), 1);
+    let org = db.store.default_organization().await?.ok_or("no org")?;
+    assert_eq!(db.store.list_users(&org.id, true).await?.len(), 1);
+    Ok(())
+}
+
+async fn organizations(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    let (first, _) = org_with_owner(store).await?;
+    let second = new_org("Second", T0 + 5);
+    store
+        .create_organization(second.clone(), audit("org.add", T0 + 5))
+        .await?;
+    let all = store.list_organizations().await?;
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0], first, "oldest first");
+    assert_eq!(all[1].tenant_id, second.tenant_id);
+    assert_eq!(store.default_organization().await?, Some(first.clone()));
+    let found = store.organization_by_tenant(&second.tenant_id).await?;
+    assert_eq!(found.map(|o| o.id), Some(second.id));
+    assert_eq!(store.organization_by_tenant("nope").await?, None);
+    Ok(())
+}
+
+// ---- users --------------------------------------------------------------------------------
+
+async fn create_user_conflicts_and_readd(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    let (org, _) = org_with_owner(store).await?;
+    let user = add_user(store, &org, "a@example.com", "admin", T0 + 1).await?;
+    assert!(matches!(
+        add_user(store, &org, "a@example.com", "guest", T0 + 2).await,
+        Err(StoreError::Conflict(_))
+    ));
+    // The same address in another organization is another account.
+    let other = new_org("Other", T0);
+    store
+        .create_organization(other.clone(), audit("org.add", T0))
+        .await?;
+    let elsewhere = store
+        .create_user(
+            new_user(&other.id, "a@example.com", "owner", T0 + 3),
+            audit("user.add", T0 + 3),
+        )
+        .await?;
+    assert_eq!(
+        store
+            .remove_user(&user.id, T0 + 4, audit("user.remove", T0 + 4))
+            .await?,
+        Removal::Removed
+    );
+    let readded = add_user(store, &org, "a@example.com", "guest", T0 + 5).await?;
+    assert_ne!(readded.id, user.id);
+    let found = store
+        .find_active_user_by_email(&org.id, "a@example.com")
+        .await?
+        .ok_or("not found")?;
+    assert_eq!(found, readded);
+    let all = store.list_users(&org.id, true).await?;
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[1].id, user.id);
+    assert_eq!(all[1].removed_at, Some(T0 + 4));
+    assert_eq!(all[1].token_epoch, 1, "removal moves the epoch");
+    assert_eq!(store.list_users(&org.id, false).await?.len(), 2);
+    // Organizations and credentials across tenants.
+    let orgs = store.organizations_of_email("a@example.com").await?;
+    assert_eq!(orgs.len(), 2);
+    let credentials = store.credentials_by_email("a@example.com").await?;
+    let ids: Vec<_> = credentials.iter().map(|c| c.user.id.clone()).collect();
+    assert_eq!(ids, vec![elsewhere.id, readded.id], "oldest first");
+    Ok(())
+}
+
+async fn users_page_order_and_cursor(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    let (org, owner) = org_with_owner(store).await?;
+    // Ties in created_at are broken by id.
+    let mut expected = vec![owner];
+    for (n, at) in [T0 + 1, T0 + 1, T0 + 1, T0 + 2, T0 + 3]
+        .into_iter()
+        .enumerate()
+    {
+        expected.push(add_user(store, &org, &format!("u{n}@example.com"), "guest", at).await?);
+    }
+    let gone = add_user(store, &org, "gone@example.com", "guest", T0 + 2).await?;
+    store
+        .remove_user(&gone.id, T0 + 9, audit("user.remove", T0 + 9))
+        .await?;
+    expected.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.users_page(&org.id, after.clone(), 2).await?;
+        assert!(page.len() <= 2);
+        let Some(last) = page.last() else { break };
+        after = Some((last.created_at, last.id.clone()));
+        seen.extend(page);
+    }
+    assert_eq!(seen, expected);
+    assert!(store.users_page("other-org", None, 10).await?.is_empty());
+    Ok(())
+}
+
+async fn members_profiles_and_lookups(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    let (org, owner) = org_with_owner(store).await?;
+    assert_eq!(store.member(&org.id, &owner.id).await?, Some(owner.clone()));
+    assert_eq!(store.member("other", &owner.id).await?, None);
+    assert_eq!(store.active_user(&owner.id).await?, Some(owner.clone()));
+    let changes = ProfileChanges {
+        name: Some("New Name".into()),
+        dark_mode: Some(true),
+        ..Default::default()
+    };
+    assert!(
+        store
+            .update_profile(&owner.id, changes, audit("profile", T0 + 7))
+            .await?
+    );
+    let changed = store.active_user(&owner.id).await?.ok_or("gone")?;
+    assert_eq!(changed.name, "New Name");
+    assert!(changed.dark_mode);
+    assert!(changed.dark_mode_sync_with_os, "untouched fields stay");
+    assert_eq!(changed.phone, None);
+    assert_eq!(changed.updated_at, T0 + 7);
+    assert!(
+        !store
+            .update_profile("nobody", ProfileChanges::default(), audit("profile", T0))
+            .await?
+    );
+    assert!(!store.has_password(&owner.id).await?);
+    assert!(
+        store
+            .set_password_hash(&owner.id, "$argon2id$x", audit("pw", T0 + 8))
+            .await?
+    );
+    assert!(store.has_password(&owner.id).await?);
+    assert!(
+        !store
+            .set_password_hash("nobody", "h", audit("pw", T0))
+            .await?
+    );
+    let credentials = store.credentials_by_email("owner@example.com").await?;
+    assert_eq!(credentials.len(), 1);
+    assert_eq!(credentials[0].password_hash.as_deref(), Some("$argon2id$x"));
+    Ok(())
+}
+
+// ---- refresh tokens and revocation ------------------------------------------------------
+
+async fn refresh_token_insert_and_find(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    let (org, owner) = org_with_owner(store).await?;
+    let token = refresh_token(&owner, 1, None);
+    assert!(
+        store
+            .insert_refresh_token(token.clone(), audit("token", T0))
+            .await?
+    );
+    let grant = store
+        .find_refresh_grant(&hash(1))
+        .await?
+        .ok_or("no grant")?;
+    assert_eq!(grant.token_id, token.id);
+    assert_eq!(grant.token_epoch, 0);
+    assert_eq!(grant.user_epoch, 0);
+    assert_eq!(grant.token_revoked_at, None);
+    assert_eq!(grant.user_id, owner.id);
+    assert_eq!(grant.org_id, org.id);
+    assert_eq!(grant.tenant_id, org.tenant_id);
+    assert_eq!(grant.client_id, "client");
+    assert_eq!(grant.scope, "openid");
+    assert!(store.find_refresh_grant(&hash(2)).await?.is_none());
+
+    let principal = store
+        .principal(&owner.id, &token.id)
+        .await?
+        .ok_or("no principal")?;
+    assert_eq!(principal.user, owner);
+    assert_eq!(principal.org, org);
+    assert_eq!(principal.session_revoked_at, Some(None));
+    let other_session = store
+        .principal(&owner.id, "unknown")
+        .await?
+        .ok_or("no principal")?;
+    assert_eq!(other_session.session_revoked_at, None);
+    assert!(store.principal("nobody", &token.id).await?.is_none());
+
+    // One session revoked on its own.
+    assert!(
+        !store
+            .revoke_session(&token.id, "someone-else", audit("rv", T0))
+            .await?
+    );
+    assert!(
+        store
+            .revoke_session(&token.id, &owner.id, audit("rv", T0 + 20))
+            .await?
+    );
+    assert!(
+        !store
+            .revoke_session(&token.id, &owner.id, audit("rv", T0 + 21))
+            .await?
+    );
+    let principal = store
+        .principal(&owner.id, &token.id)
+        .await?
+        .ok_or("no principal")?;
+    assert_eq!(principal.session_revoked_at, Some(Some(T0 + 20)));
+    let grant = store
+        .find_refresh_grant(&hash(1))
+        .await?
+        .ok_or("no grant")?;
+    assert_eq!(grant.token_revoked_at, Some(T0 + 20));
+
+    // No tokens for removed or unknown users.
+    let guest = add_user(store, &org, "g@example.com", "guest", T0 + 1).await?;
+    store
+        .remove_user(&guest.id, T0 + 2, audit("rm", T0 + 2))
+        .await?;
+    assert!(
+        !store
+            .insert_refresh_token(refresh_token(&guest, 3, None), audit("token", T0))
+            .await?
+    );
+    Ok(())
+}
+
+async fn revoke_all_one_write(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    let (_, owner) = org_with_owner(store).await?;
+    store
+        .insert_refresh_token(refresh_token(&owner, 1, None), audit("t", T0))
+        .await?;
+    store
+        .insert_browser_session(&hash(50), &owner.id, T0, T0 + 1_000_000)
+        .await?;
+    assert!(
+        store
+            .revoke_all_tokens(&owner.id, 0, audit("revoke-all", T0 + 5))
+            .await?
+    );
+    // A stale epoch: someone else revoked first.
+    assert!(
+        !store
+            .revoke_all_tokens(&owner.id, 0, audit("revoke-all", T0 + 6))
+            .await?
+    );
+    let grant = store
+        .find_refresh_grant(&hash(1))
+        .await?
+        .ok_or("no grant")?;
+    assert_eq!(
+        (grant.token_epoch, grant.user_epoch),
+        (0, 1),
+        "the old token is stale"
+    );
+    assert_eq!(
+        grant.token_revoked_at, None,
+        "one write: the token row is untouched"
+    );
+    assert!(
+        store.browser_session_user(&hash(50), T0).await?.is_none(),
+        "browser signed out"
+    );
+    // A token minted afterwards lives under the new epoch.
+    store
+        .insert_refresh_token(refresh_token(&owner, 2, None), audit("t", T0 + 7))
+        .await?;
+    let grant = store
+        .find_refresh_grant(&hash(2))
+        .await?
+        .ok_or("no grant")?;
+    assert_eq!((grant.token_epoch, grant.user_epoch), (1, 1));
+    assert!(
+        store
+            .revoke_all_tokens(&owner.id, 1, audit("revoke-all", T0 + 8))
+            .await?
+    );
+    assert!(
+        !store
+            .revoke_all_tokens("nobody", 0, audit("revoke-all", T0))
+            .await?
+    );
+    Ok(())
+}
+
+async fn revoke_all_races(db: Db) -> TestResult {
+    let (_, owner) = org_with_owner(db.store.as_ref()).await?;
+    let other = db.another().await?;
+    let (a, b) = tokio::join!(
+        db.store
+            .revoke_all_tokens(&owner.id, 0, audit("revoke-all", T0 + 1)),
+        other.revoke_all_tokens(&owner.id, 0, audit("revoke-all", T0 + 1)),
+    );
+    other.close().await;
+    assert_eq!(
+        u8::from(a?) + u8::from(b?),
+        1,
+        "exactly one revoke moves the epoch"
+    );
+    let user = db.store.active_user(&owner.id).await?.ok_or("gone")?;
+    assert_eq!(user.token_epoch, 1);
+    Ok(())
+}
+
+async fn remove_user_keeps_an_owner(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    let (org, owner) = org_with_owner(store).await?;
+    assert_eq!(
+        store
+            .remove_user(&owner.id, T0 + 1, audit("rm", T0 + 1))
+            .await?,
+        Removal::LastOwner
+    );
+    let second = add_user(store, &org, "second@example.com", "owner", T0 + 2).await?;
+    assert_eq!(
+        store
+            .remove_user(&owner.id, T0 + 3, audit("rm", T0 + 3))
+            .await?,
+        Removal::Removed
+    );
+    assert_eq!(
+        store
+            .remove_user(&second.id, T0 + 4, audit("rm", T0 + 4))
+            .await?,
+        Removal::LastOwner
+    );
+    assert_eq!(
+        store
+            .remove_user(&owner.id, T0 + 5, audit("rm", T0 + 5))
+            .await?,
+        Removal::NotFound,
+        "already removed"
+    );
+    assert_eq!(
+        store
+            .remove_user("nobody", T0 + 5, audit("rm", T0 + 5))
+            .await?,
+        Removal::NotFound
+    );
+    // Non-owners go regardless.
+    let guest = add_user(store, &org, "guest@example.com", "guest", T0 + 6).await?;
+    assert_eq!(
+        store
+            .remove_user(&guest.id, T0 + 7, audit("rm", T0 + 7))
+            .await?,
+        Removal::Removed
+    );
+    assert!(store.active_user(&guest.id).await?.is_none());
+    Ok(())
+}
+
+async fn remove_user_races_keep_an_owner(db: Db) -> TestResult {
+    let (org, owner) = org_with_owner(db.store.as_ref()).await?;
+    let other = db.another().await?;
+    // Several rounds: two Owners, each removed by a different connection at the same moment.
+    let mut keep = owner;
+    for round in 0..5_i64 {
+        let at = T0 + 100 * (round + 1);
+        let second = add_user(
+            db.store.as_ref(),
+            &org,
+            &format!("o{round}@example.com"),
+            "owner",
+            at,
+        )
+        .await?;
+        let (a, b) = tokio::join!(
+            db.store.remove_user(&keep.id, at + 1, audit("rm", at + 1)),
+            other.remove_user(&second.id, at + 1, audit("rm", at + 1)),
+        );
+        let (a, b) = (a?, b?);
+        let removed = [a, b].iter().filter(|r| **r == Removal::Removed).count();
+        assert_eq!(removed, 1, "round {round}: {a:?} {b:?}");
+        let owners: Vec<_> = db
+            .store
+            .list_users(&org.id, false)
+            .await?
+            .into_iter()
+            .filter(|u| u.role == "owner")
+            .collect();
+        assert_eq!(owners.len(), 1, "round {round}");
+        keep = owners.into_iter().next().ok_or("no owner")?;
+    }
+    other.close().await;
+    Ok(())
+}
+
+// ---- authorization codes ----------------------------------------------------------------
+
+async fn authorization_code_single_use(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    let (_, owner) = org_with_owner(store).await?;
+    store
+        .insert_authorization_code(auth_code(&owner, 7))
+        .await?;
+    let CodeRedemption::Redeemed(code) = store.redeem_authorization_code(&hash(7), T0 + 1).await?
+    else {
+        return Err("first use must redeem".into());
+    };
+    assert_eq!(code.user_id, owner.id);
+    assert_eq!(code.redirect_uri, "http://127.0.0.1/cb");
+    assert_eq!(code.code_challenge, "challenge");
+    assert_eq!(code.nonce.as_deref(), Some("n"));
+    assert_eq!(code.expires_at, T0 + 60_000);
+    assert!(
+        store
+            .insert_refresh_token(refresh_token(&owner, 8, Some(hash(7))), audit("t", T0 + 2))
+            .await?
+    );
+    assert!(matches!(
+        store.redeem_authorization_code(&hash(7), T0 + 3).await?,
+        CodeRedemption::Replayed
+    ));
+    let grant = store
+        .find_refresh_grant(&hash(8))
+        .await?
+        .ok_or("no grant")?;
+    assert_eq!(
+        grant.token_revoked_at,
+        Some(T0 + 3),
+        "the replay revoked the issued token"
+    );
+    assert!(matches!(
+        store.redeem_authorization_code(&hash(7), T0 + 4).await?,
+        CodeRedemption::Replayed
+    ));
+    assert!(matches!(
+        store.redeem_authorization_code(&hash(99), T0).await?,
+        CodeRedemption::Unknown
+    ));
+    Ok(())
+}
+
+async fn authorization_code_replay_before_token(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    let (_, owner) = org_with_owner(store).await?;
+    store
+        .insert_authorization_code(auth_code(&owner, 7))
+        .await?;
+    assert!(matches!(
+        store.redeem_authorization_code(&hash(7), T0 + 1).await?,
+        CodeRedemption::Redeemed(_)
+    ));
+    // The replay comes before the first exchange has stored its token.
+    assert!(matches!(
+        store.redeem_authorization_code(&hash(7), T0 + 2).await?,
+        CodeRedemption::Replayed
+    ));
+    assert!(
+        store
+            .insert_refresh_token(refresh_token(&owner, 8, Some(hash(7))), audit("t", T0 + 3))
+            .await?
+    );
+    let grant = store
+        .find_refresh_grant(&hash(8))
+        .await?
+        .ok_or("no grant")?;
+    assert!(grant.token_revoked_at.is_some(), "born revoked");
+    Ok(())
+}
+
+async fn authorization_code_redeem_races(db: Db) -> TestResult {
+    let (_, owner) = org_with_owner(db.store.as_ref()).await?;
+    let other = db.another().await?;
+    for seed in 1..=5 {
+        db.store
+            .insert_authorization_code(auth_code(&owner, seed))
+            .await?;
+        let code = hash(seed);
+        let (a, b) = tokio::join!(
+            db.store.redeem_authorization_code(&code, T0 + 1),
+            other.redeem_authorization_code(&code, T0 + 1),
+        );
+        let redeemed = [a?, b?]
+            .iter()
+            .filter(|r| matches!(r, CodeRedemption::Redeemed(_)))
+            .count();
+        assert_eq!(redeemed, 1, "code {seed} redeemed exactly once");
+    }
+    other.close().await;
+    Ok(())
+}
+
+// ---- browser sessions and invitations --------------------------------------------------
+
+async fn browser_sessions(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    let (org, owner) = org_with_owner(store).await?;
+    store
+        .insert_browser_session(&hash(1), &owner.id, T0, T0 + 1000)
+        .await?;
+    assert_eq!(
+        store.browser_session_user(&hash(1), T0 + 1).await?,
+        Some(owner.clone())
+    );
+    assert_eq!(
+        store.browser_session_user(&hash(1), T0 + 1000).await?,
+        None,
+        "expired"
+    );
+    store.delete_browser_session(&hash(1)).await?;
+    assert_eq!(store.browser_session_user(&hash(1), T0 + 1).await?, None);
+    // A new password ends every browser session of that user, and only theirs.
+    let guest = add_user(store, &org, "g@example.com", "guest", T0).await?;
+    store
+        .insert_browser_session(&hash(2), &owner.id, T0, T0 + 1000)
+        .await?;
+    store
+        .insert_browser_session(&hash(3), &owner.id, T0, T0 + 1000)
+        .await?;
+    store
+        .insert_browser_session(&hash(4), &guest.id, T0, T0 + 1000)
+        .await?;
+    assert!(
+        store
+            .set_password_hash(&owner.id, "h", audit("pw", T0 + 1))
+            .await?
+    );
+    assert_eq!(store.browser_session_user(&hash(2), T0 + 1).await?, None);
+    assert_eq!(store.browser_session_user(&hash(3), T0 + 1).await?, None);
+    assert_eq!(
+        store.browser_session_user(&hash(4), T0 + 1).await?,
+        Some(guest.clone())
+    );
+    // So does a revoke-all; and removal hides the user.
+    assert!(
+        store
+            .revoke_all_tokens(&guest.id, 0, audit("ra", T0 + 2))
+            .await?
+    );
+    assert_eq!(store.browser_session_user(&hash(4), T0 + 3).await?, None);
+    store
+        .insert_browser_session(&hash(5), &guest.id, T0, T0 + 1000)
+        .await?;
+    store
+        .remove_user(&guest.id, T0 + 4, audit("rm", T0 + 4))
+        .await?;
+    assert_eq!(store.browser_session_user(&hash(5), T0 + 5).await?, None);
+    Ok(())
+}
+
+async fn invitations_single_use(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    let (org, owner) = org_with_owner(store).await?;
+    let invited = add_user(store, &org, "new@example.com", "guest", T0).await?;
+    store
+        .insert_invitation(&hash(1), &invited.id, T0 + 1000, audit("invite", T0))
+        .await?;
+    // A second link replaces the first.
+    store
+        .insert_invitation(&hash(2), &invited.id, T0 + 1000, audit("invite", T0 + 1))
+        .await?;
+    assert_eq!(store.invitation_user(&hash(1), T0 + 2).await?, None);
+    assert_eq!(
+        store.invitation_user(&hash(2), T0 + 2).await?,
+        Some(invited.clone())
+    );
+    assert_eq!(
+        store.invitation_user(&hash(2), T0 + 1000).await?,
+        None,
+        "expired"
+    );
+    assert!(
+        !store
+            .accept_invitation(&hash(1), "h1", audit("accept", T0 + 3))
+            .await?
+    );
+    store
+        .insert_browser_session(&hash(9), &invited.id, T0, T0 + 10_000)
+        .await?;
+    assert!(
+        store
+            .accept_invitation(&hash(2), "h2", audit("accept", T0 + 3))
+            .await?
+    );
+    assert!(store.has_password(&invited.id).await?);
+    assert_eq!(store.browser_session_user(&hash(9), T0 + 4).await?, None);
+    assert!(
+        !store
+            .accept_invitation(&hash(2), "h3", audit("accept", T0 + 4))
+            .await?,
+        "single use"
+    );
+    assert_eq!(store.invitation_user(&hash(2), T0 + 4).await?, None);
+
+    // An invitation never resets an existing password.
+    assert!(
+        store
+            .set_password_hash(&owner.id, "owner-hash", audit("pw", T0))
+            .await?
+    );
+    store
+        .insert_invitation(&hash(3), &owner.id, T0 + 1000, audit("invite", T0))
+        .await?;
+    assert_eq!(store.invitation_user(&hash(3), T0 + 1).await?, None);
+    assert!(
+        !store
+            .accept_invitation(&hash(3), "attacker", audit("accept", T0 + 2))
+            .await?
+    );
+    let credentials = store.credentials_by_email("owner@example.com").await?;
+    assert_eq!(credentials[0].password_hash.as_deref(), Some("owner-hash"));
+
+    // Expired links cannot be accepted.
+    let late = add_user(store, &org, "late@example.com", "guest", T0).await?;
+    store
+        .insert_invitation(&hash(4), &late.id, T0 + 10, audit("invite", T0))
+        .await?;
+    assert!(
+        !store
+            .accept_invitation(&hash(4), "h", audit("accept", T0 + 10))
+            .await?
+    );
+    assert!(!store.has_password(&late.id).await?);
+    Ok(())
+}
+
+// ---- device codes -------------------------------------------------------------------------
+
+async fn device_codes(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    let (_, owner) = org_with_owner(store).await?;
+    store.insert_device_code(device_code(1)).await?;
+    let mut clash = device_code(2);
+    clash.user_code_hash = device_code(1).user_code_hash;
+    assert!(matches!(
+        store.insert_device_code(clash).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let first = store
+        .poll_device_code(&hash(1), T0 + 5)
+        .await?
+        .ok_or("no code")?;
+    assert_eq!(first.status, "pending");
+    assert_eq!(first.last_polled_at, None);
+    assert_eq!(first.interval_secs, 5);
+    let second = store
+        .poll_device_code(&hash(1), T0 + 6)
+        .await?
+        .ok_or("no code")?;
+    assert_eq!(
+        second.last_polled_at,
+        Some(T0 + 5),
+        "the state before this poll"
+    );
+    store.slow_down_device_code(&hash(1), 10).await?;
+    assert_eq!(
+        store
+            .poll_device_code(&hash(1), T0 + 7)
+            .await?
+            .ok_or("no code")?
+            .interval_secs,
+        10
+    );
+    assert!(store.poll_device_code(&hash(77), T0).await?.is_none());
+
+    let user_code = device_code(1).user_code_hash;
+    assert!(
+        !store.redeem_device_code(&hash(1)).await?,
+        "not approved yet"
+    );
+    assert!(
+        store
+            .decide_device_code(&user_code, Some(&owner.id), T0 + 8)
+            .await?
+    );
+    assert!(
+        !store.decide_device_code(&user_code, None, T0 + 9).await?,
+        "decided once"
+    );
+    let approved = store
+        .poll_device_code(&hash(1), T0 + 10)
+        .await?
+        .ok_or("no code")?;
+    assert_eq!(approved.status, "approved");
+    assert_eq!(approved.user_id.as_deref(), Some(owner.id.as_str()));
+    assert!(store.redeem_device_code(&hash(1)).await?);
+    assert!(!store.redeem_device_code(&hash(1)).await?, "redeemed once");
+
+    // Denied codes stay denied; expired codes cannot be decided.
+    store.insert_device_code(device_code(3)).await?;
+    assert!(
+        store
+            .decide_device_code(&device_code(3).user_code_hash, None, T0 + 1)
+            .await?
+    );
+    assert_eq!(
+        store
+            .poll_device_code(&hash(3), T0 + 2)
+            .await?
+            .ok_or("no code")?
+            .status,
+        "denied"
+    );
+    assert!(!store.redeem_device_code(&hash(3)).await?);
+    store.insert_device_code(device_code(4)).await?;
+    assert!(
+        !store
+            .decide_device_code(
+                &device_code(4).user_code_hash,
+                Some(&owner.id),
+                T0 + 600_000
+            )
+            .await?
+    );
+    Ok(())
+}
+
+async fn device_code_redeem_races(db: Db) -> TestResult {
+    let (_, owner) = org_with_owner(db.store.as_ref()).await?;
+    let other = db.another().await?;
+    for seed in 1..=5 {
+        db.store.insert_device_code(device_code(seed)).await?;
+        let user_code = device_code(seed).user_code_hash;
+        let (a, b) = tokio::join!(
+            db.store
+                .decide_device_code(&user_code, Some(&owner.id), T0 + 1),
+            other.decide_device_code(&user_code, None, T0 + 1),
+        );
+        assert_eq!(u8::from(a?) + u8::from(b?), 1, "decided exactly once");
+        let device = hash(seed);
+        let (a, b) = tokio::join!(
+            db.store.redeem_device_code(&device),
+            other.redeem_device_code(&device),
+        );
+        let redeemed = u8::from(a?) + u8::from(b?);
+        let status = db
+            .store
+            .poll_device_code(&hash(seed), T0 + 2)
+            .await?
+            .ok_or("no code")?
+            .status;
+        match status.as_str() {
+            "redeemed" => assert_eq!(redeemed, 1, "redeemed exactly once"),
+            "denied" => assert_eq!(redeemed, 0),
+            other => return Err(format!("unexpected status {other}").into()),
+        }
+    }
+    other.close().await;
+    Ok(())
+}
+
+// ---- signing keys, audit, token uses ----------------------------------------------------
+
+async fn signing_key_created_once(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    assert!(store.signing_keys().await?.is_empty());
+    store
+        .insert_signing_key_if_none_active(signing_key("k1", T0))
+        .await?;
+    store
+        .insert_signing_key_if_none_active(signing_key("k2", T0 + 1))
+        .await?;
+    let keys = store.signing_keys().await?;
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].kid, "k1");
+    assert_eq!(
+        keys[0].private_key,
+        vec![1, 2, 3, 0, 255],
+        "bytes round-trip"
+    );
+    assert_eq!(keys[0].public_key, vec![4, 5, 6]);
+    assert_eq!(keys[0].algorithm, "EdDSA");
+    assert_eq!(keys[0].retired_at, None);
+    Ok(())
+}
+
+async fn signing_key_races(db: Db) -> TestResult {
+    // Two replicas (two pools) and several tasks in each race to create the first key.
+    let other = db.another().await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..8 {
+        let store = if n % 2 == 0 {
+            db.store.clone()
+        } else {
+            other.clone()
+        };
+        tasks.spawn(async move {
+            store
+                .insert_signing_key_if_none_active(signing_key(&format!("k{n}"), T0 + n))
+                .await
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    other.close().await;
+    let keys = db.store.signing_keys().await?;
+    assert_eq!(
+        keys.len(),
+        1,
+        "exactly one key: {:?}",
+        keys.iter().map(|k| &k.kid).collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+async fn audit_rows(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    assert!(store.recent_audit_events(10).await?.is_empty());
+    let (org, owner) = org_with_owner(store).await?;
+    let event = AuditEvent {
+        org_id: Some(org.id.clone()),
+        subject_user_id: Some(owner.id.clone()),
+        ..audit("user.revoke_all", T0 + 5)
+    };
+    assert!(store.revoke_all_tokens(&owner.id, 0, event).await?);
+    // A refused change writes no row.
+    assert!(
+        !store
+            .revoke_all_tokens(&owner.id, 0, audit("refused", T0 + 6))
+            .await?
+    );
+    add_user(store, &org, "x@example.com", "guest", T0 + 7).await?;
+    let events = store.recent_audit_events(10).await?;
+    let actions: Vec<_> = events.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        vec!["user.add", "user.revoke_all", "bootstrap"],
+        "newest first"
+    );
+    assert!(events.windows(2).all(|w| w[0].id > w[1].id));
+    let revoke = &events[1];
+    assert_eq!(revoke.at, T0 + 5);
+    assert_eq!(revoke.actor, "test");
+    assert_eq!(revoke.org_id.as_deref(), Some(org.id.as_str()));
+    assert_eq!(revoke.subject_user_id.as_deref(), Some(owner.id.as_str()));
+    assert_eq!(revoke.address.as_deref(), Some("127.0.0.1"));
+    assert_eq!(revoke.detail.as_deref(), Some(r#"{"k":1}"#));
+    assert_eq!(store.recent_audit_events(1).await?.len(), 1);
+    Ok(())
+}
+
+async fn token_uses_and_ping(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    store.ping().await?;
+    let (_, owner) = org_with_owner(store).await?;
+    let token = refresh_token(&owner, 1, None);
+    store
+        .insert_refresh_token(token.clone(), audit("t", T0))
+        .await?;
+    store.record_token_uses(&[]).await?;
+    let uses = [
+        TokenUse {
+            token_id: token.id.clone(),
+            at: T0 + 5,
+            address: Some("10.0.0.1".into()),
+        },
+        TokenUse {
+            token_id: token.id.clone(),
+            at: T0 + 3,
+            address: None,
+        },
+        TokenUse {
+            token_id: "unknown".into(),
+            at: T0 + 5,
+            address: None,
+        },
+    ];
+    store.record_token_uses(&uses).await?;
+    // The trait has no reader for last use; the token must still be intact.
+    assert!(store.find_refresh_grant(&hash(1)).await?.is_some());
+    Ok(())
+}
