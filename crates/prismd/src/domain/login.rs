@@ -313,6 +313,15 @@ impl AuthService {
                 .ok_or(DomainError::InvalidGrant(GrantError::Denied(
                     super::Denial::UserRemoved,
                 )))?;
+        // A foreign tenant is refused before a session is minted for nothing.
+        if let Some(tenant) = grant.tenant_id.filter(|t| !t.is_empty()) {
+            let org = self.store().organization_by_tenant(tenant).await?;
+            if org.is_none_or(|org| org.id != user.org_id) {
+                return Err(DomainError::AccessDenied(
+                    "the user is not a member of that tenant".to_owned(),
+                ));
+            }
+        }
         let origin = SessionOrigin {
             name: Some("CLI login".into()),
             scope: Some(code.scope.clone()),

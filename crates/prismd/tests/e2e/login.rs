@@ -1326,3 +1326,89 @@ async fn login_browser_session_ends_with_password_change() -> TestResult {
     server.stop()?;
     Ok(())
 }
+
+/// `tenant_id` on the code grant: a foreign tenant gets `access_denied` before any session is
+/// minted; the user's own tenant works.
+#[tokio::test]
+async fn login_code_grant_checks_tenant_id() -> TestResult {
+    let dir = temp_dir()?;
+    let server = Server::start(dir.path())?;
+    add_user(dir.path(), "admin@example.com")?;
+    let other_tenant = admin_ok(dir.path(), &["orgs", "add", "--name", "Other"])?;
+    let http = browser()?;
+    let sessions = || async {
+        let url = format!(
+            "sqlite://{}?mode=ro",
+            dir.path().join("prismd.db").display()
+        );
+        let pool = sqlx::SqlitePool::connect(&url).await?;
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM refresh_tokens")
+            .fetch_one(&pool)
+            .await?;
+        pool.close().await;
+        Ok::<_, Box<dyn std::error::Error>>(count)
+    };
+
+    let pkce = new_pkce()?;
+    let code = login(
+        &server,
+        &http,
+        "admin@example.com",
+        &params(REDIRECT, "t1", &pkce.challenge),
+    )
+    .await?
+    .code;
+    let before = sessions().await?;
+    let response = http
+        .post(server.url("/oauth/token"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("client_id", CLIENT_ID),
+            ("code_verifier", pkce.verifier.as_str()),
+            ("code", code.as_str()),
+            ("redirect_uri", REDIRECT),
+            ("tenant_id", other_tenant.as_str()),
+        ])
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 403);
+    let body: Value = response.json().await?;
+    assert_eq!(body["error"], "access_denied", "{body}");
+    assert_eq!(
+        sessions().await?,
+        before,
+        "no session may be minted for a refused tenant"
+    );
+
+    // Control: the user's own tenant is accepted.
+    let orgs = admin_ok(dir.path(), &["orgs", "list"])?;
+    let own_tenant = orgs
+        .lines()
+        .find(|l| l.contains("(default)"))
+        .and_then(|l| l.split_whitespace().next())
+        .ok_or("no default org")?
+        .to_owned();
+    let pkce = new_pkce()?;
+    let code = login(
+        &server,
+        &http,
+        "admin@example.com",
+        &params(REDIRECT, "t2", &pkce.challenge),
+    )
+    .await?
+    .code;
+    let response = http
+        .post(server.url("/oauth/token"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("client_id", CLIENT_ID),
+            ("code_verifier", pkce.verifier.as_str()),
+            ("code", code.as_str()),
+            ("redirect_uri", REDIRECT),
+            ("tenant_id", own_tenant.as_str()),
+        ])
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 200);
+    Ok(())
+}
