@@ -323,6 +323,29 @@ pub struct UserPayload {
     errors: Vec<FieldError>,
 }
 
+impl UserPayload {
+    /// The payload of a user mutation: the user, or the problem reported against `field`.
+    fn from_result(
+        result: Result<User, DomainError>,
+        org: &Organization,
+        field: &str,
+    ) -> async_graphql::Result<Self> {
+        Ok(match result {
+            Ok(user) => UserPayload {
+                user: Some(UserNode {
+                    user,
+                    org: org.clone(),
+                }),
+                errors: Vec::new(),
+            },
+            Err(err) => UserPayload {
+                user: None,
+                errors: payload_errors(err, field)?,
+            },
+        })
+    }
+}
+
 #[derive(SimpleObject, Default)]
 pub struct CreateUserInvitationPayload {
     url: Option<String>,
@@ -418,19 +441,7 @@ impl MutationRoot {
             }
             Err(err) => Err(err),
         };
-        Ok(match result {
-            Ok(user) => UserPayload {
-                user: Some(UserNode {
-                    user,
-                    org: caller.principal.org.clone(),
-                }),
-                errors: Vec::new(),
-            },
-            Err(err) => UserPayload {
-                user: None,
-                errors: payload_errors(err, "id")?,
-            },
-        })
+        UserPayload::from_result(result, &caller.principal.org, "id")
     }
 
     /// Changes a user's profile: your own, or (Owners and Admins) another member's.
@@ -454,19 +465,7 @@ impl MutationRoot {
             }
             Err(err) => Err(err),
         };
-        Ok(match result {
-            Ok(user) => UserPayload {
-                user: Some(UserNode {
-                    user,
-                    org: caller.principal.org.clone(),
-                }),
-                errors: Vec::new(),
-            },
-            Err(err) => UserPayload {
-                user: None,
-                errors: payload_errors(err, "name")?,
-            },
-        })
+        UserPayload::from_result(result, &caller.principal.org, "name")
     }
 
     /// A new single-use link for a member to set their password (Owners and Admins).

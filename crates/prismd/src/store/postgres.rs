@@ -144,6 +144,22 @@ async fn end_browser_sessions(
     Ok(())
 }
 
+/// Ends a conditional write: nothing matched → roll back and report `false`; otherwise write
+/// the audit row in the same transaction, commit, and report `true`.
+async fn finish_audited(
+    mut tx: Transaction<'static, Postgres>,
+    rows_affected: u64,
+    audit: &AuditEvent,
+) -> Result<bool, StoreError> {
+    if rows_affected == 0 {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    insert_audit(&mut tx, audit).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
 fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
 }
@@ -560,13 +576,7 @@ impl Store for PostgresStore {
         .bind(audit.at)
         .execute(&mut *tx)
         .await?;
-        if done.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        insert_audit(&mut tx, &audit).await?;
-        tx.commit().await?;
-        Ok(true)
+        finish_audited(tx, done.rows_affected(), &audit).await
     }
 
     async fn has_password(&self, user_id: &str) -> Result<bool, StoreError> {
@@ -898,13 +908,7 @@ impl Store for PostgresStore {
         .bind(audit.at)
         .execute(&mut *tx)
         .await?;
-        if done.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        insert_audit(&mut tx, &audit).await?;
-        tx.commit().await?;
-        Ok(true)
+        finish_audited(tx, done.rows_affected(), &audit).await
     }
 
     async fn insert_browser_session(
