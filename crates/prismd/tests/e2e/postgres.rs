@@ -7,14 +7,14 @@ use sqlx::Connection;
 use crate::harness::{Options, Server, TestResult, admin_ok, prismd, temp_dir};
 
 /// A database created for one test, dropped by [`FreshDatabase::drop_now`].
-struct FreshDatabase {
+pub struct FreshDatabase {
     admin_url: String,
     name: String,
-    url: String,
+    pub url: String,
 }
 
 impl FreshDatabase {
-    async fn create() -> Result<Self, Box<dyn std::error::Error>> {
+    pub async fn create() -> Result<Self, Box<dyn std::error::Error>> {
         let admin_url = std::env::var("PRISM_TEST_POSTGRES_URL").map_err(|_| {
             "PRISM_TEST_POSTGRES_URL is not set; the PostgreSQL end-to-end test needs a server \
              where it may CREATE DATABASE, e.g. postgres://postgres@127.0.0.1:5432/test"
@@ -34,7 +34,7 @@ impl FreshDatabase {
         })
     }
 
-    async fn drop_now(self) -> Result<(), Box<dyn std::error::Error>> {
+    pub async fn drop_now(self) -> Result<(), Box<dyn std::error::Error>> {
         let mut admin = sqlx::PgConnection::connect(&self.admin_url).await?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
