@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::store::{OpenOptions, PgPoolSettings};
+use crate::store::{CacheSettings, OpenOptions, PgPoolSettings};
 use crate::tls::TlsSource;
 
 /// Everything `serve` needs to know.
@@ -32,6 +32,8 @@ pub struct ServeConfig {
     /// How long in-flight requests may take to finish after a shutdown signal.
     pub shutdown_grace: Duration,
     pub usage_flush_interval: Duration,
+    /// The hot-path cache of token standing; a zero lifetime turns it off.
+    pub cache: CacheSettings,
     /// Name of the organization created on first start.
     pub org_name: String,
     /// Email of the Owner created on first start.
@@ -56,6 +58,7 @@ impl ServeConfig {
             header_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(20),
             usage_flush_interval: Duration::from_secs(5),
+            cache: CacheSettings::default(),
             org_name: "My Organization".to_owned(),
             owner_email: "owner@localhost".to_owned(),
             logout_return_to: vec!["https://prismatic.io".to_owned()],

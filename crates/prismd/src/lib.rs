@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use crate::config::ServeConfig;
 use crate::domain::auth::{AuthService, TokenSettings};
 use crate::domain::{DomainError, now_ms};
-use crate::store::{Backend, Store, StoreError};
+use crate::store::{Backend, CachedStore, Change, Store, StoreError};
 use crate::tokens::{KeyError, KeyRing};
 
 pub use first_start::INITIAL_PASSWORD_FILE;
@@ -99,6 +99,17 @@ pub async fn serve(
         }
     };
 
+    // Every process hears every committed change; the cache drops what a change makes stale.
+    let cache = (!config.cache.ttl.is_zero())
+        .then(|| Arc::new(CachedStore::new(store.clone(), config.cache)));
+    let follower = cache
+        .clone()
+        .map(|cache| tokio::spawn(follow_changes(store.clone(), cache)));
+    let store: Arc<dyn Store> = match &cache {
+        Some(cache) => cache.clone(),
+        None => store,
+    };
+
     let settings = TokenSettings {
         issuer: issuer.clone(),
         audience,
@@ -155,6 +166,11 @@ pub async fn serve(
     tracing::info!("shutting down: requests finished, writing pending records");
     let _ = stop_flusher.send(true);
     let _ = flusher.await;
+    if let Some(follower) = follower {
+        // It holds a connection of its own (PostgreSQL LISTEN) that closing the pool would
+        // otherwise wait for.
+        follower.abort();
+    }
     if let Err(err) = store.record_token_uses(&auth.usage().drain()).await {
         tracing::warn!(error = %err, "could not write the last token-use records");
     }
@@ -186,6 +202,21 @@ fn issuer_host(issuer: &str) -> String {
     .trim_start_matches('[')
     .trim_end_matches(']')
     .to_owned()
+}
+
+/// Hands every committed change (from this process and all others on the database) to the
+/// cache, for as long as the server runs. When the feed breaks, changes may have been missed,
+/// so the cache is emptied before following again.
+async fn follow_changes(store: Arc<dyn Store>, cache: Arc<CachedStore>) {
+    let apply = |change: Change| cache.apply(&change);
+    loop {
+        let outcome = store.follow_changes(&apply).await;
+        cache.apply(&Change::everything());
+        if let Err(err) = outcome {
+            tracing::warn!(error = %err, "lost the change feed; following it again in 1 s");
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
 
 async fn flush_token_uses(

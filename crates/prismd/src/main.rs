@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use prismd::config::ServeConfig;
-use prismd::store::{Backend, PgPoolSettings};
+use prismd::store::{Backend, CacheSettings, PgPoolSettings};
 use prismd::telemetry::{self, LogFormat};
 use prismd::tls::TlsSource;
 
@@ -120,6 +120,15 @@ struct ServeArgs {
     #[arg(long, env = "PRISMD_DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     db_acquire_timeout: Duration,
 
+    /// Longest time the hot-path cache trusts a user's standing without hearing of a change
+    /// (the bound on a missed notification); `0s` turns the cache off.
+    #[arg(long, env = "PRISMD_CACHE_TTL", default_value = "5s", value_parser = parse_duration)]
+    cache_ttl: Duration,
+
+    /// Most cached refresh grants (and, separately, access-token principals).
+    #[arg(long, env = "PRISMD_CACHE_CAPACITY", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    cache_capacity: u64,
+
     /// Longest time a request may take before it is answered with 408.
     #[arg(long, env = "PRISMD_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     request_timeout: Duration,
@@ -227,6 +236,10 @@ async fn run_server(
             acquire_timeout: args.db_acquire_timeout,
         },
         database_url,
+        cache: CacheSettings {
+            ttl: args.cache_ttl,
+            capacity: usize::try_from(args.cache_capacity).unwrap_or(usize::MAX),
+        },
         request_timeout: args.request_timeout,
         org_name: args.org_name,
         owner_email: args.owner_email,

@@ -8,9 +8,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use prismd::store::{
-    self, AuditEvent, Backend, CodeRedemption, NewAuthorizationCode, NewDeviceCode,
-    NewOrganization, NewRefreshToken, NewUser, OpenOptions, Organization, ProfileChanges, Removal,
-    SigningKeyRecord, Store, StoreError, TokenUse, User,
+    self, AuditEvent, Backend, CacheSettings, CachedStore, Change, CodeRedemption,
+    NewAuthorizationCode, NewDeviceCode, NewOrganization, NewRefreshToken, NewUser, OpenOptions,
+    Organization, ProfileChanges, Removal, SigningKeyRecord, Store, StoreError, TokenUse, User,
 };
 use sqlx::Connection;
 
@@ -153,6 +153,8 @@ conformance!(
     signing_key_races,
     audit_rows,
     token_uses_and_ping,
+    changes_reach_other_processes,
+    cache_forgets_what_changes_invalidate,
 );
 
 // ---- helpers ----------------------------------------------------------------------------
@@ -167,6 +169,14 @@ fn audit(action: &'static str, at: i64) -> AuditEvent {
         address: Some("127.0.0.1".into()),
         user_agent: None,
         detail: Some(r#"{"k":1}"#.into()),
+    }
+}
+
+/// An audit event about one user, as every write that changes a user's standing records.
+fn audit_about(action: &'static str, at: i64, user: &User) -> AuditEvent {
+    AuditEvent {
+        subject_user_id: Some(user.id.clone()),
+        ..audit(action, at)
     }
 }
 
@@ -1170,5 +1180,181 @@ async fn token_uses_and_ping(db: Db) -> TestResult {
     store.record_token_uses(&uses).await?;
     // The trait has no reader for last use; the token must still be intact.
     assert!(store.find_refresh_grant(&hash(1)).await?.is_some());
+    Ok(())
+}
+
+/// Changes committed through one store reach a follower on another store of the same
+/// database; writes that roll back are not announced.
+async fn changes_reach_other_processes(db: Db) -> TestResult {
+    let (org, owner) = org_with_owner(db.store.as_ref()).await?;
+    let user = add_user(db.store.as_ref(), &org, "u@example.com", "member", T0).await?;
+    let (sender, mut heard) = tokio::sync::mpsc::unbounded_channel::<Change>();
+    let follower_store = db.store.clone();
+    let follower = tokio::spawn(async move {
+        let forward = move |change: Change| {
+            let _ = sender.send(change);
+        };
+        follower_store.follow_changes(&forward).await
+    });
+    // The feed is live once it has heard something; poke it until then.
+    let other = db.another().await?;
+    let wait = std::time::Duration::from_secs(10);
+    let first = tokio::time::timeout(wait, async {
+        loop {
+            other
+                .update_profile(
+                    &owner.id,
+                    ProfileChanges {
+                        name: Some("poke".into()),
+                        ..ProfileChanges::default()
+                    },
+                    audit_about("user.updated", T0 + 1, &owner),
+                )
+                .await?;
+            tokio::select! {
+                change = heard.recv() => match change {
+                    Some(change) if change.action == "user.updated" => {
+                        return Ok::<_, Box<dyn std::error::Error>>(change)
+                    }
+                    Some(_) => {}
+                    None => return Err("the change feed ended".into()),
+                },
+                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+            }
+        }
+    })
+    .await??;
+    assert_eq!(first.user_id.as_deref(), Some(owner.id.as_str()));
+    while heard.try_recv().is_ok() {}
+
+    // Rolled back (the epoch had not moved to 7): nothing to announce.
+    assert!(
+        !other
+            .revoke_all_tokens(
+                &user.id,
+                7,
+                audit_about("tokens.revoked_all", T0 + 2, &user)
+            )
+            .await?
+    );
+    assert!(
+        other
+            .revoke_all_tokens(
+                &user.id,
+                0,
+                audit_about("tokens.revoked_all", T0 + 3, &user)
+            )
+            .await?
+    );
+    let change = tokio::time::timeout(wait, async {
+        loop {
+            match heard.recv().await {
+                Some(change) if change.action == "user.updated" => continue,
+                other => return other,
+            }
+        }
+    })
+    .await?
+    .ok_or("the change feed ended")?;
+    assert_eq!(
+        change,
+        Change {
+            action: "tokens.revoked_all".into(),
+            user_id: Some(user.id.clone()),
+        }
+    );
+    follower.abort();
+    other.close().await;
+    Ok(())
+}
+
+/// The hot-path cache answers repeated reads from memory, and forgets an entry when this
+/// process changes its user or when a change from elsewhere is applied.
+async fn cache_forgets_what_changes_invalidate(db: Db) -> TestResult {
+    let (_, owner) = org_with_owner(db.store.as_ref()).await?;
+    let cached = CachedStore::new(
+        db.store.clone(),
+        CacheSettings {
+            ttl: std::time::Duration::from_secs(600),
+            capacity: 1000,
+        },
+    );
+    let token = refresh_token(&owner, 1, None);
+    let session = token.id.clone();
+    cached.insert_refresh_token(token, audit("t", T0)).await?;
+    // Unknown hashes are never cached: a token minted elsewhere works at once.
+    assert!(cached.find_refresh_grant(&hash(9)).await?.is_none());
+    let grant = cached
+        .find_refresh_grant(&hash(1))
+        .await?
+        .ok_or("no grant")?;
+    assert_eq!(grant.user_epoch, 0);
+    cached.find_refresh_grant(&hash(1)).await?;
+    cached.principal(&owner.id, &session).await?;
+    cached.principal(&owner.id, &session).await?;
+    assert_eq!((cached.stats().hits, cached.stats().misses), (2, 3));
+
+    // This process revokes: gone at once.
+    assert!(
+        cached
+            .revoke_all_tokens(&owner.id, 0, audit("tokens.revoked_all", T0 + 1))
+            .await?
+    );
+    let grant = cached
+        .find_refresh_grant(&hash(1))
+        .await?
+        .ok_or("no grant")?;
+    assert_eq!(grant.user_epoch, 1);
+
+    // Another process revokes: the cache holds the old state until the change is applied
+    // (the positive control that the cache is in the way at all) ...
+    cached.principal(&owner.id, &session).await?;
+    let other = db.another().await?;
+    assert!(
+        other
+            .revoke_session(&session, &owner.id, audit("token.revoked", T0 + 2))
+            .await?
+    );
+    let stale = cached.principal(&owner.id, &session).await?.ok_or("none")?;
+    assert_eq!(stale.session_revoked_at, Some(None));
+    // ... and forgets it when it is.
+    cached.apply(&Change {
+        action: "token.revoked".into(),
+        user_id: Some(owner.id.clone()),
+    });
+    let fresh = cached.principal(&owner.id, &session).await?.ok_or("none")?;
+    assert_eq!(fresh.session_revoked_at, Some(Some(T0 + 2)));
+
+    // "Everything changed" drops every entry.
+    other
+        .update_profile(
+            &owner.id,
+            ProfileChanges {
+                name: Some("Renamed".into()),
+                ..ProfileChanges::default()
+            },
+            audit("user.updated", T0 + 3),
+        )
+        .await?;
+    assert_ne!(
+        cached
+            .principal(&owner.id, &session)
+            .await?
+            .ok_or("none")?
+            .user
+            .name,
+        "Renamed"
+    );
+    cached.apply(&Change::everything());
+    assert_eq!(
+        cached
+            .principal(&owner.id, &session)
+            .await?
+            .ok_or("none")?
+            .user
+            .name,
+        "Renamed"
+    );
+    other.close().await;
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! returns, the storage error type, and the one place that picks a backend (SQLite or
 //! PostgreSQL) from the database URL.
 
+mod cached;
 mod postgres;
 mod sqlite;
 
@@ -10,6 +11,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+pub use cached::{CacheSettings, CacheStats, CachedStore};
 pub use postgres::{PgPoolSettings, PostgresStore};
 pub use sqlite::{DATABASE_FILE, SqliteStore};
 
@@ -380,6 +382,28 @@ pub struct AuditRecord {
     pub detail: Option<String>,
 }
 
+/// A committed change that may make state cached by some process stale: the audited action
+/// and the user it concerns. Every process follows the changes of every other process (and
+/// its own) through [`Store::follow_changes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The audit action, for example `tokens.revoked_all` or `user.removed`.
+    pub action: String,
+    /// `None` means "anyone": drop everything cached.
+    pub user_id: Option<String>,
+}
+
+impl Change {
+    /// What a follower assumes when it may have missed changes (for example after a
+    /// reconnect): everything changed.
+    pub fn everything() -> Self {
+        Self {
+            action: "*".to_owned(),
+            user_id: None,
+        }
+    }
+}
+
 /// The one storage interface. Every method is a single short transaction.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -618,6 +642,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Audit events, newest first, at most `limit`.
     async fn recent_audit_events(&self, limit: i64) -> Result<Vec<AuditRecord>, StoreError>;
+
+    /// Hands every change committed from now on, by any process on this database, to
+    /// `on_change`, in commit order per process. Runs until the feed breaks and then returns
+    /// the error; the caller must then assume it missed changes ([`Change::everything`]) and
+    /// call again. PostgreSQL uses `LISTEN`; SQLite polls the audit log, whose ids grow in
+    /// commit order because SQLite has one writer at a time.
+    async fn follow_changes(
+        &self,
+        on_change: &(dyn Fn(Change) + Send + Sync),
+    ) -> Result<(), StoreError>;
 
     /// Closes connections cleanly (SQLite checkpoints its WAL).
     async fn close(&self);

@@ -14,7 +14,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{FromRow, Postgres, Row, Transaction};
 
 use super::{
-    AuditEvent, AuditRecord, AuthorizationCode, CodeRedemption, Credentials, DeviceCode,
+    AuditEvent, AuditRecord, AuthorizationCode, Change, CodeRedemption, Credentials, DeviceCode,
     NewAuthorizationCode, NewDeviceCode, NewOrganization, NewRefreshToken, NewUser, Organization,
     PrincipalRecord, ProfileChanges, RefreshGrant, Removal, SigningKeyRecord, Store, StoreError,
     TokenUse, User,
@@ -114,9 +114,12 @@ async fn insert_audit(
     tx: &mut Transaction<'static, Postgres>,
     event: &AuditEvent,
 ) -> Result<(), sqlx::Error> {
+    // The notification rides in the same statement and, like every NOTIFY, is delivered only
+    // if and when the transaction commits: replicas never drop cached state for a change that
+    // rolled back, and never miss one that committed while they were listening.
     sqlx::query(
         "INSERT INTO audit_events (at, action, actor, org_id, subject_user_id, address, user_agent, detail) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8 FROM pg_notify($9, $10)",
     )
     .bind(event.at)
     .bind(event.action)
@@ -126,9 +129,33 @@ async fn insert_audit(
     .bind(&event.address)
     .bind(&event.user_agent)
     .bind(&event.detail)
+    .bind(CHANGES_CHANNEL)
+    .bind(change_payload(event.action, event.subject_user_id.as_deref()))
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// `LISTEN` channel of [`Change`]s.
+const CHANGES_CHANNEL: &str = "prism_auth_changes";
+
+/// `<action> <user id>`, or `<action> *` for a change that concerns no one user.
+fn change_payload(action: &str, user_id: Option<&str>) -> String {
+    format!("{action} {}", user_id.unwrap_or("*"))
+}
+
+fn parse_change(payload: &str) -> Change {
+    match payload.split_once(' ') {
+        Some((action, user)) if user != "*" && !user.is_empty() => Change {
+            action: action.to_owned(),
+            user_id: Some(user.to_owned()),
+        },
+        Some((action, _)) => Change {
+            action: action.to_owned(),
+            user_id: None,
+        },
+        None => Change::everything(),
+    }
 }
 
 /// Signs a user out of every browser, in the caller's transaction: a revoke-all or a new
@@ -776,14 +803,22 @@ impl Store for PostgresStore {
             tx.rollback().await?;
             return Ok(CodeRedemption::Unknown);
         }
-        sqlx::query(
+        let revoked_for: Option<String> = sqlx::query_scalar(
             "UPDATE refresh_tokens SET revoked_at = $2 WHERE revoked_at IS NULL AND id = \
-             (SELECT refresh_token_id FROM authorization_codes WHERE code_hash = $1)",
+             (SELECT refresh_token_id FROM authorization_codes WHERE code_hash = $1) \
+             RETURNING user_id",
         )
         .bind(&code_hash[..])
         .bind(at)
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
+        if let Some(user_id) = revoked_for {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANGES_CHANNEL)
+                .bind(change_payload("code.replayed", Some(&user_id)))
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(CodeRedemption::Replayed)
     }
@@ -1023,6 +1058,24 @@ impl Store for PostgresStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    async fn follow_changes(
+        &self,
+        on_change: &(dyn Fn(Change) + Send + Sync),
+    ) -> Result<(), StoreError> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        listener.listen(CHANGES_CHANNEL).await?;
+        // Changes committed before LISTEN took effect were never heard.
+        on_change(Change::everything());
+        loop {
+            match listener.try_recv().await? {
+                Some(notification) => on_change(parse_change(notification.payload())),
+                // The connection dropped and the next call reconnects: whatever was notified
+                // in between is lost.
+                None => on_change(Change::everything()),
+            }
+        }
     }
 
     async fn close(&self) {

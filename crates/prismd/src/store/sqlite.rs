@@ -13,7 +13,7 @@ use sqlx::sqlite::{
 use sqlx::{FromRow, Row, Sqlite, Transaction};
 
 use super::{
-    AuditEvent, AuditRecord, AuthorizationCode, CodeRedemption, Credentials, DeviceCode,
+    AuditEvent, AuditRecord, AuthorizationCode, Change, CodeRedemption, Credentials, DeviceCode,
     NewAuthorizationCode, NewDeviceCode, NewOrganization, NewRefreshToken, NewUser, Organization,
     PrincipalRecord, ProfileChanges, RefreshGrant, Removal, SigningKeyRecord, Store, StoreError,
     TokenUse, User,
@@ -27,6 +27,13 @@ pub const DATABASE_FILE: &str = "prismd.db";
 /// How long a statement waits for another process's write lock (admin commands run beside
 /// the server) before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often the change follower reads the audit log for changes other processes (admin
+/// commands) committed: the bound on how stale a cached standing can be after `prismd users
+/// remove` run beside the server.
+const CHANGE_POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Most audit rows read per poll.
+const CHANGE_POLL_BATCH: i64 = 500;
 
 const USER_COLUMNS: &str = "u.id, u.org_id, u.email, u.name, u.role, u.token_epoch, \
      u.created_at, u.updated_at, u.removed_at, u.phone, u.external_id, u.dark_mode, \
@@ -1009,6 +1016,32 @@ impl Store for SqliteStore {
         .bind(limit)
         .fetch_all(&self.readers)
         .await?)
+    }
+
+    async fn follow_changes(
+        &self,
+        on_change: &(dyn Fn(Change) + Send + Sync),
+    ) -> Result<(), StoreError> {
+        let mut seen: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM audit_events")
+            .fetch_one(&self.readers)
+            .await?;
+        let mut ticker = tokio::time::interval(CHANGE_POLL_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let rows: Vec<(i64, String, Option<String>)> = sqlx::query_as(
+                "SELECT id, action, subject_user_id FROM audit_events WHERE id > $1 \
+                 ORDER BY id LIMIT $2",
+            )
+            .bind(seen)
+            .bind(CHANGE_POLL_BATCH)
+            .fetch_all(&self.readers)
+            .await?;
+            for (id, action, user_id) in rows {
+                seen = id;
+                on_change(Change { action, user_id });
+            }
+        }
     }
 
     async fn close(&self) {

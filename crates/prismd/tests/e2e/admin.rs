@@ -116,7 +116,7 @@ async fn users_and_tokens_commands_work_while_the_server_runs() -> TestResult {
         .and_then(|u| u.iter().find(|u| u["id"] == id.as_str()))
         .ok_or("gone")?;
     assert!(removed["removedAt"].is_string());
-    assert_eq!(server.refresh(token).await?.0, 400);
+    assert_eq!(server.refresh_after_change(token).await?.0, 400);
     Ok(())
 }
 

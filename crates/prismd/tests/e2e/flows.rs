@@ -95,7 +95,7 @@ async fn removed_user_gets_nothing_and_readding_resurrects_nothing() -> TestResu
         dir.path(),
         &["users", "remove", "--email", "eve@example.com"],
     )?;
-    let (status, body) = server.refresh(&token).await?;
+    let (status, body) = server.refresh_after_change(&token).await?;
     assert_eq!(
         (status, body["error"].as_str()),
         (400, Some("invalid_grant"))
@@ -107,7 +107,7 @@ async fn removed_user_gets_nothing_and_readding_resurrects_nothing() -> TestResu
             .contains("removed"),
         "{body}"
     );
-    assert_eq!(server.whoami(&access).await?, Err(401));
+    assert_eq!(server.whoami_after_change(&access).await?, Err(401));
     // Revoke with a removed user's token answers 200 and changes nothing.
     assert_eq!(server.revoke(&token).await?.0, 200);
 

@@ -220,6 +220,39 @@ impl Server {
         ))
     }
 
+    /// Refreshes until the answer is no longer 200, for up to [`CHANGE_REACH_BOUND`]: a
+    /// change made by an admin command (another process) reaches a running server through
+    /// its change feed, not within the command.
+    pub async fn refresh_after_change(
+        &self,
+        refresh_token: &str,
+    ) -> Result<(u16, Value), reqwest::Error> {
+        let deadline = std::time::Instant::now() + CHANGE_REACH_BOUND;
+        loop {
+            let (status, body) = self.refresh(refresh_token).await?;
+            if status != 200 || std::time::Instant::now() > deadline {
+                return Ok((status, body));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// [`Server::whoami`] until the access token no longer works, for up to
+    /// [`CHANGE_REACH_BOUND`].
+    pub async fn whoami_after_change(
+        &self,
+        access: &str,
+    ) -> Result<Result<String, u16>, reqwest::Error> {
+        let deadline = std::time::Instant::now() + CHANGE_REACH_BOUND;
+        loop {
+            let answer = self.whoami(access).await?;
+            if answer.is_err() || std::time::Instant::now() > deadline {
+                return Ok(answer);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The email `authenticatedUser` reports for `access`, or the HTTP status on failure.
     pub async fn whoami(&self, access: &str) -> Result<Result<String, u16>, reqwest::Error> {
         let (status, _, body) = self
@@ -238,6 +271,11 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// A generous bound for a change committed by another process to reach a running server
+/// (SQLite: the 100 ms audit-log poll; PostgreSQL: NOTIFY). Not a speed claim: a correctness
+/// deadline, far above the expected delay so a loaded CI machine does not fail the test.
+pub const CHANGE_REACH_BOUND: Duration = Duration::from_secs(10);
 
 /// Runs an admin command against `data_dir`.
 pub fn prismd(data_dir: &Path, args: &[&str]) -> Result<Output, std::io::Error> {

@@ -1,0 +1,562 @@
+//! The read-through cache in front of the two hot-path reads (a refresh grant by token hash,
+//! the principal behind an access token) and the rules that keep it from outliving a revoke.
+//!
+//! A cached entry is dropped when:
+//! - this process changes the user (every write below that can change someone's standing
+//!   invalidates that user before it returns, so a revoke answered 200 holds on this replica
+//!   at once);
+//! - another process's change is heard through [`Store::follow_changes`] (PostgreSQL
+//!   `LISTEN/NOTIFY`, or SQLite's audit-log poll), which calls [`CachedStore::apply`];
+//! - it is older than the configured lifetime: the bound when a notification is missed, for
+//!   example while the listener reconnects.
+//!
+//! Only positive answers are cached: an unknown token hash always goes to the database, so
+//! a token minted a moment ago on another replica works everywhere at once.
+//!
+//! Fills race with invalidations: a read that started before an invalidation may return
+//! after it with the old state. Every invalidation takes a tick of a logical clock, every fill
+//! records the tick at which its read started, and an entry counts only if its read started
+//! after the last invalidation of its user.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use super::{
+    AuditEvent, AuditRecord, Change, CodeRedemption, Credentials, DeviceCode, NewAuthorizationCode,
+    NewDeviceCode, NewOrganization, NewRefreshToken, NewUser, Organization, PrincipalRecord,
+    ProfileChanges, RefreshGrant, Removal, SigningKeyRecord, Store, StoreError, TokenUse, User,
+};
+
+/// How long and how much the cache keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// Longest an entry is trusted without a notification; zero turns the cache off.
+    pub ttl: Duration,
+    /// Most entries of each kind; when full, expired entries go first, then all.
+    pub capacity: usize,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(5),
+            capacity: 100_000,
+        }
+    }
+}
+
+/// Counters for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub invalidations: u64,
+}
+
+struct Entry<T> {
+    value: T,
+    /// Logical time at which the read that produced `value` started.
+    read_started: u64,
+    filled_at: Instant,
+}
+
+#[derive(Default)]
+struct Entries {
+    grants: HashMap<[u8; 32], Entry<RefreshGrant>>,
+    principals: HashMap<(String, String), Entry<PrincipalRecord>>,
+    /// Per user, the logical time of the last invalidation and when it happened (entries
+    /// older than the lifetime expire anyway, so older marks can be forgotten).
+    invalidated: HashMap<String, (u64, Instant)>,
+    /// Logical time of the last "everything changed".
+    cleared: u64,
+}
+
+impl Entries {
+    fn is_current<T>(&self, entry: &Entry<T>, user_id: &str, ttl: Duration) -> bool {
+        entry.filled_at.elapsed() < ttl
+            && entry.read_started >= self.cleared
+            && self
+                .invalidated
+                .get(user_id)
+                .is_none_or(|(at, _)| entry.read_started >= *at)
+    }
+}
+
+/// A [`Store`] that answers [`Store::find_refresh_grant`] and [`Store::principal`] from
+/// memory while they are known to be current, and passes everything else through.
+pub struct CachedStore {
+    inner: Arc<dyn Store>,
+    settings: CacheSettings,
+    clock: AtomicU64,
+    entries: Mutex<Entries>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    invalidations: AtomicU64,
+}
+
+impl CachedStore {
+    pub fn new(inner: Arc<dyn Store>, settings: CacheSettings) -> Self {
+        Self {
+            inner,
+            settings,
+            clock: AtomicU64::new(1),
+            entries: Mutex::new(Entries::default()),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            invalidations: AtomicU64::new(0),
+        }
+    }
+
+    /// The store behind the cache (for following changes without the cache in the way).
+    pub fn inner(&self) -> &Arc<dyn Store> {
+        &self.inner
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            invalidations: self.invalidations.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Drops what `change` may have made stale.
+    pub fn apply(&self, change: &Change) {
+        match &change.user_id {
+            Some(user_id) => self.invalidate_user(user_id),
+            None => self.invalidate_all(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Entries> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way that
+        // matters (each operation is one insert or remove), so a poisoned lock is still usable.
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn invalidate_user(&self, user_id: &str) {
+        self.invalidations.fetch_add(1, Ordering::Relaxed);
+        let mut entries = self.lock();
+        let at = self.clock.fetch_add(1, Ordering::SeqCst) + 1;
+        let now = Instant::now();
+        if entries.invalidated.len() >= self.settings.capacity {
+            let ttl = self.settings.ttl;
+            entries
+                .invalidated
+                .retain(|_, (_, when)| now.duration_since(*when) < ttl);
+        }
+        entries.invalidated.insert(user_id.to_owned(), (at, now));
+    }
+
+    fn invalidate_all(&self) {
+        self.invalidations.fetch_add(1, Ordering::Relaxed);
+        let mut entries = self.lock();
+        entries.cleared = self.clock.fetch_add(1, Ordering::SeqCst) + 1;
+        entries.grants.clear();
+        entries.principals.clear();
+        entries.invalidated.clear();
+    }
+
+    /// The logical time a read starts at.
+    fn read_start(&self) -> u64 {
+        self.clock.load(Ordering::SeqCst)
+    }
+
+    fn count(&self, hit: bool) {
+        let counter = if hit { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Inserts unless the read is already stale; makes room first when the map is full.
+fn insert_bounded<K: std::hash::Hash + Eq, T>(
+    map: &mut HashMap<K, Entry<T>>,
+    key: K,
+    entry: Entry<T>,
+    settings: CacheSettings,
+) {
+    if map.len() >= settings.capacity {
+        map.retain(|_, e| e.filled_at.elapsed() < settings.ttl);
+        if map.len() >= settings.capacity {
+            map.clear();
+        }
+    }
+    map.insert(key, entry);
+}
+
+#[async_trait]
+impl Store for CachedStore {
+    async fn find_refresh_grant(
+        &self,
+        token_hash: &[u8; 32],
+    ) -> Result<Option<RefreshGrant>, StoreError> {
+        {
+            let entries = self.lock();
+            if let Some(entry) = entries.grants.get(token_hash)
+                && entries.is_current(entry, &entry.value.user_id, self.settings.ttl)
+            {
+                self.count(true);
+                return Ok(Some(entry.value.clone()));
+            }
+        }
+        self.count(false);
+        let read_started = self.read_start();
+        let found = self.inner.find_refresh_grant(token_hash).await?;
+        if let Some(grant) = &found {
+            let entry = Entry {
+                value: grant.clone(),
+                read_started,
+                filled_at: Instant::now(),
+            };
+            let mut entries = self.lock();
+            if entries.is_current(&entry, &grant.user_id, self.settings.ttl) {
+                insert_bounded(&mut entries.grants, *token_hash, entry, self.settings);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn principal(
+        &self,
+        user_id: &str,
+        session_id: &str,
+    ) -> Result<Option<PrincipalRecord>, StoreError> {
+        let key = (user_id.to_owned(), session_id.to_owned());
+        {
+            let entries = self.lock();
+            if let Some(entry) = entries.principals.get(&key)
+                && entries.is_current(entry, user_id, self.settings.ttl)
+            {
+                self.count(true);
+                return Ok(Some(entry.value.clone()));
+            }
+        }
+        self.count(false);
+        let read_started = self.read_start();
+        let found = self.inner.principal(user_id, session_id).await?;
+        if let Some(record) = &found {
+            let entry = Entry {
+                value: record.clone(),
+                read_started,
+                filled_at: Instant::now(),
+            };
+            let mut entries = self.lock();
+            if entries.is_current(&entry, user_id, self.settings.ttl) {
+                insert_bounded(&mut entries.principals, key, entry, self.settings);
+            }
+        }
+        Ok(found)
+    }
+
+    // Writes that can change someone's standing: invalidate whatever the outcome, because an
+    // error may still have come after the commit.
+
+    async fn update_profile(
+        &self,
+        user_id: &str,
+        changes: ProfileChanges,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let outcome = self.inner.update_profile(user_id, changes, audit).await;
+        self.invalidate_user(user_id);
+        outcome
+    }
+
+    async fn remove_user(
+        &self,
+        user_id: &str,
+        at: i64,
+        audit: AuditEvent,
+    ) -> Result<Removal, StoreError> {
+        let outcome = self.inner.remove_user(user_id, at, audit).await;
+        self.invalidate_user(user_id);
+        outcome
+    }
+
+    async fn set_password_hash(
+        &self,
+        user_id: &str,
+        password_hash: &str,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let outcome = self
+            .inner
+            .set_password_hash(user_id, password_hash, audit)
+            .await;
+        self.invalidate_user(user_id);
+        outcome
+    }
+
+    async fn revoke_all_tokens(
+        &self,
+        user_id: &str,
+        expected_epoch: i64,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let outcome = self
+            .inner
+            .revoke_all_tokens(user_id, expected_epoch, audit)
+            .await;
+        self.invalidate_user(user_id);
+        outcome
+    }
+
+    async fn revoke_session(
+        &self,
+        token_id: &str,
+        user_id: &str,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let outcome = self.inner.revoke_session(token_id, user_id, audit).await;
+        self.invalidate_user(user_id);
+        outcome
+    }
+
+    async fn redeem_authorization_code(
+        &self,
+        code_hash: &[u8; 32],
+        at: i64,
+    ) -> Result<CodeRedemption, StoreError> {
+        let outcome = self.inner.redeem_authorization_code(code_hash, at).await;
+        // A replay revokes the session issued from the code; whose it is, only the database
+        // knows, and replays are rare.
+        if !matches!(
+            outcome,
+            Ok(CodeRedemption::Redeemed(_) | CodeRedemption::Unknown)
+        ) {
+            self.invalidate_all();
+        }
+        outcome
+    }
+
+    // Everything else passes through: it is not cached, or cannot make a cached entry wrong
+    // (a new user or token has no entry yet; only positive answers are cached).
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+
+    async fn bootstrap(
+        &self,
+        org: NewOrganization,
+        owner: NewUser,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        self.inner.bootstrap(org, owner, audit).await
+    }
+
+    async fn default_organization(&self) -> Result<Option<Organization>, StoreError> {
+        self.inner.default_organization().await
+    }
+
+    async fn list_organizations(&self) -> Result<Vec<Organization>, StoreError> {
+        self.inner.list_organizations().await
+    }
+
+    async fn organization_by_tenant(
+        &self,
+        tenant_id: &str,
+    ) -> Result<Option<Organization>, StoreError> {
+        self.inner.organization_by_tenant(tenant_id).await
+    }
+
+    async fn create_organization(
+        &self,
+        org: NewOrganization,
+        audit: AuditEvent,
+    ) -> Result<(), StoreError> {
+        self.inner.create_organization(org, audit).await
+    }
+
+    async fn create_user(&self, user: NewUser, audit: AuditEvent) -> Result<User, StoreError> {
+        self.inner.create_user(user, audit).await
+    }
+
+    async fn find_active_user_by_email(
+        &self,
+        org_id: &str,
+        email: &str,
+    ) -> Result<Option<User>, StoreError> {
+        self.inner.find_active_user_by_email(org_id, email).await
+    }
+
+    async fn users_page(
+        &self,
+        org_id: &str,
+        after: Option<(i64, String)>,
+        limit: i64,
+    ) -> Result<Vec<User>, StoreError> {
+        self.inner.users_page(org_id, after, limit).await
+    }
+
+    async fn member(&self, org_id: &str, user_id: &str) -> Result<Option<User>, StoreError> {
+        self.inner.member(org_id, user_id).await
+    }
+
+    async fn has_password(&self, user_id: &str) -> Result<bool, StoreError> {
+        self.inner.has_password(user_id).await
+    }
+
+    async fn insert_invitation(
+        &self,
+        token_hash: &[u8; 32],
+        user_id: &str,
+        expires_at: i64,
+        audit: AuditEvent,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .insert_invitation(token_hash, user_id, expires_at, audit)
+            .await
+    }
+
+    async fn invitation_user(
+        &self,
+        token_hash: &[u8; 32],
+        now: i64,
+    ) -> Result<Option<User>, StoreError> {
+        self.inner.invitation_user(token_hash, now).await
+    }
+
+    async fn accept_invitation(
+        &self,
+        token_hash: &[u8; 32],
+        password_hash: &str,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .accept_invitation(token_hash, password_hash, audit)
+            .await
+    }
+
+    async fn list_users(
+        &self,
+        org_id: &str,
+        include_removed: bool,
+    ) -> Result<Vec<User>, StoreError> {
+        self.inner.list_users(org_id, include_removed).await
+    }
+
+    async fn insert_refresh_token(
+        &self,
+        token: NewRefreshToken,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        self.inner.insert_refresh_token(token, audit).await
+    }
+
+    async fn credentials_by_email(&self, email: &str) -> Result<Vec<Credentials>, StoreError> {
+        self.inner.credentials_by_email(email).await
+    }
+
+    async fn active_user(&self, user_id: &str) -> Result<Option<User>, StoreError> {
+        self.inner.active_user(user_id).await
+    }
+
+    async fn organizations_of_email(&self, email: &str) -> Result<Vec<Organization>, StoreError> {
+        self.inner.organizations_of_email(email).await
+    }
+
+    async fn insert_authorization_code(
+        &self,
+        code: NewAuthorizationCode,
+    ) -> Result<(), StoreError> {
+        self.inner.insert_authorization_code(code).await
+    }
+
+    async fn insert_device_code(&self, code: NewDeviceCode) -> Result<(), StoreError> {
+        self.inner.insert_device_code(code).await
+    }
+
+    async fn poll_device_code(
+        &self,
+        device_code_hash: &[u8; 32],
+        at: i64,
+    ) -> Result<Option<DeviceCode>, StoreError> {
+        self.inner.poll_device_code(device_code_hash, at).await
+    }
+
+    async fn decide_device_code(
+        &self,
+        user_code_hash: &[u8; 32],
+        approve_for: Option<&str>,
+        at: i64,
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .decide_device_code(user_code_hash, approve_for, at)
+            .await
+    }
+
+    async fn redeem_device_code(&self, device_code_hash: &[u8; 32]) -> Result<bool, StoreError> {
+        self.inner.redeem_device_code(device_code_hash).await
+    }
+
+    async fn slow_down_device_code(
+        &self,
+        device_code_hash: &[u8; 32],
+        interval_secs: i64,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .slow_down_device_code(device_code_hash, interval_secs)
+            .await
+    }
+
+    async fn insert_browser_session(
+        &self,
+        id_hash: &[u8; 32],
+        user_id: &str,
+        created_at: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .insert_browser_session(id_hash, user_id, created_at, expires_at)
+            .await
+    }
+
+    async fn browser_session_user(
+        &self,
+        id_hash: &[u8; 32],
+        now: i64,
+    ) -> Result<Option<User>, StoreError> {
+        self.inner.browser_session_user(id_hash, now).await
+    }
+
+    async fn delete_browser_session(&self, id_hash: &[u8; 32]) -> Result<(), StoreError> {
+        self.inner.delete_browser_session(id_hash).await
+    }
+
+    async fn record_token_uses(&self, uses: &[TokenUse]) -> Result<(), StoreError> {
+        self.inner.record_token_uses(uses).await
+    }
+
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
+        self.inner.signing_keys().await
+    }
+
+    async fn insert_signing_key_if_none_active(
+        &self,
+        key: SigningKeyRecord,
+    ) -> Result<(), StoreError> {
+        self.inner.insert_signing_key_if_none_active(key).await
+    }
+
+    async fn recent_audit_events(&self, limit: i64) -> Result<Vec<AuditRecord>, StoreError> {
+        self.inner.recent_audit_events(limit).await
+    }
+
+    async fn follow_changes(
+        &self,
+        on_change: &(dyn Fn(Change) + Send + Sync),
+    ) -> Result<(), StoreError> {
+        self.inner.follow_changes(on_change).await
+    }
+
+    async fn close(&self) {
+        self.inner.close().await;
+    }
+}
