@@ -12,5 +12,6 @@ mod login;
 mod official_cli;
 mod ops;
 mod postgres;
+mod replicas;
 mod seed;
 mod tls;
