@@ -4,6 +4,7 @@
 //! reports requests/s, latency percentiles, errors and the server's CPU and memory.
 
 mod client;
+mod propagation;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -36,9 +37,17 @@ struct Args {
     /// Unmeasured warm-up per scenario.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     warmup: Duration,
-    /// Scenarios to run, comma-separated: refresh, oauth-token, api.
+    /// Scenarios to run, comma-separated: refresh, oauth-token, api; or `propagation` alone
+    /// (two replicas on PostgreSQL; needs --database-url).
     #[arg(long, value_delimiter = ',', default_value = "refresh,oauth-token,api")]
     scenarios: Vec<String>,
+    /// A PostgreSQL server where the benchmark may create (and afterwards drop) a database,
+    /// e.g. postgres://postgres@127.0.0.1:5432/test.
+    #[arg(long, env = "PRISM_BENCH_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Revokes the propagation scenario measures.
+    #[arg(long, default_value_t = 200)]
+    revokes: usize,
     /// Path of the prismd binary (default: next to this binary, built if missing).
     #[arg(long)]
     prismd: Option<PathBuf>,
@@ -68,15 +77,54 @@ async fn main() -> anyhow::Result<()> {
         None => locate_prismd()?,
     };
     let data_dir = std::env::temp_dir().join(format!("prism-bench-{}", std::process::id()));
-    let result = run(&args, &prismd_bin, &data_dir).await;
+    let result = if args.scenarios.iter().any(|s| s == "propagation") {
+        run_propagation(&args, &prismd_bin, &data_dir).await
+    } else {
+        run(&args, &prismd_bin, &data_dir).await
+    };
     let _ = std::fs::remove_dir_all(&data_dir);
     result
+}
+
+async fn run_propagation(args: &Args, prismd_bin: &Path, work_dir: &Path) -> anyhow::Result<()> {
+    if args.scenarios.len() != 1 {
+        bail!("run the propagation scenario on its own");
+    }
+    let url = args
+        .database_url
+        .as_deref()
+        .context("the propagation scenario needs --database-url postgres://...")?;
+    let report = propagation::run(url, prismd_bin, work_dir, args.revokes).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{:<12} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "scenario", "revokes", "missed", "p50 ms", "p99 ms", "max ms"
+        );
+        println!(
+            "{:<12} {:>8} {:>8} {:>8.2} {:>8.2} {:>8.2}",
+            "propagation",
+            report.revokes,
+            report.missed,
+            report.p50_ms,
+            report.p99_ms,
+            report.max_ms
+        );
+    }
+    if report.missed > 0 {
+        bail!(
+            "{} revokes did not reach the other replica in time",
+            report.missed
+        );
+    }
+    Ok(())
 }
 
 async fn run(args: &Args, prismd_bin: &Path, data_dir: &Path) -> anyhow::Result<()> {
     let port = free_port()?;
     let address = format!("127.0.0.1:{port}");
-    let mut server = ServerProcess::start(prismd_bin, data_dir, &address)?;
+    let mut server = ServerProcess::start(prismd_bin, data_dir, &address, &[])?;
     server.wait_ready(&address).await?;
 
     eprintln!(
@@ -343,11 +391,12 @@ struct ServerProcess {
 }
 
 impl ServerProcess {
-    fn start(bin: &Path, data_dir: &Path, address: &str) -> anyhow::Result<Self> {
+    fn start(bin: &Path, data_dir: &Path, address: &str, extra: &[&str]) -> anyhow::Result<Self> {
         let child = Command::new(bin)
             .arg("--data-dir")
             .arg(data_dir)
             .args(["serve", "--listen", address])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
