@@ -55,6 +55,9 @@ impl Default for PgPoolSettings {
 /// PostgreSQL-backed [`Store`].
 pub struct PostgresStore {
     pool: PgPool,
+    /// For the change feed's own connection, outside the pool (a `LISTEN` holds its
+    /// connection for good, and must not take one of the requests').
+    options: PgConnectOptions,
 }
 
 impl PostgresStore {
@@ -87,9 +90,9 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections.max(1))
             .acquire_timeout(settings.acquire_timeout)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
-        Ok(Self { pool })
+        Ok(Self { pool, options })
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
@@ -1064,7 +1067,13 @@ impl Store for PostgresStore {
         &self,
         on_change: &(dyn Fn(Change) + Send + Sync),
     ) -> Result<(), StoreError> {
-        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        let own = PgPoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(self.options.clone())
+            .await?;
+        let mut listener = sqlx::postgres::PgListener::connect_with(&own).await?;
         listener.listen(CHANGES_CHANNEL).await?;
         // Changes committed before LISTEN took effect were never heard.
         on_change(Change::everything());
