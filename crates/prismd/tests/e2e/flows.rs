@@ -86,9 +86,18 @@ async fn revoke_all_kills_every_token_of_the_user_and_only_theirs() -> TestResul
 #[tokio::test]
 async fn removed_user_gets_nothing_and_readding_resurrects_nothing() -> TestResult {
     let dir = temp_dir()?;
-    let server = Server::start(dir.path())?;
+    // A cache lifetime far beyond the test's deadline: the removal below, made by an admin
+    // command in another process, must reach the server through the change feed.
+    let server = Server::start_with(
+        dir.path(),
+        Options {
+            args: vec!["--cache-ttl".into(), "10m".into()],
+            ..Options::default()
+        },
+    )?;
     let token = user_with_token(dir.path(), "eve@example.com")?;
     let access = server.access_token(&token).await?;
+    assert_eq!(server.whoami(&access).await?, Ok("eve@example.com".into()));
     let old_id = admin_ok(dir.path(), &["users", "list", "--json"])?;
 
     admin_ok(
