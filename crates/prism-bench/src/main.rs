@@ -1,48 +1,60 @@
-//! `prism-bench`: starts a real `prismd` (release build) on a fresh data directory, seeds users
-//! and refresh tokens through the server's own store, then drives each scenario at a fixed
+//! `prism-bench`: starts a real `prismd` (release build; SQLite, or PostgreSQL with
+//! `--database-url`) and, beside it, a ceiling server that does only the unavoidable work of
+//! an exchange. Seeds users and refresh tokens, then drives each scenario at a fixed
 //! concurrency for a fixed time over loopback with a minimal keep-alive HTTP/1.1 client, and
-//! reports requests/s, latency percentiles, errors and the server's CPU and memory.
+//! reports requests/s, latency percentiles, errors, the server's CPU and memory, and each
+//! figure as a ratio to the ceiling measured in the same run.
 
+mod ceiling;
 mod client;
 mod propagation;
+mod seed;
+mod server;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use prismd::domain::accounts::{self, Role, UserDraft};
-use prismd::domain::{RequestMeta, auth};
-use prismd::store::SqliteStore;
 use serde::Serialize;
+
+use crate::server::{ServerProcess, free_port, locate_prismd};
+
+const ALL_SCENARIOS: &str = "ceiling, refresh, oauth-token, api, revoke; or propagation alone";
 
 #[derive(Parser)]
 #[command(about = "Benchmark prismd's hot paths over loopback")]
 struct Args {
-    /// Refresh tokens to seed.
+    /// Refresh tokens to seed for the exchange and API scenarios.
     #[arg(long, default_value_t = 10_000)]
     tokens: usize,
-    /// Users the tokens are spread over.
+    /// Users those tokens are spread over.
     #[arg(long, default_value_t = 100)]
     users: usize,
+    /// Further users with one token each, for the revoke scenario (each revoked once).
+    #[arg(long, default_value_t = 20_000)]
+    revocable: usize,
     /// Concurrent keep-alive connections.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
     /// Measured time per scenario.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
-    /// Unmeasured warm-up per scenario.
+    /// Unmeasured warm-up per scenario (not for revoke, whose tokens are used once).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     warmup: Duration,
-    /// Scenarios to run, comma-separated: refresh, oauth-token, api; or `propagation` alone
-    /// (two replicas on PostgreSQL; needs --database-url).
-    #[arg(long, value_delimiter = ',', default_value = "refresh,oauth-token,api")]
+    /// Scenarios to run, comma-separated: ceiling, refresh, oauth-token, api, revoke; or
+    /// `propagation` alone (two replicas on PostgreSQL; needs --database-url).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ceiling,refresh,oauth-token,api,revoke"
+    )]
     scenarios: Vec<String>,
     /// A PostgreSQL server where the benchmark may create (and afterwards drop) a database,
-    /// e.g. postgres://postgres@127.0.0.1:5432/test.
+    /// e.g. postgres://postgres@127.0.0.1:5432/test. Without it, prismd runs on SQLite.
     #[arg(long, env = "PRISM_BENCH_DATABASE_URL")]
     database_url: Option<String>,
     /// Revokes the propagation scenario measures.
@@ -54,11 +66,15 @@ struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Internal: serve the ceiling on this address instead of benchmarking.
+    #[arg(long, hide = true)]
+    serve_ceiling: Option<String>,
 }
 
 #[derive(Serialize)]
 struct Report {
     scenario: String,
+    backend: &'static str,
     requests: u64,
     errors: u64,
     requests_per_sec: f64,
@@ -67,22 +83,35 @@ struct Report {
     p999_ms: f64,
     server_cpu_sec_per_1000: f64,
     server_peak_rss_mib: f64,
+    /// Requests/s as a share of the ceiling's, measured in the same run.
+    ratio_to_ceiling: Option<f64>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(listen) = &args.serve_ceiling {
+        return ceiling::serve(listen).await;
+    }
     let prismd_bin = match &args.prismd {
         Some(path) => path.clone(),
         None => locate_prismd()?,
     };
-    let data_dir = std::env::temp_dir().join(format!("prism-bench-{}", std::process::id()));
+    let work_dir = std::env::temp_dir().join(format!("prism-bench-{}", std::process::id()));
     let result = if args.scenarios.iter().any(|s| s == "propagation") {
-        run_propagation(&args, &prismd_bin, &data_dir).await
+        run_propagation(&args, &prismd_bin, &work_dir).await
     } else {
-        run(&args, &prismd_bin, &data_dir).await
+        match &args.database_url {
+            Some(admin_url) => {
+                let db = seed::FreshPostgres::create(admin_url).await?;
+                let outcome = run(&args, &prismd_bin, &work_dir, Some(&db.url)).await;
+                db.drop_now().await?;
+                outcome
+            }
+            None => run(&args, &prismd_bin, &work_dir, None).await,
+        }
     };
-    let _ = std::fs::remove_dir_all(&data_dir);
+    let _ = std::fs::remove_dir_all(&work_dir);
     result
 }
 
@@ -121,78 +150,96 @@ async fn run_propagation(args: &Args, prismd_bin: &Path, work_dir: &Path) -> any
     Ok(())
 }
 
-async fn run(args: &Args, prismd_bin: &Path, data_dir: &Path) -> anyhow::Result<()> {
-    let port = free_port()?;
-    let address = format!("127.0.0.1:{port}");
-    let mut server = ServerProcess::start(prismd_bin, data_dir, &address, &[])?;
+/// Requests of one scenario, and whether each may be sent more than once.
+struct Workload {
+    requests: Vec<Vec<u8>>,
+    reuse: bool,
+}
+
+async fn run(
+    args: &Args,
+    prismd_bin: &Path,
+    work_dir: &Path,
+    postgres_url: Option<&str>,
+) -> anyhow::Result<()> {
+    for scenario in &args.scenarios {
+        if !["ceiling", "refresh", "oauth-token", "api", "revoke"].contains(&scenario.as_str()) {
+            bail!("unknown scenario {scenario}; use {ALL_SCENARIOS}");
+        }
+    }
+    let backend = if postgres_url.is_some() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    let address = format!("127.0.0.1:{}", free_port()?);
+    let extra: Vec<&str> = postgres_url
+        .map(|url| vec!["--database-url", url])
+        .unwrap_or_default();
+    let mut server = ServerProcess::prismd(prismd_bin, work_dir, &address, &extra)?;
     server.wait_ready(&address).await?;
 
+    let wants_revoke = args.scenarios.iter().any(|s| s == "revoke");
+    let revocable = if wants_revoke { args.revocable } else { 0 };
     eprintln!(
-        "seeding {} refresh tokens over {} users ...",
+        "seeding {} refresh tokens over {} users, and {revocable} revocable users ...",
         args.tokens, args.users
     );
-    let refresh_tokens = seed(data_dir, args.users, args.tokens).await?;
+    let target = match postgres_url {
+        Some(url) => seed::Target::Postgres(url.to_owned()),
+        None => seed::Target::Sqlite(work_dir.join(prismd::store::DATABASE_FILE)),
+    };
+    let seeded_at = Instant::now();
+    let seeded = seed::seed(&target, args.users, args.tokens, revocable).await?;
+    eprintln!("seeded in {:.1} s", seeded_at.elapsed().as_secs_f64());
     let access_tokens = fetch_access_tokens(
         &address,
-        &refresh_tokens[..args.users.min(refresh_tokens.len())],
+        &seeded.shared[..args.users.min(seeded.shared.len())],
     )
     .await?;
 
+    let mut ceiling_rps = None;
     let mut reports = Vec::new();
     for scenario in &args.scenarios {
-        let requests: Vec<Vec<u8>> = match scenario.as_str() {
-            "refresh" => refresh_tokens
-                .iter()
-                .map(|t| {
-                    client::json_post(
-                        "/auth/refresh",
-                        &address,
-                        None,
-                        &format!(r#"{{"refresh_token":"{t}"}}"#),
-                    )
-                })
-                .collect(),
-            "oauth-token" => refresh_tokens
-                .iter()
-                .map(|t| {
-                    client::form_post(
-                        "/oauth/token",
-                        &address,
-                        &format!("grant_type=refresh_token&client_id=prism-cli&refresh_token={t}"),
-                    )
-                })
-                .collect(),
-            "api" => access_tokens
-                .iter()
-                .map(|a| {
-                    client::json_post(
-                        "/api",
-                        &address,
-                        Some(a),
-                        r#"{"query":"{ authenticatedUser { id } }"}"#,
-                    )
-                })
-                .collect(),
-            other => bail!("unknown scenario {other}; use refresh, oauth-token or api"),
+        let (target_address, process) = if scenario == "ceiling" {
+            let ceiling_address = format!("127.0.0.1:{}", free_port()?);
+            let mut ceiling = ServerProcess::ceiling(&ceiling_address)?;
+            ceiling.wait_ready(&ceiling_address).await?;
+            (ceiling_address, Some(ceiling))
+        } else {
+            (address.clone(), None)
         };
+        let measured = process.as_ref().unwrap_or(&server);
+        let workload = workload(scenario, &target_address, &seeded, &access_tokens);
         eprintln!(
             "{scenario}: warm-up {:?}, measuring {:?} at {} connections",
             args.warmup, args.duration, args.concurrency
         );
-        drive(&address, &requests, args.concurrency, args.warmup).await?;
-        let cpu_before = server.cpu_seconds()?;
+        if workload.reuse {
+            drive(&target_address, &workload, args.concurrency, args.warmup).await?;
+        }
+        let cpu_before = measured.cpu_seconds()?;
         let started = Instant::now();
-        let outcome = drive(&address, &requests, args.concurrency, args.duration).await?;
+        let outcome = drive(&target_address, &workload, args.concurrency, args.duration).await?;
         let elapsed = started.elapsed().as_secs_f64();
-        let cpu = server.cpu_seconds()? - cpu_before;
+        let cpu = measured.cpu_seconds()? - cpu_before;
         let mut latencies = outcome.latencies_us;
         latencies.sort_unstable();
         let total = latencies.len() as u64;
+        let requests_per_sec = total as f64 / elapsed;
+        if scenario == "ceiling" {
+            ceiling_rps = Some(requests_per_sec);
+        }
         reports.push(Report {
             scenario: scenario.clone(),
+            backend: if scenario == "ceiling" {
+                "none"
+            } else {
+                backend
+            },
             requests: total,
             errors: outcome.errors,
-            requests_per_sec: total as f64 / elapsed,
+            requests_per_sec,
             p50_ms: percentile(&latencies, 0.50),
             p99_ms: percentile(&latencies, 0.99),
             p999_ms: percentile(&latencies, 0.999),
@@ -201,43 +248,117 @@ async fn run(args: &Args, prismd_bin: &Path, data_dir: &Path) -> anyhow::Result<
             } else {
                 0.0
             },
-            server_peak_rss_mib: server.peak_rss_mib()?,
+            server_peak_rss_mib: measured.peak_rss_mib()?,
+            ratio_to_ceiling: None,
         });
-    }
-    server.stop();
-
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
-    } else {
-        println!(
-            "{:<12} {:>10} {:>8} {:>10} {:>8} {:>8} {:>8} {:>12} {:>10}",
-            "scenario",
-            "requests",
-            "errors",
-            "req/s",
-            "p50 ms",
-            "p99 ms",
-            "p99.9 ms",
-            "cpu s/1000",
-            "peak MiB"
-        );
-        for r in &reports {
-            println!(
-                "{:<12} {:>10} {:>8} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>12.3} {:>10.1}",
-                r.scenario,
-                r.requests,
-                r.errors,
-                r.requests_per_sec,
-                r.p50_ms,
-                r.p99_ms,
-                r.p999_ms,
-                r.server_cpu_sec_per_1000,
-                r.server_peak_rss_mib
-            );
+        if let Some(mut ceiling) = process {
+            ceiling.stop();
         }
     }
+    server.stop();
+    if let Some(ceiling) = ceiling_rps.filter(|rps| *rps > 0.0) {
+        for report in &mut reports {
+            report.ratio_to_ceiling = Some(report.requests_per_sec / ceiling);
+        }
+    }
+    print_reports(&reports, args.json)?;
     if reports.iter().any(|r| r.errors > 0) {
         bail!("some requests failed; see the errors column");
+    }
+    Ok(())
+}
+
+fn workload(
+    scenario: &str,
+    address: &str,
+    seeded: &seed::Seeded,
+    access_tokens: &[String],
+) -> Workload {
+    let json_refresh = |t: &String| format!(r#"{{"refresh_token":"{t}"}}"#);
+    match scenario {
+        "ceiling" | "refresh" => Workload {
+            requests: seeded
+                .shared
+                .iter()
+                .map(|t| client::json_post("/auth/refresh", address, None, &json_refresh(t)))
+                .collect(),
+            reuse: true,
+        },
+        "oauth-token" => Workload {
+            requests: seeded
+                .shared
+                .iter()
+                .map(|t| {
+                    client::form_post(
+                        "/oauth/token",
+                        address,
+                        &format!("grant_type=refresh_token&client_id=prism-cli&refresh_token={t}"),
+                    )
+                })
+                .collect(),
+            reuse: true,
+        },
+        "api" => Workload {
+            requests: access_tokens
+                .iter()
+                .map(|a| {
+                    client::json_post(
+                        "/api",
+                        address,
+                        Some(a),
+                        r#"{"query":"{ authenticatedUser { id } }"}"#,
+                    )
+                })
+                .collect(),
+            reuse: true,
+        },
+        // Each revoke is a durable write only the first time; later ones find the token dead.
+        _ => Workload {
+            requests: seeded
+                .revocable
+                .iter()
+                .map(|t| client::json_post("/auth/revoke", address, None, &json_refresh(t)))
+                .collect(),
+            reuse: false,
+        },
+    }
+}
+
+fn print_reports(reports: &[Report], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(reports)?);
+        return Ok(());
+    }
+    println!(
+        "{:<12} {:<9} {:>9} {:>6} {:>8} {:>7} {:>7} {:>8} {:>10} {:>8} {:>9}",
+        "scenario",
+        "backend",
+        "requests",
+        "errors",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "cpu s/1000",
+        "peak MiB",
+        "x ceiling"
+    );
+    for r in reports {
+        println!(
+            "{:<12} {:<9} {:>9} {:>6} {:>8.0} {:>7.2} {:>7.2} {:>8.2} {:>10.3} {:>8.1} {:>9}",
+            r.scenario,
+            r.backend,
+            r.requests,
+            r.errors,
+            r.requests_per_sec,
+            r.p50_ms,
+            r.p99_ms,
+            r.p999_ms,
+            r.server_cpu_sec_per_1000,
+            r.server_peak_rss_mib,
+            r.ratio_to_ceiling
+                .map_or_else(|| "-".to_owned(), |ratio| format!("{ratio:.2}"))
+        );
     }
     Ok(())
 }
@@ -255,27 +376,45 @@ struct Outcome {
     errors: u64,
 }
 
-/// Runs `concurrency` connections, each sending requests from `requests` round-robin
-/// (each from its own offset) until `duration` has passed.
+/// Runs `concurrency` connections until `duration` has passed. A reusable workload is sent
+/// round-robin (each connection from its own offset); a single-use one hands each request
+/// to exactly one connection and ends early when all have been sent.
 async fn drive(
     address: &str,
-    requests: &[Vec<u8>],
+    workload: &Workload,
     concurrency: usize,
     duration: Duration,
 ) -> anyhow::Result<Outcome> {
-    let requests = Arc::new(requests.to_vec());
+    if workload.requests.is_empty() {
+        bail!("nothing to send; seed more tokens");
+    }
+    let requests = Arc::new(workload.requests.clone());
+    let reuse = workload.reuse;
+    let next_single_use = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = tokio::task::JoinSet::new();
     for connection in 0..concurrency {
-        let (requests, stop, address) = (requests.clone(), stop.clone(), address.to_owned());
+        let (requests, stop, next, address) = (
+            requests.clone(),
+            stop.clone(),
+            next_single_use.clone(),
+            address.to_owned(),
+        );
         tasks.spawn(async move {
             let mut conn = client::Connection::open(&address).await?;
             let mut latencies = Vec::with_capacity(100_000);
             let mut errors = 0u64;
             let mut index = connection * 7919;
             while !stop.load(Ordering::Relaxed) {
-                let request = &requests[index % requests.len()];
-                index += 1;
+                let request = if reuse {
+                    index += 1;
+                    &requests[index % requests.len()]
+                } else {
+                    match requests.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        Some(request) => request,
+                        None => break,
+                    }
+                };
                 let started = Instant::now();
                 let status = conn.send(request).await?;
                 latencies.push(u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX));
@@ -286,51 +425,28 @@ async fn drive(
             Ok::<_, anyhow::Error>((latencies, errors))
         });
     }
-    tokio::time::sleep(duration).await;
-    stop.store(true, Ordering::Relaxed);
+    let deadline = tokio::time::sleep(duration);
+    tokio::pin!(deadline);
     let mut outcome = Outcome {
         latencies_us: Vec::new(),
         errors: 0,
     };
-    while let Some(joined) = tasks.join_next().await {
-        let (latencies, errors) = joined??;
-        outcome.latencies_us.extend(latencies);
-        outcome.errors += errors;
+    loop {
+        tokio::select! {
+            () = &mut deadline, if !stop.load(Ordering::Relaxed) => {
+                stop.store(true, Ordering::Relaxed);
+            }
+            joined = tasks.join_next() => match joined {
+                Some(joined) => {
+                    let (latencies, errors) = joined??;
+                    outcome.latencies_us.extend(latencies);
+                    outcome.errors += errors;
+                }
+                None => break,
+            },
+        }
     }
     Ok(outcome)
-}
-
-async fn seed(data_dir: &Path, users: usize, tokens: usize) -> anyhow::Result<Vec<String>> {
-    let store = SqliteStore::open(data_dir, 2).await?;
-    let org = accounts::default_org(&store).await?;
-    let meta = RequestMeta::default();
-    let mut seeded_users = Vec::with_capacity(users);
-    for n in 0..users.max(1) {
-        let draft = UserDraft {
-            email: format!("bench{n}@example.com"),
-            name: None,
-            role: Role::Integrator,
-            password: None,
-            external_id: None,
-        };
-        seeded_users.push(accounts::add_user(&store, &org, draft, "bench".into(), &meta).await?);
-    }
-    let mut secrets = Vec::with_capacity(tokens);
-    for n in 0..tokens.max(1) {
-        let user = &seeded_users[n % seeded_users.len()];
-        secrets.push(
-            auth::mint_refresh_token(
-                &store,
-                user,
-                auth::SessionOrigin::default(),
-                "bench".into(),
-                &meta,
-            )
-            .await?,
-        );
-    }
-    prismd::store::Store::close(&store).await;
-    Ok(secrets)
 }
 
 async fn fetch_access_tokens(
@@ -359,106 +475,4 @@ async fn fetch_access_tokens(
         );
     }
     Ok(out)
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn locate_prismd() -> anyhow::Result<PathBuf> {
-    let here = std::env::current_exe()?;
-    let dir = here.parent().context("no directory for this binary")?;
-    let candidate = dir.join("prismd");
-    if !candidate.exists() {
-        eprintln!("building prismd (release) ...");
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--release", "-p", "prismd"])
-            .status()?;
-        if !status.success() || !candidate.exists() {
-            bail!(
-                "cannot find or build {}; pass --prismd",
-                candidate.display()
-            );
-        }
-    }
-    Ok(candidate)
-}
-
-struct ServerProcess {
-    child: Child,
-}
-
-impl ServerProcess {
-    fn start(bin: &Path, data_dir: &Path, address: &str, extra: &[&str]) -> anyhow::Result<Self> {
-        let child = Command::new(bin)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["serve", "--listen", address])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
-        Ok(Self { child })
-    }
-
-    async fn wait_ready(&mut self, address: &str) -> anyhow::Result<()> {
-        for _ in 0..300 {
-            if let Ok(mut conn) = client::Connection::open(address).await {
-                let request =
-                    format!("GET /readyz HTTP/1.1\r\nHost: {address}\r\n\r\n").into_bytes();
-                if matches!(conn.send(&request).await, Ok(200)) {
-                    return Ok(());
-                }
-            }
-            if let Some(status) = self.child.try_wait()? {
-                bail!("prismd exited during start-up: {status}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        bail!("prismd did not become ready")
-    }
-
-    /// User + system CPU time of the server so far, from /proc.
-    fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        let after_name = stat.rsplit_once(')').context("bad /proc stat")?.1;
-        let fields: Vec<&str> = after_name.split_whitespace().collect();
-        let ticks: f64 = fields.get(11).context("utime")?.parse::<f64>()?
-            + fields.get(12).context("stime")?.parse::<f64>()?;
-        Ok(ticks / 100.0)
-    }
-
-    /// Peak resident memory of the server, from /proc (VmHWM).
-    fn peak_rss_mib(&self) -> anyhow::Result<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let line = status
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .context("no VmHWM")?;
-        let kib: f64 = line
-            .split_whitespace()
-            .nth(1)
-            .context("VmHWM value")?
-            .parse()?;
-        Ok(kib / 1024.0)
-    }
-
-    fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

@@ -12,10 +12,11 @@ use prismd::domain::accounts::{self, Role, UserDraft};
 use prismd::domain::{RequestMeta, auth};
 use prismd::store::{Backend, OpenOptions};
 use serde::Serialize;
-use sqlx::Connection as _;
 
 use crate::client::{self, Connection};
-use crate::{ServerProcess, free_port, percentile};
+use crate::percentile;
+use crate::seed::FreshPostgres;
+use crate::server::{ServerProcess, free_port};
 
 /// Longest wait for one revoke to reach the other replica before it counts as missed.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(10);
@@ -29,28 +30,17 @@ pub struct PropagationReport {
     pub max_ms: f64,
 }
 
-/// Runs `revokes` rounds and reports the delays.
+/// Runs `revokes` rounds on a fresh database in the server `admin_url` names, and reports the
+/// delays.
 pub async fn run(
     admin_url: &str,
     prismd_bin: &Path,
     work_dir: &Path,
     revokes: usize,
 ) -> anyhow::Result<PropagationReport> {
-    let name = format!("prism_bench_{}", std::process::id());
-    let mut admin = sqlx::PgConnection::connect(admin_url)
-        .await
-        .context("cannot connect to --database-url")?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-        .execute(&mut admin)
-        .await?;
-    let mut url = url::Url::parse(admin_url)?;
-    url.set_path(&name);
-    let outcome = measure(url.as_str(), prismd_bin, work_dir, revokes).await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await?;
+    let db = FreshPostgres::create(admin_url).await?;
+    let outcome = measure(&db.url, prismd_bin, work_dir, revokes).await;
+    db.drop_now().await?;
     outcome
 }
 
@@ -69,10 +59,10 @@ async fn measure(
         "1h",
     ];
     let address_a = format!("127.0.0.1:{}", free_port()?);
-    let mut a = ServerProcess::start(prismd_bin, &work_dir.join("a"), &address_a, &replica_args)?;
+    let mut a = ServerProcess::prismd(prismd_bin, &work_dir.join("a"), &address_a, &replica_args)?;
     a.wait_ready(&address_a).await?;
     let address_b = format!("127.0.0.1:{}", free_port()?);
-    let mut b = ServerProcess::start(prismd_bin, &work_dir.join("b"), &address_b, &replica_args)?;
+    let mut b = ServerProcess::prismd(prismd_bin, &work_dir.join("b"), &address_b, &replica_args)?;
     b.wait_ready(&address_b).await?;
 
     let store =

@@ -1,0 +1,216 @@
+//! Seeding: users and refresh tokens written straight into the database `prismd` created, in
+//! multi-row statements, so that a million tokens take seconds rather than the hour a million
+//! single-token transactions would. The rows are the ones `prismd` itself writes (see its
+//! migrations); only the SHA-256 of each secret is stored, as prismd does.
+
+use anyhow::Context;
+use prism_proto::token_format::{self, SecretKind};
+use sha2::{Digest, Sha256};
+use sqlx::Connection as _;
+
+/// Rows per INSERT statement (7 columns each stays under both backends' parameter limits).
+const ROWS_PER_STATEMENT: usize = 1000;
+
+/// Where to seed.
+pub enum Target {
+    Sqlite(std::path::PathBuf),
+    Postgres(String),
+}
+
+/// What was seeded: refresh-token secrets.
+pub struct Seeded {
+    /// `tokens` secrets spread over `users` users (the exchange and API scenarios).
+    pub shared: Vec<String>,
+    /// One secret each of `revocable` further users (the revoke scenario uses each once).
+    pub revocable: Vec<String>,
+}
+
+enum Value {
+    Text(String),
+    Int(i64),
+    Bytes(Vec<u8>),
+}
+
+enum Db {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+/// Binds every value of `rows` to `sql` and runs it, on either backend.
+macro_rules! execute_bound {
+    ($conn:expr, $sql:expr, $rows:expr) => {{
+        let mut query = sqlx::query(sqlx::AssertSqlSafe($sql));
+        for value in $rows {
+            query = match value {
+                Value::Text(text) => query.bind(text),
+                Value::Int(int) => query.bind(int),
+                Value::Bytes(bytes) => query.bind(bytes),
+            };
+        }
+        query.execute($conn).await?;
+    }};
+}
+
+impl Db {
+    async fn open(target: &Target) -> anyhow::Result<Self> {
+        Ok(match target {
+            Target::Sqlite(path) => {
+                let options = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(path)
+                    .busy_timeout(std::time::Duration::from_secs(30));
+                Self::Sqlite(sqlx::SqliteConnection::connect_with(&options).await?)
+            }
+            Target::Postgres(url) => Self::Postgres(sqlx::PgConnection::connect(url).await?),
+        })
+    }
+
+    async fn default_org(&mut self) -> anyhow::Result<String> {
+        let sql = "SELECT id FROM organizations ORDER BY created_at LIMIT 1";
+        let id: Option<String> = match self {
+            Self::Sqlite(conn) => sqlx::query_scalar(sql).fetch_optional(conn).await?,
+            Self::Postgres(conn) => sqlx::query_scalar(sql).fetch_optional(conn).await?,
+        };
+        id.context("prismd has not created its organization yet")
+    }
+
+    /// `INSERT INTO <table> (<columns>) VALUES (...), (...)` for each chunk of rows.
+    async fn insert(
+        &mut self,
+        table_and_columns: &str,
+        columns: usize,
+        rows: Vec<Vec<Value>>,
+    ) -> anyhow::Result<()> {
+        let mut rows = rows.into_iter().peekable();
+        while rows.peek().is_some() {
+            let chunk: Vec<Vec<Value>> = rows.by_ref().take(ROWS_PER_STATEMENT).collect();
+            let placeholders: Vec<String> = (0..chunk.len())
+                .map(|row| {
+                    let cells: Vec<String> = (1..=columns)
+                        .map(|col| format!("${}", row * columns + col))
+                        .collect();
+                    format!("({})", cells.join(", "))
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO {table_and_columns} VALUES {}",
+                placeholders.join(", ")
+            );
+            let values = chunk.into_iter().flatten();
+            match self {
+                Self::Sqlite(conn) => execute_bound!(&mut *conn, sql, values),
+                Self::Postgres(conn) => execute_bound!(&mut *conn, sql, values),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Seeds `users` users sharing `tokens` tokens, and `revocable` users with one token each.
+pub async fn seed(
+    target: &Target,
+    users: usize,
+    tokens: usize,
+    revocable: usize,
+) -> anyhow::Result<Seeded> {
+    let mut db = Db::open(target).await?;
+    let org = db.default_org().await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
+    let now = i64::try_from(now)?;
+    let user_ids: Vec<String> = (0..users.max(1) + revocable)
+        .map(|_| uuid::Uuid::new_v4().to_string())
+        .collect();
+    let user_rows = user_ids
+        .iter()
+        .enumerate()
+        .map(|(n, id)| {
+            vec![
+                Value::Text(id.clone()),
+                Value::Text(org.clone()),
+                Value::Text(format!("bench{n}@example.com")),
+                Value::Text(format!("Bench {n}")),
+                Value::Text("integrator".into()),
+                Value::Int(now),
+                Value::Int(now),
+            ]
+        })
+        .collect();
+    db.insert(
+        "users (id, org_id, email, name, role, created_at, updated_at)",
+        7,
+        user_rows,
+    )
+    .await?;
+
+    let (shared_users, revocable_users) = user_ids.split_at(users.max(1));
+    let owners = (0..tokens.max(1))
+        .map(|n| &shared_users[n % shared_users.len()])
+        .chain(revocable_users.iter());
+    let mut secrets = Vec::with_capacity(tokens + revocable);
+    let mut token_rows = Vec::with_capacity(tokens + revocable);
+    for user_id in owners {
+        let secret = token_format::generate(SecretKind::RefreshToken)
+            .map_err(|_| anyhow::anyhow!("no randomness"))?;
+        token_rows.push(vec![
+            Value::Text(uuid::Uuid::new_v4().to_string()),
+            Value::Bytes(Sha256::digest(secret.as_bytes()).to_vec()),
+            Value::Text(user_id.clone()),
+            Value::Int(0),
+            Value::Text("prism-cli".into()),
+            Value::Text("openid profile email offline_access".into()),
+            Value::Int(now),
+        ]);
+        secrets.push(secret);
+    }
+    db.insert(
+        "refresh_tokens (id, token_hash, user_id, user_epoch, client_id, scope, created_at)",
+        7,
+        token_rows,
+    )
+    .await?;
+    let revocable = secrets.split_off(tokens.max(1));
+    Ok(Seeded {
+        shared: secrets,
+        revocable,
+    })
+}
+
+/// A PostgreSQL database made for one run, dropped by [`FreshPostgres::drop_now`].
+pub struct FreshPostgres {
+    admin_url: String,
+    name: String,
+    pub url: String,
+}
+
+impl FreshPostgres {
+    pub async fn create(admin_url: &str) -> anyhow::Result<Self> {
+        let name = format!("prism_bench_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(admin_url)
+            .await
+            .context("cannot connect to --database-url")?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut admin)
+            .await?;
+        admin.close().await?;
+        let mut url = url::Url::parse(admin_url)?;
+        url.set_path(&name);
+        Ok(Self {
+            admin_url: admin_url.to_owned(),
+            name,
+            url: url.to_string(),
+        })
+    }
+
+    pub async fn drop_now(self) -> anyhow::Result<()> {
+        let mut admin = sqlx::PgConnection::connect(&self.admin_url).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.name
+        )))
+        .execute(&mut admin)
+        .await?;
+        admin.close().await?;
+        Ok(())
+    }
+}
