@@ -98,10 +98,19 @@ async fn open(backend: &Backend) -> anyhow::Result<Arc<dyn Store>> {
         sqlite_readers: 1,
         postgres: PgPoolSettings {
             max_connections: 2,
+            // An operator at a prompt wants the error now, not after the server's wait.
+            startup_wait: std::time::Duration::ZERO,
             ..PgPoolSettings::default()
         },
     };
-    Ok(store::open_existing(backend, options).await?)
+    match store::open_existing(backend, options).await {
+        Ok(store) => Ok(store),
+        Err(err) if err.is_unreachable() => Err(anyhow::anyhow!(
+            "cannot reach the database ({}): {err}",
+            backend.describe()
+        )),
+        Err(err) => Err(err.into()),
+    }
 }
 
 pub async fn users(

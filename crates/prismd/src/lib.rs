@@ -32,6 +32,17 @@ pub use first_start::INITIAL_PASSWORD_FILE;
 pub enum ServeError {
     #[error("cannot open the database: {0}")]
     Store(#[from] StoreError),
+    /// The database could not be reached on start, even after waiting. `database` names host,
+    /// port and database, never the password.
+    #[error(
+        "cannot reach the database ({database}; retried for {waited}, --db-startup-wait): \
+         {cause}; check that it is running and reachable from here, and --database-url"
+    )]
+    Unreachable {
+        database: String,
+        waited: String,
+        cause: StoreError,
+    },
     #[error("cannot load the signing keys: {0}")]
     Keys(#[from] KeyError),
     #[error("first-start setup failed: {0}")]
@@ -64,7 +75,17 @@ pub async fn serve(
         .unwrap_or_else(|| format!("{issuer}/api"));
 
     let backend = Backend::from_url(config.database_url.as_deref(), &config.data_dir)?;
-    let store: Arc<dyn Store> = store::open(&backend, config.open_options()).await?;
+    let store: Arc<dyn Store> = match store::open(&backend, config.open_options()).await {
+        Ok(store) => store,
+        Err(cause) if cause.is_unreachable() && matches!(backend, Backend::Postgres(_)) => {
+            return Err(ServeError::Unreachable {
+                database: backend.describe(),
+                waited: humantime::format_duration(config.db_pool.startup_wait).to_string(),
+                cause,
+            });
+        }
+        Err(err) => return Err(err.into()),
+    };
     tracing::info!(database = %backend.describe(), "database ready");
     // With PostgreSQL nothing else creates the data directory, and the first start writes
     // the Owner's password file there.
@@ -219,6 +240,11 @@ async fn follow_changes(store: Arc<dyn Store>, cache: Arc<CachedStore>) {
     }
 }
 
+/// Writes the pending last-use records every `every`. A failed write (the database is down)
+/// puts the records back, so they are written once it answers again; newer uses of the same
+/// token noted meanwhile win. Only the first failure of a streak is a warning. What is still
+/// pending when the server stops is written once more at shutdown, and lost if that fails
+/// too (last-use times are informational; no token's validity depends on them).
 async fn flush_token_uses(
     auth: Arc<AuthService>,
     every: std::time::Duration,
@@ -226,20 +252,41 @@ async fn flush_token_uses(
 ) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failures: u64 = 0;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = stopped.changed() => return,
         }
         let uses = auth.usage().drain();
-        if let Err(err) = auth.store().record_token_uses(&uses).await {
-            tracing::warn!(error = %err, count = uses.len(), "could not record token use; will retry");
-            for token_use in uses {
-                auth.usage().record(
-                    &token_use.token_id,
-                    token_use.at,
-                    token_use.address.as_deref(),
-                );
+        if uses.is_empty() {
+            continue;
+        }
+        match auth.store().record_token_uses(&uses).await {
+            Ok(()) => {
+                if failures > 0 {
+                    tracing::info!(
+                        failures,
+                        count = uses.len(),
+                        "token-use records written again"
+                    );
+                }
+                failures = 0;
+            }
+            Err(err) => {
+                if failures == 0 {
+                    tracing::warn!(error = %err, count = uses.len(), "could not record token use; will retry");
+                } else {
+                    tracing::debug!(error = %err, count = uses.len(), failures, "could not record token use; will retry");
+                }
+                failures += 1;
+                for token_use in uses {
+                    auth.usage().record(
+                        &token_use.token_id,
+                        token_use.at,
+                        token_use.address.as_deref(),
+                    );
+                }
             }
         }
     }

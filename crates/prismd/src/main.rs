@@ -116,7 +116,8 @@ struct ServeArgs {
     #[arg(long, env = "PRISMD_DB_POOL_SIZE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
     db_pool_size: u32,
 
-    /// How long a request waits for a PostgreSQL connection before it fails.
+    /// How long a request waits for a PostgreSQL connection before it fails (with 503). While
+    /// the database is unreachable, requests fail at once instead (circuit breaker).
     #[arg(long, env = "PRISMD_DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     db_acquire_timeout: Duration,
 
@@ -128,6 +129,10 @@ struct ServeArgs {
     /// Most cached refresh grants (and, separately, access-token principals).
     #[arg(long, env = "PRISMD_CACHE_CAPACITY", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     cache_capacity: u64,
+    /// On start: how long to keep retrying while PostgreSQL cannot be reached (for example
+    /// still starting) before giving up with an error; `0s` gives up after one try.
+    #[arg(long, env = "PRISMD_DB_STARTUP_WAIT", default_value = "30s", value_parser = parse_wait)]
+    db_startup_wait: Duration,
 
     /// Longest time a request may take before it is answered with 408.
     #[arg(long, env = "PRISMD_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
@@ -166,6 +171,11 @@ fn parse_duration(input: &str) -> Result<Duration, String> {
         return Err("must be longer than zero".into());
     }
     Ok(duration)
+}
+
+/// A duration that may be zero.
+fn parse_wait(input: &str) -> Result<Duration, String> {
+    humantime::parse_duration(input).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -234,6 +244,7 @@ async fn run_server(
         db_pool: PgPoolSettings {
             max_connections: args.db_pool_size,
             acquire_timeout: args.db_acquire_timeout,
+            startup_wait: args.db_startup_wait,
         },
         database_url,
         cache: CacheSettings {

@@ -5,15 +5,15 @@
 use async_graphql::{EmptySubscription, Schema};
 use axum::Json;
 use axum::extract::{FromRequestParts, State};
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use std::sync::Arc;
 
 use super::body::{BodyShape, JsonBody};
-use super::error::HttpError;
-use super::graphql::{MutationRoot, QueryRoot};
+use super::error::{HttpError, RETRY_AFTER_SECS};
+use super::graphql::{MutationRoot, QueryRoot, UNAVAILABLE_CODE};
 use super::{AppState, ClientMeta};
 use crate::domain::auth::{AuthService, Principal};
 
@@ -93,5 +93,55 @@ pub async fn graphql(
         .schema
         .execute(request.into_request().data(principal).data(meta))
         .await;
-    Json(response).into_response()
+    http_response(response)
+}
+
+/// The HTTP answer for a GraphQL response: 200, or 503 when a resolver found the database
+/// unavailable.
+fn http_response(response: async_graphql::Response) -> Response {
+    // The database went away after the caller was authenticated: the same 503 with
+    // `Retry-After` as everywhere else, so clients retry; the body is still the GraphQL
+    // response (with whatever did succeed, and the errors).
+    let unavailable = response.errors.iter().any(|error| {
+        error
+            .extensions
+            .as_ref()
+            .and_then(|extensions| extensions.get("code"))
+            .is_some_and(|code| *code == async_graphql::Value::from(UNAVAILABLE_CODE))
+    });
+    let mut http = Json(response).into_response();
+    if unavailable {
+        *http.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        http.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(RETRY_AFTER_SECS),
+        );
+        http.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    http
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unavailable_resolver_makes_the_response_a_503() {
+        let pos = async_graphql::Pos { line: 1, column: 3 };
+        let outage =
+            super::super::graphql::store_unavailable(crate::store::StoreError::CircuitOpen)
+                .into_server_error(pos);
+        let response = http_response(async_graphql::Response::from_errors(vec![outage]));
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            response.headers().get(header::RETRY_AFTER),
+            Some(&HeaderValue::from_static(RETRY_AFTER_SECS))
+        );
+
+        let other = async_graphql::Error::new("invalid cursor").into_server_error(pos);
+        let response = http_response(async_graphql::Response::from_errors(vec![other]));
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.headers().get(header::RETRY_AFTER).is_none());
+    }
 }

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use prism_proto::wire::OAuthErrorBody;
 
 use crate::domain::DomainError;
+use crate::store::StoreError;
 
 #[derive(Debug)]
 pub struct HttpError {
@@ -88,7 +89,7 @@ impl From<DomainError> for HttpError {
                 Self::new(StatusCode::BAD_REQUEST, error, reason.to_string())
             }
             DomainError::Unavailable(cause) => {
-                tracing::error!(error = %cause, "storage unavailable");
+                log_unavailable(&cause);
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "temporarily_unavailable",
@@ -107,6 +108,20 @@ impl From<DomainError> for HttpError {
     }
 }
 
+/// Logs why storage failed a request. During an outage the breaker logs the outage once
+/// (when it opens and when it closes), so requests it turns away are only debug lines; a
+/// request that found the database gone is a warning; anything else an error.
+pub(super) fn log_unavailable(cause: &StoreError) {
+    match cause {
+        StoreError::CircuitOpen => tracing::debug!(error = %cause, "storage unavailable"),
+        StoreError::Unreachable(_) => tracing::warn!(error = %cause, "storage unavailable"),
+        _ => tracing::error!(error = %cause, "storage unavailable"),
+    }
+}
+
+/// `Retry-After` of every 503: the breaker notices a returning database within a second.
+pub(super) const RETRY_AFTER_SECS: &str = "1";
+
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let body = OAuthErrorBody {
@@ -120,7 +135,10 @@ impl IntoResponse for HttpError {
             headers.insert(header::WWW_AUTHENTICATE, challenge);
         }
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
         }
         response
     }

@@ -5,20 +5,31 @@
 
 use std::sync::Arc;
 
-use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
+use async_graphql::{Context, ErrorExtensions, ID, InputObject, Object, SimpleObject};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+use super::error::log_unavailable;
 use crate::domain::accounts::{self, Role, UserDraft, parse_public_id, public_id};
 use crate::domain::auth::{AuthService, Principal};
 use crate::domain::{DomainError, RequestMeta};
-use crate::store::{Organization, ProfileChanges, User};
+use crate::store::{Organization, ProfileChanges, StoreError, User};
 
 /// Page size when the client does not ask for one, and the largest it may ask for.
 const PAGE_SIZE: i64 = 100;
 
+/// `extensions.code` of a GraphQL error that means "the database is unavailable; retry":
+/// the handler turns a response with one into an HTTP 503 with `Retry-After`.
+pub const UNAVAILABLE_CODE: &str = "SERVICE_UNAVAILABLE";
+
 fn unavailable() -> async_graphql::Error {
     async_graphql::Error::new("the service is temporarily unavailable; retry shortly")
+        .extend_with(|_, extensions| extensions.set("code", UNAVAILABLE_CODE))
+}
+
+pub(super) fn store_unavailable(err: StoreError) -> async_graphql::Error {
+    log_unavailable(&err);
+    unavailable()
 }
 
 struct Caller<'a> {
@@ -50,10 +61,7 @@ fn payload_errors(err: DomainError, field: &str) -> async_graphql::Result<Vec<Fi
         DomainError::InvalidInput(msg) | DomainError::Conflict(msg) => (field, msg),
         DomainError::NotFound(msg) => ("id", msg),
         DomainError::AccessDenied(msg) => ("__all__", msg),
-        DomainError::Unavailable(cause) => {
-            tracing::error!(error = %cause, "storage unavailable");
-            return Err(unavailable());
-        }
+        DomainError::Unavailable(cause) => return Err(store_unavailable(cause)),
         other => {
             tracing::error!(error = %other, "mutation failed");
             return Err(async_graphql::Error::new("internal error"));
@@ -94,7 +102,7 @@ impl QueryRoot {
             .store()
             .organizations_of_email(&caller.principal.user.email)
             .await
-            .map_err(|_| unavailable())?;
+            .map_err(store_unavailable)?;
         let url = caller.auth.settings().issuer.clone();
         Ok(TenantConnection {
             nodes: orgs
@@ -200,7 +208,7 @@ impl OrganizationNode {
             .store()
             .users_page(&self.0.id, position, limit + 1)
             .await
-            .map_err(|_| unavailable())?;
+            .map_err(store_unavailable)?;
         let has_next_page = users.len() as i64 > limit;
         users.truncate(usize::try_from(limit).unwrap_or(0));
         let end_cursor = users.last().map(|u| encode_cursor(u.created_at, &u.id));

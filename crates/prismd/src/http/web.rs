@@ -96,15 +96,23 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
     response
 }
 
+/// An error page; a 503 (the database is unavailable) also says when to try again.
 fn error_page(status: StatusCode, message: &str) -> Response {
-    page(
+    let mut response = page(
         status,
         "Sign-in problem",
         &format!(
             "<h1>Sign-in problem</h1><p class=\"error\">{}</p>",
             escape(message)
         ),
-    )
+    );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(super::error::RETRY_AFTER_SECS),
+        );
+    }
+    response
 }
 
 fn login_page(request: &AuthorizeParams, csrf: &str, email: &str, error: Option<&str>) -> Response {

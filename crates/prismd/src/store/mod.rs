@@ -2,6 +2,7 @@
 //! returns, the storage error type, and the one place that picks a backend (SQLite or
 //! PostgreSQL) from the database URL.
 
+mod breaker;
 mod cached;
 mod postgres;
 mod sqlite;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+pub use breaker::{BreakerSettings, CircuitBreaker, GuardedStore};
 pub use cached::{CacheSettings, CacheStats, CachedStore};
 pub use postgres::{PgPoolSettings, PostgresStore};
 pub use sqlite::{DATABASE_FILE, SqliteStore};
@@ -21,9 +23,17 @@ pub enum StoreError {
     /// A uniqueness rule was violated (for example an active user with that email exists).
     #[error("conflict: {0}")]
     Conflict(&'static str),
-    /// The database could not be reached or answered with an error.
+    /// The database answered with an error (or the driver failed) on a working connection.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
+    /// The database cannot be reached: no connection could be opened in time, or the one in
+    /// use broke (see [`is_connection_failure`]). Trips the circuit breaker.
+    #[error("database unreachable: {0}")]
+    Unreachable(sqlx::Error),
+    /// The circuit breaker is open: a recent request found the database unreachable, so this
+    /// one fails at once instead of waiting for a connection, until a probe gets an answer.
+    #[error("database unreachable (circuit open; waiting for it to answer again)")]
+    CircuitOpen,
     /// Migrations could not be applied.
     #[error("migration error: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -50,6 +60,52 @@ pub enum StoreError {
         "unsupported database URL (scheme '{0}'); use sqlite:<file> or postgres://user@host/db"
     )]
     UnsupportedUrl(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    /// Sorts driver errors: connection-class failures become [`StoreError::Unreachable`],
+    /// everything else [`StoreError::Database`].
+    fn from(err: sqlx::Error) -> Self {
+        if is_connection_failure(&err) {
+            Self::Unreachable(err)
+        } else {
+            Self::Database(err)
+        }
+    }
+}
+
+impl StoreError {
+    /// Whether the database could not be reached (rather than refusing this one request):
+    /// the caller may retry, and the server is not ready.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Self::Unreachable(_) | Self::CircuitOpen)
+    }
+}
+
+/// PostgreSQL SQLSTATEs that mean "no usable connection" rather than "this statement failed":
+/// class 08 (connection exception) is matched by prefix; 57P01 admin_shutdown, 57P02
+/// crash_shutdown, 57P03 cannot_connect_now (starting up or shutting down) and 53300
+/// too_many_connections.
+const CONNECTION_SQLSTATES: [&str; 4] = ["57P01", "57P02", "57P03", "53300"];
+
+/// Whether `err` says the database cannot be reached or the connection broke: I/O and TLS
+/// errors, a pool that timed out or was closed, a crashed driver worker, and the SQLSTATEs
+/// above. Constraint violations, syntax errors, serialization failures and the like are not:
+/// the database answered.
+pub fn is_connection_failure(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| is_connection_sqlstate(&code)),
+        _ => false,
+    }
+}
+
+fn is_connection_sqlstate(code: &str) -> bool {
+    code.starts_with("08") || CONNECTION_SQLSTATES.contains(&code)
 }
 
 /// Where the data lives, decided from `--database-url` (or its absence).
@@ -139,7 +195,17 @@ pub async fn open(backend: &Backend, options: OpenOptions) -> Result<Arc<dyn Sto
         Backend::Sqlite(path) => {
             Arc::new(SqliteStore::open_file(path, options.sqlite_readers).await?)
         }
-        Backend::Postgres(url) => Arc::new(PostgresStore::open(url, options.postgres).await?),
+        Backend::Postgres(url) => {
+            let store = Arc::new(PostgresStore::open(url, options.postgres).await?);
+            // A server keeps running through database outages: fail fast while it is gone.
+            Arc::new(GuardedStore::new(
+                store,
+                BreakerSettings {
+                    probe_timeout: options.postgres.acquire_timeout.saturating_mul(2),
+                    ..BreakerSettings::default()
+                },
+            ))
+        }
     })
 }
 
@@ -692,6 +758,29 @@ mod tests {
         };
         assert_eq!(names("sqlite")?, names("postgres")?);
         Ok(())
+    }
+
+    #[test]
+    fn connection_failures_are_told_apart_from_answers() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(is_connection_failure(&sqlx::Error::Io(refused)));
+        assert!(is_connection_failure(&sqlx::Error::PoolTimedOut));
+        assert!(is_connection_failure(&sqlx::Error::PoolClosed));
+        assert!(!is_connection_failure(&sqlx::Error::RowNotFound));
+        assert!(!is_connection_failure(&sqlx::Error::Protocol("odd".into())));
+        for code in [
+            "08000", "08006", "08P01", "57P01", "57P02", "57P03", "53300",
+        ] {
+            assert!(is_connection_sqlstate(code), "{code}");
+        }
+        // unique_violation, serialization_failure, read_only_sql_transaction, query_canceled,
+        // invalid_password, and SQLite's extended codes.
+        for code in ["23505", "40001", "25006", "57014", "28P01", "2067", "5"] {
+            assert!(!is_connection_sqlstate(code), "{code}");
+        }
+        assert!(StoreError::from(sqlx::Error::PoolTimedOut).is_unreachable());
+        assert!(StoreError::CircuitOpen.is_unreachable());
+        assert!(!StoreError::from(sqlx::Error::RowNotFound).is_unreachable());
     }
 
     #[test]

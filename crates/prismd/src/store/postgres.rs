@@ -7,11 +7,11 @@
 //! `UPDATE ... RETURNING`): a second transaction waits for the first's row lock, then
 //! re-checks the condition against the committed row and changes nothing.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{FromRow, Postgres, Row, Transaction};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Connection, FromRow, Postgres, Row, Transaction};
 
 use super::{
     AuditEvent, AuditRecord, AuthorizationCode, Change, CodeRedemption, Credentials, DeviceCode,
@@ -41,6 +41,10 @@ pub struct PgPoolSettings {
     /// How long a request waits for a free connection (or a new one) before it fails,
     /// rather than queueing without bound when the database is slow or gone.
     pub acquire_timeout: Duration,
+    /// On opening: how long to keep retrying (with backoff) while the database cannot be
+    /// reached at all, for example while it is still starting. Zero: one try. Errors where
+    /// the database answers (wrong password, no such database) fail at once.
+    pub startup_wait: Duration,
 }
 
 impl Default for PgPoolSettings {
@@ -48,9 +52,14 @@ impl Default for PgPoolSettings {
         Self {
             max_connections: 10,
             acquire_timeout: Duration::from_secs(5),
+            startup_wait: Duration::from_secs(30),
         }
     }
 }
+
+/// First pause between two connection attempts on opening; it doubles up to the maximum.
+const STARTUP_FIRST_PAUSE: Duration = Duration::from_millis(250);
+const STARTUP_MAX_PAUSE: Duration = Duration::from_secs(5);
 
 /// PostgreSQL-backed [`Store`].
 pub struct PostgresStore {
@@ -87,6 +96,7 @@ impl PostgresStore {
 
     async fn connect(url: &str, settings: PgPoolSettings) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url.parse()?;
+        wait_until_reachable(&options, settings).await?;
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections.max(1))
             .acquire_timeout(settings.acquire_timeout)
@@ -97,6 +107,52 @@ impl PostgresStore {
 
     async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
         Ok(self.pool.begin().await?)
+    }
+}
+
+/// Connects once, directly (the pool would retry a refused connection until its acquire
+/// timeout and then report only "pool timed out"), and retries connection-class failures
+/// with backoff until `settings.startup_wait` is spent. Returns the last failure, which names
+/// the cause (connection refused, timed out, the database is starting up...).
+async fn wait_until_reachable(
+    options: &PgConnectOptions,
+    settings: PgPoolSettings,
+) -> Result<(), StoreError> {
+    let deadline = Instant::now() + settings.startup_wait;
+    let mut pause = STARTUP_FIRST_PAUSE;
+    loop {
+        let err = match tokio::time::timeout(
+            settings.acquire_timeout,
+            PgConnection::connect_with(options),
+        )
+        .await
+        {
+            Ok(Ok(connection)) => {
+                let _ = connection.close().await;
+                return Ok(());
+            }
+            Ok(Err(err)) => err,
+            Err(_) => sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "no connection within {} (--db-acquire-timeout)",
+                    humantime::format_duration(settings.acquire_timeout)
+                ),
+            )),
+        };
+        let err = StoreError::from(err);
+        let now = Instant::now();
+        if !err.is_unreachable() || now >= deadline {
+            return Err(err);
+        }
+        let nap = pause.min(deadline - now);
+        tracing::warn!(
+            error = %err,
+            retry_in_ms = u64::try_from(nap.as_millis()).unwrap_or(u64::MAX),
+            "PostgreSQL is not reachable yet; retrying (up to --db-startup-wait)"
+        );
+        tokio::time::sleep(nap).await;
+        pause = (pause * 2).min(STARTUP_MAX_PAUSE);
     }
 }
 
@@ -730,7 +786,7 @@ impl Store for PostgresStore {
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::Database)
+            .map_err(StoreError::from)
     }
 
     async fn active_user(&self, user_id: &str) -> Result<Option<User>, StoreError> {

@@ -702,7 +702,7 @@ impl Store for SqliteStore {
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::Database)
+            .map_err(StoreError::from)
     }
 
     async fn active_user(&self, user_id: &str) -> Result<Option<User>, StoreError> {

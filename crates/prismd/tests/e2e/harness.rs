@@ -123,6 +123,11 @@ impl Server {
         self.child.id()
     }
 
+    /// Whether the process is still running (has not exited for any reason).
+    pub fn is_running(&mut self) -> Result<bool, std::io::Error> {
+        Ok(self.child.try_wait()?.is_none())
+    }
+
     /// Waits for the process to exit by itself, up to `limit`; returns whether it exited
     /// successfully, or `None` if it was still running (then it is killed).
     pub fn wait_exit(

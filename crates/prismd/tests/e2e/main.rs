@@ -11,6 +11,7 @@ mod jwt_attacks;
 mod login;
 mod official_cli;
 mod ops;
+mod outage;
 mod postgres;
 mod replicas;
 mod seed;

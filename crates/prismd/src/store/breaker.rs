@@ -1,0 +1,694 @@
+//! A circuit breaker in front of the database, so an outage costs clients milliseconds rather
+//! than a connection timeout each.
+//!
+//! Without it, every request during a PostgreSQL outage waits out the whole pool acquire
+//! timeout (`--db-acquire-timeout`) while sqlx retries connecting, and only then fails. With
+//! it:
+//!
+//! * **Closed** (normal): requests go to the database. A request that fails with a
+//!   connection-class error ([`StoreError::Unreachable`]) opens the circuit.
+//! * **Open**: every request fails at once with [`StoreError::CircuitOpen`] (HTTP 503 with
+//!   `Retry-After`), and one background probe asks the database ([`Store::ping`]) again and
+//!   again, a short pause apart, each try bounded by a timeout.
+//! * As soon as the probe gets any answer from the database, the circuit closes and requests
+//!   go through again. Nobody has to restart anything.
+//!
+//! Requests that were already waiting for a connection when the outage began still wait up
+//! to the acquire timeout; they are not cancelled, because one of them may be a write whose
+//! commit is under way. When they fail after the circuit has closed again, they do not reopen
+//! it (each request remembers the breaker's generation it started in).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+
+use super::{
+    AuditEvent, AuditRecord, Change, CodeRedemption, Credentials, DeviceCode, NewAuthorizationCode,
+    NewDeviceCode, NewOrganization, NewRefreshToken, NewUser, Organization, PrincipalRecord,
+    ProfileChanges, RefreshGrant, Removal, SigningKeyRecord, Store, StoreError, TokenUse, User,
+};
+
+/// How the probe behaves while the circuit is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerSettings {
+    /// Pause between two probes.
+    pub probe_pause: Duration,
+    /// Longest one probe may take before it counts as "still unreachable".
+    pub probe_timeout: Duration,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        Self {
+            probe_pause: Duration::from_millis(250),
+            probe_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+type ProbeFuture = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>;
+type Probe = Box<dyn Fn() -> ProbeFuture + Send + Sync>;
+
+/// The breaker's state, shared with its probe task.
+struct Shared {
+    open: AtomicBool,
+    /// Moves on every time the circuit closes; a failure of a request that started in an
+    /// earlier generation says nothing about the database now.
+    generation: AtomicU64,
+    stopped: AtomicBool,
+    stop: Notify,
+    probe: Probe,
+    settings: BreakerSettings,
+}
+
+/// Opens on connection-class failures, fails fast while open, closes when a probe gets an
+/// answer. Cheap to clone.
+#[derive(Clone)]
+pub struct CircuitBreaker {
+    shared: Arc<Shared>,
+}
+
+impl CircuitBreaker {
+    /// `probe` asks the database once; it counts as an answer unless it fails with a
+    /// connection-class error ([`StoreError::is_unreachable`]).
+    pub fn new<F, Fut>(probe: F, settings: BreakerSettings) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), StoreError>> + Send + 'static,
+    {
+        let probe: Probe = Box::new(move || Box::pin(probe()));
+        Self {
+            shared: Arc::new(Shared {
+                open: AtomicBool::new(false),
+                generation: AtomicU64::new(0),
+                stopped: AtomicBool::new(false),
+                stop: Notify::new(),
+                probe,
+                settings,
+            }),
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.shared.open.load(Ordering::Acquire)
+    }
+
+    /// Lets a request through (returning the generation to hand to [`Self::observe`]), or
+    /// refuses it at once while the circuit is open.
+    pub fn admit(&self) -> Result<u64, StoreError> {
+        let generation = self.shared.generation.load(Ordering::Acquire);
+        if self.is_open() {
+            return Err(StoreError::CircuitOpen);
+        }
+        Ok(generation)
+    }
+
+    /// Looks at a request's failure: a connection-class one opens the circuit (unless the
+    /// circuit has closed again since the request was admitted) and starts the probe.
+    pub fn observe(&self, generation: u64, err: &StoreError) {
+        if !matches!(err, StoreError::Unreachable(_)) {
+            return;
+        }
+        if self.shared.generation.load(Ordering::Acquire) != generation {
+            return;
+        }
+        if self.shared.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        if self.shared.open.swap(true, Ordering::AcqRel) {
+            return; // already open, and its probe is running
+        }
+        tracing::warn!(
+            error = %err,
+            "database unreachable: answering 503 at once until it answers again (circuit open)"
+        );
+        tokio::spawn(probe_until_answer(self.shared.clone()));
+    }
+
+    /// Ends the probe (the store is closing). The circuit stays as it is.
+    pub fn stop(&self) {
+        self.shared.stopped.store(true, Ordering::Release);
+        self.shared.stop.notify_waiters();
+    }
+}
+
+/// The one probe of an open circuit: asks the database until it answers, then closes the
+/// circuit.
+async fn probe_until_answer(shared: Arc<Shared>) {
+    let opened = Instant::now();
+    let mut attempts: u64 = 0;
+    loop {
+        if shared.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        attempts += 1;
+        let outcome = tokio::select! {
+            outcome = tokio::time::timeout(shared.settings.probe_timeout, (shared.probe)()) => outcome,
+            () = shared.stop.notified() => return,
+        };
+        match outcome {
+            // A read-only standby, a permission problem...: the database answers, so requests
+            // may go to it again and get their own (non-outage) errors.
+            Ok(Ok(())) => break,
+            Ok(Err(err)) if !err.is_unreachable() => break,
+            Ok(Err(err)) => tracing::debug!(error = %err, attempts, "database still unreachable"),
+            Err(_) => tracing::debug!(attempts, "database probe timed out"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(shared.settings.probe_pause) => {}
+            () = shared.stop.notified() => return,
+        }
+    }
+    shared.generation.fetch_add(1, Ordering::AcqRel);
+    shared.open.store(false, Ordering::Release);
+    let outage_ms = u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+    tracing::info!(
+        outage_ms,
+        attempts,
+        "database answers again: circuit closed"
+    );
+}
+
+/// A [`Store`] behind a [`CircuitBreaker`]: every call is admitted (or refused at once) by
+/// the breaker, and its connection-class failures open it. The probe is the inner store's
+/// [`Store::ping`].
+pub struct GuardedStore {
+    inner: Arc<dyn Store>,
+    breaker: CircuitBreaker,
+}
+
+impl GuardedStore {
+    pub fn new(inner: Arc<dyn Store>, settings: BreakerSettings) -> Self {
+        let probed = inner.clone();
+        let breaker = CircuitBreaker::new(
+            move || {
+                let store = probed.clone();
+                async move { store.ping().await }
+            },
+            settings,
+        );
+        Self { inner, breaker }
+    }
+
+    pub fn breaker(&self) -> &CircuitBreaker {
+        &self.breaker
+    }
+
+    async fn guard<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let generation = self.breaker.admit()?;
+        let result = call.await;
+        if let Err(err) = &result {
+            self.breaker.observe(generation, err);
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl Store for GuardedStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.guard(self.inner.ping()).await
+    }
+
+    async fn bootstrap(
+        &self,
+        org: NewOrganization,
+        owner: NewUser,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        self.guard(self.inner.bootstrap(org, owner, audit)).await
+    }
+
+    async fn default_organization(&self) -> Result<Option<Organization>, StoreError> {
+        self.guard(self.inner.default_organization()).await
+    }
+
+    async fn list_organizations(&self) -> Result<Vec<Organization>, StoreError> {
+        self.guard(self.inner.list_organizations()).await
+    }
+
+    async fn organization_by_tenant(
+        &self,
+        tenant_id: &str,
+    ) -> Result<Option<Organization>, StoreError> {
+        self.guard(self.inner.organization_by_tenant(tenant_id))
+            .await
+    }
+
+    async fn create_organization(
+        &self,
+        org: NewOrganization,
+        audit: AuditEvent,
+    ) -> Result<(), StoreError> {
+        self.guard(self.inner.create_organization(org, audit)).await
+    }
+
+    async fn create_user(&self, user: NewUser, audit: AuditEvent) -> Result<User, StoreError> {
+        self.guard(self.inner.create_user(user, audit)).await
+    }
+
+    async fn find_active_user_by_email(
+        &self,
+        org_id: &str,
+        email: &str,
+    ) -> Result<Option<User>, StoreError> {
+        self.guard(self.inner.find_active_user_by_email(org_id, email))
+            .await
+    }
+
+    async fn users_page(
+        &self,
+        org_id: &str,
+        after: Option<(i64, String)>,
+        limit: i64,
+    ) -> Result<Vec<User>, StoreError> {
+        self.guard(self.inner.users_page(org_id, after, limit))
+            .await
+    }
+
+    async fn member(&self, org_id: &str, user_id: &str) -> Result<Option<User>, StoreError> {
+        self.guard(self.inner.member(org_id, user_id)).await
+    }
+
+    async fn update_profile(
+        &self,
+        user_id: &str,
+        changes: ProfileChanges,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        self.guard(self.inner.update_profile(user_id, changes, audit))
+            .await
+    }
+
+    async fn has_password(&self, user_id: &str) -> Result<bool, StoreError> {
+        self.guard(self.inner.has_password(user_id)).await
+    }
+
+    async fn insert_invitation(
+        &self,
+        token_hash: &[u8; 32],
+        user_id: &str,
+        expires_at: i64,
+        audit: AuditEvent,
+    ) -> Result<(), StoreError> {
+        self.guard(
+            self.inner
+                .insert_invitation(token_hash, user_id, expires_at, audit),
+        )
+        .await
+    }
+
+    async fn invitation_user(
+        &self,
+        token_hash: &[u8; 32],
+        now: i64,
+    ) -> Result<Option<User>, StoreError> {
+        self.guard(self.inner.invitation_user(token_hash, now))
+            .await
+    }
+
+    async fn accept_invitation(
+        &self,
+        token_hash: &[u8; 32],
+        password_hash: &str,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        self.guard(
+            self.inner
+                .accept_invitation(token_hash, password_hash, audit),
+        )
+        .await
+    }
+
+    async fn list_users(
+        &self,
+        org_id: &str,
+        include_removed: bool,
+    ) -> Result<Vec<User>, StoreError> {
+        self.guard(self.inner.list_users(org_id, include_removed))
+            .await
+    }
+
+    async fn remove_user(
+        &self,
+        user_id: &str,
+        at: i64,
+        audit: AuditEvent,
+    ) -> Result<Removal, StoreError> {
+        self.guard(self.inner.remove_user(user_id, at, audit)).await
+    }
+
+    async fn set_password_hash(
+        &self,
+        user_id: &str,
+        password_hash: &str,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        self.guard(self.inner.set_password_hash(user_id, password_hash, audit))
+            .await
+    }
+
+    async fn insert_refresh_token(
+        &self,
+        token: NewRefreshToken,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        self.guard(self.inner.insert_refresh_token(token, audit))
+            .await
+    }
+
+    async fn find_refresh_grant(
+        &self,
+        token_hash: &[u8; 32],
+    ) -> Result<Option<RefreshGrant>, StoreError> {
+        self.guard(self.inner.find_refresh_grant(token_hash)).await
+    }
+
+    async fn revoke_all_tokens(
+        &self,
+        user_id: &str,
+        expected_epoch: i64,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        self.guard(self.inner.revoke_all_tokens(user_id, expected_epoch, audit))
+            .await
+    }
+
+    async fn principal(
+        &self,
+        user_id: &str,
+        session_id: &str,
+    ) -> Result<Option<PrincipalRecord>, StoreError> {
+        self.guard(self.inner.principal(user_id, session_id)).await
+    }
+
+    async fn credentials_by_email(&self, email: &str) -> Result<Vec<Credentials>, StoreError> {
+        self.guard(self.inner.credentials_by_email(email)).await
+    }
+
+    async fn active_user(&self, user_id: &str) -> Result<Option<User>, StoreError> {
+        self.guard(self.inner.active_user(user_id)).await
+    }
+
+    async fn organizations_of_email(&self, email: &str) -> Result<Vec<Organization>, StoreError> {
+        self.guard(self.inner.organizations_of_email(email)).await
+    }
+
+    async fn insert_authorization_code(
+        &self,
+        code: NewAuthorizationCode,
+    ) -> Result<(), StoreError> {
+        self.guard(self.inner.insert_authorization_code(code)).await
+    }
+
+    async fn redeem_authorization_code(
+        &self,
+        code_hash: &[u8; 32],
+        at: i64,
+    ) -> Result<CodeRedemption, StoreError> {
+        self.guard(self.inner.redeem_authorization_code(code_hash, at))
+            .await
+    }
+
+    async fn insert_device_code(&self, code: NewDeviceCode) -> Result<(), StoreError> {
+        self.guard(self.inner.insert_device_code(code)).await
+    }
+
+    async fn poll_device_code(
+        &self,
+        device_code_hash: &[u8; 32],
+        at: i64,
+    ) -> Result<Option<DeviceCode>, StoreError> {
+        self.guard(self.inner.poll_device_code(device_code_hash, at))
+            .await
+    }
+
+    async fn decide_device_code(
+        &self,
+        user_code_hash: &[u8; 32],
+        approve_for: Option<&str>,
+        at: i64,
+    ) -> Result<bool, StoreError> {
+        self.guard(
+            self.inner
+                .decide_device_code(user_code_hash, approve_for, at),
+        )
+        .await
+    }
+
+    async fn redeem_device_code(&self, device_code_hash: &[u8; 32]) -> Result<bool, StoreError> {
+        self.guard(self.inner.redeem_device_code(device_code_hash))
+            .await
+    }
+
+    async fn slow_down_device_code(
+        &self,
+        device_code_hash: &[u8; 32],
+        interval_secs: i64,
+    ) -> Result<(), StoreError> {
+        self.guard(
+            self.inner
+                .slow_down_device_code(device_code_hash, interval_secs),
+        )
+        .await
+    }
+
+    async fn revoke_session(
+        &self,
+        token_id: &str,
+        user_id: &str,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        self.guard(self.inner.revoke_session(token_id, user_id, audit))
+            .await
+    }
+
+    async fn insert_browser_session(
+        &self,
+        id_hash: &[u8; 32],
+        user_id: &str,
+        created_at: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        self.guard(
+            self.inner
+                .insert_browser_session(id_hash, user_id, created_at, expires_at),
+        )
+        .await
+    }
+
+    async fn browser_session_user(
+        &self,
+        id_hash: &[u8; 32],
+        now: i64,
+    ) -> Result<Option<User>, StoreError> {
+        self.guard(self.inner.browser_session_user(id_hash, now))
+            .await
+    }
+
+    async fn delete_browser_session(&self, id_hash: &[u8; 32]) -> Result<(), StoreError> {
+        self.guard(self.inner.delete_browser_session(id_hash)).await
+    }
+
+    async fn record_token_uses(&self, uses: &[TokenUse]) -> Result<(), StoreError> {
+        self.guard(self.inner.record_token_uses(uses)).await
+    }
+
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
+        self.guard(self.inner.signing_keys()).await
+    }
+
+    async fn insert_signing_key_if_none_active(
+        &self,
+        key: SigningKeyRecord,
+    ) -> Result<(), StoreError> {
+        self.guard(self.inner.insert_signing_key_if_none_active(key))
+            .await
+    }
+
+    async fn recent_audit_events(&self, limit: i64) -> Result<Vec<AuditRecord>, StoreError> {
+        self.guard(self.inner.recent_audit_events(limit)).await
+    }
+
+    /// Not guarded: it runs for the life of the server and reconnects on its own; its
+    /// failures say nothing new to requests.
+    async fn follow_changes(
+        &self,
+        on_change: &(dyn Fn(Change) + Send + Sync),
+    ) -> Result<(), StoreError> {
+        self.inner.follow_changes(on_change).await
+    }
+
+    async fn close(&self) {
+        self.breaker.stop();
+        self.inner.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    /// A pretend database: up or down, counting probes (and how many run at once).
+    #[derive(Default)]
+    struct FakeDb {
+        up: AtomicBool,
+        probes: AtomicUsize,
+        running: AtomicUsize,
+        most_running: AtomicUsize,
+    }
+
+    fn breaker(db: &Arc<FakeDb>) -> CircuitBreaker {
+        let db = db.clone();
+        CircuitBreaker::new(
+            move || {
+                let db = db.clone();
+                async move {
+                    db.probes.fetch_add(1, Ordering::SeqCst);
+                    let now = db.running.fetch_add(1, Ordering::SeqCst) + 1;
+                    db.most_running.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    db.running.fetch_sub(1, Ordering::SeqCst);
+                    if db.up.load(Ordering::SeqCst) {
+                        Ok(())
+                    } else {
+                        Err(unreachable())
+                    }
+                }
+            },
+            BreakerSettings {
+                probe_pause: Duration::from_millis(5),
+                probe_timeout: Duration::from_secs(5),
+            },
+        )
+    }
+
+    fn unreachable() -> StoreError {
+        StoreError::Unreachable(sqlx::Error::PoolTimedOut)
+    }
+
+    async fn wait_closed(breaker: &CircuitBreaker) -> bool {
+        for _ in 0..500 {
+            if !breaker.is_open() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        false
+    }
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    #[tokio::test]
+    async fn opens_on_unreachable_fails_fast_and_closes_when_the_database_answers() -> TestResult {
+        let db = Arc::new(FakeDb::default());
+        let breaker = breaker(&db);
+        let generation = breaker.admit()?;
+
+        // Errors where the database answered leave it closed.
+        breaker.observe(generation, &StoreError::Conflict("x"));
+        breaker.observe(generation, &StoreError::Database(sqlx::Error::RowNotFound));
+        assert!(!breaker.is_open());
+
+        // Many requests failing at once open it once, with one probe.
+        for _ in 0..20 {
+            breaker.observe(generation, &unreachable());
+        }
+        assert!(breaker.is_open());
+        assert!(matches!(breaker.admit(), Err(StoreError::CircuitOpen)));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(breaker.is_open(), "still down: stays open");
+        assert!(
+            db.probes.load(Ordering::SeqCst) >= 2,
+            "the probe keeps asking"
+        );
+        assert_eq!(
+            db.most_running.load(Ordering::SeqCst),
+            1,
+            "one probe at a time"
+        );
+
+        db.up.store(true, Ordering::SeqCst);
+        assert!(
+            wait_closed(&breaker).await,
+            "closes by itself once the database answers"
+        );
+        let probes = db.probes.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert_eq!(
+            db.probes.load(Ordering::SeqCst),
+            probes,
+            "no probing while closed"
+        );
+
+        // A request admitted before the circuit closed, failing late, does not reopen it.
+        breaker.observe(generation, &unreachable());
+        assert!(!breaker.is_open());
+        // A fresh failure does.
+        let fresh = breaker.admit()?;
+        db.up.store(false, Ordering::SeqCst);
+        breaker.observe(fresh, &unreachable());
+        assert!(breaker.is_open());
+        db.up.store(true, Ordering::SeqCst);
+        assert!(wait_closed(&breaker).await);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_is_an_error_still_closes_the_circuit() -> TestResult {
+        let breaker = CircuitBreaker::new(
+            || async { Err(StoreError::ReadOnly) },
+            BreakerSettings {
+                probe_pause: Duration::from_millis(5),
+                probe_timeout: Duration::from_secs(5),
+            },
+        );
+        let generation = breaker.admit()?;
+        breaker.observe(generation, &unreachable());
+        assert!(wait_closed(&breaker).await);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_hanging_probe_times_out_and_stop_ends_the_probing() -> TestResult {
+        let probes = Arc::new(AtomicUsize::new(0));
+        let counted = probes.clone();
+        let breaker = CircuitBreaker::new(
+            move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                std::future::pending::<Result<(), StoreError>>()
+            },
+            BreakerSettings {
+                probe_pause: Duration::from_millis(5),
+                probe_timeout: Duration::from_millis(10),
+            },
+        );
+        let generation = breaker.admit()?;
+        breaker.observe(generation, &unreachable());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            probes.load(Ordering::SeqCst) >= 2,
+            "timed-out probes are retried"
+        );
+        breaker.stop();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let after_stop = probes.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(probes.load(Ordering::SeqCst), after_stop, "stopped");
+        assert!(
+            breaker.is_open(),
+            "stopping does not pretend the database is back"
+        );
+        Ok(())
+    }
+}
