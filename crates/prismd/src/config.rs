@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::store::{OpenOptions, PgPoolSettings};
 use crate::tls::TlsSource;
+use crate::tokens::RetiredKeyWindow;
 
 /// Everything `serve` needs to know.
 #[derive(Debug, Clone)]
@@ -32,6 +33,12 @@ pub struct ServeConfig {
     /// How long in-flight requests may take to finish after a shutdown signal.
     pub shutdown_grace: Duration,
     pub usage_flush_interval: Duration,
+    /// How often the signing keys are re-read from the database, so a rotation reaches this
+    /// process even if nothing else tells it.
+    pub key_reload_interval: Duration,
+    /// Extra time a retired key keeps verifying, beyond the access-token lifetime and one
+    /// reload interval, for clock differences between replicas.
+    pub key_retire_margin: Duration,
     /// Name of the organization created on first start.
     pub org_name: String,
     /// Email of the Owner created on first start.
@@ -56,6 +63,8 @@ impl ServeConfig {
             header_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(20),
             usage_flush_interval: Duration::from_secs(5),
+            key_reload_interval: Duration::from_secs(30),
+            key_retire_margin: Duration::from_secs(60),
             org_name: "My Organization".to_owned(),
             owner_email: "owner@localhost".to_owned(),
             logout_return_to: vec!["https://prismatic.io".to_owned()],
@@ -67,6 +76,15 @@ impl ServeConfig {
         OpenOptions {
             sqlite_readers: self.db_readers,
             postgres: self.db_pool,
+        }
+    }
+
+    /// How long a retired signing key keeps verifying on this server.
+    pub fn retired_key_window(&self) -> RetiredKeyWindow {
+        RetiredKeyWindow {
+            access_token_ttl: self.access_token_ttl,
+            reload_interval: self.key_reload_interval,
+            margin: self.key_retire_margin,
         }
     }
 

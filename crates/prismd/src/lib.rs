@@ -23,7 +23,7 @@ use crate::config::ServeConfig;
 use crate::domain::auth::{AuthService, TokenSettings};
 use crate::domain::{DomainError, now_ms};
 use crate::store::{Backend, Store, StoreError};
-use crate::tokens::{KeyError, KeyRing};
+use crate::tokens::{KeyError, KeyRing, LiveKeys};
 
 pub use first_start::INITIAL_PASSWORD_FILE;
 
@@ -76,8 +76,10 @@ pub async fn serve(
         &config.owner_email,
     )
     .await?;
-    let keys = Arc::new(KeyRing::load_or_create(store.as_ref(), now_ms()).await?);
-    tracing::info!(kid = keys.active_kid(), "signing key loaded");
+    let key_window = config.retired_key_window();
+    let ring = KeyRing::load_or_create(store.as_ref(), now_ms(), &key_window).await?;
+    tracing::info!(kid = ring.active_kid(), "signing key loaded");
+    let keys = Arc::new(LiveKeys::new(store.clone(), ring, key_window));
 
     let tls = match &config.tls {
         None => None,
@@ -104,7 +106,7 @@ pub async fn serve(
         audience,
         access_token_ttl: config.access_token_ttl,
     };
-    let auth = Arc::new(AuthService::new(store.clone(), keys, settings));
+    let auth = Arc::new(AuthService::new(store.clone(), keys.clone(), settings));
     let web = http::WebSettings {
         secure_cookies: issuer.starts_with("https://"),
         logout_return_to: config.logout_return_to.clone(),
@@ -118,6 +120,11 @@ pub async fn serve(
     let flusher = tokio::spawn(flush_token_uses(
         auth.clone(),
         config.usage_flush_interval,
+        flusher_stopped.clone(),
+    ));
+    let key_reloader = tokio::spawn(tokens::live::reload_periodically(
+        keys,
+        config.key_reload_interval,
         flusher_stopped,
     ));
 
@@ -155,6 +162,7 @@ pub async fn serve(
     tracing::info!("shutting down: requests finished, writing pending records");
     let _ = stop_flusher.send(true);
     let _ = flusher.await;
+    let _ = key_reloader.await;
     if let Err(err) = store.record_token_uses(&auth.usage().drain()).await {
         tracing::warn!(error = %err, "could not write the last token-use records");
     }

@@ -29,6 +29,25 @@ struct Db {
 }
 
 impl Db {
+    /// Runs one statement on the database behind the store's back, to set up a state the
+    /// trait cannot (for example an empty table again).
+    async fn execute_raw(&self, sql: &'static str) -> TestResult {
+        match &self.backend {
+            Backend::Sqlite(path) => {
+                let url = format!("sqlite://{}", path.display());
+                let mut conn = sqlx::SqliteConnection::connect(&url).await?;
+                sqlx::query(sql).execute(&mut conn).await?;
+                conn.close().await?;
+            }
+            Backend::Postgres(url) => {
+                let mut conn = sqlx::PgConnection::connect(url).await?;
+                sqlx::query(sql).execute(&mut conn).await?;
+                conn.close().await?;
+            }
+        }
+        Ok(())
+    }
+
     /// A second, independent store on the same database: another replica (PostgreSQL) or an
     /// admin command beside the server (SQLite).
     async fn another(&self) -> Result<Arc<dyn Store>, StoreError> {
@@ -151,6 +170,8 @@ conformance!(
     device_code_redeem_races,
     signing_key_created_once,
     signing_key_races,
+    signing_key_rotation,
+    signing_key_rotation_races,
     audit_rows,
     token_uses_and_ping,
 );
@@ -1076,19 +1097,118 @@ async fn signing_key_created_once(db: Db) -> TestResult {
 }
 
 async fn signing_key_races(db: Db) -> TestResult {
-    // Two replicas (two pools) and several tasks in each race to create the first key.
+    // Two replicas (two pools) and several tasks in each race to create the first key. The
+    // pools are warmed up and the tasks released together by a barrier, so the inserts
+    // really overlap instead of queueing behind connection set-up; several rounds, because
+    // one round of a race without the lock still comes out right now and then.
     let other = db.another().await?;
+    db.store.ping().await?;
+    other.ping().await?;
+    for round in 0..5 {
+        db.execute_raw("DELETE FROM signing_keys").await?;
+        let tasks_count = 8;
+        let barrier = Arc::new(tokio::sync::Barrier::new(tasks_count));
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 0..tasks_count {
+            let store = if n % 2 == 0 {
+                db.store.clone()
+            } else {
+                other.clone()
+            };
+            let barrier = barrier.clone();
+            let at = T0 + i64::try_from(n)?;
+            tasks.spawn(async move {
+                barrier.wait().await;
+                store
+                    .insert_signing_key_if_none_active(signing_key(&format!("k{n}"), at))
+                    .await
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done??;
+        }
+        let keys = db.store.signing_keys().await?;
+        assert_eq!(
+            keys.len(),
+            1,
+            "round {round}: exactly one key: {:?}",
+            keys.iter().map(|k| &k.kid).collect::<Vec<_>>()
+        );
+    }
+    other.close().await;
+    Ok(())
+}
+
+async fn signing_key_rotation(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    store
+        .insert_signing_key_if_none_active(signing_key("k1", T0))
+        .await?;
+    let retired = store
+        .rotate_signing_key(signing_key("k2", T0 + 10), audit("keys.rotated", T0 + 10))
+        .await?;
+    assert_eq!(retired, vec!["k1".to_owned()]);
+    let keys = store.signing_keys().await?;
+    let summary: Vec<_> = keys
+        .iter()
+        .map(|k| (k.kid.as_str(), k.retired_at))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![("k2", None), ("k1", Some(T0 + 10))],
+        "newest first"
+    );
+    // The first-key insert never adds a second active key after a rotation.
+    store
+        .insert_signing_key_if_none_active(signing_key("k3", T0 + 20))
+        .await?;
+    assert_eq!(store.signing_keys().await?.len(), 2);
+    let events = store.recent_audit_events(1).await?;
+    assert_eq!(events[0].action, "keys.rotated");
+    // Another rotation retires the key the first one made.
+    let again = store
+        .rotate_signing_key(signing_key("k4", T0 + 30), audit("keys.rotated", T0 + 30))
+        .await?;
+    assert_eq!(again, vec!["k2".to_owned()]);
+    let active: Vec<_> = store
+        .signing_keys()
+        .await?
+        .into_iter()
+        .filter(|k| k.retired_at.is_none())
+        .map(|k| k.kid)
+        .collect();
+    assert_eq!(active, vec!["k4".to_owned()]);
+    Ok(())
+}
+
+async fn signing_key_rotation_races(db: Db) -> TestResult {
+    // Rotations on two replicas and a first-key insert, released together: whatever the
+    // order, exactly one key is active afterwards.
+    let other = db.another().await?;
+    db.store.ping().await?;
+    other.ping().await?;
+    let tasks_count = 6;
+    let barrier = Arc::new(tokio::sync::Barrier::new(tasks_count));
     let mut tasks = tokio::task::JoinSet::new();
-    for n in 0..8 {
+    for n in 0..tasks_count {
         let store = if n % 2 == 0 {
             db.store.clone()
         } else {
             other.clone()
         };
+        let barrier = barrier.clone();
+        let at = T0 + i64::try_from(n)?;
         tasks.spawn(async move {
-            store
-                .insert_signing_key_if_none_active(signing_key(&format!("k{n}"), T0 + n))
-                .await
+            barrier.wait().await;
+            let key = signing_key(&format!("k{n}"), at);
+            if n == 0 {
+                store.insert_signing_key_if_none_active(key).await
+            } else {
+                store
+                    .rotate_signing_key(key, audit("keys.rotated", at))
+                    .await
+                    .map(drop)
+            }
         });
     }
     while let Some(done) = tasks.join_next().await {
@@ -1096,12 +1216,9 @@ async fn signing_key_races(db: Db) -> TestResult {
     }
     other.close().await;
     let keys = db.store.signing_keys().await?;
-    assert_eq!(
-        keys.len(),
-        1,
-        "exactly one key: {:?}",
-        keys.iter().map(|k| &k.kid).collect::<Vec<_>>()
-    );
+    let active = keys.iter().filter(|k| k.retired_at.is_none()).count();
+    let kids: Vec<_> = keys.iter().map(|k| (&k.kid, k.retired_at)).collect();
+    assert_eq!(active, 1, "{kids:?}");
     Ok(())
 }
 

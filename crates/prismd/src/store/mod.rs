@@ -616,6 +616,15 @@ pub trait Store: Send + Sync + 'static {
         key: SigningKeyRecord,
     ) -> Result<(), StoreError>;
 
+    /// Makes `key` the active signing key and retires every key active until now (its
+    /// `retired_at` becomes `key.created_at`), with `audit`, in one transaction that also
+    /// excludes a concurrent first-key creation. Returns the kids it retired.
+    async fn rotate_signing_key(
+        &self,
+        key: SigningKeyRecord,
+        audit: AuditEvent,
+    ) -> Result<Vec<String>, StoreError>;
+
     /// Audit events, newest first, at most `limit`.
     async fn recent_audit_events(&self, limit: i64) -> Result<Vec<AuditRecord>, StoreError>;
 

@@ -1001,6 +1001,24 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn rotate_signing_key(
+        &self,
+        key: SigningKeyRecord,
+        audit: AuditEvent,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let retired: Vec<String> = sqlx::query_scalar(
+            "UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL RETURNING kid",
+        )
+        .bind(key.created_at)
+        .fetch_all(&mut *tx)
+        .await?;
+        insert_signing_key(&mut tx, &key).await?;
+        insert_audit(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(retired)
+    }
+
     async fn recent_audit_events(&self, limit: i64) -> Result<Vec<AuditRecord>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT id, at, action, actor, org_id, subject_user_id, address, detail \
@@ -1015,6 +1033,24 @@ impl Store for SqliteStore {
         self.readers.close().await;
         self.writer.close().await;
     }
+}
+
+async fn insert_signing_key(
+    tx: &mut Transaction<'static, Sqlite>,
+    key: &SigningKeyRecord,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO signing_keys (kid, algorithm, private_key, public_key, created_at, retired_at) \
+         VALUES ($1, $2, $3, $4, $5, NULL)",
+    )
+    .bind(&key.kid)
+    .bind(&key.algorithm)
+    .bind(&key.private_key)
+    .bind(&key.public_key)
+    .bind(key.created_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 async fn insert_user(

@@ -8,6 +8,7 @@ mod flows;
 mod graphql;
 mod harness;
 mod jwt_attacks;
+mod keys;
 mod login;
 mod official_cli;
 mod ops;
