@@ -13,5 +13,6 @@ mod login;
 mod official_cli;
 mod ops;
 mod postgres;
+mod replicas;
 mod seed;
 mod tls;
