@@ -125,6 +125,11 @@ pub async fn serve(
     let key_reloader = tokio::spawn(tokens::live::reload_periodically(
         keys,
         config.key_reload_interval,
+        flusher_stopped.clone(),
+    ));
+    let cleaner = tokio::spawn(domain::cleanup::run_periodically(
+        store.clone(),
+        config.cleanup_policy(),
         flusher_stopped,
     ));
 
@@ -163,6 +168,7 @@ pub async fn serve(
     let _ = stop_flusher.send(true);
     let _ = flusher.await;
     let _ = key_reloader.await;
+    let _ = cleaner.await;
     if let Err(err) = store.record_token_uses(&auth.usage().drain()).await {
         tracing::warn!(error = %err, "could not write the last token-use records");
     }

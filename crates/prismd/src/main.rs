@@ -110,6 +110,20 @@ struct ServeArgs {
     #[command(flatten)]
     key_window: KeyWindowArgs,
 
+    /// Time between background cleanup rounds (expired codes, sessions and invitations, dead
+    /// refresh tokens, old audit events, retired signing keys).
+    #[arg(long, env = "PRISMD_CLEANUP_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    cleanup_interval: Duration,
+
+    /// How long dead refresh tokens (revoked, or of a removed user) are kept before cleanup
+    /// deletes them; until then they get the precise "revoked" answer.
+    #[arg(long, env = "PRISMD_DEAD_TOKEN_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    dead_token_retention: Duration,
+
+    /// How long audit events are kept.
+    #[arg(long, env = "PRISMD_AUDIT_RETENTION", default_value = "400d", value_parser = parse_duration)]
+    audit_retention: Duration,
+
     /// Read connections to the database (SQLite).
     #[arg(long, env = "PRISMD_DB_READERS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
     db_readers: u32,
@@ -255,6 +269,9 @@ async fn run_server(
         access_token_ttl: args.key_window.access_token_ttl,
         key_reload_interval: args.key_window.key_reload_interval,
         key_retire_margin: args.key_window.key_retire_margin,
+        cleanup_interval: args.cleanup_interval,
+        dead_token_retention: args.dead_token_retention,
+        audit_retention: args.audit_retention,
         db_readers: args.db_readers,
         db_pool: PgPoolSettings {
             max_connections: args.db_pool_size,

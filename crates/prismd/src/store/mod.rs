@@ -2,6 +2,7 @@
 //! returns, the storage error type, and the one place that picks a backend (SQLite or
 //! PostgreSQL) from the database URL.
 
+mod cleanup;
 mod postgres;
 mod sqlite;
 
@@ -10,7 +11,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use postgres::{PgPoolSettings, PostgresStore};
+pub use cleanup::{CleanupLock, Garbage};
+pub use postgres::{CLEANUP_LOCK, PgPoolSettings, PostgresStore};
 pub use sqlite::{DATABASE_FILE, SqliteStore};
 
 /// Storage failures. Handlers map every variant to a response without internals.
@@ -624,6 +626,19 @@ pub trait Store: Send + Sync + 'static {
         key: SigningKeyRecord,
         audit: AuditEvent,
     ) -> Result<Vec<String>, StoreError>;
+
+    /// Deletes at most `limit` rows of one kind of garbage older than `before` (milliseconds;
+    /// what "older" means is the kind's), in one short statement. Returns how many it deleted:
+    /// fewer than `limit` means there are no more.
+    async fn delete_garbage(
+        &self,
+        kind: Garbage,
+        before: i64,
+        limit: i64,
+    ) -> Result<u64, StoreError>;
+
+    /// The right to run a cleanup round now, or `None` when another replica is running one.
+    async fn try_cleanup_lock(&self) -> Result<Option<CleanupLock>, StoreError>;
 
     /// Audit events, newest first, at most `limit`.
     async fn recent_audit_events(&self, limit: i64) -> Result<Vec<AuditRecord>, StoreError>;

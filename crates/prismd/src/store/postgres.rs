@@ -14,10 +14,10 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{FromRow, Postgres, Row, Transaction};
 
 use super::{
-    AuditEvent, AuditRecord, AuthorizationCode, CodeRedemption, Credentials, DeviceCode,
-    NewAuthorizationCode, NewDeviceCode, NewOrganization, NewRefreshToken, NewUser, Organization,
-    PrincipalRecord, ProfileChanges, RefreshGrant, Removal, SigningKeyRecord, Store, StoreError,
-    TokenUse, User,
+    AuditEvent, AuditRecord, AuthorizationCode, CleanupLock, CodeRedemption, Credentials,
+    DeviceCode, Garbage, NewAuthorizationCode, NewDeviceCode, NewOrganization, NewRefreshToken,
+    NewUser, Organization, PrincipalRecord, ProfileChanges, RefreshGrant, Removal,
+    SigningKeyRecord, Store, StoreError, TokenUse, User,
 };
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -27,6 +27,8 @@ pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 /// pick these (ASCII "prismB01" and "prismK01").
 const BOOTSTRAP_LOCK: i64 = 0x7072_6973_6d42_3031;
 const SIGNING_KEY_LOCK: i64 = 0x7072_6973_6d4b_3031;
+/// Session-level (`pg_try_advisory_lock`), held for one cleanup round: ASCII "prismC01".
+pub const CLEANUP_LOCK: i64 = 0x7072_6973_6d43_3031;
 
 const USER_COLUMNS: &str = "u.id, u.org_id, u.email, u.name, u.role, u.token_epoch, \
      u.created_at, u.updated_at, u.removed_at, u.phone, u.external_id, u.dark_mode, \
@@ -1044,6 +1046,24 @@ impl Store for PostgresStore {
         insert_audit(&mut tx, &audit).await?;
         tx.commit().await?;
         Ok(retired)
+    }
+
+    async fn delete_garbage(
+        &self,
+        kind: Garbage,
+        before: i64,
+        limit: i64,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(kind.delete_statement())
+            .bind(before)
+            .bind(limit)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn try_cleanup_lock(&self) -> Result<Option<CleanupLock>, StoreError> {
+        CleanupLock::try_postgres(&self.pool, CLEANUP_LOCK).await
     }
 
     async fn recent_audit_events(&self, limit: i64) -> Result<Vec<AuditRecord>, StoreError> {

@@ -13,10 +13,10 @@ use sqlx::sqlite::{
 use sqlx::{FromRow, Row, Sqlite, Transaction};
 
 use super::{
-    AuditEvent, AuditRecord, AuthorizationCode, CodeRedemption, Credentials, DeviceCode,
-    NewAuthorizationCode, NewDeviceCode, NewOrganization, NewRefreshToken, NewUser, Organization,
-    PrincipalRecord, ProfileChanges, RefreshGrant, Removal, SigningKeyRecord, Store, StoreError,
-    TokenUse, User,
+    AuditEvent, AuditRecord, AuthorizationCode, CleanupLock, CodeRedemption, Credentials,
+    DeviceCode, Garbage, NewAuthorizationCode, NewDeviceCode, NewOrganization, NewRefreshToken,
+    NewUser, Organization, PrincipalRecord, ProfileChanges, RefreshGrant, Removal,
+    SigningKeyRecord, Store, StoreError, TokenUse, User,
 };
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -1017,6 +1017,26 @@ impl Store for SqliteStore {
         insert_audit(&mut tx, &audit).await?;
         tx.commit().await?;
         Ok(retired)
+    }
+
+    async fn delete_garbage(
+        &self,
+        kind: Garbage,
+        before: i64,
+        limit: i64,
+    ) -> Result<u64, StoreError> {
+        // One statement, its own transaction: the single writer is free again between batches.
+        let done = sqlx::query(kind.delete_statement())
+            .bind(before)
+            .bind(limit)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn try_cleanup_lock(&self) -> Result<Option<CleanupLock>, StoreError> {
+        // One server per database file: nobody to take turns with.
+        Ok(Some(CleanupLock::uncontended()))
     }
 
     async fn recent_audit_events(&self, limit: i64) -> Result<Vec<AuditRecord>, StoreError> {
