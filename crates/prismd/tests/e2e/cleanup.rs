@@ -186,6 +186,8 @@ async fn cleanup_deletes_expired_rows_and_keeps_live_tokens() -> TestResult {
         let (status, body) = server.refresh(dead).await?;
         assert_eq!(status, 400, "{body}");
         assert_eq!(body["error"], "invalid_grant");
+        let description = body["error_description"].as_str().unwrap_or_default();
+        assert!(description.contains("not known"), "{body}");
     }
     assert_eq!(count_sqlite(data, COUNT_LIVE).await?, 4);
 
