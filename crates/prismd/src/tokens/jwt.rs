@@ -266,6 +266,24 @@ mod tests {
     }
 
     #[test]
+    fn claimed_kid_only_for_plausible_kids() -> Result<(), Box<dyn std::error::Error>> {
+        let ring = ring()?;
+        let token = ring.sign(&claims(10))?;
+        assert_eq!(claimed_kid(&token).as_deref(), Some(ring.active_kid()));
+        let header = |value: serde_json::Value| URL_SAFE_NO_PAD.encode(value.to_string());
+        for refused in [
+            serde_json::json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "short"}),
+            serde_json::json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "/".repeat(43)}),
+            serde_json::json!({"alg": "HS256", "typ": "at+jwt", "kid": "a".repeat(43)}),
+            serde_json::json!({"alg": "EdDSA", "typ": "at+jwt"}),
+        ] {
+            assert_eq!(claimed_kid(&format!("{}.e30.sig", header(refused))), None);
+        }
+        assert_eq!(claimed_kid("not a token"), None);
+        Ok(())
+    }
+
+    #[test]
     fn another_ring_cannot_verify() -> Result<(), Box<dyn std::error::Error>> {
         let token = ring()?.sign(&claims(10))?;
         assert_eq!(

@@ -255,3 +255,37 @@ fn thumbprint(public_key: &[u8]) -> String {
     );
     URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retired_key_window() -> Result<(), KeyError> {
+        let window = RetiredKeyWindow {
+            access_token_ttl: Duration::from_secs(100),
+            reload_interval: Duration::from_secs(10),
+            margin: Duration::from_secs(1),
+        };
+        let active = generate(1_000)?;
+        let retired = SigningKeyRecord {
+            retired_at: Some(2_000),
+            ..generate(0)?
+        };
+        assert_eq!(window.verifies_until(&active), None);
+        assert_eq!(window.verifies_until(&retired), Some(2_000 + 111_000));
+        assert!(window.still_verifies(&retired, 112_999));
+        assert!(!window.still_verifies(&retired, 113_000));
+        assert!(window.still_verifies(&active, i64::MAX));
+        assert_eq!(window.expired_before(113_000), 2_000);
+        let records = [active.clone(), retired.clone()];
+        let ring = KeyRing::trusted_at(&records, 50_000, &window)?;
+        assert!(ring.knows(&retired.kid) && ring.knows(&active.kid));
+        assert_eq!(ring.jwks()["keys"].as_array().map(Vec::len), Some(2));
+        let ring = KeyRing::trusted_at(&records, 113_000, &window)?;
+        assert!(!ring.knows(&retired.kid));
+        assert_eq!(ring.active_kid(), active.kid);
+        assert_eq!(ring.jwks()["keys"].as_array().map(Vec::len), Some(1));
+        Ok(())
+    }
+}

@@ -4,6 +4,7 @@
 //! (single-flight and rate-limited, so made-up kids cannot hammer the database), and
 //! [`LiveKeys::reload`] for anyone who learns of a rotation first (a LISTEN/NOTIFY listener).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ pub struct LiveKeys {
     /// Held for the duration of a reload (single flight); holds when the last reload for an
     /// unknown kid started.
     reloading: Mutex<Option<Instant>>,
+    reloads: AtomicU64,
 }
 
 impl LiveKeys {
@@ -34,6 +36,7 @@ impl LiveKeys {
             window,
             current: RwLock::new(Arc::new(ring)),
             reloading: Mutex::new(None),
+            reloads: AtomicU64::new(0),
         }
     }
 
@@ -58,7 +61,13 @@ impl LiveKeys {
         self.reload_locked().await
     }
 
+    /// How many times the keys have been read from the store since start.
+    pub fn reloads(&self) -> u64 {
+        self.reloads.load(Ordering::Relaxed)
+    }
+
     async fn reload_locked(&self) -> Result<(), KeyError> {
+        self.reloads.fetch_add(1, Ordering::Relaxed);
         let ring = KeyRing::load(self.store.as_ref(), now_ms(), &self.window).await?;
         let before = self.current();
         if before.active_kid() != ring.active_kid() {
@@ -127,5 +136,65 @@ pub async fn reload_periodically(
         if let Err(err) = keys.reload().await {
             tracing::warn!(error = %err, "could not reload the signing keys; keeping the current ones");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SqliteStore;
+    use crate::tokens::keyring;
+
+    fn window() -> RetiredKeyWindow {
+        RetiredKeyWindow {
+            access_token_ttl: Duration::from_secs(60),
+            reload_interval: Duration::from_secs(30),
+            margin: Duration::from_secs(60),
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_kids_share_few_reloads_and_a_rotated_kid_is_found()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), 2).await?);
+        let ring = KeyRing::load_or_create(store.as_ref(), now_ms(), &window()).await?;
+        let keys = Arc::new(LiveKeys::new(store.clone(), ring, window()));
+
+        // A burst of tokens naming made-up kids: at most one reload now and one a second
+        // later for those that arrived before the first began, however many there are.
+        let mut burst = tokio::task::JoinSet::new();
+        for n in 0..50 {
+            let keys = keys.clone();
+            burst.spawn(async move {
+                let kid = format!("{n:0>43}");
+                keys.for_unknown_kid(&kid).await.knows(&kid)
+            });
+        }
+        while let Some(known) = burst.join_next().await {
+            assert!(!known?);
+        }
+        assert!(
+            (1..=2).contains(&keys.reloads()),
+            "reloads: {}",
+            keys.reloads()
+        );
+
+        // A key rotated elsewhere is found on first sight.
+        let before = keys.reloads();
+        let rotation = keyring::rotate(store.as_ref(), "test".into(), now_ms()).await?;
+        let ring = keys.for_unknown_kid(&rotation.kid).await;
+        assert!(ring.knows(&rotation.kid));
+        assert_eq!(ring.active_kid(), rotation.kid);
+        assert_eq!(keys.reloads(), before + 1);
+        // Once known, no more reloads.
+        assert!(
+            keys.for_unknown_kid(&rotation.kid)
+                .await
+                .knows(&rotation.kid)
+        );
+        assert_eq!(keys.reloads(), before + 1);
+        store.close().await;
+        Ok(())
     }
 }
