@@ -116,21 +116,21 @@ pub async fn serve(
         config.request_timeout,
     );
 
-    let (stop_flusher, flusher_stopped) = watch::channel(false);
+    let (stop_background, background_stopped) = watch::channel(false);
     let flusher = tokio::spawn(flush_token_uses(
         auth.clone(),
         config.usage_flush_interval,
-        flusher_stopped.clone(),
+        background_stopped.clone(),
     ));
     let key_reloader = tokio::spawn(tokens::live::reload_periodically(
         keys,
         config.key_reload_interval,
-        flusher_stopped.clone(),
+        background_stopped.clone(),
     ));
     let cleaner = tokio::spawn(domain::cleanup::run_periodically(
         store.clone(),
         config.cleanup_policy(),
-        flusher_stopped,
+        background_stopped,
     ));
 
     let handle: Handle<SocketAddr> = Handle::new();
@@ -165,7 +165,7 @@ pub async fn serve(
     };
 
     tracing::info!("shutting down: requests finished, writing pending records");
-    let _ = stop_flusher.send(true);
+    let _ = stop_background.send(true);
     let _ = flusher.await;
     let _ = key_reloader.await;
     let _ = cleaner.await;
