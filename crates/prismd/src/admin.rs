@@ -9,8 +9,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Subcommand;
 use prismd::domain::accounts::{self, Role, UserDraft, public_id};
-use prismd::domain::{RequestMeta, auth};
+use prismd::domain::{RequestMeta, auth, now_ms};
 use prismd::store::{self, Backend, OpenOptions, PgPoolSettings, Store, User};
+use prismd::tokens::keyring;
 
 const OPERATOR: &str = "operator";
 
@@ -81,6 +82,21 @@ pub enum TokensCommand {
         /// A name for the token, for example the CI pipeline that will use it.
         #[arg(long, env = "PRISMD_TOKEN_NAME")]
         name: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Make a new signing key the active one; the previous key keeps verifying until the
+    /// last access token it signed has expired. Running servers pick the new key up within
+    /// their --key-reload-interval (at once when they see a token signed with it).
+    Rotate,
+    /// List signing keys: kid, created, retired, and whether (until when) it still verifies.
+    /// Takes the server's --access-token-ttl, --key-reload-interval and --key-retire-margin
+    /// (or their PRISMD_* variables) to compute that.
+    List {
+        #[command(flatten)]
+        window: crate::KeyWindowArgs,
     },
 }
 
@@ -178,6 +194,53 @@ pub async fn audit(backend: &Backend, args: AuditArgs) -> anyhow::Result<()> {
             "detail": detail,
         });
         writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+pub async fn keys(backend: &Backend, command: KeysCommand) -> anyhow::Result<()> {
+    let store = open(backend).await?;
+    let result = run_keys(store.as_ref(), command).await;
+    store.close().await;
+    result
+}
+
+async fn run_keys(store: &dyn Store, command: KeysCommand) -> anyhow::Result<()> {
+    match command {
+        KeysCommand::Rotate => {
+            let rotation = keyring::rotate(store, OPERATOR.into(), now_ms()).await?;
+            println!("{}", rotation.kid);
+            for kid in rotation.retired {
+                eprintln!("Retired {kid}; it verifies the tokens it signed until they expire.");
+            }
+        }
+        KeysCommand::List { window } => {
+            let window = window.window();
+            let now = now_ms();
+            let mut rows = vec![vec![
+                "KID".to_owned(),
+                "CREATED".to_owned(),
+                "RETIRED".to_owned(),
+                "VERIFIES".to_owned(),
+            ]];
+            for record in store.signing_keys().await? {
+                let verifies = match window.verifies_until(&record) {
+                    None => "yes (signs new tokens)".to_owned(),
+                    Some(until) if now < until => format!("yes, until {}", rfc3339(until)),
+                    Some(_) => "no".to_owned(),
+                };
+                rows.push(vec![
+                    record.kid,
+                    rfc3339(record.created_at),
+                    record
+                        .retired_at
+                        .map(rfc3339)
+                        .unwrap_or_else(|| "-".to_owned()),
+                    verifies,
+                ]);
+            }
+            print_rows(rows)?;
+        }
     }
     Ok(())
 }
@@ -333,6 +396,11 @@ fn print_table(users: &[User], with_status: bool) -> anyhow::Result<()> {
         }
         rows.push(row);
     }
+    print_rows(rows)
+}
+
+/// Prints rows as left-aligned columns; the first row is the header.
+fn print_rows(rows: Vec<Vec<String>>) -> anyhow::Result<()> {
     let widths: Vec<usize> = (0..rows[0].len())
         .map(|col| {
             rows.iter()

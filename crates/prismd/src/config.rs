@@ -5,8 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::domain::cleanup::CleanupPolicy;
 use crate::store::{CacheSettings, OpenOptions, PgPoolSettings};
 use crate::tls::TlsSource;
+use crate::tokens::RetiredKeyWindow;
 
 /// Everything `serve` needs to know.
 #[derive(Debug, Clone)]
@@ -34,6 +36,18 @@ pub struct ServeConfig {
     pub usage_flush_interval: Duration,
     /// The hot-path cache of token standing; a zero lifetime turns it off.
     pub cache: CacheSettings,
+    /// How often the signing keys are re-read from the database, so a rotation reaches this
+    /// process even if nothing else tells it.
+    pub key_reload_interval: Duration,
+    /// Extra time a retired key keeps verifying, beyond the access-token lifetime and one
+    /// reload interval, for clock differences between replicas.
+    pub key_retire_margin: Duration,
+    /// Time between background cleanup rounds.
+    pub cleanup_interval: Duration,
+    /// How long dead refresh tokens and redeemed authorization codes are kept.
+    pub dead_token_retention: Duration,
+    /// How long audit events are kept.
+    pub audit_retention: Duration,
     /// Name of the organization created on first start.
     pub org_name: String,
     /// Email of the Owner created on first start.
@@ -59,6 +73,11 @@ impl ServeConfig {
             shutdown_grace: Duration::from_secs(20),
             usage_flush_interval: Duration::from_secs(5),
             cache: CacheSettings::default(),
+            key_reload_interval: Duration::from_secs(30),
+            key_retire_margin: Duration::from_secs(60),
+            cleanup_interval: Duration::from_secs(10 * 60),
+            dead_token_retention: Duration::from_secs(30 * 24 * 3600),
+            audit_retention: Duration::from_secs(400 * 24 * 3600),
             org_name: "My Organization".to_owned(),
             owner_email: "owner@localhost".to_owned(),
             logout_return_to: vec!["https://prismatic.io".to_owned()],
@@ -70,6 +89,25 @@ impl ServeConfig {
         OpenOptions {
             sqlite_readers: self.db_readers,
             postgres: self.db_pool,
+        }
+    }
+
+    /// How long a retired signing key keeps verifying on this server.
+    pub fn retired_key_window(&self) -> RetiredKeyWindow {
+        RetiredKeyWindow {
+            access_token_ttl: self.access_token_ttl,
+            reload_interval: self.key_reload_interval,
+            margin: self.key_retire_margin,
+        }
+    }
+
+    /// What background cleanup deletes, and when.
+    pub fn cleanup_policy(&self) -> CleanupPolicy {
+        CleanupPolicy {
+            interval: self.cleanup_interval,
+            dead_token_retention: self.dead_token_retention,
+            audit_retention: self.audit_retention,
+            key_window: self.retired_key_window(),
         }
     }
 

@@ -23,7 +23,7 @@ use crate::config::ServeConfig;
 use crate::domain::auth::{AuthService, TokenSettings};
 use crate::domain::{DomainError, now_ms};
 use crate::store::{Backend, CachedStore, Change, Store, StoreError};
-use crate::tokens::{KeyError, KeyRing};
+use crate::tokens::{KeyError, KeyRing, LiveKeys};
 
 pub use first_start::INITIAL_PASSWORD_FILE;
 
@@ -97,8 +97,10 @@ pub async fn serve(
         &config.owner_email,
     )
     .await?;
-    let keys = Arc::new(KeyRing::load_or_create(store.as_ref(), now_ms()).await?);
-    tracing::info!(kid = keys.active_kid(), "signing key loaded");
+    let key_window = config.retired_key_window();
+    let ring = KeyRing::load_or_create(store.as_ref(), now_ms(), &key_window).await?;
+    tracing::info!(kid = ring.active_kid(), "signing key loaded");
+    let keys = Arc::new(LiveKeys::new(store.clone(), ring, key_window));
 
     let tls = match &config.tls {
         None => None,
@@ -120,12 +122,11 @@ pub async fn serve(
         }
     };
 
-    // Every process hears every committed change; the cache drops what a change makes stale.
+    // Every process hears every committed change: the cache drops what a change makes stale,
+    // and a key rotation anywhere reloads the key ring here.
     let cache = (!config.cache.ttl.is_zero())
         .then(|| Arc::new(CachedStore::new(store.clone(), config.cache)));
-    let follower = cache
-        .clone()
-        .map(|cache| tokio::spawn(follow_changes(store.clone(), cache)));
+    let follower = tokio::spawn(follow_changes(store.clone(), cache.clone(), keys.clone()));
     let store: Arc<dyn Store> = match &cache {
         Some(cache) => cache.clone(),
         None => store,
@@ -136,7 +137,7 @@ pub async fn serve(
         audience,
         access_token_ttl: config.access_token_ttl,
     };
-    let auth = Arc::new(AuthService::new(store.clone(), keys, settings));
+    let auth = Arc::new(AuthService::new(store.clone(), keys.clone(), settings));
     let web = http::WebSettings {
         secure_cookies: issuer.starts_with("https://"),
         logout_return_to: config.logout_return_to.clone(),
@@ -146,11 +147,21 @@ pub async fn serve(
         config.request_timeout,
     );
 
-    let (stop_flusher, flusher_stopped) = watch::channel(false);
+    let (stop_background, background_stopped) = watch::channel(false);
     let flusher = tokio::spawn(flush_token_uses(
         auth.clone(),
         config.usage_flush_interval,
-        flusher_stopped,
+        background_stopped.clone(),
+    ));
+    let key_reloader = tokio::spawn(tokens::live::reload_periodically(
+        keys,
+        config.key_reload_interval,
+        background_stopped.clone(),
+    ));
+    let cleaner = tokio::spawn(domain::cleanup::run_periodically(
+        store.clone(),
+        config.cleanup_policy(),
+        background_stopped,
     ));
 
     let handle: Handle<SocketAddr> = Handle::new();
@@ -185,13 +196,13 @@ pub async fn serve(
     };
 
     tracing::info!("shutting down: requests finished, writing pending records");
-    let _ = stop_flusher.send(true);
+    let _ = stop_background.send(true);
     let _ = flusher.await;
-    if let Some(follower) = follower {
-        // It holds a connection of its own (PostgreSQL LISTEN) that closing the pool would
-        // otherwise wait for.
-        follower.abort();
-    }
+    // It holds a connection of its own (PostgreSQL LISTEN) that closing the pool would
+    // otherwise wait for.
+    follower.abort();
+    let _ = key_reloader.await;
+    let _ = cleaner.await;
     if let Err(err) = store.record_token_uses(&auth.usage().drain()).await {
         tracing::warn!(error = %err, "could not write the last token-use records");
     }
@@ -226,15 +237,36 @@ fn issuer_host(issuer: &str) -> String {
 }
 
 /// Hands every committed change (from this process and all others on the database) to the
-/// cache, for as long as the server runs. When the feed breaks, changes may have been missed,
-/// so the cache is emptied before following again.
-async fn follow_changes(store: Arc<dyn Store>, cache: Arc<CachedStore>) {
-    let apply = |change: Change| cache.apply(&change);
+/// cache and the key ring, for as long as the server runs. When the feed breaks, changes may
+/// have been missed, so the cache is emptied (and the keys re-read) before following again.
+async fn follow_changes(
+    store: Arc<dyn Store>,
+    cache: Option<Arc<CachedStore>>,
+    keys: Arc<LiveKeys>,
+) {
+    let apply = |change: Change| {
+        if let Some(cache) = &cache {
+            cache.apply(&change);
+        }
+        if change.action == tokens::keyring::ROTATED_ACTION || change.user_id.is_none() {
+            let keys = keys.clone();
+            tokio::spawn(async move {
+                if let Err(err) = keys.reload().await {
+                    tracing::warn!(error = %err, "could not reload the signing keys");
+                }
+            });
+        }
+    };
     loop {
         let outcome = store.follow_changes(&apply).await;
-        cache.apply(&Change::everything());
-        if let Err(err) = outcome {
-            tracing::warn!(error = %err, "lost the change feed; following it again in 1 s");
+        if let Some(cache) = &cache {
+            cache.feed_lost();
+        }
+        match outcome {
+            Err(err) => {
+                tracing::warn!(error = %err, "lost the change feed; following it again in 1 s");
+            }
+            Ok(()) => tracing::warn!("lost the change feed; following it again in 1 s"),
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }

@@ -13,6 +13,7 @@ use prismd::config::ServeConfig;
 use prismd::store::{Backend, CacheSettings, PgPoolSettings};
 use prismd::telemetry::{self, LogFormat};
 use prismd::tls::TlsSource;
+use prismd::tokens::RetiredKeyWindow;
 
 #[derive(Parser)]
 #[command(
@@ -69,6 +70,9 @@ enum Command {
     Orgs(admin::OrgsCommand),
     /// Print security events, newest first, as JSON lines.
     Audit(admin::AuditArgs),
+    /// Rotate and list the signing keys of access tokens.
+    #[command(subcommand)]
+    Keys(admin::KeysCommand),
 }
 
 #[derive(Args)]
@@ -103,9 +107,22 @@ struct ServeArgs {
     #[arg(long, env = "PRISMD_AUDIENCE")]
     audience: Option<String>,
 
-    /// Lifetime of access tokens, for example `7d`, `12h` or `15m`.
-    #[arg(long, env = "PRISMD_ACCESS_TOKEN_TTL", default_value = "7d", value_parser = parse_duration)]
-    access_token_ttl: Duration,
+    #[command(flatten)]
+    key_window: KeyWindowArgs,
+
+    /// Time between background cleanup rounds (expired codes, sessions and invitations, dead
+    /// refresh tokens, old audit events, retired signing keys).
+    #[arg(long, env = "PRISMD_CLEANUP_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    cleanup_interval: Duration,
+
+    /// How long dead refresh tokens (revoked, or of a removed user) are kept before cleanup
+    /// deletes them; until then they get the precise "revoked" answer.
+    #[arg(long, env = "PRISMD_DEAD_TOKEN_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    dead_token_retention: Duration,
+
+    /// How long audit events are kept.
+    #[arg(long, env = "PRISMD_AUDIT_RETENTION", default_value = "400d", value_parser = parse_duration)]
+    audit_retention: Duration,
 
     /// Read connections to the database (SQLite).
     #[arg(long, env = "PRISMD_DB_READERS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
@@ -165,6 +182,34 @@ struct ServeArgs {
     logout_return_to: Vec<String>,
 }
 
+/// The settings that decide how long a retired signing key keeps verifying; `serve` and
+/// `keys list` take the same ones.
+#[derive(Args, Clone, Copy)]
+pub struct KeyWindowArgs {
+    /// Lifetime of access tokens, for example `7d`, `12h` or `15m`.
+    #[arg(long, env = "PRISMD_ACCESS_TOKEN_TTL", default_value = "7d", value_parser = parse_duration)]
+    pub access_token_ttl: Duration,
+
+    /// How often a running server re-reads the signing keys (picks up a rotation).
+    #[arg(long, env = "PRISMD_KEY_RELOAD_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub key_reload_interval: Duration,
+
+    /// Extra time a retired signing key keeps verifying after the access-token lifetime and one
+    /// reload interval, for clock differences between replicas.
+    #[arg(long, env = "PRISMD_KEY_RETIRE_MARGIN", default_value = "60s", value_parser = parse_duration)]
+    pub key_retire_margin: Duration,
+}
+
+impl KeyWindowArgs {
+    pub fn window(&self) -> RetiredKeyWindow {
+        RetiredKeyWindow {
+            access_token_ttl: self.access_token_ttl,
+            reload_interval: self.key_reload_interval,
+            margin: self.key_retire_margin,
+        }
+    }
+}
+
 fn parse_duration(input: &str) -> Result<Duration, String> {
     let duration = humantime::parse_duration(input).map_err(|e| e.to_string())?;
     if duration.is_zero() {
@@ -212,6 +257,7 @@ fn main() -> ExitCode {
             }
             Command::Orgs(command) => admin::orgs(&backend, command).await,
             Command::Audit(args) => admin::audit(&backend, args).await,
+            Command::Keys(command) => admin::keys(&backend, command).await,
         }
     });
     match result {
@@ -239,7 +285,12 @@ async fn run_server(
         header_read_timeout: args.header_read_timeout,
         shutdown_grace: args.shutdown_grace,
         audience: args.audience,
-        access_token_ttl: args.access_token_ttl,
+        access_token_ttl: args.key_window.access_token_ttl,
+        key_reload_interval: args.key_window.key_reload_interval,
+        key_retire_margin: args.key_window.key_retire_margin,
+        cleanup_interval: args.cleanup_interval,
+        dead_token_retention: args.dead_token_retention,
+        audit_retention: args.audit_retention,
         db_readers: args.db_readers,
         db_pool: PgPoolSettings {
             max_connections: args.db_pool_size,

@@ -16,7 +16,9 @@ use super::usage::UsageRecorder;
 use super::{BearerError, DomainError, GrantError, RequestMeta, now_ms};
 use crate::store::{AuditEvent, NewRefreshToken, Organization, RefreshGrant, Store, User};
 use crate::tokens::jwt::Audience;
-use crate::tokens::{AccessClaims, KeyRing, VerifyExpectations, hash_secret};
+use crate::tokens::{
+    AccessClaims, JwtError, KeyError, KeyRing, LiveKeys, VerifyExpectations, hash_secret, jwt,
+};
 
 /// The public OAuth client of the `prism` CLI; refresh tokens minted by operators belong to it
 /// too, so the official client can use them.
@@ -61,14 +63,14 @@ impl From<&RefreshGrant> for Standing {
 /// The token service.
 pub struct AuthService {
     store: Arc<dyn Store>,
-    keys: Arc<KeyRing>,
+    keys: Arc<LiveKeys>,
     settings: TokenSettings,
     usage: UsageRecorder,
     rng: SystemRandom,
 }
 
 impl AuthService {
-    pub fn new(store: Arc<dyn Store>, keys: Arc<KeyRing>, settings: TokenSettings) -> Self {
+    pub fn new(store: Arc<dyn Store>, keys: Arc<LiveKeys>, settings: TokenSettings) -> Self {
         Self {
             store,
             keys,
@@ -82,8 +84,37 @@ impl AuthService {
         &self.settings
     }
 
-    pub fn keys(&self) -> &KeyRing {
+    /// The key ring as of now (a rotation swaps in a new one).
+    pub fn keys(&self) -> Arc<KeyRing> {
+        self.keys.current()
+    }
+
+    /// The swappable key ring.
+    pub fn live_keys(&self) -> &Arc<LiveKeys> {
         &self.keys
+    }
+
+    /// Re-reads the signing keys from the database, for example after being told of a
+    /// rotation. On failure the current keys stay in use.
+    pub async fn reload_keys(&self) -> Result<(), KeyError> {
+        self.keys.reload().await
+    }
+
+    /// Verifies an access token; a `kid` we do not know yet (a key another replica rotated
+    /// to) triggers one reload of the key ring before the token is refused.
+    async fn verify_access_token(&self, token: &str) -> Result<AccessClaims, JwtError> {
+        let expect = VerifyExpectations {
+            issuer: &self.settings.issuer,
+            audience: &self.settings.audience,
+            now_secs: now_ms() / 1000,
+        };
+        match self.keys.current().verify(token, &expect) {
+            Err(JwtError::UnknownKey) => match jwt::claimed_kid(token) {
+                Some(kid) => self.keys.for_unknown_kid(&kid).await.verify(token, &expect),
+                None => Err(JwtError::UnknownKey),
+            },
+            verified => verified,
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -137,6 +168,7 @@ impl AuthService {
         };
         let access_token = self
             .keys
+            .current()
             .sign(&claims)
             .map_err(|_| DomainError::Internal("signing failed"))?;
         self.usage.record(&claims.sid, now, meta.address.as_deref());
@@ -191,14 +223,9 @@ impl AuthService {
 
     /// Verifies a bearer token and applies the standing rule with the user's current state.
     pub async fn authenticate_access_token(&self, token: &str) -> Result<Principal, DomainError> {
-        let expect = VerifyExpectations {
-            issuer: &self.settings.issuer,
-            audience: &self.settings.audience,
-            now_secs: now_ms() / 1000,
-        };
         let claims = self
-            .keys
-            .verify(token, &expect)
+            .verify_access_token(token)
+            .await
             .map_err(|err| DomainError::InvalidToken(BearerError::Jwt(err)))?;
         let record = self
             .store
@@ -232,12 +259,7 @@ impl AuthService {
                 .await?
                 .map(|grant| (grant.token_id, grant.user_id, grant.org_id))
         } else {
-            let expect = VerifyExpectations {
-                issuer: &self.settings.issuer,
-                audience: &self.settings.audience,
-                now_secs: now_ms() / 1000,
-            };
-            match self.keys.verify(token, &expect) {
+            match self.verify_access_token(token).await {
                 Ok(claims) => Some((claims.sid, claims.sub, String::new())),
                 Err(_) => None,
             }
@@ -289,6 +311,7 @@ impl AuthService {
             claims["nonce"] = serde_json::Value::String(nonce.to_owned());
         }
         self.keys
+            .current()
             .sign_id_token(&claims)
             .map_err(|_| DomainError::Internal("signing failed"))
     }

@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod cleanup;
 pub mod device;
 pub mod limits;
 pub mod login;

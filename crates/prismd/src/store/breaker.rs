@@ -28,9 +28,10 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use super::{
-    AuditEvent, AuditRecord, Change, CodeRedemption, Credentials, DeviceCode, NewAuthorizationCode,
-    NewDeviceCode, NewOrganization, NewRefreshToken, NewUser, Organization, PrincipalRecord,
-    ProfileChanges, RefreshGrant, Removal, SigningKeyRecord, Store, StoreError, TokenUse, User,
+    AuditEvent, AuditRecord, Change, CleanupLock, CodeRedemption, Credentials, DeviceCode, Garbage,
+    NewAuthorizationCode, NewDeviceCode, NewOrganization, NewRefreshToken, NewUser, Organization,
+    PrincipalRecord, ProfileChanges, RefreshGrant, Removal, SigningKeyRecord, Store, StoreError,
+    TokenUse, User,
 };
 
 /// How the probe behaves while the circuit is open.
@@ -512,6 +513,28 @@ impl Store for GuardedStore {
     ) -> Result<(), StoreError> {
         self.guard(self.inner.insert_signing_key_if_none_active(key))
             .await
+    }
+
+    async fn rotate_signing_key(
+        &self,
+        key: SigningKeyRecord,
+        audit: AuditEvent,
+    ) -> Result<Vec<String>, StoreError> {
+        self.guard(self.inner.rotate_signing_key(key, audit)).await
+    }
+
+    async fn delete_garbage(
+        &self,
+        kind: Garbage,
+        before: i64,
+        limit: i64,
+    ) -> Result<u64, StoreError> {
+        self.guard(self.inner.delete_garbage(kind, before, limit))
+            .await
+    }
+
+    async fn try_cleanup_lock(&self) -> Result<Option<CleanupLock>, StoreError> {
+        self.guard(self.inner.try_cleanup_lock()).await
     }
 
     async fn recent_audit_events(&self, limit: i64) -> Result<Vec<AuditRecord>, StoreError> {

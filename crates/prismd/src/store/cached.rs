@@ -7,8 +7,13 @@
 //!   at once);
 //! - another process's change is heard through [`Store::follow_changes`] (PostgreSQL
 //!   `LISTEN/NOTIFY`, or SQLite's audit-log poll), which calls [`CachedStore::apply`];
-//! - it is older than the configured lifetime: the bound when a notification is missed, for
-//!   example while the listener reconnects.
+//! - it is older than the configured lifetime: the bound when a notification is missed
+//!   without the feed noticing (a silently dropped connection).
+//!
+//! While the change feed is down (before it first listens, and from the moment it breaks
+//! until it listens again) the cache is bypassed: a process that cannot hear of revokes must
+//! not answer from memory. So during a database outage requests fail with 503 rather than
+//! being served from a cache nobody can invalidate.
 //!
 //! Only positive answers are cached: an unknown token hash always goes to the database, so
 //! a token minted a moment ago on another replica works everywhere at once.
@@ -19,16 +24,17 @@
 //! after the last invalidation of its user.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
 use super::{
-    AuditEvent, AuditRecord, Change, CodeRedemption, Credentials, DeviceCode, NewAuthorizationCode,
-    NewDeviceCode, NewOrganization, NewRefreshToken, NewUser, Organization, PrincipalRecord,
-    ProfileChanges, RefreshGrant, Removal, SigningKeyRecord, Store, StoreError, TokenUse, User,
+    AuditEvent, AuditRecord, Change, CleanupLock, CodeRedemption, Credentials, DeviceCode, Garbage,
+    NewAuthorizationCode, NewDeviceCode, NewOrganization, NewRefreshToken, NewUser, Organization,
+    PrincipalRecord, ProfileChanges, RefreshGrant, Removal, SigningKeyRecord, Store, StoreError,
+    TokenUse, User,
 };
 
 /// How long and how much the cache keeps.
@@ -92,6 +98,8 @@ pub struct CachedStore {
     inner: Arc<dyn Store>,
     settings: CacheSettings,
     clock: AtomicU64,
+    /// Whether the change feed is listening; entries are used only while it is.
+    feed_live: AtomicBool,
     entries: Mutex<Entries>,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -104,6 +112,7 @@ impl CachedStore {
             inner,
             settings,
             clock: AtomicU64::new(1),
+            feed_live: AtomicBool::new(false),
             entries: Mutex::new(Entries::default()),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -124,12 +133,26 @@ impl CachedStore {
         }
     }
 
-    /// Drops what `change` may have made stale.
+    /// Drops what `change` may have made stale; [`Change::listening`] also starts using the
+    /// cache.
     pub fn apply(&self, change: &Change) {
         match &change.user_id {
             Some(user_id) => self.invalidate_user(user_id),
             None => self.invalidate_all(),
         }
+        if change.action == Change::LISTENING {
+            self.feed_live.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// The change feed broke: stop answering from memory until it listens again.
+    pub fn feed_lost(&self) {
+        self.feed_live.store(false, Ordering::SeqCst);
+        self.invalidate_all();
+    }
+
+    fn in_use(&self) -> bool {
+        self.feed_live.load(Ordering::SeqCst)
     }
 
     fn lock(&self) -> MutexGuard<'_, Entries> {
@@ -196,6 +219,9 @@ impl Store for CachedStore {
         &self,
         token_hash: &[u8; 32],
     ) -> Result<Option<RefreshGrant>, StoreError> {
+        if !self.in_use() {
+            return self.inner.find_refresh_grant(token_hash).await;
+        }
         {
             let entries = self.lock();
             if let Some(entry) = entries.grants.get(token_hash)
@@ -227,6 +253,9 @@ impl Store for CachedStore {
         user_id: &str,
         session_id: &str,
     ) -> Result<Option<PrincipalRecord>, StoreError> {
+        if !self.in_use() {
+            return self.inner.principal(user_id, session_id).await;
+        }
         let key = (user_id.to_owned(), session_id.to_owned());
         {
             let entries = self.lock();
@@ -543,6 +572,27 @@ impl Store for CachedStore {
         key: SigningKeyRecord,
     ) -> Result<(), StoreError> {
         self.inner.insert_signing_key_if_none_active(key).await
+    }
+
+    async fn rotate_signing_key(
+        &self,
+        key: SigningKeyRecord,
+        audit: AuditEvent,
+    ) -> Result<Vec<String>, StoreError> {
+        self.inner.rotate_signing_key(key, audit).await
+    }
+
+    async fn delete_garbage(
+        &self,
+        kind: Garbage,
+        before: i64,
+        limit: i64,
+    ) -> Result<u64, StoreError> {
+        self.inner.delete_garbage(kind, before, limit).await
+    }
+
+    async fn try_cleanup_lock(&self) -> Result<Option<CleanupLock>, StoreError> {
+        self.inner.try_cleanup_lock().await
     }
 
     async fn recent_audit_events(&self, limit: i64) -> Result<Vec<AuditRecord>, StoreError> {

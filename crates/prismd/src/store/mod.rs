@@ -4,6 +4,7 @@
 
 mod breaker;
 mod cached;
+mod cleanup;
 mod postgres;
 mod sqlite;
 
@@ -14,7 +15,8 @@ use async_trait::async_trait;
 
 pub use breaker::{BreakerSettings, CircuitBreaker, GuardedStore};
 pub use cached::{CacheSettings, CacheStats, CachedStore};
-pub use postgres::{PgPoolSettings, PostgresStore};
+pub use cleanup::{CleanupLock, Garbage};
+pub use postgres::{CLEANUP_LOCK, PgPoolSettings, PostgresStore};
 pub use sqlite::{DATABASE_FILE, SqliteStore};
 
 /// Storage failures. Handlers map every variant to a response without internals.
@@ -460,11 +462,24 @@ pub struct Change {
 }
 
 impl Change {
+    /// The action of [`Change::listening`].
+    pub const LISTENING: &'static str = "listening";
+
     /// What a follower assumes when it may have missed changes (for example after a
     /// reconnect): everything changed.
     pub fn everything() -> Self {
         Self {
             action: "*".to_owned(),
+            user_id: None,
+        }
+    }
+
+    /// The first thing a feed delivers, once every change committed from then on will reach
+    /// it. Whatever was committed before may have been missed, so it also means "everything
+    /// changed".
+    pub fn listening() -> Self {
+        Self {
+            action: Self::LISTENING.to_owned(),
             user_id: None,
         }
     }
@@ -706,13 +721,35 @@ pub trait Store: Send + Sync + 'static {
         key: SigningKeyRecord,
     ) -> Result<(), StoreError>;
 
+    /// Makes `key` the active signing key and retires every key active until now (its
+    /// `retired_at` becomes `key.created_at`), with `audit`, in one transaction that also
+    /// excludes a concurrent first-key creation. Returns the kids it retired.
+    async fn rotate_signing_key(
+        &self,
+        key: SigningKeyRecord,
+        audit: AuditEvent,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Deletes at most `limit` rows of one kind of garbage older than `before` (milliseconds;
+    /// what "older" means is the kind's), in one short statement. Returns how many it deleted:
+    /// fewer than `limit` means there are no more.
+    async fn delete_garbage(
+        &self,
+        kind: Garbage,
+        before: i64,
+        limit: i64,
+    ) -> Result<u64, StoreError>;
+
+    /// The right to run a cleanup round now, or `None` when another replica is running one.
+    async fn try_cleanup_lock(&self) -> Result<Option<CleanupLock>, StoreError>;
+
     /// Audit events, newest first, at most `limit`.
     async fn recent_audit_events(&self, limit: i64) -> Result<Vec<AuditRecord>, StoreError>;
 
     /// Hands every change committed from now on, by any process on this database, to
-    /// `on_change`, in commit order per process. Runs until the feed breaks and then returns
-    /// the error; the caller must then assume it missed changes ([`Change::everything`]) and
-    /// call again. PostgreSQL uses `LISTEN`; SQLite polls the audit log, whose ids grow in
+    /// `on_change`, in commit order per process, starting with [`Change::listening`] once
+    /// nothing can be missed any more. Runs until the feed breaks and then returns (with the
+    /// error, if there was one); the caller must then assume it missed changes and call again. PostgreSQL uses `LISTEN`; SQLite polls the audit log, whose ids grow in
     /// commit order because SQLite has one writer at a time.
     async fn follow_changes(
         &self,

@@ -14,10 +14,10 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, FromRow, Postgres, Row, Transaction};
 
 use super::{
-    AuditEvent, AuditRecord, AuthorizationCode, Change, CodeRedemption, Credentials, DeviceCode,
-    NewAuthorizationCode, NewDeviceCode, NewOrganization, NewRefreshToken, NewUser, Organization,
-    PrincipalRecord, ProfileChanges, RefreshGrant, Removal, SigningKeyRecord, Store, StoreError,
-    TokenUse, User,
+    AuditEvent, AuditRecord, AuthorizationCode, Change, CleanupLock, CodeRedemption, Credentials,
+    DeviceCode, Garbage, NewAuthorizationCode, NewDeviceCode, NewOrganization, NewRefreshToken,
+    NewUser, Organization, PrincipalRecord, ProfileChanges, RefreshGrant, Removal,
+    SigningKeyRecord, Store, StoreError, TokenUse, User,
 };
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -27,6 +27,8 @@ pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 /// pick these (ASCII "prismB01" and "prismK01").
 const BOOTSTRAP_LOCK: i64 = 0x7072_6973_6d42_3031;
 const SIGNING_KEY_LOCK: i64 = 0x7072_6973_6d4b_3031;
+/// Session-level (`pg_try_advisory_lock`), held for one cleanup round: ASCII "prismC01".
+pub const CLEANUP_LOCK: i64 = 0x7072_6973_6d43_3031;
 
 const USER_COLUMNS: &str = "u.id, u.org_id, u.email, u.name, u.role, u.token_epoch, \
      u.created_at, u.updated_at, u.removed_at, u.phone, u.external_id, u.dark_mode, \
@@ -1109,6 +1111,55 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn rotate_signing_key(
+        &self,
+        key: SigningKeyRecord,
+        audit: AuditEvent,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.begin().await?;
+        // The same lock as the first key: a rotation racing a replica's first start (or
+        // another rotation) must leave exactly one active key.
+        advisory_lock(&mut tx, SIGNING_KEY_LOCK).await?;
+        let retired: Vec<String> = sqlx::query_scalar(
+            "UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL RETURNING kid",
+        )
+        .bind(key.created_at)
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, algorithm, private_key, public_key, created_at, retired_at) \
+             VALUES ($1, $2, $3, $4, $5, NULL)",
+        )
+        .bind(&key.kid)
+        .bind(&key.algorithm)
+        .bind(&key.private_key)
+        .bind(&key.public_key)
+        .bind(key.created_at)
+        .execute(&mut *tx)
+        .await?;
+        insert_audit(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(retired)
+    }
+
+    async fn delete_garbage(
+        &self,
+        kind: Garbage,
+        before: i64,
+        limit: i64,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(kind.delete_statement())
+            .bind(before)
+            .bind(limit)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn try_cleanup_lock(&self) -> Result<Option<CleanupLock>, StoreError> {
+        CleanupLock::try_postgres(&self.pool, CLEANUP_LOCK).await
+    }
+
     async fn recent_audit_events(&self, limit: i64) -> Result<Vec<AuditRecord>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT id, at, action, actor, org_id, subject_user_id, address, detail \
@@ -1127,20 +1178,21 @@ impl Store for PostgresStore {
             .max_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
+            .acquire_timeout(Duration::from_secs(2))
             .connect_with(self.options.clone())
             .await?;
         let mut listener = sqlx::postgres::PgListener::connect_with(&own).await?;
+        // A lost connection must end the feed at once (so the cache stops answering), not
+        // after sqlx has tried to reconnect to a database that may be gone.
+        listener.eager_reconnect(false);
         listener.listen(CHANGES_CHANNEL).await?;
-        // Changes committed before LISTEN took effect were never heard.
-        on_change(Change::everything());
-        loop {
-            match listener.try_recv().await? {
-                Some(notification) => on_change(parse_change(notification.payload())),
-                // The connection dropped and the next call reconnects: whatever was notified
-                // in between is lost.
-                None => on_change(Change::everything()),
-            }
+        on_change(Change::listening());
+        // `None`: the connection dropped, and whatever was notified meanwhile is lost; the
+        // caller starts over with a fresh connection.
+        while let Some(notification) = listener.try_recv().await? {
+            on_change(parse_change(notification.payload()));
         }
+        Ok(())
     }
 
     async fn close(&self) {

@@ -13,10 +13,10 @@ use sqlx::sqlite::{
 use sqlx::{FromRow, Row, Sqlite, Transaction};
 
 use super::{
-    AuditEvent, AuditRecord, AuthorizationCode, Change, CodeRedemption, Credentials, DeviceCode,
-    NewAuthorizationCode, NewDeviceCode, NewOrganization, NewRefreshToken, NewUser, Organization,
-    PrincipalRecord, ProfileChanges, RefreshGrant, Removal, SigningKeyRecord, Store, StoreError,
-    TokenUse, User,
+    AuditEvent, AuditRecord, AuthorizationCode, Change, CleanupLock, CodeRedemption, Credentials,
+    DeviceCode, Garbage, NewAuthorizationCode, NewDeviceCode, NewOrganization, NewRefreshToken,
+    NewUser, Organization, PrincipalRecord, ProfileChanges, RefreshGrant, Removal,
+    SigningKeyRecord, Store, StoreError, TokenUse, User,
 };
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -1008,6 +1008,44 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn rotate_signing_key(
+        &self,
+        key: SigningKeyRecord,
+        audit: AuditEvent,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let retired: Vec<String> = sqlx::query_scalar(
+            "UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL RETURNING kid",
+        )
+        .bind(key.created_at)
+        .fetch_all(&mut *tx)
+        .await?;
+        insert_signing_key(&mut tx, &key).await?;
+        insert_audit(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(retired)
+    }
+
+    async fn delete_garbage(
+        &self,
+        kind: Garbage,
+        before: i64,
+        limit: i64,
+    ) -> Result<u64, StoreError> {
+        // One statement, its own transaction: the single writer is free again between batches.
+        let done = sqlx::query(kind.delete_statement())
+            .bind(before)
+            .bind(limit)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn try_cleanup_lock(&self) -> Result<Option<CleanupLock>, StoreError> {
+        // One server per database file: nobody to take turns with.
+        Ok(Some(CleanupLock::uncontended()))
+    }
+
     async fn recent_audit_events(&self, limit: i64) -> Result<Vec<AuditRecord>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT id, at, action, actor, org_id, subject_user_id, address, detail \
@@ -1025,6 +1063,7 @@ impl Store for SqliteStore {
         let mut seen: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM audit_events")
             .fetch_one(&self.readers)
             .await?;
+        on_change(Change::listening());
         let mut ticker = tokio::time::interval(CHANGE_POLL_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -1048,6 +1087,24 @@ impl Store for SqliteStore {
         self.readers.close().await;
         self.writer.close().await;
     }
+}
+
+async fn insert_signing_key(
+    tx: &mut Transaction<'static, Sqlite>,
+    key: &SigningKeyRecord,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO signing_keys (kid, algorithm, private_key, public_key, created_at, retired_at) \
+         VALUES ($1, $2, $3, $4, $5, NULL)",
+    )
+    .bind(&key.kid)
+    .bind(&key.algorithm)
+    .bind(&key.private_key)
+    .bind(&key.public_key)
+    .bind(key.created_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 async fn insert_user(

@@ -11,7 +11,7 @@ use super::keyring::{ALGORITHM, KeyRing};
 /// Tokens longer than this are rejected unread.
 const MAX_TOKEN_LEN: usize = 4096;
 /// Allowed clock difference between replicas for `iat`/`nbf`.
-const CLOCK_SKEW_SECS: i64 = 60;
+pub const CLOCK_SKEW_SECS: i64 = 60;
 
 /// Claims of an access token. `ep` (the user's token epoch when issued) and `sid` (the refresh
 /// token it came from) let the API refuse tokens of revoked sessions and removed users at once.
@@ -177,6 +177,23 @@ impl KeyRing {
     }
 }
 
+/// The `kid` an access token claims to be signed with, read without verifying anything, when
+/// it could name one of our keys (an RFC 7638 thumbprint: 43 base64url characters). Used only
+/// to decide whether reloading the key ring might help.
+pub fn claimed_kid(token: &str) -> Option<String> {
+    if token.len() > MAX_TOKEN_LEN {
+        return None;
+    }
+    let header: Header = decode_json(token.split('.').next()?).ok()?;
+    let kid = header.kid.filter(|kid| {
+        kid.len() == 43
+            && kid
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })?;
+    (header.alg == ALGORITHM).then_some(kid)
+}
+
 fn decode_json<T: for<'de> Deserialize<'de>>(part: &str) -> Result<T, JwtError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(part)
@@ -245,6 +262,24 @@ mod tests {
             ring.verify(&token, &expect(now - 120)),
             Err(JwtError::NotYetValid)
         );
+        Ok(())
+    }
+
+    #[test]
+    fn claimed_kid_only_for_plausible_kids() -> Result<(), Box<dyn std::error::Error>> {
+        let ring = ring()?;
+        let token = ring.sign(&claims(10))?;
+        assert_eq!(claimed_kid(&token).as_deref(), Some(ring.active_kid()));
+        let header = |value: serde_json::Value| URL_SAFE_NO_PAD.encode(value.to_string());
+        for refused in [
+            serde_json::json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "short"}),
+            serde_json::json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "/".repeat(43)}),
+            serde_json::json!({"alg": "HS256", "typ": "at+jwt", "kid": "a".repeat(43)}),
+            serde_json::json!({"alg": "EdDSA", "typ": "at+jwt"}),
+        ] {
+            assert_eq!(claimed_kid(&format!("{}.e30.sig", header(refused))), None);
+        }
+        assert_eq!(claimed_kid("not a token"), None);
         Ok(())
     }
 

@@ -2,12 +2,15 @@
 //! data directory and talks HTTP to it (plus `curl`, `jq` and `bash` for the seed's lines).
 
 mod admin;
+mod cleanup;
 mod device;
 mod errors;
+mod first_start_race;
 mod flows;
 mod graphql;
 mod harness;
 mod jwt_attacks;
+mod keys;
 mod login;
 mod official_cli;
 mod ops;

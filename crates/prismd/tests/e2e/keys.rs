@@ -1,0 +1,282 @@
+//! Signing-key rotation end to end: `prismd keys rotate` and `keys list`, running servers
+//! picking up a rotation (periodically, and at once for a token signed with a key they do not
+//! know yet), retired keys verifying until their last token has expired, and a failed reload
+//! that keeps the current keys.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::Value;
+
+use crate::harness::{
+    CHANGE_REACH_BOUND, Options, Server, TestResult, admin_ok, temp_dir, user_with_token,
+};
+use crate::postgres::FreshDatabase;
+
+/// The `kid` in an access token's header.
+pub fn kid_of(token: &str) -> Result<String, Box<dyn std::error::Error>> {
+    let header = token.split('.').next().ok_or("not a JWT")?;
+    let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header)?)?;
+    Ok(header["kid"].as_str().ok_or("no kid")?.to_owned())
+}
+
+fn exp_of(token: &str) -> Result<i64, Box<dyn std::error::Error>> {
+    let payload = token.split('.').nth(1).ok_or("not a JWT")?;
+    let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload)?)?;
+    claims["exp"].as_i64().ok_or_else(|| "no exp".into())
+}
+
+fn now_secs() -> Result<i64, Box<dyn std::error::Error>> {
+    Ok(i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs(),
+    )?)
+}
+
+/// The kids the server's JWKS publishes.
+pub async fn jwks_kids(server: &Server) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let jwks: Value = server
+        .http
+        .get(server.url("/.well-known/jwks.json"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(jwks["keys"]
+        .as_array()
+        .ok_or("no keys")?
+        .iter()
+        .filter_map(|k| k["kid"].as_str().map(str::to_owned))
+        .collect())
+}
+
+/// The `keys list` row of `kid`.
+fn listed(list: &str, kid: &str) -> Option<String> {
+    list.lines()
+        .find(|line| line.starts_with(kid))
+        .map(str::to_owned)
+}
+
+#[tokio::test]
+async fn retired_key_verifies_until_its_last_token_expired() -> TestResult {
+    let dir = temp_dir()?;
+    let data = dir.path();
+    let window = [
+        "--access-token-ttl",
+        "20s",
+        "--key-reload-interval",
+        "1s",
+        "--key-retire-margin",
+        "1s",
+    ];
+    let server = Server::start_with(
+        data,
+        Options {
+            args: window.iter().map(|s| (*s).to_owned()).collect(),
+            ..Options::default()
+        },
+    )?;
+    let refresh = user_with_token(data, "ada@example.com")?;
+    let first = server.access_token(&refresh).await?;
+    let old_kid = kid_of(&first)?;
+    assert_eq!(jwks_kids(&server).await?, vec![old_kid.clone()]);
+    let list_args: Vec<&str> = ["keys", "list"].iter().chain(&window).copied().collect();
+    let list = admin_ok(data, &list_args)?;
+    assert!(list.starts_with("KID"), "{list}");
+    let row = listed(&list, &old_kid).ok_or("old key not listed")?;
+    assert!(row.contains("yes (signs new tokens)"), "{row}");
+
+    let new_kid = admin_ok(data, &["keys", "rotate"])?;
+    assert_ne!(new_kid, old_kid);
+    assert_eq!(new_kid.len(), 43, "a thumbprint: {new_kid}");
+
+    // The server picks the new key up by its periodic reload; until then it still signs with
+    // the old one, and every such token must verify for as long as it lives.
+    let mut last_old_exp = exp_of(&first)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let token = server.access_token(&refresh).await?;
+        if kid_of(&token)? == new_kid {
+            break;
+        }
+        last_old_exp = last_old_exp.max(exp_of(&token)?);
+        if Instant::now() > deadline {
+            return Err("the server never signed with the rotated key".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        server.whoami(&first).await?,
+        Ok("ada@example.com".into()),
+        "a token signed by the retired key still verifies"
+    );
+    let mut kids = jwks_kids(&server).await?;
+    kids.sort();
+    let mut both = vec![old_kid.clone(), new_kid.clone()];
+    both.sort();
+    assert_eq!(kids, both, "the JWKS keeps the retired key");
+    let list = admin_ok(data, &list_args)?;
+    let old_row = listed(&list, &old_kid).ok_or("old key not listed")?;
+    assert!(old_row.contains("yes, until"), "{old_row}");
+    let new_row = listed(&list, &new_kid).ok_or("new key not listed")?;
+    assert!(new_row.contains("yes (signs new tokens)"), "{new_row}");
+    let audit = admin_ok(data, &["audit", "--limit", "5"])?;
+    assert!(audit.contains("\"keys.rotated\""), "{audit}");
+    assert!(audit.contains(&new_kid), "{audit}");
+
+    // The retired key leaves the JWKS (and verification) only once every token it signed
+    // has expired.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while jwks_kids(&server).await?.contains(&old_kid) {
+        if Instant::now() > deadline {
+            return Err("the retired key never left the JWKS".into());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        now_secs()? >= last_old_exp,
+        "the retired key was dropped before its last token ({last_old_exp}) expired"
+    );
+    assert_eq!(jwks_kids(&server).await?, vec![new_kid.clone()]);
+    assert_eq!(server.whoami(&first).await?, Err(401));
+    let fresh = server.access_token(&refresh).await?;
+    assert_eq!(server.whoami(&fresh).await?, Ok("ada@example.com".into()));
+    let list = admin_ok(data, &list_args)?;
+    let old_row = listed(&list, &old_kid).ok_or("old key not listed")?;
+    assert!(old_row.trim_end().ends_with("no"), "{old_row}");
+    server.stop()?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn rotation_reaches_every_replica_on_postgres() -> TestResult {
+    let db = FreshDatabase::create().await?;
+    let outcome = replicas_pick_up_a_rotation(&db.url).await;
+    db.drop_now().await?;
+    outcome
+}
+
+fn replica(
+    dir: &std::path::Path,
+    url: &str,
+    reload: &str,
+) -> Result<Server, Box<dyn std::error::Error>> {
+    Server::start_with(
+        dir,
+        Options {
+            args: [
+                "--database-url",
+                url,
+                "--issuer",
+                "https://auth.prism.test",
+                "--key-reload-interval",
+                reload,
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
+            ..Options::default()
+        },
+    )
+}
+
+async fn replicas_pick_up_a_rotation(url: &str) -> TestResult {
+    let dir = temp_dir()?;
+    let data = dir.path();
+    // Periodic reloads far away: only the unknown-kid reload can explain what follows.
+    let a = replica(data, url, "1h")?;
+    let b = replica(data, url, "1h")?;
+    let admin = |args: &[&str]| -> Result<String, Box<dyn std::error::Error>> {
+        let all: Vec<&str> = ["--database-url", url]
+            .iter()
+            .chain(args)
+            .copied()
+            .collect();
+        admin_ok(data, &all)
+    };
+    admin(&[
+        "users",
+        "add",
+        "--email",
+        "ada@example.com",
+        "--role",
+        "Integrator",
+    ])?;
+    let refresh = admin(&["tokens", "create", "--email", "ada@example.com"])?;
+    let before = a.access_token(&refresh).await?;
+    let old_kid = kid_of(&before)?;
+    assert_eq!(b.whoami(&before).await?, Ok("ada@example.com".into()));
+
+    let new_kid = admin(&["keys", "rotate"])?;
+    assert_ne!(new_kid, old_kid);
+    // A replica started after the rotation signs with the new key at once...
+    let c = replica(data, url, "1s")?;
+    let rotated = c.access_token(&refresh).await?;
+    assert_eq!(kid_of(&rotated)?, new_kid);
+    // ...and the replicas that have not reloaded yet verify its tokens on first sight.
+    assert_eq!(a.whoami(&rotated).await?, Ok("ada@example.com".into()));
+    assert_eq!(b.whoami(&rotated).await?, Ok("ada@example.com".into()));
+    // That reload also moved them to the new key, and the old key's tokens live on.
+    assert_eq!(kid_of(&a.access_token(&refresh).await?)?, new_kid);
+    assert!(jwks_kids(&b).await?.contains(&new_kid));
+    for server in [&a, &b, &c] {
+        assert_eq!(server.whoami(&before).await?, Ok("ada@example.com".into()));
+        assert!(jwks_kids(server).await?.contains(&old_kid));
+    }
+
+    // Tokens naming kids nobody has are refused, whatever their number.
+    let forged_header = URL_SAFE_NO_PAD.encode(
+        serde_json::json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "A".repeat(43)}).to_string(),
+    );
+    let body = before.split_once('.').ok_or("not a JWT")?.1;
+    let forged = format!("{forged_header}.{body}");
+    for _ in 0..5 {
+        assert_eq!(a.whoami(&forged).await?, Err(401));
+    }
+
+    // A failed reload (here: the table is gone for a while) keeps the current keys.
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url).await?;
+    sqlx::query("ALTER TABLE signing_keys RENAME TO signing_keys_away")
+        .execute(&mut conn)
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !c.logs().contains("could not reload the signing keys") {
+        if Instant::now() > deadline {
+            return Err(format!("no reload warning; log:\n{}", c.logs()).into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let during = c.access_token(&refresh).await?;
+    assert_eq!(kid_of(&during)?, new_kid);
+    assert_eq!(c.whoami(&before).await?, Ok("ada@example.com".into()));
+    sqlx::query("ALTER TABLE signing_keys_away RENAME TO signing_keys")
+        .execute(&mut conn)
+        .await?;
+    <sqlx::PgConnection as sqlx::Connection>::close(conn).await?;
+    assert_eq!(c.whoami(&during).await?, Ok("ada@example.com".into()));
+
+    // Without any token to show them the new kid, and with periodic reloads an hour away,
+    // the replicas hear of the next rotation through the change feed and sign with it.
+    let newest_kid = admin(&["keys", "rotate"])?;
+    for server in [&a, &b] {
+        let deadline = Instant::now() + CHANGE_REACH_BOUND;
+        loop {
+            let kid = kid_of(&server.access_token(&refresh).await?)?;
+            if kid == newest_kid {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("still signing with {kid} after the rotation").into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    for server in [a, b, c] {
+        let logs = server.stop()?;
+        assert!(!logs.contains("ERROR"), "{logs}");
+    }
+    Ok(())
+}
