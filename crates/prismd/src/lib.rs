@@ -136,6 +136,11 @@ pub async fn serve(
         issuer: issuer.clone(),
         audience,
         access_token_ttl: config.access_token_ttl,
+        verified_token_capacity: if config.cache.ttl.is_zero() {
+            0
+        } else {
+            config.cache.capacity
+        },
     };
     let auth = Arc::new(AuthService::new(store.clone(), keys.clone(), settings));
     let web = http::WebSettings {

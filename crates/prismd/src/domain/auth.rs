@@ -17,7 +17,8 @@ use super::{BearerError, DomainError, GrantError, RequestMeta, now_ms};
 use crate::store::{AuditEvent, NewRefreshToken, Organization, RefreshGrant, Store, User};
 use crate::tokens::jwt::Audience;
 use crate::tokens::{
-    AccessClaims, JwtError, KeyError, KeyRing, LiveKeys, VerifyExpectations, hash_secret, jwt,
+    AccessClaims, JwtError, KeyError, KeyRing, LiveKeys, VerifiedTokens, VerifyExpectations,
+    hash_secret, jwt,
 };
 
 /// The public OAuth client of the `prism` CLI; refresh tokens minted by operators belong to it
@@ -32,6 +33,8 @@ pub struct TokenSettings {
     pub issuer: String,
     pub audience: String,
     pub access_token_ttl: Duration,
+    /// Most access tokens remembered as verified (0: verify every time).
+    pub verified_token_capacity: usize,
 }
 
 /// The caller behind a verified, still-standing access token.
@@ -39,7 +42,7 @@ pub struct TokenSettings {
 pub struct Principal {
     pub user: User,
     pub org: Organization,
-    pub claims: AccessClaims,
+    pub claims: Arc<AccessClaims>,
 }
 
 /// What a revoke request did. The HTTP answer is the same either way (RFC 7009: no oracle).
@@ -64,6 +67,7 @@ impl From<&RefreshGrant> for Standing {
 pub struct AuthService {
     store: Arc<dyn Store>,
     keys: Arc<LiveKeys>,
+    verified: VerifiedTokens,
     settings: TokenSettings,
     usage: UsageRecorder,
     rng: SystemRandom,
@@ -74,6 +78,7 @@ impl AuthService {
         Self {
             store,
             keys,
+            verified: VerifiedTokens::new(settings.verified_token_capacity),
             settings,
             usage: UsageRecorder::default(),
             rng: SystemRandom::new(),
@@ -102,19 +107,31 @@ impl AuthService {
 
     /// Verifies an access token; a `kid` we do not know yet (a key another replica rotated
     /// to) triggers one reload of the key ring before the token is refused.
-    async fn verify_access_token(&self, token: &str) -> Result<AccessClaims, JwtError> {
+    /// A token verified before is looked up by its hash instead (see [`VerifiedTokens`]).
+    async fn verify_access_token(&self, token: &str) -> Result<Arc<AccessClaims>, JwtError> {
+        let now_secs = now_ms() / 1000;
+        let ring = self.keys.current();
+        let token_hash = hash_secret(token);
+        if let Some(known) = self.verified.get(&token_hash, &ring, now_secs) {
+            return known;
+        }
         let expect = VerifyExpectations {
             issuer: &self.settings.issuer,
             audience: &self.settings.audience,
-            now_secs: now_ms() / 1000,
+            now_secs,
         };
-        match self.keys.current().verify(token, &expect) {
+        let claims = match ring.verify(token, &expect) {
             Err(JwtError::UnknownKey) => match jwt::claimed_kid(token) {
                 Some(kid) => self.keys.for_unknown_kid(&kid).await.verify(token, &expect),
                 None => Err(JwtError::UnknownKey),
             },
             verified => verified,
+        }?;
+        let claims = Arc::new(claims);
+        if let Some(kid) = jwt::claimed_kid(token) {
+            self.verified.insert(token_hash, kid, claims.clone());
         }
+        Ok(claims)
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -260,7 +277,7 @@ impl AuthService {
                 .map(|grant| (grant.token_id, grant.user_id, grant.org_id))
         } else {
             match self.verify_access_token(token).await {
-                Ok(claims) => Some((claims.sid, claims.sub, String::new())),
+                Ok(claims) => Some((claims.sid.clone(), claims.sub.clone(), String::new())),
                 Err(_) => None,
             }
         };

@@ -166,15 +166,21 @@ impl KeyRing {
         if !claims.aud.contains(expect.audience) {
             return Err(JwtError::WrongAudience);
         }
-        if claims.exp <= expect.now_secs {
-            return Err(JwtError::Expired);
-        }
-        let not_before = claims.nbf.unwrap_or(claims.iat).max(claims.iat);
-        if not_before > expect.now_secs + CLOCK_SKEW_SECS {
-            return Err(JwtError::NotYetValid);
-        }
+        check_validity_period(&claims, expect.now_secs)?;
         Ok(claims)
     }
+}
+
+/// `exp` has not passed and `nbf` (or `iat`) has come, allowing for clock skew.
+pub fn check_validity_period(claims: &AccessClaims, now_secs: i64) -> Result<(), JwtError> {
+    if claims.exp <= now_secs {
+        return Err(JwtError::Expired);
+    }
+    let not_before = claims.nbf.unwrap_or(claims.iat).max(claims.iat);
+    if not_before > now_secs + CLOCK_SKEW_SECS {
+        return Err(JwtError::NotYetValid);
+    }
+    Ok(())
 }
 
 /// The `kid` an access token claims to be signed with, read without verifying anything, when

@@ -4,12 +4,14 @@
 pub mod jwt;
 pub mod keyring;
 pub mod live;
+pub mod verified;
 
 use sha2::{Digest, Sha256};
 
 pub use jwt::{AccessClaims, JwtError, VerifyExpectations};
 pub use keyring::{KeyError, KeyRing, RetiredKeyWindow};
 pub use live::LiveKeys;
+pub use verified::VerifiedTokens;
 
 /// The only form in which a refresh token is stored or looked up. A refresh token carries
 /// 256 random bits, so a fast unsalted hash is enough (Argon2 is for low-entropy passwords).
