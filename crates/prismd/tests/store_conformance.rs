@@ -179,6 +179,7 @@ conformance!(
     refresh_token_insert_and_find,
     revoke_all_one_write,
     revoke_all_races,
+    revoke_all_many_at_once,
     remove_user_keeps_an_owner,
     remove_user_races_keep_an_owner,
     authorization_code_single_use,
@@ -664,6 +665,40 @@ async fn revoke_all_races(db: Db) -> TestResult {
     );
     let user = db.store.active_user(&owner.id).await?.ok_or("gone")?;
     assert_eq!(user.token_epoch, 1);
+    Ok(())
+}
+
+/// Many revoke-alls at once (SQLite commits them in groups): each user's epoch moves exactly
+/// once, the second revoke of each user with the same expected epoch changes nothing, and
+/// every successful revoke has its audit row and nothing else does.
+async fn revoke_all_many_at_once(db: Db) -> TestResult {
+    let (org, _) = org_with_owner(db.store.as_ref()).await?;
+    let mut users = Vec::new();
+    for n in 0..20 {
+        let email = format!("u{n}@example.com");
+        users.push(add_user(db.store.as_ref(), &org, &email, "member", T0).await?);
+    }
+    let before = db.store.recent_audit_events(1000).await?.len();
+    let mut revokes = tokio::task::JoinSet::new();
+    for user in users.iter().chain(users.iter()) {
+        let (store, user_id) = (db.store.clone(), user.id.clone());
+        revokes.spawn(async move {
+            store
+                .revoke_all_tokens(&user_id, 0, audit("tokens.revoked_all", T0 + 1))
+                .await
+        });
+    }
+    let mut moved = 0;
+    while let Some(outcome) = revokes.join_next().await {
+        moved += usize::from(outcome??);
+    }
+    assert_eq!(moved, users.len(), "one revoke per user moves its epoch");
+    for user in &users {
+        let now = db.store.active_user(&user.id).await?.ok_or("gone")?;
+        assert_eq!(now.token_epoch, 1, "{}", user.email);
+    }
+    let after = db.store.recent_audit_events(1000).await?.len();
+    assert_eq!(after - before, users.len());
     Ok(())
 }
 

@@ -44,6 +44,19 @@ pub struct SqliteStore {
     writer: SqlitePool,
     readers: SqlitePool,
     path: PathBuf,
+    /// Revoke-alls wait here to be committed together (see [`commit_revokes_in_groups`]).
+    revokes: tokio::sync::mpsc::UnboundedSender<PendingRevoke>,
+}
+
+/// Most revoke-alls committed in one transaction.
+const MAX_REVOKES_PER_COMMIT: usize = 64;
+
+/// A revoke-all waiting for its group commit.
+struct PendingRevoke {
+    user_id: String,
+    expected_epoch: i64,
+    audit: AuditEvent,
+    answer: tokio::sync::oneshot::Sender<Result<bool, StoreError>>,
 }
 
 impl SqliteStore {
@@ -77,10 +90,13 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
+        let (revokes, pending) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(commit_revokes_in_groups(writer.clone(), pending));
         Ok(Self {
             writer,
             readers,
             path,
+            revokes,
         })
     }
 
@@ -468,24 +484,21 @@ impl Store for SqliteStore {
         expected_epoch: i64,
         audit: AuditEvent,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let done = sqlx::query(
-            "UPDATE users SET token_epoch = token_epoch + 1, updated_at = $3 \
-             WHERE id = $1 AND token_epoch = $2 AND removed_at IS NULL",
-        )
-        .bind(user_id)
-        .bind(expected_epoch)
-        .bind(audit.at)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(false);
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let pending = PendingRevoke {
+            user_id: user_id.to_owned(),
+            expected_epoch,
+            audit,
+            answer,
+        };
+        if let Err(unsent) = self.revokes.send(pending) {
+            // The group committer is gone (the runtime is shutting down): commit alone.
+            return revoke_alone(&self.writer, &unsent.0).await;
         }
-        end_browser_sessions(&mut tx, user_id).await?;
-        insert_audit(&mut tx, &audit).await?;
-        tx.commit().await?;
-        Ok(true)
+        // No answer means the committer stopped (shutdown) before committing this one.
+        answered
+            .await
+            .map_err(|_| StoreError::Unreachable(sqlx::Error::PoolClosed))?
     }
 
     async fn principal(
@@ -1105,6 +1118,82 @@ async fn insert_signing_key(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// Commits revoke-alls in groups: while one group's transaction (and its fsync) runs, the
+/// next requests queue, and then go in one transaction together. Under load one fsync serves
+/// many revokes; alone, a revoke commits at once as before. Each is still answered only after
+/// its commit. If a group fails, its revokes are retried one by one so that each gets its own
+/// answer.
+async fn commit_revokes_in_groups(
+    writer: SqlitePool,
+    mut pending: tokio::sync::mpsc::UnboundedReceiver<PendingRevoke>,
+) {
+    while let Some(first) = pending.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_REVOKES_PER_COMMIT {
+            match pending.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        match revoke_group(&writer, &group).await {
+            Ok(outcomes) => {
+                for (revoke, outcome) in group.into_iter().zip(outcomes) {
+                    let _ = revoke.answer.send(Ok(outcome));
+                }
+            }
+            Err(_) => {
+                for revoke in group {
+                    let outcome = revoke_alone(&writer, &revoke).await;
+                    let _ = revoke.answer.send(outcome);
+                }
+            }
+        }
+    }
+}
+
+async fn revoke_group(
+    writer: &SqlitePool,
+    group: &[PendingRevoke],
+) -> Result<Vec<bool>, StoreError> {
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+    let mut outcomes = Vec::with_capacity(group.len());
+    for revoke in group {
+        outcomes.push(revoke_in(&mut tx, revoke).await?);
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+async fn revoke_alone(writer: &SqlitePool, revoke: &PendingRevoke) -> Result<bool, StoreError> {
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+    let outcome = revoke_in(&mut tx, revoke).await?;
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// Moves the user's epoch on from the expected one, ends their browser sessions and writes
+/// the audit row; `false` (and no change) when the epoch had moved already.
+async fn revoke_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    revoke: &PendingRevoke,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE users SET token_epoch = token_epoch + 1, updated_at = $3 \
+         WHERE id = $1 AND token_epoch = $2 AND removed_at IS NULL",
+    )
+    .bind(&revoke.user_id)
+    .bind(revoke.expected_epoch)
+    .bind(revoke.audit.at)
+    .execute(&mut **tx)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Ok(false);
+    }
+    end_browser_sessions(tx, &revoke.user_id).await?;
+    insert_audit(tx, &revoke.audit).await?;
+    Ok(true)
 }
 
 async fn insert_user(
