@@ -63,6 +63,9 @@ struct Args {
     /// Path of the prismd binary (default: next to this binary, built if missing).
     #[arg(long)]
     prismd: Option<PathBuf>,
+    /// Extra flag for `prismd serve`, repeatable, e.g. `--server-arg=--cache-capacity=2000000`.
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -173,9 +176,10 @@ async fn run(
         "sqlite"
     };
     let address = format!("127.0.0.1:{}", free_port()?);
-    let extra: Vec<&str> = postgres_url
+    let mut extra: Vec<&str> = postgres_url
         .map(|url| vec!["--database-url", url])
         .unwrap_or_default();
+    extra.extend(args.server_args.iter().map(String::as_str));
     let mut server = ServerProcess::prismd(prismd_bin, work_dir, &address, &extra)?;
     server.wait_ready(&address).await?;
 

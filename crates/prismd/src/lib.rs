@@ -295,12 +295,13 @@ async fn flush_token_uses(
             _ = ticker.tick() => {}
             _ = stopped.changed() => return,
         }
-        let uses = auth.usage().drain();
+        let uses = auth.usage().drain_due(now_ms());
         if uses.is_empty() {
             continue;
         }
         match auth.store().record_token_uses(&uses).await {
             Ok(()) => {
+                auth.usage().written(&uses);
                 if failures > 0 {
                     tracing::info!(
                         failures,
