@@ -125,6 +125,19 @@ async fn scrape(server: &Server, url: &str) -> Result<Scrape, Box<dyn std::error
     Scrape::parse(response.text().await?)
 }
 
+/// One series of a scrape of `base`'s `/metrics`, for tests about something else.
+pub async fn scraped_value(
+    http: &reqwest::Client,
+    base: &str,
+    series: &str,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    let response = http.get(format!("{base}/metrics")).send().await?;
+    if response.status().as_u16() != 200 {
+        return Err(format!("/metrics answered {}", response.status()).into());
+    }
+    Ok(Scrape::parse(response.text().await?)?.value(series)?)
+}
+
 fn requests(route: &str, method: &str, status: u16) -> String {
     format!(r#"prismd_http_requests_total{{route="{route}",method="{method}",status="{status}"}}"#)
 }
