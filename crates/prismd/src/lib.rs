@@ -75,6 +75,16 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
+    // Operators who keep /metrics off the public port give it a listener of its own; bound
+    // first, so a taken address fails the start before the database is touched.
+    let metrics_listener = match config.metrics_listen {
+        Some(address) => Some(
+            std::net::TcpListener::bind(address)
+                .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
+                .map_err(|source| ServeError::MetricsListen { address, source })?,
+        ),
+        None => None,
+    };
     let issuer = config.issuer_for(local);
     let audience = config
         .audience
@@ -150,15 +160,6 @@ pub async fn serve(
         logout_return_to: config.logout_return_to.clone(),
     };
     let metrics = Arc::new(Metrics::new(store.clone(), cache.clone()));
-    // Operators who keep /metrics off the public port give it a listener of its own.
-    let metrics_listener = match config.metrics_listen {
-        Some(address) => Some(
-            std::net::TcpListener::bind(address)
-                .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
-                .map_err(|source| ServeError::MetricsListen { address, source })?,
-        ),
-        None => None,
-    };
     let exposure = match metrics_listener {
         Some(_) => http::MetricsExposure::Elsewhere,
         None => http::MetricsExposure::Here,

@@ -437,6 +437,10 @@ async fn an_unusable_metrics_address_stops_the_start() -> TestResult {
         "{stderr}"
     );
     assert!(!stderr.contains("listening on"), "{stderr}");
+    assert!(
+        !dir.path().join("prismd.db").exists(),
+        "refused before the database was created"
+    );
     Ok(())
 }
 
