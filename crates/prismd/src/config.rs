@@ -54,6 +54,8 @@ pub struct ServeConfig {
     pub owner_email: String,
     /// Where `/logout` may send the browser (`returnTo`), besides loopback addresses.
     pub logout_return_to: Vec<String>,
+    /// Serve `/metrics` on this address only (plain HTTP), instead of on the main listener.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ServeConfig {
@@ -81,6 +83,7 @@ impl ServeConfig {
             org_name: "My Organization".to_owned(),
             owner_email: "owner@localhost".to_owned(),
             logout_return_to: vec!["https://prismatic.io".to_owned()],
+            metrics_listen: None,
         }
     }
 

@@ -7,6 +7,7 @@ pub mod domain;
 mod files;
 pub mod first_start;
 pub mod http;
+pub mod metrics;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
@@ -22,6 +23,7 @@ use tokio::sync::watch;
 use crate::config::ServeConfig;
 use crate::domain::auth::{AuthService, TokenSettings};
 use crate::domain::{DomainError, now_ms};
+use crate::metrics::Metrics;
 use crate::store::{Backend, CachedStore, Change, Store, StoreError};
 use crate::tokens::{KeyError, KeyRing, LiveKeys};
 
@@ -51,6 +53,11 @@ pub enum ServeError {
     Tls(#[from] tls::TlsError),
     #[error("cannot load the TLS certificate or key: {0}")]
     TlsLoad(std::io::Error),
+    #[error("cannot listen for metrics on {address}: {source}")]
+    MetricsListen {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -68,6 +75,16 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
+    // Operators who keep /metrics off the public port give it a listener of its own; bound
+    // first, so a taken address fails the start before the database is touched.
+    let metrics_listener = match config.metrics_listen {
+        Some(address) => Some(
+            std::net::TcpListener::bind(address)
+                .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
+                .map_err(|source| ServeError::MetricsListen { address, source })?,
+        ),
+        None => None,
+    };
     let issuer = config.issuer_for(local);
     let audience = config
         .audience
@@ -147,9 +164,15 @@ pub async fn serve(
         secure_cookies: issuer.starts_with("https://"),
         logout_return_to: config.logout_return_to.clone(),
     };
+    let metrics = Arc::new(Metrics::new(store.clone(), cache.clone()));
+    let exposure = match metrics_listener {
+        Some(_) => http::MetricsExposure::Elsewhere,
+        None => http::MetricsExposure::Here,
+    };
     let app = http::router(
-        http::AppState::new(auth.clone(), web),
+        http::AppState::new(auth.clone(), web, metrics.clone()),
         config.request_timeout,
+        exposure,
     );
 
     let (stop_background, background_stopped) = watch::channel(false);
@@ -180,6 +203,24 @@ pub async fn serve(
     if issuer.starts_with("http://") && !local.ip().is_loopback() {
         tracing::warn!(%issuer, "the issuer is plain HTTP on a non-loopback address; put TLS in front of it");
     }
+    let metrics_handle: Handle<SocketAddr> = Handle::new();
+    let metrics_server = match metrics_listener {
+        Some(listener) => {
+            // Logged before the main address, and not as "listening on <url>": scripts and
+            // tests take that line for the main listener's.
+            tracing::info!(
+                "metrics served at http://{}/metrics",
+                listener.local_addr()?
+            );
+            let mut server = axum_server::from_tcp(listener)?
+                .handle(metrics_handle.clone())
+                .first_request_timeout(config.header_read_timeout);
+            limit_http1(server.http_builder(), config.header_read_timeout);
+            let service = http::metrics_router(metrics).into_make_service();
+            Some(tokio::spawn(server.serve(service)))
+        }
+        None => None,
+    };
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(%issuer, "listening on {scheme}://{local}");
     let make_service = app.into_make_service_with_connect_info::<SocketAddr>();
@@ -201,6 +242,11 @@ pub async fn serve(
     };
 
     tracing::info!("shutting down: requests finished, writing pending records");
+    if let Some(metrics_server) = metrics_server {
+        // Scrapes went on during the grace period; a scrape still running now is cut short.
+        metrics_handle.shutdown();
+        let _ = metrics_server.await;
+    }
     let _ = stop_background.send(true);
     let _ = flusher.await;
     // It holds a connection of its own (PostgreSQL LISTEN) that closing the pool would

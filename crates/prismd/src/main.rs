@@ -180,6 +180,11 @@ struct ServeArgs {
         default_value = "https://prismatic.io"
     )]
     logout_return_to: Vec<String>,
+
+    /// Serve the Prometheus metrics (/metrics) on this address only, over plain HTTP, instead
+    /// of on the main listener: keeps them off the public port.
+    #[arg(long, env = "PRISMD_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// The settings that decide how long a retired signing key keeps verifying; `serve` and
@@ -306,6 +311,7 @@ async fn run_server(
         org_name: args.org_name,
         owner_email: args.owner_email,
         logout_return_to: args.logout_return_to,
+        metrics_listen: args.metrics_listen,
         ..ServeConfig::new(data_dir)
     };
     // Handlers are installed before the listener opens, so a SIGTERM that arrives while the

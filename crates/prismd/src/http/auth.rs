@@ -12,6 +12,7 @@ use super::body::{BodyShape, JsonBody};
 use super::error::HttpError;
 use super::{AppState, ClientMeta};
 use crate::domain::auth::CLI_CLIENT_ID;
+use crate::metrics::RevocationKind;
 
 /// `/auth/*` bodies are a token and a tenant id; 16 KiB is generous.
 pub(super) const AUTH_BODY_LIMIT: usize = 16 * 1024;
@@ -43,11 +44,12 @@ pub async fn refresh(
     ClientMeta(meta): ClientMeta,
     JsonBody(body): JsonBody<RefreshRequest>,
 ) -> Result<Response, HttpError> {
-    let tokens = state
+    let exchanged = state
         .auth
         .exchange_refresh_token(&body.refresh_token, body.tenant_id.as_deref(), &meta)
-        .await?;
-    Ok(no_store(Json(tokens).into_response()))
+        .await;
+    state.metrics.tokens.refresh(&exchanged);
+    Ok(no_store(Json(exchanged?).into_response()))
 }
 
 pub async fn revoke(
@@ -56,6 +58,7 @@ pub async fn revoke(
     JsonBody(body): JsonBody<RevokeRequest>,
 ) -> Result<Response, HttpError> {
     let outcome = state.auth.revoke_all(&body.refresh_token, &meta).await?;
+    state.metrics.tokens.revoke(RevocationKind::All, outcome);
     tracing::debug!(?outcome, "revoke");
     Ok(no_store(Json(serde_json::json!({})).into_response()))
 }

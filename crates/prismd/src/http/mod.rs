@@ -6,6 +6,7 @@ mod auth;
 mod body;
 mod error;
 mod graphql;
+mod metrics;
 mod oauth;
 mod ops;
 mod web;
@@ -27,6 +28,7 @@ use tracing::Instrument;
 use crate::domain::RequestMeta;
 use crate::domain::auth::AuthService;
 use crate::domain::limits::AttemptLimiter;
+use crate::metrics::Metrics;
 
 pub use api::ApiSchema;
 pub use error::HttpError;
@@ -49,10 +51,11 @@ pub struct AppState {
     pub web: Arc<WebSettings>,
     /// Wrong device user codes per client address.
     pub device_limiter: Arc<AttemptLimiter>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
-    pub fn new(auth: Arc<AuthService>, web: WebSettings) -> Self {
+    pub fn new(auth: Arc<AuthService>, web: WebSettings, metrics: Arc<Metrics>) -> Self {
         let metadata = Arc::new(oauth::metadata_document(&auth.settings().issuer));
         Self {
             schema: api::schema(auth.clone()),
@@ -60,13 +63,28 @@ impl AppState {
             metadata,
             web: Arc::new(web),
             device_limiter: Arc::new(AttemptLimiter::new(10, Duration::from_secs(60))),
+            metrics,
         }
     }
 }
 
+/// Where `GET /metrics` is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsExposure {
+    /// On the main listener, beside the API.
+    Here,
+    /// Only on a listener of its own ([`metrics_router`]); the main listener answers 404.
+    Elsewhere,
+}
+
 /// Builds the router with its middleware.
-pub fn router(state: AppState, request_timeout: Duration) -> Router {
-    Router::new()
+pub fn router(state: AppState, request_timeout: Duration, metrics: MetricsExposure) -> Router {
+    let recorder = state.metrics.clone();
+    let routes = match metrics {
+        MetricsExposure::Here => Router::new().route("/metrics", get(metrics::scrape)),
+        MetricsExposure::Elsewhere => Router::new(),
+    };
+    routes
         .route("/auth/refresh", post(auth::refresh))
         .route("/auth/revoke", post(auth::revoke))
         .route("/auth/meta", get(auth::meta))
@@ -90,7 +108,17 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .method_not_allowed_fallback(oauth::method_not_allowed)
         .with_state(state)
         .layer(middleware::from_fn_with_state(request_timeout, deadline))
-        .layer(middleware::from_fn(access_log))
+        .layer(middleware::from_fn_with_state(recorder, access_log))
+}
+
+/// The router of the separate metrics listener: `GET /metrics` and nothing else. Its requests
+/// are neither logged nor counted, so scrapes do not drown the access log.
+pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics::scrape))
+        .fallback(oauth::not_found)
+        .method_not_allowed_fallback(oauth::method_not_allowed)
+        .with_state(metrics)
 }
 
 /// Answers 408 (in the OAuth error shape) when a request takes longer than `limit`.
@@ -156,28 +184,34 @@ fn request_id(req: &Request) -> HeaderValue {
     }
 }
 
-/// One line per request: method, route, status, latency, request id. The route is the
-/// matched pattern, never the raw path or query, and no header is logged, so no token can
-/// reach the log. Everything logged while the request runs carries its request id.
-async fn access_log(mut req: Request, next: Next) -> Response {
+/// One line per request: method, route, status, latency, request id; and the same request in
+/// the metrics. The route is the matched pattern, never the raw path or query, and no header
+/// is logged, so no token can reach the log. Everything logged while the request runs carries
+/// its request id.
+async fn access_log(
+    axum::extract::State(metrics): axum::extract::State<Arc<Metrics>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let id = request_id(&req);
     req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
     let method = req.method().clone();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "<unmatched>".to_owned());
+    let matched = req.extensions().get::<MatchedPath>().cloned();
     let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or("-"));
     let mut response = next.run(req).instrument(span).await;
-    let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    metrics
+        .http
+        .observe(matched.as_ref(), &method, status, elapsed);
+    let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
     tracing::info!(
         target: "prismd::access",
         request_id = id.to_str().unwrap_or("-"),
         %method,
-        route,
-        status = response.status().as_u16(),
+        route = matched.as_ref().map_or("<unmatched>", MatchedPath::as_str),
+        status,
         latency_us,
         "request"
     );

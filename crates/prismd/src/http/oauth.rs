@@ -5,6 +5,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use prism_proto::wire::TokenResponse;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -14,6 +15,7 @@ use super::error::HttpError;
 use super::{AppState, ClientMeta};
 use crate::domain::auth::{CLI_CLIENT_ID, DEFAULT_SCOPE};
 use crate::domain::login::CodeGrant;
+use crate::metrics::RevocationKind;
 
 /// RFC 6749 token request parameters.
 #[derive(Debug, Deserialize)]
@@ -67,11 +69,12 @@ pub async fn token(
             let refresh_token = request.refresh_token.as_deref().ok_or_else(|| {
                 HttpError::invalid_request("the refresh_token parameter is required")
             })?;
-            let tokens = state
+            let exchanged = state
                 .auth
                 .exchange_refresh_token(refresh_token, request.tenant_id.as_deref(), &meta)
-                .await?;
-            Ok(no_store(Json(tokens).into_response()))
+                .await;
+            state.metrics.tokens.refresh(&exchanged);
+            Ok(no_store(Json(exchanged?).into_response()))
         }
         "authorization_code" => {
             let required = |value: &Option<String>, name: &str| {
@@ -91,6 +94,7 @@ pub async fn token(
                 tenant_id: request.tenant_id.as_deref(),
             };
             let tokens = state.auth.exchange_code(grant, &meta).await?;
+            count_minted(&state, &tokens);
             Ok(no_store(Json(tokens).into_response()))
         }
         DEVICE_CODE_GRANT => {
@@ -106,6 +110,7 @@ pub async fn token(
                 .auth
                 .poll_device_code(device_code, client_id, &meta)
                 .await?;
+            count_minted(&state, &tokens);
             Ok(no_store(Json(tokens).into_response()))
         }
         _ => Err(HttpError::new(
@@ -114,6 +119,13 @@ pub async fn token(
             "this server supports grant_type=authorization_code, refresh_token and \
              urn:ietf:params:oauth:grant-type:device_code",
         )),
+    }
+}
+
+/// A code or device grant that hands out a refresh token has just minted it.
+fn count_minted(state: &AppState, tokens: &TokenResponse) {
+    if tokens.refresh_token.is_some() {
+        state.metrics.tokens.minted();
     }
 }
 
@@ -182,6 +194,7 @@ pub async fn revoke(
     JsonOrForm(request): JsonOrForm<RevocationRequest>,
 ) -> Result<Response, HttpError> {
     let outcome = state.auth.revoke_one(&request.token, &meta).await?;
+    state.metrics.tokens.revoke(RevocationKind::One, outcome);
     tracing::debug!(?outcome, "revoke one");
     Ok(no_store(Json(json!({})).into_response()))
 }

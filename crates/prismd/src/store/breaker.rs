@@ -554,6 +554,13 @@ impl Store for GuardedStore {
         self.breaker.stop();
         self.inner.close().await;
     }
+
+    fn connection_stats(&self) -> super::ConnectionStats {
+        super::ConnectionStats {
+            circuit_open: Some(self.breaker.is_open()),
+            ..self.inner.connection_stats()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -609,4 +609,8 @@ impl Store for CachedStore {
     async fn close(&self) {
         self.inner.close().await;
     }
+
+    fn connection_stats(&self) -> super::ConnectionStats {
+        self.inner.connection_stats()
+    }
 }

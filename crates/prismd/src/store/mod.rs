@@ -485,6 +485,38 @@ impl Change {
     }
 }
 
+/// One connection pool's state at a moment, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// A fixed name: `sqlite_writer`, `sqlite_readers` or `postgres`.
+    pub pool: &'static str,
+    /// Connections open now, idle or in use.
+    pub open: u32,
+    pub idle: u32,
+    /// Most connections the pool opens.
+    pub max: u32,
+}
+
+impl PoolStats {
+    /// Reads a sqlx pool's counters (no I/O).
+    pub fn of<DB: sqlx::Database>(pool: &'static str, sqlx_pool: &sqlx::Pool<DB>) -> Self {
+        Self {
+            pool,
+            open: sqlx_pool.size(),
+            idle: u32::try_from(sqlx_pool.num_idle()).unwrap_or(u32::MAX),
+            max: sqlx_pool.options().get_max_connections(),
+        }
+    }
+}
+
+/// The database connections' state, for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectionStats {
+    pub pools: Vec<PoolStats>,
+    /// Whether the circuit breaker is open; `None` where there is no breaker (SQLite).
+    pub circuit_open: Option<bool>,
+}
+
 /// The one storage interface. Every method is a single short transaction.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -758,6 +790,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Closes connections cleanly (SQLite checkpoints its WAL).
     async fn close(&self);
+
+    /// Connection pools and circuit breaker as of now, for metrics: reads counters in memory,
+    /// never the database, so a scrape works (and is cheap) during an outage.
+    fn connection_stats(&self) -> ConnectionStats;
 }
 
 #[cfg(test)]

@@ -1198,6 +1198,13 @@ impl Store for PostgresStore {
     async fn close(&self) {
         self.pool.close().await;
     }
+
+    fn connection_stats(&self) -> super::ConnectionStats {
+        super::ConnectionStats {
+            pools: vec![super::PoolStats::of("postgres", &self.pool)],
+            circuit_open: None,
+        }
+    }
 }
 
 async fn insert_user(

@@ -1100,6 +1100,16 @@ impl Store for SqliteStore {
         self.readers.close().await;
         self.writer.close().await;
     }
+
+    fn connection_stats(&self) -> super::ConnectionStats {
+        super::ConnectionStats {
+            pools: vec![
+                super::PoolStats::of("sqlite_writer", &self.writer),
+                super::PoolStats::of("sqlite_readers", &self.readers),
+            ],
+            circuit_open: None,
+        }
+    }
 }
 
 async fn insert_signing_key(

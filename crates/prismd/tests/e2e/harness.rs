@@ -18,6 +18,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_prismd");
 pub struct Server {
     child: Child,
     pub base: String,
+    /// `/metrics` on the separate listener, when started with `--metrics-listen`.
+    pub metrics_url: Option<String>,
     data_dir: std::path::PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
     pub http: reqwest::Client,
@@ -57,11 +59,23 @@ impl Server {
         let stderr = child.stderr.take().ok_or("no stderr")?;
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (address_tx, address_rx) = mpsc::channel();
+        let metrics_url = Arc::new(Mutex::new(None));
+        let metrics_url_sink = metrics_url.clone();
         let sink = logs.clone();
         std::thread::spawn(move || {
+            let url_after = |line: &str, marker: &str| {
+                line.split(marker)
+                    .nth(1)
+                    .map(|rest| rest.chars().take_while(|c| !c.is_whitespace()).collect())
+            };
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let url: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+                // The metrics listener is logged before the main one.
+                if let Some(url) = url_after(&line, "metrics served at ")
+                    && let Ok(mut slot) = metrics_url_sink.lock()
+                {
+                    *slot = Some(url);
+                }
+                if let Some(url) = url_after(&line, "listening on ") {
                     let _ = address_tx.send(url);
                 }
                 if let Ok(mut logs) = sink.lock() {
@@ -77,9 +91,14 @@ impl Server {
                 return Err(format!("prismd did not start; its log:\n{logs}").into());
             }
         };
+        let metrics_url = metrics_url
+            .lock()
+            .map(|url| url.clone())
+            .unwrap_or_default();
         Ok(Self {
             child,
             base,
+            metrics_url,
             data_dir: data_dir.to_owned(),
             logs,
             http: reqwest::Client::new(),

@@ -12,6 +12,7 @@ mod harness;
 mod jwt_attacks;
 mod keys;
 mod login;
+mod metrics;
 mod official_cli;
 mod ops;
 mod outage;

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::harness::{BIN, Options, Server, TestResult, admin_ok, temp_dir};
+use crate::metrics::scraped_value;
 
 type AnyError = Box<dyn std::error::Error>;
 
@@ -573,6 +574,10 @@ async fn outage_under_load(
         status_of(http, server.url("/.well-known/jwks.json")).await?,
         200
     );
+    // Metrics are read from memory too: a scrape shows the outage instead of failing with it.
+    let metric = |series: &'static str| scraped_value(http, &server.base, series);
+    assert_eq!(metric("prismd_db_circuit_open").await?, 1.0);
+    assert!(metric("prismd_refresh_failures_total{reason=\"unavailable\"}").await? >= 1.0);
 
     wait_for(
         "every load client to see a 503",
@@ -596,6 +601,7 @@ async fn outage_under_load(
         || async { Ok(every_client_saw(seen, clients, 200, Some(outage_ended))) },
     )
     .await?;
+    assert_eq!(metric("prismd_db_circuit_open").await?, 0.0);
     Ok(())
 }
 
