@@ -346,3 +346,33 @@ async fn a_stalled_client_does_not_hold_up_shutdown() -> TestResult {
     drop(stalled);
     Ok(())
 }
+
+/// With the standing cache turned off (`--cache-ttl 0s`) every request reads the database, and
+/// revocation works the same.
+#[tokio::test]
+async fn without_the_cache_revocation_works_the_same() -> TestResult {
+    let dir = temp_dir()?;
+    let server = Server::start_with(
+        dir.path(),
+        Options {
+            args: vec!["--cache-ttl".into(), "0s".into()],
+            ..Options::default()
+        },
+    )?;
+    let token = user_with_token(dir.path(), "nocache@example.com")?;
+    let access = server.access_token(&token).await?;
+    assert_eq!(
+        server.whoami(&access).await?,
+        Ok("nocache@example.com".into())
+    );
+    assert_eq!(server.revoke(&token).await?.0, 200);
+    assert_eq!(server.refresh(&token).await?.0, 400);
+    assert_eq!(server.whoami(&access).await?, Err(401));
+    let metrics = reqwest::get(server.url("/metrics")).await?.text().await?;
+    assert!(
+        !metrics.contains("prismd_cache_hits_total"),
+        "no cache, no cache metrics"
+    );
+    server.stop()?;
+    Ok(())
+}
