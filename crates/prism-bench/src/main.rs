@@ -86,6 +86,8 @@ struct Report {
     p999_ms: f64,
     server_cpu_sec_per_1000: f64,
     server_peak_rss_mib: f64,
+    /// Heap and stacks at the end of the scenario (without mapped database pages).
+    server_anon_rss_mib: f64,
     /// Requests/s as a share of the ceiling's, measured in the same run.
     ratio_to_ceiling: Option<f64>,
 }
@@ -253,6 +255,7 @@ async fn run(
                 0.0
             },
             server_peak_rss_mib: measured.peak_rss_mib()?,
+            server_anon_rss_mib: measured.anon_rss_mib()?,
             ratio_to_ceiling: None,
         });
         if let Some(mut ceiling) = process {
@@ -334,7 +337,7 @@ fn print_reports(reports: &[Report], json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<12} {:<9} {:>9} {:>6} {:>8} {:>7} {:>7} {:>8} {:>10} {:>8} {:>9}",
+        "{:<12} {:<9} {:>9} {:>6} {:>8} {:>7} {:>7} {:>8} {:>10} {:>8} {:>8} {:>9}",
         "scenario",
         "backend",
         "requests",
@@ -345,11 +348,12 @@ fn print_reports(reports: &[Report], json: bool) -> anyhow::Result<()> {
         "p99.9 ms",
         "cpu s/1000",
         "peak MiB",
+        "anon MiB",
         "x ceiling"
     );
     for r in reports {
         println!(
-            "{:<12} {:<9} {:>9} {:>6} {:>8.0} {:>7.2} {:>7.2} {:>8.2} {:>10.3} {:>8.1} {:>9}",
+            "{:<12} {:<9} {:>9} {:>6} {:>8.0} {:>7.2} {:>7.2} {:>8.2} {:>10.3} {:>8.1} {:>8.1} {:>9}",
             r.scenario,
             r.backend,
             r.requests,
@@ -360,6 +364,7 @@ fn print_reports(reports: &[Report], json: bool) -> anyhow::Result<()> {
             r.p999_ms,
             r.server_cpu_sec_per_1000,
             r.server_peak_rss_mib,
+            r.server_anon_rss_mib,
             r.ratio_to_ceiling
                 .map_or_else(|| "-".to_owned(), |ratio| format!("{ratio:.2}"))
         );

@@ -59,7 +59,9 @@ impl Db {
             Target::Sqlite(path) => {
                 let options = sqlx::sqlite::SqliteConnectOptions::new()
                     .filename(path)
-                    .busy_timeout(std::time::Duration::from_secs(30));
+                    .busy_timeout(std::time::Duration::from_secs(30))
+                    // Random-order inserts into the token-hash index thrash a small cache.
+                    .pragma("cache_size", "-524288");
                 Self::Sqlite(sqlx::SqliteConnection::connect_with(&options).await?)
             }
             Target::Postgres(url) => Self::Postgres(sqlx::PgConnection::connect(url).await?),

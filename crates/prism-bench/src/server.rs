@@ -100,17 +100,28 @@ impl ServerProcess {
         Ok(ticks / 100.0)
     }
 
-    /// Peak resident memory of the server, from /proc (VmHWM).
+    /// Peak resident memory of the server, from /proc (VmHWM). It includes pages of the
+    /// database file mapped by SQLite (`mmap_size`), which the kernel's page cache holds and
+    /// can reclaim; [`ServerProcess::anon_rss_mib`] is the heap alone.
     pub fn peak_rss_mib(&self) -> anyhow::Result<f64> {
+        self.status_mib("VmHWM:")
+    }
+
+    /// Resident anonymous memory (heap and stacks) of the server now, from /proc (RssAnon).
+    pub fn anon_rss_mib(&self) -> anyhow::Result<f64> {
+        self.status_mib("RssAnon:")
+    }
+
+    fn status_mib(&self, field: &str) -> anyhow::Result<f64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
         let line = status
             .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .context("no VmHWM")?;
+            .find(|l| l.starts_with(field))
+            .with_context(|| format!("no {field} in /proc status"))?;
         let kib: f64 = line
             .split_whitespace()
             .nth(1)
-            .context("VmHWM value")?
+            .context("no value")?
             .parse()?;
         Ok(kib / 1024.0)
     }
