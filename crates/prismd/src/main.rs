@@ -140,7 +140,7 @@ struct ServeArgs {
 
     /// Longest time the hot-path cache trusts a user's standing without hearing of a change
     /// (the bound on a missed notification); `0s` turns the cache off.
-    #[arg(long, env = "PRISMD_CACHE_TTL", default_value = "5s", value_parser = parse_wait)]
+    #[arg(long, env = "PRISMD_CACHE_TTL", default_value = "30s", value_parser = parse_wait)]
     cache_ttl: Duration,
 
     /// Most cached refresh grants (and, separately, access-token principals).

@@ -1439,6 +1439,17 @@ async fn changes_reach_other_processes(db: Db) -> TestResult {
             user_id: Some(user.id.clone()),
         }
     );
+    // A quiet feed stays up: PostgreSQL's listener hears its own heartbeats (it gives up
+    // after 3 s of silence), SQLite's poll just keeps polling.
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    assert!(
+        !follower.is_finished(),
+        "the feed ended while nothing changed"
+    );
+    assert!(
+        heard.try_recv().is_err(),
+        "heartbeats are not handed on as changes"
+    );
     follower.abort();
     other.close().await;
     Ok(())

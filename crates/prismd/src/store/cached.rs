@@ -7,8 +7,8 @@
 //!   at once);
 //! - another process's change is heard through [`Store::follow_changes`] (PostgreSQL
 //!   `LISTEN/NOTIFY`, or SQLite's audit-log poll), which calls [`CachedStore::apply`];
-//! - it is older than the configured lifetime: the bound when a notification is missed
-//!   without the feed noticing (a silently dropped connection).
+//! - it is older than the configured lifetime: a last-resort bound (a silently dead
+//!   PostgreSQL listener is caught sooner, by its missing heartbeat).
 //!
 //! While the change feed is down (before it first listens, and from the moment it breaks
 //! until it listens again) the cache is bypassed: a process that cannot hear of revokes must
@@ -49,7 +49,7 @@ pub struct CacheSettings {
 impl Default for CacheSettings {
     fn default() -> Self {
         Self {
-            ttl: Duration::from_secs(5),
+            ttl: Duration::from_secs(30),
             capacity: 100_000,
         }
     }

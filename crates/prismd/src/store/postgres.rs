@@ -200,6 +200,36 @@ async fn insert_audit(
 /// `LISTEN` channel of [`Change`]s.
 const CHANGES_CHANNEL: &str = "prism_auth_changes";
 
+/// How often each replica notifies itself on the changes channel.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// Silence after which the listening connection counts as dead.
+const HEARTBEAT_DEADLINE: Duration = Duration::from_secs(3);
+/// A heartbeat on the changes channel; it changes nothing.
+const HEARTBEAT_PAYLOAD: &str = "heartbeat *";
+
+/// Stops the heartbeats when the feed ends.
+struct HeartbeatTask(tokio::task::JoinHandle<()>);
+
+impl Drop for HeartbeatTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Notifies the changes channel every [`HEARTBEAT_EVERY`]. A failed send is not reported:
+/// the silence it causes on the listener is.
+async fn send_heartbeats(pool: PgPool) {
+    let mut ticker = tokio::time::interval(HEARTBEAT_EVERY);
+    loop {
+        ticker.tick().await;
+        let send = sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANGES_CHANNEL)
+            .bind(HEARTBEAT_PAYLOAD)
+            .execute(&pool);
+        let _ = tokio::time::timeout(HEARTBEAT_EVERY, send).await;
+    }
+}
+
 /// `<action> <user id>`, or `<action> *` for a change that concerns no one user.
 fn change_payload(action: &str, user_id: Option<&str>) -> String {
     format!("{action} {}", user_id.unwrap_or("*"))
@@ -1186,13 +1216,31 @@ impl Store for PostgresStore {
         // after sqlx has tried to reconnect to a database that may be gone.
         listener.eager_reconnect(false);
         listener.listen(CHANGES_CHANNEL).await?;
+        // A connection can also die without a reset (a silent network drop), and then no
+        // error would ever come. So this process notifies itself every second through the
+        // pool; a listener that hears nothing for a few seconds is given up as dead.
+        let heartbeat = HeartbeatTask(tokio::spawn(send_heartbeats(self.pool.clone())));
         on_change(Change::listening());
-        // `None`: the connection dropped, and whatever was notified meanwhile is lost; the
-        // caller starts over with a fresh connection.
-        while let Some(notification) = listener.try_recv().await? {
-            on_change(parse_change(notification.payload()));
+        loop {
+            let received = tokio::time::timeout(HEARTBEAT_DEADLINE, listener.try_recv())
+                .await
+                .map_err(|_| {
+                    StoreError::Unreachable(sqlx::Error::Protocol(format!(
+                        "the change feed heard nothing, not even its own heartbeat, for {} s",
+                        HEARTBEAT_DEADLINE.as_secs()
+                    )))
+                })??;
+            // `None`: the connection dropped, and whatever was notified meanwhile is lost;
+            // the caller starts over with a fresh connection.
+            let Some(notification) = received else {
+                drop(heartbeat);
+                return Ok(());
+            };
+            let payload = notification.payload();
+            if payload != HEARTBEAT_PAYLOAD {
+                on_change(parse_change(payload));
+            }
         }
-        Ok(())
     }
 
     async fn close(&self) {
