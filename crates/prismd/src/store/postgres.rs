@@ -584,24 +584,38 @@ impl Store for PostgresStore {
         expected_epoch: i64,
         audit: AuditEvent,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.begin().await?;
-        let done = sqlx::query(
-            "UPDATE users SET token_epoch = token_epoch + 1, updated_at = $3 \
-             WHERE id = $1 AND token_epoch = $2 AND removed_at IS NULL",
+        // One statement, so one round trip and one commit: the epoch move, the end of the
+        // browser sessions and the audit row (with its notification) happen together or, when
+        // the epoch had moved already, not at all. Data-modifying CTEs always run; the later
+        // ones act only on what `moved` returned (the notification's payload is built from
+        // it, so nothing is announced when no row moved).
+        let moved: i64 = sqlx::query_scalar(
+            "WITH moved AS ( \
+                 UPDATE users SET token_epoch = token_epoch + 1, updated_at = $3 \
+                 WHERE id = $1 AND token_epoch = $2 AND removed_at IS NULL RETURNING id), \
+             ended AS ( \
+                 DELETE FROM browser_sessions WHERE user_id IN (SELECT id FROM moved)), \
+             audited AS ( \
+                 INSERT INTO audit_events \
+                     (at, action, actor, org_id, subject_user_id, address, user_agent, detail) \
+                 SELECT $3, $4, $5, $6, $7, $8, $9, $10 \
+                 FROM moved, LATERAL pg_notify($11, $4 || ' ' || moved.id)) \
+             SELECT COUNT(*) FROM moved",
         )
         .bind(user_id)
         .bind(expected_epoch)
         .bind(audit.at)
-        .execute(&mut *tx)
+        .bind(audit.action)
+        .bind(&audit.actor)
+        .bind(&audit.org_id)
+        .bind(&audit.subject_user_id)
+        .bind(&audit.address)
+        .bind(&audit.user_agent)
+        .bind(&audit.detail)
+        .bind(CHANGES_CHANNEL)
+        .fetch_one(&self.pool)
         .await?;
-        if done.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        end_browser_sessions(&mut tx, user_id).await?;
-        insert_audit(&mut tx, &audit).await?;
-        tx.commit().await?;
-        Ok(true)
+        Ok(moved == 1)
     }
 
     async fn principal(
