@@ -3,6 +3,7 @@
 
 mod admin;
 mod cleanup;
+mod crash;
 mod device;
 mod errors;
 mod first_start_race;
