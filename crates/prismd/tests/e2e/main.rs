@@ -2,6 +2,7 @@
 //! data directory and talks HTTP to it (plus `curl`, `jq` and `bash` for the seed's lines).
 
 mod admin;
+mod attack_battery;
 mod cleanup;
 mod crash;
 mod device;
