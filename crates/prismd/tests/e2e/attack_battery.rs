@@ -9,6 +9,7 @@ use reqwest::redirect::Policy;
 use serde_json::{Value, json};
 
 use crate::harness::{Server, TestResult, temp_dir, user_with_token};
+use crate::jwt_attacks::{Forger, claims_of, hs256, with};
 
 /// What a case's answer must look like besides its status.
 #[derive(Clone, Copy, Debug)]
@@ -427,6 +428,117 @@ async fn every_endpoint_survives_the_attack_battery() -> TestResult {
         cases.push(
             case(
                 &format!("/api: {name} as bearer"),
+                Method::POST,
+                "/api",
+                401,
+                Expect::Error("invalid_token"),
+            )
+            .header("authorization", format!("Bearer {token}"))
+            .body(
+                JSON,
+                json!({"query": "{ authenticatedUser { id } }"}).to_string(),
+            )
+            .secret(&token),
+        );
+    }
+
+    // Forged access tokens at /api, built with jwt_attacks.rs's forger from the server's own
+    // key; its positive control (same claims re-signed are accepted) runs first.
+    let forger = Forger::steal(dir.path()).await?;
+    let claims = claims_of(&access)?;
+    let now = claims["iat"].as_i64().ok_or("no iat")?;
+    let control = forger.sign(&forger.header(), &claims);
+    assert_eq!(
+        server.whoami(&control).await?,
+        Ok("battery@example.com".into())
+    );
+    let (signed, signature) = access.rsplit_once('.').ok_or("no signature")?;
+    let mut flipped =
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, signature)?;
+    let last = flipped.len() - 1;
+    flipped[last] ^= 0x80;
+    let hs_header = json!({ "alg": "HS256", "typ": "at+jwt", "kid": forger.kid });
+    let encode = |value: &Value| {
+        base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            value.to_string(),
+        )
+    };
+    let forged: Vec<(&str, String)> = vec![
+        (
+            "alg none",
+            format!(
+                "{}.{}.",
+                encode(&json!({"alg": "none", "typ": "at+jwt", "kid": forger.kid})),
+                encode(&claims)
+            ),
+        ),
+        (
+            "HS256 keyed with the public key",
+            hs256(&forger.public, &hs_header, &claims),
+        ),
+        (
+            "unknown kid",
+            forger.sign(
+                &json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "nope"}),
+                &claims,
+            ),
+        ),
+        (
+            "typ JWT",
+            forger.sign(
+                &json!({"alg": "EdDSA", "typ": "JWT", "kid": forger.kid}),
+                &claims,
+            ),
+        ),
+        (
+            "wrong iss",
+            forger.sign(
+                &forger.header(),
+                &with(&claims, "iss", json!("https://evil.example")),
+            ),
+        ),
+        (
+            "wrong aud",
+            forger.sign(
+                &forger.header(),
+                &with(&claims, "aud", json!("https://evil.example/api")),
+            ),
+        ),
+        (
+            "expired",
+            forger.sign(&forger.header(), &with(&claims, "exp", json!(now - 10))),
+        ),
+        (
+            "not yet valid",
+            forger.sign(
+                &forger.header(),
+                &with(
+                    &with(&claims, "iat", json!(now + 3600)),
+                    "exp",
+                    json!(now + 7200),
+                ),
+            ),
+        ),
+        (
+            "signature bit flip",
+            format!(
+                "{signed}.{}",
+                base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &flipped)
+            ),
+        ),
+        (
+            "SQL in the kid",
+            forger.sign(
+                &json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "' OR 1=1 --"}),
+                &claims,
+            ),
+        ),
+    ];
+    for (name, token) in forged {
+        cases.push(
+            case(
+                &format!("/api: JWT {name}"),
                 Method::POST,
                 "/api",
                 401,
