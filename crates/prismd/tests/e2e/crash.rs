@@ -16,8 +16,9 @@ const USERS: usize = 24;
 const LOADED: usize = 16;
 const CLIENTS: usize = 4;
 /// Requests per client if the kill never came: the load is bounded either way.
-const REQUESTS_PER_CLIENT: usize = 100;
-/// The kill lands after this many answered requests, well before the load could end.
+const REQUESTS_PER_CLIENT: usize = 150;
+/// The kill lands after this many answered requests, far from the end of the load (600) so it
+/// lands in the middle even when the test task is woken late.
 const KILL_AFTER: usize = 150;
 
 /// What one client saw before the kill, per user index.
