@@ -8,7 +8,8 @@ use reqwest::Method;
 use reqwest::redirect::Policy;
 use serde_json::{Value, json};
 
-use crate::harness::{Server, TestResult, temp_dir, user_with_token};
+use crate::graphql::{DELETE, UPDATE, member};
+use crate::harness::{Server, TestResult, admin_ok, temp_dir, user_with_token};
 use crate::jwt_attacks::{Forger, claims_of, hs256, with};
 
 /// What a case's answer must look like besides its status.
@@ -27,6 +28,9 @@ enum Expect {
     Text,
     /// A 303 back to the loopback client whose Location starts with this.
     RedirectTo(&'static str),
+    /// A GraphQL answer that refuses a mutation: top-level `errors`, or a payload whose
+    /// `errors` list is not empty and that carries no `user`.
+    Refused,
     /// Refused by the HTTP layer before any route runs (oversized headers): no body promised.
     Bare,
 }
@@ -171,6 +175,17 @@ async fn check(
             ensure!(json.get("error").is_none(), "{name}: {shown}");
         }
         Expect::Bare => {}
+        Expect::Refused => {
+            let payload = json["data"]
+                .as_object()
+                .and_then(|d| d.values().next())
+                .cloned()
+                .unwrap_or(Value::Null);
+            let top = json["errors"].as_array().is_some_and(|e| !e.is_empty());
+            let in_payload = payload["errors"].as_array().is_some_and(|e| !e.is_empty())
+                && payload["user"].is_null();
+            ensure!(top || in_payload, "{name}: not refused: {shown}");
+        }
         Expect::RedirectTo(prefix) => {
             let location = location.unwrap_or_default();
             ensure!(
@@ -658,11 +673,11 @@ async fn every_endpoint_survives_the_attack_battery() -> TestResult {
         ),
         (
             "SQL in an id",
-            json!({"query": "mutation { deleteUser(id: \"' OR 1=1 --\") { errors { message } } }"})
+            json!({"query": DELETE, "variables": {"id": "' OR 1=1 --"}})
                 .to_string()
                 .into_bytes(),
             200,
-            Expect::GraphqlErrors,
+            Expect::Refused,
         ),
         (
             "no query",
@@ -737,6 +752,46 @@ async fn every_endpoint_survives_the_attack_battery() -> TestResult {
         )
         .body(JSON, b"{\"query\":\"{ __typename }\"}".to_vec()),
     );
+    // Cross-organization ids: another organization's admin names this user's id.
+    let tenant_b = admin_ok(dir.path(), &["orgs", "add", "--name", "Beta"])?;
+    let admin_b = member(
+        &server,
+        dir.path(),
+        Some(&tenant_b),
+        "admin-b@example.com",
+        "Admin",
+    )
+    .await?;
+    let (_, _, me) = server
+        .graphql(Some(&access), "{ authenticatedUser { id } }")
+        .await?;
+    let my_id = me["data"]["authenticatedUser"]["id"]
+        .as_str()
+        .ok_or("no id")?
+        .to_owned();
+    for (name, body) in [
+        (
+            "delete",
+            json!({"query": DELETE, "variables": {"id": my_id}}),
+        ),
+        (
+            "update",
+            json!({"query": UPDATE, "variables": {"id": my_id, "name": "Hijacked"}}),
+        ),
+    ] {
+        cases.push(
+            case(
+                &format!("/api: cross-organization {name}"),
+                Method::POST,
+                "/api",
+                200,
+                Expect::Refused,
+            )
+            .header("authorization", format!("Bearer {admin_b}"))
+            .body(JSON, body.to_string())
+            .secret(&admin_b),
+        );
+    }
     cases.push(case(
         "/api: GET",
         Method::GET,
@@ -977,6 +1032,10 @@ async fn every_endpoint_survives_the_attack_battery() -> TestResult {
         server.whoami(&access).await?,
         Ok("battery@example.com".into())
     );
+    let (_, _, me) = server
+        .graphql(Some(&again), "{ authenticatedUser { name } }")
+        .await?;
+    assert_ne!(me["data"]["authenticatedUser"]["name"], "Hijacked", "{me}");
     assert!(
         !server.logs().contains("panicked"),
         "the server panicked:\n{}",
