@@ -1,8 +1,8 @@
 //! The attack battery: one table of hostile requests against every endpoint, each with the
 //! status and `error` code it must get, checked by one shared checker (never a 5xx, a JSON
 //! `error` from API endpoints, no secret echoed), and a healthy server afterwards. The deep
-//! flows live beside it: forged JWTs with positive controls in `jwt_attacks.rs`, PKCE, code
-//! replay and CSRF with real logins in `login.rs`, cross-organization ids in `graphql.rs`.
+//! flows live beside it: every JWT forgery in `jwt_attacks.rs`, code replay and CSRF with
+//! real logins in `login.rs`, organization boundaries for every query in `graphql.rs`.
 
 use reqwest::Method;
 use reqwest::redirect::Policy;
