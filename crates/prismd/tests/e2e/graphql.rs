@@ -23,7 +23,7 @@ async fn gql(
 }
 
 /// Adds a user with `role` (in `tenant`, if given) and returns an access token for them.
-async fn member(
+pub(crate) async fn member(
     server: &Server,
     data: &std::path::Path,
     tenant: Option<&str>,
@@ -50,9 +50,9 @@ async fn member(
 }
 
 const CREATE: &str = "mutation($name: String, $email: String!, $role: ID!) { createOrganizationUser(input: {name: $name, email: $email, role: $role}) { user { id email role { name } } invitationUrl errors { field messages } } }";
-const DELETE: &str =
+pub(crate) const DELETE: &str =
     "mutation($id: ID!) { deleteUser(input: {id: $id}) { user { id } errors { field messages } } }";
-const UPDATE: &str = "mutation($id: ID!, $name: String, $phone: String) { updateUser(input: {id: $id, name: $name, phone: $phone}) { user { id name phone } errors { field messages } } }";
+pub(crate) const UPDATE: &str = "mutation($id: ID!, $name: String, $phone: String) { updateUser(input: {id: $id, name: $name, phone: $phone}) { user { id name phone } errors { field messages } } }";
 
 fn role_id(roles: &Value, name: &str) -> String {
     roles["data"]["organizationRoles"]

@@ -9,16 +9,18 @@ use serde_json::{Value, json};
 
 use crate::harness::{Server, TestResult, temp_dir, user_with_token};
 
-struct Forger {
-    kid: String,
+pub(crate) struct Forger {
+    pub(crate) kid: String,
     key: Ed25519KeyPair,
-    public: Vec<u8>,
+    pub(crate) public: Vec<u8>,
 }
 
 impl Forger {
     /// Reads the server's own signing key from its database, as an attacker with a stolen
     /// database backup (or a test) could.
-    async fn steal(data_dir: &std::path::Path) -> Result<Self, Box<dyn std::error::Error>> {
+    pub(crate) async fn steal(
+        data_dir: &std::path::Path,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
         let url = format!("sqlite://{}?mode=ro", data_dir.join("prismd.db").display());
         let pool = sqlx::SqlitePool::connect(&url).await?;
         let (kid, private, public): (String, Vec<u8>, Vec<u8>) = sqlx::query_as(
@@ -31,7 +33,7 @@ impl Forger {
         Ok(Self { kid, key, public })
     }
 
-    fn sign(&self, header: &Value, claims: &Value) -> String {
+    pub(crate) fn sign(&self, header: &Value, claims: &Value) -> String {
         let signing_input = format!(
             "{}.{}",
             URL_SAFE_NO_PAD.encode(header.to_string()),
@@ -44,23 +46,23 @@ impl Forger {
         )
     }
 
-    fn header(&self) -> Value {
+    pub(crate) fn header(&self) -> Value {
         json!({ "alg": "EdDSA", "typ": "at+jwt", "kid": self.kid })
     }
 }
 
-fn claims_of(token: &str) -> Result<Value, Box<dyn std::error::Error>> {
+pub(crate) fn claims_of(token: &str) -> Result<Value, Box<dyn std::error::Error>> {
     let payload = token.split('.').nth(1).ok_or("not a JWT")?;
     Ok(serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload)?)?)
 }
 
-fn with(claims: &Value, field: &str, value: Value) -> Value {
+pub(crate) fn with(claims: &Value, field: &str, value: Value) -> Value {
     let mut changed = claims.clone();
     changed[field] = value;
     changed
 }
 
-fn hs256(key: &[u8], header: &Value, claims: &Value) -> String {
+pub(crate) fn hs256(key: &[u8], header: &Value, claims: &Value) -> String {
     let input = format!(
         "{}.{}",
         URL_SAFE_NO_PAD.encode(header.to_string()),

@@ -2,7 +2,9 @@
 //! data directory and talks HTTP to it (plus `curl`, `jq` and `bash` for the seed's lines).
 
 mod admin;
+mod attack_battery;
 mod cleanup;
+mod crash;
 mod device;
 mod errors;
 mod first_start_race;
