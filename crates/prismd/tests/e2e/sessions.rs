@@ -74,6 +74,16 @@ async fn current_session(server: &Server, access: &str) -> Res<String> {
         .to_owned())
 }
 
+/// The uuid inside a public user id (`base64("User:<uuid>")`), as audit actors name users.
+fn user_uuid(public: &str) -> Res<String> {
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(public)?;
+    Ok(String::from_utf8(decoded)?
+        .strip_prefix("User:")
+        .ok_or("not a user id")?
+        .to_owned())
+}
+
 fn payload_error(payload: &Value, mutation: &str) -> (String, String) {
     let error = &payload["data"][mutation]["errors"][0];
     (
@@ -275,6 +285,28 @@ async fn admins_manage_members_sessions_but_not_owners() -> TestResult {
         json!({ "user": { "email": "dev@example.com" }, "errors": [] })
     );
     assert_eq!(server.refresh(&dev_two).await?.0, 400);
+
+    // Both are audited as the Admin's doing, about the member; no secret in the trail.
+    let admin_id = my_id(&server, &admin).await?;
+    let trail = admin_ok(data, &["audit", "--limit", "5"])?;
+    assert!(!trail.contains(&dev_one) && !trail.contains(&dev_two));
+    let events: Vec<Value> = trail
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let actor = format!("user:{}", user_uuid(&admin_id)?);
+    let revokes: Vec<(&Value, &Value, &Value)> = events
+        .iter()
+        .filter(|e| e["actor"] == actor.as_str())
+        .map(|e| (&e["action"], &e["subjectUserId"], &e["detail"]["token_id"]))
+        .collect();
+    assert_eq!(
+        revokes,
+        [
+            (&json!("tokens.revoked_all"), &json!(dev_id), &Value::Null),
+            (&json!("token.revoked"), &json!(dev_id), &json!(dev_one_id)),
+        ]
+    );
 
     // Not the Owner's: refused, and the Owner's session still works.
     let denied = gql(&server, &admin, REVOKE, json!({ "id": owner_session })).await?;
