@@ -21,6 +21,9 @@ pub const LIST_ROLES: &str =
 pub const CREATE_USER: &str = "mutation createOrganizationUser($name: String, $email: String!, $role: ID!) { createOrganizationUser(input: { name: $name, email: $email, role: $role }) { user { id } invitationUrl errors { field messages } } }";
 pub const DELETE_USER: &str = "mutation deleteUser($id: ID!) { deleteUser(input: { id: $id }) { user { id } errors { field messages } } }";
 pub const UPDATE_USER: &str = "mutation updateUser($user: ID!, $name: String, $phone: String, $darkMode: Boolean, $darkModeOsSync: Boolean) { updateUser(input: { id: $user, name: $name, phone: $phone, darkMode: $darkMode, darkModeSyncWithOs: $darkModeOsSync }) { user { id } errors { field messages } } }";
+/// prism-auth additions (the official client has no such commands): sessions of the caller.
+pub const LIST_SESSIONS: &str = "query listSessions { authenticatedUser { sessions { id name clientId createdAt lastUsedAt lastUsedAddress current } } }";
+pub const REVOKE_SESSION: &str = "mutation revokeSession($id: ID!) { revokeSession(input: { id: $id }) { session { id name current } errors { field messages } } }";
 
 /// A JSON value as a table cell: strings as is, null as empty.
 fn cell(value: &Value) -> String {
@@ -229,6 +232,89 @@ pub fn me_token_revoke(ctx: &Ctx, no_confirm: bool) -> Result<()> {
     session.revoke_all(ctx)?;
     session.delete_profile()?;
     ctx.say("All refresh tokens for your user have been revoked.");
+    Ok(())
+}
+
+const SESSION_COLUMNS: &[Column] = &[
+    Column {
+        key: "id",
+        header: "Id",
+        extended: false,
+    },
+    Column {
+        key: "name",
+        header: "Name",
+        extended: false,
+    },
+    Column {
+        key: "clientId",
+        header: "Client",
+        extended: true,
+    },
+    Column {
+        key: "createdAt",
+        header: "Created",
+        extended: false,
+    },
+    Column {
+        key: "lastUsedAt",
+        header: "Last Used",
+        extended: false,
+    },
+    Column {
+        key: "lastUsedAddress",
+        header: "Last Used From",
+        extended: true,
+    },
+    Column {
+        key: "current",
+        header: "Current",
+        extended: false,
+    },
+];
+
+pub fn me_tokens_list(ctx: &Ctx, flags: &TableFlags) -> Result<()> {
+    let mut session = Session::resolve(ctx)?;
+    let data = session.graphql(ctx, LIST_SESSIONS, json!({}))?;
+    let Some(sessions) = data["authenticatedUser"]["sessions"].as_array() else {
+        fail!("This server does not list sessions (it is not prism-auth, or too old).");
+    };
+    let rows = sessions
+        .iter()
+        .map(|s| {
+            vec![
+                cell(&s["id"]),
+                cell(&s["name"]),
+                cell(&s["clientId"]),
+                cell(&s["createdAt"]),
+                cell(&s["lastUsedAt"]),
+                cell(&s["lastUsedAddress"]),
+                if s["current"] == Value::Bool(true) {
+                    "*".into()
+                } else {
+                    String::new()
+                },
+            ]
+        })
+        .collect();
+    table::print(SESSION_COLUMNS, rows, flags)
+}
+
+pub fn me_tokens_revoke(ctx: &Ctx, id: &str) -> Result<()> {
+    let mut session = Session::resolve(ctx)?;
+    let data = session.graphql(ctx, REVOKE_SESSION, json!({ "id": id }))?;
+    let payload = &data["revokeSession"];
+    payload_errors(payload).map_err(|e| {
+        Error::new(format!(
+            "{e}\nSee your sessions with 'prism me:tokens:list'."
+        ))
+    })?;
+    let revoked = &payload["session"];
+    let name = revoked["name"].as_str().unwrap_or("unnamed");
+    ctx.say(&format!("Revoked session '{name}' ({id})."));
+    if revoked["current"] == Value::Bool(true) {
+        ctx.say("That was the session you are using; run 'prism login' to start a new one.");
+    }
     Ok(())
 }
 

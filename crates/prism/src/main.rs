@@ -108,6 +108,20 @@ enum Command {
         #[arg(long)]
         no_confirm: bool,
     },
+    /// List your sessions (refresh tokens): name, client, created, last used (up to a
+    /// minute behind) [prism-auth addition]
+    #[command(name = "me:tokens:list")]
+    MeTokensList {
+        #[command(flatten)]
+        table: TableFlags,
+    },
+    /// Revoke one of your sessions (refresh token) by id; the others keep working
+    /// [prism-auth addition]
+    #[command(name = "me:tokens:revoke")]
+    MeTokensRevoke {
+        /// Id of the session (see me:tokens:list)
+        id: String,
+    },
     /// List the users of your organization
     #[command(name = "organization:users:list")]
     UsersList {
@@ -197,6 +211,8 @@ fn run(cli: Cli) -> error::Result<()> {
         Command::Me => commands::me(&ctx),
         Command::MeToken { kind } => commands::me_token(&ctx, kind),
         Command::MeTokenRevoke { no_confirm } => commands::me_token_revoke(&ctx, no_confirm),
+        Command::MeTokensList { table } => commands::me_tokens_list(&ctx, &table),
+        Command::MeTokensRevoke { id } => commands::me_tokens_revoke(&ctx, &id),
         Command::UsersList { table } => commands::users_list(&ctx, &table),
         Command::UsersRoles { table } => commands::users_roles(&ctx, &table),
         Command::UsersCreate { email, role, name } => {

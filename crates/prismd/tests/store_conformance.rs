@@ -10,8 +10,8 @@ use std::sync::Arc;
 use prismd::store::{
     self, AuditEvent, Backend, CacheSettings, CacheStats, CachedStore, Change, CodeRedemption,
     Garbage, NewAuthorizationCode, NewDeviceCode, NewOrganization, NewRefreshToken, NewUser,
-    OpenOptions, Organization, ProfileChanges, Removal, SigningKeyRecord, Store, StoreError,
-    TokenUse, User,
+    OpenOptions, Organization, ProfileChanges, Removal, SessionRecord, SigningKeyRecord, Store,
+    StoreError, TokenUse, User,
 };
 use sqlx::Connection;
 
@@ -195,6 +195,7 @@ conformance!(
     signing_key_rotation_races,
     audit_rows,
     token_uses_and_ping,
+    sessions_live_only_newest_first,
     changes_reach_other_processes,
     cache_forgets_what_changes_invalidate,
     cleanup_deletes_garbage_only,
@@ -1356,6 +1357,122 @@ async fn token_uses_and_ping(db: Db) -> TestResult {
     store.record_token_uses(&uses).await?;
     // The trait has no reader for last use; the token must still be intact.
     assert!(store.find_refresh_grant(&hash(1)).await?.is_some());
+    Ok(())
+}
+
+/// Sessions are the live refresh tokens of one user (the standing rule in SQL), newest first,
+/// bounded, with last use as recorded; one session is found by id whoever's it is.
+async fn sessions_live_only_newest_first(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    let (org, owner) = org_with_owner(store).await?;
+    let member = add_user(store, &org, "m@example.com", "guest", T0).await?;
+    let older = refresh_token(&owner, 1, None);
+    let newer = NewRefreshToken {
+        name: None,
+        client_id: "other".into(),
+        created_at: T0 + 30,
+        ..refresh_token(&owner, 2, None)
+    };
+    let revoked = NewRefreshToken {
+        created_at: T0 + 20,
+        ..refresh_token(&owner, 3, None)
+    };
+    let members = refresh_token(&member, 4, None);
+    for token in [&older, &newer, &revoked, &members] {
+        assert!(
+            store
+                .insert_refresh_token(token.clone(), audit("t", T0))
+                .await?
+        );
+    }
+    assert!(
+        store
+            .revoke_session(&revoked.id, &owner.id, audit("rv", T0 + 40))
+            .await?
+    );
+    store
+        .record_token_uses(&[TokenUse {
+            token_id: older.id.clone(),
+            at: T0 + 50,
+            address: Some("10.0.0.9".into()),
+        }])
+        .await?;
+
+    let sessions = store.list_sessions(&owner.id, 100).await?;
+    let ids: Vec<&str> = sessions.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, [newer.id.as_str(), older.id.as_str()]);
+    assert_eq!(
+        sessions[1],
+        SessionRecord {
+            id: older.id.clone(),
+            user_id: owner.id.clone(),
+            client_id: "client".into(),
+            name: Some("ci".into()),
+            created_at: T0 + 10,
+            last_used_at: Some(T0 + 50),
+            last_used_addr: Some("10.0.0.9".into()),
+        }
+    );
+    assert_eq!(sessions[0].name, None);
+    assert_eq!(sessions[0].client_id, "other");
+    assert_eq!(sessions[0].last_used_at, None);
+    // Bounded: the limit holds, and a silly one is clamped rather than an error.
+    assert_eq!(store.list_sessions(&owner.id, 1).await?.len(), 1);
+    assert!(store.list_sessions(&owner.id, -5).await?.is_empty());
+    assert_eq!(store.list_sessions(&owner.id, i64::MAX).await?.len(), 2);
+    assert!(store.list_sessions("nobody", 100).await?.is_empty());
+
+    // One by id: anyone's, live only.
+    assert_eq!(
+        store.live_session(&older.id).await?.as_ref(),
+        Some(&sessions[1])
+    );
+    let theirs = store.live_session(&members.id).await?.ok_or("no session")?;
+    assert_eq!(theirs.user_id, member.id);
+    assert!(store.live_session(&revoked.id).await?.is_none());
+    assert!(store.live_session("not-a-uuid").await?.is_none());
+    assert!(store.live_session("").await?.is_none());
+
+    // Revoke-all ends every session (the epoch moved); a token minted afterwards is live.
+    assert!(
+        store
+            .revoke_all_tokens(
+                &owner.id,
+                0,
+                audit_about("tokens.revoked_all", T0 + 60, &owner)
+            )
+            .await?
+    );
+    assert!(store.list_sessions(&owner.id, 100).await?.is_empty());
+    assert!(store.live_session(&older.id).await?.is_none());
+    let fresh = refresh_token(&owner, 5, None);
+    assert!(
+        store
+            .insert_refresh_token(fresh.clone(), audit("t", T0 + 70))
+            .await?
+    );
+    let ids: Vec<String> = store
+        .list_sessions(&owner.id, 100)
+        .await?
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(ids, [fresh.id]);
+
+    // A removed user has no sessions.
+    assert_eq!(store.list_sessions(&member.id, 100).await?.len(), 1);
+    assert_eq!(
+        store
+            .remove_user(
+                &member.id,
+                T0 + 80,
+                audit_about("user.removed", T0 + 80, &member)
+            )
+            .await?,
+        Removal::Removed
+    );
+    assert!(store.list_sessions(&member.id, 100).await?.is_empty());
+    assert!(store.live_session(&members.id).await?.is_none());
     Ok(())
 }
 

@@ -3,4 +3,5 @@
 mod harness;
 mod login;
 mod modes;
+mod sessions;
 mod users;

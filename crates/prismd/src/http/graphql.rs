@@ -12,8 +12,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use super::error::log_unavailable;
 use crate::domain::accounts::{self, Role, UserDraft, parse_public_id, public_id};
 use crate::domain::auth::{AuthService, Principal};
-use crate::domain::{DomainError, RequestMeta};
-use crate::store::{Organization, ProfileChanges, StoreError, User};
+use crate::domain::{DomainError, RequestMeta, sessions};
+use crate::store::{Organization, ProfileChanges, SessionRecord, StoreError, User};
 
 /// Page size when the client does not ask for one, and the largest it may ask for.
 const PAGE_SIZE: i64 = 100;
@@ -170,6 +170,90 @@ impl UserNode {
     /// Set for customer users; this server has organization users only, so always null.
     async fn customer(&self) -> Option<CustomerNode> {
         None
+    }
+
+    /// This user's live sessions (refresh tokens), newest first: your own, or (Owners and
+    /// Admins) a member's; Admins not Owners'. Null, with an error, for anyone else's.
+    async fn sessions(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Vec<SessionNode>>> {
+        let caller = caller(ctx)?;
+        let store = caller.auth.store().as_ref();
+        let records = sessions::list(store, &caller.principal.user, &self.user.id)
+            .await
+            .map_err(query_error)?;
+        Ok(Some(
+            records
+                .into_iter()
+                .map(|record| SessionNode::new(record, caller.principal))
+                .collect(),
+        ))
+    }
+}
+
+/// A domain failure of a query field, as a GraphQL error: the message, and `extensions.code`
+/// (`NOT_FOUND`, `FORBIDDEN`, `BAD_REQUEST`); an unavailable database as in mutations.
+fn query_error(err: DomainError) -> async_graphql::Error {
+    let (code, message) = match err {
+        DomainError::NotFound(msg) => ("NOT_FOUND", msg),
+        DomainError::AccessDenied(msg) => ("FORBIDDEN", msg),
+        DomainError::InvalidInput(msg) | DomainError::Conflict(msg) => ("BAD_REQUEST", msg),
+        DomainError::Unavailable(cause) => return store_unavailable(cause),
+        other => {
+            tracing::error!(error = %other, "query failed");
+            return async_graphql::Error::new("internal error");
+        }
+    };
+    async_graphql::Error::new(message).extend_with(|_, extensions| extensions.set("code", code))
+}
+
+/// Milliseconds since the Unix epoch as RFC 3339 (UTC, milliseconds).
+fn timestamp(ms: i64) -> String {
+    let since = std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + since).to_string()
+}
+
+/// A session (one refresh token) as its user sees it. Never its secret or hash.
+pub struct SessionNode {
+    record: SessionRecord,
+    current: bool,
+}
+
+impl SessionNode {
+    fn new(record: SessionRecord, caller: &Principal) -> Self {
+        let current = record.id == caller.claims.sid;
+        Self { record, current }
+    }
+}
+
+#[Object(name = "Session")]
+impl SessionNode {
+    /// The refresh token's id (a UUID): what `revokeSession` takes.
+    async fn id(&self) -> ID {
+        ID(self.record.id.clone())
+    }
+    /// "CLI login", "Device login", or the name given when the token was minted.
+    async fn name(&self) -> Option<&str> {
+        self.record.name.as_deref()
+    }
+    /// The OAuth client the token belongs to.
+    async fn client_id(&self) -> &str {
+        &self.record.client_id
+    }
+    /// RFC 3339, UTC.
+    async fn created_at(&self) -> String {
+        timestamp(self.record.created_at)
+    }
+    /// When the token was last exchanged for an access token (RFC 3339, UTC). Written in
+    /// batches: up to a minute (plus a few seconds) behind.
+    async fn last_used_at(&self) -> Option<String> {
+        self.record.last_used_at.map(timestamp)
+    }
+    /// The address it was last used from.
+    async fn last_used_address(&self) -> Option<&str> {
+        self.record.last_used_addr.as_deref()
+    }
+    /// Whether the access token of this request was issued from this session.
+    async fn current(&self) -> bool {
+        self.current
     }
 }
 
@@ -354,6 +438,32 @@ impl UserPayload {
     }
 }
 
+#[derive(InputObject)]
+pub struct RevokeSessionInput {
+    /// A session id from `sessions`.
+    id: ID,
+}
+
+#[derive(InputObject)]
+pub struct RevokeAllSessionsInput {
+    /// Whose sessions; absent means your own.
+    user_id: Option<ID>,
+}
+
+#[derive(SimpleObject, Default)]
+pub struct RevokeSessionPayload {
+    /// The session that was ended.
+    session: Option<SessionNode>,
+    errors: Vec<FieldError>,
+}
+
+#[derive(SimpleObject, Default)]
+pub struct RevokeAllSessionsPayload {
+    /// Whose sessions were ended.
+    user: Option<UserNode>,
+    errors: Vec<FieldError>,
+}
+
 #[derive(SimpleObject, Default)]
 pub struct CreateUserInvitationPayload {
     url: Option<String>,
@@ -474,6 +584,62 @@ impl MutationRoot {
             Err(err) => Err(err),
         };
         UserPayload::from_result(result, &caller.principal.org, "name")
+    }
+
+    /// Ends one session: its refresh token, and the access tokens issued from it, stop
+    /// working at once. Your own, or (Owners and Admins) a member's; Admins not Owners'.
+    async fn revoke_session(
+        &self,
+        ctx: &Context<'_>,
+        input: RevokeSessionInput,
+    ) -> async_graphql::Result<RevokeSessionPayload> {
+        let caller = caller(ctx)?;
+        let store = caller.auth.store().as_ref();
+        Ok(
+            match sessions::revoke(store, &caller.principal.user, &input.id, &caller.meta).await {
+                Ok(record) => RevokeSessionPayload {
+                    session: Some(SessionNode::new(record, caller.principal)),
+                    errors: Vec::new(),
+                },
+                Err(err) => RevokeSessionPayload {
+                    session: None,
+                    errors: payload_errors(err, "id")?,
+                },
+            },
+        )
+    }
+
+    /// Ends every session of a user, and every access token, at once (what `/auth/revoke`
+    /// does): your own without `userId`, or (Owners and Admins) a member's.
+    async fn revoke_all_sessions(
+        &self,
+        ctx: &Context<'_>,
+        input: RevokeAllSessionsInput,
+    ) -> async_graphql::Result<RevokeAllSessionsPayload> {
+        let caller = caller(ctx)?;
+        let store = caller.auth.store().as_ref();
+        let actor = &caller.principal.user;
+        let result = match &input.user_id {
+            None => Ok(actor.id.clone()),
+            Some(id) => user_id_from(id),
+        };
+        let result = match result {
+            Ok(id) => sessions::revoke_all(store, actor, &id, &caller.meta).await,
+            Err(err) => Err(err),
+        };
+        Ok(match result {
+            Ok(user) => RevokeAllSessionsPayload {
+                user: Some(UserNode {
+                    user,
+                    org: caller.principal.org.clone(),
+                }),
+                errors: Vec::new(),
+            },
+            Err(err) => RevokeAllSessionsPayload {
+                user: None,
+                errors: payload_errors(err, "userId")?,
+            },
+        })
     }
 
     /// A new single-use link for a member to set their password (Owners and Admins).

@@ -30,8 +30,8 @@ use tokio::sync::Notify;
 use super::{
     AuditEvent, AuditRecord, Change, CleanupLock, CodeRedemption, Credentials, DeviceCode, Garbage,
     NewAuthorizationCode, NewDeviceCode, NewOrganization, NewRefreshToken, NewUser, Organization,
-    PrincipalRecord, ProfileChanges, RefreshGrant, Removal, SigningKeyRecord, Store, StoreError,
-    TokenUse, User,
+    PrincipalRecord, ProfileChanges, RefreshGrant, Removal, SessionRecord, SigningKeyRecord, Store,
+    StoreError, TokenUse, User,
 };
 
 /// How the probe behaves while the circuit is open.
@@ -470,6 +470,18 @@ impl Store for GuardedStore {
     ) -> Result<bool, StoreError> {
         self.guard(self.inner.revoke_session(token_id, user_id, audit))
             .await
+    }
+
+    async fn list_sessions(
+        &self,
+        user_id: &str,
+        limit: i64,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        self.guard(self.inner.list_sessions(user_id, limit)).await
+    }
+
+    async fn live_session(&self, token_id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        self.guard(self.inner.live_session(token_id)).await
     }
 
     async fn insert_browser_session(

@@ -33,8 +33,8 @@ use async_trait::async_trait;
 use super::{
     AuditEvent, AuditRecord, Change, CleanupLock, CodeRedemption, Credentials, DeviceCode, Garbage,
     NewAuthorizationCode, NewDeviceCode, NewOrganization, NewRefreshToken, NewUser, Organization,
-    PrincipalRecord, ProfileChanges, RefreshGrant, Removal, SigningKeyRecord, Store, StoreError,
-    TokenUse, User,
+    PrincipalRecord, ProfileChanges, RefreshGrant, Removal, SessionRecord, SigningKeyRecord, Store,
+    StoreError, TokenUse, User,
 };
 
 /// How long and how much the cache keeps.
@@ -533,6 +533,18 @@ impl Store for CachedStore {
         self.inner
             .slow_down_device_code(device_code_hash, interval_secs)
             .await
+    }
+
+    async fn list_sessions(
+        &self,
+        user_id: &str,
+        limit: i64,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        self.inner.list_sessions(user_id, limit).await
+    }
+
+    async fn live_session(&self, token_id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        self.inner.live_session(token_id).await
     }
 
     async fn insert_browser_session(

@@ -310,6 +310,33 @@ pub struct NewRefreshToken {
     pub from_code: Option<[u8; 32]>,
 }
 
+/// A live session (refresh token) as its user sees it: never its hash.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SessionRecord {
+    /// The refresh token's id (a UUID); access tokens carry it as `sid`.
+    pub id: String,
+    pub user_id: String,
+    pub client_id: String,
+    /// "CLI login", "Device login", or the name given when it was minted.
+    pub name: Option<String>,
+    pub created_at: i64,
+    /// Written in batches, so up to a minute (plus a few seconds) behind.
+    pub last_used_at: Option<i64>,
+    pub last_used_addr: Option<String>,
+}
+
+/// The columns of a [`SessionRecord`] (`t`: refresh_tokens), the same on both backends.
+pub(crate) const SESSION_COLUMNS: &str =
+    "t.id, t.user_id, t.client_id, t.name, t.created_at, t.last_used_at, t.last_used_addr";
+
+/// The standing rule (`domain::standing`) as SQL over `t` (refresh_tokens) and `u` (its user):
+/// a session listed as live must be one the token endpoint would honour.
+pub(crate) const LIVE_SESSION: &str =
+    "t.revoked_at IS NULL AND t.user_epoch = u.token_epoch AND u.removed_at IS NULL";
+
+/// Most sessions [`Store::list_sessions`] returns: a list for people to read, not an export.
+pub const MAX_LISTED_SESSIONS: i64 = 500;
+
 /// An authorization code to store (its hash), bound to client, redirect URI and challenge.
 #[derive(Debug, Clone)]
 pub struct NewAuthorizationCode {
@@ -721,6 +748,17 @@ pub trait Store: Send + Sync + 'static {
         user_id: &str,
         audit: AuditEvent,
     ) -> Result<bool, StoreError>;
+
+    /// A user's live sessions (not revoked, issued under the user's current epoch, user not
+    /// removed), newest first, at most `limit` (capped at [`MAX_LISTED_SESSIONS`]).
+    async fn list_sessions(
+        &self,
+        user_id: &str,
+        limit: i64,
+    ) -> Result<Vec<SessionRecord>, StoreError>;
+
+    /// One live session by id (same rule as [`Store::list_sessions`]), whoever's it is.
+    async fn live_session(&self, token_id: &str) -> Result<Option<SessionRecord>, StoreError>;
 
     /// Stores a browser session (the hash of its cookie).
     async fn insert_browser_session(

@@ -15,9 +15,10 @@ use sqlx::{Connection, FromRow, Postgres, Row, Transaction};
 
 use super::{
     AuditEvent, AuditRecord, AuthorizationCode, Change, CleanupLock, CodeRedemption, Credentials,
-    DeviceCode, Garbage, NewAuthorizationCode, NewDeviceCode, NewOrganization, NewRefreshToken,
-    NewUser, Organization, PrincipalRecord, ProfileChanges, RefreshGrant, Removal,
-    SigningKeyRecord, Store, StoreError, TokenUse, User,
+    DeviceCode, Garbage, LIVE_SESSION, MAX_LISTED_SESSIONS, NewAuthorizationCode, NewDeviceCode,
+    NewOrganization, NewRefreshToken, NewUser, Organization, PrincipalRecord, ProfileChanges,
+    RefreshGrant, Removal, SESSION_COLUMNS, SessionRecord, SigningKeyRecord, Store, StoreError,
+    TokenUse, User,
 };
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -1049,6 +1050,34 @@ impl Store for PostgresStore {
         .execute(&mut *tx)
         .await?;
         finish_audited(tx, done.rows_affected(), &audit).await
+    }
+
+    async fn list_sessions(
+        &self,
+        user_id: &str,
+        limit: i64,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM refresh_tokens t JOIN users u ON u.id = t.user_id \
+             WHERE t.user_id = $1 AND {LIVE_SESSION} \
+             ORDER BY t.created_at DESC, t.id DESC LIMIT $2"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(user_id)
+            .bind(limit.clamp(0, MAX_LISTED_SESSIONS))
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn live_session(&self, token_id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM refresh_tokens t JOIN users u ON u.id = t.user_id \
+             WHERE t.id = $1 AND {LIVE_SESSION}"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(token_id)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     async fn insert_browser_session(

@@ -21,4 +21,5 @@ mod outage;
 mod postgres;
 mod replicas;
 mod seed;
+mod sessions;
 mod tls;

@@ -1,0 +1,126 @@
+//! Sessions people can see and end: each live refresh token is a session (with its name,
+//! client, creation and last use). Everyone lists and revokes their own; Owners and Admins
+//! those of their organization's members (Admins not Owners'). Someone else's session, or a
+//! user of another organization, looks exactly like an unknown id.
+
+use super::accounts::{self, Role};
+use super::{DomainError, RequestMeta, now_ms};
+use crate::store::{AuditEvent, MAX_LISTED_SESSIONS, SessionRecord, Store, User};
+
+const NO_SUCH_SESSION: &str = "no such session";
+const NO_SUCH_USER: &str = "no such user in your organization";
+
+/// Whose sessions the actor may manage: their own, or (Owners and Admins) a member's; only
+/// Owners manage Owners'. A caller who manages nobody gets "unknown user" for anyone else,
+/// so the answer does not tell which ids exist.
+async fn session_holder(
+    store: &dyn Store,
+    actor: &User,
+    user_id: &str,
+) -> Result<User, DomainError> {
+    if user_id == actor.id {
+        return Ok(actor.clone());
+    }
+    let actor_role = Role::of(actor);
+    if !actor_role.manages_users() {
+        return Err(DomainError::NotFound(NO_SUCH_USER.into()));
+    }
+    let target = accounts::member(store, actor, user_id).await?;
+    if Role::of(&target) == Role::Owner && actor_role != Role::Owner {
+        return Err(DomainError::AccessDenied(
+            "Admins cannot manage Owners' sessions".into(),
+        ));
+    }
+    Ok(target)
+}
+
+/// The live sessions of `user_id` (the actor or a member they manage), newest first.
+pub async fn list(
+    store: &dyn Store,
+    actor: &User,
+    user_id: &str,
+) -> Result<Vec<SessionRecord>, DomainError> {
+    let holder = session_holder(store, actor, user_id).await?;
+    Ok(store.list_sessions(&holder.id, MAX_LISTED_SESSIONS).await?)
+}
+
+/// Ends one session: its refresh token stops working, and so do the access tokens issued
+/// from it (they carry its id), at once. Returns the session as it was.
+pub async fn revoke(
+    store: &dyn Store,
+    actor: &User,
+    session_id: &str,
+    meta: &RequestMeta,
+) -> Result<SessionRecord, DomainError> {
+    let not_found = || DomainError::NotFound(NO_SUCH_SESSION.into());
+    let session = store
+        .live_session(session_id.trim())
+        .await?
+        .ok_or_else(not_found)?;
+    // Another user's session id must not be told apart from an unknown one.
+    let holder = match session_holder(store, actor, &session.user_id).await {
+        Err(DomainError::NotFound(_)) => return Err(not_found()),
+        other => other?,
+    };
+    let audit = AuditEvent {
+        at: now_ms(),
+        action: "token.revoked",
+        actor: format!("user:{}", actor.id),
+        org_id: Some(holder.org_id.clone()),
+        subject_user_id: Some(holder.id.clone()),
+        address: meta.address.clone(),
+        user_agent: meta.user_agent.clone(),
+        detail: Some(serde_json::json!({ "token_id": session.id }).to_string()),
+    };
+    if !store.revoke_session(&session.id, &holder.id, audit).await? {
+        // Revoked by someone else in the meantime.
+        return Err(not_found());
+    }
+    Ok(session)
+}
+
+/// Ends every session of `user_id` (the actor or a member they manage), and every access
+/// token, in one durable write: what `/auth/revoke` does with a refresh token. Returns whose.
+pub async fn revoke_all(
+    store: &dyn Store,
+    actor: &User,
+    user_id: &str,
+    meta: &RequestMeta,
+) -> Result<User, DomainError> {
+    let mut holder = session_holder(store, actor, user_id).await?;
+    // The epoch we read may be stale (another replica revoked since; a cached read). A
+    // revoke that finds the epoch moved changed nothing, and tokens minted under the new epoch
+    // would survive: read again and retry, a few times.
+    for _ in 0..3 {
+        if store
+            .revoke_all_tokens(
+                &holder.id,
+                holder.token_epoch,
+                revoke_all_event(actor, &holder, meta),
+            )
+            .await?
+        {
+            return Ok(holder);
+        }
+        holder = store
+            .member(&holder.org_id, &holder.id)
+            .await?
+            .ok_or_else(|| DomainError::NotFound(NO_SUCH_USER.into()))?;
+    }
+    Err(DomainError::Conflict(
+        "the sessions changed while revoking them; try again".into(),
+    ))
+}
+
+fn revoke_all_event(actor: &User, holder: &User, meta: &RequestMeta) -> AuditEvent {
+    AuditEvent {
+        at: now_ms(),
+        action: "tokens.revoked_all",
+        actor: format!("user:{}", actor.id),
+        org_id: Some(holder.org_id.clone()),
+        subject_user_id: Some(holder.id.clone()),
+        address: meta.address.clone(),
+        user_agent: meta.user_agent.clone(),
+        detail: None,
+    }
+}
