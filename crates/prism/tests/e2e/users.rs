@@ -176,7 +176,9 @@ fn failures_say_what_to_do_next() -> TestResult {
     );
 
     // A mistyped token: refused, and the token is not echoed.
-    let mistyped = format!("{}x", &token[..token.len() - 1]);
+    // Change the last character (to one it is not, or the "typo" would be the token itself).
+    let last = if token.ends_with('x') { 'y' } else { 'x' };
+    let mistyped = format!("{}{last}", &token[..token.len() - 1]);
     let err = fails(
         home.prism(&server)
             .arg("me")
