@@ -121,12 +121,14 @@ fn too_many_page(state: &AppState, kinds: &[LimitKind], retry_after_secs: u64) -
     if let Some(kind) = kinds.first() {
         state.metrics.limit_trip(*kind);
     }
+    let what = if kinds.contains(&LimitKind::DeviceAddress) {
+        "Too many wrong codes"
+    } else {
+        "Too many failed sign-ins"
+    };
     let mut response = error_page(
         StatusCode::TOO_MANY_REQUESTS,
-        &format!(
-            "Too many failed attempts. Try again {}.",
-            limits::wait_text(retry_after_secs)
-        ),
+        &format!("{what}. Try again {}.", limits::wait_text(retry_after_secs)),
     );
     if let Ok(value) = HeaderValue::from_str(&retry_after_secs.to_string()) {
         response.headers_mut().insert(header::RETRY_AFTER, value);
