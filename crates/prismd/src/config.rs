@@ -115,6 +115,7 @@ impl ServeConfig {
             dead_token_retention: self.dead_token_retention,
             audit_retention: self.audit_retention,
             key_window: self.retired_key_window(),
+            attempt_retention: self.limits.longest_window(),
         }
     }
 

@@ -2027,6 +2027,35 @@ async fn attempt_counters(db: Db) -> TestResult {
         .await?;
     assert_eq!((restart.failures, restart.window_start), (1, fresh));
     assert!(restart.locked_until <= fresh);
+    // Cleanup deletes counters whose window and lock ended before the cutoff, and no other.
+    let old_key = "login:addr:192.0.2.3";
+    store
+        .record_attempt_failure(old_key, T0, POLICY, trip())
+        .await?;
+    let locked_key = "login:addr:192.0.2.4";
+    for at in [T0, T0 + 1, T0 + 2] {
+        store
+            .record_attempt_failure(locked_key, at, POLICY, trip())
+            .await?;
+    }
+    assert_eq!(
+        store
+            .delete_garbage(Garbage::AttemptCounters, T0 + 5, 500)
+            .await?,
+        1,
+        "only {old_key}: {locked_key} is still locked at the cutoff"
+    );
+    assert_eq!(store.attempt_counter(old_key).await?, None);
+    assert!(store.attempt_counter(locked_key).await?.is_some());
+    assert_eq!(
+        store
+            .delete_garbage(Garbage::AttemptCounters, T0 + 60_000, 500)
+            .await?,
+        1
+    );
+    assert_eq!(store.attempt_counter(locked_key).await?, None);
+    assert_eq!(store.attempt_counter(old_key).await?, None);
+    assert_eq!(store.attempt_counter(key).await?, Some(restart));
     // Other keys are separate; a success forgets the key.
     assert_eq!(store.attempt_counter("login:addr:192.0.2.2").await?, None);
     store.clear_attempts(key).await?;

@@ -9,3 +9,7 @@ CREATE TABLE attempt_counters (
     -- Refused until then (ms since the epoch); 0 when not locked.
     locked_until BIGINT NOT NULL
 );
+
+-- Background cleanup finds counters whose window and lock have long passed (such a row counts
+-- the same as no row) through this index.
+CREATE INDEX attempt_counters_window ON attempt_counters (window_start);

@@ -64,6 +64,21 @@ impl Default for LimitSettings {
 }
 
 impl LimitSettings {
+    /// The longest window of any limit: counters older than that are garbage.
+    pub fn longest_window(&self) -> std::time::Duration {
+        let longest = [
+            self.login_account,
+            self.login_address,
+            self.refresh_address,
+            self.device_address,
+        ]
+        .iter()
+        .map(|p| p.window_ms)
+        .max()
+        .unwrap_or(0);
+        std::time::Duration::from_millis(u64::try_from(longest).unwrap_or(0))
+    }
+
     fn policy(&self, kind: LimitKind) -> AttemptPolicy {
         match kind {
             LimitKind::LoginAccount => self.login_account,
