@@ -192,8 +192,8 @@ struct ServeArgs {
 }
 
 /// Abuse limits: failures counted per key (shared by every replica on one database); the
-/// failure that reaches a threshold locks its key for `--limit-lock`, each further failure
-/// doubles the lock up to `--limit-max-lock`.
+/// failure that reaches a threshold locks its key for `--limit-lock`, each failure after a
+/// lock has ended (within the window) locks again for twice as long, up to `--limit-max-lock`.
 #[derive(Debug, Args)]
 struct LimitArgs {
     /// Failed sign-ins of one account (browser and device page) that lock it.

@@ -369,3 +369,90 @@ async fn replicas_share(url: &str) -> TestResult {
     b.stop()?;
     Ok(())
 }
+
+/// Posts the device page's form (after opening it for its CSRF cookie) with a password.
+async fn device_sign_in(
+    server: &Server,
+    user_code: &str,
+    email: &str,
+    password: &str,
+) -> Res<Page> {
+    let page = server
+        .http
+        .get(server.url("/device"))
+        .query(&[("user_code", user_code)])
+        .send()
+        .await?;
+    let cookie = page
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("prism_device_csrf="))
+        .and_then(|c| c.split(';').next())
+        .ok_or("no device CSRF cookie")?
+        .to_owned();
+    let csrf = cookie
+        .split_once('=')
+        .map(|(_, v)| v.to_owned())
+        .ok_or("no csrf value")?;
+    let response = server
+        .http
+        .post(server.url("/device"))
+        .header("cookie", cookie)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("user_code", user_code),
+            ("email", email),
+            ("password", password),
+            ("action", "approve"),
+        ])
+        .send()
+        .await?;
+    Ok(Page {
+        status: response.status().as_u16(),
+        headers: response.headers().clone(),
+        body: response.text().await?,
+    })
+}
+
+#[tokio::test]
+async fn device_page_and_browser_form_share_the_account_limit() -> TestResult {
+    let dir = temp_dir()?;
+    let server = start(
+        dir.path(),
+        &[
+            "--login-account-max-failures",
+            "2",
+            "--login-address-max-failures",
+            "1000",
+            "--limit-lock",
+            "10m",
+        ],
+    )?;
+    add_user(dir.path(), &[], "dev@example.com")?;
+    let started: Value = server
+        .http
+        .post(server.url("/oauth/device/code"))
+        .form(&[
+            ("client_id", "prism-cli"),
+            ("scope", "openid offline_access"),
+        ])
+        .send()
+        .await?
+        .json()
+        .await?;
+    let user_code = started["user_code"].as_str().ok_or("no user_code")?;
+    assert_wrong_password(&device_sign_in(&server, user_code, "dev@example.com", WRONG).await?);
+    // The second failure, on the browser form, locks the account on both pages.
+    assert_locked(&sign_in(&server, "dev@example.com", WRONG).await?, 600);
+    let refused = device_sign_in(&server, user_code, "dev@example.com", PASSWORD).await?;
+    assert_locked(&refused, 600);
+    assert!(
+        refused.body.contains("Too many failed sign-ins"),
+        "{}",
+        refused.describe()
+    );
+    server.stop()?;
+    Ok(())
+}
