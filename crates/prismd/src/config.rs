@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::domain::cleanup::CleanupPolicy;
+use crate::domain::limits::LimitSettings;
 use crate::store::{CacheSettings, OpenOptions, PgPoolSettings};
 use crate::tls::TlsSource;
 use crate::tokens::RetiredKeyWindow;
@@ -56,6 +57,8 @@ pub struct ServeConfig {
     pub logout_return_to: Vec<String>,
     /// Serve `/metrics` on this address only (plain HTTP), instead of on the main listener.
     pub metrics_listen: Option<SocketAddr>,
+    /// Abuse limits on failed logins, device codes and refresh tokens.
+    pub limits: LimitSettings,
 }
 
 impl ServeConfig {
@@ -84,6 +87,7 @@ impl ServeConfig {
             owner_email: "owner@localhost".to_owned(),
             logout_return_to: vec!["https://prismatic.io".to_owned()],
             metrics_listen: None,
+            limits: LimitSettings::default(),
         }
     }
 
@@ -111,6 +115,7 @@ impl ServeConfig {
             dead_token_retention: self.dead_token_retention,
             audit_retention: self.audit_retention,
             key_window: self.retired_key_window(),
+            attempt_retention: self.limits.longest_window(),
         }
     }
 

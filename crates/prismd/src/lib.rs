@@ -163,6 +163,7 @@ pub async fn serve(
     let web = http::WebSettings {
         secure_cookies: issuer.starts_with("https://"),
         logout_return_to: config.logout_return_to.clone(),
+        limits: config.limits,
     };
     let metrics = Arc::new(Metrics::new(store.clone(), cache.clone()));
     let exposure = match metrics_listener {

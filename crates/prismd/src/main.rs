@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use prismd::config::ServeConfig;
-use prismd::store::{Backend, CacheSettings, PgPoolSettings};
+use prismd::domain::limits::LimitSettings;
+use prismd::store::{AttemptPolicy, Backend, CacheSettings, PgPoolSettings};
 use prismd::telemetry::{self, LogFormat};
 use prismd::tls::TlsSource;
 use prismd::tokens::RetiredKeyWindow;
@@ -185,6 +186,62 @@ struct ServeArgs {
     /// of on the main listener: keeps them off the public port.
     #[arg(long, env = "PRISMD_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// Abuse limits: failures counted per key (shared by every replica on one database); the
+/// failure that reaches a threshold locks its key for `--limit-lock`, each failure after a
+/// lock has ended (within the window) locks again for twice as long, up to `--limit-max-lock`.
+#[derive(Debug, Args)]
+struct LimitArgs {
+    /// Failed sign-ins of one account (browser and device page) that lock it.
+    #[arg(long, env = "PRISMD_LOGIN_ACCOUNT_MAX_FAILURES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    login_account_max_failures: u32,
+
+    /// Failed sign-ins from one address, any account, that lock the address.
+    #[arg(long, env = "PRISMD_LOGIN_ADDRESS_MAX_FAILURES", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    login_address_max_failures: u32,
+
+    /// Unknown or malformed refresh tokens from one address that make further invalid ones
+    /// answer 429 (valid tokens from that address are never refused).
+    #[arg(long, env = "PRISMD_REFRESH_ADDRESS_MAX_FAILURES", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    refresh_address_max_failures: u32,
+
+    /// Wrong device user codes from one address that lock the device page for it.
+    #[arg(long, env = "PRISMD_DEVICE_ADDRESS_MAX_FAILURES", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    device_address_max_failures: u32,
+
+    /// How long failures are counted, from the first one.
+    #[arg(long, env = "PRISMD_LIMIT_WINDOW", default_value = "15m", value_parser = parse_duration)]
+    limit_window: Duration,
+
+    /// The first lock once a threshold is reached.
+    #[arg(long, env = "PRISMD_LIMIT_LOCK", default_value = "1m", value_parser = parse_duration)]
+    limit_lock: Duration,
+
+    /// The longest lock.
+    #[arg(long, env = "PRISMD_LIMIT_MAX_LOCK", default_value = "15m", value_parser = parse_duration)]
+    limit_max_lock: Duration,
+}
+
+impl LimitArgs {
+    fn settings(&self) -> LimitSettings {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let policy = |max_failures: u32| AttemptPolicy {
+            max_failures: i64::from(max_failures),
+            window_ms: ms(self.limit_window),
+            lock_ms: ms(self.limit_lock),
+            max_lock_ms: ms(self.limit_max_lock).max(ms(self.limit_lock)),
+        };
+        LimitSettings {
+            login_account: policy(self.login_account_max_failures),
+            login_address: policy(self.login_address_max_failures),
+            refresh_address: policy(self.refresh_address_max_failures),
+            device_address: policy(self.device_address_max_failures),
+        }
+    }
 }
 
 /// The settings that decide how long a retired signing key keeps verifying; `serve` and
@@ -312,6 +369,7 @@ async fn run_server(
         owner_email: args.owner_email,
         logout_return_to: args.logout_return_to,
         metrics_listen: args.metrics_listen,
+        limits: args.limits.settings(),
         ..ServeConfig::new(data_dir)
     };
     // Handlers are installed before the listener opens, so a SIGTERM that arrives while the

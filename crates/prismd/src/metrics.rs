@@ -19,6 +19,7 @@ use axum::extract::MatchedPath;
 use axum::http::Method;
 
 use crate::domain::auth::RevokeOutcome;
+use crate::domain::limits::LimitKind;
 use crate::domain::{Denial, DomainError, GrantError};
 use crate::store::{CachedStore, Store};
 
@@ -352,6 +353,8 @@ impl TokenMetrics {
 pub struct Metrics {
     pub http: HttpMetrics,
     pub tokens: TokenMetrics,
+    /// Requests refused with 429 by an abuse limit, by [`LimitKind`] (in its order).
+    limit_refusals: [AtomicU64; 4],
     store: Arc<dyn Store>,
     /// `None` when the cache is off (`--cache-ttl 0s`); its metrics are then left out.
     cache: Option<Arc<CachedStore>>,
@@ -362,8 +365,46 @@ impl Metrics {
         Self {
             http: HttpMetrics::default(),
             tokens: TokenMetrics::default(),
+            limit_refusals: Default::default(),
             store,
             cache,
+        }
+    }
+
+    /// Counts a request an abuse limit refused.
+    pub fn limit_trip(&self, kind: LimitKind) {
+        self.limit_refusals[Self::limit_index(kind)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn limit_index(kind: LimitKind) -> usize {
+        match kind {
+            LimitKind::LoginAccount => 0,
+            LimitKind::LoginAddress => 1,
+            LimitKind::RefreshAddress => 2,
+            LimitKind::DeviceAddress => 3,
+        }
+    }
+
+    fn render_limits(&self, out: &mut String) {
+        family(
+            out,
+            "prismd_limit_refusals_total",
+            "counter",
+            "Requests refused with 429 by an abuse limit (failed logins, device codes, refresh tokens).",
+        );
+        for kind in [
+            LimitKind::LoginAccount,
+            LimitKind::LoginAddress,
+            LimitKind::RefreshAddress,
+            LimitKind::DeviceAddress,
+        ] {
+            let value = self.limit_refusals[Self::limit_index(kind)].load(Ordering::Relaxed);
+            sample(
+                out,
+                "prismd_limit_refusals_total",
+                &[("kind", kind.label())],
+                value,
+            );
         }
     }
 
@@ -384,6 +425,7 @@ impl Metrics {
         );
         self.http.render(&mut out);
         self.tokens.render(&mut out);
+        self.render_limits(&mut out);
         self.render_store(&mut out);
         out
     }

@@ -31,6 +31,9 @@ pub struct CleanupPolicy {
     pub audit_retention: Duration,
     /// How long retired signing keys keep verifying.
     pub key_window: RetiredKeyWindow,
+    /// How long a failure counter matters after its window started or its lock ended: the
+    /// longest limit window (an older row counts the same as no row).
+    pub attempt_retention: Duration,
 }
 
 impl CleanupPolicy {
@@ -50,6 +53,7 @@ impl CleanupPolicy {
             | Garbage::StaleEpochRefreshTokens => before(self.dead_token_retention),
             Garbage::AuditEvents => before(self.audit_retention),
             Garbage::RetiredSigningKeys => self.key_window.expired_before(now),
+            Garbage::AttemptCounters => before(self.attempt_retention),
         }
     }
 }

@@ -1,52 +1,244 @@
-//! A small in-process attempt limiter: at most `max` failures per key within a window, then
-//! refusals until the window has passed. Used for device user-code entry; the hardening work
-//! extends it to logins and shares it across replicas.
+//! Abuse limits on logins, device code entry and refresh tokens: failures are counted per key
+//! in the store (so every replica on one PostgreSQL database sees the same counts), and a key
+//! with too many failures is locked for a growing time. Successes never touch the store except
+//! a login, which forgets its account's failures.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
-pub struct AttemptLimiter {
-    max_failures: u32,
-    window: Duration,
-    failures: Mutex<HashMap<String, (u32, Instant)>>,
+use sha2::{Digest, Sha256};
+
+use super::{DomainError, RequestMeta, accounts, now_ms};
+use crate::store::{AttemptPolicy, AuditEvent, Store};
+
+/// What a limit counts; also the `kind` label of the trip metric and the audit detail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    /// Failed sign-ins of one account (browser form and device page).
+    LoginAccount,
+    /// Failed sign-ins from one address, whatever the account.
+    LoginAddress,
+    /// Unknown or malformed refresh tokens from one address.
+    RefreshAddress,
+    /// Wrong device user codes from one address.
+    DeviceAddress,
 }
 
-impl AttemptLimiter {
-    pub fn new(max_failures: u32, window: Duration) -> Self {
-        Self {
+impl LimitKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::LoginAccount => "login_account",
+            Self::LoginAddress => "login_address",
+            Self::RefreshAddress => "refresh_address",
+            Self::DeviceAddress => "device_address",
+        }
+    }
+}
+
+/// The policy of each limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitSettings {
+    pub login_account: AttemptPolicy,
+    pub login_address: AttemptPolicy,
+    pub refresh_address: AttemptPolicy,
+    pub device_address: AttemptPolicy,
+}
+
+const MINUTE_MS: i64 = 60_000;
+
+impl Default for LimitSettings {
+    /// The documented defaults (README, "Limits").
+    fn default() -> Self {
+        let policy = |max_failures| AttemptPolicy {
             max_failures,
-            window,
-            failures: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// `Some(seconds to wait)` when `key` has used up its failures.
-    pub fn blocked_for(&self, key: &str) -> Option<u64> {
-        let failures = self.failures.lock().ok()?;
-        let (count, since) = failures.get(key)?;
-        let elapsed = since.elapsed();
-        (*count >= self.max_failures && elapsed < self.window)
-            .then(|| (self.window - elapsed).as_secs().max(1))
-    }
-
-    /// Counts a failure for `key`.
-    pub fn fail(&self, key: &str) {
-        let Ok(mut failures) = self.failures.lock() else {
-            return;
+            window_ms: 15 * MINUTE_MS,
+            lock_ms: MINUTE_MS,
+            max_lock_ms: 15 * MINUTE_MS,
         };
-        if failures.len() > 100_000 {
-            // Bounded memory under a flood from many addresses: forget expired entries.
-            let window = self.window;
-            failures.retain(|_, (_, since)| since.elapsed() < window);
+        Self {
+            login_account: policy(5),
+            login_address: policy(20),
+            refresh_address: policy(30),
+            device_address: policy(10),
         }
-        let entry = failures
-            .entry(key.to_owned())
-            .or_insert((0, Instant::now()));
-        if entry.1.elapsed() >= self.window {
-            *entry = (0, Instant::now());
+    }
+}
+
+impl LimitSettings {
+    /// The longest window of any limit: counters older than that are garbage.
+    pub fn longest_window(&self) -> std::time::Duration {
+        let longest = [
+            self.login_account,
+            self.login_address,
+            self.refresh_address,
+            self.device_address,
+        ]
+        .iter()
+        .map(|p| p.window_ms)
+        .max()
+        .unwrap_or(0);
+        std::time::Duration::from_millis(u64::try_from(longest).unwrap_or(0))
+    }
+
+    fn policy(&self, kind: LimitKind) -> AttemptPolicy {
+        match kind {
+            LimitKind::LoginAccount => self.login_account,
+            LimitKind::LoginAddress => self.login_address,
+            LimitKind::RefreshAddress => self.refresh_address,
+            LimitKind::DeviceAddress => self.device_address,
         }
-        entry.0 += 1;
+    }
+}
+
+/// One counted key: its kind and the key as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitKey {
+    kind: LimitKind,
+    key: String,
+}
+
+impl LimitKey {
+    /// The account a login names. The email is stored only as its SHA-256, so the counters
+    /// table never lists who was attacked; the same normalization as sign-in makes
+    /// `Ann@X` and `ann@x` one account.
+    pub fn login_account(email: &str) -> Self {
+        let email =
+            accounts::normalize_email(email).unwrap_or_else(|_| email.trim().to_lowercase());
+        let digest = Sha256::digest(email.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        Self {
+            kind: LimitKind::LoginAccount,
+            key: format!("login:acct:{hex}"),
+        }
+    }
+
+    /// The client address of a request, for a per-address kind; none without an address.
+    pub fn address(kind: LimitKind, meta: &RequestMeta) -> Option<Self> {
+        let prefix = match kind {
+            LimitKind::LoginAccount => return None,
+            LimitKind::LoginAddress => "login:addr",
+            LimitKind::RefreshAddress => "refresh:addr",
+            LimitKind::DeviceAddress => "device:addr",
+        };
+        let address = meta.address.as_deref().filter(|a| !a.is_empty())?;
+        Some(Self {
+            kind,
+            key: format!("{prefix}:{address}"),
+        })
+    }
+
+    pub fn kind(&self) -> LimitKind {
+        self.kind
+    }
+}
+
+/// A failure's outcome: go on, or refuse for this many seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed,
+    /// Locked; `Retry-After` in whole seconds (at least 1).
+    Locked {
+        retry_after_secs: u64,
+    },
+}
+
+/// The limits of one process, over the shared store.
+pub struct Limits {
+    store: Arc<dyn Store>,
+    settings: LimitSettings,
+}
+
+fn seconds_until(until: i64, now: i64) -> u64 {
+    // Rounded up: a client that waits this long is never refused again for the same lock.
+    u64::try_from((until - now + 999) / 1000)
+        .unwrap_or(1)
+        .max(1)
+}
+
+impl Limits {
+    pub fn new(store: Arc<dyn Store>, settings: LimitSettings) -> Self {
+        Self { store, settings }
+    }
+
+    /// Whether any of `keys` is locked now: one read per key, no write.
+    pub async fn check(&self, keys: &[LimitKey]) -> Result<Verdict, DomainError> {
+        let now = now_ms();
+        let mut longest = None;
+        for key in keys {
+            if let Some(counter) = self.store.attempt_counter(&key.key).await?
+                && counter.locked_until > now
+            {
+                longest = longest.max(Some(counter.locked_until));
+            }
+        }
+        Ok(match longest {
+            Some(until) => Verdict::Locked {
+                retry_after_secs: seconds_until(until, now),
+            },
+            None => Verdict::Allowed,
+        })
+    }
+
+    /// Counts one failure for each of `keys`; `Locked` when any of them is locked now. A new
+    /// lock is audited as `limit.tripped` with the request's address and user agent, and about
+    /// `subject` (user id, organization id) when the account is known.
+    pub async fn fail(
+        &self,
+        keys: &[LimitKey],
+        meta: &RequestMeta,
+        subject: Option<(&str, &str)>,
+    ) -> Result<Verdict, DomainError> {
+        let now = now_ms();
+        let mut longest = None;
+        for key in keys {
+            let trip = AuditEvent {
+                at: now,
+                action: "limit.tripped",
+                actor: format!("address:{}", meta.address.as_deref().unwrap_or("-")),
+                org_id: subject
+                    .filter(|_| key.kind == LimitKind::LoginAccount)
+                    .map(|(_, org)| org.to_owned()),
+                subject_user_id: subject
+                    .filter(|_| key.kind == LimitKind::LoginAccount)
+                    .map(|(user, _)| user.to_owned()),
+                address: meta.address.clone(),
+                user_agent: meta.user_agent.clone(),
+                detail: Some(serde_json::json!({ "limit": key.kind.label() }).to_string()),
+            };
+            let counter = self
+                .store
+                .record_attempt_failure(&key.key, now, self.settings.policy(key.kind), trip)
+                .await?;
+            if counter.locked_until > now {
+                // Never the email or a token: the kind and the address say enough.
+                tracing::info!(
+                    limit = key.kind.label(),
+                    failures = counter.failures,
+                    address = meta.address.as_deref().unwrap_or("-"),
+                    "too many failures; locked"
+                );
+                longest = longest.max(Some(counter.locked_until));
+            }
+        }
+        Ok(match longest {
+            Some(until) => Verdict::Locked {
+                retry_after_secs: seconds_until(until, now),
+            },
+            None => Verdict::Allowed,
+        })
+    }
+
+    /// Forgets the failures of `key` after a success.
+    pub async fn clear(&self, key: &LimitKey) -> Result<(), DomainError> {
+        Ok(self.store.clear_attempts(&key.key).await?)
+    }
+}
+
+/// "in 45 seconds", "in 3 minutes": when a locked client may try again, for a page.
+pub fn wait_text(seconds: u64) -> String {
+    match seconds {
+        0..=1 => "in 1 second".to_owned(),
+        2..=119 => format!("in {seconds} seconds"),
+        _ => format!("in {} minutes", seconds.div_ceil(60)),
     }
 }
 
@@ -55,17 +247,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn blocks_after_the_allowed_failures() {
-        let limiter = AttemptLimiter::new(2, Duration::from_secs(60));
-        assert_eq!(limiter.blocked_for("a"), None);
-        limiter.fail("a");
-        assert_eq!(limiter.blocked_for("a"), None);
-        limiter.fail("a");
-        assert!(limiter.blocked_for("a").is_some());
+    fn locks_grow_and_are_capped() {
+        let policy = LimitSettings::default().login_account;
+        assert_eq!(policy.lock_for(4), 0);
+        assert_eq!(policy.lock_for(5), MINUTE_MS);
+        assert_eq!(policy.lock_for(6), 2 * MINUTE_MS);
+        assert_eq!(policy.lock_for(9), 15 * MINUTE_MS);
+        assert_eq!(policy.lock_for(500), 15 * MINUTE_MS);
+    }
+
+    #[test]
+    fn account_keys_hide_and_normalize_the_email() {
+        let key = LimitKey::login_account(" Ann@Example.com ");
+        assert_eq!(key, LimitKey::login_account("ann@example.com"));
+        assert!(!key.key.contains("ann"));
+        let meta = RequestMeta {
+            address: Some("192.0.2.1".into()),
+            user_agent: None,
+        };
         assert_eq!(
-            limiter.blocked_for("b"),
-            None,
-            "other keys are not affected"
+            LimitKey::address(LimitKind::RefreshAddress, &meta).map(|k| k.key),
+            Some("refresh:addr:192.0.2.1".to_owned())
         );
+        assert_eq!(
+            LimitKey::address(LimitKind::LoginAddress, &RequestMeta::default()),
+            None
+        );
+    }
+
+    #[test]
+    fn waits_read_well() {
+        assert_eq!(wait_text(1), "in 1 second");
+        assert_eq!(wait_text(45), "in 45 seconds");
+        assert_eq!(wait_text(600), "in 10 minutes");
     }
 }

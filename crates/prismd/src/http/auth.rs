@@ -12,6 +12,8 @@ use super::body::{BodyShape, JsonBody};
 use super::error::HttpError;
 use super::{AppState, ClientMeta};
 use crate::domain::auth::CLI_CLIENT_ID;
+use crate::domain::limits::{LimitKey, LimitKind, Verdict};
+use crate::domain::{DomainError, GrantError, RequestMeta};
 use crate::metrics::RevocationKind;
 
 /// `/auth/*` bodies are a token and a tenant id; 16 KiB is generous.
@@ -49,7 +51,53 @@ pub async fn refresh(
         .exchange_refresh_token(&body.refresh_token, body.tenant_id.as_deref(), &meta)
         .await;
     state.metrics.tokens.refresh(&exchanged);
-    Ok(no_store(Json(exchanged?).into_response()))
+    match exchanged {
+        Ok(tokens) => Ok(no_store(Json(tokens).into_response())),
+        Err(err) => Err(refresh_failed(&state, &meta, err).await),
+    }
+}
+
+/// A refused refresh. Unknown and malformed tokens count against the client's address; over
+/// the limit they answer 429 with `Retry-After`. Only this failure path reads or writes the
+/// counters, so valid tokens from the same address (a CI fleet behind one NAT) are never
+/// refused or slowed.
+pub(super) async fn refresh_failed(
+    state: &AppState,
+    meta: &RequestMeta,
+    err: DomainError,
+) -> HttpError {
+    let counted = matches!(
+        err,
+        DomainError::InvalidGrant(GrantError::Malformed(_) | GrantError::Unknown)
+    );
+    let key = LimitKey::address(LimitKind::RefreshAddress, meta).filter(|_| counted);
+    let Some(key) = key else {
+        return err.into();
+    };
+    let keys = [key];
+    // A client already locked out is not counted again: one read, no write.
+    let verdict = match state.limits.check(&keys).await {
+        Ok(Verdict::Allowed) => state.limits.fail(&keys, meta, None).await,
+        other => other,
+    };
+    match verdict {
+        Ok(Verdict::Locked { retry_after_secs }) => {
+            state.metrics.limit_trip(LimitKind::RefreshAddress);
+            HttpError::too_many(
+                retry_after_secs,
+                format!(
+                    "too many invalid refresh tokens from this address; retry after {retry_after_secs} seconds"
+                ),
+            )
+        }
+        Ok(Verdict::Allowed) => err.into(),
+        Err(limit_err) => {
+            // The refresh is refused either way; a counter that cannot be written must not
+            // turn a 400 into a 503.
+            tracing::warn!(error = %limit_err, "could not count a refresh failure");
+            err.into()
+        }
+    }
 }
 
 pub async fn revoke(

@@ -16,6 +16,8 @@ pub struct HttpError {
     description: String,
     /// Set for 401s: the RFC 6750 challenge.
     challenge: Option<HeaderValue>,
+    /// Set for 429s: seconds until the client may try again.
+    retry_after: Option<u64>,
 }
 
 impl HttpError {
@@ -25,6 +27,15 @@ impl HttpError {
             error,
             description: description.into(),
             challenge: None,
+            retry_after: None,
+        }
+    }
+
+    /// 429 with `Retry-After`: an abuse limit refuses this client for `seconds`.
+    pub fn too_many(seconds: u64, description: impl Into<String>) -> Self {
+        Self {
+            retry_after: Some(seconds),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "slow_down", description)
         }
     }
 
@@ -133,6 +144,11 @@ impl IntoResponse for HttpError {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Some(challenge) = self.challenge {
             headers.insert(header::WWW_AUTHENTICATE, challenge);
+        }
+        if let Some(seconds) = self.retry_after
+            && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
+        {
+            headers.insert(header::RETRY_AFTER, value);
         }
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(

@@ -27,7 +27,7 @@ use tracing::Instrument;
 
 use crate::domain::RequestMeta;
 use crate::domain::auth::AuthService;
-use crate::domain::limits::AttemptLimiter;
+use crate::domain::limits::{LimitSettings, Limits};
 use crate::metrics::Metrics;
 
 pub use api::ApiSchema;
@@ -40,6 +40,8 @@ pub struct WebSettings {
     pub secure_cookies: bool,
     /// `returnTo` targets `/logout` may redirect to, besides loopback addresses.
     pub logout_return_to: Vec<String>,
+    /// Abuse limits on logins, device code entry and refresh tokens.
+    pub limits: LimitSettings,
 }
 
 /// What every handler can reach.
@@ -49,20 +51,21 @@ pub struct AppState {
     pub schema: ApiSchema,
     pub metadata: Arc<serde_json::Value>,
     pub web: Arc<WebSettings>,
-    /// Wrong device user codes per client address.
-    pub device_limiter: Arc<AttemptLimiter>,
+    /// Failure counters of logins, device codes and refresh tokens, shared through the store.
+    pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
     pub fn new(auth: Arc<AuthService>, web: WebSettings, metrics: Arc<Metrics>) -> Self {
         let metadata = Arc::new(oauth::metadata_document(&auth.settings().issuer));
+        let limits = Arc::new(Limits::new(auth.store().clone(), web.limits));
         Self {
             schema: api::schema(auth.clone()),
             auth,
             metadata,
             web: Arc::new(web),
-            device_limiter: Arc::new(AttemptLimiter::new(10, Duration::from_secs(60))),
+            limits,
             metrics,
         }
     }

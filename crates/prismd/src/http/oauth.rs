@@ -74,7 +74,10 @@ pub async fn token(
                 .exchange_refresh_token(refresh_token, request.tenant_id.as_deref(), &meta)
                 .await;
             state.metrics.tokens.refresh(&exchanged);
-            Ok(no_store(Json(exchanged?).into_response()))
+            match exchanged {
+                Ok(tokens) => Ok(no_store(Json(tokens).into_response())),
+                Err(err) => Err(super::auth::refresh_failed(&state, &meta, err).await),
+            }
         }
         "authorization_code" => {
             let required = |value: &Option<String>, name: &str| {

@@ -13,9 +13,10 @@ use subtle::ConstantTimeEq;
 
 use super::body::{BodyShape, JsonOrForm};
 use super::{AppState, ClientMeta};
-use crate::domain::DomainError;
 use crate::domain::accounts;
+use crate::domain::limits::{self, LimitKey, LimitKind, Verdict};
 use crate::domain::login::{self, AuthorizationRequest, AuthorizeError, AuthorizeParams};
+use crate::domain::{DomainError, RequestMeta};
 
 /// Cookie names. Over HTTPS they carry the `__Host-` prefix, so no other host (a sibling
 /// subdomain, say) can plant them; browsers then require `Secure`, `Path=/` and no `Domain`.
@@ -113,6 +114,97 @@ fn error_page(status: StatusCode, message: &str) -> Response {
         );
     }
     response
+}
+
+/// 429: too many failures; the page and `Retry-After` say when to try again.
+fn too_many_page(state: &AppState, kinds: &[LimitKind], retry_after_secs: u64) -> Response {
+    if let Some(kind) = kinds.first() {
+        state.metrics.limit_trip(*kind);
+    }
+    let what = if kinds.contains(&LimitKind::DeviceAddress) {
+        "Too many wrong codes"
+    } else {
+        "Too many failed sign-ins"
+    };
+    let mut response = error_page(
+        StatusCode::TOO_MANY_REQUESTS,
+        &format!("{what}. Try again {}.", limits::wait_text(retry_after_secs)),
+    );
+    if let Ok(value) = HeaderValue::from_str(&retry_after_secs.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+/// The keys a password sign-in counts against: the account and the client's address.
+fn login_keys(email: &str, meta: &RequestMeta) -> Vec<LimitKey> {
+    let mut keys = vec![LimitKey::login_account(email)];
+    keys.extend(LimitKey::address(LimitKind::LoginAddress, meta));
+    keys
+}
+
+/// Before a password is checked: refused (a page) when the account or the address is locked.
+/// A locked sign-in never reaches Argon2, so the right password during a lock is refused the
+/// same way as a wrong one (no oracle) and costs the server nothing.
+async fn login_locked(state: &AppState, keys: &[LimitKey]) -> Option<Response> {
+    match state.limits.check(keys).await {
+        Ok(Verdict::Allowed) => None,
+        Ok(Verdict::Locked { retry_after_secs }) => {
+            let kinds: Vec<_> = keys.iter().map(LimitKey::kind).collect();
+            Some(too_many_page(state, &kinds, retry_after_secs))
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "could not read the login limits");
+            Some(error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the service is temporarily unavailable; try again",
+            ))
+        }
+    }
+}
+
+/// After a wrong password: counts it; `Some(page)` when the account or address is now locked.
+async fn login_failed(
+    state: &AppState,
+    keys: &[LimitKey],
+    email: &str,
+    meta: &RequestMeta,
+) -> Option<Response> {
+    // The account's user, if it exists, is named in the audit event of a new lock.
+    let subject = match accounts::normalize_email(email) {
+        Ok(email) => state
+            .auth
+            .store()
+            .credentials_by_email(&email)
+            .await
+            .ok()
+            .and_then(|found| found.into_iter().next())
+            .map(|c| (c.user.id, c.user.org_id)),
+        Err(_) => None,
+    };
+    let subject = subject.as_ref().map(|(u, o)| (u.as_str(), o.as_str()));
+    match state.limits.fail(keys, meta, subject).await {
+        Ok(Verdict::Allowed) => None,
+        Ok(Verdict::Locked { retry_after_secs }) => {
+            let kinds: Vec<_> = keys.iter().map(LimitKey::kind).collect();
+            Some(too_many_page(state, &kinds, retry_after_secs))
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "could not count a failed login");
+            None
+        }
+    }
+}
+
+/// After a good password: the account's failures are forgotten. The address's are not: one
+/// account an attacker owns must not reset the count of guesses against other accounts from
+/// the same address; they expire with their window.
+async fn login_succeeded(state: &AppState, keys: &[LimitKey]) {
+    for key in keys.iter().filter(|k| k.kind() == LimitKind::LoginAccount) {
+        if let Err(err) = state.limits.clear(key).await {
+            tracing::warn!(error = %err, "could not reset the login limit");
+        }
+    }
 }
 
 fn login_page(request: &AuthorizeParams, csrf: &str, email: &str, error: Option<&str>) -> Response {
@@ -417,14 +509,24 @@ pub async fn login(
         }
         _ => {}
     }
+    let keys = login_keys(&form.email, &meta);
+    if let Some(refused) = login_locked(&state, &keys).await {
+        return refused;
+    }
     let user =
         match login::authenticate(state.auth.store().as_ref(), &form.email, &form.password).await {
-            Ok(Some(user)) => user,
+            Ok(Some(user)) => {
+                login_succeeded(&state, &keys).await;
+                user
+            }
             Ok(None) => {
                 tracing::info!(
                     address = meta.address.as_deref().unwrap_or("-"),
                     "login failed"
                 );
+                if let Some(refused) = login_failed(&state, &keys, &form.email, &meta).await {
+                    return refused;
+                }
                 return login_page(
                     &form.params,
                     &form.csrf,
@@ -761,41 +863,48 @@ pub async fn decide_device(
             "This form expired or was not sent from this site. Open the device page again.",
         );
     }
-    let address = meta.address.clone().unwrap_or_default();
-    if let Some(wait) = state.device_limiter.blocked_for(&address) {
-        let mut response = error_page(
-            StatusCode::TOO_MANY_REQUESTS,
-            &format!("Too many wrong codes. Try again in {wait} seconds."),
-        );
-        if let Ok(value) = HeaderValue::from_str(&wait.to_string()) {
-            response.headers_mut().insert(header::RETRY_AFTER, value);
-        }
-        return response;
+    // Wrong codes count per address; a password typed here counts like a browser sign-in.
+    let device_keys: Vec<LimitKey> = LimitKey::address(LimitKind::DeviceAddress, &meta)
+        .into_iter()
+        .collect();
+    if let Some(refused) = login_locked(&state, &device_keys).await {
+        return refused;
     }
     let session_user = session_user(&state, &headers).await;
     let user = match session_user {
         Some(user) => user,
-        None => match login::authenticate(state.auth.store().as_ref(), &form.email, &form.password)
-            .await
-        {
-            Ok(Some(user)) => user,
-            Ok(None) => {
-                state.device_limiter.fail(&address);
-                return device_page(
-                    &form.user_code,
-                    &form.csrf,
-                    None,
-                    Some("Wrong email or password."),
-                );
+        None => {
+            let keys = login_keys(&form.email, &meta);
+            if let Some(refused) = login_locked(&state, &keys).await {
+                return refused;
             }
-            Err(err) => {
-                tracing::error!(error = %err, "device login check failed");
-                return error_page(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the service is temporarily unavailable; try again",
-                );
+            match login::authenticate(state.auth.store().as_ref(), &form.email, &form.password)
+                .await
+            {
+                Ok(Some(user)) => {
+                    login_succeeded(&state, &keys).await;
+                    user
+                }
+                Ok(None) => {
+                    if let Some(refused) = login_failed(&state, &keys, &form.email, &meta).await {
+                        return refused;
+                    }
+                    return device_page(
+                        &form.user_code,
+                        &form.csrf,
+                        None,
+                        Some("Wrong email or password."),
+                    );
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "device login check failed");
+                    return error_page(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the service is temporarily unavailable; try again",
+                    );
+                }
             }
-        },
+        }
     };
     let approve = form.action == "approve";
     match state
@@ -814,7 +923,11 @@ pub async fn decide_device(
             "<h1>Sign-in denied</h1><p>The device was not signed in.</p>",
         ),
         Ok(false) => {
-            state.device_limiter.fail(&address);
+            if let Ok(Verdict::Locked { retry_after_secs }) =
+                state.limits.fail(&device_keys, &meta, None).await
+            {
+                return too_many_page(&state, &[LimitKind::DeviceAddress], retry_after_secs);
+            }
             let email = Some(user.email.as_str()).filter(|_| form.password.is_empty());
             device_page(
                 &form.user_code,

@@ -28,10 +28,10 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use super::{
-    AuditEvent, AuditRecord, Change, CleanupLock, CodeRedemption, Credentials, DeviceCode, Garbage,
-    NewAuthorizationCode, NewDeviceCode, NewOrganization, NewRefreshToken, NewUser, Organization,
-    PrincipalRecord, ProfileChanges, RefreshGrant, Removal, SessionRecord, SigningKeyRecord, Store,
-    StoreError, TokenUse, User,
+    AttemptCounter, AttemptPolicy, AuditEvent, AuditRecord, Change, CleanupLock, CodeRedemption,
+    Credentials, DeviceCode, Garbage, NewAuthorizationCode, NewDeviceCode, NewOrganization,
+    NewRefreshToken, NewUser, Organization, PrincipalRecord, ProfileChanges, RefreshGrant, Removal,
+    SessionRecord, SigningKeyRecord, Store, StoreError, TokenUse, User,
 };
 
 /// How the probe behaves while the circuit is open.
@@ -460,6 +460,25 @@ impl Store for GuardedStore {
                 .slow_down_device_code(device_code_hash, interval_secs),
         )
         .await
+    }
+
+    async fn attempt_counter(&self, key: &str) -> Result<Option<AttemptCounter>, StoreError> {
+        self.guard(self.inner.attempt_counter(key)).await
+    }
+
+    async fn record_attempt_failure(
+        &self,
+        key: &str,
+        at: i64,
+        policy: AttemptPolicy,
+        trip: AuditEvent,
+    ) -> Result<AttemptCounter, StoreError> {
+        self.guard(self.inner.record_attempt_failure(key, at, policy, trip))
+            .await
+    }
+
+    async fn clear_attempts(&self, key: &str) -> Result<(), StoreError> {
+        self.guard(self.inner.clear_attempts(key)).await
     }
 
     async fn revoke_session(

@@ -31,10 +31,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{
-    AuditEvent, AuditRecord, Change, CleanupLock, CodeRedemption, Credentials, DeviceCode, Garbage,
-    NewAuthorizationCode, NewDeviceCode, NewOrganization, NewRefreshToken, NewUser, Organization,
-    PrincipalRecord, ProfileChanges, RefreshGrant, Removal, SessionRecord, SigningKeyRecord, Store,
-    StoreError, TokenUse, User,
+    AttemptCounter, AttemptPolicy, AuditEvent, AuditRecord, Change, CleanupLock, CodeRedemption,
+    Credentials, DeviceCode, Garbage, NewAuthorizationCode, NewDeviceCode, NewOrganization,
+    NewRefreshToken, NewUser, Organization, PrincipalRecord, ProfileChanges, RefreshGrant, Removal,
+    SessionRecord, SigningKeyRecord, Store, StoreError, TokenUse, User,
 };
 
 /// How long and how much the cache keeps.
@@ -334,6 +334,26 @@ impl Store for CachedStore {
             .await;
         self.invalidate_user(user_id);
         outcome
+    }
+
+    async fn attempt_counter(&self, key: &str) -> Result<Option<AttemptCounter>, StoreError> {
+        self.inner.attempt_counter(key).await
+    }
+
+    async fn record_attempt_failure(
+        &self,
+        key: &str,
+        at: i64,
+        policy: AttemptPolicy,
+        trip: AuditEvent,
+    ) -> Result<AttemptCounter, StoreError> {
+        self.inner
+            .record_attempt_failure(key, at, policy, trip)
+            .await
+    }
+
+    async fn clear_attempts(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.clear_attempts(key).await
     }
 
     async fn revoke_session(

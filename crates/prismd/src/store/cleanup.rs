@@ -32,11 +32,13 @@ pub enum Garbage {
     AuditEvents,
     /// Signing keys retired before the cutoff.
     RetiredSigningKeys,
+    /// Failure counters whose window started, and whose lock ended, before the cutoff.
+    AttemptCounters,
 }
 
 impl Garbage {
     /// Every kind, in the order a cleanup round deletes them.
-    pub const ALL: [Garbage; 10] = [
+    pub const ALL: [Garbage; 11] = [
         Garbage::UnusedAuthorizationCodes,
         Garbage::AuthorizationCodes,
         Garbage::DeviceCodes,
@@ -47,6 +49,7 @@ impl Garbage {
         Garbage::StaleEpochRefreshTokens,
         Garbage::AuditEvents,
         Garbage::RetiredSigningKeys,
+        Garbage::AttemptCounters,
     ];
 
     /// A name for logs.
@@ -62,6 +65,7 @@ impl Garbage {
             Garbage::StaleEpochRefreshTokens => "stale_epoch_refresh_tokens",
             Garbage::AuditEvents => "audit_events",
             Garbage::RetiredSigningKeys => "retired_signing_keys",
+            Garbage::AttemptCounters => "attempt_counters",
         }
     }
 
@@ -110,6 +114,10 @@ impl Garbage {
             Garbage::RetiredSigningKeys => {
                 "DELETE FROM signing_keys WHERE kid IN (SELECT kid \
                  FROM signing_keys WHERE retired_at IS NOT NULL AND retired_at < $1 LIMIT $2)"
+            }
+            Garbage::AttemptCounters => {
+                "DELETE FROM attempt_counters WHERE key IN (SELECT key \
+                 FROM attempt_counters WHERE window_start < $1 AND locked_until < $1 LIMIT $2)"
             }
         }
     }

@@ -464,6 +464,42 @@ pub struct AuditEvent {
     pub detail: Option<String>,
 }
 
+/// How many failures a key may have and how it is locked after them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptPolicy {
+    /// Failures within [`AttemptPolicy::window_ms`] that lock the key (this many, in a row).
+    pub max_failures: i64,
+    /// How long failures are counted from the first one, in ms.
+    pub window_ms: i64,
+    /// The first lock, in ms; each further failure doubles it.
+    pub lock_ms: i64,
+    /// The longest lock, in ms.
+    pub max_lock_ms: i64,
+}
+
+impl AttemptPolicy {
+    /// The lock after `failures` failures, in ms: none below the threshold, then doubling.
+    pub fn lock_for(&self, failures: i64) -> i64 {
+        if failures < self.max_failures.max(1) {
+            return 0;
+        }
+        let doublings = u32::try_from((failures - self.max_failures).clamp(0, 32)).unwrap_or(32);
+        self.lock_ms
+            .saturating_mul(1_i64 << doublings)
+            .min(self.max_lock_ms)
+            .max(0)
+    }
+}
+
+/// The failures counted for one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct AttemptCounter {
+    pub failures: i64,
+    pub window_start: i64,
+    /// Refused until then (ms); 0 or in the past when not locked.
+    pub locked_until: i64,
+}
+
 /// An audit event as read back.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct AuditRecord {
@@ -740,6 +776,23 @@ pub trait Store: Send + Sync + 'static {
         device_code_hash: &[u8; 32],
         interval_secs: i64,
     ) -> Result<(), StoreError>;
+
+    /// The failures counted for `key`, if any.
+    async fn attempt_counter(&self, key: &str) -> Result<Option<AttemptCounter>, StoreError>;
+
+    /// Counts one failure for `key` at `at` under `policy` (a failure after the window
+    /// restarts the count) and returns the counter after it. When this failure locks the key,
+    /// `trip` is audited in the same transaction.
+    async fn record_attempt_failure(
+        &self,
+        key: &str,
+        at: i64,
+        policy: AttemptPolicy,
+        trip: AuditEvent,
+    ) -> Result<AttemptCounter, StoreError>;
+
+    /// Forgets the failures of `key` (after a success).
+    async fn clear_attempts(&self, key: &str) -> Result<(), StoreError>;
 
     /// Revokes one session (refresh token) of `user_id`. Returns false if it was not live.
     async fn revoke_session(

@@ -13,11 +13,11 @@ use sqlx::sqlite::{
 use sqlx::{FromRow, Row, Sqlite, Transaction};
 
 use super::{
-    AuditEvent, AuditRecord, AuthorizationCode, Change, CleanupLock, CodeRedemption, Credentials,
-    DeviceCode, Garbage, LIVE_SESSION, MAX_LISTED_SESSIONS, NewAuthorizationCode, NewDeviceCode,
-    NewOrganization, NewRefreshToken, NewUser, Organization, PrincipalRecord, ProfileChanges,
-    RefreshGrant, Removal, SESSION_COLUMNS, SessionRecord, SigningKeyRecord, Store, StoreError,
-    TokenUse, User,
+    AttemptCounter, AttemptPolicy, AuditEvent, AuditRecord, AuthorizationCode, Change, CleanupLock,
+    CodeRedemption, Credentials, DeviceCode, Garbage, LIVE_SESSION, MAX_LISTED_SESSIONS,
+    NewAuthorizationCode, NewDeviceCode, NewOrganization, NewRefreshToken, NewUser, Organization,
+    PrincipalRecord, ProfileChanges, RefreshGrant, Removal, SESSION_COLUMNS, SessionRecord,
+    SigningKeyRecord, Store, StoreError, TokenUse, User,
 };
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -908,6 +908,73 @@ impl Store for SqliteStore {
         sqlx::query("UPDATE device_codes SET interval_secs = $2 WHERE device_code_hash = $1")
             .bind(&device_code_hash[..])
             .bind(interval_secs)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn attempt_counter(&self, key: &str) -> Result<Option<AttemptCounter>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT failures, window_start, locked_until FROM attempt_counters WHERE key = $1",
+        )
+        .bind(key)
+        .fetch_optional(&self.readers)
+        .await?)
+    }
+
+    async fn record_attempt_failure(
+        &self,
+        key: &str,
+        at: i64,
+        policy: AttemptPolicy,
+        trip: AuditEvent,
+    ) -> Result<AttemptCounter, StoreError> {
+        let mut tx = self.begin_write().await?;
+        // One statement per failure; a window that has passed (and no lock still running)
+        // starts the count again. The right-hand sides see the row as it was.
+        let before: Option<i64> =
+            sqlx::query_scalar("SELECT locked_until FROM attempt_counters WHERE key = $1")
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let mut counter: AttemptCounter = sqlx::query_as(
+            "INSERT INTO attempt_counters (key, failures, window_start, locked_until) \
+             VALUES ($1, 1, $2, 0) \
+             ON CONFLICT (key) DO UPDATE SET \
+             failures = CASE WHEN attempt_counters.window_start <= $3 \
+                 AND attempt_counters.locked_until <= $2 THEN 1 \
+                 ELSE attempt_counters.failures + 1 END, \
+             window_start = CASE WHEN attempt_counters.window_start <= $3 \
+                 AND attempt_counters.locked_until <= $2 THEN $2 \
+                 ELSE attempt_counters.window_start END \
+             RETURNING failures, window_start, locked_until",
+        )
+        .bind(key)
+        .bind(at)
+        .bind(at.saturating_sub(policy.window_ms))
+        .fetch_one(&mut *tx)
+        .await?;
+        let lock = policy.lock_for(counter.failures);
+        if lock > 0 {
+            counter.locked_until = at.saturating_add(lock);
+            sqlx::query("UPDATE attempt_counters SET locked_until = $2 WHERE key = $1")
+                .bind(key)
+                .bind(counter.locked_until)
+                .execute(&mut *tx)
+                .await?;
+            if before.is_none_or(|until| until <= at) {
+                insert_audit(&mut tx, &trip).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(counter)
+    }
+
+    async fn clear_attempts(&self, key: &str) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM attempt_counters WHERE key = $1")
+            .bind(key)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;

@@ -13,6 +13,7 @@ mod graphql;
 mod harness;
 mod jwt_attacks;
 mod keys;
+mod limits;
 mod login;
 mod metrics;
 mod official_cli;

@@ -1,0 +1,458 @@
+//! Abuse limits end to end: wrong passwords lock an account (429, `Retry-After`, a page that
+//! says when) and the right password is refused alike during the lock; the lock passes and a
+//! good sign-in resets the count; one address guessing across accounts is locked; invalid
+//! refresh tokens from one address get 429 while a valid token from it still works; and on
+//! PostgreSQL two replicas share the counters. Short locks keep the waits small; no test
+//! asserts how fast anything is.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+
+use crate::harness::{Options, Server, TestResult, admin_ok, prismd_with_stdin, temp_dir};
+use crate::postgres::FreshDatabase;
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+const PASSWORD: &str = "correct horse battery staple";
+const WRONG: &str = "not the password at all";
+const REDIRECT: &str = "http://127.0.0.1:59400/callback";
+/// A valid S256 challenge shape; the tests never redeem a code.
+const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+
+fn add_user(dir: &Path, database: &[&str], email: &str) -> TestResult {
+    let mut args: Vec<&str> = database.to_vec();
+    args.extend([
+        "users",
+        "add",
+        "--email",
+        email,
+        "--role",
+        "Admin",
+        "--password-stdin",
+    ]);
+    let output = prismd_with_stdin(dir, &args, &format!("{PASSWORD}\n"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "users add failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    Ok(())
+}
+
+fn start(dir: &Path, extra: &[&str]) -> Res<Server> {
+    Server::start_with(
+        dir,
+        Options {
+            args: extra.iter().map(|a| (*a).to_owned()).collect(),
+            ..Options::default()
+        },
+    )
+}
+
+fn query() -> Vec<(&'static str, String)> {
+    vec![
+        ("response_type", "code".into()),
+        ("client_id", "prism-cli".into()),
+        ("redirect_uri", REDIRECT.into()),
+        ("scope", "openid offline_access".into()),
+        ("state", "s1".into()),
+        ("code_challenge", CHALLENGE.into()),
+        ("code_challenge_method", "S256".into()),
+    ]
+}
+
+struct Page {
+    status: u16,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Page {
+    fn retry_after(&self) -> Option<u64> {
+        self.headers
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "status {}, retry-after {:?}, body {}",
+            self.status,
+            self.retry_after(),
+            self.body
+        )
+    }
+}
+
+/// Opens the login form (for its CSRF cookie) and posts `email` / `password` to it.
+async fn sign_in(server: &Server, email: &str, password: &str) -> Res<Page> {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let form_page = http
+        .get(server.url("/authorize"))
+        .query(&query())
+        .send()
+        .await?;
+    let csrf = form_page
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|line| line.strip_prefix("prism_csrf="))
+        .and_then(|rest| rest.split(';').next())
+        .ok_or("no prism_csrf cookie")?
+        .to_owned();
+    let mut form = query();
+    form.extend([
+        ("csrf", csrf.clone()),
+        ("email", email.to_owned()),
+        ("password", password.to_owned()),
+    ]);
+    let response = http
+        .post(server.url("/authorize"))
+        .header("cookie", format!("prism_csrf={csrf}"))
+        .form(&form)
+        .send()
+        .await?;
+    Ok(Page {
+        status: response.status().as_u16(),
+        headers: response.headers().clone(),
+        body: response.text().await?,
+    })
+}
+
+/// A 429 page that says when to try again, with a matching `Retry-After`.
+fn assert_locked(page: &Page, longest_secs: u64) {
+    assert_eq!(page.status, 429, "{}", page.describe());
+    let wait = page.retry_after().unwrap_or(0);
+    assert!((1..=longest_secs).contains(&wait), "{}", page.describe());
+    assert!(page.body.contains("Try again in"), "{}", page.describe());
+    assert!(!page.body.contains(PASSWORD) && !page.body.contains(WRONG));
+}
+
+/// A form that rejected the password, not a lock.
+fn assert_wrong_password(page: &Page) {
+    assert_eq!(page.status, 200, "{}", page.describe());
+    assert!(
+        page.body.contains("Wrong email or password."),
+        "{}",
+        page.describe()
+    );
+}
+
+#[tokio::test]
+async fn wrong_passwords_lock_the_account_until_the_lock_passes() -> TestResult {
+    let dir = temp_dir()?;
+    let server = start(
+        dir.path(),
+        &[
+            "--login-account-max-failures",
+            "3",
+            "--login-address-max-failures",
+            "1000",
+            "--limit-lock",
+            "2s",
+            "--limit-max-lock",
+            "2s",
+        ],
+    )?;
+    add_user(dir.path(), &[], "ann@example.com")?;
+    for _ in 0..2 {
+        assert_wrong_password(&sign_in(&server, "ann@example.com", WRONG).await?);
+    }
+    // The third failure locks; the email's spelling does not matter.
+    let locked = sign_in(&server, "ANN@example.com", WRONG).await?;
+    assert_locked(&locked, 2);
+    // The right password during the lock gets the very same answer: no oracle.
+    let right = sign_in(&server, "ann@example.com", PASSWORD).await?;
+    assert_locked(&right, 2);
+    // Another account from the same address is not locked.
+    assert_wrong_password(&sign_in(&server, "someone@example.com", WRONG).await?);
+
+    // Once the lock has passed, the right password works.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let signed_in = loop {
+        let page = sign_in(&server, "ann@example.com", PASSWORD).await?;
+        if page.status != 429 || Instant::now() > deadline {
+            break page;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(signed_in.status, 303, "{}", signed_in.describe());
+    // ...and reset the count: two more failures are only failures again.
+    for _ in 0..2 {
+        assert_wrong_password(&sign_in(&server, "ann@example.com", WRONG).await?);
+    }
+
+    let audit = admin_ok(dir.path(), &["audit", "--limit", "50"])?;
+    let trips: Vec<Value> = audit
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|event| event["action"] == "limit.tripped")
+        .collect();
+    assert_eq!(trips.len(), 1, "{audit}");
+    assert_eq!(trips[0]["address"], "127.0.0.1", "{audit}");
+    assert_eq!(trips[0]["detail"]["limit"], "login_account", "{audit}");
+    assert!(trips[0]["subjectUserId"].is_string(), "{audit}");
+    assert!(!audit.contains(PASSWORD) && !audit.contains(WRONG));
+    // The trip names the user by id, never by the email that was typed.
+    assert!(!trips[0].to_string().contains("ann@"), "{audit}");
+    let logs = server.stop()?;
+    assert!(!logs.contains(PASSWORD) && !logs.contains(WRONG), "{logs}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_address_guessing_across_accounts_is_locked() -> TestResult {
+    let dir = temp_dir()?;
+    let server = start(
+        dir.path(),
+        &[
+            "--login-account-max-failures",
+            "1000",
+            "--login-address-max-failures",
+            "3",
+            "--limit-lock",
+            "10m",
+        ],
+    )?;
+    add_user(dir.path(), &[], "dan@example.com")?;
+    assert_wrong_password(&sign_in(&server, "a@example.com", WRONG).await?);
+    assert_wrong_password(&sign_in(&server, "b@example.com", WRONG).await?);
+    assert_locked(&sign_in(&server, "c@example.com", WRONG).await?, 600);
+    // Every account, even with its right password, waits out the address's lock.
+    assert_locked(&sign_in(&server, "dan@example.com", PASSWORD).await?, 600);
+    server.stop()?;
+    Ok(())
+}
+
+async fn refresh_status(server: &Server, token: &str) -> Res<(u16, Option<u64>, Value)> {
+    let response = server
+        .http
+        .post(server.url("/auth/refresh"))
+        .json(&serde_json::json!({ "refresh_token": token }))
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    Ok((
+        status,
+        retry_after,
+        response.json().await.unwrap_or(Value::Null),
+    ))
+}
+
+/// A token of the right shape that the server does not know: the valid one, changed at its end.
+fn mistyped(token: &str) -> String {
+    let mut chars: Vec<char> = token.chars().collect();
+    if let Some(last) = chars.last_mut() {
+        *last = if *last == 'x' { 'y' } else { 'x' };
+    }
+    chars.into_iter().collect()
+}
+
+#[tokio::test]
+async fn invalid_refresh_tokens_are_limited_but_valid_ones_still_work() -> TestResult {
+    let dir = temp_dir()?;
+    let server = start(
+        dir.path(),
+        &["--refresh-address-max-failures", "3", "--limit-lock", "10m"],
+    )?;
+    let token = crate::harness::user_with_token(dir.path(), "ci@example.com")?;
+    let (status, _, _) = refresh_status(&server, "garbage").await?;
+    assert_eq!(status, 400);
+    let (status, _, _) = refresh_status(&server, &mistyped(&token)).await?;
+    assert_eq!(status, 400);
+    let (status, retry_after, body) = refresh_status(&server, &mistyped(&token)).await?;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        retry_after.is_some_and(|s| (1..=600).contains(&s)),
+        "{body}"
+    );
+    assert_eq!(body["error"], "slow_down", "{body}");
+    // A valid token from the same address is neither refused nor counted.
+    let (status, _, body) = refresh_status(&server, &token).await?;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, _) = refresh_status(&server, "garbage").await?;
+    assert_eq!(status, 429, "a success does not lift the address's lock");
+    // The OAuth token endpoint shares the limit.
+    let response = server
+        .http
+        .post(server.url("/oauth/token"))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", "garbage"),
+        ])
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 429);
+    assert!(response.headers().get("retry-after").is_some());
+    let response = server
+        .http
+        .post(server.url("/oauth/token"))
+        .form(&[("grant_type", "refresh_token"), ("refresh_token", &token)])
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 200);
+
+    let metrics = server
+        .http
+        .get(server.url("/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let refused = metrics
+        .lines()
+        .find(|l| l.starts_with("prismd_limit_refusals_total{kind=\"refresh_address\"}"))
+        .ok_or("no refusal metric")?;
+    assert!(!refused.ends_with(" 0"), "{refused}");
+    let logs = server.stop()?;
+    assert!(!logs.contains(&token), "a token reached the log");
+    let audit = admin_ok(dir.path(), &["audit", "--limit", "50"])?;
+    assert!(audit.contains("refresh_address"), "{audit}");
+    assert!(!audit.contains(&token) && !audit.contains(&mistyped(&token)));
+    Ok(())
+}
+
+#[tokio::test]
+async fn replicas_share_the_counters() -> TestResult {
+    let db = FreshDatabase::create().await?;
+    let outcome = replicas_share(&db.url).await;
+    db.drop_now().await?;
+    outcome
+}
+
+async fn replicas_share(url: &str) -> TestResult {
+    let (dir_a, dir_b) = (temp_dir()?, temp_dir()?);
+    let database = ["--database-url", url];
+    let args = [
+        "--database-url",
+        url,
+        "--issuer",
+        "http://auth.replicas.test",
+        "--login-account-max-failures",
+        "3",
+        "--refresh-address-max-failures",
+        "2",
+        "--limit-lock",
+        "10m",
+    ];
+    let a = start(dir_a.path(), &args)?;
+    let b = start(dir_b.path(), &args)?;
+    add_user(dir_a.path(), &database, "eve@example.com")?;
+    // Failures on A and B add up; the lock reached on B holds on A.
+    assert_wrong_password(&sign_in(&a, "eve@example.com", WRONG).await?);
+    assert_wrong_password(&sign_in(&b, "eve@example.com", WRONG).await?);
+    assert_locked(&sign_in(&b, "eve@example.com", WRONG).await?, 600);
+    assert_locked(&sign_in(&a, "eve@example.com", PASSWORD).await?, 600);
+
+    let (status, _, _) = refresh_status(&a, "garbage").await?;
+    assert_eq!(status, 400);
+    let (status, retry_after, _) = refresh_status(&b, "garbage").await?;
+    assert_eq!(status, 429);
+    assert!(retry_after.is_some());
+    let (status, _, _) = refresh_status(&a, "garbage").await?;
+    assert_eq!(status, 429);
+    a.stop()?;
+    b.stop()?;
+    Ok(())
+}
+
+/// Posts the device page's form (after opening it for its CSRF cookie) with a password.
+async fn device_sign_in(
+    server: &Server,
+    user_code: &str,
+    email: &str,
+    password: &str,
+) -> Res<Page> {
+    let page = server
+        .http
+        .get(server.url("/device"))
+        .query(&[("user_code", user_code)])
+        .send()
+        .await?;
+    let cookie = page
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("prism_device_csrf="))
+        .and_then(|c| c.split(';').next())
+        .ok_or("no device CSRF cookie")?
+        .to_owned();
+    let csrf = cookie
+        .split_once('=')
+        .map(|(_, v)| v.to_owned())
+        .ok_or("no csrf value")?;
+    let response = server
+        .http
+        .post(server.url("/device"))
+        .header("cookie", cookie)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("user_code", user_code),
+            ("email", email),
+            ("password", password),
+            ("action", "approve"),
+        ])
+        .send()
+        .await?;
+    Ok(Page {
+        status: response.status().as_u16(),
+        headers: response.headers().clone(),
+        body: response.text().await?,
+    })
+}
+
+#[tokio::test]
+async fn device_page_and_browser_form_share_the_account_limit() -> TestResult {
+    let dir = temp_dir()?;
+    let server = start(
+        dir.path(),
+        &[
+            "--login-account-max-failures",
+            "2",
+            "--login-address-max-failures",
+            "1000",
+            "--limit-lock",
+            "10m",
+        ],
+    )?;
+    add_user(dir.path(), &[], "dev@example.com")?;
+    let started: Value = server
+        .http
+        .post(server.url("/oauth/device/code"))
+        .form(&[
+            ("client_id", "prism-cli"),
+            ("scope", "openid offline_access"),
+        ])
+        .send()
+        .await?
+        .json()
+        .await?;
+    let user_code = started["user_code"].as_str().ok_or("no user_code")?;
+    assert_wrong_password(&device_sign_in(&server, user_code, "dev@example.com", WRONG).await?);
+    // The second failure, on the browser form, locks the account on both pages.
+    assert_locked(&sign_in(&server, "dev@example.com", WRONG).await?, 600);
+    let refused = device_sign_in(&server, user_code, "dev@example.com", PASSWORD).await?;
+    assert_locked(&refused, 600);
+    assert!(
+        refused.body.contains("Too many failed sign-ins"),
+        "{}",
+        refused.describe()
+    );
+    server.stop()?;
+    Ok(())
+}
