@@ -291,11 +291,20 @@ fn our_cookie<'a>(headers: &'a HeaderMap, name: &'static str, secure: bool) -> O
     cookie(headers, &cookie_name(name, secure))
 }
 
-/// Double-submit CSRF check: the form field equals our cookie (compared in constant time).
-fn csrf_matches(headers: &HeaderMap, cookie_name: &'static str, secure: bool, field: &str) -> bool {
-    our_cookie(headers, cookie_name, secure).is_some_and(|expected| {
-        !field.is_empty() && bool::from(expected.as_bytes().ct_eq(field.as_bytes()))
-    })
+/// Double-submit CSRF check: the form field must equal our cookie (compared in constant
+/// time). Returns the 403 page, saying `start_over`, when it does not.
+fn refuse_forged_form(
+    state: &AppState,
+    headers: &HeaderMap,
+    cookie_name: &'static str,
+    field: &str,
+    start_over: &str,
+) -> Option<Response> {
+    let matches =
+        our_cookie(headers, cookie_name, state.web.secure_cookies).is_some_and(|expected| {
+            !field.is_empty() && bool::from(expected.as_bytes().ct_eq(field.as_bytes()))
+        });
+    (!matches).then(|| error_page(StatusCode::FORBIDDEN, start_over))
 }
 
 /// The user of the request's live browser session, if any.
@@ -457,12 +466,14 @@ pub async fn login(
     headers: HeaderMap,
     JsonOrForm(form): JsonOrForm<LoginForm>,
 ) -> Response {
-    let csrf_ok = csrf_matches(&headers, CSRF_COOKIE, state.web.secure_cookies, &form.csrf);
-    if !csrf_ok {
-        return error_page(
-            StatusCode::FORBIDDEN,
-            "This sign-in form expired or was not sent from this site. Start the login again.",
-        );
+    if let Some(refusal) = refuse_forged_form(
+        &state,
+        &headers,
+        CSRF_COOKIE,
+        &form.csrf,
+        "This sign-in form expired or was not sent from this site. Start the login again.",
+    ) {
+        return refusal;
     }
     let request = match login::check_request(&form.params, &state.auth.settings().audience) {
         Ok(request) => request,
@@ -694,17 +705,14 @@ pub async fn accept_invite(
     headers: HeaderMap,
     JsonOrForm(form): JsonOrForm<InviteForm>,
 ) -> Response {
-    let csrf_ok = csrf_matches(
+    if let Some(refusal) = refuse_forged_form(
+        &state,
         &headers,
         INVITE_CSRF_COOKIE,
-        state.web.secure_cookies,
         &form.csrf,
-    );
-    if !csrf_ok {
-        return error_page(
-            StatusCode::FORBIDDEN,
-            "This form expired or was not sent from this site. Open the invitation link again.",
-        );
+        "This form expired or was not sent from this site. Open the invitation link again.",
+    ) {
+        return refusal;
     }
     let store = state.auth.store().as_ref();
     let user = match accounts::invitation_user(store, &form.token).await {
@@ -851,17 +859,14 @@ pub async fn decide_device(
     headers: HeaderMap,
     JsonOrForm(form): JsonOrForm<DeviceForm>,
 ) -> Response {
-    let csrf_ok = csrf_matches(
+    if let Some(refusal) = refuse_forged_form(
+        &state,
         &headers,
         DEVICE_CSRF_COOKIE,
-        state.web.secure_cookies,
         &form.csrf,
-    );
-    if !csrf_ok {
-        return error_page(
-            StatusCode::FORBIDDEN,
-            "This form expired or was not sent from this site. Open the device page again.",
-        );
+        "This form expired or was not sent from this site. Open the device page again.",
+    ) {
+        return refusal;
     }
     // Wrong codes count per address; a password typed here counts like a browser sign-in.
     let device_keys: Vec<LimitKey> = LimitKey::address(LimitKind::DeviceAddress, &meta)
