@@ -120,11 +120,6 @@ impl CachedStore {
         }
     }
 
-    /// The store behind the cache (for following changes without the cache in the way).
-    pub fn inner(&self) -> &Arc<dyn Store> {
-        &self.inner
-    }
-
     pub fn stats(&self) -> CacheStats {
         CacheStats {
             hits: self.hits.load(Ordering::Relaxed),
