@@ -42,6 +42,21 @@ pub enum StoreError {
     /// The data directory or database file could not be prepared.
     #[error("cannot prepare the database file: {0}")]
     Io(#[from] std::io::Error),
+    /// The database file or its directory cannot be written (a read-only file system or
+    /// missing permissions). prismd writes on every start, so it refuses to start.
+    #[error(
+        "cannot write the database file {}: {cause}; prismd needs a writable data directory \
+         (check the mount and the file's owner)",
+        path.display()
+    )]
+    NotWritable {
+        path: std::path::PathBuf,
+        cause: std::io::Error,
+    },
+    /// The disk holding the database is full: writes fail (and are answered 503) until space
+    /// is freed; reads go on.
+    #[error("the database's disk is full; writes fail until space is freed: {0}")]
+    DiskFull(sqlx::Error),
     /// An admin command was pointed at a directory without a database.
     #[error(
         "no database at {0}; check --data-dir, or start the server once ('prismd serve') to create it"
@@ -70,6 +85,8 @@ impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
         if is_connection_failure(&err) {
             Self::Unreachable(err)
+        } else if is_disk_full(&err) {
+            Self::DiskFull(err)
         } else {
             Self::Database(err)
         }
@@ -102,6 +119,16 @@ pub fn is_connection_failure(err: &sqlx::Error) -> bool {
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| is_connection_sqlstate(&code)),
+        _ => false,
+    }
+}
+
+/// SQLite's `SQLITE_FULL` (13) and PostgreSQL's `disk_full` (53100).
+fn is_disk_full(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code == "13" || code == "53100"),
         _ => false,
     }
 }

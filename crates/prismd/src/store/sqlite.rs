@@ -90,6 +90,7 @@ impl SqliteStore {
             .idle_timeout(None)
             .max_lifetime(None)
             .acquire_timeout(Duration::from_secs(10))
+            .after_release(|conn, _| Box::pin(discard_if_stuck_in_transaction(conn)))
             .connect_with(options.clone())
             .await?;
         MIGRATOR.run(&writer).await?;
@@ -134,9 +135,43 @@ impl SqliteStore {
     }
 }
 
+/// Whether the writer connection may go back to the pool: not when it is stuck in a
+/// transaction. When the disk is full or an I/O error strikes, SQLite rolls the failed
+/// transaction back on its own; sqlx's own ROLLBACK then fails, so sqlx still counts the
+/// connection as inside a transaction and refuses every later `BEGIN` on it ("non-zero
+/// transaction depth") long after space is freed. Closing it lets the pool open a fresh one.
+async fn discard_if_stuck_in_transaction(
+    conn: &mut sqlx::SqliteConnection,
+) -> Result<bool, sqlx::Error> {
+    use sqlx::Connection;
+    if !conn.is_in_transaction() {
+        return Ok(true);
+    }
+    // A transaction dropped without commit queues its ROLLBACK on the connection's worker;
+    // one round trip behind it tells whether that rollback worked.
+    conn.ping().await?;
+    if conn.is_in_transaction() {
+        tracing::warn!("closing a database connection left inside a failed transaction");
+        return Ok(false);
+    }
+    Ok(true)
+}
+
 /// Creates the database's directory (0700) and file (0600) before SQLite does, so neither is
 /// ever readable by other local users.
-fn prepare_database_file(path: &Path) -> Result<PathBuf, std::io::Error> {
+fn prepare_database_file(path: &Path) -> Result<PathBuf, StoreError> {
+    create_database_file(path).map_err(|err| match err.kind() {
+        std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied => {
+            StoreError::NotWritable {
+                path: path.to_owned(),
+                cause: err,
+            }
+        }
+        _ => StoreError::Io(err),
+    })
+}
+
+fn create_database_file(path: &Path) -> Result<PathBuf, std::io::Error> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
     if let Some(dir) = dir

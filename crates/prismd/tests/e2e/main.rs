@@ -7,6 +7,7 @@ mod cleanup;
 mod crash;
 mod device;
 mod errors;
+mod faults;
 mod first_start_race;
 mod flows;
 mod graphql;
