@@ -74,7 +74,7 @@ impl PrivateTmpfs {
     }
 
     /// The same directory as seen from the test, outside the namespace.
-    fn from_outside(&self) -> PathBuf {
+    fn seen_from_outside(&self) -> PathBuf {
         let relative = self
             .mount_point
             .strip_prefix("/")
@@ -119,7 +119,7 @@ impl PrivateTmpfs {
         Ok(())
     }
 
-    /// Runs an admin command inside the namespace. (Not through [`Self::from_outside`]:
+    /// Runs an admin command inside the namespace. (Not through [`Self::seen_from_outside`]:
     /// SQLite resolves `/proc/<pid>/root` as a symbolic link to `/` and would open the empty
     /// directory under the mount instead.)
     fn prismd(&self, args: &[&str]) -> Result<std::process::Output, Error> {
@@ -159,7 +159,7 @@ impl PrivateTmpfs {
     async fn integrity(&self) -> Result<String, Error> {
         let copy = temp_dir()?;
         for file in ["prismd.db", "prismd.db-wal"] {
-            let source = self.from_outside().join(file);
+            let source = self.seen_from_outside().join(file);
             if source.exists() {
                 std::fs::copy(&source, copy.path().join(file))?;
             }
@@ -211,7 +211,7 @@ fn fill_disk(path: &Path) -> TestResult {
 async fn full_disk_refuses_writes_with_503_keeps_reads_and_recovers_when_space_returns()
 -> TestResult {
     let disk = PrivateTmpfs::mount("8m")?;
-    let outside = disk.from_outside();
+    let outside = disk.seen_from_outside();
     let server = disk.serve()?;
     let ci = disk.user_with_token("ci@example.com")?;
     let other = disk.user_with_token("other@example.com")?;
