@@ -11,6 +11,7 @@ use prism_proto::token_format::{self, SecretKind};
 use prism_proto::wire::TokenResponse;
 use ring::rand::{SecureRandom, SystemRandom};
 
+use super::policies;
 use super::standing::{self, Standing};
 use super::usage::UsageRecorder;
 use super::{BearerError, DomainError, GrantError, RequestMeta, now_ms};
@@ -50,17 +51,6 @@ pub struct Principal {
 pub enum RevokeOutcome {
     Revoked,
     NothingToRevoke,
-}
-
-impl From<&RefreshGrant> for Standing {
-    fn from(grant: &RefreshGrant) -> Self {
-        Standing {
-            user_removed: grant.user_removed_at.is_some(),
-            user_epoch: grant.user_epoch,
-            token_epoch: grant.token_epoch,
-            session_revoked: grant.token_revoked_at.is_some(),
-        }
-    }
 }
 
 /// The token service.
@@ -142,6 +132,27 @@ impl AuthService {
         &self.usage
     }
 
+    /// The standing of a refresh grant at `now`, its organization's session policy included.
+    /// The last use counts this process's uses not written yet: a grant read from the cache
+    /// or the database may be up to a minute behind them.
+    fn grant_standing(&self, grant: &RefreshGrant, now: i64) -> Standing {
+        let last_used_at = grant
+            .token_last_used_at
+            .max(self.usage.last_use(&grant.token_id));
+        Standing {
+            user_removed: grant.user_removed_at.is_some(),
+            user_epoch: grant.user_epoch,
+            token_epoch: grant.token_epoch,
+            session_revoked: grant.token_revoked_at.is_some(),
+            session_expired: policies::has_expired(
+                grant.policy,
+                grant.token_created_at,
+                last_used_at,
+                now,
+            ),
+        }
+    }
+
     /// The hot path: checksum, hash, one indexed read, the standing rule, one signature.
     /// An empty `tenant_id` counts as absent.
     pub async fn exchange_refresh_token(
@@ -157,7 +168,8 @@ impl AuthService {
             .find_refresh_grant(&hash_secret(refresh_token))
             .await?
             .ok_or(DomainError::InvalidGrant(GrantError::Unknown))?;
-        standing::check(Standing::from(&grant))
+        let now = now_ms();
+        standing::check(self.grant_standing(&grant, now))
             .map_err(|denial| DomainError::InvalidGrant(GrantError::Denied(denial)))?;
         if let Some(tenant) = tenant_id.filter(|t| !t.is_empty())
             && tenant != grant.tenant_id
@@ -166,7 +178,6 @@ impl AuthService {
                 "the user of this refresh token is not a member of that tenant".to_owned(),
             ));
         }
-        let now = now_ms();
         let now_secs = now / 1000;
         let ttl = i64::try_from(self.settings.access_token_ttl.as_secs()).unwrap_or(i64::MAX);
         let claims = AccessClaims {
@@ -218,7 +229,8 @@ impl AuthService {
         else {
             return Ok(RevokeOutcome::NothingToRevoke);
         };
-        if standing::check(Standing::from(&grant)).is_err() {
+        // A session its organization's policy has ended is dead too, and revokes nothing.
+        if standing::check(self.grant_standing(&grant, now_ms())).is_err() {
             return Ok(RevokeOutcome::NothingToRevoke);
         }
         let audit = AuditEvent {
@@ -254,6 +266,10 @@ impl AuthService {
             user_epoch: record.user.token_epoch,
             token_epoch: claims.ep,
             session_revoked: !matches!(record.session_revoked_at, Some(None)),
+            // Session policies end refresh tokens; an access token already issued from an
+            // expired session lives out its own (short) lifetime, as after Prismatic's revoke.
+            // Revoking the session (`revokeSession`) ends both at once.
+            session_expired: false,
         })
         .map_err(|denial| DomainError::InvalidToken(BearerError::Denied(denial)))?;
         Ok(Principal {
