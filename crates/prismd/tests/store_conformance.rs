@@ -2147,6 +2147,25 @@ async fn session_policies(db: Db) -> TestResult {
         .await?
         .ok_or("no grant")?;
     assert_eq!(grant.token_last_used_at, Some(T0 + 50));
+    // The access-token path reads the same facts about the session it came from.
+    let principal = store
+        .principal(&owner.id, &grant.token_id)
+        .await?
+        .ok_or("no principal")?;
+    assert_eq!(principal.session_created_at, Some(T0 + 10));
+    assert_eq!(principal.session_last_used_at, Some(T0 + 50));
+    assert_eq!(principal.policy, off);
+    let sessionless = store
+        .principal(&owner.id, "no-such-session")
+        .await?
+        .ok_or("no principal")?;
+    assert_eq!(
+        (
+            sessionless.session_created_at,
+            sessionless.session_last_used_at
+        ),
+        (None, None)
+    );
 
     // Set: the grant carries it at once; the other organization keeps its own.
     let strict = SessionPolicy {
@@ -2174,6 +2193,16 @@ async fn session_policies(db: Db) -> TestResult {
         .await?
         .ok_or("no grant")?;
     assert_eq!(other_grant.policy, off);
+    let principal = store
+        .principal(&owner.id, &grant.token_id)
+        .await?
+        .ok_or("no principal")?;
+    assert_eq!(principal.policy, strict);
+    let other_principal = store
+        .principal(&other_user.id, &other_grant.token_id)
+        .await?
+        .ok_or("no principal")?;
+    assert_eq!(other_principal.policy, off);
 
     // A stale expectation, or an unknown organization, changes nothing and audits nothing.
     let half = SessionPolicy {
@@ -2229,6 +2258,7 @@ async fn session_policies(db: Db) -> TestResult {
     );
     cached.apply(&Change::listening());
     cached.find_refresh_grant(&hash(1)).await?;
+    cached.principal(&owner.id, &grant.token_id).await?;
     assert!(
         cached
             .set_session_policy(&org.id, off, strict, changed(T0 + 65))
@@ -2239,6 +2269,11 @@ async fn session_policies(db: Db) -> TestResult {
         .await?
         .ok_or("no grant")?;
     assert_eq!(grant.policy, strict);
+    let principal = cached
+        .principal(&owner.id, &grant.token_id)
+        .await?
+        .ok_or("no principal")?;
+    assert_eq!(principal.policy, strict);
     // ... another process's change only once the feed hands it on (the positive control that
     // the cache is in the way) ...
     let other = db.another().await?;

@@ -15,7 +15,9 @@ use super::policies;
 use super::standing::{self, Standing};
 use super::usage::UsageRecorder;
 use super::{BearerError, DomainError, GrantError, RequestMeta, now_ms};
-use crate::store::{AuditEvent, NewRefreshToken, Organization, RefreshGrant, Store, User};
+use crate::store::{
+    AuditEvent, NewRefreshToken, Organization, RefreshGrant, SessionPolicy, Store, User,
+};
 use crate::tokens::jwt::Audience;
 use crate::tokens::{
     AccessClaims, JwtError, KeyError, KeyRing, LiveKeys, VerifiedTokens, VerifyExpectations,
@@ -136,21 +138,42 @@ impl AuthService {
     /// The last use counts this process's uses not written yet: a grant read from the cache
     /// or the database may be up to a minute behind them.
     fn grant_standing(&self, grant: &RefreshGrant, now: i64) -> Standing {
-        let last_used_at = grant
-            .token_last_used_at
-            .max(self.usage.last_use(&grant.token_id));
         Standing {
             user_removed: grant.user_removed_at.is_some(),
             user_epoch: grant.user_epoch,
             token_epoch: grant.token_epoch,
             session_revoked: grant.token_revoked_at.is_some(),
-            session_expired: policies::has_expired(
+            session_expired: self.session_expired(
                 grant.policy,
+                &grant.token_id,
                 grant.token_created_at,
-                last_used_at,
+                grant.token_last_used_at,
                 now,
             ),
         }
+    }
+
+    /// Whether `policy` has ended a session at `now`. Its last use is the newer of
+    /// `stored_last_use` (which the caller may have raised, for example to an access token's
+    /// issue time) and this process's uses not written yet.
+    fn session_expired(
+        &self,
+        policy: SessionPolicy,
+        session_id: &str,
+        created_at: i64,
+        stored_last_use: Option<i64>,
+        now: i64,
+    ) -> bool {
+        if policy == SessionPolicy::default() {
+            // No policy, the default: no lock taken on the hot path.
+            return false;
+        }
+        let last_use = if policy.idle_expiry_secs.is_some() {
+            stored_last_use.max(self.usage.last_use(session_id))
+        } else {
+            stored_last_use
+        };
+        policies::has_expired(policy, created_at, last_use, now)
     }
 
     /// The hot path: checksum, hash, one indexed read, the standing rule, one signature.
@@ -261,15 +284,24 @@ impl AuthService {
             .principal(&claims.sub, &claims.sid)
             .await?
             .ok_or(DomainError::InvalidToken(BearerError::UnknownUser))?;
+        // A session its organization's policy has ended takes its access tokens with it, as
+        // a revoked one does. Issuing this token was a use of the session.
+        let session_expired = record.session_created_at.is_some_and(|created_at| {
+            let issued_at = claims.iat.saturating_mul(1000);
+            self.session_expired(
+                record.policy,
+                &claims.sid,
+                created_at,
+                record.session_last_used_at.max(Some(issued_at)),
+                now_ms(),
+            )
+        });
         standing::check(Standing {
             user_removed: record.user.removed_at.is_some(),
             user_epoch: record.user.token_epoch,
             token_epoch: claims.ep,
             session_revoked: !matches!(record.session_revoked_at, Some(None)),
-            // Session policies end refresh tokens; an access token already issued from an
-            // expired session lives out its own (short) lifetime, as after Prismatic's revoke.
-            // Revoking the session (`revokeSession`) ends both at once.
-            session_expired: false,
+            session_expired,
         })
         .map_err(|denial| DomainError::InvalidToken(BearerError::Denied(denial)))?;
         Ok(Principal {

@@ -447,6 +447,12 @@ pub struct PrincipalRecord {
     pub org: Organization,
     /// `None` when the session row does not exist (or belongs to someone else).
     pub session_revoked_at: Option<Option<i64>>,
+    /// The session's creation and last use as written so far (`None` without a session row),
+    /// which the organization's session policy counts from.
+    pub session_created_at: Option<i64>,
+    pub session_last_used_at: Option<i64>,
+    /// The organization's session policy, read in the same look-up.
+    pub policy: SessionPolicy,
 }
 
 /// The last use of a refresh token, recorded in batches off the hot path.
@@ -754,7 +760,8 @@ pub trait Store: Send + Sync + 'static {
         audit: AuditEvent,
     ) -> Result<bool, StoreError>;
 
-    /// The user, organization and session state behind an access token.
+    /// The user, organization (with its session policy) and session state behind an access
+    /// token.
     async fn principal(
         &self,
         user_id: &str,

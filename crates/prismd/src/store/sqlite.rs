@@ -553,7 +553,10 @@ impl Store for SqliteStore {
     ) -> Result<Option<PrincipalRecord>, StoreError> {
         let sql = format!(
             "SELECT {USER_COLUMNS}, o.name AS org_name, o.tenant_id, o.created_at AS org_created_at, \
-                    t.id AS session_id, t.revoked_at AS session_revoked_at \
+                    t.id AS session_id, t.revoked_at AS session_revoked_at, \
+                    t.created_at AS session_created_at, t.last_used_at AS session_last_used_at, \
+                    o.refresh_idle_expiry_secs AS idle_expiry_secs, \
+                    o.refresh_max_age_secs AS max_age_secs \
              FROM users u \
              JOIN organizations o ON o.id = u.org_id \
              LEFT JOIN refresh_tokens t ON t.id = $2 AND t.user_id = u.id \
@@ -580,6 +583,9 @@ impl Store for SqliteStore {
             },
             user,
             session_revoked_at,
+            session_created_at: row.try_get("session_created_at")?,
+            session_last_used_at: row.try_get("session_last_used_at")?,
+            policy: SessionPolicy::from_row(&row)?,
         }))
     }
 

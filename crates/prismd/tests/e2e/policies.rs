@@ -1,8 +1,8 @@
 //! Session policies (issue 7) end to end: an organization's idle expiry and maximum age for
 //! refresh tokens, set through GraphQL by an Owner, refuse old and idle tokens on
-//! `/auth/refresh` and `/oauth/token` exactly like revoked ones, at once (also when the grant
-//! was cached, and on another replica), for that organization only; with no policy nothing
-//! changes. Time is moved by writing `created_at` / `last_used_at` into the database behind
+//! `/auth/refresh` and `/oauth/token` exactly like revoked ones, and the access tokens issued
+//! from them, at once (also when cached, and on another replica), for that organization only;
+//! with no policy nothing changes. Time is moved by writing `created_at` / `last_used_at` into the database behind
 //! the server's back, never by sleeping.
 
 use std::path::Path;
@@ -195,9 +195,11 @@ async fn max_age_refuses_old_tokens_like_revoked_ones_until_cleared() -> TestRes
     // A young token of the same user works.
     assert_eq!(server.refresh(&fresh).await?.0, 200);
     assert_eq!(oauth_refresh(&server, &fresh).await?.0, 200);
-    // The access token issued before the policy lives out its own lifetime (documented).
+    // The access token issued from the old session ends with it (like a revoked session's),
+    // while one from the young session works.
+    assert_eq!(server.whoami(&old_access).await?, Err(401));
     assert_eq!(
-        server.whoami(&old_access).await?,
+        server.whoami(&server.access_token(&fresh).await?).await?,
         Ok("ci@example.com".to_owned())
     );
 
@@ -235,6 +237,10 @@ async fn max_age_refuses_old_tokens_like_revoked_ones_until_cleared() -> TestRes
     assert_eq!(payload["errors"], json!([]), "{payload}");
     assert_eq!(server.refresh(&old).await?.0, 200);
     assert_eq!(oauth_refresh(&server, &old).await?.0, 200);
+    assert_eq!(
+        server.whoami(&old_access).await?,
+        Ok("ci@example.com".to_owned())
+    );
     server.stop()?;
     Ok(())
 }
@@ -480,9 +486,11 @@ async fn across_replicas(url: &str) -> TestResult {
         .execute(&mut conn)
         .await?;
     conn.close().await?;
-    // B caches the grant.
+    // B caches the grant, and the principal behind an access token from it.
     assert_eq!(b.refresh(&old).await?.0, 200);
-    assert_eq!(b.refresh(&old).await?.0, 200);
+    let old_access = b.access_token(&old).await?;
+    assert_eq!(b.whoami(&old_access).await?, Ok("ci@example.com".into()));
+    assert_eq!(b.whoami(&old_access).await?, Ok("ci@example.com".into()));
 
     let payload = set_policy(&a, &owner, Value::Null, json!(90)).await?;
     assert_eq!(payload["errors"], json!([]), "{payload}");
@@ -497,6 +505,7 @@ async fn across_replicas(url: &str) -> TestResult {
         (400, Some("invalid_grant")),
         "{body}"
     );
+    assert_eq!(b.whoami_after_change(&old_access).await?, Err(401));
     let logs_b = b.stop()?;
     let logs_a = a.stop()?;
     for logs in [logs_a, logs_b] {
