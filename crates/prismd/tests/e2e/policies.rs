@@ -10,7 +10,7 @@ use std::path::Path;
 use serde_json::{Value, json};
 use sqlx::Connection;
 
-use crate::harness::{Server, TestResult, admin_ok, temp_dir};
+use crate::harness::{Server, TestResult, admin_ok, prismd, temp_dir};
 use crate::postgres::FreshDatabase;
 use crate::replicas::replica;
 
@@ -80,7 +80,7 @@ fn named_token(
         let mut add = prefix.clone();
         add.extend(["users", "add", "--email", email, "--role", role]);
         // A second token for the same user: the user exists already.
-        let _ = crate::harness::prismd(data, &add)?;
+        let _ = prismd(data, &add)?;
     }
     let mut create = prefix;
     create.extend(["tokens", "create", "--email", email, "--name", name]);
@@ -231,6 +231,11 @@ async fn max_age_refuses_old_tokens_like_revoked_ones_until_cleared() -> TestRes
     .await?;
     conn.close().await?;
     assert_eq!(agent.as_deref(), Some(AGENT));
+
+    // Like a revoked token, an expired one revokes nothing: its user's young token lives on.
+    let (status, _) = server.revoke(&old).await?;
+    assert_eq!(status, 200);
+    assert_eq!(server.refresh(&fresh).await?.0, 200);
 
     // Clearing the policy restores the old token.
     let payload = set_policy(&server, &owner, Value::Null, Value::Null).await?;
