@@ -10,8 +10,8 @@ use std::sync::Arc;
 use prismd::store::{
     self, AttemptPolicy, AuditEvent, Backend, CacheSettings, CacheStats, CachedStore, Change,
     CodeRedemption, Garbage, NewAuthorizationCode, NewDeviceCode, NewOrganization, NewRefreshToken,
-    NewUser, OpenOptions, Organization, ProfileChanges, Removal, SessionRecord, SigningKeyRecord,
-    Store, StoreError, TokenUse, User,
+    NewUser, OpenOptions, Organization, ProfileChanges, Removal, SessionPolicy, SessionRecord,
+    SigningKeyRecord, Store, StoreError, TokenUse, User,
 };
 use sqlx::Connection;
 
@@ -204,6 +204,7 @@ conformance!(
     cleanup_statements_use_indexes,
     attempt_counters,
     attempt_counters_shared_and_racing,
+    session_policies,
 );
 
 // ---- helpers ----------------------------------------------------------------------------
@@ -2092,6 +2093,210 @@ async fn attempt_counters_shared_and_racing(db: Db) -> TestResult {
     let seen = other.attempt_counter(key).await?;
     assert_eq!(seen.map(|c| c.failures), Some(8));
     assert_eq!(db.store.attempt_counter(key).await?, seen);
+    other.close().await;
+    Ok(())
+}
+
+// ---- session policies -------------------------------------------------------------------
+
+/// An organization's session policy: off by default, changed only from the expected value
+/// (with its audit row, or not at all), per organization, and read with every refresh grant
+/// together with the token's creation and last use. A cache forgets grants when this process
+/// changes a policy, and when an organization-wide change from elsewhere is applied.
+async fn session_policies(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    let (org, owner) = org_with_owner(store).await?;
+    let other_org = new_org("Other", T0);
+    let other_org_id = other_org.id.clone();
+    store
+        .create_organization(other_org, audit("org.created", T0))
+        .await?;
+    let other_user = store
+        .create_user(
+            new_user(&other_org_id, "o@example.com", "owner", T0),
+            audit("user.add", T0),
+        )
+        .await?;
+    store
+        .insert_refresh_token(refresh_token(&owner, 1, None), audit("t", T0))
+        .await?;
+    store
+        .insert_refresh_token(refresh_token(&other_user, 2, None), audit("t", T0))
+        .await?;
+
+    // Off by default; an unknown organization has none.
+    let off = SessionPolicy::default();
+    assert_eq!(store.session_policy(&org.id).await?, Some(off));
+    assert_eq!(store.session_policy("no-such-org").await?, None);
+    let grant = store
+        .find_refresh_grant(&hash(1))
+        .await?
+        .ok_or("no grant")?;
+    assert_eq!(grant.policy, off);
+    assert_eq!(grant.token_created_at, T0 + 10);
+    assert_eq!(grant.token_last_used_at, None);
+    store
+        .record_token_uses(&[TokenUse {
+            token_id: grant.token_id.clone(),
+            at: T0 + 50,
+            address: None,
+        }])
+        .await?;
+    let grant = store
+        .find_refresh_grant(&hash(1))
+        .await?
+        .ok_or("no grant")?;
+    assert_eq!(grant.token_last_used_at, Some(T0 + 50));
+    // The access-token path reads the same facts about the session it came from.
+    let principal = store
+        .principal(&owner.id, &grant.token_id)
+        .await?
+        .ok_or("no principal")?;
+    assert_eq!(principal.session_created_at, Some(T0 + 10));
+    assert_eq!(principal.session_last_used_at, Some(T0 + 50));
+    assert_eq!(principal.policy, off);
+    let sessionless = store
+        .principal(&owner.id, "no-such-session")
+        .await?
+        .ok_or("no principal")?;
+    assert_eq!(
+        (
+            sessionless.session_created_at,
+            sessionless.session_last_used_at
+        ),
+        (None, None)
+    );
+
+    // Set: the grant carries it at once; the other organization keeps its own.
+    let strict = SessionPolicy {
+        idle_expiry_secs: Some(86_400),
+        max_age_secs: Some(2 * 86_400),
+    };
+    let changed = |at| AuditEvent {
+        org_id: Some(org.id.clone()),
+        ..audit("org.policy_changed", at)
+    };
+    assert!(
+        store
+            .set_session_policy(&org.id, off, strict, changed(T0 + 60))
+            .await?
+    );
+    assert_eq!(store.session_policy(&org.id).await?, Some(strict));
+    let grant = store
+        .find_refresh_grant(&hash(1))
+        .await?
+        .ok_or("no grant")?;
+    assert_eq!(grant.policy, strict);
+    assert_eq!(store.session_policy(&other_org_id).await?, Some(off));
+    let other_grant = store
+        .find_refresh_grant(&hash(2))
+        .await?
+        .ok_or("no grant")?;
+    assert_eq!(other_grant.policy, off);
+    let principal = store
+        .principal(&owner.id, &grant.token_id)
+        .await?
+        .ok_or("no principal")?;
+    assert_eq!(principal.policy, strict);
+    let other_principal = store
+        .principal(&other_user.id, &other_grant.token_id)
+        .await?
+        .ok_or("no principal")?;
+    assert_eq!(other_principal.policy, off);
+
+    // A stale expectation, or an unknown organization, changes nothing and audits nothing.
+    let half = SessionPolicy {
+        idle_expiry_secs: None,
+        max_age_secs: Some(86_400),
+    };
+    assert!(
+        !store
+            .set_session_policy(&org.id, off, half, changed(T0 + 61))
+            .await?
+    );
+    assert!(
+        !store
+            .set_session_policy("no-such-org", off, half, changed(T0 + 62))
+            .await?
+    );
+    assert_eq!(store.session_policy(&org.id).await?, Some(strict));
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM audit_events WHERE action = 'org.policy_changed'")
+            .await?,
+        1
+    );
+    let newest = store.recent_audit_events(1).await?;
+    assert_eq!(newest[0].action, "org.policy_changed");
+    assert_eq!(newest[0].org_id.as_deref(), Some(org.id.as_str()));
+    assert_eq!(newest[0].subject_user_id, None);
+
+    // Each limit on its own, and off again.
+    assert!(
+        store
+            .set_session_policy(&org.id, strict, half, changed(T0 + 63))
+            .await?
+    );
+    assert_eq!(store.session_policy(&org.id).await?, Some(half));
+    assert!(
+        store
+            .set_session_policy(&org.id, half, off, changed(T0 + 64))
+            .await?
+    );
+    let grant = store
+        .find_refresh_grant(&hash(1))
+        .await?
+        .ok_or("no grant")?;
+    assert_eq!(grant.policy, off);
+
+    // The cache: this process's change is seen at once ...
+    let cached = CachedStore::new(
+        db.store.clone(),
+        CacheSettings {
+            ttl: std::time::Duration::from_secs(600),
+            capacity: 1000,
+        },
+    );
+    cached.apply(&Change::listening());
+    cached.find_refresh_grant(&hash(1)).await?;
+    cached.principal(&owner.id, &grant.token_id).await?;
+    assert!(
+        cached
+            .set_session_policy(&org.id, off, strict, changed(T0 + 65))
+            .await?
+    );
+    let grant = cached
+        .find_refresh_grant(&hash(1))
+        .await?
+        .ok_or("no grant")?;
+    assert_eq!(grant.policy, strict);
+    let principal = cached
+        .principal(&owner.id, &grant.token_id)
+        .await?
+        .ok_or("no principal")?;
+    assert_eq!(principal.policy, strict);
+    // ... another process's change only once the feed hands it on (the positive control that
+    // the cache is in the way) ...
+    let other = db.another().await?;
+    assert!(
+        other
+            .set_session_policy(&org.id, strict, half, changed(T0 + 66))
+            .await?
+    );
+    let stale = cached
+        .find_refresh_grant(&hash(1))
+        .await?
+        .ok_or("no grant")?;
+    assert_eq!(stale.policy, strict);
+    // ... as an organization-wide change (the audit row names no user).
+    cached.apply(&Change {
+        action: "org.policy_changed".into(),
+        user_id: None,
+    });
+    let fresh = cached
+        .find_refresh_grant(&hash(1))
+        .await?
+        .ok_or("no grant")?;
+    assert_eq!(fresh.policy, half);
     other.close().await;
     Ok(())
 }

@@ -31,7 +31,7 @@ use super::{
     AttemptCounter, AttemptPolicy, AuditEvent, AuditRecord, Change, CleanupLock, CodeRedemption,
     Credentials, DeviceCode, Garbage, NewAuthorizationCode, NewDeviceCode, NewOrganization,
     NewRefreshToken, NewUser, Organization, PrincipalRecord, ProfileChanges, RefreshGrant, Removal,
-    SessionRecord, SigningKeyRecord, Store, StoreError, TokenUse, User,
+    SessionPolicy, SessionRecord, SigningKeyRecord, Store, StoreError, TokenUse, User,
 };
 
 /// How the probe behaves while the circuit is open.
@@ -371,6 +371,24 @@ impl Store for GuardedStore {
         token_hash: &[u8; 32],
     ) -> Result<Option<RefreshGrant>, StoreError> {
         self.guard(self.inner.find_refresh_grant(token_hash)).await
+    }
+
+    async fn session_policy(&self, org_id: &str) -> Result<Option<SessionPolicy>, StoreError> {
+        self.guard(self.inner.session_policy(org_id)).await
+    }
+
+    async fn set_session_policy(
+        &self,
+        org_id: &str,
+        expected: SessionPolicy,
+        policy: SessionPolicy,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        self.guard(
+            self.inner
+                .set_session_policy(org_id, expected, policy, audit),
+        )
+        .await
     }
 
     async fn revoke_all_tokens(

@@ -4,7 +4,7 @@
 //! A cached entry is dropped when:
 //! - this process changes the user (every write below that can change someone's standing
 //!   invalidates that user before it returns, so a revoke answered 200 holds on this replica
-//!   at once);
+//!   at once), or an organization's session policy (grants carry it; everything is dropped);
 //! - another process's change is heard through [`Store::follow_changes`] (PostgreSQL
 //!   `LISTEN/NOTIFY`, or SQLite's audit-log poll), which calls [`CachedStore::apply`];
 //! - it is older than the configured lifetime: a last-resort bound (a silently dead
@@ -34,7 +34,7 @@ use super::{
     AttemptCounter, AttemptPolicy, AuditEvent, AuditRecord, Change, CleanupLock, CodeRedemption,
     Credentials, DeviceCode, Garbage, NewAuthorizationCode, NewDeviceCode, NewOrganization,
     NewRefreshToken, NewUser, Organization, PrincipalRecord, ProfileChanges, RefreshGrant, Removal,
-    SessionRecord, SigningKeyRecord, Store, StoreError, TokenUse, User,
+    SessionPolicy, SessionRecord, SigningKeyRecord, Store, StoreError, TokenUse, User,
 };
 
 /// How long and how much the cache keeps.
@@ -331,6 +331,23 @@ impl Store for CachedStore {
         outcome
     }
 
+    async fn set_session_policy(
+        &self,
+        org_id: &str,
+        expected: SessionPolicy,
+        policy: SessionPolicy,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let outcome = self
+            .inner
+            .set_session_policy(org_id, expected, policy, audit)
+            .await;
+        // Every cached grant of the organization carries its old policy. Which grants those
+        // are is not indexed, and policy changes are rare: drop everything.
+        self.invalidate_all();
+        outcome
+    }
+
     async fn attempt_counter(&self, key: &str) -> Result<Option<AttemptCounter>, StoreError> {
         self.inner.attempt_counter(key).await
     }
@@ -393,6 +410,10 @@ impl Store for CachedStore {
         audit: AuditEvent,
     ) -> Result<bool, StoreError> {
         self.inner.bootstrap(org, owner, audit).await
+    }
+
+    async fn session_policy(&self, org_id: &str) -> Result<Option<SessionPolicy>, StoreError> {
+        self.inner.session_policy(org_id).await
     }
 
     async fn default_organization(&self) -> Result<Option<Organization>, StoreError> {

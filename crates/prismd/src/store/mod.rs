@@ -446,6 +446,24 @@ pub struct RefreshGrant {
     pub user_removed_at: Option<i64>,
     pub org_id: String,
     pub tenant_id: String,
+    /// When the token was minted: what a maximum age is measured from.
+    pub token_created_at: i64,
+    /// Its last use as written so far (batched, so up to a minute behind; the process's own
+    /// pending uses are in `domain::usage`).
+    pub token_last_used_at: Option<i64>,
+    /// The organization's session policy, read in the same look-up.
+    #[sqlx(flatten)]
+    pub policy: SessionPolicy,
+}
+
+/// An organization's session policy (issue 7). `None` turns a limit off, the default, for
+/// parity with Prismatic, where refresh tokens live until revoked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, sqlx::FromRow)]
+pub struct SessionPolicy {
+    /// A refresh token not used for longer than this (seconds) is refused.
+    pub idle_expiry_secs: Option<i64>,
+    /// A refresh token older than this (seconds) is refused.
+    pub max_age_secs: Option<i64>,
 }
 
 /// The caller behind an access token: the user, their organization and the state of the
@@ -456,6 +474,12 @@ pub struct PrincipalRecord {
     pub org: Organization,
     /// `None` when the session row does not exist (or belongs to someone else).
     pub session_revoked_at: Option<Option<i64>>,
+    /// The session's creation and last use as written so far (`None` without a session row),
+    /// which the organization's session policy counts from.
+    pub session_created_at: Option<i64>,
+    pub session_last_used_at: Option<i64>,
+    /// The organization's session policy, read in the same look-up.
+    pub policy: SessionPolicy,
 }
 
 /// The last use of a refresh token, recorded in batches off the hot path.
@@ -737,6 +761,22 @@ pub trait Store: Send + Sync + 'static {
         token_hash: &[u8; 32],
     ) -> Result<Option<RefreshGrant>, StoreError>;
 
+    /// The session policy of an organization; `None` when there is no such organization.
+    async fn session_policy(&self, org_id: &str) -> Result<Option<SessionPolicy>, StoreError>;
+
+    /// Replaces an organization's session policy, if it is still `expected`, and writes
+    /// `audit` in the same transaction. The audit row is what tells every replica's cache to
+    /// drop the organization's refresh grants (they carry the policy). Returns false when the
+    /// organization does not exist or its policy is no longer `expected` (changed meanwhile),
+    /// and then writes nothing.
+    async fn set_session_policy(
+        &self,
+        org_id: &str,
+        expected: SessionPolicy,
+        policy: SessionPolicy,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError>;
+
     /// Revokes every refresh token and access token of a user in one durable write, by
     /// moving the user's epoch on from `expected_epoch`, and ends their browser sessions. Returns false when the epoch had
     /// already moved (someone else revoked first).
@@ -747,7 +787,8 @@ pub trait Store: Send + Sync + 'static {
         audit: AuditEvent,
     ) -> Result<bool, StoreError>;
 
-    /// The user, organization and session state behind an access token.
+    /// The user, organization (with its session policy) and session state behind an access
+    /// token.
     async fn principal(
         &self,
         user_id: &str,

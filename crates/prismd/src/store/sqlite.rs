@@ -16,8 +16,8 @@ use super::{
     AttemptCounter, AttemptPolicy, AuditEvent, AuditRecord, AuthorizationCode, Change, CleanupLock,
     CodeRedemption, Credentials, DeviceCode, Garbage, LIVE_SESSION, MAX_LISTED_SESSIONS,
     NewAuthorizationCode, NewDeviceCode, NewOrganization, NewRefreshToken, NewUser, Organization,
-    PrincipalRecord, ProfileChanges, RefreshGrant, Removal, SESSION_COLUMNS, SessionRecord,
-    SigningKeyRecord, Store, StoreError, TokenUse, User,
+    PrincipalRecord, ProfileChanges, RefreshGrant, Removal, SESSION_COLUMNS, SessionPolicy,
+    SessionRecord, SigningKeyRecord, Store, StoreError, TokenUse, User,
 };
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -510,7 +510,10 @@ impl Store for SqliteStore {
         Ok(sqlx::query_as(
             "SELECT t.id AS token_id, t.user_epoch AS token_epoch, t.revoked_at AS token_revoked_at, \
                     t.client_id, t.scope, u.id AS user_id, u.token_epoch AS user_epoch, \
-                    u.removed_at AS user_removed_at, u.org_id, o.tenant_id \
+                    u.removed_at AS user_removed_at, u.org_id, o.tenant_id, \
+                    t.created_at AS token_created_at, t.last_used_at AS token_last_used_at, \
+                    o.refresh_idle_expiry_secs AS idle_expiry_secs, \
+                    o.refresh_max_age_secs AS max_age_secs \
              FROM refresh_tokens t \
              JOIN users u ON u.id = t.user_id \
              JOIN organizations o ON o.id = u.org_id \
@@ -519,6 +522,40 @@ impl Store for SqliteStore {
         .bind(&token_hash[..])
         .fetch_optional(&self.readers)
         .await?)
+    }
+
+    async fn session_policy(&self, org_id: &str) -> Result<Option<SessionPolicy>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT refresh_idle_expiry_secs AS idle_expiry_secs, \
+                    refresh_max_age_secs AS max_age_secs \
+             FROM organizations WHERE id = $1",
+        )
+        .bind(org_id)
+        .fetch_optional(&self.readers)
+        .await?)
+    }
+
+    async fn set_session_policy(
+        &self,
+        org_id: &str,
+        expected: SessionPolicy,
+        policy: SessionPolicy,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE organizations SET refresh_idle_expiry_secs = $2, refresh_max_age_secs = $3 \
+             WHERE id = $1 AND refresh_idle_expiry_secs IS $4 \
+               AND refresh_max_age_secs IS $5",
+        )
+        .bind(org_id)
+        .bind(policy.idle_expiry_secs)
+        .bind(policy.max_age_secs)
+        .bind(expected.idle_expiry_secs)
+        .bind(expected.max_age_secs)
+        .execute(&mut *tx)
+        .await?;
+        finish_audited(tx, done.rows_affected(), &audit).await
     }
 
     async fn revoke_all_tokens(
@@ -551,7 +588,10 @@ impl Store for SqliteStore {
     ) -> Result<Option<PrincipalRecord>, StoreError> {
         let sql = format!(
             "SELECT {USER_COLUMNS}, o.name AS org_name, o.tenant_id, o.created_at AS org_created_at, \
-                    t.id AS session_id, t.revoked_at AS session_revoked_at \
+                    t.id AS session_id, t.revoked_at AS session_revoked_at, \
+                    t.created_at AS session_created_at, t.last_used_at AS session_last_used_at, \
+                    o.refresh_idle_expiry_secs AS idle_expiry_secs, \
+                    o.refresh_max_age_secs AS max_age_secs \
              FROM users u \
              JOIN organizations o ON o.id = u.org_id \
              LEFT JOIN refresh_tokens t ON t.id = $2 AND t.user_id = u.id \
@@ -578,6 +618,9 @@ impl Store for SqliteStore {
             },
             user,
             session_revoked_at,
+            session_created_at: row.try_get("session_created_at")?,
+            session_last_used_at: row.try_get("session_last_used_at")?,
+            policy: SessionPolicy::from_row(&row)?,
         }))
     }
 

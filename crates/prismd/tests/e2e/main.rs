@@ -20,6 +20,7 @@ mod metrics;
 mod official_cli;
 mod ops;
 mod outage;
+mod policies;
 mod postgres;
 mod replicas;
 mod seed;
