@@ -200,22 +200,14 @@ pub async fn audit(backend: &Backend, args: AuditArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn keys(
-    backend: &Backend,
-    at_rest: &AtRest,
-    command: KeysCommand,
-) -> anyhow::Result<()> {
+pub async fn keys(backend: &Backend, at_rest: &AtRest, command: KeysCommand) -> anyhow::Result<()> {
     let store = open(backend).await?;
     let result = run_keys(store.as_ref(), at_rest, command).await;
     store.close().await;
     result
 }
 
-async fn run_keys(
-    store: &dyn Store,
-    at_rest: &AtRest,
-    command: KeysCommand,
-) -> anyhow::Result<()> {
+async fn run_keys(store: &dyn Store, at_rest: &AtRest, command: KeysCommand) -> anyhow::Result<()> {
     match command {
         KeysCommand::Rotate => {
             let rotation = keyring::rotate(store, at_rest, OPERATOR.into(), now_ms()).await?;

@@ -30,8 +30,8 @@ use tokio::sync::Notify;
 use super::{
     AttemptCounter, AttemptPolicy, AuditEvent, AuditRecord, Change, CleanupLock, CodeRedemption,
     Credentials, DeviceCode, Garbage, NewAuthorizationCode, NewDeviceCode, NewOrganization,
-    NewRefreshToken, NewUser, Organization, PrincipalRecord, ProfileChanges, RefreshGrant, Removal,
-    PrivateKeyReplacement, SessionRecord, SigningKeyRecord, Store, StoreError, TokenUse, User,
+    NewRefreshToken, NewUser, Organization, PrincipalRecord, PrivateKeyReplacement, ProfileChanges,
+    RefreshGrant, Removal, SessionRecord, SigningKeyRecord, Store, StoreError, TokenUse, User,
 };
 
 /// How the probe behaves while the circuit is open.
@@ -560,7 +560,11 @@ impl Store for GuardedStore {
         audit: AuditEvent,
         active_created_before: i64,
     ) -> Result<Option<Vec<String>>, StoreError> {
-        self.guard(self.inner.rotate_signing_key_if_stale(key, audit, active_created_before)).await
+        self.guard(
+            self.inner
+                .rotate_signing_key_if_stale(key, audit, active_created_before),
+        )
+        .await
     }
 
     async fn replace_private_keys(
@@ -568,7 +572,8 @@ impl Store for GuardedStore {
         replacements: &[PrivateKeyReplacement],
         audit: AuditEvent,
     ) -> Result<Vec<String>, StoreError> {
-        self.guard(self.inner.replace_private_keys(replacements, audit)).await
+        self.guard(self.inner.replace_private_keys(replacements, audit))
+            .await
     }
 
     async fn delete_garbage(

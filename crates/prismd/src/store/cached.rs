@@ -33,8 +33,8 @@ use async_trait::async_trait;
 use super::{
     AttemptCounter, AttemptPolicy, AuditEvent, AuditRecord, Change, CleanupLock, CodeRedemption,
     Credentials, DeviceCode, Garbage, NewAuthorizationCode, NewDeviceCode, NewOrganization,
-    NewRefreshToken, NewUser, Organization, PrincipalRecord, ProfileChanges, RefreshGrant, Removal,
-    PrivateKeyReplacement, SessionRecord, SigningKeyRecord, Store, StoreError, TokenUse, User,
+    NewRefreshToken, NewUser, Organization, PrincipalRecord, PrivateKeyReplacement, ProfileChanges,
+    RefreshGrant, Removal, SessionRecord, SigningKeyRecord, Store, StoreError, TokenUse, User,
 };
 
 /// How long and how much the cache keeps.
@@ -616,7 +616,9 @@ impl Store for CachedStore {
         active_created_before: i64,
     ) -> Result<Option<Vec<String>>, StoreError> {
         // Signing keys are not cached; LiveKeys reloads on the change feed's keys.* events.
-        self.inner.rotate_signing_key_if_stale(key, audit, active_created_before).await
+        self.inner
+            .rotate_signing_key_if_stale(key, audit, active_created_before)
+            .await
     }
 
     async fn replace_private_keys(

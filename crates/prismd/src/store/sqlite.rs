@@ -16,8 +16,8 @@ use super::{
     AttemptCounter, AttemptPolicy, AuditEvent, AuditRecord, AuthorizationCode, Change, CleanupLock,
     CodeRedemption, Credentials, DeviceCode, Garbage, LIVE_SESSION, MAX_LISTED_SESSIONS,
     NewAuthorizationCode, NewDeviceCode, NewOrganization, NewRefreshToken, NewUser, Organization,
-    PrincipalRecord, ProfileChanges, RefreshGrant, Removal, SESSION_COLUMNS, SessionRecord,
-    PrivateKeyReplacement, SigningKeyRecord, Store, StoreError, TokenUse, User,
+    PrincipalRecord, PrivateKeyReplacement, ProfileChanges, RefreshGrant, Removal, SESSION_COLUMNS,
+    SessionRecord, SigningKeyRecord, Store, StoreError, TokenUse, User,
 };
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");

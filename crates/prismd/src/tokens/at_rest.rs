@@ -55,7 +55,9 @@ impl KeyEncryptionKey {
             return Err(KeyError::InvalidKek("it is empty".into()));
         }
         // 64 hex digits are never read as base64: that would be 48 bytes anyway.
-        let hex = (text.len() == 2 * KEK_LEN).then(|| decode_hex(text)).flatten();
+        let hex = (text.len() == 2 * KEK_LEN)
+            .then(|| decode_hex(text))
+            .flatten();
         let bytes = hex
             .or_else(|| STANDARD.decode(text).ok())
             .or_else(|| STANDARD_NO_PAD.decode(text).ok())
@@ -246,7 +248,10 @@ mod tests {
         let record = generate(0, &AtRest::Plain)?;
         let stored = at_rest.protect(&record.kid, &record.private_key)?;
         assert!(is_sealed(&stored));
-        assert!(!is_sealed(&record.private_key), "PKCS#8 is never taken for sealed");
+        assert!(
+            !is_sealed(&record.private_key),
+            "PKCS#8 is never taken for sealed"
+        );
         assert_ne!(stored.first(), Some(&0x30));
         assert!(
             !stored

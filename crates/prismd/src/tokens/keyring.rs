@@ -43,9 +43,7 @@ pub enum KeyError {
     },
     #[error("signing keys are encrypted; set {KEK_ENV} or {KEK_FILE_ENV}")]
     EncryptedWithoutKek,
-    #[error(
-        "the key encryption key does not match the one the signing keys were sealed with"
-    )]
+    #[error("the key encryption key does not match the one the signing keys were sealed with")]
     WrongKek,
     #[error(
         "signing key {0} cannot be decrypted although the key encryption key matches: its \
@@ -288,7 +286,7 @@ pub async fn rotate_if_older_than(
     let records = store.signing_keys().await?;
     let active_is_young = records
         .iter()
-        .any(|k| k.retired_at.is_none() && k.created_at > stale_before);
+        .any(|k| k.retired_at.is_none() && k.created_at >= stale_before);
     if active_is_young {
         return Ok(None);
     }

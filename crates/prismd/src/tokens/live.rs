@@ -78,13 +78,8 @@ impl LiveKeys {
 
     async fn reload_locked(&self) -> Result<(), KeyError> {
         self.reloads.fetch_add(1, Ordering::Relaxed);
-        let ring = KeyRing::load(
-            self.store.as_ref(),
-            now_ms(),
-            &self.window,
-            &self.at_rest,
-        )
-        .await?;
+        let ring =
+            KeyRing::load(self.store.as_ref(), now_ms(), &self.window, &self.at_rest).await?;
         let before = self.current();
         if before.active_kid() != ring.active_kid() {
             tracing::info!(
@@ -218,12 +213,7 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), 2).await?);
         let ring =
             KeyRing::load_or_create(store.as_ref(), now_ms(), &window(), &AtRest::Plain).await?;
-        let keys = Arc::new(LiveKeys::new(
-            store.clone(),
-            ring,
-            window(),
-            AtRest::Plain,
-        ));
+        let keys = Arc::new(LiveKeys::new(store.clone(), ring, window(), AtRest::Plain));
 
         // A burst of tokens naming made-up kids: at most one reload now and one a second
         // later for those that arrived before the first began, however many there are.
@@ -246,7 +236,8 @@ mod tests {
 
         // A key rotated elsewhere is found on first sight.
         let before = keys.reloads();
-        let rotation = keyring::rotate(store.as_ref(), &AtRest::Plain, "test".into(), now_ms()).await?;
+        let rotation =
+            keyring::rotate(store.as_ref(), &AtRest::Plain, "test".into(), now_ms()).await?;
         let ring = keys.for_unknown_kid(&rotation.kid).await;
         assert!(ring.knows(&rotation.kid));
         assert_eq!(ring.active_kid(), rotation.kid);
