@@ -220,7 +220,7 @@ fn open(kek: &KeyEncryptionKey, kid: &str, stored: &[u8]) -> Result<Vec<u8>, Key
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..text.len())

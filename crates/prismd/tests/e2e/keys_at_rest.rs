@@ -318,6 +318,16 @@ async fn replicas_rotating_automatically_make_one_key_per_period() -> TestResult
 
 const PERIOD_MS: i64 = 3_000;
 
+/// A signing key as stored, with the number of audited rotations seen in the same snapshot.
+#[derive(sqlx::FromRow)]
+struct ReplicaKey {
+    kid: String,
+    created_at: i64,
+    retired_at: Option<i64>,
+    private_key: Vec<u8>,
+    rotations: i64,
+}
+
 async fn rotate_on_two_replicas(url: &str) -> TestResult {
     let (dir_a, dir_b) = (temp_dir()?, temp_dir()?);
     let replica = |dir: &Path| {
@@ -368,9 +378,9 @@ async fn rotate_on_two_replicas(url: &str) -> TestResult {
     let deadline = Instant::now() + Duration::from_secs(90);
     let keys = loop {
         // One statement, one snapshot: the keys and the rotations audited so far.
-        let keys: Vec<(String, i64, Option<i64>, Vec<u8>, i64)> = sqlx::query_as(
+        let keys: Vec<ReplicaKey> = sqlx::query_as(
             "SELECT kid, created_at, retired_at, private_key, \
-             (SELECT COUNT(*) FROM audit_events WHERE action = 'keys.rotated') \
+             (SELECT COUNT(*) FROM audit_events WHERE action = 'keys.rotated') AS rotations \
              FROM signing_keys ORDER BY created_at",
         )
         .fetch_all(&mut conn)
@@ -390,23 +400,27 @@ async fn rotate_on_two_replicas(url: &str) -> TestResult {
     for pair in keys.windows(2) {
         let (older, newer) = (&pair[0], &pair[1]);
         assert!(
-            newer.1 - older.1 >= PERIOD_MS,
+            newer.created_at - older.created_at >= PERIOD_MS,
             "{} was created {} ms after {}, within one period",
-            newer.0,
-            newer.1 - older.1,
-            older.0
+            newer.kid,
+            newer.created_at - older.created_at,
+            older.kid
         );
-        assert_eq!(older.2, Some(newer.1), "retired when its successor came");
+        assert_eq!(
+            older.retired_at,
+            Some(newer.created_at),
+            "retired when its successor came"
+        );
     }
-    let rotations = keys.first().map_or(0, |k| k.4);
+    let rotations = keys.first().map_or(0, |k| k.rotations);
     assert_eq!(
         rotations,
         i64::try_from(keys.len())? - 1,
         "one audit event per rotation"
     );
-    assert_eq!(keys.iter().filter(|k| k.2.is_none()).count(), 1);
+    assert_eq!(keys.iter().filter(|k| k.retired_at.is_none()).count(), 1);
     for key in &keys {
-        assert!(is_sealed(&key.3), "{} is stored plain", key.0);
+        assert!(is_sealed(&key.private_key), "{} is stored plain", key.kid);
     }
 
     // Both replicas still verify the first token, and each other's new ones.
