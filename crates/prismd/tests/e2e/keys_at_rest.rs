@@ -196,6 +196,27 @@ async fn sealed_keys_need_the_right_key_encryption_key() -> TestResult {
     assert_eq!(list.matches(" encrypted ").count(), 2, "{list}");
     let logs = server.stop()?;
     assert_no_kek_in(&logs);
+
+    // A sealed key moved to another row (here: the two keys swapped) does not open there:
+    // the start is refused as damage, not as a wrong key.
+    let url = format!("sqlite://{}", data.join("prismd.db").display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await?;
+    let stored = stored_keys(data).await?;
+    let swapped = stored.iter().zip(stored.iter().rev());
+    for ((kid, _), (_, other_private_key)) in swapped {
+        sqlx::query("UPDATE signing_keys SET private_key = $1 WHERE kid = $2")
+            .bind(other_private_key)
+            .bind(kid)
+            .execute(&mut conn)
+            .await?;
+    }
+    conn.close().await?;
+    let stderr = refused_start(data, &[], &[(KEK_VAR, KEK)])?;
+    assert!(
+        stderr.contains(&format!("signing key {new_kid} cannot be decrypted")),
+        "{stderr}"
+    );
+    assert_no_kek_in(&stderr);
     Ok(())
 }
 
