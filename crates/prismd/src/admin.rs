@@ -92,6 +92,14 @@ pub enum KeysCommand {
     /// their --key-reload-interval (at once when they see a token signed with it). With
     /// encrypted keys it needs the same PRISMD_KEY_ENCRYPTION_KEY(_FILE) as the server.
     Rotate,
+    /// Re-seal every private signing key with a new key encryption key, given in
+    /// PRISMD_NEW_KEY_ENCRYPTION_KEY or a file (--new-key-encryption-key-file); the current one
+    /// comes from PRISMD_KEY_ENCRYPTION_KEY(_FILE) (none if the keys are stored plain). Stop
+    /// the servers first and start them again with the new key.
+    Rewrap {
+        #[arg(long, env = "PRISMD_NEW_KEY_ENCRYPTION_KEY_FILE")]
+        new_key_encryption_key_file: Option<std::path::PathBuf>,
+    },
     /// List signing keys: kid, created, retired, stored (encrypted or plain), and whether
     /// (until when) it still verifies.
     /// Takes the server's --access-token-ttl, --key-reload-interval and --key-retire-margin
@@ -215,6 +223,28 @@ async fn run_keys(store: &dyn Store, at_rest: &AtRest, command: KeysCommand) -> 
             for kid in rotation.retired {
                 eprintln!("Retired {kid}; it verifies the tokens it signed until they expire.");
             }
+        }
+        KeysCommand::Rewrap {
+            new_key_encryption_key_file,
+        } => {
+            let new =
+                crate::key_at_rest(&at_rest::NEW_KEK, new_key_encryption_key_file.as_deref())?;
+            if matches!(new, AtRest::Plain) {
+                anyhow::bail!(
+                    "give the new key encryption key in {} or {}",
+                    at_rest::NEW_KEK.value_variable,
+                    at_rest::NEW_KEK.file_variable
+                );
+            }
+            let kids = keyring::rewrap(store, at_rest, &new, OPERATOR, now_ms()).await?;
+            for kid in &kids {
+                println!("{kid}");
+            }
+            eprintln!(
+                "Re-sealed {} signing key(s) with the new key encryption key; start the servers \
+                 with it.",
+                kids.len()
+            );
         }
         KeysCommand::List { window } => {
             let window = window.window();

@@ -14,7 +14,7 @@ use prismd::domain::limits::LimitSettings;
 use prismd::store::{AttemptPolicy, Backend, CacheSettings, PgPoolSettings};
 use prismd::telemetry::{self, LogFormat};
 use prismd::tls::TlsSource;
-use prismd::tokens::at_rest::KEK_ENV;
+use prismd::tokens::at_rest::{CURRENT_KEK, KekSource};
 use prismd::tokens::{AtRest, KeyEncryptionKey, RetiredKeyWindow};
 
 #[derive(Parser)]
@@ -321,7 +321,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         if let Command::Serve(args) = cli.command {
-            let at_rest = key_at_rest(cli.key_encryption_key_file.as_deref())?;
+            let at_rest = key_at_rest(&CURRENT_KEK, cli.key_encryption_key_file.as_deref())?;
             return run_server(cli.data_dir, cli.database_url, at_rest, *args).await;
         }
         let backend = Backend::from_url(cli.database_url.as_deref(), &cli.data_dir)?;
@@ -337,7 +337,7 @@ fn main() -> ExitCode {
             Command::Orgs(command) => admin::orgs(&backend, command).await,
             Command::Audit(args) => admin::audit(&backend, args).await,
             Command::Keys(command) => {
-                let at_rest = key_at_rest(cli.key_encryption_key_file.as_deref())?;
+                let at_rest = key_at_rest(&CURRENT_KEK, cli.key_encryption_key_file.as_deref())?;
                 admin::keys(&backend, &at_rest, command).await
             }
         }
@@ -351,18 +351,22 @@ fn main() -> ExitCode {
     }
 }
 
-/// How private signing keys are stored, from PRISMD_KEY_ENCRYPTION_KEY (read from the
-/// environment only, never a flag: a command line is visible to every local user) or the
-/// key file.
-fn key_at_rest(file: Option<&std::path::Path>) -> anyhow::Result<AtRest> {
-    let value = match std::env::var(KEK_ENV) {
+/// How private signing keys are stored, from `source`'s variable (PRISMD_KEY_ENCRYPTION_KEY;
+/// read from the environment only, never a flag: a command line is visible to every local
+/// user) or its key file.
+pub fn key_at_rest(source: &KekSource, file: Option<&std::path::Path>) -> anyhow::Result<AtRest> {
+    let value = match std::env::var(source.value_variable) {
         Ok(value) => Some(value),
         Err(std::env::VarError::NotPresent) => None,
         Err(std::env::VarError::NotUnicode(_)) => {
-            return Err(prismd::tokens::KeyError::InvalidKek("it is not valid text".into()).into());
+            return Err(prismd::tokens::KeyError::InvalidKek {
+                variable: source.value_variable,
+                reason: "it is not valid text".into(),
+            }
+            .into());
         }
     };
-    let kek = KeyEncryptionKey::from_value_or_file(value.as_deref(), file)?;
+    let kek = KeyEncryptionKey::from_value_or_file(source, value.as_deref(), file)?;
     Ok(AtRest::from_kek(kek))
 }
 

@@ -26,6 +26,25 @@ pub const KEK_ENV: &str = "PRISMD_KEY_ENCRYPTION_KEY";
 /// Environment variable (and `--key-encryption-key-file`) naming a file that holds the KEK.
 pub const KEK_FILE_ENV: &str = "PRISMD_KEY_ENCRYPTION_KEY_FILE";
 
+/// Where a KEK is read from: the variable holding it, or the one naming its file.
+#[derive(Debug, Clone, Copy)]
+pub struct KekSource {
+    pub value_variable: &'static str,
+    pub file_variable: &'static str,
+}
+
+/// The KEK the keys are sealed with.
+pub const CURRENT_KEK: KekSource = KekSource {
+    value_variable: KEK_ENV,
+    file_variable: KEK_FILE_ENV,
+};
+
+/// The KEK `prismd keys rewrap` seals them with instead.
+pub const NEW_KEK: KekSource = KekSource {
+    value_variable: "PRISMD_NEW_KEY_ENCRYPTION_KEY",
+    file_variable: "PRISMD_NEW_KEY_ENCRYPTION_KEY_FILE",
+};
+
 /// Version prefix of a sealed private key.
 const MAGIC: &[u8] = b"pkek1";
 const FINGERPRINT_LEN: usize = 8;
@@ -50,9 +69,14 @@ impl KeyEncryptionKey {
     /// (`openssl rand -hex 32`), surrounding whitespace ignored. Errors never contain the
     /// value.
     pub fn parse(text: &str) -> Result<Self, KeyError> {
+        Self::parse_from(text, KEK_ENV)
+    }
+
+    fn parse_from(text: &str, variable: &'static str) -> Result<Self, KeyError> {
+        let invalid = |reason: String| KeyError::InvalidKek { variable, reason };
         let text = text.trim();
         if text.is_empty() {
-            return Err(KeyError::InvalidKek("it is empty".into()));
+            return Err(invalid("it is empty".into()));
         }
         // 64 hex digits are never read as base64: that would be 48 bytes anyway.
         let hex = (text.len() == 2 * KEK_LEN)
@@ -61,24 +85,20 @@ impl KeyEncryptionKey {
         let bytes = hex
             .or_else(|| STANDARD.decode(text).ok())
             .or_else(|| STANDARD_NO_PAD.decode(text).ok())
-            .ok_or_else(|| KeyError::InvalidKek("it is neither base64 nor hex".into()))?;
+            .ok_or_else(|| invalid("it is neither base64 nor hex".into()))?;
         if bytes.len() != KEK_LEN {
-            return Err(KeyError::InvalidKek(format!(
+            return Err(invalid(format!(
                 "it decodes to {} bytes, not {KEK_LEN}",
                 bytes.len()
             )));
         }
-        Self::from_bytes(&bytes)
-    }
-
-    fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
-        let unbound = UnboundKey::new(&AES_256_GCM, bytes)
-            .map_err(|_| KeyError::InvalidKek(format!("it is not {KEK_LEN} bytes")))?;
+        let unbound = UnboundKey::new(&AES_256_GCM, &bytes)
+            .map_err(|_| invalid(format!("it is not {KEK_LEN} bytes")))?;
         let mut hasher = Sha256::new();
         // Domain-separated, so the fingerprint is of no use for anything but telling KEKs
         // apart.
         hasher.update(b"prismd key encryption key fingerprint v1\0");
-        hasher.update(bytes);
+        hasher.update(&bytes);
         let digest = hasher.finalize();
         let mut fingerprint = [0; FINGERPRINT_LEN];
         fingerprint.copy_from_slice(&digest[..FINGERPRINT_LEN]);
@@ -88,21 +108,27 @@ impl KeyEncryptionKey {
         })
     }
 
-    /// The KEK from `PRISMD_KEY_ENCRYPTION_KEY` (`value`) or the file named by
-    /// `PRISMD_KEY_ENCRYPTION_KEY_FILE` (`file`); `None` when neither is set.
+    /// The KEK from `source`'s variable (`value`) or the file its other variable names
+    /// (`file`); `None` when neither is set.
     pub fn from_value_or_file(
+        source: &KekSource,
         value: Option<&str>,
         file: Option<&Path>,
     ) -> Result<Option<Self>, KeyError> {
         match (value, file) {
-            (Some(_), Some(_)) => Err(KeyError::KekTwice),
-            (Some(value), None) => Self::parse(value).map(Some),
+            (Some(_), Some(_)) => Err(KeyError::KekTwice {
+                value_variable: source.value_variable,
+                file_variable: source.file_variable,
+            }),
+            (Some(value), None) => Self::parse_from(value, source.value_variable).map(Some),
             (None, Some(path)) => {
-                let text = std::fs::read_to_string(path).map_err(|source| KeyError::KekFile {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-                Self::parse(&text).map(Some)
+                let text =
+                    std::fs::read_to_string(path).map_err(|source_error| KeyError::KekFile {
+                        path: path.display().to_string(),
+                        variable: source.file_variable,
+                        source: source_error,
+                    })?;
+                Self::parse_from(&text, source.file_variable).map(Some)
             }
             (None, None) => Ok(None),
         }
@@ -144,6 +170,16 @@ impl AtRest {
         match self {
             Self::Plain => Err(KeyError::EncryptedWithoutKek),
             Self::Sealed(kek) => open(kek, kid, stored),
+        }
+    }
+
+    /// Whether `stored` is sealed with this configuration's KEK.
+    pub fn sealed_here(&self, stored: &[u8]) -> bool {
+        match self {
+            Self::Plain => false,
+            Self::Sealed(kek) => {
+                is_sealed(stored) && fingerprint_of(stored) == Some(&kek.fingerprint[..])
+            }
         }
     }
 
@@ -341,7 +377,7 @@ mod tests {
             &format!("{KEK_HEX}00"),
         ] {
             match KeyEncryptionKey::parse(bad) {
-                Err(err @ KeyError::InvalidKek(_)) => {
+                Err(err @ KeyError::InvalidKek { .. }) => {
                     let message = err.to_string();
                     assert!(message.contains("openssl rand -base64 32"), "{message}");
                     assert!(bad.trim().is_empty() || !message.contains(bad), "{message}");

@@ -28,17 +28,25 @@ pub enum KeyError {
     Randomness,
     #[error("no active signing key after creating one")]
     NoActiveKey,
-    /// The KEK's text is unusable; the message never contains it.
+    /// The KEK's text is unusable; the message never contains it. `variable` names where it
+    /// came from.
     #[error(
-        "the key encryption key ({KEK_ENV}, or the file {KEK_FILE_ENV} names) must be 32 \
-         random bytes in base64 or hex, for example from `openssl rand -base64 32`; {0}"
+        "the key encryption key in {variable} must be 32 random bytes in base64 or hex, for \
+         example from `openssl rand -base64 32`; {reason}"
     )]
-    InvalidKek(String),
-    #[error("set {KEK_ENV} or {KEK_FILE_ENV} (--key-encryption-key-file), not both")]
-    KekTwice,
-    #[error("cannot read the key encryption key file {path} ({KEK_FILE_ENV}): {source}")]
+    InvalidKek {
+        variable: &'static str,
+        reason: String,
+    },
+    #[error("set {value_variable} or {file_variable}, not both")]
+    KekTwice {
+        value_variable: &'static str,
+        file_variable: &'static str,
+    },
+    #[error("cannot read the key encryption key file {path} ({variable}): {source}")]
     KekFile {
         path: String,
+        variable: &'static str,
         source: std::io::Error,
     },
     #[error("signing keys are encrypted; set {KEK_ENV} or {KEK_FILE_ENV}")]
@@ -51,6 +59,11 @@ pub enum KeyError {
          the signing keys (`prismd keys rotate`)"
     )]
     Unsealable(String),
+    #[error(
+        "signing keys kept changing while they were re-sealed; stop the servers that still use \
+         the old key encryption key and run `prismd keys rewrap` again"
+    )]
+    StillChanging,
 }
 
 pub(crate) struct SigningKey {
@@ -284,6 +297,9 @@ pub async fn rotate_if_older_than(
     let period_ms = i64::try_from(period.as_millis()).unwrap_or(i64::MAX);
     let stale_before = now_ms.saturating_sub(period_ms);
     let records = store.signing_keys().await?;
+    // A replica left with an old KEK (after `keys rewrap`) must not add a key the others
+    // cannot open.
+    at_rest.check(&records)?;
     let active_is_young = records
         .iter()
         .any(|k| k.retired_at.is_none() && k.created_at >= stale_before);
@@ -352,6 +368,59 @@ pub async fn seal_plain_keys(
     };
     let replaced = store.replace_private_keys(&replacements, audit).await?;
     Ok(replaced)
+}
+
+/// The audit action of re-sealing the keys with a new KEK (`prismd keys rewrap`).
+pub const REWRAPPED_ACTION: &str = "keys.rewrapped";
+
+/// Most passes [`rewrap`] makes when keys are added while it runs.
+const REWRAP_PASSES: usize = 5;
+
+/// Re-seals every private key with `new` (a changed KEK): opened with `current`, sealed with
+/// `new`, each pass in one transaction audited as `keys.rewrapped`. Keys already sealed with
+/// `new` are left alone, so an interrupted or repeated run finishes the job; a key rotated in
+/// meanwhile (by a server still running with `current`) is taken by the next pass. Returns
+/// the kids it re-sealed.
+pub async fn rewrap(
+    store: &dyn Store,
+    current: &AtRest,
+    new: &AtRest,
+    actor: &str,
+    now_ms: i64,
+) -> Result<Vec<String>, KeyError> {
+    let mut rewrapped = Vec::new();
+    for _ in 0..REWRAP_PASSES {
+        let records = store.signing_keys().await?;
+        let pending: Vec<&SigningKeyRecord> = records
+            .iter()
+            .filter(|record| !new.sealed_here(&record.private_key))
+            .collect();
+        if pending.is_empty() {
+            return Ok(rewrapped);
+        }
+        let mut replacements = Vec::new();
+        for record in pending {
+            let pkcs8 = current.reveal(&record.kid, &record.private_key)?;
+            replacements.push(PrivateKeyReplacement {
+                kid: record.kid.clone(),
+                sealed: new.protect(&record.kid, &pkcs8)?,
+                previous: record.private_key.clone(),
+            });
+        }
+        let kids: Vec<String> = replacements.iter().map(|r| r.kid.clone()).collect();
+        let audit = AuditEvent {
+            at: now_ms,
+            action: REWRAPPED_ACTION,
+            actor: actor.to_owned(),
+            org_id: None,
+            subject_user_id: None,
+            address: None,
+            user_agent: None,
+            detail: Some(json!({ "kids": kids }).to_string()),
+        };
+        rewrapped.extend(store.replace_private_keys(&replacements, audit).await?);
+    }
+    Err(KeyError::StillChanging)
 }
 
 /// Generates a new Ed25519 key, its private key stored as `at_rest` says; its `kid` is the

@@ -16,11 +16,13 @@ use crate::postgres::FreshDatabase;
 /// A key encryption key (32 bytes, base64), and the same bytes in hex.
 const KEK: &str = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=";
 const KEK_HEX: &str = "abcdef1234567890abcdef1234567890abcdef1234567890abcdef1234567890";
-/// Another valid key encryption key.
+/// Two other valid key encryption keys.
 const OTHER_KEK: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const THIRD_KEK: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
 const KEK_VAR: &str = "PRISMD_KEY_ENCRYPTION_KEY";
 const KEK_FILE_VAR: &str = "PRISMD_KEY_ENCRYPTION_KEY_FILE";
+const NEW_KEK_VAR: &str = "PRISMD_NEW_KEY_ENCRYPTION_KEY";
 const NO_KEK: &str = "signing keys are encrypted; set PRISMD_KEY_ENCRYPTION_KEY or \
                       PRISMD_KEY_ENCRYPTION_KEY_FILE";
 const WRONG_KEK: &str =
@@ -49,6 +51,8 @@ fn command(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
         .env_remove("PRISMD_LOG")
         .env_remove(KEK_VAR)
         .env_remove(KEK_FILE_VAR)
+        .env_remove(NEW_KEK_VAR)
+        .env_remove("PRISMD_NEW_KEY_ENCRYPTION_KEY_FILE")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -94,7 +98,7 @@ fn refused_start(
 }
 
 fn assert_no_kek_in(text: &str) {
-    for secret in [KEK, KEK_HEX, OTHER_KEK] {
+    for secret in [KEK, KEK_HEX, OTHER_KEK, THIRD_KEK] {
         assert!(
             !text.contains(secret),
             "a key encryption key was printed:\n{text}"
@@ -217,6 +221,84 @@ async fn sealed_keys_need_the_right_key_encryption_key() -> TestResult {
         "{stderr}"
     );
     assert_no_kek_in(&stderr);
+    Ok(())
+}
+
+#[tokio::test]
+async fn rewrap_moves_the_keys_to_a_new_key_encryption_key() -> TestResult {
+    let dir = temp_dir()?;
+    let data = dir.path();
+    let server = Server::start_with(data, with_env(&[(KEK_VAR, KEK)]))?;
+    let refresh = user_with_token(data, "ada@example.com")?;
+    let before = server.access_token(&refresh).await?;
+    let rotated = admin_env(data, &["keys", "rotate"], &[(KEK_VAR, KEK)])?;
+    assert!(rotated.status.success(), "{rotated:?}");
+    server.stop()?;
+    let sealed_before = stored_keys(data).await?;
+    assert_eq!(sealed_before.len(), 2);
+
+    // Refused, changing nothing: no new key, the wrong current key, no current key, a
+    // malformed new key.
+    let refusals: [(&[(&str, &str)], &str); 4] = [
+        (&[(KEK_VAR, KEK)], "PRISMD_NEW_KEY_ENCRYPTION_KEY"),
+        (&[(KEK_VAR, OTHER_KEK), (NEW_KEK_VAR, THIRD_KEK)], WRONG_KEK),
+        (&[(NEW_KEK_VAR, OTHER_KEK)], NO_KEK),
+        (&[(KEK_VAR, KEK), (NEW_KEK_VAR, "short")], NEW_KEK_VAR),
+    ];
+    for (env, expected) in refusals {
+        let output = admin_env(data, &["keys", "rewrap"], env)?;
+        let stderr = String::from_utf8(output.stderr)?;
+        assert!(!output.status.success(), "{env:?}: {stderr}");
+        assert!(stderr.contains(expected), "{env:?}: {stderr}");
+        assert_no_kek_in(&stderr);
+        assert_eq!(
+            stored_keys(data).await?,
+            sealed_before,
+            "{env:?} changed the keys"
+        );
+    }
+
+    let new_kek_file = dir.path().join("new-kek");
+    std::fs::write(&new_kek_file, format!("{OTHER_KEK}\n"))?;
+    let new_kek_path = new_kek_file.to_str().ok_or("path")?;
+    let output = admin_env(
+        data,
+        &["keys", "rewrap"],
+        &[
+            (KEK_VAR, KEK),
+            ("PRISMD_NEW_KEY_ENCRYPTION_KEY_FILE", new_kek_path),
+        ],
+    )?;
+    assert!(output.status.success(), "{output:?}");
+    assert_no_kek_in(&String::from_utf8(output.stderr)?);
+    let rewrapped = stored_keys(data).await?;
+    for ((kid, old), (same_kid, new)) in sealed_before.iter().zip(&rewrapped) {
+        assert_eq!(kid, same_kid);
+        assert!(is_sealed(new) && new != old, "{kid} not re-sealed");
+    }
+    // Running it again finds nothing left to do.
+    let again = admin_env(
+        data,
+        &["keys", "rewrap"],
+        &[(KEK_VAR, OTHER_KEK), (NEW_KEK_VAR, OTHER_KEK)],
+    )?;
+    assert!(again.status.success(), "{again:?}");
+    assert_eq!(stored_keys(data).await?, rewrapped);
+    let audit = admin_env(data, &["audit", "--limit", "5"], &[])?;
+    assert_eq!(
+        String::from_utf8(audit.stdout)?
+            .matches("\"keys.rewrapped\"")
+            .count(),
+        1
+    );
+
+    let stderr = refused_start(data, &[], &[(KEK_VAR, KEK)])?;
+    assert!(stderr.contains(WRONG_KEK), "{stderr}");
+    let server = Server::start_with(data, with_env(&[(KEK_VAR, OTHER_KEK)]))?;
+    assert_eq!(server.whoami(&before).await?, Ok("ada@example.com".into()));
+    let after = server.access_token(&refresh).await?;
+    assert_eq!(server.whoami(&after).await?, Ok("ada@example.com".into()));
+    assert_no_kek_in(&server.stop()?);
     Ok(())
 }
 
