@@ -97,6 +97,8 @@ pub enum KeysCommand {
     /// comes from PRISMD_KEY_ENCRYPTION_KEY(_FILE) (none if the keys are stored plain). Stop
     /// the servers first and start them again with the new key.
     Rewrap {
+        /// File holding the new key encryption key (32 bytes, base64 or hex); or give the
+        /// key itself in PRISMD_NEW_KEY_ENCRYPTION_KEY.
         #[arg(long, env = "PRISMD_NEW_KEY_ENCRYPTION_KEY_FILE")]
         new_key_encryption_key_file: Option<std::path::PathBuf>,
     },
