@@ -10,8 +10,8 @@ use std::sync::Arc;
 use prismd::store::{
     self, AttemptPolicy, AuditEvent, Backend, CacheSettings, CacheStats, CachedStore, Change,
     CodeRedemption, Garbage, NewAuthorizationCode, NewDeviceCode, NewOrganization, NewRefreshToken,
-    NewUser, OpenOptions, Organization, ProfileChanges, Removal, SessionPolicy, SessionRecord,
-    SigningKeyRecord, Store, StoreError, TokenUse, User,
+    NewUser, OpenOptions, Organization, PrivateKeyReplacement, ProfileChanges, Removal,
+    SessionPolicy, SessionRecord, SigningKeyRecord, Store, StoreError, TokenUse, User,
 };
 use sqlx::Connection;
 
@@ -193,6 +193,9 @@ conformance!(
     signing_key_races,
     signing_key_rotation,
     signing_key_rotation_races,
+    signing_key_rotation_if_stale,
+    signing_key_stale_rotation_races,
+    private_key_replacement,
     audit_rows,
     token_uses_and_ping,
     sessions_live_only_newest_first,
@@ -1292,6 +1295,177 @@ async fn signing_key_rotation_races(db: Db) -> TestResult {
     let active = keys.iter().filter(|k| k.retired_at.is_none()).count();
     let kids: Vec<_> = keys.iter().map(|k| (&k.kid, k.retired_at)).collect();
     assert_eq!(active, 1, "{kids:?}");
+    Ok(())
+}
+
+async fn signing_key_rotation_if_stale(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    store
+        .insert_signing_key_if_none_active(signing_key("k1", T0))
+        .await?;
+    // The active key was created at the bound: not stale, nothing written.
+    let young = store
+        .rotate_signing_key_if_stale(
+            signing_key("k2", T0 + 100),
+            audit("keys.rotated", T0 + 100),
+            T0,
+        )
+        .await?;
+    assert_eq!(young, None);
+    assert_eq!(store.signing_keys().await?.len(), 1);
+    assert!(
+        store.recent_audit_events(10).await?.is_empty(),
+        "no audit row"
+    );
+    let rotated = store
+        .rotate_signing_key_if_stale(
+            signing_key("k2", T0 + 100),
+            audit("keys.rotated", T0 + 100),
+            T0 + 1,
+        )
+        .await?;
+    assert_eq!(rotated, Some(vec!["k1".to_owned()]));
+    let summary: Vec<_> = store
+        .signing_keys()
+        .await?
+        .into_iter()
+        .map(|k| (k.kid, k.retired_at))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![("k2".to_owned(), None), ("k1".to_owned(), Some(T0 + 100))]
+    );
+    assert_eq!(store.recent_audit_events(10).await?.len(), 1);
+    // The same decision made again (by a replica that read the old key) changes nothing.
+    let again = store
+        .rotate_signing_key_if_stale(
+            signing_key("k3", T0 + 101),
+            audit("keys.rotated", T0 + 101),
+            T0 + 1,
+        )
+        .await?;
+    assert_eq!(again, None);
+    assert_eq!(store.signing_keys().await?.len(), 2);
+    assert_eq!(store.recent_audit_events(10).await?.len(), 1);
+    Ok(())
+}
+
+async fn signing_key_stale_rotation_races(db: Db) -> TestResult {
+    // Replicas (two pools, several tasks each) that all found the active key old rotate at
+    // the same moment: one new key per round, however they interleave.
+    let other = db.another().await?;
+    db.store.ping().await?;
+    other.ping().await?;
+    db.store
+        .insert_signing_key_if_none_active(signing_key("k0", T0))
+        .await?;
+    for round in 1..=5_i64 {
+        let tasks_count = 8;
+        let barrier = Arc::new(tokio::sync::Barrier::new(tasks_count));
+        let mut tasks = tokio::task::JoinSet::new();
+        // Everything created before this round's start is stale.
+        let stale_before = T0 + round * 1_000;
+        for n in 0..tasks_count {
+            let store = if n % 2 == 0 {
+                db.store.clone()
+            } else {
+                other.clone()
+            };
+            let barrier = barrier.clone();
+            let at = stale_before + i64::try_from(n)?;
+            tasks.spawn(async move {
+                barrier.wait().await;
+                store
+                    .rotate_signing_key_if_stale(
+                        signing_key(&format!("r{round}-{n}"), at),
+                        audit("keys.rotated", at),
+                        stale_before,
+                    )
+                    .await
+            });
+        }
+        let mut rotations = 0;
+        while let Some(done) = tasks.join_next().await {
+            rotations += usize::from(done??.is_some());
+        }
+        let keys = db.store.signing_keys().await?;
+        let active = keys.iter().filter(|k| k.retired_at.is_none()).count();
+        assert_eq!(rotations, 1, "round {round}");
+        assert_eq!(active, 1, "round {round}");
+        assert_eq!(keys.len(), usize::try_from(round + 1)?, "round {round}");
+    }
+    other.close().await;
+    Ok(())
+}
+
+async fn private_key_replacement(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    store
+        .insert_signing_key_if_none_active(signing_key("k1", T0))
+        .await?;
+    store
+        .rotate_signing_key(signing_key("k2", T0 + 10), audit("keys.rotated", T0 + 10))
+        .await?;
+    let events_before = store.recent_audit_events(10).await?.len();
+    let replaced = store
+        .replace_private_keys(
+            &[
+                PrivateKeyReplacement {
+                    kid: "k1".into(),
+                    previous: vec![9, 9, 9],
+                    sealed: vec![7; 40],
+                },
+                PrivateKeyReplacement {
+                    kid: "k2".into(),
+                    previous: vec![1, 2, 3, 0, 255],
+                    sealed: vec![8; 40],
+                },
+                PrivateKeyReplacement {
+                    kid: "gone".into(),
+                    previous: vec![1, 2, 3, 0, 255],
+                    sealed: vec![6; 40],
+                },
+            ],
+            audit("keys.sealed", T0 + 20),
+        )
+        .await?;
+    assert_eq!(
+        replaced,
+        vec!["k2".to_owned()],
+        "only rows that still hold `previous`"
+    );
+    let stored: Vec<_> = store
+        .signing_keys()
+        .await?
+        .into_iter()
+        .map(|k| (k.kid, k.private_key))
+        .collect();
+    assert_eq!(
+        stored,
+        vec![
+            ("k2".to_owned(), vec![8; 40]),
+            ("k1".to_owned(), vec![1, 2, 3, 0, 255])
+        ]
+    );
+    let events = store.recent_audit_events(10).await?;
+    assert_eq!(events.len(), events_before + 1);
+    assert_eq!(events[0].action, "keys.sealed");
+    // Nothing to replace: nothing written, not even the audit row.
+    let none = store
+        .replace_private_keys(
+            &[PrivateKeyReplacement {
+                kid: "k2".into(),
+                previous: vec![1, 2, 3, 0, 255],
+                sealed: vec![5; 40],
+            }],
+            audit("keys.sealed", T0 + 30),
+        )
+        .await?;
+    assert!(none.is_empty());
+    assert_eq!(
+        store.recent_audit_events(10).await?.len(),
+        events_before + 1
+    );
     Ok(())
 }
 

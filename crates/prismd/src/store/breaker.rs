@@ -30,8 +30,9 @@ use tokio::sync::Notify;
 use super::{
     AttemptCounter, AttemptPolicy, AuditEvent, AuditRecord, Change, CleanupLock, CodeRedemption,
     Credentials, DeviceCode, Garbage, NewAuthorizationCode, NewDeviceCode, NewOrganization,
-    NewRefreshToken, NewUser, Organization, PrincipalRecord, ProfileChanges, RefreshGrant, Removal,
-    SessionPolicy, SessionRecord, SigningKeyRecord, Store, StoreError, TokenUse, User,
+    NewRefreshToken, NewUser, Organization, PrincipalRecord, PrivateKeyReplacement, ProfileChanges,
+    RefreshGrant, Removal, SessionPolicy, SessionRecord, SigningKeyRecord, Store, StoreError,
+    TokenUse, User,
 };
 
 /// How the probe behaves while the circuit is open.
@@ -570,6 +571,28 @@ impl Store for GuardedStore {
         audit: AuditEvent,
     ) -> Result<Vec<String>, StoreError> {
         self.guard(self.inner.rotate_signing_key(key, audit)).await
+    }
+
+    async fn rotate_signing_key_if_stale(
+        &self,
+        key: SigningKeyRecord,
+        audit: AuditEvent,
+        active_created_before: i64,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        self.guard(
+            self.inner
+                .rotate_signing_key_if_stale(key, audit, active_created_before),
+        )
+        .await
+    }
+
+    async fn replace_private_keys(
+        &self,
+        replacements: &[PrivateKeyReplacement],
+        audit: AuditEvent,
+    ) -> Result<Vec<String>, StoreError> {
+        self.guard(self.inner.replace_private_keys(replacements, audit))
+            .await
     }
 
     async fn delete_garbage(

@@ -33,8 +33,9 @@ use async_trait::async_trait;
 use super::{
     AttemptCounter, AttemptPolicy, AuditEvent, AuditRecord, Change, CleanupLock, CodeRedemption,
     Credentials, DeviceCode, Garbage, NewAuthorizationCode, NewDeviceCode, NewOrganization,
-    NewRefreshToken, NewUser, Organization, PrincipalRecord, ProfileChanges, RefreshGrant, Removal,
-    SessionPolicy, SessionRecord, SigningKeyRecord, Store, StoreError, TokenUse, User,
+    NewRefreshToken, NewUser, Organization, PrincipalRecord, PrivateKeyReplacement, ProfileChanges,
+    RefreshGrant, Removal, SessionPolicy, SessionRecord, SigningKeyRecord, Store, StoreError,
+    TokenUse, User,
 };
 
 /// How long and how much the cache keeps.
@@ -628,6 +629,26 @@ impl Store for CachedStore {
         audit: AuditEvent,
     ) -> Result<Vec<String>, StoreError> {
         self.inner.rotate_signing_key(key, audit).await
+    }
+
+    async fn rotate_signing_key_if_stale(
+        &self,
+        key: SigningKeyRecord,
+        audit: AuditEvent,
+        active_created_before: i64,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        // Signing keys are not cached; LiveKeys reloads on the change feed's keys.* events.
+        self.inner
+            .rotate_signing_key_if_stale(key, audit, active_created_before)
+            .await
+    }
+
+    async fn replace_private_keys(
+        &self,
+        replacements: &[PrivateKeyReplacement],
+        audit: AuditEvent,
+    ) -> Result<Vec<String>, StoreError> {
+        self.inner.replace_private_keys(replacements, audit).await
     }
 
     async fn delete_garbage(

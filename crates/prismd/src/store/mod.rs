@@ -490,8 +490,9 @@ pub struct TokenUse {
     pub address: Option<String>,
 }
 
-/// A signing key as stored.
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// A signing key as stored. `private_key` is PKCS#8, or sealed with the key encryption key
+/// (`tokens::at_rest`).
+#[derive(Clone, sqlx::FromRow)]
 pub struct SigningKeyRecord {
     pub kid: String,
     pub algorithm: String,
@@ -499,6 +500,36 @@ pub struct SigningKeyRecord {
     pub public_key: Vec<u8>,
     pub created_at: i64,
     pub retired_at: Option<i64>,
+}
+
+// By hand, so that no log line or error that prints a record can show its private key.
+impl std::fmt::Debug for SigningKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKeyRecord")
+            .field("kid", &self.kid)
+            .field("algorithm", &self.algorithm)
+            .field("private_key", &"<redacted>")
+            .field("created_at", &self.created_at)
+            .field("retired_at", &self.retired_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A new stored form of one signing key's private key (sealing it with a key encryption
+/// key), applied only if the row still holds `previous`.
+#[derive(Clone)]
+pub struct PrivateKeyReplacement {
+    pub kid: String,
+    pub previous: Vec<u8>,
+    pub sealed: Vec<u8>,
+}
+
+impl std::fmt::Debug for PrivateKeyReplacement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrivateKeyReplacement")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A security event, written in the same transaction as the change it describes.
@@ -918,6 +949,26 @@ pub trait Store: Send + Sync + 'static {
     async fn rotate_signing_key(
         &self,
         key: SigningKeyRecord,
+        audit: AuditEvent,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// [`Store::rotate_signing_key`], but only if no active key was created at or after
+    /// `active_created_before` (milliseconds), checked inside the rotation's transaction and
+    /// lock: of several processes racing to rotate an old key, one does. `None` when the
+    /// active key is that new, with nothing written.
+    async fn rotate_signing_key_if_stale(
+        &self,
+        key: SigningKeyRecord,
+        audit: AuditEvent,
+        active_created_before: i64,
+    ) -> Result<Option<Vec<String>>, StoreError>;
+
+    /// Replaces the stored private key of each named signing key whose row still holds
+    /// `previous`, with `audit`, in one transaction (under the signing-key lock). Returns the
+    /// kids it replaced; when none, nothing is written, not even the audit event.
+    async fn replace_private_keys(
+        &self,
+        replacements: &[PrivateKeyReplacement],
         audit: AuditEvent,
     ) -> Result<Vec<String>, StoreError>;
 

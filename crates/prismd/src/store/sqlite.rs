@@ -16,8 +16,8 @@ use super::{
     AttemptCounter, AttemptPolicy, AuditEvent, AuditRecord, AuthorizationCode, Change, CleanupLock,
     CodeRedemption, Credentials, DeviceCode, Garbage, LIVE_SESSION, MAX_LISTED_SESSIONS,
     NewAuthorizationCode, NewDeviceCode, NewOrganization, NewRefreshToken, NewUser, Organization,
-    PrincipalRecord, ProfileChanges, RefreshGrant, Removal, SESSION_COLUMNS, SessionPolicy,
-    SessionRecord, SigningKeyRecord, Store, StoreError, TokenUse, User,
+    PrincipalRecord, PrivateKeyReplacement, ProfileChanges, RefreshGrant, Removal, SESSION_COLUMNS,
+    SessionPolicy, SessionRecord, SigningKeyRecord, Store, StoreError, TokenUse, User,
 };
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -1208,16 +1208,65 @@ impl Store for SqliteStore {
         audit: AuditEvent,
     ) -> Result<Vec<String>, StoreError> {
         let mut tx = self.begin_write().await?;
-        let retired: Vec<String> = sqlx::query_scalar(
-            "UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL RETURNING kid",
-        )
-        .bind(key.created_at)
-        .fetch_all(&mut *tx)
-        .await?;
-        insert_signing_key(&mut tx, &key).await?;
+        let retired = retire_and_insert_signing_key(&mut tx, &key).await?;
         insert_audit(&mut tx, &audit).await?;
         tx.commit().await?;
         Ok(retired)
+    }
+
+    async fn rotate_signing_key_if_stale(
+        &self,
+        key: SigningKeyRecord,
+        audit: AuditEvent,
+        active_created_before: i64,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        // BEGIN IMMEDIATE: no other writer between this check and the rotation.
+        let young: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM signing_keys \
+             WHERE retired_at IS NULL AND created_at >= $1)",
+        )
+        .bind(active_created_before)
+        .fetch_one(&mut *tx)
+        .await?;
+        if young {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let retired = retire_and_insert_signing_key(&mut tx, &key).await?;
+        insert_audit(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(Some(retired))
+    }
+
+    async fn replace_private_keys(
+        &self,
+        replacements: &[PrivateKeyReplacement],
+        audit: AuditEvent,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let mut replaced = Vec::new();
+        for replacement in replacements {
+            // Only if unchanged: another process may have sealed or deleted the key meanwhile.
+            let done = sqlx::query(
+                "UPDATE signing_keys SET private_key = $1 WHERE kid = $2 AND private_key = $3",
+            )
+            .bind(&replacement.sealed)
+            .bind(&replacement.kid)
+            .bind(&replacement.previous)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() > 0 {
+                replaced.push(replacement.kid.clone());
+            }
+        }
+        if replaced.is_empty() {
+            tx.rollback().await?;
+            return Ok(replaced);
+        }
+        insert_audit(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(replaced)
     }
 
     async fn delete_garbage(
@@ -1291,6 +1340,22 @@ impl Store for SqliteStore {
             circuit_open: None,
         }
     }
+}
+
+/// Retires every active key (as of `key.created_at`) and makes `key` the active one; returns
+/// the kids it retired.
+async fn retire_and_insert_signing_key(
+    tx: &mut Transaction<'static, Sqlite>,
+    key: &SigningKeyRecord,
+) -> Result<Vec<String>, sqlx::Error> {
+    let retired: Vec<String> = sqlx::query_scalar(
+        "UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL RETURNING kid",
+    )
+    .bind(key.created_at)
+    .fetch_all(&mut **tx)
+    .await?;
+    insert_signing_key(tx, key).await?;
+    Ok(retired)
 }
 
 async fn insert_signing_key(

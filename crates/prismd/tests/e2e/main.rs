@@ -14,6 +14,7 @@ mod graphql;
 mod harness;
 mod jwt_attacks;
 mod keys;
+mod keys_at_rest;
 mod limits;
 mod login;
 mod metrics;
