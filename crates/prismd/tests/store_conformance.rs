@@ -681,18 +681,28 @@ async fn revoke_all_races(db: Db) -> TestResult {
 async fn revoke_all_many_at_once(db: Db) -> TestResult {
     let (org, _) = org_with_owner(db.store.as_ref()).await?;
     let mut users = Vec::new();
-    for n in 0..20 {
+    for n in 0..20_u8 {
         let email = format!("u{n}@example.com");
-        users.push(add_user(db.store.as_ref(), &org, &email, "member", T0).await?);
+        let user = add_user(db.store.as_ref(), &org, &email, "member", T0).await?;
+        db.store
+            .insert_browser_session(&hash(100 + n), &user.id, T0, T0 + 1_000_000)
+            .await?;
+        users.push(user);
     }
+    let bystander = add_user(db.store.as_ref(), &org, "by@example.com", "member", T0).await?;
+    db.store
+        .insert_browser_session(&hash(99), &bystander.id, T0, T0 + 1_000_000)
+        .await?;
     let before = db.store.recent_audit_events(1000).await?.len();
     let mut revokes = tokio::task::JoinSet::new();
     for user in users.iter().chain(users.iter()) {
         let (store, user_id) = (db.store.clone(), user.id.clone());
         revokes.spawn(async move {
-            store
-                .revoke_all_tokens(&user_id, 0, audit("tokens.revoked_all", T0 + 1))
-                .await
+            let event = AuditEvent {
+                subject_user_id: Some(user_id.clone()),
+                ..audit("tokens.revoked_all", T0 + 1)
+            };
+            store.revoke_all_tokens(&user_id, 0, event).await
         });
     }
     let mut moved = 0;
@@ -700,12 +710,36 @@ async fn revoke_all_many_at_once(db: Db) -> TestResult {
         moved += usize::from(outcome??);
     }
     assert_eq!(moved, users.len(), "one revoke per user moves its epoch");
-    for user in &users {
+    for (n, user) in (100_u8..).zip(&users) {
         let now = db.store.active_user(&user.id).await?.ok_or("gone")?;
         assert_eq!(now.token_epoch, 1, "{}", user.email);
+        assert_eq!(
+            db.store.browser_session_user(&hash(n), T0 + 1).await?,
+            None,
+            "{}'s browser session outlived the revoke",
+            user.email
+        );
     }
-    let after = db.store.recent_audit_events(1000).await?.len();
-    assert_eq!(after - before, users.len());
+    assert!(
+        db.store
+            .browser_session_user(&hash(99), T0 + 1)
+            .await?
+            .is_some(),
+        "a bystander's browser session ended"
+    );
+    let after = db.store.recent_audit_events(1000).await?;
+    assert_eq!(after.len() - before, users.len());
+    for user in &users {
+        assert_eq!(
+            after
+                .iter()
+                .filter(|event| event.subject_user_id.as_deref() == Some(user.id.as_str()))
+                .count(),
+            1,
+            "{} has not exactly one audit row",
+            user.email
+        );
+    }
     Ok(())
 }
 
