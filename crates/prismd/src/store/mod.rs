@@ -5,6 +5,7 @@
 mod breaker;
 mod cached;
 mod cleanup;
+mod group_commit;
 mod postgres;
 mod sqlite;
 

@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, FromRow, Postgres, Row, Transaction};
 
+use super::group_commit::{PendingRevoke, RevokeQueue, RevokeWriter};
 use super::{
     AttemptCounter, AttemptPolicy, AuditEvent, AuditRecord, AuthorizationCode, Change, CleanupLock,
     CodeRedemption, Credentials, DeviceCode, Garbage, LIVE_SESSION, MAX_LISTED_SESSIONS,
@@ -70,6 +71,8 @@ pub struct PostgresStore {
     /// For the change feed's own connection, outside the pool (a `LISTEN` holds its
     /// connection for good, and must not take one of the requests').
     options: PgConnectOptions,
+    /// Revoke-alls wait here to be committed together.
+    revokes: RevokeQueue<PgRevokes>,
 }
 
 impl PostgresStore {
@@ -105,11 +108,143 @@ impl PostgresStore {
             .acquire_timeout(settings.acquire_timeout)
             .connect_with(options.clone())
             .await?;
-        Ok(Self { pool, options })
+        let revokes = RevokeQueue::start(PgRevokes(pool.clone()));
+        Ok(Self {
+            pool,
+            options,
+            revokes,
+        })
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
         Ok(self.pool.begin().await?)
+    }
+}
+
+/// The pool, committing revoke-alls for the [`RevokeQueue`].
+struct PgRevokes(PgPool);
+
+#[async_trait]
+impl RevokeWriter for PgRevokes {
+    /// One statement for the whole group, so one round trip and one commit flush: the epoch
+    /// moves, the end of the browser sessions and the audit rows (with their notifications)
+    /// happen together. Data-modifying CTEs always run; the later ones act only on the
+    /// revokes that moved an epoch, the first of each user in queue order.
+    async fn revoke_group(&self, group: &[PendingRevoke]) -> Result<Vec<bool>, StoreError> {
+        let mut columns = RevokeColumns::default();
+        for (position, revoke) in (0_i32..).zip(group) {
+            columns.push(position, revoke);
+        }
+        let winners: Vec<i32> = sqlx::query_scalar(
+            "WITH input AS ( \
+                 SELECT * FROM UNNEST($1::int[], $2::text[], $3::bigint[], $4::bigint[], \
+                     $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], \
+                     $11::text[]) \
+                 AS i(position, user_id, epoch, at, action, actor, org_id, subject_user_id, \
+                      address, user_agent, detail)), \
+             moved AS ( \
+                 UPDATE users u SET token_epoch = u.token_epoch + 1, updated_at = i.at \
+                 FROM input i \
+                 WHERE u.id = i.user_id AND u.token_epoch = i.epoch AND u.removed_at IS NULL \
+                 RETURNING u.id, u.token_epoch - 1 AS from_epoch), \
+             winners AS ( \
+                 SELECT DISTINCT ON (i.user_id) i.* FROM input i \
+                 JOIN moved m ON m.id = i.user_id AND m.from_epoch = i.epoch \
+                 ORDER BY i.user_id, i.position), \
+             ended AS ( \
+                 DELETE FROM browser_sessions WHERE user_id IN (SELECT id FROM moved)), \
+             audited AS ( \
+                 INSERT INTO audit_events \
+                     (at, action, actor, org_id, subject_user_id, address, user_agent, detail) \
+                 SELECT w.at, w.action, w.actor, w.org_id, w.subject_user_id, w.address, \
+                        w.user_agent, w.detail \
+                 FROM winners w, LATERAL pg_notify($12, w.action || ' ' || w.user_id) \
+                 ORDER BY w.position) \
+             SELECT position FROM winners",
+        )
+        .bind(&columns.position)
+        .bind(&columns.user_id)
+        .bind(&columns.epoch)
+        .bind(&columns.at)
+        .bind(&columns.action)
+        .bind(&columns.actor)
+        .bind(&columns.org_id)
+        .bind(&columns.subject_user_id)
+        .bind(&columns.address)
+        .bind(&columns.user_agent)
+        .bind(&columns.detail)
+        .bind(CHANGES_CHANNEL)
+        .fetch_all(&self.0)
+        .await?;
+        let winners: std::collections::HashSet<i32> = winners.into_iter().collect();
+        Ok((0_i32..)
+            .zip(group)
+            .map(|(position, _)| winners.contains(&position))
+            .collect())
+    }
+
+    async fn revoke_alone(&self, revoke: &PendingRevoke) -> Result<bool, StoreError> {
+        let audit = &revoke.audit;
+        let moved: i64 = sqlx::query_scalar(
+            "WITH moved AS ( \
+                 UPDATE users SET token_epoch = token_epoch + 1, updated_at = $3 \
+                 WHERE id = $1 AND token_epoch = $2 AND removed_at IS NULL RETURNING id), \
+             ended AS ( \
+                 DELETE FROM browser_sessions WHERE user_id IN (SELECT id FROM moved)), \
+             audited AS ( \
+                 INSERT INTO audit_events \
+                     (at, action, actor, org_id, subject_user_id, address, user_agent, detail) \
+                 SELECT $3, $4, $5, $6, $7, $8, $9, $10 \
+                 FROM moved, LATERAL pg_notify($11, $4 || ' ' || moved.id)) \
+             SELECT COUNT(*) FROM moved",
+        )
+        .bind(&revoke.user_id)
+        .bind(revoke.expected_epoch)
+        .bind(audit.at)
+        .bind(audit.action)
+        .bind(&audit.actor)
+        .bind(&audit.org_id)
+        .bind(&audit.subject_user_id)
+        .bind(&audit.address)
+        .bind(&audit.user_agent)
+        .bind(&audit.detail)
+        .bind(CHANGES_CHANNEL)
+        .fetch_one(&self.0)
+        .await?;
+        Ok(moved == 1)
+    }
+}
+
+/// A group of revokes as one array per column, for `UNNEST`.
+#[derive(Default)]
+struct RevokeColumns {
+    position: Vec<i32>,
+    user_id: Vec<String>,
+    epoch: Vec<i64>,
+    at: Vec<i64>,
+    action: Vec<&'static str>,
+    actor: Vec<String>,
+    org_id: Vec<Option<String>>,
+    subject_user_id: Vec<Option<String>>,
+    address: Vec<Option<String>>,
+    user_agent: Vec<Option<String>>,
+    detail: Vec<Option<String>>,
+}
+
+impl RevokeColumns {
+    fn push(&mut self, position: i32, revoke: &PendingRevoke) {
+        let audit = &revoke.audit;
+        self.position.push(position);
+        self.user_id.push(revoke.user_id.clone());
+        self.epoch.push(revoke.expected_epoch);
+        self.at.push(audit.at);
+        self.action.push(audit.action);
+        self.actor.push(audit.actor.clone());
+        self.org_id.push(audit.org_id.clone());
+        self.subject_user_id.push(audit.subject_user_id.clone());
+        self.address.push(audit.address.clone());
+        self.user_agent.push(audit.user_agent.clone());
+        self.detail.push(audit.detail.clone());
     }
 }
 
@@ -648,38 +783,9 @@ impl Store for PostgresStore {
         expected_epoch: i64,
         audit: AuditEvent,
     ) -> Result<bool, StoreError> {
-        // One statement, so one round trip and one commit: the epoch move, the end of the
-        // browser sessions and the audit row (with its notification) happen together or, when
-        // the epoch had moved already, not at all. Data-modifying CTEs always run; the later
-        // ones act only on what `moved` returned (the notification's payload is built from
-        // it, so nothing is announced when no row moved).
-        let moved: i64 = sqlx::query_scalar(
-            "WITH moved AS ( \
-                 UPDATE users SET token_epoch = token_epoch + 1, updated_at = $3 \
-                 WHERE id = $1 AND token_epoch = $2 AND removed_at IS NULL RETURNING id), \
-             ended AS ( \
-                 DELETE FROM browser_sessions WHERE user_id IN (SELECT id FROM moved)), \
-             audited AS ( \
-                 INSERT INTO audit_events \
-                     (at, action, actor, org_id, subject_user_id, address, user_agent, detail) \
-                 SELECT $3, $4, $5, $6, $7, $8, $9, $10 \
-                 FROM moved, LATERAL pg_notify($11, $4 || ' ' || moved.id)) \
-             SELECT COUNT(*) FROM moved",
-        )
-        .bind(user_id)
-        .bind(expected_epoch)
-        .bind(audit.at)
-        .bind(audit.action)
-        .bind(&audit.actor)
-        .bind(&audit.org_id)
-        .bind(&audit.subject_user_id)
-        .bind(&audit.address)
-        .bind(&audit.user_agent)
-        .bind(&audit.detail)
-        .bind(CHANGES_CHANNEL)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(moved == 1)
+        self.revokes
+            .revoke_all(user_id, expected_epoch, audit)
+            .await
     }
 
     async fn principal(

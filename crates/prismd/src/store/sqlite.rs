@@ -12,6 +12,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{FromRow, Row, Sqlite, Transaction};
 
+use super::group_commit::{PendingRevoke, RevokeQueue, RevokeWriter, outcomes_in_order};
 use super::{
     AttemptCounter, AttemptPolicy, AuditEvent, AuditRecord, AuthorizationCode, Change, CleanupLock,
     CodeRedemption, Credentials, DeviceCode, Garbage, LIVE_SESSION, MAX_LISTED_SESSIONS,
@@ -48,19 +49,8 @@ pub struct SqliteStore {
     writer: SqlitePool,
     readers: SqlitePool,
     path: PathBuf,
-    /// Revoke-alls wait here to be committed together (see [`commit_revokes_in_groups`]).
-    revokes: tokio::sync::mpsc::UnboundedSender<PendingRevoke>,
-}
-
-/// Most revoke-alls committed in one transaction.
-const MAX_REVOKES_PER_COMMIT: usize = 64;
-
-/// A revoke-all waiting for its group commit.
-struct PendingRevoke {
-    user_id: String,
-    expected_epoch: i64,
-    audit: AuditEvent,
-    answer: tokio::sync::oneshot::Sender<Result<bool, StoreError>>,
+    /// Revoke-alls wait here to be committed together.
+    revokes: RevokeQueue<SqliteRevokes>,
 }
 
 impl SqliteStore {
@@ -99,8 +89,7 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
-        let (revokes, pending) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(commit_revokes_in_groups(writer.clone(), pending));
+        let revokes = RevokeQueue::start(SqliteRevokes(writer.clone()));
         Ok(Self {
             writer,
             readers,
@@ -564,21 +553,9 @@ impl Store for SqliteStore {
         expected_epoch: i64,
         audit: AuditEvent,
     ) -> Result<bool, StoreError> {
-        let (answer, answered) = tokio::sync::oneshot::channel();
-        let pending = PendingRevoke {
-            user_id: user_id.to_owned(),
-            expected_epoch,
-            audit,
-            answer,
-        };
-        if let Err(unsent) = self.revokes.send(pending) {
-            // The group committer is gone (the runtime is shutting down): commit alone.
-            return revoke_alone(&self.writer, &unsent.0).await;
-        }
-        // No answer means the committer stopped (shutdown) before committing this one.
-        answered
+        self.revokes
+            .revoke_all(user_id, expected_epoch, audit)
             .await
-            .map_err(|_| StoreError::Unreachable(sqlx::Error::PoolClosed))?
     }
 
     async fn principal(
@@ -1381,108 +1358,75 @@ async fn insert_signing_key(
 /// many revokes; alone, a revoke commits at once as before. Each is still answered only after
 /// its commit. If a group fails, its revokes are retried one by one so that each gets its own
 /// answer.
-async fn commit_revokes_in_groups(
-    writer: SqlitePool,
-    mut pending: tokio::sync::mpsc::UnboundedReceiver<PendingRevoke>,
-) {
-    while let Some(first) = pending.recv().await {
-        let mut group = vec![first];
-        while group.len() < MAX_REVOKES_PER_COMMIT {
-            match pending.try_recv() {
-                Ok(next) => group.push(next),
-                Err(_) => break,
-            }
-        }
-        match revoke_group(&writer, &group).await {
-            Ok(outcomes) => {
-                for (revoke, outcome) in group.into_iter().zip(outcomes) {
-                    let _ = revoke.answer.send(Ok(outcome));
-                }
-            }
-            Err(_) => {
-                for revoke in group {
-                    let outcome = revoke_alone(&writer, &revoke).await;
-                    let _ = revoke.answer.send(outcome);
-                }
-            }
-        }
-    }
-}
+/// The writer pool, committing revoke-alls for the [`RevokeQueue`].
+struct SqliteRevokes(SqlitePool);
 
-/// Revokes a whole group in one transaction of three statements, whatever its size: each
-/// statement is a hop to SQLite's worker thread, and per-revoke statements made the hops, not
-/// the fsync, the limit of a loaded server. The outcome of each revoke is what
-/// [`revoke_in`] would have given one after the other: a user named twice at the same epoch
-/// moves once, and only the first revoke reports the move.
-async fn revoke_group(
-    writer: &SqlitePool,
-    group: &[PendingRevoke],
-) -> Result<Vec<bool>, StoreError> {
-    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
-    let mut moves = sqlx::QueryBuilder::<Sqlite>::new(
-        "UPDATE users SET token_epoch = token_epoch + 1, updated_at = revoke.column3 FROM (",
-    );
-    moves.push_values(group, |mut row, revoke| {
-        row.push_bind(&revoke.user_id)
-            .push_bind(revoke.expected_epoch)
-            .push_bind(revoke.audit.at);
-    });
-    moves.push(
-        ") AS revoke WHERE users.id = revoke.column1 AND users.token_epoch = revoke.column2 \
-         AND users.removed_at IS NULL RETURNING users.id, users.token_epoch",
-    );
-    // (user, epoch it moved from)
-    let mut moved: std::collections::HashSet<(String, i64)> = moves
-        .build_query_as::<(String, i64)>()
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|(user_id, epoch)| (user_id, epoch - 1))
-        .collect();
-    let outcomes: Vec<bool> = group
-        .iter()
-        .map(|revoke| moved.remove(&(revoke.user_id.clone(), revoke.expected_epoch)))
-        .collect();
-    let done: Vec<&PendingRevoke> = group
-        .iter()
-        .zip(&outcomes)
-        .filter_map(|(revoke, moved)| moved.then_some(revoke))
-        .collect();
-    if !done.is_empty() {
-        let mut sessions =
-            sqlx::QueryBuilder::<Sqlite>::new("DELETE FROM browser_sessions WHERE user_id IN (");
-        let mut ids = sessions.separated(", ");
-        for revoke in &done {
-            ids.push_bind(&revoke.user_id);
-        }
-        sessions.push(")");
-        sessions.build().execute(&mut *tx).await?;
-        let mut audit = sqlx::QueryBuilder::<Sqlite>::new(
-            "INSERT INTO audit_events (at, action, actor, org_id, subject_user_id, address, \
-             user_agent, detail) ",
+#[async_trait]
+impl RevokeWriter for SqliteRevokes {
+    /// Three statements whatever the group's size: each statement is a hop to SQLite's worker
+    /// thread, and per-revoke statements made the hops, not the fsync, the limit of a loaded
+    /// server.
+    async fn revoke_group(&self, group: &[PendingRevoke]) -> Result<Vec<bool>, StoreError> {
+        let mut tx = self.0.begin_with("BEGIN IMMEDIATE").await?;
+        let mut moves = sqlx::QueryBuilder::<Sqlite>::new(
+            "UPDATE users SET token_epoch = token_epoch + 1, updated_at = revoke.column3 FROM (",
         );
-        audit.push_values(&done, |mut row, revoke| {
-            let event = &revoke.audit;
-            row.push_bind(event.at)
-                .push_bind(event.action)
-                .push_bind(&event.actor)
-                .push_bind(&event.org_id)
-                .push_bind(&event.subject_user_id)
-                .push_bind(&event.address)
-                .push_bind(&event.user_agent)
-                .push_bind(&event.detail);
+        moves.push_values(group, |mut row, revoke| {
+            row.push_bind(&revoke.user_id)
+                .push_bind(revoke.expected_epoch)
+                .push_bind(revoke.audit.at);
         });
-        audit.build().execute(&mut *tx).await?;
+        moves.push(
+            ") AS revoke WHERE users.id = revoke.column1 AND users.token_epoch = revoke.column2 \
+             AND users.removed_at IS NULL RETURNING users.id, users.token_epoch - 1",
+        );
+        let moved = moves
+            .build_query_as::<(String, i64)>()
+            .fetch_all(&mut *tx)
+            .await?;
+        let outcomes = outcomes_in_order(group, moved);
+        let done: Vec<&PendingRevoke> = group
+            .iter()
+            .zip(&outcomes)
+            .filter_map(|(revoke, moved)| moved.then_some(revoke))
+            .collect();
+        if !done.is_empty() {
+            let mut sessions = sqlx::QueryBuilder::<Sqlite>::new(
+                "DELETE FROM browser_sessions WHERE user_id IN (",
+            );
+            let mut ids = sessions.separated(", ");
+            for revoke in &done {
+                ids.push_bind(&revoke.user_id);
+            }
+            sessions.push(")");
+            sessions.build().execute(&mut *tx).await?;
+            let mut audit = sqlx::QueryBuilder::<Sqlite>::new(
+                "INSERT INTO audit_events (at, action, actor, org_id, subject_user_id, address, \
+                 user_agent, detail) ",
+            );
+            audit.push_values(&done, |mut row, revoke| {
+                let event = &revoke.audit;
+                row.push_bind(event.at)
+                    .push_bind(event.action)
+                    .push_bind(&event.actor)
+                    .push_bind(&event.org_id)
+                    .push_bind(&event.subject_user_id)
+                    .push_bind(&event.address)
+                    .push_bind(&event.user_agent)
+                    .push_bind(&event.detail);
+            });
+            audit.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(outcomes)
     }
-    tx.commit().await?;
-    Ok(outcomes)
-}
 
-async fn revoke_alone(writer: &SqlitePool, revoke: &PendingRevoke) -> Result<bool, StoreError> {
-    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
-    let outcome = revoke_in(&mut tx, revoke).await?;
-    tx.commit().await?;
-    Ok(outcome)
+    async fn revoke_alone(&self, revoke: &PendingRevoke) -> Result<bool, StoreError> {
+        let mut tx = self.0.begin_with("BEGIN IMMEDIATE").await?;
+        let outcome = revoke_in(&mut tx, revoke).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
 }
 
 /// Moves the user's epoch on from the expected one, ends their browser sessions and writes
