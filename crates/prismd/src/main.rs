@@ -318,7 +318,7 @@ fn main() -> ExitCode {
                 admin::tokens(&backend, cli.tenant_id.as_deref(), command).await
             }
             Command::Orgs(command) => admin::orgs(&backend, command).await,
-            Command::Audit(args) => admin::audit(&backend, args).await,
+            Command::Audit(args) => admin::audit(&backend, cli.tenant_id.as_deref(), args).await,
             Command::Keys(command) => admin::keys(&backend, command).await,
         }
     });

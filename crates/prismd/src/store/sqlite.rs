@@ -13,11 +13,11 @@ use sqlx::sqlite::{
 use sqlx::{FromRow, Row, Sqlite, Transaction};
 
 use super::{
-    AttemptCounter, AttemptPolicy, AuditEvent, AuditRecord, AuthorizationCode, Change, CleanupLock,
-    CodeRedemption, Credentials, DeviceCode, Garbage, LIVE_SESSION, MAX_LISTED_SESSIONS,
-    NewAuthorizationCode, NewDeviceCode, NewOrganization, NewRefreshToken, NewUser, Organization,
-    PrincipalRecord, ProfileChanges, RefreshGrant, Removal, SESSION_COLUMNS, SessionRecord,
-    SigningKeyRecord, Store, StoreError, TokenUse, User,
+    AUDIT_COLUMNS, AttemptCounter, AttemptPolicy, AuditBind, AuditEvent, AuditQuery, AuditRecord,
+    AuthorizationCode, Change, CleanupLock, CodeRedemption, Credentials, DeviceCode, Garbage,
+    LIVE_SESSION, MAX_LISTED_SESSIONS, NewAuthorizationCode, NewDeviceCode, NewOrganization,
+    NewRefreshToken, NewUser, Organization, PrincipalRecord, ProfileChanges, RefreshGrant, Removal,
+    SESSION_COLUMNS, SessionRecord, SigningKeyRecord, Store, StoreError, TokenUse, User,
 };
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -588,8 +588,12 @@ impl Store for SqliteStore {
         let done = sqlx::query(
             "UPDATE users SET name = COALESCE($2, name), phone = COALESCE($3, phone), \
              dark_mode = COALESCE($4, dark_mode), \
-             dark_mode_sync_with_os = COALESCE($5, dark_mode_sync_with_os), updated_at = $6 \
-             WHERE id = $1 AND removed_at IS NULL",
+             dark_mode_sync_with_os = COALESCE($5, dark_mode_sync_with_os), updated_at = $6, \
+             role = COALESCE($7, role) \
+             WHERE id = $1 AND removed_at IS NULL \
+               AND ($7 IS NULL OR $7 = 'owner' OR role <> 'owner' \
+                    OR (SELECT COUNT(*) FROM users o WHERE o.org_id = users.org_id \
+                        AND o.role = 'owner' AND o.removed_at IS NULL) > 1)",
         )
         .bind(user_id)
         .bind(changes.name)
@@ -597,6 +601,7 @@ impl Store for SqliteStore {
         .bind(changes.dark_mode)
         .bind(changes.dark_mode_sync_with_os)
         .bind(audit.at)
+        .bind(changes.role)
         .execute(&mut *tx)
         .await?;
         finish_audited(tx, done.rows_affected(), &audit).await
@@ -1163,13 +1168,35 @@ impl Store for SqliteStore {
     }
 
     async fn recent_audit_events(&self, limit: i64) -> Result<Vec<AuditRecord>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT id, at, action, actor, org_id, subject_user_id, address, detail \
-             FROM audit_events ORDER BY id DESC LIMIT $1",
-        )
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_events ORDER BY id DESC LIMIT $1"
+        )))
         .bind(limit)
         .fetch_all(&self.readers)
         .await?)
+    }
+
+    async fn audit_events_page(
+        &self,
+        query: &AuditQuery,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let (sql, binds) = query.statement(limit);
+        let mut statement = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+        for bind in binds {
+            statement = match bind {
+                AuditBind::Text(text) => statement.bind(text),
+                AuditBind::Int(number) => statement.bind(number),
+            };
+        }
+        Ok(statement.fetch_all(&self.readers).await?)
+    }
+
+    async fn record_audit(&self, event: AuditEvent) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        insert_audit(&mut tx, &event).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn follow_changes(
