@@ -544,7 +544,7 @@ pub struct AuditQuery {
 }
 
 /// A value bound to the statement [`AuditQuery::statement`] builds.
-pub(crate) enum AuditBind {
+pub enum AuditBind {
     Text(String),
     Int(i64),
 }
@@ -554,7 +554,7 @@ impl AuditQuery {
     /// each backend plans it with the `(org_id, id)` index of migration 0008, not around
     /// `$n IS NULL` branches), and what to bind, in order. `$n` placeholders work on both
     /// backends.
-    pub(crate) fn statement(&self, limit: i64) -> (String, Vec<AuditBind>) {
+    pub fn statement(&self, limit: i64) -> (String, Vec<AuditBind>) {
         let mut conditions = Vec::new();
         let mut binds = Vec::new();
         fn next(bind: AuditBind, binds: &mut Vec<AuditBind>) -> String {
