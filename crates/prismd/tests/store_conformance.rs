@@ -1661,6 +1661,29 @@ async fn cache_forgets_what_changes_invalidate(db: Db) -> TestResult {
             .name,
         "Renamed"
     );
+    // Sign-in events and limit trips change nobody's standing: they drop nothing, not
+    // even when they concern no user (which would otherwise mean "everything").
+    let invalidations = cached.stats().invalidations;
+    for action in ["login.failed", "login.succeeded", "limit.tripped"] {
+        cached.apply(&Change {
+            action: action.into(),
+            user_id: None,
+        });
+        cached.apply(&Change {
+            action: action.into(),
+            user_id: Some(owner.id.clone()),
+        });
+    }
+    assert_eq!(cached.stats().invalidations, invalidations);
+    assert_ne!(
+        cached
+            .principal(&owner.id, &session)
+            .await?
+            .ok_or("none")?
+            .user
+            .name,
+        "Renamed"
+    );
     cached.apply(&Change::everything());
     assert_eq!(
         cached
