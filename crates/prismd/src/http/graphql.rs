@@ -249,6 +249,14 @@ impl AuditEventNode {
     async fn actor(&self) -> &str {
         &self.0.actor
     }
+    /// The acting user, when the actor is one (`user:<uuid>`), as the id the rest of the API
+    /// uses.
+    async fn actor_user_id(&self) -> Option<ID> {
+        self.0
+            .actor
+            .strip_prefix("user:")
+            .map(|id| ID(public_id("User", id)))
+    }
     /// The user the event is about, as the id the rest of the API uses.
     async fn subject_user_id(&self) -> Option<ID> {
         self.0

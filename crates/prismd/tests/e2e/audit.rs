@@ -22,7 +22,7 @@ const API_AGENT: &str = "audit-e2e-api/2.0";
 
 const EVENTS: &str = "query($filter: AuditEventFilter, $first: Int, $after: String) {
   auditEvents(filter: $filter, first: $first, after: $after) {
-    nodes { id at action actor subjectUserId address userAgent detail }
+    nodes { id at action actor actorUserId subjectUserId address userAgent detail }
     pageInfo { hasNextPage endCursor }
   }
 }";
@@ -299,6 +299,8 @@ async fn sign_ins_role_changes_and_tokens_are_audited() -> TestResult {
         String::from_utf8(base64::engine::general_purpose::STANDARD.decode(&admin_id)?)?
             .replacen("User:", "user:", 1);
     assert_eq!(role[0]["actor"], admin_uuid.as_str());
+    assert_eq!(role[0]["actorUserId"], admin_id.as_str());
+    assert!(failed[0]["actorUserId"].is_null());
 
     let minted = find("token.minted");
     assert!(
@@ -519,5 +521,88 @@ async fn pages_filters_and_who_may_read() -> TestResult {
     assert!(String::from_utf8(bad.stderr)?.contains("--since must be an RFC 3339 time"));
     let unknown_org = prismd(data, &["audit", "--org", "no-such-tenant"])?;
     assert!(!unknown_org.status.success());
+    Ok(())
+}
+
+/// The device page: starts a device login, opens `/device` for its CSRF cookie and posts
+/// `email` / `password` with "approve", as `AGENT`. Returns the status and page.
+async fn approve_device(server: &Server, email: &str, password: &str) -> Res<(u16, String)> {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(AGENT)
+        .build()?;
+    let started: Value = http
+        .post(server.url("/oauth/device/code"))
+        .form(&[
+            ("client_id", "prism-cli"),
+            ("scope", "openid offline_access"),
+        ])
+        .send()
+        .await?
+        .json()
+        .await?;
+    let user_code = started["user_code"].as_str().ok_or("no user_code")?;
+    let page = http
+        .get(server.url("/device"))
+        .query(&[("user_code", user_code)])
+        .send()
+        .await?;
+    let cookie = page
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("prism_device_csrf="))
+        .and_then(|c| c.split(';').next())
+        .ok_or("no CSRF cookie")?
+        .to_owned();
+    let csrf = cookie
+        .strip_prefix("prism_device_csrf=")
+        .ok_or("no CSRF value")?
+        .to_owned();
+    let response = http
+        .post(server.url("/device"))
+        .header("cookie", cookie)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("user_code", user_code),
+            ("email", email),
+            ("password", password),
+            ("action", "approve"),
+        ])
+        .send()
+        .await?;
+    Ok((response.status().as_u16(), response.text().await?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_page_sign_ins_are_audited() -> TestResult {
+    let dir = temp_dir()?;
+    let server = Server::start(dir.path())?;
+    let data = server.data_dir();
+    let admin_id = add_user(data, None, "admin@example.com", "Admin")?;
+    let (status, page) = approve_device(&server, "admin@example.com", WRONG).await?;
+    assert_eq!(status, 200);
+    assert!(page.contains("Wrong email or password."), "{page}");
+    let (status, page) = approve_device(&server, "admin@example.com", PASSWORD).await?;
+    assert_eq!(status, 200);
+    assert!(page.contains("Device signed in"), "{page}");
+
+    let admin = access_for(&server, None, "admin@example.com").await?;
+    let (events, _) = all_events(&server, &admin, json!({ "userId": admin_id }), 200).await?;
+    for action in ["login.failed", "login.succeeded"] {
+        let found: Vec<&Value> = events.iter().filter(|e| e["action"] == action).collect();
+        assert_eq!(found.len(), 1, "{action}: {events:?}");
+        assert_eq!(found[0]["subjectUserId"], admin_id.as_str());
+        assert_eq!(found[0]["address"], "127.0.0.1");
+        assert_eq!(found[0]["userAgent"], AGENT);
+        assert_eq!(
+            detail(found[0])?,
+            json!({"method": "password", "page": "device"})
+        );
+    }
+    // The failure is older than the success: newest first.
+    let position = |action: &str| events.iter().position(|e| e["action"] == action);
+    assert!(position("login.succeeded") < position("login.failed"));
     Ok(())
 }
