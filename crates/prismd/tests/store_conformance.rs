@@ -800,7 +800,9 @@ async fn authorization_code_single_use(db: Db) -> TestResult {
     store
         .insert_authorization_code(auth_code(&owner, 7))
         .await?;
-    let CodeRedemption::Redeemed(code) = store.redeem_authorization_code(&hash(7), T0 + 1).await?
+    let CodeRedemption::Redeemed(code) = store
+        .redeem_authorization_code(&hash(7), T0 + 1, audit("code.replayed", T0 + 1))
+        .await?
     else {
         return Err("first use must redeem".into());
     };
@@ -815,7 +817,9 @@ async fn authorization_code_single_use(db: Db) -> TestResult {
             .await?
     );
     assert!(matches!(
-        store.redeem_authorization_code(&hash(7), T0 + 3).await?,
+        store
+            .redeem_authorization_code(&hash(7), T0 + 3, audit("code.replayed", T0 + 3))
+            .await?,
         CodeRedemption::Replayed
     ));
     let grant = store
@@ -827,14 +831,38 @@ async fn authorization_code_single_use(db: Db) -> TestResult {
         Some(T0 + 3),
         "the replay revoked the issued token"
     );
+    // The first replay is audited about the code's user, in its organization.
+    let replays = |events: Vec<prismd::store::AuditRecord>| -> Vec<prismd::store::AuditRecord> {
+        events
+            .into_iter()
+            .filter(|e| e.action == "code.replayed")
+            .collect()
+    };
+    let audited = replays(store.recent_audit_events(100).await?);
+    assert_eq!(audited.len(), 1);
+    assert_eq!(
+        audited[0].subject_user_id.as_deref(),
+        Some(owner.id.as_str())
+    );
+    assert_eq!(audited[0].org_id.as_deref(), Some(owner.org_id.as_str()));
+    assert_eq!(audited[0].address.as_deref(), Some("127.0.0.1"));
+    let detail: serde_json::Value =
+        serde_json::from_str(audited[0].detail.as_deref().ok_or("no detail")?)?;
+    assert_eq!(detail["revoked"], true);
     assert!(matches!(
-        store.redeem_authorization_code(&hash(7), T0 + 4).await?,
+        store
+            .redeem_authorization_code(&hash(7), T0 + 4, audit("code.replayed", T0 + 4))
+            .await?,
         CodeRedemption::Replayed
     ));
     assert!(matches!(
-        store.redeem_authorization_code(&hash(99), T0).await?,
+        store
+            .redeem_authorization_code(&hash(99), T0, audit("code.replayed", T0))
+            .await?,
         CodeRedemption::Unknown
     ));
+    // Later replays and unknown codes add no rows.
+    assert_eq!(replays(store.recent_audit_events(100).await?).len(), 1);
     Ok(())
 }
 
@@ -845,12 +873,16 @@ async fn authorization_code_replay_before_token(db: Db) -> TestResult {
         .insert_authorization_code(auth_code(&owner, 7))
         .await?;
     assert!(matches!(
-        store.redeem_authorization_code(&hash(7), T0 + 1).await?,
+        store
+            .redeem_authorization_code(&hash(7), T0 + 1, audit("code.replayed", T0 + 1))
+            .await?,
         CodeRedemption::Redeemed(_)
     ));
     // The replay comes before the first exchange has stored its token.
     assert!(matches!(
-        store.redeem_authorization_code(&hash(7), T0 + 2).await?,
+        store
+            .redeem_authorization_code(&hash(7), T0 + 2, audit("code.replayed", T0 + 2))
+            .await?,
         CodeRedemption::Replayed
     ));
     assert!(
@@ -875,8 +907,9 @@ async fn authorization_code_redeem_races(db: Db) -> TestResult {
             .await?;
         let code = hash(seed);
         let (a, b) = tokio::join!(
-            db.store.redeem_authorization_code(&code, T0 + 1),
-            other.redeem_authorization_code(&code, T0 + 1),
+            db.store
+                .redeem_authorization_code(&code, T0 + 1, audit("code.replayed", T0 + 1)),
+            other.redeem_authorization_code(&code, T0 + 1, audit("code.replayed", T0 + 1)),
         );
         let redeemed = [a?, b?]
             .iter()
@@ -1765,7 +1798,9 @@ async fn cleanup_deletes_garbage_only(db: Db) -> TestResult {
         .insert_authorization_code(auth_code(&alice, 12))
         .await?;
     assert!(matches!(
-        store.redeem_authorization_code(&hash(12), T0 + 10).await?,
+        store
+            .redeem_authorization_code(&hash(12), T0 + 10, audit("code.replayed", T0 + 10))
+            .await?,
         CodeRedemption::Redeemed(_)
     ));
     store.insert_device_code(device_code(20)).await?;
@@ -1833,7 +1868,9 @@ async fn cleanup_deletes_garbage_only(db: Db) -> TestResult {
     );
     assert_eq!(delete(Garbage::AuthorizationCodes, now).await?, 1);
     assert!(matches!(
-        store.redeem_authorization_code(&hash(11), T0 + 20).await?,
+        store
+            .redeem_authorization_code(&hash(11), T0 + 20, audit("code.replayed", T0 + 20))
+            .await?,
         CodeRedemption::Redeemed(_)
     ));
     assert_eq!(delete(Garbage::DeviceCodes, now).await?, 1);

@@ -414,8 +414,9 @@ impl Store for GuardedStore {
         &self,
         code_hash: &[u8; 32],
         at: i64,
+        replay: AuditEvent,
     ) -> Result<CodeRedemption, StoreError> {
-        self.guard(self.inner.redeem_authorization_code(code_hash, at))
+        self.guard(self.inner.redeem_authorization_code(code_hash, at, replay))
             .await
     }
 

@@ -370,8 +370,12 @@ impl Store for CachedStore {
         &self,
         code_hash: &[u8; 32],
         at: i64,
+        replay: AuditEvent,
     ) -> Result<CodeRedemption, StoreError> {
-        let outcome = self.inner.redeem_authorization_code(code_hash, at).await;
+        let outcome = self
+            .inner
+            .redeem_authorization_code(code_hash, at, replay)
+            .await;
         // A replay revokes the session issued from the code; whose it is, only the database
         // knows, and replays are rare.
         if !matches!(

@@ -366,6 +366,36 @@ pub struct AuthorizationCode {
     pub expires_at: i64,
 }
 
+/// An authorization code presented again after it was spent: whose it was, and whether it
+/// was replayed before.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct SpentCode {
+    pub user_id: String,
+    pub org_id: String,
+    pub replayed_at: Option<i64>,
+    pub refresh_token_id: Option<String>,
+}
+
+/// Reads a [`SpentCode`] by code hash (`$1`), the same on both backends.
+pub(crate) const SPENT_CODE: &str = "SELECT c.user_id, u.org_id, c.replayed_at, c.refresh_token_id \
+     FROM authorization_codes c JOIN users u ON u.id = c.user_id WHERE c.code_hash = $1";
+
+impl SpentCode {
+    /// The audit row of its first replay: `replay` about the code's user, with the session it
+    /// issued (if any) and whether the replay revoked it.
+    pub(crate) fn replay_event(&self, replay: AuditEvent, revoked: bool) -> AuditEvent {
+        AuditEvent {
+            org_id: Some(self.org_id.clone()),
+            subject_user_id: Some(self.user_id.clone()),
+            detail: Some(
+                serde_json::json!({ "token_id": self.refresh_token_id, "revoked": revoked })
+                    .to_string(),
+            ),
+            ..replay
+        }
+    }
+}
+
 /// What presenting an authorization code did.
 #[derive(Debug, Clone)]
 pub enum CodeRedemption {
@@ -842,11 +872,15 @@ pub trait Store: Send + Sync + 'static {
     -> Result<(), StoreError>;
 
     /// Spends an authorization code. A second presentation marks it replayed and revokes the
-    /// refresh token issued from it, in the same transaction.
+    /// refresh token issued from it, in the same transaction; the first replay also writes
+    /// `replay` there, about the code's user (the store sets subject and organization, and a
+    /// detail with the session id and whether it was revoked). Later replays write no more
+    /// rows, so replaying one code cannot grow the audit log.
     async fn redeem_authorization_code(
         &self,
         code_hash: &[u8; 32],
         at: i64,
+        replay: AuditEvent,
     ) -> Result<CodeRedemption, StoreError>;
 
     /// Stores a new device authorization.

@@ -18,7 +18,8 @@ use super::{
     AuthorizationCode, Change, CleanupLock, CodeRedemption, Credentials, DeviceCode, Garbage,
     LIVE_SESSION, MAX_LISTED_SESSIONS, NewAuthorizationCode, NewDeviceCode, NewOrganization,
     NewRefreshToken, NewUser, Organization, PrincipalRecord, ProfileChanges, RefreshGrant, Removal,
-    SESSION_COLUMNS, SessionRecord, SigningKeyRecord, Store, StoreError, TokenUse, User,
+    SESSION_COLUMNS, SPENT_CODE, SessionRecord, SigningKeyRecord, SpentCode, Store, StoreError,
+    TokenUse, User,
 };
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -900,6 +901,7 @@ impl Store for PostgresStore {
         &self,
         code_hash: &[u8; 32],
         at: i64,
+        replay: AuditEvent,
     ) -> Result<CodeRedemption, StoreError> {
         let mut tx = self.begin().await?;
         let redeemed: Option<AuthorizationCode> = sqlx::query_as(
@@ -914,30 +916,43 @@ impl Store for PostgresStore {
             tx.commit().await?;
             return Ok(CodeRedemption::Redeemed(code));
         }
-        let replayed = sqlx::query(
+        // Locked, so of two replays at once exactly one sees it unreplayed and audits it.
+        let spent: Option<SpentCode> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("{SPENT_CODE} FOR UPDATE OF c")))
+                .bind(&code_hash[..])
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(spent) = spent else {
+            tx.rollback().await?;
+            return Ok(CodeRedemption::Unknown);
+        };
+        sqlx::query(
             "UPDATE authorization_codes SET replayed_at = COALESCE(replayed_at, $2) WHERE code_hash = $1",
         )
         .bind(&code_hash[..])
         .bind(at)
         .execute(&mut *tx)
         .await?;
-        if replayed.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(CodeRedemption::Unknown);
-        }
-        let revoked_for: Option<String> = sqlx::query_scalar(
+        let revoked = sqlx::query(
             "UPDATE refresh_tokens SET revoked_at = $2 WHERE revoked_at IS NULL AND id = \
-             (SELECT refresh_token_id FROM authorization_codes WHERE code_hash = $1) \
-             RETURNING user_id",
+             (SELECT refresh_token_id FROM authorization_codes WHERE code_hash = $1)",
         )
         .bind(&code_hash[..])
         .bind(at)
-        .fetch_optional(&mut *tx)
+        .execute(&mut *tx)
         .await?;
-        if let Some(user_id) = revoked_for {
+        if spent.replayed_at.is_none() {
+            // The audit row's notification tells every replica to drop the user's entries.
+            insert_audit(
+                &mut tx,
+                &spent.replay_event(replay, revoked.rows_affected() > 0),
+            )
+            .await?;
+        } else if revoked.rows_affected() > 0 {
+            // A token stored after the first replay, revoked now: still announce it.
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(CHANGES_CHANNEL)
-                .bind(change_payload("code.replayed", Some(&user_id)))
+                .bind(change_payload(replay.action, Some(&spent.user_id)))
                 .execute(&mut *tx)
                 .await?;
         }

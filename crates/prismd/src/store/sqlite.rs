@@ -17,7 +17,8 @@ use super::{
     AuthorizationCode, Change, CleanupLock, CodeRedemption, Credentials, DeviceCode, Garbage,
     LIVE_SESSION, MAX_LISTED_SESSIONS, NewAuthorizationCode, NewDeviceCode, NewOrganization,
     NewRefreshToken, NewUser, Organization, PrincipalRecord, ProfileChanges, RefreshGrant, Removal,
-    SESSION_COLUMNS, SessionRecord, SigningKeyRecord, Store, StoreError, TokenUse, User,
+    SESSION_COLUMNS, SPENT_CODE, SessionRecord, SigningKeyRecord, SpentCode, Store, StoreError,
+    TokenUse, User,
 };
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -175,6 +176,17 @@ async fn insert_audit(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// A spent authorization code, read when it is presented again.
+async fn spent_code(
+    tx: &mut Transaction<'static, Sqlite>,
+    code_hash: &[u8; 32],
+) -> Result<Option<SpentCode>, sqlx::Error> {
+    sqlx::query_as(SPENT_CODE)
+        .bind(&code_hash[..])
+        .fetch_optional(&mut **tx)
+        .await
 }
 
 /// Signs a user out of every browser, in the caller's transaction: a revoke-all or a new
@@ -779,6 +791,7 @@ impl Store for SqliteStore {
         &self,
         code_hash: &[u8; 32],
         at: i64,
+        replay: AuditEvent,
     ) -> Result<CodeRedemption, StoreError> {
         let mut tx = self.begin_write().await?;
         let redeemed: Option<AuthorizationCode> = sqlx::query_as(
@@ -793,18 +806,18 @@ impl Store for SqliteStore {
             tx.commit().await?;
             return Ok(CodeRedemption::Redeemed(code));
         }
-        let replayed = sqlx::query(
+        let Some(spent) = spent_code(&mut tx, code_hash).await? else {
+            tx.rollback().await?;
+            return Ok(CodeRedemption::Unknown);
+        };
+        sqlx::query(
             "UPDATE authorization_codes SET replayed_at = COALESCE(replayed_at, $2) WHERE code_hash = $1",
         )
         .bind(&code_hash[..])
         .bind(at)
         .execute(&mut *tx)
         .await?;
-        if replayed.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(CodeRedemption::Unknown);
-        }
-        sqlx::query(
+        let revoked = sqlx::query(
             "UPDATE refresh_tokens SET revoked_at = $2 WHERE revoked_at IS NULL AND id = \
              (SELECT refresh_token_id FROM authorization_codes WHERE code_hash = $1)",
         )
@@ -812,6 +825,13 @@ impl Store for SqliteStore {
         .bind(at)
         .execute(&mut *tx)
         .await?;
+        if spent.replayed_at.is_none() {
+            insert_audit(
+                &mut tx,
+                &spent.replay_event(replay, revoked.rows_affected() > 0),
+            )
+            .await?;
+        }
         tx.commit().await?;
         Ok(CodeRedemption::Replayed)
     }
