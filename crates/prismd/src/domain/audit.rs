@@ -179,3 +179,31 @@ async fn page(store: &dyn Store, query: &AuditQuery, limit: i64) -> Result<Audit
         has_next_page,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_are_checked() {
+        let blank = AuditFilter {
+            action: Some("  ".into()),
+            ..AuditFilter::default()
+        };
+        assert!(matches!(checked_query(blank, None), Ok(q) if q.action.is_none()));
+        let long = AuditFilter {
+            action: Some("x".repeat(MAX_ACTION_LENGTH + 1)),
+            ..AuditFilter::default()
+        };
+        assert!(matches!(
+            checked_query(long, None),
+            Err(DomainError::InvalidInput(_))
+        ));
+        assert!(matches!(
+            checked_query(AuditFilter::default(), Some(0)),
+            Err(DomainError::InvalidInput(_))
+        ));
+        let query = checked_query(AuditFilter::default(), Some(7));
+        assert!(matches!(query, Ok(q) if q.before_id == Some(7) && q.org_id.is_none()));
+    }
+}

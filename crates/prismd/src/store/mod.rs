@@ -1072,6 +1072,41 @@ mod tests {
     }
 
     #[test]
+    fn audit_statements_bind_only_the_filters_given() {
+        let (sql, binds) = AuditQuery::default().statement(50);
+        assert_eq!(
+            sql,
+            format!("SELECT {AUDIT_COLUMNS} FROM audit_events ORDER BY id DESC LIMIT $1")
+        );
+        assert!(matches!(binds.as_slice(), [AuditBind::Int(50)]));
+        let full = AuditQuery {
+            org_id: Some("o".into()),
+            action: Some("login.failed".into()),
+            user_id: Some("u".into()),
+            since: Some(10),
+            until: Some(20),
+            before_id: Some(99),
+        };
+        let (sql, binds) = full.statement(1_000_000);
+        assert!(sql.ends_with(
+            "WHERE org_id = $1 AND action = $2 AND (subject_user_id = $3 OR actor = $4) \
+             AND at >= $5 AND at < $6 AND id < $7 ORDER BY id DESC LIMIT $8"
+        ));
+        let texts: Vec<&str> = binds
+            .iter()
+            .filter_map(|b| match b {
+                AuditBind::Text(t) => Some(t.as_str()),
+                AuditBind::Int(_) => None,
+            })
+            .collect();
+        assert_eq!(texts, ["o", "login.failed", "u", "user:u"]);
+        assert!(
+            matches!(binds.last(), Some(AuditBind::Int(limit)) if *limit == MAX_AUDIT_PAGE + 1),
+            "the page is capped"
+        );
+    }
+
+    #[test]
     fn connection_failures_are_told_apart_from_answers() {
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         assert!(is_connection_failure(&sqlx::Error::Io(refused)));
