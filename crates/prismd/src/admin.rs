@@ -12,7 +12,7 @@ use prismd::domain::accounts::{self, Role, UserDraft, public_id};
 use prismd::domain::audit::{self, AuditFilter};
 use prismd::domain::{RequestMeta, auth, now_ms};
 use prismd::store::{self, Backend, OpenOptions, PgPoolSettings, Store, User};
-use prismd::tokens::keyring;
+use prismd::tokens::{AtRest, at_rest, keyring};
 
 const OPERATOR: &str = "operator";
 
@@ -90,9 +90,21 @@ pub enum TokensCommand {
 pub enum KeysCommand {
     /// Make a new signing key the active one; the previous key keeps verifying until the
     /// last access token it signed has expired. Running servers pick the new key up within
-    /// their --key-reload-interval (at once when they see a token signed with it).
+    /// their --key-reload-interval (at once when they see a token signed with it). With
+    /// encrypted keys it needs the same PRISMD_KEY_ENCRYPTION_KEY(_FILE) as the server.
     Rotate,
-    /// List signing keys: kid, created, retired, and whether (until when) it still verifies.
+    /// Re-seal every private signing key with a new key encryption key, given in
+    /// PRISMD_NEW_KEY_ENCRYPTION_KEY or a file (--new-key-encryption-key-file); the current one
+    /// comes from PRISMD_KEY_ENCRYPTION_KEY(_FILE) (none if the keys are stored plain). Stop
+    /// the servers first and start them again with the new key.
+    Rewrap {
+        /// File holding the new key encryption key (32 bytes, base64 or hex); or give the
+        /// key itself in PRISMD_NEW_KEY_ENCRYPTION_KEY.
+        #[arg(long, env = "PRISMD_NEW_KEY_ENCRYPTION_KEY_FILE")]
+        new_key_encryption_key_file: Option<std::path::PathBuf>,
+    },
+    /// List signing keys: kid, created, retired, stored (encrypted or plain), and whether
+    /// (until when) it still verifies.
     /// Takes the server's --access-token-ttl, --key-reload-interval and --key-retire-margin
     /// (or their PRISMD_* variables) to compute that.
     List {
@@ -290,21 +302,43 @@ fn write_audit_line(out: &mut impl Write, event: store::AuditRecord) -> anyhow::
     Ok(())
 }
 
-pub async fn keys(backend: &Backend, command: KeysCommand) -> anyhow::Result<()> {
+pub async fn keys(backend: &Backend, at_rest: &AtRest, command: KeysCommand) -> anyhow::Result<()> {
     let store = open(backend).await?;
-    let result = run_keys(store.as_ref(), command).await;
+    let result = run_keys(store.as_ref(), at_rest, command).await;
     store.close().await;
     result
 }
 
-async fn run_keys(store: &dyn Store, command: KeysCommand) -> anyhow::Result<()> {
+async fn run_keys(store: &dyn Store, at_rest: &AtRest, command: KeysCommand) -> anyhow::Result<()> {
     match command {
         KeysCommand::Rotate => {
-            let rotation = keyring::rotate(store, OPERATOR.into(), now_ms()).await?;
+            let rotation = keyring::rotate(store, at_rest, OPERATOR.into(), now_ms()).await?;
             println!("{}", rotation.kid);
             for kid in rotation.retired {
                 eprintln!("Retired {kid}; it verifies the tokens it signed until they expire.");
             }
+        }
+        KeysCommand::Rewrap {
+            new_key_encryption_key_file,
+        } => {
+            let new =
+                crate::key_at_rest(&at_rest::NEW_KEK, new_key_encryption_key_file.as_deref())?;
+            if matches!(new, AtRest::Plain) {
+                anyhow::bail!(
+                    "give the new key encryption key in {} or {}",
+                    at_rest::NEW_KEK.value_variable,
+                    at_rest::NEW_KEK.file_variable
+                );
+            }
+            let kids = keyring::rewrap(store, at_rest, &new, OPERATOR, now_ms()).await?;
+            for kid in &kids {
+                println!("{kid}");
+            }
+            eprintln!(
+                "Re-sealed {} signing key(s) with the new key encryption key; start the servers \
+                 with it.",
+                kids.len()
+            );
         }
         KeysCommand::List { window } => {
             let window = window.window();
@@ -313,6 +347,7 @@ async fn run_keys(store: &dyn Store, command: KeysCommand) -> anyhow::Result<()>
                 "KID".to_owned(),
                 "CREATED".to_owned(),
                 "RETIRED".to_owned(),
+                "STORED".to_owned(),
                 "VERIFIES".to_owned(),
             ]];
             for record in store.signing_keys().await? {
@@ -328,6 +363,11 @@ async fn run_keys(store: &dyn Store, command: KeysCommand) -> anyhow::Result<()>
                         .retired_at
                         .map(rfc3339)
                         .unwrap_or_else(|| "-".to_owned()),
+                    if at_rest::is_sealed(&record.private_key) {
+                        "encrypted".to_owned()
+                    } else {
+                        "plain".to_owned()
+                    },
                     verifies,
                 ]);
             }

@@ -9,7 +9,7 @@ use crate::domain::cleanup::CleanupPolicy;
 use crate::domain::limits::LimitSettings;
 use crate::store::{CacheSettings, OpenOptions, PgPoolSettings};
 use crate::tls::TlsSource;
-use crate::tokens::RetiredKeyWindow;
+use crate::tokens::{AtRest, RetiredKeyWindow};
 
 /// Everything `serve` needs to know.
 #[derive(Debug, Clone)]
@@ -43,6 +43,11 @@ pub struct ServeConfig {
     /// Extra time a retired key keeps verifying, beyond the access-token lifetime and one
     /// reload interval, for clock differences between replicas.
     pub key_retire_margin: Duration,
+    /// Rotate the signing key automatically once the active one is this old; `None`: only
+    /// `prismd keys rotate` rotates.
+    pub key_rotation_period: Option<Duration>,
+    /// Whether private signing keys are sealed with a key encryption key in the database.
+    pub key_at_rest: AtRest,
     /// Time between background cleanup rounds.
     pub cleanup_interval: Duration,
     /// How long dead refresh tokens and redeemed authorization codes are kept.
@@ -80,6 +85,8 @@ impl ServeConfig {
             cache: CacheSettings::default(),
             key_reload_interval: Duration::from_secs(30),
             key_retire_margin: Duration::from_secs(60),
+            key_rotation_period: None,
+            key_at_rest: AtRest::Plain,
             cleanup_interval: Duration::from_secs(10 * 60),
             dead_token_retention: Duration::from_secs(30 * 24 * 3600),
             audit_retention: Duration::from_secs(400 * 24 * 3600),

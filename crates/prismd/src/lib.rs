@@ -25,7 +25,7 @@ use crate::domain::auth::{AuthService, TokenSettings};
 use crate::domain::{DomainError, now_ms};
 use crate::metrics::Metrics;
 use crate::store::{Backend, CachedStore, Change, Store, StoreError};
-use crate::tokens::{KeyError, KeyRing, LiveKeys};
+use crate::tokens::{AtRest, KeyError, KeyRing, LiveKeys};
 
 pub use first_start::INITIAL_PASSWORD_FILE;
 
@@ -115,9 +115,24 @@ pub async fn serve(
     )
     .await?;
     let key_window = config.retired_key_window();
-    let ring = KeyRing::load_or_create(store.as_ref(), now_ms(), &key_window).await?;
-    tracing::info!(kid = ring.active_kid(), "signing key loaded");
-    let keys = Arc::new(LiveKeys::new(store.clone(), ring, key_window));
+    let at_rest = &config.key_at_rest;
+    // A wrong or missing key encryption key stops the start here, before anything is served.
+    let sealed = tokens::keyring::seal_plain_keys(store.as_ref(), at_rest, now_ms()).await?;
+    if !sealed.is_empty() {
+        tracing::info!(kids = ?sealed, "sealed the stored signing keys with the key encryption key");
+    }
+    let ring = KeyRing::load_or_create(store.as_ref(), now_ms(), &key_window, at_rest).await?;
+    tracing::info!(
+        kid = ring.active_kid(),
+        encrypted_at_rest = matches!(at_rest, AtRest::Sealed(_)),
+        "signing key loaded"
+    );
+    let keys = Arc::new(LiveKeys::new(
+        store.clone(),
+        ring,
+        key_window,
+        at_rest.clone(),
+    ));
 
     let tls = match &config.tls {
         None => None,
@@ -182,6 +197,13 @@ pub async fn serve(
         config.usage_flush_interval,
         background_stopped.clone(),
     ));
+    let key_rotator = config.key_rotation_period.map(|period| {
+        tokio::spawn(tokens::live::rotate_periodically(
+            keys.clone(),
+            period,
+            background_stopped.clone(),
+        ))
+    });
     let key_reloader = tokio::spawn(tokens::live::reload_periodically(
         keys,
         config.key_reload_interval,
@@ -254,6 +276,9 @@ pub async fn serve(
     // otherwise wait for.
     follower.abort();
     let _ = key_reloader.await;
+    if let Some(key_rotator) = key_rotator {
+        let _ = key_rotator.await;
+    }
     let _ = cleaner.await;
     if let Err(err) = store.record_token_uses(&auth.usage().drain()).await {
         tracing::warn!(error = %err, "could not write the last token-use records");

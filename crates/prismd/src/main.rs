@@ -14,7 +14,8 @@ use prismd::domain::limits::LimitSettings;
 use prismd::store::{AttemptPolicy, Backend, CacheSettings, PgPoolSettings};
 use prismd::telemetry::{self, LogFormat};
 use prismd::tls::TlsSource;
-use prismd::tokens::RetiredKeyWindow;
+use prismd::tokens::at_rest::{CURRENT_KEK, KekSource};
+use prismd::tokens::{AtRest, KeyEncryptionKey, RetiredKeyWindow};
 
 #[derive(Parser)]
 #[command(
@@ -51,6 +52,12 @@ struct Cli {
     /// Organization (tenant id) that `users` and `tokens` work on; default: the first one.
     #[arg(long, env = "PRISMD_TENANT_ID", global = true)]
     tenant_id: Option<String>,
+
+    /// File holding the key that encrypts the private signing keys in the database (32 bytes,
+    /// base64 or hex); the key itself can be given in PRISMD_KEY_ENCRYPTION_KEY instead. Used
+    /// by `serve` and `keys`.
+    #[arg(long, env = "PRISMD_KEY_ENCRYPTION_KEY_FILE", global = true)]
+    key_encryption_key_file: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -110,6 +117,15 @@ struct ServeArgs {
 
     #[command(flatten)]
     key_window: KeyWindowArgs,
+
+    /// Rotate the signing key automatically once the active key is this old (at least 1h,
+    /// for example `30d`); `0s` (the default): only `prismd keys rotate` rotates.
+    #[arg(long, env = "PRISMD_KEY_ROTATION_PERIOD", default_value = "0s", value_parser = parse_wait)]
+    key_rotation_period: Duration,
+
+    /// The shortest --key-rotation-period accepted. Hidden: only tests lower it.
+    #[arg(long, default_value = "1h", value_parser = parse_duration, hide = true)]
+    key_rotation_period_floor: Duration,
 
     /// Time between background cleanup rounds (expired codes, sessions and invitations, dead
     /// refresh tokens, old audit events, retired signing keys).
@@ -305,7 +321,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         if let Command::Serve(args) = cli.command {
-            return run_server(cli.data_dir, cli.database_url, *args).await;
+            let at_rest = key_at_rest(&CURRENT_KEK, cli.key_encryption_key_file.as_deref())?;
+            return run_server(cli.data_dir, cli.database_url, at_rest, *args).await;
         }
         let backend = Backend::from_url(cli.database_url.as_deref(), &cli.data_dir)?;
         match cli.command {
@@ -319,23 +336,85 @@ fn main() -> ExitCode {
             }
             Command::Orgs(command) => admin::orgs(&backend, command).await,
             Command::Audit(args) => admin::audit(&backend, cli.tenant_id.as_deref(), args).await,
-            Command::Keys(command) => admin::keys(&backend, command).await,
+            Command::Keys(command) => {
+                let at_rest = key_at_rest(&CURRENT_KEK, cli.key_encryption_key_file.as_deref())?;
+                admin::keys(&backend, &at_rest, command).await
+            }
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", render_error(&err));
             ExitCode::FAILURE
         }
     }
 }
 
+/// The error and its causes on one line. Most of our error messages already embed their
+/// cause's text, so a cause is appended only when the line does not say it yet; otherwise a
+/// read-only disk would be reported three times over.
+fn render_error(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+/// How private signing keys are stored, from `source`'s variable (PRISMD_KEY_ENCRYPTION_KEY;
+/// read from the environment only, never a flag: a command line is visible to every local
+/// user) or its key file.
+pub fn key_at_rest(source: &KekSource, file: Option<&std::path::Path>) -> anyhow::Result<AtRest> {
+    let value = match std::env::var(source.value_variable) {
+        Ok(value) => Some(value),
+        Err(std::env::VarError::NotPresent) => None,
+        Err(std::env::VarError::NotUnicode(_)) => {
+            return Err(prismd::tokens::KeyError::InvalidKek {
+                variable: source.value_variable,
+                reason: "it is not valid text".into(),
+            }
+            .into());
+        }
+    };
+    let kek = KeyEncryptionKey::from_value_or_file(source, value.as_deref(), file)?;
+    Ok(AtRest::from_kek(kek))
+}
+
+/// The automatic rotation period: `None` when off; refused below `floor` (1 h) because every
+/// rotation keeps one more public key in the JWKS for an access-token lifetime.
+fn rotation_period(period: Duration, floor: Duration) -> anyhow::Result<Option<Duration>> {
+    if period.is_zero() {
+        return Ok(None);
+    }
+    if period < floor {
+        anyhow::bail!(
+            "--key-rotation-period (PRISMD_KEY_ROTATION_PERIOD) is {}, shorter than {}: each \
+             rotation keeps another public key in the JWKS until the tokens it signed expire; \
+             use {} or more (for example 30d), or 0s to rotate only with `prismd keys rotate`",
+            humantime::format_duration(period),
+            humantime::format_duration(floor),
+            humantime::format_duration(floor),
+        );
+    }
+    Ok(Some(period))
+}
+
 async fn run_server(
     data_dir: PathBuf,
     database_url: Option<String>,
+    key_at_rest: AtRest,
     args: ServeArgs,
 ) -> anyhow::Result<()> {
+    let key_rotation_period =
+        rotation_period(args.key_rotation_period, args.key_rotation_period_floor)?;
     let tls = match (args.tls_cert, args.tls_key, args.dev_tls) {
         (Some(cert), Some(key), _) => Some(TlsSource::Files { cert, key }),
         (_, _, true) => Some(TlsSource::Dev),
@@ -350,6 +429,8 @@ async fn run_server(
         access_token_ttl: args.key_window.access_token_ttl,
         key_reload_interval: args.key_window.key_reload_interval,
         key_retire_margin: args.key_window.key_retire_margin,
+        key_rotation_period,
+        key_at_rest,
         cleanup_interval: args.cleanup_interval,
         dead_token_retention: args.dead_token_retention,
         audit_retention: args.audit_retention,

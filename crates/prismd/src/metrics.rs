@@ -208,6 +208,8 @@ pub enum RefreshFailure {
     Malformed,
     Unknown,
     Revoked,
+    /// The organization's session policy (idle expiry or maximum age) ended the session.
+    ExpiredSession,
     UserRemoved,
     /// A `tenant_id` the token's user is not a member of.
     WrongTenant,
@@ -218,10 +220,11 @@ pub enum RefreshFailure {
 }
 
 impl RefreshFailure {
-    const ALL: [RefreshFailure; 7] = [
+    const ALL: [RefreshFailure; 8] = [
         Self::Malformed,
         Self::Unknown,
         Self::Revoked,
+        Self::ExpiredSession,
         Self::UserRemoved,
         Self::WrongTenant,
         Self::Unavailable,
@@ -233,6 +236,7 @@ impl RefreshFailure {
             DomainError::InvalidGrant(GrantError::Malformed(_)) => Self::Malformed,
             DomainError::InvalidGrant(GrantError::Unknown) => Self::Unknown,
             DomainError::InvalidGrant(GrantError::Denied(Denial::Revoked)) => Self::Revoked,
+            DomainError::InvalidGrant(GrantError::Denied(Denial::Expired)) => Self::ExpiredSession,
             DomainError::InvalidGrant(GrantError::Denied(Denial::UserRemoved)) => Self::UserRemoved,
             DomainError::AccessDenied(_) => Self::WrongTenant,
             DomainError::Unavailable(_) => Self::Unavailable,
@@ -245,6 +249,7 @@ impl RefreshFailure {
             Self::Malformed => "malformed",
             Self::Unknown => "unknown",
             Self::Revoked => "revoked",
+            Self::ExpiredSession => "expired_session",
             Self::UserRemoved => "user_removed",
             Self::WrongTenant => "wrong_tenant",
             Self::Unavailable => "unavailable",

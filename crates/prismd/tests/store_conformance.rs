@@ -11,7 +11,8 @@ use prismd::store::{
     self, AttemptPolicy, AuditBind, AuditEvent, AuditQuery, Backend, CacheSettings, CacheStats,
     CachedStore, Change, CodeRedemption, Garbage, MAX_AUDIT_PAGE, NewAuthorizationCode,
     NewDeviceCode, NewOrganization, NewRefreshToken, NewUser, OpenOptions, Organization,
-    ProfileChanges, Removal, SessionRecord, SigningKeyRecord, Store, StoreError, TokenUse, User,
+    PrivateKeyReplacement, ProfileChanges, Removal, SessionPolicy, SessionRecord, SigningKeyRecord,
+    Store, StoreError, TokenUse, User,
 };
 use sqlx::Connection;
 
@@ -193,6 +194,9 @@ conformance!(
     signing_key_races,
     signing_key_rotation,
     signing_key_rotation_races,
+    signing_key_rotation_if_stale,
+    signing_key_stale_rotation_races,
+    private_key_replacement,
     audit_rows,
     token_uses_and_ping,
     sessions_live_only_newest_first,
@@ -208,6 +212,7 @@ conformance!(
     audit_query_pages_are_bounded,
     audit_query_uses_its_index,
     role_changes_keep_an_owner,
+    session_policies,
 );
 
 // ---- helpers ----------------------------------------------------------------------------
@@ -1328,6 +1333,177 @@ async fn signing_key_rotation_races(db: Db) -> TestResult {
     let active = keys.iter().filter(|k| k.retired_at.is_none()).count();
     let kids: Vec<_> = keys.iter().map(|k| (&k.kid, k.retired_at)).collect();
     assert_eq!(active, 1, "{kids:?}");
+    Ok(())
+}
+
+async fn signing_key_rotation_if_stale(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    store
+        .insert_signing_key_if_none_active(signing_key("k1", T0))
+        .await?;
+    // The active key was created at the bound: not stale, nothing written.
+    let young = store
+        .rotate_signing_key_if_stale(
+            signing_key("k2", T0 + 100),
+            audit("keys.rotated", T0 + 100),
+            T0,
+        )
+        .await?;
+    assert_eq!(young, None);
+    assert_eq!(store.signing_keys().await?.len(), 1);
+    assert!(
+        store.recent_audit_events(10).await?.is_empty(),
+        "no audit row"
+    );
+    let rotated = store
+        .rotate_signing_key_if_stale(
+            signing_key("k2", T0 + 100),
+            audit("keys.rotated", T0 + 100),
+            T0 + 1,
+        )
+        .await?;
+    assert_eq!(rotated, Some(vec!["k1".to_owned()]));
+    let summary: Vec<_> = store
+        .signing_keys()
+        .await?
+        .into_iter()
+        .map(|k| (k.kid, k.retired_at))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![("k2".to_owned(), None), ("k1".to_owned(), Some(T0 + 100))]
+    );
+    assert_eq!(store.recent_audit_events(10).await?.len(), 1);
+    // The same decision made again (by a replica that read the old key) changes nothing.
+    let again = store
+        .rotate_signing_key_if_stale(
+            signing_key("k3", T0 + 101),
+            audit("keys.rotated", T0 + 101),
+            T0 + 1,
+        )
+        .await?;
+    assert_eq!(again, None);
+    assert_eq!(store.signing_keys().await?.len(), 2);
+    assert_eq!(store.recent_audit_events(10).await?.len(), 1);
+    Ok(())
+}
+
+async fn signing_key_stale_rotation_races(db: Db) -> TestResult {
+    // Replicas (two pools, several tasks each) that all found the active key old rotate at
+    // the same moment: one new key per round, however they interleave.
+    let other = db.another().await?;
+    db.store.ping().await?;
+    other.ping().await?;
+    db.store
+        .insert_signing_key_if_none_active(signing_key("k0", T0))
+        .await?;
+    for round in 1..=5_i64 {
+        let tasks_count = 8;
+        let barrier = Arc::new(tokio::sync::Barrier::new(tasks_count));
+        let mut tasks = tokio::task::JoinSet::new();
+        // Everything created before this round's start is stale.
+        let stale_before = T0 + round * 1_000;
+        for n in 0..tasks_count {
+            let store = if n % 2 == 0 {
+                db.store.clone()
+            } else {
+                other.clone()
+            };
+            let barrier = barrier.clone();
+            let at = stale_before + i64::try_from(n)?;
+            tasks.spawn(async move {
+                barrier.wait().await;
+                store
+                    .rotate_signing_key_if_stale(
+                        signing_key(&format!("r{round}-{n}"), at),
+                        audit("keys.rotated", at),
+                        stale_before,
+                    )
+                    .await
+            });
+        }
+        let mut rotations = 0;
+        while let Some(done) = tasks.join_next().await {
+            rotations += usize::from(done??.is_some());
+        }
+        let keys = db.store.signing_keys().await?;
+        let active = keys.iter().filter(|k| k.retired_at.is_none()).count();
+        assert_eq!(rotations, 1, "round {round}");
+        assert_eq!(active, 1, "round {round}");
+        assert_eq!(keys.len(), usize::try_from(round + 1)?, "round {round}");
+    }
+    other.close().await;
+    Ok(())
+}
+
+async fn private_key_replacement(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    store
+        .insert_signing_key_if_none_active(signing_key("k1", T0))
+        .await?;
+    store
+        .rotate_signing_key(signing_key("k2", T0 + 10), audit("keys.rotated", T0 + 10))
+        .await?;
+    let events_before = store.recent_audit_events(10).await?.len();
+    let replaced = store
+        .replace_private_keys(
+            &[
+                PrivateKeyReplacement {
+                    kid: "k1".into(),
+                    previous: vec![9, 9, 9],
+                    sealed: vec![7; 40],
+                },
+                PrivateKeyReplacement {
+                    kid: "k2".into(),
+                    previous: vec![1, 2, 3, 0, 255],
+                    sealed: vec![8; 40],
+                },
+                PrivateKeyReplacement {
+                    kid: "gone".into(),
+                    previous: vec![1, 2, 3, 0, 255],
+                    sealed: vec![6; 40],
+                },
+            ],
+            audit("keys.sealed", T0 + 20),
+        )
+        .await?;
+    assert_eq!(
+        replaced,
+        vec!["k2".to_owned()],
+        "only rows that still hold `previous`"
+    );
+    let stored: Vec<_> = store
+        .signing_keys()
+        .await?
+        .into_iter()
+        .map(|k| (k.kid, k.private_key))
+        .collect();
+    assert_eq!(
+        stored,
+        vec![
+            ("k2".to_owned(), vec![8; 40]),
+            ("k1".to_owned(), vec![1, 2, 3, 0, 255])
+        ]
+    );
+    let events = store.recent_audit_events(10).await?;
+    assert_eq!(events.len(), events_before + 1);
+    assert_eq!(events[0].action, "keys.sealed");
+    // Nothing to replace: nothing written, not even the audit row.
+    let none = store
+        .replace_private_keys(
+            &[PrivateKeyReplacement {
+                kid: "k2".into(),
+                previous: vec![1, 2, 3, 0, 255],
+                sealed: vec![5; 40],
+            }],
+            audit("keys.sealed", T0 + 30),
+        )
+        .await?;
+    assert!(none.is_empty());
+    assert_eq!(
+        store.recent_audit_events(10).await?.len(),
+        events_before + 1
+    );
     Ok(())
 }
 
@@ -2648,5 +2824,209 @@ async fn role_changes_keep_an_owner(db: Db) -> TestResult {
         .filter(|u| u.role == "owner")
         .count();
     assert_eq!(owners, 1);
+    Ok(())
+}
+
+// ---- session policies -------------------------------------------------------------------
+
+/// An organization's session policy: off by default, changed only from the expected value
+/// (with its audit row, or not at all), per organization, and read with every refresh grant
+/// together with the token's creation and last use. A cache forgets grants when this process
+/// changes a policy, and when an organization-wide change from elsewhere is applied.
+async fn session_policies(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    let (org, owner) = org_with_owner(store).await?;
+    let other_org = new_org("Other", T0);
+    let other_org_id = other_org.id.clone();
+    store
+        .create_organization(other_org, audit("org.created", T0))
+        .await?;
+    let other_user = store
+        .create_user(
+            new_user(&other_org_id, "o@example.com", "owner", T0),
+            audit("user.add", T0),
+        )
+        .await?;
+    store
+        .insert_refresh_token(refresh_token(&owner, 1, None), audit("t", T0))
+        .await?;
+    store
+        .insert_refresh_token(refresh_token(&other_user, 2, None), audit("t", T0))
+        .await?;
+
+    // Off by default; an unknown organization has none.
+    let off = SessionPolicy::default();
+    assert_eq!(store.session_policy(&org.id).await?, Some(off));
+    assert_eq!(store.session_policy("no-such-org").await?, None);
+    let grant = store
+        .find_refresh_grant(&hash(1))
+        .await?
+        .ok_or("no grant")?;
+    assert_eq!(grant.policy, off);
+    assert_eq!(grant.token_created_at, T0 + 10);
+    assert_eq!(grant.token_last_used_at, None);
+    store
+        .record_token_uses(&[TokenUse {
+            token_id: grant.token_id.clone(),
+            at: T0 + 50,
+            address: None,
+        }])
+        .await?;
+    let grant = store
+        .find_refresh_grant(&hash(1))
+        .await?
+        .ok_or("no grant")?;
+    assert_eq!(grant.token_last_used_at, Some(T0 + 50));
+    // The access-token path reads the same facts about the session it came from.
+    let principal = store
+        .principal(&owner.id, &grant.token_id)
+        .await?
+        .ok_or("no principal")?;
+    assert_eq!(principal.session_created_at, Some(T0 + 10));
+    assert_eq!(principal.session_last_used_at, Some(T0 + 50));
+    assert_eq!(principal.policy, off);
+    let sessionless = store
+        .principal(&owner.id, "no-such-session")
+        .await?
+        .ok_or("no principal")?;
+    assert_eq!(
+        (
+            sessionless.session_created_at,
+            sessionless.session_last_used_at
+        ),
+        (None, None)
+    );
+
+    // Set: the grant carries it at once; the other organization keeps its own.
+    let strict = SessionPolicy {
+        idle_expiry_secs: Some(86_400),
+        max_age_secs: Some(2 * 86_400),
+    };
+    let changed = |at| AuditEvent {
+        org_id: Some(org.id.clone()),
+        ..audit("org.policy_changed", at)
+    };
+    assert!(
+        store
+            .set_session_policy(&org.id, off, strict, changed(T0 + 60))
+            .await?
+    );
+    assert_eq!(store.session_policy(&org.id).await?, Some(strict));
+    let grant = store
+        .find_refresh_grant(&hash(1))
+        .await?
+        .ok_or("no grant")?;
+    assert_eq!(grant.policy, strict);
+    assert_eq!(store.session_policy(&other_org_id).await?, Some(off));
+    let other_grant = store
+        .find_refresh_grant(&hash(2))
+        .await?
+        .ok_or("no grant")?;
+    assert_eq!(other_grant.policy, off);
+    let principal = store
+        .principal(&owner.id, &grant.token_id)
+        .await?
+        .ok_or("no principal")?;
+    assert_eq!(principal.policy, strict);
+    let other_principal = store
+        .principal(&other_user.id, &other_grant.token_id)
+        .await?
+        .ok_or("no principal")?;
+    assert_eq!(other_principal.policy, off);
+
+    // A stale expectation, or an unknown organization, changes nothing and audits nothing.
+    let half = SessionPolicy {
+        idle_expiry_secs: None,
+        max_age_secs: Some(86_400),
+    };
+    assert!(
+        !store
+            .set_session_policy(&org.id, off, half, changed(T0 + 61))
+            .await?
+    );
+    assert!(
+        !store
+            .set_session_policy("no-such-org", off, half, changed(T0 + 62))
+            .await?
+    );
+    assert_eq!(store.session_policy(&org.id).await?, Some(strict));
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM audit_events WHERE action = 'org.policy_changed'")
+            .await?,
+        1
+    );
+    let newest = store.recent_audit_events(1).await?;
+    assert_eq!(newest[0].action, "org.policy_changed");
+    assert_eq!(newest[0].org_id.as_deref(), Some(org.id.as_str()));
+    assert_eq!(newest[0].subject_user_id, None);
+
+    // Each limit on its own, and off again.
+    assert!(
+        store
+            .set_session_policy(&org.id, strict, half, changed(T0 + 63))
+            .await?
+    );
+    assert_eq!(store.session_policy(&org.id).await?, Some(half));
+    assert!(
+        store
+            .set_session_policy(&org.id, half, off, changed(T0 + 64))
+            .await?
+    );
+    let grant = store
+        .find_refresh_grant(&hash(1))
+        .await?
+        .ok_or("no grant")?;
+    assert_eq!(grant.policy, off);
+
+    // The cache: this process's change is seen at once ...
+    let cached = CachedStore::new(
+        db.store.clone(),
+        CacheSettings {
+            ttl: std::time::Duration::from_secs(600),
+            capacity: 1000,
+        },
+    );
+    cached.apply(&Change::listening());
+    cached.find_refresh_grant(&hash(1)).await?;
+    cached.principal(&owner.id, &grant.token_id).await?;
+    assert!(
+        cached
+            .set_session_policy(&org.id, off, strict, changed(T0 + 65))
+            .await?
+    );
+    let grant = cached
+        .find_refresh_grant(&hash(1))
+        .await?
+        .ok_or("no grant")?;
+    assert_eq!(grant.policy, strict);
+    let principal = cached
+        .principal(&owner.id, &grant.token_id)
+        .await?
+        .ok_or("no principal")?;
+    assert_eq!(principal.policy, strict);
+    // ... another process's change only once the feed hands it on (the positive control that
+    // the cache is in the way) ...
+    let other = db.another().await?;
+    assert!(
+        other
+            .set_session_policy(&org.id, strict, half, changed(T0 + 66))
+            .await?
+    );
+    let stale = cached
+        .find_refresh_grant(&hash(1))
+        .await?
+        .ok_or("no grant")?;
+    assert_eq!(stale.policy, strict);
+    // ... as an organization-wide change (the audit row names no user).
+    cached.apply(&Change {
+        action: "org.policy_changed".into(),
+        user_id: None,
+    });
+    let fresh = cached
+        .find_refresh_grant(&hash(1))
+        .await?
+        .ok_or("no grant")?;
+    assert_eq!(fresh.policy, half);
+    other.close().await;
     Ok(())
 }

@@ -11,10 +11,13 @@ use prism_proto::token_format::{self, SecretKind};
 use prism_proto::wire::TokenResponse;
 use ring::rand::{SecureRandom, SystemRandom};
 
+use super::policies;
 use super::standing::{self, Standing};
 use super::usage::UsageRecorder;
 use super::{BearerError, DomainError, GrantError, RequestMeta, now_ms};
-use crate::store::{AuditEvent, NewRefreshToken, Organization, RefreshGrant, Store, User};
+use crate::store::{
+    AuditEvent, NewRefreshToken, Organization, RefreshGrant, SessionPolicy, Store, User,
+};
 use crate::tokens::jwt::Audience;
 use crate::tokens::{
     AccessClaims, JwtError, KeyError, KeyRing, LiveKeys, VerifiedTokens, VerifyExpectations,
@@ -50,17 +53,6 @@ pub struct Principal {
 pub enum RevokeOutcome {
     Revoked,
     NothingToRevoke,
-}
-
-impl From<&RefreshGrant> for Standing {
-    fn from(grant: &RefreshGrant) -> Self {
-        Standing {
-            user_removed: grant.user_removed_at.is_some(),
-            user_epoch: grant.user_epoch,
-            token_epoch: grant.token_epoch,
-            session_revoked: grant.token_revoked_at.is_some(),
-        }
-    }
 }
 
 /// The token service.
@@ -142,6 +134,48 @@ impl AuthService {
         &self.usage
     }
 
+    /// The standing of a refresh grant at `now`, its organization's session policy included.
+    /// The last use counts this process's uses not written yet: a grant read from the cache
+    /// or the database may be up to a minute behind them.
+    fn grant_standing(&self, grant: &RefreshGrant, now: i64) -> Standing {
+        Standing {
+            user_removed: grant.user_removed_at.is_some(),
+            user_epoch: grant.user_epoch,
+            token_epoch: grant.token_epoch,
+            session_revoked: grant.token_revoked_at.is_some(),
+            session_expired: self.session_expired(
+                grant.policy,
+                &grant.token_id,
+                grant.token_created_at,
+                grant.token_last_used_at,
+                now,
+            ),
+        }
+    }
+
+    /// Whether `policy` has ended a session at `now`. Its last use is the newer of
+    /// `stored_last_use` (which the caller may have raised, for example to an access token's
+    /// issue time) and this process's uses not written yet.
+    fn session_expired(
+        &self,
+        policy: SessionPolicy,
+        session_id: &str,
+        created_at: i64,
+        stored_last_use: Option<i64>,
+        now: i64,
+    ) -> bool {
+        if policy == SessionPolicy::default() {
+            // No policy, the default: no lock taken on the hot path.
+            return false;
+        }
+        let last_use = if policy.idle_expiry_secs.is_some() {
+            stored_last_use.max(self.usage.last_use(session_id))
+        } else {
+            stored_last_use
+        };
+        policies::has_expired(policy, created_at, last_use, now)
+    }
+
     /// The hot path: checksum, hash, one indexed read, the standing rule, one signature.
     /// An empty `tenant_id` counts as absent.
     pub async fn exchange_refresh_token(
@@ -157,7 +191,8 @@ impl AuthService {
             .find_refresh_grant(&hash_secret(refresh_token))
             .await?
             .ok_or(DomainError::InvalidGrant(GrantError::Unknown))?;
-        standing::check(Standing::from(&grant))
+        let now = now_ms();
+        standing::check(self.grant_standing(&grant, now))
             .map_err(|denial| DomainError::InvalidGrant(GrantError::Denied(denial)))?;
         if let Some(tenant) = tenant_id.filter(|t| !t.is_empty())
             && tenant != grant.tenant_id
@@ -166,7 +201,6 @@ impl AuthService {
                 "the user of this refresh token is not a member of that tenant".to_owned(),
             ));
         }
-        let now = now_ms();
         let now_secs = now / 1000;
         let ttl = i64::try_from(self.settings.access_token_ttl.as_secs()).unwrap_or(i64::MAX);
         let claims = AccessClaims {
@@ -218,7 +252,8 @@ impl AuthService {
         else {
             return Ok(RevokeOutcome::NothingToRevoke);
         };
-        if standing::check(Standing::from(&grant)).is_err() {
+        // A session its organization's policy has ended is dead too, and revokes nothing.
+        if standing::check(self.grant_standing(&grant, now_ms())).is_err() {
             return Ok(RevokeOutcome::NothingToRevoke);
         }
         let audit = AuditEvent {
@@ -249,11 +284,24 @@ impl AuthService {
             .principal(&claims.sub, &claims.sid)
             .await?
             .ok_or(DomainError::InvalidToken(BearerError::UnknownUser))?;
+        // A session its organization's policy has ended takes its access tokens with it, as
+        // a revoked one does. Issuing this token was a use of the session.
+        let session_expired = record.session_created_at.is_some_and(|created_at| {
+            let issued_at = claims.iat.saturating_mul(1000);
+            self.session_expired(
+                record.policy,
+                &claims.sid,
+                created_at,
+                record.session_last_used_at.max(Some(issued_at)),
+                now_ms(),
+            )
+        });
         standing::check(Standing {
             user_removed: record.user.removed_at.is_some(),
             user_epoch: record.user.token_epoch,
             token_epoch: claims.ep,
             session_revoked: !matches!(record.session_revoked_at, Some(None)),
+            session_expired,
         })
         .map_err(|denial| DomainError::InvalidToken(BearerError::Denied(denial)))?;
         Ok(Principal {

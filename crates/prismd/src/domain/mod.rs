@@ -10,6 +10,7 @@ pub mod device;
 pub mod limits;
 pub mod login;
 pub mod passwords;
+pub mod policies;
 pub mod sessions;
 pub mod standing;
 pub mod usage;

@@ -4,6 +4,8 @@
 //! user of another organization, looks exactly like an unknown id.
 
 use super::accounts::{self, Role};
+use super::policies;
+use super::usage::UsageRecorder;
 use super::{DomainError, RequestMeta, now_ms};
 use crate::store::{AuditEvent, MAX_LISTED_SESSIONS, SessionRecord, Store, User};
 
@@ -34,14 +36,39 @@ async fn session_holder(
     Ok(target)
 }
 
-/// The live sessions of `user_id` (the actor or a member they manage), newest first.
+/// A live session and when its organization's session policy will end it.
+#[derive(Debug, Clone)]
+pub struct LiveSession {
+    pub record: SessionRecord,
+    /// ms since the epoch; `None` when no policy applies.
+    pub expires_at: Option<i64>,
+}
+
+/// The live sessions of `user_id` (the actor or a member they manage), newest first. Sessions
+/// the organization's policy has ended are left out, as the token endpoint refuses them;
+/// `usage` supplies this process's uses not written yet.
 pub async fn list(
     store: &dyn Store,
+    usage: &UsageRecorder,
     actor: &User,
     user_id: &str,
-) -> Result<Vec<SessionRecord>, DomainError> {
+) -> Result<Vec<LiveSession>, DomainError> {
     let holder = session_holder(store, actor, user_id).await?;
-    Ok(store.list_sessions(&holder.id, MAX_LISTED_SESSIONS).await?)
+    let records = store.list_sessions(&holder.id, MAX_LISTED_SESSIONS).await?;
+    let policy = store
+        .session_policy(&holder.org_id)
+        .await?
+        .unwrap_or_default();
+    let now = now_ms();
+    Ok(records
+        .into_iter()
+        .map(|record| {
+            let last_use = record.last_used_at.max(usage.last_use(&record.id));
+            let expires_at = policies::expires_at(policy, record.created_at, last_use);
+            LiveSession { record, expires_at }
+        })
+        .filter(|session| session.expires_at.is_none_or(|end| now < end))
+        .collect())
 }
 
 /// Ends one session: its refresh token stops working, and so do the access tokens issued

@@ -1,5 +1,7 @@
 //! The one rule every endpoint applies before honouring a token: a removed user gets nothing,
-//! and a token issued before its user's last revoke-all (or from a revoked session) is dead.
+//! a token issued before its user's last revoke-all (or from a revoked session) is dead, and
+//! so is a refresh token its organization's session policy has expired (`domain::policies`
+//! decides when that is).
 
 use std::fmt;
 
@@ -8,13 +10,18 @@ use std::fmt;
 pub enum Denial {
     UserRemoved,
     Revoked,
+    /// The session outlived its organization's idle expiry or maximum age. Told apart from
+    /// [`Denial::Revoked`] for metrics only: the client gets the same answer.
+    Expired,
 }
 
 impl fmt::Display for Denial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Denial::UserRemoved => "the token's user has been removed from the organization",
-            Denial::Revoked => {
+            // An expired session reads exactly like a revoked one, as the issue asks: the
+            // remedy is the same (a new refresh token).
+            Denial::Revoked | Denial::Expired => {
                 "the token has been revoked; mint a new refresh token with 'prism me:token --type refresh'"
             }
         })
@@ -31,6 +38,8 @@ pub struct Standing {
     pub token_epoch: i64,
     /// The session (refresh token) was revoked on its own, or no longer exists.
     pub session_revoked: bool,
+    /// The session has expired under its organization's session policy.
+    pub session_expired: bool,
 }
 
 /// Applies the rule.
@@ -40,6 +49,9 @@ pub fn check(standing: Standing) -> Result<(), Denial> {
     }
     if standing.session_revoked || standing.token_epoch != standing.user_epoch {
         return Err(Denial::Revoked);
+    }
+    if standing.session_expired {
+        return Err(Denial::Expired);
     }
     Ok(())
 }
@@ -53,6 +65,7 @@ mod tests {
         user_epoch: 3,
         token_epoch: 3,
         session_revoked: false,
+        session_expired: false,
     };
 
     #[test]
@@ -85,6 +98,27 @@ mod tests {
                 ..OK
             }),
             Err(Denial::Revoked)
+        );
+        assert_eq!(
+            check(Standing {
+                session_expired: true,
+                ..OK
+            }),
+            Err(Denial::Expired)
+        );
+        // A revoked session is reported as revoked, expired or not.
+        assert_eq!(
+            check(Standing {
+                session_revoked: true,
+                session_expired: true,
+                ..OK
+            }),
+            Err(Denial::Revoked)
+        );
+        assert_eq!(
+            Denial::Expired.to_string(),
+            Denial::Revoked.to_string(),
+            "an expired session must read exactly like a revoked one"
         );
     }
 }

@@ -18,6 +18,9 @@ struct Books {
     /// When each recently written token's use was written (its `at`); older entries are
     /// forgotten, since they no longer hold anything back.
     written: HashMap<String, i64>,
+    /// Uses taken by [`UsageRecorder::drain_due`] and not yet reported written (or put back):
+    /// neither pending nor, perhaps, in the database yet, but a use all the same.
+    in_flight: HashMap<String, i64>,
 }
 
 /// Pending last-use records, newest per token.
@@ -56,19 +59,42 @@ impl UsageRecorder {
         }
     }
 
+    /// The newest use of `token_id` this process knows of and may not have written yet
+    /// (pending, being written, or written within the last minute): what an idle expiry
+    /// must count on top of the stored last use.
+    pub fn last_use(&self, token_id: &str) -> Option<i64> {
+        let books = self.lock();
+        [
+            books.pending.get(token_id).map(|use_| use_.at),
+            books.in_flight.get(token_id).copied(),
+            books.written.get(token_id).copied(),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+    }
+
     /// Takes the uses due for writing: those of tokens not written in the last
     /// [`MIN_WRITE_INTERVAL_MS`]. The rest wait. Call [`UsageRecorder::written`] once they are
     /// stored, or [`UsageRecorder::record`] them again if they could not be.
     pub fn drain_due(&self, now: i64) -> Vec<TokenUse> {
         let mut books = self.lock();
-        let Books { pending, written } = &mut *books;
+        let Books {
+            pending,
+            written,
+            in_flight,
+        } = &mut *books;
         written.retain(|_, at| now - *at < MIN_WRITE_INTERVAL_MS);
+        // A use still in flight from an earlier drain was written or put back by now (the
+        // writer reports one way or the other before draining again).
+        in_flight.clear();
         let mut due = Vec::new();
         pending.retain(|token_id, token_use| {
             let held_back = written
                 .get(token_id)
                 .is_some_and(|at| token_use.at - at < MIN_WRITE_INTERVAL_MS);
             if !held_back {
+                in_flight.insert(token_id.clone(), token_use.at);
                 due.push(token_use.clone());
             }
             held_back
@@ -80,6 +106,7 @@ impl UsageRecorder {
     pub fn written(&self, uses: &[TokenUse]) {
         let mut books = self.lock();
         for token_use in uses {
+            books.in_flight.remove(&token_use.token_id);
             books
                 .written
                 .insert(token_use.token_id.clone(), token_use.at);
@@ -152,5 +179,22 @@ mod tests {
         recorder.record("d", 71_000, None);
         assert!(recorder.drain_due(71_000).is_empty());
         assert_eq!(recorder.drain().len(), 1);
+    }
+
+    #[test]
+    fn last_use_covers_pending_in_flight_and_written_uses() {
+        let recorder = UsageRecorder::default();
+        assert_eq!(recorder.last_use("a"), None);
+        recorder.record("a", 1_000, None);
+        assert_eq!(recorder.last_use("a"), Some(1_000));
+        // Taken for writing, not yet reported written: still known.
+        let due = recorder.drain_due(1_000);
+        assert_eq!(recorder.last_use("a"), Some(1_000));
+        recorder.written(&due);
+        assert_eq!(recorder.last_use("a"), Some(1_000));
+        // A newer pending use wins over the written one.
+        recorder.record("a", 5_000, None);
+        assert_eq!(recorder.last_use("a"), Some(5_000));
+        assert_eq!(recorder.last_use("b"), None);
     }
 }

@@ -31,7 +31,11 @@ enum Format {
 
 fn content_format(req: &Request) -> Option<Format> {
     let value = req.headers().get(header::CONTENT_TYPE)?.to_str().ok()?;
-    let essence = value.split(';').next()?.trim();
+    format_of(value)
+}
+
+fn format_of(content_type: &str) -> Option<Format> {
+    let essence = content_type.split(';').next()?.trim();
     if essence.eq_ignore_ascii_case("application/json") {
         Some(Format::Json)
     } else if essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
@@ -42,24 +46,17 @@ fn content_format(req: &Request) -> Option<Format> {
 }
 
 async fn read_limited(req: Request, limit: usize) -> Result<Bytes, HttpError> {
-    let too_large = || {
-        HttpError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "invalid_request",
-            format!("the request body is larger than {limit} bytes"),
-        )
-    };
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
-        return Err(too_large());
+        return Err(too_large(limit));
     }
     axum::body::to_bytes(req.into_body(), limit)
         .await
-        .map_err(|_| too_large())
+        .map_err(|_| too_large(limit))
 }
 
 fn parse<T: BodyShape>(format: Format, bytes: &[u8]) -> Result<T, HttpError> {
@@ -91,15 +88,26 @@ fn unsupported(allowed: &str) -> HttpError {
     )
 }
 
+/// The format a JSON-only endpoint reads, or its 415.
+fn json_only(format: Option<Format>) -> Result<Format, HttpError> {
+    match format {
+        Some(Format::Json) => Ok(Format::Json),
+        _ => Err(unsupported("application/json")),
+    }
+}
+
+/// The format a JSON-or-form endpoint reads, or its 415.
+fn json_or_form(format: Option<Format>) -> Result<Format, HttpError> {
+    format.ok_or_else(|| unsupported("application/x-www-form-urlencoded or application/json"))
+}
+
 impl<S: Send + Sync, T: BodyShape> FromRequest<S> for JsonBody<T> {
     type Rejection = HttpError;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
-        if content_format(&req) != Some(Format::Json) {
-            return Err(unsupported("application/json"));
-        }
+        let format = json_only(content_format(&req))?;
         let bytes = read_limited(req, T::MAX_BYTES).await?;
-        parse(Format::Json, &bytes).map(JsonBody)
+        parse(format, &bytes).map(JsonBody)
     }
 }
 
@@ -107,12 +115,43 @@ impl<S: Send + Sync, T: BodyShape> FromRequest<S> for JsonOrForm<T> {
     type Rejection = HttpError;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
-        let Some(format) = content_format(&req) else {
-            return Err(unsupported(
-                "application/x-www-form-urlencoded or application/json",
-            ));
-        };
+        let format = json_or_form(content_format(&req))?;
         let bytes = read_limited(req, T::MAX_BYTES).await?;
         parse(format, &bytes).map(JsonOrForm)
     }
+}
+
+/// What [`JsonBody`] does with a body already read, for the fuzz target.
+pub(super) fn parse_json_body<T: BodyShape>(
+    content_type: &str,
+    bytes: &[u8],
+) -> Result<T, HttpError> {
+    let format = json_only(format_of(content_type))?;
+    within_limit::<T>(bytes)?;
+    parse(format, bytes)
+}
+
+/// What [`JsonOrForm`] does with a body already read, for the fuzz target.
+pub(super) fn parse_json_or_form<T: BodyShape>(
+    content_type: &str,
+    bytes: &[u8],
+) -> Result<T, HttpError> {
+    let format = json_or_form(format_of(content_type))?;
+    within_limit::<T>(bytes)?;
+    parse(format, bytes)
+}
+
+fn within_limit<T: BodyShape>(bytes: &[u8]) -> Result<(), HttpError> {
+    if bytes.len() > T::MAX_BYTES {
+        return Err(too_large(T::MAX_BYTES));
+    }
+    Ok(())
+}
+
+fn too_large(limit: usize) -> HttpError {
+    HttpError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_request",
+        format!("the request body is larger than {limit} bytes"),
+    )
 }

@@ -74,6 +74,11 @@ impl HttpError {
     pub fn status(&self) -> StatusCode {
         self.status
     }
+
+    /// The `error_description` the client reads.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
 }
 
 impl From<DomainError> for HttpError {

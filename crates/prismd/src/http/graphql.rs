@@ -5,13 +5,16 @@
 
 use std::sync::Arc;
 
-use async_graphql::{Context, ErrorExtensions, ID, InputObject, Object, SimpleObject};
+use async_graphql::{
+    Context, ErrorExtensions, ID, InputObject, MaybeUndefined, Object, SimpleObject,
+};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use super::error::log_unavailable;
 use crate::domain::accounts::{self, Role, UserDraft, parse_public_id, public_id};
 use crate::domain::auth::{AuthService, Principal};
+use crate::domain::policies::{self, PolicyDays, PolicyUpdate};
 use crate::domain::{DomainError, RequestMeta, audit, sessions};
 use crate::store::{AuditRecord, Organization, ProfileChanges, SessionRecord, StoreError, User};
 
@@ -326,13 +329,20 @@ impl UserNode {
     async fn sessions(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Vec<SessionNode>>> {
         let caller = caller(ctx)?;
         let store = caller.auth.store().as_ref();
-        let records = sessions::list(store, &caller.principal.user, &self.user.id)
-            .await
-            .map_err(query_error)?;
+        let live = sessions::list(
+            store,
+            caller.auth.usage(),
+            &caller.principal.user,
+            &self.user.id,
+        )
+        .await
+        .map_err(query_error)?;
         Ok(Some(
-            records
-                .into_iter()
-                .map(|record| SessionNode::new(record, caller.principal))
+            live.into_iter()
+                .map(|session| {
+                    SessionNode::new(session.record, caller.principal)
+                        .expiring_at(session.expires_at)
+                })
                 .collect(),
         ))
     }
@@ -364,12 +374,21 @@ fn timestamp(ms: i64) -> String {
 pub struct SessionNode {
     record: SessionRecord,
     current: bool,
+    expires_at: Option<i64>,
 }
 
 impl SessionNode {
     fn new(record: SessionRecord, caller: &Principal) -> Self {
         let current = record.id == caller.claims.sid;
-        Self { record, current }
+        Self {
+            record,
+            current,
+            expires_at: None,
+        }
+    }
+
+    fn expiring_at(self, expires_at: Option<i64>) -> Self {
+        Self { expires_at, ..self }
     }
 }
 
@@ -404,6 +423,26 @@ impl SessionNode {
     async fn current(&self) -> bool {
         self.current
     }
+    /// When the organization's session policy ends this session if it is not used again
+    /// (RFC 3339, UTC); null when no policy applies. Each use moves an idle expiry on.
+    async fn expires_at(&self) -> Option<String> {
+        self.expires_at.map(timestamp)
+    }
+}
+
+/// An organization's session policy, in whole days; null means that limit is off.
+pub struct SessionPolicyNode(PolicyDays);
+
+#[Object(name = "SessionPolicy")]
+impl SessionPolicyNode {
+    /// Refresh tokens not used for this many days stop working; null: no idle expiry.
+    async fn idle_expiry_days(&self) -> Option<i64> {
+        self.0.idle_expiry_days
+    }
+    /// Refresh tokens older than this many days stop working; null: no maximum age.
+    async fn max_age_days(&self) -> Option<i64> {
+        self.0.max_age_days
+    }
 }
 
 pub struct OrganizationNode(Organization);
@@ -418,6 +457,19 @@ impl OrganizationNode {
     }
     async fn tenant_id(&self) -> &str {
         &self.0.tenant_id
+    }
+
+    /// How long refresh tokens of this organization live (Owners and Admins; null with a
+    /// `FORBIDDEN` error for anyone else). Off by default.
+    async fn session_policy(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Option<SessionPolicyNode>> {
+        let caller = caller(ctx)?;
+        let policy = policies::read(caller.auth.store().as_ref(), &caller.principal.user)
+            .await
+            .map_err(query_error)?;
+        Ok(Some(SessionPolicyNode(PolicyDays::of(policy))))
     }
 
     /// Active users, oldest first, in pages (`after` is a previous page's `endCursor`; an
@@ -616,6 +668,30 @@ pub struct RevokeAllSessionsPayload {
     errors: Vec<FieldError>,
 }
 
+#[derive(InputObject)]
+pub struct UpdateSessionPolicyInput {
+    /// Days a refresh token may go unused; null turns the limit off, absent keeps it.
+    idle_expiry_days: MaybeUndefined<i64>,
+    /// Days a refresh token may live; null turns the limit off, absent keeps it.
+    max_age_days: MaybeUndefined<i64>,
+}
+
+#[derive(SimpleObject, Default)]
+pub struct UpdateSessionPolicyPayload {
+    /// The policy now in force.
+    session_policy: Option<SessionPolicyNode>,
+    errors: Vec<FieldError>,
+}
+
+/// Absent: `None` (keep); null: `Some(None)` (off); a value: `Some(Some(days))`.
+fn policy_change(value: MaybeUndefined<i64>) -> Option<Option<i64>> {
+    match value {
+        MaybeUndefined::Undefined => None,
+        MaybeUndefined::Null => Some(None),
+        MaybeUndefined::Value(days) => Some(Some(days)),
+    }
+}
+
 #[derive(SimpleObject, Default)]
 pub struct CreateUserInvitationPayload {
     url: Option<String>,
@@ -805,6 +881,42 @@ impl MutationRoot {
                 errors: payload_errors(err, "userId")?,
             },
         })
+    }
+
+    /// Changes the organization's session policy (Owners only). Applies at once to every
+    /// refresh token of the organization, including those issued before.
+    async fn update_session_policy(
+        &self,
+        ctx: &Context<'_>,
+        input: UpdateSessionPolicyInput,
+    ) -> async_graphql::Result<UpdateSessionPolicyPayload> {
+        let caller = caller(ctx)?;
+        let store = caller.auth.store().as_ref();
+        let update = PolicyUpdate {
+            idle_expiry_days: policy_change(input.idle_expiry_days),
+            max_age_days: policy_change(input.max_age_days),
+        };
+        let checked = match update.check() {
+            Ok(checked) => checked,
+            Err((field, err)) => {
+                return Ok(UpdateSessionPolicyPayload {
+                    session_policy: None,
+                    errors: payload_errors(err, field)?,
+                });
+            }
+        };
+        Ok(
+            match policies::update(store, &caller.principal.user, checked, &caller.meta).await {
+                Ok(policy) => UpdateSessionPolicyPayload {
+                    session_policy: Some(SessionPolicyNode(PolicyDays::of(policy))),
+                    errors: Vec::new(),
+                },
+                Err(err) => UpdateSessionPolicyPayload {
+                    session_policy: None,
+                    errors: payload_errors(err, "__all__")?,
+                },
+            },
+        )
     }
 
     /// A new single-use link for a member to set their password (Owners and Admins).

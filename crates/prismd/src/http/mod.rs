@@ -33,6 +33,29 @@ use crate::metrics::Metrics;
 pub use api::ApiSchema;
 pub use error::HttpError;
 
+/// How many request-body types [`parse_request_body`] knows.
+#[doc(hidden)]
+pub const REQUEST_BODY_KINDS: u8 = 9;
+
+/// Parses `bytes` sent with `content_type` exactly as the extractor of one endpoint would
+/// (`kind` picks which, modulo [`REQUEST_BODY_KINDS`]), without a server. The entry point of
+/// the `request_body` fuzz target in `fuzz/`; nothing else calls it.
+#[doc(hidden)]
+pub fn parse_request_body(kind: u8, content_type: &str, bytes: &[u8]) -> Result<(), HttpError> {
+    use body::{parse_json_body as json, parse_json_or_form as either};
+    match kind % REQUEST_BODY_KINDS {
+        0 => json::<prism_proto::wire::RefreshRequest>(content_type, bytes).map(drop),
+        1 => json::<prism_proto::wire::RevokeRequest>(content_type, bytes).map(drop),
+        2 => json::<api::GraphqlRequest>(content_type, bytes).map(drop),
+        3 => either::<oauth::TokenRequest>(content_type, bytes).map(drop),
+        4 => either::<oauth::DeviceCodeRequest>(content_type, bytes).map(drop),
+        5 => either::<oauth::RevocationRequest>(content_type, bytes).map(drop),
+        6 => either::<web::LoginForm>(content_type, bytes).map(drop),
+        7 => either::<web::InviteForm>(content_type, bytes).map(drop),
+        _ => either::<web::DeviceForm>(content_type, bytes).map(drop),
+    }
+}
+
 /// Settings of the browser pages.
 #[derive(Debug, Clone, Default)]
 pub struct WebSettings {

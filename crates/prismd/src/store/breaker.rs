@@ -30,8 +30,9 @@ use tokio::sync::Notify;
 use super::{
     AttemptCounter, AttemptPolicy, AuditEvent, AuditQuery, AuditRecord, Change, CleanupLock,
     CodeRedemption, Credentials, DeviceCode, Garbage, NewAuthorizationCode, NewDeviceCode,
-    NewOrganization, NewRefreshToken, NewUser, Organization, PrincipalRecord, ProfileChanges,
-    RefreshGrant, Removal, SessionRecord, SigningKeyRecord, Store, StoreError, TokenUse, User,
+    NewOrganization, NewRefreshToken, NewUser, Organization, PrincipalRecord,
+    PrivateKeyReplacement, ProfileChanges, RefreshGrant, Removal, SessionPolicy, SessionRecord,
+    SigningKeyRecord, Store, StoreError, TokenUse, User,
 };
 
 /// How the probe behaves while the circuit is open.
@@ -373,6 +374,24 @@ impl Store for GuardedStore {
         self.guard(self.inner.find_refresh_grant(token_hash)).await
     }
 
+    async fn session_policy(&self, org_id: &str) -> Result<Option<SessionPolicy>, StoreError> {
+        self.guard(self.inner.session_policy(org_id)).await
+    }
+
+    async fn set_session_policy(
+        &self,
+        org_id: &str,
+        expected: SessionPolicy,
+        policy: SessionPolicy,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        self.guard(
+            self.inner
+                .set_session_policy(org_id, expected, policy, audit),
+        )
+        .await
+    }
+
     async fn revoke_all_tokens(
         &self,
         user_id: &str,
@@ -553,6 +572,28 @@ impl Store for GuardedStore {
         audit: AuditEvent,
     ) -> Result<Vec<String>, StoreError> {
         self.guard(self.inner.rotate_signing_key(key, audit)).await
+    }
+
+    async fn rotate_signing_key_if_stale(
+        &self,
+        key: SigningKeyRecord,
+        audit: AuditEvent,
+        active_created_before: i64,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        self.guard(
+            self.inner
+                .rotate_signing_key_if_stale(key, audit, active_created_before),
+        )
+        .await
+    }
+
+    async fn replace_private_keys(
+        &self,
+        replacements: &[PrivateKeyReplacement],
+        audit: AuditEvent,
+    ) -> Result<Vec<String>, StoreError> {
+        self.guard(self.inner.replace_private_keys(replacements, audit))
+            .await
     }
 
     async fn delete_garbage(

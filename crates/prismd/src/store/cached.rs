@@ -4,7 +4,7 @@
 //! A cached entry is dropped when:
 //! - this process changes the user (every write below that can change someone's standing
 //!   invalidates that user before it returns, so a revoke answered 200 holds on this replica
-//!   at once);
+//!   at once), or an organization's session policy (grants carry it; everything is dropped);
 //! - another process's change is heard through [`Store::follow_changes`] (PostgreSQL
 //!   `LISTEN/NOTIFY`, or SQLite's audit-log poll), which calls [`CachedStore::apply`];
 //! - it is older than the configured lifetime: a last-resort bound (a silently dead
@@ -34,8 +34,8 @@ use super::{
     AttemptCounter, AttemptPolicy, AuditEvent, AuditQuery, AuditRecord, Change, CleanupLock,
     CodeRedemption, Credentials, DeviceCode, Garbage, INFORMATIONAL_ACTIONS, NewAuthorizationCode,
     NewDeviceCode, NewOrganization, NewRefreshToken, NewUser, Organization, PrincipalRecord,
-    ProfileChanges, RefreshGrant, Removal, SessionRecord, SigningKeyRecord, Store, StoreError,
-    TokenUse, User,
+    PrivateKeyReplacement, ProfileChanges, RefreshGrant, Removal, SessionPolicy, SessionRecord,
+    SigningKeyRecord, Store, StoreError, TokenUse, User,
 };
 
 /// How long and how much the cache keeps.
@@ -335,6 +335,23 @@ impl Store for CachedStore {
         outcome
     }
 
+    async fn set_session_policy(
+        &self,
+        org_id: &str,
+        expected: SessionPolicy,
+        policy: SessionPolicy,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let outcome = self
+            .inner
+            .set_session_policy(org_id, expected, policy, audit)
+            .await;
+        // Every cached grant of the organization carries its old policy. Which grants those
+        // are is not indexed, and policy changes are rare: drop everything.
+        self.invalidate_all();
+        outcome
+    }
+
     async fn attempt_counter(&self, key: &str) -> Result<Option<AttemptCounter>, StoreError> {
         self.inner.attempt_counter(key).await
     }
@@ -401,6 +418,10 @@ impl Store for CachedStore {
         audit: AuditEvent,
     ) -> Result<bool, StoreError> {
         self.inner.bootstrap(org, owner, audit).await
+    }
+
+    async fn session_policy(&self, org_id: &str) -> Result<Option<SessionPolicy>, StoreError> {
+        self.inner.session_policy(org_id).await
     }
 
     async fn default_organization(&self) -> Result<Option<Organization>, StoreError> {
@@ -615,6 +636,26 @@ impl Store for CachedStore {
         audit: AuditEvent,
     ) -> Result<Vec<String>, StoreError> {
         self.inner.rotate_signing_key(key, audit).await
+    }
+
+    async fn rotate_signing_key_if_stale(
+        &self,
+        key: SigningKeyRecord,
+        audit: AuditEvent,
+        active_created_before: i64,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        // Signing keys are not cached; LiveKeys reloads on the change feed's keys.* events.
+        self.inner
+            .rotate_signing_key_if_stale(key, audit, active_created_before)
+            .await
+    }
+
+    async fn replace_private_keys(
+        &self,
+        replacements: &[PrivateKeyReplacement],
+        audit: AuditEvent,
+    ) -> Result<Vec<String>, StoreError> {
+        self.inner.replace_private_keys(replacements, audit).await
     }
 
     async fn delete_garbage(

@@ -42,6 +42,21 @@ pub enum StoreError {
     /// The data directory or database file could not be prepared.
     #[error("cannot prepare the database file: {0}")]
     Io(#[from] std::io::Error),
+    /// The database file or its directory cannot be written (a read-only file system or
+    /// missing permissions). prismd writes on every start, so it refuses to start.
+    #[error(
+        "cannot write the database file {}: {cause}; prismd needs a writable data directory \
+         (check the mount and the file's owner)",
+        path.display()
+    )]
+    NotWritable {
+        path: std::path::PathBuf,
+        cause: std::io::Error,
+    },
+    /// The disk holding the database is full: writes fail (and are answered 503) until space
+    /// is freed; reads go on.
+    #[error("the database's disk is full; writes fail until space is freed: {0}")]
+    DiskFull(sqlx::Error),
     /// An admin command was pointed at a directory without a database.
     #[error(
         "no database at {0}; check --data-dir, or start the server once ('prismd serve') to create it"
@@ -70,6 +85,8 @@ impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
         if is_connection_failure(&err) {
             Self::Unreachable(err)
+        } else if is_disk_full(&err) {
+            Self::DiskFull(err)
         } else {
             Self::Database(err)
         }
@@ -102,6 +119,16 @@ pub fn is_connection_failure(err: &sqlx::Error) -> bool {
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| is_connection_sqlstate(&code)),
+        _ => false,
+    }
+}
+
+/// SQLite's `SQLITE_FULL` (13) and PostgreSQL's `disk_full` (53100).
+fn is_disk_full(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code == "13" || code == "53100"),
         _ => false,
     }
 }
@@ -452,6 +479,24 @@ pub struct RefreshGrant {
     pub user_removed_at: Option<i64>,
     pub org_id: String,
     pub tenant_id: String,
+    /// When the token was minted: what a maximum age is measured from.
+    pub token_created_at: i64,
+    /// Its last use as written so far (batched, so up to a minute behind; the process's own
+    /// pending uses are in `domain::usage`).
+    pub token_last_used_at: Option<i64>,
+    /// The organization's session policy, read in the same look-up.
+    #[sqlx(flatten)]
+    pub policy: SessionPolicy,
+}
+
+/// An organization's session policy (issue 7). `None` turns a limit off, the default, for
+/// parity with Prismatic, where refresh tokens live until revoked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, sqlx::FromRow)]
+pub struct SessionPolicy {
+    /// A refresh token not used for longer than this (seconds) is refused.
+    pub idle_expiry_secs: Option<i64>,
+    /// A refresh token older than this (seconds) is refused.
+    pub max_age_secs: Option<i64>,
 }
 
 /// The caller behind an access token: the user, their organization and the state of the
@@ -462,6 +507,12 @@ pub struct PrincipalRecord {
     pub org: Organization,
     /// `None` when the session row does not exist (or belongs to someone else).
     pub session_revoked_at: Option<Option<i64>>,
+    /// The session's creation and last use as written so far (`None` without a session row),
+    /// which the organization's session policy counts from.
+    pub session_created_at: Option<i64>,
+    pub session_last_used_at: Option<i64>,
+    /// The organization's session policy, read in the same look-up.
+    pub policy: SessionPolicy,
 }
 
 /// The last use of a refresh token, recorded in batches off the hot path.
@@ -472,8 +523,9 @@ pub struct TokenUse {
     pub address: Option<String>,
 }
 
-/// A signing key as stored.
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// A signing key as stored. `private_key` is PKCS#8, or sealed with the key encryption key
+/// (`tokens::at_rest`).
+#[derive(Clone, sqlx::FromRow)]
 pub struct SigningKeyRecord {
     pub kid: String,
     pub algorithm: String,
@@ -481,6 +533,36 @@ pub struct SigningKeyRecord {
     pub public_key: Vec<u8>,
     pub created_at: i64,
     pub retired_at: Option<i64>,
+}
+
+// By hand, so that no log line or error that prints a record can show its private key.
+impl std::fmt::Debug for SigningKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKeyRecord")
+            .field("kid", &self.kid)
+            .field("algorithm", &self.algorithm)
+            .field("private_key", &"<redacted>")
+            .field("created_at", &self.created_at)
+            .field("retired_at", &self.retired_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A new stored form of one signing key's private key (sealing it with a key encryption
+/// key), applied only if the row still holds `previous`.
+#[derive(Clone)]
+pub struct PrivateKeyReplacement {
+    pub kid: String,
+    pub previous: Vec<u8>,
+    pub sealed: Vec<u8>,
+}
+
+impl std::fmt::Debug for PrivateKeyReplacement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrivateKeyReplacement")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A security event, written in the same transaction as the change it describes.
@@ -841,6 +923,22 @@ pub trait Store: Send + Sync + 'static {
         token_hash: &[u8; 32],
     ) -> Result<Option<RefreshGrant>, StoreError>;
 
+    /// The session policy of an organization; `None` when there is no such organization.
+    async fn session_policy(&self, org_id: &str) -> Result<Option<SessionPolicy>, StoreError>;
+
+    /// Replaces an organization's session policy, if it is still `expected`, and writes
+    /// `audit` in the same transaction. The audit row is what tells every replica's cache to
+    /// drop the organization's refresh grants (they carry the policy). Returns false when the
+    /// organization does not exist or its policy is no longer `expected` (changed meanwhile),
+    /// and then writes nothing.
+    async fn set_session_policy(
+        &self,
+        org_id: &str,
+        expected: SessionPolicy,
+        policy: SessionPolicy,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError>;
+
     /// Revokes every refresh token and access token of a user in one durable write, by
     /// moving the user's epoch on from `expected_epoch`, and ends their browser sessions. Returns false when the epoch had
     /// already moved (someone else revoked first).
@@ -851,7 +949,8 @@ pub trait Store: Send + Sync + 'static {
         audit: AuditEvent,
     ) -> Result<bool, StoreError>;
 
-    /// The user, organization and session state behind an access token.
+    /// The user, organization (with its session policy) and session state behind an access
+    /// token.
     async fn principal(
         &self,
         user_id: &str,
@@ -985,6 +1084,26 @@ pub trait Store: Send + Sync + 'static {
     async fn rotate_signing_key(
         &self,
         key: SigningKeyRecord,
+        audit: AuditEvent,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// [`Store::rotate_signing_key`], but only if no active key was created at or after
+    /// `active_created_before` (milliseconds), checked inside the rotation's transaction and
+    /// lock: of several processes racing to rotate an old key, one does. `None` when the
+    /// active key is that new, with nothing written.
+    async fn rotate_signing_key_if_stale(
+        &self,
+        key: SigningKeyRecord,
+        audit: AuditEvent,
+        active_created_before: i64,
+    ) -> Result<Option<Vec<String>>, StoreError>;
+
+    /// Replaces the stored private key of each named signing key whose row still holds
+    /// `previous`, with `audit`, in one transaction (under the signing-key lock). Returns the
+    /// kids it replaced; when none, nothing is written, not even the audit event.
+    async fn replace_private_keys(
+        &self,
+        replacements: &[PrivateKeyReplacement],
         audit: AuditEvent,
     ) -> Result<Vec<String>, StoreError>;
 

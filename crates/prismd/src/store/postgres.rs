@@ -17,9 +17,9 @@ use super::{
     AUDIT_COLUMNS, AttemptCounter, AttemptPolicy, AuditBind, AuditEvent, AuditQuery, AuditRecord,
     AuthorizationCode, Change, CleanupLock, CodeRedemption, Credentials, DeviceCode, Garbage,
     LIVE_SESSION, MAX_LISTED_SESSIONS, NewAuthorizationCode, NewDeviceCode, NewOrganization,
-    NewRefreshToken, NewUser, Organization, PrincipalRecord, ProfileChanges, RefreshGrant, Removal,
-    SESSION_COLUMNS, SPENT_CODE, SessionRecord, SigningKeyRecord, SpentCode, Store, StoreError,
-    TokenUse, User,
+    NewRefreshToken, NewUser, Organization, PrincipalRecord, PrivateKeyReplacement, ProfileChanges,
+    RefreshGrant, Removal, SESSION_COLUMNS, SPENT_CODE, SessionPolicy, SessionRecord,
+    SigningKeyRecord, SpentCode, Store, StoreError, TokenUse, User,
 };
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -171,6 +171,32 @@ async fn advisory_lock(
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+/// Retires every active key (as of `key.created_at`) and makes `key` the active one; returns
+/// the kids it retired. The caller holds the signing-key lock.
+async fn retire_and_insert_signing_key(
+    tx: &mut Transaction<'static, Postgres>,
+    key: &SigningKeyRecord,
+) -> Result<Vec<String>, sqlx::Error> {
+    let retired: Vec<String> = sqlx::query_scalar(
+        "UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL RETURNING kid",
+    )
+    .bind(key.created_at)
+    .fetch_all(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO signing_keys (kid, algorithm, private_key, public_key, created_at, retired_at) \
+         VALUES ($1, $2, $3, $4, $5, NULL)",
+    )
+    .bind(&key.kid)
+    .bind(&key.algorithm)
+    .bind(&key.private_key)
+    .bind(&key.public_key)
+    .bind(key.created_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(retired)
 }
 
 async fn insert_audit(
@@ -569,7 +595,10 @@ impl Store for PostgresStore {
         Ok(sqlx::query_as(
             "SELECT t.id AS token_id, t.user_epoch AS token_epoch, t.revoked_at AS token_revoked_at, \
                     t.client_id, t.scope, u.id AS user_id, u.token_epoch AS user_epoch, \
-                    u.removed_at AS user_removed_at, u.org_id, o.tenant_id \
+                    u.removed_at AS user_removed_at, u.org_id, o.tenant_id, \
+                    t.created_at AS token_created_at, t.last_used_at AS token_last_used_at, \
+                    o.refresh_idle_expiry_secs AS idle_expiry_secs, \
+                    o.refresh_max_age_secs AS max_age_secs \
              FROM refresh_tokens t \
              JOIN users u ON u.id = t.user_id \
              JOIN organizations o ON o.id = u.org_id \
@@ -578,6 +607,40 @@ impl Store for PostgresStore {
         .bind(&token_hash[..])
         .fetch_optional(&self.pool)
         .await?)
+    }
+
+    async fn session_policy(&self, org_id: &str) -> Result<Option<SessionPolicy>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT refresh_idle_expiry_secs AS idle_expiry_secs, \
+                    refresh_max_age_secs AS max_age_secs \
+             FROM organizations WHERE id = $1",
+        )
+        .bind(org_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn set_session_policy(
+        &self,
+        org_id: &str,
+        expected: SessionPolicy,
+        policy: SessionPolicy,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(
+            "UPDATE organizations SET refresh_idle_expiry_secs = $2, refresh_max_age_secs = $3 \
+             WHERE id = $1 AND refresh_idle_expiry_secs IS NOT DISTINCT FROM $4 \
+               AND refresh_max_age_secs IS NOT DISTINCT FROM $5",
+        )
+        .bind(org_id)
+        .bind(policy.idle_expiry_secs)
+        .bind(policy.max_age_secs)
+        .bind(expected.idle_expiry_secs)
+        .bind(expected.max_age_secs)
+        .execute(&mut *tx)
+        .await?;
+        finish_audited(tx, done.rows_affected(), &audit).await
     }
 
     async fn revoke_all_tokens(
@@ -627,7 +690,10 @@ impl Store for PostgresStore {
     ) -> Result<Option<PrincipalRecord>, StoreError> {
         let sql = format!(
             "SELECT {USER_COLUMNS}, o.name AS org_name, o.tenant_id, o.created_at AS org_created_at, \
-                    t.id AS session_id, t.revoked_at AS session_revoked_at \
+                    t.id AS session_id, t.revoked_at AS session_revoked_at, \
+                    t.created_at AS session_created_at, t.last_used_at AS session_last_used_at, \
+                    o.refresh_idle_expiry_secs AS idle_expiry_secs, \
+                    o.refresh_max_age_secs AS max_age_secs \
              FROM users u \
              JOIN organizations o ON o.id = u.org_id \
              LEFT JOIN refresh_tokens t ON t.id = $2 AND t.user_id = u.id \
@@ -654,6 +720,9 @@ impl Store for PostgresStore {
             },
             user,
             session_revoked_at,
+            session_created_at: row.try_get("session_created_at")?,
+            session_last_used_at: row.try_get("session_last_used_at")?,
+            policy: SessionPolicy::from_row(&row)?,
         }))
     }
 
@@ -1291,26 +1360,67 @@ impl Store for PostgresStore {
         // The same lock as the first key: a rotation racing a replica's first start (or
         // another rotation) must leave exactly one active key.
         advisory_lock(&mut tx, SIGNING_KEY_LOCK).await?;
-        let retired: Vec<String> = sqlx::query_scalar(
-            "UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL RETURNING kid",
-        )
-        .bind(key.created_at)
-        .fetch_all(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO signing_keys (kid, algorithm, private_key, public_key, created_at, retired_at) \
-             VALUES ($1, $2, $3, $4, $5, NULL)",
-        )
-        .bind(&key.kid)
-        .bind(&key.algorithm)
-        .bind(&key.private_key)
-        .bind(&key.public_key)
-        .bind(key.created_at)
-        .execute(&mut *tx)
-        .await?;
+        let retired = retire_and_insert_signing_key(&mut tx, &key).await?;
         insert_audit(&mut tx, &audit).await?;
         tx.commit().await?;
         Ok(retired)
+    }
+
+    async fn rotate_signing_key_if_stale(
+        &self,
+        key: SigningKeyRecord,
+        audit: AuditEvent,
+        active_created_before: i64,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let mut tx = self.begin().await?;
+        advisory_lock(&mut tx, SIGNING_KEY_LOCK).await?;
+        // Under the lock, this statement sees every rotation committed before it.
+        let young: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM signing_keys \
+             WHERE retired_at IS NULL AND created_at >= $1)",
+        )
+        .bind(active_created_before)
+        .fetch_one(&mut *tx)
+        .await?;
+        if young {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let retired = retire_and_insert_signing_key(&mut tx, &key).await?;
+        insert_audit(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(Some(retired))
+    }
+
+    async fn replace_private_keys(
+        &self,
+        replacements: &[PrivateKeyReplacement],
+        audit: AuditEvent,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.begin().await?;
+        advisory_lock(&mut tx, SIGNING_KEY_LOCK).await?;
+        let mut replaced = Vec::new();
+        for replacement in replacements {
+            // Only if unchanged: another process may have sealed or deleted the key meanwhile.
+            let done = sqlx::query(
+                "UPDATE signing_keys SET private_key = $1 WHERE kid = $2 AND private_key = $3",
+            )
+            .bind(&replacement.sealed)
+            .bind(&replacement.kid)
+            .bind(&replacement.previous)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() > 0 {
+                replaced.push(replacement.kid.clone());
+            }
+        }
+        if replaced.is_empty() {
+            tx.rollback().await?;
+            return Ok(replaced);
+        }
+        insert_audit(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(replaced)
     }
 
     async fn delete_garbage(

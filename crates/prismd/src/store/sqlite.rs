@@ -16,9 +16,9 @@ use super::{
     AUDIT_COLUMNS, AttemptCounter, AttemptPolicy, AuditBind, AuditEvent, AuditQuery, AuditRecord,
     AuthorizationCode, Change, CleanupLock, CodeRedemption, Credentials, DeviceCode, Garbage,
     LIVE_SESSION, MAX_LISTED_SESSIONS, NewAuthorizationCode, NewDeviceCode, NewOrganization,
-    NewRefreshToken, NewUser, Organization, PrincipalRecord, ProfileChanges, RefreshGrant, Removal,
-    SESSION_COLUMNS, SPENT_CODE, SessionRecord, SigningKeyRecord, SpentCode, Store, StoreError,
-    TokenUse, User,
+    NewRefreshToken, NewUser, Organization, PrincipalRecord, PrivateKeyReplacement, ProfileChanges,
+    RefreshGrant, Removal, SESSION_COLUMNS, SPENT_CODE, SessionPolicy, SessionRecord,
+    SigningKeyRecord, SpentCode, Store, StoreError, TokenUse, User,
 };
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -91,6 +91,7 @@ impl SqliteStore {
             .idle_timeout(None)
             .max_lifetime(None)
             .acquire_timeout(Duration::from_secs(10))
+            .after_release(|conn, _| Box::pin(discard_if_stuck_in_transaction(conn)))
             .connect_with(options.clone())
             .await?;
         MIGRATOR.run(&writer).await?;
@@ -135,9 +136,43 @@ impl SqliteStore {
     }
 }
 
+/// Whether the writer connection may go back to the pool: not when it is stuck in a
+/// transaction. When the disk is full or an I/O error strikes, SQLite rolls the failed
+/// transaction back on its own; sqlx's own ROLLBACK then fails, so sqlx still counts the
+/// connection as inside a transaction and refuses every later `BEGIN` on it ("non-zero
+/// transaction depth") long after space is freed. Closing it lets the pool open a fresh one.
+async fn discard_if_stuck_in_transaction(
+    conn: &mut sqlx::SqliteConnection,
+) -> Result<bool, sqlx::Error> {
+    use sqlx::Connection;
+    if !conn.is_in_transaction() {
+        return Ok(true);
+    }
+    // A transaction dropped without commit queues its ROLLBACK on the connection's worker;
+    // one round trip behind it tells whether that rollback worked.
+    conn.ping().await?;
+    if conn.is_in_transaction() {
+        tracing::warn!("closing a database connection left inside a failed transaction");
+        return Ok(false);
+    }
+    Ok(true)
+}
+
 /// Creates the database's directory (0700) and file (0600) before SQLite does, so neither is
 /// ever readable by other local users.
-fn prepare_database_file(path: &Path) -> Result<PathBuf, std::io::Error> {
+fn prepare_database_file(path: &Path) -> Result<PathBuf, StoreError> {
+    create_database_file(path).map_err(|err| match err.kind() {
+        std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied => {
+            StoreError::NotWritable {
+                path: path.to_owned(),
+                cause: err,
+            }
+        }
+        _ => StoreError::Io(err),
+    })
+}
+
+fn create_database_file(path: &Path) -> Result<PathBuf, std::io::Error> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
     if let Some(dir) = dir
@@ -487,7 +522,10 @@ impl Store for SqliteStore {
         Ok(sqlx::query_as(
             "SELECT t.id AS token_id, t.user_epoch AS token_epoch, t.revoked_at AS token_revoked_at, \
                     t.client_id, t.scope, u.id AS user_id, u.token_epoch AS user_epoch, \
-                    u.removed_at AS user_removed_at, u.org_id, o.tenant_id \
+                    u.removed_at AS user_removed_at, u.org_id, o.tenant_id, \
+                    t.created_at AS token_created_at, t.last_used_at AS token_last_used_at, \
+                    o.refresh_idle_expiry_secs AS idle_expiry_secs, \
+                    o.refresh_max_age_secs AS max_age_secs \
              FROM refresh_tokens t \
              JOIN users u ON u.id = t.user_id \
              JOIN organizations o ON o.id = u.org_id \
@@ -496,6 +534,40 @@ impl Store for SqliteStore {
         .bind(&token_hash[..])
         .fetch_optional(&self.readers)
         .await?)
+    }
+
+    async fn session_policy(&self, org_id: &str) -> Result<Option<SessionPolicy>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT refresh_idle_expiry_secs AS idle_expiry_secs, \
+                    refresh_max_age_secs AS max_age_secs \
+             FROM organizations WHERE id = $1",
+        )
+        .bind(org_id)
+        .fetch_optional(&self.readers)
+        .await?)
+    }
+
+    async fn set_session_policy(
+        &self,
+        org_id: &str,
+        expected: SessionPolicy,
+        policy: SessionPolicy,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE organizations SET refresh_idle_expiry_secs = $2, refresh_max_age_secs = $3 \
+             WHERE id = $1 AND refresh_idle_expiry_secs IS $4 \
+               AND refresh_max_age_secs IS $5",
+        )
+        .bind(org_id)
+        .bind(policy.idle_expiry_secs)
+        .bind(policy.max_age_secs)
+        .bind(expected.idle_expiry_secs)
+        .bind(expected.max_age_secs)
+        .execute(&mut *tx)
+        .await?;
+        finish_audited(tx, done.rows_affected(), &audit).await
     }
 
     async fn revoke_all_tokens(
@@ -528,7 +600,10 @@ impl Store for SqliteStore {
     ) -> Result<Option<PrincipalRecord>, StoreError> {
         let sql = format!(
             "SELECT {USER_COLUMNS}, o.name AS org_name, o.tenant_id, o.created_at AS org_created_at, \
-                    t.id AS session_id, t.revoked_at AS session_revoked_at \
+                    t.id AS session_id, t.revoked_at AS session_revoked_at, \
+                    t.created_at AS session_created_at, t.last_used_at AS session_last_used_at, \
+                    o.refresh_idle_expiry_secs AS idle_expiry_secs, \
+                    o.refresh_max_age_secs AS max_age_secs \
              FROM users u \
              JOIN organizations o ON o.id = u.org_id \
              LEFT JOIN refresh_tokens t ON t.id = $2 AND t.user_id = u.id \
@@ -555,6 +630,9 @@ impl Store for SqliteStore {
             },
             user,
             session_revoked_at,
+            session_created_at: row.try_get("session_created_at")?,
+            session_last_used_at: row.try_get("session_last_used_at")?,
+            policy: SessionPolicy::from_row(&row)?,
         }))
     }
 
@@ -1155,16 +1233,65 @@ impl Store for SqliteStore {
         audit: AuditEvent,
     ) -> Result<Vec<String>, StoreError> {
         let mut tx = self.begin_write().await?;
-        let retired: Vec<String> = sqlx::query_scalar(
-            "UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL RETURNING kid",
-        )
-        .bind(key.created_at)
-        .fetch_all(&mut *tx)
-        .await?;
-        insert_signing_key(&mut tx, &key).await?;
+        let retired = retire_and_insert_signing_key(&mut tx, &key).await?;
         insert_audit(&mut tx, &audit).await?;
         tx.commit().await?;
         Ok(retired)
+    }
+
+    async fn rotate_signing_key_if_stale(
+        &self,
+        key: SigningKeyRecord,
+        audit: AuditEvent,
+        active_created_before: i64,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        // BEGIN IMMEDIATE: no other writer between this check and the rotation.
+        let young: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM signing_keys \
+             WHERE retired_at IS NULL AND created_at >= $1)",
+        )
+        .bind(active_created_before)
+        .fetch_one(&mut *tx)
+        .await?;
+        if young {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let retired = retire_and_insert_signing_key(&mut tx, &key).await?;
+        insert_audit(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(Some(retired))
+    }
+
+    async fn replace_private_keys(
+        &self,
+        replacements: &[PrivateKeyReplacement],
+        audit: AuditEvent,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let mut replaced = Vec::new();
+        for replacement in replacements {
+            // Only if unchanged: another process may have sealed or deleted the key meanwhile.
+            let done = sqlx::query(
+                "UPDATE signing_keys SET private_key = $1 WHERE kid = $2 AND private_key = $3",
+            )
+            .bind(&replacement.sealed)
+            .bind(&replacement.kid)
+            .bind(&replacement.previous)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() > 0 {
+                replaced.push(replacement.kid.clone());
+            }
+        }
+        if replaced.is_empty() {
+            tx.rollback().await?;
+            return Ok(replaced);
+        }
+        insert_audit(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(replaced)
     }
 
     async fn delete_garbage(
@@ -1260,6 +1387,22 @@ impl Store for SqliteStore {
             circuit_open: None,
         }
     }
+}
+
+/// Retires every active key (as of `key.created_at`) and makes `key` the active one; returns
+/// the kids it retired.
+async fn retire_and_insert_signing_key(
+    tx: &mut Transaction<'static, Sqlite>,
+    key: &SigningKeyRecord,
+) -> Result<Vec<String>, sqlx::Error> {
+    let retired: Vec<String> = sqlx::query_scalar(
+        "UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL RETURNING kid",
+    )
+    .bind(key.created_at)
+    .fetch_all(&mut **tx)
+    .await?;
+    insert_signing_key(tx, key).await?;
+    Ok(retired)
 }
 
 async fn insert_signing_key(

@@ -210,10 +210,14 @@ fn decode_json<T: for<'de> Deserialize<'de>>(part: &str) -> Result<T, JwtError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tokens::AtRest;
     use crate::tokens::keyring::generate;
 
     fn ring() -> Result<KeyRing, Box<dyn std::error::Error>> {
-        Ok(KeyRing::from_records(&[generate(0)?])?)
+        Ok(KeyRing::from_records(
+            &[generate(0, &AtRest::Plain)?],
+            &AtRest::Plain,
+        )?)
     }
 
     fn claims(now: i64) -> AccessClaims {

@@ -12,7 +12,8 @@ use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::store::{AuditEvent, SigningKeyRecord, Store, StoreError};
+use super::at_rest::{AtRest, KEK_ENV, KEK_FILE_ENV, is_sealed};
+use crate::store::{AuditEvent, PrivateKeyReplacement, SigningKeyRecord, Store, StoreError};
 
 /// The JOSE name of the only algorithm we sign and accept.
 pub const ALGORITHM: &str = "EdDSA";
@@ -27,6 +28,42 @@ pub enum KeyError {
     Randomness,
     #[error("no active signing key after creating one")]
     NoActiveKey,
+    /// The KEK's text is unusable; the message never contains it. `variable` names where it
+    /// came from.
+    #[error(
+        "the key encryption key in {variable} must be 32 random bytes in base64 or hex, for \
+         example from `openssl rand -base64 32`; {reason}"
+    )]
+    InvalidKek {
+        variable: &'static str,
+        reason: String,
+    },
+    #[error("set {value_variable} or {file_variable}, not both")]
+    KekTwice {
+        value_variable: &'static str,
+        file_variable: &'static str,
+    },
+    #[error("cannot read the key encryption key file {path} ({variable}): {source}")]
+    KekFile {
+        path: String,
+        variable: &'static str,
+        source: std::io::Error,
+    },
+    #[error("signing keys are encrypted; set {KEK_ENV} or {KEK_FILE_ENV}")]
+    EncryptedWithoutKek,
+    #[error("the key encryption key does not match the one the signing keys were sealed with")]
+    WrongKek,
+    #[error(
+        "signing key {0} cannot be decrypted although the key encryption key matches: its \
+         stored form is damaged or was altered; restore the database from a backup, or rotate \
+         the signing keys (`prismd keys rotate`)"
+    )]
+    Unsealable(String),
+    #[error(
+        "signing keys kept changing while they were re-sealed; stop the servers that still use \
+         the old key encryption key and run `prismd keys rewrap` again"
+    )]
+    StillChanging,
 }
 
 pub(crate) struct SigningKey {
@@ -101,19 +138,23 @@ impl RetiredKeyWindow {
 
 impl KeyRing {
     /// Loads the keys from the store, creating the first signing key if there is none.
+    /// Refuses keys it cannot use (sealed without a KEK, or with another KEK) before
+    /// anything else.
     pub async fn load_or_create(
         store: &dyn Store,
         now_ms: i64,
         window: &RetiredKeyWindow,
+        at_rest: &AtRest,
     ) -> Result<Self, KeyError> {
         let records = store.signing_keys().await?;
+        at_rest.check(&records)?;
         if records.iter().any(|k| k.retired_at.is_none()) {
-            return Self::trusted_at(&records, now_ms, window);
+            return Self::trusted_at(&records, now_ms, window, at_rest);
         }
         store
-            .insert_signing_key_if_none_active(generate(now_ms)?)
+            .insert_signing_key_if_none_active(generate(now_ms, at_rest)?)
             .await?;
-        Self::trusted_at(&store.signing_keys().await?, now_ms, window)
+        Self::trusted_at(&store.signing_keys().await?, now_ms, window, at_rest)
     }
 
     /// Loads the keys from the store without creating any: what a running server does when
@@ -122,8 +163,9 @@ impl KeyRing {
         store: &dyn Store,
         now_ms: i64,
         window: &RetiredKeyWindow,
+        at_rest: &AtRest,
     ) -> Result<Self, KeyError> {
-        Self::trusted_at(&store.signing_keys().await?, now_ms, window)
+        Self::trusted_at(&store.signing_keys().await?, now_ms, window, at_rest)
     }
 
     /// The ring of `records` (newest first) that still verify at `now_ms`: retired keys
@@ -132,23 +174,26 @@ impl KeyRing {
         records: &[SigningKeyRecord],
         now_ms: i64,
         window: &RetiredKeyWindow,
+        at_rest: &AtRest,
     ) -> Result<Self, KeyError> {
         let trusted: Vec<SigningKeyRecord> = records
             .iter()
             .filter(|record| window.still_verifies(record, now_ms))
             .cloned()
             .collect();
-        Self::from_records(&trusted)
+        Self::from_records(&trusted, at_rest)
     }
 
-    /// Builds the ring from stored records (newest first): the newest active key signs.
-    pub fn from_records(records: &[SigningKeyRecord]) -> Result<Self, KeyError> {
+    /// Builds the ring from stored records (newest first): the newest active key signs. Only
+    /// its private key is decrypted; the others only verify.
+    pub fn from_records(records: &[SigningKeyRecord], at_rest: &AtRest) -> Result<Self, KeyError> {
         let mut active = None;
         let mut verifying = HashMap::new();
         let mut jwks_keys = Vec::new();
         for record in records.iter().filter(|k| k.algorithm == ALGORITHM) {
             if active.is_none() && record.retired_at.is_none() {
-                let pair = Ed25519KeyPair::from_pkcs8(&record.private_key)
+                let pkcs8 = at_rest.reveal(&record.kid, &record.private_key)?;
+                let pair = Ed25519KeyPair::from_pkcs8(&pkcs8)
                     .map_err(|_| KeyError::Corrupt(record.kid.clone()))?;
                 if pair.public_key().as_ref() != record.public_key.as_slice() {
                     return Err(KeyError::Corrupt(record.kid.clone()));
@@ -218,10 +263,60 @@ pub const ROTATED_ACTION: &str = "keys.rotated";
 /// transaction with a `keys.rotated` audit event. Running servers pick it up when they hear of
 /// it through the change feed, at their next periodic reload, or at once when they see a
 /// token signed with it.
-pub async fn rotate(store: &dyn Store, actor: String, now_ms: i64) -> Result<Rotation, KeyError> {
-    let key = generate(now_ms)?;
+///
+/// Refuses (changing nothing) when the stored keys are sealed and `at_rest` has no KEK or
+/// another one: a plain key beside sealed ones would undo the encryption.
+pub async fn rotate(
+    store: &dyn Store,
+    at_rest: &AtRest,
+    actor: String,
+    now_ms: i64,
+) -> Result<Rotation, KeyError> {
+    at_rest.check(&store.signing_keys().await?)?;
+    let key = generate(now_ms, at_rest)?;
     let kid = key.kid.clone();
-    let audit = AuditEvent {
+    let retired = store
+        .rotate_signing_key(key, rotated_event(actor, &kid, now_ms))
+        .await?;
+    Ok(Rotation { kid, retired })
+}
+
+/// Actor of automatic rotations in the audit log.
+pub const AUTOMATIC_ACTOR: &str = "system";
+
+/// Rotates when the active key was created `period` or longer before `now_ms` (the automatic
+/// rotation, `--key-rotation-period`). The age is checked again inside the rotation's
+/// transaction, so replicas that decide to rotate at the same moment make one new key between
+/// them; the others get `None`, as does a call while the key is younger than `period`.
+pub async fn rotate_if_older_than(
+    store: &dyn Store,
+    at_rest: &AtRest,
+    period: Duration,
+    now_ms: i64,
+) -> Result<Option<Rotation>, KeyError> {
+    let period_ms = i64::try_from(period.as_millis()).unwrap_or(i64::MAX);
+    let stale_before = now_ms.saturating_sub(period_ms);
+    let records = store.signing_keys().await?;
+    // A replica left with an old KEK (after `keys rewrap`) must not add a key the others
+    // cannot open.
+    at_rest.check(&records)?;
+    let active_is_young = records
+        .iter()
+        .any(|k| k.retired_at.is_none() && k.created_at >= stale_before);
+    if active_is_young {
+        return Ok(None);
+    }
+    let key = generate(now_ms, at_rest)?;
+    let kid = key.kid.clone();
+    let audit = rotated_event(AUTOMATIC_ACTOR.to_owned(), &kid, now_ms);
+    Ok(store
+        .rotate_signing_key_if_stale(key, audit, stale_before)
+        .await?
+        .map(|retired| Rotation { kid, retired }))
+}
+
+fn rotated_event(actor: String, kid: &str, now_ms: i64) -> AuditEvent {
+    AuditEvent {
         at: now_ms,
         action: ROTATED_ACTION,
         actor,
@@ -230,21 +325,116 @@ pub async fn rotate(store: &dyn Store, actor: String, now_ms: i64) -> Result<Rot
         address: None,
         user_agent: None,
         detail: Some(json!({ "kid": kid }).to_string()),
-    };
-    let retired = store.rotate_signing_key(key, audit).await?;
-    Ok(Rotation { kid, retired })
+    }
 }
 
-/// Generates a new Ed25519 key; its `kid` is the RFC 7638 JWK thumbprint.
-pub fn generate(now_ms: i64) -> Result<SigningKeyRecord, KeyError> {
+/// The audit action of sealing stored plain keys with a newly given KEK.
+pub const SEALED_ACTION: &str = "keys.sealed";
+
+/// With a KEK: seals every private key still stored plain, in one transaction audited as
+/// `keys.sealed` (a start with a KEK on a database that had none). Returns the kids it sealed;
+/// a key another process sealed meanwhile is left alone. Refuses keys sealed with another KEK.
+pub async fn seal_plain_keys(
+    store: &dyn Store,
+    at_rest: &AtRest,
+    now_ms: i64,
+) -> Result<Vec<String>, KeyError> {
+    if matches!(at_rest, AtRest::Plain) {
+        return Ok(Vec::new());
+    }
+    let records = store.signing_keys().await?;
+    at_rest.check(&records)?;
+    let mut replacements = Vec::new();
+    for record in records.iter().filter(|r| !is_sealed(&r.private_key)) {
+        replacements.push(PrivateKeyReplacement {
+            kid: record.kid.clone(),
+            sealed: at_rest.protect(&record.kid, &record.private_key)?,
+            previous: record.private_key.clone(),
+        });
+    }
+    if replacements.is_empty() {
+        return Ok(Vec::new());
+    }
+    let kids: Vec<String> = replacements.iter().map(|r| r.kid.clone()).collect();
+    let audit = AuditEvent {
+        at: now_ms,
+        action: SEALED_ACTION,
+        actor: AUTOMATIC_ACTOR.to_owned(),
+        org_id: None,
+        subject_user_id: None,
+        address: None,
+        user_agent: None,
+        detail: Some(json!({ "kids": kids }).to_string()),
+    };
+    let replaced = store.replace_private_keys(&replacements, audit).await?;
+    Ok(replaced)
+}
+
+/// The audit action of re-sealing the keys with a new KEK (`prismd keys rewrap`).
+pub const REWRAPPED_ACTION: &str = "keys.rewrapped";
+
+/// Most passes [`rewrap`] makes when keys are added while it runs.
+const REWRAP_PASSES: usize = 5;
+
+/// Re-seals every private key with `new` (a changed KEK): opened with `current`, sealed with
+/// `new`, each pass in one transaction audited as `keys.rewrapped`. Keys already sealed with
+/// `new` are left alone, so an interrupted or repeated run finishes the job; a key rotated in
+/// meanwhile (by a server still running with `current`) is taken by the next pass. Returns
+/// the kids it re-sealed.
+pub async fn rewrap(
+    store: &dyn Store,
+    current: &AtRest,
+    new: &AtRest,
+    actor: &str,
+    now_ms: i64,
+) -> Result<Vec<String>, KeyError> {
+    let mut rewrapped = Vec::new();
+    for _ in 0..REWRAP_PASSES {
+        let records = store.signing_keys().await?;
+        let pending: Vec<&SigningKeyRecord> = records
+            .iter()
+            .filter(|record| !new.sealed_here(&record.private_key))
+            .collect();
+        if pending.is_empty() {
+            return Ok(rewrapped);
+        }
+        let mut replacements = Vec::new();
+        for record in pending {
+            let pkcs8 = current.reveal(&record.kid, &record.private_key)?;
+            replacements.push(PrivateKeyReplacement {
+                kid: record.kid.clone(),
+                sealed: new.protect(&record.kid, &pkcs8)?,
+                previous: record.private_key.clone(),
+            });
+        }
+        let kids: Vec<String> = replacements.iter().map(|r| r.kid.clone()).collect();
+        let audit = AuditEvent {
+            at: now_ms,
+            action: REWRAPPED_ACTION,
+            actor: actor.to_owned(),
+            org_id: None,
+            subject_user_id: None,
+            address: None,
+            user_agent: None,
+            detail: Some(json!({ "kids": kids }).to_string()),
+        };
+        rewrapped.extend(store.replace_private_keys(&replacements, audit).await?);
+    }
+    Err(KeyError::StillChanging)
+}
+
+/// Generates a new Ed25519 key, its private key stored as `at_rest` says; its `kid` is the
+/// RFC 7638 JWK thumbprint.
+pub fn generate(now_ms: i64, at_rest: &AtRest) -> Result<SigningKeyRecord, KeyError> {
     let pkcs8 =
         Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyError::Randomness)?;
     let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| KeyError::Randomness)?;
     let public_key = pair.public_key().as_ref().to_vec();
+    let kid = thumbprint(&public_key);
     Ok(SigningKeyRecord {
-        kid: thumbprint(&public_key),
+        private_key: at_rest.protect(&kid, pkcs8.as_ref())?,
+        kid,
         algorithm: ALGORITHM.to_owned(),
-        private_key: pkcs8.as_ref().to_vec(),
         public_key,
         created_at: now_ms,
         retired_at: None,
@@ -271,10 +461,10 @@ mod tests {
             reload_interval: Duration::from_secs(10),
             margin: Duration::from_secs(1),
         };
-        let active = generate(1_000)?;
+        let active = generate(1_000, &AtRest::Plain)?;
         let retired = SigningKeyRecord {
             retired_at: Some(2_000),
-            ..generate(0)?
+            ..generate(0, &AtRest::Plain)?
         };
         assert_eq!(window.verifies_until(&active), None);
         assert_eq!(window.verifies_until(&retired), Some(2_000 + 111_000));
@@ -283,10 +473,10 @@ mod tests {
         assert!(window.still_verifies(&active, i64::MAX));
         assert_eq!(window.expired_before(113_000), 2_000);
         let records = [active.clone(), retired.clone()];
-        let ring = KeyRing::trusted_at(&records, 50_000, &window)?;
+        let ring = KeyRing::trusted_at(&records, 50_000, &window, &AtRest::Plain)?;
         assert!(ring.knows(&retired.kid) && ring.knows(&active.kid));
         assert_eq!(ring.jwks()["keys"].as_array().map(Vec::len), Some(2));
-        let ring = KeyRing::trusted_at(&records, 113_000, &window)?;
+        let ring = KeyRing::trusted_at(&records, 113_000, &window, &AtRest::Plain)?;
         assert!(!ring.knows(&retired.kid));
         assert_eq!(ring.active_kid(), active.kid);
         assert_eq!(ring.jwks()["keys"].as_array().map(Vec::len), Some(1));

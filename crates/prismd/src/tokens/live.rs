@@ -3,6 +3,8 @@
 //! periodic reload, an immediate reload when a token names a `kid` we do not know yet
 //! (single-flight and rate-limited, so made-up kids cannot hammer the database), and
 //! [`LiveKeys::reload`] for anyone who learns of a rotation first (a LISTEN/NOTIFY listener).
+//! With `--key-rotation-period` it also rotates the key itself when it gets old
+//! ([`rotate_periodically`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -11,7 +13,8 @@ use std::time::Duration;
 use tokio::sync::{Mutex, watch};
 use tokio::time::Instant;
 
-use super::keyring::{KeyError, KeyRing, RetiredKeyWindow};
+use super::at_rest::AtRest;
+use super::keyring::{self, KeyError, KeyRing, RetiredKeyWindow};
 use crate::domain::now_ms;
 use crate::store::Store;
 
@@ -22,6 +25,7 @@ pub const UNKNOWN_KID_RELOAD_GAP: Duration = Duration::from_secs(1);
 pub struct LiveKeys {
     store: Arc<dyn Store>,
     window: RetiredKeyWindow,
+    at_rest: AtRest,
     current: RwLock<Arc<KeyRing>>,
     /// Held for the duration of a reload (single flight); holds when the last reload for an
     /// unknown kid started.
@@ -30,10 +34,16 @@ pub struct LiveKeys {
 }
 
 impl LiveKeys {
-    pub fn new(store: Arc<dyn Store>, ring: KeyRing, window: RetiredKeyWindow) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        ring: KeyRing,
+        window: RetiredKeyWindow,
+        at_rest: AtRest,
+    ) -> Self {
         Self {
             store,
             window,
+            at_rest,
             current: RwLock::new(Arc::new(ring)),
             reloading: Mutex::new(None),
             reloads: AtomicU64::new(0),
@@ -68,7 +78,8 @@ impl LiveKeys {
 
     async fn reload_locked(&self) -> Result<(), KeyError> {
         self.reloads.fetch_add(1, Ordering::Relaxed);
-        let ring = KeyRing::load(self.store.as_ref(), now_ms(), &self.window).await?;
+        let ring =
+            KeyRing::load(self.store.as_ref(), now_ms(), &self.window, &self.at_rest).await?;
         let before = self.current();
         if before.active_kid() != ring.active_kid() {
             tracing::info!(
@@ -139,6 +150,48 @@ pub async fn reload_periodically(
     }
 }
 
+/// Longest time between two checks of the active key's age: an automatic rotation happens
+/// at most this long after the key has reached its period.
+const MAX_ROTATION_CHECK_GAP: Duration = Duration::from_secs(60);
+
+/// Rotates the signing key whenever the active one is `period` old, until `stopped` changes.
+/// Every replica runs this; the database lets one of them rotate per period (see
+/// [`keyring::rotate_if_older_than`]), and the others hear of it through the change feed. A
+/// failed check (database down) is retried at the next one.
+pub async fn rotate_periodically(
+    keys: Arc<LiveKeys>,
+    period: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let every = (period / 4).clamp(Duration::from_millis(100), MAX_ROTATION_CHECK_GAP);
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        match keyring::rotate_if_older_than(keys.store.as_ref(), &keys.at_rest, period, now_ms())
+            .await
+        {
+            Ok(None) => {}
+            Ok(Some(rotation)) => {
+                tracing::info!(
+                    kid = %rotation.kid,
+                    retired = ?rotation.retired,
+                    "rotated the signing key (--key-rotation-period)"
+                );
+                if let Err(err) = keys.reload().await {
+                    tracing::warn!(error = %err, "could not reload the signing keys after rotating them");
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "could not check or rotate the signing key; will retry");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,8 +211,9 @@ mod tests {
     -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), 2).await?);
-        let ring = KeyRing::load_or_create(store.as_ref(), now_ms(), &window()).await?;
-        let keys = Arc::new(LiveKeys::new(store.clone(), ring, window()));
+        let ring =
+            KeyRing::load_or_create(store.as_ref(), now_ms(), &window(), &AtRest::Plain).await?;
+        let keys = Arc::new(LiveKeys::new(store.clone(), ring, window(), AtRest::Plain));
 
         // A burst of tokens naming made-up kids: at most one reload now and one a second
         // later for those that arrived before the first began, however many there are.
@@ -182,7 +236,8 @@ mod tests {
 
         // A key rotated elsewhere is found on first sight.
         let before = keys.reloads();
-        let rotation = keyring::rotate(store.as_ref(), "test".into(), now_ms()).await?;
+        let rotation =
+            keyring::rotate(store.as_ref(), &AtRest::Plain, "test".into(), now_ms()).await?;
         let ring = keys.for_unknown_kid(&rotation.kid).await;
         assert!(ring.knows(&rotation.kid));
         assert_eq!(ring.active_kid(), rotation.kid);

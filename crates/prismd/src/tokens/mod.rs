@@ -1,6 +1,8 @@
-//! Token material: refresh-token hashing, the Ed25519 key ring, and JWT access tokens
-//! (RFC 9068) with pinned-algorithm verification.
+//! Token material: refresh-token hashing, the Ed25519 key ring (with its private keys
+//! optionally encrypted at rest), and JWT access tokens (RFC 9068) with pinned-algorithm
+//! verification.
 
+pub mod at_rest;
 pub mod jwt;
 pub mod keyring;
 pub mod live;
@@ -8,6 +10,7 @@ pub mod verified;
 
 use sha2::{Digest, Sha256};
 
+pub use at_rest::{AtRest, KeyEncryptionKey};
 pub use jwt::{AccessClaims, JwtError, VerifyExpectations};
 pub use keyring::{KeyError, KeyRing, RetiredKeyWindow};
 pub use live::LiveKeys;

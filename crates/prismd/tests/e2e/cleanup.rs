@@ -239,6 +239,7 @@ async fn replicas_take_turns(url: &str) -> TestResult {
                     "PRISMD_LOG".into(),
                     "info,prismd::domain::cleanup=debug".into(),
                 )],
+                ..Options::default()
             },
         )
     };

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::harness::{Server, TestResult, admin_ok, temp_dir};
+use crate::harness::{Server, TestResult, admin_ok, sqlite_integrity, temp_dir};
 
 const USERS: usize = 24;
 /// The first `LOADED` users take the load; the rest are never touched before the kill.
@@ -98,16 +98,6 @@ async fn client(
     seen
 }
 
-async fn integrity(data_dir: &std::path::Path) -> Result<String, Box<dyn std::error::Error>> {
-    let url = format!("sqlite://{}?mode=ro", data_dir.join("prismd.db").display());
-    let pool = sqlx::SqlitePool::connect(&url).await?;
-    let (result,): (String,) = sqlx::query_as("PRAGMA integrity_check")
-        .fetch_one(&pool)
-        .await?;
-    pool.close().await;
-    Ok(result)
-}
-
 #[tokio::test]
 async fn sigkill_under_load_keeps_every_answered_revoke() -> TestResult {
     let dir = temp_dir()?;
@@ -173,7 +163,7 @@ async fn sigkill_under_load_keeps_every_answered_revoke() -> TestResult {
     );
 
     let server = Server::start(dir.path())?;
-    assert_eq!(integrity(dir.path()).await?, "ok");
+    assert_eq!(sqlite_integrity(dir.path()).await?, "ok");
 
     for user in &seen.revoked {
         for token in &tokens[*user] {
@@ -215,6 +205,6 @@ async fn sigkill_under_load_keeps_every_answered_revoke() -> TestResult {
     );
 
     server.stop()?;
-    assert_eq!(integrity(dir.path()).await?, "ok");
+    assert_eq!(sqlite_integrity(dir.path()).await?, "ok");
     Ok(())
 }

@@ -30,6 +30,9 @@ pub struct Server {
 pub struct Options {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// A command that runs `prismd` (its arguments follow), for example `nsenter` into a
+    /// mount namespace; empty runs it directly.
+    pub launcher: Vec<String>,
 }
 
 impl Server {
@@ -41,7 +44,14 @@ impl Server {
         data_dir: &Path,
         options: Options,
     ) -> Result<Self, Box<dyn std::error::Error>> {
-        let mut command = Command::new(BIN);
+        let mut command = match options.launcher.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(BIN);
+                command
+            }
+            None => Command::new(BIN),
+        };
         command
             .arg("--data-dir")
             .arg(data_dir)
@@ -351,4 +361,15 @@ pub fn user_with_token(data_dir: &Path, email: &str) -> Result<String, Box<dyn s
 
 pub fn temp_dir() -> Result<tempfile::TempDir, std::io::Error> {
     tempfile::Builder::new().prefix("prismd-test-").tempdir()
+}
+
+/// `PRAGMA integrity_check` of the SQLite database in `data_dir`, opened read-only.
+pub async fn sqlite_integrity(data_dir: &Path) -> Result<String, Box<dyn std::error::Error>> {
+    let url = format!("sqlite://{}?mode=ro", data_dir.join("prismd.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await?;
+    let (result,): (String,) = sqlx::query_as("PRAGMA integrity_check")
+        .fetch_one(&pool)
+        .await?;
+    pool.close().await;
+    Ok(result)
 }

@@ -127,10 +127,18 @@ async fn health_metadata_and_jwks() -> TestResult {
 #[tokio::test]
 async fn no_token_or_password_reaches_the_log_at_trace_level() -> TestResult {
     let dir = temp_dir()?;
+    // With the signing keys encrypted at rest, so that the key encryption key is checked too.
+    let key_encryption_key = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=";
     let server = Server::start_with(
         dir.path(),
         Options {
-            env: vec![("PRISMD_LOG".into(), "trace".into())],
+            env: vec![
+                ("PRISMD_LOG".into(), "trace".into()),
+                (
+                    "PRISMD_KEY_ENCRYPTION_KEY".into(),
+                    key_encryption_key.into(),
+                ),
+            ],
             ..Options::default()
         },
     )?;
@@ -181,6 +189,8 @@ async fn no_token_or_password_reaches_the_log_at_trace_level() -> TestResult {
         ("access token signature", signature),
         ("forged signature", "c2VjcmV0LXNpZ25hdHVyZQ"),
         ("password", password),
+        ("key encryption key", key_encryption_key),
+        ("key encryption key in hex", "abcdef1234567890abcdef"),
     ] {
         assert!(!logs.contains(secret), "the {what} appears in the log");
     }

@@ -130,6 +130,7 @@ async fn lifecycle(url: &str) -> TestResult {
         Options {
             args: vec![],
             env: vec![("PRISMD_DATABASE_URL".into(), url.into())],
+            ..Options::default()
         },
     )?;
     let refresh = run(&["tokens", "create", "--email", "ada@example.com"])?;

@@ -14,7 +14,7 @@ use crate::postgres::FreshDatabase;
 /// Replicas behind one load balancer share the public URL, so tokens name the same issuer.
 const SHARED_ISSUER: &str = "http://auth.replicas.test";
 
-fn replica(data_dir: &Path, url: &str) -> Result<Server, Box<dyn std::error::Error>> {
+pub fn replica(data_dir: &Path, url: &str) -> Result<Server, Box<dyn std::error::Error>> {
     Server::start_with(
         data_dir,
         Options {
