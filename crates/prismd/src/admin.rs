@@ -153,10 +153,16 @@ fn audit_time(flag: &str, text: &str) -> anyhow::Result<i64> {
     )
 }
 
-/// `--user`: a raw user id, or the public id the JSON lines and the API show.
-fn audit_user(text: &str) -> String {
+/// `--user`: a raw user id, or the public id the JSON lines and the API show. An email is
+/// refused rather than matching nothing: the trail names users by id only.
+fn audit_user(text: &str) -> anyhow::Result<String> {
     let text = text.trim();
-    accounts::parse_public_id("User", text).unwrap_or_else(|| text.to_owned())
+    if text.contains('@') {
+        anyhow::bail!(
+            "--user takes a user id, not an email; 'prismd users list --json' shows the ids"
+        );
+    }
+    Ok(accounts::parse_public_id("User", text).unwrap_or_else(|| text.to_owned()))
 }
 
 async fn open(backend: &Backend) -> anyhow::Result<Arc<dyn Store>> {
@@ -228,7 +234,7 @@ pub async fn tokens(
 pub async fn audit(backend: &Backend, tenant: Option<&str>, args: AuditArgs) -> anyhow::Result<()> {
     let filter = AuditFilter {
         action: args.action.clone(),
-        user_id: args.user.as_deref().map(audit_user),
+        user_id: args.user.as_deref().map(audit_user).transpose()?,
         since: args
             .since
             .as_deref()

@@ -521,6 +521,10 @@ async fn pages_filters_and_who_may_read() -> TestResult {
     assert!(String::from_utf8(bad.stderr)?.contains("--since must be an RFC 3339 time"));
     let unknown_org = prismd(data, &["audit", "--org", "no-such-tenant"])?;
     assert!(!unknown_org.status.success());
+    assert!(String::from_utf8(unknown_org.stderr)?.contains("no organization with tenant id"));
+    let by_email = prismd(data, &["audit", "--user", "member@example.com"])?;
+    assert!(!by_email.status.success());
+    assert!(String::from_utf8(by_email.stderr)?.contains("--user takes a user id"));
     Ok(())
 }
 
