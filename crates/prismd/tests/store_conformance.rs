@@ -2798,32 +2798,39 @@ async fn role_changes_keep_an_owner(db: Db) -> TestResult {
         store.member(&org.id, &admin.id).await?.ok_or("gone")?.role,
         "owner"
     );
-    // Two Owners demoting each other at once: one of them stays Owner.
-    let second = add_user(store, &org, "s@example.com", "owner", T0 + 5).await?;
-    let (first, other) = tokio::join!(
-        store.update_profile(
-            &admin.id,
-            to("guest"),
-            audit_about("user.role_changed", T0 + 6, &admin)
-        ),
-        store.update_profile(
-            &second.id,
-            to("guest"),
-            audit_about("user.role_changed", T0 + 6, &second)
-        ),
-    );
-    assert_eq!(
-        u8::from(first?) + u8::from(other?),
-        1,
-        "exactly one demotion wins"
-    );
-    let owners = store
-        .list_users(&org.id, false)
-        .await?
-        .into_iter()
-        .filter(|u| u.role == "owner")
-        .count();
-    assert_eq!(owners, 1);
+    // Two Owners demoting each other at once: one of them stays Owner. Several rounds, each
+    // with the survivor of the last and a new Owner, so a lost race shows up reliably.
+    let mut survivor = admin;
+    for round in 0..5_i64 {
+        let at = T0 + 10 + round;
+        let newcomer = add_user(store, &org, &format!("o{round}@example.com"), "owner", at).await?;
+        let (first, other) = tokio::join!(
+            store.update_profile(
+                &survivor.id,
+                to("guest"),
+                audit_about("user.role_changed", at, &survivor)
+            ),
+            store.update_profile(
+                &newcomer.id,
+                to("guest"),
+                audit_about("user.role_changed", at, &newcomer)
+            ),
+        );
+        let (first, other) = (first?, other?);
+        assert_eq!(
+            u8::from(first) + u8::from(other),
+            1,
+            "exactly one demotion wins"
+        );
+        let owners: Vec<User> = store
+            .list_users(&org.id, false)
+            .await?
+            .into_iter()
+            .filter(|u| u.role == "owner")
+            .collect();
+        assert_eq!(owners.len(), 1, "round {round}");
+        survivor = owners.into_iter().next().ok_or("no Owner")?;
+    }
     Ok(())
 }
 
