@@ -665,7 +665,7 @@ impl AuditQuery {
     /// The `SELECT` of one page, newest first, with only the conditions this query has (so
     /// each backend plans it with the `(org_id, id)` index of migration 0008, not around
     /// `$n IS NULL` branches), and what to bind, in order. `$n` placeholders work on both
-    /// backends.
+    /// backends. Public so the conformance suite can check the plan of exactly this SQL.
     pub fn statement(&self, limit: i64) -> (String, Vec<AuditBind>) {
         let mut conditions = Vec::new();
         let mut binds = Vec::new();
