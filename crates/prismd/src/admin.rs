@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Subcommand;
 use prismd::domain::accounts::{self, Role, UserDraft, public_id};
+use prismd::domain::audit::{self, AuditFilter};
 use prismd::domain::{RequestMeta, auth, now_ms};
 use prismd::store::{self, Backend, OpenOptions, PgPoolSettings, Store, User};
 use prismd::tokens::{AtRest, at_rest, keyring};
@@ -117,6 +118,51 @@ pub struct AuditArgs {
     /// Most events to print.
     #[arg(long, env = "PRISMD_AUDIT_LIMIT", default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
     limit: i64,
+    /// Only this action, e.g. `login.failed`.
+    #[arg(long, env = "PRISMD_AUDIT_ACTION")]
+    action: Option<String>,
+    /// Only events by or about this user: a user id (as `users add` prints it) or the
+    /// `subjectUserId` of an earlier line.
+    #[arg(long, env = "PRISMD_AUDIT_USER")]
+    user: Option<String>,
+    /// Only events at or after this time: RFC 3339 (`2026-01-31T12:00:00Z`) or a duration
+    /// ago (`24h`).
+    #[arg(long, env = "PRISMD_AUDIT_SINCE")]
+    since: Option<String>,
+    /// Only events before this time (same forms as --since).
+    #[arg(long, env = "PRISMD_AUDIT_UNTIL")]
+    until: Option<String>,
+    /// Only this organization's events (its tenant id; the global --tenant-id works too).
+    /// Without it: every organization's, and events that belong to none.
+    #[arg(long, env = "PRISMD_AUDIT_ORG")]
+    org: Option<String>,
+}
+
+/// `--since`/`--until`: an RFC 3339 time, or a duration before now.
+fn audit_time(flag: &str, text: &str) -> anyhow::Result<i64> {
+    let text = text.trim();
+    if let Ok(time) = humantime::parse_rfc3339_weak(text) {
+        let since = time.duration_since(std::time::UNIX_EPOCH)?;
+        return Ok(i64::try_from(since.as_millis())?);
+    }
+    if let Ok(ago) = humantime::parse_duration(text) {
+        return Ok(now_ms().saturating_sub(i64::try_from(ago.as_millis())?));
+    }
+    anyhow::bail!(
+        "{flag} must be an RFC 3339 time (2026-01-31T12:00:00Z) or a duration ago (24h), not '{text}'"
+    )
+}
+
+/// `--user`: a raw user id, or the public id the JSON lines and the API show. An email is
+/// refused rather than matching nothing: the trail names users by id only.
+fn audit_user(text: &str) -> anyhow::Result<String> {
+    let text = text.trim();
+    if text.contains('@') {
+        anyhow::bail!(
+            "--user takes a user id, not an email; 'prismd users list --json' shows the ids"
+        );
+    }
+    Ok(accounts::parse_public_id("User", text).unwrap_or_else(|| text.to_owned()))
 }
 
 async fn open(backend: &Backend) -> anyhow::Result<Arc<dyn Store>> {
@@ -185,28 +231,80 @@ pub async fn tokens(
     result
 }
 
-pub async fn audit(backend: &Backend, args: AuditArgs) -> anyhow::Result<()> {
-    let store = open(backend).await?;
-    let events = store.recent_audit_events(args.limit).await;
-    store.close().await;
-    let mut out = std::io::stdout().lock();
-    for event in events? {
-        let detail: Option<serde_json::Value> = event
-            .detail
+pub async fn audit(backend: &Backend, tenant: Option<&str>, args: AuditArgs) -> anyhow::Result<()> {
+    let filter = AuditFilter {
+        action: args.action.clone(),
+        user_id: args.user.as_deref().map(audit_user).transpose()?,
+        since: args
+            .since
             .as_deref()
-            .and_then(|d| serde_json::from_str(d).ok());
-        let line = serde_json::json!({
-            "id": event.id,
-            "at": humantime::format_rfc3339_millis(at_ms(event.at)).to_string(),
-            "action": event.action,
-            "actor": event.actor,
-            "orgId": event.org_id.as_deref().map(|id| public_id("Organization", id)),
-            "subjectUserId": event.subject_user_id.as_deref().map(|id| public_id("User", id)),
-            "address": event.address,
-            "detail": detail,
-        });
-        writeln!(out, "{line}")?;
+            .map(|t| audit_time("--since", t))
+            .transpose()?,
+        until: args
+            .until
+            .as_deref()
+            .map(|t| audit_time("--until", t))
+            .transpose()?,
+    };
+    let store = open(backend).await?;
+    let result = print_audit(
+        store.as_ref(),
+        args.org.as_deref().or(tenant),
+        filter,
+        args.limit,
+    )
+    .await;
+    store.close().await;
+    result
+}
+
+/// Prints up to `limit` events, newest first, one JSON object per line, reading them in pages.
+async fn print_audit(
+    store: &dyn Store,
+    tenant: Option<&str>,
+    filter: AuditFilter,
+    limit: i64,
+) -> anyhow::Result<()> {
+    let org_id = match tenant {
+        Some(tenant) => Some(accounts::org_by_tenant(store, Some(tenant)).await?.id),
+        None => None,
+    };
+    let mut out = std::io::stdout().lock();
+    let mut left = limit;
+    let mut after = None;
+    while left > 0 {
+        let page =
+            audit::operator_events(store, org_id.clone(), filter.clone(), left, after).await?;
+        after = page.events.last().map(|event| event.id);
+        left -= page.events.len() as i64;
+        for event in page.events {
+            write_audit_line(&mut out, event)?;
+        }
+        if !page.has_next_page {
+            break;
+        }
     }
+    Ok(())
+}
+
+/// One event as a JSON line; `detail` is parsed back into JSON.
+fn write_audit_line(out: &mut impl Write, event: store::AuditRecord) -> anyhow::Result<()> {
+    let detail: Option<serde_json::Value> = event
+        .detail
+        .as_deref()
+        .and_then(|d| serde_json::from_str(d).ok());
+    let line = serde_json::json!({
+        "id": event.id,
+        "at": humantime::format_rfc3339_millis(at_ms(event.at)).to_string(),
+        "action": event.action,
+        "actor": event.actor,
+        "orgId": event.org_id.as_deref().map(|id| public_id("Organization", id)),
+        "subjectUserId": event.subject_user_id.as_deref().map(|id| public_id("User", id)),
+        "address": event.address,
+        "userAgent": event.user_agent,
+        "detail": detail,
+    });
+    writeln!(out, "{line}")?;
     Ok(())
 }
 

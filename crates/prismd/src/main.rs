@@ -335,7 +335,7 @@ fn main() -> ExitCode {
                 admin::tokens(&backend, cli.tenant_id.as_deref(), command).await
             }
             Command::Orgs(command) => admin::orgs(&backend, command).await,
-            Command::Audit(args) => admin::audit(&backend, args).await,
+            Command::Audit(args) => admin::audit(&backend, cli.tenant_id.as_deref(), args).await,
             Command::Keys(command) => {
                 let at_rest = key_at_rest(&CURRENT_KEK, cli.key_encryption_key_file.as_deref())?;
                 admin::keys(&backend, &at_rest, command).await

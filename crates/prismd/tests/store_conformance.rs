@@ -8,10 +8,11 @@ use std::future::Future;
 use std::sync::Arc;
 
 use prismd::store::{
-    self, AttemptPolicy, AuditEvent, Backend, CacheSettings, CacheStats, CachedStore, Change,
-    CodeRedemption, Garbage, NewAuthorizationCode, NewDeviceCode, NewOrganization, NewRefreshToken,
-    NewUser, OpenOptions, Organization, PrivateKeyReplacement, ProfileChanges, Removal,
-    SessionPolicy, SessionRecord, SigningKeyRecord, Store, StoreError, TokenUse, User,
+    self, AttemptPolicy, AuditBind, AuditEvent, AuditQuery, Backend, CacheSettings, CacheStats,
+    CachedStore, Change, CodeRedemption, Garbage, MAX_AUDIT_PAGE, NewAuthorizationCode,
+    NewDeviceCode, NewOrganization, NewRefreshToken, NewUser, OpenOptions, Organization,
+    PrivateKeyReplacement, ProfileChanges, Removal, SessionPolicy, SessionRecord, SigningKeyRecord,
+    Store, StoreError, TokenUse, User,
 };
 use sqlx::Connection;
 
@@ -207,6 +208,10 @@ conformance!(
     cleanup_statements_use_indexes,
     attempt_counters,
     attempt_counters_shared_and_racing,
+    audit_query_filters_pages_and_orgs,
+    audit_query_pages_are_bounded,
+    audit_query_uses_its_index,
+    role_changes_keep_an_owner,
     session_policies,
 );
 
@@ -834,7 +839,9 @@ async fn authorization_code_single_use(db: Db) -> TestResult {
     store
         .insert_authorization_code(auth_code(&owner, 7))
         .await?;
-    let CodeRedemption::Redeemed(code) = store.redeem_authorization_code(&hash(7), T0 + 1).await?
+    let CodeRedemption::Redeemed(code) = store
+        .redeem_authorization_code(&hash(7), T0 + 1, audit("code.replayed", T0 + 1))
+        .await?
     else {
         return Err("first use must redeem".into());
     };
@@ -849,7 +856,9 @@ async fn authorization_code_single_use(db: Db) -> TestResult {
             .await?
     );
     assert!(matches!(
-        store.redeem_authorization_code(&hash(7), T0 + 3).await?,
+        store
+            .redeem_authorization_code(&hash(7), T0 + 3, audit("code.replayed", T0 + 3))
+            .await?,
         CodeRedemption::Replayed
     ));
     let grant = store
@@ -861,14 +870,38 @@ async fn authorization_code_single_use(db: Db) -> TestResult {
         Some(T0 + 3),
         "the replay revoked the issued token"
     );
+    // The first replay is audited about the code's user, in its organization.
+    let replays = |events: Vec<prismd::store::AuditRecord>| -> Vec<prismd::store::AuditRecord> {
+        events
+            .into_iter()
+            .filter(|e| e.action == "code.replayed")
+            .collect()
+    };
+    let audited = replays(store.recent_audit_events(100).await?);
+    assert_eq!(audited.len(), 1);
+    assert_eq!(
+        audited[0].subject_user_id.as_deref(),
+        Some(owner.id.as_str())
+    );
+    assert_eq!(audited[0].org_id.as_deref(), Some(owner.org_id.as_str()));
+    assert_eq!(audited[0].address.as_deref(), Some("127.0.0.1"));
+    let detail: serde_json::Value =
+        serde_json::from_str(audited[0].detail.as_deref().ok_or("no detail")?)?;
+    assert_eq!(detail["revoked"], true);
     assert!(matches!(
-        store.redeem_authorization_code(&hash(7), T0 + 4).await?,
+        store
+            .redeem_authorization_code(&hash(7), T0 + 4, audit("code.replayed", T0 + 4))
+            .await?,
         CodeRedemption::Replayed
     ));
     assert!(matches!(
-        store.redeem_authorization_code(&hash(99), T0).await?,
+        store
+            .redeem_authorization_code(&hash(99), T0, audit("code.replayed", T0))
+            .await?,
         CodeRedemption::Unknown
     ));
+    // Later replays and unknown codes add no rows.
+    assert_eq!(replays(store.recent_audit_events(100).await?).len(), 1);
     Ok(())
 }
 
@@ -879,12 +912,16 @@ async fn authorization_code_replay_before_token(db: Db) -> TestResult {
         .insert_authorization_code(auth_code(&owner, 7))
         .await?;
     assert!(matches!(
-        store.redeem_authorization_code(&hash(7), T0 + 1).await?,
+        store
+            .redeem_authorization_code(&hash(7), T0 + 1, audit("code.replayed", T0 + 1))
+            .await?,
         CodeRedemption::Redeemed(_)
     ));
     // The replay comes before the first exchange has stored its token.
     assert!(matches!(
-        store.redeem_authorization_code(&hash(7), T0 + 2).await?,
+        store
+            .redeem_authorization_code(&hash(7), T0 + 2, audit("code.replayed", T0 + 2))
+            .await?,
         CodeRedemption::Replayed
     ));
     assert!(
@@ -909,8 +946,9 @@ async fn authorization_code_redeem_races(db: Db) -> TestResult {
             .await?;
         let code = hash(seed);
         let (a, b) = tokio::join!(
-            db.store.redeem_authorization_code(&code, T0 + 1),
-            other.redeem_authorization_code(&code, T0 + 1),
+            db.store
+                .redeem_authorization_code(&code, T0 + 1, audit("code.replayed", T0 + 1)),
+            other.redeem_authorization_code(&code, T0 + 1, audit("code.replayed", T0 + 1)),
         );
         let redeemed = [a?, b?]
             .iter()
@@ -1866,6 +1904,29 @@ async fn cache_forgets_what_changes_invalidate(db: Db) -> TestResult {
             .name,
         "Renamed"
     );
+    // Sign-in events and limit trips change nobody's standing: they drop nothing, not
+    // even when they concern no user (which would otherwise mean "everything").
+    let invalidations = cached.stats().invalidations;
+    for action in ["login.failed", "login.succeeded", "limit.tripped"] {
+        cached.apply(&Change {
+            action: action.into(),
+            user_id: None,
+        });
+        cached.apply(&Change {
+            action: action.into(),
+            user_id: Some(owner.id.clone()),
+        });
+    }
+    assert_eq!(cached.stats().invalidations, invalidations);
+    assert_ne!(
+        cached
+            .principal(&owner.id, &session)
+            .await?
+            .ok_or("none")?
+            .user
+            .name,
+        "Renamed"
+    );
     cached.apply(&Change::everything());
     assert_eq!(
         cached
@@ -1947,7 +2008,9 @@ async fn cleanup_deletes_garbage_only(db: Db) -> TestResult {
         .insert_authorization_code(auth_code(&alice, 12))
         .await?;
     assert!(matches!(
-        store.redeem_authorization_code(&hash(12), T0 + 10).await?,
+        store
+            .redeem_authorization_code(&hash(12), T0 + 10, audit("code.replayed", T0 + 10))
+            .await?,
         CodeRedemption::Redeemed(_)
     ));
     store.insert_device_code(device_code(20)).await?;
@@ -2015,7 +2078,9 @@ async fn cleanup_deletes_garbage_only(db: Db) -> TestResult {
     );
     assert_eq!(delete(Garbage::AuthorizationCodes, now).await?, 1);
     assert!(matches!(
-        store.redeem_authorization_code(&hash(11), T0 + 20).await?,
+        store
+            .redeem_authorization_code(&hash(11), T0 + 20, audit("code.replayed", T0 + 20))
+            .await?,
         CodeRedemption::Redeemed(_)
     ));
     assert_eq!(delete(Garbage::DeviceCodes, now).await?, 1);
@@ -2302,6 +2367,504 @@ async fn attempt_counters_shared_and_racing(db: Db) -> TestResult {
     assert_eq!(seen.map(|c| c.failures), Some(8));
     assert_eq!(db.store.attempt_counter(key).await?, seen);
     other.close().await;
+    Ok(())
+}
+
+// ---- the audit query --------------------------------------------------------------------
+
+/// An event of `org` at `at`, by `actor`, about `subject`, with a user agent.
+fn org_event(
+    action: &'static str,
+    at: i64,
+    org: Option<&Organization>,
+    actor: String,
+    subject: Option<&User>,
+) -> AuditEvent {
+    AuditEvent {
+        at,
+        action,
+        actor,
+        org_id: org.map(|o| o.id.clone()),
+        subject_user_id: subject.map(|u| u.id.clone()),
+        address: Some("192.0.2.7".into()),
+        user_agent: Some("conformance/1.0".into()),
+        detail: None,
+    }
+}
+
+/// Reads every page of `query`, `size` at a time, as the API does: the next page starts
+/// before the last id of the previous one.
+async fn all_pages(
+    store: &dyn Store,
+    query: &AuditQuery,
+    size: i64,
+) -> Result<(Vec<i64>, usize), Box<dyn std::error::Error>> {
+    let mut ids = Vec::new();
+    let mut pages = 0;
+    let mut before_id = None;
+    loop {
+        let page_query = AuditQuery {
+            before_id,
+            ..query.clone()
+        };
+        let page = store.audit_events_page(&page_query, size).await?;
+        assert!(page.len() as i64 <= size);
+        ids.extend(page.iter().map(|e| e.id));
+        if page.len() as i64 == size {
+            pages += 1;
+            before_id = page.last().map(|e| e.id);
+        } else {
+            return Ok((ids, pages + usize::from(!page.is_empty())));
+        }
+    }
+}
+
+async fn audit_query_filters_pages_and_orgs(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    let (org_a, owner_a) = org_with_owner(store).await?;
+    let member_a = add_user(store, &org_a, "m@example.com", "guest", T0).await?;
+    let org_b = new_org("B", T0);
+    store
+        .create_organization(org_b.clone(), audit("org.created", T0))
+        .await?;
+    let org_b = store
+        .organization_by_tenant(&org_b.tenant_id)
+        .await?
+        .ok_or("no org B")?;
+    let owner_b = add_user(store, &org_b, "b@example.com", "owner", T0).await?;
+    let actor = |u: &User| format!("user:{}", u.id);
+    // Org A: 7 events; org B: 2; one of no organization.
+    let a_events = [
+        org_event(
+            "login.failed",
+            T0 + 100,
+            Some(&org_a),
+            "address:192.0.2.7".into(),
+            Some(&member_a),
+        ),
+        org_event(
+            "login.succeeded",
+            T0 + 200,
+            Some(&org_a),
+            actor(&member_a),
+            Some(&member_a),
+        ),
+        org_event(
+            "user.role_changed",
+            T0 + 300,
+            Some(&org_a),
+            actor(&owner_a),
+            Some(&member_a),
+        ),
+        org_event(
+            "token.minted",
+            T0 + 400,
+            Some(&org_a),
+            actor(&owner_a),
+            Some(&owner_a),
+        ),
+        org_event(
+            "login.failed",
+            T0 + 500,
+            Some(&org_a),
+            "address:192.0.2.7".into(),
+            Some(&owner_a),
+        ),
+        org_event(
+            "tokens.revoked_all",
+            T0 + 600,
+            Some(&org_a),
+            actor(&owner_a),
+            Some(&owner_a),
+        ),
+        org_event(
+            "login.failed",
+            T0 + 700,
+            Some(&org_a),
+            "address:192.0.2.7".into(),
+            Some(&member_a),
+        ),
+    ];
+    for event in a_events {
+        store.record_audit(event).await?;
+    }
+    store
+        .record_audit(org_event(
+            "login.failed",
+            T0 + 150,
+            Some(&org_b),
+            actor(&owner_b),
+            Some(&owner_b),
+        ))
+        .await?;
+    store
+        .record_audit(org_event(
+            "login.failed",
+            T0 + 250,
+            None,
+            "address:192.0.2.7".into(),
+            None,
+        ))
+        .await?;
+    store
+        .record_audit(org_event(
+            "token.minted",
+            T0 + 350,
+            Some(&org_b),
+            actor(&owner_b),
+            Some(&owner_b),
+        ))
+        .await?;
+
+    let only_a = AuditQuery {
+        org_id: Some(org_a.id.clone()),
+        ..AuditQuery::default()
+    };
+    let everything_of_a = store.audit_events_page(&only_a, 100).await?;
+    // The seven above, and the org's creation events written by the helpers (none carry
+    // an org id), so exactly the seven.
+    assert_eq!(everything_of_a.len(), 7);
+    assert!(
+        everything_of_a
+            .iter()
+            .all(|e| e.org_id.as_deref() == Some(org_a.id.as_str()))
+    );
+    assert!(
+        everything_of_a.windows(2).all(|w| w[0].id > w[1].id),
+        "newest first"
+    );
+    let newest = &everything_of_a[0];
+    assert_eq!(newest.action, "login.failed");
+    assert_eq!(newest.at, T0 + 700);
+    assert_eq!(newest.address.as_deref(), Some("192.0.2.7"));
+    assert_eq!(
+        newest.user_agent.as_deref(),
+        Some("conformance/1.0"),
+        "user agent read back"
+    );
+    assert_eq!(
+        newest.subject_user_id.as_deref(),
+        Some(member_a.id.as_str())
+    );
+
+    // Pages of 3: 3 + 3 + 1, every event once, in order.
+    let (paged, pages) = all_pages(store, &only_a, 3).await?;
+    let expected: Vec<i64> = everything_of_a.iter().map(|e| e.id).collect();
+    assert_eq!(paged, expected, "no gaps, no duplicates");
+    assert_eq!(pages, 3);
+
+    // Filters.
+    let failed = AuditQuery {
+        action: Some("login.failed".into()),
+        ..only_a.clone()
+    };
+    let failed = store.audit_events_page(&failed, 100).await?;
+    assert_eq!(
+        failed.iter().map(|e| e.at).collect::<Vec<_>>(),
+        vec![T0 + 700, T0 + 500, T0 + 100]
+    );
+    let by_or_about_member = AuditQuery {
+        user_id: Some(member_a.id.clone()),
+        ..only_a.clone()
+    };
+    let times: Vec<i64> = store
+        .audit_events_page(&by_or_about_member, 100)
+        .await?
+        .iter()
+        .map(|e| e.at)
+        .collect();
+    assert_eq!(times, vec![T0 + 700, T0 + 300, T0 + 200, T0 + 100]);
+    let by_or_about_owner = AuditQuery {
+        user_id: Some(owner_a.id.clone()),
+        ..only_a.clone()
+    };
+    let times: Vec<i64> = store
+        .audit_events_page(&by_or_about_owner, 100)
+        .await?
+        .iter()
+        .map(|e| e.at)
+        .collect();
+    assert_eq!(
+        times,
+        vec![T0 + 600, T0 + 500, T0 + 400, T0 + 300],
+        "as actor or subject"
+    );
+    let window = AuditQuery {
+        since: Some(T0 + 200),
+        until: Some(T0 + 500),
+        ..only_a.clone()
+    };
+    let times: Vec<i64> = store
+        .audit_events_page(&window, 100)
+        .await?
+        .iter()
+        .map(|e| e.at)
+        .collect();
+    assert_eq!(
+        times,
+        vec![T0 + 400, T0 + 300, T0 + 200],
+        "since inclusive, until exclusive"
+    );
+    let combined = AuditQuery {
+        action: Some("login.failed".into()),
+        user_id: Some(member_a.id.clone()),
+        since: Some(T0 + 101),
+        ..only_a.clone()
+    };
+    let times: Vec<i64> = store
+        .audit_events_page(&combined, 100)
+        .await?
+        .iter()
+        .map(|e| e.at)
+        .collect();
+    assert_eq!(times, vec![T0 + 700]);
+
+    // Organizations do not see each other, whatever the filter.
+    let b_with_a_user = AuditQuery {
+        org_id: Some(org_b.id.clone()),
+        user_id: Some(member_a.id.clone()),
+        ..AuditQuery::default()
+    };
+    assert!(
+        store
+            .audit_events_page(&b_with_a_user, 100)
+            .await?
+            .is_empty()
+    );
+    let only_b = AuditQuery {
+        org_id: Some(org_b.id.clone()),
+        ..AuditQuery::default()
+    };
+    let b: Vec<i64> = store
+        .audit_events_page(&only_b, 100)
+        .await?
+        .iter()
+        .map(|e| e.at)
+        .collect();
+    assert_eq!(b, vec![T0 + 350, T0 + 150]);
+    // The operator's view: every organization's, and events of none.
+    let all_failed = AuditQuery {
+        action: Some("login.failed".into()),
+        ..AuditQuery::default()
+    };
+    let all_failed = store.audit_events_page(&all_failed, 100).await?;
+    assert_eq!(all_failed.len(), 5);
+    assert!(all_failed.iter().any(|e| e.org_id.is_none()));
+    Ok(())
+}
+
+async fn audit_query_pages_are_bounded(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    let (org, owner) = org_with_owner(store).await?;
+    let total = MAX_AUDIT_PAGE + 5;
+    for n in 0..total {
+        store
+            .record_audit(org_event(
+                "token.minted",
+                T0 + n,
+                Some(&org),
+                "operator".into(),
+                Some(&owner),
+            ))
+            .await?;
+    }
+    let query = AuditQuery {
+        org_id: Some(org.id.clone()),
+        ..AuditQuery::default()
+    };
+    let page = store.audit_events_page(&query, 1_000_000).await?;
+    assert_eq!(
+        page.len() as i64,
+        MAX_AUDIT_PAGE + 1,
+        "capped: a page and one to tell"
+    );
+    assert_eq!(
+        store.audit_events_page(&query, 0).await?.len(),
+        1,
+        "at least one"
+    );
+    let (ids, _) = all_pages(store, &query, MAX_AUDIT_PAGE).await?;
+    assert_eq!(ids.len() as i64, total);
+    let mut unique = ids.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), ids.len());
+    Ok(())
+}
+
+async fn audit_query_uses_its_index(db: Db) -> TestResult {
+    // An organization's page, filtered or not, must walk the (org_id, id) index in order
+    // from the cursor: no table scan, and no sort of the organization's whole history.
+    let queries = [
+        AuditQuery {
+            org_id: Some("org".into()),
+            before_id: Some(1000),
+            ..AuditQuery::default()
+        },
+        AuditQuery {
+            org_id: Some("org".into()),
+            action: Some("login.failed".into()),
+            user_id: Some("user".into()),
+            since: Some(T0),
+            until: Some(T0 + 1),
+            before_id: Some(1000),
+        },
+    ];
+    for query in queries {
+        let (sql, binds) = query.statement(50);
+        let plan: Vec<String> = match &db.backend {
+            Backend::Sqlite(path) => {
+                let url = format!("sqlite://{}", path.display());
+                let mut conn = sqlx::SqliteConnection::connect(&url).await?;
+                let mut explain = sqlx::query_as::<_, (i64, i64, i64, String)>(
+                    sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")),
+                );
+                for bind in binds {
+                    explain = match bind {
+                        AuditBind::Text(text) => explain.bind(text),
+                        AuditBind::Int(number) => explain.bind(number),
+                    };
+                }
+                let rows = explain.fetch_all(&mut conn).await?;
+                conn.close().await?;
+                rows.into_iter().map(|row| row.3).collect()
+            }
+            Backend::Postgres(url) => {
+                let mut conn = sqlx::PgConnection::connect(url).await?;
+                sqlx::query("SET enable_seqscan = off")
+                    .execute(&mut conn)
+                    .await?;
+                let mut explain =
+                    sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}")));
+                for bind in binds {
+                    explain = match bind {
+                        AuditBind::Text(text) => explain.bind(text),
+                        AuditBind::Int(number) => explain.bind(number),
+                    };
+                }
+                let rows = explain.fetch_all(&mut conn).await?;
+                conn.close().await?;
+                rows
+            }
+        };
+        let text = plan.join("\n");
+        assert!(
+            text.contains("audit_events_org_id"),
+            "{query:?} does not use the index:\n{text}"
+        );
+        assert!(
+            !text.contains("Seq Scan") && !text.contains("TEMP B-TREE") && !text.contains("Sort"),
+            "{query:?} scans or sorts:\n{text}"
+        );
+    }
+    Ok(())
+}
+
+async fn role_changes_keep_an_owner(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    let (org, owner) = org_with_owner(store).await?;
+    let admin = add_user(store, &org, "a@example.com", "admin", T0).await?;
+    let to = |role: &str| ProfileChanges {
+        role: Some(role.into()),
+        ..ProfileChanges::default()
+    };
+    let before = db.count("SELECT COUNT(*) FROM audit_events").await?;
+    // The last Owner cannot be demoted; nothing changes and nothing is audited.
+    assert!(
+        !store
+            .update_profile(
+                &owner.id,
+                to("admin"),
+                audit_about("user.role_changed", T0 + 1, &owner)
+            )
+            .await?
+    );
+    assert_eq!(
+        store.member(&org.id, &owner.id).await?.ok_or("gone")?.role,
+        "owner"
+    );
+    assert_eq!(db.count("SELECT COUNT(*) FROM audit_events").await?, before);
+    // With a second Owner, the first may step down.
+    assert!(
+        store
+            .update_profile(
+                &admin.id,
+                to("owner"),
+                audit_about("user.role_changed", T0 + 2, &admin)
+            )
+            .await?
+    );
+    assert!(
+        store
+            .update_profile(
+                &owner.id,
+                to("guest"),
+                audit_about("user.role_changed", T0 + 3, &owner)
+            )
+            .await?
+    );
+    assert_eq!(
+        store.member(&org.id, &owner.id).await?.ok_or("gone")?.role,
+        "guest"
+    );
+    assert_eq!(
+        store.member(&org.id, &admin.id).await?.ok_or("gone")?.role,
+        "owner"
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM audit_events").await?,
+        before + 2
+    );
+    // A profile change without a role leaves the role alone, also for the last Owner.
+    let rename = ProfileChanges {
+        name: Some("Still Owner".into()),
+        ..ProfileChanges::default()
+    };
+    assert!(
+        store
+            .update_profile(
+                &admin.id,
+                rename,
+                audit_about("user.updated", T0 + 4, &admin)
+            )
+            .await?
+    );
+    assert_eq!(
+        store.member(&org.id, &admin.id).await?.ok_or("gone")?.role,
+        "owner"
+    );
+    // Two Owners demoting each other at once: one of them stays Owner. Several rounds, each
+    // with the survivor of the last and a new Owner, so a lost race shows up reliably.
+    let mut survivor = admin;
+    for round in 0..5_i64 {
+        let at = T0 + 10 + round;
+        let newcomer = add_user(store, &org, &format!("o{round}@example.com"), "owner", at).await?;
+        let (first, other) = tokio::join!(
+            store.update_profile(
+                &survivor.id,
+                to("guest"),
+                audit_about("user.role_changed", at, &survivor)
+            ),
+            store.update_profile(
+                &newcomer.id,
+                to("guest"),
+                audit_about("user.role_changed", at, &newcomer)
+            ),
+        );
+        let (first, other) = (first?, other?);
+        assert_eq!(
+            u8::from(first) + u8::from(other),
+            1,
+            "exactly one demotion wins"
+        );
+        let owners: Vec<User> = store
+            .list_users(&org.id, false)
+            .await?
+            .into_iter()
+            .filter(|u| u.role == "owner")
+            .collect();
+        assert_eq!(owners.len(), 1, "round {round}");
+        survivor = owners.into_iter().next().ok_or("no Owner")?;
+    }
     Ok(())
 }
 

@@ -323,18 +323,29 @@ pub async fn delete_member(
 }
 
 /// Changes a member's profile: everyone may change their own; Owners and Admins others'
-/// (Admins not Owners').
+/// (Admins not Owners'). A role is changed only by Owners and Admins (also their own), only
+/// Owners make Owners, and the last Owner keeps the role. Audited as `user.updated` with the
+/// names of the changed fields, or, when the role changes, as `user.role_changed` with the
+/// old and new role.
 pub async fn update_member(
     store: &dyn Store,
     actor: &User,
     user_id: &str,
     changes: ProfileChanges,
+    new_role: Option<Role>,
     meta: &RequestMeta,
 ) -> Result<User, DomainError> {
     let target = member(store, actor, user_id).await?;
-    if target.id != actor.id {
+    if target.id != actor.id || new_role.is_some() {
         managed_member(store, actor, user_id, "change").await?;
     }
+    let old_role = Role::of(&target);
+    if new_role == Some(Role::Owner) && old_role != Role::Owner && Role::of(actor) != Role::Owner {
+        return Err(DomainError::AccessDenied(
+            "only Owners can make Owners".into(),
+        ));
+    }
+    let role_change = new_role.filter(|role| *role != old_role);
     let name = changes.name.map(|n| n.trim().to_owned());
     if name
         .as_ref()
@@ -350,24 +361,45 @@ pub async fn update_member(
             "the phone number must have at most 40 characters".into(),
         ));
     }
-    let audit = AuditEvent {
-        at: now_ms(),
-        action: "user.updated",
-        actor: format!("user:{}", actor.id),
-        org_id: Some(target.org_id.clone()),
-        subject_user_id: Some(target.id.clone()),
-        address: meta.address.clone(),
-        user_agent: meta.user_agent.clone(),
-        detail: None,
+    let fields: Vec<&str> = [
+        ("name", name.is_some()),
+        ("phone", phone.is_some()),
+        ("darkMode", changes.dark_mode.is_some()),
+        (
+            "darkModeSyncWithOs",
+            changes.dark_mode_sync_with_os.is_some(),
+        ),
+        ("role", role_change.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(field, changed)| changed.then_some(field))
+    .collect();
+    // Never the values of name or phone: the event says what changed, the user record how.
+    let (action, detail) = match role_change {
+        Some(role) => (
+            "user.role_changed",
+            serde_json::json!({ "from": old_role.key(), "to": role.key(), "fields": fields }),
+        ),
+        None => ("user.updated", serde_json::json!({ "fields": fields })),
     };
+    let audit = user_event(
+        action,
+        format!("user:{}", actor.id),
+        &target,
+        meta,
+        Some(detail.to_string()),
+    );
     let changes = ProfileChanges {
         name,
         phone,
+        role: role_change.map(|role| role.key().to_owned()),
         ..changes
     };
     if !store.update_profile(&target.id, changes, audit).await? {
-        return Err(DomainError::NotFound(
-            "no such user in your organization".into(),
+        // Still a member: the role change was refused because it would leave no Owner.
+        member(store, actor, user_id).await?;
+        return Err(DomainError::Conflict(
+            "this is the organization's last Owner; make another user Owner first".into(),
         ));
     }
     member(store, actor, user_id).await
@@ -432,12 +464,15 @@ pub async fn accept_invitation(
     meta: &RequestMeta,
 ) -> Result<(), DomainError> {
     let password_hash = passwords::hash(password).await?;
+    // The store names the user whose invitation it spends; the organization is read here
+    // (an invitation never moves between users, so this is the same user).
+    let invited = invitation_user(store, token).await?;
     let audit = AuditEvent {
         at: now_ms(),
         action: "user.password_set",
         actor: "invitation".into(),
-        org_id: None,
-        subject_user_id: None,
+        org_id: invited.as_ref().map(|u| u.org_id.clone()),
+        subject_user_id: invited.map(|u| u.id),
         address: meta.address.clone(),
         user_agent: meta.user_agent.clone(),
         detail: None,

@@ -11,7 +11,7 @@ use subtle::ConstantTimeEq;
 
 use super::auth::{AuthService, CLI_CLIENT_ID, DEFAULT_SCOPE, SessionOrigin, mint_refresh_token};
 use super::{DomainError, GrantError, RequestMeta, accounts, now_ms, passwords};
-use crate::store::{CodeRedemption, NewAuthorizationCode, Store, User};
+use crate::store::{AuditEvent, CodeRedemption, NewAuthorizationCode, Store, User};
 use crate::tokens::hash_secret;
 
 /// How long an authorization code may be redeemed.
@@ -269,9 +269,21 @@ impl AuthService {
     ) -> Result<TokenResponse, DomainError> {
         let code_hash = hash_secret(grant.code);
         let now = now_ms();
+        // Written only on a code's first replay: someone else may hold the code (it leaked
+        // from the redirect), so who presented it and from where is worth keeping.
+        let replay = AuditEvent {
+            at: now,
+            action: "code.replayed",
+            actor: format!("address:{}", meta.address.as_deref().unwrap_or("-")),
+            org_id: None,
+            subject_user_id: None,
+            address: meta.address.clone(),
+            user_agent: meta.user_agent.clone(),
+            detail: None,
+        };
         let code = match self
             .store()
-            .redeem_authorization_code(&code_hash, now)
+            .redeem_authorization_code(&code_hash, now, replay)
             .await?
         {
             CodeRedemption::Redeemed(code) => code,

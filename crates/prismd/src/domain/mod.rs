@@ -3,6 +3,7 @@
 //! admin commands all call these functions, so each rule lives in one place.
 
 pub mod accounts;
+pub mod audit;
 pub mod auth;
 pub mod cleanup;
 pub mod device;

@@ -15,8 +15,8 @@ use super::error::log_unavailable;
 use crate::domain::accounts::{self, Role, UserDraft, parse_public_id, public_id};
 use crate::domain::auth::{AuthService, Principal};
 use crate::domain::policies::{self, PolicyDays, PolicyUpdate};
-use crate::domain::{DomainError, RequestMeta, sessions};
-use crate::store::{Organization, ProfileChanges, SessionRecord, StoreError, User};
+use crate::domain::{DomainError, RequestMeta, audit, sessions};
+use crate::store::{AuditRecord, Organization, ProfileChanges, SessionRecord, StoreError, User};
 
 /// Page size when the client does not ask for one, and the largest it may ask for.
 const PAGE_SIZE: i64 = 100;
@@ -129,6 +129,155 @@ impl QueryRoot {
     /// The roles a user can have.
     async fn organization_roles(&self) -> Vec<RoleNode> {
         Role::ALL.into_iter().map(RoleNode).collect()
+    }
+
+    /// The caller's organization's security events, newest first, in pages (`after` is a
+    /// previous page's `endCursor`; absent or empty means the first page; `first` is 1 to 200,
+    /// default 50). Owners and Admins only: anyone else gets null with a `FORBIDDEN` error.
+    async fn audit_events(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<AuditEventFilter>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Option<AuditEventConnection>> {
+        let caller = caller(ctx)?;
+        // Refused before the filters are read: a Member learns nothing from a bad filter.
+        audit::ensure_reader(&caller.principal.user).map_err(query_error)?;
+        let filter = filter.unwrap_or_default().checked().map_err(query_error)?;
+        let after =
+            match after.as_deref().filter(|a| !a.is_empty()) {
+                None => None,
+                Some(cursor) => Some(cursor.parse::<i64>().map_err(|_| {
+                    query_error(DomainError::InvalidInput("invalid cursor".into()))
+                })?),
+            };
+        let page = audit::organization_events(
+            caller.auth.store().as_ref(),
+            &caller.principal.user,
+            filter,
+            first.map(i64::from),
+            after,
+        )
+        .await
+        .map_err(query_error)?;
+        let end_cursor = page.events.last().map(|event| event.id.to_string());
+        Ok(Some(AuditEventConnection {
+            nodes: page.events.into_iter().map(AuditEventNode).collect(),
+            page_info: PageInfo {
+                has_next_page: page.has_next_page,
+                end_cursor,
+            },
+        }))
+    }
+}
+
+/// The filters of `auditEvents`; absent fields match everything.
+#[derive(InputObject, Default)]
+pub struct AuditEventFilter {
+    /// One action, e.g. `login.failed` (see the README's list).
+    action: Option<String>,
+    /// Events the user did (actor) or that are about them (subject): a user id.
+    user_id: Option<ID>,
+    /// At or after this time (RFC 3339, e.g. `2026-01-31T12:00:00Z`).
+    since: Option<String>,
+    /// Before this time (RFC 3339).
+    until: Option<String>,
+}
+
+impl AuditEventFilter {
+    fn checked(self) -> Result<audit::AuditFilter, DomainError> {
+        let user_id = match &self.user_id {
+            None => None,
+            Some(id) => Some(parse_public_id("User", id).ok_or_else(|| {
+                DomainError::InvalidInput("userId must be a user id from this API".into())
+            })?),
+        };
+        Ok(audit::AuditFilter {
+            action: self.action,
+            user_id,
+            since: self
+                .since
+                .as_deref()
+                .map(|t| rfc3339_ms("since", t))
+                .transpose()?,
+            until: self
+                .until
+                .as_deref()
+                .map(|t| rfc3339_ms("until", t))
+                .transpose()?,
+        })
+    }
+}
+
+/// An RFC 3339 time as milliseconds since the Unix epoch.
+fn rfc3339_ms(field: &str, text: &str) -> Result<i64, DomainError> {
+    humantime::parse_rfc3339_weak(text.trim())
+        .ok()
+        .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
+        .and_then(|since| i64::try_from(since.as_millis()).ok())
+        .ok_or_else(|| {
+            DomainError::InvalidInput(format!(
+                "{field} must be an RFC 3339 time, e.g. 2026-01-31T12:00:00Z"
+            ))
+        })
+}
+
+#[derive(SimpleObject)]
+pub struct AuditEventConnection {
+    nodes: Vec<AuditEventNode>,
+    page_info: PageInfo,
+}
+
+/// A security event as Owners and Admins read it. Never a secret: no token, password or
+/// hash is ever recorded.
+pub struct AuditEventNode(AuditRecord);
+
+#[Object(name = "AuditEvent")]
+impl AuditEventNode {
+    /// Grows with every event; also the cursor.
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    /// RFC 3339, UTC.
+    async fn at(&self) -> String {
+        timestamp(self.0.at)
+    }
+    /// For example `login.failed`, `user.role_changed`, `tokens.revoked_all`.
+    async fn action(&self) -> &str {
+        &self.0.action
+    }
+    /// Who did it: `user:<uuid>`, `session:<session id>`, `address:<ip>`, `operator` or
+    /// `invitation`.
+    async fn actor(&self) -> &str {
+        &self.0.actor
+    }
+    /// The acting user, when the actor is one (`user:<uuid>`), as the id the rest of the API
+    /// uses.
+    async fn actor_user_id(&self) -> Option<ID> {
+        self.0
+            .actor
+            .strip_prefix("user:")
+            .map(|id| ID(public_id("User", id)))
+    }
+    /// The user the event is about, as the id the rest of the API uses.
+    async fn subject_user_id(&self) -> Option<ID> {
+        self.0
+            .subject_user_id
+            .as_deref()
+            .map(|id| ID(public_id("User", id)))
+    }
+    /// The client address of the request (the TCP peer).
+    async fn address(&self) -> Option<&str> {
+        self.0.address.as_deref()
+    }
+    /// The request's `User-Agent` (at most 256 characters).
+    async fn user_agent(&self) -> Option<&str> {
+        self.0.user_agent.as_deref()
+    }
+    /// Details of the event as a JSON object in a string, e.g. `{"from":"admin","to":"owner"}`.
+    async fn detail(&self) -> Option<&str> {
+        self.0.detail.as_deref()
     }
 }
 
@@ -446,6 +595,9 @@ pub struct UpdateUserInput {
     phone: Option<String>,
     dark_mode: Option<bool>,
     dark_mode_sync_with_os: Option<bool>,
+    /// A new role: a role id from `organizationRoles` (its name is accepted too). Owners and
+    /// Admins only; only Owners make Owners; the last Owner keeps the role.
+    role: Option<ID>,
 }
 
 #[derive(InputObject)]
@@ -651,15 +803,28 @@ impl MutationRoot {
             phone: input.phone,
             dark_mode: input.dark_mode,
             dark_mode_sync_with_os: input.dark_mode_sync_with_os,
+            role: None,
+        };
+        let role = match input.role.as_ref().map(parse_role).transpose() {
+            Ok(role) => role,
+            Err(err) => return UserPayload::from_result(Err(err), &caller.principal.org, "role"),
         };
         let result = match user_id_from(&input.id) {
             Ok(id) => {
-                accounts::update_member(store, &caller.principal.user, &id, changes, &caller.meta)
-                    .await
+                accounts::update_member(
+                    store,
+                    &caller.principal.user,
+                    &id,
+                    changes,
+                    role,
+                    &caller.meta,
+                )
+                .await
             }
             Err(err) => Err(err),
         };
-        UserPayload::from_result(result, &caller.principal.org, "name")
+        let field = if input.role.is_some() { "role" } else { "name" };
+        UserPayload::from_result(result, &caller.principal.org, field)
     }
 
     /// Ends one session: its refresh token, and the access tokens issued from it, stop

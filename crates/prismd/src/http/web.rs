@@ -14,6 +14,7 @@ use subtle::ConstantTimeEq;
 use super::body::{BodyShape, JsonOrForm};
 use super::{AppState, ClientMeta};
 use crate::domain::accounts;
+use crate::domain::audit::{self, SignIn, SignInPage};
 use crate::domain::limits::{self, LimitKey, LimitKind, Verdict};
 use crate::domain::login::{self, AuthorizationRequest, AuthorizeError, AuthorizeParams};
 use crate::domain::{DomainError, RequestMeta};
@@ -163,14 +164,17 @@ async fn login_locked(state: &AppState, keys: &[LimitKey]) -> Option<Response> {
     }
 }
 
-/// After a wrong password: counts it; `Some(page)` when the account or address is now locked.
+/// After a wrong password: counts it, then audits it as `login.failed`; `Some(page)` when the
+/// account or address is now locked.
 async fn login_failed(
     state: &AppState,
     keys: &[LimitKey],
     email: &str,
     meta: &RequestMeta,
+    page: SignInPage,
 ) -> Option<Response> {
-    // The account's user, if it exists, is named in the audit event of a new lock.
+    // The account's user, if it exists (the oldest with that email), is the subject of the
+    // audit events.
     let subject = match accounts::normalize_email(email) {
         Ok(email) => state
             .auth
@@ -179,11 +183,28 @@ async fn login_failed(
             .await
             .ok()
             .and_then(|found| found.into_iter().next())
-            .map(|c| (c.user.id, c.user.org_id)),
+            .map(|c| c.user),
         Err(_) => None,
     };
-    let subject = subject.as_ref().map(|(u, o)| (u.as_str(), o.as_str()));
-    match state.limits.fail(keys, meta, subject).await {
+    let counted = state
+        .limits
+        .fail(
+            keys,
+            meta,
+            subject.as_ref().map(|u| (u.id.as_str(), u.org_id.as_str())),
+        )
+        .await;
+    if counted.is_ok() {
+        // Only a counted failure is written: attempts refused during a lock never get here,
+        // so the limits bound these rows as they bound the Argon2 checks.
+        let outcome = SignIn::Failed(subject.as_ref());
+        if let Err(err) =
+            audit::record_sign_in(state.auth.store().as_ref(), outcome, page, meta).await
+        {
+            tracing::warn!(error = %err, "could not audit a failed login");
+        }
+    }
+    match counted {
         Ok(Verdict::Allowed) => None,
         Ok(Verdict::Locked { retry_after_secs }) => {
             let kinds: Vec<_> = keys.iter().map(LimitKey::kind).collect();
@@ -196,15 +217,31 @@ async fn login_failed(
     }
 }
 
-/// After a good password: the account's failures are forgotten. The address's are not: one
-/// account an attacker owns must not reset the count of guesses against other accounts from
-/// the same address; they expire with their window.
-async fn login_succeeded(state: &AppState, keys: &[LimitKey]) {
+/// After a good password: audited as `login.succeeded`, and the account's failures are
+/// forgotten. The address's are not: one account an attacker owns must not reset the count
+/// of guesses against other accounts from the same address; they expire with their window.
+/// `Err(page)` when the sign-in could not be audited: it does not go on unrecorded.
+async fn login_succeeded(
+    state: &AppState,
+    keys: &[LimitKey],
+    user: &crate::store::User,
+    meta: &RequestMeta,
+    page: SignInPage,
+) -> Result<(), Response> {
+    let store = state.auth.store().as_ref();
+    if let Err(err) = audit::record_sign_in(store, SignIn::Succeeded(user), page, meta).await {
+        tracing::error!(error = %err, "could not audit a login");
+        return Err(error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the service is temporarily unavailable; try again",
+        ));
+    }
     for key in keys.iter().filter(|k| k.kind() == LimitKind::LoginAccount) {
         if let Err(err) = state.limits.clear(key).await {
             tracing::warn!(error = %err, "could not reset the login limit");
         }
     }
+    Ok(())
 }
 
 fn login_page(request: &AuthorizeParams, csrf: &str, email: &str, error: Option<&str>) -> Response {
@@ -527,7 +564,11 @@ pub async fn login(
     let user =
         match login::authenticate(state.auth.store().as_ref(), &form.email, &form.password).await {
             Ok(Some(user)) => {
-                login_succeeded(&state, &keys).await;
+                if let Err(refused) =
+                    login_succeeded(&state, &keys, &user, &meta, SignInPage::Authorize).await
+                {
+                    return refused;
+                }
                 user
             }
             Ok(None) => {
@@ -535,7 +576,9 @@ pub async fn login(
                     address = meta.address.as_deref().unwrap_or("-"),
                     "login failed"
                 );
-                if let Some(refused) = login_failed(&state, &keys, &form.email, &meta).await {
+                if let Some(refused) =
+                    login_failed(&state, &keys, &form.email, &meta, SignInPage::Authorize).await
+                {
                     return refused;
                 }
                 return login_page(
@@ -887,11 +930,17 @@ pub async fn decide_device(
                 .await
             {
                 Ok(Some(user)) => {
-                    login_succeeded(&state, &keys).await;
+                    if let Err(refused) =
+                        login_succeeded(&state, &keys, &user, &meta, SignInPage::Device).await
+                    {
+                        return refused;
+                    }
                     user
                 }
                 Ok(None) => {
-                    if let Some(refused) = login_failed(&state, &keys, &form.email, &meta).await {
+                    if let Some(refused) =
+                        login_failed(&state, &keys, &form.email, &meta, SignInPage::Device).await
+                    {
                         return refused;
                     }
                     return device_page(

@@ -28,11 +28,11 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use super::{
-    AttemptCounter, AttemptPolicy, AuditEvent, AuditRecord, Change, CleanupLock, CodeRedemption,
-    Credentials, DeviceCode, Garbage, NewAuthorizationCode, NewDeviceCode, NewOrganization,
-    NewRefreshToken, NewUser, Organization, PrincipalRecord, PrivateKeyReplacement, ProfileChanges,
-    RefreshGrant, Removal, SessionPolicy, SessionRecord, SigningKeyRecord, Store, StoreError,
-    TokenUse, User,
+    AttemptCounter, AttemptPolicy, AuditEvent, AuditQuery, AuditRecord, Change, CleanupLock,
+    CodeRedemption, Credentials, DeviceCode, Garbage, NewAuthorizationCode, NewDeviceCode,
+    NewOrganization, NewRefreshToken, NewUser, Organization, PrincipalRecord,
+    PrivateKeyReplacement, ProfileChanges, RefreshGrant, Removal, SessionPolicy, SessionRecord,
+    SigningKeyRecord, Store, StoreError, TokenUse, User,
 };
 
 /// How the probe behaves while the circuit is open.
@@ -433,8 +433,9 @@ impl Store for GuardedStore {
         &self,
         code_hash: &[u8; 32],
         at: i64,
+        replay: AuditEvent,
     ) -> Result<CodeRedemption, StoreError> {
-        self.guard(self.inner.redeem_authorization_code(code_hash, at))
+        self.guard(self.inner.redeem_authorization_code(code_hash, at, replay))
             .await
     }
 
@@ -611,6 +612,18 @@ impl Store for GuardedStore {
 
     async fn recent_audit_events(&self, limit: i64) -> Result<Vec<AuditRecord>, StoreError> {
         self.guard(self.inner.recent_audit_events(limit)).await
+    }
+
+    async fn audit_events_page(
+        &self,
+        query: &AuditQuery,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        self.guard(self.inner.audit_events_page(query, limit)).await
+    }
+
+    async fn record_audit(&self, event: AuditEvent) -> Result<(), StoreError> {
+        self.guard(self.inner.record_audit(event)).await
     }
 
     /// Not guarded: it runs for the life of the server and reconnects on its own; its

@@ -31,11 +31,11 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{
-    AttemptCounter, AttemptPolicy, AuditEvent, AuditRecord, Change, CleanupLock, CodeRedemption,
-    Credentials, DeviceCode, Garbage, NewAuthorizationCode, NewDeviceCode, NewOrganization,
-    NewRefreshToken, NewUser, Organization, PrincipalRecord, PrivateKeyReplacement, ProfileChanges,
-    RefreshGrant, Removal, SessionPolicy, SessionRecord, SigningKeyRecord, Store, StoreError,
-    TokenUse, User,
+    AttemptCounter, AttemptPolicy, AuditEvent, AuditQuery, AuditRecord, Change, CleanupLock,
+    CodeRedemption, Credentials, DeviceCode, Garbage, INFORMATIONAL_ACTIONS, NewAuthorizationCode,
+    NewDeviceCode, NewOrganization, NewRefreshToken, NewUser, Organization, PrincipalRecord,
+    PrivateKeyReplacement, ProfileChanges, RefreshGrant, Removal, SessionPolicy, SessionRecord,
+    SigningKeyRecord, Store, StoreError, TokenUse, User,
 };
 
 /// How long and how much the cache keeps.
@@ -132,6 +132,9 @@ impl CachedStore {
     /// Drops what `change` may have made stale; [`Change::listening`] also starts using the
     /// cache.
     pub fn apply(&self, change: &Change) {
+        if INFORMATIONAL_ACTIONS.contains(&change.action.as_str()) {
+            return;
+        }
         match &change.user_id {
             Some(user_id) => self.invalidate_user(user_id),
             None => self.invalidate_all(),
@@ -384,8 +387,12 @@ impl Store for CachedStore {
         &self,
         code_hash: &[u8; 32],
         at: i64,
+        replay: AuditEvent,
     ) -> Result<CodeRedemption, StoreError> {
-        let outcome = self.inner.redeem_authorization_code(code_hash, at).await;
+        let outcome = self
+            .inner
+            .redeem_authorization_code(code_hash, at, replay)
+            .await;
         // A replay revokes the session issued from the code; whose it is, only the database
         // knows, and replays are rare.
         if !matches!(
@@ -666,6 +673,19 @@ impl Store for CachedStore {
 
     async fn recent_audit_events(&self, limit: i64) -> Result<Vec<AuditRecord>, StoreError> {
         self.inner.recent_audit_events(limit).await
+    }
+
+    async fn audit_events_page(
+        &self,
+        query: &AuditQuery,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        self.inner.audit_events_page(query, limit).await
+    }
+
+    /// Nothing to invalidate: these events change no one's standing.
+    async fn record_audit(&self, event: AuditEvent) -> Result<(), StoreError> {
+        self.inner.record_audit(event).await
     }
 
     async fn follow_changes(

@@ -299,6 +299,9 @@ pub struct ProfileChanges {
     pub phone: Option<String>,
     pub dark_mode: Option<bool>,
     pub dark_mode_sync_with_os: Option<bool>,
+    /// A new role (its key, e.g. `admin`). Refused, like the whole change, when it would
+    /// leave the organization without an active Owner.
+    pub role: Option<String>,
 }
 
 /// A user to create.
@@ -389,6 +392,36 @@ pub struct AuthorizationCode {
     pub nonce: Option<String>,
     pub user_id: String,
     pub expires_at: i64,
+}
+
+/// An authorization code presented again after it was spent: whose it was, and whether it
+/// was replayed before.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct SpentCode {
+    pub user_id: String,
+    pub org_id: String,
+    pub replayed_at: Option<i64>,
+    pub refresh_token_id: Option<String>,
+}
+
+/// Reads a [`SpentCode`] by code hash (`$1`), the same on both backends.
+pub(crate) const SPENT_CODE: &str = "SELECT c.user_id, u.org_id, c.replayed_at, c.refresh_token_id \
+     FROM authorization_codes c JOIN users u ON u.id = c.user_id WHERE c.code_hash = $1";
+
+impl SpentCode {
+    /// The audit row of its first replay: `replay` about the code's user, with the session it
+    /// issued (if any) and whether the replay revoked it.
+    pub(crate) fn replay_event(&self, replay: AuditEvent, revoked: bool) -> AuditEvent {
+        AuditEvent {
+            org_id: Some(self.org_id.clone()),
+            subject_user_id: Some(self.user_id.clone()),
+            detail: Some(
+                serde_json::json!({ "token_id": self.refresh_token_id, "revoked": revoked })
+                    .to_string(),
+            ),
+            ..replay
+        }
+    }
 }
 
 /// What presenting an authorization code did.
@@ -593,8 +626,104 @@ pub struct AuditRecord {
     pub org_id: Option<String>,
     pub subject_user_id: Option<String>,
     pub address: Option<String>,
+    pub user_agent: Option<String>,
     pub detail: Option<String>,
 }
+
+/// The columns of an [`AuditRecord`], the same on both backends.
+pub(crate) const AUDIT_COLUMNS: &str =
+    "id, at, action, actor, org_id, subject_user_id, address, user_agent, detail";
+
+/// Most events a page of the audit trail holds: pages are for reading, and a bounded page
+/// keeps one request's work bounded. [`Store::audit_events_page`] returns one more at most,
+/// so a reader can tell whether another page follows.
+pub const MAX_AUDIT_PAGE: i64 = 200;
+
+/// Which audit events [`Store::audit_events_page`] reads; `None` matches anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Only this organization's events. `None` (operators only) reads every organization's
+    /// and the events that belong to none (for example a failed sign-in of an unknown email).
+    pub org_id: Option<String>,
+    pub action: Option<String>,
+    /// Events this user did (actor `user:<id>`) or that are about them (subject).
+    pub user_id: Option<String>,
+    /// At or after this time (ms).
+    pub since: Option<i64>,
+    /// Before this time (ms).
+    pub until: Option<i64>,
+    /// Keyset cursor: only events with a smaller id (older) than this one.
+    pub before_id: Option<i64>,
+}
+
+/// A value bound to the statement [`AuditQuery::statement`] builds.
+pub enum AuditBind {
+    Text(String),
+    Int(i64),
+}
+
+impl AuditQuery {
+    /// The `SELECT` of one page, newest first, with only the conditions this query has (so
+    /// each backend plans it with the `(org_id, id)` index of migration 0008, not around
+    /// `$n IS NULL` branches), and what to bind, in order. `$n` placeholders work on both
+    /// backends. Public so the conformance suite can check the plan of exactly this SQL.
+    pub fn statement(&self, limit: i64) -> (String, Vec<AuditBind>) {
+        let mut conditions = Vec::new();
+        let mut binds = Vec::new();
+        fn next(bind: AuditBind, binds: &mut Vec<AuditBind>) -> String {
+            binds.push(bind);
+            format!("${}", binds.len())
+        }
+        if let Some(org) = &self.org_id {
+            conditions.push(format!(
+                "org_id = {}",
+                next(AuditBind::Text(org.clone()), &mut binds)
+            ));
+        }
+        if let Some(action) = &self.action {
+            conditions.push(format!(
+                "action = {}",
+                next(AuditBind::Text(action.clone()), &mut binds)
+            ));
+        }
+        if let Some(user) = &self.user_id {
+            let subject = next(AuditBind::Text(user.clone()), &mut binds);
+            let actor = next(AuditBind::Text(format!("user:{user}")), &mut binds);
+            conditions.push(format!("(subject_user_id = {subject} OR actor = {actor})"));
+        }
+        if let Some(since) = self.since {
+            conditions.push(format!("at >= {}", next(AuditBind::Int(since), &mut binds)));
+        }
+        if let Some(until) = self.until {
+            conditions.push(format!("at < {}", next(AuditBind::Int(until), &mut binds)));
+        }
+        if let Some(before) = self.before_id {
+            conditions.push(format!("id < {}", next(AuditBind::Int(before), &mut binds)));
+        }
+        let filter = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conditions.join(" AND "))
+        };
+        let limit = next(
+            AuditBind::Int(limit.clamp(1, MAX_AUDIT_PAGE + 1)),
+            &mut binds,
+        );
+        (
+            format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit_events{filter} ORDER BY id DESC LIMIT {limit}"
+            ),
+            binds,
+        )
+    }
+}
+
+/// Audit actions that change nothing another process may have cached (they record what
+/// happened, not a change of anyone's standing). The change feed still carries them, but
+/// the cache ignores them, so a flood of failed sign-ins (for unknown emails they concern no
+/// user, which would otherwise mean "drop everything") cannot empty the caches of every
+/// replica.
+pub const INFORMATIONAL_ACTIONS: [&str; 3] = ["login.succeeded", "login.failed", "limit.tripped"];
 
 /// A committed change that may make state cached by some process stale: the audited action
 /// and the user it concerns. Every process follows the changes of every other process (and
@@ -718,7 +847,9 @@ pub trait Store: Send + Sync + 'static {
     /// An active user of `org_id`.
     async fn member(&self, org_id: &str, user_id: &str) -> Result<Option<User>, StoreError>;
 
-    /// Changes profile fields of an active user.
+    /// Changes profile fields (and the role) of an active user. Returns false when there is
+    /// no such user, or when the change would demote the organization's last active Owner
+    /// (the Owner count is read in the same statement, as in [`Store::remove_user`]).
     async fn update_profile(
         &self,
         user_id: &str,
@@ -841,11 +972,15 @@ pub trait Store: Send + Sync + 'static {
     -> Result<(), StoreError>;
 
     /// Spends an authorization code. A second presentation marks it replayed and revokes the
-    /// refresh token issued from it, in the same transaction.
+    /// refresh token issued from it, in the same transaction; the first replay also writes
+    /// `replay` there, about the code's user (the store sets subject and organization, and a
+    /// detail with the session id and whether it was revoked). Later replays write no more
+    /// rows, so replaying one code cannot grow the audit log.
     async fn redeem_authorization_code(
         &self,
         code_hash: &[u8; 32],
         at: i64,
+        replay: AuditEvent,
     ) -> Result<CodeRedemption, StoreError>;
 
     /// Stores a new device authorization.
@@ -989,6 +1124,18 @@ pub trait Store: Send + Sync + 'static {
     /// Audit events, newest first, at most `limit`.
     async fn recent_audit_events(&self, limit: i64) -> Result<Vec<AuditRecord>, StoreError>;
 
+    /// One page of audit events matching `query`, newest first (descending id), at most
+    /// `limit` (capped at [`MAX_AUDIT_PAGE`] + 1). The next page starts before the last id seen.
+    async fn audit_events_page(
+        &self,
+        query: &AuditQuery,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>, StoreError>;
+
+    /// Writes one audit event on its own, for events that change nothing else in the store
+    /// (a sign-in that succeeded or failed).
+    async fn record_audit(&self, event: AuditEvent) -> Result<(), StoreError>;
+
     /// Hands every change committed from now on, by any process on this database, to
     /// `on_change`, in commit order per process, starting with [`Change::listening`] once
     /// nothing can be missed any more. Runs until the feed breaks and then returns (with the
@@ -1042,6 +1189,41 @@ mod tests {
         };
         assert_eq!(names("sqlite")?, names("postgres")?);
         Ok(())
+    }
+
+    #[test]
+    fn audit_statements_bind_only_the_filters_given() {
+        let (sql, binds) = AuditQuery::default().statement(50);
+        assert_eq!(
+            sql,
+            format!("SELECT {AUDIT_COLUMNS} FROM audit_events ORDER BY id DESC LIMIT $1")
+        );
+        assert!(matches!(binds.as_slice(), [AuditBind::Int(50)]));
+        let full = AuditQuery {
+            org_id: Some("o".into()),
+            action: Some("login.failed".into()),
+            user_id: Some("u".into()),
+            since: Some(10),
+            until: Some(20),
+            before_id: Some(99),
+        };
+        let (sql, binds) = full.statement(1_000_000);
+        assert!(sql.ends_with(
+            "WHERE org_id = $1 AND action = $2 AND (subject_user_id = $3 OR actor = $4) \
+             AND at >= $5 AND at < $6 AND id < $7 ORDER BY id DESC LIMIT $8"
+        ));
+        let texts: Vec<&str> = binds
+            .iter()
+            .filter_map(|b| match b {
+                AuditBind::Text(t) => Some(t.as_str()),
+                AuditBind::Int(_) => None,
+            })
+            .collect();
+        assert_eq!(texts, ["o", "login.failed", "u", "user:u"]);
+        assert!(
+            matches!(binds.last(), Some(AuditBind::Int(limit)) if *limit == MAX_AUDIT_PAGE + 1),
+            "the page is capped"
+        );
     }
 
     #[test]

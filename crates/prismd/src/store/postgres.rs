@@ -15,11 +15,12 @@ use sqlx::{Connection, FromRow, Postgres, Row, Transaction};
 
 use super::group_commit::{PendingRevoke, RevokeQueue, RevokeWriter};
 use super::{
-    AttemptCounter, AttemptPolicy, AuditEvent, AuditRecord, AuthorizationCode, Change, CleanupLock,
-    CodeRedemption, Credentials, DeviceCode, Garbage, LIVE_SESSION, MAX_LISTED_SESSIONS,
-    NewAuthorizationCode, NewDeviceCode, NewOrganization, NewRefreshToken, NewUser, Organization,
-    PrincipalRecord, PrivateKeyReplacement, ProfileChanges, RefreshGrant, Removal, SESSION_COLUMNS,
-    SessionPolicy, SessionRecord, SigningKeyRecord, Store, StoreError, TokenUse, User,
+    AUDIT_COLUMNS, AttemptCounter, AttemptPolicy, AuditBind, AuditEvent, AuditQuery, AuditRecord,
+    AuthorizationCode, Change, CleanupLock, CodeRedemption, Credentials, DeviceCode, Garbage,
+    LIVE_SESSION, MAX_LISTED_SESSIONS, NewAuthorizationCode, NewDeviceCode, NewOrganization,
+    NewRefreshToken, NewUser, Organization, PrincipalRecord, PrivateKeyReplacement, ProfileChanges,
+    RefreshGrant, Removal, SESSION_COLUMNS, SPENT_CODE, SessionPolicy, SessionRecord,
+    SigningKeyRecord, SpentCode, Store, StoreError, TokenUse, User,
 };
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -870,11 +871,26 @@ impl Store for PostgresStore {
         audit: AuditEvent,
     ) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
+        if changes.role.is_some() {
+            // As in remove_user: concurrent demotions of two Owners take turns on the
+            // organization's row, so the Owner count below sees the earlier one.
+            sqlx::query(
+                "SELECT 1 FROM organizations WHERE id = (SELECT org_id FROM users WHERE id = $1) \
+                 FOR NO KEY UPDATE",
+            )
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        }
         let done = sqlx::query(
             "UPDATE users SET name = COALESCE($2, name), phone = COALESCE($3, phone), \
              dark_mode = COALESCE($4, dark_mode), \
-             dark_mode_sync_with_os = COALESCE($5, dark_mode_sync_with_os), updated_at = $6 \
-             WHERE id = $1 AND removed_at IS NULL",
+             dark_mode_sync_with_os = COALESCE($5, dark_mode_sync_with_os), updated_at = $6, \
+             role = COALESCE($7::text, role) \
+             WHERE id = $1 AND removed_at IS NULL \
+               AND ($7::text IS NULL OR $7::text = 'owner' OR role <> 'owner' \
+                    OR (SELECT COUNT(*) FROM users o WHERE o.org_id = users.org_id \
+                        AND o.role = 'owner' AND o.removed_at IS NULL) > 1)",
         )
         .bind(user_id)
         .bind(changes.name)
@@ -882,6 +898,7 @@ impl Store for PostgresStore {
         .bind(changes.dark_mode)
         .bind(changes.dark_mode_sync_with_os)
         .bind(audit.at)
+        .bind(changes.role)
         .execute(&mut *tx)
         .await?;
         finish_audited(tx, done.rows_affected(), &audit).await
@@ -1059,6 +1076,7 @@ impl Store for PostgresStore {
         &self,
         code_hash: &[u8; 32],
         at: i64,
+        replay: AuditEvent,
     ) -> Result<CodeRedemption, StoreError> {
         let mut tx = self.begin().await?;
         let redeemed: Option<AuthorizationCode> = sqlx::query_as(
@@ -1073,30 +1091,43 @@ impl Store for PostgresStore {
             tx.commit().await?;
             return Ok(CodeRedemption::Redeemed(code));
         }
-        let replayed = sqlx::query(
+        // Locked, so of two replays at once exactly one sees it unreplayed and audits it.
+        let spent: Option<SpentCode> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("{SPENT_CODE} FOR UPDATE OF c")))
+                .bind(&code_hash[..])
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(spent) = spent else {
+            tx.rollback().await?;
+            return Ok(CodeRedemption::Unknown);
+        };
+        sqlx::query(
             "UPDATE authorization_codes SET replayed_at = COALESCE(replayed_at, $2) WHERE code_hash = $1",
         )
         .bind(&code_hash[..])
         .bind(at)
         .execute(&mut *tx)
         .await?;
-        if replayed.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(CodeRedemption::Unknown);
-        }
-        let revoked_for: Option<String> = sqlx::query_scalar(
+        let revoked = sqlx::query(
             "UPDATE refresh_tokens SET revoked_at = $2 WHERE revoked_at IS NULL AND id = \
-             (SELECT refresh_token_id FROM authorization_codes WHERE code_hash = $1) \
-             RETURNING user_id",
+             (SELECT refresh_token_id FROM authorization_codes WHERE code_hash = $1)",
         )
         .bind(&code_hash[..])
         .bind(at)
-        .fetch_optional(&mut *tx)
+        .execute(&mut *tx)
         .await?;
-        if let Some(user_id) = revoked_for {
+        if spent.replayed_at.is_none() {
+            // The audit row's notification tells every replica to drop the user's entries.
+            insert_audit(
+                &mut tx,
+                &spent.replay_event(replay, revoked.rows_affected() > 0),
+            )
+            .await?;
+        } else if revoked.rows_affected() > 0 {
+            // A token stored after the first replay, revoked now: still announce it.
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(CHANGES_CHANNEL)
-                .bind(change_payload("code.replayed", Some(&user_id)))
+                .bind(change_payload(replay.action, Some(&spent.user_id)))
                 .execute(&mut *tx)
                 .await?;
         }
@@ -1517,13 +1548,35 @@ impl Store for PostgresStore {
     }
 
     async fn recent_audit_events(&self, limit: i64) -> Result<Vec<AuditRecord>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT id, at, action, actor, org_id, subject_user_id, address, detail \
-             FROM audit_events ORDER BY id DESC LIMIT $1",
-        )
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_events ORDER BY id DESC LIMIT $1"
+        )))
         .bind(limit)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    async fn audit_events_page(
+        &self,
+        query: &AuditQuery,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let (sql, binds) = query.statement(limit);
+        let mut statement = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+        for bind in binds {
+            statement = match bind {
+                AuditBind::Text(text) => statement.bind(text),
+                AuditBind::Int(number) => statement.bind(number),
+            };
+        }
+        Ok(statement.fetch_all(&self.pool).await?)
+    }
+
+    async fn record_audit(&self, event: AuditEvent) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        insert_audit(&mut tx, &event).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn follow_changes(

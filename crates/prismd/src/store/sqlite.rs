@@ -14,11 +14,12 @@ use sqlx::{FromRow, Row, Sqlite, Transaction};
 
 use super::group_commit::{PendingRevoke, RevokeQueue, RevokeWriter, outcomes_in_order};
 use super::{
-    AttemptCounter, AttemptPolicy, AuditEvent, AuditRecord, AuthorizationCode, Change, CleanupLock,
-    CodeRedemption, Credentials, DeviceCode, Garbage, LIVE_SESSION, MAX_LISTED_SESSIONS,
-    NewAuthorizationCode, NewDeviceCode, NewOrganization, NewRefreshToken, NewUser, Organization,
-    PrincipalRecord, PrivateKeyReplacement, ProfileChanges, RefreshGrant, Removal, SESSION_COLUMNS,
-    SessionPolicy, SessionRecord, SigningKeyRecord, Store, StoreError, TokenUse, User,
+    AUDIT_COLUMNS, AttemptCounter, AttemptPolicy, AuditBind, AuditEvent, AuditQuery, AuditRecord,
+    AuthorizationCode, Change, CleanupLock, CodeRedemption, Credentials, DeviceCode, Garbage,
+    LIVE_SESSION, MAX_LISTED_SESSIONS, NewAuthorizationCode, NewDeviceCode, NewOrganization,
+    NewRefreshToken, NewUser, Organization, PrincipalRecord, PrivateKeyReplacement, ProfileChanges,
+    RefreshGrant, Removal, SESSION_COLUMNS, SPENT_CODE, SessionPolicy, SessionRecord,
+    SigningKeyRecord, SpentCode, Store, StoreError, TokenUse, User,
 };
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -199,6 +200,17 @@ async fn insert_audit(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// A spent authorization code, read when it is presented again.
+async fn spent_code(
+    tx: &mut Transaction<'static, Sqlite>,
+    code_hash: &[u8; 32],
+) -> Result<Option<SpentCode>, sqlx::Error> {
+    sqlx::query_as(SPENT_CODE)
+        .bind(&code_hash[..])
+        .fetch_optional(&mut **tx)
+        .await
 }
 
 /// Signs a user out of every browser, in the caller's transaction: a revoke-all or a new
@@ -643,8 +655,12 @@ impl Store for SqliteStore {
         let done = sqlx::query(
             "UPDATE users SET name = COALESCE($2, name), phone = COALESCE($3, phone), \
              dark_mode = COALESCE($4, dark_mode), \
-             dark_mode_sync_with_os = COALESCE($5, dark_mode_sync_with_os), updated_at = $6 \
-             WHERE id = $1 AND removed_at IS NULL",
+             dark_mode_sync_with_os = COALESCE($5, dark_mode_sync_with_os), updated_at = $6, \
+             role = COALESCE($7, role) \
+             WHERE id = $1 AND removed_at IS NULL \
+               AND ($7 IS NULL OR $7 = 'owner' OR role <> 'owner' \
+                    OR (SELECT COUNT(*) FROM users o WHERE o.org_id = users.org_id \
+                        AND o.role = 'owner' AND o.removed_at IS NULL) > 1)",
         )
         .bind(user_id)
         .bind(changes.name)
@@ -652,6 +668,7 @@ impl Store for SqliteStore {
         .bind(changes.dark_mode)
         .bind(changes.dark_mode_sync_with_os)
         .bind(audit.at)
+        .bind(changes.role)
         .execute(&mut *tx)
         .await?;
         finish_audited(tx, done.rows_affected(), &audit).await
@@ -829,6 +846,7 @@ impl Store for SqliteStore {
         &self,
         code_hash: &[u8; 32],
         at: i64,
+        replay: AuditEvent,
     ) -> Result<CodeRedemption, StoreError> {
         let mut tx = self.begin_write().await?;
         let redeemed: Option<AuthorizationCode> = sqlx::query_as(
@@ -843,18 +861,18 @@ impl Store for SqliteStore {
             tx.commit().await?;
             return Ok(CodeRedemption::Redeemed(code));
         }
-        let replayed = sqlx::query(
+        let Some(spent) = spent_code(&mut tx, code_hash).await? else {
+            tx.rollback().await?;
+            return Ok(CodeRedemption::Unknown);
+        };
+        sqlx::query(
             "UPDATE authorization_codes SET replayed_at = COALESCE(replayed_at, $2) WHERE code_hash = $1",
         )
         .bind(&code_hash[..])
         .bind(at)
         .execute(&mut *tx)
         .await?;
-        if replayed.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(CodeRedemption::Unknown);
-        }
-        sqlx::query(
+        let revoked = sqlx::query(
             "UPDATE refresh_tokens SET revoked_at = $2 WHERE revoked_at IS NULL AND id = \
              (SELECT refresh_token_id FROM authorization_codes WHERE code_hash = $1)",
         )
@@ -862,6 +880,13 @@ impl Store for SqliteStore {
         .bind(at)
         .execute(&mut *tx)
         .await?;
+        if spent.replayed_at.is_none() {
+            insert_audit(
+                &mut tx,
+                &spent.replay_event(replay, revoked.rows_affected() > 0),
+            )
+            .await?;
+        }
         tx.commit().await?;
         Ok(CodeRedemption::Replayed)
     }
@@ -1267,13 +1292,35 @@ impl Store for SqliteStore {
     }
 
     async fn recent_audit_events(&self, limit: i64) -> Result<Vec<AuditRecord>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT id, at, action, actor, org_id, subject_user_id, address, detail \
-             FROM audit_events ORDER BY id DESC LIMIT $1",
-        )
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_events ORDER BY id DESC LIMIT $1"
+        )))
         .bind(limit)
         .fetch_all(&self.readers)
         .await?)
+    }
+
+    async fn audit_events_page(
+        &self,
+        query: &AuditQuery,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let (sql, binds) = query.statement(limit);
+        let mut statement = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+        for bind in binds {
+            statement = match bind {
+                AuditBind::Text(text) => statement.bind(text),
+                AuditBind::Int(number) => statement.bind(number),
+            };
+        }
+        Ok(statement.fetch_all(&self.readers).await?)
+    }
+
+    async fn record_audit(&self, event: AuditEvent) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        insert_audit(&mut tx, &event).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn follow_changes(

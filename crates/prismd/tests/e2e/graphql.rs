@@ -589,3 +589,127 @@ async fn invitations_cannot_reset_existing_passwords() -> TestResult {
     assert_eq!(http.get(&second).send().await?.status().as_u16(), 404);
     Ok(())
 }
+
+const SET_ROLE: &str = "mutation($id: ID!, $role: ID) { updateUser(input: {id: $id, role: $role}) { user { id role { name } } errors { field messages } } }";
+
+/// The public id and role name of the user `email`, as the organization's list shows them.
+async fn id_and_role(
+    server: &Server,
+    access: &str,
+    email: &str,
+) -> Result<(String, String), Box<dyn std::error::Error>> {
+    let list = gql(
+        server,
+        access,
+        r#"{ organization { users(after: "") { nodes { id email role { name } } } } }"#,
+        json!({}),
+    )
+    .await?;
+    let user = list["data"]["organization"]["users"]["nodes"]
+        .as_array()
+        .and_then(|users| users.iter().find(|u| u["email"] == email))
+        .ok_or_else(|| format!("no {email}: {list}"))?;
+    Ok((
+        user["id"].as_str().ok_or("no id")?.to_owned(),
+        user["role"]["name"].as_str().ok_or("no role")?.to_owned(),
+    ))
+}
+
+#[tokio::test]
+async fn role_changes_follow_the_rules() -> TestResult {
+    let dir = temp_dir()?;
+    let server = Server::start(dir.path())?;
+    let data = dir.path();
+    let owner_refresh = admin_ok(data, &["tokens", "create", "--email", "owner@localhost"])?;
+    let owner = server.access_token(&owner_refresh).await?;
+    let admin = member(&server, data, None, "admin@example.com", "Admin").await?;
+    let integrator = member(&server, data, None, "int@example.com", "Integrator").await?;
+    let (owner_id, _) = id_and_role(&server, &owner, "owner@localhost").await?;
+    let (admin_id, _) = id_and_role(&server, &owner, "admin@example.com").await?;
+    let (int_id, _) = id_and_role(&server, &owner, "int@example.com").await?;
+    let set_role = |access: String, id: String, role: &'static str| {
+        let server = &server;
+        async move {
+            let answer = gql(server, &access, SET_ROLE, json!({ "id": id, "role": role })).await?;
+            Ok::<_, Box<dyn std::error::Error>>(answer["data"]["updateUser"].clone())
+        }
+    };
+
+    // Refusals change nothing.
+    let refusals = [
+        (
+            integrator.clone(),
+            int_id.clone(),
+            "Admin",
+            "__all__",
+            "only Owners and Admins can change users",
+        ),
+        (
+            admin.clone(),
+            int_id.clone(),
+            "Owner",
+            "__all__",
+            "only Owners can make Owners",
+        ),
+        (
+            admin.clone(),
+            owner_id.clone(),
+            "Guest",
+            "__all__",
+            "Admins cannot change Owners",
+        ),
+        (
+            owner.clone(),
+            owner_id.clone(),
+            "Admin",
+            "role",
+            "last Owner",
+        ),
+        (owner.clone(), int_id.clone(), "Wizard", "role", "role"),
+    ];
+    for (access, id, role, field, message) in refusals {
+        let payload = set_role(access, id.clone(), role).await?;
+        assert!(payload["user"].is_null(), "{role}: {payload}");
+        let (got_field, got_message) = first_error(&payload);
+        assert_eq!(got_field, field, "{payload}");
+        assert!(got_message.contains(message), "{got_message}");
+    }
+    assert_eq!(
+        id_and_role(&server, &owner, "owner@localhost").await?.1,
+        "Owner"
+    );
+    assert_eq!(
+        id_and_role(&server, &owner, "int@example.com").await?.1,
+        "Integrator"
+    );
+
+    // An Admin changes a member's role; the member's next request already has it.
+    let refused = gql(
+        &server,
+        &integrator,
+        "{ auditEvents { nodes { id } } }",
+        json!({}),
+    )
+    .await?;
+    assert_eq!(
+        refused["errors"][0]["extensions"]["code"], "FORBIDDEN",
+        "{refused}"
+    );
+    let payload = set_role(admin.clone(), int_id.clone(), "Admin").await?;
+    assert_eq!(payload["user"]["role"]["name"], "Admin", "{payload}");
+    let allowed = gql(
+        &server,
+        &integrator,
+        "{ auditEvents { nodes { id } } }",
+        json!({}),
+    )
+    .await?;
+    assert!(allowed["errors"].is_null(), "{allowed}");
+
+    // With a second Owner, the first may step down.
+    let payload = set_role(owner.clone(), admin_id.clone(), "Owner").await?;
+    assert_eq!(payload["user"]["role"]["name"], "Owner", "{payload}");
+    let payload = set_role(owner.clone(), owner_id.clone(), "Admin").await?;
+    assert_eq!(payload["user"]["role"]["name"], "Admin", "{payload}");
+    Ok(())
+}

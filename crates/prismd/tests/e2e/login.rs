@@ -658,6 +658,17 @@ async fn login_code_replay_fails_and_revokes_what_the_code_issued() -> TestResul
     // A third try is refused as well, and a new login still works.
     let (status, body) = redeem(&server, &http, &logged_in.code, &pkce.verifier, REDIRECT).await?;
     assert_invalid_grant("third use", status, &body);
+    // The replay is audited once, about the user, with the session it revoked; never the code.
+    let audit = admin_ok(dir.path(), &["audit", "--action", "code.replayed"])?;
+    let replays: Vec<Value> = audit
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(replays.len(), 1, "{audit}");
+    assert_eq!(replays[0]["address"], "127.0.0.1", "{audit}");
+    assert_eq!(replays[0]["detail"]["revoked"], true, "{audit}");
+    assert!(replays[0]["subjectUserId"].is_string(), "{audit}");
+    assert!(!audit.contains(&logged_in.code));
     let again = login(&server, &http, "admin@example.com", &query).await?;
     let tokens = redeem_ok(&server, &http, &again.code, &pkce.verifier, REDIRECT).await?;
     assert_eq!(

@@ -3,6 +3,7 @@
 
 mod admin;
 mod attack_battery;
+mod audit;
 mod cleanup;
 mod crash;
 mod device;
