@@ -82,7 +82,10 @@ impl SqliteStore {
             .max_lifetime(None)
             .acquire_timeout(Duration::from_secs(10))
             .after_release(|conn, _| Box::pin(discard_if_stuck_in_transaction(conn)))
-            .connect_with(options.clone())
+            // Checkpoints run beside the writer (see `checkpoint_periodically`), not inside
+            // whichever commit crosses the WAL's size threshold: that commit, and every
+            // revoke queued behind it, used to wait for the whole checkpoint and its fsync.
+            .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
             .await?;
         MIGRATOR.run(&writer).await?;
         let readers = SqlitePoolOptions::new()
@@ -91,6 +94,7 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         let revokes = RevokeQueue::start(SqliteRevokes(writer.clone()));
+        tokio::spawn(checkpoint_periodically(readers.clone()));
         Ok(Self {
             writer,
             readers,
@@ -122,6 +126,29 @@ impl SqliteStore {
         // IMMEDIATE takes the write lock up front, so a read-then-write transaction never
         // fails half-way when an admin command writes at the same moment.
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+/// How often the WAL is checkpointed into the database file.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Copies committed WAL frames into the database file, on a reader connection, until the
+/// pool closes. PASSIVE never waits for (or blocks) the writer or readers; frames still in
+/// use by a reader are copied next time. SQLite starts the WAL over from its beginning once
+/// everything in it has been copied, so it stays about as large as a quarter second of
+/// writes. Durability does not depend on this: every commit is fsynced to the WAL first.
+async fn checkpoint_periodically(readers: SqlitePool) {
+    let mut ticks = tokio::time::interval(CHECKPOINT_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !readers.is_closed() {
+        ticks.tick().await;
+        if let Err(err) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&readers)
+            .await
+            && !readers.is_closed()
+        {
+            tracing::debug!(error = %err, "WAL checkpoint failed; retrying");
+        }
     }
 }
 
