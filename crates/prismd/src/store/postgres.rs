@@ -131,6 +131,10 @@ impl RevokeWriter for PgRevokes {
     /// moves, the end of the browser sessions and the audit rows (with their notifications)
     /// happen together. Data-modifying CTEs always run; the later ones act only on the
     /// revokes that moved an epoch, the first of each user in queue order.
+    ///
+    /// Two replicas committing groups that share users at the same moment may lock those
+    /// rows in different orders; PostgreSQL then aborts one group as a deadlock (after
+    /// `deadlock_timeout`), and the group commit retries its revokes one by one.
     async fn revoke_group(&self, group: &[PendingRevoke]) -> Result<Vec<bool>, StoreError> {
         let mut columns = RevokeColumns::default();
         for (position, revoke) in (0_i32..).zip(group) {
