@@ -7,6 +7,7 @@ mod cached;
 mod cleanup;
 mod postgres;
 mod sqlite;
+mod sqlite_direct;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
