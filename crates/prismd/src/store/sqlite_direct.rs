@@ -26,7 +26,7 @@
 //!   type of its own, and the pool, the reference, decides what the caller is told.
 //!
 //! The SQL is the pool's ([`REFRESH_GRANT_SQL`], [`PRINCIPAL_SQL`]), and the rows map to the
-//! same records by the same column names.
+//! same records; by position here, with the positions' names checked by a test.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -203,67 +203,71 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-fn session_policy(row: &Row<'_>) -> rusqlite::Result<SessionPolicy> {
-    Ok(SessionPolicy {
-        idle_expiry_secs: row.get("idle_expiry_secs")?,
-        max_age_secs: row.get("max_age_secs")?,
-    })
-}
+// The rows are read by position: by name, every field would be a scan of the statement's
+// column names, which for the principal's 22 columns costs as much as a good part of the read.
+// The tests' GRANT_COLUMNS and PRINCIPAL_COLUMNS name the positions, checked against the
+// statements.
 
 /// A [`REFRESH_GRANT_SQL`] row, as the pool's `FromRow` maps it.
 fn refresh_grant(row: &Row<'_>) -> rusqlite::Result<RefreshGrant> {
     Ok(RefreshGrant {
-        token_id: row.get("token_id")?,
-        token_epoch: row.get("token_epoch")?,
-        token_revoked_at: row.get("token_revoked_at")?,
-        client_id: row.get("client_id")?,
-        scope: row.get("scope")?,
-        user_id: row.get("user_id")?,
-        user_epoch: row.get("user_epoch")?,
-        user_removed_at: row.get("user_removed_at")?,
-        org_id: row.get("org_id")?,
-        tenant_id: row.get("tenant_id")?,
-        token_created_at: row.get("token_created_at")?,
-        token_last_used_at: row.get("token_last_used_at")?,
-        policy: session_policy(row)?,
+        token_id: row.get(0)?,
+        token_epoch: row.get(1)?,
+        token_revoked_at: row.get(2)?,
+        client_id: row.get(3)?,
+        scope: row.get(4)?,
+        user_id: row.get(5)?,
+        user_epoch: row.get(6)?,
+        user_removed_at: row.get(7)?,
+        org_id: row.get(8)?,
+        tenant_id: row.get(9)?,
+        token_created_at: row.get(10)?,
+        token_last_used_at: row.get(11)?,
+        policy: SessionPolicy {
+            idle_expiry_secs: row.get(12)?,
+            max_age_secs: row.get(13)?,
+        },
     })
 }
 
 /// A [`PRINCIPAL_SQL`] row, as the pool's path maps it.
 fn principal_record(row: &Row<'_>) -> rusqlite::Result<PrincipalRecord> {
     let user = User {
-        id: row.get("id")?,
-        org_id: row.get("org_id")?,
-        email: row.get("email")?,
-        name: row.get("name")?,
-        role: row.get("role")?,
-        token_epoch: row.get("token_epoch")?,
-        created_at: row.get("created_at")?,
-        updated_at: row.get("updated_at")?,
-        removed_at: row.get("removed_at")?,
-        phone: row.get("phone")?,
-        external_id: row.get("external_id")?,
-        dark_mode: row.get("dark_mode")?,
-        dark_mode_sync_with_os: row.get("dark_mode_sync_with_os")?,
+        id: row.get(0)?,
+        org_id: row.get(1)?,
+        email: row.get(2)?,
+        name: row.get(3)?,
+        role: row.get(4)?,
+        token_epoch: row.get(5)?,
+        created_at: row.get(6)?,
+        updated_at: row.get(7)?,
+        removed_at: row.get(8)?,
+        phone: row.get(9)?,
+        external_id: row.get(10)?,
+        dark_mode: row.get(11)?,
+        dark_mode_sync_with_os: row.get(12)?,
     };
     // No session row (unknown, or someone else's): the LEFT JOIN gave NULLs.
-    let session_id: Option<String> = row.get("session_id")?;
+    let session_id: Option<String> = row.get(16)?;
     let session_revoked_at = match session_id {
-        Some(_) => Some(row.get::<_, Option<i64>>("session_revoked_at")?),
+        Some(_) => Some(row.get::<_, Option<i64>>(17)?),
         None => None,
     };
     Ok(PrincipalRecord {
         org: Organization {
             id: user.org_id.clone(),
-            name: row.get("org_name")?,
-            tenant_id: row.get("tenant_id")?,
-            created_at: row.get("org_created_at")?,
+            name: row.get(13)?,
+            tenant_id: row.get(14)?,
+            created_at: row.get(15)?,
         },
         user,
         session_revoked_at,
-        session_created_at: row.get("session_created_at")?,
-        session_last_used_at: row.get("session_last_used_at")?,
-        policy: session_policy(row)?,
+        session_created_at: row.get(18)?,
+        session_last_used_at: row.get(19)?,
+        policy: SessionPolicy {
+            idle_expiry_secs: row.get(20)?,
+            max_age_secs: row.get(21)?,
+        },
     })
 }
 
@@ -276,6 +280,50 @@ mod tests {
     };
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    /// [`REFRESH_GRANT_SQL`]'s columns, in order.
+    const GRANT_COLUMNS: [&str; 14] = [
+        "token_id",
+        "token_epoch",
+        "token_revoked_at",
+        "client_id",
+        "scope",
+        "user_id",
+        "user_epoch",
+        "user_removed_at",
+        "org_id",
+        "tenant_id",
+        "token_created_at",
+        "token_last_used_at",
+        "idle_expiry_secs",
+        "max_age_secs",
+    ];
+
+    /// [`PRINCIPAL_SQL`]'s columns, in order.
+    const PRINCIPAL_COLUMNS: [&str; 22] = [
+        "id",
+        "org_id",
+        "email",
+        "name",
+        "role",
+        "token_epoch",
+        "created_at",
+        "updated_at",
+        "removed_at",
+        "phone",
+        "external_id",
+        "dark_mode",
+        "dark_mode_sync_with_os",
+        "org_name",
+        "tenant_id",
+        "org_created_at",
+        "session_id",
+        "session_revoked_at",
+        "session_created_at",
+        "session_last_used_at",
+        "idle_expiry_secs",
+        "max_age_secs",
+    ];
 
     const T0: i64 = 1_700_000_000_000;
 
@@ -596,6 +644,27 @@ mod tests {
         assert_eq!(principal.user, f.owner);
         drop(held);
         assert!(direct.refresh_grant(&hash(1)).is_some(), "free again");
+        f.store.close().await;
+        Ok(())
+    }
+
+    /// The positions the rows are read by name the columns the statements return.
+    #[tokio::test]
+    async fn columns_are_where_the_mapping_reads_them() -> TestResult {
+        let f = fixture().await?;
+        let names = |sql: &str| {
+            f.store
+                .direct()
+                .read(|conn| Ok(conn.prepare(sql)?.column_names().join(",")))
+        };
+        assert_eq!(
+            names(REFRESH_GRANT_SQL).ok_or("not answered")?,
+            GRANT_COLUMNS.join(",")
+        );
+        assert_eq!(
+            names(PRINCIPAL_SQL).ok_or("not answered")?,
+            PRINCIPAL_COLUMNS.join(",")
+        );
         f.store.close().await;
         Ok(())
     }
