@@ -52,17 +52,20 @@ macro_rules! user_columns {
 const USER_COLUMNS: &str = user_columns!();
 
 /// [`Store::find_refresh_grant`]: token, user and organization by token hash (`$1`). Shared by
-/// the pooled path and the direct one (`sqlite_direct`), which map its columns by these names.
-pub(super) const REFRESH_GRANT_SQL: &str = "SELECT t.id AS token_id, t.user_epoch AS token_epoch, t.revoked_at AS token_revoked_at, \
+/// the pooled path and the direct one (`sqlite_direct`, which reads the columns by position;
+/// a test there checks their names).
+pub(super) const REFRESH_GRANT_SQL: &str = concat!(
+    "SELECT t.id AS token_id, t.user_epoch AS token_epoch, t.revoked_at AS token_revoked_at, \
             t.client_id, t.scope, u.id AS user_id, u.token_epoch AS user_epoch, \
             u.removed_at AS user_removed_at, u.org_id, o.tenant_id, \
             t.created_at AS token_created_at, t.last_used_at AS token_last_used_at, \
             o.refresh_idle_expiry_secs AS idle_expiry_secs, \
-            o.refresh_max_age_secs AS max_age_secs \
-     FROM refresh_tokens t \
+            o.refresh_max_age_secs AS max_age_secs ",
+    "FROM refresh_tokens t \
      JOIN users u ON u.id = t.user_id \
      JOIN organizations o ON o.id = u.org_id \
-     WHERE t.token_hash = $1";
+     WHERE t.token_hash = $1"
+);
 
 /// [`Store::principal`]: the user (`$1`), their organization and the session (`$2`, if it is
 /// theirs). Shared like [`REFRESH_GRANT_SQL`]. `$2` comes before `$1` in the text: bind by
