@@ -181,6 +181,7 @@ conformance!(
     revoke_all_one_write,
     revoke_all_races,
     revoke_all_many_at_once,
+    revokes_seen_by_every_next_read,
     remove_user_keeps_an_owner,
     remove_user_races_keep_an_owner,
     authorization_code_single_use,
@@ -658,6 +659,72 @@ async fn revoke_all_one_write(db: Db) -> TestResult {
             .revoke_all_tokens("nobody", 0, audit("revoke-all", T0))
             .await?
     );
+    Ok(())
+}
+
+/// Many concurrent reads of one grant and its principal, each checked against the expected
+/// epoch and session revocation. Enough of them, at once, that every reader connection (and
+/// SQLite's direct readers, and the pool behind them when those are busy) serves some.
+async fn read_everywhere(
+    store: &Arc<dyn Store>,
+    user_id: &str,
+    session_id: &str,
+    epoch: i64,
+    revoked_at: Option<i64>,
+) -> TestResult {
+    let mut reads = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let (store, user_id, session_id) =
+            (store.clone(), user_id.to_owned(), session_id.to_owned());
+        reads.spawn(async move {
+            let grant = store
+                .find_refresh_grant(&hash(1))
+                .await?
+                .ok_or("no grant")?;
+            let principal = store
+                .principal(&user_id, &session_id)
+                .await?
+                .ok_or("no principal")?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((
+                grant.user_epoch,
+                grant.token_revoked_at,
+                principal.user.token_epoch,
+                principal.session_revoked_at,
+            ))
+        });
+    }
+    while let Some(read) = reads.join_next().await {
+        let read = read?.map_err(|err| err.to_string())?;
+        assert_eq!(read, (epoch, revoked_at, epoch, Some(revoked_at)));
+    }
+    Ok(())
+}
+
+/// The revocation guarantee at the store: once a revoke has returned, the next read of the
+/// grant or the principal sees it, whichever connection answers, though every one of them
+/// has read the same rows just before (none may answer from an older snapshot).
+async fn revokes_seen_by_every_next_read(db: Db) -> TestResult {
+    let store = db.store.clone();
+    let (_, owner) = org_with_owner(store.as_ref()).await?;
+    let token = refresh_token(&owner, 1, None);
+    assert!(
+        store
+            .insert_refresh_token(token.clone(), audit("t", T0))
+            .await?
+    );
+    read_everywhere(&store, &owner.id, &token.id, 0, None).await?;
+    assert!(
+        store
+            .revoke_all_tokens(&owner.id, 0, audit("revoke-all", T0 + 1))
+            .await?
+    );
+    read_everywhere(&store, &owner.id, &token.id, 1, None).await?;
+    assert!(
+        store
+            .revoke_session(&token.id, &owner.id, audit("rv", T0 + 2))
+            .await?
+    );
+    read_everywhere(&store, &owner.id, &token.id, 1, Some(T0 + 2)).await?;
     Ok(())
 }
 

@@ -8,6 +8,7 @@ mod cleanup;
 mod group_commit;
 mod postgres;
 mod sqlite;
+mod sqlite_direct;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

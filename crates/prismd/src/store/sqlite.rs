@@ -13,6 +13,7 @@ use sqlx::sqlite::{
 use sqlx::{FromRow, Row, Sqlite, Transaction};
 
 use super::group_commit::{PendingRevoke, RevokeQueue, RevokeWriter, outcomes_in_order};
+use super::sqlite_direct::{DirectReaders, direct_reader_count};
 use super::{
     AUDIT_COLUMNS, AttemptCounter, AttemptPolicy, AuditBind, AuditEvent, AuditQuery, AuditRecord,
     AuthorizationCode, Change, CleanupLock, CodeRedemption, Credentials, DeviceCode, Garbage,
@@ -32,7 +33,7 @@ pub const DATABASE_FILE: &str = "prismd.db";
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Bytes of the database file each connection maps (`PRAGMA mmap_size`).
-const MMAP_SIZE: &str = "1073741824";
+pub(super) const MMAP_SIZE: &str = "1073741824";
 
 /// How often the change follower reads the audit log for changes other processes (admin
 /// commands) committed: the bound on how stale a cached standing can be after `prismd users
@@ -41,14 +42,56 @@ const CHANGE_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Most audit rows read per poll.
 const CHANGE_POLL_BATCH: i64 = 500;
 
-const USER_COLUMNS: &str = "u.id, u.org_id, u.email, u.name, u.role, u.token_epoch, \
-     u.created_at, u.updated_at, u.removed_at, u.phone, u.external_id, u.dark_mode, \
-     u.dark_mode_sync_with_os";
+/// The columns of a [`User`] (`u`: users), as a macro so that [`PRINCIPAL_SQL`] can be one
+/// `concat!`ed constant.
+macro_rules! user_columns {
+    () => {
+        "u.id, u.org_id, u.email, u.name, u.role, u.token_epoch, \
+         u.created_at, u.updated_at, u.removed_at, u.phone, u.external_id, u.dark_mode, \
+         u.dark_mode_sync_with_os"
+    };
+}
+const USER_COLUMNS: &str = user_columns!();
+
+/// [`Store::find_refresh_grant`]: token, user and organization by token hash (`$1`). Shared by
+/// the pooled path and the direct one (`sqlite_direct`, which reads the columns by position;
+/// a test there checks their names).
+pub(super) const REFRESH_GRANT_SQL: &str = concat!(
+    "SELECT t.id AS token_id, t.user_epoch AS token_epoch, t.revoked_at AS token_revoked_at, \
+            t.client_id, t.scope, u.id AS user_id, u.token_epoch AS user_epoch, \
+            u.removed_at AS user_removed_at, u.org_id, o.tenant_id, \
+            t.created_at AS token_created_at, t.last_used_at AS token_last_used_at, \
+            o.refresh_idle_expiry_secs AS idle_expiry_secs, \
+            o.refresh_max_age_secs AS max_age_secs ",
+    "FROM refresh_tokens t \
+     JOIN users u ON u.id = t.user_id \
+     JOIN organizations o ON o.id = u.org_id \
+     WHERE t.token_hash = $1"
+);
+
+/// [`Store::principal`]: the user (`$1`), their organization and the session (`$2`, if it is
+/// theirs). Shared like [`REFRESH_GRANT_SQL`]. `$2` comes before `$1` in the text: bind by
+/// name, not by position.
+pub(super) const PRINCIPAL_SQL: &str = concat!(
+    "SELECT ",
+    user_columns!(),
+    ", o.name AS org_name, o.tenant_id, o.created_at AS org_created_at, \
+            t.id AS session_id, t.revoked_at AS session_revoked_at, \
+            t.created_at AS session_created_at, t.last_used_at AS session_last_used_at, \
+            o.refresh_idle_expiry_secs AS idle_expiry_secs, \
+            o.refresh_max_age_secs AS max_age_secs \
+     FROM users u \
+     JOIN organizations o ON o.id = u.org_id \
+     LEFT JOIN refresh_tokens t ON t.id = $2 AND t.user_id = u.id \
+     WHERE u.id = $1"
+);
 
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
     writer: SqlitePool,
     readers: SqlitePool,
+    /// Answers the two hot-path reads on the calling thread, without the pool's thread hop.
+    direct: DirectReaders,
     path: PathBuf,
     /// Revoke-alls wait here to be committed together.
     revokes: RevokeQueue<SqliteRevokes>,
@@ -93,11 +136,18 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
+        // After the writer: the file exists, is in WAL mode and migrated, which a read-only
+        // connection can neither do nor wait for.
+        let direct = DirectReaders::open(
+            &path,
+            direct_reader_count(readers.options().get_max_connections()),
+        );
         let revokes = RevokeQueue::start(SqliteRevokes(writer.clone()));
         tokio::spawn(checkpoint_periodically(readers.clone()));
         Ok(Self {
             writer,
             readers,
+            direct,
             path,
             revokes,
         })
@@ -120,6 +170,57 @@ impl SqliteStore {
     /// Path of the database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The direct read path, for its tests.
+    #[cfg(test)]
+    pub(super) fn direct(&self) -> &DirectReaders {
+        &self.direct
+    }
+
+    /// [`Store::find_refresh_grant`] through the sqlx reader pool: when every direct reader
+    /// is busy, or a direct read failed.
+    pub(super) async fn pooled_refresh_grant(
+        &self,
+        token_hash: &[u8; 32],
+    ) -> Result<Option<RefreshGrant>, StoreError> {
+        Ok(sqlx::query_as(REFRESH_GRANT_SQL)
+            .bind(&token_hash[..])
+            .fetch_optional(&self.readers)
+            .await?)
+    }
+
+    /// [`Store::principal`] through the sqlx reader pool (see [`Self::pooled_refresh_grant`]).
+    pub(super) async fn pooled_principal(
+        &self,
+        user_id: &str,
+        session_id: &str,
+    ) -> Result<Option<PrincipalRecord>, StoreError> {
+        let row = sqlx::query(PRINCIPAL_SQL)
+            .bind(user_id)
+            .bind(session_id)
+            .fetch_optional(&self.readers)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let user = User::from_row(&row)?;
+        let session_id: Option<String> = row.try_get("session_id")?;
+        let session_revoked_at = match session_id {
+            Some(_) => Some(row.try_get::<Option<i64>, _>("session_revoked_at")?),
+            None => None,
+        };
+        Ok(Some(PrincipalRecord {
+            org: Organization {
+                id: user.org_id.clone(),
+                name: row.try_get("org_name")?,
+                tenant_id: row.try_get("tenant_id")?,
+                created_at: row.try_get("org_created_at")?,
+            },
+            user,
+            session_revoked_at,
+            session_created_at: row.try_get("session_created_at")?,
+            session_last_used_at: row.try_get("session_last_used_at")?,
+            policy: SessionPolicy::from_row(&row)?,
+        }))
     }
 
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
@@ -535,21 +636,10 @@ impl Store for SqliteStore {
         &self,
         token_hash: &[u8; 32],
     ) -> Result<Option<RefreshGrant>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT t.id AS token_id, t.user_epoch AS token_epoch, t.revoked_at AS token_revoked_at, \
-                    t.client_id, t.scope, u.id AS user_id, u.token_epoch AS user_epoch, \
-                    u.removed_at AS user_removed_at, u.org_id, o.tenant_id, \
-                    t.created_at AS token_created_at, t.last_used_at AS token_last_used_at, \
-                    o.refresh_idle_expiry_secs AS idle_expiry_secs, \
-                    o.refresh_max_age_secs AS max_age_secs \
-             FROM refresh_tokens t \
-             JOIN users u ON u.id = t.user_id \
-             JOIN organizations o ON o.id = u.org_id \
-             WHERE t.token_hash = $1",
-        )
-        .bind(&token_hash[..])
-        .fetch_optional(&self.readers)
-        .await?)
+        if let Some(found) = self.direct.refresh_grant(token_hash) {
+            return Ok(found);
+        }
+        self.pooled_refresh_grant(token_hash).await
     }
 
     async fn session_policy(&self, org_id: &str) -> Result<Option<SessionPolicy>, StoreError> {
@@ -602,42 +692,10 @@ impl Store for SqliteStore {
         user_id: &str,
         session_id: &str,
     ) -> Result<Option<PrincipalRecord>, StoreError> {
-        let sql = format!(
-            "SELECT {USER_COLUMNS}, o.name AS org_name, o.tenant_id, o.created_at AS org_created_at, \
-                    t.id AS session_id, t.revoked_at AS session_revoked_at, \
-                    t.created_at AS session_created_at, t.last_used_at AS session_last_used_at, \
-                    o.refresh_idle_expiry_secs AS idle_expiry_secs, \
-                    o.refresh_max_age_secs AS max_age_secs \
-             FROM users u \
-             JOIN organizations o ON o.id = u.org_id \
-             LEFT JOIN refresh_tokens t ON t.id = $2 AND t.user_id = u.id \
-             WHERE u.id = $1"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(user_id)
-            .bind(session_id)
-            .fetch_optional(&self.readers)
-            .await?;
-        let Some(row) = row else { return Ok(None) };
-        let user = User::from_row(&row)?;
-        let session_id: Option<String> = row.try_get("session_id")?;
-        let session_revoked_at = match session_id {
-            Some(_) => Some(row.try_get::<Option<i64>, _>("session_revoked_at")?),
-            None => None,
-        };
-        Ok(Some(PrincipalRecord {
-            org: Organization {
-                id: user.org_id.clone(),
-                name: row.try_get("org_name")?,
-                tenant_id: row.try_get("tenant_id")?,
-                created_at: row.try_get("org_created_at")?,
-            },
-            user,
-            session_revoked_at,
-            session_created_at: row.try_get("session_created_at")?,
-            session_last_used_at: row.try_get("session_last_used_at")?,
-            policy: SessionPolicy::from_row(&row)?,
-        }))
+        if let Some(found) = self.direct.principal(user_id, session_id) {
+            return Ok(found);
+        }
+        self.pooled_principal(user_id, session_id).await
     }
 
     async fn users_page(
@@ -1378,6 +1436,9 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
+        // First: the last connection to close checkpoints the WAL and removes it, and a
+        // read-only one cannot.
+        self.direct.close();
         self.readers.close().await;
         self.writer.close().await;
     }
