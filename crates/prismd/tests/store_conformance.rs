@@ -1671,8 +1671,23 @@ async fn token_uses_and_ping(db: Db) -> TestResult {
         },
     ];
     store.record_token_uses(&uses).await?;
-    // The trait has no reader for last use; the token must still be intact.
     assert!(store.find_refresh_grant(&hash(1)).await?.is_some());
+    // The latest use in a batch wins, whatever its place; an older one never overwrites it.
+    let session = store.live_session(&token.id).await?.ok_or("no session")?;
+    assert_eq!(session.last_used_at, Some(T0 + 5));
+    assert_eq!(session.last_used_addr.as_deref(), Some("10.0.0.1"));
+    let reversed: Vec<TokenUse> = uses.iter().rev().cloned().collect();
+    store.record_token_uses(&reversed).await?;
+    store
+        .record_token_uses(&[TokenUse {
+            token_id: token.id.clone(),
+            at: T0 + 4,
+            address: Some("10.0.0.2".into()),
+        }])
+        .await?;
+    let session = store.live_session(&token.id).await?.ok_or("no session")?;
+    assert_eq!(session.last_used_at, Some(T0 + 5));
+    assert_eq!(session.last_used_addr.as_deref(), Some("10.0.0.1"));
     Ok(())
 }
 

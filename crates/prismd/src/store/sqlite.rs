@@ -230,6 +230,9 @@ impl SqliteStore {
     }
 }
 
+/// Last-use records per `UPDATE` (three bound values each, far below SQLite's limit of 32,766).
+const TOKEN_USES_PER_STATEMENT: usize = 1000;
+
 /// How often the WAL is checkpointed into the database file.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -1243,17 +1246,38 @@ impl Store for SqliteStore {
         if uses.is_empty() {
             return Ok(());
         }
-        let mut tx = self.begin_write().await?;
+        // One statement per chunk, not per token: each statement is a hop to the writer's
+        // thread, and with many tokens in use nearly every refresh is some token's first use
+        // of the minute.
+        // A token named twice gets its latest use: one statement would apply either row.
+        let mut latest: std::collections::HashMap<&str, &TokenUse> =
+            std::collections::HashMap::with_capacity(uses.len());
         for token_use in uses {
-            sqlx::query(
-                "UPDATE refresh_tokens SET last_used_at = $2, last_used_addr = $3 \
-                 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)",
-            )
-            .bind(&token_use.token_id)
-            .bind(token_use.at)
-            .bind(&token_use.address)
-            .execute(&mut *tx)
-            .await?;
+            let entry = latest
+                .entry(token_use.token_id.as_str())
+                .or_insert(token_use);
+            if token_use.at > entry.at {
+                *entry = token_use;
+            }
+        }
+        let uses: Vec<&TokenUse> = latest.into_values().collect();
+        let mut tx = self.begin_write().await?;
+        for chunk in uses.chunks(TOKEN_USES_PER_STATEMENT) {
+            let mut update = sqlx::QueryBuilder::<Sqlite>::new(
+                "UPDATE refresh_tokens SET last_used_at = used.column2, \
+                 last_used_addr = used.column3 FROM (",
+            );
+            update.push_values(chunk, |mut row, token_use| {
+                row.push_bind(&token_use.token_id)
+                    .push_bind(token_use.at)
+                    .push_bind(&token_use.address);
+            });
+            update.push(
+                ") AS used WHERE refresh_tokens.id = used.column1 \
+                 AND (refresh_tokens.last_used_at IS NULL \
+                      OR refresh_tokens.last_used_at < used.column2)",
+            );
+            update.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
