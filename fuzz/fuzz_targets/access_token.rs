@@ -11,11 +11,11 @@ use std::sync::LazyLock;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use libfuzzer_sys::fuzz_target;
-use prismd::tokens::{KeyRing, VerifyExpectations, keyring};
+use prismd::tokens::{AtRest, KeyRing, VerifyExpectations, keyring};
 
 static RING: LazyLock<Option<KeyRing>> = LazyLock::new(|| {
-    let record = keyring::generate(0).ok()?;
-    KeyRing::from_records(&[record]).ok()
+    let record = keyring::generate(0, &AtRest::Plain).ok()?;
+    KeyRing::from_records(&[record], &AtRest::Plain).ok()
 });
 
 const EXPECT: VerifyExpectations<'static> = VerifyExpectations {

@@ -252,8 +252,15 @@ impl AuthService {
         else {
             return Ok(RevokeOutcome::NothingToRevoke);
         };
-        // A session its organization's policy has ended is dead too, and revokes nothing.
-        if standing::check(self.grant_standing(&grant, now_ms())).is_err() {
+        // A session its organization's policy has ended may still sign its user out
+        // everywhere: the expiry is not stored (a longer policy would bring the session back),
+        // and a user whose old token expired must still be able to end a stolen one in use.
+        // The revoke moves the epoch, so the token revokes nothing a second time.
+        let standing = Standing {
+            session_expired: false,
+            ..self.grant_standing(&grant, now_ms())
+        };
+        if standing::check(standing).is_err() {
             return Ok(RevokeOutcome::NothingToRevoke);
         }
         let audit = AuditEvent {

@@ -232,12 +232,8 @@ async fn max_age_refuses_old_tokens_like_revoked_ones_until_cleared() -> TestRes
     conn.close().await?;
     assert_eq!(agent.as_deref(), Some(AGENT));
 
-    // Like a revoked token, an expired one revokes nothing: its user's young token lives on.
-    let (status, _) = server.revoke(&old).await?;
-    assert_eq!(status, 200);
-    assert_eq!(server.refresh(&fresh).await?.0, 200);
-
-    // Clearing the policy restores the old token.
+    // Clearing the policy restores the old token: expiry is a rule applied on every read,
+    // not a write.
     let payload = set_policy(&server, &owner, Value::Null, Value::Null).await?;
     assert_eq!(payload["errors"], json!([]), "{payload}");
     assert_eq!(server.refresh(&old).await?.0, 200);
@@ -246,6 +242,37 @@ async fn max_age_refuses_old_tokens_like_revoked_ones_until_cleared() -> TestRes
         server.whoami(&old_access).await?,
         Ok("ci@example.com".to_owned())
     );
+
+    // An expired token still signs its user out everywhere (`/auth/revoke` revokes all):
+    // otherwise a user whose CI token had expired could not end a stolen token that is still
+    // in use, and a later, longer policy would bring the "revoked" tokens back.
+    let payload = set_policy(&server, &owner, Value::Null, json!(90)).await?;
+    assert_eq!(payload["errors"], json!([]), "{payload}");
+    assert_eq!(server.refresh(&old).await?.0, 400);
+    let (status, _) = server.revoke(&old).await?;
+    assert_eq!(status, 200);
+    assert_eq!(
+        server.refresh(&fresh).await?.0,
+        400,
+        "the young token survived"
+    );
+    let payload = set_policy(&server, &owner, Value::Null, Value::Null).await?;
+    assert_eq!(payload["errors"], json!([]), "{payload}");
+    assert_eq!(
+        server.refresh(&old).await?.0,
+        400,
+        "a revoked token came back"
+    );
+    assert_eq!(
+        server.refresh(&fresh).await?.0,
+        400,
+        "a revoked token came back"
+    );
+    // Once revoked, the old token revokes nothing more.
+    let replacement = named_token(data, None, "ci@example.com", "Integrator", "replacement")?;
+    let (status, _) = server.revoke(&old).await?;
+    assert_eq!(status, 200);
+    assert_eq!(server.refresh(&replacement).await?.0, 200);
     server.stop()?;
     Ok(())
 }
