@@ -9,14 +9,14 @@ use std::path::Path;
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use crate::harness::{Server, TestResult, admin_ok, prismd, prismd_with_stdin, temp_dir};
+use crate::harness::{
+    Server, TestResult, admin_ok, browser_sign_in, prismd, prismd_with_stdin, temp_dir,
+};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 const PASSWORD: &str = "correct horse battery staple";
 const WRONG: &str = "Tr0ub4dor&3-not-it";
-const REDIRECT: &str = "http://127.0.0.1:59400/callback";
-const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
 const AGENT: &str = "audit-e2e-browser/1.0";
 const API_AGENT: &str = "audit-e2e-api/2.0";
 
@@ -61,52 +61,12 @@ async fn access_for(server: &Server, tenant: Option<&str>, email: &str) -> Res<S
     server.access_token(&refresh).await
 }
 
-fn authorize_query() -> Vec<(&'static str, String)> {
-    vec![
-        ("response_type", "code".into()),
-        ("client_id", "prism-cli".into()),
-        ("redirect_uri", REDIRECT.into()),
-        ("scope", "openid offline_access".into()),
-        ("state", "s1".into()),
-        ("code_challenge", CHALLENGE.into()),
-        ("code_challenge_method", "S256".into()),
-    ]
-}
-
 /// Signs in on the browser form with `AGENT` as the user agent; returns the status (303 on
 /// success, 200 with the form again on a wrong password).
 async fn sign_in(server: &Server, email: &str, password: &str) -> Res<u16> {
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(AGENT)
-        .build()?;
-    let form_page = http
-        .get(server.url("/authorize"))
-        .query(&authorize_query())
-        .send()
-        .await?;
-    let csrf = form_page
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|line| line.strip_prefix("prism_csrf="))
-        .and_then(|rest| rest.split(';').next())
-        .ok_or("no prism_csrf cookie")?
-        .to_owned();
-    let mut form = authorize_query();
-    form.extend([
-        ("csrf", csrf.clone()),
-        ("email", email.to_owned()),
-        ("password", password.to_owned()),
-    ]);
-    let response = http
-        .post(server.url("/authorize"))
-        .header("cookie", format!("prism_csrf={csrf}"))
-        .form(&form)
-        .send()
-        .await?;
-    Ok(response.status().as_u16())
+    Ok(browser_sign_in(server, email, password, AGENT)
+        .await?
+        .status)
 }
 
 async fn gql(server: &Server, access: &str, query: &str, variables: Value) -> Res<Value> {

@@ -373,3 +373,72 @@ pub async fn sqlite_integrity(data_dir: &Path) -> Result<String, Box<dyn std::er
     pool.close().await;
     Ok(result)
 }
+
+/// A page the browser sign-in form answered with.
+pub struct SignInPage {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+/// The `/authorize` query of a browser sign-in by the CLI's client (a valid S256 challenge
+/// shape; the tests that use it never redeem the code).
+pub fn authorize_query() -> Vec<(&'static str, String)> {
+    vec![
+        ("response_type", "code".into()),
+        ("client_id", "prism-cli".into()),
+        ("redirect_uri", "http://127.0.0.1:59400/callback".into()),
+        ("scope", "openid offline_access".into()),
+        ("state", "s1".into()),
+        (
+            "code_challenge",
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into(),
+        ),
+        ("code_challenge_method", "S256".into()),
+    ]
+}
+
+/// Opens the sign-in form (for its CSRF cookie) and posts `email` / `password` to it, as a
+/// browser sending `user_agent` would; redirects are not followed (303 on success).
+pub async fn browser_sign_in(
+    server: &Server,
+    email: &str,
+    password: &str,
+    user_agent: &str,
+) -> Result<SignInPage, Box<dyn std::error::Error>> {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(user_agent)
+        .build()?;
+    let form_page = http
+        .get(server.url("/authorize"))
+        .query(&authorize_query())
+        .send()
+        .await?;
+    let csrf = form_page
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|line| line.strip_prefix("prism_csrf="))
+        .and_then(|rest| rest.split(';').next())
+        .ok_or("no prism_csrf cookie")?
+        .to_owned();
+    let mut form = authorize_query();
+    form.extend([
+        ("csrf", csrf.clone()),
+        ("email", email.to_owned()),
+        ("password", password.to_owned()),
+    ]);
+    let response = http
+        .post(server.url("/authorize"))
+        .header("cookie", format!("prism_csrf={csrf}"))
+        .form(&form)
+        .send()
+        .await?;
+    Ok(SignInPage {
+        status: response.status().as_u16(),
+        headers: response.headers().clone(),
+        body: response.text().await?,
+    })
+}

@@ -8,19 +8,17 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use reqwest::header::HeaderMap;
 use serde_json::Value;
 
-use crate::harness::{Options, Server, TestResult, admin_ok, prismd_with_stdin, temp_dir};
+use crate::harness::{
+    Options, Server, SignInPage, TestResult, admin_ok, browser_sign_in, prismd_with_stdin, temp_dir,
+};
 use crate::postgres::FreshDatabase;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 const PASSWORD: &str = "correct horse battery staple";
 const WRONG: &str = "not the password at all";
-const REDIRECT: &str = "http://127.0.0.1:59400/callback";
-/// A valid S256 challenge shape; the tests never redeem a code.
-const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
 
 fn add_user(dir: &Path, database: &[&str], email: &str) -> TestResult {
     let mut args: Vec<&str> = database.to_vec();
@@ -54,25 +52,9 @@ fn start(dir: &Path, extra: &[&str]) -> Res<Server> {
     )
 }
 
-fn query() -> Vec<(&'static str, String)> {
-    vec![
-        ("response_type", "code".into()),
-        ("client_id", "prism-cli".into()),
-        ("redirect_uri", REDIRECT.into()),
-        ("scope", "openid offline_access".into()),
-        ("state", "s1".into()),
-        ("code_challenge", CHALLENGE.into()),
-        ("code_challenge_method", "S256".into()),
-    ]
-}
+type Page = SignInPage;
 
-struct Page {
-    status: u16,
-    headers: HeaderMap,
-    body: String,
-}
-
-impl Page {
+impl SignInPage {
     fn retry_after(&self) -> Option<u64> {
         self.headers
             .get("retry-after")
@@ -92,40 +74,7 @@ impl Page {
 
 /// Opens the login form (for its CSRF cookie) and posts `email` / `password` to it.
 async fn sign_in(server: &Server, email: &str, password: &str) -> Res<Page> {
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?;
-    let form_page = http
-        .get(server.url("/authorize"))
-        .query(&query())
-        .send()
-        .await?;
-    let csrf = form_page
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|line| line.strip_prefix("prism_csrf="))
-        .and_then(|rest| rest.split(';').next())
-        .ok_or("no prism_csrf cookie")?
-        .to_owned();
-    let mut form = query();
-    form.extend([
-        ("csrf", csrf.clone()),
-        ("email", email.to_owned()),
-        ("password", password.to_owned()),
-    ]);
-    let response = http
-        .post(server.url("/authorize"))
-        .header("cookie", format!("prism_csrf={csrf}"))
-        .form(&form)
-        .send()
-        .await?;
-    Ok(Page {
-        status: response.status().as_u16(),
-        headers: response.headers().clone(),
-        body: response.text().await?,
-    })
+    browser_sign_in(server, email, password, "limits-e2e").await
 }
 
 /// A 429 page that says when to try again, with a matching `Retry-After`.
