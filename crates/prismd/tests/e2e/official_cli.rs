@@ -323,16 +323,15 @@ async fn official_cli_browser_login_and_user_management() -> TestResult {
     let (old_access, old_refresh) = (field("accessToken:"), field("refreshToken:"));
     assert!(old_refresh.starts_with("prism_rt_"), "{config}");
 
-    let roles = ok_text(
-        &prism_profile(
-            &bin,
-            &server,
-            home.path(),
-            &["organization:users:roles", "--output", "json", "-x"],
-        )?,
-        "roles",
+    let roles_run = prism_profile(
+        &bin,
+        &server,
+        home.path(),
+        &["organization:users:roles", "--output", "json", "-x"],
     )?;
-    let roles: serde_json::Value = serde_json::from_str(&roles)?;
+    let roles = ok_text(&roles_run, "roles")?;
+    let roles: serde_json::Value = serde_json::from_str(&roles)
+        .map_err(|err| format!("roles output is not JSON ({err}): {}", text(&roles_run)))?;
     let integrator = roles
         .as_array()
         .and_then(|r| r.iter().find(|role| role["name"] == "Integrator"))
