@@ -11,8 +11,8 @@ use prismd::store::{
     self, AttemptPolicy, AuditBind, AuditEvent, AuditQuery, Backend, CacheSettings, CacheStats,
     CachedStore, Change, CodeRedemption, Garbage, MAX_AUDIT_PAGE, NewAuthorizationCode,
     NewDeviceCode, NewOrganization, NewRefreshToken, NewUser, OpenOptions, Organization,
-    PrivateKeyReplacement, ProfileChanges, Removal, SessionPolicy, SessionRecord, SigningKeyRecord,
-    Store, StoreError, TokenUse, User,
+    PrivateKeyReplacement, ProfileChanges, RefreshGrant, Removal, RevokeDecision, RevokedAll,
+    SessionPolicy, SessionRecord, SigningKeyRecord, Store, StoreError, TokenUse, User,
 };
 use sqlx::Connection;
 
@@ -181,6 +181,8 @@ conformance!(
     revoke_all_one_write,
     revoke_all_races,
     revoke_all_many_at_once,
+    revoke_all_by_token_decides_at_the_write,
+    revoke_all_by_token_many_at_once,
     revokes_seen_by_every_next_read,
     remove_user_keeps_an_owner,
     remove_user_races_keep_an_owner,
@@ -802,6 +804,191 @@ async fn revoke_all_many_at_once(db: Db) -> TestResult {
     let after = db.store.recent_audit_events(1000).await?;
     assert_eq!(after.len() - before, users.len());
     for user in &users {
+        assert_eq!(
+            after
+                .iter()
+                .filter(|event| event.subject_user_id.as_deref() == Some(user.id.as_str()))
+                .count(),
+            1,
+            "{} has not exactly one audit row",
+            user.email
+        );
+    }
+    Ok(())
+}
+
+/// A [`RevokeDecision`] that admits a grant by the standing rule (as the domain's does),
+/// records an audit row about its user, and counts the grants it was shown.
+fn standing_decision(seen: Arc<std::sync::Mutex<Vec<RefreshGrant>>>, at: i64) -> RevokeDecision {
+    Arc::new(move |grant: &RefreshGrant| {
+        if let Ok(mut seen) = seen.lock() {
+            seen.push(grant.clone());
+        }
+        let stands = grant.user_removed_at.is_none()
+            && grant.token_revoked_at.is_none()
+            && grant.token_epoch == grant.user_epoch;
+        stands.then(|| AuditEvent {
+            actor: format!("session:{}", grant.token_id),
+            org_id: Some(grant.org_id.clone()),
+            subject_user_id: Some(grant.user_id.clone()),
+            ..audit("tokens.revoked_all", at)
+        })
+    })
+}
+
+/// A revoke-all named by a token: the decision sees the token's grant as stored now, its
+/// refusal writes nothing, its consent moves the epoch once (ending browser sessions, with
+/// one audit row), and an unknown token revokes nothing without asking.
+async fn revoke_all_by_token_decides_at_the_write(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    let (org, owner) = org_with_owner(store).await?;
+    let token = refresh_token(&owner, 1, None);
+    store
+        .insert_refresh_token(token.clone(), audit("t", T0))
+        .await?;
+    store
+        .insert_browser_session(&hash(50), &owner.id, T0, T0 + 1_000_000)
+        .await?;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let before = store.recent_audit_events(1000).await?.len();
+
+    assert_eq!(
+        store
+            .revoke_all_by_token(&hash(9), standing_decision(seen.clone(), T0 + 1))
+            .await?,
+        None,
+        "an unknown token revokes nothing"
+    );
+    assert!(seen.lock().map_err(|_| "poisoned")?.is_empty());
+
+    let refuse: RevokeDecision = Arc::new(|_: &RefreshGrant| None);
+    assert_eq!(store.revoke_all_by_token(&hash(1), refuse).await?, None);
+    assert_eq!(
+        store
+            .active_user(&owner.id)
+            .await?
+            .ok_or("gone")?
+            .token_epoch,
+        0,
+        "a refused revoke moved the epoch"
+    );
+
+    assert_eq!(
+        store
+            .revoke_all_by_token(&hash(1), standing_decision(seen.clone(), T0 + 2))
+            .await?,
+        Some(RevokedAll {
+            user_id: owner.id.clone(),
+            moved: true
+        })
+    );
+    {
+        let seen = seen.lock().map_err(|_| "poisoned")?;
+        let grant = seen.first().ok_or("the decision never saw the grant")?;
+        assert_eq!(
+            (
+                grant.token_id.as_str(),
+                grant.user_id.as_str(),
+                grant.org_id.as_str()
+            ),
+            (token.id.as_str(), owner.id.as_str(), org.id.as_str())
+        );
+        assert_eq!((grant.token_epoch, grant.user_epoch), (0, 0));
+    }
+    assert_eq!(
+        store
+            .active_user(&owner.id)
+            .await?
+            .ok_or("gone")?
+            .token_epoch,
+        1
+    );
+    assert!(
+        store.browser_session_user(&hash(50), T0).await?.is_none(),
+        "browser signed out"
+    );
+    let events = store.recent_audit_events(1000).await?;
+    assert_eq!(events.len() - before, 1);
+    let event = events.first().ok_or("no audit row")?;
+    assert_eq!(event.action, "tokens.revoked_all");
+    assert_eq!(event.actor, format!("session:{}", token.id));
+    assert_eq!(event.subject_user_id.as_deref(), Some(owner.id.as_str()));
+
+    // The same token again: its grant now shows the moved epoch, and the rule refuses.
+    assert_eq!(
+        store
+            .revoke_all_by_token(&hash(1), standing_decision(seen.clone(), T0 + 3))
+            .await?,
+        None
+    );
+    let last = seen
+        .lock()
+        .map_err(|_| "poisoned")?
+        .last()
+        .cloned()
+        .ok_or("not asked")?;
+    assert_eq!((last.token_epoch, last.user_epoch), (0, 1));
+    assert_eq!(store.recent_audit_events(1000).await?.len() - before, 1);
+    Ok(())
+}
+
+/// Many token-named revokes at once, two per user, beside user-named ones (SQLite and
+/// PostgreSQL read the group's grants in one statement): each user's epoch moves exactly once,
+/// with one audit row, and each answer names its own user.
+async fn revoke_all_by_token_many_at_once(db: Db) -> TestResult {
+    let (org, _) = org_with_owner(db.store.as_ref()).await?;
+    let mut users = Vec::new();
+    for n in 0..20_u8 {
+        let user = add_user(
+            db.store.as_ref(),
+            &org,
+            &format!("u{n}@example.com"),
+            "member",
+            T0,
+        )
+        .await?;
+        db.store
+            .insert_refresh_token(refresh_token(&user, n + 1, None), audit("t", T0))
+            .await?;
+        users.push(user);
+    }
+    let named = add_user(db.store.as_ref(), &org, "named@example.com", "member", T0).await?;
+    let before = db.store.recent_audit_events(1000).await?.len();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut revokes = tokio::task::JoinSet::new();
+    for (n, user) in (1_u8..).zip(&users).chain((1_u8..).zip(&users)) {
+        let (store, decide, user_id) = (
+            db.store.clone(),
+            standing_decision(seen.clone(), T0 + 1),
+            user.id.clone(),
+        );
+        revokes.spawn(async move {
+            let revoked = store.revoke_all_by_token(&hash(n), decide).await?;
+            Ok::<_, StoreError>((user_id, revoked))
+        });
+    }
+    let by_user = db.store.revoke_all_tokens(
+        &named.id,
+        0,
+        audit_about("tokens.revoked_all", T0 + 1, &named),
+    );
+    assert!(by_user.await?);
+    let mut moved = std::collections::HashMap::new();
+    while let Some(outcome) = revokes.join_next().await {
+        let (user_id, revoked) = outcome??;
+        if let Some(revoked) = revoked {
+            assert_eq!(revoked.user_id, user_id, "an answer named another user");
+            *moved.entry(user_id).or_insert(0) += usize::from(revoked.moved);
+        }
+    }
+    for user in &users {
+        assert_eq!(moved.get(&user.id), Some(&1), "{}", user.email);
+        let now = db.store.active_user(&user.id).await?.ok_or("gone")?;
+        assert_eq!(now.token_epoch, 1, "{}", user.email);
+    }
+    let after = db.store.recent_audit_events(1000).await?;
+    assert_eq!(after.len() - before, users.len() + 1);
+    for user in users.iter().chain([&named]) {
         assert_eq!(
             after
                 .iter()
@@ -1930,10 +2117,13 @@ async fn cache_forgets_what_changes_invalidate(db: Db) -> TestResult {
         .await?
         .ok_or("no grant")?;
     assert_eq!(grant.user_epoch, 0);
+    // A grant is cached on its token's second read, not its first.
+    cached.find_refresh_grant(&hash(1)).await?;
+    assert_eq!((cached.stats().hits, cached.stats().misses), (0, 3));
     cached.find_refresh_grant(&hash(1)).await?;
     cached.principal(&owner.id, &session).await?;
     cached.principal(&owner.id, &session).await?;
-    assert_eq!((cached.stats().hits, cached.stats().misses), (2, 3));
+    assert_eq!((cached.stats().hits, cached.stats().misses), (2, 4));
 
     // This process revokes: gone at once.
     assert!(

@@ -16,7 +16,8 @@ use super::standing::{self, Standing};
 use super::usage::UsageRecorder;
 use super::{BearerError, DomainError, GrantError, RequestMeta, now_ms};
 use crate::store::{
-    AuditEvent, NewRefreshToken, Organization, RefreshGrant, SessionPolicy, Store, User,
+    AuditEvent, NewRefreshToken, Organization, RefreshGrant, RevokeDecision, SessionPolicy, Store,
+    User,
 };
 use crate::tokens::jwt::Audience;
 use crate::tokens::{
@@ -139,10 +140,6 @@ impl AuthService {
     /// or the database may be up to a minute behind them.
     fn grant_standing(&self, grant: &RefreshGrant, now: i64) -> Standing {
         Standing {
-            user_removed: grant.user_removed_at.is_some(),
-            user_epoch: grant.user_epoch,
-            token_epoch: grant.token_epoch,
-            session_revoked: grant.token_revoked_at.is_some(),
             session_expired: self.session_expired(
                 grant.policy,
                 &grant.token_id,
@@ -150,6 +147,7 @@ impl AuthService {
                 grant.token_last_used_at,
                 now,
             ),
+            ..stored_standing(grant)
         }
     }
 
@@ -245,39 +243,31 @@ impl AuthService {
         if token_format::validate(SecretKind::RefreshToken, refresh_token).is_err() {
             return Ok(RevokeOutcome::NothingToRevoke);
         }
-        let Some(grant) = self
+        let (address, user_agent) = (meta.address.clone(), meta.user_agent.clone());
+        // Decided next to the write, from the grant as the writer reads it (see
+        // `Store::revoke_all_by_token`): the same rule as everywhere else.
+        let decide: RevokeDecision = Arc::new(move |grant: &RefreshGrant| {
+            revoke_all_admitted(grant).then(|| AuditEvent {
+                at: now_ms(),
+                action: "tokens.revoked_all",
+                actor: format!("session:{}", grant.token_id),
+                org_id: Some(grant.org_id.clone()),
+                subject_user_id: Some(grant.user_id.clone()),
+                address: address.clone(),
+                user_agent: user_agent.clone(),
+                detail: None,
+            })
+        });
+        // A `moved: false` answer means a concurrent revoke moved the epoch first: the tokens
+        // are dead either way.
+        let revoked = self
             .store
-            .find_refresh_grant(&hash_secret(refresh_token))
-            .await?
-        else {
-            return Ok(RevokeOutcome::NothingToRevoke);
-        };
-        // A session its organization's policy has ended may still sign its user out
-        // everywhere: the expiry is not stored (a longer policy would bring the session back),
-        // and a user whose old token expired must still be able to end a stolen one in use.
-        // The revoke moves the epoch, so the token revokes nothing a second time.
-        let standing = Standing {
-            session_expired: false,
-            ..self.grant_standing(&grant, now_ms())
-        };
-        if standing::check(standing).is_err() {
-            return Ok(RevokeOutcome::NothingToRevoke);
-        }
-        let audit = AuditEvent {
-            at: now_ms(),
-            action: "tokens.revoked_all",
-            actor: format!("session:{}", grant.token_id),
-            org_id: Some(grant.org_id.clone()),
-            subject_user_id: Some(grant.user_id.clone()),
-            address: meta.address.clone(),
-            user_agent: meta.user_agent.clone(),
-            detail: None,
-        };
-        // `false` means a concurrent revoke moved the epoch first: the tokens are dead either way.
-        self.store
-            .revoke_all_tokens(&grant.user_id, grant.user_epoch, audit)
+            .revoke_all_by_token(&hash_secret(refresh_token), decide)
             .await?;
-        Ok(RevokeOutcome::Revoked)
+        Ok(match revoked {
+            Some(_) => RevokeOutcome::Revoked,
+            None => RevokeOutcome::NothingToRevoke,
+        })
     }
 
     /// Verifies a bearer token and applies the standing rule with the user's current state.
@@ -452,4 +442,25 @@ pub async fn mint_refresh_token(
         ));
     }
     Ok(secret)
+}
+
+/// What the stored grant says of its token's standing; a session policy's expiry is not
+/// stored, so it is left out here.
+fn stored_standing(grant: &RefreshGrant) -> Standing {
+    Standing {
+        user_removed: grant.user_removed_at.is_some(),
+        user_epoch: grant.user_epoch,
+        token_epoch: grant.token_epoch,
+        session_revoked: grant.token_revoked_at.is_some(),
+        session_expired: false,
+    }
+}
+
+/// Whether presenting a refresh token with this grant signs its user out everywhere: the
+/// standing rule, except that a session its organization's policy has ended still may. That
+/// expiry is not stored (a longer policy would bring the session back), and a user whose old
+/// token expired must still be able to end a stolen one in use. The revoke moves the epoch,
+/// so the token revokes nothing a second time.
+fn revoke_all_admitted(grant: &RefreshGrant) -> bool {
+    standing::check(stored_standing(grant)).is_ok()
 }

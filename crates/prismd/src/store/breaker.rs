@@ -31,8 +31,8 @@ use super::{
     AttemptCounter, AttemptPolicy, AuditEvent, AuditQuery, AuditRecord, Change, CleanupLock,
     CodeRedemption, Credentials, DeviceCode, Garbage, NewAuthorizationCode, NewDeviceCode,
     NewOrganization, NewRefreshToken, NewUser, Organization, PrincipalRecord,
-    PrivateKeyReplacement, ProfileChanges, RefreshGrant, Removal, SessionPolicy, SessionRecord,
-    SigningKeyRecord, Store, StoreError, TokenUse, User,
+    PrivateKeyReplacement, ProfileChanges, RefreshGrant, Removal, RevokeDecision, RevokedAll,
+    SessionPolicy, SessionRecord, SigningKeyRecord, Store, StoreError, TokenUse, User,
 };
 
 /// How the probe behaves while the circuit is open.
@@ -399,6 +399,15 @@ impl Store for GuardedStore {
         audit: AuditEvent,
     ) -> Result<bool, StoreError> {
         self.guard(self.inner.revoke_all_tokens(user_id, expected_epoch, audit))
+            .await
+    }
+
+    async fn revoke_all_by_token(
+        &self,
+        token_hash: &[u8; 32],
+        decide: RevokeDecision,
+    ) -> Result<Option<RevokedAll>, StoreError> {
+        self.guard(self.inner.revoke_all_by_token(token_hash, decide))
             .await
     }
 

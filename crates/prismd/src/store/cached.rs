@@ -16,7 +16,8 @@
 //! being served from a cache nobody can invalidate.
 //!
 //! Only positive answers are cached: an unknown token hash always goes to the database, so
-//! a token minted a moment ago on another replica works everywhere at once.
+//! a token minted a moment ago on another replica works everywhere at once. A refresh grant
+//! is cached on its token's second read, not its first (see [`Entries::admit_grant`]).
 //!
 //! Fills race with invalidations: a read that started before an invalidation may return
 //! after it with the old state. Every invalidation takes a tick of a logical clock, every fill
@@ -34,8 +35,8 @@ use super::{
     AttemptCounter, AttemptPolicy, AuditEvent, AuditQuery, AuditRecord, Change, CleanupLock,
     CodeRedemption, Credentials, DeviceCode, Garbage, INFORMATIONAL_ACTIONS, NewAuthorizationCode,
     NewDeviceCode, NewOrganization, NewRefreshToken, NewUser, Organization, PrincipalRecord,
-    PrivateKeyReplacement, ProfileChanges, RefreshGrant, Removal, SessionPolicy, SessionRecord,
-    SigningKeyRecord, Store, StoreError, TokenUse, User,
+    PrivateKeyReplacement, ProfileChanges, RefreshGrant, Removal, RevokeDecision, RevokedAll,
+    SessionPolicy, SessionRecord, SigningKeyRecord, Store, StoreError, TokenUse, User,
 };
 
 /// How long and how much the cache keeps.
@@ -74,6 +75,10 @@ struct Entry<T> {
 #[derive(Default)]
 struct Entries {
     grants: HashMap<[u8; 32], Entry<RefreshGrant>>,
+    /// The admission filter of `grants`: a fingerprint of each token hash read from the
+    /// database once and not cached yet, one slot per fingerprint (a newer token in the same
+    /// slot takes it over).
+    seen_once: Vec<u64>,
     principals: HashMap<(String, String), Entry<PrincipalRecord>>,
     /// Per user, the logical time of the last invalidation and when it happened (entries
     /// older than the lifetime expire anyway, so older marks can be forgotten).
@@ -83,6 +88,34 @@ struct Entries {
 }
 
 impl Entries {
+    /// Whether a grant just read from the database should be cached: only on its token's
+    /// second read. Most tokens of a large deployment are used once in a while (a pipeline
+    /// exchanges its token once per job); cached on first use, they would push out the tokens
+    /// in use, and fill the cache to its capacity, where it is emptied.
+    fn admit_grant(&mut self, token_hash: &[u8; 32], capacity: usize) -> bool {
+        if self.seen_once.is_empty() {
+            self.seen_once = vec![0; capacity.max(1)];
+        }
+        let mut fingerprint = [0_u8; 8];
+        fingerprint.copy_from_slice(&token_hash[..8]);
+        // A token hash is SHA-256 of a random secret: its first bytes are uniform already.
+        let fingerprint = u64::from_le_bytes(fingerprint);
+        let slots = self.seen_once.len() as u64;
+        let Some(slot) = usize::try_from(fingerprint % slots)
+            .ok()
+            .and_then(|slot| self.seen_once.get_mut(slot))
+        else {
+            return true;
+        };
+        if *slot == fingerprint {
+            *slot = 0;
+            true
+        } else {
+            *slot = fingerprint;
+            false
+        }
+    }
+
     fn is_current<T>(&self, entry: &Entry<T>, user_id: &str, ttl: Duration) -> bool {
         entry.filled_at.elapsed() < ttl
             && entry.read_started >= self.cleared
@@ -240,7 +273,9 @@ impl Store for CachedStore {
                 filled_at: Instant::now(),
             };
             let mut entries = self.lock();
-            if entries.is_current(&entry, &grant.user_id, self.settings.ttl) {
+            if entries.is_current(&entry, &grant.user_id, self.settings.ttl)
+                && entries.admit_grant(token_hash, self.settings.capacity)
+            {
                 insert_bounded(&mut entries.grants, *token_hash, entry, self.settings);
             }
         }
@@ -332,6 +367,31 @@ impl Store for CachedStore {
             .revoke_all_tokens(user_id, expected_epoch, audit)
             .await;
         self.invalidate_user(user_id);
+        outcome
+    }
+
+    async fn revoke_all_by_token(
+        &self,
+        token_hash: &[u8; 32],
+        decide: RevokeDecision,
+    ) -> Result<Option<RevokedAll>, StoreError> {
+        let outcome = self.inner.revoke_all_by_token(token_hash, decide).await;
+        match &outcome {
+            Ok(Some(revoked)) => self.invalidate_user(&revoked.user_id),
+            Ok(None) => {}
+            // Whether the revoke committed is unknown; this token's entry is the one thing
+            // known to be involved, and its user is read again with it.
+            Err(_) => {
+                let user_id = self
+                    .lock()
+                    .grants
+                    .get(token_hash)
+                    .map(|entry| entry.value.user_id.clone());
+                if let Some(user_id) = user_id {
+                    self.invalidate_user(&user_id);
+                }
+            }
+        }
         outcome
     }
 

@@ -2,6 +2,28 @@
 //! returns, the storage error type, and the one place that picks a backend (SQLite or
 //! PostgreSQL) from the database URL.
 
+/// The columns of a [`RefreshGrant`], for both backends' SQL (`t` is the token, `u` its user,
+/// `o` their organization, as [`refresh_grant_tables`] names them).
+macro_rules! refresh_grant_columns {
+    () => {
+        "t.id AS token_id, t.user_epoch AS token_epoch, t.revoked_at AS token_revoked_at, \
+         t.client_id, t.scope, u.id AS user_id, u.token_epoch AS user_epoch, \
+         u.removed_at AS user_removed_at, u.org_id, o.tenant_id, \
+         t.created_at AS token_created_at, t.last_used_at AS token_last_used_at, \
+         o.refresh_idle_expiry_secs AS idle_expiry_secs, \
+         o.refresh_max_age_secs AS max_age_secs"
+    };
+}
+
+/// The tables [`refresh_grant_columns`] reads.
+macro_rules! refresh_grant_tables {
+    () => {
+        "FROM refresh_tokens t \
+         JOIN users u ON u.id = t.user_id \
+         JOIN organizations o ON o.id = u.org_id"
+    };
+}
+
 mod breaker;
 mod cached;
 mod cleanup;
@@ -491,6 +513,40 @@ pub struct RefreshGrant {
     pub policy: SessionPolicy,
 }
 
+/// Decides whether presenting a refresh token with this grant revokes all of its user's
+/// tokens, and returns the audit event to record if so. Called where the revoke is written,
+/// so it must be quick and must not wait on anything.
+pub type RevokeDecision = Arc<dyn Fn(&RefreshGrant) -> Option<AuditEvent> + Send + Sync>;
+
+/// A revoke-all made through [`Store::revoke_all_by_token`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedAll {
+    pub user_id: String,
+    /// False when a concurrent revoke moved the user's epoch first: the tokens are dead
+    /// either way, and only that one wrote an audit row.
+    pub moved: bool,
+}
+
+/// Grants read with their token's hash in a `token_hash` column, as both backends' group
+/// reads for [`Store::revoke_all_by_token`] return them.
+fn grants_with_hashes<'r, R>(rows: &'r [R]) -> Result<Vec<([u8; 32], RefreshGrant)>, StoreError>
+where
+    R: sqlx::Row,
+    RefreshGrant: sqlx::FromRow<'r, R>,
+    Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    &'static str: sqlx::ColumnIndex<R>,
+{
+    rows.iter()
+        .map(|row| {
+            let hash: Vec<u8> = row.try_get("token_hash")?;
+            let hash = <[u8; 32]>::try_from(hash.as_slice()).map_err(|_| {
+                sqlx::Error::Decode("a stored token hash is not 32 bytes long".into())
+            })?;
+            Ok((hash, <RefreshGrant as sqlx::FromRow<R>>::from_row(row)?))
+        })
+        .collect()
+}
+
 /// An organization's session policy (issue 7). `None` turns a limit off, the default, for
 /// parity with Prismatic, where refresh tokens live until revoked.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, sqlx::FromRow)]
@@ -950,6 +1006,17 @@ pub trait Store: Send + Sync + 'static {
         expected_epoch: i64,
         audit: AuditEvent,
     ) -> Result<bool, StoreError>;
+
+    /// Revokes every token of the user behind a refresh token, as [`Store::revoke_all_tokens`]
+    /// does, when `decide` (given the token's grant as read where the revoke is written)
+    /// returns the audit event to record; `None` when no token has this hash or `decide`
+    /// refused. The grant is read next to the write because on SQLite a read on a reader
+    /// after each commit costs more than the revoke (see `group_commit`).
+    async fn revoke_all_by_token(
+        &self,
+        token_hash: &[u8; 32],
+        decide: RevokeDecision,
+    ) -> Result<Option<RevokedAll>, StoreError>;
 
     /// The user, organization (with its session policy) and session state behind an access
     /// token.

@@ -13,14 +13,15 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, FromRow, Postgres, Row, Transaction};
 
-use super::group_commit::{PendingRevoke, RevokeQueue, RevokeWriter};
+use super::group_commit::{RevokeQueue, RevokeWriter, UserRevoke};
 use super::{
     AUDIT_COLUMNS, AttemptCounter, AttemptPolicy, AuditBind, AuditEvent, AuditQuery, AuditRecord,
     AuthorizationCode, Change, CleanupLock, CodeRedemption, Credentials, DeviceCode, Garbage,
     LIVE_SESSION, MAX_LISTED_SESSIONS, NewAuthorizationCode, NewDeviceCode, NewOrganization,
     NewRefreshToken, NewUser, Organization, PrincipalRecord, PrivateKeyReplacement, ProfileChanges,
-    RefreshGrant, Removal, SESSION_COLUMNS, SPENT_CODE, SessionPolicy, SessionRecord,
-    SigningKeyRecord, SpentCode, Store, StoreError, TokenUse, User,
+    RefreshGrant, Removal, RevokeDecision, RevokedAll, SESSION_COLUMNS, SPENT_CODE, SessionPolicy,
+    SessionRecord, SigningKeyRecord, SpentCode, Store, StoreError, TokenUse, User,
+    grants_with_hashes,
 };
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -127,6 +128,25 @@ struct PgRevokes(PgPool);
 
 #[async_trait]
 impl RevokeWriter for PgRevokes {
+    /// One round trip for the group's tokens.
+    async fn grants_by_hash(
+        &self,
+        token_hashes: &[[u8; 32]],
+    ) -> Result<Vec<([u8; 32], RefreshGrant)>, StoreError> {
+        let hashes: Vec<&[u8]> = token_hashes.iter().map(|hash| &hash[..]).collect();
+        let rows = sqlx::query(concat!(
+            "SELECT t.token_hash AS token_hash, ",
+            refresh_grant_columns!(),
+            " ",
+            refresh_grant_tables!(),
+            " WHERE t.token_hash = ANY($1)"
+        ))
+        .bind(hashes)
+        .fetch_all(&self.0)
+        .await?;
+        grants_with_hashes(&rows)
+    }
+
     /// One statement for the whole group, so one round trip and one commit flush: the epoch
     /// moves, the end of the browser sessions and the audit rows (with their notifications)
     /// happen together. Data-modifying CTEs always run; the later ones act only on the
@@ -135,7 +155,7 @@ impl RevokeWriter for PgRevokes {
     /// Two replicas committing groups that share users at the same moment may lock those
     /// rows in different orders; PostgreSQL then aborts one group as a deadlock (after
     /// `deadlock_timeout`), and the group commit retries its revokes one by one.
-    async fn revoke_group(&self, group: &[PendingRevoke]) -> Result<Vec<bool>, StoreError> {
+    async fn revoke_group(&self, group: &[UserRevoke]) -> Result<Vec<bool>, StoreError> {
         let mut columns = RevokeColumns::default();
         for (position, revoke) in (0_i32..).zip(group) {
             columns.push(position, revoke);
@@ -188,7 +208,7 @@ impl RevokeWriter for PgRevokes {
             .collect())
     }
 
-    async fn revoke_alone(&self, revoke: &PendingRevoke) -> Result<bool, StoreError> {
+    async fn revoke_alone(&self, revoke: &UserRevoke) -> Result<bool, StoreError> {
         let audit = &revoke.audit;
         let moved: i64 = sqlx::query_scalar(
             "WITH moved AS ( \
@@ -237,7 +257,7 @@ struct RevokeColumns {
 }
 
 impl RevokeColumns {
-    fn push(&mut self, position: i32, revoke: &PendingRevoke) {
+    fn push(&mut self, position: i32, revoke: &UserRevoke) {
         let audit = &revoke.audit;
         self.position.push(position);
         self.user_id.push(revoke.user_id.clone());
@@ -731,18 +751,13 @@ impl Store for PostgresStore {
         &self,
         token_hash: &[u8; 32],
     ) -> Result<Option<RefreshGrant>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT t.id AS token_id, t.user_epoch AS token_epoch, t.revoked_at AS token_revoked_at, \
-                    t.client_id, t.scope, u.id AS user_id, u.token_epoch AS user_epoch, \
-                    u.removed_at AS user_removed_at, u.org_id, o.tenant_id, \
-                    t.created_at AS token_created_at, t.last_used_at AS token_last_used_at, \
-                    o.refresh_idle_expiry_secs AS idle_expiry_secs, \
-                    o.refresh_max_age_secs AS max_age_secs \
-             FROM refresh_tokens t \
-             JOIN users u ON u.id = t.user_id \
-             JOIN organizations o ON o.id = u.org_id \
-             WHERE t.token_hash = $1",
-        )
+        Ok(sqlx::query_as(concat!(
+            "SELECT ",
+            refresh_grant_columns!(),
+            " ",
+            refresh_grant_tables!(),
+            " WHERE t.token_hash = $1"
+        ))
         .bind(&token_hash[..])
         .fetch_optional(&self.pool)
         .await?)
@@ -791,6 +806,14 @@ impl Store for PostgresStore {
         self.revokes
             .revoke_all(user_id, expected_epoch, audit)
             .await
+    }
+
+    async fn revoke_all_by_token(
+        &self,
+        token_hash: &[u8; 32],
+        decide: RevokeDecision,
+    ) -> Result<Option<RevokedAll>, StoreError> {
+        self.revokes.revoke_all_by_token(*token_hash, decide).await
     }
 
     async fn principal(

@@ -12,15 +12,16 @@ use sqlx::sqlite::{
 };
 use sqlx::{FromRow, Row, Sqlite, Transaction};
 
-use super::group_commit::{PendingRevoke, RevokeQueue, RevokeWriter, outcomes_in_order};
+use super::group_commit::{RevokeQueue, RevokeWriter, UserRevoke, outcomes_in_order};
 use super::sqlite_direct::{DirectReaders, direct_reader_count};
 use super::{
     AUDIT_COLUMNS, AttemptCounter, AttemptPolicy, AuditBind, AuditEvent, AuditQuery, AuditRecord,
     AuthorizationCode, Change, CleanupLock, CodeRedemption, Credentials, DeviceCode, Garbage,
     LIVE_SESSION, MAX_LISTED_SESSIONS, NewAuthorizationCode, NewDeviceCode, NewOrganization,
     NewRefreshToken, NewUser, Organization, PrincipalRecord, PrivateKeyReplacement, ProfileChanges,
-    RefreshGrant, Removal, SESSION_COLUMNS, SPENT_CODE, SessionPolicy, SessionRecord,
-    SigningKeyRecord, SpentCode, Store, StoreError, TokenUse, User,
+    RefreshGrant, Removal, RevokeDecision, RevokedAll, SESSION_COLUMNS, SPENT_CODE, SessionPolicy,
+    SessionRecord, SigningKeyRecord, SpentCode, Store, StoreError, TokenUse, User,
+    grants_with_hashes,
 };
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -57,16 +58,11 @@ const USER_COLUMNS: &str = user_columns!();
 /// the pooled path and the direct one (`sqlite_direct`, which reads the columns by position;
 /// a test there checks their names).
 pub(super) const REFRESH_GRANT_SQL: &str = concat!(
-    "SELECT t.id AS token_id, t.user_epoch AS token_epoch, t.revoked_at AS token_revoked_at, \
-            t.client_id, t.scope, u.id AS user_id, u.token_epoch AS user_epoch, \
-            u.removed_at AS user_removed_at, u.org_id, o.tenant_id, \
-            t.created_at AS token_created_at, t.last_used_at AS token_last_used_at, \
-            o.refresh_idle_expiry_secs AS idle_expiry_secs, \
-            o.refresh_max_age_secs AS max_age_secs ",
-    "FROM refresh_tokens t \
-     JOIN users u ON u.id = t.user_id \
-     JOIN organizations o ON o.id = u.org_id \
-     WHERE t.token_hash = $1"
+    "SELECT ",
+    refresh_grant_columns!(),
+    " ",
+    refresh_grant_tables!(),
+    " WHERE t.token_hash = $1"
 );
 
 /// [`Store::principal`]: the user (`$1`), their organization and the session (`$2`, if it is
@@ -688,6 +684,14 @@ impl Store for SqliteStore {
         self.revokes
             .revoke_all(user_id, expected_epoch, audit)
             .await
+    }
+
+    async fn revoke_all_by_token(
+        &self,
+        token_hash: &[u8; 32],
+        decide: RevokeDecision,
+    ) -> Result<Option<RevokedAll>, StoreError> {
+        self.revokes.revoke_all_by_token(*token_hash, decide).await
     }
 
     async fn principal(
@@ -1522,10 +1526,32 @@ struct SqliteRevokes(SqlitePool);
 
 #[async_trait]
 impl RevokeWriter for SqliteRevokes {
+    /// On the writer's connection, whose page cache and memory map its own commits leave in
+    /// place (a reader drops both after every commit it did not make).
+    async fn grants_by_hash(
+        &self,
+        token_hashes: &[[u8; 32]],
+    ) -> Result<Vec<([u8; 32], RefreshGrant)>, StoreError> {
+        let mut query = sqlx::QueryBuilder::<Sqlite>::new(concat!(
+            "SELECT t.token_hash AS token_hash, ",
+            refresh_grant_columns!(),
+            " ",
+            refresh_grant_tables!(),
+            " WHERE t.token_hash IN ("
+        ));
+        let mut hashes = query.separated(", ");
+        for token_hash in token_hashes {
+            hashes.push_bind(&token_hash[..]);
+        }
+        query.push(")");
+        let rows = query.build().fetch_all(&self.0).await?;
+        grants_with_hashes(&rows)
+    }
+
     /// Three statements whatever the group's size: each statement is a hop to SQLite's worker
     /// thread, and per-revoke statements made the hops, not the fsync, the limit of a loaded
     /// server.
-    async fn revoke_group(&self, group: &[PendingRevoke]) -> Result<Vec<bool>, StoreError> {
+    async fn revoke_group(&self, group: &[UserRevoke]) -> Result<Vec<bool>, StoreError> {
         let mut tx = self.0.begin_with("BEGIN IMMEDIATE").await?;
         let mut moves = sqlx::QueryBuilder::<Sqlite>::new(
             "UPDATE users SET token_epoch = token_epoch + 1, updated_at = revoke.column3 FROM (",
@@ -1544,7 +1570,7 @@ impl RevokeWriter for SqliteRevokes {
             .fetch_all(&mut *tx)
             .await?;
         let outcomes = outcomes_in_order(group, moved);
-        let done: Vec<&PendingRevoke> = group
+        let done: Vec<&UserRevoke> = group
             .iter()
             .zip(&outcomes)
             .filter_map(|(revoke, moved)| moved.then_some(revoke))
@@ -1580,7 +1606,7 @@ impl RevokeWriter for SqliteRevokes {
         Ok(outcomes)
     }
 
-    async fn revoke_alone(&self, revoke: &PendingRevoke) -> Result<bool, StoreError> {
+    async fn revoke_alone(&self, revoke: &UserRevoke) -> Result<bool, StoreError> {
         let mut tx = self.0.begin_with("BEGIN IMMEDIATE").await?;
         let outcome = revoke_in(&mut tx, revoke).await?;
         tx.commit().await?;
@@ -1592,7 +1618,7 @@ impl RevokeWriter for SqliteRevokes {
 /// the audit row; `false` (and no change) when the epoch had moved already.
 async fn revoke_in(
     tx: &mut Transaction<'static, Sqlite>,
-    revoke: &PendingRevoke,
+    revoke: &UserRevoke,
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE users SET token_epoch = token_epoch + 1, updated_at = $3 \
