@@ -33,6 +33,11 @@ struct Args {
     /// Users those tokens are spread over.
     #[arg(long, default_value_t = 100)]
     users: usize,
+    /// How many of the seeded tokens the exchange scenarios cycle through, spread evenly over
+    /// them (default: all). `--tokens 1000000 --active 10000` is a large table used the way the
+    /// default 10,000-token run uses its own.
+    #[arg(long)]
+    active: Option<usize>,
     /// Further users with one token each, for the revoke scenario (each revoked once).
     #[arg(long, default_value_t = 20_000)]
     revocable: usize,
@@ -198,6 +203,7 @@ async fn run(
     let seeded_at = Instant::now();
     let seeded = seed::seed(&target, args.users, args.tokens, revocable).await?;
     eprintln!("seeded in {:.1} s", seeded_at.elapsed().as_secs_f64());
+    let active = active_tokens(&seeded.shared, args.active);
     let access_tokens = fetch_access_tokens(
         &address,
         &seeded.shared[..args.users.min(seeded.shared.len())],
@@ -216,7 +222,7 @@ async fn run(
             (address.clone(), None)
         };
         let measured = process.as_ref().unwrap_or(&server);
-        let workload = workload(scenario, &target_address, &seeded, &access_tokens);
+        let workload = workload(scenario, &target_address, &active, &seeded, &access_tokens);
         eprintln!(
             "{scenario}: warm-up {:?}, measuring {:?} at {} connections",
             args.warmup, args.duration, args.concurrency
@@ -275,25 +281,33 @@ async fn run(
     Ok(())
 }
 
+/// `count` of `tokens` (all when `None`), spread evenly over them: in seeding order, tokens
+/// next to each other share table pages, and a run that used only the first ones would read
+/// fewer pages than one over the whole table.
+fn active_tokens(tokens: &[String], count: Option<usize>) -> Vec<String> {
+    let count = count.unwrap_or(tokens.len()).clamp(1, tokens.len().max(1));
+    let step = (tokens.len() / count).max(1);
+    tokens.iter().step_by(step).take(count).cloned().collect()
+}
+
 fn workload(
     scenario: &str,
     address: &str,
+    active: &[String],
     seeded: &seed::Seeded,
     access_tokens: &[String],
 ) -> Workload {
     let json_refresh = |t: &String| format!(r#"{{"refresh_token":"{t}"}}"#);
     match scenario {
         "ceiling" | "refresh" => Workload {
-            requests: seeded
-                .shared
+            requests: active
                 .iter()
                 .map(|t| client::json_post("/auth/refresh", address, None, &json_refresh(t)))
                 .collect(),
             reuse: true,
         },
         "oauth-token" => Workload {
-            requests: seeded
-                .shared
+            requests: active
                 .iter()
                 .map(|t| {
                     client::form_post(
