@@ -10,7 +10,8 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use crate::harness::{
-    Server, TestResult, admin_ok, browser_sign_in, prismd, prismd_with_stdin, temp_dir,
+    Server, TestResult, admin_ok, browser_sign_in, device_sign_in, prismd, prismd_with_stdin,
+    temp_dir,
 };
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -506,37 +507,8 @@ async fn approve_device(server: &Server, email: &str, password: &str) -> Res<(u1
         .json()
         .await?;
     let user_code = started["user_code"].as_str().ok_or("no user_code")?;
-    let page = http
-        .get(server.url("/device"))
-        .query(&[("user_code", user_code)])
-        .send()
-        .await?;
-    let cookie = page
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|c| c.starts_with("prism_device_csrf="))
-        .and_then(|c| c.split(';').next())
-        .ok_or("no CSRF cookie")?
-        .to_owned();
-    let csrf = cookie
-        .strip_prefix("prism_device_csrf=")
-        .ok_or("no CSRF value")?
-        .to_owned();
-    let response = http
-        .post(server.url("/device"))
-        .header("cookie", cookie)
-        .form(&[
-            ("csrf", csrf.as_str()),
-            ("user_code", user_code),
-            ("email", email),
-            ("password", password),
-            ("action", "approve"),
-        ])
-        .send()
-        .await?;
-    Ok((response.status().as_u16(), response.text().await?))
+    let page = device_sign_in(server, user_code, email, password, AGENT).await?;
+    Ok((page.status, page.body))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -442,3 +442,49 @@ pub async fn browser_sign_in(
         body: response.text().await?,
     })
 }
+
+/// Opens the device page for `user_code` (for its CSRF cookie) and posts `email` / `password`
+/// with "approve", as a browser sending `user_agent` would.
+pub async fn device_sign_in(
+    server: &Server,
+    user_code: &str,
+    email: &str,
+    password: &str,
+    user_agent: &str,
+) -> Result<SignInPage, Box<dyn std::error::Error>> {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(user_agent)
+        .build()?;
+    let page = http
+        .get(server.url("/device"))
+        .query(&[("user_code", user_code)])
+        .send()
+        .await?;
+    let csrf = page
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|line| line.strip_prefix("prism_device_csrf="))
+        .and_then(|rest| rest.split(';').next())
+        .ok_or("no prism_device_csrf cookie")?
+        .to_owned();
+    let response = http
+        .post(server.url("/device"))
+        .header("cookie", format!("prism_device_csrf={csrf}"))
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("user_code", user_code),
+            ("email", email),
+            ("password", password),
+            ("action", "approve"),
+        ])
+        .send()
+        .await?;
+    Ok(SignInPage {
+        status: response.status().as_u16(),
+        headers: response.headers().clone(),
+        body: response.text().await?,
+    })
+}

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::harness::{
-    Options, Server, SignInPage, TestResult, admin_ok, browser_sign_in, prismd_with_stdin, temp_dir,
+    Options, Server, SignInPage, TestResult, admin_ok, browser_sign_in, device_sign_in,
+    prismd_with_stdin, temp_dir,
 };
 use crate::postgres::FreshDatabase;
 
@@ -319,52 +320,6 @@ async fn replicas_share(url: &str) -> TestResult {
     Ok(())
 }
 
-/// Posts the device page's form (after opening it for its CSRF cookie) with a password.
-async fn device_sign_in(
-    server: &Server,
-    user_code: &str,
-    email: &str,
-    password: &str,
-) -> Res<Page> {
-    let page = server
-        .http
-        .get(server.url("/device"))
-        .query(&[("user_code", user_code)])
-        .send()
-        .await?;
-    let cookie = page
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|c| c.starts_with("prism_device_csrf="))
-        .and_then(|c| c.split(';').next())
-        .ok_or("no device CSRF cookie")?
-        .to_owned();
-    let csrf = cookie
-        .split_once('=')
-        .map(|(_, v)| v.to_owned())
-        .ok_or("no csrf value")?;
-    let response = server
-        .http
-        .post(server.url("/device"))
-        .header("cookie", cookie)
-        .form(&[
-            ("csrf", csrf.as_str()),
-            ("user_code", user_code),
-            ("email", email),
-            ("password", password),
-            ("action", "approve"),
-        ])
-        .send()
-        .await?;
-    Ok(Page {
-        status: response.status().as_u16(),
-        headers: response.headers().clone(),
-        body: response.text().await?,
-    })
-}
-
 #[tokio::test]
 async fn device_page_and_browser_form_share_the_account_limit() -> TestResult {
     let dir = temp_dir()?;
@@ -392,10 +347,19 @@ async fn device_page_and_browser_form_share_the_account_limit() -> TestResult {
         .json()
         .await?;
     let user_code = started["user_code"].as_str().ok_or("no user_code")?;
-    assert_wrong_password(&device_sign_in(&server, user_code, "dev@example.com", WRONG).await?);
+    assert_wrong_password(
+        &device_sign_in(&server, user_code, "dev@example.com", WRONG, "limits-e2e").await?,
+    );
     // The second failure, on the browser form, locks the account on both pages.
     assert_locked(&sign_in(&server, "dev@example.com", WRONG).await?, 600);
-    let refused = device_sign_in(&server, user_code, "dev@example.com", PASSWORD).await?;
+    let refused = device_sign_in(
+        &server,
+        user_code,
+        "dev@example.com",
+        PASSWORD,
+        "limits-e2e",
+    )
+    .await?;
     assert_locked(&refused, 600);
     assert!(
         refused.body.contains("Too many failed sign-ins"),
