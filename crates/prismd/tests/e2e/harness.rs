@@ -381,6 +381,36 @@ pub struct SignInPage {
     pub body: String,
 }
 
+impl SignInPage {
+    async fn read(response: reqwest::Response) -> reqwest::Result<Self> {
+        Ok(Self {
+            status: response.status().as_u16(),
+            headers: response.headers().clone(),
+            body: response.text().await?,
+        })
+    }
+}
+
+/// An HTTP client as a browser sending `user_agent`, except that it does not follow redirects
+/// (the tests look at them).
+fn browser(user_agent: &str) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(user_agent)
+        .build()
+}
+
+/// The value of the cookie `name` that a response sets.
+fn set_cookie(headers: &reqwest::header::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix('='))
+        .and_then(|rest| rest.split(';').next())
+        .map(str::to_owned)
+}
+
 /// The `/authorize` query of a browser sign-in by the CLI's client (a valid S256 challenge
 /// shape; the tests that use it never redeem the code).
 pub fn authorize_query() -> Vec<(&'static str, String)> {
@@ -406,24 +436,13 @@ pub async fn browser_sign_in(
     password: &str,
     user_agent: &str,
 ) -> Result<SignInPage, Box<dyn std::error::Error>> {
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(user_agent)
-        .build()?;
+    let http = browser(user_agent)?;
     let form_page = http
         .get(server.url("/authorize"))
         .query(&authorize_query())
         .send()
         .await?;
-    let csrf = form_page
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|line| line.strip_prefix("prism_csrf="))
-        .and_then(|rest| rest.split(';').next())
-        .ok_or("no prism_csrf cookie")?
-        .to_owned();
+    let csrf = set_cookie(form_page.headers(), "prism_csrf").ok_or("no prism_csrf cookie")?;
     let mut form = authorize_query();
     form.extend([
         ("csrf", csrf.clone()),
@@ -436,11 +455,7 @@ pub async fn browser_sign_in(
         .form(&form)
         .send()
         .await?;
-    Ok(SignInPage {
-        status: response.status().as_u16(),
-        headers: response.headers().clone(),
-        body: response.text().await?,
-    })
+    Ok(SignInPage::read(response).await?)
 }
 
 /// Opens the device page for `user_code` (for its CSRF cookie) and posts `email` / `password`
@@ -452,24 +467,14 @@ pub async fn device_sign_in(
     password: &str,
     user_agent: &str,
 ) -> Result<SignInPage, Box<dyn std::error::Error>> {
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(user_agent)
-        .build()?;
+    let http = browser(user_agent)?;
     let page = http
         .get(server.url("/device"))
         .query(&[("user_code", user_code)])
         .send()
         .await?;
-    let csrf = page
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|line| line.strip_prefix("prism_device_csrf="))
-        .and_then(|rest| rest.split(';').next())
-        .ok_or("no prism_device_csrf cookie")?
-        .to_owned();
+    let csrf =
+        set_cookie(page.headers(), "prism_device_csrf").ok_or("no prism_device_csrf cookie")?;
     let response = http
         .post(server.url("/device"))
         .header("cookie", format!("prism_device_csrf={csrf}"))
@@ -482,9 +487,5 @@ pub async fn device_sign_in(
         ])
         .send()
         .await?;
-    Ok(SignInPage {
-        status: response.status().as_u16(),
-        headers: response.headers().clone(),
-        body: response.text().await?,
-    })
+    Ok(SignInPage::read(response).await?)
 }
