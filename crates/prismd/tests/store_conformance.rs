@@ -803,9 +803,18 @@ async fn revoke_all_many_at_once(db: Db) -> TestResult {
     );
     let after = db.store.recent_audit_events(1000).await?;
     assert_eq!(after.len() - before, users.len());
-    for user in &users {
+    assert_one_audit_row_each(&after, &users);
+    Ok(())
+}
+
+/// Each of `users` is the subject of exactly one of `events`.
+fn assert_one_audit_row_each<'a>(
+    events: &[store::AuditRecord],
+    users: impl IntoIterator<Item = &'a User>,
+) {
+    for user in users {
         assert_eq!(
-            after
+            events
                 .iter()
                 .filter(|event| event.subject_user_id.as_deref() == Some(user.id.as_str()))
                 .count(),
@@ -814,7 +823,6 @@ async fn revoke_all_many_at_once(db: Db) -> TestResult {
             user.email
         );
     }
-    Ok(())
 }
 
 /// A [`RevokeDecision`] that admits a grant by the standing rule (as the domain's does),
@@ -988,17 +996,7 @@ async fn revoke_all_by_token_many_at_once(db: Db) -> TestResult {
     }
     let after = db.store.recent_audit_events(1000).await?;
     assert_eq!(after.len() - before, users.len() + 1);
-    for user in users.iter().chain([&named]) {
-        assert_eq!(
-            after
-                .iter()
-                .filter(|event| event.subject_user_id.as_deref() == Some(user.id.as_str()))
-                .count(),
-            1,
-            "{} has not exactly one audit row",
-            user.email
-        );
-    }
+    assert_one_audit_row_each(&after, users.iter().chain([&named]));
     Ok(())
 }
 
