@@ -205,6 +205,7 @@ conformance!(
     sessions_live_only_newest_first,
     changes_reach_other_processes,
     cache_forgets_what_changes_invalidate,
+    cache_invalidation_marks_stay_bounded,
     cleanup_deletes_garbage_only,
     cleanup_deletes_in_batches,
     cleanup_lock_takes_turns,
@@ -2218,6 +2219,70 @@ async fn cache_forgets_what_changes_invalidate(db: Db) -> TestResult {
     other.close().await;
     Ok(())
 }
+
+/// A burst of invalidations younger than the lifetime (a wave of revokes) keeps the cache's
+/// memory of them within its capacity, and forgetting them never brings back an entry an
+/// invalidation had made stale.
+async fn cache_invalidation_marks_stay_bounded(db: Db) -> TestResult {
+    const CAPACITY: usize = 8;
+    let (_, owner) = org_with_owner(db.store.as_ref()).await?;
+    let cached = CachedStore::new(
+        db.store.clone(),
+        CacheSettings {
+            ttl: std::time::Duration::from_secs(600),
+            capacity: CAPACITY,
+        },
+    );
+    cached.apply(&Change::listening());
+    cached
+        .insert_refresh_token(refresh_token(&owner, 1, None), audit("t", T0))
+        .await?;
+    for _ in 0..3 {
+        cached.find_refresh_grant(&hash(1)).await?;
+    }
+    assert_eq!(cached.stats().hits, 1, "the grant is cached");
+
+    // Another process revokes the owner; the cache holds the old state until it hears.
+    let other = db.another().await?;
+    assert!(
+        other
+            .revoke_all_tokens(&owner.id, 0, audit("tokens.revoked_all", T0 + 1))
+            .await?
+    );
+    let stale = cached
+        .find_refresh_grant(&hash(1))
+        .await?
+        .ok_or("no grant")?;
+    assert_eq!(
+        stale.user_epoch, 0,
+        "the cache is in the way (positive control)"
+    );
+    let revoked = |user_id: &str| Change {
+        action: "tokens.revoked_all".into(),
+        user_id: Some(user_id.to_owned()),
+    };
+    cached.apply(&revoked(&owner.id));
+    // A wave of other users' revokes, all within the lifetime, several times the capacity.
+    for n in 0..(CAPACITY * 5) {
+        cached.apply(&revoked(&format!("someone-{n}")));
+        assert!(
+            cached.stats().invalidation_marks <= CAPACITY,
+            "{} marks kept with a capacity of {CAPACITY}",
+            cached.stats().invalidation_marks
+        );
+    }
+    let grant = cached
+        .find_refresh_grant(&hash(1))
+        .await?
+        .ok_or("no grant")?;
+    assert_eq!(
+        grant.user_epoch, 1,
+        "a forgotten mark brought back a stale entry"
+    );
+    other.close().await;
+    Ok(())
+}
+
 // ---- background cleanup -----------------------------------------------------------------
 
 /// Far in the future: rows that expire then are live throughout the test.

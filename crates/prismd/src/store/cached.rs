@@ -63,6 +63,8 @@ pub struct CacheStats {
     pub hits: u64,
     pub misses: u64,
     pub invalidations: u64,
+    /// Users whose last invalidation is remembered (bounded by the capacity).
+    pub invalidation_marks: usize,
 }
 
 struct Entry<T> {
@@ -116,6 +118,14 @@ impl Entries {
         }
     }
 
+    /// Everything read before logical time `at` is stale: forgets every entry and mark.
+    fn clear(&mut self, at: u64) {
+        self.cleared = at;
+        self.grants.clear();
+        self.principals.clear();
+        self.invalidated.clear();
+    }
+
     fn is_current<T>(&self, entry: &Entry<T>, user_id: &str, ttl: Duration) -> bool {
         entry.filled_at.elapsed() < ttl
             && entry.read_started >= self.cleared
@@ -159,6 +169,7 @@ impl CachedStore {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
             invalidations: self.invalidations.load(Ordering::Relaxed),
+            invalidation_marks: self.lock().invalidated.len(),
         }
     }
 
@@ -200,11 +211,18 @@ impl CachedStore {
         let mut entries = self.lock();
         let at = self.clock.fetch_add(1, Ordering::SeqCst) + 1;
         let now = Instant::now();
-        if entries.invalidated.len() >= self.settings.capacity {
-            let ttl = self.settings.ttl;
-            entries
-                .invalidated
-                .retain(|_, (_, when)| now.duration_since(*when) < ttl);
+        let ttl = self.settings.ttl;
+        // A mark younger than the lifetime cannot be forgotten on its own: an entry filled
+        // before it would count again. When too many are that young (a burst of revokes),
+        // every mark is forgotten at once by making everything read before now stale, as
+        // "everything changed" does; the burst costs the cache its contents, not a scan of
+        // every mark on every revoke.
+        if make_room(
+            &mut entries.invalidated,
+            self.settings.capacity,
+            |(_, when)| now.duration_since(*when) < ttl,
+        ) {
+            entries.clear(at);
         }
         entries.invalidated.insert(user_id.to_owned(), (at, now));
     }
@@ -212,10 +230,7 @@ impl CachedStore {
     fn invalidate_all(&self) {
         self.invalidations.fetch_add(1, Ordering::Relaxed);
         let mut entries = self.lock();
-        entries.cleared = self.clock.fetch_add(1, Ordering::SeqCst) + 1;
-        entries.grants.clear();
-        entries.principals.clear();
-        entries.invalidated.clear();
+        entries.clear(self.clock.fetch_add(1, Ordering::SeqCst) + 1);
     }
 
     /// The logical time a read starts at.
@@ -236,13 +251,23 @@ fn insert_bounded<K: std::hash::Hash + Eq, T>(
     entry: Entry<T>,
     settings: CacheSettings,
 ) {
-    if map.len() >= settings.capacity {
-        map.retain(|_, e| e.filled_at.elapsed() < settings.ttl);
-        if map.len() >= settings.capacity {
-            map.clear();
-        }
+    if make_room(map, settings.capacity, |e| {
+        e.filled_at.elapsed() < settings.ttl
+    }) {
+        map.clear();
     }
     map.insert(key, entry);
+}
+
+/// When `map` is full, drops what `live` refuses; `true` when more than half of it is still
+/// live, and the caller must empty it. Freeing less and going on would make the next insert
+/// scan the whole map again, and a burst of inserts cost the map's size each.
+fn make_room<K, V>(map: &mut HashMap<K, V>, capacity: usize, live: impl Fn(&V) -> bool) -> bool {
+    if map.len() < capacity {
+        return false;
+    }
+    map.retain(|_, value| live(value));
+    map.len() > capacity / 2
 }
 
 #[async_trait]
