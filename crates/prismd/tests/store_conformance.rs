@@ -183,6 +183,8 @@ conformance!(
     revoke_all_many_at_once,
     revoke_all_by_token_decides_at_the_write,
     revoke_all_by_token_many_at_once,
+    revokes_and_other_writes_at_once_all_land,
+    close_answers_the_revokes_already_queued,
     revokes_seen_by_every_next_read,
     remove_user_keeps_an_owner,
     remove_user_races_keep_an_owner,
@@ -998,6 +1000,115 @@ async fn revoke_all_by_token_many_at_once(db: Db) -> TestResult {
     let after = db.store.recent_audit_events(1000).await?;
     assert_eq!(after.len() - before, users.len() + 1);
     assert_one_audit_row_each(&after, users.iter().chain([&named]));
+    Ok(())
+}
+
+/// Revoke-alls and other writes at the same moment all land: on SQLite they are written by
+/// two connections, which must take turns, not fail or lose one.
+async fn revokes_and_other_writes_at_once_all_land(db: Db) -> TestResult {
+    const USERS: u8 = 30;
+    let (org, owner) = org_with_owner(db.store.as_ref()).await?;
+    let mut users = Vec::new();
+    for n in 0..USERS {
+        let user = add_user(
+            db.store.as_ref(),
+            &org,
+            &format!("u{n}@example.com"),
+            "member",
+            T0,
+        )
+        .await?;
+        db.store
+            .insert_refresh_token(refresh_token(&user, n + 1, None), audit("t", T0))
+            .await?;
+        users.push(user);
+    }
+    let before = db.store.recent_audit_events(1000).await?.len();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut revokes = tokio::task::JoinSet::new();
+    let mut writes = tokio::task::JoinSet::new();
+    for n in 1..=USERS {
+        let (store, decide) = (db.store.clone(), standing_decision(seen.clone(), T0 + 1));
+        revokes.spawn(async move { store.revoke_all_by_token(&hash(n), decide).await });
+        let (store, token) = (db.store.clone(), refresh_token(&owner, 100 + n, None));
+        writes.spawn(async move { store.insert_refresh_token(token, audit("t", T0 + 1)).await });
+    }
+    while let Some(revoked) = revokes.join_next().await {
+        assert!(revoked??.ok_or("a revoke revoked nothing")?.moved);
+    }
+    while let Some(written) = writes.join_next().await {
+        written??;
+    }
+    for user in &users {
+        let now = db.store.active_user(&user.id).await?.ok_or("gone")?;
+        assert_eq!(now.token_epoch, 1, "{}", user.email);
+    }
+    for n in 1..=USERS {
+        let grant = db.store.find_refresh_grant(&hash(100 + n)).await?;
+        assert!(
+            grant.is_some_and(|grant| grant.user_id == owner.id),
+            "token {n} was lost"
+        );
+    }
+    let after = db.store.recent_audit_events(1000).await?;
+    assert_eq!(after.len() - before, 2 * usize::from(USERS));
+    Ok(())
+}
+
+/// Closing the store answers every revoke already queued (each committed, or failed, never
+/// left waiting) and refuses later ones; an answered revoke holds.
+async fn close_answers_the_revokes_already_queued(db: Db) -> TestResult {
+    const USERS: u8 = 20;
+    let (org, _) = org_with_owner(db.store.as_ref()).await?;
+    let mut users = Vec::new();
+    for n in 0..USERS {
+        let user = add_user(
+            db.store.as_ref(),
+            &org,
+            &format!("u{n}@example.com"),
+            "member",
+            T0,
+        )
+        .await?;
+        db.store
+            .insert_refresh_token(refresh_token(&user, n + 1, None), audit("t", T0))
+            .await?;
+        users.push(user);
+    }
+    let closing = db.another().await?;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut revokes = tokio::task::JoinSet::new();
+    for (n, user) in (1..=USERS).zip(&users) {
+        let (store, decide, user_id) = (
+            closing.clone(),
+            standing_decision(seen.clone(), T0 + 1),
+            user.id.clone(),
+        );
+        revokes.spawn(async move { (user_id, store.revoke_all_by_token(&hash(n), decide).await) });
+    }
+    tokio::task::yield_now().await;
+    tokio::time::timeout(std::time::Duration::from_secs(30), closing.close())
+        .await
+        .map_err(|_| "close did not finish")?;
+    while let Some(joined) =
+        tokio::time::timeout(std::time::Duration::from_secs(30), revokes.join_next())
+            .await
+            .map_err(|_| "a queued revoke was never answered")?
+    {
+        match joined? {
+            (user_id, Ok(revoked)) => {
+                assert!(revoked.ok_or("a revoke revoked nothing")?.moved);
+                let now = db.store.active_user(&user_id).await?.ok_or("gone")?;
+                assert_eq!(now.token_epoch, 1, "an answered revoke did not hold");
+            }
+            // Sent after the queue closed: refused as an outage, which the caller may retry.
+            (_, Err(err)) => assert!(err.is_unreachable(), "{err}"),
+        }
+    }
+    let late = closing
+        .revoke_all_by_token(&hash(1), standing_decision(seen, T0 + 2))
+        .await;
+    assert!(late.is_err(), "a revoke after close was taken: {late:?}");
     Ok(())
 }
 

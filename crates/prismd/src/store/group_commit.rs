@@ -1,12 +1,13 @@
 //! Group commit of revoke-alls, shared by both backends: concurrent revokes wait in a queue and
-//! one task commits whatever has gathered in a single transaction, so a burst pays for one
-//! durable commit (an fsync) instead of one each, and each caller is answered only after the
-//! commit that holds its revoke.
+//! whoever commits takes whatever has gathered into a single transaction, so a burst pays for
+//! one durable commit (an fsync) instead of one each, and each caller is answered only after
+//! the commit that holds its revoke.
 //!
-//! A revoke-all named by a refresh token (`POST /auth/revoke`) has its grant read by the same
-//! task, for the whole group in one statement, on the writer: on SQLite a reader's page cache
-//! and memory map are dropped after every commit, so reading there after each group cost more
-//! than the revoke's own writes.
+//! A revoke-all named by a refresh token (`POST /auth/revoke`) has its grant read by whoever
+//! commits, where the revoke is written, and decided there. On PostgreSQL a task reads the
+//! whole group's grants in one statement and commits through a [`RevokeWriter`]; on SQLite a
+//! thread with a connection of its own does the reads and the writes of a group in one go
+//! (`sqlite_revoker`).
 
 use std::collections::HashMap;
 
@@ -19,13 +20,79 @@ use super::{AuditEvent, RefreshGrant, RevokeDecision, RevokedAll, StoreError};
 const MAX_REVOKES_PER_COMMIT: usize = 64;
 
 /// A revoke-all of a user whose epoch the caller read: the epoch moves only from there.
+#[derive(Clone)]
 pub(super) struct UserRevoke {
     pub user_id: String,
     pub expected_epoch: i64,
     pub audit: AuditEvent,
 }
 
-/// How a backend reads grants and writes revoke-alls.
+/// What one queued request asks for.
+pub(super) enum Revoke {
+    /// A user named by the caller, at the epoch the caller read.
+    User(UserRevoke),
+    /// The user behind a refresh token, if `decide` consents once its grant is read.
+    Token {
+        token_hash: [u8; 32],
+        decide: RevokeDecision,
+    },
+}
+
+impl Revoke {
+    /// The token whose grant must be read before this request can be decided.
+    pub(super) fn token_hash(&self) -> Option<&[u8; 32]> {
+        match self {
+            Revoke::User(_) => None,
+            Revoke::Token { token_hash, .. } => Some(token_hash),
+        }
+    }
+
+    /// The revoke-all this request comes to, given the grant read for its token (for a
+    /// token-named one): `None` when there is no such token or `decide` refuses its grant.
+    /// The epoch moves only from the one the grant was read at.
+    pub(super) fn resolve(&self, grant: Option<&RefreshGrant>) -> Option<UserRevoke> {
+        match self {
+            Revoke::User(revoke) => Some(revoke.clone()),
+            Revoke::Token { decide, .. } => {
+                let grant = grant?;
+                decide(grant).map(|audit| UserRevoke {
+                    user_id: grant.user_id.clone(),
+                    expected_epoch: grant.user_epoch,
+                    audit,
+                })
+            }
+        }
+    }
+}
+
+/// Where a request's outcome goes.
+enum Reply {
+    User(oneshot::Sender<Result<bool, StoreError>>),
+    Token(oneshot::Sender<Result<Option<RevokedAll>, StoreError>>),
+}
+
+/// A queued revoke-all and its caller.
+pub(super) struct Request {
+    pub revoke: Revoke,
+    reply: Reply,
+}
+
+impl Request {
+    /// Answers the caller with the revoke-all its request came to (`None`: none).
+    pub(super) fn answer(self, outcome: Result<Option<RevokedAll>, StoreError>) {
+        // A caller that went away (its request was cancelled) needs no answer.
+        match self.reply {
+            Reply::User(reply) => {
+                let _ = reply.send(outcome.map(|done| done.is_some_and(|done| done.moved)));
+            }
+            Reply::Token(reply) => {
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+}
+
+/// How the PostgreSQL backend reads grants and writes revoke-alls.
 #[async_trait]
 pub(super) trait RevokeWriter: Send + Sync + 'static {
     /// The grants of these token hashes that exist, each with its hash, read where the
@@ -44,60 +111,77 @@ pub(super) trait RevokeWriter: Send + Sync + 'static {
     async fn revoke_alone(&self, revoke: &UserRevoke) -> Result<bool, StoreError>;
 }
 
-/// What a caller waits on.
-enum Request {
-    User {
-        revoke: UserRevoke,
-        answer: oneshot::Sender<Result<bool, StoreError>>,
-    },
-    Token {
-        token_hash: [u8; 32],
-        decide: RevokeDecision,
-        answer: oneshot::Sender<Result<Option<RevokedAll>, StoreError>>,
-    },
+/// The queue's sending side, held by the store.
+pub(super) struct RevokeQueue {
+    /// Taken by [`RevokeQueue::close`]; the consumer stops once every request before is done.
+    pending: std::sync::Mutex<Option<mpsc::UnboundedSender<Request>>>,
+    /// Signalled by the consumer when it has stopped.
+    stopped: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
 }
 
-/// Where a revoke's outcome goes once its commit is done.
-enum Answer {
-    User(oneshot::Sender<Result<bool, StoreError>>),
-    Token {
-        user_id: String,
-        answer: oneshot::Sender<Result<Option<RevokedAll>, StoreError>>,
-    },
+/// The queue's receiving side, for a consumer on a thread of its own.
+pub(super) struct PendingRevokes {
+    queue: mpsc::UnboundedReceiver<Request>,
+    stopped: Option<oneshot::Sender<()>>,
 }
 
-impl Answer {
-    fn send(self, outcome: Result<bool, StoreError>) {
-        // A caller that went away (its request was cancelled) needs no answer.
-        match self {
-            Answer::User(answer) => {
-                let _ = answer.send(outcome);
-            }
-            Answer::Token { user_id, answer } => {
-                let _ = answer.send(outcome.map(|moved| Some(RevokedAll { user_id, moved })));
-            }
+impl PendingRevokes {
+    /// Waits for the next request and takes those queued behind it, up to a group's size;
+    /// `None` once the queue is closed and empty. Blocks: not for an async context.
+    pub(super) fn next_group_blocking(&mut self) -> Option<Vec<Request>> {
+        let first = self.queue.blocking_recv()?;
+        Some(gather(first, &mut self.queue))
+    }
+
+    /// Tells [`RevokeQueue::close`] that the consumer is done.
+    pub(super) fn stopped(mut self) {
+        if let Some(stopped) = self.stopped.take() {
+            let _ = stopped.send(());
         }
     }
 }
 
-/// The queue's sending side, held by the store.
-pub(super) struct RevokeQueue<W: RevokeWriter> {
-    pending: mpsc::UnboundedSender<Request>,
-    writer: std::sync::Arc<W>,
-}
-
-/// No answer means the committing task stopped (the runtime is shutting down) first.
+/// No answer means the consumer stopped first (the store is closing, or the runtime is
+/// shutting down).
 fn stopped() -> StoreError {
     StoreError::Unreachable(sqlx::Error::PoolClosed)
 }
 
-impl<W: RevokeWriter> RevokeQueue<W> {
-    /// Starts the committing task on the current runtime.
-    pub fn start(writer: W) -> Self {
-        let writer = std::sync::Arc::new(writer);
+impl RevokeQueue {
+    /// A queue whose requests a consumer on a thread of its own takes.
+    pub fn new() -> (Self, PendingRevokes) {
         let (pending, queue) = mpsc::unbounded_channel();
-        tokio::spawn(commit_in_groups(writer.clone(), queue));
-        Self { pending, writer }
+        let (stopped_tx, stopped_rx) = oneshot::channel();
+        (
+            Self {
+                pending: std::sync::Mutex::new(Some(pending)),
+                stopped: tokio::sync::Mutex::new(Some(stopped_rx)),
+            },
+            PendingRevokes {
+                queue,
+                stopped: Some(stopped_tx),
+            },
+        )
+    }
+
+    /// A queue committed by a task on the current runtime, through `writer`.
+    pub fn start<W: RevokeWriter>(writer: W) -> Self {
+        let (queue, pending) = Self::new();
+        tokio::spawn(commit_in_groups(writer, pending));
+        queue
+    }
+
+    fn send(&self, revoke: Revoke, reply: Reply) -> Result<(), StoreError> {
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match pending.as_ref() {
+            Some(pending) => pending
+                .send(Request { revoke, reply })
+                .map_err(|_| stopped()),
+            None => Err(stopped()),
+        }
     }
 
     /// Queues a revoke-all and waits for the commit that holds it.
@@ -107,18 +191,13 @@ impl<W: RevokeWriter> RevokeQueue<W> {
         expected_epoch: i64,
         audit: AuditEvent,
     ) -> Result<bool, StoreError> {
-        let (answer, answered) = oneshot::channel();
-        let revoke = UserRevoke {
+        let (reply, answered) = oneshot::channel();
+        let revoke = Revoke::User(UserRevoke {
             user_id: user_id.to_owned(),
             expected_epoch,
             audit,
-        };
-        // If the committing task is gone (the runtime is shutting down), commit alone.
-        if let Err(unsent) = self.pending.send(Request::User { revoke, answer })
-            && let Request::User { revoke, .. } = unsent.0
-        {
-            return self.writer.revoke_alone(&revoke).await;
-        }
+        });
+        self.send(revoke, Reply::User(reply))?;
         answered.await.map_err(|_| stopped())?
     }
 
@@ -129,156 +208,117 @@ impl<W: RevokeWriter> RevokeQueue<W> {
         token_hash: [u8; 32],
         decide: RevokeDecision,
     ) -> Result<Option<RevokedAll>, StoreError> {
-        let (answer, answered) = oneshot::channel();
-        let request = Request::Token {
-            token_hash,
-            decide,
-            answer,
-        };
-        if let Err(unsent) = self.pending.send(request)
-            && let Request::Token {
-                token_hash, decide, ..
-            } = unsent.0
-        {
-            return revoke_token_alone(&*self.writer, token_hash, &decide).await;
-        }
+        let (reply, answered) = oneshot::channel();
+        let revoke = Revoke::Token { token_hash, decide };
+        self.send(revoke, Reply::Token(reply))?;
         answered.await.map_err(|_| stopped())?
+    }
+
+    /// Stops taking requests, and waits until those already queued are answered and the
+    /// consumer has stopped (on SQLite, closed its connection).
+    pub async fn close(&self) {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(stopped) = self.stopped.lock().await.take() {
+            let _ = stopped.await;
+        }
     }
 }
 
-/// A token-named revoke on its own: read, decide, commit.
-async fn revoke_token_alone<W: RevokeWriter>(
-    writer: &W,
-    token_hash: [u8; 32],
-    decide: &RevokeDecision,
-) -> Result<Option<RevokedAll>, StoreError> {
-    let grants = writer.grants_by_hash(&[token_hash]).await?;
-    let Some(revoke) = grants.first().and_then(|(_, grant)| decided(grant, decide)) else {
-        return Ok(None);
-    };
-    let moved = writer.revoke_alone(&revoke).await?;
-    Ok(Some(RevokedAll {
-        user_id: revoke.user_id,
-        moved,
-    }))
+/// `first` and the requests queued behind it, up to a group's size.
+fn gather(first: Request, queue: &mut mpsc::UnboundedReceiver<Request>) -> Vec<Request> {
+    let mut requests = vec![first];
+    while requests.len() < MAX_REVOKES_PER_COMMIT {
+        match queue.try_recv() {
+            Ok(next) => requests.push(next),
+            Err(_) => break,
+        }
+    }
+    requests
 }
 
-/// The revoke `decide` makes of `grant`, if any: from the epoch the grant was read at.
-fn decided(grant: &RefreshGrant, decide: &RevokeDecision) -> Option<UserRevoke> {
-    decide(grant).map(|audit| UserRevoke {
-        user_id: grant.user_id.clone(),
-        expected_epoch: grant.user_epoch,
-        audit,
-    })
-}
-
-async fn commit_in_groups<W: RevokeWriter>(
-    writer: std::sync::Arc<W>,
-    mut queue: mpsc::UnboundedReceiver<Request>,
-) {
-    while let Some(first) = queue.recv().await {
-        let mut requests = vec![first];
-        while requests.len() < MAX_REVOKES_PER_COMMIT {
-            match queue.try_recv() {
-                Ok(next) => requests.push(next),
-                Err(_) => break,
+async fn commit_in_groups<W: RevokeWriter>(writer: W, mut pending: PendingRevokes) {
+    while let Some(first) = pending.queue.recv().await {
+        let requests = gather(first, &mut pending.queue);
+        let grants = read_grants(&writer, &requests).await;
+        let mut group = Vec::with_capacity(requests.len());
+        let mut callers = Vec::with_capacity(requests.len());
+        for (request, grant) in requests.into_iter().zip(grants) {
+            match grant.map(|grant| request.revoke.resolve(grant.as_ref())) {
+                Ok(Some(revoke)) => {
+                    group.push(revoke);
+                    callers.push(request);
+                }
+                Ok(None) => request.answer(Ok(None)),
+                Err(err) => request.answer(Err(err)),
             }
         }
-        let (group, answers) = resolve(&*writer, requests).await;
         if group.is_empty() {
             continue;
         }
         match writer.revoke_group(&group).await {
             Ok(outcomes) => {
-                for (answer, moved) in answers.into_iter().zip(outcomes) {
-                    answer.send(Ok(moved));
+                for ((request, revoke), moved) in callers.into_iter().zip(group).zip(outcomes) {
+                    request.answer(Ok(Some(RevokedAll {
+                        user_id: revoke.user_id,
+                        moved,
+                    })));
                 }
             }
             // One bad revoke must not fail the others: each is retried on its own.
             Err(_) => {
-                for (revoke, answer) in group.iter().zip(answers) {
-                    answer.send(writer.revoke_alone(revoke).await);
+                for (request, revoke) in callers.into_iter().zip(group) {
+                    let outcome = writer.revoke_alone(&revoke).await;
+                    request.answer(outcome.map(|moved| {
+                        Some(RevokedAll {
+                            user_id: revoke.user_id,
+                            moved,
+                        })
+                    }));
                 }
             }
         }
     }
+    pending.stopped();
 }
 
-/// Turns a batch of requests into the revokes to commit, reading the grants of the
-/// token-named ones in one statement. Token-named revokes that revoke nothing (no such token,
-/// or refused) are answered here; so are those whose grant could not be read.
-async fn resolve<W: RevokeWriter>(
+/// The grant of each request's token, in order (`Ok(None)` for a user-named request or an
+/// unknown token): the group's in one statement, or, if that fails, each on its own so that
+/// each caller gets its own error.
+async fn read_grants<W: RevokeWriter>(
     writer: &W,
-    requests: Vec<Request>,
-) -> (Vec<UserRevoke>, Vec<Answer>) {
+    requests: &[Request],
+) -> Vec<Result<Option<RefreshGrant>, StoreError>> {
     let token_hashes: Vec<[u8; 32]> = requests
         .iter()
-        .filter_map(|request| match request {
-            Request::Token { token_hash, .. } => Some(*token_hash),
-            Request::User { .. } => None,
-        })
+        .filter_map(|request| request.revoke.token_hash().copied())
         .collect();
-    let grants: Option<HashMap<[u8; 32], RefreshGrant>> = if token_hashes.is_empty() {
-        Some(HashMap::new())
-    } else {
-        // If the group's read fails, each token is read on its own below, so that each
-        // caller gets its own error.
-        writer
-            .grants_by_hash(&token_hashes)
-            .await
-            .ok()
-            .map(|found| found.into_iter().collect())
-    };
-    let mut group = Vec::with_capacity(requests.len());
-    let mut answers = Vec::with_capacity(requests.len());
-    for request in requests {
-        match request {
-            Request::User { revoke, answer } => {
-                group.push(revoke);
-                answers.push(Answer::User(answer));
-            }
-            Request::Token {
-                token_hash,
-                decide,
-                answer,
-            } => {
-                let grant = match &grants {
-                    Some(grants) => grants.get(&token_hash).cloned(),
-                    None => match writer.grants_by_hash(&[token_hash]).await {
-                        Ok(found) => found.into_iter().next().map(|(_, grant)| grant),
-                        Err(err) => {
-                            let _ = answer.send(Err(err));
-                            continue;
-                        }
-                    },
-                };
-                match grant.and_then(|grant| decided(&grant, &decide)) {
-                    Some(revoke) => {
-                        answers.push(Answer::Token {
-                            user_id: revoke.user_id.clone(),
-                            answer,
-                        });
-                        group.push(revoke);
-                    }
-                    None => {
-                        let _ = answer.send(Ok(None));
-                    }
-                }
-            }
-        }
+    if token_hashes.is_empty() {
+        return requests.iter().map(|_| Ok(None)).collect();
     }
-    (group, answers)
-}
-
-/// Which revokes of `group` moved their user's epoch, given the `(user, epoch moved from)`
-/// pairs the database reports: the first revoke of each such pair, in queue order.
-pub(super) fn outcomes_in_order(
-    group: &[UserRevoke],
-    moved: impl IntoIterator<Item = (String, i64)>,
-) -> Vec<bool> {
-    let mut moved: std::collections::HashSet<(String, i64)> = moved.into_iter().collect();
-    group
-        .iter()
-        .map(|revoke| moved.remove(&(revoke.user_id.clone(), revoke.expected_epoch)))
-        .collect()
+    if let Ok(found) = writer.grants_by_hash(&token_hashes).await {
+        let found: HashMap<[u8; 32], RefreshGrant> = found.into_iter().collect();
+        return requests
+            .iter()
+            .map(|request| {
+                Ok(request
+                    .revoke
+                    .token_hash()
+                    .and_then(|token_hash| found.get(token_hash).cloned()))
+            })
+            .collect();
+    }
+    let mut grants = Vec::with_capacity(requests.len());
+    for request in requests {
+        grants.push(match request.revoke.token_hash() {
+            None => Ok(None),
+            Some(token_hash) => writer
+                .grants_by_hash(std::slice::from_ref(token_hash))
+                .await
+                .map(|found| found.into_iter().next().map(|(_, grant)| grant)),
+        });
+    }
+    grants
 }

@@ -31,6 +31,7 @@ mod group_commit;
 mod postgres;
 mod sqlite;
 mod sqlite_direct;
+mod sqlite_revoker;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -80,7 +81,11 @@ pub enum StoreError {
     /// The disk holding the database is full: writes fail (and are answered 503) until space
     /// is freed; reads go on.
     #[error("the database's disk is full; writes fail until space is freed: {0}")]
-    DiskFull(sqlx::Error),
+    DiskFull(Box<dyn std::error::Error + Send + Sync>),
+    /// SQLite answered with an error on one of the backend's own connections (the revoke
+    /// thread's); like [`StoreError::Database`].
+    #[error("database error: {0}")]
+    Sqlite(rusqlite::Error),
     /// An admin command was pointed at a directory without a database.
     #[error(
         "no database at {0}; check --data-dir, or start the server once ('prismd serve') to create it"
@@ -110,9 +115,21 @@ impl From<sqlx::Error> for StoreError {
         if is_connection_failure(&err) {
             Self::Unreachable(err)
         } else if is_disk_full(&err) {
-            Self::DiskFull(err)
+            Self::DiskFull(Box::new(err))
         } else {
             Self::Database(err)
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    /// The SQLite backend's own connections (the revoke thread): a full disk is
+    /// [`StoreError::DiskFull`], anything else [`StoreError::Sqlite`].
+    fn from(err: rusqlite::Error) -> Self {
+        if err.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            Self::DiskFull(Box::new(err))
+        } else {
+            Self::Sqlite(err)
         }
     }
 }

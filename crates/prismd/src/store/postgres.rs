@@ -74,7 +74,7 @@ pub struct PostgresStore {
     /// connection for good, and must not take one of the requests').
     options: PgConnectOptions,
     /// Revoke-alls wait here to be committed together.
-    revokes: RevokeQueue<PgRevokes>,
+    revokes: RevokeQueue,
 }
 
 impl PostgresStore {
@@ -1650,6 +1650,8 @@ impl Store for PostgresStore {
     }
 
     async fn close(&self) {
+        // Queued revoke-alls are committed and answered before the pool goes.
+        self.revokes.close().await;
         self.pool.close().await;
     }
 

@@ -1,18 +1,20 @@
 //! The embedded SQLite backend: one writer connection (SQLite allows one writer at a time, so
 //! queueing in the pool beats retrying on `SQLITE_BUSY`) and a pool of readers, WAL journal,
 //! and `synchronous = FULL` so that every commit (a revocation above all) is on disk before
-//! the reply.
+//! the reply. Revoke-alls are written by a thread of their own (`sqlite_revoker`); it and the
+//! writer take turns through the write gate.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{FromRow, Row, Sqlite, Transaction};
+use sqlx::{FromRow, Row, Sqlite, SqliteConnection, Transaction};
 
-use super::group_commit::{RevokeQueue, RevokeWriter, UserRevoke, outcomes_in_order};
+use super::group_commit::RevokeQueue;
 use super::sqlite_direct::{DirectReaders, direct_reader_count};
 use super::{
     AUDIT_COLUMNS, AttemptCounter, AttemptPolicy, AuditBind, AuditEvent, AuditQuery, AuditRecord,
@@ -21,7 +23,6 @@ use super::{
     NewRefreshToken, NewUser, Organization, PrincipalRecord, PrivateKeyReplacement, ProfileChanges,
     RefreshGrant, Removal, RevokeDecision, RevokedAll, SESSION_COLUMNS, SPENT_CODE, SessionPolicy,
     SessionRecord, SigningKeyRecord, SpentCode, Store, StoreError, TokenUse, User,
-    grants_with_hashes,
 };
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -31,7 +32,7 @@ pub const DATABASE_FILE: &str = "prismd.db";
 
 /// How long a statement waits for another process's write lock (admin commands run beside
 /// the server) before giving up.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Bytes of the database file each connection maps (`PRAGMA mmap_size`).
 pub(super) const MMAP_SIZE: &str = "1073741824";
@@ -89,8 +90,41 @@ pub struct SqliteStore {
     /// Answers the two hot-path reads on the calling thread, without the pool's thread hop.
     direct: DirectReaders,
     path: PathBuf,
-    /// Revoke-alls wait here to be committed together.
-    revokes: RevokeQueue<SqliteRevokes>,
+    /// Revoke-alls wait here to be committed together, by the revoke thread.
+    revokes: RevokeQueue,
+    /// Taken by every write transaction, the writer's and the revoke thread's, so that they
+    /// take turns in order instead of meeting SQLite's busy handler.
+    write_gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A write transaction on the writer connection, holding the write gate until it ends.
+struct WriteTx {
+    tx: Transaction<'static, Sqlite>,
+    _gate: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl WriteTx {
+    async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+
+    async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.tx.rollback().await
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = SqliteConnection;
+
+    fn deref(&self) -> &SqliteConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.tx
+    }
 }
 
 impl SqliteStore {
@@ -138,7 +172,8 @@ impl SqliteStore {
             &path,
             direct_reader_count(readers.options().get_max_connections()),
         );
-        let revokes = RevokeQueue::start(SqliteRevokes(writer.clone()));
+        let write_gate = Arc::new(tokio::sync::Mutex::new(()));
+        let revokes = super::sqlite_revoker::start(&path, write_gate.clone())?;
         tokio::spawn(checkpoint_periodically(readers.clone()));
         Ok(Self {
             writer,
@@ -146,6 +181,7 @@ impl SqliteStore {
             direct,
             path,
             revokes,
+            write_gate,
         })
     }
 
@@ -219,10 +255,12 @@ impl SqliteStore {
         }))
     }
 
-    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+    async fn begin_write(&self) -> Result<WriteTx, StoreError> {
+        let gate = self.write_gate.clone().lock_owned().await;
         // IMMEDIATE takes the write lock up front, so a read-then-write transaction never
         // fails half-way when an admin command writes at the same moment.
-        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+        let tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        Ok(WriteTx { tx, _gate: gate })
     }
 }
 
@@ -308,47 +346,46 @@ fn create_database_file(path: &Path) -> Result<PathBuf, std::io::Error> {
     Ok(path)
 }
 
-async fn insert_audit(
-    tx: &mut Transaction<'static, Sqlite>,
-    event: &AuditEvent,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO audit_events (at, action, actor, org_id, subject_user_id, address, user_agent, detail) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(event.at)
-    .bind(event.action)
-    .bind(&event.actor)
-    .bind(&event.org_id)
-    .bind(&event.subject_user_id)
-    .bind(&event.address)
-    .bind(&event.user_agent)
-    .bind(&event.detail)
-    .execute(&mut **tx)
-    .await?;
+/// Writes an audit row; shared with the revoke thread.
+pub(super) const INSERT_AUDIT_SQL: &str = "INSERT INTO audit_events \
+     (at, action, actor, org_id, subject_user_id, address, user_agent, detail) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+/// Signs a user (`$1`) out of every browser; shared with the revoke thread.
+pub(super) const END_BROWSER_SESSIONS_SQL: &str = "DELETE FROM browser_sessions WHERE user_id = $1";
+
+async fn insert_audit(tx: &mut SqliteConnection, event: &AuditEvent) -> Result<(), sqlx::Error> {
+    sqlx::query(INSERT_AUDIT_SQL)
+        .bind(event.at)
+        .bind(event.action)
+        .bind(&event.actor)
+        .bind(&event.org_id)
+        .bind(&event.subject_user_id)
+        .bind(&event.address)
+        .bind(&event.user_agent)
+        .bind(&event.detail)
+        .execute(&mut *tx)
+        .await?;
     Ok(())
 }
 
 /// A spent authorization code, read when it is presented again.
 async fn spent_code(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut SqliteConnection,
     code_hash: &[u8; 32],
 ) -> Result<Option<SpentCode>, sqlx::Error> {
     sqlx::query_as(SPENT_CODE)
         .bind(&code_hash[..])
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *tx)
         .await
 }
 
 /// Signs a user out of every browser, in the caller's transaction: a revoke-all or a new
 /// password must not leave a browser session that can mint new codes.
-async fn end_browser_sessions(
-    tx: &mut Transaction<'static, Sqlite>,
-    user_id: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM browser_sessions WHERE user_id = $1")
+async fn end_browser_sessions(tx: &mut SqliteConnection, user_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(END_BROWSER_SESSIONS_SQL)
         .bind(user_id)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
     Ok(())
 }
@@ -356,7 +393,7 @@ async fn end_browser_sessions(
 /// Ends a conditional write: nothing matched → roll back and report `false`; otherwise write
 /// the audit row in the same transaction, commit, and report `true`.
 async fn finish_audited(
-    mut tx: Transaction<'static, Sqlite>,
+    mut tx: WriteTx,
     rows_affected: u64,
     audit: &AuditEvent,
 ) -> Result<bool, StoreError> {
@@ -1391,6 +1428,7 @@ impl Store for SqliteStore {
         limit: i64,
     ) -> Result<u64, StoreError> {
         // One statement, its own transaction: the single writer is free again between batches.
+        let _turn = self.write_gate.lock().await;
         let done = sqlx::query(kind.delete_statement())
             .bind(before)
             .bind(limit)
@@ -1465,7 +1503,8 @@ impl Store for SqliteStore {
 
     async fn close(&self) {
         // First: the last connection to close checkpoints the WAL and removes it, and a
-        // read-only one cannot.
+        // read-only one cannot. The revoke thread answers what is queued, then closes its own.
+        self.revokes.close().await;
         self.direct.close();
         self.readers.close().await;
         self.writer.close().await;
@@ -1485,21 +1524,21 @@ impl Store for SqliteStore {
 /// Retires every active key (as of `key.created_at`) and makes `key` the active one; returns
 /// the kids it retired.
 async fn retire_and_insert_signing_key(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut SqliteConnection,
     key: &SigningKeyRecord,
 ) -> Result<Vec<String>, sqlx::Error> {
     let retired: Vec<String> = sqlx::query_scalar(
         "UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL RETURNING kid",
     )
     .bind(key.created_at)
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *tx)
     .await?;
     insert_signing_key(tx, key).await?;
     Ok(retired)
 }
 
 async fn insert_signing_key(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut SqliteConnection,
     key: &SigningKeyRecord,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
@@ -1511,136 +1550,12 @@ async fn insert_signing_key(
     .bind(&key.private_key)
     .bind(&key.public_key)
     .bind(key.created_at)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }
 
-/// Commits revoke-alls in groups: while one group's transaction (and its fsync) runs, the
-/// next requests queue, and then go in one transaction together. Under load one fsync serves
-/// many revokes; alone, a revoke commits at once as before. Each is still answered only after
-/// its commit. If a group fails, its revokes are retried one by one so that each gets its own
-/// answer.
-/// The writer pool, committing revoke-alls for the [`RevokeQueue`].
-struct SqliteRevokes(SqlitePool);
-
-#[async_trait]
-impl RevokeWriter for SqliteRevokes {
-    /// On the writer's connection, whose page cache and memory map its own commits leave in
-    /// place (a reader drops both after every commit it did not make).
-    async fn grants_by_hash(
-        &self,
-        token_hashes: &[[u8; 32]],
-    ) -> Result<Vec<([u8; 32], RefreshGrant)>, StoreError> {
-        let mut query = sqlx::QueryBuilder::<Sqlite>::new(concat!(
-            "SELECT t.token_hash AS token_hash, ",
-            refresh_grant_columns!(),
-            " ",
-            refresh_grant_tables!(),
-            " WHERE t.token_hash IN ("
-        ));
-        let mut hashes = query.separated(", ");
-        for token_hash in token_hashes {
-            hashes.push_bind(&token_hash[..]);
-        }
-        query.push(")");
-        let rows = query.build().fetch_all(&self.0).await?;
-        grants_with_hashes(&rows)
-    }
-
-    /// Three statements whatever the group's size: each statement is a hop to SQLite's worker
-    /// thread, and per-revoke statements made the hops, not the fsync, the limit of a loaded
-    /// server.
-    async fn revoke_group(&self, group: &[UserRevoke]) -> Result<Vec<bool>, StoreError> {
-        let mut tx = self.0.begin_with("BEGIN IMMEDIATE").await?;
-        let mut moves = sqlx::QueryBuilder::<Sqlite>::new(
-            "UPDATE users SET token_epoch = token_epoch + 1, updated_at = revoke.column3 FROM (",
-        );
-        moves.push_values(group, |mut row, revoke| {
-            row.push_bind(&revoke.user_id)
-                .push_bind(revoke.expected_epoch)
-                .push_bind(revoke.audit.at);
-        });
-        moves.push(
-            ") AS revoke WHERE users.id = revoke.column1 AND users.token_epoch = revoke.column2 \
-             AND users.removed_at IS NULL RETURNING users.id, users.token_epoch - 1",
-        );
-        let moved = moves
-            .build_query_as::<(String, i64)>()
-            .fetch_all(&mut *tx)
-            .await?;
-        let outcomes = outcomes_in_order(group, moved);
-        let done: Vec<&UserRevoke> = group
-            .iter()
-            .zip(&outcomes)
-            .filter_map(|(revoke, moved)| moved.then_some(revoke))
-            .collect();
-        if !done.is_empty() {
-            let mut sessions = sqlx::QueryBuilder::<Sqlite>::new(
-                "DELETE FROM browser_sessions WHERE user_id IN (",
-            );
-            let mut ids = sessions.separated(", ");
-            for revoke in &done {
-                ids.push_bind(&revoke.user_id);
-            }
-            sessions.push(")");
-            sessions.build().execute(&mut *tx).await?;
-            let mut audit = sqlx::QueryBuilder::<Sqlite>::new(
-                "INSERT INTO audit_events (at, action, actor, org_id, subject_user_id, address, \
-                 user_agent, detail) ",
-            );
-            audit.push_values(&done, |mut row, revoke| {
-                let event = &revoke.audit;
-                row.push_bind(event.at)
-                    .push_bind(event.action)
-                    .push_bind(&event.actor)
-                    .push_bind(&event.org_id)
-                    .push_bind(&event.subject_user_id)
-                    .push_bind(&event.address)
-                    .push_bind(&event.user_agent)
-                    .push_bind(&event.detail);
-            });
-            audit.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(outcomes)
-    }
-
-    async fn revoke_alone(&self, revoke: &UserRevoke) -> Result<bool, StoreError> {
-        let mut tx = self.0.begin_with("BEGIN IMMEDIATE").await?;
-        let outcome = revoke_in(&mut tx, revoke).await?;
-        tx.commit().await?;
-        Ok(outcome)
-    }
-}
-
-/// Moves the user's epoch on from the expected one, ends their browser sessions and writes
-/// the audit row; `false` (and no change) when the epoch had moved already.
-async fn revoke_in(
-    tx: &mut Transaction<'static, Sqlite>,
-    revoke: &UserRevoke,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE users SET token_epoch = token_epoch + 1, updated_at = $3 \
-         WHERE id = $1 AND token_epoch = $2 AND removed_at IS NULL",
-    )
-    .bind(&revoke.user_id)
-    .bind(revoke.expected_epoch)
-    .bind(revoke.audit.at)
-    .execute(&mut **tx)
-    .await?;
-    if done.rows_affected() == 0 {
-        return Ok(false);
-    }
-    end_browser_sessions(tx, &revoke.user_id).await?;
-    insert_audit(tx, &revoke.audit).await?;
-    Ok(true)
-}
-
-async fn insert_user(
-    tx: &mut Transaction<'static, Sqlite>,
-    user: &NewUser,
-) -> Result<(), sqlx::Error> {
+async fn insert_user(tx: &mut SqliteConnection, user: &NewUser) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO users (id, org_id, email, name, role, password_hash, external_id, token_epoch, \
          created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $8)",
@@ -1653,7 +1568,7 @@ async fn insert_user(
     .bind(&user.password_hash)
     .bind(&user.external_id)
     .bind(user.created_at)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }

@@ -209,7 +209,7 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
 // statements.
 
 /// A [`REFRESH_GRANT_SQL`] row, as the pool's `FromRow` maps it.
-fn refresh_grant(row: &Row<'_>) -> rusqlite::Result<RefreshGrant> {
+pub(super) fn refresh_grant(row: &Row<'_>) -> rusqlite::Result<RefreshGrant> {
     Ok(RefreshGrant {
         token_id: row.get(0)?,
         token_epoch: row.get(1)?,
