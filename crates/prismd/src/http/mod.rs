@@ -203,8 +203,11 @@ fn request_id(req: &Request) -> HeaderValue {
     match supplied {
         Some(value) => value.clone(),
         None => {
+            // The process id once, not a `getpid` system call per request.
+            static PROCESS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+            let process = *PROCESS.get_or_init(std::process::id);
             let n = REQUEST_COUNTER.fetch_add(1, Ordering::Relaxed);
-            HeaderValue::from_str(&format!("{:08x}-{n:x}", std::process::id()))
+            HeaderValue::from_str(&format!("{process:08x}-{n:x}"))
                 .unwrap_or_else(|_| HeaderValue::from_static("-"))
         }
     }
