@@ -172,16 +172,17 @@ impl RevokeQueue {
     }
 
     fn send(&self, revoke: Revoke, reply: Reply) -> Result<(), StoreError> {
+        // Sent outside the lock: sending may wake the consumer, a system call that callers
+        // on other threads must not queue behind.
         let pending = self
             .pending
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match pending.as_ref() {
-            Some(pending) => pending
-                .send(Request { revoke, reply })
-                .map_err(|_| stopped()),
-            None => Err(stopped()),
-        }
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .ok_or_else(stopped)?;
+        pending
+            .send(Request { revoke, reply })
+            .map_err(|_| stopped())
     }
 
     /// Queues a revoke-all and waits for the commit that holds it.
