@@ -77,7 +77,16 @@ fn commit_in_groups(
 ) {
     while let Some(requests) = pending.next_group_blocking() {
         let _turn = gate.blocking_lock();
-        commit_group(&mut conn, requests);
+        // A panic (a bug) must cost only its group, and not the thread: with it gone every
+        // later revoke would fail. The group's callers get the error of a store that went
+        // away (their replies are dropped); the open transaction is rolled back as the panic
+        // unwinds through it.
+        let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            commit_group(&mut conn, requests);
+        }));
+        if committed.is_err() {
+            tracing::error!("a group of revoke-alls panicked; none of it was committed");
+        }
     }
     if let Err((_, err)) = conn.close() {
         tracing::warn!(error = %err, "closing the revoke writer's SQLite connection failed");
