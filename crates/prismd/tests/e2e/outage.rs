@@ -612,13 +612,16 @@ async fn a_server_started_before_its_database_waits_for_it_or_says_why_not() -> 
     let url = cluster.url();
     let dir = temp_dir()?;
 
-    // Gives up after --db-startup-wait, naming the database but not the password.
+    // Gives up after --db-startup-wait, naming the database but not the password. A short
+    // acquire timeout, so that it retries within that wait even if the stopped cluster's port
+    // has been taken by another test's process in the meantime (a connection there hangs
+    // instead of being refused).
     let started = Instant::now();
     let output = Command::new(BIN)
         .arg("--data-dir")
         .arg(dir.path())
         .args(["--database-url", &url, "serve", "--listen", "127.0.0.1:0"])
-        .args(["--db-startup-wait", "1s"])
+        .args(["--db-startup-wait", "1s", "--db-acquire-timeout", "300ms"])
         .env_remove("PRISMD_LOG")
         .stdin(Stdio::null())
         .output()?;
