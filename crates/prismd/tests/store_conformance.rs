@@ -847,6 +847,24 @@ fn standing_decision(seen: Arc<std::sync::Mutex<Vec<RefreshGrant>>>, at: i64) ->
     })
 }
 
+/// `count` members of `org`, `u<n>@example.com`, each with one refresh token, the n-th
+/// under `hash(n + 1)`.
+async fn members_with_a_token(
+    store: &dyn Store,
+    org: &Organization,
+    count: u8,
+) -> Result<Vec<User>, StoreError> {
+    let mut users = Vec::new();
+    for n in 0..count {
+        let user = add_user(store, org, &format!("u{n}@example.com"), "member", T0).await?;
+        store
+            .insert_refresh_token(refresh_token(&user, n + 1, None), audit("t", T0))
+            .await?;
+        users.push(user);
+    }
+    Ok(users)
+}
+
 /// A revoke-all named by a token: the decision sees the token's grant as stored now, its
 /// refusal writes nothing, its consent moves the epoch once (ending browser sessions, with
 /// one audit row), and an unknown token revokes nothing without asking.
@@ -948,21 +966,7 @@ async fn revoke_all_by_token_decides_at_the_write(db: Db) -> TestResult {
 /// with one audit row, and each answer names its own user.
 async fn revoke_all_by_token_many_at_once(db: Db) -> TestResult {
     let (org, _) = org_with_owner(db.store.as_ref()).await?;
-    let mut users = Vec::new();
-    for n in 0..20_u8 {
-        let user = add_user(
-            db.store.as_ref(),
-            &org,
-            &format!("u{n}@example.com"),
-            "member",
-            T0,
-        )
-        .await?;
-        db.store
-            .insert_refresh_token(refresh_token(&user, n + 1, None), audit("t", T0))
-            .await?;
-        users.push(user);
-    }
+    let users = members_with_a_token(db.store.as_ref(), &org, 20).await?;
     let named = add_user(db.store.as_ref(), &org, "named@example.com", "member", T0).await?;
     let before = db.store.recent_audit_events(1000).await?.len();
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -1008,21 +1012,7 @@ async fn revoke_all_by_token_many_at_once(db: Db) -> TestResult {
 async fn revokes_and_other_writes_at_once_all_land(db: Db) -> TestResult {
     const USERS: u8 = 30;
     let (org, owner) = org_with_owner(db.store.as_ref()).await?;
-    let mut users = Vec::new();
-    for n in 0..USERS {
-        let user = add_user(
-            db.store.as_ref(),
-            &org,
-            &format!("u{n}@example.com"),
-            "member",
-            T0,
-        )
-        .await?;
-        db.store
-            .insert_refresh_token(refresh_token(&user, n + 1, None), audit("t", T0))
-            .await?;
-        users.push(user);
-    }
+    let users = members_with_a_token(db.store.as_ref(), &org, USERS).await?;
     let before = db.store.recent_audit_events(1000).await?.len();
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut revokes = tokio::task::JoinSet::new();
@@ -1060,21 +1050,7 @@ async fn revokes_and_other_writes_at_once_all_land(db: Db) -> TestResult {
 async fn close_answers_the_revokes_already_queued(db: Db) -> TestResult {
     const USERS: u8 = 20;
     let (org, _) = org_with_owner(db.store.as_ref()).await?;
-    let mut users = Vec::new();
-    for n in 0..USERS {
-        let user = add_user(
-            db.store.as_ref(),
-            &org,
-            &format!("u{n}@example.com"),
-            "member",
-            T0,
-        )
-        .await?;
-        db.store
-            .insert_refresh_token(refresh_token(&user, n + 1, None), audit("t", T0))
-            .await?;
-        users.push(user);
-    }
+    let users = members_with_a_token(db.store.as_ref(), &org, USERS).await?;
     let closing = db.another().await?;
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut revokes = tokio::task::JoinSet::new();
