@@ -11,8 +11,8 @@ use prismd::store::{
     self, AttemptPolicy, AuditBind, AuditEvent, AuditQuery, Backend, CacheSettings, CacheStats,
     CachedStore, Change, CodeRedemption, Garbage, MAX_AUDIT_PAGE, NewAuthorizationCode,
     NewDeviceCode, NewOrganization, NewRefreshToken, NewUser, OpenOptions, Organization,
-    PrivateKeyReplacement, ProfileChanges, RefreshGrant, Removal, RevokeDecision, RevokedAll,
-    SessionPolicy, SessionRecord, SigningKeyRecord, Store, StoreError, TokenUse, User,
+    PrincipalRecord, PrivateKeyReplacement, ProfileChanges, RefreshGrant, Removal, RevokeDecision,
+    RevokedAll, SessionPolicy, SessionRecord, SigningKeyRecord, Store, StoreError, TokenUse, User,
 };
 use sqlx::Connection;
 
@@ -208,6 +208,11 @@ conformance!(
     changes_reach_other_processes,
     cache_forgets_what_changes_invalidate,
     cache_invalidation_marks_stay_bounded,
+    cache_forgets_at_once_revoke_all_by_token,
+    cache_forgets_at_once_remove_user,
+    cache_forgets_at_once_set_password_hash,
+    cache_forgets_at_once_revoke_session,
+    cache_forgets_at_once_update_profile,
     cleanup_deletes_garbage_only,
     cleanup_deletes_in_batches,
     cleanup_lock_takes_turns,
@@ -2177,13 +2182,7 @@ async fn changes_reach_other_processes(db: Db) -> TestResult {
 /// process changes its user or when a change from elsewhere is applied.
 async fn cache_forgets_what_changes_invalidate(db: Db) -> TestResult {
     let (_, owner) = org_with_owner(db.store.as_ref()).await?;
-    let cached = CachedStore::new(
-        db.store.clone(),
-        CacheSettings {
-            ttl: std::time::Duration::from_secs(600),
-            capacity: 1000,
-        },
-    );
+    let cached = feedless_cache(&db, 1000);
     // Bypassed until its change feed listens ...
     cached
         .insert_refresh_token(refresh_token(&owner, 3, None), audit("t", T0))
@@ -2313,14 +2312,7 @@ async fn cache_forgets_what_changes_invalidate(db: Db) -> TestResult {
 async fn cache_invalidation_marks_stay_bounded(db: Db) -> TestResult {
     const CAPACITY: usize = 8;
     let (_, owner) = org_with_owner(db.store.as_ref()).await?;
-    let cached = CachedStore::new(
-        db.store.clone(),
-        CacheSettings {
-            ttl: std::time::Duration::from_secs(600),
-            capacity: CAPACITY,
-        },
-    );
-    cached.apply(&Change::listening());
+    let cached = live_cache(&db, CAPACITY);
     cached
         .insert_refresh_token(refresh_token(&owner, 1, None), audit("t", T0))
         .await?;
@@ -2367,6 +2359,176 @@ async fn cache_invalidation_marks_stay_bounded(db: Db) -> TestResult {
         "a forgotten mark brought back a stale entry"
     );
     other.close().await;
+    Ok(())
+}
+
+/// A cache in front of `db`'s store with a lifetime far beyond any test, bypassed until told
+/// that its change feed listens. No change feed runs behind it in these tests (nothing calls
+/// [`Store::follow_changes`] for it): an entry is dropped only by a write made through it or
+/// by what the test itself hands to [`CachedStore::apply`], never by a poll or a notification
+/// racing the test. So a stale read here is the cache's own fault, on either backend, every
+/// time.
+fn feedless_cache(db: &Db, capacity: usize) -> CachedStore {
+    CachedStore::new(
+        db.store.clone(),
+        CacheSettings {
+            ttl: std::time::Duration::from_secs(600),
+            capacity,
+        },
+    )
+}
+
+/// A [`feedless_cache`] in use, as once its change feed listens.
+fn live_cache(db: &Db, capacity: usize) -> CachedStore {
+    let cached = feedless_cache(db, capacity);
+    cached.apply(&Change::listening());
+    cached
+}
+
+/// The seed of the token hash of the session [`warm_cache`] caches.
+const WARM_TOKEN: u8 = 1;
+
+/// A member's session whose grant and principal a [`live_cache`] answers from memory.
+struct WarmCache {
+    cached: CachedStore,
+    member: User,
+    session: String,
+}
+
+/// Sets up a [`WarmCache`]. The user and the token are written past the cache, so only the
+/// reads go through it.
+async fn warm_cache(db: &Db) -> Result<WarmCache, Box<dyn std::error::Error>> {
+    let (org, _) = org_with_owner(db.store.as_ref()).await?;
+    // A member rather than the Owner: the last Owner cannot be removed.
+    let member = add_user(db.store.as_ref(), &org, "m@example.com", "member", T0).await?;
+    let token = refresh_token(&member, WARM_TOKEN, None);
+    let session = token.id.clone();
+    assert!(db.store.insert_refresh_token(token, audit("t", T0)).await?);
+    let cached = live_cache(db, 1000);
+    // A grant is cached on its token's second read, a principal on its first.
+    cached.find_refresh_grant(&hash(WARM_TOKEN)).await?;
+    cached.find_refresh_grant(&hash(WARM_TOKEN)).await?;
+    cached.principal(&member.id, &session).await?;
+    let warm = WarmCache {
+        cached,
+        member,
+        session,
+    };
+    let (_, _, hits) = warm.read().await?;
+    assert_eq!(hits, 2, "both come from memory (the cache is in the way)");
+    Ok(warm)
+}
+
+impl WarmCache {
+    /// The grant and the principal, read through the cache, and how many of the two it
+    /// answered from memory.
+    async fn read(
+        &self,
+    ) -> Result<(RefreshGrant, PrincipalRecord, u64), Box<dyn std::error::Error>> {
+        let hits = self.cached.stats().hits;
+        let grant = self
+            .cached
+            .find_refresh_grant(&hash(WARM_TOKEN))
+            .await?
+            .ok_or("no grant")?;
+        let principal = self
+            .cached
+            .principal(&self.member.id, &self.session)
+            .await?
+            .ok_or("no principal")?;
+        Ok((grant, principal, self.cached.stats().hits - hits))
+    }
+
+    /// Both reads again, straight after a write through the cache that changed the member:
+    /// neither may come from memory (no feed could have told the cache; see
+    /// [`feedless_cache`]).
+    async fn read_after_write(
+        &self,
+    ) -> Result<(RefreshGrant, PrincipalRecord), Box<dyn std::error::Error>> {
+        let (grant, principal, hits) = self.read().await?;
+        assert_eq!(hits, 0, "a stale entry answered after the write");
+        Ok((grant, principal))
+    }
+
+    fn audit(&self, action: &'static str) -> AuditEvent {
+        audit_about(action, T0 + 1, &self.member)
+    }
+}
+
+// Each write through the cache that can change a user's standing drops that user's entries
+// before it returns, so the next read on this replica sees it without waiting for the change
+// feed. One contract per write: each fails when its own invalidation is missing.
+
+async fn cache_forgets_at_once_revoke_all_by_token(db: Db) -> TestResult {
+    let warm = warm_cache(&db).await?;
+    let event = warm.audit("tokens.revoked_all");
+    let decide: RevokeDecision = Arc::new(move |_| Some(event.clone()));
+    let revoked = warm
+        .cached
+        .revoke_all_by_token(&hash(WARM_TOKEN), decide)
+        .await?;
+    assert_eq!(
+        revoked,
+        Some(RevokedAll {
+            user_id: warm.member.id.clone(),
+            moved: true,
+        })
+    );
+    let (grant, principal) = warm.read_after_write().await?;
+    assert_eq!((grant.user_epoch, principal.user.token_epoch), (1, 1));
+    Ok(())
+}
+
+async fn cache_forgets_at_once_remove_user(db: Db) -> TestResult {
+    let warm = warm_cache(&db).await?;
+    let removal = warm
+        .cached
+        .remove_user(&warm.member.id, T0 + 1, warm.audit("user.removed"))
+        .await?;
+    assert_eq!(removal, Removal::Removed);
+    let (grant, principal) = warm.read_after_write().await?;
+    assert_eq!(grant.user_removed_at, Some(T0 + 1));
+    assert_eq!(principal.user.removed_at, Some(T0 + 1));
+    Ok(())
+}
+
+async fn cache_forgets_at_once_set_password_hash(db: Db) -> TestResult {
+    let warm = warm_cache(&db).await?;
+    let id = &warm.member.id;
+    let changed = warm.audit("user.password_changed");
+    assert!(warm.cached.set_password_hash(id, "h", changed).await?);
+    // The principal's user row is what a password change touches (its `updated_at`); the
+    // grant shows no difference, but must not come from memory either.
+    let (_, principal) = warm.read_after_write().await?;
+    assert_eq!(principal.user.updated_at, T0 + 1);
+    Ok(())
+}
+
+async fn cache_forgets_at_once_revoke_session(db: Db) -> TestResult {
+    let warm = warm_cache(&db).await?;
+    let (session, id) = (&warm.session, &warm.member.id);
+    let revoked = warm.audit("token.revoked");
+    assert!(warm.cached.revoke_session(session, id, revoked).await?);
+    let (grant, principal) = warm.read_after_write().await?;
+    assert_eq!(grant.token_revoked_at, Some(T0 + 1));
+    assert_eq!(principal.session_revoked_at, Some(Some(T0 + 1)));
+    Ok(())
+}
+
+async fn cache_forgets_at_once_update_profile(db: Db) -> TestResult {
+    let warm = warm_cache(&db).await?;
+    let changes = ProfileChanges {
+        role: Some("admin".into()),
+        ..ProfileChanges::default()
+    };
+    let updated = warm.audit("user.updated");
+    assert!(
+        warm.cached
+            .update_profile(&warm.member.id, changes, updated)
+            .await?
+    );
+    let (_, principal) = warm.read_after_write().await?;
+    assert_eq!(principal.user.role, "admin");
     Ok(())
 }
 
@@ -3442,14 +3604,7 @@ async fn session_policies(db: Db) -> TestResult {
     assert_eq!(grant.policy, off);
 
     // The cache: this process's change is seen at once ...
-    let cached = CachedStore::new(
-        db.store.clone(),
-        CacheSettings {
-            ttl: std::time::Duration::from_secs(600),
-            capacity: 1000,
-        },
-    );
-    cached.apply(&Change::listening());
+    let cached = live_cache(&db, 1000);
     cached.find_refresh_grant(&hash(1)).await?;
     cached.principal(&owner.id, &grant.token_id).await?;
     assert!(

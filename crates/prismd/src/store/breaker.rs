@@ -663,6 +663,17 @@ mod tests {
 
     use super::*;
 
+    // Every test runs on tokio's paused clock (`start_paused`): a sleep, the probe's pause and
+    // its timeout take no real time, and the clock jumps to the next timer only when every
+    // task waits. So the probe loop takes the same steps on every run however loaded the
+    // machine is, and the tests can bound how many probes a span of time holds, which real
+    // sleeps could only guess at. Nothing here does real I/O.
+
+    /// How long the fake database takes to answer a probe.
+    const PROBE_TAKES: Duration = Duration::from_millis(2);
+    /// The pause between two probes.
+    const PAUSE: Duration = Duration::from_millis(5);
+
     /// A pretend database: up or down, counting probes (and how many run at once).
     #[derive(Default)]
     struct FakeDb {
@@ -681,7 +692,7 @@ mod tests {
                     db.probes.fetch_add(1, Ordering::SeqCst);
                     let now = db.running.fetch_add(1, Ordering::SeqCst) + 1;
                     db.most_running.fetch_max(now, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    tokio::time::sleep(PROBE_TAKES).await;
                     db.running.fetch_sub(1, Ordering::SeqCst);
                     if db.up.load(Ordering::SeqCst) {
                         Ok(())
@@ -691,7 +702,7 @@ mod tests {
                 }
             },
             BreakerSettings {
-                probe_pause: Duration::from_millis(5),
+                probe_pause: PAUSE,
                 probe_timeout: Duration::from_secs(5),
             },
         )
@@ -701,19 +712,33 @@ mod tests {
         StoreError::Unreachable(sqlx::Error::PoolTimedOut)
     }
 
-    async fn wait_closed(breaker: &CircuitBreaker) -> bool {
-        for _ in 0..500 {
-            if !breaker.is_open() {
-                return true;
+    /// How long (on the paused clock) the circuit takes to close, looking every millisecond;
+    /// `None` if it is still open after `limit`.
+    async fn time_to_close(breaker: &CircuitBreaker, limit: Duration) -> Option<Duration> {
+        let start = tokio::time::Instant::now();
+        while breaker.is_open() {
+            if start.elapsed() >= limit {
+                return None;
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        false
+        Some(start.elapsed())
+    }
+
+    /// How many probes start within `span` of the circuit opening when each takes `each` and
+    /// the next starts a pause after it ends: the first, and one per probe and pause that fit
+    /// (one fewer allowed, as the clock moves in whole milliseconds). Fewer: the probe waits
+    /// longer than its pause, or gives up; more: it does not pause, or does not wait for an
+    /// answer or the timeout.
+    fn probes_in(span: Duration, each: Duration) -> std::ops::RangeInclusive<usize> {
+        let cycles = span.as_millis() / (PAUSE + each).as_millis();
+        let cycles = usize::try_from(cycles).unwrap_or(usize::MAX);
+        cycles..=cycles.saturating_add(1)
     }
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn opens_on_unreachable_fails_fast_and_closes_when_the_database_answers() -> TestResult {
         let db = Arc::new(FakeDb::default());
         let breaker = breaker(&db);
@@ -730,11 +755,13 @@ mod tests {
         }
         assert!(breaker.is_open());
         assert!(matches!(breaker.admit(), Err(StoreError::CircuitOpen)));
-        tokio::time::sleep(Duration::from_millis(60)).await;
+        let down_for = Duration::from_millis(60);
+        tokio::time::sleep(down_for).await;
         assert!(breaker.is_open(), "still down: stays open");
+        let probes = db.probes.load(Ordering::SeqCst);
         assert!(
-            db.probes.load(Ordering::SeqCst) >= 2,
-            "the probe keeps asking"
+            probes_in(down_for, PROBE_TAKES).contains(&probes),
+            "{probes} probes in {down_for:?}: the probe keeps asking, a pause apart"
         );
         assert_eq!(
             db.most_running.load(Ordering::SeqCst),
@@ -743,9 +770,15 @@ mod tests {
         );
 
         db.up.store(true, Ordering::SeqCst);
+        let took = time_to_close(&breaker, Duration::from_secs(1))
+            .await
+            .ok_or("stays open after the database answers")?;
+        // The probe under way when the database came back answered "down"; the next one,
+        // after a pause, gets the answer, and the circuit closes on it (the clock moves in
+        // whole milliseconds: one more for rounding).
         assert!(
-            wait_closed(&breaker).await,
-            "closes by itself once the database answers"
+            took <= PAUSE + PROBE_TAKES + Duration::from_millis(1),
+            "closed {took:?} after the database came back"
         );
         let probes = db.probes.load(Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(30)).await;
@@ -764,51 +797,61 @@ mod tests {
         breaker.observe(fresh, &unreachable());
         assert!(breaker.is_open());
         db.up.store(true, Ordering::SeqCst);
-        assert!(wait_closed(&breaker).await);
+        assert!(
+            time_to_close(&breaker, Duration::from_secs(1))
+                .await
+                .is_some()
+        );
         Ok(())
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn an_answer_that_is_an_error_still_closes_the_circuit() -> TestResult {
         let breaker = CircuitBreaker::new(
             || async { Err(StoreError::ReadOnly) },
             BreakerSettings {
-                probe_pause: Duration::from_millis(5),
+                probe_pause: PAUSE,
                 probe_timeout: Duration::from_secs(5),
             },
         );
         let generation = breaker.admit()?;
         breaker.observe(generation, &unreachable());
-        assert!(wait_closed(&breaker).await);
+        let took = time_to_close(&breaker, Duration::from_secs(1))
+            .await
+            .ok_or("an error from the database kept the circuit open")?;
+        assert!(took < PAUSE, "not closed by the first probe: {took:?}");
         Ok(())
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_hanging_probe_times_out_and_stop_ends_the_probing() -> TestResult {
         let probes = Arc::new(AtomicUsize::new(0));
         let counted = probes.clone();
+        let timeout = Duration::from_millis(10);
         let breaker = CircuitBreaker::new(
             move || {
                 counted.fetch_add(1, Ordering::SeqCst);
                 std::future::pending::<Result<(), StoreError>>()
             },
             BreakerSettings {
-                probe_pause: Duration::from_millis(5),
-                probe_timeout: Duration::from_millis(10),
+                probe_pause: PAUSE,
+                probe_timeout: timeout,
             },
         );
         let generation = breaker.admit()?;
         breaker.observe(generation, &unreachable());
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let hanging_for = Duration::from_millis(100);
+        tokio::time::sleep(hanging_for).await;
+        let tried = probes.load(Ordering::SeqCst);
         assert!(
-            probes.load(Ordering::SeqCst) >= 2,
-            "timed-out probes are retried"
+            probes_in(hanging_for, timeout).contains(&tried),
+            "{tried} probes in {hanging_for:?}: each times out and is retried a pause later"
         );
+        // The probe is parked in its timeout or its pause, both of which wait for the stop
+        // too: not one more probe after it.
         breaker.stop();
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        let after_stop = probes.load(Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(60)).await;
-        assert_eq!(probes.load(Ordering::SeqCst), after_stop, "stopped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(probes.load(Ordering::SeqCst), tried, "stopped");
         assert!(
             breaker.is_open(),
             "stopping does not pretend the database is back"

@@ -1572,3 +1572,50 @@ async fn insert_user(tx: &mut SqliteConnection, user: &NewUser) -> Result<(), sq
     .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    /// Values of `PRAGMA synchronous`.
+    const NORMAL: i64 = 1;
+    const FULL: i64 = 2;
+
+    const SYNCHRONOUS: &str = "PRAGMA synchronous";
+
+    /// A commit is on disk before it is answered (a revoke answered 200 survives a power cut)
+    /// only if the connection that commits it syncs the WAL at every commit: in WAL mode
+    /// `NORMAL` syncs only at checkpoints, so a power cut takes the last commits with it, and
+    /// no other test would notice. The setting is per connection and shows nowhere else, so it
+    /// is read from each connection that writes.
+    #[tokio::test]
+    async fn every_connection_that_writes_syncs_its_commits() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = SqliteStore::open(dir.path(), 2).await?;
+        let writer: i64 = sqlx::query_scalar(SYNCHRONOUS)
+            .fetch_one(&store.writer)
+            .await?;
+        assert_eq!(writer, FULL, "the sqlx writer's connection");
+        // The revoke thread's connection never leaves its thread; this is the function that
+        // opens it, and the thread changes no setting afterwards.
+        let revoker = super::super::sqlite_revoker::open_connection(store.path())?;
+        let revoker: i64 = revoker.query_row(SYNCHRONOUS, [], |row| row.get(0))?;
+        assert_eq!(revoker, FULL, "the revoke thread's connection");
+        // The readers commit nothing, but they checkpoint (`checkpoint_periodically`): they
+        // copy the WAL into the database file, and the WAL is then written over from its
+        // start. Without syncing around that (`OFF`), a power cut loses commits the WAL no
+        // longer holds; `NORMAL` syncs there, which is all a checkpoint needs. (The direct
+        // readers are read-only: `sqlite_direct` checks that they cannot write.)
+        let reader: i64 = sqlx::query_scalar(SYNCHRONOUS)
+            .fetch_one(&store.readers)
+            .await?;
+        assert!(
+            reader >= NORMAL,
+            "the checkpointing readers do not sync: {reader}"
+        );
+        store.close().await;
+        Ok(())
+    }
+}

@@ -55,7 +55,9 @@ pub(super) fn start(
     Ok(queue)
 }
 
-fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+/// The thread's connection; `pub(super)` only so that a test can check the settings it opens
+/// with (`sqlite::tests`).
+pub(super) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     // No mutex inside SQLite: only this thread uses the connection.
     let conn = Connection::open_with_flags(
         path,
