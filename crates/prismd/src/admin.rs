@@ -20,15 +20,17 @@ const OPERATOR: &str = "operator";
 pub enum UsersCommand {
     /// Add a user to the organization; prints the new user's id.
     Add {
+        /// The new user's email address (their sign-in name).
         #[arg(long, env = "PRISMD_USER_EMAIL")]
         email: String,
         /// Display name (default: the email address).
         #[arg(long, env = "PRISMD_USER_NAME")]
         name: Option<String>,
-        /// Owner, Admin, Integrator, Restricted Integrator or Guest.
+        /// The user's role: Owner, Admin, Integrator, Restricted Integrator or Guest.
         #[arg(long, env = "PRISMD_USER_ROLE", default_value = "Guest")]
         role: String,
-        /// Read a password for browser login from the first line of stdin.
+        /// Read a password for browser login (8 to 1024 characters) from the first line of
+        /// stdin. Without it the user has no password until they follow an invitation link.
         #[arg(long, env = "PRISMD_PASSWORD_STDIN")]
         password_stdin: bool,
     },
@@ -41,13 +43,18 @@ pub enum UsersCommand {
         #[arg(long, env = "PRISMD_USERS_ALL")]
         all: bool,
     },
-    /// Remove a user: their refresh and access tokens stop working at once.
+    /// Remove a user: their refresh and access tokens stop working at once. The organization's
+    /// last Owner cannot be removed. The address can be added again later as a new account;
+    /// none of the old tokens come back.
     Remove {
+        /// The email address of the user to remove.
         #[arg(long, env = "PRISMD_USER_EMAIL")]
         email: String,
     },
-    /// Print a single-use link (valid 7 days) where the user sets a password.
+    /// Print a single-use link (valid 7 days) where the user sets a password. Only users
+    /// without a password get one, and a new link replaces older ones. No email is sent.
     InviteLink {
+        /// The email address of a user who has no password yet.
         #[arg(long, env = "PRISMD_USER_EMAIL")]
         email: String,
         /// The server's public URL, as `serve --issuer`.
@@ -55,8 +62,9 @@ pub enum UsersCommand {
         issuer: String,
     },
     /// Set a user's password for browser login, read from the first line of stdin (also the
-    /// way back in if the first Owner's password is lost).
+    /// way back in if the first Owner's password is lost). Ends the user's browser sessions.
     SetPassword {
+        /// The email address of the user.
         #[arg(long, env = "PRISMD_USER_EMAIL")]
         email: String,
     },
@@ -67,6 +75,7 @@ pub enum OrgsCommand {
     /// Create another organization (tenant); prints its tenant id. Its first user is added
     /// with `prismd users add --tenant-id <id> --role Owner`.
     Add {
+        /// The new organization's name.
         #[arg(long, env = "PRISMD_ORG_NAME")]
         name: String,
     },
@@ -78,6 +87,7 @@ pub enum OrgsCommand {
 pub enum TokensCommand {
     /// Mint a refresh token for a user and print it (only it) on stdout.
     Create {
+        /// The email address of the token's user.
         #[arg(long, env = "PRISMD_USER_EMAIL")]
         email: String,
         /// A name for the token, for example the CI pipeline that will use it.
@@ -91,20 +101,22 @@ pub enum KeysCommand {
     /// Make a new signing key the active one; the previous key keeps verifying until the
     /// last access token it signed has expired. Running servers pick the new key up within
     /// their --key-reload-interval (at once when they see a token signed with it). With
-    /// encrypted keys it needs the same PRISMD_KEY_ENCRYPTION_KEY(_FILE) as the server.
+    /// encrypted keys it needs the same PRISMD_KEY_ENCRYPTION_KEY(_FILE) as the server, and
+    /// refuses without it. Prints the new kid; audited as `keys.rotated`.
     Rotate,
     /// Re-seal every private signing key with a new key encryption key, given in
     /// PRISMD_NEW_KEY_ENCRYPTION_KEY or a file (--new-key-encryption-key-file); the current one
     /// comes from PRISMD_KEY_ENCRYPTION_KEY(_FILE) (none if the keys are stored plain). Stop
-    /// the servers first and start them again with the new key.
+    /// the servers first and start them again with the new key. Prints the kids it re-sealed;
+    /// audited as `keys.rewrapped`.
     Rewrap {
         /// File holding the new key encryption key (32 bytes, base64 or hex); or give the
         /// key itself in PRISMD_NEW_KEY_ENCRYPTION_KEY.
         #[arg(long, env = "PRISMD_NEW_KEY_ENCRYPTION_KEY_FILE")]
         new_key_encryption_key_file: Option<std::path::PathBuf>,
     },
-    /// List signing keys: kid, created, retired, stored (encrypted or plain), and whether
-    /// (until when) it still verifies.
+    /// List signing keys: kid, created, retired, stored (`encrypted` or `plain`), and whether
+    /// it still verifies (`yes (signs new tokens)`, `yes, until <time>`, `no`).
     /// Takes the server's --access-token-ttl, --key-reload-interval and --key-retire-margin
     /// (or their PRISMD_* variables) to compute that.
     List {
@@ -118,22 +130,23 @@ pub struct AuditArgs {
     /// Most events to print.
     #[arg(long, env = "PRISMD_AUDIT_LIMIT", default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
     limit: i64,
-    /// Only this action, e.g. `login.failed`.
+    /// Only this action, e.g. `login.failed` (the actions are listed in docs/security.md).
     #[arg(long, env = "PRISMD_AUDIT_ACTION")]
     action: Option<String>,
     /// Only events by or about this user: a user id (as `users add` prints it) or the
     /// `subjectUserId` of an earlier line.
     #[arg(long, env = "PRISMD_AUDIT_USER")]
     user: Option<String>,
-    /// Only events at or after this time: RFC 3339 (`2026-01-31T12:00:00Z`) or a duration
-    /// ago (`24h`).
+    /// Only events at or after this time (inclusive): RFC 3339 (`2026-01-31T12:00:00Z`) or a
+    /// duration ago (`24h`).
     #[arg(long, env = "PRISMD_AUDIT_SINCE")]
     since: Option<String>,
-    /// Only events before this time (same forms as --since).
+    /// Only events before this time (exclusive; same forms as --since).
     #[arg(long, env = "PRISMD_AUDIT_UNTIL")]
     until: Option<String>,
     /// Only this organization's events (its tenant id; the global --tenant-id works too).
-    /// Without it: every organization's, and events that belong to none.
+    /// Without it: every organization's, and events that belong to none, such as failed
+    /// sign-ins of unknown emails.
     #[arg(long, env = "PRISMD_AUDIT_ORG")]
     org: Option<String>,
 }

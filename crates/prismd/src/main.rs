@@ -2,6 +2,7 @@
 //! the same database as the server, also while it runs.
 
 mod admin;
+mod reference;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,7 +15,7 @@ use prismd::domain::limits::LimitSettings;
 use prismd::store::{AttemptPolicy, Backend, CacheSettings, PgPoolSettings};
 use prismd::telemetry::{self, LogFormat};
 use prismd::tls::TlsSource;
-use prismd::tokens::at_rest::{CURRENT_KEK, KekSource};
+use prismd::tokens::at_rest::{CURRENT_KEK, KekSource, NEW_KEK};
 use prismd::tokens::{AtRest, KeyEncryptionKey, RetiredKeyWindow};
 
 #[derive(Parser)]
@@ -24,13 +25,15 @@ use prismd::tokens::{AtRest, KeyEncryptionKey, RetiredKeyWindow};
     about = "Prismatic-compatible API authentication server"
 )]
 struct Cli {
-    /// Directory that holds the SQLite database (unless --database-url says otherwise) and
-    /// the first Owner's password file.
+    /// Directory of the SQLite database (`prismd.db`, created with mode 0600 in a 0700
+    /// directory) unless --database-url names another, of the first Owner's password file
+    /// (`initial-owner-password`) and of the development CA of --dev-tls (`ca.pem`).
     #[arg(long, env = "PRISMD_DATA_DIR", default_value = "./data", global = true)]
     data_dir: PathBuf,
 
-    /// Database to use: `sqlite:<file>`, or `postgres://user:password@host:port/database`.
-    /// Default: SQLite in --data-dir.
+    /// Database to use: `sqlite:<file>` or `postgres://user[:password]@host:port/database`;
+    /// every command takes it. Logs and errors show only its host, port and database, never
+    /// the password. Default: SQLite in --data-dir.
     #[arg(
         long,
         env = "PRISMD_DATABASE_URL",
@@ -39,7 +42,8 @@ struct Cli {
     )]
     database_url: Option<String>,
 
-    /// Log format on stderr. The level is set with PRISMD_LOG (for example `info` or `debug`).
+    /// Format of the log lines on stderr. The level is set with PRISMD_LOG (for example `info`
+    /// or `debug`), a variable of the environment only.
     #[arg(
         long,
         env = "PRISMD_LOG_FORMAT",
@@ -50,12 +54,14 @@ struct Cli {
     log_format: LogFormat,
 
     /// Organization (tenant id) that `users` and `tokens` work on; default: the first one.
+    /// `audit` takes it as its --org.
     #[arg(long, env = "PRISMD_TENANT_ID", global = true)]
     tenant_id: Option<String>,
 
-    /// File holding the key that encrypts the private signing keys in the database (32 bytes,
-    /// base64 or hex); the key itself can be given in PRISMD_KEY_ENCRYPTION_KEY instead. Used
-    /// by `serve` and `keys`.
+    /// File holding the key encryption key that seals the private signing keys in the
+    /// database: 32 random bytes as base64 or hex (`openssl rand -base64 32`); surrounding
+    /// whitespace and the trailing newline are ignored. The key itself can be given in
+    /// PRISMD_KEY_ENCRYPTION_KEY instead; setting both is an error. Read by `serve` and `keys`.
     #[arg(long, env = "PRISMD_KEY_ENCRYPTION_KEY_FILE", global = true)]
     key_encryption_key_file: Option<PathBuf>,
 
@@ -67,7 +73,7 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(Box<ServeArgs>),
-    /// Add, list and remove users.
+    /// Add, list and remove users, set their passwords, make invitation links.
     #[command(subcommand)]
     Users(admin::UsersCommand),
     /// Mint refresh tokens.
@@ -76,12 +82,62 @@ enum Command {
     /// Create and list organizations (tenants).
     #[command(subcommand)]
     Orgs(admin::OrgsCommand),
-    /// Print security events, newest first, as JSON lines.
+    /// Print security events, newest first, one JSON object per line (`id`, `at`, `action`,
+    /// `actor`, `orgId`, `subjectUserId`, `address`, `userAgent`, `detail`).
     Audit(admin::AuditArgs),
-    /// Rotate and list the signing keys of access tokens.
+    /// Rotate, re-seal and list the signing keys of access tokens.
     #[command(subcommand)]
     Keys(admin::KeysCommand),
+    /// Print generated documentation (hidden: for the repository's docs/).
+    #[command(subcommand, hide = true)]
+    Reference(ReferenceCommand),
 }
+
+#[derive(Subcommand)]
+enum ReferenceCommand {
+    /// Print docs/configuration.md: every flag of every command, its environment variable,
+    /// default and help, and the variables read from the environment only.
+    Configuration,
+}
+
+/// The log level when PRISMD_LOG is not set: `serve`'s, and every other command's.
+const SERVE_LOG_LEVEL: &str = "info";
+const COMMAND_LOG_LEVEL: &str = "warn";
+
+/// Settings read from the environment only (never a flag: a command line is visible to every
+/// local user); the configuration reference lists them from here.
+const ENVIRONMENT_ONLY: &[reference::EnvOnly] = &[
+    reference::EnvOnly {
+        // Read by telemetry::init.
+        name: "PRISMD_LOG",
+        read_by: "every command",
+        default: "`info` for `serve`, `warn` for the other commands",
+        meaning: "Log filter in `tracing` syntax, for example `debug` or `info,prismd=debug`. \
+                  `info,prismd::access=off` drops the one-line-per-request access log (a few \
+                  per cent of CPU at full load; `/metrics` still counts every request). hyper's \
+                  and h2's wire-level logs stay at `info` unless named (`hyper=trace`). No \
+                  level logs a secret.",
+    },
+    reference::EnvOnly {
+        name: CURRENT_KEK.value_variable,
+        read_by: "`serve`, `keys`",
+        default: "none: private signing keys are stored plain",
+        meaning: "The key encryption key that seals the private signing keys in the database \
+                  with AES-256-GCM: 32 random bytes as base64 (`openssl rand -base64 32`) or 64 \
+                  hex digits (`openssl rand -hex 32`); anything else is refused at start. Or \
+                  give a file with --key-encryption-key-file \
+                  (`PRISMD_KEY_ENCRYPTION_KEY_FILE`); setting both is an error. Every replica \
+                  needs the same one, and a start without it on sealed keys is refused.",
+    },
+    reference::EnvOnly {
+        name: NEW_KEK.value_variable,
+        read_by: "`keys rewrap`",
+        default: "",
+        meaning: "The new key encryption key `keys rewrap` re-seals the signing keys with, in \
+                  the same format and with the same rules; or a file with \
+                  --new-key-encryption-key-file (`PRISMD_NEW_KEY_ENCRYPTION_KEY_FILE`).",
+    },
+];
 
 #[derive(Args)]
 struct ServeArgs {
@@ -89,11 +145,13 @@ struct ServeArgs {
     #[arg(long, env = "PRISMD_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
 
-    /// Public base URL of this server (the `iss` of its tokens). Default: http(s)://<listen>.
+    /// Public base URL of this server: the `iss` of every token, and tokens are bound to it,
+    /// so set it in production (the same on every replica). Default: `http(s)://<listen>`.
     #[arg(long, env = "PRISMD_ISSUER")]
     issuer: Option<String>,
 
-    /// PEM certificate chain to serve HTTPS with (needs --tls-key).
+    /// PEM certificate chain to serve HTTPS with (needs --tls-key). Without it or --dev-tls
+    /// the server speaks plain HTTP, for a TLS-terminating proxy in front of it.
     #[arg(
         long,
         env = "PRISMD_TLS_CERT",
@@ -106,20 +164,24 @@ struct ServeArgs {
     #[arg(long, env = "PRISMD_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
 
-    /// Serve HTTPS with a development CA and certificate kept in the data directory
-    /// (trust <data-dir>/ca.pem in clients).
+    /// Serve HTTPS with a development CA made in the data directory (`ca.pem`, reused on later
+    /// starts) and a certificate for `localhost`, `127.0.0.1`, `::1` and the issuer's host.
+    /// Clients trust it with `NODE_EXTRA_CA_CERTS=<data-dir>/ca.pem` or
+    /// `curl --cacert <data-dir>/ca.pem`.
     #[arg(long, env = "PRISMD_DEV_TLS")]
     dev_tls: bool,
 
-    /// `aud` of access tokens. Default: <issuer>/api.
+    /// The `aud` of access tokens. Default: `<issuer>/api`.
     #[arg(long, env = "PRISMD_AUDIENCE")]
     audience: Option<String>,
 
     #[command(flatten)]
     key_window: KeyWindowArgs,
 
-    /// Rotate the signing key automatically once the active key is this old (at least 1h,
-    /// for example `30d`); `0s` (the default): only `prismd keys rotate` rotates.
+    /// Rotate the signing key automatically once the active key is this old, for example
+    /// `30d`. At least `1h`: a shorter period is refused at start, because each rotation keeps
+    /// one more public key in the JWKS for an access-token lifetime. `0s` (the default): only
+    /// `prismd keys rotate` rotates. Give every replica the same period.
     #[arg(long, env = "PRISMD_KEY_ROTATION_PERIOD", default_value = "0s", value_parser = parse_wait)]
     key_rotation_period: Duration,
 
@@ -127,13 +189,15 @@ struct ServeArgs {
     #[arg(long, default_value = "1h", value_parser = parse_duration, hide = true)]
     key_rotation_period_floor: Duration,
 
-    /// Time between background cleanup rounds (expired codes, sessions and invitations, dead
-    /// refresh tokens, old audit events, retired signing keys).
+    /// Time between background cleanup rounds, the first one an interval after start
+    /// (expired codes, sessions and invitations, dead refresh tokens, old audit events,
+    /// retired signing keys, spent limit counters).
     #[arg(long, env = "PRISMD_CLEANUP_INTERVAL", default_value = "10m", value_parser = parse_duration)]
     cleanup_interval: Duration,
 
-    /// How long dead refresh tokens (revoked, or of a removed user) are kept before cleanup
-    /// deletes them; until then they get the precise "revoked" answer.
+    /// How long dead refresh tokens (revoked, or of a removed user) and redeemed authorization
+    /// codes are kept before cleanup deletes them; until then a dead token gets the precise
+    /// "revoked" answer, and a replayed code still revokes what it issued.
     #[arg(long, env = "PRISMD_DEAD_TOKEN_RETENTION", default_value = "30d", value_parser = parse_duration)]
     dead_token_retention: Duration,
 
@@ -141,12 +205,12 @@ struct ServeArgs {
     #[arg(long, env = "PRISMD_AUDIT_RETENTION", default_value = "400d", value_parser = parse_duration)]
     audit_retention: Duration,
 
-    /// Read connections to the database (SQLite).
+    /// Read connections to SQLite (writes use one connection of their own).
     #[arg(long, env = "PRISMD_DB_READERS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
     db_readers: u32,
 
-    /// Most connections to PostgreSQL this process opens (all replicas together must stay
-    /// under the server's max_connections).
+    /// Most connections to PostgreSQL this process opens; one more is held for LISTEN. All
+    /// replicas together, plus admin commands, must stay under PostgreSQL's max_connections.
     #[arg(long, env = "PRISMD_DB_POOL_SIZE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
     db_pool_size: u32,
 
@@ -155,14 +219,18 @@ struct ServeArgs {
     #[arg(long, env = "PRISMD_DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     db_acquire_timeout: Duration,
 
-    /// Longest time the hot-path cache trusts a user's standing without hearing of a change
-    /// (the bound on a missed notification); `0s` turns the cache off.
+    /// Longest time a cached token standing (a refresh grant, an access token's principal) is
+    /// trusted even while the change feed is healthy: a last-resort bound, since a broken or
+    /// silent feed switches the cache off within 3 s. `0s` turns the cache off (every request
+    /// reads the database).
     #[arg(long, env = "PRISMD_CACHE_TTL", default_value = "30s", value_parser = parse_wait)]
     cache_ttl: Duration,
 
-    /// Most cached refresh grants (and, separately, access-token principals).
+    /// Most cached refresh grants (and, separately, access-token principals); about 1 KiB an
+    /// entry.
     #[arg(long, env = "PRISMD_CACHE_CAPACITY", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     cache_capacity: u64,
+
     /// On start: how long to keep retrying while PostgreSQL cannot be reached (for example
     /// still starting) before giving up with an error; `0s` gives up after one try.
     #[arg(long, env = "PRISMD_DB_STARTUP_WAIT", default_value = "30s", value_parser = parse_wait)]
@@ -172,11 +240,13 @@ struct ServeArgs {
     #[arg(long, env = "PRISMD_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     request_timeout: Duration,
 
-    /// Longest time a client may take to send a request's headers.
+    /// Longest time a client may take to send a request's headers; a client that has not sent
+    /// them by then is disconnected.
     #[arg(long, env = "PRISMD_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     header_read_timeout: Duration,
 
-    /// After SIGTERM, how long in-flight requests may take to finish.
+    /// After SIGTERM (or Ctrl-C), how long in-flight requests may take to finish; then pending
+    /// last-use records are written and the database is closed.
     #[arg(long, env = "PRISMD_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     shutdown_grace: Duration,
 
@@ -188,8 +258,8 @@ struct ServeArgs {
     #[arg(long, env = "PRISMD_OWNER_EMAIL", default_value = "owner@localhost")]
     owner_email: String,
 
-    /// Where /logout may redirect the browser (returnTo), comma-separated; loopback addresses
-    /// are always allowed.
+    /// The `returnTo` URLs /logout may redirect the browser to, comma-separated; loopback URLs
+    /// always may, anything else gets a "signed out" page.
     #[arg(
         long,
         env = "PRISMD_LOGOUT_RETURN_TO",
@@ -212,7 +282,8 @@ struct ServeArgs {
 /// lock has ended (within the window) locks again for twice as long, up to `--limit-max-lock`.
 #[derive(Debug, Args)]
 struct LimitArgs {
-    /// Failed sign-ins of one account (browser and device page) that lock it.
+    /// Failed sign-ins of one account (browser sign-in and device page, from any address)
+    /// that lock it.
     #[arg(long, env = "PRISMD_LOGIN_ACCOUNT_MAX_FAILURES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     login_account_max_failures: u32,
 
@@ -233,7 +304,8 @@ struct LimitArgs {
     #[arg(long, env = "PRISMD_LIMIT_WINDOW", default_value = "15m", value_parser = parse_duration)]
     limit_window: Duration,
 
-    /// The first lock once a threshold is reached.
+    /// The first lock once a threshold is reached; each failure after a lock has ended (still
+    /// within the window) locks again for twice as long, up to --limit-max-lock.
     #[arg(long, env = "PRISMD_LIMIT_LOCK", default_value = "1m", value_parser = parse_duration)]
     limit_lock: Duration,
 
@@ -264,7 +336,7 @@ impl LimitArgs {
 /// `keys list` take the same ones.
 #[derive(Args, Clone, Copy)]
 pub struct KeyWindowArgs {
-    /// Lifetime of access tokens, for example `7d`, `12h` or `15m`.
+    /// Lifetime of access tokens, for example `7d`, `12h` or `15m`; the same on every replica.
     #[arg(long, env = "PRISMD_ACCESS_TOKEN_TTL", default_value = "7d", value_parser = parse_duration)]
     pub access_token_ttl: Duration,
 
@@ -303,10 +375,14 @@ fn parse_wait(input: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Reference(ReferenceCommand::Configuration) = cli.command {
+        print!("{}", configuration_reference());
+        return ExitCode::SUCCESS;
+    }
     let default_level = if matches!(cli.command, Command::Serve(_)) {
-        "info"
+        SERVE_LOG_LEVEL
     } else {
-        "warn"
+        COMMAND_LOG_LEVEL
     };
     telemetry::init(cli.log_format, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -327,7 +403,7 @@ fn main() -> ExitCode {
         let backend = Backend::from_url(cli.database_url.as_deref(), &cli.data_dir)?;
         match cli.command {
             // Handled above.
-            Command::Serve(_) => Ok(()),
+            Command::Serve(_) | Command::Reference(_) => Ok(()),
             Command::Users(command) => {
                 admin::users(&backend, cli.tenant_id.as_deref(), command).await
             }
@@ -349,6 +425,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The Markdown of docs/configuration.md.
+fn configuration_reference() -> String {
+    use clap::CommandFactory;
+    reference::configuration(&Cli::command(), ENVIRONMENT_ONLY)
 }
 
 /// The error and its causes on one line. Most of our error messages already embed their
@@ -474,4 +556,116 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + S
         }
         tracing::info!("shutdown signal received");
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// The first line where `found` differs from `expected`: (line number, expected, found).
+    fn first_difference(expected: &str, found: &str) -> Option<(usize, String, String)> {
+        let mut expected_lines = expected.lines();
+        let mut found_lines = found.lines();
+        for number in 1.. {
+            match (expected_lines.next(), found_lines.next()) {
+                (None, None) => break,
+                (e, f) if e == f => continue,
+                (e, f) => {
+                    let show = |line: Option<&str>| line.unwrap_or("(end of file)").to_owned();
+                    return Some((number, show(e), show(f)));
+                }
+            }
+        }
+        (expected != found).then(|| (0, "(line endings differ)".into(), String::new()))
+    }
+
+    #[test]
+    fn committed_configuration_reference_is_current() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md");
+        let committed = std::fs::read_to_string(&path)
+            .unwrap_or_else(|err| format!("(cannot read {}: {err})", path.display()));
+        let stale = first_difference(&configuration_reference(), &committed).map(
+            |(line, generated, committed)| {
+                format!(
+                    "docs/configuration.md is stale; run `{}`\n\
+                     first difference, line {line}:\n\
+                     generated: {generated}\n\
+                     committed: {committed}",
+                    reference::REGENERATE
+                )
+            },
+        );
+        assert!(stale.is_none(), "{}", stale.unwrap_or_default());
+    }
+
+    #[test]
+    fn every_variable_the_server_names_is_in_the_reference() -> Result<(), String> {
+        let rendered = configuration_reference();
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut missing = Vec::new();
+        let mut dirs = vec![src];
+        while let Some(dir) = dirs.pop() {
+            let entries = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            for entry in entries {
+                let path = entry.map_err(|e| e.to_string())?.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                if path.extension().is_none_or(|ext| ext != "rs") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                let mut rest = text.as_str();
+                while let Some(start) = rest.find("PRISMD_") {
+                    let name: String = rest[start..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                        .collect();
+                    rest = &rest[start + name.len()..];
+                    // `PRISMD_*` in prose, `PRISMD_KEY_ENCRYPTION_KEY(_FILE)`: not a name.
+                    if name.ends_with('_') {
+                        continue;
+                    }
+                    if !rendered.contains(&format!("`{name}`")) {
+                        missing.push(format!("{name} ({})", path.display()));
+                    }
+                }
+            }
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "variables named in the code but not in the configuration reference (give them a \
+                 clap `env` or add them to ENVIRONMENT_ONLY): {}",
+                missing.join(", ")
+            ))
+        }
+    }
+
+    #[test]
+    fn documented_log_levels_are_the_ones_used() {
+        let log = ENVIRONMENT_ONLY.iter().find(|v| v.name == "PRISMD_LOG");
+        assert!(log.is_some_and(|v| v.default
+            == format!(
+                "`{SERVE_LOG_LEVEL}` for `serve`, `{COMMAND_LOG_LEVEL}` for the other commands"
+            )));
+    }
+
+    #[test]
+    fn the_reference_command_is_hidden() {
+        let cli = Cli::command();
+        let reference = cli.get_subcommands().find(|s| s.get_name() == "reference");
+        assert!(reference.is_some_and(|s| s.is_hide_set()));
+        assert!(!configuration_reference().contains("prismd reference"));
+    }
+
+    #[test]
+    fn cli_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
 }
