@@ -1,5 +1,5 @@
 //! Fuzzes the refresh-token format check. It must never panic; whatever it accepts must have
-//! the documented shape (prefix, length, base62 only) that the README's scanner regex
+//! the documented shape (prefix, length, base62 only) that docs/design.md's scanner regex
 //! promises; and the checksum must catch every one-character change of a real token.
 //!
 //! Each input is tried as text, and as edits to a freshly generated token (pairs of bytes:

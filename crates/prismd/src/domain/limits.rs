@@ -46,7 +46,7 @@ pub struct LimitSettings {
 const MINUTE_MS: i64 = 60_000;
 
 impl Default for LimitSettings {
-    /// The documented defaults (README, "Limits").
+    /// The documented defaults (docs/security.md, "Limits").
     fn default() -> Self {
         let policy = |max_failures| AttemptPolicy {
             max_failures,

@@ -175,7 +175,7 @@ impl QueryRoot {
 /// The filters of `auditEvents`; absent fields match everything.
 #[derive(InputObject, Default)]
 pub struct AuditEventFilter {
-    /// One action, e.g. `login.failed` (see the README's list).
+    /// One action, e.g. `login.failed` (see docs/security.md, "Audit trail").
     action: Option<String>,
     /// Events the user did (actor) or that are about them (subject): a user id.
     user_id: Option<ID>,
