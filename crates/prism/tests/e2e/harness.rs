@@ -1,16 +1,19 @@
 //! Starts a real `prismd --dev-tls` on a free port with a temp data dir, and runs our `prism`
 //! with a clean environment and a temp HOME.
 //!
-//! `prismd` is a sibling binary of this workspace, not a dependency, so the harness builds it
-//! once per test run with `cargo build -p prismd` (the same cargo, profile and target directory
-//! as this test; a no-op when it is up to date) and runs it from next to `prism`. Set
-//! `PRISMD_BIN` to use another build.
+//! `prismd` is a sibling binary of this workspace, not a dependency of `prism`, so cargo does
+//! not build it for these tests. The harness runs the binary named by `PRISMD_BIN`:
+//! `scripts/test.sh` builds `prismd` once, before any test runs, and exports it. Only without
+//! `PRISMD_BIN` (a direct `cargo test -p prism`) does the harness build it itself, once per
+//! test run, with `cargo build -p prismd` (the same cargo, profile and target directory as
+//! this test; a no-op when it is up to date), and run it from next to `prism`.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -21,8 +24,14 @@ pub const PRISM: &str = env!("CARGO_BIN_EXE_prism");
 fn prismd_bin() -> Res<PathBuf> {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BIN.get_or_init(|| {
-        if let Ok(path) = std::env::var("PRISMD_BIN") {
-            return Ok(PathBuf::from(path));
+        // Set but wrong is an error, not a reason to build another binary than the one meant.
+        if let Some(path) = std::env::var_os("PRISMD_BIN").filter(|path| !path.is_empty()) {
+            let path = PathBuf::from(path);
+            return if path.is_file() {
+                Ok(path)
+            } else {
+                Err(format!("PRISMD_BIN={} is not a file", path.display()))
+            };
         }
         let prism = Path::new(PRISM);
         let mut build = Command::new(env!("CARGO"));
@@ -57,6 +66,9 @@ pub struct Server {
     pub base: String,
     pub data: tempfile::TempDir,
     logs: Arc<Mutex<Vec<String>>>,
+    /// The thread that reads stderr into `logs`; it ends when the process has exited (the
+    /// pipe closes), so joining it after `wait` means every line is in.
+    reader: Option<JoinHandle<()>>,
 }
 
 impl Server {
@@ -81,7 +93,7 @@ impl Server {
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
         let sink = logs.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("listening on ").nth(1) {
                     let url: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
@@ -95,7 +107,10 @@ impl Server {
         let base = match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(url) => url,
             Err(_) => {
+                // Killed and reaped, so that the reader has every line before they are shown.
                 let _ = child.kill();
+                let _ = child.wait();
+                let _ = reader.join();
                 let logs = logs.lock().map(|l| l.join("\n")).unwrap_or_default();
                 return Err(format!("prismd did not start:\n{logs}").into());
             }
@@ -105,6 +120,7 @@ impl Server {
             base,
             data,
             logs,
+            reader: Some(reader),
         })
     }
 
@@ -179,6 +195,9 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
     }
 }
 

@@ -1,4 +1,9 @@
-//! The token lifecycle: exchange, API, revoke-all, user removal, concurrency, restart.
+//! The token lifecycle: exchange, API, revoke-all, user removal, concurrency (also refreshes
+//! racing a revoke), restart.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use crate::harness::{Options, Server, TestResult, admin_ok, temp_dir, user_with_token};
 
@@ -374,5 +379,158 @@ async fn without_the_cache_revocation_works_the_same() -> TestResult {
         "no cache, no cache metrics"
     );
     server.stop()?;
+    Ok(())
+}
+
+/// One refresh of the race below, as its client saw it.
+struct Raced {
+    /// Whether it used the victim's token (else the bystander's).
+    victim: bool,
+    /// Taken before the request was sent.
+    started: Instant,
+    status: u16,
+    body: serde_json::Value,
+}
+
+/// Many refreshes of one user's tokens race `POST /auth/revoke` of that user, with another
+/// user's refreshes alongside. A refresh in flight while the revoke runs may go either way:
+/// the server may have read the token before the revoke's write. What must hold: a refresh
+/// sent after the revoke's 200 arrived is refused; every access token the user was given,
+/// even by a refresh that overlapped the revoke, is refused by `/api` from then on, with no
+/// waiting (instant revocation); the other user loses nothing; no answer is a 5xx.
+#[tokio::test]
+async fn refreshes_racing_a_revoke_get_nothing_that_outlives_it() -> TestResult {
+    const TOKENS: usize = 4;
+    const WORKERS: usize = 12;
+    /// Refreshes each worker sends after it has seen the revoke answered.
+    const AFTER: usize = 4;
+    let dir = temp_dir()?;
+    let server = Server::start(dir.path())?;
+    let mut victim = vec![user_with_token(dir.path(), "victim@example.com")?];
+    for _ in 1..TOKENS {
+        victim.push(admin_ok(
+            dir.path(),
+            &["tokens", "create", "--email", "victim@example.com"],
+        )?);
+    }
+    let bystander = user_with_token(dir.path(), "bystander@example.com")?;
+
+    let revoked_at: Arc<OnceLock<Instant>> = Arc::default();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for worker in 0..WORKERS {
+        // Every fourth worker refreshes the bystander's token, the others the victim's.
+        let is_victim = worker % 4 != 3;
+        let token = if is_victim {
+            victim[worker % TOKENS].clone()
+        } else {
+            bystander.clone()
+        };
+        let (server_url, http) = (server.url("/auth/refresh"), server.http.clone());
+        let (revoked_at, answered) = (revoked_at.clone(), answered.clone());
+        workers.spawn(async move {
+            let mut seen = Vec::new();
+            let mut after = 0;
+            // A bound in case the revoke never comes (the test then fails below).
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while after < AFTER && Instant::now() < deadline {
+                let started = Instant::now();
+                let response = http
+                    .post(&server_url)
+                    .json(&serde_json::json!({ "refresh_token": token }))
+                    .send()
+                    .await?;
+                let status = response.status().as_u16();
+                let body = response.json().await.unwrap_or(serde_json::Value::Null);
+                answered.fetch_add(1, Ordering::SeqCst);
+                if revoked_at.get().is_some_and(|at| started > *at) {
+                    after += 1;
+                }
+                seen.push(Raced {
+                    victim: is_victim,
+                    started,
+                    status,
+                    body,
+                });
+            }
+            Ok::<_, reqwest::Error>(seen)
+        });
+    }
+    // The revoke goes out once the refreshes are in full swing.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while answered.load(Ordering::SeqCst) < WORKERS * 4 {
+        assert!(Instant::now() < deadline, "the refreshes never got going");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let (status, body) = server.revoke(&victim[0]).await?;
+    // Taken once the answer is in: a request started later was sent after the revoke had
+    // answered, for sure.
+    let revoke_answered = Instant::now();
+    assert_eq!(status, 200, "{body}");
+    revoked_at
+        .set(revoke_answered)
+        .map_err(|_| "revoked twice")?;
+    let mut raced = Vec::new();
+    while let Some(seen) = workers.join_next().await {
+        raced.extend(seen??);
+    }
+
+    let (mut granted_before, mut refused_in_flight) = (0, 0);
+    let mut refused_after = 0;
+    let mut victim_access = Vec::new();
+    let mut bystander_access = Vec::new();
+    for refresh in &raced {
+        let (status, body) = (refresh.status, &refresh.body);
+        assert!(status < 500, "a refresh answered {status}: {body}");
+        let after = refresh.started > revoke_answered;
+        if !refresh.victim {
+            assert_eq!(status, 200, "the bystander's refresh failed: {body}");
+        } else if after {
+            assert_eq!(
+                (status, body["error"].as_str()),
+                (400, Some("invalid_grant")),
+                "a refresh sent after the revoke had answered was not refused: {body}"
+            );
+            refused_after += 1;
+        } else {
+            assert!(
+                status == 200 || status == 400,
+                "a refresh in flight answered {status}: {body}"
+            );
+            granted_before += usize::from(status == 200);
+            refused_in_flight += usize::from(status == 400);
+        }
+        if let Some(access) = body["access_token"].as_str() {
+            match refresh.victim {
+                true => victim_access.push(access.to_owned()),
+                false => bystander_access.push(access.to_owned()),
+            }
+        }
+    }
+    // Otherwise the race proved nothing.
+    assert!(granted_before > 0, "no refresh of the victim succeeded");
+    assert!(
+        refused_after >= AFTER,
+        "too few refreshes were sent after the revoke: {refused_after}"
+    );
+    for access in &victim_access {
+        assert_eq!(
+            server.whoami(access).await?,
+            Err(401),
+            "an access token of the revoked user still opens the API"
+        );
+    }
+    for access in &bystander_access {
+        assert_eq!(
+            server.whoami(access).await?,
+            Ok("bystander@example.com".into())
+        );
+    }
+    println!(
+        "race: of the victim's refreshes sent before the revoke's answer, {granted_before} \
+         granted and {refused_in_flight} refused; {refused_after} sent after it, all refused; \
+         {} access tokens, all dead",
+        victim_access.len()
+    );
     Ok(())
 }

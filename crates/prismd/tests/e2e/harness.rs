@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -22,6 +23,9 @@ pub struct Server {
     pub metrics_url: Option<String>,
     data_dir: std::path::PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
+    /// The thread that reads stderr into `logs`; it ends when the pipe closes, that is when
+    /// the process has exited, so joining it after `wait` yields the complete log.
+    reader: Option<JoinHandle<()>>,
     pub http: reqwest::Client,
 }
 
@@ -72,11 +76,14 @@ impl Server {
         let metrics_url = Arc::new(Mutex::new(None));
         let metrics_url_sink = metrics_url.clone();
         let sink = logs.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
+            // Up to white space (text log) or the closing quote (JSON log).
             let url_after = |line: &str, marker: &str| {
-                line.split(marker)
-                    .nth(1)
-                    .map(|rest| rest.chars().take_while(|c| !c.is_whitespace()).collect())
+                line.split(marker).nth(1).map(|rest| {
+                    rest.chars()
+                        .take_while(|c| !c.is_whitespace() && *c != '"')
+                        .collect()
+                })
             };
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 // The metrics listener is logged before the main one.
@@ -96,7 +103,10 @@ impl Server {
         let base = match address_rx.recv_timeout(Duration::from_secs(60)) {
             Ok(url) => url,
             Err(_) => {
+                // Killed and reaped, so that the reader has every line before they are shown.
                 let _ = child.kill();
+                let _ = child.wait();
+                let _ = reader.join();
                 let logs = logs.lock().map(|l| l.join("\n")).unwrap_or_default();
                 return Err(format!("prismd did not start; its log:\n{logs}").into());
             }
@@ -111,6 +121,7 @@ impl Server {
             metrics_url,
             data_dir: data_dir.to_owned(),
             logs,
+            reader: Some(reader),
             http: reqwest::Client::new(),
         })
     }
@@ -128,9 +139,7 @@ impl Server {
             .status()?;
         assert!(status.success(), "kill failed");
         let exit = self.child.wait()?;
-        // Let the reader thread take the last lines.
-        std::thread::sleep(Duration::from_millis(100));
-        let logs = self.logs();
+        let logs = self.complete_logs()?;
         assert!(exit.success(), "prismd exited with {exit:?}; log:\n{logs}");
         Ok(logs)
     }
@@ -139,7 +148,14 @@ impl Server {
     pub fn kill_hard(mut self) -> Result<String, Box<dyn std::error::Error>> {
         self.child.kill()?;
         self.child.wait()?;
-        std::thread::sleep(Duration::from_millis(100));
+        self.complete_logs()
+    }
+
+    /// The whole log of an exited process: waits for the reader to take the last lines.
+    fn complete_logs(&mut self) -> Result<String, Box<dyn std::error::Error>> {
+        if let Some(reader) = self.reader.take() {
+            reader.join().map_err(|_| "the log reader panicked")?;
+        }
         Ok(self.logs())
     }
 
@@ -206,9 +222,16 @@ impl Server {
         path: &str,
         body: &Value,
     ) -> Result<(u16, Value), reqwest::Error> {
-        let response = self.http.post(self.url(path)).json(body).send().await?;
-        let status = response.status().as_u16();
-        Ok((status, response.json().await.unwrap_or(Value::Null)))
+        answer(self.http.post(self.url(path)).json(body)).await
+    }
+
+    /// Posts an HTML form (as the OAuth endpoints take it); returns status and JSON body.
+    pub async fn post_form(
+        &self,
+        path: &str,
+        form: &[(&str, &str)],
+    ) -> Result<(u16, Value), reqwest::Error> {
+        answer(self.http.post(self.url(path)).form(form)).await
     }
 
     /// Sends raw bytes with the given content type; returns status and body text.
@@ -297,6 +320,13 @@ impl Server {
             _ => Err(status),
         })
     }
+}
+
+/// Sends `request`; returns the status and the JSON body (`null` when it is not JSON).
+async fn answer(request: reqwest::RequestBuilder) -> Result<(u16, Value), reqwest::Error> {
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await.unwrap_or(Value::Null)))
 }
 
 impl Drop for Server {
@@ -389,11 +419,25 @@ impl SignInPage {
             body: response.text().await?,
         })
     }
+
+    /// The value of the cookie `name` that the page sets.
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        set_cookie(&self.headers, name)
+    }
+
+    /// Query parameter `name` of the `Location` this page redirects to.
+    pub fn location_param(&self, name: &str) -> Option<String> {
+        let location = self.headers.get("location")?.to_str().ok()?;
+        url::Url::parse(location)
+            .ok()?
+            .query_pairs()
+            .find_map(|(key, value)| (key == name).then(|| value.into_owned()))
+    }
 }
 
 /// An HTTP client as a browser sending `user_agent`, except that it does not follow redirects
 /// (the tests look at them).
-fn browser(user_agent: &str) -> reqwest::Result<reqwest::Client> {
+pub fn browser(user_agent: &str) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(user_agent)
@@ -401,7 +445,7 @@ fn browser(user_agent: &str) -> reqwest::Result<reqwest::Client> {
 }
 
 /// The value of the cookie `name` that a response sets.
-fn set_cookie(headers: &reqwest::header::HeaderMap, name: &str) -> Option<String> {
+pub fn set_cookie(headers: &reqwest::header::HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all("set-cookie")
         .iter()
@@ -411,21 +455,58 @@ fn set_cookie(headers: &reqwest::header::HeaderMap, name: &str) -> Option<String
         .map(str::to_owned)
 }
 
+/// The redirect URI of the CLI's browser sign-in in these tests.
+pub const REDIRECT_URI: &str = "http://127.0.0.1:59400/callback";
+
 /// The `/authorize` query of a browser sign-in by the CLI's client (a valid S256 challenge
 /// shape; the tests that use it never redeem the code).
 pub fn authorize_query() -> Vec<(&'static str, String)> {
+    authorize_query_for("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM")
+}
+
+/// The `/authorize` query of a browser sign-in with the PKCE `code_challenge` given.
+pub fn authorize_query_for(code_challenge: &str) -> Vec<(&'static str, String)> {
     vec![
         ("response_type", "code".into()),
         ("client_id", "prism-cli".into()),
-        ("redirect_uri", "http://127.0.0.1:59400/callback".into()),
+        ("redirect_uri", REDIRECT_URI.into()),
         ("scope", "openid offline_access".into()),
         ("state", "s1".into()),
-        (
-            "code_challenge",
-            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into(),
-        ),
+        ("code_challenge", code_challenge.into()),
         ("code_challenge_method", "S256".into()),
     ]
+}
+
+/// A fresh PKCE `code_verifier` and its S256 `code_challenge`.
+pub fn pkce() -> Result<(String, String), Box<dyn std::error::Error>> {
+    use base64::Engine as _;
+    use ring::rand::SecureRandom as _;
+    let mut random = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut random)
+        .map_err(|_| "no randomness")?;
+    let encode = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let verifier = encode(&random);
+    let challenge =
+        encode(ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes()).as_ref());
+    Ok((verifier, challenge))
+}
+
+/// Redeems an authorization code from a sign-in with [`authorize_query_for`] at
+/// `/oauth/token`; returns status and JSON body.
+pub async fn redeem_code(
+    server: &Server,
+    code: &str,
+    code_verifier: &str,
+) -> Result<(u16, Value), reqwest::Error> {
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("client_id", "prism-cli"),
+        ("code_verifier", code_verifier),
+        ("code", code),
+        ("redirect_uri", REDIRECT_URI),
+    ];
+    server.post_form("/oauth/token", &form).await
 }
 
 /// Opens the sign-in form (for its CSRF cookie) and posts `email` / `password` to it, as a
@@ -436,14 +517,25 @@ pub async fn browser_sign_in(
     password: &str,
     user_agent: &str,
 ) -> Result<SignInPage, Box<dyn std::error::Error>> {
+    browser_sign_in_with(server, &authorize_query(), email, password, user_agent).await
+}
+
+/// [`browser_sign_in`] with the `/authorize` query given (see [`authorize_query_for`]).
+pub async fn browser_sign_in_with(
+    server: &Server,
+    query: &[(&'static str, String)],
+    email: &str,
+    password: &str,
+    user_agent: &str,
+) -> Result<SignInPage, Box<dyn std::error::Error>> {
     let http = browser(user_agent)?;
     let form_page = http
         .get(server.url("/authorize"))
-        .query(&authorize_query())
+        .query(query)
         .send()
         .await?;
     let csrf = set_cookie(form_page.headers(), "prism_csrf").ok_or("no prism_csrf cookie")?;
-    let mut form = authorize_query();
+    let mut form = query.to_vec();
     form.extend([
         ("csrf", csrf.clone()),
         ("email", email.to_owned()),

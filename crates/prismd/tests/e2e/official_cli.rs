@@ -42,6 +42,37 @@ fn official_prism() -> Result<PathBuf, Box<dyn std::error::Error>> {
     Ok(bin)
 }
 
+/// The official client with a clean environment: PATH, HOME, the server's URL and trust in
+/// its dev CA, and no update check. The client is oclif's, whose update check
+/// (`@oclif/plugin-warn-if-update-available`) would otherwise start a detached process that
+/// asks the npm registry for newer versions: a request to the outside world from a test,
+/// and a process that outlives it. That plugin skips the check when
+/// `<BIN>_SKIP_NEW_VERSION_CHECK` is `1` or `true` (the bin is `prism`);
+/// [`assert_no_update_check`] shows it held.
+fn official(bin: &Path, server: &Server, home: &Path) -> Command {
+    let mut command = Command::new(bin);
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("PRISMATIC_URL", &server.base)
+        .env("NODE_EXTRA_CA_CERTS", server_ca(server))
+        .env("PRISM_SKIP_NEW_VERSION_CHECK", "1");
+    command
+}
+
+/// The update check's first act is to write `version` in the client's cache directory
+/// (`$HOME/.cache/prism`); called at the end of a test, after the client ran several times
+/// (so a check started by its first run has long had the time to write it).
+fn assert_no_update_check(home: &Path) {
+    let version_file = home.join(".cache/prism/version");
+    assert!(
+        !version_file.exists(),
+        "the official client checked for updates: {} exists",
+        version_file.display()
+    );
+}
+
 /// Runs the official client in environment mode with a fresh HOME, trusting the dev CA.
 fn prism(
     bin: &Path,
@@ -50,19 +81,19 @@ fn prism(
     refresh_token: &str,
     args: &[&str],
 ) -> Result<Output, std::io::Error> {
-    Command::new(bin)
+    official(bin, server, home)
         .args(args)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", home)
-        .env("PRISMATIC_URL", &server.base)
         .env("PRISM_REFRESH_TOKEN", refresh_token)
-        .env("NODE_EXTRA_CA_CERTS", server_ca(server))
         .output()
 }
 
 fn server_ca(server: &Server) -> PathBuf {
     server.data_dir().join("ca.pem")
+}
+
+/// `text` with every run of white space made one space.
+fn words(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn text(output: &Output) -> String {
@@ -144,7 +175,7 @@ async fn official_cli_environment_mode() -> TestResult {
     // Environment credentials are never written to disk.
     assert!(!home.path().join(".config/prism/config.yml").exists());
 
-    // A revoked token: the client fails and says so, with a non-zero exit.
+    // A revoked token: the client fails with a non-zero exit and says why.
     let revoked = user_with_token(dir.path(), "revoked@example.com")?;
     let status = Command::new("curl")
         .args(["-sS", "-o", "/dev/null", "--cacert"])
@@ -160,6 +191,14 @@ async fn official_cli_environment_mode() -> TestResult {
         "a revoked token must not work: {}",
         text(&denied)
     );
+    // The contract's words for an HTTP 401 (the refresh was refused, so the client has no
+    // access token to send); the client wraps them to the terminal's width.
+    let said = words(&text(&denied));
+    assert!(
+        said.contains("Not authenticated. Run 'prism login' or select another profile."),
+        "a revoked token must be refused as not authenticated: {said}"
+    );
+    assert_no_update_check(home.path());
     Ok(())
 }
 
@@ -205,14 +244,7 @@ fn prism_profile(
     home: &Path,
     args: &[&str],
 ) -> Result<Output, std::io::Error> {
-    Command::new(bin)
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", home)
-        .env("PRISMATIC_URL", &server.base)
-        .env("NODE_EXTRA_CA_CERTS", server_ca(server))
-        .output()
+    official(bin, server, home).args(args).output()
 }
 
 fn ok_text(output: &Output, what: &str) -> Result<String, Box<dyn std::error::Error>> {
@@ -231,21 +263,22 @@ fn browser_login(
     email: &str,
     password: &str,
 ) -> TestResult {
-    use std::io::{BufRead, BufReader};
-    let mut login = Command::new(bin)
+    use std::io::{BufRead, BufReader, Read};
+    let mut login = official(bin, server, home)
         .args(["login", "--url"])
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", home)
-        .env("PRISMATIC_URL", &server.base)
-        .env("NODE_EXTRA_CA_CERTS", server_ca(server))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()?;
     let stdout = login.stdout.take().ok_or("no stdout")?;
+    let mut stderr = login.stderr.take().ok_or("no stderr")?;
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        stderr.read_to_string(&mut text).map(|_| text)
+    });
     let (lines_tx, lines_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
+    // Ends when the client's stdout closes, that is when it has exited.
+    let reader = std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = lines_tx.send(line);
         }
@@ -289,11 +322,10 @@ fn browser_login(
     );
 
     let status = login.wait()?;
-    let mut rest = Vec::new();
-    while let Ok(line) = lines_rx.recv_timeout(std::time::Duration::from_secs(2)) {
-        rest.push(line);
-    }
-    assert!(status.success(), "prism login failed: {rest:?}");
+    reader.join().map_err(|_| "the stdout reader panicked")?;
+    let rest: Vec<String> = lines_rx.try_iter().collect();
+    let errors = errors.join().map_err(|_| "the stderr reader panicked")??;
+    assert!(status.success(), "prism login failed: {rest:?} {errors}");
     assert!(
         rest.iter().any(|l| l.contains("Logged in to 'default'.")),
         "{rest:?}"
@@ -456,6 +488,7 @@ async fn official_cli_browser_login_and_user_management() -> TestResult {
         "{}",
         text(&denied)
     );
+    assert_no_update_check(home.path());
     Ok(())
 }
 
