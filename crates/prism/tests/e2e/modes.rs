@@ -1,11 +1,51 @@
-//! Environment mode, profile mode, refresh across an expiry, revoke, config interop in both
-//! directions and the config file's permissions.
+//! Environment mode, profile mode, when a stored access token is refreshed (only when it is
+//! missing, expired or expires within the CLI's 300 s margin) and when it is used as is,
+//! revoke, config interop in both directions and the config file's permissions.
+//!
+//! Whether a command refreshed is read from the server, not guessed from the outcome:
+//! `prismd_tokens_refreshed_total` on its `/metrics` counts the refresh-token exchanges it
+//! answered. Stale access tokens are unsigned fakes, so a command that succeeds with one
+//! cannot have sent it to the server.
 
 use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
 
 use crate::harness::{
-    Home, Server, TestResult, fails, fake_jwt, now, official_config, ok, run, stderr, stdout,
+    Home, Res, Server, TestResult, fails, fake_jwt, now, official_config, ok, run, stderr, stdout,
 };
+
+/// The refresh-token exchanges `server` has answered with an access token so far.
+fn refreshes(server: &Server) -> Res<u64> {
+    let mut response = server
+        .browser()?
+        .get(format!("{}/metrics", server.base))
+        .call()?;
+    let text = response.body_mut().read_to_string()?;
+    let value = text
+        .lines()
+        .find_map(|line| line.strip_prefix("prismd_tokens_refreshed_total "))
+        .ok_or("no prismd_tokens_refreshed_total in /metrics")?;
+    Ok(value.trim().parse()?)
+}
+
+/// An access token for `token`, from `me:token` in environment mode (one refresh).
+fn access_for(home: &Home, server: &Server, token: &str) -> Res<String> {
+    let printed = ok(home
+        .prism(server)
+        .arg("me:token")
+        .env("PRISM_REFRESH_TOKEN", token))?;
+    Ok(printed.trim().to_owned())
+}
+
+/// Access tokens the CLI must refresh before use although they carry a refresh token beside
+/// them: one that has expired, and one still valid but within the 300 s margin. The minute
+/// and two on either side of the margin leave room for the time a command takes to start.
+fn stale_tokens() -> [(&'static str, String); 2] {
+    [
+        ("expired", fake_jwt(now() - 60)),
+        ("expiring within the margin", fake_jwt(now() + 300 - 120)),
+    ]
+}
 
 #[test]
 fn environment_mode_prints_me_and_tokens_and_writes_nothing() -> TestResult {
@@ -72,8 +112,14 @@ fn profile_in_the_official_format_is_read_and_refreshed_in_place() -> TestResult
         0o644,
     )?;
 
+    let before = refreshes(&server)?;
     let output = run(home.prism(&server).arg("me"));
     assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        refreshes(&server)?,
+        before + 1,
+        "the expiring token was refreshed"
+    );
     let me = stdout(&output);
     assert!(me.contains("Authentication: Profile"), "{me}");
     assert!(me.contains("Profile: work"), "{me}");
@@ -99,9 +145,14 @@ fn profile_in_the_official_format_is_read_and_refreshed_in_place() -> TestResult
     assert_eq!(config["version"], 1);
     assert_eq!(config["defaultProfile"], "work");
 
-    // A valid stored token is printed without any network access.
+    // A valid stored token is printed without a refresh.
     let printed = ok(home.prism(&server).arg("me:token"))?;
     assert_eq!(printed.trim(), saved);
+    assert_eq!(
+        refreshes(&server)?,
+        before + 1,
+        "the saved token was refreshed again"
+    );
     Ok(())
 }
 
@@ -155,48 +206,148 @@ fn prismatic_url_must_match_the_profile() -> TestResult {
 }
 
 #[test]
-fn refreshes_across_an_expiry_in_both_modes() -> TestResult {
-    let server = Server::start_with(&["--access-token-ttl", "2s"])?;
+fn refreshes_only_when_expired_or_expiring_in_environment_mode() -> TestResult {
+    // Access tokens live the default 7 days: far outside the refresh margin.
+    let server = Server::start()?;
     let token = server.owner_token()?;
     let home = Home::new()?;
+    let env_prism = |access: Option<&str>| {
+        let mut command = home.prism(&server);
+        command.env("PRISM_REFRESH_TOKEN", &token);
+        if let Some(access) = access {
+            command.env("PRISM_ACCESS_TOKEN", access);
+        }
+        command
+    };
 
-    // Environment mode: an expired access token with a refresh token is refreshed.
-    let access = ok(home
-        .prism(&server)
-        .arg("me:token")
-        .env("PRISM_REFRESH_TOKEN", &token))?;
-    std::thread::sleep(std::time::Duration::from_millis(3100));
-    // Alone, the expired token is refused with a hint...
-    let err = fails(
-        home.prism(&server)
-            .arg("me")
-            .env("PRISM_ACCESS_TOKEN", access.trim()),
-    )?;
-    assert!(
-        err.contains("Not authenticated. Run 'prism login' or select another profile."),
-        "{err}"
+    // A refresh token alone is exchanged.
+    let before = refreshes(&server)?;
+    let access = ok(env_prism(None).arg("me:token"))?.trim().to_owned();
+    assert_eq!(refreshes(&server)?, before + 1);
+    // A valid access token beside it is used as is, by `me:token` and by `me`.
+    assert_eq!(ok(env_prism(Some(&access)).arg("me:token"))?.trim(), access);
+    let me = ok(env_prism(Some(&access)).arg("me"))?;
+    assert!(me.contains("owner@localhost"), "{me}");
+    // So is one outside the margin by two minutes (never sent: `me:token` only prints).
+    let outside = fake_jwt(now() + 300 + 120);
+    assert_eq!(
+        ok(env_prism(Some(&outside)).arg("me:token"))?.trim(),
+        outside
     );
-    // ... with the refresh token it is replaced.
+    assert_eq!(
+        refreshes(&server)?,
+        before + 1,
+        "a valid token was refreshed"
+    );
+
+    // An expired or expiring one is replaced, one refresh per command.
+    let mut expected = before + 1;
+    for (what, stale) in stale_tokens() {
+        let printed = ok(env_prism(Some(&stale)).arg("me:token"))?;
+        assert_ne!(printed.trim(), stale, "{what}");
+        assert_eq!(printed.trim().split('.').count(), 3, "{what}: {printed}");
+        let me = ok(env_prism(Some(&stale)).arg("me"))?;
+        assert!(me.contains("owner@localhost"), "{what}: {me}");
+        expected += 2;
+        assert_eq!(refreshes(&server)?, expected, "{what}");
+    }
+    assert!(!home.config().exists());
+    Ok(())
+}
+
+#[test]
+fn refreshes_only_when_expired_or_expiring_in_profile_mode() -> TestResult {
+    let server = Server::start()?;
+    let token = server.owner_token()?;
+    let home = Home::new()?;
+    let valid = access_for(&home, &server, &token)?;
+    let stored = |home: &Home| -> Res<String> {
+        Ok(home.read_config()?["profiles"]["default"]["accessToken"]
+            .as_str()
+            .ok_or("no accessToken")?
+            .to_owned())
+    };
+
+    // A valid stored token is used as is: no refresh, the file untouched.
+    home.write_config(
+        &official_config("default", &valid, &token, &server.base),
+        0o600,
+    )?;
+    let before = refreshes(&server)?;
+    let me = ok(home.prism(&server).arg("me"))?;
+    assert!(me.contains("owner@localhost"), "{me}");
+    assert_eq!(ok(home.prism(&server).arg("me:token"))?.trim(), valid);
+    assert_eq!(
+        refreshes(&server)?,
+        before,
+        "a valid stored token was refreshed"
+    );
+    assert_eq!(stored(&home)?, valid);
+
+    // An expired or expiring stored token is refreshed once and the new one saved; the next
+    // commands use the saved one as is.
+    let mut expected = before;
+    for (what, stale) in stale_tokens() {
+        home.write_config(
+            &official_config("default", &stale, &token, &server.base),
+            0o600,
+        )?;
+        let me = ok(home.prism(&server).arg("me"))?;
+        assert!(me.contains("owner@localhost"), "{what}: {me}");
+        let saved = stored(&home)?;
+        assert_ne!(saved, stale, "{what}");
+        expected += 1;
+        assert_eq!(refreshes(&server)?, expected, "{what}");
+        ok(home.prism(&server).arg("me"))?;
+        assert_eq!(ok(home.prism(&server).arg("me:token"))?.trim(), saved);
+        assert_eq!(
+            refreshes(&server)?,
+            expected,
+            "{what}: the saved token was refreshed"
+        );
+        assert_eq!(stored(&home)?, saved, "{what}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_token_the_server_let_expire_is_refused_alone_and_refreshed_with_its_refresh_token()
+-> TestResult {
+    // A real token that really expires: a one-second lifetime, and a wait for the server to
+    // refuse it rather than a fixed sleep.
+    let server = Server::start_with(&["--access-token-ttl", "1s"])?;
+    let token = server.owner_token()?;
+    let home = Home::new()?;
+    let access = access_for(&home, &server, &token)?;
+    // Alone (nothing to refresh it with), the expired token is refused with a hint.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let refused = loop {
+        let output = run(home
+            .prism(&server)
+            .arg("me")
+            .env("PRISM_ACCESS_TOKEN", &access));
+        if !output.status.success() {
+            break stderr(&output);
+        }
+        if Instant::now() > deadline {
+            return Err("the server still accepts a 1 s token after 60 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        refused.contains("Not authenticated. Run 'prism login' or select another profile."),
+        "{refused}"
+    );
+    // With its refresh token it is replaced.
+    let before = refreshes(&server)?;
     let me = ok(home
         .prism(&server)
         .arg("me")
-        .env("PRISM_ACCESS_TOKEN", access.trim())
+        .env("PRISM_ACCESS_TOKEN", &access)
         .env("PRISM_REFRESH_TOKEN", &token))?;
     assert!(me.contains("owner@localhost"), "{me}");
+    assert_eq!(refreshes(&server)?, before + 1);
     assert!(!home.config().exists());
-
-    // Profile mode: the stored token expires, the next command refreshes and saves.
-    home.write_config(
-        &official_config("default", access.trim(), &token, &server.base),
-        0o600,
-    )?;
-    ok(home.prism(&server).arg("me"))?;
-    let first = home.read_config()?["profiles"]["default"]["accessToken"].clone();
-    assert_ne!(first, access.trim());
-    std::thread::sleep(std::time::Duration::from_millis(2100));
-    ok(home.prism(&server).arg("me"))?;
-    let second = home.read_config()?["profiles"]["default"]["accessToken"].clone();
-    assert_ne!(first, second);
     Ok(())
 }
 

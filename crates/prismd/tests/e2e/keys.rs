@@ -59,17 +59,39 @@ fn listed(list: &str, kid: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Access-token lifetime of [`retired_key_verifies_until_its_last_token_expired`].
+const TTL_SECS: u64 = 20;
+/// Its `--key-reload-interval`.
+const RELOAD_SECS: u64 = 1;
+/// How long after the rotation the server may take to sign with the new key: a deadline far
+/// above the usual delay (the change feed polls every 100 ms, the reload runs every second),
+/// and well within a token's lifetime, so the old-key token checked afterwards cannot have
+/// expired by then.
+const PICKUP_BOUND_SECS: u64 = 10;
+/// Its `--key-retire-margin`: at least [`PICKUP_BOUND_SECS`], so that every old-key token the
+/// test collects (issued before that deadline) expires before the retired key may go, and
+/// the final check cannot be failed by a server that was merely slow to pick the key up.
+const MARGIN_SECS: u64 = PICKUP_BOUND_SECS;
+/// How long the retired key verifies after the rotation (`RetiredKeyWindow`).
+const RETIRE_WINDOW_SECS: u64 = TTL_SECS + RELOAD_SECS + MARGIN_SECS;
+const _: () = assert!(PICKUP_BOUND_SECS < TTL_SECS && PICKUP_BOUND_SECS <= MARGIN_SECS);
+
 #[tokio::test]
 async fn retired_key_verifies_until_its_last_token_expired() -> TestResult {
     let dir = temp_dir()?;
     let data = dir.path();
+    let (ttl, reload, margin) = (
+        format!("{TTL_SECS}s"),
+        format!("{RELOAD_SECS}s"),
+        format!("{MARGIN_SECS}s"),
+    );
     let window = [
         "--access-token-ttl",
-        "20s",
+        ttl.as_str(),
         "--key-reload-interval",
-        "1s",
+        reload.as_str(),
         "--key-retire-margin",
-        "1s",
+        margin.as_str(),
     ];
     let server = Server::start_with(
         data,
@@ -88,38 +110,62 @@ async fn retired_key_verifies_until_its_last_token_expired() -> TestResult {
     let row = listed(&list, &old_kid).ok_or("old key not listed")?;
     assert!(row.contains("yes (signs new tokens)"), "{row}");
 
+    // Every time bound below counts from here, before the rotation's `retired_at`. This
+    // token, signed by the old key, is issued after it: it outlives the pickup deadline.
+    let rotating = Instant::now();
+    let mut newest_old = server.access_token(&refresh).await?;
+    assert_eq!(kid_of(&newest_old)?, old_kid);
+    let mut last_old_exp = exp_of(&newest_old)?;
     let new_kid = admin_ok(data, &["keys", "rotate"])?;
     assert_ne!(new_kid, old_kid);
     assert_eq!(new_kid.len(), 43, "a thumbprint: {new_kid}");
 
-    // The server picks the new key up by its periodic reload; until then it still signs with
-    // the old one, and every such token must verify for as long as it lives.
-    let mut last_old_exp = exp_of(&first)?;
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // The server picks the new key up (change feed or periodic reload); until then it still
+    // signs with the old one, and every such token must verify for as long as it lives. Only
+    // tokens received before the deadline are kept, which bounds the last one's `exp`.
+    let pickup_deadline = rotating + Duration::from_secs(PICKUP_BOUND_SECS);
     loop {
         let token = server.access_token(&refresh).await?;
         if kid_of(&token)? == new_kid {
             break;
         }
-        last_old_exp = last_old_exp.max(exp_of(&token)?);
-        if Instant::now() > deadline {
-            return Err("the server never signed with the rotated key".into());
+        if Instant::now() > pickup_deadline {
+            return Err(format!(
+                "the server still signed with the retired key {PICKUP_BOUND_SECS} s after the \
+                 rotation"
+            )
+            .into());
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        last_old_exp = last_old_exp.max(exp_of(&token)?);
+        newest_old = token;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Issued after `rotating` and at most PICKUP_BOUND_SECS before now, it has at least
+    // TTL_SECS - PICKUP_BOUND_SECS to live; the retired key verifies for RETIRE_WINDOW_SECS
+    // after `rotating`. The elapsed time in the messages tells a slow machine from a bug.
     assert_eq!(
-        server.whoami(&first).await?,
+        server.whoami(&newest_old).await?,
         Ok("ada@example.com".into()),
-        "a token signed by the retired key still verifies"
+        "a token signed by the retired key still verifies ({:?} after the rotation)",
+        rotating.elapsed()
     );
     let mut kids = jwks_kids(&server).await?;
     kids.sort();
     let mut both = vec![old_kid.clone(), new_kid.clone()];
     both.sort();
-    assert_eq!(kids, both, "the JWKS keeps the retired key");
+    assert_eq!(
+        kids,
+        both,
+        "the JWKS keeps the retired key ({:?} after the rotation, window {RETIRE_WINDOW_SECS} s)",
+        rotating.elapsed()
+    );
     let list = admin_ok(data, &list_args)?;
     let old_row = listed(&list, &old_kid).ok_or("old key not listed")?;
-    assert!(old_row.contains("yes, until"), "{old_row}");
+    assert!(
+        old_row.contains("yes, until"),
+        "{old_row} ({:?} after the rotation)",
+        rotating.elapsed()
+    );
     let new_row = listed(&list, &new_kid).ok_or("new key not listed")?;
     assert!(new_row.contains("yes (signs new tokens)"), "{new_row}");
     let audit = admin_ok(data, &["audit", "--limit", "5"])?;
@@ -127,10 +173,10 @@ async fn retired_key_verifies_until_its_last_token_expired() -> TestResult {
     assert!(audit.contains(&new_kid), "{audit}");
 
     // The retired key leaves the JWKS (and verification) only once every token it signed
-    // has expired.
-    let deadline = Instant::now() + Duration::from_secs(120);
+    // has expired. The deadline only stops a key that never leaves.
+    let leave_deadline = rotating + Duration::from_secs(RETIRE_WINDOW_SECS + 60);
     while jwks_kids(&server).await?.contains(&old_kid) {
-        if Instant::now() > deadline {
+        if Instant::now() > leave_deadline {
             return Err("the retired key never left the JWKS".into());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -140,6 +186,7 @@ async fn retired_key_verifies_until_its_last_token_expired() -> TestResult {
         "the retired key was dropped before its last token ({last_old_exp}) expired"
     );
     assert_eq!(jwks_kids(&server).await?, vec![new_kid.clone()]);
+    assert_eq!(server.whoami(&newest_old).await?, Err(401));
     assert_eq!(server.whoami(&first).await?, Err(401));
     let fresh = server.access_token(&refresh).await?;
     assert_eq!(server.whoami(&fresh).await?, Ok("ada@example.com".into()));

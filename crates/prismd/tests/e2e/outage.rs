@@ -1,16 +1,17 @@
 //! PostgreSQL outages end to end. Each test runs its own private PostgreSQL cluster (`initdb`
 //! and `pg_ctl` from `/usr/lib/postgresql/<version>/bin`, data and socket in a temporary
-//! directory, a free port on 127.0.0.1), so stopping and starting it disturbs no other test.
+//! directory, a port on 127.0.0.1 held for the cluster's whole life), so stopping and starting
+//! it disturbs no other test.
 //!
 //! During an outage clients get 503 with `Retry-After` and the JSON error body, never a 500
-//! and never a hang; `/readyz` says not ready while `/healthz` stays 200; afterwards 200s
-//! come back by themselves, the process never exited, and no token state is lost or
-//! resurrected.
+//! and never a hang; the circuit breaker turns requests away at once; `/readyz` says not ready
+//! while `/healthz` stays 200; afterwards 200s come back by themselves, the process never
+//! exited, and no token state is lost or resurrected.
 //!
-//! Like the other PostgreSQL tests these run only where PostgreSQL tests are expected and
-//! fail loudly otherwise: `PRISM_TEST_POSTGRES_URL` must be set (CI sets it), although the
-//! tests use only this machine's PostgreSQL binaries, not that server.
+//! They need only the PostgreSQL binaries (the Debian package `postgresql`, which
+//! `scripts/test.sh` installs), not `PRISM_TEST_POSTGRES_URL`, and fail loudly without them.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -30,28 +31,67 @@ type AnyError = Box<dyn std::error::Error>;
 const RESPONSE_BOUND: Duration = Duration::from_secs(10);
 /// The URL's password: trust authentication ignores it, and it must never reach a log.
 const PASSWORD: &str = "outage-test-not-a-secret";
+/// `PRISMD_LOG` for servers whose breaker rejections are counted: prismd logs each request
+/// the open circuit turned away as a debug line of `prismd::http::error` (see
+/// [`breaker_rejections`]); everything else stays at the default level.
+const LOG_REJECTIONS: &str = "info,prismd::http::error=debug";
+/// How many fresh ports [`PrivateCluster::create`] tries when the first start finds its port
+/// taken (see [`PortHold`]).
+const PORT_ATTEMPTS: usize = 5;
+
+/// A port on 127.0.0.1 held by a socket that is bound but never listens, so that neither an
+/// ephemeral `bind(0)` nor an outgoing connection of any process on this machine can be given
+/// it while the cluster is down: the restart of a stopped cluster then finds its port free,
+/// and prismd, which keeps the same URL, reaches the same database again. Meanwhile
+/// connections to it are refused, as by a stopped server. PostgreSQL binds beside it because
+/// both sockets set `SO_REUSEADDR` and this one is not listening; only a process that binds
+/// this very number explicitly can still take it, which [`PrivateCluster::start`] then says.
+struct PortHold {
+    _socket: tokio::net::TcpSocket,
+    port: u16,
+}
+
+impl PortHold {
+    fn new() -> Result<Self, std::io::Error> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
+        let port = socket.local_addr()?.port();
+        Ok(Self {
+            _socket: socket,
+            port,
+        })
+    }
+}
 
 /// A PostgreSQL cluster of one test, stopped (`-m immediate`) and removed when dropped, also
 /// when the test fails.
 struct PrivateCluster {
     bin: PathBuf,
     dir: tempfile::TempDir,
-    port: u16,
+    hold: PortHold,
     /// PostgreSQL refuses to run as root: then every command runs as the `postgres` user.
     as_postgres: bool,
+}
+
+/// Why [`PrivateCluster::start`] failed.
+enum StartFailure {
+    /// Another process listens on the cluster's port.
+    PortTaken(AnyError),
+    Other(AnyError),
+}
+
+impl From<StartFailure> for AnyError {
+    fn from(failure: StartFailure) -> Self {
+        match failure {
+            StartFailure::PortTaken(err) | StartFailure::Other(err) => err,
+        }
+    }
 }
 
 impl PrivateCluster {
     /// `initdb`, start, and a database named `prism`.
     fn create() -> Result<Self, AnyError> {
-        if std::env::var_os("PRISM_TEST_POSTGRES_URL").is_none() {
-            return Err(
-                "PRISM_TEST_POSTGRES_URL is not set; PostgreSQL tests are expected only \
-                        where it is (CI sets it). This test starts a private cluster from \
-                        /usr/lib/postgresql/<version>/bin rather than using that server"
-                    .into(),
-            );
-        }
         let bin = postgres_bin_dir()?;
         let dir = tempfile::Builder::new().prefix("prismd-pg-").tempdir()?;
         std::fs::create_dir(dir.path().join("sock"))?;
@@ -65,10 +105,10 @@ impl PrivateCluster {
                 return Err("cannot chown the cluster directory to the postgres user".into());
             }
         }
-        let cluster = Self {
+        let mut cluster = Self {
             bin,
             dir,
-            port: free_port()?,
+            hold: PortHold::new()?,
             as_postgres,
         };
         let data = cluster.data_dir();
@@ -87,14 +127,26 @@ impl PrivateCluster {
                 "--no-sync",
             ],
         )?;
-        cluster.start()?;
+        // Nothing knows the port before the first start, so a port taken there may be swapped
+        // for another (unlike at a restart).
+        let mut attempt = 1;
+        loop {
+            match cluster.start() {
+                Ok(()) => break,
+                Err(StartFailure::PortTaken(_)) if attempt < PORT_ATTEMPTS => {
+                    attempt += 1;
+                    cluster.hold = PortHold::new()?;
+                }
+                Err(failure) => return Err(failure.into()),
+            }
+        }
         cluster.run(
             "createdb",
             &[
                 "-h",
                 "127.0.0.1",
                 "-p",
-                &cluster.port.to_string(),
+                &cluster.port().to_string(),
                 "-U",
                 "postgres",
                 "prism",
@@ -103,14 +155,22 @@ impl PrivateCluster {
         Ok(cluster)
     }
 
+    fn port(&self) -> u16 {
+        self.hold.port
+    }
+
     fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("log")
     }
 
     fn url(&self) -> String {
         format!(
             "postgres://postgres:{PASSWORD}@127.0.0.1:{}/prism",
-            self.port
+            self.port()
         )
     }
 
@@ -131,7 +191,7 @@ impl PrivateCluster {
     fn run(&self, tool: &str, args: &[&str]) -> Result<(), AnyError> {
         let output = self.command(tool).args(args).output()?;
         if !output.status.success() {
-            let log = std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default();
+            let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
             return Err(format!(
                 "{tool} {args:?} failed: {}{}\nserver log:\n{log}",
                 String::from_utf8_lossy(&output.stdout),
@@ -142,29 +202,54 @@ impl PrivateCluster {
         Ok(())
     }
 
-    fn start(&self) -> Result<(), AnyError> {
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off",
-            self.port,
-            path_str(&self.dir.path().join("sock"))?
-        );
-        let data = self.data_dir();
-        let log = self.dir.path().join("log");
-        self.run(
-            "pg_ctl",
-            &[
-                "-D",
-                path_str(&data)?,
-                "-l",
-                path_str(&log)?,
-                "-o",
-                &options,
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ],
-        )
+    /// Starts the cluster on its held port (the same one every time).
+    fn start(&self) -> Result<(), StartFailure> {
+        let log = self.log_path();
+        // `pg_ctl -l` appends: only this start's lines say whether this start lost the port.
+        let logged_before = std::fs::metadata(&log).map_or(0, |m| m.len());
+        let started = (|| -> Result<(), AnyError> {
+            let options = format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off",
+                self.port(),
+                path_str(&self.dir.path().join("sock"))?
+            );
+            let data = self.data_dir();
+            self.run(
+                "pg_ctl",
+                &[
+                    "-D",
+                    path_str(&data)?,
+                    "-l",
+                    path_str(&log)?,
+                    "-o",
+                    &options,
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ],
+            )
+        })();
+        let Err(err) = started else { return Ok(()) };
+        let this_start = std::fs::read(&log)
+            .ok()
+            .and_then(|all| {
+                let from = usize::try_from(logged_before).ok()?;
+                all.get(from..)
+                    .map(|tail| String::from_utf8_lossy(tail).into_owned())
+            })
+            .unwrap_or_default();
+        if this_start.contains("could not bind") || this_start.contains("already in use") {
+            return Err(StartFailure::PortTaken(
+                format!(
+                    "PostgreSQL could not listen on 127.0.0.1:{}: another process bound that \
+                     port explicitly although this test held it (not a prismd failure): {err}",
+                    self.port()
+                )
+                .into(),
+            ));
+        }
+        Err(StartFailure::Other(err))
     }
 
     /// `mode`: `fast` (disconnects everyone, clean shutdown) or `immediate` (like a crash;
@@ -189,20 +274,25 @@ impl Drop for PrivateCluster {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        // The TempDir then removes data, socket and log.
+        // The TempDir then removes data, socket and log, and the port is let go.
     }
 }
 
 /// The newest `/usr/lib/postgresql/<version>/bin` with `initdb` and `pg_ctl`.
 fn postgres_bin_dir() -> Result<PathBuf, AnyError> {
     let root = Path::new("/usr/lib/postgresql");
-    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir(root)
-        .map_err(|err| {
-            format!(
-                "no PostgreSQL binaries: cannot read {}: {err}",
-                root.display()
-            )
-        })?
+    let missing = |why: String| -> AnyError {
+        format!(
+            "no PostgreSQL binaries ({why}): the outage tests run a private cluster with \
+             initdb and pg_ctl from {}/<version>/bin; install the Debian package `postgresql` \
+             (apt-get install postgresql; scripts/test.sh does)",
+            root.display()
+        )
+        .into()
+    };
+    let entries = std::fs::read_dir(root)
+        .map_err(|err| missing(format!("cannot read {}: {err}", root.display())))?;
+    let mut found: Vec<(u32, PathBuf)> = entries
         .filter_map(Result::ok)
         .filter_map(|entry| {
             let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
@@ -211,14 +301,10 @@ fn postgres_bin_dir() -> Result<PathBuf, AnyError> {
         })
         .collect();
     found.sort();
-    found.pop().map(|(_, bin)| bin).ok_or_else(|| {
-        format!(
-            "no PostgreSQL binaries: no {}/<version>/bin with initdb and pg_ctl (install the \
-             postgresql package)",
-            root.display()
-        )
-        .into()
-    })
+    found
+        .pop()
+        .map(|(_, bin)| bin)
+        .ok_or_else(|| missing("no version with initdb and pg_ctl".to_owned()))
 }
 
 fn path_str(path: &Path) -> Result<&str, AnyError> {
@@ -226,10 +312,20 @@ fn path_str(path: &Path) -> Result<&str, AnyError> {
         .ok_or_else(|| format!("not UTF-8: {}", path.display()).into())
 }
 
-fn free_port() -> Result<u16, std::io::Error> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// How many requests the open circuit breaker has turned away so far, by the debug line
+/// prismd logs for each (a server started with [`LOG_REJECTIONS`]). Only a rejection by the
+/// open breaker (`StoreError::CircuitOpen`) says "circuit open; waiting"; a request that
+/// waited out the acquire timeout, or found its connection broken, logs "database
+/// unreachable: ..." instead, so a 503 alone cannot stand in for this.
+fn breaker_rejections(server: &Server) -> usize {
+    server
+        .logs()
+        .lines()
+        .filter(|line| {
+            line.contains("storage unavailable")
+                && line.contains("circuit open; waiting for it to answer again")
+        })
+        .count()
 }
 
 /// Runs an admin command on the cluster's database.
@@ -380,6 +476,7 @@ async fn a_database_restart_under_load_costs_503s_and_nothing_else() -> TestResu
             .iter()
             .map(|s| (*s).to_owned())
             .collect(),
+            env: vec![("PRISMD_LOG".into(), LOG_REJECTIONS.into())],
             ..Options::default()
         },
     )?;
@@ -521,6 +618,8 @@ async fn outage_under_load(
     )
     .await?;
     assert_eq!(server.revoke(eve).await?.0, 200);
+    // The circuit has not turned anyone away yet: whatever follows is the outage's doing.
+    assert_eq!(breaker_rejections(server), 0, "{}", server.logs());
 
     tokio::task::block_in_place(|| cluster.stop("immediate"))?;
     let outage_began = began.elapsed();
@@ -585,8 +684,17 @@ async fn outage_under_load(
         || async { Ok(every_client_saw(seen, clients, 503, Some(outage_began))) },
     )
     .await?;
+    // The 503s came (also) from the open breaker, not only from requests that waited out the
+    // acquire timeout. The log lines are read by another thread, hence the wait; the circuit
+    // stays open until the database is back, so the count cannot be missed.
+    wait_for(
+        "the open circuit breaker to turn a request away",
+        Duration::from_secs(30),
+        || async { Ok(breaker_rejections(server) > 0) },
+    )
+    .await?;
 
-    tokio::task::block_in_place(|| cluster.start())?;
+    tokio::task::block_in_place(|| cluster.start().map_err(AnyError::from))?;
     let outage_ended = began.elapsed();
 
     wait_for(
@@ -612,25 +720,39 @@ async fn a_server_started_before_its_database_waits_for_it_or_says_why_not() -> 
     let url = cluster.url();
     let dir = temp_dir()?;
 
-    // Gives up after --db-startup-wait, naming the database but not the password. A short
-    // acquire timeout, so that it retries within that wait even if the stopped cluster's port
-    // has been taken by another test's process in the meantime (a connection there hangs
-    // instead of being refused).
-    let started = Instant::now();
-    let output = Command::new(BIN)
+    // Gives up after --db-startup-wait, naming the database but not the password. The port is
+    // held (see `PortHold`), so every try is refused at once; the short acquire timeout only
+    // bounds a try that would hang. A server that never gave up would hang the test: it is
+    // killed after a deadline far above the 1 s wait instead, and the test fails.
+    let logs = temp_dir()?;
+    let gave_up_log = logs.path().join("gave-up");
+    let mut child = Command::new(BIN)
         .arg("--data-dir")
         .arg(dir.path())
         .args(["--database-url", &url, "serve", "--listen", "127.0.0.1:0"])
         .args(["--db-startup-wait", "1s", "--db-acquire-timeout", "300ms"])
         .env_remove("PRISMD_LOG")
         .stdin(Stdio::null())
-        .output()?;
-    assert!(started.elapsed() < Duration::from_secs(60));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{stderr}");
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&gave_up_log)?)
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("prismd still waited for the database 60 s into a 1 s startup wait".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let stderr = std::fs::read_to_string(&gave_up_log)?;
+    assert!(!status.success(), "{stderr}");
     let expected = format!(
         "cannot reach the database (postgres 127.0.0.1:{}/prism",
-        cluster.port
+        cluster.port()
     );
     assert!(stderr.contains(&expected), "{stderr}");
     assert!(stderr.contains("not reachable yet"), "{stderr}");
@@ -643,28 +765,53 @@ async fn a_server_started_before_its_database_waits_for_it_or_says_why_not() -> 
     assert!(stderr.contains("cannot reach the database"), "{stderr}");
     assert!(!stderr.contains(PASSWORD), "{stderr}");
 
-    // Started with time to spare, it waits and comes up once the database does.
-    let (up_tx, up_rx) = std::sync::mpsc::channel();
-    let starter = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(1500));
-        let started = cluster.start().map_err(|err| err.to_string());
-        let _ = up_tx.send(started);
-        cluster
+    // Started with time to spare, it waits and comes up once the database does. The database
+    // starts only once the server has said that it waits, however slow the machine: a start
+    // after a fixed pause could come before the server's first try and prove nothing. The
+    // harness hands over a `Server` only once it listens, so its stderr is also copied to a
+    // file to watch: bash replaces itself with prismd (the process the harness signals),
+    // whose stderr goes through `tee` to that file and on to the harness.
+    let early_log = logs.path().join("waiting");
+    let options = Options {
+        args: vec![
+            "--database-url".into(),
+            url.clone(),
+            "--db-startup-wait".into(),
+            "60s".into(),
+        ],
+        env: vec![(
+            "PRISM_TEST_STDERR_COPY".into(),
+            path_str(&early_log)?.into(),
+        )],
+        launcher: [
+            "bash",
+            "-c",
+            r#"exec "$@" 2> >(exec tee -a -- "$PRISM_TEST_STDERR_COPY" >&2)"#,
+            "bash",
+        ]
+        .map(String::from)
+        .to_vec(),
+    };
+    let data_dir = dir.path().to_owned();
+    let starting = std::thread::spawn(move || {
+        Server::start_with(&data_dir, options).map_err(|err| err.to_string())
     });
-    let server = Server::start_with(
-        dir.path(),
-        Options {
-            args: vec![
-                "--database-url".into(),
-                url.clone(),
-                "--db-startup-wait".into(),
-                "60s".into(),
-            ],
-            ..Options::default()
+    let waited = wait_for(
+        "the server to say that the database is not reachable yet",
+        Duration::from_secs(60),
+        || async {
+            Ok(std::fs::read_to_string(&early_log)
+                .is_ok_and(|log| log.contains("not reachable yet")))
         },
-    );
-    let cluster = starter.join().map_err(|_| "the starter thread panicked")?;
-    up_rx.recv()??;
+    )
+    .await;
+    let restarted = waited.and_then(|()| cluster.start().map_err(AnyError::from));
+    // Joined whatever happened: without the database the server gives up after its startup
+    // wait, and the harness then kills it.
+    let server = starting
+        .join()
+        .map_err(|_| "the thread starting the server panicked")?;
+    restarted?;
     let server = server?;
     assert!(
         server.logs().contains("not reachable yet"),
