@@ -468,14 +468,20 @@ impl Metrics {
                 pool.max,
             );
         }
-        if let Some(open) = stats.circuit_open {
+        if let Some(circuit) = stats.circuit {
             family(
                 out,
                 "prismd_db_circuit_open",
                 "gauge",
                 "1 while the database circuit breaker is open (requests fail fast with 503).",
             );
-            sample(out, "prismd_db_circuit_open", &[], u8::from(open));
+            sample(out, "prismd_db_circuit_open", &[], u8::from(circuit.open));
+            counter(
+                out,
+                "prismd_db_circuit_rejections_total",
+                "Requests the open circuit breaker answered with 503 at once, without asking the database.",
+                circuit.rejections,
+            );
         }
         if let Some(cache) = &self.cache {
             let cache = cache.stats();

@@ -62,6 +62,9 @@ struct Shared {
     /// Moves on every time the circuit closes; a failure of a request that started in an
     /// earlier generation says nothing about the database now.
     generation: AtomicU64,
+    /// Requests turned away while open, for metrics: the one sign that the breaker, not a
+    /// slow database, answered them.
+    rejections: AtomicU64,
     stopped: AtomicBool,
     stop: Notify,
     probe: Probe,
@@ -88,6 +91,7 @@ impl CircuitBreaker {
             shared: Arc::new(Shared {
                 open: AtomicBool::new(false),
                 generation: AtomicU64::new(0),
+                rejections: AtomicU64::new(0),
                 stopped: AtomicBool::new(false),
                 stop: Notify::new(),
                 probe,
@@ -100,11 +104,17 @@ impl CircuitBreaker {
         self.shared.open.load(Ordering::Acquire)
     }
 
+    /// Requests refused at once since the start because the circuit was open.
+    pub fn rejections(&self) -> u64 {
+        self.shared.rejections.load(Ordering::Relaxed)
+    }
+
     /// Lets a request through (returning the generation to hand to [`Self::observe`]), or
     /// refuses it at once while the circuit is open.
     pub fn admit(&self) -> Result<u64, StoreError> {
         let generation = self.shared.generation.load(Ordering::Acquire);
         if self.is_open() {
+            self.shared.rejections.fetch_add(1, Ordering::Relaxed);
             return Err(StoreError::CircuitOpen);
         }
         Ok(generation)
@@ -651,7 +661,10 @@ impl Store for GuardedStore {
 
     fn connection_stats(&self) -> super::ConnectionStats {
         super::ConnectionStats {
-            circuit_open: Some(self.breaker.is_open()),
+            circuit: Some(super::CircuitStats {
+                open: self.breaker.is_open(),
+                rejections: self.breaker.rejections(),
+            }),
             ..self.inner.connection_stats()
         }
     }
@@ -754,7 +767,13 @@ mod tests {
             breaker.observe(generation, &unreachable());
         }
         assert!(breaker.is_open());
+        assert_eq!(
+            breaker.rejections(),
+            0,
+            "nothing was turned away while closed"
+        );
         assert!(matches!(breaker.admit(), Err(StoreError::CircuitOpen)));
+        assert_eq!(breaker.rejections(), 1);
         let down_for = Duration::from_millis(60);
         tokio::time::sleep(down_for).await;
         assert!(breaker.is_open(), "still down: stays open");

@@ -862,8 +862,16 @@ impl PoolStats {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConnectionStats {
     pub pools: Vec<PoolStats>,
-    /// Whether the circuit breaker is open; `None` where there is no breaker (SQLite).
-    pub circuit_open: Option<bool>,
+    /// The circuit breaker's state; `None` where there is no breaker (SQLite).
+    pub circuit: Option<CircuitStats>,
+}
+
+/// The circuit breaker's state, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CircuitStats {
+    pub open: bool,
+    /// Requests refused at once while the circuit was open, since the start.
+    pub rejections: u64,
 }
 
 /// The one storage interface. Every method is a single short transaction.

@@ -1658,7 +1658,7 @@ impl Store for PostgresStore {
     fn connection_stats(&self) -> super::ConnectionStats {
         super::ConnectionStats {
             pools: vec![super::PoolStats::of("postgres", &self.pool)],
-            circuit_open: None,
+            circuit: None,
         }
     }
 }

@@ -1516,7 +1516,7 @@ impl Store for SqliteStore {
                 super::PoolStats::of("sqlite_writer", &self.writer),
                 super::PoolStats::of("sqlite_readers", &self.readers),
             ],
-            circuit_open: None,
+            circuit: None,
         }
     }
 }

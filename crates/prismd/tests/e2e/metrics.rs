@@ -319,7 +319,7 @@ async fn counts_are_exact_after_a_known_sequence_and_leak_nothing() -> TestResul
     );
     metrics.value("prismd_cache_invalidations_total")?;
     // No breaker in front of SQLite.
-    assert!(!metrics.text.contains("prismd_db_circuit_open"));
+    assert!(!metrics.text.contains("prismd_db_circuit"));
 
     // No secret, id, email or raw path.
     let claims = claims(&access)?;
@@ -504,6 +504,7 @@ async fn postgres_gauges(url: &str) -> TestResult {
         .sum();
     assert!((1.0..=4.0).contains(&open), "{open} connections");
     assert_eq!(metrics.value("prismd_db_circuit_open")?, 0.0);
+    assert_eq!(metrics.value("prismd_db_circuit_rejections_total")?, 0.0);
     assert_eq!(metrics.value("prismd_tokens_refreshed_total")?, 1.0);
     assert!(!metrics.text.contains("sqlite"));
     assert!(!metrics.text.contains(&token));

@@ -31,10 +31,6 @@ type AnyError = Box<dyn std::error::Error>;
 const RESPONSE_BOUND: Duration = Duration::from_secs(10);
 /// The URL's password: trust authentication ignores it, and it must never reach a log.
 const PASSWORD: &str = "outage-test-not-a-secret";
-/// `PRISMD_LOG` for servers whose breaker rejections are counted: prismd logs each request
-/// the open circuit turned away as a debug line of `prismd::http::error` (see
-/// [`breaker_rejections`]); everything else stays at the default level.
-const LOG_REJECTIONS: &str = "info,prismd::http::error=debug";
 /// How many fresh ports [`PrivateCluster::create`] tries when the first start finds its port
 /// taken (see [`PortHold`]).
 const PORT_ATTEMPTS: usize = 5;
@@ -312,22 +308,6 @@ fn path_str(path: &Path) -> Result<&str, AnyError> {
         .ok_or_else(|| format!("not UTF-8: {}", path.display()).into())
 }
 
-/// How many requests the open circuit breaker has turned away so far, by the debug line
-/// prismd logs for each (a server started with [`LOG_REJECTIONS`]). Only a rejection by the
-/// open breaker (`StoreError::CircuitOpen`) says "circuit open; waiting"; a request that
-/// waited out the acquire timeout, or found its connection broken, logs "database
-/// unreachable: ..." instead, so a 503 alone cannot stand in for this.
-fn breaker_rejections(server: &Server) -> usize {
-    server
-        .logs()
-        .lines()
-        .filter(|line| {
-            line.contains("storage unavailable")
-                && line.contains("circuit open; waiting for it to answer again")
-        })
-        .count()
-}
-
 /// Runs an admin command on the cluster's database.
 fn admin(dir: &Path, url: &str, args: &[&str]) -> Result<String, AnyError> {
     let mut all = vec!["--database-url", url];
@@ -476,7 +456,6 @@ async fn a_database_restart_under_load_costs_503s_and_nothing_else() -> TestResu
             .iter()
             .map(|s| (*s).to_owned())
             .collect(),
-            env: vec![("PRISMD_LOG".into(), LOG_REJECTIONS.into())],
             ..Options::default()
         },
     )?;
@@ -619,7 +598,8 @@ async fn outage_under_load(
     .await?;
     assert_eq!(server.revoke(eve).await?.0, 200);
     // The circuit has not turned anyone away yet: whatever follows is the outage's doing.
-    assert_eq!(breaker_rejections(server), 0, "{}", server.logs());
+    let rejections = || scraped_value(http, &server.base, "prismd_db_circuit_rejections_total");
+    assert_eq!(rejections().await?, 0.0, "{}", server.logs());
 
     tokio::task::block_in_place(|| cluster.stop("immediate"))?;
     let outage_began = began.elapsed();
@@ -685,12 +665,12 @@ async fn outage_under_load(
     )
     .await?;
     // The 503s came (also) from the open breaker, not only from requests that waited out the
-    // acquire timeout. The log lines are read by another thread, hence the wait; the circuit
-    // stays open until the database is back, so the count cannot be missed.
+    // acquire timeout (which a 503 alone cannot tell apart). The load clients keep asking and
+    // the circuit stays open until the database is back, so the count must rise meanwhile.
     wait_for(
         "the open circuit breaker to turn a request away",
         Duration::from_secs(30),
-        || async { Ok(breaker_rejections(server) > 0) },
+        || async { Ok(rejections().await? > 0.0) },
     )
     .await?;
 
