@@ -2,7 +2,7 @@
 //! that are route templates and never a secret, id or raw path; the separate listener; and
 //! PostgreSQL's pool and circuit gauges.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -60,6 +60,16 @@ impl Scrape {
         Ok(Self { text, samples })
     }
 
+    /// Every metric family as `(name, type)`, from the `# TYPE` lines.
+    fn families(&self) -> BTreeSet<(String, String)> {
+        self.text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|rest| rest.split_once(' '))
+            .map(|(name, kind)| (name.to_owned(), kind.to_owned()))
+            .collect()
+    }
+
     /// The value of one series; a missing series is an error, not zero.
     fn value(&self, series: &str) -> Result<f64, String> {
         self.samples
@@ -107,6 +117,26 @@ impl Labels {
     fn without(&self, name: &str) -> Labels {
         Labels(self.0.iter().filter(|(n, _)| n != name).cloned().collect())
     }
+}
+
+/// The `(name, type)` pairs of the metric table in docs/operating.md: rows start with one or
+/// more backquoted names (comma-separated), then the type.
+fn documented_families() -> Result<BTreeSet<(String, String)>, Box<dyn std::error::Error>> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/operating.md");
+    let doc = std::fs::read_to_string(path)?;
+    let table = doc
+        .split("| metric | type | labels | what |")
+        .nth(1)
+        .ok_or("docs/operating.md has no metric table")?;
+    let mut families = BTreeSet::new();
+    for row in table.lines().skip(2).take_while(|l| l.starts_with('|')) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let (names, kind) = (cells.get(1).ok_or(row)?, cells.get(2).ok_or(row)?);
+        for name in names.split(',') {
+            families.insert((name.trim().trim_matches('`').to_owned(), (*kind).to_owned()));
+        }
+    }
+    Ok(families)
 }
 
 async fn scrape(server: &Server, url: &str) -> Result<Scrape, Box<dyn std::error::Error>> {
@@ -505,6 +535,13 @@ async fn postgres_gauges(url: &str) -> TestResult {
     assert!((1.0..=4.0).contains(&open), "{open} connections");
     assert_eq!(metrics.value("prismd_db_circuit_open")?, 0.0);
     assert_eq!(metrics.value("prismd_db_circuit_rejections_total")?, 0.0);
+    // With PostgreSQL every optional family is present (breaker, cache), so this scrape is
+    // the whole list the operator's reference must match.
+    assert_eq!(
+        documented_families()?,
+        metrics.families(),
+        "docs/operating.md's metric table (left) differs from what prismd exposes (right)"
+    );
     assert_eq!(metrics.value("prismd_tokens_refreshed_total")?, 1.0);
     assert!(!metrics.text.contains("sqlite"));
     assert!(!metrics.text.contains(&token));
