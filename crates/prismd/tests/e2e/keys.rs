@@ -232,7 +232,9 @@ fn replica(
 async fn replicas_pick_up_a_rotation(url: &str) -> TestResult {
     let dir = temp_dir()?;
     let data = dir.path();
-    // Periodic reloads far away: only the unknown-kid reload can explain what follows.
+    // Periodic reloads far away: what follows is the change feed's doing (the `keys.rotated`
+    // event) or, where a token's kid comes before that event, the unknown-kid reload. This
+    // cannot tell the two apart; `tokens::live`'s unit tests check the unknown-kid path alone.
     let a = replica(data, url, "1h")?;
     let b = replica(data, url, "1h")?;
     let admin = |args: &[&str]| -> Result<String, Box<dyn std::error::Error>> {
