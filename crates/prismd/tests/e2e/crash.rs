@@ -6,11 +6,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::harness::{Options, Server, TestResult, admin_ok, sqlite_integrity, temp_dir};
+use crate::harness::{
+    Options, Server, TestResult, admin_ok, sqlite_integrity, temp_dir, until_answered,
+};
 
 const USERS: usize = 24;
 /// The first `LOADED` users take the load; the rest are never touched before the kill.
@@ -141,12 +142,7 @@ async fn sigkill_under_load_keeps_every_answered_revoke() -> TestResult {
             answered.clone(),
         )));
     }
-    // A generous deadline for the load to get going; not a speed claim.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while answered.load(Ordering::SeqCst) < KILL_AFTER {
-        assert!(Instant::now() < deadline, "the load never got going");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    until_answered(&answered, KILL_AFTER).await?;
     server.kill_hard()?;
 
     let mut seen = Seen::default();

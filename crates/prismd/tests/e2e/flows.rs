@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Options, Server, TestResult, admin_ok, temp_dir, user_with_token};
+use crate::harness::{
+    Options, Server, TestResult, admin_ok, temp_dir, until_answered, user_with_token,
+};
 
 #[tokio::test]
 async fn revoke_all_kills_every_token_of_the_user_and_only_theirs() -> TestResult {
@@ -418,11 +420,16 @@ async fn refreshes_racing_a_revoke_get_nothing_that_outlives_it() -> TestResult 
     let revoked_at: Arc<OnceLock<Instant>> = Arc::default();
     let answered = Arc::new(AtomicUsize::new(0));
     let mut workers = tokio::task::JoinSet::new();
+    // The victim's workers take the victim's tokens in turn, so that each token is raced.
+    let (mut victim_workers, mut raced_tokens) = (0, std::collections::BTreeSet::new());
     for worker in 0..WORKERS {
         // Every fourth worker refreshes the bystander's token, the others the victim's.
         let is_victim = worker % 4 != 3;
         let token = if is_victim {
-            victim[worker % TOKENS].clone()
+            let index = victim_workers % TOKENS;
+            victim_workers += 1;
+            raced_tokens.insert(index);
+            victim[index].clone()
         } else {
             bystander.clone()
         };
@@ -456,12 +463,13 @@ async fn refreshes_racing_a_revoke_get_nothing_that_outlives_it() -> TestResult 
             Ok::<_, reqwest::Error>(seen)
         });
     }
+    assert_eq!(
+        raced_tokens.len(),
+        TOKENS,
+        "not every token of the victim is raced: {raced_tokens:?}"
+    );
     // The revoke goes out once the refreshes are in full swing.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while answered.load(Ordering::SeqCst) < WORKERS * 4 {
-        assert!(Instant::now() < deadline, "the refreshes never got going");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    until_answered(&answered, WORKERS * 4).await?;
     let (status, body) = server.revoke(&victim[0]).await?;
     // Taken once the answer is in: a request started later was sent after the revoke had
     // answered, for sure.
@@ -518,6 +526,15 @@ async fn refreshes_racing_a_revoke_get_nothing_that_outlives_it() -> TestResult 
             server.whoami(access).await?,
             Err(401),
             "an access token of the revoked user still opens the API"
+        );
+    }
+    // Each of the victim's tokens is refused now, not only the one the revoke was sent with.
+    for (index, token) in victim.iter().enumerate() {
+        let (status, body) = server.refresh(token).await?;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_grant")),
+            "the victim's token {index} still refreshes after the revoke: {body}"
         );
     }
     for access in &bystander_access {

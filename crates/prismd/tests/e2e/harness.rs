@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -409,14 +410,17 @@ pub struct SignInPage {
     pub status: u16,
     pub headers: reqwest::header::HeaderMap,
     pub body: String,
+    /// The CSRF value the form was posted with, as its cookie and its `csrf` field.
+    pub csrf: String,
 }
 
 impl SignInPage {
-    async fn read(response: reqwest::Response) -> reqwest::Result<Self> {
+    async fn read(response: reqwest::Response, csrf: String) -> reqwest::Result<Self> {
         Ok(Self {
             status: response.status().as_u16(),
             headers: response.headers().clone(),
             body: response.text().await?,
+            csrf,
         })
     }
 
@@ -428,11 +432,14 @@ impl SignInPage {
     /// Query parameter `name` of the `Location` this page redirects to.
     pub fn location_param(&self, name: &str) -> Option<String> {
         let location = self.headers.get("location")?.to_str().ok()?;
-        url::Url::parse(location)
-            .ok()?
-            .query_pairs()
-            .find_map(|(key, value)| (key == name).then(|| value.into_owned()))
+        query_param(&url::Url::parse(location).ok()?, name)
     }
+}
+
+/// Query parameter `name` of `url`, decoded.
+pub fn query_param(url: &url::Url, name: &str) -> Option<String> {
+    url.query_pairs()
+        .find_map(|(key, value)| (key == name).then(|| value.into_owned()))
 }
 
 /// An HTTP client as a browser sending `user_agent`, except that it does not follow redirects
@@ -477,34 +484,45 @@ pub fn authorize_query_for(code_challenge: &str) -> Vec<(&'static str, String)> 
     ]
 }
 
-/// A fresh PKCE `code_verifier` and its S256 `code_challenge`.
-pub fn pkce() -> Result<(String, String), Box<dyn std::error::Error>> {
-    use base64::Engine as _;
-    use ring::rand::SecureRandom as _;
-    let mut random = [0u8; 32];
-    ring::rand::SystemRandom::new()
-        .fill(&mut random)
-        .map_err(|_| "no randomness")?;
-    let encode = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-    let verifier = encode(&random);
-    let challenge =
-        encode(ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes()).as_ref());
-    Ok((verifier, challenge))
+/// A PKCE pair: a fresh random `code_verifier` and its S256 `code_challenge`.
+pub struct Pkce {
+    pub verifier: String,
+    pub challenge: String,
 }
 
-/// Redeems an authorization code from a sign-in with [`authorize_query_for`] at
-/// `/oauth/token`; returns status and JSON body.
+impl Pkce {
+    pub fn new() -> Result<Self, Box<dyn std::error::Error>> {
+        use base64::Engine as _;
+        use ring::rand::SecureRandom as _;
+        let mut random = [0u8; 32];
+        ring::rand::SystemRandom::new()
+            .fill(&mut random)
+            .map_err(|_| "no randomness")?;
+        let encode = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let verifier = encode(&random);
+        let challenge =
+            encode(ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes()).as_ref());
+        Ok(Self {
+            verifier,
+            challenge,
+        })
+    }
+}
+
+/// Redeems an authorization code of the CLI's client at `/oauth/token` (the
+/// `authorization_code` grant); returns status and JSON body.
 pub async fn redeem_code(
     server: &Server,
     code: &str,
     code_verifier: &str,
+    redirect_uri: &str,
 ) -> Result<(u16, Value), reqwest::Error> {
     let form = [
         ("grant_type", "authorization_code"),
         ("client_id", "prism-cli"),
         ("code_verifier", code_verifier),
         ("code", code),
-        ("redirect_uri", REDIRECT_URI),
+        ("redirect_uri", redirect_uri),
     ];
     server.post_form("/oauth/token", &form).await
 }
@@ -547,7 +565,7 @@ pub async fn browser_sign_in_with(
         .form(&form)
         .send()
         .await?;
-    Ok(SignInPage::read(response).await?)
+    Ok(SignInPage::read(response, csrf).await?)
 }
 
 /// Opens the device page for `user_code` (for its CSRF cookie) and posts `email` / `password`
@@ -579,5 +597,21 @@ pub async fn device_sign_in(
         ])
         .send()
         .await?;
-    Ok(SignInPage::read(response).await?)
+    Ok(SignInPage::read(response, csrf).await?)
+}
+
+/// Waits until `answered` reaches `count`: for a load that the test's own tasks put on a
+/// server to get going. The deadline is generous (120 s), not a speed claim.
+pub async fn until_answered(answered: &AtomicUsize, count: usize) -> TestResult {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let so_far = answered.load(Ordering::SeqCst);
+        if so_far >= count {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!("the load never got going: {so_far} of {count} answers").into());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }

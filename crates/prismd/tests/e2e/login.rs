@@ -8,45 +8,22 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use reqwest::header::HeaderMap;
-use ring::rand::SecureRandom;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
-use crate::harness::{Server, TestResult, admin_ok, prismd_with_stdin, temp_dir};
+use crate::harness::REDIRECT_URI as REDIRECT;
+use crate::harness::{
+    Pkce, Server, TestResult, admin_ok, browser, prismd_with_stdin, query_param, redeem_code,
+    temp_dir,
+};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 const CLIENT_ID: &str = "prism-cli";
 const PASSWORD: &str = "correct horse battery staple";
 const SCOPE: &str = "openid profile email offline_access";
-const REDIRECT: &str = "http://127.0.0.1:59400/callback";
 const ME: &str = "{ authenticatedUser { email } }";
-
-/// A PKCE pair: a fresh random verifier and its S256 challenge.
-struct Pkce {
-    verifier: String,
-    challenge: String,
-}
-
-fn new_pkce() -> Res<Pkce> {
-    let mut bytes = [0u8; 48];
-    ring::rand::SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|e| format!("{e:?}"))?;
-    let verifier = URL_SAFE_NO_PAD.encode(bytes);
-    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
-    Ok(Pkce {
-        verifier,
-        challenge,
-    })
-}
-
-/// An HTTP client that never follows redirects and keeps no cookies.
-fn browser() -> Res<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?)
-}
+/// The browser's `User-Agent`.
+const AGENT: &str = "login-e2e";
 
 /// Adds a user who can log in with [`PASSWORD`].
 fn add_user(dir: &std::path::Path, email: &str) -> TestResult {
@@ -253,13 +230,6 @@ struct LoggedIn {
     session: String,
 }
 
-/// Query parameter `name` of `url` (decoded).
-fn query_param(url: &url::Url, name: &str) -> Option<String> {
-    url.query_pairs()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
-}
-
 /// Opens the form, posts the right password and returns the code from the redirect.
 async fn login(
     server: &Server,
@@ -286,39 +256,9 @@ async fn login(
     })
 }
 
-/// `POST /oauth/token` with the `authorization_code` grant; returns status and JSON body.
-async fn redeem(
-    server: &Server,
-    http: &reqwest::Client,
-    code: &str,
-    verifier: &str,
-    redirect_uri: &str,
-) -> Res<(u16, Value)> {
-    let form = [
-        ("grant_type", "authorization_code"),
-        ("client_id", CLIENT_ID),
-        ("code_verifier", verifier),
-        ("code", code),
-        ("redirect_uri", redirect_uri),
-    ];
-    let response = http
-        .post(server.url("/oauth/token"))
-        .form(&form)
-        .send()
-        .await?;
-    let status = response.status().as_u16();
-    Ok((status, response.json().await.unwrap_or(Value::Null)))
-}
-
 /// Redeems and requires success; returns the token response.
-async fn redeem_ok(
-    server: &Server,
-    http: &reqwest::Client,
-    code: &str,
-    verifier: &str,
-    redirect_uri: &str,
-) -> Res<Value> {
-    let (status, body) = redeem(server, http, code, verifier, redirect_uri).await?;
+async fn redeem_ok(server: &Server, code: &str, verifier: &str, redirect_uri: &str) -> Res<Value> {
+    let (status, body) = redeem_code(server, code, verifier, redirect_uri).await?;
     assert_eq!(status, 200, "{body}");
     Ok(body)
 }
@@ -366,8 +306,8 @@ async fn login_happy_path_issues_working_tokens_and_a_harmless_id_token() -> Tes
     let dir = temp_dir()?;
     let server = Server::start(dir.path())?;
     add_user(dir.path(), "admin@example.com")?;
-    let http = browser()?;
-    let pkce = new_pkce()?;
+    let http = browser(AGENT)?;
+    let pkce = Pkce::new()?;
     let state = "st-4f9a 'x'/?&=+";
     let query = with(
         &params(REDIRECT, state, &pkce.challenge),
@@ -521,8 +461,8 @@ async fn login_requires_pkce_s256_and_the_matching_verifier() -> TestResult {
     let dir = temp_dir()?;
     let server = Server::start(dir.path())?;
     add_user(dir.path(), "admin@example.com")?;
-    let http = browser()?;
-    let pkce = new_pkce()?;
+    let http = browser(AGENT)?;
+    let pkce = Pkce::new()?;
     let good = params(REDIRECT, "pkce-state", &pkce.challenge);
 
     // Positive control: the complete request shows the form.
@@ -605,7 +545,7 @@ async fn login_requires_pkce_s256_and_the_matching_verifier() -> TestResult {
     assert!(page.set_cookie("prism_session").is_none());
 
     // Wrong verifiers at the token endpoint.
-    let other = new_pkce()?;
+    let other = Pkce::new()?;
     let wrong_verifiers = [
         ("another verifier", other.verifier.clone()),
         ("the challenge itself (plain)", pkce.challenge.clone()),
@@ -617,13 +557,13 @@ async fn login_requires_pkce_s256_and_the_matching_verifier() -> TestResult {
     ];
     for (case, verifier) in &wrong_verifiers {
         let logged_in = login(&server, &http, "admin@example.com", &good).await?;
-        let (status, body) = redeem(&server, &http, &logged_in.code, verifier, REDIRECT).await?;
+        let (status, body) = redeem_code(&server, &logged_in.code, verifier, REDIRECT).await?;
         assert_invalid_grant(case, status, &body);
     }
 
     // Positive control: the right verifier redeems a fresh code.
     let logged_in = login(&server, &http, "admin@example.com", &good).await?;
-    let body = redeem_ok(&server, &http, &logged_in.code, &pkce.verifier, REDIRECT).await?;
+    let body = redeem_ok(&server, &logged_in.code, &pkce.verifier, REDIRECT).await?;
     assert!(str_field(&body, "refresh_token")?.starts_with("prism_rt_"));
 
     server.stop()?;
@@ -635,19 +575,19 @@ async fn login_code_replay_fails_and_revokes_what_the_code_issued() -> TestResul
     let dir = temp_dir()?;
     let server = Server::start(dir.path())?;
     add_user(dir.path(), "admin@example.com")?;
-    let http = browser()?;
-    let pkce = new_pkce()?;
+    let http = browser(AGENT)?;
+    let pkce = Pkce::new()?;
     let query = params(REDIRECT, "replay", &pkce.challenge);
     let logged_in = login(&server, &http, "admin@example.com", &query).await?;
 
-    let tokens = redeem_ok(&server, &http, &logged_in.code, &pkce.verifier, REDIRECT).await?;
+    let tokens = redeem_ok(&server, &logged_in.code, &pkce.verifier, REDIRECT).await?;
     let access = str_field(&tokens, "access_token")?;
     let refresh = str_field(&tokens, "refresh_token")?;
     // Positive control: both work before the replay.
     assert_eq!(server.whoami(access).await?, Ok("admin@example.com".into()));
     assert_eq!(server.refresh(refresh).await?.0, 200);
 
-    let (status, body) = redeem(&server, &http, &logged_in.code, &pkce.verifier, REDIRECT).await?;
+    let (status, body) = redeem_code(&server, &logged_in.code, &pkce.verifier, REDIRECT).await?;
     assert_invalid_grant("replayed code", status, &body);
 
     let (status, body) = server.refresh(refresh).await?;
@@ -656,7 +596,7 @@ async fn login_code_replay_fails_and_revokes_what_the_code_issued() -> TestResul
     assert_eq!(server.whoami(access).await?, Err(401));
 
     // A third try is refused as well, and a new login still works.
-    let (status, body) = redeem(&server, &http, &logged_in.code, &pkce.verifier, REDIRECT).await?;
+    let (status, body) = redeem_code(&server, &logged_in.code, &pkce.verifier, REDIRECT).await?;
     assert_invalid_grant("third use", status, &body);
     // The replay is audited once, about the user, with the session it revoked; never the code.
     let audit = admin_ok(dir.path(), &["audit", "--action", "code.replayed"])?;
@@ -670,7 +610,7 @@ async fn login_code_replay_fails_and_revokes_what_the_code_issued() -> TestResul
     assert!(replays[0]["subjectUserId"].is_string(), "{audit}");
     assert!(!audit.contains(&logged_in.code));
     let again = login(&server, &http, "admin@example.com", &query).await?;
-    let tokens = redeem_ok(&server, &http, &again.code, &pkce.verifier, REDIRECT).await?;
+    let tokens = redeem_ok(&server, &again.code, &pkce.verifier, REDIRECT).await?;
     assert_eq!(
         server.whoami(str_field(&tokens, "access_token")?).await?,
         Ok("admin@example.com".into())
@@ -685,8 +625,8 @@ async fn login_refuses_foreign_redirect_uris_and_clients_without_redirecting() -
     let dir = temp_dir()?;
     let server = Server::start(dir.path())?;
     add_user(dir.path(), "admin@example.com")?;
-    let http = browser()?;
-    let pkce = new_pkce()?;
+    let http = browser(AGENT)?;
+    let pkce = Pkce::new()?;
     let good = params(REDIRECT, "redirect-state", &pkce.challenge);
 
     // Positive controls: every loopback spelling shows the form.
@@ -759,9 +699,8 @@ async fn login_refuses_foreign_redirect_uris_and_clients_without_redirecting() -
 
     // The token endpoint binds the code to its redirect URI.
     let logged_in = login(&server, &http, "admin@example.com", &good).await?;
-    let (status, body) = redeem(
+    let (status, body) = redeem_code(
         &server,
-        &http,
         &logged_in.code,
         &pkce.verifier,
         "http://127.0.0.1:59401/callback",
@@ -770,7 +709,7 @@ async fn login_refuses_foreign_redirect_uris_and_clients_without_redirecting() -
     assert_invalid_grant("other redirect_uri at the token endpoint", status, &body);
     // Positive control: a fresh code with its own redirect URI redeems.
     let logged_in = login(&server, &http, "admin@example.com", &good).await?;
-    redeem_ok(&server, &http, &logged_in.code, &pkce.verifier, REDIRECT).await?;
+    redeem_ok(&server, &logged_in.code, &pkce.verifier, REDIRECT).await?;
 
     server.stop()?;
     Ok(())
@@ -781,8 +720,8 @@ async fn login_post_requires_the_csrf_cookie_to_match_the_field() -> TestResult 
     let dir = temp_dir()?;
     let server = Server::start(dir.path())?;
     add_user(dir.path(), "admin@example.com")?;
-    let http = browser()?;
-    let pkce = new_pkce()?;
+    let http = browser(AGENT)?;
+    let pkce = Pkce::new()?;
     let query = params(REDIRECT, "csrf-state", &pkce.challenge);
     let csrf = open_form(&server, &http, &query).await?;
     let other = open_form(&server, &http, &query).await?;
@@ -834,8 +773,8 @@ async fn login_wrong_password_and_unknown_email_look_the_same() -> TestResult {
     let dir = temp_dir()?;
     let server = Server::start(dir.path())?;
     add_user(dir.path(), "admin@example.com")?;
-    let http = browser()?;
-    let pkce = new_pkce()?;
+    let http = browser(AGENT)?;
+    let pkce = Pkce::new()?;
     let query = params(REDIRECT, "pw-state", &pkce.challenge);
     let csrf = open_form(&server, &http, &query).await?;
     let cookie = format!("prism_csrf={csrf}");
@@ -900,14 +839,14 @@ async fn login_browser_session_skips_the_form_until_logout() -> TestResult {
     let dir = temp_dir()?;
     let server = Server::start(dir.path())?;
     add_user(dir.path(), "admin@example.com")?;
-    let http = browser()?;
-    let pkce = new_pkce()?;
+    let http = browser(AGENT)?;
+    let pkce = Pkce::new()?;
     let query = params(REDIRECT, "first", &pkce.challenge);
     let logged_in = login(&server, &http, "admin@example.com", &query).await?;
     let session_cookie = format!("prism_session={}", logged_in.session);
 
     // Positive control for "shows the form": without the cookie the form is shown.
-    let second_pkce = new_pkce()?;
+    let second_pkce = Pkce::new()?;
     let second = params("http://localhost:59500/", "second", &second_pkce.challenge);
     let page = get_authorize(&server, &http, &second, None).await?;
     assert_eq!(page.status, 200, "{}", page.describe());
@@ -929,7 +868,6 @@ async fn login_browser_session_skips_the_form_until_logout() -> TestResult {
     assert_ne!(code, logged_in.code);
     let tokens = redeem_ok(
         &server,
-        &http,
         &code,
         &second_pkce.verifier,
         "http://localhost:59500/",
@@ -1003,8 +941,8 @@ async fn login_page_escapes_reflected_parameters() -> TestResult {
     let dir = temp_dir()?;
     let server = Server::start(dir.path())?;
     add_user(dir.path(), "admin@example.com")?;
-    let http = browser()?;
-    let pkce = new_pkce()?;
+    let http = browser(AGENT)?;
+    let pkce = Pkce::new()?;
     let state = "\"><script>alert(1)</script>";
     let query = with(
         &params(REDIRECT, state, &pkce.challenge),
@@ -1064,13 +1002,13 @@ async fn login_expired_code_is_refused() -> TestResult {
     let dir = temp_dir()?;
     let server = Server::start(dir.path())?;
     add_user(dir.path(), "admin@example.com")?;
-    let http = browser()?;
-    let pkce = new_pkce()?;
+    let http = browser(AGENT)?;
+    let pkce = Pkce::new()?;
     let query = params(REDIRECT, "expiry", &pkce.challenge);
 
     // Positive control: a code redeemed in time works.
     let fresh = login(&server, &http, "admin@example.com", &query).await?;
-    redeem_ok(&server, &http, &fresh.code, &pkce.verifier, REDIRECT).await?;
+    redeem_ok(&server, &fresh.code, &pkce.verifier, REDIRECT).await?;
 
     let stale = login(&server, &http, "admin@example.com", &query).await?;
     let url = format!("sqlite://{}", dir.path().join("prismd.db").display());
@@ -1083,7 +1021,7 @@ async fn login_expired_code_is_refused() -> TestResult {
     pool.close().await;
     assert_eq!(expired, 1);
 
-    let (status, body) = redeem(&server, &http, &stale.code, &pkce.verifier, REDIRECT).await?;
+    let (status, body) = redeem_code(&server, &stale.code, &pkce.verifier, REDIRECT).await?;
     assert_invalid_grant("expired code", status, &body);
     assert!(
         body["error_description"]
@@ -1105,11 +1043,11 @@ async fn login_oauth_revoke_ends_one_session_only() -> TestResult {
         dir.path(),
         &["tokens", "create", "--email", "admin@example.com"],
     )?;
-    let http = browser()?;
-    let pkce = new_pkce()?;
+    let http = browser(AGENT)?;
+    let pkce = Pkce::new()?;
     let query = params(REDIRECT, "revoke", &pkce.challenge);
     let logged_in = login(&server, &http, "admin@example.com", &query).await?;
-    let tokens = redeem_ok(&server, &http, &logged_in.code, &pkce.verifier, REDIRECT).await?;
+    let tokens = redeem_ok(&server, &logged_in.code, &pkce.verifier, REDIRECT).await?;
     let access = str_field(&tokens, "access_token")?;
     let refresh = str_field(&tokens, "refresh_token")?;
     let other_access = server.access_token(&other_session).await?;
@@ -1166,7 +1104,7 @@ async fn login_oauth_revoke_ends_one_session_only() -> TestResult {
 async fn login_metadata_lists_the_browser_endpoints() -> TestResult {
     let dir = temp_dir()?;
     let server = Server::start(dir.path())?;
-    let http = browser()?;
+    let http = browser(AGENT)?;
     let response = http
         .get(server.url("/.well-known/openid-configuration"))
         .send()
@@ -1200,7 +1138,7 @@ async fn login_metadata_lists_the_browser_endpoints() -> TestResult {
     assert!(grants.iter().any(|g| g == "authorization_code"), "{meta}");
 
     // The endpoints it names are served: the authorization endpoint shows the form.
-    let pkce = new_pkce()?;
+    let pkce = Pkce::new()?;
     let page = get_authorize(
         &server,
         &http,
@@ -1223,14 +1161,14 @@ async fn session_and_refresh(
     verifier: &str,
 ) -> Res<(String, String)> {
     let logged_in = login(server, http, "admin@example.com", query).await?;
-    let tokens = redeem_ok(server, http, &logged_in.code, verifier, REDIRECT).await?;
+    let tokens = redeem_ok(server, &logged_in.code, verifier, REDIRECT).await?;
     let refresh = str_field(&tokens, "refresh_token")?.to_owned();
     let cookie = format!("prism_session={}", logged_in.session);
     let page = continue_as(server, http, query, &cookie, "admin@example.com").await?;
     assert_eq!(page.status, 303, "control: {}", page.describe());
     let location = url::Url::parse(page.location().ok_or("no Location")?)?;
     let code = query_param(&location, "code").ok_or("no code")?;
-    redeem_ok(server, http, &code, verifier, REDIRECT).await?;
+    redeem_ok(server, &code, verifier, REDIRECT).await?;
     Ok((cookie, refresh))
 }
 
@@ -1240,8 +1178,8 @@ async fn login_browser_session_ends_with_revoke_all() -> TestResult {
     let dir = temp_dir()?;
     let server = Server::start(dir.path())?;
     add_user(dir.path(), "admin@example.com")?;
-    let http = browser()?;
-    let pkce = new_pkce()?;
+    let http = browser(AGENT)?;
+    let pkce = Pkce::new()?;
     let query = params(REDIRECT, "revoke-all", &pkce.challenge);
     let (cookie, refresh) = session_and_refresh(&server, &http, &query, &pkce.verifier).await?;
 
@@ -1282,8 +1220,8 @@ async fn login_browser_session_ends_with_password_change() -> TestResult {
     let dir = temp_dir()?;
     let server = Server::start(dir.path())?;
     add_user(dir.path(), "admin@example.com")?;
-    let http = browser()?;
-    let pkce = new_pkce()?;
+    let http = browser(AGENT)?;
+    let pkce = Pkce::new()?;
     let query = params(REDIRECT, "password-change", &pkce.challenge);
     let (cookie, _) = session_and_refresh(&server, &http, &query, &pkce.verifier).await?;
 
@@ -1346,7 +1284,7 @@ async fn login_code_grant_checks_tenant_id() -> TestResult {
     let server = Server::start(dir.path())?;
     add_user(dir.path(), "admin@example.com")?;
     let other_tenant = admin_ok(dir.path(), &["orgs", "add", "--name", "Other"])?;
-    let http = browser()?;
+    let http = browser(AGENT)?;
     let sessions = || async {
         let url = format!(
             "sqlite://{}?mode=ro",
@@ -1360,7 +1298,7 @@ async fn login_code_grant_checks_tenant_id() -> TestResult {
         Ok::<_, Box<dyn std::error::Error>>(count)
     };
 
-    let pkce = new_pkce()?;
+    let pkce = Pkce::new()?;
     let code = login(
         &server,
         &http,
@@ -1399,7 +1337,7 @@ async fn login_code_grant_checks_tenant_id() -> TestResult {
         .and_then(|l| l.split_whitespace().next())
         .ok_or("no default org")?
         .to_owned();
-    let pkce = new_pkce()?;
+    let pkce = Pkce::new()?;
     let code = login(
         &server,
         &http,

@@ -61,16 +61,43 @@ fn official(bin: &Path, server: &Server, home: &Path) -> Command {
     command
 }
 
-/// The update check's first act is to write `version` in the client's cache directory
-/// (`$HOME/.cache/prism`); called at the end of a test, after the client ran several times
-/// (so a check started by its first run has long had the time to write it).
-fn assert_no_update_check(home: &Path) {
+/// The update check is oclif's init hook `@oclif/plugin-warn-if-update-available`, which logs
+/// through the `debug` package: the hook's start and end under
+/// `oclif:@oclif/plugin-warn-if-update-available:hooks:init` (by `@oclif/core`), and, under
+/// `update-check`, why it refreshes and "spawning version refresh" right before it starts the
+/// detached process; nothing under `update-check` when the check is skipped. One more run of
+/// the client, with those namespaces on and everything else as in the test's runs but a HOME
+/// of its own (no cached `version` there, so a check that is not skipped is certain to spawn),
+/// must show on its stderr that the hook ran to its end and spawned nothing. Then the file
+/// that the detached process writes first (`version` in the client's cache directory,
+/// `$HOME/.cache/prism`) must not be in the test's HOME either.
+fn assert_no_update_check(bin: &Path, server: &Server, home: &Path) -> TestResult {
+    const HOOK: &str = "oclif:@oclif/plugin-warn-if-update-available:hooks:init";
+    let fresh_home = temp_dir()?;
+    let run = official(bin, server, fresh_home.path())
+        .arg("--version")
+        .env("DEBUG", format!("{HOOK},update-check"))
+        .output()?;
+    let log = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "prism --version failed: {}",
+        text(&run)
+    );
+    // Without these the hook did not run (or logs elsewhere): the check below would be empty.
+    assert!(log.contains(&format!("{HOOK} start")), "{log}");
+    assert!(log.contains(&format!("{HOOK} done")), "{log}");
+    assert!(
+        !log.contains("update-check"),
+        "the official client checked for updates: {log}"
+    );
     let version_file = home.join(".cache/prism/version");
     assert!(
         !version_file.exists(),
         "the official client checked for updates: {} exists",
         version_file.display()
     );
+    Ok(())
 }
 
 /// Runs the official client in environment mode with a fresh HOME, trusting the dev CA.
@@ -198,7 +225,7 @@ async fn official_cli_environment_mode() -> TestResult {
         said.contains("Not authenticated. Run 'prism login' or select another profile."),
         "a revoked token must be refused as not authenticated: {said}"
     );
-    assert_no_update_check(home.path());
+    assert_no_update_check(&bin, &server, home.path())?;
     Ok(())
 }
 
@@ -488,7 +515,7 @@ async fn official_cli_browser_login_and_user_management() -> TestResult {
         "{}",
         text(&denied)
     );
-    assert_no_update_check(home.path());
+    assert_no_update_check(&bin, &server, home.path())?;
     Ok(())
 }
 

@@ -8,8 +8,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
 
 use crate::harness::{
-    Options, Server, TestResult, admin_ok, authorize_query_for, browser, browser_sign_in_with,
-    device_sign_in, pkce, prismd_with_stdin, redeem_code, set_cookie, temp_dir, user_with_token,
+    Options, Pkce, REDIRECT_URI, Server, TestResult, admin_ok, authorize_query_for, browser,
+    browser_sign_in_with, device_sign_in, prismd_with_stdin, query_param, redeem_code, set_cookie,
+    temp_dir, user_with_token,
 };
 
 #[tokio::test]
@@ -161,10 +162,11 @@ fn field(body: &Value, name: &str) -> Res<String> {
 }
 
 /// Every secret the server handles goes through it for real, at `PRISMD_LOG=trace` in the
-/// given log format: a browser login (password, CSRF cookie, authorization code,
-/// `code_verifier`, session cookie), the device flow (device and user codes), an invitation
-/// (its token and the password set through it), refresh and access tokens on every endpoint
-/// that takes them; then the complete log must contain none of them.
+/// given log format: a browser login (password, the sign-in form's and the consent page's
+/// CSRF values, authorization code, `code_verifier`, session cookie), the device flow (device
+/// and user codes, the device page's CSRF value), an invitation (its token, CSRF value and the
+/// password set through it), refresh and access tokens on every endpoint that takes them;
+/// then the complete log must contain none of them.
 async fn no_secret_reaches_the_log_at_trace_level(format: &str) -> TestResult {
     let dir = temp_dir()?;
     // With the signing keys encrypted at rest, so that the key encryption key is checked too.
@@ -270,14 +272,14 @@ fn check_log_format(logs: &str, format: &str) {
 /// Signs in through the browser form with PKCE, redeems the code, shows the browser session
 /// cookie to `/authorize` and `/logout`; returns the access token.
 async fn browser_login(server: &Server, password: &str, secrets: &mut Vec<Secret>) -> Res<String> {
-    let (verifier, challenge) = pkce()?;
-    let query = authorize_query_for(&challenge);
+    let pkce = Pkce::new()?;
+    let query = authorize_query_for(&pkce.challenge);
     let page =
         browser_sign_in_with(server, &query, "admin@example.com", password, "log-e2e").await?;
     assert_eq!(page.status, 303, "sign-in failed: {}", page.body);
     let code = page.location_param("code").ok_or("no code")?;
     let session = page.cookie("prism_session").ok_or("no session cookie")?;
-    let (status, tokens) = redeem_code(server, &code, &verifier).await?;
+    let (status, tokens) = redeem_code(server, &code, &pkce.verifier, REDIRECT_URI).await?;
     assert_eq!(status, 200, "{tokens}");
     let http = browser("log-e2e")?;
     let cookie = format!("prism_session={session}");
@@ -287,7 +289,7 @@ async fn browser_login(server: &Server, password: &str, secrets: &mut Vec<Secret
         .header("cookie", &cookie)
         .send()
         .await?;
-    let csrf = set_cookie(consent.headers(), "prism_csrf").ok_or("no CSRF cookie")?;
+    let consent_csrf = set_cookie(consent.headers(), "prism_csrf").ok_or("no CSRF cookie")?;
     assert!(consent.text().await?.contains("Continue as"));
     let logout = http
         .get(server.url("/logout"))
@@ -296,11 +298,16 @@ async fn browser_login(server: &Server, password: &str, secrets: &mut Vec<Secret
         .await?;
     assert_eq!(logout.status().as_u16(), 200);
     let access = field(&tokens, "access_token")?;
+    // Real secrets, each its own: an empty or repeated value would make the search weaker.
+    assert_eq!(page.csrf.len(), 43, "{}", page.csrf);
+    assert_eq!(consent_csrf.len(), 43, "{consent_csrf}");
+    assert_ne!(page.csrf, consent_csrf);
     secrets.extend([
         ("authorization code", code),
-        ("code_verifier", verifier),
+        ("code_verifier", pkce.verifier),
         ("browser session cookie", session),
-        ("sign-in CSRF cookie", csrf),
+        ("sign-in form's CSRF cookie and field", page.csrf),
+        ("consent page's CSRF cookie", consent_csrf),
         (
             "browser login refresh token",
             field(&tokens, "refresh_token")?,
@@ -329,10 +336,8 @@ async fn invitation(server: &Server, access: &str, secrets: &mut Vec<Secret>) ->
     let link = created["data"]["createOrganizationUser"]["invitationUrl"]
         .as_str()
         .ok_or_else(|| format!("no invitation: {created}"))?;
-    let token = url::Url::parse(link)?
-        .query_pairs()
-        .find_map(|(key, value)| (key == "token").then(|| value.into_owned()))
-        .ok_or("no token in the invitation")?;
+    let token =
+        query_param(&url::Url::parse(link)?, "token").ok_or("no token in the invitation")?;
 
     let http = browser("log-e2e")?;
     let page = http.get(link).send().await?;
@@ -396,7 +401,9 @@ async fn device_login(server: &Server, password: &str, secrets: &mut Vec<Secret>
         )
         .await?;
     assert_eq!(status, 200, "{tokens}");
+    assert_eq!(approved.csrf.len(), 43, "{}", approved.csrf);
     secrets.extend([
+        ("device page's CSRF cookie and field", approved.csrf),
         ("device code", device_code),
         ("user code without its dash", user_code.replace('-', "")),
         ("user code", user_code),
