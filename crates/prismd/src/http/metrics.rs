@@ -4,14 +4,11 @@ use std::sync::Arc;
 
 use axum::extract::FromRef;
 use axum::extract::State;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
-use crate::metrics::Metrics;
-
-/// The content type of the text exposition format the body is written in.
-const EXPOSITION_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+use crate::metrics::{CONTENT_TYPE, Metrics};
 
 impl FromRef<AppState> for Arc<Metrics> {
     fn from_ref(state: &AppState) -> Self {
@@ -20,11 +17,17 @@ impl FromRef<AppState> for Arc<Metrics> {
 }
 
 pub async fn scrape(State(metrics): State<Arc<Metrics>>) -> Response {
-    let mut response = metrics.render().into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(EXPOSITION_FORMAT),
-    );
+    let mut response = match metrics.render() {
+        Ok(body) => body.into_response(),
+        Err(err) => {
+            // Only an encoder bug gets here: a partial scrape must not pass for a whole one.
+            tracing::error!(error = %err, "cannot encode the metrics");
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+    };
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
