@@ -367,36 +367,22 @@ async fn flush_token_uses(
             _ = ticker.tick() => {}
             _ = stopped.changed() => return,
         }
-        let uses = auth.usage().drain_due(now_ms());
-        if uses.is_empty() {
-            continue;
-        }
-        match auth.store().record_token_uses(&uses).await {
-            Ok(()) => {
-                auth.usage().written(&uses);
+        match auth.write_due_token_uses().await {
+            Ok(0) => {}
+            Ok(count) => {
                 if failures > 0 {
-                    tracing::info!(
-                        failures,
-                        count = uses.len(),
-                        "token-use records written again"
-                    );
+                    tracing::info!(failures, count, "token-use records written again");
                 }
                 failures = 0;
             }
             Err(err) => {
+                let (error, count) = (err.error, err.count);
                 if failures == 0 {
-                    tracing::warn!(error = %err, count = uses.len(), "could not record token use; will retry");
+                    tracing::warn!(error = %error, count, "could not record token use; will retry");
                 } else {
-                    tracing::debug!(error = %err, count = uses.len(), failures, "could not record token use; will retry");
+                    tracing::debug!(error = %error, count, failures, "could not record token use; will retry");
                 }
                 failures += 1;
-                for token_use in uses {
-                    auth.usage().record(
-                        &token_use.token_id,
-                        token_use.at,
-                        token_use.address.as_deref(),
-                    );
-                }
             }
         }
     }

@@ -14,7 +14,8 @@ use tokio::sync::{Mutex, watch};
 use tokio::time::Instant;
 
 use super::at_rest::AtRest;
-use super::keyring::{self, KeyError, KeyRing, RetiredKeyWindow};
+use super::key_error::KeyError;
+use super::keyring::{self, KeyRing, RetiredKeyWindow};
 use crate::domain::now_ms;
 use crate::store::Store;
 
