@@ -192,6 +192,7 @@ async fn open(backend: &Backend) -> anyhow::Result<Arc<dyn Store>> {
             startup_wait: std::time::Duration::ZERO,
             ..PgPoolSettings::default()
         },
+        ..OpenOptions::default()
     };
     match store::open_existing(backend, options).await {
         Ok(store) => Ok(store),

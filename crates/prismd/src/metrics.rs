@@ -21,7 +21,7 @@ use axum::http::Method;
 use crate::domain::auth::RevokeOutcome;
 use crate::domain::limits::LimitKind;
 use crate::domain::{Denial, DomainError, GrantError};
-use crate::store::{CachedStore, Store};
+use crate::store::traits::*;
 
 /// The `route` label of a request no route matched (a 404), whatever its path was.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
@@ -360,19 +360,18 @@ pub struct Metrics {
     pub tokens: TokenMetrics,
     /// Requests refused with 429 by an abuse limit, by [`LimitKind`] (in its order).
     limit_refusals: [AtomicU64; 4],
+    /// Its connection pools, breaker and cache (`None` when off, `--cache-ttl 0s`: its metrics
+    /// are then left out) are read at scrape time.
     store: Arc<dyn Store>,
-    /// `None` when the cache is off (`--cache-ttl 0s`); its metrics are then left out.
-    cache: Option<Arc<CachedStore>>,
 }
 
 impl Metrics {
-    pub fn new(store: Arc<dyn Store>, cache: Option<Arc<CachedStore>>) -> Self {
+    pub fn new(store: Arc<dyn Store>) -> Self {
         Self {
             http: HttpMetrics::default(),
             tokens: TokenMetrics::default(),
             limit_refusals: Default::default(),
             store,
-            cache,
         }
     }
 
@@ -483,7 +482,7 @@ impl Metrics {
                 circuit.rejections,
             );
         }
-        if let Some(cache) = &self.cache {
+        if let Some(cache) = self.store.cache() {
             let cache = cache.stats();
             counter(
                 out,
