@@ -455,7 +455,7 @@ mod tests {
         // copy the WAL into the database file, and the WAL is then written over from its
         // start. Without syncing around that (`OFF`), a power cut loses commits the WAL no
         // longer holds; `NORMAL` syncs there, which is all a checkpoint needs. (The direct
-        // readers are read-only: `sqlite_direct` checks that they cannot write.)
+        // readers are read-only: `sqlite::direct` checks that they cannot write.)
         let reader: i64 = sqlx::query_scalar(SYNCHRONOUS)
             .fetch_one(&store.readers)
             .await?;
