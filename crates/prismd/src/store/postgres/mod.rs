@@ -19,6 +19,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Transaction};
 
 use super::group_commit::RevokeQueue;
+use super::sql::audit::with_event;
 use super::sql::funnel::{Exec, Query, Record, query};
 use super::sql::tokens::{read_principal, read_refresh_grant};
 use super::sql::{Dialect, Lock};
@@ -278,22 +279,18 @@ impl Dialect for PgDialect {
     /// only if and when the transaction commits: replicas never drop cached state for a change
     /// that rolled back, and never miss one that committed while they were listening.
     async fn audit(tx: &mut PgTx, event: &AuditEvent) -> Result<(), StoreError> {
-        query(
+        let statement = query(
             "INSERT INTO audit_events (at, action, actor, org_id, subject_user_id, address, user_agent, detail) \
              SELECT $1, $2, $3, $4, $5, $6, $7, $8 FROM pg_notify($9, $10)",
-        )
-        .bind(event.at)
-        .bind(event.action)
-        .bind(&event.actor)
-        .bind(&event.org_id)
-        .bind(&event.subject_user_id)
-        .bind(&event.address)
-        .bind(&event.user_agent)
-        .bind(&event.detail)
-        .bind(CHANGES_CHANNEL)
-        .bind(change_payload(event.action, event.subject_user_id.as_deref()))
-        .execute(tx)
-        .await?;
+        );
+        with_event(statement, event)
+            .bind(CHANGES_CHANNEL)
+            .bind(change_payload(
+                event.action,
+                event.subject_user_id.as_deref(),
+            ))
+            .execute(tx)
+            .await?;
         Ok(())
     }
 

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 
-use super::funnel::{Exec, query};
+use super::funnel::{Exec, Query, query};
 use super::{Dialect, SqlStore};
 use crate::store::*;
 
@@ -59,7 +59,15 @@ pub(crate) const INSERT_AUDIT_SQL: &str = "INSERT INTO audit_events \
 
 /// Writes `event` in the caller's transaction, with [`INSERT_AUDIT_SQL`].
 pub(crate) async fn insert_audit(tx: &mut impl Exec, event: &AuditEvent) -> Result<(), StoreError> {
-    query(INSERT_AUDIT_SQL)
+    with_event(query(INSERT_AUDIT_SQL), event)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+/// Binds `event`'s columns as `$1` to `$8`, in [`INSERT_AUDIT_SQL`]'s order.
+pub(crate) fn with_event<'q>(statement: Query<'q>, event: &'q AuditEvent) -> Query<'q> {
+    statement
         .bind(event.at)
         .bind(event.action)
         .bind(&event.actor)
@@ -68,7 +76,4 @@ pub(crate) async fn insert_audit(tx: &mut impl Exec, event: &AuditEvent) -> Resu
         .bind(&event.address)
         .bind(&event.user_agent)
         .bind(&event.detail)
-        .execute(tx)
-        .await?;
-    Ok(())
 }

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 
-use super::funnel::query;
+use super::funnel::{Exec, query};
 use super::users::insert_user;
 use super::{Dialect, Lock, SqlStore};
 use crate::store::*;
@@ -28,15 +28,7 @@ impl<D: Dialect> OrganizationStore for SqlStore<D> {
             tx.rollback().await?;
             return Ok(false);
         }
-        query(
-            "INSERT INTO organizations (id, name, tenant_id, created_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(&org.id)
-        .bind(&org.name)
-        .bind(&org.tenant_id)
-        .bind(org.created_at)
-        .execute(&mut tx)
-        .await?;
+        insert_organization(&mut tx, &org).await?;
         insert_user(&mut tx, &owner).await?;
         tx.commit_audited(&audit).await?;
         Ok(true)
@@ -76,15 +68,7 @@ impl<D: Dialect> OrganizationStore for SqlStore<D> {
         audit: AuditEvent,
     ) -> Result<(), StoreError> {
         let mut tx = self.write().await?;
-        query(
-            "INSERT INTO organizations (id, name, tenant_id, created_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(&org.id)
-        .bind(&org.name)
-        .bind(&org.tenant_id)
-        .bind(org.created_at)
-        .execute(&mut tx)
-        .await?;
+        insert_organization(&mut tx, &org).await?;
         tx.commit_audited(&audit).await?;
         Ok(())
     }
@@ -122,4 +106,15 @@ impl<D: Dialect> OrganizationStore for SqlStore<D> {
         .await?;
         tx.finish_audited(done, &audit).await
     }
+}
+
+async fn insert_organization(tx: &mut impl Exec, org: &NewOrganization) -> Result<(), StoreError> {
+    query("INSERT INTO organizations (id, name, tenant_id, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(&org.id)
+        .bind(&org.name)
+        .bind(&org.tenant_id)
+        .bind(org.created_at)
+        .execute(tx)
+        .await?;
+    Ok(())
 }
