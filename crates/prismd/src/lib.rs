@@ -275,7 +275,7 @@ pub async fn serve(
         let _ = key_rotator.await;
     }
     let _ = cleaner.await;
-    if let Err(err) = store.record_token_uses(&auth.usage().drain()).await {
+    if let Err(err) = auth.write_all_token_uses().await {
         tracing::warn!(error = %err, "could not write the last token-use records");
     }
     store.close().await;

@@ -126,9 +126,15 @@ impl AuthService {
         self.store.as_ref()
     }
 
-    /// The uses of refresh tokens noted and not written yet.
-    pub fn usage(&self) -> &UsageRecorder {
-        &self.usage
+    /// Writes every token use still pending, due or not: the last write, at shutdown. What
+    /// it cannot write is lost (last-use times are informational; no token's validity
+    /// depends on them).
+    pub async fn write_all_token_uses(&self) -> Result<(), DomainError> {
+        let uses = self.usage.drain();
+        if uses.is_empty() {
+            return Ok(());
+        }
+        Ok(self.store.record_token_uses(&uses).await?)
     }
 
     /// Organizations and users.
