@@ -8,8 +8,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use prismd::domain::accounts::{self, Role, UserDraft};
-use prismd::domain::{RequestMeta, auth};
+use prismd::domain::RequestMeta;
+use prismd::domain::accounts::{Accounts, UserDraft};
+use prismd::domain::roles::Role;
+use prismd::domain::sessions::{SessionOrigin, Sessions};
+use prismd::domain::usage::UsageRecorder;
 use prismd::store::{Backend, OpenOptions};
 use serde::Serialize;
 
@@ -67,7 +70,8 @@ async fn measure(
 
     let store =
         prismd::store::open(&Backend::Postgres(url.to_owned()), OpenOptions::default()).await?;
-    let org = accounts::default_org(store.as_ref()).await?;
+    let accounts = Accounts::new(store.as_ref());
+    let org = accounts.default_org().await?;
     let meta = RequestMeta::default();
     let draft = UserDraft {
         email: "propagation@example.com".into(),
@@ -76,7 +80,12 @@ async fn measure(
         password: None,
         external_id: None,
     };
-    let user = accounts::add_user(store.as_ref(), &org, draft, "bench".into(), &meta).await?;
+    let user = accounts
+        .add_user(&org, draft, "bench".into(), &meta)
+        .await?;
+    // This process exchanges no tokens, so it has no uses to write.
+    let usage = UsageRecorder::default();
+    let sessions = Sessions::new(store.as_ref(), &usage);
 
     let mut on_a = Connection::open(&address_a).await?;
     let mut on_b = Connection::open(&address_b).await?;
@@ -84,14 +93,9 @@ async fn measure(
     let mut missed = 0;
     eprintln!("propagation: {revokes} revokes on B, each watched on A ...");
     for _ in 0..revokes {
-        let refresh = auth::mint_refresh_token(
-            store.as_ref(),
-            &user,
-            auth::SessionOrigin::default(),
-            "bench".into(),
-            &meta,
-        )
-        .await?;
+        let refresh = sessions
+            .mint_refresh_token(&user, SessionOrigin::default(), "bench".into(), &meta)
+            .await?;
         let refresh_body = format!(r#"{{"refresh_token":"{refresh}"}}"#);
         let (status, body) = on_a
             .send_and_read(&client::json_post(

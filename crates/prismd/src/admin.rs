@@ -1,16 +1,19 @@
 //! Operator commands on the server machine: manage users, mint refresh tokens without a
 //! browser, and read the audit trail. They open the same database as `serve` (SQLite allows
-//! this while it runs; PostgreSQL anyway) and go through the same domain functions as the API,
-//! on either backend.
+//! this while it runs; PostgreSQL anyway) and go through the same domain services as the API
+//! (made over the opened store, see `domain`), on either backend.
 
 use std::io::{BufRead, Write};
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Subcommand;
-use prismd::domain::accounts::{self, Role, UserDraft, public_id};
-use prismd::domain::audit::{self, AuditFilter};
-use prismd::domain::{RequestMeta, auth, now_ms};
+use prismd::domain::accounts::{self, Accounts, UserDraft, public_id};
+use prismd::domain::audit::{AuditFilter, AuditTrail};
+use prismd::domain::roles::Role;
+use prismd::domain::sessions::{SessionOrigin, Sessions};
+use prismd::domain::usage::UsageRecorder;
+use prismd::domain::{RequestMeta, now_ms};
 use prismd::store::{self, Backend, OpenOptions, PgPoolSettings, Store, User};
 use prismd::tokens::{AtRest, at_rest, keyring};
 
@@ -189,6 +192,7 @@ async fn open(backend: &Backend) -> anyhow::Result<Arc<dyn Store>> {
             startup_wait: std::time::Duration::ZERO,
             ..PgPoolSettings::default()
         },
+        ..OpenOptions::default()
     };
     match store::open_existing(backend, options).await {
         Ok(store) => Ok(store),
@@ -216,11 +220,14 @@ pub async fn orgs(backend: &Backend, command: OrgsCommand) -> anyhow::Result<()>
     let result = async {
         match command {
             OrgsCommand::Add { name } => {
-                let org = accounts::create_org(store.as_ref(), &name, OPERATOR.into()).await?;
+                let org = Accounts::new(store.as_ref())
+                    .create_org(&name, OPERATOR.into())
+                    .await?;
                 println!("{}", org.tenant_id);
             }
             OrgsCommand::List => {
-                for (n, org) in store.list_organizations().await?.into_iter().enumerate() {
+                let orgs = Accounts::new(store.as_ref()).organizations().await?;
+                for (n, org) in orgs.into_iter().enumerate() {
                     let default = if n == 0 { "  (default)" } else { "" };
                     println!("{}  {}{default}", org.tenant_id, org.name);
                 }
@@ -279,15 +286,17 @@ async fn print_audit(
     limit: i64,
 ) -> anyhow::Result<()> {
     let org_id = match tenant {
-        Some(tenant) => Some(accounts::org_by_tenant(store, Some(tenant)).await?.id),
+        Some(tenant) => Some(Accounts::new(store).org_by_tenant(Some(tenant)).await?.id),
         None => None,
     };
+    let trail = AuditTrail::new(store);
     let mut out = std::io::stdout().lock();
     let mut left = limit;
     let mut after = None;
     while left > 0 {
-        let page =
-            audit::operator_events(store, org_id.clone(), filter.clone(), left, after).await?;
+        let page = trail
+            .operator_events(org_id.clone(), filter.clone(), left, after)
+            .await?;
         after = page.events.last().map(|event| event.id);
         left -= page.events.len() as i64;
         for event in page.events {
@@ -401,7 +410,8 @@ async fn run_users(
     tenant: Option<&str>,
     command: UsersCommand,
 ) -> anyhow::Result<()> {
-    let org = accounts::org_by_tenant(store, tenant).await?;
+    let accounts = Accounts::new(store);
+    let org = accounts.org_by_tenant(tenant).await?;
     let meta = RequestMeta::default();
     match command {
         UsersCommand::Add {
@@ -423,11 +433,13 @@ async fn run_users(
                 password,
                 external_id: None,
             };
-            let user = accounts::add_user(store, &org, draft, OPERATOR.into(), &meta).await?;
+            let user = accounts
+                .add_user(&org, draft, OPERATOR.into(), &meta)
+                .await?;
             println!("{}", public_id("User", &user.id));
         }
         UsersCommand::List { json, all } => {
-            let users = store.list_users(&org.id, all).await?;
+            let users = accounts.users(&org, all).await?;
             if json {
                 let rows: Vec<_> = users.iter().map(user_json).collect();
                 println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -436,18 +448,22 @@ async fn run_users(
             }
         }
         UsersCommand::Remove { email } => {
-            let user = accounts::find_user(store, &org, &email).await?;
-            accounts::remove_user(store, &user, OPERATOR.into(), &meta).await?;
+            let user = accounts.find_user(&org, &email).await?;
+            accounts.remove_user(&user, OPERATOR.into(), &meta).await?;
             eprintln!("Removed {}; their tokens no longer work.", user.email);
         }
         UsersCommand::InviteLink { email, issuer } => {
-            let user = accounts::find_user(store, &org, &email).await?;
-            let token = accounts::create_invitation(store, &user, OPERATOR.into(), &meta).await?;
+            let user = accounts.find_user(&org, &email).await?;
+            let token = accounts
+                .create_invitation(&user, OPERATOR.into(), &meta)
+                .await?;
             println!("{}/invite?token={token}", issuer.trim_end_matches('/'));
         }
         UsersCommand::SetPassword { email } => {
-            let user = accounts::find_user(store, &org, &email).await?;
-            accounts::set_password(store, &user, read_password()?, OPERATOR.into(), &meta).await?;
+            let user = accounts.find_user(&org, &email).await?;
+            accounts
+                .set_password(&user, read_password()?, OPERATOR.into(), &meta)
+                .await?;
             eprintln!("Password set for {}.", user.email);
         }
     }
@@ -459,23 +475,21 @@ async fn run_tokens(
     tenant: Option<&str>,
     command: TokensCommand,
 ) -> anyhow::Result<()> {
-    let org = accounts::org_by_tenant(store, tenant).await?;
+    let accounts = Accounts::new(store);
+    let org = accounts.org_by_tenant(tenant).await?;
     match command {
         TokensCommand::Create { email, name } => {
-            let user = accounts::find_user(store, &org, &email).await?;
+            let user = accounts.find_user(&org, &email).await?;
             let name = name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
-            let origin = auth::SessionOrigin {
+            let origin = SessionOrigin {
                 name,
                 ..Default::default()
             };
-            let token = auth::mint_refresh_token(
-                store,
-                &user,
-                origin,
-                OPERATOR.into(),
-                &RequestMeta::default(),
-            )
-            .await?;
+            // An operator command exchanges no tokens, so it has no uses to write.
+            let usage = UsageRecorder::default();
+            let token = Sessions::new(store, &usage)
+                .mint_refresh_token(&user, origin, OPERATOR.into(), &RequestMeta::default())
+                .await?;
             println!("{token}");
         }
     }

@@ -103,6 +103,7 @@ impl ServeConfig {
         OpenOptions {
             sqlite_readers: self.db_readers,
             postgres: self.db_pool,
+            cache: self.cache,
         }
     }
 

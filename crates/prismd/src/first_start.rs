@@ -8,7 +8,8 @@
 use std::path::Path;
 
 use crate::ServeError;
-use crate::domain::{accounts, passwords};
+use crate::domain::accounts::Accounts;
+use crate::domain::{passwords, secrets};
 use crate::files::write_private;
 use crate::store::Store;
 
@@ -37,10 +38,11 @@ pub async fn ensure(
         return Ok(());
     }
 
-    let password = accounts::generate_initial_password()?;
+    let password = secrets::generate_initial_password()?;
     write_private(&pending_path, format!("{password}\n").as_bytes())?;
     let password_hash = passwords::hash(password).await?;
-    let created = accounts::bootstrap(store, org_name, owner_email, password_hash)
+    let created = Accounts::new(store)
+        .bootstrap(org_name, owner_email, password_hash)
         .await
         .inspect_err(|_| {
             let _ = std::fs::remove_file(&pending_path);

@@ -24,7 +24,8 @@ use crate::config::ServeConfig;
 use crate::domain::auth::{AuthService, TokenSettings};
 use crate::domain::{DomainError, now_ms};
 use crate::metrics::Metrics;
-use crate::store::{Backend, CachedStore, Change, Store, StoreError};
+use crate::store::traits::*;
+use crate::store::{Backend, Change, StoreError};
 use crate::tokens::{AtRest, KeyError, KeyRing, LiveKeys};
 
 pub use first_start::INITIAL_PASSWORD_FILE;
@@ -154,15 +155,9 @@ pub async fn serve(
         }
     };
 
-    // Every process hears every committed change: the cache drops what a change makes stale,
-    // and a key rotation anywhere reloads the key ring here.
-    let cache = (!config.cache.ttl.is_zero())
-        .then(|| Arc::new(CachedStore::new(store.clone(), config.cache)));
-    let follower = tokio::spawn(follow_changes(store.clone(), cache.clone(), keys.clone()));
-    let store: Arc<dyn Store> = match &cache {
-        Some(cache) => cache.clone(),
-        None => store,
-    };
+    // Every process hears every committed change: the store's cache drops what a change makes
+    // stale, and a key rotation anywhere reloads the key ring here.
+    let follower = tokio::spawn(follow_changes(store.clone(), keys.clone()));
 
     let settings = TokenSettings {
         issuer: issuer.clone(),
@@ -180,7 +175,7 @@ pub async fn serve(
         logout_return_to: config.logout_return_to.clone(),
         limits: config.limits,
     };
-    let metrics = Arc::new(Metrics::new(store.clone(), cache.clone()));
+    let metrics = Arc::new(Metrics::new(store.clone()));
     let exposure = match metrics_listener {
         Some(_) => http::MetricsExposure::Elsewhere,
         None => http::MetricsExposure::Here,
@@ -280,7 +275,7 @@ pub async fn serve(
         let _ = key_rotator.await;
     }
     let _ = cleaner.await;
-    if let Err(err) = store.record_token_uses(&auth.usage().drain()).await {
+    if let Err(err) = auth.write_all_token_uses().await {
         tracing::warn!(error = %err, "could not write the last token-use records");
     }
     store.close().await;
@@ -313,18 +308,12 @@ fn issuer_host(issuer: &str) -> String {
     .to_owned()
 }
 
-/// Hands every committed change (from this process and all others on the database) to the
-/// cache and the key ring, for as long as the server runs. When the feed breaks, changes may
-/// have been missed, so the cache is emptied (and the keys re-read) before following again.
-async fn follow_changes(
-    store: Arc<dyn Store>,
-    cache: Option<Arc<CachedStore>>,
-    keys: Arc<LiveKeys>,
-) {
+/// Follows every committed change (from this process and all others on the database) for as
+/// long as the server runs: the store hands each to its own cache, and a key rotation reloads
+/// the key ring here. When the feed breaks, changes may have been missed: the store stops
+/// answering from its cache, and the keys are re-read, before following again.
+async fn follow_changes(store: Arc<dyn Store>, keys: Arc<LiveKeys>) {
     let apply = |change: Change| {
-        if let Some(cache) = &cache {
-            cache.apply(&change);
-        }
         if change.action == tokens::keyring::ROTATED_ACTION || change.user_id.is_none() {
             let keys = keys.clone();
             tokio::spawn(async move {
@@ -335,11 +324,7 @@ async fn follow_changes(
         }
     };
     loop {
-        let outcome = store.follow_changes(&apply).await;
-        if let Some(cache) = &cache {
-            cache.feed_lost();
-        }
-        match outcome {
+        match store.follow_changes(&apply).await {
             Err(err) => {
                 tracing::warn!(error = %err, "lost the change feed; following it again in 1 s");
             }
@@ -367,36 +352,22 @@ async fn flush_token_uses(
             _ = ticker.tick() => {}
             _ = stopped.changed() => return,
         }
-        let uses = auth.usage().drain_due(now_ms());
-        if uses.is_empty() {
-            continue;
-        }
-        match auth.store().record_token_uses(&uses).await {
-            Ok(()) => {
-                auth.usage().written(&uses);
+        match auth.write_due_token_uses().await {
+            Ok(0) => {}
+            Ok(count) => {
                 if failures > 0 {
-                    tracing::info!(
-                        failures,
-                        count = uses.len(),
-                        "token-use records written again"
-                    );
+                    tracing::info!(failures, count, "token-use records written again");
                 }
                 failures = 0;
             }
             Err(err) => {
+                let (error, count) = (err.error, err.count);
                 if failures == 0 {
-                    tracing::warn!(error = %err, count = uses.len(), "could not record token use; will retry");
+                    tracing::warn!(error = %error, count, "could not record token use; will retry");
                 } else {
-                    tracing::debug!(error = %err, count = uses.len(), failures, "could not record token use; will retry");
+                    tracing::debug!(error = %error, count, failures, "could not record token use; will retry");
                 }
                 failures += 1;
-                for token_use in uses {
-                    auth.usage().record(
-                        &token_use.token_id,
-                        token_use.at,
-                        token_use.address.as_deref(),
-                    );
-                }
             }
         }
     }

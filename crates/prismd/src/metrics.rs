@@ -34,7 +34,8 @@ use prometheus_client::registry::Registry;
 use crate::domain::auth::RevokeOutcome;
 use crate::domain::limits::LimitKind;
 use crate::domain::{Denial, DomainError, GrantError};
-use crate::store::{CachedStore, Store};
+use crate::store::traits::*;
+use crate::store::{CacheStats, ConnectionStats};
 
 /// The `route` label of a request no route matched (a 404), whatever its path was.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
@@ -409,7 +410,16 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(store: Arc<dyn Store>, cache: Option<Arc<CachedStore>>) -> Self {
+    /// The metrics of a server on `store`, whose connection pools, breaker and cache (when
+    /// on) are read at each scrape.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self::reading(move || (store.connection_stats(), store.cache().map(|c| c.stats())))
+    }
+
+    /// The metrics, with the store's and cache's counters read from `stats` at each scrape.
+    fn reading(
+        stats: impl Fn() -> (ConnectionStats, Option<CacheStats>) + Send + Sync + 'static,
+    ) -> Self {
         let mut registry = Registry::default();
         registry.register(
             "prismd_build",
@@ -426,7 +436,9 @@ impl Metrics {
         );
         let http = Arc::new(HttpMetrics::default());
         registry.register_collector(Box::new(http.clone()));
-        registry.register_collector(Box::new(ScrapeTime { store, cache }));
+        registry.register_collector(Box::new(ScrapeTime {
+            stats: Box::new(stats),
+        }));
         Self {
             http,
             tokens,
@@ -461,22 +473,23 @@ impl Metrics {
 /// The families read from the store and the cache at each scrape: they keep their own
 /// counts, so nothing is copied between scrapes.
 struct ScrapeTime {
-    store: Arc<dyn Store>,
-    /// `None` when the cache is off (`--cache-ttl 0s`); its metrics are then left out.
-    cache: Option<Arc<CachedStore>>,
+    /// The connection stats, and the cache's (`None` when it is off, `--cache-ttl 0s`: its
+    /// families are then left out). Read in memory, never from the database, so a scrape
+    /// works during an outage.
+    stats: Box<StatsSource>,
 }
+
+type StatsSource = dyn Fn() -> (ConnectionStats, Option<CacheStats>) + Send + Sync;
 
 impl fmt::Debug for ScrapeTime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ScrapeTime")
-            .field("cache", &self.cache.is_some())
-            .finish_non_exhaustive()
+        f.debug_struct("ScrapeTime").finish_non_exhaustive()
     }
 }
 
 impl Collector for ScrapeTime {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
-        let stats = self.store.connection_stats();
+        let (stats, cache) = (self.stats)();
         let mut connections = encoder.encode_descriptor(
             "prismd_db_pool_connections",
             "Open database connections by pool, idle or in use.",
@@ -513,8 +526,7 @@ impl Collector for ScrapeTime {
                 circuit.rejections,
             )?;
         }
-        if let Some(cache) = &self.cache {
-            let cache = cache.stats();
+        if let Some(cache) = cache {
             const_counter(
                 &mut encoder,
                 "prismd_cache_hits",
@@ -752,13 +764,21 @@ mod tests {
     /// of before wrote them: dashboards and alerts depend on the names.
     #[tokio::test]
     async fn every_family_keeps_its_name_type_and_help() -> Result<(), Box<dyn std::error::Error>> {
-        use crate::store::{BreakerSettings, CacheSettings, GuardedStore, SqliteStore};
-        let dir = tempfile::tempdir()?;
-        let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), 2).await?);
-        // Behind a breaker, so the circuit families are there too.
-        let store: Arc<dyn Store> = Arc::new(GuardedStore::new(sqlite, BreakerSettings::default()));
-        let cache = Arc::new(CachedStore::new(store.clone(), CacheSettings::default()));
-        let metrics = Metrics::new(store, Some(cache));
+        use crate::store::{CircuitStats, PoolStats};
+        // A pool, a breaker (PostgreSQL's) and a cache, so that every family is there.
+        let metrics = Metrics::reading(|| {
+            let pool = PoolStats {
+                pool: "postgres",
+                open: 1,
+                idle: 1,
+                max: 10,
+            };
+            let connections = ConnectionStats {
+                pools: vec![pool],
+                circuit: Some(CircuitStats::default()),
+            };
+            (connections, Some(CacheStats::default()))
+        });
         metrics.limit_trip(LimitKind::DeviceAddress);
         let out = metrics.render()?;
 
@@ -802,8 +822,9 @@ mod tests {
             "prismd_build_info{version=\"0.1.0\"} 1",
             "prismd_limit_refusals_total{kind=\"device_address\"} 1",
             "prismd_limit_refusals_total{kind=\"login_account\"} 0",
-            "prismd_db_pool_max_connections{pool=\"sqlite_writer\"} 1",
-            "prismd_db_pool_connections{pool=\"sqlite_readers\",state=\"idle\"} ",
+            "prismd_db_pool_max_connections{pool=\"postgres\"} 10",
+            "prismd_db_pool_connections{pool=\"postgres\",state=\"idle\"} 1",
+            "prismd_db_pool_connections{pool=\"postgres\",state=\"in_use\"} 0",
             "prismd_db_circuit_open 0",
             "prismd_db_circuit_rejections_total 0",
             "prismd_cache_hits_total 0",

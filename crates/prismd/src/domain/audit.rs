@@ -2,7 +2,7 @@
 //! own organization's), the filters and cursor pages of the `auditEvents` query, and the
 //! sign-in events, the one kind of event that no other write carries.
 
-use super::accounts::Role;
+use super::roles::Role;
 use super::{DomainError, RequestMeta, now_ms};
 use crate::store::{AuditEvent, AuditQuery, AuditRecord, MAX_AUDIT_PAGE, Store, User};
 
@@ -45,37 +45,6 @@ pub enum SignIn<'a> {
     Failed(Option<&'a User>),
 }
 
-/// Writes a `login.succeeded` or `login.failed` event with the request's address and user
-/// agent. Never the password, and for failures never the typed email. A failure is written
-/// only after the limits counted it, so failures during a lock (refused before Argon2) write
-/// nothing and the rows are bounded by the limits.
-pub async fn record_sign_in(
-    store: &dyn Store,
-    outcome: SignIn<'_>,
-    page: SignInPage,
-    meta: &RequestMeta,
-) -> Result<(), DomainError> {
-    let (action, actor, subject) = match outcome {
-        SignIn::Succeeded(user) => (LOGIN_SUCCEEDED, format!("user:{}", user.id), Some(user)),
-        SignIn::Failed(user) => (
-            LOGIN_FAILED,
-            format!("address:{}", meta.address.as_deref().unwrap_or("-")),
-            user,
-        ),
-    };
-    let event = AuditEvent {
-        at: now_ms(),
-        action,
-        actor,
-        org_id: subject.map(|u| u.org_id.clone()),
-        subject_user_id: subject.map(|u| u.id.clone()),
-        address: meta.address.clone(),
-        user_agent: meta.user_agent.clone(),
-        detail: Some(serde_json::json!({ "method": "password", "page": page.label() }).to_string()),
-    };
-    Ok(store.record_audit(event).await?)
-}
-
 /// What an organization's reader may filter on; `None` matches anything.
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
@@ -107,45 +76,6 @@ pub fn ensure_reader(actor: &User) -> Result<(), DomainError> {
     }
 }
 
-/// One page of the actor's organization's events: Owners and Admins only. `after` is the id
-/// of the last event of the previous page; `first` is capped at [`MAX_AUDIT_PAGE`].
-pub async fn organization_events(
-    store: &dyn Store,
-    actor: &User,
-    filter: AuditFilter,
-    first: Option<i64>,
-    after: Option<i64>,
-) -> Result<AuditPage, DomainError> {
-    ensure_reader(actor)?;
-    let query = AuditQuery {
-        org_id: Some(actor.org_id.clone()),
-        ..checked_query(filter, after)?
-    };
-    let limit = first.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_AUDIT_PAGE).contains(&limit) {
-        return Err(DomainError::InvalidInput(format!(
-            "first must be between 1 and {MAX_AUDIT_PAGE}"
-        )));
-    }
-    page(store, &query, limit).await
-}
-
-/// The operator's view (`prismd audit`): every organization's events unless `org_id` is
-/// given, in pages like [`organization_events`].
-pub async fn operator_events(
-    store: &dyn Store,
-    org_id: Option<String>,
-    filter: AuditFilter,
-    limit: i64,
-    after: Option<i64>,
-) -> Result<AuditPage, DomainError> {
-    let query = AuditQuery {
-        org_id,
-        ..checked_query(filter, after)?
-    };
-    page(store, &query, limit.clamp(1, MAX_AUDIT_PAGE)).await
-}
-
 fn checked_query(filter: AuditFilter, after: Option<i64>) -> Result<AuditQuery, DomainError> {
     let action = filter
         .action
@@ -169,15 +99,98 @@ fn checked_query(filter: AuditFilter, after: Option<i64>) -> Result<AuditQuery, 
     })
 }
 
-async fn page(store: &dyn Store, query: &AuditQuery, limit: i64) -> Result<AuditPage, DomainError> {
-    // One more than asked for tells whether another page follows.
-    let mut events = store.audit_events_page(query, limit + 1).await?;
-    let has_next_page = events.len() as i64 > limit;
-    events.truncate(usize::try_from(limit).unwrap_or(0));
-    Ok(AuditPage {
-        events,
-        has_next_page,
-    })
+/// The audit trail over the store: sign-in events and the readers' pages.
+pub struct AuditTrail<'s> {
+    store: &'s dyn Store,
+}
+
+impl<'s> AuditTrail<'s> {
+    pub fn new(store: &'s dyn Store) -> Self {
+        Self { store }
+    }
+
+    /// Writes a `login.succeeded` or `login.failed` event with the request's address and user
+    /// agent. Never the password, and for failures never the typed email. A failure is written
+    /// only after the limits counted it, so failures during a lock (refused before Argon2) write
+    /// nothing and the rows are bounded by the limits.
+    pub async fn record_sign_in(
+        &self,
+        outcome: SignIn<'_>,
+        page: SignInPage,
+        meta: &RequestMeta,
+    ) -> Result<(), DomainError> {
+        let (action, actor, subject) = match outcome {
+            SignIn::Succeeded(user) => (LOGIN_SUCCEEDED, format!("user:{}", user.id), Some(user)),
+            SignIn::Failed(user) => (
+                LOGIN_FAILED,
+                format!("address:{}", meta.address.as_deref().unwrap_or("-")),
+                user,
+            ),
+        };
+        let event = AuditEvent {
+            at: now_ms(),
+            action,
+            actor,
+            org_id: subject.map(|u| u.org_id.clone()),
+            subject_user_id: subject.map(|u| u.id.clone()),
+            address: meta.address.clone(),
+            user_agent: meta.user_agent.clone(),
+            detail: Some(
+                serde_json::json!({ "method": "password", "page": page.label() }).to_string(),
+            ),
+        };
+        Ok(self.store.record_audit(event).await?)
+    }
+
+    /// One page of the actor's organization's events: Owners and Admins only. `after` is the id
+    /// of the last event of the previous page; `first` is capped at [`MAX_AUDIT_PAGE`].
+    pub async fn organization_events(
+        &self,
+        actor: &User,
+        filter: AuditFilter,
+        first: Option<i64>,
+        after: Option<i64>,
+    ) -> Result<AuditPage, DomainError> {
+        ensure_reader(actor)?;
+        let query = AuditQuery {
+            org_id: Some(actor.org_id.clone()),
+            ..checked_query(filter, after)?
+        };
+        let limit = first.unwrap_or(DEFAULT_PAGE);
+        if !(1..=MAX_AUDIT_PAGE).contains(&limit) {
+            return Err(DomainError::InvalidInput(format!(
+                "first must be between 1 and {MAX_AUDIT_PAGE}"
+            )));
+        }
+        self.page(&query, limit).await
+    }
+
+    /// The operator's view (`prismd audit`): every organization's events unless `org_id` is
+    /// given, in pages like [`Self::organization_events`].
+    pub async fn operator_events(
+        &self,
+        org_id: Option<String>,
+        filter: AuditFilter,
+        limit: i64,
+        after: Option<i64>,
+    ) -> Result<AuditPage, DomainError> {
+        let query = AuditQuery {
+            org_id,
+            ..checked_query(filter, after)?
+        };
+        self.page(&query, limit.clamp(1, MAX_AUDIT_PAGE)).await
+    }
+
+    async fn page(&self, query: &AuditQuery, limit: i64) -> Result<AuditPage, DomainError> {
+        // One more than asked for tells whether another page follows.
+        let mut events = self.store.audit_events_page(query, limit + 1).await?;
+        let has_next_page = events.len() as i64 > limit;
+        events.truncate(usize::try_from(limit).unwrap_or(0));
+        Ok(AuditPage {
+            events,
+            has_next_page,
+        })
+    }
 }
 
 #[cfg(test)]

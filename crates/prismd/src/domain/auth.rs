@@ -1,35 +1,32 @@
-//! Token flows: exchange a refresh token for an access token, revoke all of a user's tokens,
-//! authenticate a bearer token, and mint a refresh token. `/auth/*`, `/oauth/token`, `/api`
-//! and the admin commands all go through here.
+//! The token service: exchange a refresh token for an access token, revoke all of a user's
+//! tokens, authenticate a bearer token, sign ID tokens, and write the last-use records. It owns
+//! the store, the key ring and what this process keeps in memory (verified tokens, uses not
+//! written yet), and hands out the other areas' services over the same store, so a handler
+//! holds one `AuthService` and reaches every domain operation from it. `/auth/*`,
+//! `/oauth/token` and `/api` go through here; browser login and the device grant add their
+//! methods in `login` and `device`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use prism_proto::token_format::{self, SecretKind};
 use prism_proto::wire::TokenResponse;
-use ring::rand::{SecureRandom, SystemRandom};
 
-use super::policies;
+use super::accounts::Accounts;
+use super::audit::AuditTrail;
+use super::limits::{LimitSettings, Limits};
+use super::policies::{self, Policies};
+use super::sessions::Sessions;
 use super::standing::{self, Standing};
 use super::usage::UsageRecorder;
-use super::{BearerError, DomainError, GrantError, RequestMeta, now_ms};
+use super::{BearerError, DomainError, GrantError, RequestMeta, now_ms, secrets};
 use crate::store::{
-    AuditEvent, NewRefreshToken, Organization, RefreshGrant, RevokeDecision, SessionPolicy, Store,
-    User,
+    AuditEvent, Organization, RefreshGrant, RevokeDecision, SessionPolicy, Store, StoreError, User,
 };
 use crate::tokens::jwt::Audience;
 use crate::tokens::{
-    AccessClaims, JwtError, KeyError, KeyRing, LiveKeys, VerifiedTokens, VerifyExpectations,
-    hash_secret, jwt,
+    AccessClaims, JwtError, KeyRing, LiveKeys, VerifiedTokens, VerifyExpectations, hash_secret, jwt,
 };
-
-/// The public OAuth client of the `prism` CLI; refresh tokens minted by operators belong to it
-/// too, so the official client can use them.
-pub const CLI_CLIENT_ID: &str = "prism-cli";
-/// Scope of refresh tokens minted for the CLI and for CI.
-pub const DEFAULT_SCOPE: &str = "openid profile email offline_access";
 
 /// Issuer, audience and lifetime of access tokens.
 #[derive(Debug, Clone)]
@@ -63,7 +60,15 @@ pub struct AuthService {
     verified: VerifiedTokens,
     settings: TokenSettings,
     usage: UsageRecorder,
-    rng: SystemRandom,
+}
+
+/// Last-use records that could not be written; they were put back and go out with the next
+/// write.
+#[derive(Debug)]
+pub struct TokenUseWriteError {
+    /// How many records the failed write held.
+    pub count: usize,
+    pub error: StoreError,
 }
 
 impl AuthService {
@@ -74,7 +79,6 @@ impl AuthService {
             verified: VerifiedTokens::new(settings.verified_token_capacity),
             settings,
             usage: UsageRecorder::default(),
-            rng: SystemRandom::new(),
         }
     }
 
@@ -85,17 +89,6 @@ impl AuthService {
     /// The key ring as of now (a rotation swaps in a new one).
     pub fn keys(&self) -> Arc<KeyRing> {
         self.keys.current()
-    }
-
-    /// The swappable key ring.
-    pub fn live_keys(&self) -> &Arc<LiveKeys> {
-        &self.keys
-    }
-
-    /// Re-reads the signing keys from the database, for example after being told of a
-    /// rotation. On failure the current keys stay in use.
-    pub async fn reload_keys(&self) -> Result<(), KeyError> {
-        self.keys.reload().await
     }
 
     /// Verifies an access token; a `kid` we do not know yet (a key another replica rotated
@@ -127,12 +120,79 @@ impl AuthService {
         Ok(claims)
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
+    /// The store, for the service's own methods in `login` and `device`; everything outside
+    /// the domain goes through a service method instead.
+    pub(super) fn store(&self) -> &dyn Store {
+        self.store.as_ref()
     }
 
-    pub fn usage(&self) -> &UsageRecorder {
-        &self.usage
+    /// Writes every token use still pending, due or not: the last write, at shutdown. What
+    /// it cannot write is lost (last-use times are informational; no token's validity
+    /// depends on them).
+    pub async fn write_all_token_uses(&self) -> Result<(), DomainError> {
+        let uses = self.usage.drain();
+        if uses.is_empty() {
+            return Ok(());
+        }
+        Ok(self.store.record_token_uses(&uses).await?)
+    }
+
+    /// Organizations and users.
+    pub fn accounts(&self) -> Accounts<'_> {
+        Accounts::new(self.store())
+    }
+
+    /// Sessions people see and end, counting this process's unwritten uses.
+    pub fn sessions(&self) -> Sessions<'_> {
+        Sessions::new(self.store(), &self.usage)
+    }
+
+    /// Organizations' session policies.
+    pub fn policies(&self) -> Policies<'_> {
+        Policies::new(self.store())
+    }
+
+    /// The audit trail.
+    pub fn audit(&self) -> AuditTrail<'_> {
+        AuditTrail::new(self.store())
+    }
+
+    /// The abuse limits under `settings`.
+    pub fn limits(&self, settings: LimitSettings) -> Limits<'_> {
+        Limits::new(self.store(), settings)
+    }
+
+    /// Whether the database answers (and takes writes): the readiness check.
+    pub async fn storage_ready(&self) -> Result<(), StoreError> {
+        self.store.ping().await
+    }
+
+    /// Writes the last-use records that are due (see [`UsageRecorder::drain_due`]) in one
+    /// batch; returns how many, 0 when none were due. When the write fails the records are
+    /// put back, so the next call writes them once the database answers again; newer uses of
+    /// the same token noted meanwhile win.
+    pub async fn write_due_token_uses(&self) -> Result<usize, TokenUseWriteError> {
+        let uses = self.usage.drain_due(now_ms());
+        if uses.is_empty() {
+            return Ok(0);
+        }
+        match self.store.record_token_uses(&uses).await {
+            Ok(()) => {
+                self.usage.written(&uses);
+                Ok(uses.len())
+            }
+            Err(error) => {
+                let count = uses.len();
+                for token_use in uses {
+                    self.usage.record(
+                        &token_use.token_id,
+                        token_use.at,
+                        token_use.address.as_deref(),
+                    );
+                }
+                Err(TokenUseWriteError { count, error })
+            }
+        }
     }
 
     /// The standing of a refresh grant at `now`, its organization's session policy included.
@@ -208,7 +268,7 @@ impl AuthService {
             exp: now_secs.saturating_add(ttl),
             iat: now_secs,
             nbf: None,
-            jti: self.random_id()?,
+            jti: secrets::random_id()?,
             client_id: grant.client_id,
             scope: grant.scope,
             tid: grant.tenant_id,
@@ -377,71 +437,6 @@ impl AuthService {
             .sign_id_token(&claims)
             .map_err(|_| DomainError::Internal("signing failed"))
     }
-
-    fn random_id(&self) -> Result<String, DomainError> {
-        let mut bytes = [0u8; 16];
-        self.rng
-            .fill(&mut bytes)
-            .map_err(|_| DomainError::Internal("randomness failed"))?;
-        Ok(URL_SAFE_NO_PAD.encode(bytes))
-    }
-}
-
-/// How a new session (refresh token) came to be.
-#[derive(Debug, Clone, Default)]
-pub struct SessionOrigin {
-    /// A name the user sees, for example "CLI login" or the CI pipeline's name.
-    pub name: Option<String>,
-    /// `None` means [`DEFAULT_SCOPE`].
-    pub scope: Option<String>,
-    /// The authorization code it was issued for.
-    pub from_code: Option<[u8; 32]>,
-}
-
-/// Mints a refresh token for `user`; only its hash is stored. Returns the secret. Needs no
-/// signing key, so the admin commands call it directly.
-pub async fn mint_refresh_token(
-    store: &dyn Store,
-    user: &User,
-    origin: SessionOrigin,
-    actor: String,
-    meta: &RequestMeta,
-) -> Result<String, DomainError> {
-    let secret = token_format::generate(SecretKind::RefreshToken)
-        .map_err(|_| DomainError::Internal("randomness failed"))?;
-    let now = now_ms();
-    let token_id = uuid::Uuid::new_v4().to_string();
-    let detail = serde_json::json!({ "token_id": token_id, "name": origin.name }).to_string();
-    let inserted = store
-        .insert_refresh_token(
-            NewRefreshToken {
-                id: token_id,
-                token_hash: hash_secret(&secret),
-                user_id: user.id.clone(),
-                client_id: CLI_CLIENT_ID.to_owned(),
-                name: origin.name,
-                scope: origin.scope.unwrap_or_else(|| DEFAULT_SCOPE.to_owned()),
-                created_at: now,
-                from_code: origin.from_code,
-            },
-            AuditEvent {
-                at: now,
-                action: "token.minted",
-                actor,
-                org_id: Some(user.org_id.clone()),
-                subject_user_id: Some(user.id.clone()),
-                address: meta.address.clone(),
-                user_agent: meta.user_agent.clone(),
-                detail: Some(detail),
-            },
-        )
-        .await?;
-    if !inserted {
-        return Err(DomainError::NotFound(
-            "the user does not exist or has been removed".to_owned(),
-        ));
-    }
-    Ok(secret)
 }
 
 /// What the stored grant says of its token's standing; a session policy's expiry is not

@@ -67,52 +67,10 @@ pub enum RoundOutcome {
     Cleaned(Vec<(Garbage, u64)>),
 }
 
-/// Runs one round at `now`, unless another replica is running one. Stops between batches
-/// when `stopped` turns true.
-pub async fn run_round(
-    store: &dyn Store,
-    policy: &CleanupPolicy,
-    now: i64,
-    stopped: &watch::Receiver<bool>,
-) -> Result<RoundOutcome, DomainError> {
-    let Some(lock) = store.try_cleanup_lock().await? else {
-        return Ok(RoundOutcome::Skipped);
-    };
-    let deleted = delete_all(store, policy, now, stopped).await;
-    lock.release().await;
-    Ok(RoundOutcome::Cleaned(deleted?))
-}
-
-async fn delete_all(
-    store: &dyn Store,
-    policy: &CleanupPolicy,
-    now: i64,
-    stopped: &watch::Receiver<bool>,
-) -> Result<Vec<(Garbage, u64)>, DomainError> {
-    let mut deleted = Vec::new();
-    for kind in Garbage::ALL {
-        let cutoff = policy.cutoff(kind, now);
-        let mut total = 0;
-        loop {
-            let batch = store.delete_garbage(kind, cutoff, BATCH_SIZE).await?;
-            total += batch;
-            if batch < u64::try_from(BATCH_SIZE).unwrap_or(u64::MAX) || *stopped.borrow() {
-                break;
-            }
-            tokio::time::sleep(BATCH_PAUSE).await;
-        }
-        if total > 0 {
-            deleted.push((kind, total));
-        }
-        if *stopped.borrow() {
-            break;
-        }
-    }
-    Ok(deleted)
-}
-
 /// Runs a round every `policy.interval` (the first one interval after the start) until
 /// `stopped` changes. A failed round (database down) is logged; the next one tries again.
+/// The background task's entry: it holds the store for as long as the server runs and does
+/// each round through [`Cleanup`].
 pub async fn run_periodically(
     store: Arc<dyn Store>,
     policy: CleanupPolicy,
@@ -126,7 +84,10 @@ pub async fn run_periodically(
             _ = ticker.tick() => {}
             _ = stopped.changed() => return,
         }
-        match run_round(store.as_ref(), &policy, now_ms(), &stopped).await {
+        match Cleanup::new(store.as_ref())
+            .run_round(&policy, now_ms(), &stopped)
+            .await
+        {
             Ok(RoundOutcome::Skipped) => {
                 tracing::debug!("cleanup skipped: another replica is cleaning up");
             }
@@ -144,5 +105,60 @@ pub async fn run_periodically(
                 tracing::warn!(error = %err, "cleanup round failed; trying again next round");
             }
         }
+    }
+}
+
+/// Cleanup rounds over the store.
+pub struct Cleanup<'s> {
+    store: &'s dyn Store,
+}
+
+impl<'s> Cleanup<'s> {
+    pub fn new(store: &'s dyn Store) -> Self {
+        Self { store }
+    }
+
+    /// Runs one round at `now`, unless another replica is running one. Stops between batches
+    /// when `stopped` turns true.
+    pub async fn run_round(
+        &self,
+        policy: &CleanupPolicy,
+        now: i64,
+        stopped: &watch::Receiver<bool>,
+    ) -> Result<RoundOutcome, DomainError> {
+        let Some(lock) = self.store.try_cleanup_lock().await? else {
+            return Ok(RoundOutcome::Skipped);
+        };
+        let deleted = self.delete_all(policy, now, stopped).await;
+        lock.release().await;
+        Ok(RoundOutcome::Cleaned(deleted?))
+    }
+
+    async fn delete_all(
+        &self,
+        policy: &CleanupPolicy,
+        now: i64,
+        stopped: &watch::Receiver<bool>,
+    ) -> Result<Vec<(Garbage, u64)>, DomainError> {
+        let mut deleted = Vec::new();
+        for kind in Garbage::ALL {
+            let cutoff = policy.cutoff(kind, now);
+            let mut total = 0;
+            loop {
+                let batch = self.store.delete_garbage(kind, cutoff, BATCH_SIZE).await?;
+                total += batch;
+                if batch < u64::try_from(BATCH_SIZE).unwrap_or(u64::MAX) || *stopped.borrow() {
+                    break;
+                }
+                tokio::time::sleep(BATCH_PAUSE).await;
+            }
+            if total > 0 {
+                deleted.push((kind, total));
+            }
+            if *stopped.borrow() {
+                break;
+            }
+        }
+        Ok(deleted)
     }
 }

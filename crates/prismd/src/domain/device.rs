@@ -5,8 +5,10 @@
 use prism_proto::wire::TokenResponse;
 use ring::rand::{SecureRandom, SystemRandom};
 
-use super::auth::{AuthService, CLI_CLIENT_ID, DEFAULT_SCOPE, SessionOrigin, mint_refresh_token};
-use super::{DomainError, GrantError, RequestMeta, now_ms};
+use super::auth::AuthService;
+use super::clients::{self, CLI_CLIENT_ID, DEFAULT_SCOPE};
+use super::sessions::SessionOrigin;
+use super::{DomainError, GrantError, RequestMeta, now_ms, secrets};
 use crate::store::{NewDeviceCode, StoreError, User};
 use crate::tokens::hash_secret;
 
@@ -88,15 +90,14 @@ impl AuthService {
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .unwrap_or(DEFAULT_SCOPE);
-        let known: Vec<&str> = DEFAULT_SCOPE.split(' ').collect();
-        if scope.split_whitespace().any(|s| !known.contains(&s)) {
+        if !clients::known_scope(scope) {
             return Err(DomainError::InvalidInput("unknown scope".into()));
         }
         let rng = SystemRandom::new();
         let now = now_ms();
         // A user-code collision among live codes is possible (20^8 codes); try again then.
         for _ in 0..5 {
-            let device_code = super::login::random_secret()?;
+            let device_code = secrets::random_secret()?;
             let user_code = new_user_code(&rng)?;
             let stored = self
                 .store()
@@ -181,14 +182,10 @@ impl AuthService {
                     scope: Some(code.scope),
                     from_code: None,
                 };
-                let refresh_token = mint_refresh_token(
-                    self.store().as_ref(),
-                    &user,
-                    origin,
-                    format!("user:{}", user.id),
-                    meta,
-                )
-                .await?;
+                let refresh_token = self
+                    .sessions()
+                    .mint_refresh_token(&user, origin, format!("user:{}", user.id), meta)
+                    .await?;
                 let mut response = self
                     .exchange_refresh_token(&refresh_token, None, meta)
                     .await?;

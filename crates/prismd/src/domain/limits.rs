@@ -3,8 +3,6 @@
 //! with too many failures is locked for a growing time. Successes never touch the store except
 //! a login, which forgets its account's failures.
 
-use std::sync::Arc;
-
 use sha2::{Digest, Sha256};
 
 use super::{DomainError, RequestMeta, accounts, now_ms};
@@ -141,9 +139,9 @@ pub enum Verdict {
     },
 }
 
-/// The limits of one process, over the shared store.
-pub struct Limits {
-    store: Arc<dyn Store>,
+/// The limits, over the shared store.
+pub struct Limits<'s> {
+    store: &'s dyn Store,
     settings: LimitSettings,
 }
 
@@ -154,8 +152,8 @@ fn seconds_until(until: i64, now: i64) -> u64 {
         .max(1)
 }
 
-impl Limits {
-    pub fn new(store: Arc<dyn Store>, settings: LimitSettings) -> Self {
+impl<'s> Limits<'s> {
+    pub fn new(store: &'s dyn Store, settings: LimitSettings) -> Self {
         Self { store, settings }
     }
 

@@ -5,13 +5,15 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use prism_proto::wire::TokenResponse;
-use ring::rand::{SecureRandom, SystemRandom};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::auth::{AuthService, CLI_CLIENT_ID, DEFAULT_SCOPE, SessionOrigin, mint_refresh_token};
-use super::{DomainError, GrantError, RequestMeta, accounts, now_ms, passwords};
-use crate::store::{AuditEvent, CodeRedemption, NewAuthorizationCode, Store, User};
+use super::accounts::normalize_email;
+use super::auth::AuthService;
+use super::clients::{self, CLI_CLIENT_ID, DEFAULT_SCOPE};
+use super::sessions::SessionOrigin;
+use super::{DomainError, GrantError, RequestMeta, now_ms, passwords, secrets};
+use crate::store::{AuditEvent, CodeRedemption, NewAuthorizationCode, User};
 use crate::tokens::hash_secret;
 
 /// How long an authorization code may be redeemed.
@@ -142,8 +144,7 @@ pub fn check_request(
         .clone()
         .filter(|s| !s.trim().is_empty())
         .unwrap_or_else(|| DEFAULT_SCOPE.to_owned());
-    let known: Vec<&str> = DEFAULT_SCOPE.split(' ').collect();
-    if scope.split_whitespace().any(|s| !known.contains(&s)) {
+    if !clients::known_scope(&scope) {
         return Err(redirect("invalid_scope", "unknown scope"));
     }
     Ok(AuthorizationRequest {
@@ -171,78 +172,9 @@ pub fn redirect_with(request: &AuthorizationRequest, pairs: &[(&str, &str)]) -> 
     url.to_string()
 }
 
-/// A URL-safe random secret without `=` (codes, cookies, CSRF tokens).
-pub fn random_secret() -> Result<String, DomainError> {
-    let mut bytes = [0u8; 32];
-    SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| DomainError::Internal("randomness failed"))?;
-    Ok(URL_SAFE_NO_PAD.encode(bytes))
-}
-
 /// A fixed Argon2id hash to verify against when no account matches, so a wrong email costs
 /// the same time as a wrong password.
 static DECOY_HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
-/// Checks an email and password. Every failure is the same `None`: no account enumeration.
-pub async fn authenticate(
-    store: &dyn Store,
-    email: &str,
-    password: &str,
-) -> Result<Option<User>, DomainError> {
-    let Ok(email) = accounts::normalize_email(email) else {
-        return Ok(None);
-    };
-    if password.is_empty() || password.chars().count() > passwords::MAX_LENGTH {
-        return Ok(None);
-    }
-    let candidates = store.credentials_by_email(&email).await?;
-    let mut checked = false;
-    for candidate in candidates {
-        if let Some(hash) = candidate.password_hash {
-            checked = true;
-            if passwords::verify(password.to_owned(), hash).await? {
-                return Ok(Some(candidate.user));
-            }
-        }
-    }
-    if !checked {
-        let decoy = match DECOY_HASH.get() {
-            Some(hash) => hash.clone(),
-            None => {
-                let hash = passwords::hash("decoy password for timing".to_owned()).await?;
-                DECOY_HASH.get_or_init(|| hash).clone()
-            }
-        };
-        let _ = passwords::verify(password.to_owned(), decoy).await?;
-    }
-    Ok(None)
-}
-
-/// Issues a single-use code for `user`, bound to the request's client, redirect URI and
-/// challenge; valid for [`CODE_TTL_MS`].
-pub async fn issue_code(
-    store: &dyn Store,
-    user: &User,
-    request: &AuthorizationRequest,
-) -> Result<String, DomainError> {
-    let code = random_secret()?;
-    let now = now_ms();
-    store
-        .insert_authorization_code(NewAuthorizationCode {
-            code_hash: hash_secret(&code),
-            client_id: request.client_id.clone(),
-            redirect_uri: request.redirect_uri.to_string(),
-            code_challenge: request.code_challenge.clone(),
-            scope: request.scope.clone(),
-            nonce: request.nonce.clone(),
-            user_id: user.id.clone(),
-            created_at: now,
-            expires_at: now + CODE_TTL_MS,
-        })
-        .await?;
-    Ok(code)
-}
 
 /// The parameters of the `authorization_code` grant.
 pub struct CodeGrant<'a> {
@@ -259,6 +191,66 @@ fn invalid_grant(description: &'static str) -> DomainError {
 }
 
 impl AuthService {
+    /// Checks an email and password. Every failure is the same `None`: no account enumeration.
+    pub async fn authenticate_password(
+        &self,
+        email: &str,
+        password: &str,
+    ) -> Result<Option<User>, DomainError> {
+        let Ok(email) = normalize_email(email) else {
+            return Ok(None);
+        };
+        if password.is_empty() || password.chars().count() > passwords::MAX_LENGTH {
+            return Ok(None);
+        }
+        let candidates = self.store().credentials_by_email(&email).await?;
+        let mut checked = false;
+        for candidate in candidates {
+            if let Some(hash) = candidate.password_hash {
+                checked = true;
+                if passwords::verify(password.to_owned(), hash).await? {
+                    return Ok(Some(candidate.user));
+                }
+            }
+        }
+        if !checked {
+            let decoy = match DECOY_HASH.get() {
+                Some(hash) => hash.clone(),
+                None => {
+                    let hash = passwords::hash("decoy password for timing".to_owned()).await?;
+                    DECOY_HASH.get_or_init(|| hash).clone()
+                }
+            };
+            let _ = passwords::verify(password.to_owned(), decoy).await?;
+        }
+        Ok(None)
+    }
+
+    /// Issues a single-use code for `user`, bound to the request's client, redirect URI and
+    /// challenge; valid for [`CODE_TTL_MS`].
+    pub async fn issue_code(
+        &self,
+        user: &User,
+        request: &AuthorizationRequest,
+    ) -> Result<String, DomainError> {
+        let code = secrets::random_secret()?;
+        let now = now_ms();
+        self.store()
+            .insert_authorization_code(NewAuthorizationCode {
+                code_hash: hash_secret(&code),
+                client_id: request.client_id.clone(),
+                redirect_uri: request.redirect_uri.to_string(),
+                code_challenge: request.code_challenge.clone(),
+                scope: request.scope.clone(),
+                nonce: request.nonce.clone(),
+                user_id: user.id.clone(),
+                created_at: now,
+                expires_at: now + CODE_TTL_MS,
+            })
+            .await?;
+        Ok(code)
+    }
+
     /// Redeems an authorization code: checks binding and PKCE, mints a refresh token (a new
     /// session) and an access token, and an ID token when `openid` was asked for. A second
     /// use of a code fails and revokes what the first use issued.
@@ -339,14 +331,10 @@ impl AuthService {
             scope: Some(code.scope.clone()),
             from_code: Some(code_hash),
         };
-        let refresh_token = mint_refresh_token(
-            self.store().as_ref(),
-            &user,
-            origin,
-            format!("user:{}", user.id),
-            meta,
-        )
-        .await?;
+        let refresh_token = self
+            .sessions()
+            .mint_refresh_token(&user, origin, format!("user:{}", user.id), meta)
+            .await?;
         let mut response = self
             .exchange_refresh_token(&refresh_token, grant.tenant_id, meta)
             .await?;
@@ -360,7 +348,7 @@ impl AuthService {
 
     /// Starts a browser session for `user`; returns the cookie value.
     pub async fn start_browser_session(&self, user: &User) -> Result<String, DomainError> {
-        let secret = random_secret()?;
+        let secret = secrets::random_secret()?;
         let now = now_ms();
         self.store()
             .insert_browser_session(

@@ -1,16 +1,41 @@
 //! The rules of the service, independent of HTTP: exchanging and revoking tokens, deciding
 //! whether a caller still stands, and managing accounts. Handlers, GraphQL resolvers and the
-//! admin commands all call these functions, so each rule lives in one place.
+//! admin commands all call this layer, and only it, so each rule lives in one place.
+//!
+//! # One calling style
+//!
+//! Every operation that reads or writes storage is a method of an area's service struct;
+//! nothing outside this module calls the `Store` itself:
+//!
+//! - [`auth::AuthService`] owns the store (`Arc<dyn Store>`), the key ring and what the
+//!   process keeps in memory (verified access tokens, uses not written yet). It has the token
+//!   flows (`auth`), browser login (`login`) and the device grant (`device`), and hands out
+//!   the other areas' services: `accounts()`, `sessions()`, `policies()`, `audit()` and
+//!   `limits(settings)`.
+//! - Those services, [`accounts::Accounts`], [`sessions::Sessions`],
+//!   [`policies::Policies`], [`audit::AuditTrail`], [`limits::Limits`] and
+//!   [`cleanup::Cleanup`], are views over a borrowed `&dyn Store` (plus what the area needs:
+//!   the unwritten uses, the limit settings). A view is a pointer or two, so it is made where
+//!   it is used, never stored. Code that has a store but no `AuthService`, the operator
+//!   commands, the first start and the cleanup task, makes one with `new`.
+//!
+//! Rules that touch no storage stay free functions next to their area's service:
+//! `accounts::normalize_email`, `accounts::public_id`, `login::check_request`,
+//! `policies::expires_at`, `standing::check`, the `roles`, `clients` and `secrets` modules,
+//! and the like.
 
 pub mod accounts;
 pub mod audit;
 pub mod auth;
 pub mod cleanup;
+pub mod clients;
 pub mod device;
 pub mod limits;
 pub mod login;
 pub mod passwords;
 pub mod policies;
+pub mod roles;
+pub mod secrets;
 pub mod sessions;
 pub mod standing;
 pub mod usage;

@@ -5,7 +5,7 @@
 //! People give policies in whole days; they are stored in seconds, so the exchange compares
 //! milliseconds without converting units more than once.
 
-use super::accounts::Role;
+use super::roles::Role;
 use super::{DomainError, RequestMeta, now_ms};
 use crate::store::{AuditEvent, SessionPolicy, Store, User};
 
@@ -118,78 +118,90 @@ impl PolicyUpdate {
     }
 }
 
-/// The policy of the actor's organization: Owners and Admins only.
-pub async fn read(store: &dyn Store, actor: &User) -> Result<SessionPolicy, DomainError> {
-    if !Role::of(actor).manages_users() {
-        return Err(DomainError::AccessDenied(
-            "only Owners and Admins can see the session policy".into(),
-        ));
-    }
-    current(store, &actor.org_id).await
-}
-
-async fn current(store: &dyn Store, org_id: &str) -> Result<SessionPolicy, DomainError> {
-    store
-        .session_policy(org_id)
-        .await?
-        .ok_or_else(|| DomainError::NotFound("no such organization".into()))
-}
-
-/// Changes the policy of the actor's organization (Owners only), audited as
-/// [`POLICY_CHANGED_ACTION`] with the old and new values. It applies at once, on every
-/// replica, to every refresh token of the organization, old ones included. Returns the new
-/// policy.
-pub async fn update(
-    store: &dyn Store,
-    actor: &User,
-    update: CheckedUpdate,
-    meta: &RequestMeta,
-) -> Result<SessionPolicy, DomainError> {
-    if Role::of(actor) != Role::Owner {
-        return Err(DomainError::AccessDenied(
-            "only Owners can change the session policy".into(),
-        ));
-    }
-    // Compare-and-set against the policy we read, so the audit's "old" is really what was
-    // replaced; a concurrent change makes us read again.
-    for _ in 0..3 {
-        let old = current(store, &actor.org_id).await?;
-        let policy = update.apply(old);
-        let audit = AuditEvent {
-            at: now_ms(),
-            action: POLICY_CHANGED_ACTION,
-            actor: format!("user:{}", actor.id),
-            org_id: Some(actor.org_id.clone()),
-            // No one user: the change feed hears "anyone", and every replica drops its
-            // cached grants.
-            subject_user_id: None,
-            address: meta.address.clone(),
-            user_agent: meta.user_agent.clone(),
-            detail: Some(
-                serde_json::json!({
-                    "old": policy_detail(old),
-                    "new": policy_detail(policy),
-                })
-                .to_string(),
-            ),
-        };
-        if store
-            .set_session_policy(&actor.org_id, old, policy, audit)
-            .await?
-        {
-            return Ok(policy);
-        }
-    }
-    Err(DomainError::Conflict(
-        "the session policy changed while updating it; try again".into(),
-    ))
-}
-
 fn policy_detail(policy: SessionPolicy) -> serde_json::Value {
     serde_json::json!({
         "idle_expiry_secs": policy.idle_expiry_secs,
         "max_age_secs": policy.max_age_secs,
     })
+}
+
+/// Session policies over the store: reading and changing an organization's.
+pub struct Policies<'s> {
+    store: &'s dyn Store,
+}
+
+impl<'s> Policies<'s> {
+    pub fn new(store: &'s dyn Store) -> Self {
+        Self { store }
+    }
+
+    /// The policy of the actor's organization: Owners and Admins only.
+    pub async fn read(&self, actor: &User) -> Result<SessionPolicy, DomainError> {
+        if !Role::of(actor).manages_users() {
+            return Err(DomainError::AccessDenied(
+                "only Owners and Admins can see the session policy".into(),
+            ));
+        }
+        self.current(&actor.org_id).await
+    }
+
+    async fn current(&self, org_id: &str) -> Result<SessionPolicy, DomainError> {
+        self.store
+            .session_policy(org_id)
+            .await?
+            .ok_or_else(|| DomainError::NotFound("no such organization".into()))
+    }
+
+    /// Changes the policy of the actor's organization (Owners only), audited as
+    /// [`POLICY_CHANGED_ACTION`] with the old and new values. It applies at once, on every
+    /// replica, to every refresh token of the organization, old ones included. Returns the new
+    /// policy.
+    pub async fn update(
+        &self,
+        actor: &User,
+        update: CheckedUpdate,
+        meta: &RequestMeta,
+    ) -> Result<SessionPolicy, DomainError> {
+        if Role::of(actor) != Role::Owner {
+            return Err(DomainError::AccessDenied(
+                "only Owners can change the session policy".into(),
+            ));
+        }
+        // Compare-and-set against the policy we read, so the audit's "old" is really what was
+        // replaced; a concurrent change makes us read again.
+        for _ in 0..3 {
+            let old = self.current(&actor.org_id).await?;
+            let policy = update.apply(old);
+            let audit = AuditEvent {
+                at: now_ms(),
+                action: POLICY_CHANGED_ACTION,
+                actor: format!("user:{}", actor.id),
+                org_id: Some(actor.org_id.clone()),
+                // No one user: the change feed hears "anyone", and every replica drops its
+                // cached grants.
+                subject_user_id: None,
+                address: meta.address.clone(),
+                user_agent: meta.user_agent.clone(),
+                detail: Some(
+                    serde_json::json!({
+                        "old": policy_detail(old),
+                        "new": policy_detail(policy),
+                    })
+                    .to_string(),
+                ),
+            };
+            if self
+                .store
+                .set_session_policy(&actor.org_id, old, policy, audit)
+                .await?
+            {
+                return Ok(policy);
+            }
+        }
+        Err(DomainError::Conflict(
+            "the session policy changed while updating it; try again".into(),
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use prism_proto::wire::{RefreshRequest, RevokeRequest};
 use super::body::{BodyShape, JsonBody};
 use super::error::HttpError;
 use super::{AppState, ClientMeta};
-use crate::domain::auth::CLI_CLIENT_ID;
+use crate::domain::clients::CLI_CLIENT_ID;
 use crate::domain::limits::{LimitKey, LimitKind, Verdict};
 use crate::domain::{DomainError, GrantError, RequestMeta};
 use crate::metrics::RevocationKind;
@@ -76,8 +76,8 @@ pub(super) async fn refresh_failed(
     };
     let keys = [key];
     // A client already locked out is not counted again: one read, no write.
-    let verdict = match state.limits.check(&keys).await {
-        Ok(Verdict::Allowed) => state.limits.fail(&keys, meta, None).await,
+    let verdict = match state.limits().check(&keys).await {
+        Ok(Verdict::Allowed) => state.limits().fail(&keys, meta, None).await,
         other => other,
     };
     match verdict {

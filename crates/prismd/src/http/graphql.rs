@@ -1,6 +1,7 @@
 //! The GraphQL schema behind `/api`, with the field names the official `prism` CLI sends:
 //! the caller, their tenants, the organization's users (Relay cursor pages), roles, and the
-//! user mutations. Resolvers call the account rules in `domain::accounts`; validation and
+//! user mutations. Resolvers call the domain's services (accounts, sessions, policies, the
+//! audit trail) through `AuthService`; validation and
 //! permission problems come back in the payload's `errors { field messages }`.
 
 use std::sync::Arc;
@@ -12,10 +13,11 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use super::error::log_unavailable;
-use crate::domain::accounts::{self, Role, UserDraft, parse_public_id, public_id};
+use crate::domain::accounts::{UserDraft, parse_public_id, public_id};
 use crate::domain::auth::{AuthService, Principal};
-use crate::domain::policies::{self, PolicyDays, PolicyUpdate};
-use crate::domain::{DomainError, RequestMeta, audit, sessions};
+use crate::domain::policies::{PolicyDays, PolicyUpdate};
+use crate::domain::roles::Role;
+use crate::domain::{DomainError, RequestMeta, audit};
 use crate::store::{AuditRecord, Organization, ProfileChanges, SessionRecord, StoreError, User};
 
 /// Page size when the client does not ask for one, and the largest it may ask for.
@@ -102,10 +104,10 @@ impl QueryRoot {
         let caller = caller(ctx)?;
         let orgs = caller
             .auth
-            .store()
+            .accounts()
             .organizations_of_email(&caller.principal.user.email)
             .await
-            .map_err(store_unavailable)?;
+            .map_err(query_error)?;
         let url = caller.auth.settings().issuer.clone();
         Ok(TenantConnection {
             nodes: orgs
@@ -152,15 +154,12 @@ impl QueryRoot {
                     query_error(DomainError::InvalidInput("invalid cursor".into()))
                 })?),
             };
-        let page = audit::organization_events(
-            caller.auth.store().as_ref(),
-            &caller.principal.user,
-            filter,
-            first.map(i64::from),
-            after,
-        )
-        .await
-        .map_err(query_error)?;
+        let page = caller
+            .auth
+            .audit()
+            .organization_events(&caller.principal.user, filter, first.map(i64::from), after)
+            .await
+            .map_err(query_error)?;
         let end_cursor = page.events.last().map(|event| event.id.to_string());
         Ok(Some(AuditEventConnection {
             nodes: page.events.into_iter().map(AuditEventNode).collect(),
@@ -328,15 +327,12 @@ impl UserNode {
     /// Admins) a member's; Admins not Owners'. Null, with an error, for anyone else's.
     async fn sessions(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Vec<SessionNode>>> {
         let caller = caller(ctx)?;
-        let store = caller.auth.store().as_ref();
-        let live = sessions::list(
-            store,
-            caller.auth.usage(),
-            &caller.principal.user,
-            &self.user.id,
-        )
-        .await
-        .map_err(query_error)?;
+        let live = caller
+            .auth
+            .sessions()
+            .list(&caller.principal.user, &self.user.id)
+            .await
+            .map_err(query_error)?;
         Ok(Some(
             live.into_iter()
                 .map(|session| {
@@ -466,7 +462,10 @@ impl OrganizationNode {
         ctx: &Context<'_>,
     ) -> async_graphql::Result<Option<SessionPolicyNode>> {
         let caller = caller(ctx)?;
-        let policy = policies::read(caller.auth.store().as_ref(), &caller.principal.user)
+        let policy = caller
+            .auth
+            .policies()
+            .read(&caller.principal.user)
             .await
             .map_err(query_error)?;
         Ok(Some(SessionPolicyNode(PolicyDays::of(policy))))
@@ -488,17 +487,19 @@ impl OrganizationNode {
                 decode_cursor(cursor).ok_or_else(|| async_graphql::Error::new("invalid cursor"))?,
             ),
         };
-        let mut users = caller
+        let page = caller
             .auth
-            .store()
-            .users_page(&self.0.id, position, limit + 1)
+            .accounts()
+            .users_page(&self.0.id, position, limit)
             .await
-            .map_err(store_unavailable)?;
-        let has_next_page = users.len() as i64 > limit;
-        users.truncate(usize::try_from(limit).unwrap_or(0));
-        let end_cursor = users.last().map(|u| encode_cursor(u.created_at, &u.id));
+            .map_err(query_error)?;
+        let end_cursor = page
+            .users
+            .last()
+            .map(|u| encode_cursor(u.created_at, &u.id));
         Ok(UserConnection {
-            nodes: users
+            nodes: page
+                .users
                 .into_iter()
                 .map(|user| UserNode {
                     user,
@@ -506,7 +507,7 @@ impl OrganizationNode {
                 })
                 .collect(),
             page_info: PageInfo {
-                has_next_page,
+                has_next_page: page.has_next_page,
                 end_cursor,
             },
         })
@@ -720,7 +721,7 @@ impl MutationRoot {
         input: CreateOrganizationUserInput,
     ) -> async_graphql::Result<CreateOrganizationUserPayload> {
         let caller = caller(ctx)?;
-        let store = caller.auth.store().as_ref();
+        let accounts = caller.auth.accounts();
         let role = match parse_role(&input.role) {
             Ok(role) => role,
             Err(err) => {
@@ -737,14 +738,14 @@ impl MutationRoot {
             password: None,
             external_id: input.external_id,
         };
-        let created = accounts::create_member(
-            store,
-            &caller.principal.user,
-            &caller.principal.org,
-            draft,
-            &caller.meta,
-        )
-        .await;
+        let created = accounts
+            .create_member(
+                &caller.principal.user,
+                &caller.principal.org,
+                draft,
+                &caller.meta,
+            )
+            .await;
         let user = match created {
             Ok(user) => user,
             Err(err) => {
@@ -755,8 +756,7 @@ impl MutationRoot {
             }
         };
         let actor = format!("user:{}", caller.principal.user.id);
-        let invitation = match accounts::create_invitation(store, &user, actor, &caller.meta).await
-        {
+        let invitation = match accounts.create_invitation(&user, actor, &caller.meta).await {
             Ok(token) => Some(invitation_url(caller.auth, &token)),
             Err(err) => {
                 tracing::warn!(error = %err, "user created, but the invitation could not be made");
@@ -780,10 +780,13 @@ impl MutationRoot {
         input: DeleteUserInput,
     ) -> async_graphql::Result<UserPayload> {
         let caller = caller(ctx)?;
-        let store = caller.auth.store().as_ref();
         let result = match user_id_from(&input.id) {
             Ok(id) => {
-                accounts::delete_member(store, &caller.principal.user, &id, &caller.meta).await
+                caller
+                    .auth
+                    .accounts()
+                    .delete_member(&caller.principal.user, &id, &caller.meta)
+                    .await
             }
             Err(err) => Err(err),
         };
@@ -797,7 +800,6 @@ impl MutationRoot {
         input: UpdateUserInput,
     ) -> async_graphql::Result<UserPayload> {
         let caller = caller(ctx)?;
-        let store = caller.auth.store().as_ref();
         let changes = ProfileChanges {
             name: input.name,
             phone: input.phone,
@@ -811,15 +813,11 @@ impl MutationRoot {
         };
         let result = match user_id_from(&input.id) {
             Ok(id) => {
-                accounts::update_member(
-                    store,
-                    &caller.principal.user,
-                    &id,
-                    changes,
-                    role,
-                    &caller.meta,
-                )
-                .await
+                caller
+                    .auth
+                    .accounts()
+                    .update_member(&caller.principal.user, &id, changes, role, &caller.meta)
+                    .await
             }
             Err(err) => Err(err),
         };
@@ -835,19 +833,21 @@ impl MutationRoot {
         input: RevokeSessionInput,
     ) -> async_graphql::Result<RevokeSessionPayload> {
         let caller = caller(ctx)?;
-        let store = caller.auth.store().as_ref();
-        Ok(
-            match sessions::revoke(store, &caller.principal.user, &input.id, &caller.meta).await {
-                Ok(record) => RevokeSessionPayload {
-                    session: Some(SessionNode::new(record, caller.principal)),
-                    errors: Vec::new(),
-                },
-                Err(err) => RevokeSessionPayload {
-                    session: None,
-                    errors: payload_errors(err, "id")?,
-                },
+        let revoked = caller
+            .auth
+            .sessions()
+            .revoke(&caller.principal.user, &input.id, &caller.meta)
+            .await;
+        Ok(match revoked {
+            Ok(record) => RevokeSessionPayload {
+                session: Some(SessionNode::new(record, caller.principal)),
+                errors: Vec::new(),
             },
-        )
+            Err(err) => RevokeSessionPayload {
+                session: None,
+                errors: payload_errors(err, "id")?,
+            },
+        })
     }
 
     /// Ends every session of a user, and every access token, at once (what `/auth/revoke`
@@ -858,14 +858,19 @@ impl MutationRoot {
         input: RevokeAllSessionsInput,
     ) -> async_graphql::Result<RevokeAllSessionsPayload> {
         let caller = caller(ctx)?;
-        let store = caller.auth.store().as_ref();
         let actor = &caller.principal.user;
         let result = match &input.user_id {
             None => Ok(actor.id.clone()),
             Some(id) => user_id_from(id),
         };
         let result = match result {
-            Ok(id) => sessions::revoke_all(store, actor, &id, &caller.meta).await,
+            Ok(id) => {
+                caller
+                    .auth
+                    .sessions()
+                    .revoke_all(actor, &id, &caller.meta)
+                    .await
+            }
             Err(err) => Err(err),
         };
         Ok(match result {
@@ -891,7 +896,6 @@ impl MutationRoot {
         input: UpdateSessionPolicyInput,
     ) -> async_graphql::Result<UpdateSessionPolicyPayload> {
         let caller = caller(ctx)?;
-        let store = caller.auth.store().as_ref();
         let update = PolicyUpdate {
             idle_expiry_days: policy_change(input.idle_expiry_days),
             max_age_days: policy_change(input.max_age_days),
@@ -905,18 +909,21 @@ impl MutationRoot {
                 });
             }
         };
-        Ok(
-            match policies::update(store, &caller.principal.user, checked, &caller.meta).await {
-                Ok(policy) => UpdateSessionPolicyPayload {
-                    session_policy: Some(SessionPolicyNode(PolicyDays::of(policy))),
-                    errors: Vec::new(),
-                },
-                Err(err) => UpdateSessionPolicyPayload {
-                    session_policy: None,
-                    errors: payload_errors(err, "__all__")?,
-                },
+        let updated = caller
+            .auth
+            .policies()
+            .update(&caller.principal.user, checked, &caller.meta)
+            .await;
+        Ok(match updated {
+            Ok(policy) => UpdateSessionPolicyPayload {
+                session_policy: Some(SessionPolicyNode(PolicyDays::of(policy))),
+                errors: Vec::new(),
             },
-        )
+            Err(err) => UpdateSessionPolicyPayload {
+                session_policy: None,
+                errors: payload_errors(err, "__all__")?,
+            },
+        })
     }
 
     /// A new single-use link for a member to set their password (Owners and Admins).
@@ -926,10 +933,13 @@ impl MutationRoot {
         input: CreateUserInvitationInput,
     ) -> async_graphql::Result<CreateUserInvitationPayload> {
         let caller = caller(ctx)?;
-        let store = caller.auth.store().as_ref();
         let result = match user_id_from(&input.id) {
             Ok(id) => {
-                accounts::invite_member(store, &caller.principal.user, &id, &caller.meta).await
+                caller
+                    .auth
+                    .accounts()
+                    .invite_member(&caller.principal.user, &id, &caller.meta)
+                    .await
             }
             Err(err) => Err(err),
         };

@@ -1,5 +1,6 @@
 //! The HTTP surface: the router, shared state, request ids and the one-line access log.
-//! One module per flow; handlers parse, call one domain function and map the result.
+//! One module per flow; handlers parse, call domain operations (through `AppState::auth`,
+//! never the store) and map the result.
 
 mod api;
 mod auth;
@@ -74,23 +75,24 @@ pub struct AppState {
     pub schema: ApiSchema,
     pub metadata: Arc<serde_json::Value>,
     pub web: Arc<WebSettings>,
-    /// Failure counters of logins, device codes and refresh tokens, shared through the store.
-    pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
     pub fn new(auth: Arc<AuthService>, web: WebSettings, metrics: Arc<Metrics>) -> Self {
         let metadata = Arc::new(oauth::metadata_document(&auth.settings().issuer));
-        let limits = Arc::new(Limits::new(auth.store().clone(), web.limits));
         Self {
             schema: api::schema(auth.clone()),
             auth,
             metadata,
             web: Arc::new(web),
-            limits,
             metrics,
         }
+    }
+
+    /// Failure counters of logins, device codes and refresh tokens, shared through the store.
+    pub fn limits(&self) -> Limits<'_> {
+        self.auth.limits(self.web.limits)
     }
 }
 

@@ -13,7 +13,7 @@ use super::auth::{AUTH_BODY_LIMIT, no_store};
 use super::body::{BodyShape, JsonOrForm};
 use super::error::HttpError;
 use super::{AppState, ClientMeta};
-use crate::domain::auth::{CLI_CLIENT_ID, DEFAULT_SCOPE};
+use crate::domain::clients::{CLI_CLIENT_ID, DEFAULT_SCOPE};
 use crate::domain::login::CodeGrant;
 use crate::metrics::RevocationKind;
 

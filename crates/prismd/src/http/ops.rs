@@ -19,7 +19,7 @@ pub async fn healthz() -> Json<Value> {
 /// is 200. While the circuit breaker is open this answers 503 at once, without asking the
 /// database; once the breaker's probe gets an answer it is 200 again.
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    match state.auth.store().ping().await {
+    match state.auth.storage_ready().await {
         Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response(),
         Err(err) => {
             if matches!(err, StoreError::CircuitOpen) {

@@ -13,10 +13,10 @@ use subtle::ConstantTimeEq;
 
 use super::body::{BodyShape, JsonOrForm};
 use super::{AppState, ClientMeta};
-use crate::domain::accounts;
-use crate::domain::audit::{self, SignIn, SignInPage};
+use crate::domain::audit::{SignIn, SignInPage};
 use crate::domain::limits::{self, LimitKey, LimitKind, Verdict};
 use crate::domain::login::{self, AuthorizationRequest, AuthorizeError, AuthorizeParams};
+use crate::domain::secrets::random_secret;
 use crate::domain::{DomainError, RequestMeta};
 
 /// Cookie names. Over HTTPS they carry the `__Host-` prefix, so no other host (a sibling
@@ -148,7 +148,7 @@ fn login_keys(email: &str, meta: &RequestMeta) -> Vec<LimitKey> {
 /// A locked sign-in never reaches Argon2, so the right password during a lock is refused the
 /// same way as a wrong one (no oracle) and costs the server nothing.
 async fn login_locked(state: &AppState, keys: &[LimitKey]) -> Option<Response> {
-    match state.limits.check(keys).await {
+    match state.limits().check(keys).await {
         Ok(Verdict::Allowed) => None,
         Ok(Verdict::Locked { retry_after_secs }) => {
             let kinds: Vec<_> = keys.iter().map(LimitKey::kind).collect();
@@ -175,19 +175,15 @@ async fn login_failed(
 ) -> Option<Response> {
     // The account's user, if it exists (the oldest with that email), is the subject of the
     // audit events.
-    let subject = match accounts::normalize_email(email) {
-        Ok(email) => state
-            .auth
-            .store()
-            .credentials_by_email(&email)
-            .await
-            .ok()
-            .and_then(|found| found.into_iter().next())
-            .map(|c| c.user),
-        Err(_) => None,
-    };
+    let subject = state
+        .auth
+        .accounts()
+        .sign_in_subject(email)
+        .await
+        .ok()
+        .flatten();
     let counted = state
-        .limits
+        .limits()
         .fail(
             keys,
             meta,
@@ -198,9 +194,7 @@ async fn login_failed(
         // Only a counted failure is written: attempts refused during a lock never get here,
         // so the limits bound these rows as they bound the Argon2 checks.
         let outcome = SignIn::Failed(subject.as_ref());
-        if let Err(err) =
-            audit::record_sign_in(state.auth.store().as_ref(), outcome, page, meta).await
-        {
+        if let Err(err) = state.auth.audit().record_sign_in(outcome, page, meta).await {
             tracing::warn!(error = %err, "could not audit a failed login");
         }
     }
@@ -228,8 +222,12 @@ async fn login_succeeded(
     meta: &RequestMeta,
     page: SignInPage,
 ) -> Result<(), Response> {
-    let store = state.auth.store().as_ref();
-    if let Err(err) = audit::record_sign_in(store, SignIn::Succeeded(user), page, meta).await {
+    let recorded = state
+        .auth
+        .audit()
+        .record_sign_in(SignIn::Succeeded(user), page, meta)
+        .await;
+    if let Err(err) = recorded {
         tracing::error!(error = %err, "could not audit a login");
         return Err(error_page(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -237,7 +235,7 @@ async fn login_succeeded(
         ));
     }
     for key in keys.iter().filter(|k| k.kind() == LimitKind::LoginAccount) {
-        if let Err(err) = state.limits.clear(key).await {
+        if let Err(err) = state.limits().clear(key).await {
             tracing::warn!(error = %err, "could not reset the login limit");
         }
     }
@@ -431,7 +429,7 @@ async fn redirect_with_code(
     user: &crate::store::User,
     request: &AuthorizationRequest,
 ) -> Response {
-    match login::issue_code(state.auth.store().as_ref(), user, request).await {
+    match state.auth.issue_code(user, request).await {
         Ok(code) => see_other(&login::redirect_with(request, &[("code", &code)])),
         Err(err) => {
             tracing::error!(error = %err, "could not issue an authorization code");
@@ -454,7 +452,7 @@ pub async fn authorize(
         Err(error) => return reject(&params, error),
     };
     drop(request);
-    let Ok(csrf) = login::random_secret() else {
+    let Ok(csrf) = random_secret() else {
         return error_page(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
     };
     // A live browser session skips the password, not the person: any web page can send a
@@ -561,41 +559,44 @@ pub async fn login(
     if let Some(refused) = login_locked(&state, &keys).await {
         return refused;
     }
-    let user =
-        match login::authenticate(state.auth.store().as_ref(), &form.email, &form.password).await {
-            Ok(Some(user)) => {
-                if let Err(refused) =
-                    login_succeeded(&state, &keys, &user, &meta, SignInPage::Authorize).await
-                {
-                    return refused;
-                }
-                user
+    let user = match state
+        .auth
+        .authenticate_password(&form.email, &form.password)
+        .await
+    {
+        Ok(Some(user)) => {
+            if let Err(refused) =
+                login_succeeded(&state, &keys, &user, &meta, SignInPage::Authorize).await
+            {
+                return refused;
             }
-            Ok(None) => {
-                tracing::info!(
-                    address = meta.address.as_deref().unwrap_or("-"),
-                    "login failed"
-                );
-                if let Some(refused) =
-                    login_failed(&state, &keys, &form.email, &meta, SignInPage::Authorize).await
-                {
-                    return refused;
-                }
-                return login_page(
-                    &form.params,
-                    &form.csrf,
-                    &form.email,
-                    Some("Wrong email or password."),
-                );
+            user
+        }
+        Ok(None) => {
+            tracing::info!(
+                address = meta.address.as_deref().unwrap_or("-"),
+                "login failed"
+            );
+            if let Some(refused) =
+                login_failed(&state, &keys, &form.email, &meta, SignInPage::Authorize).await
+            {
+                return refused;
             }
-            Err(err) => {
-                tracing::error!(error = %err, "login check failed");
-                return error_page(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the service is temporarily unavailable; try again",
-                );
-            }
-        };
+            return login_page(
+                &form.params,
+                &form.csrf,
+                &form.email,
+                Some("Wrong email or password."),
+            );
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "login check failed");
+            return error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the service is temporarily unavailable; try again",
+            );
+        }
+    };
     let mut response = redirect_with_code(&state, &user, &request).await;
     match state.auth.start_browser_session(&user).await {
         Ok(session) => {
@@ -698,7 +699,7 @@ const INVITE_GONE: &str =
 
 /// `GET /invite?token=...`: the page where an invited user sets a password.
 pub async fn invite(State(state): State<AppState>, Query(query): Query<InviteQuery>) -> Response {
-    let user = match accounts::invitation_user(state.auth.store().as_ref(), &query.token).await {
+    let user = match state.auth.accounts().invitation_user(&query.token).await {
         Ok(Some(user)) => user,
         Ok(None) => return error_page(StatusCode::NOT_FOUND, INVITE_GONE),
         Err(err) => {
@@ -709,7 +710,7 @@ pub async fn invite(State(state): State<AppState>, Query(query): Query<InviteQue
             );
         }
     };
-    let Ok(csrf) = login::random_secret() else {
+    let Ok(csrf) = random_secret() else {
         return error_page(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
     };
     let mut response = invite_page(&query.token, &csrf, &user.email, None);
@@ -757,8 +758,8 @@ pub async fn accept_invite(
     ) {
         return refusal;
     }
-    let store = state.auth.store().as_ref();
-    let user = match accounts::invitation_user(store, &form.token).await {
+    let accounts = state.auth.accounts();
+    let user = match accounts.invitation_user(&form.token).await {
         Ok(Some(user)) => user,
         Ok(None) => return error_page(StatusCode::NOT_FOUND, INVITE_GONE),
         Err(_) => {
@@ -776,7 +777,10 @@ pub async fn accept_invite(
             Some("The two passwords differ."),
         );
     }
-    match accounts::accept_invitation(store, &form.token, form.password, &meta).await {
+    match accounts
+        .accept_invitation(&form.token, form.password, &meta)
+        .await
+    {
         Ok(()) => {
             let mut response = page(
                 StatusCode::OK,
@@ -854,7 +858,7 @@ pub async fn device(
     headers: HeaderMap,
     Query(query): Query<DeviceQuery>,
 ) -> Response {
-    let Ok(csrf) = login::random_secret() else {
+    let Ok(csrf) = random_secret() else {
         return error_page(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
     };
     let session_user = session_user(&state, &headers).await;
@@ -926,7 +930,9 @@ pub async fn decide_device(
             if let Some(refused) = login_locked(&state, &keys).await {
                 return refused;
             }
-            match login::authenticate(state.auth.store().as_ref(), &form.email, &form.password)
+            match state
+                .auth
+                .authenticate_password(&form.email, &form.password)
                 .await
             {
                 Ok(Some(user)) => {
@@ -978,7 +984,7 @@ pub async fn decide_device(
         ),
         Ok(false) => {
             if let Ok(Verdict::Locked { retry_after_secs }) =
-                state.limits.fail(&device_keys, &meta, None).await
+                state.limits().fail(&device_keys, &meta, None).await
             {
                 return too_many_page(&state, &[LimitKind::DeviceAddress], retry_after_secs);
             }

@@ -5,13 +5,10 @@
 //!
 //! A revoke-all named by a refresh token (`POST /auth/revoke`) has its grant read by whoever
 //! commits, where the revoke is written, and decided there. On PostgreSQL a task reads the
-//! whole group's grants in one statement and commits through a [`RevokeWriter`]; on SQLite a
-//! thread with a connection of its own does the reads and the writes of a group in one go
-//! (`sqlite_revoker`).
+//! whole group's grants in one statement and commits it in another (`postgres::revokes`); on
+//! SQLite a thread with a connection of its own does the reads and the writes of a group in
+//! one go (`sqlite::revoker`).
 
-use std::collections::HashMap;
-
-use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{AuditEvent, RefreshGrant, RevokeDecision, RevokedAll, StoreError};
@@ -92,25 +89,6 @@ impl Request {
     }
 }
 
-/// How the PostgreSQL backend reads grants and writes revoke-alls.
-#[async_trait]
-pub(super) trait RevokeWriter: Send + Sync + 'static {
-    /// The grants of these token hashes that exist, each with its hash, read where the
-    /// revokes are written.
-    async fn grants_by_hash(
-        &self,
-        token_hashes: &[[u8; 32]],
-    ) -> Result<Vec<([u8; 32], RefreshGrant)>, StoreError>;
-
-    /// Commits the whole group in one transaction; the outcome of each revoke in order, as if
-    /// they had been committed one after the other (a user named twice at the same epoch
-    /// moves once, and only the first revoke reports the move).
-    async fn revoke_group(&self, group: &[UserRevoke]) -> Result<Vec<bool>, StoreError>;
-
-    /// Commits one revoke in its own transaction.
-    async fn revoke_alone(&self, revoke: &UserRevoke) -> Result<bool, StoreError>;
-}
-
 /// The queue's sending side, held by the store.
 pub(super) struct RevokeQueue {
     /// Taken by [`RevokeQueue::close`]; the consumer stops once every request before is done.
@@ -130,6 +108,13 @@ impl PendingRevokes {
     /// `None` once the queue is closed and empty. Blocks: not for an async context.
     pub(super) fn next_group_blocking(&mut self) -> Option<Vec<Request>> {
         let first = self.queue.blocking_recv()?;
+        Some(gather(first, &mut self.queue))
+    }
+
+    /// Waits for the next request and takes those queued behind it, up to a group's size;
+    /// `None` once the queue is closed and empty.
+    pub(super) async fn next_group(&mut self) -> Option<Vec<Request>> {
+        let first = self.queue.recv().await?;
         Some(gather(first, &mut self.queue))
     }
 
@@ -162,13 +147,6 @@ impl RevokeQueue {
                 stopped: Some(stopped_tx),
             },
         )
-    }
-
-    /// A queue committed by a task on the current runtime, through `writer`.
-    pub fn start<W: RevokeWriter>(writer: W) -> Self {
-        let (queue, pending) = Self::new();
-        tokio::spawn(commit_in_groups(writer, pending));
-        queue
     }
 
     fn send(&self, revoke: Revoke, reply: Reply) -> Result<(), StoreError> {
@@ -238,88 +216,4 @@ fn gather(first: Request, queue: &mut mpsc::UnboundedReceiver<Request>) -> Vec<R
         }
     }
     requests
-}
-
-async fn commit_in_groups<W: RevokeWriter>(writer: W, mut pending: PendingRevokes) {
-    while let Some(first) = pending.queue.recv().await {
-        let requests = gather(first, &mut pending.queue);
-        let grants = read_grants(&writer, &requests).await;
-        let mut group = Vec::with_capacity(requests.len());
-        let mut callers = Vec::with_capacity(requests.len());
-        for (request, grant) in requests.into_iter().zip(grants) {
-            match grant.map(|grant| request.revoke.resolve(grant.as_ref())) {
-                Ok(Some(revoke)) => {
-                    group.push(revoke);
-                    callers.push(request);
-                }
-                Ok(None) => request.answer(Ok(None)),
-                Err(err) => request.answer(Err(err)),
-            }
-        }
-        if group.is_empty() {
-            continue;
-        }
-        match writer.revoke_group(&group).await {
-            Ok(outcomes) => {
-                for ((request, revoke), moved) in callers.into_iter().zip(group).zip(outcomes) {
-                    request.answer(Ok(Some(RevokedAll {
-                        user_id: revoke.user_id,
-                        moved,
-                    })));
-                }
-            }
-            // One bad revoke must not fail the others: each is retried on its own.
-            Err(_) => {
-                for (request, revoke) in callers.into_iter().zip(group) {
-                    let outcome = writer.revoke_alone(&revoke).await;
-                    request.answer(outcome.map(|moved| {
-                        Some(RevokedAll {
-                            user_id: revoke.user_id,
-                            moved,
-                        })
-                    }));
-                }
-            }
-        }
-    }
-    pending.stopped();
-}
-
-/// The grant of each request's token, in order (`Ok(None)` for a user-named request or an
-/// unknown token): the group's in one statement, or, if that fails, each on its own so that
-/// each caller gets its own error.
-async fn read_grants<W: RevokeWriter>(
-    writer: &W,
-    requests: &[Request],
-) -> Vec<Result<Option<RefreshGrant>, StoreError>> {
-    let token_hashes: Vec<[u8; 32]> = requests
-        .iter()
-        .filter_map(|request| request.revoke.token_hash().copied())
-        .collect();
-    if token_hashes.is_empty() {
-        return requests.iter().map(|_| Ok(None)).collect();
-    }
-    if let Ok(found) = writer.grants_by_hash(&token_hashes).await {
-        let found: HashMap<[u8; 32], RefreshGrant> = found.into_iter().collect();
-        return requests
-            .iter()
-            .map(|request| {
-                Ok(request
-                    .revoke
-                    .token_hash()
-                    .and_then(|token_hash| found.get(token_hash).cloned()))
-            })
-            .collect();
-    }
-    let mut grants = Vec::with_capacity(requests.len());
-    for request in requests {
-        grants.push(match request.revoke.token_hash() {
-            None => Ok(None),
-            Some(token_hash) => writer
-                .grants_by_hash(std::slice::from_ref(token_hash))
-                .await
-                .map(|found| found.into_iter().next().map(|(_, grant)| grant)),
-        });
-    }
-    grants
 }

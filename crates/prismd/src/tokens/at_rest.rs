@@ -18,13 +18,8 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use sha2::{Digest, Sha256};
 
-use super::keyring::KeyError;
+use super::key_error::{KEK_ENV, KEK_FILE_ENV, KeyError};
 use crate::store::SigningKeyRecord;
-
-/// Environment variable that holds the KEK itself.
-pub const KEK_ENV: &str = "PRISMD_KEY_ENCRYPTION_KEY";
-/// Environment variable (and `--key-encryption-key-file`) naming a file that holds the KEK.
-pub const KEK_FILE_ENV: &str = "PRISMD_KEY_ENCRYPTION_KEY_FILE";
 
 /// Where a KEK is read from: the variable holding it, or the one naming its file.
 #[derive(Debug, Clone, Copy)]

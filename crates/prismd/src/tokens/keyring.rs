@@ -12,59 +12,12 @@ use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::at_rest::{AtRest, KEK_ENV, KEK_FILE_ENV, is_sealed};
-use crate::store::{AuditEvent, PrivateKeyReplacement, SigningKeyRecord, Store, StoreError};
+use super::at_rest::{AtRest, is_sealed};
+use super::key_error::KeyError;
+use crate::store::{AuditEvent, PrivateKeyReplacement, SigningKeyRecord, Store};
 
 /// The JOSE name of the only algorithm we sign and accept.
 pub const ALGORITHM: &str = "EdDSA";
-
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("signing key {0} in the database cannot be parsed")]
-    Corrupt(String),
-    #[error("the operating system's random number generator failed")]
-    Randomness,
-    #[error("no active signing key after creating one")]
-    NoActiveKey,
-    /// The KEK's text is unusable; the message never contains it. `variable` names where it
-    /// came from.
-    #[error(
-        "the key encryption key in {variable} must be 32 random bytes in base64 or hex, for \
-         example from `openssl rand -base64 32`; {reason}"
-    )]
-    InvalidKek {
-        variable: &'static str,
-        reason: String,
-    },
-    #[error("set {value_variable} or {file_variable}, not both")]
-    KekTwice {
-        value_variable: &'static str,
-        file_variable: &'static str,
-    },
-    #[error("cannot read the key encryption key file {path} ({variable}): {source}")]
-    KekFile {
-        path: String,
-        variable: &'static str,
-        source: std::io::Error,
-    },
-    #[error("signing keys are encrypted; set {KEK_ENV} or {KEK_FILE_ENV}")]
-    EncryptedWithoutKek,
-    #[error("the key encryption key does not match the one the signing keys were sealed with")]
-    WrongKek,
-    #[error(
-        "signing key {0} cannot be decrypted although the key encryption key matches: its \
-         stored form is damaged or was altered; restore the database from a backup, or rotate \
-         the signing keys (`prismd keys rotate`)"
-    )]
-    Unsealable(String),
-    #[error(
-        "signing keys kept changing while they were re-sealed; stop the servers that still use \
-         the old key encryption key and run `prismd keys rewrap` again"
-    )]
-    StillChanging,
-}
 
 pub(crate) struct SigningKey {
     pub kid: String,

@@ -14,7 +14,8 @@ use tokio::sync::{Mutex, watch};
 use tokio::time::Instant;
 
 use super::at_rest::AtRest;
-use super::keyring::{self, KeyError, KeyRing, RetiredKeyWindow};
+use super::key_error::KeyError;
+use super::keyring::{self, KeyRing, RetiredKeyWindow};
 use crate::domain::now_ms;
 use crate::store::Store;
 
@@ -195,7 +196,7 @@ pub async fn rotate_periodically(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::SqliteStore;
+    use crate::store::{Backend, OpenOptions};
     use crate::tokens::keyring;
 
     fn window() -> RetiredKeyWindow {
@@ -210,7 +211,11 @@ mod tests {
     async fn unknown_kids_share_few_reloads_and_a_rotated_kid_is_found()
     -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path(), 2).await?);
+        let store = crate::store::open(
+            &Backend::from_url(None, dir.path())?,
+            OpenOptions::default(),
+        )
+        .await?;
         let ring =
             KeyRing::load_or_create(store.as_ref(), now_ms(), &window(), &AtRest::Plain).await?;
         let keys = Arc::new(LiveKeys::new(store.clone(), ring, window(), AtRest::Plain));

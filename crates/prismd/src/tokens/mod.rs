@@ -4,6 +4,7 @@
 
 pub mod at_rest;
 pub mod jwt;
+pub mod key_error;
 pub mod keyring;
 pub mod live;
 pub mod verified;
@@ -12,7 +13,8 @@ use sha2::{Digest, Sha256};
 
 pub use at_rest::{AtRest, KeyEncryptionKey};
 pub use jwt::{AccessClaims, JwtError, VerifyExpectations};
-pub use keyring::{KeyError, KeyRing, RetiredKeyWindow};
+pub use key_error::KeyError;
+pub use keyring::{KeyRing, RetiredKeyWindow};
 pub use live::LiveKeys;
 pub use verified::VerifiedTokens;
 

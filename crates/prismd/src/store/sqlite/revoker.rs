@@ -30,12 +30,13 @@ use rusqlite::{
     Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, named_params,
 };
 
-use super::group_commit::{PendingRevokes, Request, Revoke, RevokeQueue, UserRevoke};
-use super::sqlite::{
-    BUSY_TIMEOUT, END_BROWSER_SESSIONS_SQL, INSERT_AUDIT_SQL, MMAP_SIZE, REFRESH_GRANT_SQL,
-};
-use super::sqlite_direct::refresh_grant;
-use super::{RevokedAll, StoreError};
+use super::direct::refresh_grant;
+use super::settings::{BUSY_TIMEOUT, MMAP_SIZE};
+use crate::store::group_commit::{PendingRevokes, Request, Revoke, RevokeQueue, UserRevoke};
+use crate::store::sql::audit::INSERT_AUDIT_SQL;
+use crate::store::sql::tokens::REFRESH_GRANT_SQL;
+use crate::store::sql::users::END_BROWSER_SESSIONS_SQL;
+use crate::store::{RevokedAll, StoreError};
 
 /// Moves a user's epoch on from the one the revoke was decided at.
 const MOVE_EPOCH_SQL: &str = "UPDATE users SET token_epoch = token_epoch + 1, updated_at = $3 \

@@ -34,8 +34,9 @@ use std::sync::{Mutex, PoisonError, TryLockError};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, named_params};
 
-use super::sqlite::{MMAP_SIZE, PRINCIPAL_SQL, REFRESH_GRANT_SQL};
-use super::{Organization, PrincipalRecord, RefreshGrant, SessionPolicy, User};
+use super::settings::MMAP_SIZE;
+use crate::store::sql::tokens::{PRINCIPAL_SQL, REFRESH_GRANT_SQL};
+use crate::store::{Organization, PrincipalRecord, RefreshGrant, SessionPolicy, User};
 
 /// Most direct connections: one per thread that can read at the same moment is all that can
 /// ever be in use, since a read holds its connection only while it runs, without yielding.
@@ -274,9 +275,13 @@ fn principal_record(row: &Row<'_>) -> rusqlite::Result<PrincipalRecord> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::sqlite::{DATABASE_FILE, SqliteStore};
+    use crate::store::cache::CacheSettings;
+    use crate::store::sql::tokens::{read_principal, read_refresh_grant};
+    use crate::store::sql::{Dialect, SqlStore};
+    use crate::store::sqlite::{DATABASE_FILE, SqliteDialect};
+    use crate::store::traits::*;
     use crate::store::{
-        AuditEvent, NewOrganization, NewRefreshToken, NewUser, ProfileChanges, Store, TokenUse,
+        AuditEvent, NewOrganization, NewRefreshToken, NewUser, ProfileChanges, TokenUse,
     };
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -374,7 +379,8 @@ mod tests {
     /// a profile, and a member with external id whose one token was revoked on its own.
     struct Fixture {
         _dir: tempfile::TempDir,
-        store: SqliteStore,
+        store: SqlStore<SqliteDialect>,
+        path: std::path::PathBuf,
         owner: User,
         member: User,
         owner_token: String,
@@ -383,7 +389,13 @@ mod tests {
 
     async fn fixture() -> Result<Fixture, Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        let store = SqliteStore::open(dir.path(), 8).await?;
+        let store = SqlStore::new(
+            SqliteDialect::open_file(&dir.path().join(DATABASE_FILE), 8).await?,
+            CacheSettings {
+                ttl: std::time::Duration::ZERO,
+                capacity: 0,
+            },
+        );
         let org = NewOrganization {
             id: uuid::Uuid::new_v4().to_string(),
             name: "Org".into(),
@@ -448,6 +460,7 @@ mod tests {
         );
         let owner = store.active_user(&owner.id).await?.ok_or("no owner")?;
         Ok(Fixture {
+            path: dir.path().join(DATABASE_FILE),
             _dir: dir,
             store,
             owner,
@@ -462,11 +475,11 @@ mod tests {
     #[tokio::test]
     async fn answers_what_the_pool_answers() -> TestResult {
         let f = fixture().await?;
-        let direct = f.store.direct();
+        let direct = f.store.dialect().direct();
         assert_eq!(direct.open_count(), direct_reader_count(8));
         for n in [1, 2, 3] {
             let here = direct.refresh_grant(&hash(n)).ok_or("not answered here")?;
-            let pooled = f.store.pooled_refresh_grant(&hash(n)).await?;
+            let pooled = read_refresh_grant(&mut f.store.dialect().reader(), &hash(n)).await?;
             assert_eq!(format!("{here:?}"), format!("{pooled:?}"), "token {n}");
             assert_eq!(here.is_some(), n != 3);
         }
@@ -485,7 +498,8 @@ mod tests {
             let here = direct
                 .principal(user_id, session_id)
                 .ok_or("not answered here")?;
-            let pooled = f.store.pooled_principal(user_id, session_id).await?;
+            let pooled =
+                read_principal(&mut f.store.dialect().reader(), user_id, session_id).await?;
             assert_eq!(
                 format!("{here:?}"),
                 format!("{pooled:?}"),
@@ -513,7 +527,7 @@ mod tests {
     #[tokio::test]
     async fn a_commit_is_seen_by_the_next_read_on_every_connection() -> TestResult {
         let f = fixture().await?;
-        let direct = f.store.direct();
+        let direct = f.store.dialect().direct();
         let count = direct.open_count();
         // Round-robin from a rotating start: `count` calls in a row visit every connection.
         for _ in 0..count {
@@ -574,7 +588,7 @@ mod tests {
     #[tokio::test]
     async fn no_read_transaction_outlives_a_call() -> TestResult {
         let f = fixture().await?;
-        let path = f.store.path().to_owned();
+        let path = f.path.to_owned();
         assert_eq!(path.file_name(), Some(std::ffi::OsStr::new(DATABASE_FILE)));
         {
             // A statement stepped but not reset: an open read transaction.
@@ -599,7 +613,7 @@ mod tests {
                 address: None,
             }])
             .await?;
-        let direct = f.store.direct();
+        let direct = f.store.dialect().direct();
         for _ in 0..direct.open_count() {
             assert!(
                 direct
@@ -632,7 +646,7 @@ mod tests {
     #[tokio::test]
     async fn busy_connections_pass_to_the_pool() -> TestResult {
         let f = fixture().await?;
-        let direct = f.store.direct();
+        let direct = f.store.dialect().direct();
         let held: Vec<_> = direct
             .slots
             .iter()
@@ -663,6 +677,7 @@ mod tests {
         let f = fixture().await?;
         let names = |sql: &str| {
             f.store
+                .dialect()
                 .direct()
                 .read(|conn| Ok(conn.prepare(sql)?.column_names().join(",")))
         };
@@ -682,7 +697,7 @@ mod tests {
     #[tokio::test]
     async fn read_only_mapped_and_errors_pass_to_the_pool() -> TestResult {
         let f = fixture().await?;
-        let direct = f.store.direct();
+        let direct = f.store.dialect().direct();
         let mapped = direct
             .read(|conn| conn.query_row("PRAGMA mmap_size", [], |row| row.get::<_, i64>(0)))
             .ok_or("not answered")?;
@@ -708,12 +723,12 @@ mod tests {
     #[tokio::test]
     async fn close_leaves_no_wal_behind() -> TestResult {
         let f = fixture().await?;
-        let wal = f.store.path().with_extension("db-wal");
+        let wal = f.path.with_extension("db-wal");
         assert!(wal.exists());
         f.store.close().await;
         assert!(!wal.exists(), "the WAL outlived the close");
-        assert_eq!(f.store.direct().open_count(), 0);
-        assert!(f.store.direct().refresh_grant(&hash(1)).is_none());
+        assert_eq!(f.store.dialect().direct().open_count(), 0);
+        assert!(f.store.dialect().direct().refresh_grant(&hash(1)).is_none());
         Ok(())
     }
 }

@@ -1,0 +1,435 @@
+//! The storage interface: every operation the domain performs on storage, one trait per
+//! aggregate, and [`Store`], all of them together (what the domain holds as `Arc<dyn Store>`).
+//! Calling a method needs its trait in scope: `use crate::store::traits::*`.
+
+use async_trait::async_trait;
+
+use super::cache::StandingCache;
+use super::*;
+
+/// Organizations and their session policies. Every method is a single short transaction.
+#[async_trait]
+pub trait OrganizationStore: Send + Sync + 'static {
+    /// Creates `org` and `owner` if no organization exists yet. Returns whether it did.
+    async fn bootstrap(
+        &self,
+        org: NewOrganization,
+        owner: NewUser,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError>;
+
+    /// The organization created first (the install's default).
+    async fn default_organization(&self) -> Result<Option<Organization>, StoreError>;
+
+    /// Every organization, oldest first.
+    async fn list_organizations(&self) -> Result<Vec<Organization>, StoreError>;
+
+    /// The organization with this tenant id.
+    async fn organization_by_tenant(
+        &self,
+        tenant_id: &str,
+    ) -> Result<Option<Organization>, StoreError>;
+
+    /// Creates another organization.
+    async fn create_organization(
+        &self,
+        org: NewOrganization,
+        audit: AuditEvent,
+    ) -> Result<(), StoreError>;
+
+    /// The session policy of an organization; `None` when there is no such organization.
+    async fn session_policy(&self, org_id: &str) -> Result<Option<SessionPolicy>, StoreError>;
+
+    /// Replaces an organization's session policy, if it is still `expected`, and writes
+    /// `audit` in the same transaction. The audit row is what tells every replica's cache to
+    /// drop the organization's refresh grants (they carry the policy). Returns false when the
+    /// organization does not exist or its policy is no longer `expected` (changed meanwhile),
+    /// and then writes nothing.
+    async fn set_session_policy(
+        &self,
+        org_id: &str,
+        expected: SessionPolicy,
+        policy: SessionPolicy,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError>;
+}
+
+/// Users: accounts, profiles, passwords, invitations and removal. Every method is a single short transaction.
+#[async_trait]
+pub trait UserStore: Send + Sync + 'static {
+    /// Creates a user; `Conflict` when an active user of the organization has that email.
+    async fn create_user(&self, user: NewUser, audit: AuditEvent) -> Result<User, StoreError>;
+
+    /// The active (not removed) user of `org_id` with this (normalised) email.
+    async fn find_active_user_by_email(
+        &self,
+        org_id: &str,
+        email: &str,
+    ) -> Result<Option<User>, StoreError>;
+
+    /// One page of an organization's active users, oldest first, after the `(created_at, id)`
+    /// position `after`.
+    async fn users_page(
+        &self,
+        org_id: &str,
+        after: Option<(i64, String)>,
+        limit: i64,
+    ) -> Result<Vec<User>, StoreError>;
+
+    /// An active user of `org_id`.
+    async fn member(&self, org_id: &str, user_id: &str) -> Result<Option<User>, StoreError>;
+
+    /// Changes profile fields (and the role) of an active user. Returns false when there is
+    /// no such user, or when the change would demote the organization's last active Owner
+    /// (the Owner count is read in the same statement, as in [`Store::remove_user`]).
+    async fn update_profile(
+        &self,
+        user_id: &str,
+        changes: ProfileChanges,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError>;
+
+    /// Whether an active user has a password.
+    async fn has_password(&self, user_id: &str) -> Result<bool, StoreError>;
+
+    /// Stores an invitation for a user (the hash of its token), replacing earlier ones.
+    async fn insert_invitation(
+        &self,
+        token_hash: &[u8; 32],
+        user_id: &str,
+        expires_at: i64,
+        audit: AuditEvent,
+    ) -> Result<(), StoreError>;
+
+    /// The active user of an unused, unexpired invitation.
+    async fn invitation_user(
+        &self,
+        token_hash: &[u8; 32],
+        now: i64,
+    ) -> Result<Option<User>, StoreError>;
+
+    /// Spends an invitation and sets the user's password in one transaction. Returns false
+    /// when the invitation is used, expired or unknown.
+    async fn accept_invitation(
+        &self,
+        token_hash: &[u8; 32],
+        password_hash: &str,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError>;
+
+    /// Users of an organization, oldest first.
+    async fn list_users(
+        &self,
+        org_id: &str,
+        include_removed: bool,
+    ) -> Result<Vec<User>, StoreError>;
+
+    /// Marks a user removed, unless they are the organization's last active Owner.
+    async fn remove_user(
+        &self,
+        user_id: &str,
+        at: i64,
+        audit: AuditEvent,
+    ) -> Result<Removal, StoreError>;
+
+    /// Replaces an active user's password hash and ends their browser sessions. Returns false
+    /// when there is no such user.
+    async fn set_password_hash(
+        &self,
+        user_id: &str,
+        password_hash: &str,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError>;
+
+    /// Active users with this email in any organization, oldest first, with password hashes.
+    async fn credentials_by_email(&self, email: &str) -> Result<Vec<Credentials>, StoreError>;
+
+    /// The user behind an active session, by id.
+    async fn active_user(&self, user_id: &str) -> Result<Option<User>, StoreError>;
+
+    /// Organizations where an active user with this email is a member.
+    async fn organizations_of_email(&self, email: &str) -> Result<Vec<Organization>, StoreError>;
+}
+
+/// What a sign-in leaves behind before a token exists: authorization codes, device codes and browser sessions. Every method is a single short transaction.
+#[async_trait]
+pub trait SignInStore: Send + Sync + 'static {
+    /// Stores a new authorization code.
+    async fn insert_authorization_code(&self, code: NewAuthorizationCode)
+    -> Result<(), StoreError>;
+
+    /// Spends an authorization code. A second presentation marks it replayed and revokes the
+    /// refresh token issued from it, in the same transaction; the first replay also writes
+    /// `replay` there, about the code's user (the store sets subject and organization, and a
+    /// detail with the session id and whether it was revoked). Later replays write no more
+    /// rows, so replaying one code cannot grow the audit log.
+    async fn redeem_authorization_code(
+        &self,
+        code_hash: &[u8; 32],
+        at: i64,
+        replay: AuditEvent,
+    ) -> Result<CodeRedemption, StoreError>;
+
+    /// Stores a new device authorization.
+    async fn insert_device_code(&self, code: NewDeviceCode) -> Result<(), StoreError>;
+
+    /// Notes a poll of a device code and returns its state before this poll.
+    async fn poll_device_code(
+        &self,
+        device_code_hash: &[u8; 32],
+        at: i64,
+    ) -> Result<Option<DeviceCode>, StoreError>;
+
+    /// Moves a pending, unexpired device code (found by its user code) to `approved` (with
+    /// the user) or `denied`. Returns false when there is no such pending code.
+    async fn decide_device_code(
+        &self,
+        user_code_hash: &[u8; 32],
+        approve_for: Option<&str>,
+        at: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Moves an approved device code to `redeemed`; false if it was not approved (any more).
+    async fn redeem_device_code(&self, device_code_hash: &[u8; 32]) -> Result<bool, StoreError>;
+
+    /// Slows a client down: a longer polling interval from now on.
+    async fn slow_down_device_code(
+        &self,
+        device_code_hash: &[u8; 32],
+        interval_secs: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Stores a browser session (the hash of its cookie).
+    async fn insert_browser_session(
+        &self,
+        id_hash: &[u8; 32],
+        user_id: &str,
+        created_at: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError>;
+
+    /// The active user of an unexpired browser session.
+    async fn browser_session_user(
+        &self,
+        id_hash: &[u8; 32],
+        now: i64,
+    ) -> Result<Option<User>, StoreError>;
+
+    /// Ends a browser session.
+    async fn delete_browser_session(&self, id_hash: &[u8; 32]) -> Result<(), StoreError>;
+}
+
+/// Refresh tokens (sessions), the grants and principals behind tokens, and revocation. Every method is a single short transaction.
+#[async_trait]
+pub trait TokenStore: Send + Sync + 'static {
+    /// Stores a new refresh token (its hash) under the user's current epoch, read in the same
+    /// statement so a concurrent revoke-all cannot leave it half-dead. Returns false when the
+    /// user does not exist or has been removed.
+    async fn insert_refresh_token(
+        &self,
+        token: NewRefreshToken,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError>;
+
+    /// The hot-path look-up: the token with this hash, its user and tenant.
+    async fn find_refresh_grant(
+        &self,
+        token_hash: &[u8; 32],
+    ) -> Result<Option<RefreshGrant>, StoreError>;
+
+    /// The user, organization (with its session policy) and session state behind an access
+    /// token.
+    async fn principal(
+        &self,
+        user_id: &str,
+        session_id: &str,
+    ) -> Result<Option<PrincipalRecord>, StoreError>;
+
+    /// Revokes every refresh token and access token of a user in one durable write, by
+    /// moving the user's epoch on from `expected_epoch`, and ends their browser sessions. Returns false when the epoch had
+    /// already moved (someone else revoked first).
+    async fn revoke_all_tokens(
+        &self,
+        user_id: &str,
+        expected_epoch: i64,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError>;
+
+    /// Revokes every token of the user behind a refresh token, as [`Store::revoke_all_tokens`]
+    /// does, when `decide` (given the token's grant as read where the revoke is written)
+    /// returns the audit event to record; `None` when no token has this hash or `decide`
+    /// refused. The grant is read next to the write because on SQLite a read on a reader
+    /// after each commit costs more than the revoke (see `group_commit`).
+    async fn revoke_all_by_token(
+        &self,
+        token_hash: &[u8; 32],
+        decide: RevokeDecision,
+    ) -> Result<Option<RevokedAll>, StoreError>;
+
+    /// Revokes one session (refresh token) of `user_id`. Returns false if it was not live.
+    async fn revoke_session(
+        &self,
+        token_id: &str,
+        user_id: &str,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError>;
+
+    /// A user's live sessions (not revoked, issued under the user's current epoch, user not
+    /// removed), newest first, at most `limit` (capped at [`MAX_LISTED_SESSIONS`]).
+    async fn list_sessions(
+        &self,
+        user_id: &str,
+        limit: i64,
+    ) -> Result<Vec<SessionRecord>, StoreError>;
+
+    /// One live session by id (same rule as [`Store::list_sessions`]), whoever's it is.
+    async fn live_session(&self, token_id: &str) -> Result<Option<SessionRecord>, StoreError>;
+
+    /// Records last-use times and addresses of refresh tokens (batched).
+    async fn record_token_uses(&self, uses: &[TokenUse]) -> Result<(), StoreError>;
+}
+
+/// Signing keys. Every method is a single short transaction.
+#[async_trait]
+pub trait KeyStore: Send + Sync + 'static {
+    /// Every signing key, newest first.
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError>;
+
+    /// Stores `key` unless an active (not retired) key exists already.
+    async fn insert_signing_key_if_none_active(
+        &self,
+        key: SigningKeyRecord,
+    ) -> Result<(), StoreError>;
+
+    /// Makes `key` the active signing key and retires every key active until now (its
+    /// `retired_at` becomes `key.created_at`), with `audit`, in one transaction that also
+    /// excludes a concurrent first-key creation. Returns the kids it retired.
+    async fn rotate_signing_key(
+        &self,
+        key: SigningKeyRecord,
+        audit: AuditEvent,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// [`Store::rotate_signing_key`], but only if no active key was created at or after
+    /// `active_created_before` (milliseconds), checked inside the rotation's transaction and
+    /// lock: of several processes racing to rotate an old key, one does. `None` when the
+    /// active key is that new, with nothing written.
+    async fn rotate_signing_key_if_stale(
+        &self,
+        key: SigningKeyRecord,
+        audit: AuditEvent,
+        active_created_before: i64,
+    ) -> Result<Option<Vec<String>>, StoreError>;
+
+    /// Replaces the stored private key of each named signing key whose row still holds
+    /// `previous`, with `audit`, in one transaction (under the signing-key lock). Returns the
+    /// kids it replaced; when none, nothing is written, not even the audit event.
+    async fn replace_private_keys(
+        &self,
+        replacements: &[PrivateKeyReplacement],
+        audit: AuditEvent,
+    ) -> Result<Vec<String>, StoreError>;
+}
+
+/// The audit trail and the change feed derived from it. Every method is a single short transaction.
+#[async_trait]
+pub trait AuditStore: Send + Sync + 'static {
+    /// One page of audit events matching `query`, newest first (descending id), at most
+    /// `limit` (capped at [`MAX_AUDIT_PAGE`] + 1). The next page starts before the last id seen.
+    async fn audit_events_page(
+        &self,
+        query: &AuditQuery,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>, StoreError>;
+
+    /// Writes one audit event on its own, for events that change nothing else in the store
+    /// (a sign-in that succeeded or failed).
+    async fn record_audit(&self, event: AuditEvent) -> Result<(), StoreError>;
+
+    /// Hands every change committed from now on, by any process on this database, to
+    /// `on_change`, in commit order per process, starting with [`Change::listening`] once
+    /// nothing can be missed any more. Runs until the feed breaks and then returns (with the
+    /// error, if there was one); the caller must then assume it missed changes and call again. PostgreSQL uses `LISTEN`; SQLite polls the audit log, whose ids grow in
+    /// commit order because SQLite has one writer at a time.
+    async fn follow_changes(
+        &self,
+        on_change: &(dyn Fn(Change) + Send + Sync),
+    ) -> Result<(), StoreError>;
+}
+
+/// Failure counters of rate limits and lock-outs. Every method is a single short transaction.
+#[async_trait]
+pub trait LimitStore: Send + Sync + 'static {
+    /// The failures counted for `key`, if any.
+    async fn attempt_counter(&self, key: &str) -> Result<Option<AttemptCounter>, StoreError>;
+
+    /// Counts one failure for `key` at `at` under `policy` (a failure after the window
+    /// restarts the count) and returns the counter after it. When this failure locks the key,
+    /// `trip` is audited in the same transaction.
+    async fn record_attempt_failure(
+        &self,
+        key: &str,
+        at: i64,
+        policy: AttemptPolicy,
+        trip: AuditEvent,
+    ) -> Result<AttemptCounter, StoreError>;
+
+    /// Forgets the failures of `key` (after a success).
+    async fn clear_attempts(&self, key: &str) -> Result<(), StoreError>;
+}
+
+/// Health, cleanup, shutdown and the counters metrics read. Every method is a single short transaction.
+#[async_trait]
+pub trait Maintenance: Send + Sync + 'static {
+    /// Checks that the database answers, for reads and for writes.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Deletes at most `limit` rows of one kind of garbage older than `before` (milliseconds;
+    /// what "older" means is the kind's), in one short statement. Returns how many it deleted:
+    /// fewer than `limit` means there are no more.
+    async fn delete_garbage(
+        &self,
+        kind: Garbage,
+        before: i64,
+        limit: i64,
+    ) -> Result<u64, StoreError>;
+
+    /// The right to run a cleanup round now, or `None` when another replica is running one.
+    async fn try_cleanup_lock(&self) -> Result<Option<CleanupLock>, StoreError>;
+
+    /// Closes connections cleanly (SQLite checkpoints its WAL).
+    async fn close(&self);
+
+    /// Connection pools and circuit breaker as of now, for metrics: reads counters in memory,
+    /// never the database, so a scrape works (and is cheap) during an outage.
+    fn connection_stats(&self) -> ConnectionStats;
+
+    /// The standing cache in front of the hot-path reads, if one is on: for its counters, and
+    /// for tests that drive it by hand.
+    fn cache(&self) -> Option<&StandingCache>;
+}
+
+/// The whole storage interface.
+pub trait Store:
+    OrganizationStore
+    + UserStore
+    + SignInStore
+    + TokenStore
+    + KeyStore
+    + AuditStore
+    + LimitStore
+    + Maintenance
+{
+}
+
+impl<T> Store for T where
+    T: OrganizationStore
+        + UserStore
+        + SignInStore
+        + TokenStore
+        + KeyStore
+        + AuditStore
+        + LimitStore
+        + Maintenance
+{
+}
