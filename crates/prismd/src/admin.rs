@@ -14,7 +14,7 @@ use prismd::domain::roles::Role;
 use prismd::domain::sessions::{SessionOrigin, Sessions};
 use prismd::domain::usage::UsageRecorder;
 use prismd::domain::{RequestMeta, now_ms};
-use prismd::store::{self, Backend, OpenOptions, PgPoolSettings, Store, User};
+use prismd::store::{self, Backend, Delivery, OpenOptions, PgPoolSettings, Store, User};
 use prismd::tokens::{AtRest, at_rest, keyring};
 
 const OPERATOR: &str = "operator";
@@ -433,10 +433,14 @@ async fn run_users(
                 password,
                 external_id: None,
             };
-            let user = accounts
-                .add_user(&org, draft, OPERATOR.into(), &meta)
-                .await?;
-            println!("{}", public_id("User", &user.id));
+            let added = accounts.operator_add_user(&org, draft).await?;
+            if !added.new_identity {
+                eprintln!(
+                    "{} already signs in here; they are now a member of {} too (their password is unchanged).",
+                    added.user.email, org.name
+                );
+            }
+            println!("{}", public_id("User", &added.user.id));
         }
         UsersCommand::List { json, all } => {
             let users = accounts.users(&org, all).await?;
@@ -449,13 +453,15 @@ async fn run_users(
         }
         UsersCommand::Remove { email } => {
             let user = accounts.find_user(&org, &email).await?;
-            accounts.remove_user(&user, OPERATOR.into(), &meta).await?;
+            accounts
+                .remove_user(&user, OPERATOR.into(), None, &meta)
+                .await?;
             eprintln!("Removed {}; their tokens no longer work.", user.email);
         }
         UsersCommand::InviteLink { email, issuer } => {
             let user = accounts.find_user(&org, &email).await?;
             let token = accounts
-                .create_invitation(&user, OPERATOR.into(), &meta)
+                .create_invitation(&user, OPERATOR.into(), None, Delivery::Handed, &meta)
                 .await?;
             println!("{}/invite?token={token}", issuer.trim_end_matches('/'));
         }

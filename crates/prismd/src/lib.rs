@@ -115,6 +115,7 @@ pub async fn serve(
         &config.owner_email,
     )
     .await?;
+    log_identity_upgrade_notices(store.as_ref()).await;
     let key_window = config.retired_key_window();
     let at_rest = &config.key_at_rest;
     // A wrong or missing key encryption key stops the start here, before anything is served.
@@ -370,5 +371,29 @@ async fn flush_token_uses(
                 failures += 1;
             }
         }
+    }
+}
+
+/// Says, on every start until each is resolved, which emails the identity upgrade left
+/// without a password (they had passwords in several organizations, and no one of them may
+/// open the others).
+async fn log_identity_upgrade_notices(store: &dyn Store) {
+    match domain::accounts::Accounts::new(store)
+        .identity_upgrade_notices()
+        .await
+    {
+        Ok(emails) => {
+            for email in emails {
+                tracing::warn!(
+                    email = %email,
+                    "this person had passwords in several organizations before sign-in \
+                     identities; none of them carried over, so they cannot sign in with a \
+                     password until an operator runs 'prismd users set-password --email \
+                     {email}' (or they use a reset link, when SMTP is configured). Their \
+                     refresh tokens still work."
+                );
+            }
+        }
+        Err(err) => tracing::warn!(error = %err, "could not read the identity upgrade notices"),
     }
 }

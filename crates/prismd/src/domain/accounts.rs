@@ -1,6 +1,7 @@
-//! Accounts: organizations, users and who may change them, invitations, the first-start
-//! bootstrap, and the opaque public ids (`base64("User:<uuid>")`, as Prismatic's) used by the
-//! API and the admin commands.
+//! Accounts: organizations, identities (people who sign in) and their members (users of
+//! organizations), who may change them, invitations, passwords and resets, memberships, the
+//! first-start bootstrap, and the opaque public ids (`base64("User:<uuid>")`, as Prismatic's)
+//! used by the API and the admin commands.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -8,8 +9,8 @@ use base64::engine::general_purpose::STANDARD;
 use super::roles::Role;
 use super::{DomainError, RequestMeta, now_ms, passwords, secrets};
 use crate::store::{
-    AuditEvent, NewOrganization, NewUser, Organization, ProfileChanges, Removal, Store, StoreError,
-    User,
+    AddedMember, AuditEvent, Delivery, Identity, JoinExisting, Membership, NewOrganization,
+    NewUser, Organization, ProfileChanges, Refusal, Store, User,
 };
 use crate::tokens::hash_secret;
 
@@ -77,6 +78,9 @@ fn user_event(
 /// How long an invitation link works.
 pub const INVITATION_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
 
+/// How long a password-reset link works.
+pub const RESET_TTL_MS: i64 = 3600 * 1000;
+
 /// What the first start created.
 #[derive(Debug)]
 pub struct Bootstrapped {
@@ -101,14 +105,18 @@ impl<'s> Accounts<'s> {
         Self { store }
     }
 
-    /// Adds a user to `org`. `actor` names who did it in the audit trail.
-    pub async fn add_user(
+    /// Adds `draft.email` to `org`: a new identity with its first member, or a member of the
+    /// existing identity that joins as `join` says. `actor` names who did it in the audit
+    /// trail; `acting` is the member whose role the write checks (`None`: an operator).
+    async fn add_user(
         &self,
         org: &Organization,
         draft: UserDraft,
         actor: String,
+        acting: Option<&User>,
+        join: JoinExisting,
         meta: &RequestMeta,
-    ) -> Result<User, DomainError> {
+    ) -> Result<AddedMember, DomainError> {
         let email = normalize_email(&draft.email)?;
         let name = draft
             .name
@@ -138,6 +146,10 @@ impl<'s> Accounts<'s> {
                 .map(|e| e.trim().to_owned())
                 .filter(|e| !e.is_empty()),
             created_at: now,
+            join_existing: join,
+            // An Admin's new identity: its first-password link may be handed to that
+            // organization's Admins (when no mail can carry it).
+            invited_by_org: acting.map(|_| org.id.clone()),
         };
         let audit = AuditEvent {
             at: now,
@@ -149,22 +161,38 @@ impl<'s> Accounts<'s> {
             user_agent: meta.user_agent.clone(),
             detail: Some(detail),
         };
-        self.store
-            .create_user(user, audit)
-            .await
-            .map_err(|err| match err {
-                StoreError::Conflict(_) => DomainError::Conflict(
-                    "an active user with this email already exists in the organization".into(),
-                ),
-                other => other.into(),
-            })
+        let acting_id = acting.map(|a| a.id.as_str());
+        match self.store.add_member(user, acting_id, audit).await? {
+            Ok(added) => Ok(added),
+            Err(refusal) => Err(refused(refusal)),
+        }
     }
 
-    /// Removes a user: from this moment none of their tokens is honoured.
+    /// An operator adds a person to `org` (`prismd users add`): a new identity, or the
+    /// existing one joins at once. A password is only for a new identity.
+    pub async fn operator_add_user(
+        &self,
+        org: &Organization,
+        draft: UserDraft,
+    ) -> Result<AddedMember, DomainError> {
+        self.add_user(
+            org,
+            draft,
+            "operator".into(),
+            None,
+            JoinExisting::AtOnce,
+            &RequestMeta::default(),
+        )
+        .await
+    }
+
+    /// Removes a user: from this moment none of their tokens is honoured. `acting` is the
+    /// member whose role the write checks (`None`: an operator).
     pub async fn remove_user(
         &self,
         user: &User,
         actor: String,
+        acting: Option<&User>,
         meta: &RequestMeta,
     ) -> Result<(), DomainError> {
         let now = now_ms();
@@ -175,13 +203,10 @@ impl<'s> Accounts<'s> {
             meta,
             Some(serde_json::json!({ "email": user.email }).to_string()),
         );
-        match self.store.remove_user(&user.id, now, audit).await? {
-            Removal::Removed => Ok(()),
-            Removal::NotFound => Err(DomainError::NotFound("no active user with that id".into())),
-            Removal::LastOwner => Err(DomainError::Conflict(
-                "this is the organization's last Owner; make another user Owner first".into(),
-            )),
-        }
+        self.store
+            .remove_user(&user.id, now, acting.map(|a| a.id.as_str()), audit)
+            .await?
+            .map_err(refused)
     }
 
     /// Adds a user to the actor's organization; only Owners and Admins may, and only Owners add
@@ -204,8 +229,19 @@ impl<'s> Accounts<'s> {
                 "only Owners can add Owners".into(),
             ));
         }
-        self.add_user(org, draft, format!("user:{}", actor.id), meta)
-            .await
+        // A person who signs in elsewhere already joins only once they accept; nobody here
+        // gets to choose their password.
+        let added = self
+            .add_user(
+                org,
+                draft,
+                format!("user:{}", actor.id),
+                Some(actor),
+                JoinExisting::Pending,
+                meta,
+            )
+            .await?;
+        Ok(added.user)
     }
 
     /// The active member `user_id` of the actor's organization; other organizations' users are
@@ -248,7 +284,7 @@ impl<'s> Accounts<'s> {
         meta: &RequestMeta,
     ) -> Result<User, DomainError> {
         let target = self.managed_member(actor, user_id, "remove").await?;
-        self.remove_user(&target, format!("user:{}", actor.id), meta)
+        self.remove_user(&target, format!("user:{}", actor.id), Some(actor), meta)
             .await?;
         Ok(target)
     }
@@ -329,59 +365,94 @@ impl<'s> Accounts<'s> {
             role: role_change.map(|role| role.key().to_owned()),
             ..changes
         };
-        if !self
-            .store
-            .update_profile(&target.id, changes, audit)
+        self.store
+            .update_profile(&target.id, changes, Some(&actor.id), audit)
             .await?
-        {
-            // Still a member: the role change was refused because it would leave no Owner.
-            self.member(actor, user_id).await?;
-            return Err(DomainError::Conflict(
-                "this is the organization's last Owner; make another user Owner first".into(),
-            ));
-        }
+            .map_err(refused)?;
         self.member(actor, user_id).await
     }
 
     /// An invitation for a member of the actor's organization: Owners and Admins may, Admins not
-    /// for Owners.
+    /// for Owners. `delivery` says where the link goes: mailed to the member's address, or
+    /// handed to the actor, which only a brand-new identity this organization created allows.
     pub async fn invite_member(
         &self,
         actor: &User,
         user_id: &str,
+        delivery: Delivery,
         meta: &RequestMeta,
-    ) -> Result<String, DomainError> {
+    ) -> Result<(String, User), DomainError> {
         let target = self.managed_member(actor, user_id, "invite").await?;
-        self.create_invitation(&target, format!("user:{}", actor.id), meta)
-            .await
+        let token = self
+            .create_invitation(
+                &target,
+                format!("user:{}", actor.id),
+                Some(actor),
+                delivery,
+                meta,
+            )
+            .await?;
+        Ok((token, target))
     }
 
-    /// Creates a single-use invitation for `user` to set a first password; returns its secret
-    /// token. Users who have a password get none: an invitation must never become a way to reset
-    /// someone else's password (an operator uses `prismd users set-password` for that).
+    /// Creates a single-use invitation for `user` to set their identity's first password;
+    /// returns its secret token. An identity with a password gets none: an invitation must
+    /// never become a way to reset someone else's password (an operator uses `prismd users
+    /// set-password`, the person a reset link). A link handed to an Admin (`acting`) sets the
+    /// password only of an identity that Admin's organization created and nobody has used.
     pub async fn create_invitation(
         &self,
         user: &User,
         actor: String,
+        acting: Option<&User>,
+        delivery: Delivery,
         meta: &RequestMeta,
     ) -> Result<String, DomainError> {
-        if self.store.has_password(&user.id).await? {
+        let identity = self.identity_of(user).await?;
+        if identity.has_password {
             return Err(DomainError::Conflict(
-                "this user has set a password already; invitations are for new users".into(),
+                "this person has set a password already; invitations are for new people".into(),
+            ));
+        }
+        if delivery == Delivery::Handed
+            && acting.is_some()
+            && identity.invited_by_org.as_deref() != Some(user.org_id.as_str())
+        {
+            return Err(DomainError::AccessDenied(
+                "this person's sign-in exists outside this organization's invitation, so the \
+                 link can only go to their mailbox: configure SMTP (--smtp-url), or ask the \
+                 operator"
+                    .into(),
             ));
         }
         let token = secrets::random_secret()?;
         let now = now_ms();
-        let audit = user_event("user.invited", actor, user, meta, None);
+        let audit = user_event(
+            "user.invited",
+            actor,
+            user,
+            meta,
+            Some(serde_json::json!({ "delivery": delivery.key() }).to_string()),
+        );
         self.store
             .insert_invitation(
                 &hash_secret(&token),
                 &user.id,
                 now + INVITATION_TTL_MS,
+                delivery,
                 audit,
             )
             .await?;
         Ok(token)
+    }
+
+    /// The identity of a member.
+    pub async fn identity_of(&self, user: &User) -> Result<Identity, DomainError> {
+        let found = match &user.identity_id {
+            Some(id) => self.store.identity(id).await?,
+            None => None,
+        };
+        found.ok_or_else(|| DomainError::NotFound("no active user with that id".into()))
     }
 
     /// The user an invitation token is for, if it is still usable.
@@ -395,7 +466,8 @@ impl<'s> Accounts<'s> {
             .await?)
     }
 
-    /// Spends an invitation: sets the password. Fails when the link is used, expired or unknown.
+    /// Spends an invitation: sets the identity's first password. Fails when the link is used,
+    /// expired or unknown.
     pub async fn accept_invitation(
         &self,
         token: &str,
@@ -429,7 +501,8 @@ impl<'s> Accounts<'s> {
         }
     }
 
-    /// Sets a user's password (for browser login), replacing any previous one.
+    /// Sets the password of a member's identity (an operator's `prismd users set-password`),
+    /// replacing any previous one and ending its browser sessions.
     pub async fn set_password(
         &self,
         user: &User,
@@ -437,17 +510,202 @@ impl<'s> Accounts<'s> {
         actor: String,
         meta: &RequestMeta,
     ) -> Result<(), DomainError> {
+        let identity = self.identity_of(user).await?;
+        self.set_identity_password(&identity, password, actor, "identity.password_set", meta)
+            .await
+    }
+
+    async fn set_identity_password(
+        &self,
+        identity: &Identity,
+        password: String,
+        actor: String,
+        action: &'static str,
+        meta: &RequestMeta,
+    ) -> Result<(), DomainError> {
         let password_hash = passwords::hash(password).await?;
-        let audit = user_event("user.password_set", actor, user, meta, None);
+        let audit = identity_event(action, actor, identity, meta);
         if self
             .store
-            .set_password_hash(&user.id, &password_hash, audit)
+            .set_identity_password(&identity.id, &password_hash, audit)
             .await?
         {
             Ok(())
         } else {
-            Err(DomainError::NotFound("no active user with that id".into()))
+            Err(DomainError::NotFound("no such identity".into()))
         }
+    }
+
+    /// A signed-in person changes their own password: the current one must match.
+    pub async fn change_password(
+        &self,
+        identity: &Identity,
+        current: &str,
+        new_password: String,
+        meta: &RequestMeta,
+    ) -> Result<(), DomainError> {
+        let stored = self
+            .store
+            .identity_by_email(&identity.email)
+            .await?
+            .filter(|found| found.identity.id == identity.id)
+            .and_then(|found| found.password_hash);
+        let matches = match stored {
+            Some(hash) => passwords::verify(current.to_owned(), hash).await?,
+            None => false,
+        };
+        if !matches {
+            return Err(DomainError::InvalidInput(
+                "the current password is not right".into(),
+            ));
+        }
+        self.set_identity_password(
+            identity,
+            new_password,
+            format!("identity:{}", identity.id),
+            "identity.password_changed",
+            meta,
+        )
+        .await
+    }
+
+    /// "Forgot password": a single-use reset link for the identity with this email, or `None`
+    /// when there is none (the caller answers the same either way: no account enumeration).
+    pub async fn start_password_reset(
+        &self,
+        email: &str,
+        meta: &RequestMeta,
+    ) -> Result<Option<(String, Identity)>, DomainError> {
+        let Ok(email) = normalize_email(email) else {
+            return Ok(None);
+        };
+        let Some(found) = self.store.identity_by_email(&email).await? else {
+            return Ok(None);
+        };
+        let token = secrets::random_secret()?;
+        let audit = identity_event(
+            "identity.reset_requested",
+            format!("address:{}", meta.address.as_deref().unwrap_or("-")),
+            &found.identity,
+            meta,
+        );
+        self.store
+            .insert_password_reset(
+                &hash_secret(&token),
+                &found.identity.id,
+                now_ms() + RESET_TTL_MS,
+                audit,
+            )
+            .await?;
+        Ok(Some((token, found.identity)))
+    }
+
+    /// The identity a reset token is for, if it is still usable.
+    pub async fn password_reset_identity(
+        &self,
+        token: &str,
+    ) -> Result<Option<Identity>, DomainError> {
+        if token.len() != 43 {
+            return Ok(None);
+        }
+        Ok(self
+            .store
+            .password_reset_identity(&hash_secret(token), now_ms())
+            .await?)
+    }
+
+    /// Spends a reset link: the new password, and the email is proven.
+    pub async fn accept_password_reset(
+        &self,
+        token: &str,
+        password: String,
+        meta: &RequestMeta,
+    ) -> Result<(), DomainError> {
+        let identity = self.password_reset_identity(token).await?;
+        let password_hash = passwords::hash(password).await?;
+        let audit = AuditEvent {
+            at: now_ms(),
+            action: "identity.password_reset",
+            actor: "reset-link".into(),
+            org_id: None,
+            subject_user_id: None,
+            address: meta.address.clone(),
+            user_agent: meta.user_agent.clone(),
+            detail: identity.map(|i| serde_json::json!({ "identity": i.id }).to_string()),
+        };
+        if self
+            .store
+            .accept_password_reset(&hash_secret(token), &password_hash, audit)
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(DomainError::NotFound(
+                "this reset link was already used or has expired".into(),
+            ))
+        }
+    }
+
+    /// An identity's active memberships (joined and pending), oldest organization first.
+    pub async fn memberships(&self, identity_id: &str) -> Result<Vec<Membership>, DomainError> {
+        Ok(self.store.memberships(identity_id).await?)
+    }
+
+    /// The organizations where `user`'s identity is a joined member (the caller's tenants).
+    pub async fn tenants_of(&self, user: &User) -> Result<Vec<Organization>, DomainError> {
+        let Some(identity_id) = &user.identity_id else {
+            return Ok(Vec::new());
+        };
+        Ok(self
+            .memberships(identity_id)
+            .await?
+            .into_iter()
+            .filter(|m| m.user.is_joined())
+            .map(|m| m.org)
+            .collect())
+    }
+
+    /// The identity accepts a membership an Owner or Admin offered it; its email must be
+    /// verified (checked in the write).
+    pub async fn accept_membership(
+        &self,
+        identity: &Identity,
+        user_id: &str,
+        meta: &RequestMeta,
+    ) -> Result<(), DomainError> {
+        let pending = self
+            .memberships(&identity.id)
+            .await?
+            .into_iter()
+            .find(|m| m.user.id == user_id && m.user.joined_at.is_none())
+            .ok_or_else(|| DomainError::NotFound("no such invitation to join".into()))?;
+        if !identity.email_verified {
+            return Err(DomainError::AccessDenied(
+                "confirm your email address first: use 'Forgot password' to get a link by email"
+                    .into(),
+            ));
+        }
+        let audit = user_event(
+            "membership.accepted",
+            format!("identity:{}", identity.id),
+            &pending.user,
+            meta,
+            None,
+        );
+        if self
+            .store
+            .accept_membership(&identity.id, user_id, audit)
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(DomainError::NotFound("no such invitation to join".into()))
+        }
+    }
+
+    /// Emails the identity upgrade left without a password that still have none.
+    pub async fn identity_upgrade_notices(&self) -> Result<Vec<String>, DomainError> {
+        Ok(self.store.identity_upgrade_notices().await?)
     }
 
     /// On an empty database, creates the organization and its Owner. Returns `None` when an
@@ -485,6 +743,8 @@ impl<'s> Accounts<'s> {
                     password_hash: Some(password_hash),
                     external_id: None,
                     created_at: now,
+                    join_existing: JoinExisting::Refuse,
+                    invited_by_org: None,
                 },
                 AuditEvent {
                     at: now,
@@ -579,14 +839,6 @@ impl<'s> Accounts<'s> {
         Ok(self.store.list_organizations().await?)
     }
 
-    /// The organizations with an active user of this email (the caller's tenants).
-    pub async fn organizations_of_email(
-        &self,
-        email: &str,
-    ) -> Result<Vec<Organization>, DomainError> {
-        Ok(self.store.organizations_of_email(email).await?)
-    }
-
     /// The users of `org`, removed ones too when `all`.
     pub async fn users(&self, org: &Organization, all: bool) -> Result<Vec<User>, DomainError> {
         Ok(self.store.list_users(&org.id, all).await?)
@@ -610,15 +862,68 @@ impl<'s> Accounts<'s> {
         })
     }
 
-    /// The account a typed sign-in email names, if any: the oldest user with that email, which
-    /// a failed sign-in's audit event and limit trip are about. An email that cannot be one names
+    /// The identity a typed sign-in email names, if any, with its joined members: what a
+    /// failed sign-in is counted against and audited about. An email that cannot be one names
     /// nobody.
-    pub async fn sign_in_subject(&self, email: &str) -> Result<Option<User>, DomainError> {
+    pub async fn sign_in_subject(
+        &self,
+        email: &str,
+    ) -> Result<Option<(Identity, Vec<User>)>, DomainError> {
         let Ok(email) = normalize_email(email) else {
             return Ok(None);
         };
-        let found = self.store.credentials_by_email(&email).await?;
-        Ok(found.into_iter().next().map(|c| c.user))
+        let Some(found) = self.store.identity_by_email(&email).await? else {
+            return Ok(None);
+        };
+        let members = self
+            .memberships(&found.identity.id)
+            .await?
+            .into_iter()
+            .filter(|m| m.user.is_joined())
+            .map(|m| m.user)
+            .collect();
+        Ok(Some((found.identity, members)))
+    }
+}
+
+/// The domain's answer to a refusal the store's write made.
+fn refused(refusal: Refusal) -> DomainError {
+    match refusal {
+        Refusal::NotFound => DomainError::NotFound("no such user in your organization".into()),
+        Refusal::Forbidden => DomainError::AccessDenied(
+            "only Owners act on Owners or make Owners, and only Owners and Admins manage users"
+                .into(),
+        ),
+        Refusal::LastOwner => DomainError::Conflict(
+            "this is the organization's last Owner; make another user Owner first".into(),
+        ),
+        Refusal::AlreadyMember => DomainError::Conflict(
+            "an active user with this email already exists in the organization".into(),
+        ),
+        Refusal::IdentityExists => DomainError::Conflict(
+            "a person with this email already signs in here; only they set their password \
+             (an operator can use 'prismd users set-password')"
+                .into(),
+        ),
+    }
+}
+
+/// An audit event about an identity (the store writes it once per member).
+fn identity_event(
+    action: &'static str,
+    actor: String,
+    identity: &Identity,
+    meta: &RequestMeta,
+) -> AuditEvent {
+    AuditEvent {
+        at: now_ms(),
+        action,
+        actor,
+        org_id: None,
+        subject_user_id: None,
+        address: meta.address.clone(),
+        user_agent: meta.user_agent.clone(),
+        detail: Some(serde_json::json!({ "identity": identity.id }).to_string()),
     }
 }
 

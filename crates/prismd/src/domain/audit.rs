@@ -4,7 +4,7 @@
 
 use super::roles::Role;
 use super::{DomainError, RequestMeta, now_ms};
-use crate::store::{AuditEvent, AuditQuery, AuditRecord, MAX_AUDIT_PAGE, Store, User};
+use crate::store::{AuditEvent, AuditQuery, AuditRecord, Identity, MAX_AUDIT_PAGE, Store, User};
 
 /// A password sign-in that succeeded.
 pub const LOGIN_SUCCEEDED: &str = "login.succeeded";
@@ -35,14 +35,15 @@ impl SignInPage {
     }
 }
 
-/// The outcome of one password sign-in.
+/// The outcome of one password sign-in, with the joined members of the identity the typed
+/// email names (one event is written per member, so each organization's trail shows it).
 #[derive(Debug, Clone, Copy)]
 pub enum SignIn<'a> {
-    Succeeded(&'a User),
-    /// The account the typed email names, when there is one. An unknown email is recorded
+    Succeeded(&'a Identity, &'a [User]),
+    /// The identity the typed email names, when there is one. An unknown email is recorded
     /// without a subject, and the typed email itself never: people type passwords into the
     /// email field, and a hash of a short string is no protection.
-    Failed(Option<&'a User>),
+    Failed(Option<&'a Identity>, &'a [User]),
 }
 
 /// What an organization's reader may filter on; `None` matches anything.
@@ -119,27 +120,50 @@ impl<'s> AuditTrail<'s> {
         page: SignInPage,
         meta: &RequestMeta,
     ) -> Result<(), DomainError> {
-        let (action, actor, subject) = match outcome {
-            SignIn::Succeeded(user) => (LOGIN_SUCCEEDED, format!("user:{}", user.id), Some(user)),
-            SignIn::Failed(user) => (
+        let (action, actor, identity, members) = match outcome {
+            SignIn::Succeeded(identity, members) => (
+                LOGIN_SUCCEEDED,
+                format!("identity:{}", identity.id),
+                Some(identity),
+                members,
+            ),
+            SignIn::Failed(identity, members) => (
                 LOGIN_FAILED,
                 format!("address:{}", meta.address.as_deref().unwrap_or("-")),
-                user,
+                identity,
+                members,
             ),
         };
         let event = AuditEvent {
             at: now_ms(),
             action,
             actor,
-            org_id: subject.map(|u| u.org_id.clone()),
-            subject_user_id: subject.map(|u| u.id.clone()),
+            org_id: None,
+            subject_user_id: None,
             address: meta.address.clone(),
             user_agent: meta.user_agent.clone(),
             detail: Some(
-                serde_json::json!({ "method": "password", "page": page.label() }).to_string(),
+                serde_json::json!({
+                    "method": "password",
+                    "page": page.label(),
+                    "identity": identity.map(|i| i.id.as_str()),
+                })
+                .to_string(),
             ),
         };
-        Ok(self.store.record_audit(event).await?)
+        if members.is_empty() {
+            return Ok(self.store.record_audit(event).await?);
+        }
+        for member in members {
+            self.store
+                .record_audit(AuditEvent {
+                    org_id: Some(member.org_id.clone()),
+                    subject_user_id: Some(member.id.clone()),
+                    ..event.clone()
+                })
+                .await?;
+        }
+        Ok(())
     }
 
     /// One page of the actor's organization's events: Owners and Admins only. `after` is the id

@@ -244,20 +244,22 @@ impl AuthService {
     ) -> Result<TokenResponse, DomainError> {
         token_format::validate(SecretKind::RefreshToken, refresh_token)
             .map_err(|err| DomainError::InvalidGrant(GrantError::Malformed(err)))?;
-        let grant = self
+        let token_hash = hash_secret(refresh_token);
+        let mut grant = self
             .store
-            .find_refresh_grant(&hash_secret(refresh_token))
+            .find_refresh_grant(&token_hash)
             .await?
             .ok_or(DomainError::InvalidGrant(GrantError::Unknown))?;
-        let now = now_ms();
+        let mut now = now_ms();
         standing::check(self.grant_standing(&grant, now))
             .map_err(|denial| DomainError::InvalidGrant(GrantError::Denied(denial)))?;
         if let Some(tenant) = tenant_id.filter(|t| !t.is_empty())
             && tenant != grant.tenant_id
         {
-            return Err(DomainError::AccessDenied(
-                "the user of this refresh token is not a member of that tenant".to_owned(),
-            ));
+            grant = self.move_session(&token_hash, grant, tenant, meta).await?;
+            now = now_ms();
+            standing::check(self.grant_standing(&grant, now))
+                .map_err(|denial| DomainError::InvalidGrant(GrantError::Denied(denial)))?;
         }
         let now_secs = now / 1000;
         let ttl = i64::try_from(self.settings.access_token_ttl.as_secs()).unwrap_or(i64::MAX);
@@ -291,8 +293,48 @@ impl AuthService {
         })
     }
 
-    /// Revokes every refresh token of the presented token's user, and with them every access
-    /// token issued before now, in one durable write. A token that is malformed, unknown or
+    /// A refresh with `tenant_id` naming another organization of the token's identity: the
+    /// session moves to the identity's member there (audited in both), and its grant is read
+    /// again. Any other tenant is refused.
+    async fn move_session(
+        &self,
+        token_hash: &[u8; 32],
+        grant: RefreshGrant,
+        tenant: &str,
+        meta: &RequestMeta,
+    ) -> Result<RefreshGrant, DomainError> {
+        let denied = || {
+            DomainError::AccessDenied(
+                "the user of this refresh token is not a member of that tenant".to_owned(),
+            )
+        };
+        let audit = AuditEvent {
+            at: now_ms(),
+            action: "session.moved",
+            actor: format!("session:{}", grant.token_id),
+            org_id: Some(grant.org_id.clone()),
+            subject_user_id: Some(grant.user_id.clone()),
+            address: meta.address.clone(),
+            user_agent: meta.user_agent.clone(),
+            detail: Some(
+                serde_json::json!({ "token_id": grant.token_id, "from_tenant": grant.tenant_id, "to_tenant": tenant })
+                    .to_string(),
+            ),
+        };
+        self.store
+            .move_refresh_token(&grant.token_id, &grant.user_id, tenant, audit)
+            .await?
+            .ok_or_else(denied)?;
+        self.store
+            .find_refresh_grant(token_hash)
+            .await?
+            .filter(|moved| moved.tenant_id == tenant)
+            .ok_or_else(denied)
+    }
+
+    /// Revokes every refresh token of the presented token's identity (its members in every
+    /// organization), and with them every access token issued before now, in one durable
+    /// write. A token that is malformed, unknown or
     /// already dead revokes nothing: otherwise a leaked, already-revoked token could be used to
     /// kill its owner's new tokens again and again.
     pub async fn revoke_all(

@@ -6,7 +6,7 @@
 use sha2::{Digest, Sha256};
 
 use super::{DomainError, RequestMeta, accounts, now_ms};
-use crate::store::{AttemptPolicy, AuditEvent, Store};
+use crate::store::{AttemptPolicy, AuditEvent, Identity, Store};
 
 /// What a limit counts; also the `kind` label of the trip metric and the audit detail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,10 +95,17 @@ pub struct LimitKey {
 }
 
 impl LimitKey {
-    /// The account a login names. The email is stored only as its SHA-256, so the counters
-    /// table never lists who was attacked; the same normalization as sign-in makes
-    /// `Ann@X` and `ann@x` one account.
-    pub fn login_account(email: &str) -> Self {
+    /// The account a login names: its identity when one has that email, else the typed
+    /// email, stored only as its SHA-256 (so the counters table never lists who was
+    /// attacked; the same normalization as sign-in makes `Ann@X` and `ann@x` one account).
+    /// Both kinds of key behave the same, so the counters tell no one which emails exist.
+    pub fn login_account(identity: Option<&Identity>, email: &str) -> Self {
+        if let Some(identity) = identity {
+            return Self {
+                kind: LimitKind::LoginAccount,
+                key: format!("login:ident:{}", identity.id),
+            };
+        }
         let email =
             accounts::normalize_email(email).unwrap_or_else(|_| email.trim().to_lowercase());
         let digest = Sha256::digest(email.as_bytes());
@@ -256,8 +263,8 @@ mod tests {
 
     #[test]
     fn account_keys_hide_and_normalize_the_email() {
-        let key = LimitKey::login_account(" Ann@Example.com ");
-        assert_eq!(key, LimitKey::login_account("ann@example.com"));
+        let key = LimitKey::login_account(None, " Ann@Example.com ");
+        assert_eq!(key, LimitKey::login_account(None, "ann@example.com"));
         assert!(!key.key.contains("ann"));
         let meta = RequestMeta {
             address: Some("192.0.2.1".into()),

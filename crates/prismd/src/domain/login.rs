@@ -13,7 +13,9 @@ use super::auth::AuthService;
 use super::clients::{self, CLI_CLIENT_ID, DEFAULT_SCOPE};
 use super::sessions::SessionOrigin;
 use super::{DomainError, GrantError, RequestMeta, now_ms, passwords, secrets};
-use crate::store::{AuditEvent, CodeRedemption, NewAuthorizationCode, User};
+use crate::store::{
+    AuditEvent, BrowserSession, CodeRedemption, Identity, Membership, NewAuthorizationCode, User,
+};
 use crate::tokens::hash_secret;
 
 /// How long an authorization code may be redeemed.
@@ -191,29 +193,24 @@ fn invalid_grant(description: &'static str) -> DomainError {
 }
 
 impl AuthService {
-    /// Checks an email and password. Every failure is the same `None`: no account enumeration.
+    /// Checks an email and password: one identity, one password. Every failure is the same
+    /// `None`: no account enumeration, and an email without an identity costs the same time.
     pub async fn authenticate_password(
         &self,
         email: &str,
         password: &str,
-    ) -> Result<Option<User>, DomainError> {
+    ) -> Result<Option<Identity>, DomainError> {
         let Ok(email) = normalize_email(email) else {
             return Ok(None);
         };
         if password.is_empty() || password.chars().count() > passwords::MAX_LENGTH {
             return Ok(None);
         }
-        let candidates = self.store().credentials_by_email(&email).await?;
-        let mut checked = false;
-        for candidate in candidates {
-            if let Some(hash) = candidate.password_hash {
-                checked = true;
-                if passwords::verify(password.to_owned(), hash).await? {
-                    return Ok(Some(candidate.user));
-                }
-            }
-        }
-        if !checked {
+        let found = self.store().identity_by_email(&email).await?;
+        let stored = found
+            .as_ref()
+            .and_then(|credentials| credentials.password_hash.clone());
+        let Some(hash) = stored else {
             let decoy = match DECOY_HASH.get() {
                 Some(hash) => hash.clone(),
                 None => {
@@ -222,8 +219,31 @@ impl AuthService {
                 }
             };
             let _ = passwords::verify(password.to_owned(), decoy).await?;
+            return Ok(None);
+        };
+        if passwords::verify(password.to_owned(), hash).await? {
+            Ok(found.map(|credentials| credentials.identity))
+        } else {
+            Ok(None)
         }
-        Ok(None)
+    }
+
+    /// The memberships a browser session may act as: its identity's, or for a session started
+    /// before identities existed only the one member it signed in to. Pending ones included.
+    pub async fn session_memberships(
+        &self,
+        session: &BrowserSession,
+    ) -> Result<Vec<Membership>, DomainError> {
+        let memberships = self.accounts().memberships(&session.identity.id).await?;
+        Ok(memberships
+            .into_iter()
+            .filter(|m| {
+                session
+                    .only_user_id
+                    .as_deref()
+                    .is_none_or(|only| only == m.user.id)
+            })
+            .collect())
     }
 
     /// Issues a single-use code for `user`, bound to the request's client, redirect URI and
@@ -310,21 +330,27 @@ impl AuthService {
                 "the code_verifier does not match the code_challenge",
             ));
         }
-        let user =
+        let mut user =
             self.store()
                 .active_user(&code.user_id)
                 .await?
                 .ok_or(DomainError::InvalidGrant(GrantError::Denied(
                     super::Denial::UserRemoved,
                 )))?;
-        // A foreign tenant is refused before a session is minted for nothing.
+        // A tenant names the membership of the same identity the session is for; a foreign
+        // one is refused before a session is minted for nothing.
         if let Some(tenant) = grant.tenant_id.filter(|t| !t.is_empty()) {
-            let org = self.store().organization_by_tenant(tenant).await?;
-            if org.is_none_or(|org| org.id != user.org_id) {
-                return Err(DomainError::AccessDenied(
-                    "the user is not a member of that tenant".to_owned(),
-                ));
-            }
+            let memberships = match &user.identity_id {
+                Some(identity_id) => self.accounts().memberships(identity_id).await?,
+                None => Vec::new(),
+            };
+            user = memberships
+                .into_iter()
+                .find(|m| m.org.tenant_id == tenant && m.user.is_joined())
+                .map(|m| m.user)
+                .ok_or_else(|| {
+                    DomainError::AccessDenied("the user is not a member of that tenant".to_owned())
+                })?;
         }
         let origin = SessionOrigin {
             name: Some("CLI login".into()),
@@ -346,14 +372,14 @@ impl AuthService {
         Ok(response)
     }
 
-    /// Starts a browser session for `user`; returns the cookie value.
-    pub async fn start_browser_session(&self, user: &User) -> Result<String, DomainError> {
+    /// Starts a browser session for `identity`; returns the cookie value.
+    pub async fn start_browser_session(&self, identity: &Identity) -> Result<String, DomainError> {
         let secret = secrets::random_secret()?;
         let now = now_ms();
         self.store()
             .insert_browser_session(
                 &hash_secret(&secret),
-                &user.id,
+                &identity.id,
                 now,
                 now + BROWSER_SESSION_TTL_MS,
             )
@@ -361,14 +387,17 @@ impl AuthService {
         Ok(secret)
     }
 
-    /// The user of a browser session cookie, if it is live.
-    pub async fn browser_session_user(&self, cookie: &str) -> Result<Option<User>, DomainError> {
+    /// The browser session of a cookie, if it is live.
+    pub async fn browser_session(
+        &self,
+        cookie: &str,
+    ) -> Result<Option<BrowserSession>, DomainError> {
         if cookie.len() != 43 {
             return Ok(None);
         }
         Ok(self
             .store()
-            .browser_session_user(&hash_secret(cookie), now_ms())
+            .browser_session(&hash_secret(cookie), now_ms())
             .await?)
     }
 

@@ -18,7 +18,9 @@ use crate::domain::auth::{AuthService, Principal};
 use crate::domain::policies::{PolicyDays, PolicyUpdate};
 use crate::domain::roles::Role;
 use crate::domain::{DomainError, RequestMeta, audit};
-use crate::store::{AuditRecord, Organization, ProfileChanges, SessionRecord, StoreError, User};
+use crate::store::{
+    AuditRecord, Delivery, Organization, ProfileChanges, SessionRecord, StoreError, User,
+};
 
 /// Page size when the client does not ask for one, and the largest it may ask for.
 const PAGE_SIZE: i64 = 100;
@@ -96,7 +98,7 @@ impl QueryRoot {
         })
     }
 
-    /// The tenants (organizations) the caller's email belongs to.
+    /// The tenants (organizations) where the caller's sign-in identity is a member.
     async fn list_user_tenants(
         &self,
         ctx: &Context<'_>,
@@ -105,7 +107,7 @@ impl QueryRoot {
         let orgs = caller
             .auth
             .accounts()
-            .organizations_of_email(&caller.principal.user.email)
+            .tenants_of(&caller.principal.user)
             .await
             .map_err(query_error)?;
         let url = caller.auth.settings().issuer.clone();
@@ -755,13 +757,28 @@ impl MutationRoot {
                 });
             }
         };
-        let actor = format!("user:{}", caller.principal.user.id);
-        let invitation = match accounts.create_invitation(&user, actor, &caller.meta).await {
-            Ok(token) => Some(invitation_url(caller.auth, &token)),
-            Err(err) => {
-                tracing::warn!(error = %err, "user created, but the invitation could not be made");
-                None
+        // A person new here gets an invitation to set their password; one who signs in
+        // already was offered a membership, which they accept after signing in.
+        let invitation = if user.joined_at.is_some() {
+            let actor = format!("user:{}", caller.principal.user.id);
+            match accounts
+                .create_invitation(
+                    &user,
+                    actor,
+                    Some(&caller.principal.user),
+                    Delivery::Handed,
+                    &caller.meta,
+                )
+                .await
+            {
+                Ok(token) => Some(invitation_url(caller.auth, &token)),
+                Err(err) => {
+                    tracing::warn!(error = %err, "user created, but the invitation could not be made");
+                    None
+                }
             }
+        } else {
+            None
         };
         Ok(CreateOrganizationUserPayload {
             user: Some(UserNode {
@@ -934,13 +951,12 @@ impl MutationRoot {
     ) -> async_graphql::Result<CreateUserInvitationPayload> {
         let caller = caller(ctx)?;
         let result = match user_id_from(&input.id) {
-            Ok(id) => {
-                caller
-                    .auth
-                    .accounts()
-                    .invite_member(&caller.principal.user, &id, &caller.meta)
-                    .await
-            }
+            Ok(id) => caller
+                .auth
+                .accounts()
+                .invite_member(&caller.principal.user, &id, Delivery::Handed, &caller.meta)
+                .await
+                .map(|(token, _)| token),
             Err(err) => Err(err),
         };
         Ok(match result {

@@ -17,7 +17,8 @@ use crate::domain::audit::{SignIn, SignInPage};
 use crate::domain::limits::{self, LimitKey, LimitKind, Verdict};
 use crate::domain::login::{self, AuthorizationRequest, AuthorizeError, AuthorizeParams};
 use crate::domain::secrets::random_secret;
-use crate::domain::{DomainError, RequestMeta};
+use crate::domain::{DomainError, RequestMeta, now_ms};
+use crate::store::{BrowserSession, Identity, Membership, User};
 
 /// Cookie names. Over HTTPS they carry the `__Host-` prefix, so no other host (a sibling
 /// subdomain, say) can plant them; browsers then require `Secure`, `Path=/` and no `Domain`.
@@ -137,9 +138,10 @@ fn too_many_page(state: &AppState, kinds: &[LimitKind], retry_after_secs: u64) -
     response
 }
 
-/// The keys a password sign-in counts against: the account and the client's address.
-fn login_keys(email: &str, meta: &RequestMeta) -> Vec<LimitKey> {
-    let mut keys = vec![LimitKey::login_account(email)];
+/// The keys a password sign-in counts against: the account (its identity, when the email
+/// names one) and the client's address.
+fn login_keys(identity: Option<&Identity>, email: &str, meta: &RequestMeta) -> Vec<LimitKey> {
+    let mut keys = vec![LimitKey::login_account(identity, email)];
     keys.extend(LimitKey::address(LimitKind::LoginAddress, meta));
     keys
 }
@@ -164,36 +166,51 @@ async fn login_locked(state: &AppState, keys: &[LimitKey]) -> Option<Response> {
     }
 }
 
-/// After a wrong password: counts it, then audits it as `login.failed`; `Some(page)` when the
-/// account or address is now locked.
-async fn login_failed(
-    state: &AppState,
-    keys: &[LimitKey],
-    email: &str,
-    meta: &RequestMeta,
-    page: SignInPage,
-) -> Option<Response> {
-    // The account's user, if it exists (the oldest with that email), is the subject of the
-    // audit events.
-    let subject = state
+/// The identity a typed email names and its joined members, if any: what a sign-in is
+/// counted against and audited about. `Err(page)` when the database cannot say.
+async fn sign_in_subject(state: &AppState, email: &str) -> Result<Option<Subject>, Response> {
+    state
         .auth
         .accounts()
         .sign_in_subject(email)
         .await
-        .ok()
-        .flatten();
+        .map_err(|err| {
+            tracing::error!(error = %err, "could not look up a sign-in");
+            error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the service is temporarily unavailable; try again",
+            )
+        })
+}
+
+/// An identity and its joined members.
+type Subject = (Identity, Vec<User>);
+
+/// After a wrong password: counts it, then audits it as `login.failed` in every organization
+/// of the identity the email names; `Some(page)` when the account or address is now locked.
+async fn login_failed(
+    state: &AppState,
+    keys: &[LimitKey],
+    subject: Option<&Subject>,
+    meta: &RequestMeta,
+    page: SignInPage,
+) -> Option<Response> {
+    let first_member = subject.and_then(|(_, members)| members.first());
     let counted = state
         .limits()
         .fail(
             keys,
             meta,
-            subject.as_ref().map(|u| (u.id.as_str(), u.org_id.as_str())),
+            first_member.map(|u| (u.id.as_str(), u.org_id.as_str())),
         )
         .await;
     if counted.is_ok() {
         // Only a counted failure is written: attempts refused during a lock never get here,
         // so the limits bound these rows as they bound the Argon2 checks.
-        let outcome = SignIn::Failed(subject.as_ref());
+        let outcome = match subject {
+            Some((identity, members)) => SignIn::Failed(Some(identity), members),
+            None => SignIn::Failed(None, &[]),
+        };
         if let Err(err) = state.auth.audit().record_sign_in(outcome, page, meta).await {
             tracing::warn!(error = %err, "could not audit a failed login");
         }
@@ -211,21 +228,22 @@ async fn login_failed(
     }
 }
 
-/// After a good password: audited as `login.succeeded`, and the account's failures are
+/// After a good password: audited as `login.succeeded`, and the identity's failures are
 /// forgotten. The address's are not: one account an attacker owns must not reset the count
 /// of guesses against other accounts from the same address; they expire with their window.
 /// `Err(page)` when the sign-in could not be audited: it does not go on unrecorded.
 async fn login_succeeded(
     state: &AppState,
     keys: &[LimitKey],
-    user: &crate::store::User,
+    subject: &Subject,
     meta: &RequestMeta,
     page: SignInPage,
 ) -> Result<(), Response> {
+    let (identity, members) = subject;
     let recorded = state
         .auth
         .audit()
-        .record_sign_in(SignIn::Succeeded(user), page, meta)
+        .record_sign_in(SignIn::Succeeded(identity, members), page, meta)
         .await;
     if let Err(err) = recorded {
         tracing::error!(error = %err, "could not audit a login");
@@ -240,6 +258,51 @@ async fn login_succeeded(
         }
     }
     Ok(())
+}
+
+/// Checks a typed email and password with the limits around it: `Ok(identity)` signed in,
+/// `Err(page)` otherwise (locked, wrong, or the database is away). `retry` shows the form
+/// again with an error.
+async fn sign_in_with_password(
+    state: &AppState,
+    email: &str,
+    password: &str,
+    meta: &RequestMeta,
+    page: SignInPage,
+    retry: impl FnOnce(&str) -> Response,
+) -> Result<Identity, Response> {
+    let subject = sign_in_subject(state, email).await?;
+    let keys = login_keys(subject.as_ref().map(|(identity, _)| identity), email, meta);
+    if let Some(refused) = login_locked(state, &keys).await {
+        return Err(refused);
+    }
+    match state.auth.authenticate_password(email, password).await {
+        Ok(Some(identity)) => {
+            // The identity checked is the one the subject named (emails are unique).
+            let subject = subject
+                .filter(|(named, _)| named.id == identity.id)
+                .unwrap_or_else(|| (identity.clone(), Vec::new()));
+            login_succeeded(state, &keys, &subject, meta, page).await?;
+            Ok(identity)
+        }
+        Ok(None) => {
+            tracing::info!(
+                address = meta.address.as_deref().unwrap_or("-"),
+                "login failed"
+            );
+            if let Some(refused) = login_failed(state, &keys, subject.as_ref(), meta, page).await {
+                return Err(refused);
+            }
+            Err(retry("Wrong email or password."))
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "login check failed");
+            Err(error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the service is temporarily unavailable; try again",
+            ))
+        }
+    }
 }
 
 fn login_page(request: &AuthorizeParams, csrf: &str, email: &str, error: Option<&str>) -> Response {
@@ -342,15 +405,114 @@ fn refuse_forged_form(
     (!matches).then(|| error_page(StatusCode::FORBIDDEN, start_over))
 }
 
-/// The user of the request's live browser session, if any.
-async fn session_user(state: &AppState, headers: &HeaderMap) -> Option<crate::store::User> {
+/// The request's live browser session, if any.
+async fn signed_in(state: &AppState, headers: &HeaderMap) -> Option<BrowserSession> {
     let session = our_cookie(headers, SESSION_COOKIE, state.web.secure_cookies)?;
+    state.auth.browser_session(session).await.ok().flatten()
+}
+
+/// The memberships a browser session may act as, or the error page.
+async fn memberships_of(
+    state: &AppState,
+    session: &BrowserSession,
+) -> Result<Vec<Membership>, Response> {
     state
         .auth
-        .browser_session_user(session)
+        .session_memberships(session)
         .await
-        .ok()
-        .flatten()
+        .map_err(|err| {
+            tracing::error!(error = %err, "could not read memberships");
+            error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the service is temporarily unavailable; try again",
+            )
+        })
+}
+
+/// The organizations a signed-in person picks from: each joined membership continues there;
+/// a pending one (offered by an Owner or Admin) can be joined, once the email is verified.
+fn chooser_page(
+    request: &AuthorizeParams,
+    csrf: &str,
+    session: &BrowserSession,
+    memberships: &[Membership],
+    error: Option<&str>,
+) -> Response {
+    let hidden = hidden_params(request);
+    let error = error
+        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e)))
+        .unwrap_or_default();
+    let mut choices = String::new();
+    for membership in memberships {
+        let org = escape(&membership.org.name);
+        let member = escape(&membership.user.id);
+        if membership.user.is_joined() {
+            choices.push_str(&format!(
+                "<button type=\"submit\" name=\"member\" value=\"{member}\">{org}</button>"
+            ));
+        } else if session.identity.email_verified {
+            choices.push_str(&format!(
+                "<p>{org} invited you to join.</p>\
+                 <button type=\"submit\" name=\"join\" value=\"{member}\">Join {org}</button>"
+            ));
+        } else {
+            choices.push_str(&format!(
+                "<p>{org} invited you to join. Confirm your email address first: sign out, \
+                 then use \u{201c}Forgot password\u{201d} to get a link by email.</p>"
+            ));
+        }
+    }
+    if memberships.is_empty() {
+        choices.push_str("<p class=\"error\">You are not a member of any organization here.</p>");
+    }
+    let body = format!(
+        "<h1>Choose an organization</h1><p>Signed in as {email}.</p>{error}\
+         <form method=\"post\" action=\"/authorize\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">{hidden}\
+         <input type=\"hidden\" name=\"action\" value=\"choose\">{choices}</form>",
+        email = escape(&session.identity.email),
+        csrf = escape(csrf),
+    );
+    page(StatusCode::OK, "Choose an organization", &body)
+}
+
+/// After sign-in (or "continue"): a code for the one organization there is, or the chooser.
+async fn continue_signed_in(
+    state: &AppState,
+    session: &BrowserSession,
+    request: &AuthorizationRequest,
+    params: &AuthorizeParams,
+    csrf: &str,
+) -> Response {
+    let memberships = match memberships_of(state, session).await {
+        Ok(memberships) => memberships,
+        Err(page) => return page,
+    };
+    let mut joined = memberships.iter().filter(|m| m.user.is_joined());
+    if let (Some(only), None) = (joined.next(), joined.next())
+        && memberships.len() == 1
+    {
+        return finish_with_code(state, &only.user, request).await;
+    }
+    chooser_page(params, csrf, session, &memberships, None)
+}
+
+/// A code for `user`, and the CSRF cookie cleared.
+async fn finish_with_code(
+    state: &AppState,
+    user: &User,
+    request: &AuthorizationRequest,
+) -> Response {
+    let mut response = redirect_with_code(state, user, request).await;
+    set_cookie(
+        &mut response,
+        CSRF_COOKIE,
+        "",
+        0,
+        state.web.secure_cookies,
+        "Strict",
+    );
+    response
 }
 
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -457,9 +619,8 @@ pub async fn authorize(
     };
     // A live browser session skips the password, not the person: any web page can send a
     // browser here, so a code is only issued after a click on our own page (RFC 8252 §8.6).
-    let session_user = session_user(&state, &headers).await;
-    let mut response = match session_user {
-        Some(user) => continue_page(&params, &csrf, &user.email),
+    let mut response = match signed_in(&state, &headers).await {
+        Some(session) => continue_page(&params, &csrf, &session.identity.email),
         None => login_page(&params, &csrf, "", None),
     };
     set_cookie(
@@ -482,9 +643,16 @@ pub struct LoginForm {
     email: String,
     #[serde(default)]
     password: String,
-    /// `continue` (use the browser session) or `switch` (end it and show the form).
+    /// `continue` (use the browser session), `switch` (end it and show the form) or `choose`
+    /// (an organization, with `member` or `join`).
     #[serde(default)]
     action: Option<String>,
+    /// The member (user id) to continue as.
+    #[serde(default)]
+    member: Option<String>,
+    /// A pending membership (user id) to accept and continue as.
+    #[serde(default)]
+    join: Option<String>,
     #[serde(flatten)]
     params: AuthorizeParams,
 }
@@ -516,9 +684,8 @@ pub async fn login(
     };
     let session = our_cookie(&headers, SESSION_COOKIE, state.web.secure_cookies);
     match form.action.as_deref() {
-        Some("continue") => {
-            let user = session_user(&state, &headers).await;
-            let Some(user) = user else {
+        Some("continue") | Some("choose") => {
+            let Some(signed_in) = signed_in(&state, &headers).await else {
                 // The session ended meanwhile: sign in with a password instead.
                 return login_page(
                     &form.params,
@@ -527,16 +694,11 @@ pub async fn login(
                     Some("Your session has ended; sign in again."),
                 );
             };
-            let mut response = redirect_with_code(&state, &user, &request).await;
-            set_cookie(
-                &mut response,
-                CSRF_COOKIE,
-                "",
-                0,
-                state.web.secure_cookies,
-                "Strict",
-            );
-            return response;
+            if form.action.as_deref() == Some("continue") {
+                return continue_signed_in(&state, &signed_in, &request, &form.params, &form.csrf)
+                    .await;
+            }
+            return choose(&state, &meta, &signed_in, &request, &form).await;
         }
         Some("switch") => {
             if let Some(session) = session {
@@ -555,72 +717,108 @@ pub async fn login(
         }
         _ => {}
     }
-    let keys = login_keys(&form.email, &meta);
-    if let Some(refused) = login_locked(&state, &keys).await {
-        return refused;
-    }
-    let user = match state
-        .auth
-        .authenticate_password(&form.email, &form.password)
-        .await
+    let identity = match sign_in_with_password(
+        &state,
+        &form.email,
+        &form.password,
+        &meta,
+        SignInPage::Authorize,
+        |error| login_page(&form.params, &form.csrf, &form.email, Some(error)),
+    )
+    .await
     {
-        Ok(Some(user)) => {
-            if let Err(refused) =
-                login_succeeded(&state, &keys, &user, &meta, SignInPage::Authorize).await
-            {
-                return refused;
-            }
-            user
-        }
-        Ok(None) => {
-            tracing::info!(
-                address = meta.address.as_deref().unwrap_or("-"),
-                "login failed"
-            );
-            if let Some(refused) =
-                login_failed(&state, &keys, &form.email, &meta, SignInPage::Authorize).await
-            {
-                return refused;
-            }
-            return login_page(
-                &form.params,
-                &form.csrf,
-                &form.email,
-                Some("Wrong email or password."),
-            );
-        }
+        Ok(identity) => identity,
+        Err(page) => return page,
+    };
+    let cookie = match state.auth.start_browser_session(&identity).await {
+        Ok(cookie) => cookie,
         Err(err) => {
-            tracing::error!(error = %err, "login check failed");
+            tracing::error!(error = %err, "could not start a browser session");
             return error_page(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the service is temporarily unavailable; try again",
             );
         }
     };
-    let mut response = redirect_with_code(&state, &user, &request).await;
-    match state.auth.start_browser_session(&user).await {
-        Ok(session) => {
-            let max_age = login::BROWSER_SESSION_TTL_MS / 1000;
-            set_cookie(
-                &mut response,
-                SESSION_COOKIE,
-                &session,
-                max_age,
-                state.web.secure_cookies,
-                "Lax",
-            );
-        }
-        Err(err) => tracing::warn!(error = %err, "could not start a browser session"),
-    }
+    let signed_in = BrowserSession {
+        identity,
+        only_user_id: None,
+    };
+    let mut response =
+        continue_signed_in(&state, &signed_in, &request, &form.params, &form.csrf).await;
     set_cookie(
         &mut response,
-        CSRF_COOKIE,
-        "",
-        0,
+        SESSION_COOKIE,
+        &cookie,
+        login::BROWSER_SESSION_TTL_MS / 1000,
         state.web.secure_cookies,
-        "Strict",
+        "Lax",
     );
     response
+}
+
+/// The chooser's answer: continue as one of the session's joined members, or accept a
+/// pending membership first.
+async fn choose(
+    state: &AppState,
+    meta: &RequestMeta,
+    session: &BrowserSession,
+    request: &AuthorizationRequest,
+    form: &LoginForm,
+) -> Response {
+    let memberships = match memberships_of(state, session).await {
+        Ok(memberships) => memberships,
+        Err(page) => return page,
+    };
+    let wanted = form.member.as_deref().or(form.join.as_deref());
+    let Some(chosen) = memberships
+        .iter()
+        .find(|m| Some(m.user.id.as_str()) == wanted)
+    else {
+        return chooser_page(
+            &form.params,
+            &form.csrf,
+            session,
+            &memberships,
+            Some("Choose one of these organizations."),
+        );
+    };
+    if chosen.user.is_joined() {
+        return finish_with_code(state, &chosen.user, request).await;
+    }
+    if form.join.is_none() {
+        return chooser_page(&form.params, &form.csrf, session, &memberships, None);
+    }
+    match state
+        .auth
+        .accounts()
+        .accept_membership(&session.identity, &chosen.user.id, meta)
+        .await
+    {
+        Ok(()) => {
+            let joined = User {
+                joined_at: Some(now_ms()),
+                ..chosen.user.clone()
+            };
+            finish_with_code(state, &joined, request).await
+        }
+        Err(DomainError::AccessDenied(message)) | Err(DomainError::NotFound(message)) => {
+            chooser_page(
+                &form.params,
+                &form.csrf,
+                session,
+                &memberships,
+                Some(&message),
+            )
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "could not accept a membership");
+            error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the service is temporarily unavailable; try again",
+            )
+        }
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -861,11 +1059,11 @@ pub async fn device(
     let Ok(csrf) = random_secret() else {
         return error_page(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
     };
-    let session_user = session_user(&state, &headers).await;
+    let session = signed_in(&state, &headers).await;
     let mut response = device_page(
         &query.user_code,
         &csrf,
-        session_user.as_ref().map(|u| u.email.as_str()),
+        session.as_ref().map(|s| s.identity.email.as_str()),
         None,
     );
     set_cookie(
@@ -922,49 +1120,43 @@ pub async fn decide_device(
     if let Some(refused) = login_locked(&state, &device_keys).await {
         return refused;
     }
-    let session_user = session_user(&state, &headers).await;
-    let user = match session_user {
-        Some(user) => user,
+    let session = match signed_in(&state, &headers).await {
+        Some(session) => session,
         None => {
-            let keys = login_keys(&form.email, &meta);
-            if let Some(refused) = login_locked(&state, &keys).await {
-                return refused;
-            }
-            match state
-                .auth
-                .authenticate_password(&form.email, &form.password)
-                .await
+            let identity = match sign_in_with_password(
+                &state,
+                &form.email,
+                &form.password,
+                &meta,
+                SignInPage::Device,
+                |error| device_page(&form.user_code, &form.csrf, None, Some(error)),
+            )
+            .await
             {
-                Ok(Some(user)) => {
-                    if let Err(refused) =
-                        login_succeeded(&state, &keys, &user, &meta, SignInPage::Device).await
-                    {
-                        return refused;
-                    }
-                    user
-                }
-                Ok(None) => {
-                    if let Some(refused) =
-                        login_failed(&state, &keys, &form.email, &meta, SignInPage::Device).await
-                    {
-                        return refused;
-                    }
-                    return device_page(
-                        &form.user_code,
-                        &form.csrf,
-                        None,
-                        Some("Wrong email or password."),
-                    );
-                }
-                Err(err) => {
-                    tracing::error!(error = %err, "device login check failed");
-                    return error_page(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "the service is temporarily unavailable; try again",
-                    );
-                }
+                Ok(identity) => identity,
+                Err(page) => return page,
+            };
+            BrowserSession {
+                identity,
+                only_user_id: None,
             }
         }
+    };
+    // A device signs in to the identity's first organization; the command-line client then
+    // picks another with `tenant_id` on its refresh, as after a browser login.
+    let memberships = match memberships_of(&state, &session).await {
+        Ok(memberships) => memberships,
+        Err(page) => return page,
+    };
+    let Some(user) = memberships
+        .into_iter()
+        .find(|m| m.user.is_joined())
+        .map(|m| m.user)
+    else {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "You are not a member of any organization here.",
+        );
     };
     let approve = form.action == "approve";
     match state
@@ -988,7 +1180,7 @@ pub async fn decide_device(
             {
                 return too_many_page(&state, &[LimitKind::DeviceAddress], retry_after_secs);
             }
-            let email = Some(user.email.as_str()).filter(|_| form.password.is_empty());
+            let email = Some(session.identity.email.as_str()).filter(|_| form.password.is_empty());
             device_page(
                 &form.user_code,
                 &form.csrf,

@@ -8,7 +8,17 @@ use super::AuditEvent;
 /// the cache ignores them, so a flood of failed sign-ins (for unknown emails they concern no
 /// user, which would otherwise mean "drop everything") cannot empty the caches of every
 /// replica.
-pub const INFORMATIONAL_ACTIONS: [&str; 3] = ["login.succeeded", "login.failed", "limit.tripped"];
+/// An identity's password changes no token's standing either (it ends browser sessions, which
+/// no cache holds), and a reset request can be made by anyone.
+pub const INFORMATIONAL_ACTIONS: [&str; 7] = [
+    "login.succeeded",
+    "login.failed",
+    "limit.tripped",
+    "identity.password_set",
+    "identity.password_changed",
+    "identity.password_reset",
+    "identity.reset_requested",
+];
 
 /// A committed change that may make state cached by some process stale: the audited action
 /// and the user it concerns. Every process follows the changes of every other process (and

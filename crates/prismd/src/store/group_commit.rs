@@ -22,6 +22,9 @@ pub(super) struct UserRevoke {
     pub user_id: String,
     pub expected_epoch: i64,
     pub audit: AuditEvent,
+    /// Also every other active member of the user's identity (a person revoking their own
+    /// tokens ends them in every organization); an Admin's revoke ends one member's only.
+    pub whole_identity: bool,
 }
 
 /// What one queued request asks for.
@@ -56,6 +59,7 @@ impl Revoke {
                     user_id: grant.user_id.clone(),
                     expected_epoch: grant.user_epoch,
                     audit,
+                    whole_identity: true,
                 })
             }
         }
@@ -175,6 +179,7 @@ impl RevokeQueue {
             user_id: user_id.to_owned(),
             expected_epoch,
             audit,
+            whole_identity: false,
         });
         self.send(revoke, Reply::User(reply))?;
         answered.await.map_err(|_| stopped())?

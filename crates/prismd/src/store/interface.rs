@@ -54,11 +54,23 @@ pub trait OrganizationStore: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
 }
 
-/// Users: accounts, profiles, passwords, invitations and removal. Every method is a single short transaction.
+/// Identities (people who sign in) and their members (users of organizations): adding
+/// people, profiles, roles, passwords, invitations, resets, memberships and removal. Every
+/// method is a single short transaction; role rules are conditions of the statement that
+/// writes, so no concurrent change can slip past them.
 #[async_trait]
 pub trait UserStore: Send + Sync + 'static {
-    /// Creates a user; `Conflict` when an active user of the organization has that email.
-    async fn create_user(&self, user: NewUser, audit: AuditEvent) -> Result<User, StoreError>;
+    /// Adds a member to `user.org_id` for the identity with `user.email`, creating the
+    /// identity (with `user.password_hash` and `user.invited_by_org`) when none exists; an
+    /// existing one joins as `user.join_existing` says, and is refused when a password is
+    /// given for it. `actor` (an Owner or Admin of the organization; only Owners add Owners)
+    /// is checked in the write.
+    async fn add_member(
+        &self,
+        user: NewUser,
+        actor: Actor<'_>,
+        audit: AuditEvent,
+    ) -> Result<Result<AddedMember, Refusal>, StoreError>;
 
     /// The active (not removed) user of `org_id` with this (normalised) email.
     async fn find_active_user_by_email(
@@ -76,40 +88,41 @@ pub trait UserStore: Send + Sync + 'static {
         limit: i64,
     ) -> Result<Vec<User>, StoreError>;
 
-    /// An active user of `org_id`.
+    /// An active (joined or pending) user of `org_id`.
     async fn member(&self, org_id: &str, user_id: &str) -> Result<Option<User>, StoreError>;
 
-    /// Changes profile fields (and the role) of an active user. Returns false when there is
-    /// no such user, or when the change would demote the organization's last active Owner
-    /// (the Owner count is read in the same statement, as in [`Store::remove_user`]).
+    /// Changes profile fields (and the role) of an active user. Everyone may change their own
+    /// profile; the role and other members' profiles only an Owner, or an Admin for
+    /// non-Owners (never making Owners); the organization keeps an active Owner. All checked
+    /// in the statement that writes.
     async fn update_profile(
         &self,
         user_id: &str,
         changes: ProfileChanges,
+        actor: Actor<'_>,
         audit: AuditEvent,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<Result<(), Refusal>, StoreError>;
 
-    /// Whether an active user has a password.
-    async fn has_password(&self, user_id: &str) -> Result<bool, StoreError>;
-
-    /// Stores an invitation for a user (the hash of its token), replacing earlier ones.
+    /// Stores an invitation for a member (the hash of its token), replacing earlier ones.
     async fn insert_invitation(
         &self,
         token_hash: &[u8; 32],
         user_id: &str,
         expires_at: i64,
+        delivery: Delivery,
         audit: AuditEvent,
     ) -> Result<(), StoreError>;
 
-    /// The active user of an unused, unexpired invitation.
+    /// The active member of an unused, unexpired invitation whose identity has no password.
     async fn invitation_user(
         &self,
         token_hash: &[u8; 32],
         now: i64,
     ) -> Result<Option<User>, StoreError>;
 
-    /// Spends an invitation and sets the user's password in one transaction. Returns false
-    /// when the invitation is used, expired or unknown.
+    /// Spends an invitation and sets its identity's first password in one transaction (a
+    /// mailed invitation also verifies the email). Returns false when the invitation is used,
+    /// expired or unknown, or the identity has a password.
     async fn accept_invitation(
         &self,
         token_hash: &[u8; 32],
@@ -124,31 +137,79 @@ pub trait UserStore: Send + Sync + 'static {
         include_removed: bool,
     ) -> Result<Vec<User>, StoreError>;
 
-    /// Marks a user removed, unless they are the organization's last active Owner.
+    /// Marks a member removed (its tokens die; the identity's other memberships stay), if
+    /// `actor` may (an Owner, or an Admin removing a non-Owner) and the organization keeps an
+    /// active Owner, checked in the statement that writes.
     async fn remove_user(
         &self,
         user_id: &str,
         at: i64,
+        actor: Actor<'_>,
         audit: AuditEvent,
-    ) -> Result<Removal, StoreError>;
+    ) -> Result<Result<(), Refusal>, StoreError>;
 
-    /// Replaces an active user's password hash and ends their browser sessions. Returns false
-    /// when there is no such user.
-    async fn set_password_hash(
+    /// An identity by id.
+    async fn identity(&self, identity_id: &str) -> Result<Option<Identity>, StoreError>;
+
+    /// The identity with this (normalised) email, with its password hash, for sign-in.
+    async fn identity_by_email(
         &self,
+        email: &str,
+    ) -> Result<Option<IdentityCredentials>, StoreError>;
+
+    /// An identity's active memberships, joined and pending, oldest organization first.
+    async fn memberships(&self, identity_id: &str) -> Result<Vec<Membership>, StoreError>;
+
+    /// Accepts a pending membership of the identity, only if its email is verified.
+    async fn accept_membership(
+        &self,
+        identity_id: &str,
         user_id: &str,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError>;
+
+    /// Replaces an identity's password hash and ends its browser sessions; `audit` is written
+    /// once per member. Returns false when there is no such identity.
+    async fn set_identity_password(
+        &self,
+        identity_id: &str,
         password_hash: &str,
         audit: AuditEvent,
     ) -> Result<bool, StoreError>;
 
-    /// Active users with this email in any organization, oldest first, with password hashes.
-    async fn credentials_by_email(&self, email: &str) -> Result<Vec<Credentials>, StoreError>;
+    /// Stores a password-reset link for an identity (its hash), replacing earlier ones;
+    /// `audit` is written once per member.
+    async fn insert_password_reset(
+        &self,
+        token_hash: &[u8; 32],
+        identity_id: &str,
+        expires_at: i64,
+        audit: AuditEvent,
+    ) -> Result<(), StoreError>;
 
-    /// The user behind an active session, by id.
+    /// The identity of an unused, unexpired reset link.
+    async fn password_reset_identity(
+        &self,
+        token_hash: &[u8; 32],
+        now: i64,
+    ) -> Result<Option<Identity>, StoreError>;
+
+    /// Spends a reset link: sets the password, verifies the email (the link was mailed), ends
+    /// browser sessions; `audit` once per member. False when the link is used, expired or
+    /// unknown.
+    async fn accept_password_reset(
+        &self,
+        token_hash: &[u8; 32],
+        password_hash: &str,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError>;
+
+    /// A joined, active member by id.
     async fn active_user(&self, user_id: &str) -> Result<Option<User>, StoreError>;
 
-    /// Organizations where an active user with this email is a member.
-    async fn organizations_of_email(&self, email: &str) -> Result<Vec<Organization>, StoreError>;
+    /// Emails the identity upgrade left without a password (they had passwords in several
+    /// organizations) that still have none.
+    async fn identity_upgrade_notices(&self) -> Result<Vec<String>, StoreError>;
 }
 
 /// What a sign-in leaves behind before a token exists: authorization codes, device codes and browser sessions. Every method is a single short transaction.
@@ -199,21 +260,21 @@ pub trait SignInStore: Send + Sync + 'static {
         interval_secs: i64,
     ) -> Result<(), StoreError>;
 
-    /// Stores a browser session (the hash of its cookie).
+    /// Stores a browser session of an identity (the hash of its cookie).
     async fn insert_browser_session(
         &self,
         id_hash: &[u8; 32],
-        user_id: &str,
+        identity_id: &str,
         created_at: i64,
         expires_at: i64,
     ) -> Result<(), StoreError>;
 
-    /// The active user of an unexpired browser session.
-    async fn browser_session_user(
+    /// An unexpired browser session.
+    async fn browser_session(
         &self,
         id_hash: &[u8; 32],
         now: i64,
-    ) -> Result<Option<User>, StoreError>;
+    ) -> Result<Option<BrowserSession>, StoreError>;
 
     /// Ends a browser session.
     async fn delete_browser_session(&self, id_hash: &[u8; 32]) -> Result<(), StoreError>;
@@ -265,6 +326,19 @@ pub trait TokenStore: Send + Sync + 'static {
         token_hash: &[u8; 32],
         decide: RevokeDecision,
     ) -> Result<Option<RevokedAll>, StoreError>;
+
+    /// Moves a refresh token live under `from_user_id` to the joined member of the same
+    /// identity in the organization with `tenant_id`: from then on it is that member's
+    /// session (a refresh with `tenant_id`). `audit` (about the old member) is written, and a
+    /// copy about the new one. Returns the new member's id; `None` when the token is not live
+    /// under `from_user_id` or the identity has no joined membership there.
+    async fn move_refresh_token(
+        &self,
+        token_id: &str,
+        from_user_id: &str,
+        tenant_id: &str,
+        audit: AuditEvent,
+    ) -> Result<Option<String>, StoreError>;
 
     /// Revokes one session (refresh token) of `user_id`. Returns false if it was not live.
     async fn revoke_session(

@@ -3,16 +3,6 @@
 
 use std::sync::Arc;
 
-/// What a removal did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Removal {
-    Removed,
-    /// No active user with that id.
-    NotFound,
-    /// Refused: the organization would be left without an Owner.
-    LastOwner,
-}
-
 /// An organization (a Prismatic tenant).
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Organization {
@@ -38,6 +28,112 @@ pub struct User {
     pub external_id: Option<String>,
     pub dark_mode: bool,
     pub dark_mode_sync_with_os: bool,
+    /// The sign-in identity this member belongs to; `None` only for users removed before
+    /// identities existed.
+    pub identity_id: Option<String>,
+    /// When the member joined; `None` while the membership waits for its identity to accept.
+    pub joined_at: Option<i64>,
+}
+
+impl User {
+    /// Whether the membership is in force (accepted, not removed): only such a member signs
+    /// in, holds tokens, or counts as one of an identity's organizations.
+    pub fn is_joined(&self) -> bool {
+        self.joined_at.is_some() && self.removed_at.is_none()
+    }
+}
+
+/// A person who signs in: one email across every organization, one password.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Identity {
+    pub id: String,
+    pub email: String,
+    /// Whether a password was set through a link mailed to the address.
+    pub email_verified: bool,
+    pub has_password: bool,
+    /// The organization whose Owners and Admins may be handed the first-password link
+    /// (it created this identity while no SMTP server was configured).
+    pub invited_by_org: Option<String>,
+    pub created_at: i64,
+}
+
+/// An identity with its password hash, for sign-in.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct IdentityCredentials {
+    #[sqlx(flatten)]
+    pub identity: Identity,
+    pub password_hash: Option<String>,
+}
+
+/// One of an identity's memberships: the member and its organization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    pub user: User,
+    pub org: Organization,
+}
+
+/// A live browser session: whose identity, and (for a session started before identities
+/// existed) the one member it may act as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrowserSession {
+    pub identity: Identity,
+    pub only_user_id: Option<String>,
+}
+
+/// How a member joins when its identity exists already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinExisting {
+    /// At once (an operator added it).
+    AtOnce,
+    /// Pending until the identity accepts it (an Owner or Admin added it).
+    Pending,
+    /// Refused: the caller only creates new identities.
+    Refuse,
+}
+
+/// How an invitation reaches the person who sets the password with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Mailed to the address: using it verifies the email.
+    Email,
+    /// Shown to whoever created it (no SMTP server configured).
+    Handed,
+}
+
+impl Delivery {
+    pub fn key(self) -> &'static str {
+        match self {
+            Delivery::Email => "email",
+            Delivery::Handed => "handed",
+        }
+    }
+}
+
+/// What adding a member did.
+#[derive(Debug, Clone)]
+pub struct AddedMember {
+    pub user: User,
+    /// Whether the identity was created by this call (it had no other membership).
+    pub new_identity: bool,
+}
+
+/// Who asks for a change of a member, checked inside the write: `None` is an operator.
+pub type Actor<'a> = Option<&'a str>;
+
+/// Why a change of a member was refused (the rule was checked in the write).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No active member with that id.
+    NotFound,
+    /// The actor may not (an Admin acting on an Owner or making one; not an Owner or Admin).
+    Forbidden,
+    /// The organization would be left without an active Owner.
+    LastOwner,
+    /// The identity is a member of the organization already.
+    AlreadyMember,
+    /// An identity with that email exists, and the caller only creates new ones (or gave a
+    /// password, which only the identity sets).
+    IdentityExists,
 }
 
 /// Profile fields to change; `None` leaves a field as it is.
@@ -60,9 +156,14 @@ pub struct NewUser {
     pub email: String,
     pub name: String,
     pub role: String,
+    /// For a new identity only: its first password (an operator's `users add`).
     pub password_hash: Option<String>,
     pub external_id: Option<String>,
     pub created_at: i64,
+    /// What happens when an identity with this email exists.
+    pub join_existing: JoinExisting,
+    /// For a new identity: the organization whose Admins are handed its first-password link.
+    pub invited_by_org: Option<String>,
 }
 
 /// An organization to create.
@@ -206,14 +307,6 @@ pub struct DeviceCode {
     pub user_id: Option<String>,
 }
 
-/// A user with their password hash, for login.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Credentials {
-    #[sqlx(flatten)]
-    pub user: User,
-    pub password_hash: Option<String>,
-}
-
 /// Everything the refresh exchange needs, read in one indexed look-up by token hash.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RefreshGrant {
@@ -251,6 +344,9 @@ pub struct RevokedAll {
     /// False when a concurrent revoke moved the user's epoch first: the tokens are dead
     /// either way, and only that one wrote an audit row.
     pub moved: bool,
+    /// The identity's other members whose epochs moved with it (a person's own revoke-all
+    /// ends their tokens in every organization).
+    pub siblings: Vec<String>,
 }
 
 /// An organization's session policy (issue 7). `None` turns a limit off, the default, for

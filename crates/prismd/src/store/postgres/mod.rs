@@ -262,6 +262,9 @@ impl Dialect for PgDialect {
                  FOR NO KEY UPDATE",
             )
             .bind(user_id),
+            Lock::Organization(org_id) => {
+                query("SELECT 1 FROM organizations WHERE id = $1 FOR NO KEY UPDATE").bind(org_id)
+            }
             Lock::AuthorizationCode(code_hash) => {
                 query("SELECT 1 FROM authorization_codes WHERE code_hash = $1 FOR UPDATE")
                     .bind(code_hash)

@@ -59,37 +59,57 @@ impl PgRevokes {
     /// Two replicas committing groups that share users at the same moment may lock those
     /// rows in different orders; PostgreSQL then aborts one group as a deadlock (after
     /// `deadlock_timeout`), and the group commit retries its revokes one by one.
-    async fn revoke_group(&self, group: &[UserRevoke]) -> Result<Vec<bool>, StoreError> {
+    async fn revoke_group(
+        &self,
+        group: &[UserRevoke],
+    ) -> Result<Vec<Option<Vec<String>>>, StoreError> {
         let mut columns = RevokeColumns::default();
         for (position, revoke) in (0_i32..).zip(group) {
             columns.push(position, revoke);
         }
-        let winners: Vec<i32> = sqlx::query_scalar(
+        // Each row: a winner's position, and one of its identity's other members whose epoch
+        // moved with it (NULL for the winner's own row).
+        let rows: Vec<(i32, Option<String>)> = sqlx::query_as(
             "WITH input AS ( \
                  SELECT * FROM UNNEST($1::int[], $2::text[], $3::bigint[], $4::bigint[], \
                      $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], \
-                     $11::text[]) \
+                     $11::text[], $13::bool[]) \
                  AS i(position, user_id, epoch, at, action, actor, org_id, subject_user_id, \
-                      address, user_agent, detail)), \
+                      address, user_agent, detail, whole_identity)), \
              moved AS ( \
                  UPDATE users u SET token_epoch = u.token_epoch + 1, updated_at = i.at \
                  FROM input i \
                  WHERE u.id = i.user_id AND u.token_epoch = i.epoch AND u.removed_at IS NULL \
-                 RETURNING u.id, u.token_epoch - 1 AS from_epoch), \
+                 RETURNING u.id, u.identity_id, u.token_epoch - 1 AS from_epoch), \
              winners AS ( \
-                 SELECT DISTINCT ON (i.user_id) i.* FROM input i \
+                 SELECT DISTINCT ON (i.user_id) i.*, m.identity_id FROM input i \
                  JOIN moved m ON m.id = i.user_id AND m.from_epoch = i.epoch \
                  ORDER BY i.user_id, i.position), \
+             siblings AS ( \
+                 UPDATE users s SET token_epoch = s.token_epoch + 1, updated_at = w.at \
+                 FROM winners w \
+                 WHERE w.whole_identity AND s.identity_id = w.identity_id \
+                   AND s.id <> w.user_id AND s.removed_at IS NULL \
+                 RETURNING s.id, s.org_id, w.position), \
              ended AS ( \
-                 DELETE FROM browser_sessions WHERE user_id IN (SELECT id FROM moved)), \
+                 DELETE FROM browser_sessions \
+                 WHERE identity_id IN (SELECT identity_id FROM moved)), \
              audited AS ( \
                  INSERT INTO audit_events \
                      (at, action, actor, org_id, subject_user_id, address, user_agent, detail) \
                  SELECT w.at, w.action, w.actor, w.org_id, w.subject_user_id, w.address, \
                         w.user_agent, w.detail \
                  FROM winners w, LATERAL pg_notify($12, w.action || ' ' || w.user_id) \
-                 ORDER BY w.position) \
-             SELECT position FROM winners",
+                 ORDER BY w.position), \
+             sibling_audited AS ( \
+                 INSERT INTO audit_events \
+                     (at, action, actor, org_id, subject_user_id, address, user_agent, detail) \
+                 SELECT w.at, w.action, w.actor, s.org_id, s.id, w.address, w.user_agent, \
+                        w.detail \
+                 FROM siblings s JOIN winners w ON w.position = s.position, \
+                      LATERAL pg_notify($12, w.action || ' ' || s.id)) \
+             SELECT position, NULL::text FROM winners \
+             UNION ALL SELECT position, id FROM siblings",
         )
         .bind(&columns.position)
         .bind(&columns.user_id)
@@ -103,29 +123,49 @@ impl PgRevokes {
         .bind(&columns.user_agent)
         .bind(&columns.detail)
         .bind(CHANGES_CHANNEL)
+        .bind(&columns.whole_identity)
         .fetch_all(&self.0)
         .await?;
-        let winners: std::collections::HashSet<i32> = winners.into_iter().collect();
-        Ok((0_i32..)
-            .zip(group)
-            .map(|(position, _)| winners.contains(&position))
-            .collect())
+        let mut outcomes: Vec<Option<Vec<String>>> = vec![None; group.len()];
+        for (position, sibling) in rows {
+            let Some(outcome) = usize::try_from(position)
+                .ok()
+                .and_then(|position| outcomes.get_mut(position))
+            else {
+                continue;
+            };
+            let siblings = outcome.get_or_insert_with(Vec::new);
+            siblings.extend(sibling);
+        }
+        Ok(outcomes)
     }
 
-    async fn revoke_alone(&self, revoke: &UserRevoke) -> Result<bool, StoreError> {
+    async fn revoke_alone(&self, revoke: &UserRevoke) -> Result<Option<Vec<String>>, StoreError> {
         let audit = &revoke.audit;
-        let moved: i64 = sqlx::query_scalar(
+        let rows: Vec<(String, bool)> = sqlx::query_as(
             "WITH moved AS ( \
                  UPDATE users SET token_epoch = token_epoch + 1, updated_at = $3 \
-                 WHERE id = $1 AND token_epoch = $2 AND removed_at IS NULL RETURNING id), \
+                 WHERE id = $1 AND token_epoch = $2 AND removed_at IS NULL \
+                 RETURNING id, identity_id), \
+             siblings AS ( \
+                 UPDATE users s SET token_epoch = s.token_epoch + 1, updated_at = $3 \
+                 FROM moved m WHERE $12 AND s.identity_id = m.identity_id AND s.id <> m.id \
+                   AND s.removed_at IS NULL \
+                 RETURNING s.id, s.org_id), \
              ended AS ( \
-                 DELETE FROM browser_sessions WHERE user_id IN (SELECT id FROM moved)), \
+                 DELETE FROM browser_sessions \
+                 WHERE identity_id IN (SELECT identity_id FROM moved)), \
              audited AS ( \
                  INSERT INTO audit_events \
                      (at, action, actor, org_id, subject_user_id, address, user_agent, detail) \
                  SELECT $3, $4, $5, $6, $7, $8, $9, $10 \
-                 FROM moved, LATERAL pg_notify($11, $4 || ' ' || moved.id)) \
-             SELECT COUNT(*) FROM moved",
+                 FROM moved, LATERAL pg_notify($11, $4 || ' ' || moved.id)), \
+             sibling_audited AS ( \
+                 INSERT INTO audit_events \
+                     (at, action, actor, org_id, subject_user_id, address, user_agent, detail) \
+                 SELECT $3, $4, $5, s.org_id, s.id, $8, $9, $10 \
+                 FROM siblings s, LATERAL pg_notify($11, $4 || ' ' || s.id)) \
+             SELECT id, FALSE FROM moved UNION ALL SELECT id, TRUE FROM siblings",
         )
         .bind(&revoke.user_id)
         .bind(revoke.expected_epoch)
@@ -138,9 +178,17 @@ impl PgRevokes {
         .bind(&audit.user_agent)
         .bind(&audit.detail)
         .bind(CHANGES_CHANNEL)
-        .fetch_one(&self.0)
+        .bind(revoke.whole_identity)
+        .fetch_all(&self.0)
         .await?;
-        Ok(moved == 1)
+        if !rows.iter().any(|(_, sibling)| !sibling) {
+            return Ok(None);
+        }
+        Ok(Some(
+            rows.into_iter()
+                .filter_map(|(id, sibling)| sibling.then_some(id))
+                .collect(),
+        ))
     }
 }
 
@@ -158,6 +206,7 @@ struct RevokeColumns {
     address: Vec<Option<String>>,
     user_agent: Vec<Option<String>>,
     detail: Vec<Option<String>>,
+    whole_identity: Vec<bool>,
 }
 
 impl RevokeColumns {
@@ -174,6 +223,7 @@ impl RevokeColumns {
         self.address.push(audit.address.clone());
         self.user_agent.push(audit.user_agent.clone());
         self.detail.push(audit.detail.clone());
+        self.whole_identity.push(revoke.whole_identity);
     }
 }
 
@@ -200,7 +250,8 @@ async fn commit_in_groups(writer: PgRevokes, mut pending: PendingRevokes) {
                 for ((request, revoke), moved) in callers.into_iter().zip(group).zip(outcomes) {
                     request.answer(Ok(Some(RevokedAll {
                         user_id: revoke.user_id,
-                        moved,
+                        moved: moved.is_some(),
+                        siblings: moved.unwrap_or_default(),
                     })));
                 }
             }
@@ -211,7 +262,8 @@ async fn commit_in_groups(writer: PgRevokes, mut pending: PendingRevokes) {
                     request.answer(outcome.map(|moved| {
                         Some(RevokedAll {
                             user_id: revoke.user_id,
-                            moved,
+                            moved: moved.is_some(),
+                            siblings: moved.unwrap_or_default(),
                         })
                     }));
                 }

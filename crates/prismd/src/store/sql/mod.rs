@@ -36,7 +36,7 @@ macro_rules! user_columns {
     () => {
         "u.id, u.org_id, u.email, u.name, u.role, u.token_epoch, \
          u.created_at, u.updated_at, u.removed_at, u.phone, u.external_id, u.dark_mode, \
-         u.dark_mode_sync_with_os"
+         u.dark_mode_sync_with_os, u.identity_id, u.joined_at"
     };
 }
 pub(crate) use user_columns;
@@ -55,6 +55,8 @@ pub(crate) enum Lock<'a> {
     SigningKeys,
     /// The organization of this user, whose active Owners are about to be counted.
     OrganizationOf(&'a str),
+    /// This organization, whose members' roles are about to be read (adding a member).
+    Organization(&'a str),
     /// One authorization code, by hash: of two replays at once, one audits.
     AuthorizationCode(&'a [u8; 32]),
     /// One device code, by hash: two polls at once must not read the same last poll.
@@ -85,6 +87,8 @@ pub(crate) enum Unaudited {
     Announced,
     /// Rows past their use, deleted by the cleanup (each was already dead to every check).
     Garbage,
+    /// A change of an identity, audited once per member with [`Write::audit`].
+    AuditedPerMember,
 }
 
 /// What each database does its own way. Everything else is shared SQL over the funnel.

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 
 use super::funnel::{Exec, query};
-use super::users::insert_user;
+use super::users::insert_identity_and_member;
 use super::{Dialect, Lock, SqlStore};
 use crate::store::*;
 
@@ -29,7 +29,7 @@ impl<D: Dialect> OrganizationStore for SqlStore<D> {
             return Ok(false);
         }
         insert_organization(&mut tx, &org).await?;
-        insert_user(&mut tx, &owner).await?;
+        insert_identity_and_member(&mut tx, &owner).await?;
         tx.commit_audited(&audit).await?;
         Ok(true)
     }

@@ -3,7 +3,8 @@
 use async_trait::async_trait;
 
 use super::funnel::query;
-use super::{Dialect, Lock, SqlStore, USER_COLUMNS, Unaudited, is_unique_violation};
+use super::users::IDENTITY_COLUMNS;
+use super::{Dialect, Lock, SqlStore, Unaudited, is_unique_violation};
 use crate::store::*;
 
 #[async_trait]
@@ -204,16 +205,16 @@ impl<D: Dialect> SignInStore for SqlStore<D> {
     async fn insert_browser_session(
         &self,
         id_hash: &[u8; 32],
-        user_id: &str,
+        identity_id: &str,
         created_at: i64,
         expires_at: i64,
     ) -> Result<(), StoreError> {
         let mut tx = self.write().await?;
         query(
-            "INSERT INTO browser_sessions (id_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO browser_sessions (id_hash, identity_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
         )
         .bind(&id_hash[..])
-        .bind(user_id)
+        .bind(identity_id)
         .bind(created_at)
         .bind(expires_at)
         .execute(&mut tx)
@@ -222,20 +223,24 @@ impl<D: Dialect> SignInStore for SqlStore<D> {
         Ok(())
     }
 
-    async fn browser_session_user(
+    async fn browser_session(
         &self,
         id_hash: &[u8; 32],
         now: i64,
-    ) -> Result<Option<User>, StoreError> {
+    ) -> Result<Option<BrowserSession>, StoreError> {
         let sql = format!(
-            "SELECT {USER_COLUMNS} FROM browser_sessions s JOIN users u ON u.id = s.user_id \
-             WHERE s.id_hash = $1 AND s.expires_at > $2 AND u.removed_at IS NULL"
+            "SELECT {IDENTITY_COLUMNS}, s.only_user_id FROM browser_sessions s \
+             JOIN identities i ON i.id = s.identity_id WHERE s.id_hash = $1 AND s.expires_at > $2"
         );
-        Ok(query(sqlx::AssertSqlSafe(sql))
+        let row: Option<SessionRow> = query(sqlx::AssertSqlSafe(sql))
             .bind(&id_hash[..])
             .bind(now)
             .fetch_optional(&mut self.read())
-            .await?)
+            .await?;
+        Ok(row.map(|row| BrowserSession {
+            identity: row.identity,
+            only_user_id: row.only_user_id,
+        }))
     }
 
     async fn delete_browser_session(&self, id_hash: &[u8; 32]) -> Result<(), StoreError> {
@@ -247,4 +252,12 @@ impl<D: Dialect> SignInStore for SqlStore<D> {
         tx.commit_unaudited(Unaudited::BrowserSession).await?;
         Ok(())
     }
+}
+
+/// A browser session row: its identity, and the one member it may act as, if limited.
+#[derive(sqlx::FromRow)]
+struct SessionRow {
+    #[sqlx(flatten)]
+    identity: Identity,
+    only_user_id: Option<String>,
 }

@@ -17,7 +17,7 @@ impl<D: Dialect> TokenStore for SqlStore<D> {
         let done = query(
             "INSERT INTO refresh_tokens (id, token_hash, user_id, user_epoch, client_id, name, scope, created_at) \
              SELECT $1, $2, u.id, u.token_epoch, $4, $5, $6, $7 FROM users u \
-             WHERE u.id = $3 AND u.removed_at IS NULL",
+             WHERE u.id = $3 AND u.removed_at IS NULL AND u.joined_at IS NOT NULL",
         )
         .bind(&token.id)
         .bind(&token.token_hash[..])
@@ -105,12 +105,69 @@ impl<D: Dialect> TokenStore for SqlStore<D> {
         let outcome = self.db.revoke_all_by_token(token_hash, decide).await;
         if let Some(cache) = &self.cache {
             match &outcome {
-                Ok(Some(revoked)) => cache.revoked(&revoked.user_id),
+                Ok(Some(revoked)) => {
+                    cache.revoked(&revoked.user_id);
+                    for sibling in &revoked.siblings {
+                        cache.revoked(sibling);
+                    }
+                }
                 Ok(None) => {}
                 Err(_) => cache.revoke_outcome_unknown(token_hash),
             }
         }
         outcome
+    }
+
+    async fn move_refresh_token(
+        &self,
+        token_id: &str,
+        from_user_id: &str,
+        tenant_id: &str,
+        audit: AuditEvent,
+    ) -> Result<Option<String>, StoreError> {
+        let mut tx = self.write().await?;
+        let target: Option<(String, i64, String)> = query(
+            "SELECT m.id, m.token_epoch, m.org_id FROM users f \
+             JOIN users m ON m.identity_id = f.identity_id \
+             JOIN organizations o ON o.id = m.org_id \
+             WHERE f.id = $1 AND o.tenant_id = $2 AND m.removed_at IS NULL \
+               AND m.joined_at IS NOT NULL",
+        )
+        .bind(from_user_id)
+        .bind(tenant_id)
+        .fetch_optional(&mut tx)
+        .await?;
+        let Some((to_user_id, to_epoch, to_org_id)) = target else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        // Only a token live under its member moves. The target's epoch as read: a revoke-all
+        // or removal of the target that commits meanwhile leaves the token dead, never alive.
+        let moved = query(
+            "UPDATE refresh_tokens SET user_id = $3, user_epoch = $4 \
+             WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL \
+               AND user_epoch = (SELECT token_epoch FROM users WHERE id = $2 \
+                                 AND removed_at IS NULL AND joined_at IS NOT NULL)",
+        )
+        .bind(token_id)
+        .bind(from_user_id)
+        .bind(&to_user_id)
+        .bind(to_epoch)
+        .execute(&mut tx)
+        .await?;
+        if moved == 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        // Both organizations' trails show the move.
+        tx.audit(&audit).await?;
+        let arrived = AuditEvent {
+            org_id: Some(to_org_id),
+            subject_user_id: Some(to_user_id.clone()),
+            ..audit
+        };
+        tx.commit_audited(&arrived).await?;
+        Ok(Some(to_user_id))
     }
 
     async fn revoke_session(

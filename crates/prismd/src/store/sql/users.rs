@@ -1,41 +1,143 @@
-//! Users: accounts, profiles, passwords, invitations and removal.
+//! Identities and their members: adding people, profiles and roles (whose rules are
+//! conditions of the statements that write), passwords, invitations, password resets,
+//! memberships and removal.
 
 use async_trait::async_trait;
 
 use super::funnel::Exec;
 use super::funnel::query;
-use super::{Dialect, Lock, SqlStore, USER_COLUMNS, is_unique_violation};
+use super::{Dialect, Lock, SqlStore, USER_COLUMNS, Unaudited, Write, is_unique_violation};
 use crate::store::*;
+
+/// The columns of an [`Identity`] (`i`: identities).
+pub(crate) const IDENTITY_COLUMNS: &str = "i.id, i.email, i.email_verified, \
+     (i.password_hash IS NOT NULL) AS has_password, i.invited_by_org, i.created_at";
+
+/// May the member `$actor` (an active, joined member of the target's organization) act on
+/// the target row `users` with the new role `$role` (NULL: no role change)? Owners may do
+/// anything; Admins may act on non-Owners and never make Owners. `{actor}` and `{role}` are
+/// the placeholders' numbers. An operator (a NULL actor) may do anything.
+fn actor_may(actor: u8, role: u8) -> String {
+    format!(
+        "(CAST(${actor} AS TEXT) IS NULL OR EXISTS (SELECT 1 FROM users a \
+           WHERE a.id = CAST(${actor} AS TEXT) AND a.org_id = users.org_id \
+             AND a.removed_at IS NULL AND a.joined_at IS NOT NULL \
+             AND (a.role = 'owner' OR (a.role = 'admin' AND users.role <> 'owner' \
+                  AND COALESCE(CAST(${role} AS TEXT), '') <> 'owner'))))"
+    )
+}
+
+/// The organization keeps an active Owner if the target row `users` stops being one.
+const KEEPS_AN_OWNER: &str = "(users.role <> 'owner' OR users.joined_at IS NULL \
+     OR (SELECT COUNT(*) FROM users o WHERE o.org_id = users.org_id AND o.role = 'owner' \
+         AND o.removed_at IS NULL AND o.joined_at IS NOT NULL) > 1)";
+
+/// A membership row: the member and its organization.
+#[derive(sqlx::FromRow)]
+struct MembershipRow {
+    #[sqlx(flatten)]
+    user: User,
+    org_name: String,
+    tenant_id: String,
+    org_created_at: i64,
+}
 
 #[async_trait]
 impl<D: Dialect> UserStore for SqlStore<D> {
-    async fn create_user(&self, user: NewUser, audit: AuditEvent) -> Result<User, StoreError> {
+    async fn add_member(
+        &self,
+        user: NewUser,
+        actor: Actor<'_>,
+        audit: AuditEvent,
+    ) -> Result<Result<AddedMember, Refusal>, StoreError> {
         let mut tx = self.write().await?;
-        match insert_user(&mut tx, &user).await {
-            Ok(()) => {}
+        // Role rules are checked in the insert; adds, removals and role changes of one
+        // organization take turns on its row, so each sees the others' outcome.
+        tx.lock(Lock::Organization(&user.org_id)).await?;
+        let created = query(
+            "INSERT INTO identities (id, email, password_hash, email_verified, invited_by_org, \
+             created_at, updated_at) VALUES ($1, $2, $3, FALSE, $4, $5, $5) \
+             ON CONFLICT (email) DO NOTHING",
+        )
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(&user.email)
+        .bind(&user.password_hash)
+        .bind(&user.invited_by_org)
+        .bind(user.created_at)
+        .execute(&mut tx)
+        .await?
+            == 1;
+        let identity_id: String = query("SELECT id FROM identities WHERE email = $1")
+            .bind(&user.email)
+            .scalar()
+            .fetch_one(&mut tx)
+            .await?;
+        let joined_at = match (created, user.join_existing) {
+            (true, _) | (false, JoinExisting::AtOnce) => Some(user.created_at),
+            (false, JoinExisting::Pending) => None,
+            (false, JoinExisting::Refuse) => {
+                tx.rollback().await?;
+                return Ok(Err(Refusal::IdentityExists));
+            }
+        };
+        if !created && user.password_hash.is_some() {
+            // Nobody but the identity (or an operator's set-password) changes its password.
+            tx.rollback().await?;
+            return Ok(Err(Refusal::IdentityExists));
+        }
+        let sql = format!(
+            "INSERT INTO users (id, org_id, email, name, role, external_id, token_epoch, \
+             created_at, updated_at, identity_id, joined_at) \
+             SELECT $1, $2, $3, $4, $5, $6, 0, $7, $7, $8, $9 \
+             WHERE {}",
+            actor_may_insert()
+        );
+        let inserted = query(sqlx::AssertSqlSafe(sql))
+            .bind(&user.id)
+            .bind(&user.org_id)
+            .bind(&user.email)
+            .bind(&user.name)
+            .bind(&user.role)
+            .bind(&user.external_id)
+            .bind(user.created_at)
+            .bind(&identity_id)
+            .bind(joined_at)
+            .bind(actor)
+            .execute(&mut tx)
+            .await;
+        match inserted {
+            Ok(1) => {}
+            Ok(_) => {
+                tx.rollback().await?;
+                return Ok(Err(Refusal::Forbidden));
+            }
             Err(err) if is_unique_violation(&err) => {
-                return Err(StoreError::Conflict(
-                    "an active user with this email exists",
-                ));
+                tx.rollback().await?;
+                return Ok(Err(Refusal::AlreadyMember));
             }
             Err(err) => return Err(err),
         }
         tx.commit_audited(&audit).await?;
-        Ok(User {
-            id: user.id,
-            org_id: user.org_id,
-            email: user.email,
-            name: user.name,
-            role: user.role,
-            token_epoch: 0,
-            created_at: user.created_at,
-            updated_at: user.created_at,
-            removed_at: None,
-            phone: None,
-            external_id: user.external_id,
-            dark_mode: false,
-            dark_mode_sync_with_os: true,
-        })
+        Ok(Ok(AddedMember {
+            user: User {
+                id: user.id,
+                org_id: user.org_id,
+                email: user.email,
+                name: user.name,
+                role: user.role,
+                token_epoch: 0,
+                created_at: user.created_at,
+                updated_at: user.created_at,
+                removed_at: None,
+                phone: None,
+                external_id: user.external_id,
+                dark_mode: false,
+                dark_mode_sync_with_os: true,
+                identity_id: Some(identity_id),
+                joined_at,
+            },
+            new_identity: created,
+        }))
     }
 
     async fn find_active_user_by_email(
@@ -89,44 +191,41 @@ impl<D: Dialect> UserStore for SqlStore<D> {
         &self,
         user_id: &str,
         changes: ProfileChanges,
+        actor: Actor<'_>,
         audit: AuditEvent,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Result<(), Refusal>, StoreError> {
         let mut tx = self.write().await?;
-        if changes.role.is_some() {
-            // As in remove_user: concurrent demotions of two Owners take turns on the
-            // organization's row, so the Owner count below sees the earlier one.
-            tx.lock(Lock::OrganizationOf(user_id)).await?;
-        }
-        let done = query(
+        tx.lock(Lock::OrganizationOf(user_id)).await?;
+        // Everyone changes their own profile; the role, and other members' profiles, only as
+        // `actor_may` allows; the last Owner keeps the role.
+        let sql = format!(
             "UPDATE users SET name = COALESCE($2, name), phone = COALESCE($3, phone), \
              dark_mode = COALESCE($4, dark_mode), \
              dark_mode_sync_with_os = COALESCE($5, dark_mode_sync_with_os), updated_at = $6, \
              role = COALESCE(CAST($7 AS TEXT), role) \
              WHERE id = $1 AND removed_at IS NULL \
-               AND (CAST($7 AS TEXT) IS NULL OR CAST($7 AS TEXT) = 'owner' OR role <> 'owner' \
-                    OR (SELECT COUNT(*) FROM users o WHERE o.org_id = users.org_id \
-                        AND o.role = 'owner' AND o.removed_at IS NULL) > 1)",
-        )
-        .bind(user_id)
-        .bind(changes.name)
-        .bind(changes.phone)
-        .bind(changes.dark_mode)
-        .bind(changes.dark_mode_sync_with_os)
-        .bind(audit.at)
-        .bind(changes.role)
-        .execute(&mut tx)
-        .await?;
-        tx.finish_audited(done, &audit).await
-    }
-
-    async fn has_password(&self, user_id: &str) -> Result<bool, StoreError> {
-        let found: Option<bool> = query(
-            "SELECT TRUE FROM users WHERE id = $1 AND removed_at IS NULL AND password_hash IS NOT NULL",
-        )
-        .bind(user_id)
-        .scalar().fetch_optional(&mut self.read())
-        .await?;
-        Ok(found.is_some())
+               AND (CAST($7 AS TEXT) IS NULL OR CAST($7 AS TEXT) = 'owner' OR {KEEPS_AN_OWNER}) \
+               AND ((id = CAST($8 AS TEXT) AND CAST($7 AS TEXT) IS NULL) OR {})",
+            actor_may(8, 7)
+        );
+        let done = query(sqlx::AssertSqlSafe(sql))
+            .bind(user_id)
+            .bind(changes.name)
+            .bind(changes.phone)
+            .bind(changes.dark_mode)
+            .bind(changes.dark_mode_sync_with_os)
+            .bind(audit.at)
+            .bind(changes.role.clone())
+            .bind(actor)
+            .execute(&mut tx)
+            .await?;
+        if done == 0 {
+            let why = refusal(&mut tx, user_id, actor, changes.role.as_deref()).await?;
+            tx.rollback().await?;
+            return Ok(Err(why));
+        }
+        tx.commit_audited(&audit).await?;
+        Ok(Ok(()))
     }
 
     async fn insert_invitation(
@@ -134,6 +233,7 @@ impl<D: Dialect> UserStore for SqlStore<D> {
         token_hash: &[u8; 32],
         user_id: &str,
         expires_at: i64,
+        delivery: Delivery,
         audit: AuditEvent,
     ) -> Result<(), StoreError> {
         let mut tx = self.write().await?;
@@ -144,12 +244,14 @@ impl<D: Dialect> UserStore for SqlStore<D> {
             .execute(&mut tx)
             .await?;
         query(
-            "INSERT INTO invitations (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO invitations (token_hash, user_id, created_at, expires_at, delivery) \
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(&token_hash[..])
         .bind(user_id)
         .bind(audit.at)
         .bind(expires_at)
+        .bind(delivery.key())
         .execute(&mut tx)
         .await?;
         tx.commit_audited(&audit).await?;
@@ -162,9 +264,10 @@ impl<D: Dialect> UserStore for SqlStore<D> {
         now: i64,
     ) -> Result<Option<User>, StoreError> {
         let sql = format!(
-            "SELECT {USER_COLUMNS} FROM invitations i JOIN users u ON u.id = i.user_id \
-             WHERE i.token_hash = $1 AND i.used_at IS NULL AND i.expires_at > $2 \
-             AND u.removed_at IS NULL AND u.password_hash IS NULL"
+            "SELECT {USER_COLUMNS} FROM invitations v JOIN users u ON u.id = v.user_id \
+             JOIN identities i ON i.id = u.identity_id \
+             WHERE v.token_hash = $1 AND v.used_at IS NULL AND v.expires_at > $2 \
+             AND u.removed_at IS NULL AND i.password_hash IS NULL"
         );
         Ok(query(sqlx::AssertSqlSafe(sql))
             .bind(&token_hash[..])
@@ -180,27 +283,30 @@ impl<D: Dialect> UserStore for SqlStore<D> {
         audit: AuditEvent,
     ) -> Result<bool, StoreError> {
         let mut tx = self.write().await?;
-        let user_id: Option<String> = query(
+        let spent: Option<(String, String)> = query(
             "UPDATE invitations SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL \
-             AND expires_at > $2 RETURNING user_id",
+             AND expires_at > $2 RETURNING user_id, delivery",
         )
         .bind(&token_hash[..])
         .bind(audit.at)
-        .scalar()
         .fetch_optional(&mut tx)
         .await?;
-        let Some(user_id) = user_id else {
+        let Some((user_id, delivery)) = spent else {
             tx.rollback().await?;
             return Ok(false);
         };
         // An invitation only ever gives a first password: it cannot reset an existing one.
+        // A mailed one proves the address.
         let done = query(
-            "UPDATE users SET password_hash = $2, updated_at = $3 \
-             WHERE id = $1 AND removed_at IS NULL AND password_hash IS NULL",
+            "UPDATE identities SET password_hash = $2, updated_at = $3, invited_by_org = NULL, \
+             email_verified = (email_verified OR $4) \
+             WHERE password_hash IS NULL AND id = \
+               (SELECT identity_id FROM users WHERE id = $1 AND removed_at IS NULL)",
         )
         .bind(&user_id)
         .bind(password_hash)
         .bind(audit.at)
+        .bind(delivery == Delivery::Email.key())
         .execute(&mut tx)
         .await?;
         if done == 0 {
@@ -242,8 +348,9 @@ impl<D: Dialect> UserStore for SqlStore<D> {
         &self,
         user_id: &str,
         at: i64,
+        actor: Actor<'_>,
         audit: AuditEvent,
-    ) -> Result<Removal, StoreError> {
+    ) -> Result<Result<(), Refusal>, StoreError> {
         let mut tx = self.write().await?;
         // Two concurrent removals of two different Owners would each count the other as still
         // active (neither has committed). Locking the organization's row first makes them
@@ -252,45 +359,107 @@ impl<D: Dialect> UserStore for SqlStore<D> {
         tx.lock(Lock::OrganizationOf(user_id)).await?;
         // The epoch moves too, so even a future bug that forgot the removed flag would still
         // find every old token stale.
-        let done = query(
+        let sql = format!(
             "UPDATE users SET removed_at = $2, updated_at = $2, token_epoch = token_epoch + 1 \
-             WHERE id = $1 AND removed_at IS NULL \
-               AND (role <> 'owner' OR (SELECT COUNT(*) FROM users o \
-                    WHERE o.org_id = users.org_id AND o.role = 'owner' AND o.removed_at IS NULL) > 1)",
-        )
-        .bind(user_id)
-        .bind(at)
-        .execute(&mut tx)
-        .await?;
+             WHERE id = $1 AND removed_at IS NULL AND {KEEPS_AN_OWNER} AND {}",
+            actor_may(3, 4)
+        );
+        let done = query(sqlx::AssertSqlSafe(sql))
+            .bind(user_id)
+            .bind(at)
+            .bind(actor)
+            .bind(None::<&str>)
+            .execute(&mut tx)
+            .await?;
         if done == 0 {
-            let active: Option<bool> =
-                query("SELECT TRUE FROM users WHERE id = $1 AND removed_at IS NULL")
-                    .bind(user_id)
-                    .scalar()
-                    .fetch_optional(&mut tx)
-                    .await?;
+            let why = refusal(&mut tx, user_id, actor, None).await?;
             tx.rollback().await?;
-            return Ok(if active.is_some() {
-                Removal::LastOwner
-            } else {
-                Removal::NotFound
-            });
+            return Ok(Err(why));
         }
         tx.commit_audited(&audit).await?;
-        Ok(Removal::Removed)
+        Ok(Ok(()))
     }
 
-    async fn set_password_hash(
+    async fn identity(&self, identity_id: &str) -> Result<Option<Identity>, StoreError> {
+        let sql = format!("SELECT {IDENTITY_COLUMNS} FROM identities i WHERE i.id = $1");
+        query(sqlx::AssertSqlSafe(sql))
+            .bind(identity_id)
+            .fetch_optional(&mut self.read())
+            .await
+    }
+
+    async fn identity_by_email(
         &self,
+        email: &str,
+    ) -> Result<Option<IdentityCredentials>, StoreError> {
+        let sql = format!(
+            "SELECT {IDENTITY_COLUMNS}, i.password_hash FROM identities i WHERE i.email = $1"
+        );
+        query(sqlx::AssertSqlSafe(sql))
+            .bind(email)
+            .fetch_optional(&mut self.read())
+            .await
+    }
+
+    async fn memberships(&self, identity_id: &str) -> Result<Vec<Membership>, StoreError> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS}, o.name AS org_name, o.tenant_id, o.created_at AS org_created_at \
+             FROM users u JOIN organizations o ON o.id = u.org_id \
+             WHERE u.identity_id = $1 AND u.removed_at IS NULL ORDER BY o.created_at, o.id"
+        );
+        let rows: Vec<MembershipRow> = query(sqlx::AssertSqlSafe(sql))
+            .bind(identity_id)
+            .fetch_all(&mut self.read())
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| Membership {
+                org: Organization {
+                    id: row.user.org_id.clone(),
+                    name: row.org_name,
+                    tenant_id: row.tenant_id,
+                    created_at: row.org_created_at,
+                },
+                user: row.user,
+            })
+            .collect())
+    }
+
+    async fn accept_membership(
+        &self,
+        identity_id: &str,
         user_id: &str,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.write().await?;
+        // Only an identity whose address is proven joins where another organization invited
+        // it: otherwise whoever set an unverified identity's password (the Admin it was handed
+        // to) would join in its name.
+        let done = query(
+            "UPDATE users SET joined_at = $3, updated_at = $3 \
+             WHERE id = $2 AND identity_id = $1 AND removed_at IS NULL AND joined_at IS NULL \
+               AND EXISTS (SELECT 1 FROM identities i WHERE i.id = $1 AND i.email_verified)",
+        )
+        .bind(identity_id)
+        .bind(user_id)
+        .bind(audit.at)
+        .execute(&mut tx)
+        .await?;
+        tx.finish_audited(done, &audit).await
+    }
+
+    async fn set_identity_password(
+        &self,
+        identity_id: &str,
         password_hash: &str,
         audit: AuditEvent,
     ) -> Result<bool, StoreError> {
         let mut tx = self.write().await?;
         let done = query(
-            "UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1 AND removed_at IS NULL",
+            "UPDATE identities SET password_hash = $2, updated_at = $3, invited_by_org = NULL \
+             WHERE id = $1",
         )
-        .bind(user_id)
+        .bind(identity_id)
         .bind(password_hash)
         .bind(audit.at)
         .execute(&mut tx)
@@ -299,74 +468,271 @@ impl<D: Dialect> UserStore for SqlStore<D> {
             tx.rollback().await?;
             return Ok(false);
         }
-        end_browser_sessions(&mut tx, user_id).await?;
-        tx.commit_audited(&audit).await?;
+        end_identity_browser_sessions(&mut tx, identity_id).await?;
+        forget_upgrade_notice(&mut tx, identity_id).await?;
+        audit_each_member(&mut tx, identity_id, &audit).await?;
+        tx.commit_unaudited(Unaudited::AuditedPerMember).await?;
         Ok(true)
     }
 
-    async fn credentials_by_email(&self, email: &str) -> Result<Vec<Credentials>, StoreError> {
+    async fn insert_password_reset(
+        &self,
+        token_hash: &[u8; 32],
+        identity_id: &str,
+        expires_at: i64,
+        audit: AuditEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        // A new link replaces the earlier ones.
+        query("UPDATE password_resets SET used_at = $2 WHERE identity_id = $1 AND used_at IS NULL")
+            .bind(identity_id)
+            .bind(audit.at)
+            .execute(&mut tx)
+            .await?;
+        query(
+            "INSERT INTO password_resets (token_hash, identity_id, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&token_hash[..])
+        .bind(identity_id)
+        .bind(audit.at)
+        .bind(expires_at)
+        .execute(&mut tx)
+        .await?;
+        audit_each_member(&mut tx, identity_id, &audit).await?;
+        tx.commit_unaudited(Unaudited::AuditedPerMember).await?;
+        Ok(())
+    }
+
+    async fn password_reset_identity(
+        &self,
+        token_hash: &[u8; 32],
+        now: i64,
+    ) -> Result<Option<Identity>, StoreError> {
         let sql = format!(
-            "SELECT {USER_COLUMNS}, u.password_hash FROM users u \
-             WHERE u.email = $1 AND u.removed_at IS NULL ORDER BY u.created_at, u.id"
+            "SELECT {IDENTITY_COLUMNS} FROM password_resets r JOIN identities i ON i.id = r.identity_id \
+             WHERE r.token_hash = $1 AND r.used_at IS NULL AND r.expires_at > $2"
         );
         query(sqlx::AssertSqlSafe(sql))
-            .bind(email)
-            .fetch_all(&mut self.read())
+            .bind(&token_hash[..])
+            .bind(now)
+            .fetch_optional(&mut self.read())
             .await
     }
 
+    async fn accept_password_reset(
+        &self,
+        token_hash: &[u8; 32],
+        password_hash: &str,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.write().await?;
+        let identity_id: Option<String> = query(
+            "UPDATE password_resets SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL \
+             AND expires_at > $2 RETURNING identity_id",
+        )
+        .bind(&token_hash[..])
+        .bind(audit.at)
+        .scalar()
+        .fetch_optional(&mut tx)
+        .await?;
+        let Some(identity_id) = identity_id else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        // The link reached the mailbox: the address is proven.
+        query(
+            "UPDATE identities SET password_hash = $2, updated_at = $3, invited_by_org = NULL, \
+             email_verified = TRUE WHERE id = $1",
+        )
+        .bind(&identity_id)
+        .bind(password_hash)
+        .bind(audit.at)
+        .execute(&mut tx)
+        .await?;
+        query("UPDATE password_resets SET used_at = $2 WHERE identity_id = $1 AND used_at IS NULL")
+            .bind(&identity_id)
+            .bind(audit.at)
+            .execute(&mut tx)
+            .await?;
+        end_identity_browser_sessions(&mut tx, &identity_id).await?;
+        forget_upgrade_notice(&mut tx, &identity_id).await?;
+        audit_each_member(&mut tx, &identity_id, &audit).await?;
+        tx.commit_unaudited(Unaudited::AuditedPerMember).await?;
+        Ok(true)
+    }
+
     async fn active_user(&self, user_id: &str) -> Result<Option<User>, StoreError> {
-        let sql =
-            format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1 AND u.removed_at IS NULL");
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1 AND u.removed_at IS NULL \
+             AND u.joined_at IS NOT NULL"
+        );
         Ok(query(sqlx::AssertSqlSafe(sql))
             .bind(user_id)
             .fetch_optional(&mut self.read())
             .await?)
     }
 
-    async fn organizations_of_email(&self, email: &str) -> Result<Vec<Organization>, StoreError> {
-        Ok(query(
-            "SELECT o.id, o.name, o.tenant_id, o.created_at FROM organizations o \
-             JOIN users u ON u.org_id = o.id \
-             WHERE u.email = $1 AND u.removed_at IS NULL ORDER BY o.created_at, o.id",
+    async fn identity_upgrade_notices(&self) -> Result<Vec<String>, StoreError> {
+        query(
+            "SELECT n.email FROM identity_upgrade_notices n \
+             JOIN identities i ON i.email = n.email \
+             WHERE i.password_hash IS NULL ORDER BY n.email",
         )
-        .bind(email)
+        .scalar()
         .fetch_all(&mut self.read())
-        .await?)
+        .await
     }
 }
 
-/// Inserts a user (epoch 0, no removal), in the caller's transaction.
-pub(super) async fn insert_user(tx: &mut impl Exec, user: &NewUser) -> Result<(), StoreError> {
+/// The role rule for adding a member (`$2` organization, `$5` role, `$10` actor), like
+/// [`actor_may`] but over the row being inserted.
+fn actor_may_insert() -> &'static str {
+    "(CAST($10 AS TEXT) IS NULL OR EXISTS (SELECT 1 FROM users a \
+       WHERE a.id = CAST($10 AS TEXT) AND a.org_id = $2 AND a.removed_at IS NULL \
+         AND a.joined_at IS NOT NULL \
+         AND (a.role = 'owner' OR (a.role = 'admin' AND $5 <> 'owner'))))"
+}
+
+/// Why a conditional change of `user_id` wrote nothing, read in its transaction for the
+/// message only (the decision was the write's).
+async fn refusal(
+    tx: &mut impl Exec,
+    user_id: &str,
+    actor: Actor<'_>,
+    new_role: Option<&str>,
+) -> Result<Refusal, StoreError> {
+    let target: Option<(String, String)> =
+        query("SELECT org_id, role FROM users WHERE id = $1 AND removed_at IS NULL")
+            .bind(user_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((org_id, target_role)) = target else {
+        return Ok(Refusal::NotFound);
+    };
+    let Some(actor) = actor else {
+        return Ok(Refusal::LastOwner);
+    };
+    if actor == user_id && new_role.is_none() {
+        return Ok(Refusal::LastOwner);
+    }
+    let actor_role: Option<String> = query(
+        "SELECT role FROM users WHERE id = $1 AND org_id = $2 AND removed_at IS NULL \
+         AND joined_at IS NOT NULL",
+    )
+    .bind(actor)
+    .bind(&org_id)
+    .scalar()
+    .fetch_optional(&mut *tx)
+    .await?;
+    let allowed = match actor_role.as_deref() {
+        Some("owner") => true,
+        Some("admin") => target_role != "owner" && new_role != Some("owner"),
+        _ => false,
+    };
+    Ok(if allowed {
+        Refusal::LastOwner
+    } else {
+        Refusal::Forbidden
+    })
+}
+
+/// Writes `event` once per active member of the identity (each organization's trail shows it,
+/// and each member's cached state is dropped), or once about no one when it has none.
+async fn audit_each_member<D: Dialect>(
+    tx: &mut Write<'_, D>,
+    identity_id: &str,
+    event: &AuditEvent,
+) -> Result<(), StoreError> {
+    let members: Vec<(String, String)> =
+        query("SELECT id, org_id FROM users WHERE identity_id = $1 AND removed_at IS NULL")
+            .bind(identity_id)
+            .fetch_all(&mut *tx)
+            .await?;
+    if members.is_empty() {
+        return tx.audit(event).await;
+    }
+    for (user_id, org_id) in members {
+        tx.audit(&AuditEvent {
+            org_id: Some(org_id),
+            subject_user_id: Some(user_id),
+            ..event.clone()
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+async fn forget_upgrade_notice(tx: &mut impl Exec, identity_id: &str) -> Result<(), StoreError> {
     query(
-        "INSERT INTO users (id, org_id, email, name, role, password_hash, external_id, token_epoch, \
-         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $8)",
+        "DELETE FROM identity_upgrade_notices WHERE email = \
+         (SELECT email FROM identities WHERE id = $1)",
+    )
+    .bind(identity_id)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Creates an identity and its first member in the caller's transaction (first start).
+pub(super) async fn insert_identity_and_member(
+    tx: &mut impl Exec,
+    user: &NewUser,
+) -> Result<(), StoreError> {
+    let identity_id = uuid::Uuid::new_v4().to_string();
+    query(
+        "INSERT INTO identities (id, email, password_hash, email_verified, created_at, updated_at) \
+         VALUES ($1, $2, $3, FALSE, $4, $4)",
+    )
+    .bind(&identity_id)
+    .bind(&user.email)
+    .bind(&user.password_hash)
+    .bind(user.created_at)
+    .execute(&mut *tx)
+    .await?;
+    query(
+        "INSERT INTO users (id, org_id, email, name, role, external_id, token_epoch, \
+         created_at, updated_at, identity_id, joined_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $7, $8, $7)",
     )
     .bind(&user.id)
     .bind(&user.org_id)
     .bind(&user.email)
     .bind(&user.name)
     .bind(&user.role)
-    .bind(&user.password_hash)
     .bind(&user.external_id)
     .bind(user.created_at)
+    .bind(&identity_id)
     .execute(tx)
     .await?;
     Ok(())
 }
 
-/// The statement that signs a user (`$1`) out of every browser; shared with SQLite's revoke
-/// thread.
-pub(crate) const END_BROWSER_SESSIONS_SQL: &str = "DELETE FROM browser_sessions WHERE user_id = $1";
+/// The statement that signs the identity of a member (`$1`) out of every browser; shared
+/// with SQLite's revoke thread.
+pub(crate) const END_BROWSER_SESSIONS_SQL: &str = "DELETE FROM browser_sessions WHERE identity_id IN \
+     (SELECT identity_id FROM users WHERE id = $1)";
 
-/// Signs a user out of every browser, in the caller's transaction: a revoke-all or a new
-/// password must not leave a browser session that can mint new codes.
+/// Signs the identity of a member out of every browser, in the caller's transaction: a
+/// revoke-all or a new password must not leave a browser session that can mint new codes.
 pub(super) async fn end_browser_sessions(
     tx: &mut impl Exec,
     user_id: &str,
 ) -> Result<(), StoreError> {
     query(END_BROWSER_SESSIONS_SQL)
         .bind(user_id)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+/// Signs an identity out of every browser, in the caller's transaction.
+async fn end_identity_browser_sessions(
+    tx: &mut impl Exec,
+    identity_id: &str,
+) -> Result<(), StoreError> {
+    query("DELETE FROM browser_sessions WHERE identity_id = $1")
+        .bind(identity_id)
         .execute(tx)
         .await?;
     Ok(())

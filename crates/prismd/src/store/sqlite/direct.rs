@@ -247,27 +247,29 @@ fn principal_record(row: &Row<'_>) -> rusqlite::Result<PrincipalRecord> {
         external_id: row.get(10)?,
         dark_mode: row.get(11)?,
         dark_mode_sync_with_os: row.get(12)?,
+        identity_id: row.get(13)?,
+        joined_at: row.get(14)?,
     };
     // No session row (unknown, or someone else's): the LEFT JOIN gave NULLs.
-    let session_id: Option<String> = row.get(16)?;
+    let session_id: Option<String> = row.get(18)?;
     let session_revoked_at = match session_id {
-        Some(_) => Some(row.get::<_, Option<i64>>(17)?),
+        Some(_) => Some(row.get::<_, Option<i64>>(19)?),
         None => None,
     };
     Ok(PrincipalRecord {
         org: Organization {
             id: user.org_id.clone(),
-            name: row.get(13)?,
-            tenant_id: row.get(14)?,
-            created_at: row.get(15)?,
+            name: row.get(15)?,
+            tenant_id: row.get(16)?,
+            created_at: row.get(17)?,
         },
         user,
         session_revoked_at,
-        session_created_at: row.get(18)?,
-        session_last_used_at: row.get(19)?,
+        session_created_at: row.get(20)?,
+        session_last_used_at: row.get(21)?,
         policy: SessionPolicy {
-            idle_expiry_secs: row.get(20)?,
-            max_age_secs: row.get(21)?,
+            idle_expiry_secs: row.get(22)?,
+            max_age_secs: row.get(23)?,
         },
     })
 }
@@ -305,7 +307,7 @@ mod tests {
     ];
 
     /// [`PRINCIPAL_SQL`]'s columns, in order.
-    const PRINCIPAL_COLUMNS: [&str; 22] = [
+    const PRINCIPAL_COLUMNS: [&str; 24] = [
         "id",
         "org_id",
         "email",
@@ -319,6 +321,8 @@ mod tests {
         "external_id",
         "dark_mode",
         "dark_mode_sync_with_os",
+        "identity_id",
+        "joined_at",
         "org_name",
         "tenant_id",
         "org_created_at",

@@ -36,11 +36,19 @@ use crate::store::group_commit::{PendingRevokes, Request, Revoke, RevokeQueue, U
 use crate::store::sql::audit::INSERT_AUDIT_SQL;
 use crate::store::sql::tokens::REFRESH_GRANT_SQL;
 use crate::store::sql::users::END_BROWSER_SESSIONS_SQL;
-use crate::store::{RevokedAll, StoreError};
+use crate::store::{AuditEvent, RevokedAll, StoreError};
 
 /// Moves a user's epoch on from the one the revoke was decided at.
 const MOVE_EPOCH_SQL: &str = "UPDATE users SET token_epoch = token_epoch + 1, updated_at = $3 \
      WHERE id = $1 AND token_epoch = $2 AND removed_at IS NULL";
+
+/// The other active members of a member's (`$1`) identity, with their organizations.
+const SIBLINGS_SQL: &str = "SELECT s.id, s.org_id FROM users s JOIN users me \
+     ON me.identity_id = s.identity_id WHERE me.id = $1 AND s.id <> me.id AND s.removed_at IS NULL";
+
+/// Moves a sibling's epoch, whatever it was.
+const MOVE_SIBLING_EPOCH_SQL: &str =
+    "UPDATE users SET token_epoch = token_epoch + 1, updated_at = $2 WHERE id = $1";
 
 /// Starts the revoke thread on the database at `path` (which must exist, migrated and in WAL
 /// mode); `gate` is the store's write gate.
@@ -145,10 +153,19 @@ fn revoke_in_one_transaction(
     let mut outcomes = Vec::with_capacity(decided.len());
     for revoke in decided {
         outcomes.push(match revoke {
-            Some(revoke) => Some(RevokedAll {
-                moved: move_epoch(&tx, &revoke)?,
-                user_id: revoke.user_id,
-            }),
+            Some(revoke) => {
+                let moved = move_epoch(&tx, &revoke)?;
+                let siblings = if moved && revoke.whole_identity {
+                    move_sibling_epochs(&tx, &revoke)?
+                } else {
+                    Vec::new()
+                };
+                Some(RevokedAll {
+                    moved,
+                    user_id: revoke.user_id,
+                    siblings,
+                })
+            }
             None => None,
         });
     }
@@ -169,7 +186,38 @@ fn move_epoch(tx: &Transaction<'_>, revoke: &UserRevoke) -> rusqlite::Result<boo
     }
     tx.prepare_cached(END_BROWSER_SESSIONS_SQL)?
         .execute(named_params! { "$1": revoke.user_id })?;
-    let event = &revoke.audit;
+    insert_audit(tx, &revoke.audit)?;
+    Ok(true)
+}
+
+/// After [`move_epoch`] moved a person's own member: moves the epochs of the identity's other
+/// active members too, each audited in its organization. Returns their ids.
+fn move_sibling_epochs(tx: &Transaction<'_>, revoke: &UserRevoke) -> rusqlite::Result<Vec<String>> {
+    let siblings: Vec<(String, String)> = tx
+        .prepare_cached(SIBLINGS_SQL)?
+        .query_map(named_params! { "$1": revoke.user_id }, |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    for (sibling, org_id) in &siblings {
+        tx.prepare_cached(MOVE_SIBLING_EPOCH_SQL)?
+            .execute(named_params! {
+                "$1": sibling,
+                "$2": revoke.audit.at,
+            })?;
+        insert_audit(
+            tx,
+            &AuditEvent {
+                org_id: Some(org_id.clone()),
+                subject_user_id: Some(sibling.clone()),
+                ..revoke.audit.clone()
+            },
+        )?;
+    }
+    Ok(siblings.into_iter().map(|(id, _)| id).collect())
+}
+
+fn insert_audit(tx: &Transaction<'_>, event: &AuditEvent) -> rusqlite::Result<()> {
     tx.prepare_cached(INSERT_AUDIT_SQL)?
         .execute(named_params! {
             "$1": event.at,
@@ -181,5 +229,5 @@ fn move_epoch(tx: &Transaction<'_>, revoke: &UserRevoke) -> rusqlite::Result<boo
             "$7": event.user_agent,
             "$8": event.detail,
         })?;
-    Ok(true)
+    Ok(())
 }
