@@ -5,11 +5,15 @@ use std::io::{BufRead, Write};
 
 use serde_json::{Value, json};
 
+use prism_proto::wire::TokenResponse;
+
 use crate::config::{self, Config};
+use crate::env;
 use crate::error::{Error, Result};
 use crate::login;
 use crate::session::{self, Ctx, Meta, Session};
 use crate::table::{self, Column, TableFlags};
+use crate::tenants::{self, Selection};
 use crate::{TokenType, fail};
 
 pub const AM_I_LOGGED_IN: &str = "query { authenticatedUser { id } }";
@@ -59,13 +63,17 @@ pub fn login(ctx: &Ctx, force: bool, print_url: bool, device: bool) -> Result<()
     let mut config = config::load(&path)?.unwrap_or_default();
     let name = config.selected_name(ctx.profile.as_deref());
     let url = session::env_url();
-    if !force && config.profiles.contains_key(&name) {
-        let same_url = config.profiles.get(&name).is_some_and(|p| {
-            p.prismatic_url
-                .as_deref()
-                .is_none_or(|u| session::normalize_url(u) == url)
-        });
-        if same_url {
+    // A prism-auth addition: PRISMATIC_TENANT_ID chooses the organization without a prompt.
+    let wanted = env::var(env::PRISMATIC_TENANT_ID);
+    if !force && let Some(existing) = config.profiles.get(&name) {
+        let same_url = existing
+            .prismatic_url
+            .as_deref()
+            .is_none_or(|u| session::normalize_url(u) == url);
+        let same_tenant = wanted
+            .as_deref()
+            .is_none_or(|w| existing.tenant_id.as_deref() == Some(w));
+        if same_url && same_tenant {
             let mut existing = Session::from_profile(name.clone(), path.clone(), config.clone())?;
             if existing.graphql(ctx, AM_I_LOGGED_IN, json!({})).is_ok() {
                 ctx.say(&format!("Already logged in to '{name}'."));
@@ -76,7 +84,7 @@ pub fn login(ctx: &Ctx, force: bool, print_url: bool, device: bool) -> Result<()
         }
     }
     let meta = Meta::fetch(&ctx.http, &url)?;
-    let tokens = if device {
+    let mut tokens = if device {
         login::device(ctx, &meta)?
     } else {
         login::browser(ctx, &meta, print_url)?
@@ -86,27 +94,7 @@ pub fn login(ctx: &Ctx, force: bool, print_url: bool, device: bool) -> Result<()
             "The server issued no refresh token (scope offline_access was refused); cannot save a session."
         );
     }
-    let mut fresh = Session::transient(&url, &tokens, meta);
-    let tenants = fresh.graphql(ctx, LIST_USER_TENANTS, json!({}))?;
-    let whoami = fresh.graphql(ctx, WHOAMI, json!({}))?;
-    let tenant_id = whoami["authenticatedUser"]["tenantId"]
-        .as_str()
-        .map(str::to_owned);
-    let active = tenants["listUserTenants"]["nodes"]
-        .as_array()
-        .map(|nodes| {
-            nodes
-                .iter()
-                .filter(|n| n["systemSuspended"] != Value::Bool(true))
-                .count()
-        })
-        .unwrap_or(0);
-    if active > 1 && !ctx.quiet {
-        eprintln!(
-            "You belong to {active} tenants; this profile uses tenant '{}'. Set PRISMATIC_TENANT_ID to use another.",
-            tenant_id.as_deref().unwrap_or("")
-        );
-    }
+    let tenant_id = choose_tenant(ctx, &url, &meta, &name, &mut tokens, wanted.as_deref())?;
     config
         .profiles
         .insert(name.clone(), session::profile_from(tokens, &url, tenant_id));
@@ -116,6 +104,83 @@ pub fn login(ctx: &Ctx, force: bool, print_url: bool, device: bool) -> Result<()
     config::save(&path, &config)?;
     ctx.say(&format!("Logged in to '{name}'."));
     Ok(())
+}
+
+/// After the code exchange, as the official client does: `ListUserTenants` and `whoami`; with
+/// more than one active tenant, a prompt (see [`tenants`]) and a refresh with the chosen
+/// `tenant_id`. `wanted` (PRISMATIC_TENANT_ID) skips the list and the prompt. Returns the
+/// profile's `tenantId`; `tokens` become those of the chosen tenant.
+fn choose_tenant(
+    ctx: &Ctx,
+    url: &str,
+    meta: &Meta,
+    profile: &str,
+    tokens: &mut TokenResponse,
+    wanted: Option<&str>,
+) -> Result<Option<String>> {
+    let chosen = match wanted {
+        Some(wanted) => wanted.to_owned(),
+        None => {
+            let mut fresh = Session::transient(url, tokens, meta.clone(), None);
+            let list = tenants::from_data(&fresh.graphql(ctx, LIST_USER_TENANTS, json!({}))?);
+            let whoami = fresh.graphql(ctx, WHOAMI, json!({}))?;
+            let current = whoami["authenticatedUser"]["tenantId"].as_str();
+            match tenants::select(&list, current) {
+                Selection::Keep => return Ok(current.map(str::to_owned)),
+                Selection::NoneActive => fail!(
+                    "Your organization (tenant '{}') is suspended and you belong to no other active one; nothing was saved. Ask the server's operator.",
+                    current.unwrap_or_default()
+                ),
+                Selection::Only(tenant) => {
+                    if !ctx.quiet {
+                        eprintln!(
+                            "Tenant '{}' is suspended; using {} [{}].",
+                            current.unwrap_or_default(),
+                            tenant.org_name,
+                            tenant.tenant_id
+                        );
+                    }
+                    tenant.tenant_id.clone()
+                }
+                Selection::Choose(choices) => tenants::prompt(&choices, current, profile)?,
+            }
+        }
+    };
+    let hint = if wanted.is_some() {
+        "PRISMATIC_TENANT_ID must be the tenant ID of one of your organizations (unset it to choose from a list)"
+    } else {
+        "run 'prism login' again"
+    };
+    let refresh = tokens.refresh_token.clone().unwrap_or_default();
+    let switched = match meta.refresh(&ctx.http, &refresh, Some(&chosen)) {
+        Ok(Ok(switched)) => switched,
+        Ok(Err(body)) => fail!(
+            "Could not switch to tenant '{chosen}' ({}: {}); nothing was saved. {hint}.",
+            body.error,
+            body.error_description
+        ),
+        Err(e) => fail!("{e}\nNothing was saved; {hint}."),
+    };
+    // The refresh token stays the same unless the server rotated it.
+    let refresh_token = switched
+        .refresh_token
+        .clone()
+        .filter(|r| !r.is_empty())
+        .or_else(|| tokens.refresh_token.take());
+    *tokens = TokenResponse {
+        refresh_token,
+        ..switched
+    };
+    let mut fresh = Session::transient(url, tokens, meta.clone(), Some(&chosen));
+    let whoami = fresh.graphql(ctx, WHOAMI, json!({}))?;
+    let reported = whoami["authenticatedUser"]["tenantId"].as_str();
+    if reported != Some(chosen.as_str()) {
+        fail!(
+            "The server was asked for tenant '{chosen}' but its session is in tenant '{}'; nothing was saved.",
+            reported.unwrap_or_default()
+        );
+    }
+    Ok(Some(chosen))
 }
 
 pub fn logout(ctx: &Ctx, browser: bool) -> Result<()> {

@@ -10,6 +10,7 @@ mod http;
 mod login;
 mod session;
 mod table;
+mod tenants;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,7 +24,8 @@ Environment:
   PRISMATIC_URL          API URL (default https://app.prismatic.io)
   PRISM_ACCESS_TOKEN     use this access token (environment mode: the config file is not used)
   PRISM_REFRESH_TOKEN    use this refresh token (environment mode)
-  PRISMATIC_TENANT_ID    tenant to request when refreshing
+  PRISMATIC_TENANT_ID    tenant (organization) for environment credentials, and the one
+                         'prism login' chooses without asking
   PRISM_PROFILE          profile to use (like --profile)
   PRISM_CONFIG_FILE      config file (default ~/.config/prism/config.yml)
   SSL_CERT_FILE, NODE_EXTRA_CA_CERTS   extra CA certificate (like --ca-cert)
@@ -75,6 +77,13 @@ pub enum Shell {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Log in through the browser and save the session in a profile
+    #[command(
+        long_about = "Log in through the browser and save the session in a profile.\n\n\
+        When you belong to more than one organization, prism lists them on stderr and reads \
+        your choice from stdin (a number from the list or a tenant ID; an empty line keeps the \
+        current one; it can be piped). With PRISMATIC_TENANT_ID set, that tenant is used \
+        without asking."
+    )]
     Login {
         /// Log in again even when the profile has a working session
         #[arg(short, long)]

@@ -85,10 +85,61 @@ impl Meta {
             .map_err(|_| Error::new(format!("{url} answered HTTP {}", reply.status)))
     }
 
+    /// `grant_type=refresh_token`, with `tenant_id` when one is given. `access_denied` (a
+    /// tenant the identity is not a member of) is the official client's message; other OAuth
+    /// errors come back as `Ok(Err(body))`.
+    pub fn refresh(
+        &self,
+        http: &Http,
+        refresh_token: &str,
+        tenant: Option<&str>,
+    ) -> Result<std::result::Result<TokenResponse, OAuthErrorBody>> {
+        let form = refresh_form(&self.client_id, refresh_token, tenant);
+        match self.token_call(http, &form)? {
+            Err(body) if body.error == "access_denied" => {
+                Err(access_denied(tenant, &body.error_description))
+            }
+            other => Ok(other),
+        }
+    }
+
     /// Like [`Meta::token_call`], with an OAuth error turned into `error: description`.
     pub fn token_request(&self, http: &Http, form: &[(&str, &str)]) -> Result<TokenResponse> {
         self.token_call(http, form)?
             .map_err(|body| Error::new(format!("{}: {}", body.error, body.error_description)))
+    }
+}
+
+/// The form of a refresh: `grant_type=refresh_token&client_id=..&refresh_token=..`, and
+/// `&tenant_id=..` when a (non-empty) tenant is given.
+pub fn refresh_form<'a>(
+    client_id: &'a str,
+    refresh_token: &'a str,
+    tenant: Option<&'a str>,
+) -> Vec<(&'static str, &'a str)> {
+    let mut form = vec![
+        ("grant_type", "refresh_token"),
+        ("client_id", client_id),
+        ("refresh_token", refresh_token),
+    ];
+    if let Some(tenant) = tenant.filter(|t| !t.is_empty()) {
+        form.push(("tenant_id", tenant));
+    }
+    form
+}
+
+/// The official client's message for an `access_denied` refresh.
+pub fn access_denied(tenant: Option<&str>, description: &str) -> Error {
+    let description = if description.is_empty() {
+        "You do not have access to the specified tenant."
+    } else {
+        description
+    };
+    match tenant.filter(|t| !t.is_empty()) {
+        Some(tenant) => Error::new(format!(
+            "Access denied for tenant ID '{tenant}'. {description}"
+        )),
+        None => Error::new(format!("Access denied. {description}")),
     }
 }
 
@@ -194,24 +245,39 @@ impl Session {
                 "PRISMATIC_URL does not match profile '{name}'."
             )));
         }
+        // As in the official client, a profile refreshes with its own tenant;
+        // PRISMATIC_TENANT_ID is for environment credentials and for choosing one at login.
+        if let Some(from_env) = env::var(env::PRISMATIC_TENANT_ID)
+            && profile.tenant_id.as_deref() != Some(from_env.as_str())
+        {
+            let uses = match profile.tenant_id.as_deref() {
+                Some(tenant) => format!("which uses tenant '{tenant}'"),
+                None => "which has no tenant ID".to_owned(),
+            };
+            eprintln!(
+                "Warning: PRISMATIC_TENANT_ID ('{from_env}') is not used with profile '{name}', \
+                 {uses}; run 'prism login -f' with it set to switch the profile."
+            );
+        }
         Ok(Self {
             url,
             access: non_empty(&profile.access_token),
             refresh: non_empty(&profile.refresh_token),
-            tenant_id: env::var(env::PRISMATIC_TENANT_ID).or(profile.tenant_id.clone()),
+            tenant_id: profile.tenant_id.clone(),
             source: Source::Profile { name, path, config },
             meta: None,
         })
     }
 
-    /// Fresh tokens that are not saved anywhere (during login).
-    pub fn transient(url: &str, tokens: &TokenResponse, meta: Meta) -> Self {
+    /// Fresh tokens that are not saved anywhere (during login), for `tenant` when the login
+    /// switched to one.
+    pub fn transient(url: &str, tokens: &TokenResponse, meta: Meta, tenant: Option<&str>) -> Self {
         Self {
             url: url.to_owned(),
             source: Source::Environment,
             access: Some(tokens.access_token.clone()),
             refresh: tokens.refresh_token.clone(),
-            tenant_id: None,
+            tenant_id: tenant.map(str::to_owned),
             meta: Some(meta),
         }
     }
@@ -257,23 +323,8 @@ impl Session {
         let refresh = self.refresh.clone().ok_or_else(Error::not_logged_in)?;
         let tenant = self.tenant_id.clone();
         let meta = self.meta(&ctx.http)?.clone();
-        let mut form = vec![
-            ("grant_type", "refresh_token"),
-            ("client_id", meta.client_id.as_str()),
-            ("refresh_token", refresh.as_str()),
-        ];
-        if let Some(tenant) = tenant.as_deref() {
-            form.push(("tenant_id", tenant));
-        }
-        let response = match meta.token_call(&ctx.http, &form)? {
+        let response = match meta.refresh(&ctx.http, &refresh, tenant.as_deref())? {
             Ok(response) => response,
-            Err(body) if body.error == "access_denied" => {
-                return Err(Error::new(format!(
-                    "Access denied for tenant ID '{}'. {}",
-                    tenant.unwrap_or_default(),
-                    body.error_description
-                )));
-            }
             Err(body) => {
                 let what = match self.source {
                     Source::Environment => "check PRISM_REFRESH_TOKEN",
@@ -286,15 +337,18 @@ impl Session {
             }
         };
         self.access = Some(response.access_token.clone());
+        let rotated = response.refresh_token.filter(|r| !r.is_empty());
+        if let Some(rotated) = &rotated {
+            self.refresh = Some(rotated.clone());
+        }
         if let Source::Profile { name, path, config } = &mut self.source {
             if let Some(profile) = config.profiles.get_mut(name.as_str()) {
                 profile.access_token = response.access_token;
                 profile.expires_in = response.expires_in;
                 profile.scope = response.scope;
                 profile.token_type = response.token_type;
-                if let Some(rotated) = response.refresh_token {
-                    profile.refresh_token = rotated.clone();
-                    self.refresh = Some(rotated);
+                if let Some(rotated) = rotated {
+                    profile.refresh_token = rotated;
                 }
             }
             config::save(path, config)?;
@@ -399,5 +453,31 @@ mod tests {
         assert_eq!(jwt_exp(&format!("x.{payload}.y")), Some(1234));
         assert_eq!(jwt_exp("not-a-jwt"), None);
         Ok(())
+    }
+
+    #[test]
+    fn refresh_form_carries_a_tenant_only_when_given() {
+        let base = [
+            ("grant_type", "refresh_token"),
+            ("client_id", "prism-cli"),
+            ("refresh_token", "rt"),
+        ];
+        assert_eq!(refresh_form("prism-cli", "rt", None), base.to_vec());
+        assert_eq!(refresh_form("prism-cli", "rt", Some("")), base.to_vec());
+        let mut with_tenant = base.to_vec();
+        with_tenant.push(("tenant_id", "t-2"));
+        assert_eq!(refresh_form("prism-cli", "rt", Some("t-2")), with_tenant);
+    }
+
+    #[test]
+    fn access_denied_reads_like_the_official_client() {
+        assert_eq!(
+            access_denied(Some("t-9"), "not a member").to_string(),
+            "Access denied for tenant ID 't-9'. not a member"
+        );
+        assert_eq!(
+            access_denied(None, "").to_string(),
+            "Access denied. You do not have access to the specified tenant."
+        );
     }
 }

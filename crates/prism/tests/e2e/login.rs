@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use crate::harness::{Home, PRISM, Res, Server, TestResult, ok};
 
 /// Decoded query parameters of a URL.
-fn query(url: &str) -> Vec<(String, String)> {
+pub fn query(url: &str) -> Vec<(String, String)> {
     let query = url.split_once('?').map(|(_, q)| q).unwrap_or("");
     query
         .split('&')
@@ -39,7 +39,7 @@ fn decode(value: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
     params
         .iter()
         .find(|(k, _)| k == name)
@@ -47,7 +47,7 @@ fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
 }
 
 /// Plays the browser: opens `authorize_url`, signs in, returns the redirect's Location.
-fn sign_in(server: &Server, authorize_url: &str, email: &str, password: &str) -> Res<String> {
+pub fn sign_in(server: &Server, authorize_url: &str, email: &str, password: &str) -> Res<String> {
     let browser = server.browser()?;
     let mut page = browser.get(authorize_url).call()?;
     assert_eq!(page.status().as_u16(), 200);

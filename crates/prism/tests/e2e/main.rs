@@ -4,4 +4,5 @@ mod harness;
 mod login;
 mod modes;
 mod sessions;
+mod tenants;
 mod users;
