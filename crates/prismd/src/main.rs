@@ -328,6 +328,9 @@ impl LimitArgs {
             login_address: policy(self.login_address_max_failures),
             refresh_address: policy(self.refresh_address_max_failures),
             device_address: policy(self.device_address_max_failures),
+            // Reset mails are few by nature: fixed, not flags (docs/security.md, "Limits").
+            reset_account: policy(3),
+            reset_address: policy(10),
         }
     }
 }

@@ -393,11 +393,13 @@ impl TokenMetrics {
 }
 
 /// The limits in the order of [`Metrics::limit_index`].
-const LIMIT_KINDS: [LimitKind; 4] = [
+const LIMIT_KINDS: [LimitKind; 6] = [
     LimitKind::LoginAccount,
     LimitKind::LoginAddress,
     LimitKind::RefreshAddress,
     LimitKind::DeviceAddress,
+    LimitKind::ResetAccount,
+    LimitKind::ResetAddress,
 ];
 
 /// Everything `/metrics` shows: what the server counts, and where it reads the gauges from.
@@ -458,6 +460,8 @@ impl Metrics {
             LimitKind::LoginAddress => 1,
             LimitKind::RefreshAddress => 2,
             LimitKind::DeviceAddress => 3,
+            LimitKind::ResetAccount => 4,
+            LimitKind::ResetAddress => 5,
         }
     }
 

@@ -24,6 +24,8 @@ pub enum SignInPage {
     Authorize,
     /// The device approval page (`/device`).
     Device,
+    /// The password change page (`/account/password`), which checks the current one.
+    ChangePassword,
 }
 
 impl SignInPage {
@@ -31,6 +33,7 @@ impl SignInPage {
         match self {
             Self::Authorize => "authorize",
             Self::Device => "device",
+            Self::ChangePassword => "change_password",
         }
     }
 }

@@ -19,6 +19,10 @@ pub enum LimitKind {
     RefreshAddress,
     /// Wrong device user codes from one address.
     DeviceAddress,
+    /// Password-reset mails asked for one account (counted per request, not per failure).
+    ResetAccount,
+    /// Password-reset mails asked for from one address.
+    ResetAddress,
 }
 
 impl LimitKind {
@@ -28,6 +32,8 @@ impl LimitKind {
             Self::LoginAddress => "login_address",
             Self::RefreshAddress => "refresh_address",
             Self::DeviceAddress => "device_address",
+            Self::ResetAccount => "reset_account",
+            Self::ResetAddress => "reset_address",
         }
     }
 }
@@ -39,6 +45,8 @@ pub struct LimitSettings {
     pub login_address: AttemptPolicy,
     pub refresh_address: AttemptPolicy,
     pub device_address: AttemptPolicy,
+    pub reset_account: AttemptPolicy,
+    pub reset_address: AttemptPolicy,
 }
 
 const MINUTE_MS: i64 = 60_000;
@@ -57,6 +65,8 @@ impl Default for LimitSettings {
             login_address: policy(20),
             refresh_address: policy(30),
             device_address: policy(10),
+            reset_account: policy(3),
+            reset_address: policy(10),
         }
     }
 }
@@ -69,6 +79,8 @@ impl LimitSettings {
             self.login_address,
             self.refresh_address,
             self.device_address,
+            self.reset_account,
+            self.reset_address,
         ]
         .iter()
         .map(|p| p.window_ms)
@@ -83,6 +95,8 @@ impl LimitSettings {
             LimitKind::LoginAddress => self.login_address,
             LimitKind::RefreshAddress => self.refresh_address,
             LimitKind::DeviceAddress => self.device_address,
+            LimitKind::ResetAccount => self.reset_account,
+            LimitKind::ResetAddress => self.reset_address,
         }
     }
 }
@@ -116,10 +130,21 @@ impl LimitKey {
         }
     }
 
+    /// The account a password-reset request names, keyed like [`LimitKey::login_account`]'s
+    /// email form whether or not it exists (the limit must not tell which emails do).
+    pub fn reset_account(email: &str) -> Self {
+        let LimitKey { key, .. } = Self::login_account(None, email);
+        Self {
+            kind: LimitKind::ResetAccount,
+            key: key.replacen("login:acct:", "reset:acct:", 1),
+        }
+    }
+
     /// The client address of a request, for a per-address kind; none without an address.
     pub fn address(kind: LimitKind, meta: &RequestMeta) -> Option<Self> {
         let prefix = match kind {
-            LimitKind::LoginAccount => return None,
+            LimitKind::LoginAccount | LimitKind::ResetAccount => return None,
+            LimitKind::ResetAddress => "reset:addr",
             LimitKind::LoginAddress => "login:addr",
             LimitKind::RefreshAddress => "refresh:addr",
             LimitKind::DeviceAddress => "device:addr",

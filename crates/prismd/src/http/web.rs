@@ -30,7 +30,7 @@ fn cookie_name(name: &'static str, secure: bool) -> std::borrow::Cow<'static, st
     }
 }
 
-const SESSION_COOKIE: &str = "prism_session";
+pub(super) const SESSION_COOKIE: &str = "prism_session";
 const CSRF_COOKIE: &str = "prism_csrf";
 const INVITE_CSRF_COOKIE: &str = "prism_invite_csrf";
 
@@ -55,7 +55,7 @@ static CSP: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// Escapes text for HTML element content and quoted attribute values.
-fn escape(text: &str) -> String {
+pub(super) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -70,7 +70,7 @@ fn escape(text: &str) -> String {
     out
 }
 
-fn page(status: StatusCode, title: &str, body: &str) -> Response {
+pub(super) fn page(status: StatusCode, title: &str, body: &str) -> Response {
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
@@ -100,7 +100,7 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
 }
 
 /// An error page; a 503 (the database is unavailable) also says when to try again.
-fn error_page(status: StatusCode, message: &str) -> Response {
+pub(super) fn error_page(status: StatusCode, message: &str) -> Response {
     let mut response = page(
         status,
         "Sign-in problem",
@@ -119,12 +119,14 @@ fn error_page(status: StatusCode, message: &str) -> Response {
 }
 
 /// 429: too many failures; the page and `Retry-After` say when to try again.
-fn too_many_page(state: &AppState, kinds: &[LimitKind], retry_after_secs: u64) -> Response {
+pub(super) fn too_many_page(state: &AppState, kinds: &[LimitKind], retry_after_secs: u64) -> Response {
     if let Some(kind) = kinds.first() {
         state.metrics.limit_trip(*kind);
     }
     let what = if kinds.contains(&LimitKind::DeviceAddress) {
         "Too many wrong codes"
+    } else if kinds.contains(&LimitKind::ResetAccount) {
+        "Too many password-reset requests"
     } else {
         "Too many failed sign-ins"
     };
@@ -149,7 +151,7 @@ fn login_keys(identity: Option<&Identity>, email: &str, meta: &RequestMeta) -> V
 /// Before a password is checked: refused (a page) when the account or the address is locked.
 /// A locked sign-in never reaches Argon2, so the right password during a lock is refused the
 /// same way as a wrong one (no oracle) and costs the server nothing.
-async fn login_locked(state: &AppState, keys: &[LimitKey]) -> Option<Response> {
+pub(super) async fn login_locked(state: &AppState, keys: &[LimitKey]) -> Option<Response> {
     match state.limits().check(keys).await {
         Ok(Verdict::Allowed) => None,
         Ok(Verdict::Locked { retry_after_secs }) => {
@@ -263,7 +265,7 @@ async fn login_succeeded(
 /// Checks a typed email and password with the limits around it: `Ok(identity)` signed in,
 /// `Err(page)` otherwise (locked, wrong, or the database is away). `retry` shows the form
 /// again with an error.
-async fn sign_in_with_password(
+pub(super) async fn sign_in_with_password(
     state: &AppState,
     email: &str,
     password: &str,
@@ -318,7 +320,8 @@ fn login_page(request: &AuthorizeParams, csrf: &str, email: &str, error: Option<
          <input id=\"email\" name=\"email\" type=\"email\" autocomplete=\"username\" required autofocus value=\"{email}\">\
          <label for=\"password\">Password</label>\
          <input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
-         <button type=\"submit\">Sign in</button></form>",
+         <button type=\"submit\">Sign in</button></form>\
+         <p><a href=\"/forgot\">Forgot password?</a> · <a href=\"/account/password\">Change password</a></p>",
         csrf = escape(csrf),
         email = escape(email),
     );
@@ -365,7 +368,7 @@ fn continue_page(request: &AuthorizeParams, csrf: &str, email: &str) -> Response
 }
 
 /// Sets one of our cookies (always `Path=/`, `HttpOnly`; `Secure` and `__Host-` over HTTPS).
-fn set_cookie(
+pub(super) fn set_cookie(
     response: &mut Response,
     name: &'static str,
     value: &str,
@@ -385,13 +388,13 @@ fn set_cookie(
 }
 
 /// Reads one of our cookies under the name it has in this mode.
-fn our_cookie<'a>(headers: &'a HeaderMap, name: &'static str, secure: bool) -> Option<&'a str> {
+pub(super) fn our_cookie<'a>(headers: &'a HeaderMap, name: &'static str, secure: bool) -> Option<&'a str> {
     cookie(headers, &cookie_name(name, secure))
 }
 
 /// Double-submit CSRF check: the form field must equal our cookie (compared in constant
 /// time). Returns the 403 page, saying `start_over`, when it does not.
-fn refuse_forged_form(
+pub(super) fn refuse_forged_form(
     state: &AppState,
     headers: &HeaderMap,
     cookie_name: &'static str,
@@ -406,7 +409,7 @@ fn refuse_forged_form(
 }
 
 /// The request's live browser session, if any.
-async fn signed_in(state: &AppState, headers: &HeaderMap) -> Option<BrowserSession> {
+pub(super) async fn signed_in(state: &AppState, headers: &HeaderMap) -> Option<BrowserSession> {
     let session = our_cookie(headers, SESSION_COOKIE, state.web.secure_cookies)?;
     state.auth.browser_session(session).await.ok().flatten()
 }

@@ -13,6 +13,7 @@ mod first_start_race;
 mod flows;
 mod graphql;
 mod harness;
+mod identities;
 mod jwt_attacks;
 mod keys;
 mod keys_at_rest;
