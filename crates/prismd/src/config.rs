@@ -3,10 +3,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::domain::cleanup::CleanupPolicy;
 use crate::domain::limits::LimitSettings;
+use crate::mail::Mailer;
 use crate::store::{CacheSettings, OpenOptions, PgPoolSettings};
 use crate::tls::TlsSource;
 use crate::tokens::{AtRest, RetiredKeyWindow};
@@ -64,6 +66,8 @@ pub struct ServeConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Abuse limits on failed logins, device codes and refresh tokens.
     pub limits: LimitSettings,
+    /// Outgoing email (`--smtp-url`, `--mail-from`); `None`: no mail is sent.
+    pub mail: Option<Arc<Mailer>>,
 }
 
 impl ServeConfig {
@@ -95,6 +99,7 @@ impl ServeConfig {
             logout_return_to: vec!["https://prismatic.io".to_owned()],
             metrics_listen: None,
             limits: LimitSettings::default(),
+            mail: None,
         }
     }
 

@@ -7,6 +7,7 @@ pub mod domain;
 mod files;
 pub mod first_start;
 pub mod http;
+pub mod mail;
 pub mod metrics;
 pub mod store;
 pub mod telemetry;
@@ -182,7 +183,10 @@ pub async fn serve(
         None => http::MetricsExposure::Here,
     };
     let app = http::router(
-        http::AppState::new(auth.clone(), web, metrics.clone()),
+        http::AppState {
+            mail: config.mail.clone(),
+            ..http::AppState::new(auth.clone(), web, metrics.clone())
+        },
         config.request_timeout,
         exposure,
     );

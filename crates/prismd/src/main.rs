@@ -7,11 +7,13 @@ mod reference;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use prismd::config::ServeConfig;
 use prismd::domain::limits::LimitSettings;
+use prismd::mail::{Mail, Mailer};
 use prismd::store::{AttemptPolicy, Backend, CacheSettings, PgPoolSettings};
 use prismd::telemetry::{self, LogFormat};
 use prismd::tls::TlsSource;
@@ -88,6 +90,9 @@ enum Command {
     /// Rotate, re-seal and list the signing keys of access tokens.
     #[command(subcommand)]
     Keys(admin::KeysCommand),
+    /// Send one test message with the email settings `serve` would use (--smtp-url,
+    /// --mail-from); prints `sent`, or the error and exits with 1.
+    MailTest(MailTestArgs),
     /// Print generated documentation (hidden: for the repository's docs/).
     #[command(subcommand, hide = true)]
     Reference(ReferenceCommand),
@@ -275,6 +280,74 @@ struct ServeArgs {
 
     #[command(flatten)]
     limits: LimitArgs,
+
+    #[command(flatten)]
+    mail: MailArgs,
+}
+
+/// Outgoing email: `serve` and `mail-test` take the same settings.
+#[derive(Args)]
+struct MailArgs {
+    /// SMTP server that sends email (invitations, password resets):
+    /// `smtp://[user:password@]host[:port]` (STARTTLS required, port 587),
+    /// `?tls=opportunistic` (STARTTLS if offered), `?tls=none` (plain text, port 25; for a
+    /// relay on this machine), or `smtps://...` (TLS from the first byte, port 465).
+    /// %-encode special characters of the user and password. Needs --mail-from. Logs and
+    /// errors show it with the password as `***`; prefer the variable to the flag, which every
+    /// local user can see. Without it no email is sent.
+    #[arg(long, env = "PRISMD_SMTP_URL", hide_env_values = true)]
+    smtp_url: Option<String>,
+
+    /// Sender of every message: `auth@example.com` or `Prism Auth <auth@example.com>`. Needs
+    /// --smtp-url.
+    #[arg(long, env = "PRISMD_MAIL_FROM")]
+    mail_from: Option<String>,
+
+    /// PEM file of CA certificates to trust for the SMTP server's certificate, besides the
+    /// public web CAs (Mozilla's list, built in).
+    #[arg(long, env = "PRISMD_SMTP_CA_FILE")]
+    smtp_ca_file: Option<PathBuf>,
+}
+
+impl MailArgs {
+    /// The mailer, `None` when neither --smtp-url nor --mail-from is set; one without the
+    /// other is an error, not a server that silently sends nothing.
+    fn mailer(&self) -> anyhow::Result<Option<Mailer>> {
+        match (&self.smtp_url, &self.mail_from) {
+            (None, None) => {
+                if self.smtp_ca_file.is_some() {
+                    anyhow::bail!(
+                        "--smtp-ca-file (PRISMD_SMTP_CA_FILE) is set but --smtp-url \
+                         (PRISMD_SMTP_URL) is not"
+                    );
+                }
+                Ok(None)
+            }
+            (Some(_), None) => anyhow::bail!(
+                "--smtp-url (PRISMD_SMTP_URL) is set but --mail-from (PRISMD_MAIL_FROM) is not: \
+                 give both to send email, or neither"
+            ),
+            (None, Some(_)) => anyhow::bail!(
+                "--mail-from (PRISMD_MAIL_FROM) is set but --smtp-url (PRISMD_SMTP_URL) is not: \
+                 give both to send email, or neither"
+            ),
+            (Some(url), Some(from)) => Ok(Some(Mailer::with_ca_file(
+                url,
+                from,
+                self.smtp_ca_file.as_deref(),
+            )?)),
+        }
+    }
+}
+
+#[derive(Args)]
+struct MailTestArgs {
+    /// Address to send the test message to.
+    #[arg(long)]
+    to: String,
+
+    #[command(flatten)]
+    mail: MailArgs,
 }
 
 /// Abuse limits: failures counted per key (shared by every replica on one database); the
@@ -403,10 +476,13 @@ fn main() -> ExitCode {
             let at_rest = key_at_rest(&CURRENT_KEK, cli.key_encryption_key_file.as_deref())?;
             return run_server(cli.data_dir, cli.database_url, at_rest, *args).await;
         }
+        if let Command::MailTest(args) = cli.command {
+            return mail_test(args).await;
+        }
         let backend = Backend::from_url(cli.database_url.as_deref(), &cli.data_dir)?;
         match cli.command {
             // Handled above.
-            Command::Serve(_) | Command::Reference(_) => Ok(()),
+            Command::Serve(_) | Command::Reference(_) | Command::MailTest(_) => Ok(()),
             Command::Users(command) => {
                 admin::users(&backend, cli.tenant_id.as_deref(), command).await
             }
@@ -492,6 +568,34 @@ fn rotation_period(period: Duration, floor: Duration) -> anyhow::Result<Option<D
     Ok(Some(period))
 }
 
+/// `prismd mail-test`: one message through the configured server, so an operator sees at
+/// once whether the SMTP settings work (the error names the server, never the password).
+async fn mail_test(args: MailTestArgs) -> anyhow::Result<()> {
+    let Some(mailer) = args.mail.mailer()? else {
+        anyhow::bail!(
+            "mail-test needs --smtp-url (PRISMD_SMTP_URL) and --mail-from (PRISMD_MAIL_FROM)"
+        );
+    };
+    // The error is printed below; the server's "mail not sent" warning would repeat it.
+    use tracing::instrument::WithSubscriber;
+    mailer
+        .send(Mail {
+            to: args.to,
+            subject: "prism-auth test message".into(),
+            text: format!(
+                "This is a test message from prism-auth (`prismd mail-test`).\n\n\
+                 It went through {} from {}: invitations and password resets will be sent \
+                 the same way.\n",
+                mailer.shown_url(),
+                mailer.from()
+            ),
+        })
+        .with_subscriber(tracing::subscriber::NoSubscriber::default())
+        .await?;
+    println!("sent");
+    Ok(())
+}
+
 async fn run_server(
     data_dir: PathBuf,
     database_url: Option<String>,
@@ -500,6 +604,17 @@ async fn run_server(
 ) -> anyhow::Result<()> {
     let key_rotation_period =
         rotation_period(args.key_rotation_period, args.key_rotation_period_floor)?;
+    let mail = args.mail.mailer()?.map(Arc::new);
+    match &mail {
+        Some(mailer) => tracing::info!(
+            smtp = %mailer.shown_url(),
+            from = %mailer.from(),
+            "email is sent through the SMTP server"
+        ),
+        None => tracing::info!(
+            "no --smtp-url: no email is sent; invitation links are shown to the inviting Admin"
+        ),
+    }
     let tls = match (args.tls_cert, args.tls_key, args.dev_tls) {
         (Some(cert), Some(key), _) => Some(TlsSource::Files { cert, key }),
         (_, _, true) => Some(TlsSource::Dev),
@@ -536,6 +651,7 @@ async fn run_server(
         logout_return_to: args.logout_return_to,
         metrics_listen: args.metrics_listen,
         limits: args.limits.settings(),
+        mail,
         ..ServeConfig::new(data_dir)
     };
     // Handlers are installed before the listener opens, so a SIGTERM that arrives while the

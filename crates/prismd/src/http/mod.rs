@@ -76,6 +76,8 @@ pub struct AppState {
     pub metadata: Arc<serde_json::Value>,
     pub web: Arc<WebSettings>,
     pub metrics: Arc<Metrics>,
+    /// Outgoing email; `None` without `--smtp-url` (then links are shown, not mailed).
+    pub mail: Option<Arc<crate::mail::Mailer>>,
 }
 
 impl AppState {
@@ -87,6 +89,7 @@ impl AppState {
             metadata,
             web: Arc::new(web),
             metrics,
+            mail: None,
         }
     }
 
