@@ -255,7 +255,7 @@ impl<'s> Accounts<'s> {
 
     /// The one rule for acting on another member: Owners and Admins manage users, and only Owners
     /// act on Owners. `verb` completes the refusal ("remove", "change", "invite").
-    async fn managed_member(
+    pub async fn managed_member(
         &self,
         actor: &User,
         user_id: &str,
@@ -370,29 +370,6 @@ impl<'s> Accounts<'s> {
             .await?
             .map_err(refused)?;
         self.member(actor, user_id).await
-    }
-
-    /// An invitation for a member of the actor's organization: Owners and Admins may, Admins not
-    /// for Owners. `delivery` says where the link goes: mailed to the member's address, or
-    /// handed to the actor, which only a brand-new identity this organization created allows.
-    pub async fn invite_member(
-        &self,
-        actor: &User,
-        user_id: &str,
-        delivery: Delivery,
-        meta: &RequestMeta,
-    ) -> Result<(String, User), DomainError> {
-        let target = self.managed_member(actor, user_id, "invite").await?;
-        let token = self
-            .create_invitation(
-                &target,
-                format!("user:{}", actor.id),
-                Some(actor),
-                delivery,
-                meta,
-            )
-            .await?;
-        Ok((token, target))
     }
 
     /// Creates a single-use invitation for `user` to set their identity's first password;

@@ -70,6 +70,10 @@ pub enum DomainError {
     /// The database is unreachable or failing; the caller may retry.
     #[error("storage unavailable: {0}")]
     Unavailable(#[from] StoreError),
+    /// A mail could not be delivered (the SMTP server refused it or did not answer); what it
+    /// was for was not done, and the caller may retry.
+    #[error("{0}")]
+    MailNotSent(String),
     /// A device-code poll that returns no tokens yet, or never will.
     #[error("{0}")]
     Device(device::DeviceError),

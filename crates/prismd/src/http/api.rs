@@ -19,6 +19,10 @@ use crate::domain::auth::{AuthService, Principal};
 
 pub type ApiSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
 
+/// Where the resolvers send mail: the server's mailer, when SMTP is configured.
+#[derive(Clone)]
+pub struct Outbox(pub Option<Arc<crate::mail::Mailer>>);
+
 /// Builds the schema with limits that keep hostile queries cheap.
 pub fn schema(auth: Arc<AuthService>) -> ApiSchema {
     Schema::build(QueryRoot, MutationRoot, EmptySubscription)
@@ -91,7 +95,13 @@ pub async fn graphql(
 ) -> Response {
     let response = state
         .schema
-        .execute(request.into_request().data(principal).data(meta))
+        .execute(
+            request
+                .into_request()
+                .data(principal)
+                .data(meta)
+                .data(Outbox(state.mail.clone())),
+        )
         .await;
     http_response(response)
 }

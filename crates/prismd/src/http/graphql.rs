@@ -12,6 +12,7 @@ use async_graphql::{
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+use super::api::Outbox;
 use super::error::log_unavailable;
 use crate::domain::accounts::{UserDraft, parse_public_id, public_id};
 use crate::domain::auth::{AuthService, Principal};
@@ -43,6 +44,8 @@ struct Caller<'a> {
     principal: &'a Principal,
     auth: &'a Arc<AuthService>,
     meta: RequestMeta,
+    /// The mailer, when SMTP is configured.
+    mail: Option<Arc<crate::mail::Mailer>>,
 }
 
 fn caller<'a>(ctx: &Context<'a>) -> async_graphql::Result<Caller<'a>> {
@@ -50,7 +53,52 @@ fn caller<'a>(ctx: &Context<'a>) -> async_graphql::Result<Caller<'a>> {
         principal: ctx.data::<Principal>()?,
         auth: ctx.data::<Arc<AuthService>>()?,
         meta: ctx.data::<RequestMeta>().cloned().unwrap_or_default(),
+        mail: ctx.data::<Outbox>().ok().and_then(|outbox| outbox.0.clone()),
     })
+}
+
+/// Makes an invitation for `user` to set their identity's first password and delivers it:
+/// by mail when SMTP is configured (`None` comes back: nobody but the mailbox sees the link),
+/// otherwise handed back as a URL, which the domain allows only for an identity this
+/// organization created and nobody has used.
+async fn deliver_invitation(
+    caller: &Caller<'_>,
+    user: &User,
+) -> Result<Option<String>, DomainError> {
+    let accounts = caller.auth.accounts();
+    let actor = format!("user:{}", caller.principal.user.id);
+    let Some(mailer) = caller.mail.clone() else {
+        let token = accounts
+            .create_invitation(
+                user,
+                actor,
+                Some(&caller.principal.user),
+                Delivery::Handed,
+                &caller.meta,
+            )
+            .await?;
+        return Ok(Some(invitation_url(caller.auth, &token)));
+    };
+    let token = accounts
+        .create_invitation(
+            user,
+            actor,
+            Some(&caller.principal.user),
+            Delivery::Email,
+            &caller.meta,
+        )
+        .await?;
+    let mail = crate::mail::invitation(
+        &user.email,
+        &caller.principal.org.name,
+        &invitation_url(caller.auth, &token),
+    );
+    // The Admin waits for this one: a mail that could not be sent is an error they must see.
+    mailer
+        .send(mail)
+        .await
+        .map_err(|err| DomainError::MailNotSent(format!("the invitation mail was not sent: {err}")))?;
+    Ok(None)
 }
 
 /// A validation or permission problem, as Prismatic's payloads report them.
@@ -760,24 +808,26 @@ impl MutationRoot {
         // A person new here gets an invitation to set their password; one who signs in
         // already was offered a membership, which they accept after signing in.
         let invitation = if user.joined_at.is_some() {
-            let actor = format!("user:{}", caller.principal.user.id);
-            match accounts
-                .create_invitation(
-                    &user,
-                    actor,
-                    Some(&caller.principal.user),
-                    Delivery::Handed,
-                    &caller.meta,
-                )
-                .await
-            {
-                Ok(token) => Some(invitation_url(caller.auth, &token)),
+            match deliver_invitation(&caller, &user).await {
+                Ok(url) => url,
                 Err(err) => {
                     tracing::warn!(error = %err, "user created, but the invitation could not be made");
                     None
                 }
             }
         } else {
+            if let Some(mailer) = caller.mail.clone() {
+                let mail = crate::mail::membership_offer(
+                    &user.email,
+                    &caller.principal.org.name,
+                    &caller.auth.settings().issuer,
+                );
+                tokio::spawn(async move {
+                    if let Err(err) = mailer.send(mail).await {
+                        tracing::warn!(error = %err, "could not send a membership offer");
+                    }
+                });
+            }
             None
         };
         Ok(CreateOrganizationUserPayload {
@@ -951,17 +1001,20 @@ impl MutationRoot {
     ) -> async_graphql::Result<CreateUserInvitationPayload> {
         let caller = caller(ctx)?;
         let result = match user_id_from(&input.id) {
-            Ok(id) => caller
+            Ok(id) => match caller
                 .auth
                 .accounts()
-                .invite_member(&caller.principal.user, &id, Delivery::Handed, &caller.meta)
+                .managed_member(&caller.principal.user, &id, "invite")
                 .await
-                .map(|(token, _)| token),
+            {
+                Ok(member) => deliver_invitation(&caller, &member).await,
+                Err(err) => Err(err),
+            },
             Err(err) => Err(err),
         };
         Ok(match result {
-            Ok(token) => CreateUserInvitationPayload {
-                url: Some(invitation_url(caller.auth, &token)),
+            Ok(url) => CreateUserInvitationPayload {
+                url,
                 errors: Vec::new(),
             },
             Err(err) => CreateUserInvitationPayload {

@@ -2,6 +2,7 @@
 //! One module per flow; handlers parse, call domain operations (through `AppState::auth`,
 //! never the store) and map the result.
 
+mod account_pages;
 mod api;
 mod auth;
 mod body;
@@ -126,6 +127,15 @@ pub fn router(state: AppState, request_timeout: Duration, metrics: MetricsExposu
         .route("/authorize", get(web::authorize).post(web::login))
         .route("/logout", get(web::logout))
         .route("/invite", get(web::invite).post(web::accept_invite))
+        .route(
+            "/account/password",
+            get(account_pages::change_password_form).post(account_pages::change_password),
+        )
+        .route(
+            "/forgot",
+            get(account_pages::forgot_form).post(account_pages::forgot),
+        )
+        .route("/reset", get(account_pages::reset_form).post(account_pages::reset))
         .route("/.well-known/jwks.json", get(oauth::jwks))
         .route("/.well-known/openid-configuration", get(oauth::metadata))
         .route(

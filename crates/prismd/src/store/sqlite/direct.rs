@@ -283,7 +283,8 @@ mod tests {
     use crate::store::sqlite::{DATABASE_FILE, SqliteDialect};
     use crate::store::traits::*;
     use crate::store::{
-        AuditEvent, NewOrganization, NewRefreshToken, NewUser, ProfileChanges, TokenUse,
+        AuditEvent, JoinExisting, NewOrganization, NewRefreshToken, NewUser, ProfileChanges,
+        TokenUse,
     };
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -363,6 +364,8 @@ mod tests {
             password_hash: None,
             external_id: None,
             created_at: at,
+            join_existing: JoinExisting::Refuse,
+            invited_by_org: None,
         }
     }
 
@@ -411,7 +414,11 @@ mod tests {
         assert!(store.bootstrap(org, owner, audit("bootstrap", T0)).await?);
         let mut member = new_user(&org_id, "member@example.com", "member", T0 + 1);
         member.external_id = Some("ext-1".into());
-        let member = store.create_user(member, audit("add", T0 + 1)).await?;
+        let member = store
+            .add_member(member, None, audit("add", T0 + 1))
+            .await?
+            .map_err(|refused| format!("{refused:?}"))?
+            .user;
         let owner = store
             .find_active_user_by_email(&org_id, "owner@example.com")
             .await?
@@ -422,10 +429,11 @@ mod tests {
             dark_mode_sync_with_os: Some(false),
             ..ProfileChanges::default()
         };
-        assert!(
+        assert_eq!(
             store
-                .update_profile(&owner.id, profile, audit("profile", T0 + 2))
-                .await?
+                .update_profile(&owner.id, profile, Some(&owner.id), audit("profile", T0 + 2))
+                .await?,
+            Ok(())
         );
         let policy = SessionPolicy {
             idle_expiry_secs: Some(3_600),
