@@ -378,6 +378,47 @@ impl Mailer {
     }
 }
 
+/// The mail with a link where a person new here sets their first password (which confirms
+/// the address).
+pub fn invitation(to: &str, org_name: &str, link: &str) -> Mail {
+    Mail {
+        to: to.to_owned(),
+        subject: format!("You are invited to {org_name}"),
+        text: format!(
+            "You were added to the organization {org_name}.\n\n\
+             Set your password here (the link works once, for 7 days):\n{link}\n\n\
+             If you did not expect this, ignore this mail: nothing happens without the link.\n"
+        ),
+    }
+}
+
+/// The mail telling a person who signs in already that an organization offered them a
+/// membership, which they accept after signing in.
+pub fn membership_offer(to: &str, org_name: &str, issuer: &str) -> Mail {
+    Mail {
+        to: to.to_owned(),
+        subject: format!("{org_name} invited you to join"),
+        text: format!(
+            "The organization {org_name} added you as a member.\n\n\
+             Sign in as usual (for example with 'prism login' against {issuer}); the sign-in \
+             page lets you join {org_name}. Your password stays as it is.\n"
+        ),
+    }
+}
+
+/// The mail with a single-use link to set a new password (it also confirms the address).
+pub fn password_reset(to: &str, link: &str) -> Mail {
+    Mail {
+        to: to.to_owned(),
+        subject: "Set a new password".to_owned(),
+        text: format!(
+            "Someone asked to reset the password that signs in as this address.\n\n\
+             Set a new one here (the link works once, for one hour):\n{link}\n\n\
+             If it was not you, ignore this mail: your password stays as it is.\n"
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -499,46 +540,5 @@ mod tests {
         assert!(text.contains("Message-ID: <"), "{text}");
         assert!(text.contains("@example.org>"), "{text}");
         Ok(())
-    }
-}
-
-/// The mail with a link where a person new here sets their first password (which confirms
-/// the address).
-pub fn invitation(to: &str, org_name: &str, link: &str) -> Mail {
-    Mail {
-        to: to.to_owned(),
-        subject: format!("You are invited to {org_name}"),
-        text: format!(
-            "You were added to the organization {org_name}.\n\n\
-             Set your password here (the link works once, for 7 days):\n{link}\n\n\
-             If you did not expect this, ignore this mail: nothing happens without the link.\n"
-        ),
-    }
-}
-
-/// The mail telling a person who signs in already that an organization offered them a
-/// membership, which they accept after signing in.
-pub fn membership_offer(to: &str, org_name: &str, issuer: &str) -> Mail {
-    Mail {
-        to: to.to_owned(),
-        subject: format!("{org_name} invited you to join"),
-        text: format!(
-            "The organization {org_name} added you as a member.\n\n\
-             Sign in as usual (for example with 'prism login' against {issuer}); the sign-in \
-             page lets you join {org_name}. Your password stays as it is.\n"
-        ),
-    }
-}
-
-/// The mail with a single-use link to set a new password (it also confirms the address).
-pub fn password_reset(to: &str, link: &str) -> Mail {
-    Mail {
-        to: to.to_owned(),
-        subject: "Set a new password".to_owned(),
-        text: format!(
-            "Someone asked to reset the password that signs in as this address.\n\n\
-             Set a new one here (the link works once, for one hour):\n{link}\n\n\
-             If it was not you, ignore this mail: your password stays as it is.\n"
-        ),
     }
 }
