@@ -461,7 +461,7 @@ async fn run_users(
         UsersCommand::InviteLink { email, issuer } => {
             let user = accounts.find_user(&org, &email).await?;
             let token = accounts
-                .create_invitation(&user, OPERATOR.into(), None, Delivery::Handed, &meta)
+                .create_invitation(&user, OPERATOR.into(), Delivery::Operator, &meta)
                 .await?;
             println!("{}/invite?token={token}", issuer.trim_end_matches('/'));
         }

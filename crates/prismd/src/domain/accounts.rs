@@ -375,13 +375,12 @@ impl<'s> Accounts<'s> {
     /// Creates a single-use invitation for `user` to set their identity's first password;
     /// returns its secret token. An identity with a password gets none: an invitation must
     /// never become a way to reset someone else's password (an operator uses `prismd users
-    /// set-password`, the person a reset link). A link handed to an Admin (`acting`) sets the
-    /// password only of an identity that Admin's organization created and nobody has used.
+    /// set-password`, the person a reset link). A link handed to an Admin ([`Delivery::Handed`])
+    /// is made only for an identity that Admin's organization created and nobody has used.
     pub async fn create_invitation(
         &self,
         user: &User,
         actor: String,
-        acting: Option<&User>,
         delivery: Delivery,
         meta: &RequestMeta,
     ) -> Result<String, DomainError> {
@@ -392,7 +391,6 @@ impl<'s> Accounts<'s> {
             ));
         }
         if delivery == Delivery::Handed
-            && acting.is_some()
             && identity.invited_by_org.as_deref() != Some(user.org_id.as_str())
         {
             return Err(DomainError::AccessDenied(

@@ -13,10 +13,10 @@ use super::web::{
     signed_in, too_many_page,
 };
 use super::{AppState, ClientMeta};
+use crate::domain::DomainError;
 use crate::domain::audit::SignInPage;
 use crate::domain::limits::{LimitKey, LimitKind, Verdict};
 use crate::domain::secrets::random_secret;
-use crate::domain::DomainError;
 
 const CHANGE_CSRF_COOKIE: &str = "prism_change_csrf";
 const FORGOT_CSRF_COOKIE: &str = "prism_forgot_csrf";
@@ -25,12 +25,23 @@ const RESET_CSRF_COOKIE: &str = "prism_reset_csrf";
 const UNAVAILABLE: &str = "the service is temporarily unavailable; try again";
 
 /// A form page with a fresh CSRF cookie named `cookie`.
-fn with_csrf(state: &AppState, cookie: &'static str, render: impl FnOnce(&str) -> Response) -> Response {
+fn with_csrf(
+    state: &AppState,
+    cookie: &'static str,
+    render: impl FnOnce(&str) -> Response,
+) -> Response {
     let Ok(csrf) = random_secret() else {
         return error_page(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
     };
     let mut response = render(&csrf);
-    set_cookie(&mut response, cookie, &csrf, 1800, state.web.secure_cookies, "Strict");
+    set_cookie(
+        &mut response,
+        cookie,
+        &csrf,
+        1800,
+        state.web.secure_cookies,
+        "Strict",
+    );
     response
 }
 
@@ -72,7 +83,9 @@ pub async fn change_password_form(State(state): State<AppState>, headers: Header
         .await
         .map(|session| session.identity.email)
         .unwrap_or_default();
-    with_csrf(&state, CHANGE_CSRF_COOKIE, |csrf| change_page(csrf, &email, None))
+    with_csrf(&state, CHANGE_CSRF_COOKIE, |csrf| {
+        change_page(csrf, &email, None)
+    })
 }
 
 #[derive(serde::Deserialize)]
@@ -112,7 +125,11 @@ pub async fn change_password(
         return refusal;
     }
     if form.password != form.confirm {
-        return change_page(&form.csrf, &form.email, Some("The two new passwords differ."));
+        return change_page(
+            &form.csrf,
+            &form.email,
+            Some("The two new passwords differ."),
+        );
     }
     let identity = match sign_in_with_password(
         &state,
@@ -156,7 +173,14 @@ fn done_page(state: &AppState, cookie: &'static str, title: &str, message: &str)
         title,
         &format!("<h1>{}</h1><p>{}</p>", escape(title), escape(message)),
     );
-    set_cookie(&mut response, cookie, "", 0, state.web.secure_cookies, "Strict");
+    set_cookie(
+        &mut response,
+        cookie,
+        "",
+        0,
+        state.web.secure_cookies,
+        "Strict",
+    );
     response
 }
 
@@ -293,8 +317,16 @@ fn reset_page(token: &str, csrf: &str, email: &str, error: Option<&str>) -> Resp
 }
 
 /// `GET /reset?token=...`.
-pub async fn reset_form(State(state): State<AppState>, Query(query): Query<ResetQuery>) -> Response {
-    match state.auth.accounts().password_reset_identity(&query.token).await {
+pub async fn reset_form(
+    State(state): State<AppState>,
+    Query(query): Query<ResetQuery>,
+) -> Response {
+    match state
+        .auth
+        .accounts()
+        .password_reset_identity(&query.token)
+        .await
+    {
         Ok(Some(identity)) => with_csrf(&state, RESET_CSRF_COOKIE, |csrf| {
             reset_page(&query.token, csrf, &identity.email, None)
         }),

@@ -13,15 +13,11 @@ use std::sync::Arc;
 
 use super::body::{BodyShape, JsonBody};
 use super::error::{HttpError, RETRY_AFTER_SECS};
-use super::graphql::{MutationRoot, QueryRoot, UNAVAILABLE_CODE};
+use super::graphql::{MutationRoot, Outbox, QueryRoot, UNAVAILABLE_CODE};
 use super::{AppState, ClientMeta};
 use crate::domain::auth::{AuthService, Principal};
 
 pub type ApiSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
-
-/// Where the resolvers send mail: the server's mailer, when SMTP is configured.
-#[derive(Clone)]
-pub struct Outbox(pub Option<Arc<crate::mail::Mailer>>);
 
 /// Builds the schema with limits that keep hostile queries cheap.
 pub fn schema(auth: Arc<AuthService>) -> ApiSchema {

@@ -112,9 +112,11 @@ impl From<DomainError> for HttpError {
                     "the service is temporarily unavailable; retry shortly",
                 )
             }
-            DomainError::MailNotSent(msg) => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", msg)
-            }
+            DomainError::MailNotSent(msg) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                msg,
+            ),
             DomainError::Internal(what) => {
                 tracing::error!(error = what, "internal error");
                 Self::new(

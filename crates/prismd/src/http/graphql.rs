@@ -12,7 +12,6 @@ use async_graphql::{
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use super::api::Outbox;
 use super::error::log_unavailable;
 use crate::domain::accounts::{UserDraft, parse_public_id, public_id};
 use crate::domain::auth::{AuthService, Principal};
@@ -40,6 +39,10 @@ pub(super) fn store_unavailable(err: StoreError) -> async_graphql::Error {
     unavailable()
 }
 
+/// Where the resolvers send mail: the server's mailer, when SMTP is configured (request data).
+#[derive(Clone)]
+pub struct Outbox(pub Option<Arc<crate::mail::Mailer>>);
+
 struct Caller<'a> {
     principal: &'a Principal,
     auth: &'a Arc<AuthService>,
@@ -53,7 +56,10 @@ fn caller<'a>(ctx: &Context<'a>) -> async_graphql::Result<Caller<'a>> {
         principal: ctx.data::<Principal>()?,
         auth: ctx.data::<Arc<AuthService>>()?,
         meta: ctx.data::<RequestMeta>().cloned().unwrap_or_default(),
-        mail: ctx.data::<Outbox>().ok().and_then(|outbox| outbox.0.clone()),
+        mail: ctx
+            .data::<Outbox>()
+            .ok()
+            .and_then(|outbox| outbox.0.clone()),
     })
 }
 
@@ -69,24 +75,12 @@ async fn deliver_invitation(
     let actor = format!("user:{}", caller.principal.user.id);
     let Some(mailer) = caller.mail.clone() else {
         let token = accounts
-            .create_invitation(
-                user,
-                actor,
-                Some(&caller.principal.user),
-                Delivery::Handed,
-                &caller.meta,
-            )
+            .create_invitation(user, actor, Delivery::Handed, &caller.meta)
             .await?;
         return Ok(Some(invitation_url(caller.auth, &token)));
     };
     let token = accounts
-        .create_invitation(
-            user,
-            actor,
-            Some(&caller.principal.user),
-            Delivery::Email,
-            &caller.meta,
-        )
+        .create_invitation(user, actor, Delivery::Email, &caller.meta)
         .await?;
     let mail = crate::mail::invitation(
         &user.email,
@@ -94,10 +88,9 @@ async fn deliver_invitation(
         &invitation_url(caller.auth, &token),
     );
     // The Admin waits for this one: a mail that could not be sent is an error they must see.
-    mailer
-        .send(mail)
-        .await
-        .map_err(|err| DomainError::MailNotSent(format!("the invitation mail was not sent: {err}")))?;
+    mailer.send(mail).await.map_err(|err| {
+        DomainError::MailNotSent(format!("the invitation mail was not sent: {err}"))
+    })?;
     Ok(None)
 }
 

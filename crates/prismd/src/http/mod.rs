@@ -135,7 +135,10 @@ pub fn router(state: AppState, request_timeout: Duration, metrics: MetricsExposu
             "/forgot",
             get(account_pages::forgot_form).post(account_pages::forgot),
         )
-        .route("/reset", get(account_pages::reset_form).post(account_pages::reset))
+        .route(
+            "/reset",
+            get(account_pages::reset_form).post(account_pages::reset),
+        )
         .route("/.well-known/jwks.json", get(oauth::jwks))
         .route("/.well-known/openid-configuration", get(oauth::metadata))
         .route(

@@ -119,7 +119,11 @@ pub(super) fn error_page(status: StatusCode, message: &str) -> Response {
 }
 
 /// 429: too many failures; the page and `Retry-After` say when to try again.
-pub(super) fn too_many_page(state: &AppState, kinds: &[LimitKind], retry_after_secs: u64) -> Response {
+pub(super) fn too_many_page(
+    state: &AppState,
+    kinds: &[LimitKind],
+    retry_after_secs: u64,
+) -> Response {
     if let Some(kind) = kinds.first() {
         state.metrics.limit_trip(*kind);
     }
@@ -388,7 +392,11 @@ pub(super) fn set_cookie(
 }
 
 /// Reads one of our cookies under the name it has in this mode.
-pub(super) fn our_cookie<'a>(headers: &'a HeaderMap, name: &'static str, secure: bool) -> Option<&'a str> {
+pub(super) fn our_cookie<'a>(
+    headers: &'a HeaderMap,
+    name: &'static str,
+    secure: bool,
+) -> Option<&'a str> {
     cookie(headers, &cookie_name(name, secure))
 }
 

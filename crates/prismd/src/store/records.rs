@@ -96,8 +96,11 @@ pub enum JoinExisting {
 pub enum Delivery {
     /// Mailed to the address: using it verifies the email.
     Email,
-    /// Shown to whoever created it (no SMTP server configured).
+    /// Shown to the Owner or Admin who created it (no SMTP server configured): it sets the
+    /// password only while the identity belongs to that one organization.
     Handed,
+    /// Printed for an operator (`prismd users invite-link`), who is trusted with any password.
+    Operator,
 }
 
 impl Delivery {
@@ -105,6 +108,7 @@ impl Delivery {
         match self {
             Delivery::Email => "email",
             Delivery::Handed => "handed",
+            Delivery::Operator => "operator",
         }
     }
 }

@@ -296,17 +296,23 @@ impl<D: Dialect> UserStore for SqlStore<D> {
             return Ok(false);
         };
         // An invitation only ever gives a first password: it cannot reset an existing one.
-        // A mailed one proves the address.
+        // A mailed one proves the address. One handed to an Admin works only while the
+        // identity belongs to that Admin's organization alone: the password it sets must not
+        // open an organization someone else (an operator) added the person to meanwhile.
         let done = query(
             "UPDATE identities SET password_hash = $2, updated_at = $3, invited_by_org = NULL, \
              email_verified = (email_verified OR $4) \
              WHERE password_hash IS NULL AND id = \
-               (SELECT identity_id FROM users WHERE id = $1 AND removed_at IS NULL)",
+               (SELECT identity_id FROM users WHERE id = $1 AND removed_at IS NULL) \
+               AND ($5 <> 'handed' OR NOT EXISTS (SELECT 1 FROM users o \
+                    WHERE o.identity_id = identities.id AND o.removed_at IS NULL \
+                      AND o.org_id <> (SELECT org_id FROM users WHERE id = $1)))",
         )
         .bind(&user_id)
         .bind(password_hash)
         .bind(audit.at)
         .bind(delivery == Delivery::Email.key())
+        .bind(&delivery)
         .execute(&mut tx)
         .await?;
         if done == 0 {

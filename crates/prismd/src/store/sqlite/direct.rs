@@ -431,7 +431,12 @@ mod tests {
         };
         assert_eq!(
             store
-                .update_profile(&owner.id, profile, Some(&owner.id), audit("profile", T0 + 2))
+                .update_profile(
+                    &owner.id,
+                    profile,
+                    Some(&owner.id),
+                    audit("profile", T0 + 2)
+                )
                 .await?,
             Ok(())
         );
