@@ -93,6 +93,12 @@ ALTER TABLE browser_sessions_v2 RENAME TO browser_sessions;
 CREATE INDEX browser_sessions_expires ON browser_sessions (expires_at);
 CREATE INDEX browser_sessions_identity ON browser_sessions (identity_id);
 
+-- A refresh token minted before this upgrade was minted for one user, by that user's own
+-- password or an operator: it stays with that member. A refresh with `tenant_id` moves only
+-- tokens minted since, when the person signed in as their identity.
+ALTER TABLE refresh_tokens ADD COLUMN pinned BOOLEAN NOT NULL DEFAULT FALSE;
+UPDATE refresh_tokens SET pinned = TRUE;
+
 -- "Forgot password": single-use, expiring links mailed to an identity's address. Only hashes
 -- of their tokens are stored.
 CREATE TABLE password_resets (
@@ -104,3 +110,4 @@ CREATE TABLE password_resets (
 );
 CREATE INDEX password_resets_identity ON password_resets (identity_id);
 CREATE INDEX password_resets_expires ON password_resets (expires_at);
+CREATE INDEX password_resets_used ON password_resets (used_at) WHERE used_at IS NOT NULL;

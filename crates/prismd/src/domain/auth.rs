@@ -305,7 +305,9 @@ impl AuthService {
     ) -> Result<RefreshGrant, DomainError> {
         let denied = || {
             DomainError::AccessDenied(
-                "the user of this refresh token is not a member of that tenant".to_owned(),
+                "the user of this refresh token is not a member of that tenant (a refresh token \
+                 from before sign-in identities stays with its organization: sign in again)"
+                    .to_owned(),
             )
         };
         let audit = AuditEvent {

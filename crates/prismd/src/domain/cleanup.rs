@@ -47,7 +47,9 @@ impl CleanupPolicy {
             | Garbage::DeviceCodes
             | Garbage::BrowserSessions
             | Garbage::ExpiredInvitations
-            | Garbage::SpentInvitations => now,
+            | Garbage::SpentInvitations
+            | Garbage::ExpiredPasswordResets
+            | Garbage::SpentPasswordResets => now,
             Garbage::AuthorizationCodes
             | Garbage::RevokedRefreshTokens
             | Garbage::StaleEpochRefreshTokens => before(self.dead_token_retention),

@@ -10,12 +10,12 @@ use axum::response::Response;
 use super::body::{BodyShape, JsonOrForm};
 use super::web::{
     error_page, escape, login_locked, page, refuse_forged_form, set_cookie, sign_in_with_password,
-    signed_in, too_many_page,
+    signed_in,
 };
 use super::{AppState, ClientMeta};
 use crate::domain::DomainError;
 use crate::domain::audit::SignInPage;
-use crate::domain::limits::{LimitKey, LimitKind, Verdict};
+use crate::domain::limits::{LimitKey, LimitKind};
 use crate::domain::secrets::random_secret;
 
 const CHANGE_CSRF_COOKIE: &str = "prism_change_csrf";
@@ -249,17 +249,11 @@ pub async fn forgot(
     if let Some(refused) = login_locked(&state, &keys).await {
         return refused;
     }
-    // Each request counts, whatever it finds.
-    match state.limits().fail(&keys, &meta, None).await {
-        Ok(Verdict::Allowed) => {}
-        Ok(Verdict::Locked { retry_after_secs }) => {
-            let kinds: Vec<_> = keys.iter().map(LimitKey::kind).collect();
-            return too_many_page(&state, &kinds, retry_after_secs);
-        }
-        Err(err) => {
-            tracing::error!(error = %err, "could not count a reset request");
-            return error_page(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE);
-        }
+    // Each request counts, whatever it finds. The one that reaches the limit is still served:
+    // the lock it sets refuses the next one (checked above), so the limit is the number served.
+    if let Err(err) = state.limits().fail(&keys, &meta, None).await {
+        tracing::error!(error = %err, "could not count a reset request");
+        return error_page(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE);
     }
     match state
         .auth

@@ -119,11 +119,7 @@ pub(super) fn error_page(status: StatusCode, message: &str) -> Response {
 }
 
 /// 429: too many failures; the page and `Retry-After` say when to try again.
-pub(super) fn too_many_page(
-    state: &AppState,
-    kinds: &[LimitKind],
-    retry_after_secs: u64,
-) -> Response {
+fn too_many_page(state: &AppState, kinds: &[LimitKind], retry_after_secs: u64) -> Response {
     if let Some(kind) = kinds.first() {
         state.metrics.limit_trip(*kind);
     }

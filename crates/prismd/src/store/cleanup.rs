@@ -34,11 +34,15 @@ pub enum Garbage {
     RetiredSigningKeys,
     /// Failure counters whose window started, and whose lock ended, before the cutoff.
     AttemptCounters,
+    /// Password-reset links expired before the cutoff.
+    ExpiredPasswordResets,
+    /// Password-reset links spent or replaced before the cutoff.
+    SpentPasswordResets,
 }
 
 impl Garbage {
     /// Every kind, in the order a cleanup round deletes them.
-    pub const ALL: [Garbage; 11] = [
+    pub const ALL: [Garbage; 13] = [
         Garbage::UnusedAuthorizationCodes,
         Garbage::AuthorizationCodes,
         Garbage::DeviceCodes,
@@ -50,6 +54,8 @@ impl Garbage {
         Garbage::AuditEvents,
         Garbage::RetiredSigningKeys,
         Garbage::AttemptCounters,
+        Garbage::ExpiredPasswordResets,
+        Garbage::SpentPasswordResets,
     ];
 
     /// A name for logs.
@@ -66,6 +72,8 @@ impl Garbage {
             Garbage::AuditEvents => "audit_events",
             Garbage::RetiredSigningKeys => "retired_signing_keys",
             Garbage::AttemptCounters => "attempt_counters",
+            Garbage::ExpiredPasswordResets => "expired_password_resets",
+            Garbage::SpentPasswordResets => "spent_password_resets",
         }
     }
 
@@ -118,6 +126,14 @@ impl Garbage {
             Garbage::AttemptCounters => {
                 "DELETE FROM attempt_counters WHERE key IN (SELECT key \
                  FROM attempt_counters WHERE window_start < $1 AND locked_until < $1 LIMIT $2)"
+            }
+            Garbage::ExpiredPasswordResets => {
+                "DELETE FROM password_resets WHERE token_hash IN (SELECT token_hash \
+                 FROM password_resets WHERE expires_at < $1 LIMIT $2)"
+            }
+            Garbage::SpentPasswordResets => {
+                "DELETE FROM password_resets WHERE token_hash IN (SELECT token_hash \
+                 FROM password_resets WHERE used_at IS NOT NULL AND used_at < $1 LIMIT $2)"
             }
         }
     }

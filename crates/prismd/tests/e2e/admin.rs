@@ -142,13 +142,22 @@ async fn password_from_stdin_is_hashed_and_checked() -> TestResult {
         dir.path().join("prismd.db").display()
     );
     let pool = sqlx::SqlitePool::connect(&url).await?;
+    // The password belongs to the sign-in identity; the member (the organization's user row)
+    // holds no copy of it.
     let hash: String =
-        sqlx::query_scalar("SELECT password_hash FROM users WHERE email = 'pw@example.com'")
+        sqlx::query_scalar("SELECT password_hash FROM identities WHERE email = 'pw@example.com'")
             .fetch_one(&pool)
             .await?;
+    let member_hash: Option<String> = sqlx::query_scalar(
+        "SELECT u.password_hash FROM users u JOIN identities i ON i.id = u.identity_id \
+         WHERE i.email = 'pw@example.com'",
+    )
+    .fetch_one(&pool)
+    .await?;
     pool.close().await;
     assert!(hash.starts_with("$argon2id$"), "{hash}");
     assert!(!hash.contains(password));
+    assert_eq!(member_hash, None, "the member row keeps no password");
 
     let output = prismd_with_stdin(
         dir.path(),
@@ -235,7 +244,7 @@ async fn the_last_owner_cannot_be_removed_and_passwords_can_be_reset() -> TestRe
     );
 
     // With a second Owner, the first can go.
-    admin_ok(
+    let second = admin_ok(
         data,
         &[
             "users",
@@ -256,9 +265,15 @@ async fn the_last_owner_cannot_be_removed_and_passwords_can_be_reset() -> TestRe
         "a brand new password\n",
     )?;
     assert!(output.status.success(), "{}", stderr_of(&output));
+    // The password is the sign-in identity's: audited as the identity's, in the member's
+    // organization and about the member the operator named.
     let audit = admin_ok(data, &["audit", "--limit", "1"])?;
-    assert!(audit.contains("user.password_set"), "{audit}");
     assert!(!audit.contains("a brand new password"));
+    let event: Value = serde_json::from_str(audit.trim())?;
+    assert_eq!(event["action"], "identity.password_set", "{audit}");
+    assert_eq!(event["actor"], "operator", "{audit}");
+    assert_eq!(event["subjectUserId"], second.as_str(), "{audit}");
+    assert!(event["detail"]["identity"].is_string(), "{audit}");
     let output = prismd_with_stdin(
         data,
         &["users", "set-password", "--email", "nobody@example.com"],

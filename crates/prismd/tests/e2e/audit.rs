@@ -51,6 +51,19 @@ fn add_user(dir: &Path, tenant: Option<&str>, email: &str, role: &str) -> Res<St
     Ok(String::from_utf8(output.stdout)?.trim().to_owned())
 }
 
+/// The id of the sign-in identity of `email`, read from the SQLite database (read only).
+async fn identity_id(dir: &Path, email: &str) -> Res<String> {
+    use sqlx::Connection as _;
+    let url = format!("sqlite://{}?mode=ro", dir.join("prismd.db").display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await?;
+    let id: Option<String> = sqlx::query_scalar("SELECT id FROM identities WHERE email = $1")
+        .bind(email)
+        .fetch_optional(&mut conn)
+        .await?;
+    conn.close().await?;
+    id.ok_or_else(|| format!("no identity for {email}").into())
+}
+
 /// An access token for `email` (a refresh token minted by the operator, exchanged).
 async fn access_for(server: &Server, tenant: Option<&str>, email: &str) -> Res<String> {
     let mut args = Vec::new();
@@ -168,6 +181,7 @@ async fn sign_ins_role_changes_and_tokens_are_audited() -> TestResult {
     assert_eq!(sign_in(&server, "nobody@example.com", WRONG).await?, 200);
     assert_eq!(sign_in(&server, "admin@example.com", PASSWORD).await?, 303);
 
+    let admin_identity = identity_id(data, "admin@example.com").await?;
     let admin = access_for(&server, None, "admin@example.com").await?;
     // A role change, made by the Admin through the API.
     let change = gql(
@@ -235,16 +249,21 @@ async fn sign_ins_role_changes_and_tokens_are_audited() -> TestResult {
     assert_eq!(failed[0]["actor"], "address:127.0.0.1");
     assert_eq!(failed[0]["address"], "127.0.0.1");
     assert_eq!(failed[0]["userAgent"], AGENT);
-    assert_eq!(
-        detail(failed[0])?,
-        json!({"method": "password", "page": "authorize"})
-    );
+    // Sign-ins are the identity's: the detail names it (the subject is its member here).
+    let signed_in = json!({"method": "password", "page": "authorize", "identity": admin_identity});
+    assert_eq!(detail(failed[0])?, signed_in);
 
     let succeeded = find("login.succeeded");
     assert_eq!(succeeded.len(), 1, "{succeeded:?}");
     assert_eq!(succeeded[0]["subjectUserId"], admin_id.as_str());
+    assert_eq!(
+        succeeded[0]["actor"],
+        format!("identity:{admin_identity}").as_str()
+    );
+    assert!(succeeded[0]["actorUserId"].is_null());
     assert_eq!(succeeded[0]["address"], "127.0.0.1");
     assert_eq!(succeeded[0]["userAgent"], AGENT);
+    assert_eq!(detail(succeeded[0])?, signed_in);
     let at = succeeded[0]["at"].as_str().ok_or("no time")?;
     assert!(humantime::parse_rfc3339(at).is_ok(), "RFC 3339: {at}");
 
@@ -298,7 +317,13 @@ async fn sign_ins_role_changes_and_tokens_are_audited() -> TestResult {
         .ok_or("no failure without a subject")?;
     assert_eq!(unknown["userAgent"], AGENT);
     assert_eq!(unknown["address"], "127.0.0.1");
+    assert_eq!(unknown["actor"], "address:127.0.0.1");
     assert!(unknown["orgId"].is_null());
+    assert_eq!(
+        unknown["detail"],
+        json!({"method": "password", "page": "authorize", "identity": null}),
+        "an unknown email names no identity: {unknown}"
+    );
     let everything = admin_ok(data, &["audit", "--limit", "1000"])?;
     for secret in [
         "nobody@example.com",
@@ -524,21 +549,96 @@ async fn device_page_sign_ins_are_audited() -> TestResult {
     assert_eq!(status, 200);
     assert!(page.contains("Device signed in"), "{page}");
 
+    let admin_identity = identity_id(data, "admin@example.com").await?;
     let admin = access_for(&server, None, "admin@example.com").await?;
     let (events, _) = all_events(&server, &admin, json!({ "userId": admin_id }), 200).await?;
-    for action in ["login.failed", "login.succeeded"] {
+    for (action, actor) in [
+        ("login.failed", "address:127.0.0.1".to_owned()),
+        ("login.succeeded", format!("identity:{admin_identity}")),
+    ] {
         let found: Vec<&Value> = events.iter().filter(|e| e["action"] == action).collect();
         assert_eq!(found.len(), 1, "{action}: {events:?}");
         assert_eq!(found[0]["subjectUserId"], admin_id.as_str());
+        assert_eq!(found[0]["actor"], actor.as_str());
         assert_eq!(found[0]["address"], "127.0.0.1");
         assert_eq!(found[0]["userAgent"], AGENT);
         assert_eq!(
             detail(found[0])?,
-            json!({"method": "password", "page": "device"})
+            json!({"method": "password", "page": "device", "identity": admin_identity})
         );
     }
     // The failure is older than the success: newest first.
     let position = |action: &str| events.iter().position(|e| e["action"] == action);
     assert!(position("login.succeeded") < position("login.failed"));
+    Ok(())
+}
+
+/// A sign-in is the identity's, and each organization where it is a joined member sees it in
+/// its own trail, about its own member: one event per member, the same detail everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ins_are_audited_in_every_organization_of_the_identity() -> TestResult {
+    let dir = temp_dir()?;
+    let server = Server::start(dir.path())?;
+    let data = server.data_dir();
+    let member_a = add_user(data, None, "admin@example.com", "Admin")?;
+    let tenant_b = admin_ok(data, &["orgs", "add", "--name", "B"])?;
+    // The operator adds the existing identity to B: a joined member at once.
+    let member_b = admin_ok(
+        data,
+        &[
+            "--tenant-id",
+            &tenant_b,
+            "users",
+            "add",
+            "--email",
+            "admin@example.com",
+            "--role",
+            "Admin",
+        ],
+    )?;
+    assert_ne!(member_a, member_b);
+    let identity = identity_id(data, "admin@example.com").await?;
+
+    assert_eq!(sign_in(&server, "admin@example.com", WRONG).await?, 200);
+    let chooser = browser_sign_in(&server, "admin@example.com", PASSWORD, AGENT).await?;
+    assert_eq!(chooser.status, 200, "two organizations: the chooser");
+    assert!(chooser.body.contains("name=\"member\""), "{}", chooser.body);
+
+    let signed_in = json!({"method": "password", "page": "authorize", "identity": identity});
+    for (tenant, member) in [(None, &member_a), (Some(tenant_b.as_str()), &member_b)] {
+        let access = access_for(&server, tenant, "admin@example.com").await?;
+        let (events, _) = all_events(&server, &access, json!({}), 200).await?;
+        for (action, actor) in [
+            ("login.failed", "address:127.0.0.1".to_owned()),
+            ("login.succeeded", format!("identity:{identity}")),
+        ] {
+            let found: Vec<&Value> = events.iter().filter(|e| e["action"] == action).collect();
+            assert_eq!(found.len(), 1, "{tenant:?} {action}: {events:?}");
+            assert_eq!(found[0]["subjectUserId"], member.as_str(), "{tenant:?}");
+            assert_eq!(found[0]["actor"], actor.as_str(), "{tenant:?}");
+            assert_eq!(found[0]["address"], "127.0.0.1");
+            assert_eq!(found[0]["userAgent"], AGENT);
+            assert_eq!(detail(found[0])?, signed_in, "{tenant:?}");
+        }
+    }
+
+    // The operator sees both organizations' rows: one per member, nothing without a subject.
+    for action in ["login.failed", "login.succeeded"] {
+        let output = admin_ok(data, &["audit", "--action", action])?;
+        let lines: Vec<Value> = output
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?;
+        let mut subjects: Vec<&str> = lines
+            .iter()
+            .filter_map(|l| l["subjectUserId"].as_str())
+            .collect();
+        subjects.sort_unstable();
+        let mut expected = vec![member_a.as_str(), member_b.as_str()];
+        expected.sort_unstable();
+        assert_eq!(subjects, expected, "{action}: {output}");
+        assert_eq!(lines.len(), 2, "{action}: {output}");
+    }
+    server.stop()?;
     Ok(())
 }

@@ -19,7 +19,8 @@ fn serve_args(extra: &[&str]) -> Options {
 }
 
 /// Rows of each kind cleanup deletes, inserted behind the server's back: one expired and one
-/// live of each, for the user with the email `$1`; `$2` and `$3` are hashes (32 bytes of the
+/// live of each, for the member (or, for browser sessions, the sign-in identity) with the
+/// email `$1`; `$2` and `$3` are hashes (32 bytes of the
 /// given value; statements that take fewer parameters get only the email).
 const SEED: &[(&str, u8, u8)] = &[
     (
@@ -47,12 +48,12 @@ const SEED: &[(&str, u8, u8)] = &[
         6,
     ),
     (
-        "INSERT INTO browser_sessions (id_hash, user_id, created_at, expires_at) SELECT $2, id, 1, 1000000 FROM users WHERE email = $1",
+        "INSERT INTO browser_sessions (id_hash, identity_id, created_at, expires_at) SELECT $2, id, 1, 1000000 FROM identities WHERE email = $1",
         7,
         0,
     ),
     (
-        "INSERT INTO browser_sessions (id_hash, user_id, created_at, expires_at) SELECT $2, id, 1, 4000000000000 FROM users WHERE email = $1",
+        "INSERT INTO browser_sessions (id_hash, identity_id, created_at, expires_at) SELECT $2, id, 1, 4000000000000 FROM identities WHERE email = $1",
         8,
         0,
     ),

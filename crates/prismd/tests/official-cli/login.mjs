@@ -1,7 +1,7 @@
 // Drives prism-auth's browser login in headless Chromium, as a person would, for the
 // end-to-end tests with the official `prism` CLI.
 //
-// Usage: node login.mjs <authorize-url> <email> <password> <screenshot-png-path>
+// Usage: node login.mjs <authorize-url> <email> <password> <screenshot-png-path> [<organization>]
 //
 // Opens the authorize URL, screenshots the login form (full page) before submitting, fills
 // in the email and password, submits, and waits (30 s at most) for the browser to reach the
@@ -9,9 +9,16 @@
 // ?code=...&state=...). That listener answers with a redirect to a host this network cannot
 // reach, so this waits for the loopback request and its response, never for a page load.
 //
-// Exit codes: 0 and the loopback URL on stdout (one line); 2 and the text of the page's
-// `.error` element on stderr when the login was refused (wrong email or password); 1 and a
-// message on stderr for any other failure. The browser is always closed.
+// With <organization>, the sign-in must show the organization chooser (an identity with
+// several organizations): its page is screenshot next to the login form's
+// (`<screenshot>-chooser.png`), and the button (`name="member"`) whose text is exactly
+// <organization> is clicked. Without it, a chooser is a failure.
+//
+// Exit codes: 0 and, on stdout, one line `choice<TAB><member id><TAB><organization>` per button
+// the chooser offered (in page order; none without <organization>), then the loopback URL (the
+// last line); 2 and the text of the page's `.error` element on stderr when the login was
+// refused (wrong email or password); 1 and a message on stderr for any other failure. The
+// browser is always closed.
 //
 // Chromium is Debian's (/usr/bin/chromium, installed by scripts/test.sh); playwright-core
 // downloads no browser of its own.
@@ -36,7 +43,25 @@ async function errorText(page) {
   return ((await error.textContent()) ?? '').trim() || '(empty .error element)';
 }
 
-async function run(authorizeUrl, email, password, screenshotPath) {
+// The chooser's buttons: `{ member, name }` in page order (empty when the page is no chooser).
+async function chooserButtons(page) {
+  const buttons = page.locator('button[name="member"]');
+  const found = [];
+  for (let i = 0; i < (await buttons.count()); i += 1) {
+    const button = buttons.nth(i);
+    found.push({
+      member: (await button.getAttribute('value')) ?? '',
+      name: ((await button.textContent()) ?? '').trim(),
+    });
+  }
+  return found;
+}
+
+function chooserScreenshotPath(screenshotPath) {
+  return screenshotPath.replace(/(\.png)?$/, '-chooser.png');
+}
+
+async function run(authorizeUrl, email, password, screenshotPath, organization) {
   const authorizeOrigin = new URL(authorizeUrl).origin;
   // The login server itself may listen on loopback too (plain http in a test): its own
   // origin is never the CLI's listener.
@@ -80,10 +105,17 @@ async function run(authorizeUrl, email, password, screenshotPath) {
     await passwordInput.fill(password);
 
     // From here on: the first request to the CLI's loopback listener wins; a page shown by
-    // the login server with an `.error` element means the login was refused.
+    // the login server with an `.error` element means the login was refused; the chooser
+    // gets its button clicked, once.
     let settled = false;
     let timer;
+    let offered = null; // the chooser's buttons, once it was shown
     const outcome = new Promise((resolve, reject) => {
+      const failWith = (error) => {
+        if (settled) return;
+        settled = true;
+        reject(error);
+      };
       context.on('request', (request) => {
         if (settled || !isLoopback(request.url())) return;
         settled = true;
@@ -94,16 +126,40 @@ async function run(authorizeUrl, email, password, screenshotPath) {
           .catch(() => null)
           .then(() => resolve(request.url()));
       });
+      const inspect = async () => {
+        const text = await errorText(page);
+        if (settled) return;
+        if (text !== null) {
+          failWith(new LoginRefused(text));
+          return;
+        }
+        const buttons = await chooserButtons(page);
+        if (settled || buttons.length === 0) return;
+        const names = buttons.map((b) => b.name).join(', ');
+        if (organization === undefined) {
+          failWith(new Error(`the organization chooser was shown (${names}); no organization given`));
+          return;
+        }
+        if (offered !== null) {
+          failWith(new Error(`the organization chooser came back after choosing: ${names}`));
+          return;
+        }
+        offered = buttons;
+        await page.screenshot({ path: chooserScreenshotPath(screenshotPath), fullPage: true });
+        const matching = page
+          .locator('button[name="member"]')
+          .filter({ hasText: new RegExp(`^\\s*${escapeRegExp(organization)}\\s*$`) });
+        if ((await matching.count()) !== 1) {
+          failWith(new Error(`no single button for organization '${organization}' among: ${names}`));
+          return;
+        }
+        await matching.click({ timeout: TIMEOUT_MS });
+      };
       page.on('domcontentloaded', () => {
         if (settled || isLoopback(page.url())) return;
-        errorText(page).then(
-          (text) => {
-            if (settled || text === null) return;
-            settled = true;
-            reject(new LoginRefused(text));
-          },
-          () => {}, // the page navigated on meanwhile: its successor is checked in turn
-        );
+        // A failure here is the page navigating on meanwhile: its successor is checked in
+        // turn (and the timeout catches a page that never settles).
+        inspect().catch(() => {});
       });
       timer = setTimeout(() => {
         if (settled) return;
@@ -119,23 +175,44 @@ async function run(authorizeUrl, email, password, screenshotPath) {
     outcome.catch(() => {}); // handled below; avoids an unhandled rejection while clicking
 
     await submit.click({ timeout: TIMEOUT_MS });
+    let loopbackUrl;
     try {
-      return await outcome;
+      loopbackUrl = await outcome;
     } finally {
       clearTimeout(timer);
     }
+    if (organization !== undefined && offered === null) {
+      throw new Error(`organization '${organization}' given, but no chooser was shown`);
+    }
+    return { loopbackUrl, offered: offered ?? [] };
   } finally {
     await browser.close().catch(() => {});
   }
 }
 
+function escapeRegExp(text) {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}
+
 async function main(argv) {
-  if (argv.length !== 4) {
-    return fail('usage: node login.mjs <authorize-url> <email> <password> <screenshot-png-path>', 1);
+  if (argv.length !== 4 && argv.length !== 5) {
+    return fail(
+      'usage: node login.mjs <authorize-url> <email> <password> <screenshot-png-path> [<organization>]',
+      1,
+    );
   }
-  const [authorizeUrl, email, password, screenshotPath] = argv;
+  const [authorizeUrl, email, password, screenshotPath, organization] = argv;
   try {
-    const loopbackUrl = await run(authorizeUrl, email, password, screenshotPath);
+    const { loopbackUrl, offered } = await run(
+      authorizeUrl,
+      email,
+      password,
+      screenshotPath,
+      organization,
+    );
+    for (const { member, name } of offered) {
+      process.stdout.write(`choice\t${member}\t${name}\n`);
+    }
     process.stdout.write(`${loopbackUrl}\n`);
     return 0;
   } catch (error) {

@@ -76,9 +76,11 @@ pub(super) async fn cache_forgets_what_changes_invalidate(db: Db) -> TestResult 
                 name: Some("Renamed".into()),
                 ..ProfileChanges::default()
             },
+            None,
             audit("user.updated", T0 + 3),
         )
-        .await?;
+        .await?
+        .map_err(|refused| format!("{refused:?}"))?;
     assert_ne!(
         cached
             .principal(&owner.id, &session)
@@ -262,6 +264,14 @@ pub(super) async fn warm_cache(db: &Db) -> Result<WarmCache, Box<dyn std::error:
     let (org, _) = org_with_owner(db.store.as_ref()).await?;
     // A member rather than the Owner: the last Owner cannot be removed.
     let member = add_user(db.store.as_ref(), &org, "m@example.com", "member", T0).await?;
+    warm_cache_of(db, member).await
+}
+
+/// A [`WarmCache`] of `member`'s session (its token minted here, past the cache).
+pub(super) async fn warm_cache_of(
+    db: &Db,
+    member: User,
+) -> Result<WarmCache, Box<dyn std::error::Error>> {
     let token = refresh_token(&member, WARM_TOKEN, None);
     let session = token.id.clone();
     assert!(db.store.insert_refresh_token(token, audit("t", T0)).await?);
@@ -333,6 +343,7 @@ pub(super) async fn cache_forgets_at_once_revoke_all_by_token(db: Db) -> TestRes
         Some(RevokedAll {
             user_id: warm.member.id.clone(),
             moved: true,
+            siblings: Vec::new(),
         })
     );
     let (grant, principal) = warm.read_after_write().await?;
@@ -344,24 +355,27 @@ pub(super) async fn cache_forgets_at_once_remove_user(db: Db) -> TestResult {
     let warm = warm_cache(&db).await?;
     let removal = warm
         .cached
-        .remove_user(&warm.member.id, T0 + 1, warm.audit("user.removed"))
+        .remove_user(&warm.member.id, T0 + 1, None, warm.audit("user.removed"))
         .await?;
-    assert_eq!(removal, Removal::Removed);
+    assert_eq!(removal, Ok(()));
     let (grant, principal) = warm.read_after_write().await?;
     assert_eq!(grant.user_removed_at, Some(T0 + 1));
     assert_eq!(principal.user.removed_at, Some(T0 + 1));
     Ok(())
 }
 
-pub(super) async fn cache_forgets_at_once_set_password_hash(db: Db) -> TestResult {
+pub(super) async fn cache_forgets_at_once_set_identity_password(db: Db) -> TestResult {
     let warm = warm_cache(&db).await?;
-    let id = &warm.member.id;
+    let identity = identity_of(&warm.member)?;
     let changed = warm.audit("user.password_changed");
-    assert!(warm.cached.set_password_hash(id, "h", changed).await?);
-    // The principal's user row is what a password change touches (its `updated_at`); the
-    // grant shows no difference, but must not come from memory either.
-    let (_, principal) = warm.read_after_write().await?;
-    assert_eq!(principal.user.updated_at, T0 + 1);
+    assert!(
+        warm.cached
+            .set_identity_password(&identity, "h", changed)
+            .await?
+    );
+    // A password change touches the identity, not the member's row: neither the grant nor
+    // the principal shows a difference, but neither may come from memory either.
+    warm.read_after_write().await?;
     Ok(())
 }
 
@@ -383,12 +397,76 @@ pub(super) async fn cache_forgets_at_once_update_profile(db: Db) -> TestResult {
         ..ProfileChanges::default()
     };
     let updated = warm.audit("user.updated");
-    assert!(
+    assert_eq!(
         warm.cached
-            .update_profile(&warm.member.id, changes, updated)
-            .await?
+            .update_profile(&warm.member.id, changes, None, updated)
+            .await?,
+        Ok(())
     );
     let (_, principal) = warm.read_after_write().await?;
     assert_eq!(principal.user.role, "admin");
+    Ok(())
+}
+
+/// A person's revoke-all by a token of one member moves the epochs of the identity's other
+/// members: their cached grants and principals must not be served after it either.
+pub(super) async fn cache_forgets_siblings_at_once_revoke_all_by_token(db: Db) -> TestResult {
+    let p = person_in_several_orgs(db.store.as_ref()).await?;
+    // The sibling's session is the warm one; the revoke comes through the other member's.
+    let warm = warm_cache_of(&db, p.in_b.clone()).await?;
+    assert!(
+        db.store
+            .insert_refresh_token(refresh_token(&p.in_a, 2, None), audit("t", T0))
+            .await?
+    );
+    let event = audit_about("tokens.revoked_all", T0 + 1, &p.in_a);
+    let decide: RevokeDecision = Arc::new(move |_| Some(event.clone()));
+    let revoked = warm
+        .cached
+        .revoke_all_by_token(&hash(2), decide)
+        .await?
+        .ok_or("nothing revoked")?;
+    assert_eq!(revoked.user_id, p.in_a.id);
+    assert!(revoked.siblings.contains(&p.in_b.id));
+    let (grant, principal) = warm.read_after_write().await?;
+    assert_eq!((grant.token_epoch, grant.user_epoch), (0, 1));
+    assert_eq!(principal.user.token_epoch, 1);
+    Ok(())
+}
+
+pub(super) async fn cache_forgets_at_once_move_refresh_token(db: Db) -> TestResult {
+    let p = person_in_several_orgs(db.store.as_ref()).await?;
+    let warm = warm_cache_of(&db, p.in_a.clone()).await?;
+    let b = &p.orgs[1];
+    let event = AuditEvent {
+        org_id: Some(p.in_a.org_id.clone()),
+        ..warm.audit("session.moved")
+    };
+    assert_eq!(
+        warm.cached
+            .move_refresh_token(&warm.session, &p.in_a.id, &b.tenant_id, event)
+            .await?,
+        Some(p.in_b.id.clone())
+    );
+    let (hits, grant) = (
+        warm.cached.stats().hits,
+        warm.cached
+            .find_refresh_grant(&hash(WARM_TOKEN))
+            .await?
+            .ok_or("no grant")?,
+    );
+    assert_eq!(warm.cached.stats().hits, hits, "a stale grant answered");
+    assert_eq!(
+        (grant.user_id.as_str(), grant.org_id.as_str()),
+        (p.in_b.id.as_str(), b.id.as_str())
+    );
+    // The old member's principal no longer has the session.
+    let principal = warm
+        .cached
+        .principal(&p.in_a.id, &warm.session)
+        .await?
+        .ok_or("no principal")?;
+    assert_eq!(warm.cached.stats().hits, hits, "a stale principal answered");
+    assert_eq!(principal.session_revoked_at, None);
     Ok(())
 }

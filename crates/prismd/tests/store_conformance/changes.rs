@@ -27,9 +27,11 @@ pub(super) async fn changes_reach_other_processes(db: Db) -> TestResult {
                         name: Some("poke".into()),
                         ..ProfileChanges::default()
                     },
+                    None,
                     audit_about("user.updated", T0 + 1, &owner),
                 )
-                .await?;
+                .await?
+                .map_err(|refused| format!("{refused:?}"))?;
             tokio::select! {
                 change = heard.recv() => match change {
                     Some(change) if change.action == "user.updated" => {

@@ -34,9 +34,9 @@ pub(super) async fn cleanup_deletes_garbage_only(db: Db) -> TestResult {
     mint(&carol, 4).await?;
     assert_eq!(
         store
-            .remove_user(&carol.id, T0 + 200, audit("remove", T0 + 200))
+            .remove_user(&carol.id, T0 + 200, None, audit("remove", T0 + 200))
             .await?,
-        Removal::Removed
+        Ok(())
     );
     // Dave's one session is revoked at T0+300.
     let daves = mint(&dave, 5).await?;
@@ -72,21 +72,34 @@ pub(super) async fn cleanup_deletes_garbage_only(db: Db) -> TestResult {
             ..device_code(21)
         })
         .await?;
+    let alices = identity_of(&alice)?;
     store
-        .insert_browser_session(&hash(30), &alice.id, T0, T0 + 1000)
+        .insert_browser_session(&hash(30), &alices, T0, T0 + 1000)
         .await?;
     store
-        .insert_browser_session(&hash(31), &alice.id, T0, LATER)
+        .insert_browser_session(&hash(31), &alices, T0, LATER)
         .await?;
     // Invitations: expired, spent, live.
     let erin = add_user(store, &org, "erin@example.com", "guest", T0).await?;
     let frank = add_user(store, &org, "frank@example.com", "guest", T0).await?;
     let gina = add_user(store, &org, "gina@example.com", "guest", T0).await?;
     store
-        .insert_invitation(&hash(40), &erin.id, T0 + 1000, audit("invite", T0))
+        .insert_invitation(
+            &hash(40),
+            &erin.id,
+            T0 + 1000,
+            Delivery::Handed,
+            audit("invite", T0),
+        )
         .await?;
     store
-        .insert_invitation(&hash(41), &frank.id, LATER, audit("invite", T0))
+        .insert_invitation(
+            &hash(41),
+            &frank.id,
+            LATER,
+            Delivery::Handed,
+            audit("invite", T0),
+        )
         .await?;
     assert!(
         store
@@ -94,7 +107,13 @@ pub(super) async fn cleanup_deletes_garbage_only(db: Db) -> TestResult {
             .await?
     );
     store
-        .insert_invitation(&hash(42), &gina.id, LATER, audit("invite", T0))
+        .insert_invitation(
+            &hash(42),
+            &gina.id,
+            LATER,
+            Delivery::Handed,
+            audit("invite", T0),
+        )
         .await?;
     store
         .insert_signing_key_if_none_active(signing_key("k1", T0))
@@ -138,7 +157,7 @@ pub(super) async fn cleanup_deletes_garbage_only(db: Db) -> TestResult {
     assert_eq!(delete(Garbage::DeviceCodes, now).await?, 1);
     assert!(store.poll_device_code(&hash(21), T0).await?.is_some());
     assert_eq!(delete(Garbage::BrowserSessions, now).await?, 1);
-    assert!(store.browser_session_user(&hash(31), T0).await?.is_some());
+    assert!(store.browser_session(&hash(31), T0).await?.is_some());
     assert_eq!(delete(Garbage::ExpiredInvitations, now).await?, 1);
     assert_eq!(delete(Garbage::SpentInvitations, now).await?, 1);
     assert!(store.invitation_user(&hash(42), T0).await?.is_some());
@@ -176,6 +195,51 @@ pub(super) async fn cleanup_deletes_garbage_only(db: Db) -> TestResult {
     {
         assert_eq!(delete(kind, now).await?, 0, "{kind:?}");
     }
+    Ok(())
+}
+
+/// Password-reset links past their use (replaced, spent or expired) are garbage, like
+/// invitations: a cleanup round leaves only the live one. Anyone may ask for a reset link, so
+/// without this the table grows without bound.
+pub(super) async fn cleanup_deletes_dead_password_resets(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    let (_, owner) = org_with_owner(store).await?;
+    let id = identity_of(&owner)?;
+    // Replaced by the next, then spent; expired; live.
+    store
+        .insert_password_reset(&hash(1), &id, LATER, audit("reset", T0))
+        .await?;
+    store
+        .insert_password_reset(&hash(2), &id, LATER, audit("reset", T0 + 1))
+        .await?;
+    assert!(
+        store
+            .accept_password_reset(&hash(2), "h", audit("reset.used", T0 + 2))
+            .await?
+    );
+    store
+        .insert_password_reset(&hash(3), &id, T0 + 1000, audit("reset", T0 + 3))
+        .await?;
+    store
+        .insert_password_reset(&hash(4), &id, LATER, audit("reset", T0 + 4))
+        .await?;
+    assert_eq!(db.count("SELECT COUNT(*) FROM password_resets").await?, 4);
+    let now = T0 + 1_000_000;
+    for kind in Garbage::ALL {
+        while store.delete_garbage(kind, now, 500).await? > 0 {}
+    }
+    assert!(
+        store
+            .password_reset_identity(&hash(4), now)
+            .await?
+            .is_some(),
+        "the live link went"
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM password_resets").await?,
+        1,
+        "dead password-reset links outlive every cleanup"
+    );
     Ok(())
 }
 

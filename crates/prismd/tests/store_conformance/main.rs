@@ -9,11 +9,12 @@ use std::future::Future;
 use std::sync::Arc;
 
 use prismd::store::{
-    self, AttemptPolicy, AuditBind, AuditEvent, AuditQuery, AuditRecord, Backend, CacheSettings,
-    CacheStats, Change, CodeRedemption, Garbage, MAX_AUDIT_PAGE, NewAuthorizationCode,
-    NewDeviceCode, NewOrganization, NewRefreshToken, NewUser, OpenOptions, Organization,
-    PrincipalRecord, PrivateKeyReplacement, ProfileChanges, RefreshGrant, Removal, RevokeDecision,
-    RevokedAll, SessionPolicy, SessionRecord, SigningKeyRecord, Store, StoreError, TokenUse, User,
+    self, AddedMember, AttemptPolicy, AuditBind, AuditEvent, AuditQuery, AuditRecord, Backend,
+    CacheSettings, CacheStats, Change, CodeRedemption, Delivery, Garbage, Identity, JoinExisting,
+    MAX_AUDIT_PAGE, NewAuthorizationCode, NewDeviceCode, NewOrganization, NewRefreshToken, NewUser,
+    OpenOptions, Organization, PrincipalRecord, PrivateKeyReplacement, ProfileChanges,
+    RefreshGrant, Refusal, RevokeDecision, RevokedAll, SessionPolicy, SessionRecord,
+    SigningKeyRecord, Store, StoreError, TokenUse, User,
 };
 use sqlx::Connection;
 
@@ -21,6 +22,7 @@ mod audit;
 mod cache;
 mod changes;
 mod cleanup;
+mod identities;
 mod keys;
 mod limits;
 mod organizations;
@@ -32,6 +34,7 @@ use audit::*;
 use cache::*;
 use changes::*;
 use cleanup::*;
+use identities::*;
 use keys::*;
 use limits::*;
 use organizations::*;
@@ -42,6 +45,8 @@ use users::*;
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const POSTGRES_URL_VAR: &str = "PRISM_TEST_POSTGRES_URL";
+
+type TestError = Box<dyn std::error::Error>;
 
 /// A fixed clock: the stores never read the time themselves.
 const T0: i64 = 1_700_000_000_000;
@@ -212,7 +217,7 @@ conformance!(
     bootstrap_once,
     bootstrap_races,
     organizations,
-    create_user_conflicts_and_readd,
+    add_member_conflicts_and_readd,
     users_page_order_and_cursor,
     members_profiles_and_lookups,
     refresh_token_insert_and_find,
@@ -248,11 +253,12 @@ conformance!(
     cache_invalidation_marks_stay_bounded,
     cache_forgets_at_once_revoke_all_by_token,
     cache_forgets_at_once_remove_user,
-    cache_forgets_at_once_set_password_hash,
+    cache_forgets_at_once_set_identity_password,
     cache_forgets_at_once_revoke_session,
     cache_forgets_at_once_update_profile,
     cleanup_deletes_garbage_only,
     cleanup_deletes_in_batches,
+    cleanup_deletes_dead_password_resets,
     cleanup_lock_takes_turns,
     cleanup_statements_use_indexes,
     attempt_counters,
@@ -262,6 +268,24 @@ conformance!(
     audit_query_uses_its_index,
     role_changes_keep_an_owner,
     session_policies,
+    profile_changes_follow_actor_rules,
+    removals_follow_actor_rules,
+    removing_oneself_without_the_role_is_forbidden,
+    add_member_joins_existing_identities,
+    add_member_follows_actor_rules,
+    add_member_races_make_one_identity,
+    identities_by_id_and_email,
+    memberships_joined_and_pending,
+    accept_membership_needs_a_verified_email,
+    set_identity_password_for_every_member,
+    invitations_verify_when_emailed,
+    password_resets_single_use,
+    identity_upgrade_notices_until_a_password,
+    refresh_tokens_move_between_members,
+    revoke_all_by_token_moves_every_member,
+    revoke_all_by_token_siblings_at_once,
+    cache_forgets_siblings_at_once_revoke_all_by_token,
+    cache_forgets_at_once_move_refresh_token,
 );
 
 // ---- helpers ----------------------------------------------------------------------------
@@ -296,6 +320,7 @@ fn new_org(name: &str, at: i64) -> NewOrganization {
     }
 }
 
+/// A new person: an email no identity has yet (an existing one is refused).
 fn new_user(org_id: &str, email: &str, role: &str, at: i64) -> NewUser {
     NewUser {
         id: uuid::Uuid::new_v4().to_string(),
@@ -306,6 +331,16 @@ fn new_user(org_id: &str, email: &str, role: &str, at: i64) -> NewUser {
         password_hash: None,
         external_id: None,
         created_at: at,
+        join_existing: JoinExisting::Refuse,
+        invited_by_org: None,
+    }
+}
+
+/// [`new_user`] for an identity that may exist already, joining as `join`.
+fn joining(org_id: &str, email: &str, role: &str, at: i64, join: JoinExisting) -> NewUser {
+    NewUser {
+        join_existing: join,
+        ..new_user(org_id, email, role, at)
     }
 }
 
@@ -328,16 +363,58 @@ async fn org_with_owner(
     Ok((org, owner))
 }
 
+/// An operator adds a new person to `org` (joined at once, with an identity of their own).
 async fn add_user(
     store: &dyn Store,
     org: &Organization,
     email: &str,
     role: &str,
     at: i64,
-) -> Result<User, StoreError> {
+) -> Result<User, TestError> {
+    Ok(added(try_add(store, new_user(&org.id, email, role, at), None).await?)?.user)
+}
+
+/// Adds `user` as `actor` would (`None`: an operator), audited as `user.add`.
+async fn try_add(
+    store: &dyn Store,
+    user: NewUser,
+    actor: Option<&str>,
+) -> Result<Result<AddedMember, Refusal>, StoreError> {
+    let at = user.created_at;
+    store.add_member(user, actor, audit("user.add", at)).await
+}
+
+/// The member an add created, or its refusal as an error.
+fn added(outcome: Result<AddedMember, Refusal>) -> Result<AddedMember, TestError> {
+    outcome.map_err(|refused| format!("the add was refused: {refused:?}").into())
+}
+
+/// The refusal of an add that must be refused.
+fn refused(outcome: Result<AddedMember, Refusal>) -> Result<Refusal, TestError> {
+    match outcome {
+        Ok(added) => Err(format!("the add of {} went through", added.user.email).into()),
+        Err(refused) => Ok(refused),
+    }
+}
+
+/// The identity of a member.
+fn identity_of(user: &User) -> Result<String, TestError> {
+    Ok(user
+        .identity_id
+        .clone()
+        .ok_or("a member without identity")?)
+}
+
+/// A new organization, created.
+async fn another_org(store: &dyn Store, name: &str, at: i64) -> Result<Organization, TestError> {
+    let org = new_org(name, at);
     store
-        .create_user(new_user(&org.id, email, role, at), audit("user.add", at))
-        .await
+        .create_organization(org.clone(), audit("org.add", at))
+        .await?;
+    Ok(store
+        .organization_by_tenant(&org.tenant_id)
+        .await?
+        .ok_or("the new organization is missing")?)
 }
 
 fn refresh_token(user: &User, seed: u8, from_code: Option<[u8; 32]>) -> NewRefreshToken {

@@ -64,17 +64,9 @@ pub(super) async fn organizations(db: Db) -> TestResult {
 pub(super) async fn session_policies(db: Db) -> TestResult {
     let store = db.store.as_ref();
     let (org, owner) = org_with_owner(store).await?;
-    let other_org = new_org("Other", T0);
+    let other_org = another_org(store, "Other", T0).await?;
     let other_org_id = other_org.id.clone();
-    store
-        .create_organization(other_org, audit("org.created", T0))
-        .await?;
-    let other_user = store
-        .create_user(
-            new_user(&other_org_id, "o@example.com", "owner", T0),
-            audit("user.add", T0),
-        )
-        .await?;
+    let other_user = add_user(store, &other_org, "o@example.com", "owner", T0).await?;
     store
         .insert_refresh_token(refresh_token(&owner, 1, None), audit("t", T0))
         .await?;

@@ -131,59 +131,93 @@ pub(super) async fn authorization_code_redeem_races(db: Db) -> TestResult {
 
 // ---- browser sessions and invitations --------------------------------------------------
 
+/// A browser session belongs to an identity: read back (with the identity as it is now)
+/// until it expires or ends; a new password or a revoke-all ends every session of that
+/// identity and no other.
 pub(super) async fn browser_sessions(db: Db) -> TestResult {
     let store = db.store.as_ref();
     let (org, owner) = org_with_owner(store).await?;
+    let me = identity_of(&owner)?;
     store
-        .insert_browser_session(&hash(1), &owner.id, T0, T0 + 1000)
+        .insert_browser_session(&hash(1), &me, T0, T0 + 1000)
         .await?;
+    let session = store
+        .browser_session(&hash(1), T0 + 1)
+        .await?
+        .ok_or("no session")?;
     assert_eq!(
-        store.browser_session_user(&hash(1), T0 + 1).await?,
-        Some(owner.clone())
+        session.identity,
+        store.identity(&me).await?.ok_or("no identity")?
+    );
+    assert_eq!(session.identity.email, "owner@example.com");
+    assert_eq!(
+        session.only_user_id, None,
+        "a new session may act as any member"
     );
     assert_eq!(
-        store.browser_session_user(&hash(1), T0 + 1000).await?,
+        store.browser_session(&hash(1), T0 + 1000).await?,
         None,
         "expired"
     );
+    assert_eq!(
+        store.browser_session(&hash(7), T0 + 1).await?,
+        None,
+        "unknown"
+    );
     store.delete_browser_session(&hash(1)).await?;
-    assert_eq!(store.browser_session_user(&hash(1), T0 + 1).await?, None);
-    // A new password ends every browser session of that user, and only theirs.
+    assert_eq!(store.browser_session(&hash(1), T0 + 1).await?, None);
+    store.delete_browser_session(&hash(1)).await?;
+    // A new password ends every browser session of that identity, and only its.
     let guest = add_user(store, &org, "g@example.com", "guest", T0).await?;
+    let guests = identity_of(&guest)?;
+    for seed in [2, 3] {
+        store
+            .insert_browser_session(&hash(seed), &me, T0, T0 + 1000)
+            .await?;
+    }
     store
-        .insert_browser_session(&hash(2), &owner.id, T0, T0 + 1000)
-        .await?;
-    store
-        .insert_browser_session(&hash(3), &owner.id, T0, T0 + 1000)
-        .await?;
-    store
-        .insert_browser_session(&hash(4), &guest.id, T0, T0 + 1000)
+        .insert_browser_session(&hash(4), &guests, T0, T0 + 1000)
         .await?;
     assert!(
         store
-            .set_password_hash(&owner.id, "h", audit("pw", T0 + 1))
+            .set_identity_password(&me, "h", audit("pw", T0 + 1))
             .await?
     );
-    assert_eq!(store.browser_session_user(&hash(2), T0 + 1).await?, None);
-    assert_eq!(store.browser_session_user(&hash(3), T0 + 1).await?, None);
-    assert_eq!(
-        store.browser_session_user(&hash(4), T0 + 1).await?,
-        Some(guest.clone())
-    );
-    // So does a revoke-all; and removal hides the user.
+    assert_eq!(store.browser_session(&hash(2), T0 + 1).await?, None);
+    assert_eq!(store.browser_session(&hash(3), T0 + 1).await?, None);
+    let theirs = store
+        .browser_session(&hash(4), T0 + 1)
+        .await?
+        .ok_or("a bystander's session ended")?;
+    assert_eq!(theirs.identity.id, guests);
+    // A session started afterwards reads the identity as it is now.
+    store
+        .insert_browser_session(&hash(6), &me, T0 + 2, T0 + 1000)
+        .await?;
+    let mine = store
+        .browser_session(&hash(6), T0 + 2)
+        .await?
+        .ok_or("no session")?;
+    assert!(mine.identity.has_password);
+    // So does a revoke-all.
     assert!(
         store
             .revoke_all_tokens(&guest.id, 0, audit("ra", T0 + 2))
             .await?
     );
-    assert_eq!(store.browser_session_user(&hash(4), T0 + 3).await?, None);
+    assert_eq!(store.browser_session(&hash(4), T0 + 3).await?, None);
+    assert!(store.browser_session(&hash(6), T0 + 3).await?.is_some());
+    // A removal ends the membership (the identity has none left to act as).
     store
-        .insert_browser_session(&hash(5), &guest.id, T0, T0 + 1000)
+        .insert_browser_session(&hash(5), &guests, T0, T0 + 1000)
         .await?;
-    store
-        .remove_user(&guest.id, T0 + 4, audit("rm", T0 + 4))
-        .await?;
-    assert_eq!(store.browser_session_user(&hash(5), T0 + 5).await?, None);
+    assert_eq!(
+        store
+            .remove_user(&guest.id, T0 + 4, None, audit("rm", T0 + 4))
+            .await?,
+        Ok(())
+    );
+    assert!(store.memberships(&guests).await?.is_empty());
     Ok(())
 }
 
@@ -191,12 +225,34 @@ pub(super) async fn invitations_single_use(db: Db) -> TestResult {
     let store = db.store.as_ref();
     let (org, owner) = org_with_owner(store).await?;
     let invited = add_user(store, &org, "new@example.com", "guest", T0).await?;
+    let identity = identity_of(&invited)?;
+    let has_password = |id: String| async move {
+        Ok::<_, TestError>(
+            store
+                .identity(&id)
+                .await?
+                .ok_or("no identity")?
+                .has_password,
+        )
+    };
     store
-        .insert_invitation(&hash(1), &invited.id, T0 + 1000, audit("invite", T0))
+        .insert_invitation(
+            &hash(1),
+            &invited.id,
+            T0 + 1000,
+            Delivery::Handed,
+            audit("invite", T0),
+        )
         .await?;
     // A second link replaces the first.
     store
-        .insert_invitation(&hash(2), &invited.id, T0 + 1000, audit("invite", T0 + 1))
+        .insert_invitation(
+            &hash(2),
+            &invited.id,
+            T0 + 1000,
+            Delivery::Handed,
+            audit("invite", T0 + 1),
+        )
         .await?;
     assert_eq!(store.invitation_user(&hash(1), T0 + 2).await?, None);
     assert_eq!(
@@ -214,15 +270,20 @@ pub(super) async fn invitations_single_use(db: Db) -> TestResult {
             .await?
     );
     store
-        .insert_browser_session(&hash(9), &invited.id, T0, T0 + 10_000)
+        .insert_browser_session(&hash(9), &identity, T0, T0 + 10_000)
         .await?;
     assert!(
         store
             .accept_invitation(&hash(2), "h2", audit("accept", T0 + 3))
             .await?
     );
-    assert!(store.has_password(&invited.id).await?);
-    assert_eq!(store.browser_session_user(&hash(9), T0 + 4).await?, None);
+    assert!(has_password(identity.clone()).await?);
+    let credentials = store
+        .identity_by_email("new@example.com")
+        .await?
+        .ok_or("no identity")?;
+    assert_eq!(credentials.password_hash.as_deref(), Some("h2"));
+    assert_eq!(store.browser_session(&hash(9), T0 + 4).await?, None);
     assert!(
         !store
             .accept_invitation(&hash(2), "h3", audit("accept", T0 + 4))
@@ -232,13 +293,20 @@ pub(super) async fn invitations_single_use(db: Db) -> TestResult {
     assert_eq!(store.invitation_user(&hash(2), T0 + 4).await?, None);
 
     // An invitation never resets an existing password.
+    let owners = identity_of(&owner)?;
     assert!(
         store
-            .set_password_hash(&owner.id, "owner-hash", audit("pw", T0))
+            .set_identity_password(&owners, "owner-hash", audit("pw", T0))
             .await?
     );
     store
-        .insert_invitation(&hash(3), &owner.id, T0 + 1000, audit("invite", T0))
+        .insert_invitation(
+            &hash(3),
+            &owner.id,
+            T0 + 1000,
+            Delivery::Email,
+            audit("invite", T0),
+        )
         .await?;
     assert_eq!(store.invitation_user(&hash(3), T0 + 1).await?, None);
     assert!(
@@ -246,20 +314,30 @@ pub(super) async fn invitations_single_use(db: Db) -> TestResult {
             .accept_invitation(&hash(3), "attacker", audit("accept", T0 + 2))
             .await?
     );
-    let credentials = store.credentials_by_email("owner@example.com").await?;
-    assert_eq!(credentials[0].password_hash.as_deref(), Some("owner-hash"));
+    let credentials = store
+        .identity_by_email("owner@example.com")
+        .await?
+        .ok_or("no identity")?;
+    assert_eq!(credentials.password_hash.as_deref(), Some("owner-hash"));
+    assert!(!credentials.identity.email_verified);
 
     // Expired links cannot be accepted.
     let late = add_user(store, &org, "late@example.com", "guest", T0).await?;
     store
-        .insert_invitation(&hash(4), &late.id, T0 + 10, audit("invite", T0))
+        .insert_invitation(
+            &hash(4),
+            &late.id,
+            T0 + 10,
+            Delivery::Email,
+            audit("invite", T0),
+        )
         .await?;
     assert!(
         !store
             .accept_invitation(&hash(4), "h", audit("accept", T0 + 10))
             .await?
     );
-    assert!(!store.has_password(&late.id).await?);
+    assert!(!has_password(identity_of(&late)?).await?);
     Ok(())
 }
 

@@ -69,13 +69,57 @@ pub(super) async fn refresh_token_insert_and_find(db: Db) -> TestResult {
 
     // No tokens for removed or unknown users.
     let guest = add_user(store, &org, "g@example.com", "guest", T0 + 1).await?;
-    store
-        .remove_user(&guest.id, T0 + 2, audit("rm", T0 + 2))
-        .await?;
+    assert_eq!(
+        store
+            .remove_user(&guest.id, T0 + 2, None, audit("rm", T0 + 2))
+            .await?,
+        Ok(())
+    );
     assert!(
         !store
             .insert_refresh_token(refresh_token(&guest, 3, None), audit("token", T0))
             .await?
+    );
+    assert!(
+        !store
+            .insert_refresh_token(
+                NewRefreshToken {
+                    user_id: "nobody".into(),
+                    ..refresh_token(&guest, 4, None)
+                },
+                audit("token", T0)
+            )
+            .await?
+    );
+    // Nor for a member still waiting for its identity to accept.
+    let other = another_org(store, "Other", T0).await?;
+    let pending = added(
+        try_add(
+            store,
+            joining(
+                &other.id,
+                "owner@example.com",
+                "guest",
+                T0 + 3,
+                JoinExisting::Pending,
+            ),
+            None,
+        )
+        .await?,
+    )?
+    .user;
+    assert_eq!(pending.joined_at, None);
+    let before = db.count("SELECT COUNT(*) FROM audit_events").await?;
+    assert!(
+        !store
+            .insert_refresh_token(refresh_token(&pending, 5, None), audit("token", T0 + 4))
+            .await?
+    );
+    assert!(store.find_refresh_grant(&hash(5)).await?.is_none());
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM audit_events").await?,
+        before,
+        "a refused token was audited"
     );
     Ok(())
 }
@@ -87,7 +131,7 @@ pub(super) async fn revoke_all_one_write(db: Db) -> TestResult {
         .insert_refresh_token(refresh_token(&owner, 1, None), audit("t", T0))
         .await?;
     store
-        .insert_browser_session(&hash(50), &owner.id, T0, T0 + 1_000_000)
+        .insert_browser_session(&hash(50), &identity_of(&owner)?, T0, T0 + 1_000_000)
         .await?;
     assert!(
         store
@@ -114,7 +158,7 @@ pub(super) async fn revoke_all_one_write(db: Db) -> TestResult {
         "one write: the token row is untouched"
     );
     assert!(
-        store.browser_session_user(&hash(50), T0).await?.is_none(),
+        store.browser_session(&hash(50), T0).await?.is_none(),
         "browser signed out"
     );
     // A token minted afterwards lives under the new epoch.
@@ -234,13 +278,13 @@ pub(super) async fn revoke_all_many_at_once(db: Db) -> TestResult {
         let email = format!("u{n}@example.com");
         let user = add_user(db.store.as_ref(), &org, &email, "member", T0).await?;
         db.store
-            .insert_browser_session(&hash(100 + n), &user.id, T0, T0 + 1_000_000)
+            .insert_browser_session(&hash(100 + n), &identity_of(&user)?, T0, T0 + 1_000_000)
             .await?;
         users.push(user);
     }
     let bystander = add_user(db.store.as_ref(), &org, "by@example.com", "member", T0).await?;
     db.store
-        .insert_browser_session(&hash(99), &bystander.id, T0, T0 + 1_000_000)
+        .insert_browser_session(&hash(99), &identity_of(&bystander)?, T0, T0 + 1_000_000)
         .await?;
     let before = recent_events(db.store.as_ref(), 1000).await?.len();
     let mut revokes = tokio::task::JoinSet::new();
@@ -263,17 +307,14 @@ pub(super) async fn revoke_all_many_at_once(db: Db) -> TestResult {
         let now = db.store.active_user(&user.id).await?.ok_or("gone")?;
         assert_eq!(now.token_epoch, 1, "{}", user.email);
         assert_eq!(
-            db.store.browser_session_user(&hash(n), T0 + 1).await?,
+            db.store.browser_session(&hash(n), T0 + 1).await?,
             None,
             "{}'s browser session outlived the revoke",
             user.email
         );
     }
     assert!(
-        db.store
-            .browser_session_user(&hash(99), T0 + 1)
-            .await?
-            .is_some(),
+        db.store.browser_session(&hash(99), T0 + 1).await?.is_some(),
         "a bystander's browser session ended"
     );
     let after = recent_events(db.store.as_ref(), 1000).await?;
@@ -328,7 +369,7 @@ pub(super) async fn members_with_a_token(
     store: &dyn Store,
     org: &Organization,
     count: u8,
-) -> Result<Vec<User>, StoreError> {
+) -> Result<Vec<User>, TestError> {
     let mut users = Vec::new();
     for n in 0..count {
         let user = add_user(store, org, &format!("u{n}@example.com"), "member", T0).await?;
@@ -351,7 +392,7 @@ pub(super) async fn revoke_all_by_token_decides_at_the_write(db: Db) -> TestResu
         .insert_refresh_token(token.clone(), audit("t", T0))
         .await?;
     store
-        .insert_browser_session(&hash(50), &owner.id, T0, T0 + 1_000_000)
+        .insert_browser_session(&hash(50), &identity_of(&owner)?, T0, T0 + 1_000_000)
         .await?;
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let before = recent_events(store, 1000).await?.len();
@@ -383,7 +424,8 @@ pub(super) async fn revoke_all_by_token_decides_at_the_write(db: Db) -> TestResu
             .await?,
         Some(RevokedAll {
             user_id: owner.id.clone(),
-            moved: true
+            moved: true,
+            siblings: Vec::new(),
         })
     );
     {
@@ -408,7 +450,7 @@ pub(super) async fn revoke_all_by_token_decides_at_the_write(db: Db) -> TestResu
         1
     );
     assert!(
-        store.browser_session_user(&hash(50), T0).await?.is_none(),
+        store.browser_session(&hash(50), T0).await?.is_none(),
         "browser signed out"
     );
     let events = recent_events(store, 1000).await?;
@@ -568,52 +610,53 @@ pub(super) async fn remove_user_keeps_an_owner(db: Db) -> TestResult {
     let (org, owner) = org_with_owner(store).await?;
     assert_eq!(
         store
-            .remove_user(&owner.id, T0 + 1, audit("rm", T0 + 1))
+            .remove_user(&owner.id, T0 + 1, None, audit("rm", T0 + 1))
             .await?,
-        Removal::LastOwner
+        Err(Refusal::LastOwner)
     );
     let second = add_user(store, &org, "second@example.com", "owner", T0 + 2).await?;
     assert_eq!(
         store
-            .remove_user(&owner.id, T0 + 3, audit("rm", T0 + 3))
+            .remove_user(&owner.id, T0 + 3, None, audit("rm", T0 + 3))
             .await?,
-        Removal::Removed
+        Ok(())
     );
     assert_eq!(
         store
-            .remove_user(&second.id, T0 + 4, audit("rm", T0 + 4))
+            .remove_user(&second.id, T0 + 4, None, audit("rm", T0 + 4))
             .await?,
-        Removal::LastOwner
+        Err(Refusal::LastOwner)
     );
     assert_eq!(
         store
-            .remove_user(&owner.id, T0 + 5, audit("rm", T0 + 5))
+            .remove_user(&owner.id, T0 + 5, None, audit("rm", T0 + 5))
             .await?,
-        Removal::NotFound,
+        Err(Refusal::NotFound),
         "already removed"
     );
     assert_eq!(
         store
-            .remove_user("nobody", T0 + 5, audit("rm", T0 + 5))
+            .remove_user("nobody", T0 + 5, None, audit("rm", T0 + 5))
             .await?,
-        Removal::NotFound
+        Err(Refusal::NotFound)
     );
     // Non-owners go regardless.
     let guest = add_user(store, &org, "guest@example.com", "guest", T0 + 6).await?;
     assert_eq!(
         store
-            .remove_user(&guest.id, T0 + 7, audit("rm", T0 + 7))
+            .remove_user(&guest.id, T0 + 7, None, audit("rm", T0 + 7))
             .await?,
-        Removal::Removed
+        Ok(())
     );
     assert!(store.active_user(&guest.id).await?.is_none());
     Ok(())
 }
 
+/// Two Owners removing each other at the same moment, through two connections: one removal
+/// wins and one Owner stays. Several rounds, each with the survivor and a new Owner.
 pub(super) async fn remove_user_races_keep_an_owner(db: Db) -> TestResult {
     let (org, owner) = org_with_owner(db.store.as_ref()).await?;
     let other = db.another().await?;
-    // Several rounds: two Owners, each removed by a different connection at the same moment.
     let mut keep = owner;
     for round in 0..5_i64 {
         let at = T0 + 100 * (round + 1);
@@ -626,12 +669,55 @@ pub(super) async fn remove_user_races_keep_an_owner(db: Db) -> TestResult {
         )
         .await?;
         let (a, b) = tokio::join!(
-            db.store.remove_user(&keep.id, at + 1, audit("rm", at + 1)),
-            other.remove_user(&second.id, at + 1, audit("rm", at + 1)),
+            db.store
+                .remove_user(&keep.id, at + 1, Some(&second.id), audit("rm", at + 1)),
+            other.remove_user(&second.id, at + 1, Some(&keep.id), audit("rm", at + 1)),
         );
         let (a, b) = (a?, b?);
-        let removed = [a, b].iter().filter(|r| **r == Removal::Removed).count();
+        let removed = [a, b].iter().filter(|r| r.is_ok()).count();
         assert_eq!(removed, 1, "round {round}: {a:?} {b:?}");
+        // The loser's actor is gone by the time its removal is written.
+        for outcome in [a, b] {
+            assert!(
+                matches!(outcome, Ok(()) | Err(Refusal::Forbidden)),
+                "{outcome:?}"
+            );
+        }
+        let owners: Vec<_> = db
+            .store
+            .list_users(&org.id, false)
+            .await?
+            .into_iter()
+            .filter(|u| u.role == "owner")
+            .collect();
+        assert_eq!(owners.len(), 1, "round {round}");
+        keep = owners.into_iter().next().ok_or("no owner")?;
+    }
+    // Each removing itself, as an operator would remove both: the last one stays.
+    for round in 5..10_i64 {
+        let at = T0 + 100 * (round + 1);
+        let second = add_user(
+            db.store.as_ref(),
+            &org,
+            &format!("o{round}@example.com"),
+            "owner",
+            at,
+        )
+        .await?;
+        let (a, b) = tokio::join!(
+            db.store
+                .remove_user(&keep.id, at + 1, Some(&keep.id), audit("rm", at + 1)),
+            other.remove_user(&second.id, at + 1, None, audit("rm", at + 1)),
+        );
+        let (a, b) = (a?, b?);
+        let removed = [a, b].iter().filter(|r| r.is_ok()).count();
+        assert_eq!(removed, 1, "round {round}: {a:?} {b:?}");
+        for outcome in [a, b] {
+            assert!(
+                matches!(outcome, Ok(()) | Err(Refusal::LastOwner)),
+                "{outcome:?}"
+            );
+        }
         let owners: Vec<_> = db
             .store
             .list_users(&org.id, false)
@@ -799,12 +885,452 @@ pub(super) async fn sessions_live_only_newest_first(db: Db) -> TestResult {
             .remove_user(
                 &member.id,
                 T0 + 80,
+                None,
                 audit_about("user.removed", T0 + 80, &member)
             )
             .await?,
-        Removal::Removed
+        Ok(())
     );
     assert!(store.list_sessions(&member.id, 100).await?.is_empty());
     assert!(store.live_session(&members.id).await?.is_none());
+    Ok(())
+}
+
+/// The members of one person, `p@example.com`, in several organizations.
+pub(super) struct Person {
+    pub(super) identity: String,
+    /// Joined, in the bootstrapped organization.
+    pub(super) in_a: User,
+    /// Joined, in organization B.
+    pub(super) in_b: User,
+    /// Pending, in organization C.
+    pub(super) in_c: User,
+    pub(super) orgs: [Organization; 4],
+    /// The bootstrapped organization's Owner, another person.
+    pub(super) owner: User,
+}
+
+/// Four organizations (A bootstrapped, B, C, D) and a [`Person`]: joined in A and B, pending
+/// in C, nothing in D.
+pub(super) async fn person_in_several_orgs(store: &dyn Store) -> Result<Person, TestError> {
+    let (a, owner) = org_with_owner(store).await?;
+    let b = another_org(store, "B", T0 + 1).await?;
+    let c = another_org(store, "C", T0 + 2).await?;
+    let d = another_org(store, "D", T0 + 3).await?;
+    let in_a = add_user(store, &a, "p@example.com", "member", T0 + 4).await?;
+    let join = |org: &Organization, join: JoinExisting| {
+        joining(&org.id, "p@example.com", "member", T0 + 5, join)
+    };
+    let in_b = added(try_add(store, join(&b, JoinExisting::AtOnce), None).await?)?.user;
+    let in_c = added(try_add(store, join(&c, JoinExisting::Pending), None).await?)?.user;
+    Ok(Person {
+        identity: identity_of(&in_a)?,
+        in_a,
+        in_b,
+        in_c,
+        orgs: [a, b, c, d],
+        owner,
+    })
+}
+
+/// A refresh token moves from one member of a person to the joined member of the same
+/// identity in another organization: the grant then reads the new member, organization,
+/// tenant and epoch, and both organizations' trails show the move. It moves nowhere the
+/// identity is not joined, and a token not live under the member it is said to be under
+/// (revoked, of an old epoch, someone else's, removed) does not move; a move that does not
+/// happen changes and audits nothing.
+pub(super) async fn refresh_tokens_move_between_members(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    let p = person_in_several_orgs(store).await?;
+    let [a, b, c, d] = &p.orgs;
+    // Epochs that differ: the moved token takes its new member's.
+    assert!(
+        store
+            .revoke_all_tokens(
+                &p.in_b.id,
+                0,
+                audit_about("tokens.revoked_all", T0 + 6, &p.in_b)
+            )
+            .await?
+    );
+    let token = refresh_token(&p.in_a, 1, None);
+    assert!(
+        store
+            .insert_refresh_token(token.clone(), audit("t", T0 + 7))
+            .await?
+    );
+    let moved = |from: &User, tenant: &str, at: i64| {
+        let (from_id, tenant, token_id) = (from.id.clone(), tenant.to_owned(), token.id.clone());
+        let event = AuditEvent {
+            org_id: Some(from.org_id.clone()),
+            ..audit_about("session.moved", at, from)
+        };
+        async move {
+            store
+                .move_refresh_token(&token_id, &from_id, &tenant, event)
+                .await
+        }
+    };
+    let before = db.count("SELECT COUNT(*) FROM audit_events").await?;
+    assert_eq!(
+        moved(&p.in_a, &b.tenant_id, T0 + 8).await?,
+        Some(p.in_b.id.clone())
+    );
+    let grant = store
+        .find_refresh_grant(&hash(1))
+        .await?
+        .ok_or("no grant")?;
+    assert_eq!(grant.token_id, token.id);
+    assert_eq!(
+        (
+            grant.user_id.as_str(),
+            grant.org_id.as_str(),
+            grant.tenant_id.as_str()
+        ),
+        (p.in_b.id.as_str(), b.id.as_str(), b.tenant_id.as_str())
+    );
+    assert_eq!((grant.token_epoch, grant.user_epoch), (1, 1), "it stands");
+    assert_eq!(grant.token_revoked_at, None);
+    let principal = store
+        .principal(&p.in_b.id, &token.id)
+        .await?
+        .ok_or("no principal")?;
+    assert_eq!(principal.session_revoked_at, Some(None));
+    assert_eq!(principal.org, *b);
+    assert!(store.list_sessions(&p.in_a.id, 10).await?.is_empty());
+    assert_eq!(
+        store
+            .live_session(&token.id)
+            .await?
+            .ok_or("not live")?
+            .user_id,
+        p.in_b.id
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM audit_events").await?,
+        before + 2
+    );
+    let mut rows: Vec<(Option<String>, Option<String>)> = recent_events(store, 2)
+        .await?
+        .into_iter()
+        .map(|row| {
+            assert_eq!(row.action, "session.moved");
+            (row.org_id, row.subject_user_id)
+        })
+        .collect();
+    rows.sort();
+    let mut expected = vec![
+        (Some(a.id.clone()), Some(p.in_a.id.clone())),
+        (Some(b.id.clone()), Some(p.in_b.id.clone())),
+    ];
+    expected.sort();
+    assert_eq!(rows, expected, "one row in each organization");
+
+    // Nowhere it is not joined, and not from a member it is not under.
+    let before = before + 2;
+    for (from, tenant, what) in [
+        (&p.in_b, c.tenant_id.as_str(), "to a pending membership"),
+        (
+            &p.in_b,
+            d.tenant_id.as_str(),
+            "to an organization it is not in",
+        ),
+        (&p.in_b, "no-such-tenant", "to no organization"),
+        (&p.in_a, a.tenant_id.as_str(), "from a member it left"),
+        (&p.owner, a.tenant_id.as_str(), "from someone else"),
+    ] {
+        assert_eq!(moved(from, tenant, T0 + 9).await?, None, "{what}");
+    }
+    let unchanged = store
+        .find_refresh_grant(&hash(1))
+        .await?
+        .ok_or("no grant")?;
+    assert_eq!(
+        (unchanged.user_id.as_str(), unchanged.token_epoch),
+        (p.in_b.id.as_str(), 1)
+    );
+    assert_eq!(db.count("SELECT COUNT(*) FROM audit_events").await?, before);
+    // And back, under A's epoch.
+    assert_eq!(
+        moved(&p.in_b, &a.tenant_id, T0 + 10).await?,
+        Some(p.in_a.id.clone())
+    );
+    let back = store
+        .find_refresh_grant(&hash(1))
+        .await?
+        .ok_or("no grant")?;
+    assert_eq!(
+        (
+            back.user_id.as_str(),
+            back.org_id.as_str(),
+            back.token_epoch,
+            back.user_epoch
+        ),
+        (p.in_a.id.as_str(), a.id.as_str(), 0, 0)
+    );
+
+    // A revoked token stays.
+    assert!(
+        store
+            .revoke_session(&token.id, &p.in_a.id, audit("rv", T0 + 12))
+            .await?
+    );
+    let before = db.count("SELECT COUNT(*) FROM audit_events").await?;
+    assert_eq!(
+        moved(&p.in_a, &b.tenant_id, T0 + 13).await?,
+        None,
+        "revoked"
+    );
+    assert_eq!(db.count("SELECT COUNT(*) FROM audit_events").await?, before);
+    // A token of an old epoch stays (it must not come back to life elsewhere).
+    let old = refresh_token(&p.in_a, 2, None);
+    assert!(
+        store
+            .insert_refresh_token(old.clone(), audit("t", T0 + 14))
+            .await?
+    );
+    assert!(
+        store
+            .revoke_all_tokens(
+                &p.in_a.id,
+                0,
+                audit_about("tokens.revoked_all", T0 + 15, &p.in_a)
+            )
+            .await?
+    );
+    let before = before + 2;
+    let from_old_epoch = store
+        .move_refresh_token(
+            &old.id,
+            &p.in_a.id,
+            &b.tenant_id,
+            audit_about("session.moved", T0 + 16, &p.in_a),
+        )
+        .await?;
+    assert_eq!(from_old_epoch, None, "an old epoch");
+    let stale = store
+        .find_refresh_grant(&hash(2))
+        .await?
+        .ok_or("no grant")?;
+    assert_eq!(
+        (stale.user_id.as_str(), stale.token_epoch, stale.user_epoch),
+        (p.in_a.id.as_str(), 0, 1)
+    );
+    // Nor from, or to, a removed member.
+    let live = refresh_token(&p.in_a, 3, None);
+    assert!(
+        store
+            .insert_refresh_token(live.clone(), audit("t", T0 + 17))
+            .await?
+    );
+    assert_eq!(
+        store
+            .remove_user(&p.in_b.id, T0 + 18, None, audit("user.removed", T0 + 18))
+            .await?,
+        Ok(())
+    );
+    let before = before + 2;
+    let to_removed = store
+        .move_refresh_token(
+            &live.id,
+            &p.in_a.id,
+            &b.tenant_id,
+            audit_about("session.moved", T0 + 19, &p.in_a),
+        )
+        .await?;
+    assert_eq!(to_removed, None, "to a removed member");
+    assert_eq!(db.count("SELECT COUNT(*) FROM audit_events").await?, before);
+    Ok(())
+}
+
+/// A person's own revoke-all (named by a token) ends their tokens in every organization: the
+/// epoch of each of the identity's active members moves (the others are listed as siblings),
+/// each with its audit row in its organization, so a sibling's token fails the standing rule.
+/// A removed member and other people are untouched. A revoke-all named by a member (an
+/// Admin's) moves that member only.
+pub(super) async fn revoke_all_by_token_moves_every_member(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    let p = person_in_several_orgs(store).await?;
+    let [a, b, c, d] = &p.orgs;
+    let gone = added(
+        try_add(
+            store,
+            joining(
+                &d.id,
+                "p@example.com",
+                "member",
+                T0 + 6,
+                JoinExisting::AtOnce,
+            ),
+            None,
+        )
+        .await?,
+    )?
+    .user;
+    assert_eq!(
+        store
+            .remove_user(&gone.id, T0 + 7, None, audit("user.removed", T0 + 7))
+            .await?,
+        Ok(())
+    );
+    for (seed, user) in [(1, &p.in_a), (2, &p.in_b), (3, &p.owner)] {
+        assert!(
+            store
+                .insert_refresh_token(refresh_token(user, seed, None), audit("t", T0 + 8))
+                .await?
+        );
+    }
+    store
+        .insert_browser_session(&hash(50), &p.identity, T0, T0 + 1_000_000)
+        .await?;
+    store
+        .insert_browser_session(&hash(51), &identity_of(&p.owner)?, T0, T0 + 1_000_000)
+        .await?;
+    let before = db.count("SELECT COUNT(*) FROM audit_events").await?;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let revoked = store
+        .revoke_all_by_token(&hash(1), standing_decision(seen, T0 + 9))
+        .await?
+        .ok_or("nothing revoked")?;
+    assert_eq!(revoked.user_id, p.in_a.id);
+    assert!(revoked.moved);
+    let mut siblings = revoked.siblings.clone();
+    siblings.sort();
+    let mut expected = vec![p.in_b.id.clone(), p.in_c.id.clone()];
+    expected.sort();
+    assert_eq!(siblings, expected, "every other active member");
+
+    let epoch = |user: &User| {
+        let (org_id, id) = (user.org_id.clone(), user.id.clone());
+        async move {
+            Ok::<_, TestError>(
+                store
+                    .list_users(&org_id, true)
+                    .await?
+                    .into_iter()
+                    .find(|u| u.id == id)
+                    .ok_or("no such user")?
+                    .token_epoch,
+            )
+        }
+    };
+    assert_eq!(epoch(&p.in_a).await?, 1);
+    assert_eq!(epoch(&p.in_b).await?, 1);
+    assert_eq!(epoch(&p.in_c).await?, 1, "a pending member too");
+    assert_eq!(epoch(&gone).await?, 1, "the removal's move only");
+    assert_eq!(epoch(&p.owner).await?, 0, "someone else");
+    // The sibling's token is dead by the standing rule.
+    let sibling = store
+        .find_refresh_grant(&hash(2))
+        .await?
+        .ok_or("no grant")?;
+    assert_eq!((sibling.token_epoch, sibling.user_epoch), (0, 1));
+    assert!(store.list_sessions(&p.in_b.id, 10).await?.is_empty());
+    let bystander = store
+        .find_refresh_grant(&hash(3))
+        .await?
+        .ok_or("no grant")?;
+    assert_eq!((bystander.token_epoch, bystander.user_epoch), (0, 0));
+    assert_eq!(store.browser_session(&hash(50), T0 + 10).await?, None);
+    assert!(store.browser_session(&hash(51), T0 + 10).await?.is_some());
+    // One row per member, in its organization.
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM audit_events").await?,
+        before + 3
+    );
+    let mut rows: Vec<(Option<String>, Option<String>)> = recent_events(store, 3)
+        .await?
+        .into_iter()
+        .map(|row| {
+            assert_eq!(row.action, "tokens.revoked_all");
+            (row.org_id, row.subject_user_id)
+        })
+        .collect();
+    rows.sort();
+    let mut expected: Vec<(Option<String>, Option<String>)> =
+        [(a, &p.in_a), (b, &p.in_b), (c, &p.in_c)]
+            .into_iter()
+            .map(|(org, user)| (Some(org.id.clone()), Some(user.id.clone())))
+            .collect();
+    expected.sort();
+    assert_eq!(rows, expected);
+
+    // Named by a member: that member only.
+    assert!(
+        store
+            .revoke_all_tokens(
+                &p.in_b.id,
+                1,
+                audit_about("tokens.revoked_all", T0 + 11, &p.in_b)
+            )
+            .await?
+    );
+    assert_eq!(epoch(&p.in_b).await?, 2);
+    assert_eq!(epoch(&p.in_a).await?, 1);
+    assert_eq!(epoch(&p.in_c).await?, 1);
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM audit_events").await?,
+        before + 4
+    );
+    Ok(())
+}
+
+/// Two members of one person revoking all by their tokens at the same moment (in one group
+/// of the group commit, or in two): each member's epoch moves exactly once, with exactly one
+/// audit row, whichever revoke moved it. Several rounds.
+pub(super) async fn revoke_all_by_token_siblings_at_once(db: Db) -> TestResult {
+    let p = person_in_several_orgs(db.store.as_ref()).await?;
+    let other = db.another().await?;
+    let members = [&p.in_a, &p.in_b, &p.in_c];
+    for round in 0..5_u8 {
+        let epoch = i64::from(round);
+        for (seed, user) in [(10 + round, &p.in_a), (20 + round, &p.in_b)] {
+            assert!(
+                db.store
+                    .insert_refresh_token(refresh_token(user, seed, None), audit("t", T0 + 8))
+                    .await?
+            );
+        }
+        let before = recent_events(db.store.as_ref(), 1000).await?.len();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let at = T0 + 100 + epoch;
+        // Through one store (one group, usually) or two (two groups, or on PostgreSQL two
+        // replicas).
+        let second_store = if round % 2 == 0 {
+            db.store.clone()
+        } else {
+            other.clone()
+        };
+        let (of_a, of_b) = (hash(10 + round), hash(20 + round));
+        let (first, second) = tokio::join!(
+            db.store
+                .revoke_all_by_token(&of_a, standing_decision(seen.clone(), at)),
+            second_store.revoke_all_by_token(&of_b, standing_decision(seen, at)),
+        );
+        let (first, second) = (first?, second?);
+        assert!(
+            [&first, &second]
+                .iter()
+                .any(|r| r.as_ref().is_some_and(|r| r.moved)),
+            "round {round}: neither moved: {first:?} {second:?}"
+        );
+        for member in members {
+            let now = db
+                .store
+                .member(&member.org_id, &member.id)
+                .await?
+                .ok_or("gone")?;
+            assert_eq!(
+                now.token_epoch,
+                epoch + 1,
+                "round {round}: {}",
+                member.org_id
+            );
+        }
+        let after = recent_events(db.store.as_ref(), 1000).await?;
+        assert_eq!(after.len() - before, members.len(), "round {round}");
+        assert_one_audit_row_each(&after[..members.len()], members);
+    }
+    other.close().await;
     Ok(())
 }

@@ -220,7 +220,13 @@ impl<D: Dialect> UserStore for SqlStore<D> {
             .execute(&mut tx)
             .await?;
         if done == 0 {
-            let why = refusal(&mut tx, user_id, actor, changes.role.as_deref()).await?;
+            let why = refusal(
+                &mut tx,
+                user_id,
+                actor,
+                Refused::Profile(changes.role.as_deref()),
+            )
+            .await?;
             tx.rollback().await?;
             return Ok(Err(why));
         }
@@ -378,7 +384,7 @@ impl<D: Dialect> UserStore for SqlStore<D> {
             .execute(&mut tx)
             .await?;
         if done == 0 {
-            let why = refusal(&mut tx, user_id, actor, None).await?;
+            let why = refusal(&mut tx, user_id, actor, Refused::Removal).await?;
             tx.rollback().await?;
             return Ok(Err(why));
         }
@@ -600,14 +606,25 @@ fn actor_may_insert() -> &'static str {
          AND (a.role = 'owner' OR (a.role = 'admin' AND $5 <> 'owner'))))"
 }
 
+/// The change a refused write was.
+enum Refused<'a> {
+    /// A profile change, with the new role if any.
+    Profile(Option<&'a str>),
+    Removal,
+}
+
 /// Why a conditional change of `user_id` wrote nothing, read in its transaction for the
 /// message only (the decision was the write's).
 async fn refusal(
     tx: &mut impl Exec,
     user_id: &str,
     actor: Actor<'_>,
-    new_role: Option<&str>,
+    change: Refused<'_>,
 ) -> Result<Refusal, StoreError> {
+    let new_role = match change {
+        Refused::Profile(role) => role,
+        Refused::Removal => None,
+    };
     let target: Option<(String, String)> =
         query("SELECT org_id, role FROM users WHERE id = $1 AND removed_at IS NULL")
             .bind(user_id)
@@ -619,7 +636,8 @@ async fn refusal(
     let Some(actor) = actor else {
         return Ok(Refusal::LastOwner);
     };
-    if actor == user_id && new_role.is_none() {
+    // Everyone may change their own profile (without the role): only the Owner rule refuses.
+    if actor == user_id && matches!(change, Refused::Profile(None)) {
         return Ok(Refusal::LastOwner);
     }
     let actor_role: Option<String> = query(
