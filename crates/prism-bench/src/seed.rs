@@ -1,4 +1,5 @@
-//! Seeding: users and refresh tokens written straight into the database `prismd` created, in
+//! Seeding: identities, their users and refresh tokens written straight into the database
+//! `prismd` created, in
 //! multi-row statements, so that a million tokens take seconds rather than the hour a million
 //! single-token transactions would. The rows are the ones `prismd` itself writes (see its
 //! migrations); only the SHA-256 of each secret is stored, as prismd does.
@@ -8,7 +9,7 @@ use prism_proto::token_format::{self, SecretKind};
 use sha2::{Digest, Sha256};
 use sqlx::Connection as _;
 
-/// Rows per INSERT statement (7 columns each stays under both backends' parameter limits).
+/// Rows per INSERT statement (up to 9 columns each stays under both backends' parameter limits).
 const ROWS_PER_STATEMENT: usize = 1000;
 /// Statements per transaction.
 const STATEMENTS_PER_TRANSACTION: usize = 100;
@@ -147,10 +148,34 @@ pub async fn seed(
     let user_ids: Vec<String> = (0..users.max(1) + revocable)
         .map(|_| uuid::Uuid::new_v4().to_string())
         .collect();
-    let user_rows = user_ids
+    // Each user is one person's membership, as prismd makes them: an identity, and its member.
+    let identity_ids: Vec<String> = user_ids
+        .iter()
+        .map(|_| uuid::Uuid::new_v4().to_string())
+        .collect();
+    let identity_rows = identity_ids
         .iter()
         .enumerate()
         .map(|(n, id)| {
+            vec![
+                Value::Text(id.clone()),
+                Value::Text(format!("bench{n}@example.com")),
+                Value::Int(now),
+                Value::Int(now),
+            ]
+        })
+        .collect();
+    db.insert(
+        "identities (id, email, created_at, updated_at)",
+        4,
+        identity_rows,
+    )
+    .await?;
+    let user_rows = user_ids
+        .iter()
+        .zip(&identity_ids)
+        .enumerate()
+        .map(|(n, (id, identity_id))| {
             vec![
                 Value::Text(id.clone()),
                 Value::Text(org.clone()),
@@ -159,12 +184,14 @@ pub async fn seed(
                 Value::Text("integrator".into()),
                 Value::Int(now),
                 Value::Int(now),
+                Value::Text(identity_id.clone()),
+                Value::Int(now),
             ]
         })
         .collect();
     db.insert(
-        "users (id, org_id, email, name, role, created_at, updated_at)",
-        7,
+        "users (id, org_id, email, name, role, created_at, updated_at, identity_id, joined_at)",
+        9,
         user_rows,
     )
     .await?;

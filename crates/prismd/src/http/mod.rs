@@ -37,7 +37,7 @@ pub use error::HttpError;
 
 /// How many request-body types [`parse_request_body`] knows.
 #[doc(hidden)]
-pub const REQUEST_BODY_KINDS: u8 = 9;
+pub const REQUEST_BODY_KINDS: u8 = 12;
 
 /// Parses `bytes` sent with `content_type` exactly as the extractor of one endpoint would
 /// (`kind` picks which, modulo [`REQUEST_BODY_KINDS`]), without a server. The entry point of
@@ -54,6 +54,9 @@ pub fn parse_request_body(kind: u8, content_type: &str, bytes: &[u8]) -> Result<
         5 => either::<oauth::RevocationRequest>(content_type, bytes).map(drop),
         6 => either::<web::LoginForm>(content_type, bytes).map(drop),
         7 => either::<web::InviteForm>(content_type, bytes).map(drop),
+        8 => either::<account_pages::ChangeForm>(content_type, bytes).map(drop),
+        9 => either::<account_pages::ForgotForm>(content_type, bytes).map(drop),
+        10 => either::<account_pages::ResetForm>(content_type, bytes).map(drop),
         _ => either::<web::DeviceForm>(content_type, bytes).map(drop),
     }
 }
