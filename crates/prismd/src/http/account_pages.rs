@@ -1,9 +1,9 @@
 //! The pages where a person looks after their own sign-in: `GET/POST /account/password`
-//! (change the password, proving the current one), `GET/POST /forgot` (ask for a reset link by
-//! email) and `GET/POST /reset` (set a new password with that link). Same rules as the login
-//! pages: server-rendered, no JavaScript, CSRF-protected, limited.
+//! (change the password, proving the current one) and `GET/POST /forgot` (ask for a reset link
+//! by email; the link's page is `password_links`). Same rules as the login pages:
+//! server-rendered, no JavaScript, CSRF-protected, limited.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 
@@ -20,7 +20,6 @@ use crate::domain::secrets::random_secret;
 
 const CHANGE_CSRF_COOKIE: &str = "prism_change_csrf";
 const FORGOT_CSRF_COOKIE: &str = "prism_forgot_csrf";
-const RESET_CSRF_COOKIE: &str = "prism_reset_csrf";
 
 const UNAVAILABLE: &str = "the service is temporarily unavailable; try again";
 
@@ -283,119 +282,4 @@ pub async fn forgot(
         "If this email signs in here, a link to set a new password is on its way. It works \
          once, for one hour.",
     )
-}
-
-#[derive(serde::Deserialize)]
-pub struct ResetQuery {
-    #[serde(default)]
-    token: String,
-}
-
-const RESET_GONE: &str =
-    "This link was already used or has expired. Ask for a new one on the 'Forgot password' page.";
-
-fn reset_page(token: &str, csrf: &str, email: &str, error: Option<&str>) -> Response {
-    let body = format!(
-        "<h1>Set a new password</h1><p>for {email}</p>{error}\
-         <form method=\"post\" action=\"/reset\">\
-         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-         <input type=\"hidden\" name=\"token\" value=\"{token}\">\
-         {fields}<button type=\"submit\">Set password</button></form>",
-        email = escape(email),
-        error = error_line(error),
-        csrf = escape(csrf),
-        token = escape(token),
-        fields = new_password_fields(),
-    );
-    page(StatusCode::OK, "Set a new password", &body)
-}
-
-/// `GET /reset?token=...`.
-pub async fn reset_form(
-    State(state): State<AppState>,
-    Query(query): Query<ResetQuery>,
-) -> Response {
-    match state
-        .auth
-        .accounts()
-        .password_reset_identity(&query.token)
-        .await
-    {
-        Ok(Some(identity)) => with_csrf(&state, RESET_CSRF_COOKIE, |csrf| {
-            reset_page(&query.token, csrf, &identity.email, None)
-        }),
-        Ok(None) => error_page(StatusCode::NOT_FOUND, RESET_GONE),
-        Err(err) => {
-            tracing::error!(error = %err, "reset link look-up failed");
-            error_page(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE)
-        }
-    }
-}
-
-#[derive(serde::Deserialize)]
-pub struct ResetForm {
-    #[serde(default)]
-    csrf: String,
-    #[serde(default)]
-    token: String,
-    #[serde(default)]
-    password: String,
-    #[serde(default)]
-    confirm: String,
-}
-
-impl BodyShape for ResetForm {
-    const MAX_BYTES: usize = 16 * 1024;
-    const EXPECTED: &'static str = "the password form";
-}
-
-/// `POST /reset`: sets the password and spends the link; the email is now verified.
-pub async fn reset(
-    State(state): State<AppState>,
-    ClientMeta(meta): ClientMeta,
-    headers: HeaderMap,
-    JsonOrForm(form): JsonOrForm<ResetForm>,
-) -> Response {
-    if let Some(refusal) = refuse_forged_form(
-        &state,
-        &headers,
-        RESET_CSRF_COOKIE,
-        &form.csrf,
-        "This form expired or was not sent from this site. Open the link again.",
-    ) {
-        return refusal;
-    }
-    let accounts = state.auth.accounts();
-    let identity = match accounts.password_reset_identity(&form.token).await {
-        Ok(Some(identity)) => identity,
-        Ok(None) => return error_page(StatusCode::NOT_FOUND, RESET_GONE),
-        Err(_) => return error_page(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE),
-    };
-    if form.password != form.confirm {
-        return reset_page(
-            &form.token,
-            &form.csrf,
-            &identity.email,
-            Some("The two passwords differ."),
-        );
-    }
-    match accounts
-        .accept_password_reset(&form.token, form.password, &meta)
-        .await
-    {
-        Ok(()) => done_page(
-            &state,
-            RESET_CSRF_COOKIE,
-            "Password set",
-            "Your new password works now, and your email address is confirmed.",
-        ),
-        Err(DomainError::InvalidInput(message)) => {
-            reset_page(&form.token, &form.csrf, &identity.email, Some(&message))
-        }
-        Err(DomainError::NotFound(_)) => error_page(StatusCode::NOT_FOUND, RESET_GONE),
-        Err(err) => {
-            tracing::error!(error = %err, "could not reset a password");
-            error_page(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE)
-        }
-    }
 }

@@ -11,6 +11,7 @@ mod graphql;
 mod metrics;
 mod oauth;
 mod ops;
+mod password_links;
 mod web;
 
 use std::net::SocketAddr;
@@ -37,7 +38,7 @@ pub use error::HttpError;
 
 /// How many request-body types [`parse_request_body`] knows.
 #[doc(hidden)]
-pub const REQUEST_BODY_KINDS: u8 = 12;
+pub const REQUEST_BODY_KINDS: u8 = 11;
 
 /// Parses `bytes` sent with `content_type` exactly as the extractor of one endpoint would
 /// (`kind` picks which, modulo [`REQUEST_BODY_KINDS`]), without a server. The entry point of
@@ -53,10 +54,9 @@ pub fn parse_request_body(kind: u8, content_type: &str, bytes: &[u8]) -> Result<
         4 => either::<oauth::DeviceCodeRequest>(content_type, bytes).map(drop),
         5 => either::<oauth::RevocationRequest>(content_type, bytes).map(drop),
         6 => either::<web::LoginForm>(content_type, bytes).map(drop),
-        7 => either::<web::InviteForm>(content_type, bytes).map(drop),
+        7 => either::<password_links::PasswordLinkForm>(content_type, bytes).map(drop),
         8 => either::<account_pages::ChangeForm>(content_type, bytes).map(drop),
         9 => either::<account_pages::ForgotForm>(content_type, bytes).map(drop),
-        10 => either::<account_pages::ResetForm>(content_type, bytes).map(drop),
         _ => either::<web::DeviceForm>(content_type, bytes).map(drop),
     }
 }
@@ -129,7 +129,10 @@ pub fn router(state: AppState, request_timeout: Duration, metrics: MetricsExposu
         .route("/device", get(web::device).post(web::decide_device))
         .route("/authorize", get(web::authorize).post(web::login))
         .route("/logout", get(web::logout))
-        .route("/invite", get(web::invite).post(web::accept_invite))
+        .route(
+            "/invite",
+            get(password_links::invite).post(password_links::accept_invite),
+        )
         .route(
             "/account/password",
             get(account_pages::change_password_form).post(account_pages::change_password),
@@ -140,7 +143,7 @@ pub fn router(state: AppState, request_timeout: Duration, metrics: MetricsExposu
         )
         .route(
             "/reset",
-            get(account_pages::reset_form).post(account_pages::reset),
+            get(password_links::reset_form).post(password_links::reset),
         )
         .route("/.well-known/jwks.json", get(oauth::jwks))
         .route("/.well-known/openid-configuration", get(oauth::metadata))
