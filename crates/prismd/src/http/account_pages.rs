@@ -146,7 +146,7 @@ pub async fn change_password(
     match state
         .auth
         .accounts()
-        .change_password(&identity, &form.current, form.password, &meta)
+        .change_password(&identity, form.password, &meta)
         .await
     {
         Ok(()) => done_page(
