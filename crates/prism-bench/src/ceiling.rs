@@ -79,5 +79,6 @@ async fn refresh(
         scope: "openid".to_owned(),
         refresh_token: None,
         id_token: None,
+        refresh_token_expires_in: None,
     })
 }

@@ -9,6 +9,10 @@ pub struct RefreshRequest {
     pub refresh_token: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant_id: Option<String>,
+    /// A narrower scope for this access token (RFC 6749 section 6): only API scopes (names
+    /// with a `:`) narrow anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 /// `POST /auth/revoke` body.
@@ -28,6 +32,10 @@ pub struct TokenResponse {
     pub refresh_token: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id_token: Option<String>,
+    /// Seconds until the refresh token itself expires; only for a token that does (a named
+    /// token minted with an expiry), so other answers keep the shape they always had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token_expires_in: Option<u64>,
 }
 
 /// Error response (RFC 6749 §5.2). `error_description` never contains a secret.

@@ -233,6 +233,11 @@ pub enum RefreshFailure {
     Revoked,
     /// The organization's session policy (idle expiry or maximum age) ended the session.
     ExpiredSession,
+    /// The token's own expiry passed.
+    ExpiredToken,
+    /// A `scope` the token does not hold, or a restricted token whose scopes its principal
+    /// holds none of any more.
+    InvalidScope,
     UserRemoved,
     /// A `tenant_id` the token's user is not a member of.
     WrongTenant,
@@ -243,11 +248,13 @@ pub enum RefreshFailure {
 }
 
 impl RefreshFailure {
-    const ALL: [RefreshFailure; 8] = [
+    const ALL: [RefreshFailure; 10] = [
         Self::Malformed,
         Self::Unknown,
         Self::Revoked,
         Self::ExpiredSession,
+        Self::ExpiredToken,
+        Self::InvalidScope,
         Self::UserRemoved,
         Self::WrongTenant,
         Self::Unavailable,
@@ -261,6 +268,10 @@ impl RefreshFailure {
             DomainError::InvalidGrant(GrantError::Denied(Denial::Revoked)) => Self::Revoked,
             DomainError::InvalidGrant(GrantError::Denied(Denial::Expired)) => Self::ExpiredSession,
             DomainError::InvalidGrant(GrantError::Denied(Denial::UserRemoved)) => Self::UserRemoved,
+            DomainError::InvalidGrant(GrantError::Denied(Denial::TokenExpired(_))) => {
+                Self::ExpiredToken
+            }
+            DomainError::InvalidScope(_) => Self::InvalidScope,
             DomainError::AccessDenied(_) => Self::WrongTenant,
             DomainError::Unavailable(_) => Self::Unavailable,
             _ => Self::Other,
@@ -273,6 +284,8 @@ impl RefreshFailure {
             Self::Unknown => "unknown",
             Self::Revoked => "revoked",
             Self::ExpiredSession => "expired_session",
+            Self::ExpiredToken => "expired_token",
+            Self::InvalidScope => "invalid_scope",
             Self::UserRemoved => "user_removed",
             Self::WrongTenant => "wrong_tenant",
             Self::Unavailable => "unavailable",

@@ -253,6 +253,18 @@ impl<'s> Accounts<'s> {
             .ok_or_else(|| DomainError::NotFound("no such user in your organization".into()))
     }
 
+    /// [`Self::member`], for people only: a service account's id is no user's here (service
+    /// accounts are managed through their own operations).
+    async fn person(&self, actor: &User, user_id: &str) -> Result<User, DomainError> {
+        let member = self.member(actor, user_id).await?;
+        if member.is_service_account() {
+            return Err(DomainError::NotFound(
+                "no such user in your organization".into(),
+            ));
+        }
+        Ok(member)
+    }
+
     /// The one rule for acting on another member: Owners and Admins manage users, and only Owners
     /// act on Owners. `verb` completes the refusal ("remove", "change", "invite").
     pub async fn managed_member(
@@ -267,7 +279,7 @@ impl<'s> Accounts<'s> {
                 "only Owners and Admins can {verb} users"
             )));
         }
-        let target = self.member(actor, user_id).await?;
+        let target = self.person(actor, user_id).await?;
         if Role::of(&target) == Role::Owner && actor_role != Role::Owner {
             return Err(DomainError::AccessDenied(format!(
                 "Admins cannot {verb} Owners"
@@ -302,7 +314,7 @@ impl<'s> Accounts<'s> {
         new_role: Option<Role>,
         meta: &RequestMeta,
     ) -> Result<User, DomainError> {
-        let target = self.member(actor, user_id).await?;
+        let target = self.person(actor, user_id).await?;
         if target.id != actor.id || new_role.is_some() {
             self.managed_member(actor, user_id, "change").await?;
         }
@@ -848,7 +860,7 @@ impl<'s> Accounts<'s> {
 }
 
 /// The domain's answer to a refusal the store's write made.
-fn refused(refusal: Refusal) -> DomainError {
+pub(super) fn refused(refusal: Refusal) -> DomainError {
     match refusal {
         Refusal::NotFound => DomainError::NotFound("no such user in your organization".into()),
         Refusal::Forbidden => DomainError::AccessDenied(
@@ -865,6 +877,9 @@ fn refused(refusal: Refusal) -> DomainError {
             "a person with this email already signs in here; only they set their password \
              (an operator can use 'prismd users set-password')"
                 .into(),
+        ),
+        Refusal::NameTaken => DomainError::Conflict(
+            "a service account with this name exists in the organization".into(),
         ),
     }
 }

@@ -16,6 +16,9 @@ use super::accounts::Accounts;
 use super::audit::AuditTrail;
 use super::limits::{LimitSettings, Limits};
 use super::policies::{self, Policies};
+use super::roles::Role;
+use super::scopes::{self, ApiScope, ApiScopes, TokenScopes};
+use super::service_accounts::ServiceAccounts;
 use super::sessions::Sessions;
 use super::standing::{self, Standing};
 use super::usage::UsageRecorder;
@@ -44,6 +47,27 @@ pub struct Principal {
     pub user: User,
     pub org: Organization,
     pub claims: Arc<AccessClaims>,
+    /// What the caller may do through the API now: their current role's scopes narrowed by
+    /// the token's (see `domain::scopes`).
+    pub scopes: ApiScopes,
+}
+
+impl Principal {
+    /// Refuses an operation that needs `scope` when the caller's token or role lacks it.
+    pub fn require(&self, scope: ApiScope) -> Result<(), DomainError> {
+        if self.scopes.contains(scope) {
+            Ok(())
+        } else {
+            Err(DomainError::AccessDenied(format!(
+                "this token lacks the scope {scope}"
+            )))
+        }
+    }
+
+    /// The API scopes the caller's own token names (`Unrestricted`: the role's).
+    pub fn token_scopes(&self) -> TokenScopes {
+        TokenScopes::parse(&self.claims.scope)
+    }
 }
 
 /// What a revoke request did. The HTTP answer is the same either way (RFC 7009: no oracle).
@@ -147,9 +171,14 @@ impl AuthService {
         Sessions::new(self.store(), &self.usage)
     }
 
-    /// Organizations' session policies.
+    /// Organizations' session and token policies.
     pub fn policies(&self) -> Policies<'_> {
         Policies::new(self.store())
+    }
+
+    /// Service accounts and the organization's own scopes.
+    pub fn service_accounts(&self) -> ServiceAccounts<'_> {
+        ServiceAccounts::new(self.store())
     }
 
     /// The audit trail.
@@ -207,6 +236,7 @@ impl AuthService {
                 grant.token_last_used_at,
                 now,
             ),
+            token_expired_at: grant.token_expires_at.filter(|at| now >= *at),
             ..stored_standing(grant)
         }
     }
@@ -235,11 +265,13 @@ impl AuthService {
     }
 
     /// The hot path: checksum, hash, one indexed read, the standing rule, one signature.
-    /// An empty `tenant_id` counts as absent.
+    /// An empty `tenant_id` counts as absent. `scope` may ask for fewer API scopes than the
+    /// token holds (RFC 6749 section 6); OpenID names in it narrow nothing.
     pub async fn exchange_refresh_token(
         &self,
         refresh_token: &str,
         tenant_id: Option<&str>,
+        scope: Option<&str>,
         meta: &RequestMeta,
     ) -> Result<TokenResponse, DomainError> {
         token_format::validate(SecretKind::RefreshToken, refresh_token)
@@ -261,18 +293,27 @@ impl AuthService {
             standing::check(self.grant_standing(&grant, now))
                 .map_err(|denial| DomainError::InvalidGrant(GrantError::Denied(denial)))?;
         }
+        let granted_scope = self.granted_scope(&grant, scope).await?;
         let now_secs = now / 1000;
         let ttl = i64::try_from(self.settings.access_token_ttl.as_secs()).unwrap_or(i64::MAX);
+        // An access token never outlives the refresh token it came from.
+        let exp = match grant.token_expires_at {
+            Some(expires_at) => now_secs.saturating_add(ttl).min(expires_at / 1000),
+            None => now_secs.saturating_add(ttl),
+        };
+        let refresh_token_expires_in = grant
+            .token_expires_at
+            .map(|expires_at| u64::try_from((expires_at - now) / 1000).unwrap_or(0));
         let claims = AccessClaims {
             iss: self.settings.issuer.clone(),
             sub: grant.user_id,
             aud: Audience::One(self.settings.audience.clone()),
-            exp: now_secs.saturating_add(ttl),
+            exp,
             iat: now_secs,
             nbf: None,
             jti: secrets::random_id()?,
             client_id: grant.client_id,
-            scope: grant.scope,
+            scope: granted_scope,
             tid: grant.tenant_id,
             sid: grant.token_id,
             ep: grant.user_epoch,
@@ -286,11 +327,77 @@ impl AuthService {
         Ok(TokenResponse {
             access_token,
             token_type: "Bearer".to_owned(),
-            expires_in: self.settings.access_token_ttl.as_secs(),
+            expires_in: u64::try_from(exp - now_secs).unwrap_or(0),
             scope: claims.scope,
             refresh_token: None,
             id_token: None,
+            refresh_token_expires_in,
         })
+    }
+
+    /// The `scope` of the access token a grant gets: an unrestricted token's own (the OpenID
+    /// names it always carried) unless API scopes are asked for; a restricted token's API
+    /// scopes (or the requested part of them) that its principal still holds. Asking for a
+    /// scope the token lacks, or keeping none, is `invalid_scope`.
+    async fn granted_scope(
+        &self,
+        grant: &RefreshGrant,
+        requested: Option<&str>,
+    ) -> Result<String, DomainError> {
+        let requested = match requested.map(TokenScopes::parse) {
+            Some(TokenScopes::Restricted(names)) => Some(names),
+            _ => None,
+        };
+        let wanted = match (TokenScopes::parse(&grant.scope), requested) {
+            // The path of every token minted before scopes existed: nothing to look up.
+            (TokenScopes::Unrestricted, None) => return Ok(grant.scope.clone()),
+            (TokenScopes::Unrestricted, Some(requested)) => requested,
+            (TokenScopes::Restricted(names), None) => names,
+            (TokenScopes::Restricted(names), Some(requested)) => {
+                if let Some(missing) = requested.iter().find(|name| !names.contains(*name)) {
+                    return Err(DomainError::InvalidScope(format!(
+                        "the refresh token does not hold the scope {missing}"
+                    )));
+                }
+                requested
+            }
+        };
+        let role = Role::from_key(&grant.role);
+        let held = self
+            .held_scopes(&grant.org_id, role, &grant.user_id, &wanted)
+            .await?;
+        if TokenScopes::parse(&grant.scope) == TokenScopes::Unrestricted {
+            // Narrowing an unrestricted token: every scope asked for must be held now.
+            if let Some(missing) = wanted.iter().find(|name| !held.contains(*name)) {
+                return Err(DomainError::InvalidScope(format!(
+                    "the token's principal (role {role}) does not hold the scope {missing}"
+                )));
+            }
+        }
+        let granted: Vec<&str> = wanted
+            .iter()
+            .filter(|name| held.contains(*name))
+            .map(String::as_str)
+            .collect();
+        if granted.is_empty() {
+            return Err(DomainError::InvalidScope(format!(
+                "the token's principal (role {role}) no longer holds any of its scopes ({})",
+                wanted.iter().map(String::as_str).collect::<Vec<_>>().join(" ")
+            )));
+        }
+        Ok(granted.join(" "))
+    }
+
+    /// Which of `names` the principal `user_id` (with `role`) may hold now: built-in scopes
+    /// by role, the organization's own by their grants (read only when one is asked for).
+    pub(super) async fn held_scopes(
+        &self,
+        org_id: &str,
+        role: Role,
+        user_id: &str,
+        names: &std::collections::BTreeSet<String>,
+    ) -> Result<std::collections::BTreeSet<String>, DomainError> {
+        held_scopes(self.store(), org_id, role, user_id, names).await
     }
 
     /// A refresh with `tenant_id` naming another organization of the token's identity: the
@@ -403,12 +510,17 @@ impl AuthService {
             token_epoch: claims.ep,
             session_revoked: !matches!(record.session_revoked_at, Some(None)),
             session_expired,
+            // An access token's `exp` never passes its refresh token's expiry.
+            token_expired_at: None,
         })
         .map_err(|denial| DomainError::InvalidToken(BearerError::Denied(denial)))?;
+        // The current role, read with the standing: a demotion narrows at once.
+        let scopes = scopes::effective(Role::of(&record.user), &TokenScopes::parse(&claims.scope));
         Ok(Principal {
             user: record.user,
             org: record.org,
             claims,
+            scopes,
         })
     }
 
@@ -492,7 +604,33 @@ fn stored_standing(grant: &RefreshGrant) -> Standing {
         token_epoch: grant.token_epoch,
         session_revoked: grant.token_revoked_at.is_some(),
         session_expired: false,
+        // Like a session policy's expiry: a holder whose token expired may still sign out
+        // everywhere with it.
+        token_expired_at: None,
     }
+}
+
+/// Which of `names` a principal may hold now (see [`AuthService::held_scopes`]).
+pub(super) async fn held_scopes(
+    store: &dyn Store,
+    org_id: &str,
+    role: Role,
+    user_id: &str,
+    names: &std::collections::BTreeSet<String>,
+) -> Result<std::collections::BTreeSet<String>, DomainError> {
+    let by_role = scopes::role_scopes(role);
+    let mut held: std::collections::BTreeSet<String> = names
+        .iter()
+        .filter(|name| ApiScope::parse(name).is_some_and(|scope| by_role.contains(scope)))
+        .cloned()
+        .collect();
+    if names.iter().any(|name| ApiScope::parse(name).is_none()) {
+        let granted = store
+            .held_org_scopes(org_id, role.key(), user_id)
+            .await?;
+        held.extend(granted.into_iter().filter(|name| names.contains(name)));
+    }
+    Ok(held)
 }
 
 /// Whether presenting a refresh token with this grant signs its user out everywhere: the

@@ -181,13 +181,14 @@ impl AuthService {
                     name: Some("Device login".into()),
                     scope: Some(code.scope),
                     from_code: None,
+                    ..Default::default()
                 };
                 let refresh_token = self
                     .sessions()
                     .mint_refresh_token(&user, origin, format!("user:{}", user.id), meta)
                     .await?;
                 let mut response = self
-                    .exchange_refresh_token(&refresh_token, None, meta)
+                    .exchange_refresh_token(&refresh_token, None, None, meta)
                     .await?;
                 response.refresh_token = Some(refresh_token);
                 Ok(response)

@@ -356,13 +356,14 @@ impl AuthService {
             name: Some("CLI login".into()),
             scope: Some(code.scope.clone()),
             from_code: Some(code_hash),
+            ..Default::default()
         };
         let refresh_token = self
             .sessions()
             .mint_refresh_token(&user, origin, format!("user:{}", user.id), meta)
             .await?;
         let mut response = self
-            .exchange_refresh_token(&refresh_token, grant.tenant_id, meta)
+            .exchange_refresh_token(&refresh_token, grant.tenant_id, None, meta)
             .await?;
         if code.scope.split_whitespace().any(|s| s == "openid") {
             response.id_token =

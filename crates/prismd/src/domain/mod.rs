@@ -35,7 +35,9 @@ pub mod login;
 pub mod passwords;
 pub mod policies;
 pub mod roles;
+pub mod scopes;
 pub mod secrets;
+pub mod service_accounts;
 pub mod sessions;
 pub mod standing;
 pub mod usage;
@@ -61,6 +63,9 @@ pub enum DomainError {
     /// A refresh token that cannot be exchanged (OAuth `invalid_grant`).
     #[error("{0}")]
     InvalidGrant(GrantError),
+    /// A requested scope the token does not hold (OAuth `invalid_scope`).
+    #[error("{0}")]
+    InvalidScope(String),
     /// The token is fine but does not give access to what was asked (OAuth `access_denied`).
     #[error("{0}")]
     AccessDenied(String),

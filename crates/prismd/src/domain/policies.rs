@@ -48,6 +48,14 @@ pub fn has_expired(
     expires_at(policy, created_at, last_used_at).is_some_and(|end| now >= end)
 }
 
+/// Seconds as whole days, rounded up (a limit is never shown as shorter than it is).
+pub fn days_of(secs: i64) -> i64 {
+    secs.saturating_add(SECONDS_PER_DAY - 1) / SECONDS_PER_DAY
+}
+
+/// The audit action of a change of an organization's maximum token lifetime.
+pub const TOKEN_POLICY_CHANGED_ACTION: &str = "org.token_policy_changed";
+
 /// A policy as people see it: whole days, `None` for off.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PolicyDays {
@@ -59,9 +67,7 @@ impl PolicyDays {
     /// A stored policy in days (stored values are whole days; anything else rounds up, so a
     /// policy is never shown as shorter than it is).
     pub fn of(policy: SessionPolicy) -> Self {
-        let days = |secs: Option<i64>| {
-            secs.map(|secs| secs.saturating_add(SECONDS_PER_DAY - 1) / SECONDS_PER_DAY)
-        };
+        let days = |secs: Option<i64>| secs.map(days_of);
         Self {
             idle_expiry_days: days(policy.idle_expiry_secs),
             max_age_days: days(policy.max_age_secs),
@@ -143,6 +149,69 @@ impl<'s> Policies<'s> {
             ));
         }
         self.current(&actor.org_id).await
+    }
+
+    /// The maximum lifetime of the organization's minted tokens, in seconds (`None`: none).
+    pub async fn token_lifetime_max(&self, org_id: &str) -> Result<Option<i64>, DomainError> {
+        self.store
+            .token_lifetime_max(org_id)
+            .await?
+            .ok_or_else(|| DomainError::NotFound("no such organization".into()))
+    }
+
+    /// The token policy of the actor's organization (Owners and Admins): the maximum lifetime
+    /// of minted tokens in days, `None` for no maximum.
+    pub async fn read_token_policy(&self, actor: &User) -> Result<Option<i64>, DomainError> {
+        if !Role::of(actor).manages_users() {
+            return Err(DomainError::AccessDenied(
+                "only Owners and Admins can see the token policy".into(),
+            ));
+        }
+        Ok(self.token_lifetime_max(&actor.org_id).await?.map(days_of))
+    }
+
+    /// Sets the maximum lifetime of the organization's minted tokens (Owners only; `None`
+    /// lifts it), audited as [`TOKEN_POLICY_CHANGED_ACTION`]. Tokens minted before keep their
+    /// expiry: the maximum is checked when a token is minted.
+    pub async fn update_token_policy(
+        &self,
+        actor: &User,
+        max_days: Option<i64>,
+        meta: &RequestMeta,
+    ) -> Result<Option<i64>, DomainError> {
+        if Role::of(actor) != Role::Owner {
+            return Err(DomainError::AccessDenied(
+                "only Owners can change the token policy".into(),
+            ));
+        }
+        if max_days.is_some_and(|days| !(1..=MAX_POLICY_DAYS).contains(&days)) {
+            return Err(DomainError::InvalidInput(format!(
+                "maxLifetimeDays must be a whole number of days from 1 to {MAX_POLICY_DAYS}, \
+                 or null for no maximum"
+            )));
+        }
+        let old = self.token_lifetime_max(&actor.org_id).await?;
+        let max_secs = max_days.map(|days| days * SECONDS_PER_DAY);
+        let audit = AuditEvent {
+            at: now_ms(),
+            action: TOKEN_POLICY_CHANGED_ACTION,
+            actor: format!("user:{}", actor.id),
+            org_id: Some(actor.org_id.clone()),
+            subject_user_id: None,
+            address: meta.address.clone(),
+            user_agent: meta.user_agent.clone(),
+            detail: Some(
+                serde_json::json!({ "old_max_secs": old, "new_max_secs": max_secs }).to_string(),
+            ),
+        };
+        if !self
+            .store
+            .set_token_lifetime_max(&actor.org_id, max_secs, audit)
+            .await?
+        {
+            return Err(DomainError::NotFound("no such organization".into()));
+        }
+        Ok(max_days)
     }
 
     async fn current(&self, org_id: &str) -> Result<SessionPolicy, DomainError> {

@@ -68,7 +68,12 @@ impl Role {
 
     /// The role of a stored user (an unknown stored value gets the least privilege).
     pub fn of(user: &User) -> Role {
-        user.role.parse().unwrap_or(Role::Guest)
+        Role::from_key(&user.role)
+    }
+
+    /// The role of a stored key (an unknown stored value gets the least privilege).
+    pub fn from_key(key: &str) -> Role {
+        key.parse().unwrap_or(Role::Guest)
     }
 }
 

@@ -6,13 +6,19 @@
 
 use prism_proto::token_format::{self, SecretKind};
 
+use std::collections::BTreeSet;
+
 use super::accounts::Accounts;
+use super::auth::held_scopes;
 use super::clients::{CLI_CLIENT_ID, DEFAULT_SCOPE};
-use super::policies;
+use super::policies::{self, Policies};
 use super::roles::Role;
+use super::scopes::{ApiScope, ApiScopes, TokenScopes};
 use super::usage::UsageRecorder;
 use super::{DomainError, RequestMeta, now_ms};
-use crate::store::{AuditEvent, MAX_LISTED_SESSIONS, NewRefreshToken, SessionRecord, Store, User};
+use crate::store::{
+    AuditEvent, MAX_LISTED_SESSIONS, NewRefreshToken, SessionRecord, Store, StoreError, User,
+};
 use crate::tokens::hash_secret;
 
 const NO_SUCH_SESSION: &str = "no such session";
@@ -48,7 +54,44 @@ pub struct SessionOrigin {
     pub scope: Option<String>,
     /// The authorization code it was issued for.
     pub from_code: Option<[u8; 32]>,
+    /// Minted by name (`createToken`): the name is unique among the principal's live named
+    /// tokens.
+    pub named: bool,
+    /// When it stops working (ms).
+    pub expires_at: Option<i64>,
+    /// The member who minted it.
+    pub created_by: Option<String>,
 }
+
+/// A token to mint by name (`createToken`, `prismd tokens create`), as given.
+#[derive(Debug, Clone, Default)]
+pub struct TokenRequest {
+    pub name: String,
+    /// `None`: unrestricted (the principal's role).
+    pub scopes: Option<Vec<String>>,
+    /// When it expires (ms since the epoch); `None`: never, unless the organization has a
+    /// maximum lifetime, which then requires one.
+    pub expires_at: Option<i64>,
+}
+
+/// Who mints: a member with the scopes of the token they call with, or an operator.
+#[derive(Debug, Clone, Copy)]
+pub enum Minter<'a> {
+    Member {
+        user: &'a User,
+        /// The API scopes of the caller's own token.
+        token: &'a TokenScopes,
+        /// What the caller may do now (role narrowed by token).
+        effective: ApiScopes,
+    },
+    Operator,
+}
+
+/// A refused mint: the input field at fault and why.
+pub type MintError = (&'static str, DomainError);
+
+/// The longest token name.
+const MAX_TOKEN_NAME: usize = 100;
 
 /// Sessions over the store, with this process's uses not written yet.
 pub struct Sessions<'s> {
@@ -102,7 +145,12 @@ impl<'s> Sessions<'s> {
             .into_iter()
             .map(|record| {
                 let last_use = record.last_used_at.max(self.usage.last_use(&record.id));
-                let expires_at = policies::expires_at(policy, record.created_at, last_use);
+                let by_policy = policies::expires_at(policy, record.created_at, last_use);
+                // The earlier of the policy's end and the token's own expiry.
+                let expires_at = match (by_policy, record.expires_at) {
+                    (Some(policy_end), Some(own)) => Some(policy_end.min(own)),
+                    (policy_end, own) => policy_end.or(own),
+                };
                 LiveSession { record, expires_at }
             })
             .filter(|session| session.expires_at.is_none_or(|end| now < end))
@@ -193,11 +241,41 @@ impl<'s> Sessions<'s> {
         actor: String,
         meta: &RequestMeta,
     ) -> Result<String, DomainError> {
+        let (secret, _) = self.mint(user, origin, actor, meta).await?;
+        Ok(secret)
+    }
+
+    /// [`Self::mint_refresh_token`], also returning the new session.
+    async fn mint(
+        &self,
+        user: &User,
+        origin: SessionOrigin,
+        actor: String,
+        meta: &RequestMeta,
+    ) -> Result<(String, SessionRecord), DomainError> {
         let secret = token_format::generate(SecretKind::RefreshToken)
             .map_err(|_| DomainError::Internal("randomness failed"))?;
         let now = now_ms();
         let token_id = uuid::Uuid::new_v4().to_string();
-        let detail = serde_json::json!({ "token_id": token_id, "name": origin.name }).to_string();
+        let scope = origin.scope.unwrap_or_else(|| DEFAULT_SCOPE.to_owned());
+        let mut detail = serde_json::json!({ "token_id": token_id, "name": origin.name });
+        if origin.named {
+            detail["scopes"] = serde_json::json!(TokenScopes::parse(&scope).names());
+            detail["expires_at"] = serde_json::json!(origin.expires_at);
+        }
+        let session = SessionRecord {
+            id: token_id.clone(),
+            user_id: user.id.clone(),
+            client_id: CLI_CLIENT_ID.to_owned(),
+            name: origin.name.clone(),
+            created_at: now,
+            last_used_at: None,
+            last_used_addr: None,
+            scope: scope.clone(),
+            named: origin.named,
+            expires_at: origin.expires_at,
+        };
+        let detail = detail.to_string();
         let inserted = self
             .store
             .insert_refresh_token(
@@ -207,9 +285,12 @@ impl<'s> Sessions<'s> {
                     user_id: user.id.clone(),
                     client_id: CLI_CLIENT_ID.to_owned(),
                     name: origin.name,
-                    scope: origin.scope.unwrap_or_else(|| DEFAULT_SCOPE.to_owned()),
+                    scope,
                     created_at: now,
                     from_code: origin.from_code,
+                    named: origin.named,
+                    expires_at: origin.expires_at,
+                    created_by: origin.created_by,
                 },
                 AuditEvent {
                     at: now,
@@ -222,12 +303,172 @@ impl<'s> Sessions<'s> {
                     detail: Some(detail),
                 },
             )
-            .await?;
+            .await
+            .map_err(|err| match err {
+                StoreError::Conflict(_) => DomainError::Conflict(
+                    "a live token with this name exists; revoke it or choose another name"
+                        .to_owned(),
+                ),
+                other => other.into(),
+            })?;
         if !inserted {
             return Err(DomainError::NotFound(
                 "the user does not exist or has been removed".to_owned(),
             ));
         }
-        Ok(secret)
+        Ok((secret, session))
+    }
+
+    /// Mints a named token for `holder` (the minter themselves, or a service account of
+    /// theirs), shown once: the secret and its session. Its scopes narrow, never widen: each
+    /// must be one the holder may hold now and, when the minter's own token is restricted,
+    /// one that token carries. Its expiry must be in the future and within the organization's
+    /// maximum token lifetime, when one is set.
+    pub async fn create_token(
+        &self,
+        minter: Minter<'_>,
+        holder: &User,
+        request: TokenRequest,
+        meta: &RequestMeta,
+    ) -> Result<(String, SessionRecord), MintError> {
+        let name = request.name.trim().to_owned();
+        if name.is_empty() || name.chars().count() > MAX_TOKEN_NAME {
+            return Err((
+                "name",
+                DomainError::InvalidInput(format!(
+                    "a token's name has 1 to {MAX_TOKEN_NAME} characters"
+                )),
+            ));
+        }
+        let scope = self
+            .checked_scopes(minter, holder, request.scopes)
+            .await
+            .map_err(|err| ("scopes", err))?;
+        let expires_at = self
+            .checked_expiry(&holder.org_id, request.expires_at)
+            .await
+            .map_err(|err| ("expiresAt", err))?;
+        let (actor, created_by) = match minter {
+            Minter::Member { user, .. } => (format!("user:{}", user.id), Some(user.id.clone())),
+            Minter::Operator => ("operator".to_owned(), None),
+        };
+        let origin = SessionOrigin {
+            name: Some(name),
+            scope,
+            from_code: None,
+            named: true,
+            expires_at,
+            created_by,
+        };
+        self.mint(holder, origin, actor, meta)
+            .await
+            .map_err(|err| match err {
+                DomainError::Conflict(_) => ("name", err),
+                other => ("__all__", other),
+            })
+    }
+
+    /// The stored `scope` of a new token: `None` for unrestricted, else its API scope names.
+    async fn checked_scopes(
+        &self,
+        minter: Minter<'_>,
+        holder: &User,
+        scopes: Option<Vec<String>>,
+    ) -> Result<Option<String>, DomainError> {
+        let restricted_minter = match minter {
+            Minter::Member { token, effective, .. } => match token {
+                TokenScopes::Restricted(names) => Some((names.clone(), effective)),
+                TokenScopes::Unrestricted => None,
+            },
+            Minter::Operator => None,
+        };
+        let Some(scopes) = scopes else {
+            if restricted_minter.is_some() {
+                return Err(DomainError::InvalidInput(
+                    "the token you call with is restricted, so a token it mints must be too: \
+                     give scopes within yours"
+                        .into(),
+                ));
+            }
+            return Ok(None);
+        };
+        let names: BTreeSet<String> = scopes.iter().map(|s| s.trim().to_owned()).collect();
+        if names.is_empty() || names.iter().any(String::is_empty) {
+            return Err(DomainError::InvalidInput(
+                "give at least one scope, or none at all for the full access of the role".into(),
+            ));
+        }
+        let declared: BTreeSet<String> = self
+            .store
+            .org_scopes(&holder.org_id)
+            .await?
+            .into_iter()
+            .map(|scope| scope.name)
+            .collect();
+        if let Some(unknown) = names
+            .iter()
+            .find(|name| ApiScope::parse(name).is_none() && !declared.contains(*name))
+        {
+            return Err(DomainError::InvalidInput(format!(
+                "unknown scope {unknown}: use a built-in scope ({}) or one the organization \
+                 declared",
+                ApiScope::ALL.map(|s| s.name()).join(", ")
+            )));
+        }
+        let role = Role::of(holder);
+        let held = held_scopes(self.store, &holder.org_id, role, &holder.id, &names).await?;
+        if let Some(missing) = names.iter().find(|name| !held.contains(*name)) {
+            let whose = if holder.is_service_account() {
+                "the service account"
+            } else {
+                "the user"
+            };
+            return Err(DomainError::InvalidInput(format!(
+                "{whose} (role {role}) may not hold the scope {missing}"
+            )));
+        }
+        if let Some((caller_names, effective)) = restricted_minter {
+            let beyond = names.iter().find(|name| match ApiScope::parse(name) {
+                Some(scope) => !effective.contains(scope),
+                None => !caller_names.contains(*name),
+            });
+            if let Some(beyond) = beyond {
+                return Err(DomainError::InvalidInput(format!(
+                    "the token you call with does not hold the scope {beyond}, so it cannot \
+                     give it"
+                )));
+            }
+        }
+        Ok(Some(names.into_iter().collect::<Vec<_>>().join(" ")))
+    }
+
+    /// A new token's expiry, checked against now and the organization's maximum lifetime.
+    async fn checked_expiry(
+        &self,
+        org_id: &str,
+        expires_at: Option<i64>,
+    ) -> Result<Option<i64>, DomainError> {
+        let now = now_ms();
+        if expires_at.is_some_and(|at| at <= now) {
+            return Err(DomainError::InvalidInput(
+                "the expiry must be in the future".into(),
+            ));
+        }
+        let Some(max_secs) = Policies::new(self.store).token_lifetime_max(org_id).await? else {
+            return Ok(expires_at);
+        };
+        let max_days = policies::days_of(max_secs);
+        let latest = now.saturating_add(max_secs.saturating_mul(1000));
+        match expires_at {
+            None => Err(DomainError::InvalidInput(format!(
+                "this organization's tokens live at most {max_days} days: give an expiry \
+                 within {max_days} days"
+            ))),
+            Some(at) if at > latest => Err(DomainError::InvalidInput(format!(
+                "this organization's tokens live at most {max_days} days; the expiry asked \
+                 for is later"
+            ))),
+            Some(at) => Ok(Some(at)),
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! The one rule every endpoint applies before honouring a token: a removed user gets nothing,
 //! a token issued before its user's last revoke-all (or from a revoked session) is dead, and
 //! so is a refresh token its organization's session policy has expired (`domain::policies`
-//! decides when that is).
+//! decides when that is) or whose own expiry has passed.
 
 use std::fmt;
 
@@ -13,6 +13,9 @@ pub enum Denial {
     /// The session outlived its organization's idle expiry or maximum age. Told apart from
     /// [`Denial::Revoked`] for metrics only: the client gets the same answer.
     Expired,
+    /// The token's own expiry (ms since the epoch), set when it was minted, has passed. Said
+    /// so, with the time: the holder chose that expiry and must know to mint a new token.
+    TokenExpired(i64),
 }
 
 impl fmt::Display for Denial {
@@ -23,6 +26,14 @@ impl fmt::Display for Denial {
             // remedy is the same (a new refresh token).
             Denial::Revoked | Denial::Expired => {
                 "the token has been revoked; mint a new refresh token with 'prism me:token --type refresh'"
+            }
+            Denial::TokenExpired(at) => {
+                let since = std::time::Duration::from_millis(u64::try_from(*at).unwrap_or(0));
+                return write!(
+                    f,
+                    "the refresh token expired at {}; mint a new one with 'prism me:tokens:create'",
+                    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + since)
+                );
             }
         })
     }
@@ -40,6 +51,8 @@ pub struct Standing {
     pub session_revoked: bool,
     /// The session has expired under its organization's session policy.
     pub session_expired: bool,
+    /// The token's own expiry, when it has passed (ms since the epoch).
+    pub token_expired_at: Option<i64>,
 }
 
 /// Applies the rule.
@@ -49,6 +62,9 @@ pub fn check(standing: Standing) -> Result<(), Denial> {
     }
     if standing.session_revoked || standing.token_epoch != standing.user_epoch {
         return Err(Denial::Revoked);
+    }
+    if let Some(at) = standing.token_expired_at {
+        return Err(Denial::TokenExpired(at));
     }
     if standing.session_expired {
         return Err(Denial::Expired);
@@ -66,6 +82,7 @@ mod tests {
         token_epoch: 3,
         session_revoked: false,
         session_expired: false,
+        token_expired_at: None,
     };
 
     #[test]
@@ -119,6 +136,17 @@ mod tests {
             Denial::Expired.to_string(),
             Denial::Revoked.to_string(),
             "an expired session must read exactly like a revoked one"
+        );
+        // A token past its own expiry says so, with the time.
+        let expired = check(Standing {
+            token_expired_at: Some(1_767_225_600_000),
+            ..OK
+        });
+        assert_eq!(expired, Err(Denial::TokenExpired(1_767_225_600_000)));
+        assert!(
+            Denial::TokenExpired(1_767_225_600_000)
+                .to_string()
+                .contains("expired at 2026-01-01T00:00:00Z")
         );
     }
 }

@@ -22,7 +22,7 @@ pub(super) const AUTH_BODY_LIMIT: usize = 16 * 1024;
 impl BodyShape for RefreshRequest {
     const MAX_BYTES: usize = AUTH_BODY_LIMIT;
     const EXPECTED: &'static str =
-        r#"a JSON object with a string field "refresh_token" and an optional string "tenant_id""#;
+        r#"a JSON object with a string field "refresh_token" and optional strings "tenant_id" and "scope""#;
 }
 
 impl BodyShape for RevokeRequest {
@@ -48,7 +48,12 @@ pub async fn refresh(
 ) -> Result<Response, HttpError> {
     let exchanged = state
         .auth
-        .exchange_refresh_token(&body.refresh_token, body.tenant_id.as_deref(), &meta)
+        .exchange_refresh_token(
+            &body.refresh_token,
+            body.tenant_id.as_deref(),
+            body.scope.as_deref(),
+            &meta,
+        )
         .await;
     state.metrics.tokens.refresh(&exchanged);
     match exchanged {

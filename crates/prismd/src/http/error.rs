@@ -93,6 +93,9 @@ impl From<DomainError> for HttpError {
             DomainError::AccessDenied(msg) => {
                 Self::new(StatusCode::FORBIDDEN, "access_denied", msg)
             }
+            DomainError::InvalidScope(msg) => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_scope", msg)
+            }
             DomainError::InvalidToken(reason) => Self::invalid_token(reason.to_string()),
             DomainError::Device(reason) => {
                 use crate::domain::device::DeviceError;

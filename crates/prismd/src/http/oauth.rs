@@ -27,8 +27,8 @@ pub struct TokenRequest {
     client_id: Option<String>,
     #[serde(default)]
     tenant_id: Option<String>,
+    /// On the refresh grant, a narrower scope (RFC 6749 section 6).
     #[serde(default)]
-    #[allow(dead_code)] // Accepted and ignored: a refresh keeps the token's original scope.
     scope: Option<String>,
     #[serde(default)]
     code: Option<String>,
@@ -71,7 +71,12 @@ pub async fn token(
             })?;
             let exchanged = state
                 .auth
-                .exchange_refresh_token(refresh_token, request.tenant_id.as_deref(), &meta)
+                .exchange_refresh_token(
+                    refresh_token,
+                    request.tenant_id.as_deref(),
+                    request.scope.as_deref(),
+                    &meta,
+                )
                 .await;
             state.metrics.tokens.refresh(&exchanged);
             match exchanged {
@@ -226,7 +231,12 @@ pub fn metadata_document(issuer: &str) -> Value {
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
         "code_challenge_methods_supported": ["S256"],
-        "scopes_supported": DEFAULT_SCOPE.split(' ').collect::<Vec<_>>(),
+        // The OpenID names a login asks for, then the API scopes a refresh may narrow to
+        // (organization-defined ones are each organization's own and not listed).
+        "scopes_supported": DEFAULT_SCOPE
+            .split(' ')
+            .chain(crate::domain::scopes::ApiScope::ALL.iter().map(|scope| scope.name()))
+            .collect::<Vec<_>>(),
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["EdDSA"],
         "access_token_signing_alg_values_supported": ["EdDSA"],

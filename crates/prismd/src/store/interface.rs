@@ -79,8 +79,8 @@ pub trait UserStore: Send + Sync + 'static {
         email: &str,
     ) -> Result<Option<User>, StoreError>;
 
-    /// One page of an organization's active users, oldest first, after the `(created_at, id)`
-    /// position `after`.
+    /// One page of an organization's active people (not service accounts), oldest first,
+    /// after the `(created_at, id)` position `after`.
     async fn users_page(
         &self,
         org_id: &str,
@@ -130,7 +130,7 @@ pub trait UserStore: Send + Sync + 'static {
         audit: AuditEvent,
     ) -> Result<bool, StoreError>;
 
-    /// Users of an organization, oldest first.
+    /// The people of an organization (not its service accounts), oldest first.
     async fn list_users(
         &self,
         org_id: &str,
@@ -364,6 +364,101 @@ pub trait TokenStore: Send + Sync + 'static {
     async fn record_token_uses(&self, uses: &[TokenUse]) -> Result<(), StoreError>;
 }
 
+/// Service accounts, organization-defined scopes and their grants, the organization's token
+/// lifetime maximum, and the expiry notices of named tokens. Every method is a single short
+/// transaction.
+#[async_trait]
+pub trait AccessStore: Send + Sync + 'static {
+    /// Creates a service account if `actor` may (an Owner, or an Admin; its role is never
+    /// `owner`, checked in the insert). Refused with [`Refusal::NameTaken`] when a live service
+    /// account of the organization has the name.
+    async fn add_service_account(
+        &self,
+        account: NewServiceAccount,
+        actor: Actor<'_>,
+        audit: AuditEvent,
+    ) -> Result<Result<User, Refusal>, StoreError>;
+
+    /// The organization's live service accounts, oldest first.
+    async fn service_accounts(&self, org_id: &str) -> Result<Vec<User>, StoreError>;
+
+    /// Changes a live service account's name, role (never `owner`) or description (`None`
+    /// keeps each), if `actor` may. Returns the account as it is now.
+    async fn update_service_account(
+        &self,
+        user_id: &str,
+        changes: ServiceAccountChanges,
+        actor: Actor<'_>,
+        audit: AuditEvent,
+    ) -> Result<Result<User, Refusal>, StoreError>;
+
+    /// The organization's own scopes with their grants, by name.
+    async fn org_scopes(&self, org_id: &str) -> Result<Vec<OrgScope>, StoreError>;
+
+    /// Declares a scope; false when the organization has one of that name.
+    async fn create_org_scope(
+        &self,
+        org_id: &str,
+        name: &str,
+        description: Option<&str>,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError>;
+
+    /// Deletes a scope and its grants; false when there is none of that name.
+    async fn delete_org_scope(
+        &self,
+        org_id: &str,
+        name: &str,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError>;
+
+    /// Grants (`grant`: true) or withdraws a scope; false when the scope does not exist, or
+    /// (withdrawing) was not granted to `grantee`.
+    async fn set_scope_grant(
+        &self,
+        org_id: &str,
+        scope: &str,
+        grantee: &Grantee,
+        grant: bool,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError>;
+
+    /// The organization's own scopes that a member with `role` (and, for a service account,
+    /// `user_id` itself) may hold now.
+    async fn held_org_scopes(
+        &self,
+        org_id: &str,
+        role: &str,
+        user_id: &str,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// The organization's maximum token lifetime in seconds: `None` when there is no such
+    /// organization, `Some(None)` when it has no maximum.
+    async fn token_lifetime_max(&self, org_id: &str) -> Result<Option<Option<i64>>, StoreError>;
+
+    /// Sets (or, with `None`, lifts) the maximum token lifetime; false without such an
+    /// organization.
+    async fn set_token_lifetime_max(
+        &self,
+        org_id: &str,
+        max_secs: Option<i64>,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError>;
+
+    /// Live named tokens that expire after `now` and at or before `until` whose expiry notice
+    /// has not gone yet, soonest first, at most `limit`.
+    async fn tokens_expiring(
+        &self,
+        now: i64,
+        until: i64,
+        limit: i64,
+    ) -> Result<Vec<ExpiringToken>, StoreError>;
+
+    /// Claims the expiry notice of a token (of several replicas, one sends it): false when it
+    /// was claimed already.
+    async fn claim_expiry_notice(&self, token_id: &str, at: i64) -> Result<bool, StoreError>;
+}
+
 /// Signing keys. Every method is a single short transaction.
 #[async_trait]
 pub trait KeyStore: Send + Sync + 'static {
@@ -488,6 +583,7 @@ pub trait Maintenance: Send + Sync + 'static {
 pub trait Store:
     OrganizationStore
     + UserStore
+    + AccessStore
     + SignInStore
     + TokenStore
     + KeyStore
@@ -500,6 +596,7 @@ pub trait Store:
 impl<T> Store for T where
     T: OrganizationStore
         + UserStore
+        + AccessStore
         + SignInStore
         + TokenStore
         + KeyStore

@@ -33,6 +33,10 @@ pub struct User {
     pub identity_id: Option<String>,
     /// When the member joined; `None` while the membership waits for its identity to accept.
     pub joined_at: Option<i64>,
+    /// `person`, or `service` for a service account (no identity, no email, never an Owner).
+    pub kind: String,
+    /// What a service account is for (people have none).
+    pub description: Option<String>,
 }
 
 impl User {
@@ -40,6 +44,79 @@ impl User {
     /// in, holds tokens, or counts as one of an identity's organizations.
     pub fn is_joined(&self) -> bool {
         self.joined_at.is_some() && self.removed_at.is_none()
+    }
+
+    /// Whether this member is a service account rather than a person.
+    pub fn is_service_account(&self) -> bool {
+        self.kind == SERVICE_ACCOUNT_KIND
+    }
+}
+
+/// The `users.kind` of a service account.
+pub const SERVICE_ACCOUNT_KIND: &str = "service";
+
+/// A service account to create: a member of `org_id` that is not a person.
+#[derive(Debug, Clone)]
+pub struct NewServiceAccount {
+    pub id: String,
+    pub org_id: String,
+    pub name: String,
+    pub role: String,
+    pub description: Option<String>,
+    pub created_at: i64,
+}
+
+/// Changes to a service account; `None` keeps a field.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceAccountChanges {
+    pub name: Option<String>,
+    /// A role key; never `owner`.
+    pub role: Option<String>,
+    pub description: Option<String>,
+}
+
+/// A named token about to expire, and whom to tell.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ExpiringToken {
+    pub token_id: String,
+    pub name: Option<String>,
+    pub expires_at: i64,
+    pub org_name: String,
+    /// The token's principal (a person's name, or the service account's).
+    pub principal_name: String,
+    /// Whose mailbox: the person's, or (a service account's token) the active member who
+    /// minted it; `None` when nobody can be told.
+    pub recipient: Option<String>,
+}
+
+/// An organization-defined scope (e.g. `deploy:prod`) and who may hold it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrgScope {
+    pub name: String,
+    pub description: Option<String>,
+    pub created_at: i64,
+    /// Role keys it is granted to.
+    pub roles: Vec<String>,
+    /// Service accounts (user ids) it is granted to.
+    pub service_accounts: Vec<String>,
+}
+
+/// Who an organization-defined scope is granted to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grantee {
+    /// Every member with this role (its key).
+    Role(String),
+    /// One service account (its user id).
+    ServiceAccount(String),
+}
+
+impl Grantee {
+    /// The stored form: `role:<key>` or `user:<id>`.
+    pub fn key(&self) -> String {
+        match self {
+            Grantee::Role(role) => format!("role:{role}"),
+            Grantee::ServiceAccount(id) => format!("user:{id}"),
+        }
     }
 }
 
@@ -138,6 +215,8 @@ pub enum Refusal {
     /// An identity with that email exists, and the caller only creates new ones (or gave a
     /// password, which only the identity sets).
     IdentityExists,
+    /// A live service account of the organization has that name.
+    NameTaken,
 }
 
 /// Profile fields to change; `None` leaves a field as it is.
@@ -192,6 +271,13 @@ pub struct NewRefreshToken {
     /// The authorization code this token was issued for, if any: a replay of that code
     /// revokes this token.
     pub from_code: Option<[u8; 32]>,
+    /// Minted with a name by `createToken`: the name is unique among the principal's live
+    /// named tokens.
+    pub named: bool,
+    /// When it stops working (ms); `None`: never.
+    pub expires_at: Option<i64>,
+    /// The member who minted it, when not an operator.
+    pub created_by: Option<String>,
 }
 
 /// A live session (refresh token) as its user sees it: never its hash.
@@ -207,11 +293,17 @@ pub struct SessionRecord {
     /// Written in batches, so up to a minute (plus a few seconds) behind.
     pub last_used_at: Option<i64>,
     pub last_used_addr: Option<String>,
+    /// Its OAuth scope: API scope names when it is restricted (see `domain::scopes`).
+    pub scope: String,
+    /// Minted with a unique name (`createToken`).
+    pub named: bool,
+    /// When it stops working (ms); `None`: never.
+    pub expires_at: Option<i64>,
 }
 
 /// The columns of a [`SessionRecord`] (`t`: refresh_tokens), the same on both backends.
-pub(crate) const SESSION_COLUMNS: &str =
-    "t.id, t.user_id, t.client_id, t.name, t.created_at, t.last_used_at, t.last_used_addr";
+pub(crate) const SESSION_COLUMNS: &str = "t.id, t.user_id, t.client_id, t.name, t.created_at, \
+     t.last_used_at, t.last_used_addr, t.scope, t.named, t.expires_at";
 
 /// The standing rule (`domain::standing`) as SQL over `t` (refresh_tokens) and `u` (its user):
 /// a session listed as live must be one the token endpoint would honour.
@@ -334,6 +426,10 @@ pub struct RefreshGrant {
     /// The organization's session policy, read in the same look-up.
     #[sqlx(flatten)]
     pub policy: SessionPolicy,
+    /// The user's role (its key): a restricted token's scopes are narrowed to it.
+    pub role: String,
+    /// When the token stops working (ms); `None`: never.
+    pub token_expires_at: Option<i64>,
 }
 
 /// Decides whether presenting a refresh token with this grant revokes all of its user's

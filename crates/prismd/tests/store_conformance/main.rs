@@ -427,6 +427,9 @@ fn refresh_token(user: &User, seed: u8, from_code: Option<[u8; 32]>) -> NewRefre
         scope: "openid".into(),
         created_at: T0 + 10,
         from_code,
+        named: false,
+        expires_at: None,
+        created_by: None,
     }
 }
 

@@ -830,6 +830,9 @@ pub(super) async fn sessions_live_only_newest_first(db: Db) -> TestResult {
             created_at: T0 + 10,
             last_used_at: Some(T0 + 50),
             last_used_addr: Some("10.0.0.9".into()),
+            scope: "openid".into(),
+            named: false,
+            expires_at: None,
         }
     );
     assert_eq!(sessions[0].name, None);

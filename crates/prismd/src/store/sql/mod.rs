@@ -12,6 +12,7 @@
 
 pub(crate) mod funnel;
 
+mod access;
 pub(crate) mod audit;
 mod keys;
 mod limits;
@@ -36,7 +37,7 @@ macro_rules! user_columns {
     () => {
         "u.id, u.org_id, u.email, u.name, u.role, u.token_epoch, \
          u.created_at, u.updated_at, u.removed_at, u.phone, u.external_id, u.dark_mode, \
-         u.dark_mode_sync_with_os, u.identity_id, u.joined_at"
+         u.dark_mode_sync_with_os, u.identity_id, u.joined_at, u.kind, u.description"
     };
 }
 pub(crate) use user_columns;
@@ -89,6 +90,8 @@ pub(crate) enum Unaudited {
     Garbage,
     /// A change of an identity, audited once per member with [`Write::audit`].
     AuditedPerMember,
+    /// The note that a token's expiry mail went out: nobody's standing changes.
+    ExpiryNotice,
 }
 
 /// What each database does its own way. Everything else is shared SQL over the funnel.

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 
 use super::funnel::{Exec, query};
-use super::{Dialect, SqlStore, user_columns};
+use super::{Dialect, SqlStore, is_unique_violation, user_columns};
 use crate::store::*;
 
 #[async_trait]
@@ -14,9 +14,24 @@ impl<D: Dialect> TokenStore for SqlStore<D> {
         audit: AuditEvent,
     ) -> Result<bool, StoreError> {
         let mut tx = self.write().await?;
-        let done = query(
-            "INSERT INTO refresh_tokens (id, token_hash, user_id, user_epoch, client_id, name, scope, created_at) \
-             SELECT $1, $2, u.id, u.token_epoch, $4, $5, $6, $7 FROM users u \
+        if token.named {
+            // A dead token (expired, or of an older epoch) keeps no name: retire it, so that
+            // the name can be used again.
+            query(
+                "UPDATE refresh_tokens SET revoked_at = $3 WHERE user_id = $1 AND name = $2 \
+                 AND named AND revoked_at IS NULL AND ((expires_at IS NOT NULL AND expires_at <= $3) \
+                   OR user_epoch <> (SELECT token_epoch FROM users WHERE id = $1))",
+            )
+            .bind(&token.user_id)
+            .bind(&token.name)
+            .bind(token.created_at)
+            .execute(&mut tx)
+            .await?;
+        }
+        let inserted = query(
+            "INSERT INTO refresh_tokens (id, token_hash, user_id, user_epoch, client_id, name, \
+             scope, created_at, named, expires_at, created_by) \
+             SELECT $1, $2, u.id, u.token_epoch, $4, $5, $6, $7, $8, $9, $10 FROM users u \
              WHERE u.id = $3 AND u.removed_at IS NULL AND u.joined_at IS NOT NULL",
         )
         .bind(&token.id)
@@ -26,8 +41,19 @@ impl<D: Dialect> TokenStore for SqlStore<D> {
         .bind(&token.name)
         .bind(&token.scope)
         .bind(token.created_at)
+        .bind(token.named)
+        .bind(token.expires_at)
+        .bind(&token.created_by)
         .execute(&mut tx)
-        .await?;
+        .await;
+        let done = match inserted {
+            Ok(done) => done,
+            Err(err) if token.named && is_unique_violation(&err) => {
+                tx.rollback().await?;
+                return Err(StoreError::Conflict("a live token of this principal has that name"));
+            }
+            Err(err) => return Err(err),
+        };
         if done == 0 {
             tx.rollback().await?;
             return Ok(false);
@@ -233,7 +259,7 @@ macro_rules! refresh_grant_columns {
          u.removed_at AS user_removed_at, u.org_id, o.tenant_id, \
          t.created_at AS token_created_at, t.last_used_at AS token_last_used_at, \
          o.refresh_idle_expiry_secs AS idle_expiry_secs, \
-         o.refresh_max_age_secs AS max_age_secs"
+         o.refresh_max_age_secs AS max_age_secs, u.role, t.expires_at AS token_expires_at"
     };
 }
 pub(crate) use refresh_grant_columns;

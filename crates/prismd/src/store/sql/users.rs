@@ -135,6 +135,8 @@ impl<D: Dialect> UserStore for SqlStore<D> {
                 dark_mode_sync_with_os: true,
                 identity_id: Some(identity_id),
                 joined_at,
+                kind: "person".to_owned(),
+                description: None,
             },
             new_identity: created,
         }))
@@ -164,6 +166,7 @@ impl<D: Dialect> UserStore for SqlStore<D> {
         let (after_created, after_id) = after.unwrap_or((i64::MIN, String::new()));
         let sql = format!(
             "SELECT {USER_COLUMNS} FROM users u WHERE u.org_id = $1 AND u.removed_at IS NULL \
+             AND u.kind = 'person' \
              AND (u.created_at > $2 OR (u.created_at = $2 AND u.id > $3)) \
              ORDER BY u.created_at, u.id LIMIT $4"
         );
@@ -347,7 +350,7 @@ impl<D: Dialect> UserStore for SqlStore<D> {
     ) -> Result<Vec<User>, StoreError> {
         let sql = format!(
             "SELECT {USER_COLUMNS} FROM users u WHERE u.org_id = $1 AND ($2 OR u.removed_at IS NULL) \
-             ORDER BY u.created_at, u.id"
+             AND u.kind = 'person' ORDER BY u.created_at, u.id"
         );
         Ok(query(sqlx::AssertSqlSafe(sql))
             .bind(org_id)

@@ -228,6 +228,8 @@ pub(super) fn refresh_grant(row: &Row<'_>) -> rusqlite::Result<RefreshGrant> {
             idle_expiry_secs: row.get(12)?,
             max_age_secs: row.get(13)?,
         },
+        role: row.get(14)?,
+        token_expires_at: row.get(15)?,
     })
 }
 
@@ -249,27 +251,29 @@ fn principal_record(row: &Row<'_>) -> rusqlite::Result<PrincipalRecord> {
         dark_mode_sync_with_os: row.get(12)?,
         identity_id: row.get(13)?,
         joined_at: row.get(14)?,
+        kind: row.get(15)?,
+        description: row.get(16)?,
     };
     // No session row (unknown, or someone else's): the LEFT JOIN gave NULLs.
-    let session_id: Option<String> = row.get(18)?;
+    let session_id: Option<String> = row.get(20)?;
     let session_revoked_at = match session_id {
-        Some(_) => Some(row.get::<_, Option<i64>>(19)?),
+        Some(_) => Some(row.get::<_, Option<i64>>(21)?),
         None => None,
     };
     Ok(PrincipalRecord {
         org: Organization {
             id: user.org_id.clone(),
-            name: row.get(15)?,
-            tenant_id: row.get(16)?,
-            created_at: row.get(17)?,
+            name: row.get(17)?,
+            tenant_id: row.get(18)?,
+            created_at: row.get(19)?,
         },
         user,
         session_revoked_at,
-        session_created_at: row.get(20)?,
-        session_last_used_at: row.get(21)?,
+        session_created_at: row.get(22)?,
+        session_last_used_at: row.get(23)?,
         policy: SessionPolicy {
-            idle_expiry_secs: row.get(22)?,
-            max_age_secs: row.get(23)?,
+            idle_expiry_secs: row.get(24)?,
+            max_age_secs: row.get(25)?,
         },
     })
 }
@@ -290,7 +294,7 @@ mod tests {
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
     /// [`REFRESH_GRANT_SQL`]'s columns, in order.
-    const GRANT_COLUMNS: [&str; 14] = [
+    const GRANT_COLUMNS: [&str; 16] = [
         "token_id",
         "token_epoch",
         "token_revoked_at",
@@ -305,10 +309,12 @@ mod tests {
         "token_last_used_at",
         "idle_expiry_secs",
         "max_age_secs",
+        "role",
+        "token_expires_at",
     ];
 
     /// [`PRINCIPAL_SQL`]'s columns, in order.
-    const PRINCIPAL_COLUMNS: [&str; 24] = [
+    const PRINCIPAL_COLUMNS: [&str; 26] = [
         "id",
         "org_id",
         "email",
@@ -324,6 +330,8 @@ mod tests {
         "dark_mode_sync_with_os",
         "identity_id",
         "joined_at",
+        "kind",
+        "description",
         "org_name",
         "tenant_id",
         "org_created_at",
@@ -379,6 +387,9 @@ mod tests {
             scope: "openid".into(),
             created_at: at,
             from_code: None,
+            named: false,
+            expires_at: None,
+            created_by: None,
         }
     }
 
