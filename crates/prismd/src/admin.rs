@@ -11,7 +11,8 @@ use clap::Subcommand;
 use prismd::domain::accounts::{self, Accounts, UserDraft, public_id};
 use prismd::domain::audit::{AuditFilter, AuditTrail};
 use prismd::domain::roles::Role;
-use prismd::domain::sessions::{SessionOrigin, Sessions};
+use prismd::domain::service_accounts::ServiceAccounts;
+use prismd::domain::sessions::{Minter, SessionOrigin, Sessions, TokenRequest};
 use prismd::domain::usage::UsageRecorder;
 use prismd::domain::{RequestMeta, now_ms};
 use prismd::store::{self, Backend, Delivery, OpenOptions, PgPoolSettings, Store, User};
@@ -88,15 +89,67 @@ pub enum OrgsCommand {
 
 #[derive(Subcommand)]
 pub enum TokensCommand {
-    /// Mint a refresh token for a user and print it (only it) on stdout.
+    /// Mint a refresh token for a user or a service account and print it (only it) on stdout.
+    /// With --scope, --expires-in or --service-account it is a named token: --name is
+    /// required and unique among the principal's live tokens.
     Create {
         /// The email address of the token's user.
-        #[arg(long, env = "PRISMD_USER_EMAIL")]
-        email: String,
+        #[arg(
+            long,
+            env = "PRISMD_USER_EMAIL",
+            required_unless_present = "service_account",
+            conflicts_with = "service_account"
+        )]
+        email: Option<String>,
+        /// The name (or id) of the service account the token is for.
+        #[arg(long, env = "PRISMD_SERVICE_ACCOUNT")]
+        service_account: Option<String>,
         /// A name for the token, for example the CI pipeline that will use it.
         #[arg(long, env = "PRISMD_TOKEN_NAME")]
         name: Option<String>,
+        /// Restrict the token to this API scope (repeat for more); without: the role decides.
+        #[arg(long = "scope", env = "PRISMD_TOKEN_SCOPES", value_delimiter = ' ')]
+        scopes: Vec<String>,
+        /// The token stops working after this long, e.g. 30d or 12h.
+        #[arg(long, env = "PRISMD_TOKEN_EXPIRES_IN", value_parser = parse_lifetime)]
+        expires_in: Option<std::time::Duration>,
     },
+}
+
+#[derive(Subcommand)]
+pub enum ServiceAccountsCommand {
+    /// Create a service account (a non-human member; never an Owner); prints its id.
+    Add {
+        #[arg(long, env = "PRISMD_SERVICE_ACCOUNT_NAME")]
+        name: String,
+        /// Its role: Admin, Integrator, Restricted Integrator or Guest.
+        #[arg(long, env = "PRISMD_SERVICE_ACCOUNT_ROLE", default_value = "Guest")]
+        role: String,
+        #[arg(long, env = "PRISMD_SERVICE_ACCOUNT_DESCRIPTION")]
+        description: Option<String>,
+    },
+    /// List the organization's service accounts: id, role and name per line.
+    List {
+        /// One JSON object per line instead.
+        #[arg(long, env = "PRISMD_JSON")]
+        json: bool,
+    },
+    /// Remove a service account: its tokens stop working at once.
+    Remove {
+        /// Its name or id.
+        #[arg(long, env = "PRISMD_SERVICE_ACCOUNT_NAME")]
+        name: String,
+    },
+}
+
+/// A token lifetime: a humantime duration (`30d`, `12h`) of at least a minute.
+fn parse_lifetime(input: &str) -> Result<std::time::Duration, String> {
+    let lifetime = humantime::parse_duration(input.trim())
+        .map_err(|err| format!("{err}: give a duration such as 30d or 12h"))?;
+    if lifetime < std::time::Duration::from_secs(60) {
+        return Err("a token lives at least a minute".into());
+    }
+    Ok(lifetime)
 }
 
 #[derive(Subcommand)]
@@ -484,7 +537,42 @@ async fn run_tokens(
     let accounts = Accounts::new(store);
     let org = accounts.org_by_tenant(tenant).await?;
     match command {
-        TokensCommand::Create { email, name } => {
+        TokensCommand::Create {
+            email,
+            service_account,
+            name,
+            scopes,
+            expires_in,
+        } if service_account.is_some() || !scopes.is_empty() || expires_in.is_some() => {
+            let holder = match (&email, &service_account) {
+                (_, Some(account)) => ServiceAccounts::new(store).find(&org.id, account).await?,
+                (Some(email), None) => accounts.find_user(&org, email).await?,
+                (None, None) => anyhow::bail!("give --email or --service-account"),
+            };
+            let Some(name) = name else {
+                anyhow::bail!(
+                    "a token with --scope, --expires-in or --service-account needs --name"
+                );
+            };
+            let expires_at = expires_in.map(|lifetime| {
+                now_ms().saturating_add(i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX))
+            });
+            let request = TokenRequest {
+                name,
+                scopes: (!scopes.is_empty()).then_some(scopes),
+                expires_at,
+            };
+            let usage = UsageRecorder::default();
+            let (token, _) = Sessions::new(store, &usage)
+                .create_token(Minter::Operator, &holder, request, &RequestMeta::default())
+                .await
+                .map_err(|(field, err)| anyhow::anyhow!("{field}: {err}"))?;
+            println!("{token}");
+        }
+        TokensCommand::Create { email, name, .. } => {
+            let Some(email) = email else {
+                anyhow::bail!("give --email or --service-account");
+            };
             let user = accounts.find_user(&org, &email).await?;
             let name = name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
             let origin = SessionOrigin {
@@ -497,6 +585,72 @@ async fn run_tokens(
                 .mint_refresh_token(&user, origin, OPERATOR.into(), &RequestMeta::default())
                 .await?;
             println!("{token}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn service_accounts(
+    backend: &Backend,
+    tenant: Option<&str>,
+    command: ServiceAccountsCommand,
+) -> anyhow::Result<()> {
+    let store = open(backend).await?;
+    let result = run_service_accounts(store.as_ref(), tenant, command).await;
+    store.close().await;
+    result
+}
+
+async fn run_service_accounts(
+    store: &dyn Store,
+    tenant: Option<&str>,
+    command: ServiceAccountsCommand,
+) -> anyhow::Result<()> {
+    let org = Accounts::new(store).org_by_tenant(tenant).await?;
+    let accounts = ServiceAccounts::new(store);
+    let meta = RequestMeta::default();
+    match command {
+        ServiceAccountsCommand::Add {
+            name,
+            role,
+            description,
+        } => {
+            let role: Role = role.parse()?;
+            let account = accounts
+                .create(None, &org, &name, role, description, &meta)
+                .await?;
+            println!("{}", public_id("ServiceAccount", &account.id));
+        }
+        ServiceAccountsCommand::List { json } => {
+            for account in accounts.list(&org.id).await? {
+                let id = public_id("ServiceAccount", &account.id);
+                let role = Role::of(&account);
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "id": id,
+                            "name": account.name,
+                            "role": role.name(),
+                            "description": account.description,
+                            "createdAt": rfc3339(account.created_at),
+                        })
+                    );
+                } else {
+                    println!("{id}  {role}  {}", account.name);
+                }
+            }
+        }
+        ServiceAccountsCommand::Remove { name } => {
+            let id = match accounts::parse_public_id("ServiceAccount", name.trim()) {
+                Some(id) => id,
+                None => name,
+            };
+            let removed = accounts.delete(None, &org.id, &id, &meta).await?;
+            eprintln!(
+                "Removed service account {}; its tokens no longer work.",
+                removed.name
+            );
         }
     }
     Ok(())

@@ -52,6 +52,8 @@ pub struct ServeConfig {
     pub key_at_rest: AtRest,
     /// Time between background cleanup rounds.
     pub cleanup_interval: Duration,
+    /// Time between checks for named tokens about to expire (mailed when SMTP is set).
+    pub expiry_notice_interval: Duration,
     /// How long dead refresh tokens and redeemed authorization codes are kept.
     pub dead_token_retention: Duration,
     /// How long audit events are kept.
@@ -92,6 +94,7 @@ impl ServeConfig {
             key_rotation_period: None,
             key_at_rest: AtRest::Plain,
             cleanup_interval: Duration::from_secs(10 * 60),
+            expiry_notice_interval: Duration::from_secs(3600),
             dead_token_retention: Duration::from_secs(30 * 24 * 3600),
             audit_retention: Duration::from_secs(400 * 24 * 3600),
             org_name: "My Organization".to_owned(),

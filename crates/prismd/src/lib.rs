@@ -209,6 +209,14 @@ pub async fn serve(
         config.key_reload_interval,
         background_stopped.clone(),
     ));
+    let notifier = config.mail.clone().map(|mailer| {
+        tokio::spawn(domain::expiry_notices::run_periodically(
+            store.clone(),
+            mailer,
+            config.expiry_notice_interval,
+            background_stopped.clone(),
+        ))
+    });
     let cleaner = tokio::spawn(domain::cleanup::run_periodically(
         store.clone(),
         config.cleanup_policy(),
@@ -280,6 +288,9 @@ pub async fn serve(
         let _ = key_rotator.await;
     }
     let _ = cleaner.await;
+    if let Some(notifier) = notifier {
+        let _ = notifier.await;
+    }
     if let Err(err) = auth.write_all_token_uses().await {
         tracing::warn!(error = %err, "could not write the last token-use records");
     }

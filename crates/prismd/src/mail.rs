@@ -406,6 +406,28 @@ pub fn membership_offer(to: &str, org_name: &str, issuer: &str) -> Mail {
     }
 }
 
+/// The mail telling a token's owner that it stops working soon (`expires_at`: ms).
+pub fn token_expiring(
+    to: &str,
+    org_name: &str,
+    token_name: &str,
+    principal: &str,
+    expires_at: i64,
+) -> Mail {
+    let when = std::time::UNIX_EPOCH
+        + std::time::Duration::from_millis(u64::try_from(expires_at).unwrap_or(0));
+    let when = humantime::format_rfc3339_seconds(when);
+    Mail {
+        to: to.to_owned(),
+        subject: format!("The token {token_name} expires on {when}"),
+        text: format!(
+            "The token \"{token_name}\" of {principal} in {org_name} stops working at {when}.\n\n\
+             If something still uses it, mint a new one before then (for example with \
+             'prism me:tokens:create') and replace it; then revoke the old one.\n"
+        ),
+    }
+}
+
 /// The mail with a single-use link to set a new password (it also confirms the address).
 pub fn password_reset(to: &str, link: &str) -> Mail {
     Mail {

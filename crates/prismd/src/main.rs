@@ -81,6 +81,9 @@ enum Command {
     /// Mint refresh tokens.
     #[command(subcommand)]
     Tokens(admin::TokensCommand),
+    /// Add, list and remove service accounts (non-human members with their own tokens).
+    #[command(subcommand)]
+    ServiceAccounts(admin::ServiceAccountsCommand),
     /// Create and list organizations (tenants).
     #[command(subcommand)]
     Orgs(admin::OrgsCommand),
@@ -199,6 +202,11 @@ struct ServeArgs {
     /// retired signing keys, spent limit counters).
     #[arg(long, env = "PRISMD_CLEANUP_INTERVAL", default_value = "10m", value_parser = parse_duration)]
     cleanup_interval: Duration,
+
+    /// Time between checks for named tokens that expire within 7 days; each one's owner is
+    /// mailed once (only with --smtp-url). The first check runs at start.
+    #[arg(long, env = "PRISMD_EXPIRY_NOTICE_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    expiry_notice_interval: Duration,
 
     /// How long dead refresh tokens (revoked, or of a removed user) and redeemed authorization
     /// codes are kept before cleanup deletes them; until then a dead token gets the precise
@@ -489,6 +497,9 @@ fn main() -> ExitCode {
             Command::Tokens(command) => {
                 admin::tokens(&backend, cli.tenant_id.as_deref(), command).await
             }
+            Command::ServiceAccounts(command) => {
+                admin::service_accounts(&backend, cli.tenant_id.as_deref(), command).await
+            }
             Command::Orgs(command) => admin::orgs(&backend, command).await,
             Command::Audit(args) => admin::audit(&backend, cli.tenant_id.as_deref(), args).await,
             Command::Keys(command) => {
@@ -632,6 +643,7 @@ async fn run_server(
         key_rotation_period,
         key_at_rest,
         cleanup_interval: args.cleanup_interval,
+        expiry_notice_interval: args.expiry_notice_interval,
         dead_token_retention: args.dead_token_retention,
         audit_retention: args.audit_retention,
         db_readers: args.db_readers,

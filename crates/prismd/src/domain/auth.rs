@@ -382,7 +382,11 @@ impl AuthService {
         if granted.is_empty() {
             return Err(DomainError::InvalidScope(format!(
                 "the token's principal (role {role}) no longer holds any of its scopes ({})",
-                wanted.iter().map(String::as_str).collect::<Vec<_>>().join(" ")
+                wanted
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(" ")
             )));
         }
         Ok(granted.join(" "))
@@ -397,7 +401,7 @@ impl AuthService {
         user_id: &str,
         names: &std::collections::BTreeSet<String>,
     ) -> Result<std::collections::BTreeSet<String>, DomainError> {
-        held_scopes(self.store(), org_id, role, user_id, names).await
+        super::service_accounts::held_scopes(self.store(), org_id, role, user_id, names).await
     }
 
     /// A refresh with `tenant_id` naming another organization of the token's identity: the
@@ -608,29 +612,6 @@ fn stored_standing(grant: &RefreshGrant) -> Standing {
         // everywhere with it.
         token_expired_at: None,
     }
-}
-
-/// Which of `names` a principal may hold now (see [`AuthService::held_scopes`]).
-pub(super) async fn held_scopes(
-    store: &dyn Store,
-    org_id: &str,
-    role: Role,
-    user_id: &str,
-    names: &std::collections::BTreeSet<String>,
-) -> Result<std::collections::BTreeSet<String>, DomainError> {
-    let by_role = scopes::role_scopes(role);
-    let mut held: std::collections::BTreeSet<String> = names
-        .iter()
-        .filter(|name| ApiScope::parse(name).is_some_and(|scope| by_role.contains(scope)))
-        .cloned()
-        .collect();
-    if names.iter().any(|name| ApiScope::parse(name).is_none()) {
-        let granted = store
-            .held_org_scopes(org_id, role.key(), user_id)
-            .await?;
-        held.extend(granted.into_iter().filter(|name| names.contains(name)));
-    }
-    Ok(held)
 }
 
 /// Whether presenting a refresh token with this grant signs its user out everywhere: the

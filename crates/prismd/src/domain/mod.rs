@@ -30,6 +30,7 @@ pub mod auth;
 pub mod cleanup;
 pub mod clients;
 pub mod device;
+pub mod expiry_notices;
 pub mod limits;
 pub mod login;
 pub mod passwords;

@@ -59,9 +59,7 @@ impl ApiScope {
             ApiScope::SessionsRead => "List sessions and tokens",
             ApiScope::SessionsWrite => "Create and revoke tokens and sessions",
             ApiScope::AuditRead => "Read the organization's audit trail",
-            ApiScope::OrgAdmin => {
-                "Session and token policies, and the organization's own scopes"
-            }
+            ApiScope::OrgAdmin => "Session and token policies, and the organization's own scopes",
         }
     }
 

@@ -5,7 +5,9 @@
 
 use super::accounts::refused;
 use super::roles::Role;
-use super::scopes;
+use std::collections::BTreeSet;
+
+use super::scopes::{self, ApiScope};
 use super::{DomainError, RequestMeta, now_ms};
 use crate::store::{
     AuditEvent, Grantee, NewServiceAccount, OrgScope, Organization, ServiceAccountChanges, Store,
@@ -65,9 +67,9 @@ fn checked_role(role: Role) -> Result<Role, DomainError> {
 
 fn managers_only(actor: Option<&User>, verb: &str) -> Result<(), DomainError> {
     match actor {
-        Some(actor) if !Role::of(actor).manages_users() => Err(DomainError::AccessDenied(
-            format!("only Owners and Admins can {verb}"),
-        )),
+        Some(actor) if !Role::of(actor).manages_users() => Err(DomainError::AccessDenied(format!(
+            "only Owners and Admins can {verb}"
+        ))),
         _ => Ok(()),
     }
 }
@@ -95,6 +97,28 @@ fn event(
         user_agent: meta.user_agent.clone(),
         detail: Some(detail.to_string()),
     }
+}
+
+/// Which of `names` the principal `user_id` (with `role`) may hold now: built-in scopes by
+/// role, the organization's own by their grants (read only when one is asked for).
+pub async fn held_scopes(
+    store: &dyn Store,
+    org_id: &str,
+    role: Role,
+    user_id: &str,
+    names: &BTreeSet<String>,
+) -> Result<BTreeSet<String>, DomainError> {
+    let by_role = scopes::role_scopes(role);
+    let mut held: BTreeSet<String> = names
+        .iter()
+        .filter(|name| ApiScope::parse(name).is_some_and(|scope| by_role.contains(scope)))
+        .cloned()
+        .collect();
+    if names.iter().any(|name| ApiScope::parse(name).is_none()) {
+        let granted = store.held_org_scopes(org_id, role.key(), user_id).await?;
+        held.extend(granted.into_iter().filter(|name| names.contains(name)));
+    }
+    Ok(held)
 }
 
 /// Service accounts and organization scopes over the store.
@@ -297,7 +321,11 @@ impl<'s> ServiceAccounts<'s> {
             meta,
             serde_json::json!({ "scope": scope.name }),
         );
-        if !self.store.delete_org_scope(org_id, &scope.name, audit).await? {
+        if !self
+            .store
+            .delete_org_scope(org_id, &scope.name, audit)
+            .await?
+        {
             return Err(DomainError::NotFound(format!(
                 "the organization has no scope {}",
                 scope.name

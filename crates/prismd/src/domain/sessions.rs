@@ -9,11 +9,11 @@ use prism_proto::token_format::{self, SecretKind};
 use std::collections::BTreeSet;
 
 use super::accounts::Accounts;
-use super::auth::held_scopes;
 use super::clients::{CLI_CLIENT_ID, DEFAULT_SCOPE};
 use super::policies::{self, Policies};
 use super::roles::Role;
 use super::scopes::{ApiScope, ApiScopes, TokenScopes};
+use super::service_accounts::held_scopes;
 use super::usage::UsageRecorder;
 use super::{DomainError, RequestMeta, now_ms};
 use crate::store::{
@@ -376,7 +376,9 @@ impl<'s> Sessions<'s> {
         scopes: Option<Vec<String>>,
     ) -> Result<Option<String>, DomainError> {
         let restricted_minter = match minter {
-            Minter::Member { token, effective, .. } => match token {
+            Minter::Member {
+                token, effective, ..
+            } => match token {
                 TokenScopes::Restricted(names) => Some((names.clone(), effective)),
                 TokenScopes::Unrestricted => None,
             },

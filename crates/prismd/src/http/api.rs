@@ -2,7 +2,7 @@
 //! the caller's standing checked before the query is even parsed; resolvers get the
 //! [`Principal`] and never see the token.
 
-use async_graphql::{EmptySubscription, Schema};
+use async_graphql::{EmptySubscription, MergedObject, Schema};
 use axum::Json;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
@@ -14,14 +14,24 @@ use std::sync::Arc;
 use super::body::{BodyShape, JsonBody};
 use super::error::{HttpError, RETRY_AFTER_SECS};
 use super::graphql::{MutationRoot, Outbox, QueryRoot, UNAVAILABLE_CODE};
+use super::graphql_access::{AccessMutation, AccessQuery};
 use super::{AppState, ClientMeta};
 use crate::domain::auth::{AuthService, Principal};
 
-pub type ApiSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
+/// Every query: the users and sessions of `graphql`, the service accounts and scopes of
+/// `graphql_access`.
+#[derive(MergedObject, Default)]
+pub struct Query(QueryRoot, AccessQuery);
+
+/// Every mutation, merged the same way.
+#[derive(MergedObject, Default)]
+pub struct Mutation(MutationRoot, AccessMutation);
+
+pub type ApiSchema = Schema<Query, Mutation, EmptySubscription>;
 
 /// Builds the schema with limits that keep hostile queries cheap.
 pub fn schema(auth: Arc<AuthService>) -> ApiSchema {
-    Schema::build(QueryRoot, MutationRoot, EmptySubscription)
+    Schema::build(Query::default(), Mutation::default(), EmptySubscription)
         .data(auth)
         .limit_depth(16)
         .limit_complexity(1000)

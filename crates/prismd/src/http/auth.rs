@@ -21,8 +21,7 @@ pub(super) const AUTH_BODY_LIMIT: usize = 16 * 1024;
 
 impl BodyShape for RefreshRequest {
     const MAX_BYTES: usize = AUTH_BODY_LIMIT;
-    const EXPECTED: &'static str =
-        r#"a JSON object with a string field "refresh_token" and optional strings "tenant_id" and "scope""#;
+    const EXPECTED: &'static str = r#"a JSON object with a string field "refresh_token" and optional strings "tenant_id" and "scope""#;
 }
 
 impl BodyShape for RevokeRequest {

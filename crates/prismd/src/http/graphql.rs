@@ -17,6 +17,7 @@ use crate::domain::accounts::{UserDraft, parse_public_id, public_id};
 use crate::domain::auth::{AuthService, Principal};
 use crate::domain::policies::{PolicyDays, PolicyUpdate};
 use crate::domain::roles::Role;
+use crate::domain::scopes::{ApiScope, TokenScopes};
 use crate::domain::{DomainError, RequestMeta, audit};
 use crate::store::{
     AuditRecord, Delivery, Organization, ProfileChanges, SessionRecord, StoreError, User,
@@ -43,15 +44,27 @@ pub(super) fn store_unavailable(err: StoreError) -> async_graphql::Error {
 #[derive(Clone)]
 pub struct Outbox(pub Option<Arc<crate::mail::Mailer>>);
 
-struct Caller<'a> {
-    principal: &'a Principal,
-    auth: &'a Arc<AuthService>,
-    meta: RequestMeta,
+pub(super) struct Caller<'a> {
+    pub(super) principal: &'a Principal,
+    pub(super) auth: &'a Arc<AuthService>,
+    pub(super) meta: RequestMeta,
     /// The mailer, when SMTP is configured.
     mail: Option<Arc<crate::mail::Mailer>>,
 }
 
-fn caller<'a>(ctx: &Context<'a>) -> async_graphql::Result<Caller<'a>> {
+impl Caller<'_> {
+    /// Refuses (as a domain error) when the caller's token or role lacks `scope`.
+    pub(super) fn require(&self, scope: ApiScope) -> Result<(), DomainError> {
+        self.principal.require(scope)
+    }
+
+    /// The audit actor of the caller.
+    pub(super) fn actor(&self) -> &crate::store::User {
+        &self.principal.user
+    }
+}
+
+pub(super) fn caller<'a>(ctx: &Context<'a>) -> async_graphql::Result<Caller<'a>> {
     Ok(Caller {
         principal: ctx.data::<Principal>()?,
         auth: ctx.data::<Arc<AuthService>>()?,
@@ -104,7 +117,10 @@ pub struct FieldError {
 
 /// Domain failures of a mutation: user errors go into the payload (against `field`), while an
 /// unavailable database is a top-level error the client can retry.
-fn payload_errors(err: DomainError, field: &str) -> async_graphql::Result<Vec<FieldError>> {
+pub(super) fn payload_errors(
+    err: DomainError,
+    field: &str,
+) -> async_graphql::Result<Vec<FieldError>> {
     let (field, message) = match err {
         DomainError::InvalidInput(msg) | DomainError::Conflict(msg) => (field, msg),
         DomainError::NotFound(msg) => ("id", msg),
@@ -121,11 +137,12 @@ fn payload_errors(err: DomainError, field: &str) -> async_graphql::Result<Vec<Fi
     }])
 }
 
-fn user_id_from(id: &ID) -> Result<String, DomainError> {
+pub(super) fn user_id_from(id: &ID) -> Result<String, DomainError> {
     parse_public_id("User", id)
         .ok_or_else(|| DomainError::NotFound("no such user in your organization".into()))
 }
 
+#[derive(Default)]
 pub struct QueryRoot;
 
 #[Object]
@@ -187,6 +204,7 @@ impl QueryRoot {
         after: Option<String>,
     ) -> async_graphql::Result<Option<AuditEventConnection>> {
         let caller = caller(ctx)?;
+        caller.require(ApiScope::AuditRead).map_err(query_error)?;
         // Refused before the filters are read: a Member learns nothing from a bad filter.
         audit::ensure_reader(&caller.principal.user).map_err(query_error)?;
         let filter = filter.unwrap_or_default().checked().map_err(query_error)?;
@@ -253,7 +271,7 @@ impl AuditEventFilter {
 }
 
 /// An RFC 3339 time as milliseconds since the Unix epoch.
-fn rfc3339_ms(field: &str, text: &str) -> Result<i64, DomainError> {
+pub(super) fn rfc3339_ms(field: &str, text: &str) -> Result<i64, DomainError> {
     humantime::parse_rfc3339_weak(text.trim())
         .ok()
         .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
@@ -370,6 +388,9 @@ impl UserNode {
     /// Admins) a member's; Admins not Owners'. Null, with an error, for anyone else's.
     async fn sessions(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Vec<SessionNode>>> {
         let caller = caller(ctx)?;
+        caller
+            .require(ApiScope::SessionsRead)
+            .map_err(query_error)?;
         let live = caller
             .auth
             .sessions()
@@ -389,7 +410,7 @@ impl UserNode {
 
 /// A domain failure of a query field, as a GraphQL error: the message, and `extensions.code`
 /// (`NOT_FOUND`, `FORBIDDEN`, `BAD_REQUEST`); an unavailable database as in mutations.
-fn query_error(err: DomainError) -> async_graphql::Error {
+pub(super) fn query_error(err: DomainError) -> async_graphql::Error {
     let (code, message) = match err {
         DomainError::NotFound(msg) => ("NOT_FOUND", msg),
         DomainError::AccessDenied(msg) => ("FORBIDDEN", msg),
@@ -404,7 +425,7 @@ fn query_error(err: DomainError) -> async_graphql::Error {
 }
 
 /// Milliseconds since the Unix epoch as RFC 3339 (UTC, milliseconds).
-fn timestamp(ms: i64) -> String {
+pub(super) fn timestamp(ms: i64) -> String {
     let since = std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
     humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + since).to_string()
 }
@@ -417,7 +438,7 @@ pub struct SessionNode {
 }
 
 impl SessionNode {
-    fn new(record: SessionRecord, caller: &Principal) -> Self {
+    pub(super) fn new(record: SessionRecord, caller: &Principal) -> Self {
         let current = record.id == caller.claims.sid;
         Self {
             record,
@@ -426,7 +447,7 @@ impl SessionNode {
         }
     }
 
-    fn expiring_at(self, expires_at: Option<i64>) -> Self {
+    pub(super) fn expiring_at(self, expires_at: Option<i64>) -> Self {
         Self { expires_at, ..self }
     }
 }
@@ -462,10 +483,21 @@ impl SessionNode {
     async fn current(&self) -> bool {
         self.current
     }
-    /// When the organization's session policy ends this session if it is not used again
-    /// (RFC 3339, UTC); null when no policy applies. Each use moves an idle expiry on.
+    /// When this session ends if nothing else ends it first (RFC 3339, UTC): the earlier of
+    /// the token's own expiry and the organization's session policy (an idle expiry moves on
+    /// with each use); null when neither applies.
     async fn expires_at(&self) -> Option<String> {
-        self.expires_at.map(timestamp)
+        self.expires_at.or(self.record.expires_at).map(timestamp)
+    }
+    /// The API scopes the token is restricted to; null when it is not (its principal's role
+    /// decides).
+    async fn scopes(&self) -> Option<Vec<String>> {
+        TokenScopes::parse(&self.record.scope).names()
+    }
+    /// Whether it was minted by name (`createToken`): its name is unique among its
+    /// principal's live tokens.
+    async fn named(&self) -> bool {
+        self.record.named
     }
 }
 
@@ -505,6 +537,7 @@ impl OrganizationNode {
         ctx: &Context<'_>,
     ) -> async_graphql::Result<Option<SessionPolicyNode>> {
         let caller = caller(ctx)?;
+        caller.require(ApiScope::OrgAdmin).map_err(query_error)?;
         let policy = caller
             .auth
             .policies()
@@ -512,6 +545,20 @@ impl OrganizationNode {
             .await
             .map_err(query_error)?;
         Ok(Some(SessionPolicyNode(PolicyDays::of(policy))))
+    }
+
+    /// The longest a token minted by name (`createToken`) may live here (Owners and Admins;
+    /// null with a `FORBIDDEN` error for anyone else).
+    async fn token_policy(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<TokenPolicy>> {
+        let caller = caller(ctx)?;
+        caller.require(ApiScope::OrgAdmin).map_err(query_error)?;
+        let max_lifetime_days = caller
+            .auth
+            .policies()
+            .read_token_policy(&caller.principal.user)
+            .await
+            .map_err(query_error)?;
+        Ok(Some(TokenPolicy { max_lifetime_days }))
     }
 
     /// Active users, oldest first, in pages (`after` is a previous page's `endCursor`; an
@@ -523,6 +570,7 @@ impl OrganizationNode {
         first: Option<i32>,
     ) -> async_graphql::Result<UserConnection> {
         let caller = caller(ctx)?;
+        caller.require(ApiScope::UsersRead).map_err(query_error)?;
         let limit = first.map_or(PAGE_SIZE, |n| i64::from(n).clamp(1, PAGE_SIZE));
         let position = match after.as_deref().filter(|a| !a.is_empty()) {
             None => None,
@@ -586,7 +634,7 @@ pub struct CustomerNode {
     name: String,
 }
 
-pub struct RoleNode(Role);
+pub struct RoleNode(pub(super) Role);
 
 #[Object(name = "Role")]
 impl RoleNode {
@@ -599,6 +647,13 @@ impl RoleNode {
     async fn description(&self) -> &str {
         self.0.description()
     }
+}
+
+/// An organization's limit on tokens minted by name.
+#[derive(SimpleObject)]
+pub struct TokenPolicy {
+    /// The longest such a token may live, in days; null: no maximum.
+    pub(super) max_lifetime_days: Option<i64>,
 }
 
 #[derive(SimpleObject)]
@@ -742,7 +797,7 @@ pub struct CreateUserInvitationPayload {
     errors: Vec<FieldError>,
 }
 
-fn parse_role(id: &ID) -> Result<Role, DomainError> {
+pub(super) fn parse_role(id: &ID) -> Result<Role, DomainError> {
     parse_public_id("Role", id)
         .as_deref()
         .unwrap_or(id.as_str())
@@ -753,6 +808,7 @@ fn invitation_url(auth: &AuthService, token: &str) -> String {
     format!("{}/invite?token={token}", auth.settings().issuer)
 }
 
+#[derive(Default)]
 pub struct MutationRoot;
 
 #[Object]
@@ -764,6 +820,12 @@ impl MutationRoot {
         input: CreateOrganizationUserInput,
     ) -> async_graphql::Result<CreateOrganizationUserPayload> {
         let caller = caller(ctx)?;
+        if let Err(err) = caller.require(ApiScope::UsersWrite) {
+            return Ok(CreateOrganizationUserPayload {
+                errors: payload_errors(err, "__all__")?,
+                ..Default::default()
+            });
+        }
         let accounts = caller.auth.accounts();
         let role = match parse_role(&input.role) {
             Ok(role) => role,
@@ -840,7 +902,10 @@ impl MutationRoot {
         input: DeleteUserInput,
     ) -> async_graphql::Result<UserPayload> {
         let caller = caller(ctx)?;
-        let result = match user_id_from(&input.id) {
+        let result = match caller
+            .require(ApiScope::UsersWrite)
+            .and_then(|()| user_id_from(&input.id))
+        {
             Ok(id) => {
                 caller
                     .auth
@@ -873,11 +938,22 @@ impl MutationRoot {
         };
         let result = match user_id_from(&input.id) {
             Ok(id) => {
-                caller
-                    .auth
-                    .accounts()
-                    .update_member(&caller.principal.user, &id, changes, role, &caller.meta)
-                    .await
+                // Your own profile needs profile:write; anyone else's, or a role, users:write.
+                let needed = if id == caller.principal.user.id && role.is_none() {
+                    ApiScope::ProfileWrite
+                } else {
+                    ApiScope::UsersWrite
+                };
+                match caller.require(needed) {
+                    Ok(()) => {
+                        caller
+                            .auth
+                            .accounts()
+                            .update_member(&caller.principal.user, &id, changes, role, &caller.meta)
+                            .await
+                    }
+                    Err(err) => Err(err),
+                }
             }
             Err(err) => Err(err),
         };
@@ -893,11 +969,16 @@ impl MutationRoot {
         input: RevokeSessionInput,
     ) -> async_graphql::Result<RevokeSessionPayload> {
         let caller = caller(ctx)?;
-        let revoked = caller
-            .auth
-            .sessions()
-            .revoke(&caller.principal.user, &input.id, &caller.meta)
-            .await;
+        let revoked = match caller.require(ApiScope::SessionsWrite) {
+            Ok(()) => {
+                caller
+                    .auth
+                    .sessions()
+                    .revoke(&caller.principal.user, &input.id, &caller.meta)
+                    .await
+            }
+            Err(err) => Err(err),
+        };
         Ok(match revoked {
             Ok(record) => RevokeSessionPayload {
                 session: Some(SessionNode::new(record, caller.principal)),
@@ -923,6 +1004,7 @@ impl MutationRoot {
             None => Ok(actor.id.clone()),
             Some(id) => user_id_from(id),
         };
+        let result = caller.require(ApiScope::SessionsWrite).and(result);
         let result = match result {
             Ok(id) => {
                 caller
@@ -956,6 +1038,12 @@ impl MutationRoot {
         input: UpdateSessionPolicyInput,
     ) -> async_graphql::Result<UpdateSessionPolicyPayload> {
         let caller = caller(ctx)?;
+        if let Err(err) = caller.require(ApiScope::OrgAdmin) {
+            return Ok(UpdateSessionPolicyPayload {
+                session_policy: None,
+                errors: payload_errors(err, "__all__")?,
+            });
+        }
         let update = PolicyUpdate {
             idle_expiry_days: policy_change(input.idle_expiry_days),
             max_age_days: policy_change(input.max_age_days),
@@ -993,7 +1081,10 @@ impl MutationRoot {
         input: CreateUserInvitationInput,
     ) -> async_graphql::Result<CreateUserInvitationPayload> {
         let caller = caller(ctx)?;
-        let result = match user_id_from(&input.id) {
+        let result = match caller
+            .require(ApiScope::UsersWrite)
+            .and_then(|()| user_id_from(&input.id))
+        {
             Ok(id) => match caller
                 .auth
                 .accounts()

@@ -8,6 +8,7 @@ mod auth;
 mod body;
 mod error;
 mod graphql;
+mod graphql_access;
 mod metrics;
 mod oauth;
 mod ops;

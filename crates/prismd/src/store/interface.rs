@@ -457,6 +457,9 @@ pub trait AccessStore: Send + Sync + 'static {
     /// Claims the expiry notice of a token (of several replicas, one sends it): false when it
     /// was claimed already.
     async fn claim_expiry_notice(&self, token_id: &str, at: i64) -> Result<bool, StoreError>;
+
+    /// Releases a claimed expiry notice whose mail could not be sent, so it is tried again.
+    async fn release_expiry_notice(&self, token_id: &str) -> Result<(), StoreError>;
 }
 
 /// Signing keys. Every method is a single short transaction.

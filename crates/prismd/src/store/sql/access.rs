@@ -93,14 +93,13 @@ impl<D: Dialect> AccessStore for SqlStore<D> {
     ) -> Result<Result<User, Refusal>, StoreError> {
         let mut tx = self.write().await?;
         tx.lock(Lock::OrganizationOf(user_id)).await?;
-        let exists: Option<String> = query(
-            "SELECT org_id FROM users WHERE id = $1 AND removed_at IS NULL AND kind = $2",
-        )
-        .bind(user_id)
-        .bind(SERVICE_ACCOUNT_KIND)
-        .scalar()
-        .fetch_optional(&mut tx)
-        .await?;
+        let exists: Option<String> =
+            query("SELECT org_id FROM users WHERE id = $1 AND removed_at IS NULL AND kind = $2")
+                .bind(user_id)
+                .bind(SERVICE_ACCOUNT_KIND)
+                .scalar()
+                .fetch_optional(&mut tx)
+                .await?;
         if exists.is_none() {
             tx.rollback().await?;
             return Ok(Err(Refusal::NotFound));
@@ -170,15 +169,12 @@ impl<D: Dialect> AccessStore for SqlStore<D> {
                     last
                 }
             };
-            match row.grantee.as_deref() {
-                Some(grantee) => {
-                    if let Some(role) = grantee.strip_prefix("role:") {
-                        scope.roles.push(role.to_owned());
-                    } else if let Some(user) = grantee.strip_prefix("user:") {
-                        scope.service_accounts.push(user.to_owned());
-                    }
+            if let Some(grantee) = row.grantee.as_deref() {
+                if let Some(role) = grantee.strip_prefix("role:") {
+                    scope.roles.push(role.to_owned());
+                } else if let Some(user) = grantee.strip_prefix("user:") {
+                    scope.service_accounts.push(user.to_owned());
                 }
-                None => {}
             }
         }
         Ok(scopes)
@@ -340,5 +336,14 @@ impl<D: Dialect> AccessStore for SqlStore<D> {
         .await?;
         tx.commit_unaudited(Unaudited::ExpiryNotice).await?;
         Ok(done == 1)
+    }
+
+    async fn release_expiry_notice(&self, token_id: &str) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        query("UPDATE refresh_tokens SET expiry_notified_at = NULL WHERE id = $1")
+            .bind(token_id)
+            .execute(&mut tx)
+            .await?;
+        tx.commit_unaudited(Unaudited::ExpiryNotice).await
     }
 }

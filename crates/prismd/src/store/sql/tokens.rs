@@ -50,7 +50,9 @@ impl<D: Dialect> TokenStore for SqlStore<D> {
             Ok(done) => done,
             Err(err) if token.named && is_unique_violation(&err) => {
                 tx.rollback().await?;
-                return Err(StoreError::Conflict("a live token of this principal has that name"));
+                return Err(StoreError::Conflict(
+                    "a live token of this principal has that name",
+                ));
             }
             Err(err) => return Err(err),
         };
