@@ -32,6 +32,8 @@ CREATE UNIQUE INDEX refresh_tokens_live_name ON refresh_tokens (user_id, name)
     WHERE named AND revoked_at IS NULL;
 CREATE INDEX refresh_tokens_expiring ON refresh_tokens (expires_at)
     WHERE expires_at IS NOT NULL AND expiry_notified_at IS NULL AND revoked_at IS NULL;
+-- The cleanup deletes tokens expired longer ago than the dead-token retention.
+CREATE INDEX refresh_tokens_expires ON refresh_tokens (expires_at) WHERE expires_at IS NOT NULL;
 
 -- The longest a minted token may live in this organization (seconds; NULL: no maximum).
 ALTER TABLE organizations ADD COLUMN max_token_lifetime_secs BIGINT;

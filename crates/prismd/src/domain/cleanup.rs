@@ -52,7 +52,8 @@ impl CleanupPolicy {
             | Garbage::SpentPasswordResets => now,
             Garbage::AuthorizationCodes
             | Garbage::RevokedRefreshTokens
-            | Garbage::StaleEpochRefreshTokens => before(self.dead_token_retention),
+            | Garbage::StaleEpochRefreshTokens
+            | Garbage::ExpiredRefreshTokens => before(self.dead_token_retention),
             Garbage::AuditEvents => before(self.audit_retention),
             Garbage::RetiredSigningKeys => self.key_window.expired_before(now),
             Garbage::AttemptCounters => before(self.attempt_retention),

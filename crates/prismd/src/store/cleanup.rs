@@ -28,6 +28,8 @@ pub enum Garbage {
     /// Refresh tokens of an older epoch than their user's (revoke-all, removed user), when
     /// the user has not changed since the cutoff.
     StaleEpochRefreshTokens,
+    /// Refresh tokens whose own expiry passed before the cutoff.
+    ExpiredRefreshTokens,
     /// Audit events older than the cutoff.
     AuditEvents,
     /// Signing keys retired before the cutoff.
@@ -42,7 +44,7 @@ pub enum Garbage {
 
 impl Garbage {
     /// Every kind, in the order a cleanup round deletes them.
-    pub const ALL: [Garbage; 13] = [
+    pub const ALL: [Garbage; 14] = [
         Garbage::UnusedAuthorizationCodes,
         Garbage::AuthorizationCodes,
         Garbage::DeviceCodes,
@@ -51,6 +53,7 @@ impl Garbage {
         Garbage::SpentInvitations,
         Garbage::RevokedRefreshTokens,
         Garbage::StaleEpochRefreshTokens,
+        Garbage::ExpiredRefreshTokens,
         Garbage::AuditEvents,
         Garbage::RetiredSigningKeys,
         Garbage::AttemptCounters,
@@ -69,6 +72,7 @@ impl Garbage {
             Garbage::SpentInvitations => "spent_invitations",
             Garbage::RevokedRefreshTokens => "revoked_refresh_tokens",
             Garbage::StaleEpochRefreshTokens => "stale_epoch_refresh_tokens",
+            Garbage::ExpiredRefreshTokens => "expired_refresh_tokens",
             Garbage::AuditEvents => "audit_events",
             Garbage::RetiredSigningKeys => "retired_signing_keys",
             Garbage::AttemptCounters => "attempt_counters",
@@ -114,6 +118,10 @@ impl Garbage {
                  FROM users u JOIN refresh_tokens rt ON rt.user_id = u.id \
                  WHERE u.token_epoch > 0 AND u.updated_at < $1 AND rt.user_epoch < u.token_epoch \
                  LIMIT $2)"
+            }
+            Garbage::ExpiredRefreshTokens => {
+                "DELETE FROM refresh_tokens WHERE id IN (SELECT id FROM refresh_tokens \
+                 WHERE expires_at IS NOT NULL AND expires_at < $1 LIMIT $2)"
             }
             Garbage::AuditEvents => {
                 "DELETE FROM audit_events WHERE id IN (SELECT id \
