@@ -416,8 +416,9 @@ impl AuthService {
     ) -> Result<RefreshGrant, DomainError> {
         let denied = || {
             DomainError::AccessDenied(
-                "the user of this refresh token is not a member of that tenant (a refresh token \
-                 from before sign-in identities stays with its organization: sign in again)"
+                "the user of this refresh token is not a member of that tenant (a named token, \
+                 and a refresh token from before sign-in identities, stays with its \
+                 organization: mint or sign in again there)"
                     .to_owned(),
             )
         };

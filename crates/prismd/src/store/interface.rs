@@ -331,8 +331,9 @@ pub trait TokenStore: Send + Sync + 'static {
     /// identity in the organization with `tenant_id`: from then on it is that member's
     /// session (a refresh with `tenant_id`). `audit` (about the old member) is written, and a
     /// copy about the new one. Returns the new member's id; `None` when the token is not live
-    /// under `from_user_id`, is pinned to its member (minted before identities existed), or
-    /// the identity has no joined membership there.
+    /// under `from_user_id`, is pinned to its member (minted before identities existed), is a
+    /// named token (minted for one organization, with its scopes), or the identity has no
+    /// joined membership there.
     async fn move_refresh_token(
         &self,
         token_id: &str,

@@ -173,7 +173,7 @@ impl<D: Dialect> TokenStore for SqlStore<D> {
         // or removal of the target that commits meanwhile leaves the token dead, never alive.
         let moved = query(
             "UPDATE refresh_tokens SET user_id = $3, user_epoch = $4 \
-             WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL AND NOT pinned \
+             WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL AND NOT pinned AND NOT named \
                AND user_epoch = (SELECT token_epoch FROM users WHERE id = $2 \
                                  AND removed_at IS NULL AND joined_at IS NOT NULL)",
         )
