@@ -26,8 +26,13 @@ pub const CREATE_USER: &str = "mutation createOrganizationUser($name: String, $e
 pub const DELETE_USER: &str = "mutation deleteUser($id: ID!) { deleteUser(input: { id: $id }) { user { id } errors { field messages } } }";
 pub const UPDATE_USER: &str = "mutation updateUser($user: ID!, $name: String, $phone: String, $darkMode: Boolean, $darkModeOsSync: Boolean) { updateUser(input: { id: $user, name: $name, phone: $phone, darkMode: $darkMode, darkModeSyncWithOs: $darkModeOsSync }) { user { id } errors { field messages } } }";
 /// prism-auth additions (the official client has no such commands): sessions of the caller.
-pub const LIST_SESSIONS: &str = "query listSessions { authenticatedUser { sessions { id name clientId createdAt lastUsedAt lastUsedAddress current } } }";
+pub const LIST_SESSIONS: &str = "query listSessions { authenticatedUser { sessions { id name clientId createdAt lastUsedAt lastUsedAddress expiresAt scopes current } } }";
 pub const REVOKE_SESSION: &str = "mutation revokeSession($id: ID!) { revokeSession(input: { id: $id }) { session { id name current } errors { field messages } } }";
+pub const CREATE_TOKEN: &str = "mutation createToken($name: String!, $scopes: [String!], $expiresAt: String, $serviceAccountId: ID) { createToken(input: { name: $name, scopes: $scopes, expiresAt: $expiresAt, serviceAccountId: $serviceAccountId }) { token errors { field messages } } }";
+pub const LIST_SERVICE_ACCOUNTS: &str =
+    "query listServiceAccounts { serviceAccounts { id name description role { name } createdAt } }";
+pub const CREATE_SERVICE_ACCOUNT: &str = "mutation createServiceAccount($name: String!, $role: ID!, $description: String) { createServiceAccount(input: { name: $name, role: $role, description: $description }) { serviceAccount { id } errors { field messages } } }";
+pub const DELETE_SERVICE_ACCOUNT: &str = "mutation deleteServiceAccount($id: ID!) { deleteServiceAccount(input: { id: $id }) { serviceAccount { id name } errors { field messages } } }";
 
 /// A JSON value as a table cell: strings as is, null as empty.
 fn cell(value: &Value) -> String {
@@ -36,6 +41,17 @@ fn cell(value: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
+}
+
+/// A list of strings as one cell, space-separated (as OAuth writes scopes); null as empty.
+fn words(value: &Value) -> String {
+    value
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(cell)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Fails with the payload's `errors` as `field: message` lines.
@@ -332,6 +348,16 @@ const SESSION_COLUMNS: &[Column] = &[
         extended: true,
     },
     Column {
+        key: "expiresAt",
+        header: "Expires",
+        extended: false,
+    },
+    Column {
+        key: "scopes",
+        header: "Scopes",
+        extended: false,
+    },
+    Column {
         key: "current",
         header: "Current",
         extended: false,
@@ -340,8 +366,14 @@ const SESSION_COLUMNS: &[Column] = &[
 
 pub fn me_tokens_list(ctx: &Ctx, flags: &TableFlags) -> Result<()> {
     let mut session = Session::resolve(ctx)?;
-    let data = session.graphql(ctx, LIST_SESSIONS, json!({}))?;
-    let Some(sessions) = data["authenticatedUser"]["sessions"].as_array() else {
+    let answer = session.graphql_answer(ctx, LIST_SESSIONS, json!({}))?;
+    let Some(sessions) = answer
+        .required(
+            &["authenticatedUser", "sessions"],
+            "This server does not list sessions (it is not prism-auth, or too old).",
+        )?
+        .as_array()
+    else {
         fail!("This server does not list sessions (it is not prism-auth, or too old).");
     };
     let rows = sessions
@@ -354,6 +386,8 @@ pub fn me_tokens_list(ctx: &Ctx, flags: &TableFlags) -> Result<()> {
                 cell(&s["createdAt"]),
                 cell(&s["lastUsedAt"]),
                 cell(&s["lastUsedAddress"]),
+                cell(&s["expiresAt"]),
+                words(&s["scopes"]),
                 if s["current"] == Value::Bool(true) {
                     "*".into()
                 } else {
@@ -380,6 +414,42 @@ pub fn me_tokens_revoke(ctx: &Ctx, id: &str) -> Result<()> {
     if revoked["current"] == Value::Bool(true) {
         ctx.say("That was the session you are using; run 'prism login' to start a new one.");
     }
+    Ok(())
+}
+
+/// What `me:tokens:create` asks the server for.
+pub struct NewToken<'a> {
+    pub name: &'a str,
+    /// Empty: the token may do all the principal's role allows (sent as null, since the
+    /// server refuses an empty list).
+    pub scopes: &'a [String],
+    /// RFC 3339; `None`: no expiry of its own.
+    pub expires_at: Option<&'a str>,
+    /// A service account's id; `None`: the caller's own token.
+    pub service_account: Option<&'a str>,
+}
+
+/// Prints only the token, so that `TOKEN=$(prism me:tokens:create ...)` captures it.
+pub fn me_tokens_create(ctx: &Ctx, new: &NewToken) -> Result<()> {
+    let mut session = Session::resolve(ctx)?;
+    let scopes = (!new.scopes.is_empty()).then_some(new.scopes);
+    let data = session.graphql(
+        ctx,
+        CREATE_TOKEN,
+        json!({
+            "name": new.name,
+            "scopes": scopes,
+            "expiresAt": new.expires_at,
+            "serviceAccountId": new.service_account,
+        }),
+    )?;
+    let payload = &data["createToken"];
+    payload_errors(payload)?;
+    let token = payload["token"]
+        .as_str()
+        .filter(|token| !token.is_empty())
+        .ok_or_else(|| Error::new("The server minted no token and gave no reason."))?;
+    println!("{token}");
     Ok(())
 }
 
@@ -521,6 +591,104 @@ pub fn users_update(
     let payload = &data["updateUser"];
     payload_errors(payload)?;
     println!("{}", cell(&payload["user"]["id"]));
+    Ok(())
+}
+
+const SERVICE_ACCOUNT_COLUMNS: &[Column] = &[
+    Column {
+        key: "id",
+        header: "Id",
+        extended: false,
+    },
+    Column {
+        key: "name",
+        header: "Name",
+        extended: false,
+    },
+    Column {
+        key: "role",
+        header: "Role",
+        extended: false,
+    },
+    Column {
+        key: "description",
+        header: "Description",
+        extended: false,
+    },
+    Column {
+        key: "createdAt",
+        header: "Created",
+        extended: false,
+    },
+];
+
+pub fn service_accounts_list(ctx: &Ctx, flags: &TableFlags) -> Result<()> {
+    let mut session = Session::resolve(ctx)?;
+    let answer = session.graphql_answer(ctx, LIST_SERVICE_ACCOUNTS, json!({}))?;
+    let accounts = answer.required(
+        &["serviceAccounts"],
+        "This server has no service accounts (it is not prism-auth, or too old).",
+    )?;
+    let rows = accounts
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|account| {
+            vec![
+                cell(&account["id"]),
+                cell(&account["name"]),
+                cell(&account["role"]["name"]),
+                cell(&account["description"]),
+                cell(&account["createdAt"]),
+            ]
+        })
+        .collect();
+    table::print(SERVICE_ACCOUNT_COLUMNS, rows, flags)
+}
+
+/// Prints the new service account's id, for `--service-account` of `me:tokens:create`.
+pub fn service_accounts_create(
+    ctx: &Ctx,
+    name: &str,
+    role: &str,
+    description: Option<&str>,
+) -> Result<()> {
+    let mut session = Session::resolve(ctx)?;
+    let data = session.graphql(
+        ctx,
+        CREATE_SERVICE_ACCOUNT,
+        json!({ "name": name, "role": role, "description": description }),
+    )?;
+    let payload = &data["createServiceAccount"];
+    payload_errors(payload)?;
+    let id = payload["serviceAccount"]["id"]
+        .as_str()
+        .ok_or_else(|| Error::new("The server created no service account and gave no reason."))?;
+    println!("{id}");
+    Ok(())
+}
+
+pub fn service_accounts_delete(ctx: &Ctx, id: &str) -> Result<()> {
+    let mut session = Session::resolve(ctx)?;
+    let data = session.graphql(ctx, DELETE_SERVICE_ACCOUNT, json!({ "id": id }))?;
+    let payload = &data["deleteServiceAccount"];
+    // The list helps only when the id is what was wrong, not e.g. a token's missing scope.
+    let about_the_id = payload["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|error| error["field"] == "id");
+    payload_errors(payload).map_err(|e| {
+        if about_the_id {
+            Error::new(format!(
+                "{e}\nSee the service accounts with 'prism service-accounts:list'."
+            ))
+        } else {
+            e
+        }
+    })?;
+    let name = payload["serviceAccount"]["name"].as_str().unwrap_or(id);
+    ctx.say(&format!("Deleted service account '{name}'."));
     Ok(())
 }
 

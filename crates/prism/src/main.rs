@@ -6,6 +6,7 @@ mod commands;
 mod config;
 mod env;
 mod error;
+mod expiry;
 mod http;
 mod login;
 mod session;
@@ -118,11 +119,47 @@ enum Command {
         no_confirm: bool,
     },
     /// List your sessions (refresh tokens): name, client, created, last used (up to a
-    /// minute behind) [prism-auth addition]
-    #[command(name = "me:tokens:list")]
+    /// minute behind), expiry and scopes [prism-auth addition]
+    #[command(
+        name = "me:tokens:list",
+        long_about = "List your sessions (refresh tokens): name, client, created, last used \
+        (up to a minute behind), expiry and scopes [prism-auth addition].\n\n\
+        Expires is the earlier of the token's own expiry and the organization's session policy \
+        (empty: never). Scopes is empty for a token that may do all your role allows."
+    )]
     MeTokensList {
         #[command(flatten)]
         table: TableFlags,
+    },
+    /// Mint a named refresh token (for CI or a service account); prints only the token
+    /// [prism-auth addition]
+    #[command(
+        name = "me:tokens:create",
+        long_about = "Mint a named refresh token, for CI or a service account; prints only the \
+        token, so TOKEN=$(prism me:tokens:create --name ci) works [prism-auth addition].\n\n\
+        The token is shown once: store it as a secret. Use it as PRISM_REFRESH_TOKEN, or \
+        exchange it at POST /auth/refresh. List and revoke tokens with me:tokens:list and \
+        me:tokens:revoke. When a token in use expires within 7 days, prism warns on stderr."
+    )]
+    MeTokensCreate {
+        /// Name of the token, unique among your live named tokens (e.g. where it is used)
+        #[arg(short, long)]
+        name: String,
+        /// Restrict the token to this scope (repeat for more); without any, it may do all the
+        /// role allows. Built-in: users:read users:write profile:write sessions:read
+        /// sessions:write audit:read org:admin
+        #[arg(short, long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// The token expires after this long, e.g. 30d, 12h, 1w
+        #[arg(long, value_name = "DURATION", value_parser = expiry::parse_lifetime)]
+        expires_in: Option<std::time::Duration>,
+        /// The token expires at this time (RFC 3339, e.g. 2030-01-31T00:00:00Z)
+        #[arg(long, value_name = "RFC3339", conflicts_with = "expires_in")]
+        expires_at: Option<String>,
+        /// Mint the token for this service account (its id, see service-accounts:list)
+        /// instead of yourself; Owners and Admins only
+        #[arg(long, value_name = "ID")]
+        service_account: Option<String>,
     },
     /// Revoke one of your sessions (refresh token) by id; the others keep working
     /// [prism-auth addition]
@@ -180,6 +217,37 @@ enum Command {
         #[arg(short = 'o', long = "darkModeOsSync", alias = "dark-mode-os-sync")]
         dark_mode_os_sync: bool,
     },
+    /// List your organization's service accounts [prism-auth addition]
+    #[command(name = "service-accounts:list")]
+    ServiceAccountsList {
+        #[command(flatten)]
+        table: TableFlags,
+    },
+    /// Add a service account (a member for machines: no email, no password, never signs
+    /// in); prints its id [prism-auth addition]
+    #[command(
+        name = "service-accounts:create",
+        long_about = "Add a service account: a member for machines, with no email and no \
+        password, that never signs in; prints its id [prism-auth addition].\n\n\
+        Mint tokens for it with 'prism me:tokens:create --service-account ID --name N'."
+    )]
+    ServiceAccountsCreate {
+        /// Name, unique among your organization's service accounts
+        #[arg(short, long)]
+        name: String,
+        /// Role id (see organization:users:roles -x); not Owner
+        #[arg(short, long)]
+        role: String,
+        /// What it is for
+        #[arg(short, long)]
+        description: Option<String>,
+    },
+    /// Delete a service account; its tokens stop working [prism-auth addition]
+    #[command(name = "service-accounts:delete")]
+    ServiceAccountsDelete {
+        /// Id of the service account (see service-accounts:list)
+        id: String,
+    },
     /// List the profiles in the config file
     #[command(name = "profiles:list")]
     ProfilesList {
@@ -222,6 +290,34 @@ fn run(cli: Cli) -> error::Result<()> {
         Command::MeTokenRevoke { no_confirm } => commands::me_token_revoke(&ctx, no_confirm),
         Command::MeTokensList { table } => commands::me_tokens_list(&ctx, &table),
         Command::MeTokensRevoke { id } => commands::me_tokens_revoke(&ctx, &id),
+        Command::MeTokensCreate {
+            name,
+            scopes,
+            expires_in,
+            expires_at,
+            service_account,
+        } => {
+            let expires_at = match expires_in {
+                Some(lifetime) => Some(expiry::expires_at_after(lifetime)?),
+                None => expires_at,
+            };
+            commands::me_tokens_create(
+                &ctx,
+                &commands::NewToken {
+                    name: &name,
+                    scopes: &scopes,
+                    expires_at: expires_at.as_deref(),
+                    service_account: service_account.as_deref(),
+                },
+            )
+        }
+        Command::ServiceAccountsList { table } => commands::service_accounts_list(&ctx, &table),
+        Command::ServiceAccountsCreate {
+            name,
+            role,
+            description,
+        } => commands::service_accounts_create(&ctx, &name, &role, description.as_deref()),
+        Command::ServiceAccountsDelete { id } => commands::service_accounts_delete(&ctx, &id),
         Command::UsersList { table } => commands::users_list(&ctx, &table),
         Command::UsersRoles { table } => commands::users_roles(&ctx, &table),
         Command::UsersCreate { email, role, name } => {

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use crate::config::{self, Config, Profile};
 use crate::env;
 use crate::error::{Error, Result};
+use crate::expiry;
 use crate::http::Http;
 
 /// Refresh when the access token expires within this many seconds.
@@ -87,7 +88,8 @@ impl Meta {
 
     /// `grant_type=refresh_token`, with `tenant_id` when one is given. `access_denied` (a
     /// tenant the identity is not a member of) is the official client's message; other OAuth
-    /// errors come back as `Ok(Err(body))`.
+    /// errors come back as `Ok(Err(body))`. Every refresh of the CLI comes through here, so
+    /// this is where a refresh token that expires soon is noticed (a warning on stderr).
     pub fn refresh(
         &self,
         http: &Http,
@@ -98,6 +100,10 @@ impl Meta {
         match self.token_call(http, &form)? {
             Err(body) if body.error == "access_denied" => {
                 Err(access_denied(tenant, &body.error_description))
+            }
+            Ok(tokens) => {
+                expiry::warn_if_expiring(tokens.refresh_token_expires_in);
+                Ok(Ok(tokens))
             }
             other => Ok(other),
         }
@@ -140,6 +146,29 @@ pub fn access_denied(tenant: Option<&str>, description: &str) -> Error {
             "Access denied for tenant ID '{tenant}'. {description}"
         )),
         None => Error::new(format!("Access denied. {description}")),
+    }
+}
+
+/// A GraphQL response with `data`.
+pub struct GraphqlAnswer {
+    pub data: Value,
+    /// The messages of its `errors`, for fields that came back `null`.
+    pub errors: Vec<String>,
+}
+
+impl GraphqlAnswer {
+    /// The value at `path` in `data`, or an error with the server's reasons for its absence
+    /// (`missing` when the server gave none, e.g. a server without that field).
+    pub fn required(&self, path: &[&str], missing: &str) -> Result<&Value> {
+        let value = path.iter().fold(&self.data, |value, key| &value[*key]);
+        if !value.is_null() {
+            return Ok(value);
+        }
+        if self.errors.is_empty() {
+            Err(Error::new(missing))
+        } else {
+            Err(Error::new(self.errors.join("\n")))
+        }
     }
 }
 
@@ -358,6 +387,19 @@ impl Session {
 
     /// Runs a GraphQL document; returns its `data`.
     pub fn graphql(&mut self, ctx: &Ctx, query: &str, variables: Value) -> Result<Value> {
+        self.graphql_answer(ctx, query, variables)
+            .map(|answer| answer.data)
+    }
+
+    /// Runs a GraphQL document; returns its `data` with the messages of the `errors` that came
+    /// with it. A field the token may not read is `null` in `data` with its reason in
+    /// `errors`, so commands that need such a field say why it is missing.
+    pub fn graphql_answer(
+        &mut self,
+        ctx: &Ctx,
+        query: &str,
+        variables: Value,
+    ) -> Result<GraphqlAnswer> {
         let token = self.access_token(ctx)?;
         let url = format!("{}/api", self.url);
         let shown = format!("{query}\nvariables: {variables}");
@@ -387,7 +429,15 @@ impl Session {
             )));
         }
         match parsed.get("data") {
-            Some(data) if !data.is_null() => Ok(data.clone()),
+            Some(data) if !data.is_null() => Ok(GraphqlAnswer {
+                data: data.clone(),
+                errors: parsed["errors"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|error| error["message"].as_str().map(str::to_owned))
+                    .collect(),
+            }),
             _ => Err(Error::new(
                 parsed["errors"][0]["message"]
                     .as_str()

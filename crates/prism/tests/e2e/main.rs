@@ -5,4 +5,5 @@ mod login;
 mod modes;
 mod sessions;
 mod tenants;
+mod tokens;
 mod users;

@@ -456,6 +456,13 @@ impl<'s> Sessions<'s> {
                 "the expiry must be in the future".into(),
             ));
         }
+        let longest = policies::MAX_POLICY_DAYS * policies::SECONDS_PER_DAY * 1000;
+        if expires_at.is_some_and(|at| at > now.saturating_add(longest)) {
+            return Err(DomainError::InvalidInput(format!(
+                "a token lives at most {} days; give an earlier expiry, or none",
+                policies::MAX_POLICY_DAYS
+            )));
+        }
         let Some(max_secs) = Policies::new(self.store).token_lifetime_max(org_id).await? else {
             return Ok(expires_at);
         };

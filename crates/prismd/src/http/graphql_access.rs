@@ -358,6 +358,10 @@ impl AccessMutation {
                 };
                 match found {
                     Ok(account) => account,
+                    // Reported against the field the caller gave, not the generic `id`.
+                    Err(DomainError::NotFound(msg)) => {
+                        return failed(DomainError::InvalidInput(msg), "serviceAccountId", payload);
+                    }
                     Err(err) => return failed(err, "serviceAccountId", payload),
                 }
             }
