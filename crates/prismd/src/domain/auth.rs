@@ -50,12 +50,18 @@ pub struct Principal {
     /// What the caller may do through the API now: their current role's scopes narrowed by
     /// the token's (see `domain::scopes`).
     pub scopes: ApiScopes,
+    /// The built-in scopes the token itself names (all of them when it is unrestricted).
+    pub token_allows: ApiScopes,
 }
 
 impl Principal {
-    /// Refuses an operation that needs `scope` when the caller's token or role lacks it.
+    /// Refuses an operation that needs `scope` when the caller's token lacks it. What the
+    /// role lacks is refused by the operation's own role rule right after, with the message
+    /// people (and the official client) know, e.g. "only Owners and Admins can add users":
+    /// the two together are [`Principal::scopes`], the role's scopes intersected with the
+    /// token's (the e2e test `scopes` checks every role, scope and operation).
     pub fn require(&self, scope: ApiScope) -> Result<(), DomainError> {
-        if self.scopes.contains(scope) {
+        if self.token_allows.contains(scope) {
             Ok(())
         } else {
             Err(DomainError::AccessDenied(format!(
@@ -520,12 +526,14 @@ impl AuthService {
         })
         .map_err(|denial| DomainError::InvalidToken(BearerError::Denied(denial)))?;
         // The current role, read with the standing: a demotion narrows at once.
-        let scopes = scopes::effective(Role::of(&record.user), &TokenScopes::parse(&claims.scope));
+        let token = TokenScopes::parse(&claims.scope);
+        let scopes = scopes::effective(Role::of(&record.user), &token);
         Ok(Principal {
             user: record.user,
             org: record.org,
             claims,
             scopes,
+            token_allows: token.built_in(),
         })
     }
 

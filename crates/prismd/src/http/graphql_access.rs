@@ -383,11 +383,26 @@ impl AccessMutation {
             .create_token(minter, &holder, request, &caller.meta)
             .await
         {
-            Ok((token, record)) => Ok(CreateTokenPayload {
-                token: Some(token),
-                session: Some(SessionNode::new(record, caller.principal)),
-                errors: Vec::new(),
-            }),
+            Ok((token, record)) => {
+                // As `sessions` shows it: the earlier of its own expiry and the session
+                // policy's end.
+                let expires_at = caller
+                    .auth
+                    .sessions()
+                    .list(caller.actor(), &holder.id)
+                    .await
+                    .map_err(query_error)?
+                    .into_iter()
+                    .find(|live| live.record.id == record.id)
+                    .and_then(|live| live.expires_at);
+                Ok(CreateTokenPayload {
+                    token: Some(token),
+                    session: Some(
+                        SessionNode::new(record, caller.principal).expiring_at(expires_at),
+                    ),
+                    errors: Vec::new(),
+                })
+            }
             Err((field, err)) => failed(err, field, payload),
         }
     }

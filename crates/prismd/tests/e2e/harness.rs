@@ -615,3 +615,57 @@ pub async fn until_answered(answered: &AtomicUsize, count: usize) -> TestResult 
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
+
+/// `POST /api` with a bearer token, a query and its variables; the HTTP status and JSON body.
+pub async fn api(
+    server: &Server,
+    access: &str,
+    query: &str,
+    variables: Value,
+) -> Result<(u16, Value), reqwest::Error> {
+    let request = server
+        .http
+        .post(server.url("/api"))
+        .header("authorization", format!("Bearer {access}"))
+        .json(&serde_json::json!({ "query": query, "variables": variables }));
+    answer(request).await
+}
+
+/// The claims of a JWT: its payload, base64url-decoded (the signature is not checked).
+pub fn jwt_claims(token: &str) -> Result<Value, Box<dyn std::error::Error>> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).ok_or("not a JWT")?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)?;
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+/// `POST /auth/refresh` with a `scope` when given; status and JSON body.
+pub async fn refresh_with_scope(
+    server: &Server,
+    refresh_token: &str,
+    scope: Option<&str>,
+) -> Result<(u16, Value), reqwest::Error> {
+    let mut body = serde_json::json!({ "refresh_token": refresh_token });
+    if let Some(scope) = scope {
+        body["scope"] = Value::from(scope);
+    }
+    server.post_json("/auth/refresh", &body).await
+}
+
+/// `POST /oauth/token` with the official client's refresh grant, and a `scope` when given;
+/// status and JSON body.
+pub async fn oauth_refresh(
+    server: &Server,
+    refresh_token: &str,
+    scope: Option<&str>,
+) -> Result<(u16, Value), reqwest::Error> {
+    let mut form = vec![
+        ("grant_type", "refresh_token"),
+        ("client_id", "prism-cli"),
+        ("refresh_token", refresh_token),
+    ];
+    if let Some(scope) = scope {
+        form.push(("scope", scope));
+    }
+    server.post_form("/oauth/token", &form).await
+}

@@ -141,6 +141,37 @@ pub(super) async fn cleanup_deletes_garbage_only(db: Db) -> TestResult {
         );
     }
 
+    // Tokens past their own expiry stay through the grace period (they still say why they
+    // are dead), then go, each when its expiry is before the cutoff; no other token goes with
+    // them, however old.
+    for (seed, name, expires_at) in [(6, "a", T0 + 600), (7, "b", T0 + 700), (8, "c", LATER)] {
+        let token = NewRefreshToken {
+            name: Some(name.into()),
+            named: true,
+            expires_at: Some(expires_at),
+            ..refresh_token(&alice, seed, None)
+        };
+        assert!(
+            store
+                .insert_refresh_token(token, audit("t", T0 + 10))
+                .await?
+        );
+    }
+    assert_eq!(delete(Garbage::ExpiredRefreshTokens, T0 + 600).await?, 0);
+    let expired = store.find_refresh_grant(&hash(6)).await?.ok_or("gone")?;
+    assert_eq!(expired.token_expires_at, Some(T0 + 600));
+    assert_eq!(delete(Garbage::ExpiredRefreshTokens, T0 + 601).await?, 1);
+    assert_eq!(delete(Garbage::ExpiredRefreshTokens, T0 + 701).await?, 1);
+    assert_eq!(delete(Garbage::ExpiredRefreshTokens, T0 + 701).await?, 0);
+    for (seed, live) in [(1, true), (3, true), (6, false), (7, false), (8, true)] {
+        assert_eq!(
+            store.find_refresh_grant(&hash(seed)).await?.is_some(),
+            live,
+            "token {seed}"
+        );
+    }
+    assert_eq!(db.count("SELECT COUNT(*) FROM refresh_tokens").await?, 3);
+
     assert_eq!(delete(Garbage::UnusedAuthorizationCodes, now).await?, 1);
     assert_eq!(
         db.count("SELECT COUNT(*) FROM authorization_codes").await?,

@@ -18,6 +18,7 @@ use prismd::store::{
 };
 use sqlx::Connection;
 
+mod access;
 mod audit;
 mod cache;
 mod changes;
@@ -30,6 +31,7 @@ mod sign_in;
 mod tokens;
 mod users;
 
+use access::*;
 use audit::*;
 use cache::*;
 use changes::*;
@@ -286,6 +288,13 @@ conformance!(
     revoke_all_by_token_siblings_at_once,
     cache_forgets_siblings_at_once_revoke_all_by_token,
     cache_forgets_at_once_move_refresh_token,
+    service_accounts_follow_actor_rules,
+    service_account_updates_follow_actor_rules,
+    org_scopes_and_grants,
+    token_lifetime_max_round_trip,
+    named_tokens_unique_while_live,
+    named_token_names_race,
+    expiry_notices_claimed_once,
 );
 
 // ---- helpers ----------------------------------------------------------------------------

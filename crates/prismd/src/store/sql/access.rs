@@ -311,7 +311,7 @@ impl<D: Dialect> AccessStore for SqlStore<D> {
              JOIN organizations o ON o.id = u.org_id \
              LEFT JOIN users c ON c.id = t.created_by AND c.removed_at IS NULL \
                AND c.kind = 'person' \
-             WHERE t.expires_at IS NOT NULL AND t.expiry_notified_at IS NULL \
+             WHERE t.named AND t.expires_at IS NOT NULL AND t.expiry_notified_at IS NULL \
                AND t.revoked_at IS NULL AND t.expires_at > $1 AND t.expires_at <= $2 \
                AND t.user_epoch = u.token_epoch AND u.removed_at IS NULL \
              ORDER BY t.expires_at, t.id LIMIT $3"

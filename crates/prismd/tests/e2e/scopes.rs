@@ -1,0 +1,2178 @@
+//! Scopes (issue 17) end to end. A table written here, independently of the server, says for
+//! every role and every query and mutation of `/api` which role rule and which built-in scopes
+//! it needs; one server then runs every operation for every role × token scope set and checks
+//! allowed / refused exactly: allowed iff the role's own rule allows it and every scope it needs
+//! is in (the role's scopes ∩ the token's scopes). Beside the table: the `scope` parameter of
+//! `/auth/refresh` and of the `/oauth/token` refresh grant narrows (the official client's OIDC
+//! names narrow nothing), the access token's `scope` claim, organization-defined scopes
+//! declared, granted (to roles and service accounts), minted, revoked and deleted, and a demotion
+//! that narrows live access tokens at once, also on another PostgreSQL replica.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::Path;
+use std::time::Instant;
+
+use serde_json::{Value, json};
+
+use crate::harness::{
+    CHANGE_REACH_BOUND, Server, TestResult, admin_ok, api, jwt_claims, oauth_refresh, prismd,
+    refresh_with_scope, temp_dir,
+};
+use crate::postgres::FreshDatabase;
+use crate::replicas::replica;
+
+pub type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// The `scope` of an unrestricted token, as before scopes existed.
+pub const OIDC: &str = "openid profile email offline_access";
+
+/// The spec's built-in scopes.
+const BUILT_IN: [&str; 7] = [
+    "users:read",
+    "users:write",
+    "profile:write",
+    "sessions:read",
+    "sessions:write",
+    "audit:read",
+    "org:admin",
+];
+
+/// What Integrators, Restricted Integrators and Guests may hold (the spec's table).
+const MEMBER_SCOPES: [&str; 4] = [
+    "users:read",
+    "profile:write",
+    "sessions:read",
+    "sessions:write",
+];
+
+// ---------------------------------------------------------------------------------------------
+// GraphQL documents (shared with service_accounts.rs and token_expiry.rs).
+
+pub const ROLES: &str = "{ organizationRoles { id name } }";
+pub const CREATE_USER: &str = "mutation($email: String!, $role: ID!) { createOrganizationUser(input: {email: $email, role: $role}) { user { id email } errors { field messages } } }";
+pub const DELETE_USER: &str =
+    "mutation($id: ID!) { deleteUser(input: {id: $id}) { user { id } errors { field messages } } }";
+pub const UPDATE_NAME: &str = "mutation($id: ID!, $name: String!) { updateUser(input: {id: $id, name: $name}) { user { id } errors { field messages } } }";
+pub const SET_ROLE: &str = "mutation($id: ID!, $role: ID!) { updateUser(input: {id: $id, role: $role}) { user { id role { name } } errors { field messages } } }";
+pub const INVITE: &str = "mutation($id: ID!) { createUserInvitation(input: {id: $id}) { url errors { field messages } } }";
+pub const CREATE_SA: &str = "mutation($name: String!, $role: ID!, $description: String) { createServiceAccount(input: {name: $name, role: $role, description: $description}) { serviceAccount { id name description role { id name } createdAt scopes } errors { field messages } } }";
+pub const UPDATE_SA_DESCRIPTION: &str = "mutation($id: ID!, $description: String) { updateServiceAccount(input: {id: $id, description: $description}) { serviceAccount { id description } errors { field messages } } }";
+pub const DELETE_SA: &str = "mutation($id: ID!) { deleteServiceAccount(input: {id: $id}) { serviceAccount { id } errors { field messages } } }";
+pub const REVOKE_SESSION: &str = "mutation($id: ID!) { revokeSession(input: {id: $id}) { session { id } errors { field messages } } }";
+pub const REVOKE_ALL: &str = "mutation($userId: ID) { revokeAllSessions(input: {userId: $userId}) { user { id } errors { field messages } } }";
+pub const CREATE_TOKEN: &str = "mutation($name: String!, $scopes: [String!], $sa: ID, $days: Int, $at: String) { createToken(input: {name: $name, scopes: $scopes, serviceAccountId: $sa, expiresInDays: $days, expiresAt: $at}) { token session { id name scopes expiresAt named createdAt } errors { field messages } } }";
+pub const CREATE_SCOPE: &str = "mutation($name: String!, $description: String) { createScope(input: {name: $name, description: $description}) { scope { name description builtIn } errors { field messages } } }";
+pub const DELETE_SCOPE: &str = "mutation($name: String!) { deleteScope(input: {name: $name}) { scope { name } errors { field messages } } }";
+pub const GRANT_TO_ROLE: &str = "mutation($scope: String!, $role: ID!) { grantScope(input: {scope: $scope, role: $role}) { scope { name } errors { field messages } } }";
+pub const GRANT_TO_SA: &str = "mutation($scope: String!, $sa: ID!) { grantScope(input: {scope: $scope, serviceAccountId: $sa}) { scope { name } errors { field messages } } }";
+pub const REVOKE_FROM_ROLE: &str = "mutation($scope: String!, $role: ID!) { revokeScope(input: {scope: $scope, role: $role}) { scope { name } errors { field messages } } }";
+pub const REVOKE_FROM_SA: &str = "mutation($scope: String!, $sa: ID!) { revokeScope(input: {scope: $scope, serviceAccountId: $sa}) { scope { name } errors { field messages } } }";
+const SCOPES: &str =
+    "{ scopes { name description builtIn roles { name } serviceAccounts { id name } } }";
+const USERS: &str = "{ organization { users(first: 1) { nodes { id } } } }";
+const AUDIT: &str = "{ auditEvents(first: 1) { nodes { id } } }";
+
+// ---------------------------------------------------------------------------------------------
+// Shared helpers.
+
+/// `/api` as `access`; the JSON body, failing on anything but HTTP 200.
+pub async fn call(server: &Server, access: &str, query: &str, variables: Value) -> Res<Value> {
+    let (status, body) = api(server, access, query, variables).await?;
+    if status != 200 {
+        return Err(format!("HTTP {status} from /api: {body}").into());
+    }
+    Ok(body)
+}
+
+/// A mutation that must succeed: no GraphQL error and `errors: []` in its payload, which it
+/// returns.
+pub async fn must(
+    server: &Server,
+    access: &str,
+    query: &str,
+    variables: Value,
+    field: &str,
+) -> Res<Value> {
+    let body = call(server, access, query, variables).await?;
+    let payload = &body["data"][field];
+    if has_errors(&body) || payload["errors"] != json!([]) {
+        return Err(format!("{field} failed: {body}").into());
+    }
+    Ok(payload.clone())
+}
+
+/// A mutation that must be refused: the payload's errors, failing unless there is at least
+/// one, no GraphQL error, and the payload's `object` is null.
+pub async fn refused(
+    server: &Server,
+    access: &str,
+    query: &str,
+    variables: Value,
+    field: &str,
+    object: &str,
+) -> Res<Vec<Value>> {
+    let body = call(server, access, query, variables).await?;
+    let payload = &body["data"][field];
+    let errors = payload["errors"].as_array().cloned().unwrap_or_default();
+    if has_errors(&body) || errors.is_empty() || !payload[object].is_null() {
+        return Err(format!("{field} was not refused: {body}").into());
+    }
+    Ok(errors)
+}
+
+fn has_errors(body: &Value) -> bool {
+    body["errors"].as_array().is_some_and(|e| !e.is_empty())
+}
+
+/// The role ids of `organizationRoles`, by display name.
+pub async fn role_ids(server: &Server, access: &str) -> Res<BTreeMap<String, String>> {
+    let body = call(server, access, ROLES, json!({})).await?;
+    let roles = body["data"]["organizationRoles"]
+        .as_array()
+        .ok_or_else(|| format!("no roles: {body}"))?;
+    Ok(roles
+        .iter()
+        .filter_map(|r| Some((r["name"].as_str()?.to_owned(), r["id"].as_str()?.to_owned())))
+        .collect())
+}
+
+/// The API scopes of a space-separated `scope`.
+pub fn scope_set(scope: &str) -> BTreeSet<String> {
+    scope.split_whitespace().map(str::to_owned).collect()
+}
+
+/// The `scope` claim of an access token.
+pub fn claim_scope(access: &str) -> Res<String> {
+    let claims = jwt_claims(access)?;
+    Ok(claims["scope"]
+        .as_str()
+        .ok_or_else(|| format!("no scope claim: {claims}"))?
+        .to_owned())
+}
+
+/// Exchanges `token` (at `/auth/refresh`, with `scope` when given); the access token, failing
+/// unless the answer is 200 and its `scope` is the access token's claim.
+pub async fn exchange(server: &Server, token: &str, scope: Option<&str>) -> Res<String> {
+    let (status, body) = refresh_with_scope(server, token, scope).await?;
+    if status != 200 {
+        return Err(format!("refresh (scope {scope:?}) answered {status}: {body}").into());
+    }
+    let access = body["access_token"]
+        .as_str()
+        .ok_or("no access_token")?
+        .to_owned();
+    assert_eq!(
+        body["scope"].as_str(),
+        Some(claim_scope(&access)?.as_str()),
+        "the response's scope is not the claim's: {body}"
+    );
+    Ok(access)
+}
+
+/// The answer to a refused exchange, failing unless it is 400 `error`.
+fn expect_error(answer: &(u16, Value), error: &str, what: &str) {
+    assert_eq!(
+        (answer.0, answer.1["error"].as_str()),
+        (400, Some(error)),
+        "{what}: {}",
+        answer.1
+    );
+}
+
+fn lacks(scope: &str) -> String {
+    format!("this token lacks the scope {scope}")
+}
+
+/// A query field that must be refused for a missing scope: null, with a `FORBIDDEN` error
+/// naming the scope.
+async fn query_lacks(server: &Server, access: &str, query: &str, scope: &str) -> TestResult {
+    let body = call(server, access, query, json!({})).await?;
+    let errors = body["errors"].as_array().cloned().unwrap_or_default();
+    assert!(
+        errors.iter().any(
+            |e| e["message"] == lacks(scope).as_str() && e["extensions"]["code"] == "FORBIDDEN"
+        ),
+        "expected '{}' for {query}: {body}",
+        lacks(scope)
+    );
+    Ok(())
+}
+
+/// Whether `query` answers without any error.
+async fn query_works(server: &Server, access: &str, query: &str) -> Res<bool> {
+    let body = call(server, access, query, json!({})).await?;
+    Ok(!has_errors(&body) && body["data"].is_object())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The table.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Owner,
+    Admin,
+    Integrator,
+    RestrictedIntegrator,
+    Guest,
+}
+
+impl Role {
+    const ALL: [Role; 5] = [
+        Role::Owner,
+        Role::Admin,
+        Role::Integrator,
+        Role::RestrictedIntegrator,
+        Role::Guest,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Role::Owner => "Owner",
+            Role::Admin => "Admin",
+            Role::Integrator => "Integrator",
+            Role::RestrictedIntegrator => "Restricted Integrator",
+            Role::Guest => "Guest",
+        }
+    }
+
+    /// The built-in scopes the role may hold.
+    fn holds(self, scope: &str) -> bool {
+        match self {
+            Role::Owner | Role::Admin => BUILT_IN.contains(&scope),
+            _ => MEMBER_SCOPES.contains(&scope),
+        }
+    }
+}
+
+/// The role rule of an operation, from before scopes.
+#[derive(Debug, Clone, Copy)]
+enum Who {
+    /// Every member (on themselves, where it acts on someone).
+    Anyone,
+    /// Owners and Admins (on members who are not Owners).
+    Managers,
+    /// Owners only.
+    Owners,
+}
+
+impl Who {
+    fn allows(self, role: Role) -> bool {
+        match self {
+            Who::Anyone => true,
+            Who::Managers => matches!(role, Role::Owner | Role::Admin),
+            Who::Owners => role == Role::Owner,
+        }
+    }
+}
+
+/// Every operation of the schema the table covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Me,
+    Tenants,
+    OrgBasics,
+    Roles,
+    Scopes,
+    Users,
+    ServiceAccounts,
+    SessionPolicy,
+    TokenPolicy,
+    AuditEvents,
+    MySessions,
+    MemberSessions,
+    ServiceAccountTokens,
+    CreateUser,
+    DeleteUser,
+    UpdateMyProfile,
+    UpdateOther,
+    UpdateOthersRole,
+    Invite,
+    CreateServiceAccount,
+    UpdateServiceAccount,
+    DeleteServiceAccount,
+    RevokeMySession,
+    RevokeAllOfMember,
+    UpdateSessionPolicy,
+    UpdateTokenPolicy,
+    CreateScope,
+    DeleteScope,
+    GrantScope,
+    RevokeScope,
+    CreateMyToken,
+    CreateServiceAccountToken,
+    /// Ends the caller's own sessions: last, as it ends the token in use.
+    RevokeAllMine,
+}
+
+impl Op {
+    fn is_mutation(self) -> bool {
+        !matches!(
+            self,
+            Op::Me
+                | Op::Tenants
+                | Op::OrgBasics
+                | Op::Roles
+                | Op::Scopes
+                | Op::Users
+                | Op::ServiceAccounts
+                | Op::SessionPolicy
+                | Op::TokenPolicy
+                | Op::AuditEvents
+                | Op::MySessions
+                | Op::MemberSessions
+                | Op::ServiceAccountTokens
+        )
+    }
+}
+
+/// The spec's table: what each operation needs, written here and not read from the server.
+/// `serviceAccounts` has no role rule in the spec (`users:read` unlocks it, as it does
+/// `organization { users }`, which every member reads); the tokens of a service account are
+/// someone else's sessions, which only managers see.
+const TABLE: &[(Op, &[&str], Who)] = &[
+    (Op::Me, &[], Who::Anyone),
+    (Op::Tenants, &[], Who::Anyone),
+    (Op::OrgBasics, &[], Who::Anyone),
+    (Op::Roles, &[], Who::Anyone),
+    (Op::Scopes, &[], Who::Anyone),
+    (Op::Users, &["users:read"], Who::Anyone),
+    (Op::ServiceAccounts, &["users:read"], Who::Anyone),
+    (Op::SessionPolicy, &["org:admin"], Who::Managers),
+    (Op::TokenPolicy, &["org:admin"], Who::Managers),
+    (Op::AuditEvents, &["audit:read"], Who::Managers),
+    (Op::MySessions, &["sessions:read"], Who::Anyone),
+    (
+        Op::MemberSessions,
+        &["users:read", "sessions:read"],
+        Who::Managers,
+    ),
+    (
+        Op::ServiceAccountTokens,
+        &["users:read", "sessions:read"],
+        Who::Managers,
+    ),
+    (Op::CreateUser, &["users:write"], Who::Managers),
+    (Op::DeleteUser, &["users:write"], Who::Managers),
+    (Op::UpdateMyProfile, &["profile:write"], Who::Anyone),
+    (Op::UpdateOther, &["users:write"], Who::Managers),
+    (Op::UpdateOthersRole, &["users:write"], Who::Managers),
+    (Op::Invite, &["users:write"], Who::Managers),
+    (Op::CreateServiceAccount, &["users:write"], Who::Managers),
+    (Op::UpdateServiceAccount, &["users:write"], Who::Managers),
+    (Op::DeleteServiceAccount, &["users:write"], Who::Managers),
+    (Op::RevokeMySession, &["sessions:write"], Who::Anyone),
+    (Op::RevokeAllOfMember, &["sessions:write"], Who::Managers),
+    (Op::UpdateSessionPolicy, &["org:admin"], Who::Owners),
+    (Op::UpdateTokenPolicy, &["org:admin"], Who::Owners),
+    (Op::CreateScope, &["org:admin"], Who::Managers),
+    (Op::DeleteScope, &["org:admin"], Who::Managers),
+    (Op::GrantScope, &["org:admin"], Who::Managers),
+    (Op::RevokeScope, &["org:admin"], Who::Managers),
+    (Op::CreateMyToken, &["sessions:write"], Who::Anyone),
+    (
+        Op::CreateServiceAccountToken,
+        &["sessions:write"],
+        Who::Managers,
+    ),
+    (Op::RevokeAllMine, &["sessions:write"], Who::Anyone),
+];
+
+/// The token scope sets of the table: unrestricted, each built-in alone, and pairs (two of
+/// them half outside what members may hold).
+const SETS: &[Option<&[&str]>] = &[
+    None,
+    Some(&["users:read"]),
+    Some(&["users:write"]),
+    Some(&["profile:write"]),
+    Some(&["sessions:read"]),
+    Some(&["sessions:write"]),
+    Some(&["audit:read"]),
+    Some(&["org:admin"]),
+    Some(&["users:read", "users:write"]),
+    Some(&["sessions:read", "sessions:write"]),
+    Some(&["audit:read", "org:admin"]),
+    Some(&["profile:write", "org:admin"]),
+];
+
+/// One row of the matrix: a principal of `role` and its token of `scopes` (None: unrestricted).
+struct Cell {
+    index: usize,
+    role: Role,
+    scopes: Option<&'static [&'static str]>,
+}
+
+impl Cell {
+    fn token_has(&self, scope: &str) -> bool {
+        self.scopes.is_none_or(|s| s.contains(&scope))
+    }
+
+    /// The role's scopes ∩ the token's.
+    fn effective(&self) -> Vec<&'static str> {
+        BUILT_IN
+            .into_iter()
+            .filter(|s| self.role.holds(s) && self.token_has(s))
+            .collect()
+    }
+
+    /// Whether the principal may mint this token now.
+    fn mintable(&self) -> bool {
+        self.scopes
+            .is_none_or(|s| s.iter().all(|scope| self.role.holds(scope)))
+    }
+}
+
+impl fmt::Display for Cell {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.scopes {
+            None => write!(f, "{} × unrestricted", self.role.name()),
+            Some(s) => write!(f, "{} × [{}]", self.role.name(), s.join(" ")),
+        }
+    }
+}
+
+/// What an operation answered.
+#[derive(Debug)]
+enum Outcome {
+    Allowed,
+    /// `(field or extensions.code, message)` of each error.
+    Refused(Vec<(String, String)>),
+    /// Neither a clean answer nor a clean refusal.
+    Broken(String),
+}
+
+/// A query's outcome: `value` (what the operation reads) non-null without errors, or null
+/// with errors.
+fn query_outcome(body: &Value, value: &Value) -> Outcome {
+    let errors = body["errors"].as_array().cloned().unwrap_or_default();
+    match (value.is_null(), errors.is_empty()) {
+        (false, true) => Outcome::Allowed,
+        (true, false) => Outcome::Refused(
+            errors
+                .iter()
+                .map(|e| {
+                    (
+                        e["extensions"]["code"].as_str().unwrap_or("").to_owned(),
+                        e["message"].as_str().unwrap_or("").to_owned(),
+                    )
+                })
+                .collect(),
+        ),
+        _ => Outcome::Broken(body.to_string()),
+    }
+}
+
+/// A mutation's outcome: `errors: []` with its `object` set, or errors with it null.
+fn mutation_outcome(body: &Value, field: &str, object: &str) -> Outcome {
+    let payload = &body["data"][field];
+    if has_errors(body) {
+        return Outcome::Broken(body.to_string());
+    }
+    let errors = payload["errors"].as_array().cloned().unwrap_or_default();
+    match (errors.is_empty(), payload[object].is_null()) {
+        (true, false) => Outcome::Allowed,
+        (false, true) => Outcome::Refused(
+            errors
+                .iter()
+                .flat_map(|e| {
+                    let field = e["field"].as_str().unwrap_or("").to_owned();
+                    e["messages"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(move |m| (field.clone(), m.as_str().unwrap_or("").to_owned()))
+                })
+                .collect(),
+        ),
+        _ => Outcome::Broken(body.to_string()),
+    }
+}
+
+/// The fixed state every cell uses, made once by the first Owner.
+struct World<'a> {
+    server: &'a Server,
+    data: &'a Path,
+    owner: String,
+    roles: BTreeMap<String, String>,
+    /// An Integrator the managers act on (its profile, role and sessions).
+    target_id: String,
+    /// The cursor of the page before the target (the first Owner's), so that a page of one
+    /// user after it holds only the target.
+    before_target: String,
+    /// A Guest the organization created and nobody used: invitations go to them.
+    invitee_id: String,
+    /// A service account (role Admin) the cells update and mint tokens for.
+    bot_id: String,
+}
+
+impl World<'_> {
+    fn role(&self, role: Role) -> Res<&str> {
+        Ok(self
+            .roles
+            .get(role.name())
+            .map(String::as_str)
+            .ok_or_else(|| format!("no role {} in organizationRoles", role.name()))?)
+    }
+
+    async fn owner_must(&self, query: &str, variables: Value, field: &str) -> Res<Value> {
+        must(self.server, &self.owner, query, variables, field).await
+    }
+}
+
+async fn build_world<'a>(server: &'a Server, data: &'a Path) -> Res<World<'a>> {
+    let owner_token = admin_ok(
+        data,
+        &[
+            "tokens",
+            "create",
+            "--email",
+            "owner@localhost",
+            "--name",
+            "owner",
+        ],
+    )?;
+    let owner = exchange(server, &owner_token, None).await?;
+    let roles = role_ids(server, &owner).await?;
+    let first_page = call(
+        server,
+        &owner,
+        "{ organization { users(first: 1) { nodes { email } pageInfo { endCursor } } } }",
+        json!({}),
+    )
+    .await?;
+    let users = &first_page["data"]["organization"]["users"];
+    assert_eq!(
+        users["nodes"][0]["email"], "owner@localhost",
+        "{first_page}"
+    );
+    let before_target = users["pageInfo"]["endCursor"]
+        .as_str()
+        .ok_or("no endCursor")?
+        .to_owned();
+    let mut world = World {
+        server,
+        data,
+        owner,
+        roles,
+        target_id: String::new(),
+        before_target,
+        invitee_id: String::new(),
+        bot_id: String::new(),
+    };
+    let target = world
+        .owner_must(
+            CREATE_USER,
+            json!({ "email": "target@matrix.test", "role": world.role(Role::Integrator)? }),
+            "createOrganizationUser",
+        )
+        .await?;
+    world.target_id = text(&target["user"]["id"])?;
+    let invitee = world
+        .owner_must(
+            CREATE_USER,
+            json!({ "email": "invitee@matrix.test", "role": world.role(Role::Guest)? }),
+            "createOrganizationUser",
+        )
+        .await?;
+    world.invitee_id = text(&invitee["user"]["id"])?;
+    let bot = world
+        .owner_must(
+            CREATE_SA,
+            json!({ "name": "matrix-bot", "role": world.role(Role::Admin)? }),
+            "createServiceAccount",
+        )
+        .await?;
+    world.bot_id = text(&bot["serviceAccount"]["id"])?;
+    Ok(world)
+}
+
+fn text(value: &Value) -> Res<String> {
+    Ok(value
+        .as_str()
+        .ok_or_else(|| format!("not a string: {value}"))?
+        .to_owned())
+}
+
+/// What one cell's operations act on, made for it alone.
+struct CellState {
+    access: String,
+    refresh: String,
+    my_id: String,
+    spare_session: String,
+    victim_id: String,
+    doomed_sa: String,
+    doomed_scope: String,
+    grantable_scope: String,
+    granted_scope: String,
+    /// What the cell passes as `createToken`'s `scopes`: null when unrestricted, else its
+    /// effective scopes (a restricted caller must name scopes within its own).
+    mint_scopes: Value,
+}
+
+/// Mints the cell's token for `email` (Owners/Admins may, members within their scopes): by
+/// `createToken` for even cells, by `prismd tokens create --scope` for odd ones.
+async fn mint_cell_token(w: &World<'_>, cell: &Cell, email: &str, base: &str) -> Res<String> {
+    if cell.index.is_multiple_of(2) {
+        let payload = must(
+            w.server,
+            base,
+            CREATE_TOKEN,
+            json!({ "name": "cell", "scopes": cell.scopes }),
+            "createToken",
+        )
+        .await?;
+        let shown: Option<BTreeSet<&str>> = payload["session"]["scopes"]
+            .as_array()
+            .map(|s| s.iter().filter_map(Value::as_str).collect());
+        let asked: Option<BTreeSet<&str>> = cell.scopes.map(|s| s.iter().copied().collect());
+        assert_eq!(shown, asked, "{cell}: Session.scopes: {payload}");
+        assert_eq!(payload["session"]["named"], true, "{payload}");
+        text(&payload["token"])
+    } else {
+        let mut args = vec!["tokens", "create", "--email", email, "--name", "cell"];
+        for scope in cell.scopes.unwrap_or_default() {
+            args.extend(["--scope", scope]);
+        }
+        admin_ok(w.data, &args)
+    }
+}
+
+/// Prepares and runs one cell; the mismatches with the table, and whether it came to run the
+/// operations (a token none of whose scopes is held cannot be exchanged).
+async fn run_cell(w: &World<'_>, cell: &Cell) -> Res<(Vec<String>, bool)> {
+    let i = cell.index;
+    let mut mismatches = Vec::new();
+    let email = format!("cell{i}@matrix.test");
+    // A token the role may not hold is minted while the principal is an Admin; the Owner then
+    // demotes them, which is how such a token comes to exist.
+    let created_as = if cell.mintable() {
+        cell.role
+    } else {
+        Role::Admin
+    };
+    let me = w
+        .owner_must(
+            CREATE_USER,
+            json!({ "email": email, "role": w.role(created_as)? }),
+            "createOrganizationUser",
+        )
+        .await?;
+    let my_id = text(&me["user"]["id"])?;
+    let base = admin_ok(
+        w.data,
+        &["tokens", "create", "--email", &email, "--name", "base"],
+    )?;
+    let base_access = exchange(w.server, &base, None).await?;
+    let refresh = mint_cell_token(w, cell, &email, &base_access).await?;
+    if !cell.mintable() {
+        w.owner_must(
+            SET_ROLE,
+            json!({ "id": my_id, "role": w.role(cell.role)? }),
+            "updateUser",
+        )
+        .await?;
+        // As what they are now, they could not mint it.
+        let body = call(
+            w.server,
+            &base_access,
+            CREATE_TOKEN,
+            json!({ "name": "again", "scopes": cell.scopes }),
+        )
+        .await?;
+        let payload = &body["data"]["createToken"];
+        if !(payload["token"].is_null() && payload["errors"][0]["field"] == "scopes") {
+            mismatches.push(format!(
+                "{cell}: createToken of scopes the role may not hold: {body}"
+            ));
+        }
+        let mut args = vec!["tokens", "create", "--email", &email, "--name", "again"];
+        for scope in cell.scopes.unwrap_or_default() {
+            args.extend(["--scope", scope]);
+        }
+        if prismd(w.data, &args)?.status.success() {
+            mismatches.push(format!(
+                "{cell}: prismd tokens create --scope minted scopes the role may not hold"
+            ));
+        }
+    }
+
+    // The exchange: the claim names the granted scopes, or nothing is granted at all.
+    let effective = cell.effective();
+    let answer = refresh_with_scope(w.server, &refresh, None).await?;
+    if cell.scopes.is_some() && effective.is_empty() {
+        if (answer.0, answer.1["error"].as_str()) != (400, Some("invalid_scope")) {
+            mismatches.push(format!(
+                "{cell}: a token none of whose scopes is held: expected 400 invalid_scope, got {} {}",
+                answer.0, answer.1
+            ));
+        }
+        return Ok((mismatches, false));
+    }
+    if answer.0 != 200 {
+        mismatches.push(format!(
+            "{cell}: refresh answered {}: {}",
+            answer.0, answer.1
+        ));
+        return Ok((mismatches, false));
+    }
+    let access = text(&answer.1["access_token"])?;
+    let claim = claim_scope(&access)?;
+    let expected_claim = match cell.scopes {
+        None => scope_set(OIDC),
+        Some(_) => effective.iter().map(|s| (*s).to_owned()).collect(),
+    };
+    if scope_set(&claim) != expected_claim {
+        mismatches.push(format!(
+            "{cell}: scope claim {claim:?}, expected {expected_claim:?}"
+        ));
+    }
+    if answer.1["scope"].as_str() != Some(claim.as_str()) {
+        mismatches.push(format!(
+            "{cell}: response scope {} is not the claim {claim:?}",
+            answer.1["scope"]
+        ));
+    }
+
+    // What the destructive operations act on, made by the Owner for this cell alone.
+    let victim = w
+        .owner_must(
+            CREATE_USER,
+            json!({ "email": format!("victim{i}@matrix.test"), "role": w.role(Role::Guest)? }),
+            "createOrganizationUser",
+        )
+        .await?;
+    let doomed = w
+        .owner_must(
+            CREATE_SA,
+            json!({ "name": format!("doomed-{i}"), "role": w.role(Role::Guest)? }),
+            "createServiceAccount",
+        )
+        .await?;
+    let [doomed_scope, grantable_scope, granted_scope] =
+        ["doomed", "grantable", "granted"].map(|kind| format!("{kind}{i}:x"));
+    for scope in [&doomed_scope, &grantable_scope, &granted_scope] {
+        w.owner_must(CREATE_SCOPE, json!({ "name": scope }), "createScope")
+            .await?;
+    }
+    w.owner_must(
+        GRANT_TO_ROLE,
+        json!({ "scope": granted_scope, "role": w.role(Role::Guest)? }),
+        "grantScope",
+    )
+    .await?;
+    let spare = must(
+        w.server,
+        &base_access,
+        CREATE_TOKEN,
+        json!({ "name": "spare" }),
+        "createToken",
+    )
+    .await?;
+    let state = CellState {
+        access,
+        refresh,
+        my_id,
+        spare_session: text(&spare["session"]["id"])?,
+        victim_id: text(&victim["user"]["id"])?,
+        doomed_sa: text(&doomed["serviceAccount"]["id"])?,
+        doomed_scope,
+        grantable_scope,
+        granted_scope,
+        mint_scopes: match cell.scopes {
+            None => Value::Null,
+            Some(_) => json!(effective),
+        },
+    };
+
+    for &(op, needs, who) in TABLE {
+        let expected = who.allows(cell.role) && needs.iter().all(|n| effective.contains(n));
+        let outcome = run_op(w, cell, &state, op).await?;
+        let line = format!("{cell}: {op:?} (needs {needs:?}, {who:?})");
+        match (&outcome, expected) {
+            (Outcome::Allowed, true) => {}
+            (Outcome::Refused(errors), false) => {
+                // The role allows it and holds every scope it needs: only the token is
+                // short, and the refusal must say which scope.
+                let missing: Vec<&str> = needs
+                    .iter()
+                    .copied()
+                    .filter(|n| !cell.token_has(n))
+                    .collect();
+                let precise = who.allows(cell.role) && needs.iter().all(|n| cell.role.holds(n));
+                if precise {
+                    let named = |(place, message): &(String, String)| {
+                        missing.iter().any(|m| *message == lacks(m))
+                            && (place == "__all__" || place == "FORBIDDEN")
+                    };
+                    let exact = if op.is_mutation() {
+                        errors.len() == 1 && named(&errors[0])
+                    } else {
+                        errors.iter().any(named)
+                    };
+                    if !exact {
+                        mismatches.push(format!(
+                            "{line}: refused, but not as 'this token lacks the scope <one of {missing:?}>': {errors:?}"
+                        ));
+                    }
+                }
+            }
+            (Outcome::Allowed, false) => {
+                mismatches.push(format!("{line}: ALLOWED, expected refused"))
+            }
+            (Outcome::Refused(errors), true) => {
+                mismatches.push(format!("{line}: REFUSED, expected allowed: {errors:?}"));
+            }
+            (Outcome::Broken(body), _) => {
+                mismatches.push(format!("{line}: neither allowed nor refused: {body}"));
+            }
+        }
+        if op == Op::RevokeAllMine && matches!(outcome, Outcome::Allowed) {
+            // It really ended the token in use.
+            if w.server.whoami(&state.access).await? != Err(401) {
+                mismatches.push(format!(
+                    "{cell}: revokeAllSessions left the access token working"
+                ));
+            }
+            if w.server.refresh(&state.refresh).await?.0 != 400 {
+                mismatches.push(format!(
+                    "{cell}: revokeAllSessions left the refresh token working"
+                ));
+            }
+        }
+    }
+    Ok((mismatches, true))
+}
+
+/// Runs `op` as the cell's access token.
+async fn run_op(w: &World<'_>, cell: &Cell, s: &CellState, op: Op) -> Res<Outcome> {
+    let i = cell.index;
+    let q = |query: &'static str, variables: Value| call(w.server, &s.access, query, variables);
+    Ok(match op {
+        Op::Me => {
+            let body = q("{ authenticatedUser { id name email } }", json!({})).await?;
+            query_outcome(&body, &body["data"]["authenticatedUser"]["id"])
+        }
+        Op::Tenants => {
+            let body = q("{ listUserTenants { nodes { tenantId } } }", json!({})).await?;
+            query_outcome(
+                &body,
+                &body["data"]["listUserTenants"]["nodes"][0]["tenantId"],
+            )
+        }
+        Op::OrgBasics => {
+            let body = q("{ organization { id name tenantId } }", json!({})).await?;
+            query_outcome(&body, &body["data"]["organization"]["tenantId"])
+        }
+        Op::Roles => {
+            let body = q(ROLES, json!({})).await?;
+            query_outcome(&body, &body["data"]["organizationRoles"][4]["id"])
+        }
+        Op::Scopes => {
+            let body = q("{ scopes { name builtIn } }", json!({})).await?;
+            let outcome = query_outcome(&body, &body["data"]["scopes"]);
+            if matches!(outcome, Outcome::Allowed) {
+                let names: BTreeSet<&str> = body["data"]["scopes"]
+                    .as_array()
+                    .map(|all| {
+                        all.iter()
+                            .filter(|s| s["builtIn"] == true)
+                            .filter_map(|s| s["name"].as_str())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if names != BUILT_IN.into_iter().collect() {
+                    return Ok(Outcome::Broken(format!("built-in scopes listed: {body}")));
+                }
+            }
+            outcome
+        }
+        Op::Users => {
+            let body = q(USERS, json!({})).await?;
+            query_outcome(
+                &body,
+                &body["data"]["organization"]["users"]["nodes"][0]["id"],
+            )
+        }
+        Op::ServiceAccounts => {
+            let body = q("{ serviceAccounts { id name } }", json!({})).await?;
+            query_outcome(&body, &body["data"]["serviceAccounts"][0]["id"])
+        }
+        Op::SessionPolicy => {
+            let body = q(
+                "{ organization { sessionPolicy { idleExpiryDays maxAgeDays } } }",
+                json!({}),
+            )
+            .await?;
+            query_outcome(&body, &body["data"]["organization"]["sessionPolicy"])
+        }
+        Op::TokenPolicy => {
+            let body = q(
+                "{ organization { tokenPolicy { maxLifetimeDays } } }",
+                json!({}),
+            )
+            .await?;
+            query_outcome(&body, &body["data"]["organization"]["tokenPolicy"])
+        }
+        Op::AuditEvents => {
+            let body = q(AUDIT, json!({})).await?;
+            query_outcome(&body, &body["data"]["auditEvents"]["nodes"])
+        }
+        Op::MySessions => {
+            let body = q("{ authenticatedUser { sessions { id } } }", json!({})).await?;
+            query_outcome(&body, &body["data"]["authenticatedUser"]["sessions"])
+        }
+        Op::MemberSessions => {
+            let body = q(
+                "query($after: String) { organization { users(after: $after, first: 1) { nodes { email sessions { id } } } } }",
+                json!({ "after": w.before_target }),
+            )
+            .await?;
+            let node = &body["data"]["organization"]["users"]["nodes"][0];
+            if !node.is_null() && node["email"] != "target@matrix.test" {
+                return Ok(Outcome::Broken(format!("not the target's page: {body}")));
+            }
+            query_outcome(&body, &node["sessions"])
+        }
+        Op::ServiceAccountTokens => {
+            let body = q("{ serviceAccounts { name tokens { id } } }", json!({})).await?;
+            let bot = body["data"]["serviceAccounts"]
+                .as_array()
+                .and_then(|all| all.iter().find(|sa| sa["name"] == "matrix-bot"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            query_outcome(&body, &bot["tokens"])
+        }
+        Op::CreateUser => {
+            let body = q(
+                CREATE_USER,
+                json!({ "email": format!("made{i}@matrix.test"), "role": w.role(Role::Guest)? }),
+            )
+            .await?;
+            mutation_outcome(&body, "createOrganizationUser", "user")
+        }
+        Op::DeleteUser => {
+            let body = q(DELETE_USER, json!({ "id": s.victim_id })).await?;
+            mutation_outcome(&body, "deleteUser", "user")
+        }
+        Op::UpdateMyProfile => {
+            let body = q(
+                UPDATE_NAME,
+                json!({ "id": s.my_id, "name": format!("Cell {i}") }),
+            )
+            .await?;
+            mutation_outcome(&body, "updateUser", "user")
+        }
+        Op::UpdateOther => {
+            let body = q(
+                UPDATE_NAME,
+                json!({ "id": w.target_id, "name": format!("Target {i}") }),
+            )
+            .await?;
+            mutation_outcome(&body, "updateUser", "user")
+        }
+        Op::UpdateOthersRole => {
+            let body = q(
+                SET_ROLE,
+                json!({ "id": w.target_id, "role": w.role(Role::Integrator)? }),
+            )
+            .await?;
+            mutation_outcome(&body, "updateUser", "user")
+        }
+        Op::Invite => {
+            let body = q(INVITE, json!({ "id": w.invitee_id })).await?;
+            mutation_outcome(&body, "createUserInvitation", "url")
+        }
+        Op::CreateServiceAccount => {
+            let body = q(
+                CREATE_SA,
+                json!({ "name": format!("made-{i}"), "role": w.role(Role::Guest)? }),
+            )
+            .await?;
+            mutation_outcome(&body, "createServiceAccount", "serviceAccount")
+        }
+        Op::UpdateServiceAccount => {
+            let body = q(
+                UPDATE_SA_DESCRIPTION,
+                json!({ "id": w.bot_id, "description": format!("touched by cell {i}") }),
+            )
+            .await?;
+            mutation_outcome(&body, "updateServiceAccount", "serviceAccount")
+        }
+        Op::DeleteServiceAccount => {
+            let body = q(DELETE_SA, json!({ "id": s.doomed_sa })).await?;
+            mutation_outcome(&body, "deleteServiceAccount", "serviceAccount")
+        }
+        Op::RevokeMySession => {
+            let body = q(REVOKE_SESSION, json!({ "id": s.spare_session })).await?;
+            mutation_outcome(&body, "revokeSession", "session")
+        }
+        Op::RevokeAllOfMember => {
+            let body = q(REVOKE_ALL, json!({ "userId": w.target_id })).await?;
+            mutation_outcome(&body, "revokeAllSessions", "user")
+        }
+        Op::UpdateSessionPolicy => {
+            let body = q(
+                "mutation { updateSessionPolicy(input: {idleExpiryDays: null, maxAgeDays: null}) { sessionPolicy { maxAgeDays } errors { field messages } } }",
+                json!({}),
+            )
+            .await?;
+            mutation_outcome(&body, "updateSessionPolicy", "sessionPolicy")
+        }
+        Op::UpdateTokenPolicy => {
+            let body = q(
+                "mutation { updateTokenPolicy(input: {maxLifetimeDays: null}) { tokenPolicy { maxLifetimeDays } errors { field messages } } }",
+                json!({}),
+            )
+            .await?;
+            mutation_outcome(&body, "updateTokenPolicy", "tokenPolicy")
+        }
+        Op::CreateScope => {
+            let body = q(CREATE_SCOPE, json!({ "name": format!("made{i}:x") })).await?;
+            mutation_outcome(&body, "createScope", "scope")
+        }
+        Op::DeleteScope => {
+            let body = q(DELETE_SCOPE, json!({ "name": s.doomed_scope })).await?;
+            mutation_outcome(&body, "deleteScope", "scope")
+        }
+        Op::GrantScope => {
+            let body = q(
+                GRANT_TO_ROLE,
+                json!({ "scope": s.grantable_scope, "role": w.role(Role::Guest)? }),
+            )
+            .await?;
+            mutation_outcome(&body, "grantScope", "scope")
+        }
+        Op::RevokeScope => {
+            let body = q(
+                REVOKE_FROM_ROLE,
+                json!({ "scope": s.granted_scope, "role": w.role(Role::Guest)? }),
+            )
+            .await?;
+            mutation_outcome(&body, "revokeScope", "scope")
+        }
+        Op::CreateMyToken => {
+            let body = q(
+                CREATE_TOKEN,
+                json!({ "name": "made", "scopes": s.mint_scopes }),
+            )
+            .await?;
+            mutation_outcome(&body, "createToken", "token")
+        }
+        Op::CreateServiceAccountToken => {
+            let body = q(
+                CREATE_TOKEN,
+                json!({ "name": format!("cell-{i}"), "scopes": s.mint_scopes, "sa": w.bot_id }),
+            )
+            .await?;
+            mutation_outcome(&body, "createToken", "token")
+        }
+        Op::RevokeAllMine => {
+            let body = q(REVOKE_ALL, json!({ "userId": null })).await?;
+            mutation_outcome(&body, "revokeAllSessions", "user")
+        }
+    })
+}
+
+#[tokio::test]
+async fn every_operation_for_every_role_and_token_scope_set() -> TestResult {
+    let dir = temp_dir()?;
+    let data = dir.path();
+    let server = Server::start(data)?;
+    let world = build_world(&server, data).await?;
+    let started = Instant::now();
+    let mut mismatches = Vec::new();
+    let mut index = 0;
+    let (mut ran, mut runnable) = (0, 0);
+    for role in Role::ALL {
+        for &scopes in SETS {
+            index += 1;
+            let cell = Cell {
+                index,
+                role,
+                scopes,
+            };
+            if cell.scopes.is_none() || !cell.effective().is_empty() {
+                runnable += 1;
+            }
+            match run_cell(&world, &cell).await {
+                Ok((found, operations_ran)) => {
+                    mismatches.extend(found);
+                    ran += usize::from(operations_ran);
+                }
+                Err(err) => mismatches.push(format!("{cell}: could not run: {err}")),
+            }
+        }
+    }
+    // 60 cells; the 12 tokens of members (3 roles × 4 sets) that hold none of their scopes
+    // end at the exchange.
+    assert_eq!((index, runnable), (60, 48));
+    println!(
+        "{index} cells × {} operations in {:?}",
+        TABLE.len(),
+        started.elapsed()
+    );
+    assert!(
+        mismatches.is_empty(),
+        "{} mismatches with the spec's table:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+    assert_eq!(ran, runnable, "cells that ran every operation");
+    let logs = server.stop()?;
+    assert!(!logs.contains("ERROR"), "{logs}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The `scope` parameter of the exchange.
+
+/// A refresh at `endpoint` (`/auth/refresh` or `/oauth/token`) with `scope` when given.
+async fn swap_at(
+    server: &Server,
+    endpoint: &str,
+    token: &str,
+    scope: Option<&str>,
+) -> Res<(u16, Value)> {
+    Ok(if endpoint == "/auth/refresh" {
+        refresh_with_scope(server, token, scope).await?
+    } else {
+        oauth_refresh(server, token, scope).await?
+    })
+}
+
+/// `createOrganizationUser` of a fresh Guest as `access`; the body.
+async fn create_guest(server: &Server, access: &str, guest: &str) -> Res<Value> {
+    call(
+        server,
+        access,
+        CREATE_USER,
+        json!({ "email": format!("{}@scopes.test", uuid::Uuid::new_v4().simple()), "role": guest }),
+    )
+    .await
+}
+
+/// Adds a member with the operator command and mints an unrestricted named token for them.
+fn member_token(data: &Path, email: &str, role: &str) -> Res<String> {
+    admin_ok(data, &["users", "add", "--email", email, "--role", role])?;
+    admin_ok(
+        data,
+        &[
+            "tokens",
+            "create",
+            "--email",
+            email,
+            "--name",
+            "unrestricted",
+        ],
+    )
+}
+
+#[tokio::test]
+async fn the_scope_parameter_narrows_the_exchange_and_is_checked() -> TestResult {
+    let dir = temp_dir()?;
+    let data = dir.path();
+    let server = Server::start(data)?;
+    let admin = member_token(data, "ada@scopes.test", "Admin")?;
+    let member = member_token(data, "ian@scopes.test", "Integrator")?;
+    let restricted = admin_ok(
+        data,
+        &[
+            "tokens",
+            "create",
+            "--email",
+            "ada@scopes.test",
+            "--name",
+            "restricted",
+            "--scope",
+            "users:read",
+            "--scope",
+            "users:write",
+        ],
+    )?;
+    let guest_role = role_ids(&server, &exchange(&server, &admin, None).await?)
+        .await?
+        .get("Guest")
+        .cloned()
+        .ok_or("no Guest role")?;
+    let create_user = async |access: &str| create_guest(&server, access, &guest_role).await;
+
+    // Both endpoints narrow the same way.
+    for endpoint in ["/auth/refresh", "/oauth/token"] {
+        let swap =
+            async |token: &str, scope: Option<&str>| swap_at(&server, endpoint, token, scope).await;
+        let access_of = |answer: &(u16, Value)| -> Res<String> {
+            assert_eq!(answer.0, 200, "{endpoint}: {}", answer.1);
+            let access = text(&answer.1["access_token"])?;
+            assert_eq!(
+                answer.1["scope"].as_str(),
+                Some(claim_scope(&access)?.as_str()),
+                "{endpoint}: the response's scope is not the claim's"
+            );
+            Ok(access)
+        };
+
+        // An unrestricted token narrowed to users:read reads users and writes nothing.
+        let narrowed = access_of(&swap(&admin, Some("users:read")).await?)?;
+        assert_eq!(claim_scope(&narrowed)?, "users:read", "{endpoint}");
+        assert!(query_works(&server, &narrowed, USERS).await?, "{endpoint}");
+        let body = create_user(&narrowed).await?;
+        assert_eq!(
+            body["data"]["createOrganizationUser"]["errors"],
+            json!([{ "field": "__all__", "messages": [lacks("users:write")] }]),
+            "{endpoint}: {body}"
+        );
+        query_lacks(&server, &narrowed, AUDIT, "audit:read").await?;
+
+        // The official client's OIDC names narrow nothing: the claim is today's, and
+        // everything the Admin may do works.
+        for oidc in [OIDC, "openid offline_access"] {
+            let full = access_of(&swap(&admin, Some(oidc)).await?)?;
+            assert_eq!(claim_scope(&full)?, OIDC, "{endpoint} {oidc}");
+            let body = create_user(&full).await?;
+            assert_eq!(
+                body["data"]["createOrganizationUser"]["errors"],
+                json!([]),
+                "{endpoint}: {body}"
+            );
+            assert!(query_works(&server, &full, AUDIT).await?, "{endpoint}");
+        }
+        // Without a scope, the same.
+        let full = access_of(&swap(&admin, None).await?)?;
+        assert_eq!(claim_scope(&full)?, OIDC, "{endpoint}");
+
+        // OIDC names beside API scopes: only the API scopes count.
+        let mixed = access_of(&swap(&admin, Some("openid users:read audit:read")).await?)?;
+        assert_eq!(
+            scope_set(&claim_scope(&mixed)?),
+            scope_set("users:read audit:read"),
+            "{endpoint}"
+        );
+        assert!(query_works(&server, &mixed, AUDIT).await?, "{endpoint}");
+        let body = create_user(&mixed).await?;
+        assert_eq!(
+            body["data"]["createOrganizationUser"]["errors"][0]["messages"][0],
+            lacks("users:write").as_str(),
+            "{endpoint}: {body}"
+        );
+
+        // A restricted token narrows within its own scopes, and no further.
+        let within = access_of(&swap(&restricted, Some("users:read")).await?)?;
+        assert_eq!(claim_scope(&within)?, "users:read", "{endpoint}");
+        let body = create_user(&within).await?;
+        assert_eq!(
+            body["data"]["createOrganizationUser"]["errors"][0]["messages"][0],
+            lacks("users:write").as_str(),
+            "{endpoint}: {body}"
+        );
+        for beyond in ["audit:read", "users:read audit:read", "openid org:admin"] {
+            expect_error(
+                &swap(&restricted, Some(beyond)).await?,
+                "invalid_scope",
+                &format!("{endpoint}: restricted token asked for {beyond}"),
+            );
+        }
+        // A refused narrowing harms nothing: the token still answers with all its scopes,
+        // also for the OIDC names alone.
+        for scope in [None, Some(OIDC)] {
+            let all = access_of(&swap(&restricted, scope).await?)?;
+            assert_eq!(
+                scope_set(&claim_scope(&all)?),
+                scope_set("users:read users:write"),
+                "{endpoint} {scope:?}"
+            );
+            let body = create_user(&all).await?;
+            assert_eq!(
+                body["data"]["createOrganizationUser"]["errors"],
+                json!([]),
+                "{endpoint}: {body}"
+            );
+        }
+
+        // An unrestricted token reaches only what the principal may hold now.
+        expect_error(
+            &swap(&member, Some("audit:read")).await?,
+            "invalid_scope",
+            &format!("{endpoint}: an Integrator asked for audit:read"),
+        );
+        expect_error(
+            &swap(&member, Some("users:read users:write")).await?,
+            "invalid_scope",
+            &format!("{endpoint}: an Integrator asked for users:write"),
+        );
+        let member_narrowed = access_of(&swap(&member, Some("users:read")).await?)?;
+        assert_eq!(claim_scope(&member_narrowed)?, "users:read");
+        query_lacks(
+            &server,
+            &member_narrowed,
+            "{ authenticatedUser { sessions { id } } }",
+            "sessions:read",
+        )
+        .await?;
+        // Unknown names are refused too.
+        expect_error(
+            &swap(&admin, Some("nope:nothing")).await?,
+            "invalid_scope",
+            &format!("{endpoint}: unknown scope"),
+        );
+    }
+    let logs = server.stop()?;
+    assert!(!logs.contains("ERROR"), "{logs}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Organization-defined scopes.
+
+#[tokio::test]
+async fn organization_scopes_are_declared_granted_minted_and_revoked() -> TestResult {
+    let dir = temp_dir()?;
+    let data = dir.path();
+    let server = Server::start(data)?;
+    let owner = exchange(
+        &server,
+        &admin_ok(
+            data,
+            &[
+                "tokens",
+                "create",
+                "--email",
+                "owner@localhost",
+                "--name",
+                "o",
+            ],
+        )?,
+        None,
+    )
+    .await?;
+    let admin = exchange(
+        &server,
+        &member_token(data, "ada@scopes.test", "Admin")?,
+        None,
+    )
+    .await?;
+    let ian_token = member_token(data, "ian@scopes.test", "Integrator")?;
+    let ian = exchange(&server, &ian_token, None).await?;
+    let gus_token = member_token(data, "gus@scopes.test", "Guest")?;
+    let gus = exchange(&server, &gus_token, None).await?;
+    let roles = role_ids(&server, &owner).await?;
+    let integrator = roles.get("Integrator").ok_or("no Integrator")?.clone();
+    let guest = roles.get("Guest").ok_or("no Guest")?.clone();
+
+    // Declared by an Admin; listed for anyone (no scope needed) beside the built-ins.
+    let payload = must(
+        &server,
+        &admin,
+        CREATE_SCOPE,
+        json!({ "name": "deploy:prod", "description": "Deploy to production" }),
+        "createScope",
+    )
+    .await?;
+    assert_eq!(
+        payload["scope"],
+        json!({ "name": "deploy:prod", "description": "Deploy to production", "builtIn": false })
+    );
+    let listed = call(&server, &gus, SCOPES, json!({})).await?;
+    let all = listed["data"]["scopes"]
+        .as_array()
+        .ok_or_else(|| format!("no scopes: {listed}"))?
+        .clone();
+    let find = |all: &[Value], name: &str| all.iter().find(|s| s["name"] == name).cloned();
+    for name in BUILT_IN {
+        let scope = find(&all, name).ok_or_else(|| format!("{name} not listed: {listed}"))?;
+        assert_eq!(scope["builtIn"], true, "{scope}");
+    }
+    let deploy = find(&all, "deploy:prod").ok_or("deploy:prod not listed")?;
+    assert_eq!(deploy["builtIn"], false);
+    assert_eq!(deploy["roles"], json!([]));
+
+    // Names: <prefix>:<rest>, lower-case ASCII letters, digits, _ - . ; at most 64; not a
+    // built-in; not twice. Members cannot declare.
+    let longest = format!("a:{}", "b".repeat(62));
+    let too_long = format!("a:{}", "b".repeat(63));
+    for bad in [
+        "Deploy:prod",
+        "deploy",
+        ":prod",
+        "deploy:",
+        "deploy prod:x",
+        "dé:x",
+        "deploy:prod!",
+        "users:read",
+        "org:admin",
+        too_long.as_str(),
+        "deploy:prod",
+        "",
+    ] {
+        refused(
+            &server,
+            &admin,
+            CREATE_SCOPE,
+            json!({ "name": bad }),
+            "createScope",
+            "scope",
+        )
+        .await
+        .map_err(|err| format!("name {bad:?}: {err}"))?;
+    }
+    for good in [longest.as_str(), "a-b_c.d:e-f_g.h", "x9:0"] {
+        must(
+            &server,
+            &admin,
+            CREATE_SCOPE,
+            json!({ "name": good }),
+            "createScope",
+        )
+        .await?;
+    }
+    let errors = refused(
+        &server,
+        &ian,
+        CREATE_SCOPE,
+        json!({ "name": "ian:own" }),
+        "createScope",
+        "scope",
+    )
+    .await?;
+    assert_eq!(errors[0]["field"], "__all__", "{errors:?}");
+
+    // Granted to the Integrator role: an Integrator mints it and it travels in the claim.
+    must(
+        &server,
+        &admin,
+        GRANT_TO_ROLE,
+        json!({ "scope": "deploy:prod", "role": integrator }),
+        "grantScope",
+    )
+    .await?;
+    let listed = call(&server, &gus, SCOPES, json!({})).await?;
+    let deploy = find(
+        listed["data"]["scopes"].as_array().ok_or("no scopes")?,
+        "deploy:prod",
+    )
+    .ok_or("deploy:prod not listed")?;
+    assert_eq!(deploy["roles"], json!([{ "name": "Integrator" }]));
+    let mint = async |access: &str, name: &str, scopes: Value, sa: Option<&str>| -> Res<Value> {
+        call(
+            &server,
+            access,
+            CREATE_TOKEN,
+            json!({ "name": name, "scopes": scopes, "sa": sa }),
+        )
+        .await
+    };
+    let minted = |body: &Value| -> Res<String> {
+        let payload = &body["data"]["createToken"];
+        if payload["errors"] != json!([]) {
+            return Err(format!("createToken refused: {body}").into());
+        }
+        text(&payload["token"])
+    };
+    let scopes_error = |body: &Value, what: &str| {
+        let payload = &body["data"]["createToken"];
+        assert!(payload["token"].is_null(), "{what}: {body}");
+        assert_eq!(payload["errors"][0]["field"], "scopes", "{what}: {body}");
+    };
+    let ian_deploy = minted(&mint(&ian, "deploy", json!(["deploy:prod"]), None).await?)?;
+    let ian_both = minted(&mint(&ian, "both", json!(["deploy:prod", "users:read"]), None).await?)?;
+    let deploy_only = exchange(&server, &ian_deploy, None).await?;
+    assert_eq!(claim_scope(&deploy_only)?, "deploy:prod");
+    // It means nothing to /api: the token reads no users.
+    query_lacks(&server, &deploy_only, USERS, "users:read").await?;
+    assert_eq!(
+        server.whoami(&deploy_only).await?,
+        Ok("ian@scopes.test".to_owned())
+    );
+    let both = exchange(&server, &ian_both, None).await?;
+    assert_eq!(
+        scope_set(&claim_scope(&both)?),
+        scope_set("deploy:prod users:read")
+    );
+    assert!(query_works(&server, &both, USERS).await?);
+    // Unrestricted tokens keep today's claim; narrowing one to the scope works for those who
+    // may hold it, and not for the others.
+    assert_eq!(
+        claim_scope(&exchange(&server, &ian_token, None).await?)?,
+        OIDC
+    );
+    let narrowed = exchange(&server, &ian_token, Some("deploy:prod")).await?;
+    assert_eq!(claim_scope(&narrowed)?, "deploy:prod");
+    expect_error(
+        &refresh_with_scope(&server, &gus_token, Some("deploy:prod")).await?,
+        "invalid_scope",
+        "a Guest asked for deploy:prod",
+    );
+
+    // Without the grant, no minting: GraphQL and the operator command.
+    scopes_error(
+        &mint(&gus, "deploy", json!(["deploy:prod"]), None).await?,
+        "a Guest minting deploy:prod",
+    );
+    let out = prismd(
+        data,
+        &[
+            "tokens",
+            "create",
+            "--email",
+            "gus@scopes.test",
+            "--name",
+            "deploy",
+            "--scope",
+            "deploy:prod",
+        ],
+    )?;
+    assert!(
+        !out.status.success(),
+        "the operator minted deploy:prod for a Guest"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("deploy:prod"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Unknown scopes, and an empty list, are refused.
+    scopes_error(
+        &mint(&ian, "staging", json!(["deploy:staging"]), None).await?,
+        "an unknown scope",
+    );
+    scopes_error(&mint(&ian, "empty", json!([]), None).await?, "scopes: []");
+
+    // Granted to a service account (role Guest) directly.
+    let deployer = must(
+        &server,
+        &owner,
+        CREATE_SA,
+        json!({ "name": "deployer", "role": guest }),
+        "createServiceAccount",
+    )
+    .await?;
+    let deployer_id = text(&deployer["serviceAccount"]["id"])?;
+    let other = must(
+        &server,
+        &owner,
+        CREATE_SA,
+        json!({ "name": "other", "role": guest }),
+        "createServiceAccount",
+    )
+    .await?;
+    let other_id = text(&other["serviceAccount"]["id"])?;
+    must(
+        &server,
+        &admin,
+        GRANT_TO_SA,
+        json!({ "scope": "deploy:prod", "sa": deployer_id }),
+        "grantScope",
+    )
+    .await?;
+    let listed = call(&server, &owner, SCOPES, json!({})).await?;
+    let deploy = find(
+        listed["data"]["scopes"].as_array().ok_or("no scopes")?,
+        "deploy:prod",
+    )
+    .ok_or("deploy:prod not listed")?;
+    assert_eq!(
+        deploy["serviceAccounts"],
+        json!([{ "id": deployer_id, "name": "deployer" }])
+    );
+    let sa_list = call(
+        &server,
+        &owner,
+        "{ serviceAccounts { id scopes } }",
+        json!({}),
+    )
+    .await?;
+    let deployer_scopes = sa_list["data"]["serviceAccounts"]
+        .as_array()
+        .and_then(|all| all.iter().find(|sa| sa["id"] == deployer_id.as_str()))
+        .map(|sa| sa["scopes"].clone())
+        .ok_or_else(|| format!("deployer not listed: {sa_list}"))?;
+    assert!(
+        deployer_scopes
+            .as_array()
+            .is_some_and(|s| s.contains(&json!("deploy:prod"))),
+        "{deployer_scopes}"
+    );
+    let sa_both = minted(
+        &mint(
+            &owner,
+            "sa-both",
+            json!(["deploy:prod", "users:read"]),
+            Some(&deployer_id),
+        )
+        .await?,
+    )?;
+    let sa_only = minted(
+        &mint(
+            &admin,
+            "sa-only",
+            json!(["deploy:prod"]),
+            Some(&deployer_id),
+        )
+        .await?,
+    )?;
+    assert_eq!(
+        scope_set(&claim_scope(&exchange(&server, &sa_both, None).await?)?),
+        scope_set("deploy:prod users:read")
+    );
+    assert_eq!(
+        claim_scope(&exchange(&server, &sa_only, None).await?)?,
+        "deploy:prod"
+    );
+    // Another service account of the same role, without the grant, may not hold it; nor may a
+    // member's grant reach a service account of another role.
+    scopes_error(
+        &mint(&owner, "nope", json!(["deploy:prod"]), Some(&other_id)).await?,
+        "a service account without the grant",
+    );
+
+    // Revoking the grant: the next exchange drops the scope, or refuses a token that had
+    // only it; minting it stops.
+    must(
+        &server,
+        &admin,
+        REVOKE_FROM_ROLE,
+        json!({ "scope": "deploy:prod", "role": integrator }),
+        "revokeScope",
+    )
+    .await?;
+    expect_error(
+        &refresh_with_scope(&server, &ian_deploy, None).await?,
+        "invalid_scope",
+        "a token whose only scope was revoked",
+    );
+    expect_error(
+        &oauth_refresh(&server, &ian_deploy, None).await?,
+        "invalid_scope",
+        "a token whose only scope was revoked (/oauth/token)",
+    );
+    assert_eq!(
+        claim_scope(&exchange(&server, &ian_both, None).await?)?,
+        "users:read"
+    );
+    scopes_error(
+        &mint(&ian, "again", json!(["deploy:prod"]), None).await?,
+        "minting a revoked scope",
+    );
+    // The service account keeps its own grant.
+    assert_eq!(
+        scope_set(&claim_scope(&exchange(&server, &sa_both, None).await?)?),
+        scope_set("deploy:prod users:read")
+    );
+    must(
+        &server,
+        &owner,
+        REVOKE_FROM_SA,
+        json!({ "scope": "deploy:prod", "sa": deployer_id }),
+        "revokeScope",
+    )
+    .await?;
+    assert_eq!(
+        claim_scope(&exchange(&server, &sa_both, None).await?)?,
+        "users:read"
+    );
+    expect_error(
+        &refresh_with_scope(&server, &sa_only, None).await?,
+        "invalid_scope",
+        "a service account token whose only scope was revoked",
+    );
+    // Granted again, the token that had only it works again: a rule applied on each
+    // exchange, not a write.
+    must(
+        &server,
+        &admin,
+        GRANT_TO_ROLE,
+        json!({ "scope": "deploy:prod", "role": integrator }),
+        "grantScope",
+    )
+    .await?;
+    assert_eq!(
+        claim_scope(&exchange(&server, &ian_deploy, None).await?)?,
+        "deploy:prod"
+    );
+
+    // Members cannot grant or revoke; grants need exactly one grantee.
+    refused(
+        &server,
+        &ian,
+        GRANT_TO_ROLE,
+        json!({ "scope": "deploy:prod", "role": guest }),
+        "grantScope",
+        "scope",
+    )
+    .await?;
+    refused(
+        &server,
+        &ian,
+        REVOKE_FROM_ROLE,
+        json!({ "scope": "deploy:prod", "role": integrator }),
+        "revokeScope",
+        "scope",
+    )
+    .await?;
+    refused(
+        &server,
+        &owner,
+        "mutation($scope: String!, $role: ID!, $sa: ID!) { grantScope(input: {scope: $scope, role: $role, serviceAccountId: $sa}) { scope { name } errors { field messages } } }",
+        json!({ "scope": "deploy:prod", "role": guest, "sa": other_id }),
+        "grantScope",
+        "scope",
+    )
+    .await?;
+    refused(
+        &server,
+        &owner,
+        "mutation($scope: String!) { grantScope(input: {scope: $scope}) { scope { name } errors { field messages } } }",
+        json!({ "scope": "deploy:prod" }),
+        "grantScope",
+        "scope",
+    )
+    .await?;
+    refused(
+        &server,
+        &owner,
+        GRANT_TO_ROLE,
+        json!({ "scope": "deploy:nothing", "role": guest }),
+        "grantScope",
+        "scope",
+    )
+    .await?;
+    // Built-ins are not granted: the roles decide them.
+    refused(
+        &server,
+        &owner,
+        GRANT_TO_ROLE,
+        json!({ "scope": "audit:read", "role": guest }),
+        "grantScope",
+        "scope",
+    )
+    .await?;
+
+    // Deleted: gone from the list, dropped from tokens, no longer mintable; built-ins cannot
+    // be deleted.
+    refused(
+        &server,
+        &ian,
+        DELETE_SCOPE,
+        json!({ "name": "deploy:prod" }),
+        "deleteScope",
+        "scope",
+    )
+    .await?;
+    refused(
+        &server,
+        &owner,
+        DELETE_SCOPE,
+        json!({ "name": "users:read" }),
+        "deleteScope",
+        "scope",
+    )
+    .await?;
+    must(
+        &server,
+        &admin,
+        DELETE_SCOPE,
+        json!({ "name": "deploy:prod" }),
+        "deleteScope",
+    )
+    .await?;
+    let listed = call(&server, &owner, SCOPES, json!({})).await?;
+    assert!(
+        find(
+            listed["data"]["scopes"].as_array().ok_or("no scopes")?,
+            "deploy:prod"
+        )
+        .is_none(),
+        "{listed}"
+    );
+    assert_eq!(
+        claim_scope(&exchange(&server, &ian_both, None).await?)?,
+        "users:read"
+    );
+    expect_error(
+        &refresh_with_scope(&server, &ian_deploy, None).await?,
+        "invalid_scope",
+        "a token whose only scope was deleted",
+    );
+    scopes_error(
+        &mint(&ian, "gone", json!(["deploy:prod"]), None).await?,
+        "minting a deleted scope",
+    );
+    refused(
+        &server,
+        &admin,
+        DELETE_SCOPE,
+        json!({ "name": "deploy:prod" }),
+        "deleteScope",
+        "scope",
+    )
+    .await?;
+    let logs = server.stop()?;
+    assert!(!logs.contains("ERROR"), "{logs}");
+    Ok(())
+}
+
+/// `createToken` as `access`: the field of its first error, or None when it minted.
+async fn mint_field(server: &Server, access: &str, variables: Value) -> Res<Option<String>> {
+    let body = call(server, access, CREATE_TOKEN, variables).await?;
+    let payload = &body["data"]["createToken"];
+    if has_errors(&body) {
+        return Err(format!("createToken: {body}").into());
+    }
+    Ok(match payload["errors"].as_array().map(Vec::as_slice) {
+        Some([]) if payload["token"].is_string() => None,
+        Some([first, ..]) if payload["token"].is_null() => {
+            Some(first["field"].as_str().unwrap_or("").to_owned())
+        }
+        _ => return Err(format!("createToken: {body}").into()),
+    })
+}
+
+#[tokio::test]
+async fn a_restricted_caller_mints_only_within_its_own_scopes() -> TestResult {
+    let dir = temp_dir()?;
+    let data = dir.path();
+    let server = Server::start(data)?;
+    let owner = exchange(
+        &server,
+        &admin_ok(
+            data,
+            &[
+                "tokens",
+                "create",
+                "--email",
+                "owner@localhost",
+                "--name",
+                "o",
+            ],
+        )?,
+        None,
+    )
+    .await?;
+    admin_ok(
+        data,
+        &[
+            "users",
+            "add",
+            "--email",
+            "ada@scopes.test",
+            "--role",
+            "Admin",
+        ],
+    )?;
+    let restricted = admin_ok(
+        data,
+        &[
+            "tokens",
+            "create",
+            "--email",
+            "ada@scopes.test",
+            "--name",
+            "minter",
+            "--scope",
+            "sessions:write",
+            "--scope",
+            "users:read",
+        ],
+    )?;
+    let access = exchange(&server, &restricted, None).await?;
+    let guest = role_ids(&server, &owner)
+        .await?
+        .get("Guest")
+        .cloned()
+        .ok_or("no Guest")?;
+    let bot = must(
+        &server,
+        &owner,
+        CREATE_SA,
+        json!({ "name": "bot", "role": guest }),
+        "createServiceAccount",
+    )
+    .await?;
+    let bot_id = text(&bot["serviceAccount"]["id"])?;
+
+    for (scopes, sa, expected, what) in [
+        (Value::Null, None, Some("scopes"), "unrestricted"),
+        (
+            json!(["users:write"]),
+            None,
+            Some("scopes"),
+            "beyond its own",
+        ),
+        (
+            json!(["users:read", "audit:read"]),
+            None,
+            Some("scopes"),
+            "partly beyond",
+        ),
+        (json!(["users:read"]), None, None, "within"),
+        (
+            json!(["users:read", "sessions:write"]),
+            None,
+            None,
+            "all of its own",
+        ),
+        (
+            Value::Null,
+            Some(&bot_id),
+            Some("scopes"),
+            "unrestricted, for an account",
+        ),
+        (
+            json!(["users:read"]),
+            Some(&bot_id),
+            None,
+            "within, for an account",
+        ),
+    ] {
+        let got = mint_field(
+            &server,
+            &access,
+            json!({ "name": what, "scopes": scopes, "sa": sa }),
+        )
+        .await?;
+        assert_eq!(got.as_deref(), expected, "{what}");
+    }
+    // What it minted is no wider than asked.
+    let payload = must(
+        &server,
+        &access,
+        CREATE_TOKEN,
+        json!({ "name": "narrow", "scopes": ["users:read"] }),
+        "createToken",
+    )
+    .await?;
+    let narrow = exchange(&server, &text(&payload["token"])?, None).await?;
+    assert_eq!(claim_scope(&narrow)?, "users:read");
+    let logs = server.stop()?;
+    assert!(!logs.contains("ERROR"), "{logs}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Demotion.
+
+/// An Admin's unrestricted token and one scoped `users:write users:read`, exchanged on
+/// `mint_on`: (member id, unrestricted refresh token, scoped refresh token).
+async fn admin_with_two_tokens(
+    mint_on: &Server,
+    admin_cmd: &dyn Fn(&[&str]) -> Res<String>,
+) -> Res<(String, String, String)> {
+    let id = admin_cmd(&[
+        "users",
+        "add",
+        "--email",
+        "ada@demote.test",
+        "--role",
+        "Admin",
+    ])?;
+    let unrestricted = admin_cmd(&[
+        "tokens",
+        "create",
+        "--email",
+        "ada@demote.test",
+        "--name",
+        "unrestricted",
+    ])?;
+    let access = exchange(mint_on, &unrestricted, None).await?;
+    let payload = must(
+        mint_on,
+        &access,
+        CREATE_TOKEN,
+        json!({ "name": "users", "scopes": ["users:write", "users:read"] }),
+        "createToken",
+    )
+    .await?;
+    Ok((id, unrestricted, text(&payload["token"])?))
+}
+
+/// `createOrganizationUser` of a fresh Guest as `access`; whether it was allowed, failing on
+/// anything but a clean answer or a clean refusal.
+async fn can_create_user(server: &Server, access: &str, guest: &str) -> Res<bool> {
+    let body = create_guest(server, access, guest).await?;
+    match mutation_outcome(&body, "createOrganizationUser", "user") {
+        Outcome::Allowed => Ok(true),
+        Outcome::Refused(_) => Ok(false),
+        Outcome::Broken(body) => Err(format!("createOrganizationUser: {body}").into()),
+    }
+}
+
+#[tokio::test]
+async fn a_demotion_narrows_live_access_tokens_at_once() -> TestResult {
+    let dir = temp_dir()?;
+    let data = dir.path();
+    // A cache lifetime far beyond the test: only the demotion itself may end the access.
+    let server = Server::start_with(
+        data,
+        crate::harness::Options {
+            args: vec!["--cache-ttl".into(), "10m".into()],
+            ..Default::default()
+        },
+    )?;
+    let owner = exchange(
+        &server,
+        &admin_ok(
+            data,
+            &[
+                "tokens",
+                "create",
+                "--email",
+                "owner@localhost",
+                "--name",
+                "o",
+            ],
+        )?,
+        None,
+    )
+    .await?;
+    let roles = role_ids(&server, &owner).await?;
+    let guest = roles.get("Guest").ok_or("no Guest")?.clone();
+    let admin_role = roles.get("Admin").ok_or("no Admin")?.clone();
+    let cmd = |args: &[&str]| admin_ok(data, args);
+    let (id, unrestricted, scoped) = admin_with_two_tokens(&server, &cmd).await?;
+    let full = exchange(&server, &unrestricted, None).await?;
+    let users = exchange(&server, &scoped, None).await?;
+    assert_eq!(
+        scope_set(&claim_scope(&users)?),
+        scope_set("users:read users:write")
+    );
+    for access in [&full, &users] {
+        assert!(can_create_user(&server, access, &guest).await?);
+        assert!(query_works(&server, access, USERS).await?);
+    }
+
+    must(
+        &server,
+        &owner,
+        SET_ROLE,
+        json!({ "id": id, "role": guest }),
+        "updateUser",
+    )
+    .await?;
+    // The very next request with the same access tokens: no users:write, users:read works.
+    for (access, which) in [(&full, "unrestricted"), (&users, "scoped")] {
+        assert!(
+            !can_create_user(&server, access, &guest).await?,
+            "the {which} access token still creates users after the demotion"
+        );
+        assert!(
+            query_works(&server, access, USERS).await?,
+            "the {which} access token no longer reads users"
+        );
+    }
+    assert!(!query_works(&server, &full, AUDIT).await?);
+    // The scoped token's next exchange keeps what a Guest may hold of it.
+    assert_eq!(
+        claim_scope(&exchange(&server, &scoped, None).await?)?,
+        "users:read"
+    );
+    assert_eq!(
+        claim_scope(&exchange(&server, &unrestricted, None).await?)?,
+        OIDC
+    );
+
+    // Made an Admin again, the same tokens write again: the rule is evaluated per request.
+    must(
+        &server,
+        &owner,
+        SET_ROLE,
+        json!({ "id": id, "role": admin_role }),
+        "updateUser",
+    )
+    .await?;
+    for access in [&full, &users] {
+        assert!(can_create_user(&server, access, &guest).await?);
+    }
+    let logs = server.stop()?;
+    assert!(!logs.contains("ERROR"), "{logs}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_demotion_on_one_replica_narrows_tokens_on_the_other() -> TestResult {
+    let db = FreshDatabase::create().await?;
+    let outcome = demotion_across_replicas(&db.url).await;
+    db.drop_now().await?;
+    outcome
+}
+
+async fn demotion_across_replicas(url: &str) -> TestResult {
+    let (dir_a, dir_b) = (temp_dir()?, temp_dir()?);
+    let a = replica(dir_a.path(), url)?;
+    let b = replica(dir_b.path(), url)?;
+    let cli = dir_a.path();
+    let cmd = |args: &[&str]| -> Res<String> {
+        let mut full = vec!["--database-url", url];
+        full.extend_from_slice(args);
+        admin_ok(cli, &full)
+    };
+    let owner = exchange(
+        &a,
+        &cmd(&[
+            "tokens",
+            "create",
+            "--email",
+            "owner@localhost",
+            "--name",
+            "o",
+        ])?,
+        None,
+    )
+    .await?;
+    let guest = role_ids(&a, &owner)
+        .await?
+        .get("Guest")
+        .cloned()
+        .ok_or("no Guest")?;
+    let (id, unrestricted, scoped) = admin_with_two_tokens(&b, &cmd).await?;
+    // B minted both access tokens and has the Admin cached as an Admin (10 min).
+    let full = exchange(&b, &unrestricted, None).await?;
+    let users = exchange(&b, &scoped, None).await?;
+    for access in [&full, &users] {
+        assert!(can_create_user(&b, access, &guest).await?);
+        assert!(can_create_user(&b, access, &guest).await?);
+    }
+
+    must(
+        &a,
+        &owner,
+        SET_ROLE,
+        json!({ "id": id, "role": guest }),
+        "updateUser",
+    )
+    .await?;
+    let demoted_at = Instant::now();
+    // On A, at once.
+    for access in [&full, &users] {
+        assert!(!can_create_user(&a, access, &guest).await?);
+        assert!(query_works(&a, access, USERS).await?);
+    }
+    // On B, once the change has reached it: bounded, then the same answers.
+    for (access, which) in [(&full, "unrestricted"), (&users, "scoped")] {
+        let deadline = Instant::now() + CHANGE_REACH_BOUND;
+        while can_create_user(&b, access, &guest).await? {
+            assert!(
+                Instant::now() < deadline,
+                "the {which} access token still creates users on B {CHANGE_REACH_BOUND:?} after the demotion on A"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(
+            query_works(&b, access, USERS).await?,
+            "the {which} access token no longer reads users on B"
+        );
+    }
+    println!(
+        "the demotion on A reached B after {:?}",
+        demoted_at.elapsed()
+    );
+    assert_eq!(
+        claim_scope(&exchange(&b, &scoped, None).await?)?,
+        "users:read"
+    );
+    let logs_b = b.stop()?;
+    let logs_a = a.stop()?;
+    for logs in [logs_a, logs_b] {
+        assert!(!logs.contains("ERROR"), "{logs}");
+    }
+    Ok(())
+}
