@@ -6,7 +6,7 @@
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 
 use super::graphql::{
-    FieldError, RoleNode, SessionNode, TokenPolicy, caller, parse_role, payload_errors,
+    Caller, FieldError, RoleNode, SessionNode, TokenPolicy, caller, parse_role, payload_errors,
     query_error, timestamp,
 };
 use crate::domain::accounts::{parse_public_id, public_id};
@@ -287,6 +287,34 @@ pub struct UpdateTokenPolicyPayload {
     errors: Vec<FieldError>,
 }
 
+/// Runs `operation` (a future: nothing happens unless it is awaited) when the caller's token
+/// holds `scope`.
+async fn with_scope<T>(
+    caller: &Caller<'_>,
+    scope: ApiScope,
+    operation: impl Future<Output = Result<T, DomainError>>,
+) -> Result<T, DomainError> {
+    caller.require(scope)?;
+    operation.await
+}
+
+/// The payload of a service account mutation: the account, or the problem against `field`.
+fn account_payload(
+    result: Result<User, DomainError>,
+    field: &str,
+) -> async_graphql::Result<ServiceAccountPayload> {
+    match result {
+        Ok(account) => Ok(ServiceAccountPayload {
+            service_account: Some(ServiceAccountNode(account)),
+            errors: Vec::new(),
+        }),
+        Err(err) => failed(err, field, |errors| ServiceAccountPayload {
+            errors,
+            ..Default::default()
+        }),
+    }
+}
+
 /// A payload's errors from a domain failure against `field`.
 fn failed<T: Default>(
     err: DomainError,
@@ -437,19 +465,11 @@ impl AccessMutation {
                 &caller.meta,
             )
             .await;
-        match created {
-            Ok(account) => Ok(ServiceAccountPayload {
-                service_account: Some(ServiceAccountNode(account)),
-                errors: Vec::new(),
-            }),
-            Err(err) => {
-                let field = match &err {
-                    DomainError::InvalidInput(msg) if msg.contains("Owner") => "role",
-                    _ => "name",
-                };
-                failed(err, field, payload)
-            }
-        }
+        let field = match &created {
+            Err(DomainError::InvalidInput(msg)) if msg.contains("Owner") => "role",
+            _ => "name",
+        };
+        account_payload(created, field)
     }
 
     /// Changes a service account's name, role (never Owner) or description (Owners and
@@ -491,13 +511,7 @@ impl AccessMutation {
                 &caller.meta,
             )
             .await;
-        match updated {
-            Ok(account) => Ok(ServiceAccountPayload {
-                service_account: Some(ServiceAccountNode(account)),
-                errors: Vec::new(),
-            }),
-            Err(err) => failed(err, if role.is_some() { "role" } else { "name" }, payload),
-        }
+        account_payload(updated, if role.is_some() { "role" } else { "name" })
     }
 
     /// Removes a service account (Owners and Admins, `users:write`): its tokens stop working
@@ -508,35 +522,16 @@ impl AccessMutation {
         input: DeleteServiceAccountInput,
     ) -> async_graphql::Result<ServiceAccountPayload> {
         let caller = caller(ctx)?;
-        let payload = |errors| ServiceAccountPayload {
-            errors,
-            ..Default::default()
-        };
-        let removed = match caller
-            .require(ApiScope::UsersWrite)
-            .and_then(|()| account_id_from(&input.id))
-        {
+        let removed = match account_id_from(&input.id) {
             Ok(id) => {
-                caller
-                    .auth
-                    .service_accounts()
-                    .delete(
-                        Some(caller.actor()),
-                        &caller.actor().org_id,
-                        &id,
-                        &caller.meta,
-                    )
-                    .await
+                let accounts = caller.auth.service_accounts();
+                let org_id = &caller.actor().org_id;
+                let delete = accounts.delete(Some(caller.actor()), org_id, &id, &caller.meta);
+                with_scope(&caller, ApiScope::UsersWrite, delete).await
             }
-            Err(err) => Err(err),
+            Err(err) => caller.require(ApiScope::UsersWrite).and(Err(err)),
         };
-        match removed {
-            Ok(account) => Ok(ServiceAccountPayload {
-                service_account: Some(ServiceAccountNode(account)),
-                errors: Vec::new(),
-            }),
-            Err(err) => failed(err, "id", payload),
-        }
+        account_payload(removed, "id")
     }
 
     /// Declares a scope of the organization, e.g. `deploy:prod` (Owners and Admins,
@@ -547,23 +542,18 @@ impl AccessMutation {
         input: CreateScopeInput,
     ) -> async_graphql::Result<ScopePayload> {
         let caller = caller(ctx)?;
-        let result = match caller.require(ApiScope::OrgAdmin) {
-            Ok(()) => {
-                caller
-                    .auth
-                    .service_accounts()
-                    .create_scope(
-                        Some(caller.actor()),
-                        &caller.actor().org_id,
-                        &input.name,
-                        input.description,
-                        &caller.meta,
-                    )
-                    .await
-            }
-            Err(err) => Err(err),
-        };
-        scope_payload(result, "name")
+        let accounts = caller.auth.service_accounts();
+        let create = accounts.create_scope(
+            Some(caller.actor()),
+            &caller.actor().org_id,
+            &input.name,
+            input.description,
+            &caller.meta,
+        );
+        scope_payload(
+            with_scope(&caller, ApiScope::OrgAdmin, create).await,
+            "name",
+        )
     }
 
     /// Deletes a scope of the organization and its grants (Owners and Admins, `org:admin`).
@@ -573,22 +563,17 @@ impl AccessMutation {
         input: DeleteScopeInput,
     ) -> async_graphql::Result<ScopePayload> {
         let caller = caller(ctx)?;
-        let result = match caller.require(ApiScope::OrgAdmin) {
-            Ok(()) => {
-                caller
-                    .auth
-                    .service_accounts()
-                    .delete_scope(
-                        Some(caller.actor()),
-                        &caller.actor().org_id,
-                        &input.name,
-                        &caller.meta,
-                    )
-                    .await
-            }
-            Err(err) => Err(err),
-        };
-        scope_payload(result, "name")
+        let accounts = caller.auth.service_accounts();
+        let delete = accounts.delete_scope(
+            Some(caller.actor()),
+            &caller.actor().org_id,
+            &input.name,
+            &caller.meta,
+        );
+        scope_payload(
+            with_scope(&caller, ApiScope::OrgAdmin, delete).await,
+            "name",
+        )
     }
 
     /// Lets a role's members, or one service account, hold a scope of the organization
@@ -618,17 +603,10 @@ impl AccessMutation {
         input: UpdateTokenPolicyInput,
     ) -> async_graphql::Result<UpdateTokenPolicyPayload> {
         let caller = caller(ctx)?;
-        let result = match caller.require(ApiScope::OrgAdmin) {
-            Ok(()) => {
-                caller
-                    .auth
-                    .policies()
-                    .update_token_policy(caller.actor(), input.max_lifetime_days, &caller.meta)
-                    .await
-            }
-            Err(err) => Err(err),
-        };
-        match result {
+        let policies = caller.auth.policies();
+        let update =
+            policies.update_token_policy(caller.actor(), input.max_lifetime_days, &caller.meta);
+        match with_scope(&caller, ApiScope::OrgAdmin, update).await {
             Ok(max_lifetime_days) => Ok(UpdateTokenPolicyPayload {
                 token_policy: Some(TokenPolicy { max_lifetime_days }),
                 errors: Vec::new(),

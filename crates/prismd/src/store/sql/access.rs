@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 
 use super::funnel::query;
-use super::{Dialect, Lock, SqlStore, USER_COLUMNS, Unaudited, is_unique_violation};
+use super::{Dialect, Lock, SqlStore, USER_COLUMNS, Unaudited, Write, is_unique_violation};
 use crate::store::*;
 
 /// May `$actor` (an active, joined member of the account's organization `{org}`) manage
@@ -15,6 +15,33 @@ fn manager(actor: u8, org: &str) -> String {
            WHERE a.id = CAST(${actor} AS TEXT) AND a.org_id = {org} AND a.removed_at IS NULL \
              AND a.joined_at IS NOT NULL AND a.role IN ('owner', 'admin')))"
     )
+}
+
+/// Ends the write of a service account: a row written is read back and committed with
+/// `audit`; none written (the actor may not) or a name taken is a refusal.
+async fn finish_account_write<D: Dialect>(
+    mut tx: Write<'_, D>,
+    written: Result<u64, StoreError>,
+    user_id: &str,
+    audit: &AuditEvent,
+) -> Result<Result<User, Refusal>, StoreError> {
+    let refusal = match written {
+        Ok(1) => None,
+        Ok(_) => Some(Refusal::Forbidden),
+        Err(err) if is_unique_violation(&err) => Some(Refusal::NameTaken),
+        Err(err) => return Err(err),
+    };
+    if let Some(refusal) = refusal {
+        tx.rollback().await?;
+        return Ok(Err(refusal));
+    }
+    let sql = format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1");
+    let user: User = query(sqlx::AssertSqlSafe(sql))
+        .bind(user_id)
+        .fetch_one(&mut tx)
+        .await?;
+    tx.commit_audited(audit).await?;
+    Ok(Ok(user))
 }
 
 #[derive(sqlx::FromRow)]
@@ -52,25 +79,7 @@ impl<D: Dialect> AccessStore for SqlStore<D> {
             .bind(actor)
             .execute(&mut tx)
             .await;
-        match inserted {
-            Ok(1) => {}
-            Ok(_) => {
-                tx.rollback().await?;
-                return Ok(Err(Refusal::Forbidden));
-            }
-            Err(err) if is_unique_violation(&err) => {
-                tx.rollback().await?;
-                return Ok(Err(Refusal::NameTaken));
-            }
-            Err(err) => return Err(err),
-        }
-        let sql = format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1");
-        let user: User = query(sqlx::AssertSqlSafe(sql))
-            .bind(&account.id)
-            .fetch_one(&mut tx)
-            .await?;
-        tx.commit_audited(&audit).await?;
-        Ok(Ok(user))
+        finish_account_write(tx, inserted, &account.id, &audit).await
     }
 
     async fn service_accounts(&self, org_id: &str) -> Result<Vec<User>, StoreError> {
@@ -121,25 +130,7 @@ impl<D: Dialect> AccessStore for SqlStore<D> {
             .bind(actor)
             .execute(&mut tx)
             .await;
-        match updated {
-            Ok(1) => {}
-            Ok(_) => {
-                tx.rollback().await?;
-                return Ok(Err(Refusal::Forbidden));
-            }
-            Err(err) if is_unique_violation(&err) => {
-                tx.rollback().await?;
-                return Ok(Err(Refusal::NameTaken));
-            }
-            Err(err) => return Err(err),
-        }
-        let sql = format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1");
-        let user: User = query(sqlx::AssertSqlSafe(sql))
-            .bind(user_id)
-            .fetch_one(&mut tx)
-            .await?;
-        tx.commit_audited(&audit).await?;
-        Ok(Ok(user))
+        finish_account_write(tx, updated, user_id, &audit).await
     }
 
     async fn org_scopes(&self, org_id: &str) -> Result<Vec<OrgScope>, StoreError> {
