@@ -349,8 +349,15 @@ pub struct UserNode {
 
 #[Object(name = "User")]
 impl UserNode {
+    /// `base64("User:<uuid>")`; for a service account calling `authenticatedUser`, its
+    /// `ServiceAccount` id, the one `serviceAccounts` shows.
     async fn id(&self) -> ID {
-        ID(public_id("User", &self.user.id))
+        let kind = if self.user.is_service_account() {
+            "ServiceAccount"
+        } else {
+            "User"
+        };
+        ID(public_id(kind, &self.user.id))
     }
     async fn name(&self) -> &str {
         &self.user.name

@@ -506,6 +506,12 @@ async fn a_service_account_token_outlives_its_minter_and_dies_with_the_account()
     let me = call(&server, &access, ME, json!({})).await?;
     assert_eq!(me["data"]["authenticatedUser"]["name"], "deployer", "{me}");
     assert_eq!(me["data"]["authenticatedUser"]["email"], "", "{me}");
+    // The id it reads as is the one serviceAccounts shows.
+    assert_eq!(
+        me["data"]["authenticatedUser"]["id"],
+        sa_id.as_str(),
+        "{me}"
+    );
     let users = call(
         &server,
         &access,
