@@ -10,6 +10,7 @@ mod device;
 mod errors;
 mod faults;
 mod first_start_race;
+mod fixture_db;
 mod flows;
 mod graphql;
 mod harness;

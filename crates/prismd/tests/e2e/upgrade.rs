@@ -4,23 +4,19 @@
 //! there and still works, and no password becomes valid anywhere it was not valid before.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
 use serde::Deserialize;
-use sqlx::Connection as _;
 
+use crate::fixture_db::{Deployment, manifest, now_ms};
 use crate::harness::{
-    Options, Pkce, Server, SignInPage, TestResult, authorize_query_for, browser,
-    browser_sign_in_with, prismd_with_stdin, set_cookie, temp_dir,
+    Pkce, Server, SignInPage, TestResult, authorize_query_for, browser, browser_sign_in_with,
+    prismd_with_stdin, set_cookie,
 };
-use crate::postgres::FreshDatabase;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
-const FIXTURES: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/before-identities"
-);
+/// The fixture folder under tests/fixtures.
+const FOLDER: &str = "before-identities";
 /// The browser's `User-Agent`.
 const AGENT: &str = "upgrade-e2e";
 const ME: &str = "{ authenticatedUser { email tenantId } }";
@@ -33,17 +29,6 @@ const A_DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
 // ---------------------------------------------------------------------------------------------
 // The manifest make.sh wrote next to the fixtures.
-
-#[derive(Deserialize)]
-struct Manifest {
-    backends: Backends,
-}
-
-#[derive(Deserialize)]
-struct Backends {
-    sqlite: Fixture,
-    postgres: Fixture,
-}
 
 /// What one backend's fixture holds.
 #[derive(Deserialize)]
@@ -97,11 +82,6 @@ struct Invitation {
     email: String,
     org_tenant_id: String,
     used: bool,
-}
-
-fn manifest() -> Res<Manifest> {
-    let text = std::fs::read_to_string(Path::new(FIXTURES).join("manifest.json"))?;
-    Ok(serde_json::from_str(&text)?)
 }
 
 impl Fixture {
@@ -167,21 +147,18 @@ impl Fixture {
 
 #[tokio::test]
 async fn upgrade_from_before_identities_sqlite() -> TestResult {
-    let fixture = manifest()?.backends.sqlite;
-    let deployment = Deployment::sqlite_copy().await?;
+    let fixture: Fixture = manifest(FOLDER)?.backends.sqlite;
+    let deployment = Deployment::sqlite_copy(FOLDER, EXTEND, a_day_from_now).await?;
     upgrade(&deployment, &fixture).await
 }
 
 #[tokio::test]
 async fn upgrade_from_before_identities_postgres() -> TestResult {
-    let fixture = manifest()?.backends.postgres;
-    let db = FreshDatabase::create().await?;
-    let outcome = match Deployment::postgres_load(&db.url).await {
-        Ok(deployment) => upgrade(&deployment, &fixture).await,
-        Err(err) => Err(err),
-    };
-    db.drop_now().await?;
-    outcome
+    let fixture: Fixture = manifest(FOLDER)?.backends.postgres;
+    Deployment::on_postgres(FOLDER, EXTEND, a_day_from_now, async |deployment| {
+        upgrade(deployment, &fixture).await
+    })
+    .await
 }
 
 /// A refresh token minted before the upgrade, like a browser session made before it, stays
@@ -190,21 +167,18 @@ async fn upgrade_from_before_identities_postgres() -> TestResult {
 /// organization, through `tenant_id`.
 #[tokio::test]
 async fn old_refresh_tokens_stay_with_their_member_sqlite() -> TestResult {
-    let fixture = manifest()?.backends.sqlite;
-    let deployment = Deployment::sqlite_copy().await?;
+    let fixture: Fixture = manifest(FOLDER)?.backends.sqlite;
+    let deployment = Deployment::sqlite_copy(FOLDER, EXTEND, a_day_from_now).await?;
     old_tokens_stay_with_their_member(&deployment, &fixture).await
 }
 
 #[tokio::test]
 async fn old_refresh_tokens_stay_with_their_member_postgres() -> TestResult {
-    let fixture = manifest()?.backends.postgres;
-    let db = FreshDatabase::create().await?;
-    let outcome = match Deployment::postgres_load(&db.url).await {
-        Ok(deployment) => old_tokens_stay_with_their_member(&deployment, &fixture).await,
-        Err(err) => Err(err),
-    };
-    db.drop_now().await?;
-    outcome
+    let fixture: Fixture = manifest(FOLDER)?.backends.postgres;
+    Deployment::on_postgres(FOLDER, EXTEND, a_day_from_now, async |deployment| {
+        old_tokens_stay_with_their_member(deployment, &fixture).await
+    })
+    .await
 }
 
 /// Starts this `prismd` on the old data and checks everything the upgrade promises.
@@ -257,8 +231,8 @@ async fn nothing_lost(deployment: &Deployment, fixture: &Fixture) -> TestResult 
         );
     }
 
-    let users = deployment.users().await?;
-    let identities = deployment.identities().await?;
+    let users: Vec<UserRow> = deployment.rows(USERS).await?;
+    let identities: Vec<IdentityRow> = deployment.rows(IDENTITIES).await?;
     for expected in &fixture.users {
         let row = users
             .iter()
@@ -307,14 +281,18 @@ async fn nothing_lost(deployment: &Deployment, fixture: &Fixture) -> TestResult 
             identity.email
         );
     }
-    let notices = deployment.upgrade_notices().await?;
+    let notices: Vec<String> = deployment
+        .column("SELECT email FROM identity_upgrade_notices")
+        .await?;
     assert_eq!(
         notices.iter().map(String::as_str).collect::<BTreeSet<_>>(),
         fixture.needs_password(),
         "identity_upgrade_notices"
     );
 
-    let only_users = deployment.session_members().await?;
+    let only_users: Vec<Option<String>> = deployment
+        .column("SELECT only_user_id FROM browser_sessions")
+        .await?;
     let expected: BTreeSet<&str> = fixture
         .browser_sessions
         .iter()
@@ -770,115 +748,30 @@ fn describe(page: &SignInPage) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The copied fixture, its server and its database.
-
-/// A data directory with the fixture's data (the SQLite file in it, or a PostgreSQL database).
-struct Deployment {
-    dir: tempfile::TempDir,
-    database_url: Option<String>,
-}
-
-/// Runs `$body` with `$conn`, a fresh read-only connection to the deployment's database (the
-/// same SQL on both backends), and closes it.
-macro_rules! read_only {
-    ($deployment:expr, |$conn:ident| $body:expr) => {
-        match &$deployment.database_url {
-            Some(url) => {
-                let mut $conn = sqlx::PgConnection::connect(url).await?;
-                sqlx::query("SET default_transaction_read_only = on")
-                    .execute(&mut $conn)
-                    .await?;
-                let value = $body;
-                $conn.close().await?;
-                value
-            }
-            None => {
-                let mut $conn = $deployment.sqlite_read_only().await?;
-                let value = $body;
-                $conn.close().await?;
-                value
-            }
-        }
-    };
-}
+// The copied fixture and its database.
 
 /// The old sessions and invitations expire a day from now.
 const EXTEND_SESSIONS: &str = "UPDATE browser_sessions SET expires_at = $1";
 const EXTEND_INVITATIONS: &str = "UPDATE invitations SET expires_at = $1 WHERE used_at IS NULL";
+/// What makes the copy current, with [`a_day_from_now`].
+const EXTEND: &[&str] = &[EXTEND_SESSIONS, EXTEND_INVITATIONS];
 
 fn a_day_from_now() -> Res<i64> {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
-    Ok(i64::try_from(now.as_millis())? + A_DAY_MS)
+    Ok(now_ms()? + A_DAY_MS)
 }
 
 impl Deployment {
-    /// A copy of the SQLite fixture, its expiries moved forward.
-    async fn sqlite_copy() -> Res<Self> {
-        let dir = temp_dir()?;
-        let file = dir.path().join("prismd.db");
-        std::fs::copy(Path::new(FIXTURES).join("sqlite/prismd.db"), &file)?;
-        let mut conn =
-            sqlx::SqliteConnection::connect(&format!("sqlite://{}", file.display())).await?;
-        let until = a_day_from_now()?;
-        for statement in [EXTEND_SESSIONS, EXTEND_INVITATIONS] {
-            sqlx::query(statement)
-                .bind(until)
-                .execute(&mut conn)
-                .await?;
-        }
-        conn.close().await?;
-        Ok(Self {
-            dir,
-            database_url: None,
-        })
-    }
-
-    /// The PostgreSQL dump loaded into the empty database `url`, its expiries moved forward.
-    async fn postgres_load(url: &str) -> Res<Self> {
-        let dump = std::fs::read_to_string(Path::new(FIXTURES).join("postgres.sql"))?;
-        let mut conn = sqlx::PgConnection::connect(url).await?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(dump))
-            .execute(&mut conn)
-            .await?;
-        let until = a_day_from_now()?;
-        for statement in [EXTEND_SESSIONS, EXTEND_INVITATIONS] {
-            sqlx::query(statement)
-                .bind(until)
-                .execute(&mut conn)
-                .await?;
-        }
-        conn.close().await?;
-        Ok(Self {
-            dir: temp_dir()?,
-            database_url: Some(url.to_owned()),
-        })
-    }
-
-    fn start(&self) -> Res<Server> {
-        let args = match &self.database_url {
-            Some(url) => vec!["--database-url".to_owned(), url.clone()],
-            None => Vec::new(),
-        };
-        Server::start_with(
-            self.dir.path(),
-            Options {
-                args,
-                ..Options::default()
-            },
-        )
-    }
-
     /// An admin command (in the organization `tenant`) that must succeed; its trimmed stdout.
     fn admin_stdin(&self, tenant: Option<&str>, args: &[&str], stdin: &str) -> Res<String> {
         let mut full: Vec<&str> = Vec::new();
-        if let Some(url) = &self.database_url {
-            full.extend(["--database-url", url.as_str()]);
+        if let Some(url) = self.database_url() {
+            full.extend(["--database-url", url]);
         }
         if let Some(tenant) = tenant {
             full.extend(["--tenant-id", tenant]);
         }
         full.extend_from_slice(args);
-        let output = prismd_with_stdin(self.dir.path(), &full, stdin)?;
+        let output = prismd_with_stdin(self.dir(), &full, stdin)?;
         if !output.status.success() {
             return Err(format!(
                 "prismd {args:?} failed: {}",
@@ -888,72 +781,10 @@ impl Deployment {
         }
         Ok(String::from_utf8(output.stdout)?.trim().to_owned())
     }
-
-    async fn sqlite_read_only(&self) -> Res<sqlx::SqliteConnection> {
-        let url = format!(
-            "sqlite://{}?mode=ro",
-            self.dir.path().join("prismd.db").display()
-        );
-        Ok(sqlx::SqliteConnection::connect(&url).await?)
-    }
-
-    async fn count(&self, table: &str) -> Res<i64> {
-        if !table.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
-            return Err(format!("not a table name: {table:?}").into());
-        }
-        let sql = format!("SELECT COUNT(*) FROM {table}");
-        Ok(read_only!(self, |conn| sqlx::query_scalar(
-            sqlx::AssertSqlSafe(sql)
-        )
-        .fetch_one(&mut conn)
-        .await?))
-    }
-
-    async fn audit_actions(&self) -> Res<BTreeMap<String, i64>> {
-        let sql = "SELECT action, COUNT(*) FROM audit_events GROUP BY action";
-        let rows: Vec<(String, i64)> = read_only!(self, |conn| sqlx::query_as(sql)
-            .fetch_all(&mut conn)
-            .await?);
-        Ok(rows.into_iter().collect())
-    }
-
-    async fn users(&self) -> Res<Vec<UserRow>> {
-        let sql = "SELECT u.id, o.tenant_id, u.email, u.role, u.removed_at, u.identity_id, \
-                   u.password_hash FROM users u JOIN organizations o ON o.id = u.org_id";
-        Ok(read_only!(self, |conn| sqlx::query_as(sql)
-            .fetch_all(&mut conn)
-            .await?))
-    }
-
-    async fn identities(&self) -> Res<Vec<IdentityRow>> {
-        let sql = "SELECT id, email, password_hash FROM identities";
-        Ok(read_only!(self, |conn| sqlx::query_as(sql)
-            .fetch_all(&mut conn)
-            .await?))
-    }
-
-    async fn upgrade_notices(&self) -> Res<Vec<String>> {
-        let sql = "SELECT email FROM identity_upgrade_notices";
-        Ok(read_only!(self, |conn| sqlx::query_scalar(sql)
-            .fetch_all(&mut conn)
-            .await?))
-    }
-
-    /// `only_user_id` of every browser session.
-    async fn session_members(&self) -> Res<Vec<Option<String>>> {
-        let sql = "SELECT only_user_id FROM browser_sessions";
-        Ok(read_only!(self, |conn| sqlx::query_scalar(sql)
-            .fetch_all(&mut conn)
-            .await?))
-    }
-
-    async fn migrations(&self) -> Res<Vec<i64>> {
-        let sql = "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version";
-        Ok(read_only!(self, |conn| sqlx::query_scalar(sql)
-            .fetch_all(&mut conn)
-            .await?))
-    }
 }
+
+const USERS: &str = "SELECT u.id, o.tenant_id, u.email, u.role, u.removed_at, u.identity_id, \
+                     u.password_hash FROM users u JOIN organizations o ON o.id = u.org_id";
 
 #[derive(sqlx::FromRow)]
 struct UserRow {
@@ -965,6 +796,8 @@ struct UserRow {
     identity_id: Option<String>,
     password_hash: Option<String>,
 }
+
+const IDENTITIES: &str = "SELECT id, email, password_hash FROM identities";
 
 #[derive(sqlx::FromRow)]
 struct IdentityRow {

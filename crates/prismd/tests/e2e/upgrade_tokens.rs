@@ -7,23 +7,19 @@
 //! same name both work, and an old token's name does not block a new named token.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::Value;
-use sqlx::Connection as _;
 
-use crate::harness::{Options, Server, TestResult, temp_dir};
-use crate::postgres::FreshDatabase;
+use crate::fixture_db::{Deployment, manifest, now_ms};
+use crate::harness::{Server, TestResult};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
-const FIXTURES: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/before-service-accounts"
-);
+/// The fixture folder under tests/fixtures.
+const FOLDER: &str = "before-service-accounts";
 /// The `scope` an unrestricted refresh token's access token has always carried.
 const OLD_SCOPE: &str = "openid profile email offline_access";
 /// Who the caller is, and their sessions as issue 17 shows them.
@@ -44,17 +40,6 @@ const DAY_SECS: i64 = 86_400;
 
 // ---------------------------------------------------------------------------------------------
 // The manifest make.sh wrote next to the fixtures.
-
-#[derive(Deserialize)]
-struct Manifest {
-    backends: Backends,
-}
-
-#[derive(Deserialize)]
-struct Backends {
-    sqlite: Fixture,
-    postgres: Fixture,
-}
 
 /// What one backend's fixture holds.
 #[derive(Deserialize)]
@@ -106,11 +91,6 @@ struct RefreshToken {
     live: bool,
 }
 
-fn manifest() -> Res<Manifest> {
-    let text = std::fs::read_to_string(Path::new(FIXTURES).join("manifest.json"))?;
-    Ok(serde_json::from_str(&text)?)
-}
-
 impl Fixture {
     fn org(&self, tenant: &str) -> Res<&Organization> {
         self.organizations
@@ -137,17 +117,10 @@ impl Fixture {
             .collect()
     }
 
-    /// How far make.sh's times are moved forward so that they end now (see
-    /// [`Deployment::shift_times`]).
+    /// How far make.sh's times are moved forward so that they end now (see [`SHIFT_TIMES`]).
     fn shift_ms(&self) -> Res<i64> {
         Ok((now_ms()? - self.made_at).max(0))
     }
-}
-
-fn now_ms() -> Res<i64> {
-    Ok(i64::try_from(
-        SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis(),
-    )?)
 }
 
 /// The id the API shows for the user `id`.
@@ -178,21 +151,21 @@ fn parse_ms(text: &str) -> Res<i64> {
 
 #[tokio::test]
 async fn upgrade_keeps_tokens_and_policies_sqlite() -> TestResult {
-    let fixture = manifest()?.backends.sqlite;
-    let deployment = Deployment::sqlite_copy(&fixture).await?;
+    let fixture: Fixture = manifest(FOLDER)?.backends.sqlite;
+    let deployment = Deployment::sqlite_copy(FOLDER, &[SHIFT_TIMES], || fixture.shift_ms()).await?;
     upgrade(&deployment, &fixture).await
 }
 
 #[tokio::test]
 async fn upgrade_keeps_tokens_and_policies_postgres() -> TestResult {
-    let fixture = manifest()?.backends.postgres;
-    let db = FreshDatabase::create().await?;
-    let outcome = match Deployment::postgres_load(&db.url, &fixture).await {
-        Ok(deployment) => upgrade(&deployment, &fixture).await,
-        Err(err) => Err(err),
-    };
-    db.drop_now().await?;
-    outcome
+    let fixture: Fixture = manifest(FOLDER)?.backends.postgres;
+    Deployment::on_postgres(
+        FOLDER,
+        &[SHIFT_TIMES],
+        || fixture.shift_ms(),
+        async |deployment| upgrade(deployment, &fixture).await,
+    )
+    .await
 }
 
 /// Starts this `prismd` on the old data and checks everything the upgrade promises.
@@ -260,7 +233,7 @@ async fn rows_kept(deployment: &Deployment, fixture: &Fixture) -> TestResult {
         "_sqlx_migrations gains exactly 0010"
     );
 
-    let orgs = deployment.organizations().await?;
+    let orgs: Vec<OrgRow> = deployment.rows(ORGANIZATIONS).await?;
     assert_eq!(orgs.len(), fixture.organizations.len(), "organizations");
     for org in &fixture.organizations {
         let row = orgs
@@ -289,7 +262,7 @@ async fn rows_kept(deployment: &Deployment, fixture: &Fixture) -> TestResult {
         );
     }
 
-    let users = deployment.users().await?;
+    let users: Vec<UserRow> = deployment.rows(USERS).await?;
     assert_eq!(users.len(), fixture.users.len(), "users");
     for expected in &fixture.users {
         let row = users
@@ -312,7 +285,7 @@ async fn rows_kept(deployment: &Deployment, fixture: &Fixture) -> TestResult {
         assert_eq!(row.kind, "person", "{what}: kind");
     }
 
-    let tokens = deployment.tokens().await?;
+    let tokens: Vec<TokenRow> = deployment.rows(TOKENS).await?;
     assert_eq!(tokens.len(), fixture.refresh_tokens.len(), "refresh tokens");
     for expected in &fixture.refresh_tokens {
         let row = tokens
@@ -610,151 +583,17 @@ async fn access_token(server: &Server, token: &str) -> Res<String> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The copied fixture, its server and its database.
-
-/// A data directory with the fixture's data (the SQLite file in it, or a PostgreSQL database).
-struct Deployment {
-    dir: tempfile::TempDir,
-    database_url: Option<String>,
-}
-
-/// Runs `$body` with `$conn`, a fresh read-only connection to the deployment's database (the
-/// same SQL on both backends), and closes it.
-macro_rules! read_only {
-    ($deployment:expr, |$conn:ident| $body:expr) => {
-        match &$deployment.database_url {
-            Some(url) => {
-                let mut $conn = sqlx::PgConnection::connect(url).await?;
-                sqlx::query("SET default_transaction_read_only = on")
-                    .execute(&mut $conn)
-                    .await?;
-                let value = $body;
-                $conn.close().await?;
-                value
-            }
-            None => {
-                let url = format!(
-                    "sqlite://{}?mode=ro",
-                    $deployment.dir.path().join("prismd.db").display()
-                );
-                let mut $conn = sqlx::SqliteConnection::connect(&url).await?;
-                let value = $body;
-                $conn.close().await?;
-                value
-            }
-        }
-    };
-}
+// The copied fixture and its database.
 
 /// Org A's session policy counts from each token's creation and last use, which make.sh left
-/// at the time it ran: they move forward by the fixture's age, so that the policy has not ended
-/// them by the time this test runs (as it would once the fixture is older than the idle
-/// expiry).
+/// at the time it ran: they move forward by the fixture's age ([`Fixture::shift_ms`]), so that
+/// the policy has not ended them by the time this test runs (as it would once the fixture is
+/// older than the idle expiry).
 const SHIFT_TIMES: &str = "UPDATE refresh_tokens SET created_at = created_at + $1, \
                            last_used_at = last_used_at + $1";
 
-impl Deployment {
-    /// A copy of the SQLite fixture, its token times moved forward.
-    async fn sqlite_copy(fixture: &Fixture) -> Res<Self> {
-        let dir = temp_dir()?;
-        let file = dir.path().join("prismd.db");
-        std::fs::copy(Path::new(FIXTURES).join("sqlite/prismd.db"), &file)?;
-        let mut conn =
-            sqlx::SqliteConnection::connect(&format!("sqlite://{}", file.display())).await?;
-        sqlx::query(SHIFT_TIMES)
-            .bind(fixture.shift_ms()?)
-            .execute(&mut conn)
-            .await?;
-        conn.close().await?;
-        Ok(Self {
-            dir,
-            database_url: None,
-        })
-    }
-
-    /// The PostgreSQL dump loaded into the empty database `url`, its token times moved forward.
-    async fn postgres_load(url: &str, fixture: &Fixture) -> Res<Self> {
-        let dump = std::fs::read_to_string(Path::new(FIXTURES).join("postgres.sql"))?;
-        let mut conn = sqlx::PgConnection::connect(url).await?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(dump))
-            .execute(&mut conn)
-            .await?;
-        sqlx::query(SHIFT_TIMES)
-            .bind(fixture.shift_ms()?)
-            .execute(&mut conn)
-            .await?;
-        conn.close().await?;
-        Ok(Self {
-            dir: temp_dir()?,
-            database_url: Some(url.to_owned()),
-        })
-    }
-
-    fn start(&self) -> Res<Server> {
-        let args = match &self.database_url {
-            Some(url) => vec!["--database-url".to_owned(), url.clone()],
-            None => Vec::new(),
-        };
-        Server::start_with(
-            self.dir.path(),
-            Options {
-                args,
-                ..Options::default()
-            },
-        )
-    }
-
-    async fn count(&self, table: &str) -> Res<i64> {
-        if !table.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
-            return Err(format!("not a table name: {table:?}").into());
-        }
-        let sql = format!("SELECT COUNT(*) FROM {table}");
-        Ok(read_only!(self, |conn| sqlx::query_scalar(
-            sqlx::AssertSqlSafe(sql)
-        )
-        .fetch_one(&mut conn)
-        .await?))
-    }
-
-    async fn audit_actions(&self) -> Res<BTreeMap<String, i64>> {
-        let sql = "SELECT action, COUNT(*) FROM audit_events GROUP BY action";
-        let rows: Vec<(String, i64)> = read_only!(self, |conn| sqlx::query_as(sql)
-            .fetch_all(&mut conn)
-            .await?);
-        Ok(rows.into_iter().collect())
-    }
-
-    async fn migrations(&self) -> Res<Vec<i64>> {
-        let sql = "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version";
-        Ok(read_only!(self, |conn| sqlx::query_scalar(sql)
-            .fetch_all(&mut conn)
-            .await?))
-    }
-
-    async fn organizations(&self) -> Res<Vec<OrgRow>> {
-        let sql = "SELECT id, name, tenant_id, refresh_idle_expiry_secs, refresh_max_age_secs, \
-                   max_token_lifetime_secs FROM organizations";
-        Ok(read_only!(self, |conn| sqlx::query_as(sql)
-            .fetch_all(&mut conn)
-            .await?))
-    }
-
-    async fn users(&self) -> Res<Vec<UserRow>> {
-        let sql = "SELECT u.id, o.tenant_id, u.email, u.name, u.role, u.removed_at, u.kind \
-                   FROM users u JOIN organizations o ON o.id = u.org_id";
-        Ok(read_only!(self, |conn| sqlx::query_as(sql)
-            .fetch_all(&mut conn)
-            .await?))
-    }
-
-    async fn tokens(&self) -> Res<Vec<TokenRow>> {
-        let sql = "SELECT id, user_id, name, named, expires_at, expiry_notified_at \
-                   FROM refresh_tokens";
-        Ok(read_only!(self, |conn| sqlx::query_as(sql)
-            .fetch_all(&mut conn)
-            .await?))
-    }
-}
+const ORGANIZATIONS: &str = "SELECT id, name, tenant_id, refresh_idle_expiry_secs, \
+                             refresh_max_age_secs, max_token_lifetime_secs FROM organizations";
 
 #[derive(sqlx::FromRow)]
 struct OrgRow {
@@ -766,6 +605,9 @@ struct OrgRow {
     max_token_lifetime_secs: Option<i64>,
 }
 
+const USERS: &str = "SELECT u.id, o.tenant_id, u.email, u.name, u.role, u.removed_at, u.kind \
+                     FROM users u JOIN organizations o ON o.id = u.org_id";
+
 #[derive(sqlx::FromRow)]
 struct UserRow {
     id: String,
@@ -776,6 +618,9 @@ struct UserRow {
     removed_at: Option<i64>,
     kind: String,
 }
+
+const TOKENS: &str = "SELECT id, user_id, name, named, expires_at, expiry_notified_at \
+                      FROM refresh_tokens";
 
 #[derive(sqlx::FromRow)]
 struct TokenRow {
