@@ -319,7 +319,7 @@ impl AuthService {
             nbf: None,
             jti: secrets::random_id()?,
             client_id: grant.client_id,
-            scope: granted_scope,
+            scope: granted_scope.unwrap_or(grant.scope),
             tid: grant.tenant_id,
             sid: grant.token_id,
             ep: grant.user_epoch,
@@ -341,22 +341,22 @@ impl AuthService {
         })
     }
 
-    /// The `scope` of the access token a grant gets: an unrestricted token's own (the OpenID
-    /// names it always carried) unless API scopes are asked for; a restricted token's API
-    /// scopes (or the requested part of them) that its principal still holds. Asking for a
-    /// scope the token lacks, or keeping none, is `invalid_scope`.
+    /// The `scope` of the access token a grant gets: `None` for an unrestricted token's own
+    /// (the OpenID names it always carried) unless API scopes are asked for; a restricted
+    /// token's API scopes (or the requested part of them) that its principal still holds.
+    /// Asking for a scope the token lacks, or keeping none, is `invalid_scope`.
     async fn granted_scope(
         &self,
         grant: &RefreshGrant,
         requested: Option<&str>,
-    ) -> Result<String, DomainError> {
+    ) -> Result<Option<String>, DomainError> {
         let requested = match requested.map(TokenScopes::parse) {
             Some(TokenScopes::Restricted(names)) => Some(names),
             _ => None,
         };
         let wanted = match (TokenScopes::parse(&grant.scope), requested) {
             // The path of every token minted before scopes existed: nothing to look up.
-            (TokenScopes::Unrestricted, None) => return Ok(grant.scope.clone()),
+            (TokenScopes::Unrestricted, None) => return Ok(None),
             (TokenScopes::Unrestricted, Some(requested)) => requested,
             (TokenScopes::Restricted(names), None) => names,
             (TokenScopes::Restricted(names), Some(requested)) => {
@@ -395,7 +395,7 @@ impl AuthService {
                     .join(" ")
             )));
         }
-        Ok(granted.join(" "))
+        Ok(Some(granted.join(" ")))
     }
 
     /// Which of `names` the principal `user_id` (with `role`) may hold now: built-in scopes
