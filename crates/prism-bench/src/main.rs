@@ -41,6 +41,13 @@ struct Args {
     /// Further users with one token each, for the revoke scenario (each revoked once).
     #[arg(long, default_value_t = 20_000)]
     revocable: usize,
+    /// The `scope` of the seeded refresh tokens, space-separated. API scope names (with a `:`)
+    /// make them restricted tokens, e.g. "users:read sessions:read" (built-in scopes, checked
+    /// against the role in memory) or "users:read deploy:prod" (an organization-defined scope,
+    /// which the benchmark declares and grants to the seeded users' role, Integrator; the
+    /// exchange reads its grants once per request).
+    #[arg(long, default_value = prismd::domain::clients::DEFAULT_SCOPE)]
+    token_scope: String,
     /// Concurrent keep-alive connections.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
@@ -177,6 +184,8 @@ async fn run(
             bail!("unknown scenario {scenario}; use {ALL_SCENARIOS}");
         }
     }
+    // A scope name prismd would refuse to declare fails here, before anything starts.
+    seed::org_scopes(&args.token_scope)?;
     let backend = if postgres_url.is_some() {
         "postgres"
     } else {
@@ -193,15 +202,22 @@ async fn run(
     let wants_revoke = args.scenarios.iter().any(|s| s == "revoke");
     let revocable = if wants_revoke { args.revocable } else { 0 };
     eprintln!(
-        "seeding {} refresh tokens over {} users, and {revocable} revocable users ...",
-        args.tokens, args.users
+        "seeding {} refresh tokens (scope \"{}\") over {} users, and {revocable} revocable users ...",
+        args.tokens, args.token_scope, args.users
     );
     let target = match postgres_url {
         Some(url) => seed::Target::Postgres(url.to_owned()),
         None => seed::Target::Sqlite(work_dir.join(prismd::store::DATABASE_FILE)),
     };
     let seeded_at = Instant::now();
-    let seeded = seed::seed(&target, args.users, args.tokens, revocable).await?;
+    let seeded = seed::seed(
+        &target,
+        args.users,
+        args.tokens,
+        revocable,
+        &args.token_scope,
+    )
+    .await?;
     eprintln!("seeded in {:.1} s", seeded_at.elapsed().as_secs_f64());
     let active = active_tokens(&seeded.shared, args.active);
     let access_tokens = fetch_access_tokens(
@@ -490,6 +506,12 @@ async fn fetch_access_tokens(
             bail!("seeded token did not refresh: {status}");
         }
         let json: serde_json::Value = serde_json::from_slice(&body)?;
+        if out.is_empty() {
+            eprintln!(
+                "the exchange grants the scope \"{}\"",
+                json["scope"].as_str().unwrap_or_default()
+            );
+        }
         out.push(
             json["access_token"]
                 .as_str()

@@ -3,9 +3,15 @@
 //! multi-row statements, so that a million tokens take seconds rather than the hour a million
 //! single-token transactions would. The rows are the ones `prismd` itself writes (see its
 //! migrations); only the SHA-256 of each secret is stored, as prismd does.
+//!
+//! The tokens carry the `scope` given (`--token-scope`); organization-defined scopes it names
+//! (`deploy:prod`) are declared in the organization and granted to the seeded users' role, as
+//! `createScope` and `grantScope` would, so that the exchange grants them.
 
 use anyhow::Context;
 use prism_proto::token_format::{self, SecretKind};
+use prismd::domain::scopes::{self, ApiScope};
+use prismd::store::Grantee;
 use sha2::{Digest, Sha256};
 use sqlx::Connection as _;
 
@@ -132,19 +138,79 @@ impl Db {
     }
 }
 
-/// Seeds `users` users sharing `tokens` tokens, and `revocable` users with one token each.
+/// The role of every seeded user.
+const ROLE: &str = "integrator";
+
+/// The organization-defined scopes `scope` names (API scope names that are not built-in), each
+/// once; an error for a name prismd would refuse to declare.
+pub fn org_scopes(scope: &str) -> anyhow::Result<Vec<String>> {
+    let mut names: Vec<String> = Vec::new();
+    for name in scope.split_whitespace() {
+        if !scopes::is_api_scope_name(name) || ApiScope::parse(name).is_some() {
+            continue;
+        }
+        let name = scopes::check_org_scope_name(name)
+            .map_err(|err| anyhow::anyhow!("--token-scope: {err}"))?;
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// Seeds `users` users sharing `tokens` tokens, and `revocable` users with one token each;
+/// every token has the scope `token_scope`.
 pub async fn seed(
     target: &Target,
     users: usize,
     tokens: usize,
     revocable: usize,
+    token_scope: &str,
 ) -> anyhow::Result<Seeded> {
+    let own_scopes = org_scopes(token_scope)?;
     let mut db = Db::open(target).await?;
     let org = db.default_org().await?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis();
     let now = i64::try_from(now)?;
+    if !own_scopes.is_empty() {
+        let scope_rows = own_scopes
+            .iter()
+            .map(|name| {
+                vec![
+                    Value::Text(org.clone()),
+                    Value::Text(name.clone()),
+                    Value::Text("seeded by prism-bench".into()),
+                    Value::Int(now),
+                ]
+            })
+            .collect();
+        db.insert(
+            "org_scopes (org_id, name, description, created_at)",
+            4,
+            scope_rows,
+        )
+        .await?;
+        let grantee = Grantee::Role(ROLE.to_owned()).key();
+        let grant_rows = own_scopes
+            .iter()
+            .map(|name| {
+                vec![
+                    Value::Text(org.clone()),
+                    Value::Text(name.clone()),
+                    Value::Text(grantee.clone()),
+                    Value::Int(now),
+                ]
+            })
+            .collect();
+        db.insert(
+            "scope_grants (org_id, scope, grantee, created_at)",
+            4,
+            grant_rows,
+        )
+        .await?;
+    }
     let user_ids: Vec<String> = (0..users.max(1) + revocable)
         .map(|_| uuid::Uuid::new_v4().to_string())
         .collect();
@@ -181,7 +247,7 @@ pub async fn seed(
                 Value::Text(org.clone()),
                 Value::Text(format!("bench{n}@example.com")),
                 Value::Text(format!("Bench {n}")),
-                Value::Text("integrator".into()),
+                Value::Text(ROLE.into()),
                 Value::Int(now),
                 Value::Int(now),
                 Value::Text(identity_id.clone()),
@@ -211,7 +277,7 @@ pub async fn seed(
             Value::Text(user_id.clone()),
             Value::Int(0),
             Value::Text("prism-cli".into()),
-            Value::Text("openid profile email offline_access".into()),
+            Value::Text(token_scope.to_owned()),
             Value::Int(now),
         ]);
         secrets.push(secret);
