@@ -6,6 +6,7 @@
 //! `/oauth/token` and `/api` go through here; browser login and the device grant add their
 //! methods in `login` and `device`.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -369,12 +370,32 @@ impl AuthService {
             }
         };
         let role = Role::from_key(&grant.role);
-        let held = self
-            .held_scopes(&grant.org_id, role, &grant.user_id, &wanted)
-            .await?;
+        let by_role = scopes::role_scopes(role);
+        // A restricted token's grant carries them; an unrestricted one asking for one of the
+        // organization's own scopes (rare) reads them.
+        let read_now;
+        let org_scopes: BTreeSet<&str> = match grant.held_org_scopes.as_deref() {
+            Some(held) => held.split_whitespace().collect(),
+            None if wanted.iter().any(|name| ApiScope::parse(name).is_none()) => {
+                read_now = super::service_accounts::held_scopes(
+                    self.store(),
+                    &grant.org_id,
+                    role,
+                    &grant.user_id,
+                    &wanted,
+                )
+                .await?;
+                read_now.iter().map(String::as_str).collect()
+            }
+            None => BTreeSet::new(),
+        };
+        let held = |name: &String| match ApiScope::parse(name) {
+            Some(scope) => by_role.contains(scope),
+            None => org_scopes.contains(name.as_str()),
+        };
         if TokenScopes::parse(&grant.scope) == TokenScopes::Unrestricted {
             // Narrowing an unrestricted token: every scope asked for must be held now.
-            if let Some(missing) = wanted.iter().find(|name| !held.contains(*name)) {
+            if let Some(missing) = wanted.iter().find(|name| !held(name)) {
                 return Err(DomainError::InvalidScope(format!(
                     "the token's principal (role {role}) does not hold the scope {missing}"
                 )));
@@ -382,7 +403,7 @@ impl AuthService {
         }
         let granted: Vec<&str> = wanted
             .iter()
-            .filter(|name| held.contains(*name))
+            .filter(|name| held(name))
             .map(String::as_str)
             .collect();
         if granted.is_empty() {
@@ -396,18 +417,6 @@ impl AuthService {
             )));
         }
         Ok(Some(granted.join(" ")))
-    }
-
-    /// Which of `names` the principal `user_id` (with `role`) may hold now: built-in scopes
-    /// by role, the organization's own by their grants (read only when one is asked for).
-    pub(super) async fn held_scopes(
-        &self,
-        org_id: &str,
-        role: Role,
-        user_id: &str,
-        names: &std::collections::BTreeSet<String>,
-    ) -> Result<std::collections::BTreeSet<String>, DomainError> {
-        super::service_accounts::held_scopes(self.store(), org_id, role, user_id, names).await
     }
 
     /// A refresh with `tenant_id` naming another organization of the token's identity: the

@@ -430,6 +430,11 @@ pub struct RefreshGrant {
     pub role: String,
     /// When the token stops working (ms); `None`: never.
     pub token_expires_at: Option<i64>,
+    /// For a restricted token (its scope names an API scope), the organization's own scopes
+    /// its user may hold now, space-separated: read in the same look-up, so a restricted
+    /// exchange reads nothing more, and cached with the grant (a change of grants is audited
+    /// about no one user, which drops every cached grant). `None` for an unrestricted token.
+    pub held_org_scopes: Option<String>,
 }
 
 /// Decides whether presenting a refresh token with this grant revokes all of its user's

@@ -230,6 +230,7 @@ pub(super) fn refresh_grant(row: &Row<'_>) -> rusqlite::Result<RefreshGrant> {
         },
         role: row.get(14)?,
         token_expires_at: row.get(15)?,
+        held_org_scopes: row.get(16)?,
     })
 }
 
@@ -294,7 +295,7 @@ mod tests {
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
     /// [`REFRESH_GRANT_SQL`]'s columns, in order.
-    const GRANT_COLUMNS: [&str; 16] = [
+    const GRANT_COLUMNS: [&str; 17] = [
         "token_id",
         "token_epoch",
         "token_revoked_at",
@@ -311,6 +312,7 @@ mod tests {
         "max_age_secs",
         "role",
         "token_expires_at",
+        "held_org_scopes",
     ];
 
     /// [`PRINCIPAL_SQL`]'s columns, in order.
