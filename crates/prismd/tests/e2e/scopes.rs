@@ -171,7 +171,7 @@ pub async fn exchange(server: &Server, token: &str, scope: Option<&str>) -> Res<
 }
 
 /// The answer to a refused exchange, failing unless it is 400 `error`.
-fn expect_error(answer: &(u16, Value), error: &str, what: &str) {
+pub fn expect_error(answer: &(u16, Value), error: &str, what: &str) {
     assert_eq!(
         (answer.0, answer.1["error"].as_str()),
         (400, Some(error)),
@@ -203,6 +203,67 @@ async fn query_lacks(server: &Server, access: &str, query: &str, scope: &str) ->
 async fn query_works(server: &Server, access: &str, query: &str) -> Res<bool> {
     let body = call(server, access, query, json!({})).await?;
     Ok(!has_errors(&body) && body["data"].is_object())
+}
+
+/// Adds a member with the operator command; their id.
+pub fn add_member(data: &Path, email: &str, role: &str) -> Res<String> {
+    admin_ok(data, &["users", "add", "--email", email, "--role", role])
+}
+
+/// A named token of `email`, minted by the operator command.
+pub fn named_token(data: &Path, email: &str, name: &str) -> Res<String> {
+    admin_ok(
+        data,
+        &["tokens", "create", "--email", email, "--name", name],
+    )
+}
+
+/// An access token of the first Owner.
+pub async fn owner_access(server: &Server, data: &Path) -> Res<String> {
+    exchange(
+        server,
+        &named_token(data, "owner@localhost", "owner")?,
+        None,
+    )
+    .await
+}
+
+/// The id of the role `name` among `roles`.
+pub fn role_of(roles: &BTreeMap<String, String>, name: &str) -> Res<String> {
+    Ok(roles.get(name).ok_or(format!("no role {name}"))?.clone())
+}
+
+/// The id of the role `name`, as `access` reads it.
+pub async fn role_id(server: &Server, access: &str, name: &str) -> Res<String> {
+    role_of(&role_ids(server, access).await?, name)
+}
+
+/// A service account `name` of the role id `role`, created by `access`; its id.
+pub async fn create_sa(server: &Server, access: &str, name: &str, role: &str) -> Res<String> {
+    let payload = must(
+        server,
+        access,
+        CREATE_SA,
+        json!({ "name": name, "role": role }),
+        "createServiceAccount",
+    )
+    .await?;
+    text(&payload["serviceAccount"]["id"])
+}
+
+/// The first error of a refused payload as (field, message).
+pub fn first_error(errors: &[Value]) -> (String, String) {
+    (
+        errors[0]["field"].as_str().unwrap_or("").to_owned(),
+        errors[0]["messages"][0].as_str().unwrap_or("").to_owned(),
+    )
+}
+
+/// Stops `server`, failing if its logs hold an error.
+pub fn stop_clean(server: Server) -> TestResult {
+    let logs = server.stop()?;
+    assert!(!logs.contains("ERROR"), "{logs}");
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -518,21 +579,27 @@ impl World<'_> {
     async fn owner_must(&self, query: &str, variables: Value, field: &str) -> Res<Value> {
         must(self.server, &self.owner, query, variables, field).await
     }
+
+    /// A member `email` of `role`, created by the Owner; their id.
+    async fn create_user(&self, email: &str, role: Role) -> Res<String> {
+        let payload = self
+            .owner_must(
+                CREATE_USER,
+                json!({ "email": email, "role": self.role(role)? }),
+                "createOrganizationUser",
+            )
+            .await?;
+        text(&payload["user"]["id"])
+    }
+
+    /// A service account `name` of `role`, created by the Owner; its id.
+    async fn create_sa(&self, name: &str, role: Role) -> Res<String> {
+        create_sa(self.server, &self.owner, name, self.role(role)?).await
+    }
 }
 
 async fn build_world<'a>(server: &'a Server, data: &'a Path) -> Res<World<'a>> {
-    let owner_token = admin_ok(
-        data,
-        &[
-            "tokens",
-            "create",
-            "--email",
-            "owner@localhost",
-            "--name",
-            "owner",
-        ],
-    )?;
-    let owner = exchange(server, &owner_token, None).await?;
+    let owner = owner_access(server, data).await?;
     let roles = role_ids(server, &owner).await?;
     let first_page = call(
         server,
@@ -560,34 +627,17 @@ async fn build_world<'a>(server: &'a Server, data: &'a Path) -> Res<World<'a>> {
         invitee_id: String::new(),
         bot_id: String::new(),
     };
-    let target = world
-        .owner_must(
-            CREATE_USER,
-            json!({ "email": "target@matrix.test", "role": world.role(Role::Integrator)? }),
-            "createOrganizationUser",
-        )
+    world.target_id = world
+        .create_user("target@matrix.test", Role::Integrator)
         .await?;
-    world.target_id = text(&target["user"]["id"])?;
-    let invitee = world
-        .owner_must(
-            CREATE_USER,
-            json!({ "email": "invitee@matrix.test", "role": world.role(Role::Guest)? }),
-            "createOrganizationUser",
-        )
+    world.invitee_id = world
+        .create_user("invitee@matrix.test", Role::Guest)
         .await?;
-    world.invitee_id = text(&invitee["user"]["id"])?;
-    let bot = world
-        .owner_must(
-            CREATE_SA,
-            json!({ "name": "matrix-bot", "role": world.role(Role::Admin)? }),
-            "createServiceAccount",
-        )
-        .await?;
-    world.bot_id = text(&bot["serviceAccount"]["id"])?;
+    world.bot_id = world.create_sa("matrix-bot", Role::Admin).await?;
     Ok(world)
 }
 
-fn text(value: &Value) -> Res<String> {
+pub fn text(value: &Value) -> Res<String> {
     Ok(value
         .as_str()
         .ok_or_else(|| format!("not a string: {value}"))?
@@ -610,6 +660,19 @@ struct CellState {
     mint_scopes: Value,
 }
 
+/// `prismd tokens create` for `email` of a token `name` restricted to `scopes` (when given).
+fn scoped_token_args<'a>(
+    email: &'a str,
+    name: &'a str,
+    scopes: Option<&[&'a str]>,
+) -> Vec<&'a str> {
+    let mut args = vec!["tokens", "create", "--email", email, "--name", name];
+    for scope in scopes.unwrap_or_default() {
+        args.extend(["--scope", scope]);
+    }
+    args
+}
+
 /// Mints the cell's token for `email` (Owners/Admins may, members within their scopes): by
 /// `createToken` for even cells, by `prismd tokens create --scope` for odd ones.
 async fn mint_cell_token(w: &World<'_>, cell: &Cell, email: &str, base: &str) -> Res<String> {
@@ -630,11 +693,7 @@ async fn mint_cell_token(w: &World<'_>, cell: &Cell, email: &str, base: &str) ->
         assert_eq!(payload["session"]["named"], true, "{payload}");
         text(&payload["token"])
     } else {
-        let mut args = vec!["tokens", "create", "--email", email, "--name", "cell"];
-        for scope in cell.scopes.unwrap_or_default() {
-            args.extend(["--scope", scope]);
-        }
-        admin_ok(w.data, &args)
+        admin_ok(w.data, &scoped_token_args(email, "cell", cell.scopes))
     }
 }
 
@@ -651,18 +710,8 @@ async fn run_cell(w: &World<'_>, cell: &Cell) -> Res<(Vec<String>, bool)> {
     } else {
         Role::Admin
     };
-    let me = w
-        .owner_must(
-            CREATE_USER,
-            json!({ "email": email, "role": w.role(created_as)? }),
-            "createOrganizationUser",
-        )
-        .await?;
-    let my_id = text(&me["user"]["id"])?;
-    let base = admin_ok(
-        w.data,
-        &["tokens", "create", "--email", &email, "--name", "base"],
-    )?;
+    let my_id = w.create_user(&email, created_as).await?;
+    let base = named_token(w.data, &email, "base")?;
     let base_access = exchange(w.server, &base, None).await?;
     let refresh = mint_cell_token(w, cell, &email, &base_access).await?;
     if !cell.mintable() {
@@ -686,10 +735,7 @@ async fn run_cell(w: &World<'_>, cell: &Cell) -> Res<(Vec<String>, bool)> {
                 "{cell}: createToken of scopes the role may not hold: {body}"
             ));
         }
-        let mut args = vec!["tokens", "create", "--email", &email, "--name", "again"];
-        for scope in cell.scopes.unwrap_or_default() {
-            args.extend(["--scope", scope]);
-        }
+        let args = scoped_token_args(&email, "again", cell.scopes);
         if prismd(w.data, &args)?.status.success() {
             mismatches.push(format!(
                 "{cell}: prismd tokens create --scope minted scopes the role may not hold"
@@ -735,20 +781,10 @@ async fn run_cell(w: &World<'_>, cell: &Cell) -> Res<(Vec<String>, bool)> {
     }
 
     // What the destructive operations act on, made by the Owner for this cell alone.
-    let victim = w
-        .owner_must(
-            CREATE_USER,
-            json!({ "email": format!("victim{i}@matrix.test"), "role": w.role(Role::Guest)? }),
-            "createOrganizationUser",
-        )
+    let victim_id = w
+        .create_user(&format!("victim{i}@matrix.test"), Role::Guest)
         .await?;
-    let doomed = w
-        .owner_must(
-            CREATE_SA,
-            json!({ "name": format!("doomed-{i}"), "role": w.role(Role::Guest)? }),
-            "createServiceAccount",
-        )
-        .await?;
+    let doomed_sa = w.create_sa(&format!("doomed-{i}"), Role::Guest).await?;
     let [doomed_scope, grantable_scope, granted_scope] =
         ["doomed", "grantable", "granted"].map(|kind| format!("{kind}{i}:x"));
     for scope in [&doomed_scope, &grantable_scope, &granted_scope] {
@@ -774,8 +810,8 @@ async fn run_cell(w: &World<'_>, cell: &Cell) -> Res<(Vec<String>, bool)> {
         refresh,
         my_id,
         spare_session: text(&spare["session"]["id"])?,
-        victim_id: text(&victim["user"]["id"])?,
-        doomed_sa: text(&doomed["serviceAccount"]["id"])?,
+        victim_id,
+        doomed_sa,
         doomed_scope,
         grantable_scope,
         granted_scope,
@@ -848,26 +884,37 @@ async fn run_cell(w: &World<'_>, cell: &Cell) -> Res<(Vec<String>, bool)> {
 async fn run_op(w: &World<'_>, cell: &Cell, s: &CellState, op: Op) -> Res<Outcome> {
     let i = cell.index;
     let q = |query: &'static str, variables: Value| call(w.server, &s.access, query, variables);
+    // A query without variables, and what it reads (a JSON pointer into its answer).
+    let read = async |query: &'static str, pointer: &str| -> Res<Outcome> {
+        let body = q(query, json!({})).await?;
+        Ok(query_outcome(
+            &body,
+            body.pointer(pointer).unwrap_or(&Value::Null),
+        ))
+    };
+    // A mutation, its payload's `field` and the `object` it sets.
+    let mutate =
+        async |query: &'static str, variables: Value, field: &str, object: &str| -> Res<Outcome> {
+            let body = q(query, variables).await?;
+            Ok(mutation_outcome(&body, field, object))
+        };
     Ok(match op {
-        Op::Me => {
-            let body = q("{ authenticatedUser { id name email } }", json!({})).await?;
-            query_outcome(&body, &body["data"]["authenticatedUser"]["id"])
-        }
+        Op::Me => read("{ authenticatedUser { id name email } }", "/data/authenticatedUser/id").await?,
         Op::Tenants => {
-            let body = q("{ listUserTenants { nodes { tenantId } } }", json!({})).await?;
-            query_outcome(
-                &body,
-                &body["data"]["listUserTenants"]["nodes"][0]["tenantId"],
+            read(
+                "{ listUserTenants { nodes { tenantId } } }",
+                "/data/listUserTenants/nodes/0/tenantId",
             )
+            .await?
         }
         Op::OrgBasics => {
-            let body = q("{ organization { id name tenantId } }", json!({})).await?;
-            query_outcome(&body, &body["data"]["organization"]["tenantId"])
+            read(
+                "{ organization { id name tenantId } }",
+                "/data/organization/tenantId",
+            )
+            .await?
         }
-        Op::Roles => {
-            let body = q(ROLES, json!({})).await?;
-            query_outcome(&body, &body["data"]["organizationRoles"][4]["id"])
-        }
+        Op::Roles => read(ROLES, "/data/organizationRoles/4/id").await?,
         Op::Scopes => {
             let body = q("{ scopes { name builtIn } }", json!({})).await?;
             let outcome = query_outcome(&body, &body["data"]["scopes"]);
@@ -887,40 +934,31 @@ async fn run_op(w: &World<'_>, cell: &Cell, s: &CellState, op: Op) -> Res<Outcom
             }
             outcome
         }
-        Op::Users => {
-            let body = q(USERS, json!({})).await?;
-            query_outcome(
-                &body,
-                &body["data"]["organization"]["users"]["nodes"][0]["id"],
-            )
-        }
+        Op::Users => read(USERS, "/data/organization/users/nodes/0/id").await?,
         Op::ServiceAccounts => {
-            let body = q("{ serviceAccounts { id name } }", json!({})).await?;
-            query_outcome(&body, &body["data"]["serviceAccounts"][0]["id"])
+            read("{ serviceAccounts { id name } }", "/data/serviceAccounts/0/id").await?
         }
         Op::SessionPolicy => {
-            let body = q(
+            read(
                 "{ organization { sessionPolicy { idleExpiryDays maxAgeDays } } }",
-                json!({}),
+                "/data/organization/sessionPolicy",
             )
-            .await?;
-            query_outcome(&body, &body["data"]["organization"]["sessionPolicy"])
+            .await?
         }
         Op::TokenPolicy => {
-            let body = q(
+            read(
                 "{ organization { tokenPolicy { maxLifetimeDays } } }",
-                json!({}),
+                "/data/organization/tokenPolicy",
             )
-            .await?;
-            query_outcome(&body, &body["data"]["organization"]["tokenPolicy"])
+            .await?
         }
-        Op::AuditEvents => {
-            let body = q(AUDIT, json!({})).await?;
-            query_outcome(&body, &body["data"]["auditEvents"]["nodes"])
-        }
+        Op::AuditEvents => read(AUDIT, "/data/auditEvents/nodes").await?,
         Op::MySessions => {
-            let body = q("{ authenticatedUser { sessions { id } } }", json!({})).await?;
-            query_outcome(&body, &body["data"]["authenticatedUser"]["sessions"])
+            read(
+                "{ authenticatedUser { sessions { id } } }",
+                "/data/authenticatedUser/sessions",
+            )
+            .await?
         }
         Op::MemberSessions => {
             let body = q(
@@ -944,132 +982,97 @@ async fn run_op(w: &World<'_>, cell: &Cell, s: &CellState, op: Op) -> Res<Outcom
             query_outcome(&body, &bot["tokens"])
         }
         Op::CreateUser => {
-            let body = q(
-                CREATE_USER,
-                json!({ "email": format!("made{i}@matrix.test"), "role": w.role(Role::Guest)? }),
-            )
-            .await?;
-            mutation_outcome(&body, "createOrganizationUser", "user")
+            let email = format!("made{i}@matrix.test");
+            let variables = json!({ "email": email, "role": w.role(Role::Guest)? });
+            mutate(CREATE_USER, variables, "createOrganizationUser", "user").await?
         }
         Op::DeleteUser => {
-            let body = q(DELETE_USER, json!({ "id": s.victim_id })).await?;
-            mutation_outcome(&body, "deleteUser", "user")
+            let variables = json!({ "id": s.victim_id });
+            mutate(DELETE_USER, variables, "deleteUser", "user").await?
         }
         Op::UpdateMyProfile => {
-            let body = q(
-                UPDATE_NAME,
-                json!({ "id": s.my_id, "name": format!("Cell {i}") }),
-            )
-            .await?;
-            mutation_outcome(&body, "updateUser", "user")
+            let variables = json!({ "id": s.my_id, "name": format!("Cell {i}") });
+            mutate(UPDATE_NAME, variables, "updateUser", "user").await?
         }
         Op::UpdateOther => {
-            let body = q(
-                UPDATE_NAME,
-                json!({ "id": w.target_id, "name": format!("Target {i}") }),
-            )
-            .await?;
-            mutation_outcome(&body, "updateUser", "user")
+            let variables = json!({ "id": w.target_id, "name": format!("Target {i}") });
+            mutate(UPDATE_NAME, variables, "updateUser", "user").await?
         }
         Op::UpdateOthersRole => {
-            let body = q(
-                SET_ROLE,
-                json!({ "id": w.target_id, "role": w.role(Role::Integrator)? }),
-            )
-            .await?;
-            mutation_outcome(&body, "updateUser", "user")
+            let variables = json!({ "id": w.target_id, "role": w.role(Role::Integrator)? });
+            mutate(SET_ROLE, variables, "updateUser", "user").await?
         }
         Op::Invite => {
-            let body = q(INVITE, json!({ "id": w.invitee_id })).await?;
-            mutation_outcome(&body, "createUserInvitation", "url")
+            let variables = json!({ "id": w.invitee_id });
+            mutate(INVITE, variables, "createUserInvitation", "url").await?
         }
         Op::CreateServiceAccount => {
-            let body = q(
-                CREATE_SA,
-                json!({ "name": format!("made-{i}"), "role": w.role(Role::Guest)? }),
-            )
-            .await?;
-            mutation_outcome(&body, "createServiceAccount", "serviceAccount")
+            let variables = json!({ "name": format!("made-{i}"), "role": w.role(Role::Guest)? });
+            mutate(CREATE_SA, variables, "createServiceAccount", "serviceAccount").await?
         }
         Op::UpdateServiceAccount => {
-            let body = q(
-                UPDATE_SA_DESCRIPTION,
-                json!({ "id": w.bot_id, "description": format!("touched by cell {i}") }),
-            )
-            .await?;
-            mutation_outcome(&body, "updateServiceAccount", "serviceAccount")
+            let description = format!("touched by cell {i}");
+            let variables = json!({ "id": w.bot_id, "description": description });
+            mutate(UPDATE_SA_DESCRIPTION, variables, "updateServiceAccount", "serviceAccount").await?
         }
         Op::DeleteServiceAccount => {
-            let body = q(DELETE_SA, json!({ "id": s.doomed_sa })).await?;
-            mutation_outcome(&body, "deleteServiceAccount", "serviceAccount")
+            let variables = json!({ "id": s.doomed_sa });
+            mutate(DELETE_SA, variables, "deleteServiceAccount", "serviceAccount").await?
         }
         Op::RevokeMySession => {
-            let body = q(REVOKE_SESSION, json!({ "id": s.spare_session })).await?;
-            mutation_outcome(&body, "revokeSession", "session")
+            let variables = json!({ "id": s.spare_session });
+            mutate(REVOKE_SESSION, variables, "revokeSession", "session").await?
         }
         Op::RevokeAllOfMember => {
-            let body = q(REVOKE_ALL, json!({ "userId": w.target_id })).await?;
-            mutation_outcome(&body, "revokeAllSessions", "user")
+            let variables = json!({ "userId": w.target_id });
+            mutate(REVOKE_ALL, variables, "revokeAllSessions", "user").await?
         }
         Op::UpdateSessionPolicy => {
-            let body = q(
+            mutate(
                 "mutation { updateSessionPolicy(input: {idleExpiryDays: null, maxAgeDays: null}) { sessionPolicy { maxAgeDays } errors { field messages } } }",
                 json!({}),
+                "updateSessionPolicy",
+                "sessionPolicy",
             )
-            .await?;
-            mutation_outcome(&body, "updateSessionPolicy", "sessionPolicy")
+            .await?
         }
         Op::UpdateTokenPolicy => {
-            let body = q(
+            mutate(
                 "mutation { updateTokenPolicy(input: {maxLifetimeDays: null}) { tokenPolicy { maxLifetimeDays } errors { field messages } } }",
                 json!({}),
+                "updateTokenPolicy",
+                "tokenPolicy",
             )
-            .await?;
-            mutation_outcome(&body, "updateTokenPolicy", "tokenPolicy")
+            .await?
         }
         Op::CreateScope => {
-            let body = q(CREATE_SCOPE, json!({ "name": format!("made{i}:x") })).await?;
-            mutation_outcome(&body, "createScope", "scope")
+            let variables = json!({ "name": format!("made{i}:x") });
+            mutate(CREATE_SCOPE, variables, "createScope", "scope").await?
         }
         Op::DeleteScope => {
-            let body = q(DELETE_SCOPE, json!({ "name": s.doomed_scope })).await?;
-            mutation_outcome(&body, "deleteScope", "scope")
+            let variables = json!({ "name": s.doomed_scope });
+            mutate(DELETE_SCOPE, variables, "deleteScope", "scope").await?
         }
         Op::GrantScope => {
-            let body = q(
-                GRANT_TO_ROLE,
-                json!({ "scope": s.grantable_scope, "role": w.role(Role::Guest)? }),
-            )
-            .await?;
-            mutation_outcome(&body, "grantScope", "scope")
+            let variables = json!({ "scope": s.grantable_scope, "role": w.role(Role::Guest)? });
+            mutate(GRANT_TO_ROLE, variables, "grantScope", "scope").await?
         }
         Op::RevokeScope => {
-            let body = q(
-                REVOKE_FROM_ROLE,
-                json!({ "scope": s.granted_scope, "role": w.role(Role::Guest)? }),
-            )
-            .await?;
-            mutation_outcome(&body, "revokeScope", "scope")
+            let variables = json!({ "scope": s.granted_scope, "role": w.role(Role::Guest)? });
+            mutate(REVOKE_FROM_ROLE, variables, "revokeScope", "scope").await?
         }
         Op::CreateMyToken => {
-            let body = q(
-                CREATE_TOKEN,
-                json!({ "name": "made", "scopes": s.mint_scopes }),
-            )
-            .await?;
-            mutation_outcome(&body, "createToken", "token")
+            let variables = json!({ "name": "made", "scopes": s.mint_scopes });
+            mutate(CREATE_TOKEN, variables, "createToken", "token").await?
         }
         Op::CreateServiceAccountToken => {
-            let body = q(
-                CREATE_TOKEN,
-                json!({ "name": format!("cell-{i}"), "scopes": s.mint_scopes, "sa": w.bot_id }),
-            )
-            .await?;
-            mutation_outcome(&body, "createToken", "token")
+            let name = format!("cell-{i}");
+            let variables = json!({ "name": name, "scopes": s.mint_scopes, "sa": w.bot_id });
+            mutate(CREATE_TOKEN, variables, "createToken", "token").await?
         }
         Op::RevokeAllMine => {
-            let body = q(REVOKE_ALL, json!({ "userId": null })).await?;
-            mutation_outcome(&body, "revokeAllSessions", "user")
+            let variables = json!({ "userId": null });
+            mutate(REVOKE_ALL, variables, "revokeAllSessions", "user").await?
         }
     })
 }
@@ -1119,16 +1122,14 @@ async fn every_operation_for_every_role_and_token_scope_set() -> TestResult {
         mismatches.join("\n")
     );
     assert_eq!(ran, runnable, "cells that ran every operation");
-    let logs = server.stop()?;
-    assert!(!logs.contains("ERROR"), "{logs}");
-    Ok(())
+    stop_clean(server)
 }
 
 // ---------------------------------------------------------------------------------------------
 // The `scope` parameter of the exchange.
 
 /// A refresh at `endpoint` (`/auth/refresh` or `/oauth/token`) with `scope` when given.
-async fn swap_at(
+pub async fn swap_at(
     server: &Server,
     endpoint: &str,
     token: &str,
@@ -1154,18 +1155,8 @@ async fn create_guest(server: &Server, access: &str, guest: &str) -> Res<Value> 
 
 /// Adds a member with the operator command and mints an unrestricted named token for them.
 fn member_token(data: &Path, email: &str, role: &str) -> Res<String> {
-    admin_ok(data, &["users", "add", "--email", email, "--role", role])?;
-    admin_ok(
-        data,
-        &[
-            "tokens",
-            "create",
-            "--email",
-            email,
-            "--name",
-            "unrestricted",
-        ],
-    )
+    add_member(data, email, role)?;
+    named_token(data, email, "unrestricted")
 }
 
 #[tokio::test]
@@ -1177,24 +1168,13 @@ async fn the_scope_parameter_narrows_the_exchange_and_is_checked() -> TestResult
     let member = member_token(data, "ian@scopes.test", "Integrator")?;
     let restricted = admin_ok(
         data,
-        &[
-            "tokens",
-            "create",
-            "--email",
+        &scoped_token_args(
             "ada@scopes.test",
-            "--name",
             "restricted",
-            "--scope",
-            "users:read",
-            "--scope",
-            "users:write",
-        ],
+            Some(&["users:read", "users:write"]),
+        ),
     )?;
-    let guest_role = role_ids(&server, &exchange(&server, &admin, None).await?)
-        .await?
-        .get("Guest")
-        .cloned()
-        .ok_or("no Guest role")?;
+    let guest_role = role_id(&server, &exchange(&server, &admin, None).await?, "Guest").await?;
     let create_user = async |access: &str| create_guest(&server, access, &guest_role).await;
 
     // Both endpoints narrow the same way.
@@ -1316,9 +1296,7 @@ async fn the_scope_parameter_narrows_the_exchange_and_is_checked() -> TestResult
             &format!("{endpoint}: unknown scope"),
         );
     }
-    let logs = server.stop()?;
-    assert!(!logs.contains("ERROR"), "{logs}");
-    Ok(())
+    stop_clean(server)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1329,39 +1307,45 @@ async fn organization_scopes_are_declared_granted_minted_and_revoked() -> TestRe
     let dir = temp_dir()?;
     let data = dir.path();
     let server = Server::start(data)?;
-    let owner = exchange(
-        &server,
-        &admin_ok(
-            data,
-            &[
-                "tokens",
-                "create",
-                "--email",
-                "owner@localhost",
-                "--name",
-                "o",
-            ],
-        )?,
-        None,
-    )
-    .await?;
-    let admin = exchange(
-        &server,
-        &member_token(data, "ada@scopes.test", "Admin")?,
-        None,
-    )
-    .await?;
-    let ian_token = member_token(data, "ian@scopes.test", "Integrator")?;
-    let ian = exchange(&server, &ian_token, None).await?;
-    let gus_token = member_token(data, "gus@scopes.test", "Guest")?;
-    let gus = exchange(&server, &gus_token, None).await?;
+    let owner = owner_access(&server, data).await?;
+    let member_access = async |email: &str, role: &str| -> Res<(String, String)> {
+        let token = member_token(data, email, role)?;
+        let access = exchange(&server, &token, None).await?;
+        Ok((token, access))
+    };
+    let (_, admin) = member_access("ada@scopes.test", "Admin").await?;
+    let (ian_token, ian) = member_access("ian@scopes.test", "Integrator").await?;
+    let (gus_token, gus) = member_access("gus@scopes.test", "Guest").await?;
     let roles = role_ids(&server, &owner).await?;
-    let integrator = roles.get("Integrator").ok_or("no Integrator")?.clone();
-    let guest = roles.get("Guest").ok_or("no Guest")?.clone();
+    let integrator = role_of(&roles, "Integrator")?;
+    let guest = role_of(&roles, "Guest")?;
+    // Scope mutations, all of whose payloads hold a `scope`.
+    let scope_must = async |access: &str, query: &str, variables: Value, field: &str| {
+        must(&server, access, query, variables, field).await
+    };
+    let scope_refused = async |access: &str, query: &str, variables: Value, field: &str| {
+        refused(&server, access, query, variables, field, "scope").await
+    };
+    let find = |all: &[Value], name: &str| all.iter().find(|s| s["name"] == name).cloned();
+    // The scope `name` as `access` lists it, if listed.
+    let listed_scope = async |access: &str, name: &str| -> Res<Option<Value>> {
+        let listed = call(&server, access, SCOPES, json!({})).await?;
+        Ok(find(
+            listed["data"]["scopes"].as_array().ok_or("no scopes")?,
+            name,
+        ))
+    };
+    // The `scope` claim of an exchange of `token`.
+    let claim_of =
+        async |token: &str| -> Res<String> { claim_scope(&exchange(&server, token, None).await?) };
+    let refused_as_invalid_scope = async |token: &str, what: &str| -> TestResult {
+        let answer = refresh_with_scope(&server, token, None).await?;
+        expect_error(&answer, "invalid_scope", what);
+        Ok(())
+    };
 
     // Declared by an Admin; listed for anyone (no scope needed) beside the built-ins.
-    let payload = must(
-        &server,
+    let payload = scope_must(
         &admin,
         CREATE_SCOPE,
         json!({ "name": "deploy:prod", "description": "Deploy to production" }),
@@ -1377,7 +1361,6 @@ async fn organization_scopes_are_declared_granted_minted_and_revoked() -> TestRe
         .as_array()
         .ok_or_else(|| format!("no scopes: {listed}"))?
         .clone();
-    let find = |all: &[Value], name: &str| all.iter().find(|s| s["name"] == name).cloned();
     for name in BUILT_IN {
         let scope = find(&all, name).ok_or_else(|| format!("{name} not listed: {listed}"))?;
         assert_eq!(scope["builtIn"], true, "{scope}");
@@ -1404,53 +1387,28 @@ async fn organization_scopes_are_declared_granted_minted_and_revoked() -> TestRe
         "deploy:prod",
         "",
     ] {
-        refused(
-            &server,
-            &admin,
-            CREATE_SCOPE,
-            json!({ "name": bad }),
-            "createScope",
-            "scope",
-        )
-        .await
-        .map_err(|err| format!("name {bad:?}: {err}"))?;
+        scope_refused(&admin, CREATE_SCOPE, json!({ "name": bad }), "createScope")
+            .await
+            .map_err(|err| format!("name {bad:?}: {err}"))?;
     }
     for good in [longest.as_str(), "a-b_c.d:e-f_g.h", "x9:0"] {
-        must(
-            &server,
-            &admin,
-            CREATE_SCOPE,
-            json!({ "name": good }),
-            "createScope",
-        )
-        .await?;
+        scope_must(&admin, CREATE_SCOPE, json!({ "name": good }), "createScope").await?;
     }
-    let errors = refused(
-        &server,
+    let errors = scope_refused(
         &ian,
         CREATE_SCOPE,
         json!({ "name": "ian:own" }),
         "createScope",
-        "scope",
     )
     .await?;
     assert_eq!(errors[0]["field"], "__all__", "{errors:?}");
 
     // Granted to the Integrator role: an Integrator mints it and it travels in the claim.
-    must(
-        &server,
-        &admin,
-        GRANT_TO_ROLE,
-        json!({ "scope": "deploy:prod", "role": integrator }),
-        "grantScope",
-    )
-    .await?;
-    let listed = call(&server, &gus, SCOPES, json!({})).await?;
-    let deploy = find(
-        listed["data"]["scopes"].as_array().ok_or("no scopes")?,
-        "deploy:prod",
-    )
-    .ok_or("deploy:prod not listed")?;
+    let to_integrators = json!({ "scope": "deploy:prod", "role": integrator });
+    scope_must(&admin, GRANT_TO_ROLE, to_integrators.clone(), "grantScope").await?;
+    let deploy = listed_scope(&gus, "deploy:prod")
+        .await?
+        .ok_or("deploy:prod not listed")?;
     assert_eq!(deploy["roles"], json!([{ "name": "Integrator" }]));
     let mint = async |access: &str, name: &str, scopes: Value, sa: Option<&str>| -> Res<Value> {
         call(
@@ -1491,10 +1449,7 @@ async fn organization_scopes_are_declared_granted_minted_and_revoked() -> TestRe
     assert!(query_works(&server, &both, USERS).await?);
     // Unrestricted tokens keep today's claim; narrowing one to the scope works for those who
     // may hold it, and not for the others.
-    assert_eq!(
-        claim_scope(&exchange(&server, &ian_token, None).await?)?,
-        OIDC
-    );
+    assert_eq!(claim_of(&ian_token).await?, OIDC);
     let narrowed = exchange(&server, &ian_token, Some("deploy:prod")).await?;
     assert_eq!(claim_scope(&narrowed)?, "deploy:prod");
     expect_error(
@@ -1510,16 +1465,7 @@ async fn organization_scopes_are_declared_granted_minted_and_revoked() -> TestRe
     );
     let out = prismd(
         data,
-        &[
-            "tokens",
-            "create",
-            "--email",
-            "gus@scopes.test",
-            "--name",
-            "deploy",
-            "--scope",
-            "deploy:prod",
-        ],
+        &scoped_token_args("gus@scopes.test", "deploy", Some(&["deploy:prod"])),
     )?;
     assert!(
         !out.status.success(),
@@ -1538,38 +1484,13 @@ async fn organization_scopes_are_declared_granted_minted_and_revoked() -> TestRe
     scopes_error(&mint(&ian, "empty", json!([]), None).await?, "scopes: []");
 
     // Granted to a service account (role Guest) directly.
-    let deployer = must(
-        &server,
-        &owner,
-        CREATE_SA,
-        json!({ "name": "deployer", "role": guest }),
-        "createServiceAccount",
-    )
-    .await?;
-    let deployer_id = text(&deployer["serviceAccount"]["id"])?;
-    let other = must(
-        &server,
-        &owner,
-        CREATE_SA,
-        json!({ "name": "other", "role": guest }),
-        "createServiceAccount",
-    )
-    .await?;
-    let other_id = text(&other["serviceAccount"]["id"])?;
-    must(
-        &server,
-        &admin,
-        GRANT_TO_SA,
-        json!({ "scope": "deploy:prod", "sa": deployer_id }),
-        "grantScope",
-    )
-    .await?;
-    let listed = call(&server, &owner, SCOPES, json!({})).await?;
-    let deploy = find(
-        listed["data"]["scopes"].as_array().ok_or("no scopes")?,
-        "deploy:prod",
-    )
-    .ok_or("deploy:prod not listed")?;
+    let deployer_id = create_sa(&server, &owner, "deployer", &guest).await?;
+    let other_id = create_sa(&server, &owner, "other", &guest).await?;
+    let to_deployer = json!({ "scope": "deploy:prod", "sa": deployer_id });
+    scope_must(&admin, GRANT_TO_SA, to_deployer.clone(), "grantScope").await?;
+    let deploy = listed_scope(&owner, "deploy:prod")
+        .await?
+        .ok_or("deploy:prod not listed")?;
     assert_eq!(
         deploy["serviceAccounts"],
         json!([{ "id": deployer_id, "name": "deployer" }])
@@ -1611,13 +1532,10 @@ async fn organization_scopes_are_declared_granted_minted_and_revoked() -> TestRe
         .await?,
     )?;
     assert_eq!(
-        scope_set(&claim_scope(&exchange(&server, &sa_both, None).await?)?),
+        scope_set(&claim_of(&sa_both).await?),
         scope_set("deploy:prod users:read")
     );
-    assert_eq!(
-        claim_scope(&exchange(&server, &sa_only, None).await?)?,
-        "deploy:prod"
-    );
+    assert_eq!(claim_of(&sa_only).await?, "deploy:prod");
     // Another service account of the same role, without the grant, may not hold it; nor may a
     // member's grant reach a service account of another role.
     scopes_error(
@@ -1627,188 +1545,85 @@ async fn organization_scopes_are_declared_granted_minted_and_revoked() -> TestRe
 
     // Revoking the grant: the next exchange drops the scope, or refuses a token that had
     // only it; minting it stops.
-    must(
-        &server,
+    scope_must(
         &admin,
         REVOKE_FROM_ROLE,
-        json!({ "scope": "deploy:prod", "role": integrator }),
+        to_integrators.clone(),
         "revokeScope",
     )
     .await?;
-    expect_error(
-        &refresh_with_scope(&server, &ian_deploy, None).await?,
-        "invalid_scope",
-        "a token whose only scope was revoked",
-    );
+    refused_as_invalid_scope(&ian_deploy, "a token whose only scope was revoked").await?;
     expect_error(
         &oauth_refresh(&server, &ian_deploy, None).await?,
         "invalid_scope",
         "a token whose only scope was revoked (/oauth/token)",
     );
-    assert_eq!(
-        claim_scope(&exchange(&server, &ian_both, None).await?)?,
-        "users:read"
-    );
+    assert_eq!(claim_of(&ian_both).await?, "users:read");
     scopes_error(
         &mint(&ian, "again", json!(["deploy:prod"]), None).await?,
         "minting a revoked scope",
     );
     // The service account keeps its own grant.
     assert_eq!(
-        scope_set(&claim_scope(&exchange(&server, &sa_both, None).await?)?),
+        scope_set(&claim_of(&sa_both).await?),
         scope_set("deploy:prod users:read")
     );
-    must(
-        &server,
-        &owner,
-        REVOKE_FROM_SA,
-        json!({ "scope": "deploy:prod", "sa": deployer_id }),
-        "revokeScope",
+    scope_must(&owner, REVOKE_FROM_SA, to_deployer, "revokeScope").await?;
+    assert_eq!(claim_of(&sa_both).await?, "users:read");
+    refused_as_invalid_scope(
+        &sa_only,
+        "a service account token whose only scope was revoked",
     )
     .await?;
-    assert_eq!(
-        claim_scope(&exchange(&server, &sa_both, None).await?)?,
-        "users:read"
-    );
-    expect_error(
-        &refresh_with_scope(&server, &sa_only, None).await?,
-        "invalid_scope",
-        "a service account token whose only scope was revoked",
-    );
     // Granted again, the token that had only it works again: a rule applied on each
     // exchange, not a write.
-    must(
-        &server,
-        &admin,
-        GRANT_TO_ROLE,
-        json!({ "scope": "deploy:prod", "role": integrator }),
-        "grantScope",
-    )
-    .await?;
-    assert_eq!(
-        claim_scope(&exchange(&server, &ian_deploy, None).await?)?,
-        "deploy:prod"
-    );
+    scope_must(&admin, GRANT_TO_ROLE, to_integrators.clone(), "grantScope").await?;
+    assert_eq!(claim_of(&ian_deploy).await?, "deploy:prod");
 
     // Members cannot grant or revoke; grants need exactly one grantee.
-    refused(
-        &server,
-        &ian,
-        GRANT_TO_ROLE,
-        json!({ "scope": "deploy:prod", "role": guest }),
-        "grantScope",
-        "scope",
-    )
-    .await?;
-    refused(
-        &server,
-        &ian,
-        REVOKE_FROM_ROLE,
-        json!({ "scope": "deploy:prod", "role": integrator }),
-        "revokeScope",
-        "scope",
-    )
-    .await?;
-    refused(
-        &server,
+    let to_guests = |scope: &str| json!({ "scope": scope, "role": guest });
+    scope_refused(&ian, GRANT_TO_ROLE, to_guests("deploy:prod"), "grantScope").await?;
+    scope_refused(&ian, REVOKE_FROM_ROLE, to_integrators, "revokeScope").await?;
+    scope_refused(
         &owner,
         "mutation($scope: String!, $role: ID!, $sa: ID!) { grantScope(input: {scope: $scope, role: $role, serviceAccountId: $sa}) { scope { name } errors { field messages } } }",
         json!({ "scope": "deploy:prod", "role": guest, "sa": other_id }),
         "grantScope",
-        "scope",
     )
     .await?;
-    refused(
-        &server,
+    scope_refused(
         &owner,
         "mutation($scope: String!) { grantScope(input: {scope: $scope}) { scope { name } errors { field messages } } }",
         json!({ "scope": "deploy:prod" }),
         "grantScope",
-        "scope",
     )
     .await?;
-    refused(
-        &server,
+    scope_refused(
         &owner,
         GRANT_TO_ROLE,
-        json!({ "scope": "deploy:nothing", "role": guest }),
+        to_guests("deploy:nothing"),
         "grantScope",
-        "scope",
     )
     .await?;
     // Built-ins are not granted: the roles decide them.
-    refused(
-        &server,
-        &owner,
-        GRANT_TO_ROLE,
-        json!({ "scope": "audit:read", "role": guest }),
-        "grantScope",
-        "scope",
-    )
-    .await?;
+    scope_refused(&owner, GRANT_TO_ROLE, to_guests("audit:read"), "grantScope").await?;
 
     // Deleted: gone from the list, dropped from tokens, no longer mintable; built-ins cannot
     // be deleted.
-    refused(
-        &server,
-        &ian,
-        DELETE_SCOPE,
-        json!({ "name": "deploy:prod" }),
-        "deleteScope",
-        "scope",
-    )
-    .await?;
-    refused(
-        &server,
-        &owner,
-        DELETE_SCOPE,
-        json!({ "name": "users:read" }),
-        "deleteScope",
-        "scope",
-    )
-    .await?;
-    must(
-        &server,
-        &admin,
-        DELETE_SCOPE,
-        json!({ "name": "deploy:prod" }),
-        "deleteScope",
-    )
-    .await?;
-    let listed = call(&server, &owner, SCOPES, json!({})).await?;
-    assert!(
-        find(
-            listed["data"]["scopes"].as_array().ok_or("no scopes")?,
-            "deploy:prod"
-        )
-        .is_none(),
-        "{listed}"
-    );
-    assert_eq!(
-        claim_scope(&exchange(&server, &ian_both, None).await?)?,
-        "users:read"
-    );
-    expect_error(
-        &refresh_with_scope(&server, &ian_deploy, None).await?,
-        "invalid_scope",
-        "a token whose only scope was deleted",
-    );
+    let by_name = |name: &str| json!({ "name": name });
+    scope_refused(&ian, DELETE_SCOPE, by_name("deploy:prod"), "deleteScope").await?;
+    scope_refused(&owner, DELETE_SCOPE, by_name("users:read"), "deleteScope").await?;
+    scope_must(&admin, DELETE_SCOPE, by_name("deploy:prod"), "deleteScope").await?;
+    let still = listed_scope(&owner, "deploy:prod").await?;
+    assert!(still.is_none(), "{still:?}");
+    assert_eq!(claim_of(&ian_both).await?, "users:read");
+    refused_as_invalid_scope(&ian_deploy, "a token whose only scope was deleted").await?;
     scopes_error(
         &mint(&ian, "gone", json!(["deploy:prod"]), None).await?,
         "minting a deleted scope",
     );
-    refused(
-        &server,
-        &admin,
-        DELETE_SCOPE,
-        json!({ "name": "deploy:prod" }),
-        "deleteScope",
-        "scope",
-    )
-    .await?;
-    let logs = server.stop()?;
-    assert!(!logs.contains("ERROR"), "{logs}");
-    Ok(())
+    scope_refused(&admin, DELETE_SCOPE, by_name("deploy:prod"), "deleteScope").await?;
+    stop_clean(server)
 }
 
 /// `createToken` as `access`: the field of its first error, or None when it minted.
@@ -1832,63 +1647,19 @@ async fn a_restricted_caller_mints_only_within_its_own_scopes() -> TestResult {
     let dir = temp_dir()?;
     let data = dir.path();
     let server = Server::start(data)?;
-    let owner = exchange(
-        &server,
-        &admin_ok(
-            data,
-            &[
-                "tokens",
-                "create",
-                "--email",
-                "owner@localhost",
-                "--name",
-                "o",
-            ],
-        )?,
-        None,
-    )
-    .await?;
-    admin_ok(
-        data,
-        &[
-            "users",
-            "add",
-            "--email",
-            "ada@scopes.test",
-            "--role",
-            "Admin",
-        ],
-    )?;
+    let owner = owner_access(&server, data).await?;
+    add_member(data, "ada@scopes.test", "Admin")?;
     let restricted = admin_ok(
         data,
-        &[
-            "tokens",
-            "create",
-            "--email",
+        &scoped_token_args(
             "ada@scopes.test",
-            "--name",
             "minter",
-            "--scope",
-            "sessions:write",
-            "--scope",
-            "users:read",
-        ],
+            Some(&["sessions:write", "users:read"]),
+        ),
     )?;
     let access = exchange(&server, &restricted, None).await?;
-    let guest = role_ids(&server, &owner)
-        .await?
-        .get("Guest")
-        .cloned()
-        .ok_or("no Guest")?;
-    let bot = must(
-        &server,
-        &owner,
-        CREATE_SA,
-        json!({ "name": "bot", "role": guest }),
-        "createServiceAccount",
-    )
-    .await?;
-    let bot_id = text(&bot["serviceAccount"]["id"])?;
+    let guest = role_id(&server, &owner, "Guest").await?;
+    let bot_id = create_sa(&server, &owner, "bot", &guest).await?;
 
     for (scopes, sa, expected, what) in [
         (Value::Null, None, Some("scopes"), "unrestricted"),
@@ -1943,9 +1714,7 @@ async fn a_restricted_caller_mints_only_within_its_own_scopes() -> TestResult {
     .await?;
     let narrow = exchange(&server, &text(&payload["token"])?, None).await?;
     assert_eq!(claim_scope(&narrow)?, "users:read");
-    let logs = server.stop()?;
-    assert!(!logs.contains("ERROR"), "{logs}");
-    Ok(())
+    stop_clean(server)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1957,22 +1726,9 @@ async fn admin_with_two_tokens(
     mint_on: &Server,
     admin_cmd: &dyn Fn(&[&str]) -> Res<String>,
 ) -> Res<(String, String, String)> {
-    let id = admin_cmd(&[
-        "users",
-        "add",
-        "--email",
-        "ada@demote.test",
-        "--role",
-        "Admin",
-    ])?;
-    let unrestricted = admin_cmd(&[
-        "tokens",
-        "create",
-        "--email",
-        "ada@demote.test",
-        "--name",
-        "unrestricted",
-    ])?;
+    const ADA: &str = "ada@demote.test";
+    let id = admin_cmd(&["users", "add", "--email", ADA, "--role", "Admin"])?;
+    let unrestricted = admin_cmd(&["tokens", "create", "--email", ADA, "--name", "unrestricted"])?;
     let access = exchange(mint_on, &unrestricted, None).await?;
     let payload = must(
         mint_on,
@@ -2008,27 +1764,16 @@ async fn a_demotion_narrows_live_access_tokens_at_once() -> TestResult {
             ..Default::default()
         },
     )?;
-    let owner = exchange(
-        &server,
-        &admin_ok(
-            data,
-            &[
-                "tokens",
-                "create",
-                "--email",
-                "owner@localhost",
-                "--name",
-                "o",
-            ],
-        )?,
-        None,
-    )
-    .await?;
+    let owner = owner_access(&server, data).await?;
     let roles = role_ids(&server, &owner).await?;
-    let guest = roles.get("Guest").ok_or("no Guest")?.clone();
-    let admin_role = roles.get("Admin").ok_or("no Admin")?.clone();
+    let guest = role_of(&roles, "Guest")?;
+    let admin_role = role_of(&roles, "Admin")?;
     let cmd = |args: &[&str]| admin_ok(data, args);
     let (id, unrestricted, scoped) = admin_with_two_tokens(&server, &cmd).await?;
+    let set_role = async |role: &str| {
+        let variables = json!({ "id": id, "role": role });
+        must(&server, &owner, SET_ROLE, variables, "updateUser").await
+    };
     let full = exchange(&server, &unrestricted, None).await?;
     let users = exchange(&server, &scoped, None).await?;
     assert_eq!(
@@ -2040,14 +1785,7 @@ async fn a_demotion_narrows_live_access_tokens_at_once() -> TestResult {
         assert!(query_works(&server, access, USERS).await?);
     }
 
-    must(
-        &server,
-        &owner,
-        SET_ROLE,
-        json!({ "id": id, "role": guest }),
-        "updateUser",
-    )
-    .await?;
+    set_role(&guest).await?;
     // The very next request with the same access tokens: no users:write, users:read works.
     for (access, which) in [(&full, "unrestricted"), (&users, "scoped")] {
         assert!(
@@ -2071,20 +1809,11 @@ async fn a_demotion_narrows_live_access_tokens_at_once() -> TestResult {
     );
 
     // Made an Admin again, the same tokens write again: the rule is evaluated per request.
-    must(
-        &server,
-        &owner,
-        SET_ROLE,
-        json!({ "id": id, "role": admin_role }),
-        "updateUser",
-    )
-    .await?;
+    set_role(&admin_role).await?;
     for access in [&full, &users] {
         assert!(can_create_user(&server, access, &guest).await?);
     }
-    let logs = server.stop()?;
-    assert!(!logs.contains("ERROR"), "{logs}");
-    Ok(())
+    stop_clean(server)
 }
 
 #[tokio::test]
@@ -2118,11 +1847,7 @@ async fn demotion_across_replicas(url: &str) -> TestResult {
         None,
     )
     .await?;
-    let guest = role_ids(&a, &owner)
-        .await?
-        .get("Guest")
-        .cloned()
-        .ok_or("no Guest")?;
+    let guest = role_id(&a, &owner, "Guest").await?;
     let (id, unrestricted, scoped) = admin_with_two_tokens(&b, &cmd).await?;
     // B minted both access tokens and has the Admin cached as an Admin (10 min).
     let full = exchange(&b, &unrestricted, None).await?;
@@ -2169,10 +1894,6 @@ async fn demotion_across_replicas(url: &str) -> TestResult {
         claim_scope(&exchange(&b, &scoped, None).await?)?,
         "users:read"
     );
-    let logs_b = b.stop()?;
-    let logs_a = a.stop()?;
-    for logs in [logs_a, logs_b] {
-        assert!(!logs.contains("ERROR"), "{logs}");
-    }
-    Ok(())
+    stop_clean(b)?;
+    stop_clean(a)
 }

@@ -16,10 +16,11 @@ use std::path::Path;
 use serde_json::{Value, json};
 use sqlx::Connection as _;
 
-use crate::harness::{
-    Options, Server, TestResult, admin_ok, jwt_claims, oauth_refresh, refresh_with_scope, temp_dir,
+use crate::harness::{Options, Server, TestResult, jwt_claims, refresh_with_scope, temp_dir};
+use crate::scopes::{
+    CREATE_TOKEN, Res, add_member, call, create_sa, exchange, first_error, must, named_token,
+    refused, role_id, stop_clean, swap_at,
 };
-use crate::scopes::{CREATE_SA, CREATE_TOKEN, Res, call, exchange, must, refused, role_ids};
 use crate::smtp::{ReceivedMail, SmtpSink};
 
 const DAY_MS: i64 = 86_400_000;
@@ -44,6 +45,11 @@ fn parse_ms(text: &str) -> Res<i64> {
     )?)
 }
 
+/// The `expiresAt` of a session, in milliseconds since the epoch.
+fn expiry_ms(session: &Value) -> Res<i64> {
+    parse_ms(session["expiresAt"].as_str().ok_or("no expiresAt")?)
+}
+
 /// Milliseconds since the epoch as RFC 3339 (UTC, milliseconds).
 fn rfc3339(ms: i64) -> String {
     let since = std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
@@ -64,9 +70,9 @@ fn start(data: &Path) -> Res<Server> {
 /// A member added by the operator, and an access token of theirs.
 async fn member(server: &Server, data: &Path, email: &str, role: &str) -> Res<String> {
     if email != "owner@localhost" {
-        admin_ok(data, &["users", "add", "--email", email, "--role", role])?;
+        add_member(data, email, role)?;
     }
-    let token = admin_ok(data, &["tokens", "create", "--email", email, "--name", "t"])?;
+    let token = named_token(data, email, "t")?;
     exchange(server, &token, None).await
 }
 
@@ -82,10 +88,7 @@ async fn minted(server: &Server, access: &str, input: Value) -> Res<(String, Val
 /// A `createToken` that must be refused: its (field, message).
 async fn mint_refused(server: &Server, access: &str, input: Value) -> Res<(String, String)> {
     let errors = refused(server, access, CREATE_TOKEN, input, "createToken", "token").await?;
-    Ok((
-        errors[0]["field"].as_str().unwrap_or("").to_owned(),
-        errors[0]["messages"][0].as_str().unwrap_or("").to_owned(),
-    ))
+    Ok(first_error(&errors))
 }
 
 /// Writes the expiry of the refresh token `session_id` into the running server's SQLite file.
@@ -109,6 +112,12 @@ async fn my_sessions(server: &Server, access: &str) -> Res<Vec<Value>> {
         .as_array()
         .ok_or_else(|| format!("no sessions: {body}"))?
         .clone())
+}
+
+/// The names of the caller's live sessions.
+async fn my_session_names(server: &Server, access: &str) -> Res<Vec<Value>> {
+    let sessions = my_sessions(server, access).await?;
+    Ok(sessions.iter().map(|s| s["name"].clone()).collect())
 }
 
 /// Checks a successful exchange of a token expiring at `expires_at` (ms), answered between
@@ -159,7 +168,7 @@ async fn a_token_with_an_expiry_works_until_it_then_is_refused_naming_the_time()
     let daily_id = session["id"].as_str().ok_or("no id")?.to_owned();
     assert_eq!(session["named"], true);
     assert!(session["scopes"].is_null(), "{session}");
-    let expires_at = parse_ms(session["expiresAt"].as_str().ok_or("no expiresAt")?)?;
+    let expires_at = expiry_ms(&session)?;
     assert!(
         expires_at >= before + DAY_MS - 1000 && expires_at <= after + DAY_MS + 1000,
         "expiresAt {} for a token minted between {} and {}",
@@ -172,20 +181,13 @@ async fn a_token_with_an_expiry_works_until_it_then_is_refused_naming_the_time()
         .iter()
         .find(|s| s["id"] == daily_id.as_str())
         .ok_or("daily not listed")?;
-    assert_eq!(
-        parse_ms(shown["expiresAt"].as_str().ok_or("no expiresAt")?)?,
-        expires_at
-    );
+    assert_eq!(expiry_ms(shown)?, expires_at);
 
     // Both token endpoints say how long it has left; the access token (7 days by default)
     // ends with it.
     for endpoint in ["/auth/refresh", "/oauth/token"] {
         let before = now_ms();
-        let answer = if endpoint == "/auth/refresh" {
-            refresh_with_scope(&server, &daily, None).await?
-        } else {
-            oauth_refresh(&server, &daily, None).await?
-        };
+        let answer = swap_at(&server, endpoint, &daily, None).await?;
         let after = now_ms();
         check_expiring_answer(&answer, expires_at, before, after)
             .map_err(|err| format!("{endpoint}: {err}"))?;
@@ -217,11 +219,7 @@ async fn a_token_with_an_expiry_works_until_it_then_is_refused_naming_the_time()
     let expired_at = now_ms() - 3_600_000;
     set_expiry(data, &daily_id, expired_at).await?;
     for endpoint in ["/auth/refresh", "/oauth/token"] {
-        let (status, body) = if endpoint == "/auth/refresh" {
-            refresh_with_scope(&server, &daily, None).await?
-        } else {
-            oauth_refresh(&server, &daily, None).await?
-        };
+        let (status, body) = swap_at(&server, endpoint, &daily, None).await?;
         assert_eq!(
             (status, body["error"].as_str()),
             (400, Some("invalid_grant")),
@@ -241,11 +239,7 @@ async fn a_token_with_an_expiry_works_until_it_then_is_refused_naming_the_time()
         );
     }
     // Gone from the live sessions; the others stay.
-    let names: Vec<Value> = my_sessions(&server, &ian)
-        .await?
-        .iter()
-        .map(|s| s["name"].clone())
-        .collect();
+    let names = my_session_names(&server, &ian).await?;
     assert!(!names.contains(&json!("daily")), "{names:?}");
     assert!(names.contains(&json!("forever")), "{names:?}");
     // Its name is free again, and the new token works.
@@ -254,9 +248,7 @@ async fn a_token_with_an_expiry_works_until_it_then_is_refused_naming_the_time()
     assert_eq!(server.refresh(&forever).await?.0, 200);
     let (status, _) = server.refresh(&daily).await?;
     assert_eq!(status, 400, "the expired token came back");
-    let logs = server.stop()?;
-    assert!(!logs.contains("ERROR"), "{logs}");
-    Ok(())
+    stop_clean(server)
 }
 
 #[tokio::test]
@@ -319,20 +311,16 @@ async fn expiry_input_is_checked_and_the_session_policy_still_applies() -> TestR
         assert!(!message.is_empty(), "{what}");
     }
     // Nothing of those was minted.
-    let names: Vec<Value> = my_sessions(&server, &ian)
-        .await?
-        .iter()
-        .map(|s| s["name"].clone())
-        .collect();
+    let names = my_session_names(&server, &ian).await?;
     assert_eq!(names, [json!("t")], "{names:?}");
 
     // The limits, and exact times, are accepted.
     let (_, longest) = minted(&server, &ian, json!({ "name": "ten-years", "days": 3650 })).await?;
-    let end = parse_ms(longest["expiresAt"].as_str().ok_or("no expiresAt")?)?;
+    let end = expiry_ms(&longest)?;
     assert!(end > now_ms() + 3649 * DAY_MS, "{longest}");
     let at = now_ms() + 10 * DAY_MS;
     let (_, exact) = minted(&server, &ian, json!({ "name": "exact", "at": rfc3339(at) })).await?;
-    let shown = parse_ms(exact["expiresAt"].as_str().ok_or("no expiresAt")?)?;
+    let shown = expiry_ms(&exact)?;
     assert!(
         (shown - at).abs() < 1000,
         "asked {}, shown {shown}",
@@ -344,14 +332,17 @@ async fn expiry_input_is_checked_and_the_session_policy_still_applies() -> TestR
     minted(&server, &ian, json!({ "name": hundred, "days": 1 })).await?;
 
     // The session policy's end is shown when it comes first.
-    let payload = must(
-        &server,
-        &owner,
-        SET_MAX_AGE,
-        json!({ "max": 2 }),
-        "updateSessionPolicy",
-    )
-    .await?;
+    let set_max_age = async |max: Value| {
+        must(
+            &server,
+            &owner,
+            SET_MAX_AGE,
+            json!({ "max": max }),
+            "updateSessionPolicy",
+        )
+        .await
+    };
+    let payload = set_max_age(json!(2)).await?;
     assert_eq!(payload["sessionPolicy"]["maxAgeDays"], 2);
     let before = now_ms();
     let (_, capped) = minted(&server, &ian, json!({ "name": "capped", "days": 30 })).await?;
@@ -363,7 +354,7 @@ async fn expiry_input_is_checked_and_the_session_policy_still_applies() -> TestR
         .ok_or("capped not listed")?;
     let mut wrong = Vec::new();
     for (shown, place) in [(&capped, "createToken"), (capped_listed, "User.sessions")] {
-        let end = parse_ms(shown["expiresAt"].as_str().ok_or("no expiresAt")?)?;
+        let end = expiry_ms(shown)?;
         if end < before + 2 * DAY_MS - 1000 || end > after + 2 * DAY_MS + 1000 {
             wrong.push(format!("{place}: {shown}"));
         }
@@ -374,19 +365,10 @@ async fn expiry_input_is_checked_and_the_session_policy_still_applies() -> TestR
         wrong.join("\n")
     );
     let (_, own_first) = minted(&server, &ian, json!({ "name": "own-first", "days": 1 })).await?;
-    let end = parse_ms(own_first["expiresAt"].as_str().ok_or("no expiresAt")?)?;
+    let end = expiry_ms(&own_first)?;
     assert!(end <= now_ms() + DAY_MS + 1000, "{own_first}");
-    must(
-        &server,
-        &owner,
-        SET_MAX_AGE,
-        json!({ "max": null }),
-        "updateSessionPolicy",
-    )
-    .await?;
-    let logs = server.stop()?;
-    assert!(!logs.contains("ERROR"), "{logs}");
-    Ok(())
+    set_max_age(Value::Null).await?;
+    stop_clean(server)
 }
 
 #[tokio::test]
@@ -398,9 +380,27 @@ async fn a_maximum_token_lifetime_makes_an_expiry_within_it_required() -> TestRe
     let admin = member(&server, data, "ada@expiry.test", "Admin").await?;
     let ian = member(&server, data, "ian@expiry.test", "Integrator").await?;
 
+    let token_policy = async |caller: &str| call(&server, caller, TOKEN_POLICY, json!({})).await;
+    let set_policy = async |caller: &str, days: Value| {
+        let days = json!({ "days": days });
+        refused(
+            &server,
+            caller,
+            SET_TOKEN_POLICY,
+            days,
+            "updateTokenPolicy",
+            "tokenPolicy",
+        )
+        .await
+    };
+    let set_policy_ok = async |days: Value| {
+        let days = json!({ "days": days });
+        must(&server, &owner, SET_TOKEN_POLICY, days, "updateTokenPolicy").await
+    };
+
     // Off by default; Owners and Admins read it.
     for caller in [&owner, &admin] {
-        let body = call(&server, caller, TOKEN_POLICY, json!({})).await?;
+        let body = token_policy(caller).await?;
         assert_eq!(
             body["data"]["organization"]["tokenPolicy"],
             json!({ "maxLifetimeDays": null }),
@@ -409,32 +409,18 @@ async fn a_maximum_token_lifetime_makes_an_expiry_within_it_required() -> TestRe
     }
     // Only Owners set it.
     for (caller, who) in [(&admin, "Admin"), (&ian, "Integrator")] {
-        let errors = refused(
-            &server,
-            caller,
-            SET_TOKEN_POLICY,
-            json!({ "days": 30 }),
-            "updateTokenPolicy",
-            "tokenPolicy",
-        )
-        .await
-        .map_err(|err| format!("{who}: {err}"))?;
+        let errors = set_policy(caller, json!(30))
+            .await
+            .map_err(|err| format!("{who}: {err}"))?;
         assert_eq!(errors[0]["field"], "__all__", "{who}: {errors:?}");
     }
     for days in [0, -1, 3651] {
-        let errors = refused(
-            &server,
-            &owner,
-            SET_TOKEN_POLICY,
-            json!({ "days": days }),
-            "updateTokenPolicy",
-            "tokenPolicy",
-        )
-        .await
-        .map_err(|err| format!("{days} days: {err}"))?;
+        let errors = set_policy(&owner, json!(days))
+            .await
+            .map_err(|err| format!("{days} days: {err}"))?;
         assert_eq!(errors[0]["field"], "maxLifetimeDays", "{days}: {errors:?}");
     }
-    let body = call(&server, &owner, TOKEN_POLICY, json!({})).await?;
+    let body = token_policy(&owner).await?;
     assert_eq!(
         body["data"]["organization"]["tokenPolicy"]["maxLifetimeDays"],
         Value::Null
@@ -442,16 +428,9 @@ async fn a_maximum_token_lifetime_makes_an_expiry_within_it_required() -> TestRe
     // Still unlimited: no expiry is fine.
     minted(&server, &ian, json!({ "name": "before-policy" })).await?;
 
-    let payload = must(
-        &server,
-        &owner,
-        SET_TOKEN_POLICY,
-        json!({ "days": 30 }),
-        "updateTokenPolicy",
-    )
-    .await?;
+    let payload = set_policy_ok(json!(30)).await?;
     assert_eq!(payload["tokenPolicy"], json!({ "maxLifetimeDays": 30 }));
-    let body = call(&server, &admin, TOKEN_POLICY, json!({})).await?;
+    let body = token_policy(&admin).await?;
     assert_eq!(
         body["data"]["organization"]["tokenPolicy"]["maxLifetimeDays"],
         30
@@ -476,20 +455,8 @@ async fn a_maximum_token_lifetime_makes_an_expiry_within_it_required() -> TestRe
         }
     }
     // Also for a service account's token.
-    let guest = role_ids(&server, &owner)
-        .await?
-        .get("Guest")
-        .cloned()
-        .ok_or("no Guest")?;
-    let sa = must(
-        &server,
-        &owner,
-        CREATE_SA,
-        json!({ "name": "bot", "role": guest }),
-        "createServiceAccount",
-    )
-    .await?;
-    let sa_id = sa["serviceAccount"]["id"].as_str().ok_or("no id")?;
+    let guest = role_id(&server, &owner, "Guest").await?;
+    let sa_id = create_sa(&server, &owner, "bot", &guest).await?;
     let (field, message) =
         mint_refused(&server, &admin, json!({ "name": "bot", "sa": sa_id })).await?;
     assert_eq!(field, "expiresAt", "{message}");
@@ -513,19 +480,10 @@ async fn a_maximum_token_lifetime_makes_an_expiry_within_it_required() -> TestRe
     assert_eq!(server.refresh(&token).await?.0, 200);
 
     // Cleared: no expiry is fine again.
-    let payload = must(
-        &server,
-        &owner,
-        SET_TOKEN_POLICY,
-        json!({ "days": null }),
-        "updateTokenPolicy",
-    )
-    .await?;
+    let payload = set_policy_ok(Value::Null).await?;
     assert_eq!(payload["tokenPolicy"], json!({ "maxLifetimeDays": null }));
     minted(&server, &ian, json!({ "name": "no-expiry" })).await?;
-    let logs = server.stop()?;
-    assert!(!logs.contains("ERROR"), "{logs}");
-    Ok(())
+    stop_clean(server)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -569,8 +527,7 @@ async fn a_named_token_expiring_within_a_week_mails_its_owner_once() -> TestResu
     let ian = member(&server, data, "ian@expiry.test", "Integrator").await?;
     let ada = member(&server, data, "ada@expiry.test", "Admin").await?;
     let gone = member(&server, data, "gone@expiry.test", "Admin").await?;
-    let roles = role_ids(&server, &owner).await?;
-    let guest = roles.get("Guest").ok_or("no Guest")?.clone();
+    let guest = role_id(&server, &owner, "Guest").await?;
 
     // Tokens that must not be mailed are made safe first (expiring in 30 days), then moved
     // to expire soon behind the server's back, so that no round ever sees them live and soon.
@@ -584,18 +541,7 @@ async fn a_named_token_expiring_within_a_week_mails_its_owner_once() -> TestResu
         "revokeSession",
     )
     .await?;
-    let bot = must(
-        &server,
-        &owner,
-        CREATE_SA,
-        json!({ "name": "bot", "role": guest }),
-        "createServiceAccount",
-    )
-    .await?;
-    let bot_id = bot["serviceAccount"]["id"]
-        .as_str()
-        .ok_or("no id")?
-        .to_owned();
+    let bot_id = create_sa(&server, &owner, "bot", &guest).await?;
     let (_, orphan) = minted(
         &server,
         &gone,
@@ -653,7 +599,5 @@ async fn a_named_token_expiring_within_a_week_mails_its_owner_once() -> TestResu
     assert_eq!(mails_to(&sink, "owner@localhost")?.len(), 0);
     let all = sink.messages()?;
     assert_eq!(all.len(), 4, "{all:?}");
-    let logs = server.stop()?;
-    assert!(!logs.contains("ERROR"), "{logs}");
-    Ok(())
+    stop_clean(server)
 }
