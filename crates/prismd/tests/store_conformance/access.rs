@@ -1211,3 +1211,99 @@ pub(super) async fn expiry_notices_claimed_once(db: Db) -> TestResult {
     );
     Ok(())
 }
+
+/// The organization scopes a grant's user may hold, as the grant carries them (sorted).
+async fn held_in_grant(store: &dyn Store, seed: u8) -> Result<Option<Vec<String>>, TestError> {
+    let grant = store
+        .find_refresh_grant(&hash(seed))
+        .await?
+        .ok_or("no grant")?;
+    Ok(grant.held_org_scopes.map(|held| {
+        let mut names: Vec<String> = held.split_whitespace().map(str::to_owned).collect();
+        names.sort();
+        names
+    }))
+}
+
+/// A refresh grant of a restricted token carries the organization scopes its user holds now
+/// (by role, or a service account's own), read in the same look-up; an unrestricted token's
+/// carries none (`None`), and a restricted one whose user holds none an empty list.
+pub(super) async fn refresh_grants_carry_held_org_scopes(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    let (org, owner) = org_with_owner(store).await?;
+    let guest = add_user(store, &org, "g@example.com", "guest", T0 + 1).await?;
+    let bot = add_account(store, &org, "bot", "guest", T0 + 2).await?;
+    let other = another_org(store, "Other", T0 + 3).await?;
+    for (org_id, name) in [
+        (&org.id, "deploy:prod"),
+        (&org.id, "deploy:staging"),
+        (&org.id, "bot:only"),
+        (&other.id, "deploy:prod"),
+    ] {
+        assert!(
+            store
+                .create_org_scope(org_id, name, None, audit("scope.created", T0 + 4))
+                .await?
+        );
+    }
+    let grants = [
+        (&org.id, "deploy:prod", Grantee::Role("guest".into())),
+        (&org.id, "deploy:staging", Grantee::Role("owner".into())),
+        (&org.id, "bot:only", Grantee::ServiceAccount(bot.id.clone())),
+        // Another organization's grant to the same role never counts here.
+        (&other.id, "deploy:prod", Grantee::Role("guest".into())),
+    ];
+    for (org_id, scope, grantee) in grants {
+        assert!(
+            store
+                .set_scope_grant(
+                    org_id,
+                    scope,
+                    &grantee,
+                    true,
+                    audit("scope.granted", T0 + 5)
+                )
+                .await?
+        );
+    }
+    let token = |user: &User, seed: u8, scope: &str| NewRefreshToken {
+        scope: scope.into(),
+        ..refresh_token(user, seed, None)
+    };
+    mint(store, token(&guest, 1, "deploy:prod users:read")).await?;
+    mint(store, token(&guest, 2, "openid profile")).await?;
+    mint(store, token(&bot, 3, "bot:only")).await?;
+    mint(store, token(&owner, 4, "users:read")).await?;
+    assert_eq!(
+        held_in_grant(store, 1).await?,
+        Some(vec!["deploy:prod".to_owned()])
+    );
+    assert_eq!(held_in_grant(store, 2).await?, None, "unrestricted");
+    assert_eq!(
+        held_in_grant(store, 3).await?,
+        Some(vec!["bot:only".to_owned(), "deploy:prod".to_owned()]),
+        "a service account's own grant and its role's"
+    );
+    assert_eq!(
+        held_in_grant(store, 4).await?,
+        Some(vec!["deploy:staging".to_owned()])
+    );
+    // A withdrawn grant is gone from the next read; none left is an empty list, not None.
+    assert!(
+        store
+            .set_scope_grant(
+                &org.id,
+                "deploy:prod",
+                &Grantee::Role("guest".into()),
+                false,
+                audit("scope.grant_revoked", T0 + 6),
+            )
+            .await?
+    );
+    assert_eq!(held_in_grant(store, 1).await?, Some(Vec::new()));
+    assert_eq!(
+        held_in_grant(store, 3).await?,
+        Some(vec!["bot:only".to_owned()])
+    );
+    Ok(())
+}

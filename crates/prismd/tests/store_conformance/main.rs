@@ -295,6 +295,7 @@ conformance!(
     named_tokens_unique_while_live,
     named_token_names_race,
     expiry_notices_claimed_once,
+    refresh_grants_carry_held_org_scopes,
 );
 
 // ---- helpers ----------------------------------------------------------------------------

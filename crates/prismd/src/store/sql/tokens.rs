@@ -262,8 +262,9 @@ macro_rules! refresh_grant_columns {
          t.created_at AS token_created_at, t.last_used_at AS token_last_used_at, \
          o.refresh_idle_expiry_secs AS idle_expiry_secs, \
          o.refresh_max_age_secs AS max_age_secs, u.role, t.expires_at AS token_expires_at, \
-         CASE WHEN t.scope LIKE '%:%' THEN (SELECT string_agg(g.scope, ' ') FROM scope_grants g \
-           WHERE g.org_id = u.org_id AND g.grantee IN ('role:' || u.role, 'user:' || u.id)) \
+         CASE WHEN t.scope LIKE '%:%' THEN COALESCE((SELECT string_agg(g.scope, ' ') \
+           FROM scope_grants g \
+           WHERE g.org_id = u.org_id AND g.grantee IN ('role:' || u.role, 'user:' || u.id)), '') \
          END AS held_org_scopes"
     };
 }
