@@ -48,9 +48,6 @@ pub struct Principal {
     pub user: User,
     pub org: Organization,
     pub claims: Arc<AccessClaims>,
-    /// What the caller may do through the API now: their current role's scopes narrowed by
-    /// the token's (see `domain::scopes`).
-    pub scopes: ApiScopes,
     /// The built-in scopes the token itself names (all of them when it is unrestricted).
     pub token_allows: ApiScopes,
 }
@@ -59,7 +56,7 @@ impl Principal {
     /// Refuses an operation that needs `scope` when the caller's token lacks it. What the
     /// role lacks is refused by the operation's own role rule right after, with the message
     /// people (and the official client) know, e.g. "only Owners and Admins can add users":
-    /// the two together are [`Principal::scopes`], the role's scopes intersected with the
+    /// the two together are [`Principal::effective`], the role's scopes intersected with the
     /// token's (the e2e test `scopes` checks every role, scope and operation).
     pub fn require(&self, scope: ApiScope) -> Result<(), DomainError> {
         if self.token_allows.contains(scope) {
@@ -69,6 +66,12 @@ impl Principal {
                 "this token lacks the scope {scope}"
             )))
         }
+    }
+
+    /// What the caller may do through the API now: their current role's scopes (read with
+    /// the standing, so a demotion counts at once) narrowed by the token's.
+    pub fn effective(&self) -> ApiScopes {
+        scopes::effective(Role::of(&self.user), self.token_allows)
     }
 
     /// The API scopes the caller's own token names (`Unrestricted`: the role's).
@@ -355,7 +358,9 @@ impl AuthService {
             Some(TokenScopes::Restricted(names)) => Some(names),
             _ => None,
         };
-        let wanted = match (TokenScopes::parse(&grant.scope), requested) {
+        let token = TokenScopes::parse(&grant.scope);
+        let unrestricted = token == TokenScopes::Unrestricted;
+        let wanted = match (token, requested) {
             // The path of every token minted before scopes existed: nothing to look up.
             (TokenScopes::Unrestricted, None) => return Ok(None),
             (TokenScopes::Unrestricted, Some(requested)) => requested,
@@ -370,30 +375,22 @@ impl AuthService {
             }
         };
         let role = Role::from_key(&grant.role);
-        let by_role = scopes::role_scopes(role);
         // A restricted token's grant carries them; an unrestricted one asking for one of the
         // organization's own scopes (rare) reads them.
         let read_now;
-        let org_scopes: BTreeSet<&str> = match grant.held_org_scopes.as_deref() {
+        let org_held: BTreeSet<&str> = match grant.held_org_scopes.as_deref() {
             Some(held) => held.split_whitespace().collect(),
             None if wanted.iter().any(|name| ApiScope::parse(name).is_none()) => {
-                read_now = super::service_accounts::held_scopes(
-                    self.store(),
-                    &grant.org_id,
-                    role,
-                    &grant.user_id,
-                    &wanted,
-                )
-                .await?;
+                read_now = self
+                    .store()
+                    .held_org_scopes(&grant.org_id, role.key(), &grant.user_id)
+                    .await?;
                 read_now.iter().map(String::as_str).collect()
             }
             None => BTreeSet::new(),
         };
-        let held = |name: &String| match ApiScope::parse(name) {
-            Some(scope) => by_role.contains(scope),
-            None => org_scopes.contains(name.as_str()),
-        };
-        if TokenScopes::parse(&grant.scope) == TokenScopes::Unrestricted {
+        let held = |name: &String| scopes::holds(role, &org_held, name);
+        if unrestricted {
             // Narrowing an unrestricted token: every scope asked for must be held now.
             if let Some(missing) = wanted.iter().find(|name| !held(name)) {
                 return Err(DomainError::InvalidScope(format!(
@@ -534,15 +531,12 @@ impl AuthService {
             token_expired_at: None,
         })
         .map_err(|denial| DomainError::InvalidToken(BearerError::Denied(denial)))?;
-        // The current role, read with the standing: a demotion narrows at once.
-        let token = TokenScopes::parse(&claims.scope);
-        let scopes = scopes::effective(Role::of(&record.user), &token);
+        let token_allows = TokenScopes::parse(&claims.scope).built_in();
         Ok(Principal {
             user: record.user,
             org: record.org,
             claims,
-            scopes,
-            token_allows: token.built_in(),
+            token_allows,
         })
     }
 

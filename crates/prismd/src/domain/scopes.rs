@@ -158,9 +158,20 @@ impl TokenScopes {
     }
 }
 
-/// The one rule: what a caller may do is what their role may, narrowed by their token's scopes.
-pub fn effective(role: Role, token: &TokenScopes) -> ApiScopes {
-    role_scopes(role).intersect(token.built_in())
+/// The one rule: what a caller may do is what their role may, narrowed by the built-in scopes
+/// their token names ([`TokenScopes::built_in`]).
+pub fn effective(role: Role, token: ApiScopes) -> ApiScopes {
+    role_scopes(role).intersect(token)
+}
+
+/// Whether a principal with `role`, holding the organization scopes `org_held` (by its
+/// role's grants or its own), may hold the scope `name`: a built-in one by role, an
+/// organization's own by grant.
+pub fn holds(role: Role, org_held: &BTreeSet<&str>, name: &str) -> bool {
+    match ApiScope::parse(name) {
+        Some(scope) => role_scopes(role).contains(scope),
+        None => org_held.contains(name),
+    }
 }
 
 /// Whether `name` is an API scope name (built-in or organization-defined) rather than an
@@ -225,7 +236,7 @@ mod tests {
         fn effective_is_role_intersected_with_token(role in any_role(), names in any_scope_names()) {
             let token = TokenScopes::parse(&names.join(" "));
             let restricted = names.iter().any(|n| n.contains(':'));
-            let effective = effective(role, &token);
+            let effective = effective(role, token.built_in());
             for scope in ApiScope::ALL {
                 let by_role = role_scopes(role).contains(scope);
                 let by_token = !restricted || names.iter().any(|n| n == scope.name());
@@ -244,7 +255,7 @@ mod tests {
         );
         assert_eq!(TokenScopes::parse(""), TokenScopes::Unrestricted);
         assert_eq!(
-            effective(Role::Guest, &TokenScopes::Unrestricted),
+            effective(Role::Guest, TokenScopes::Unrestricted.built_in()),
             role_scopes(Role::Guest)
         );
     }
@@ -252,7 +263,7 @@ mod tests {
     #[test]
     fn a_token_naming_only_an_organization_scope_has_no_built_in_one() {
         let token = TokenScopes::parse("deploy:prod");
-        assert_eq!(effective(Role::Owner, &token), ApiScopes::NONE);
+        assert_eq!(effective(Role::Owner, token.built_in()), ApiScopes::NONE);
         assert_eq!(token.names(), Some(vec!["deploy:prod".to_owned()]));
     }
 

@@ -108,17 +108,17 @@ pub async fn held_scopes(
     user_id: &str,
     names: &BTreeSet<String>,
 ) -> Result<BTreeSet<String>, DomainError> {
-    let by_role = scopes::role_scopes(role);
-    let mut held: BTreeSet<String> = names
+    let granted = if names.iter().any(|name| ApiScope::parse(name).is_none()) {
+        store.held_org_scopes(org_id, role.key(), user_id).await?
+    } else {
+        Vec::new()
+    };
+    let org_held: BTreeSet<&str> = granted.iter().map(String::as_str).collect();
+    Ok(names
         .iter()
-        .filter(|name| ApiScope::parse(name).is_some_and(|scope| by_role.contains(scope)))
+        .filter(|name| scopes::holds(role, &org_held, name))
         .cloned()
-        .collect();
-    if names.iter().any(|name| ApiScope::parse(name).is_none()) {
-        let granted = store.held_org_scopes(org_id, role.key(), user_id).await?;
-        held.extend(granted.into_iter().filter(|name| names.contains(name)));
-    }
-    Ok(held)
+        .collect())
 }
 
 /// Service accounts and organization scopes over the store.

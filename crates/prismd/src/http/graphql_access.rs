@@ -10,6 +10,7 @@ use super::graphql::{
     query_error, timestamp,
 };
 use crate::domain::accounts::{parse_public_id, public_id};
+use crate::domain::policies::{MAX_POLICY_DAYS, SECONDS_PER_DAY};
 use crate::domain::roles::Role;
 use crate::domain::scopes::{ApiScope, role_scopes};
 use crate::domain::service_accounts::AccountUpdate;
@@ -331,12 +332,12 @@ fn expiry_of(input: &CreateTokenInput) -> Result<Option<i64>, DomainError> {
             "give expiresAt or expiresInDays, not both".into(),
         )),
         (Some(at), None) => super::graphql::rfc3339_ms("expiresAt", at).map(Some),
-        (None, Some(days)) if (1..=3650).contains(&days) => {
-            Ok(Some(now_ms() + i64::from(days) * 86_400_000))
+        (None, Some(days)) if (1..=MAX_POLICY_DAYS).contains(&i64::from(days)) => {
+            Ok(Some(now_ms() + i64::from(days) * SECONDS_PER_DAY * 1000))
         }
-        (None, Some(_)) => Err(DomainError::InvalidInput(
-            "expiresInDays must be a whole number of days from 1 to 3650".into(),
-        )),
+        (None, Some(_)) => Err(DomainError::InvalidInput(format!(
+            "expiresInDays must be a whole number of days from 1 to {MAX_POLICY_DAYS}"
+        ))),
         (None, None) => Ok(None),
     }
 }
@@ -398,7 +399,7 @@ impl AccessMutation {
         let minter = Minter::Member {
             user: caller.actor(),
             token: &token_scopes,
-            effective: caller.principal.scopes,
+            effective: caller.principal.effective(),
         };
         let request = TokenRequest {
             name: input.name,

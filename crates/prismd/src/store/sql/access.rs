@@ -144,21 +144,18 @@ impl<D: Dialect> AccessStore for SqlStore<D> {
         .await?;
         let mut scopes: Vec<OrgScope> = Vec::new();
         for row in rows {
-            let scope = match scopes.last_mut() {
-                Some(last) if last.name == row.name => last,
-                _ => {
-                    scopes.push(OrgScope {
-                        name: row.name.clone(),
-                        description: row.description.clone(),
-                        created_at: row.created_at,
-                        roles: Vec::new(),
-                        service_accounts: Vec::new(),
-                    });
-                    let Some(last) = scopes.last_mut() else {
-                        continue;
-                    };
-                    last
-                }
+            // Rows come by scope name, one per grant (or one without any).
+            if scopes.last().is_none_or(|last| last.name != row.name) {
+                scopes.push(OrgScope {
+                    name: row.name,
+                    description: row.description,
+                    created_at: row.created_at,
+                    roles: Vec::new(),
+                    service_accounts: Vec::new(),
+                });
+            }
+            let Some(scope) = scopes.last_mut() else {
+                continue;
             };
             if let Some(grantee) = row.grantee.as_deref() {
                 if let Some(role) = grantee.strip_prefix("role:") {
