@@ -80,5 +80,6 @@ async fn refresh(
         refresh_token: None,
         id_token: None,
         refresh_token_expires_in: None,
+        issued_token_type: None,
     })
 }

@@ -36,6 +36,9 @@ pub struct TokenResponse {
     /// token minted with an expiry), so other answers keep the shape they always had.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_token_expires_in: Option<u64>,
+    /// RFC 8693: the type of the token issued by a token exchange (keyless CI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_token_type: Option<String>,
 }
 
 /// Error response (RFC 6749 §5.2). `error_description` never contains a secret.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::domain::cleanup::CleanupPolicy;
 use crate::domain::limits::LimitSettings;
 use crate::mail::Mailer;
+use crate::oidc::OidcSettings;
 use crate::store::{CacheSettings, OpenOptions, PgPoolSettings};
 use crate::tls::TlsSource;
 use crate::tokens::{AtRest, RetiredKeyWindow};
@@ -70,6 +71,8 @@ pub struct ServeConfig {
     pub limits: LimitSettings,
     /// Outgoing email (`--smtp-url`, `--mail-from`); `None`: no mail is sent.
     pub mail: Option<Arc<Mailer>>,
+    /// How keyless CI's OIDC tokens are verified (`--oidc-*`).
+    pub oidc: OidcSettings,
 }
 
 impl ServeConfig {
@@ -103,6 +106,7 @@ impl ServeConfig {
             metrics_listen: None,
             limits: LimitSettings::default(),
             mail: None,
+            oidc: OidcSettings::default(),
         }
     }
 

@@ -9,6 +9,7 @@ pub mod first_start;
 pub mod http;
 pub mod mail;
 pub mod metrics;
+pub mod oidc;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
@@ -62,6 +63,8 @@ pub enum ServeError {
     },
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("keyless CI set-up failed: {0}")]
+    Oidc(#[from] oidc::OidcSetupError),
 }
 
 /// Largest request head (request line and headers) a client may send.
@@ -170,8 +173,9 @@ pub async fn serve(
         } else {
             config.cache.capacity
         },
+        oidc: config.oidc.clone(),
     };
-    let auth = Arc::new(AuthService::new(store.clone(), keys.clone(), settings));
+    let auth = Arc::new(AuthService::new(store.clone(), keys.clone(), settings)?);
     let web = http::WebSettings {
         secure_cookies: issuer.starts_with("https://"),
         logout_return_to: config.logout_return_to.clone(),

@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use prismd::config::ServeConfig;
 use prismd::domain::limits::LimitSettings;
 use prismd::mail::{Mail, Mailer};
+use prismd::oidc::OidcSettings;
 use prismd::store::{AttemptPolicy, Backend, CacheSettings, PgPoolSettings};
 use prismd::telemetry::{self, LogFormat};
 use prismd::tls::TlsSource;
@@ -291,6 +292,63 @@ struct ServeArgs {
 
     #[command(flatten)]
     mail: MailArgs,
+
+    #[command(flatten)]
+    oidc: OidcArgs,
+}
+
+/// How the OIDC tokens of keyless CI (trust policies) are verified.
+#[derive(Args)]
+struct OidcArgs {
+    /// Accept trust policies whose issuer (and its JWKS) is plain `http://`. For tests and
+    /// local experiments only: an issuer's keys fetched without TLS can be swapped by anyone
+    /// on the path.
+    #[arg(long, env = "PRISMD_OIDC_ALLOW_HTTP_ISSUERS")]
+    oidc_allow_http_issuers: bool,
+
+    /// PEM file of CA certificates to trust for OIDC issuers (a self-hosted GitLab, a
+    /// Kubernetes API server), besides the public web CAs.
+    #[arg(long, env = "PRISMD_OIDC_CA_FILE")]
+    oidc_ca_file: Option<PathBuf>,
+
+    /// Age after which an issuer's cached signing keys are fetched again.
+    #[arg(long, env = "PRISMD_OIDC_JWKS_REFRESH", default_value = "5m", value_parser = parse_duration)]
+    oidc_jwks_refresh: Duration,
+
+    /// While an issuer cannot be reached, its cached keys keep verifying until they are this
+    /// old; after that its tokens get 503.
+    #[arg(long, env = "PRISMD_OIDC_JWKS_MAX_AGE", default_value = "1h", value_parser = parse_duration)]
+    oidc_jwks_max_age: Duration,
+
+    /// Least time between two fetches of one issuer's keys: a token with an unknown key id
+    /// fetches them again at most this often.
+    #[arg(long, env = "PRISMD_OIDC_JWKS_REFETCH_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    oidc_jwks_refetch_interval: Duration,
+}
+
+impl OidcArgs {
+    fn settings(&self) -> anyhow::Result<OidcSettings> {
+        let extra_ca_pem = match &self.oidc_ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|err| {
+                anyhow::anyhow!("cannot read --oidc-ca-file {}: {err}", path.display())
+            })?),
+            None => None,
+        };
+        if self.oidc_allow_http_issuers {
+            tracing::warn!(
+                "--oidc-allow-http-issuers: trust policies may name plain-HTTP issuers, whose \
+                 keys anyone on the network path can replace; never use this in production"
+            );
+        }
+        Ok(OidcSettings {
+            allow_http_issuers: self.oidc_allow_http_issuers,
+            jwks_refresh: self.oidc_jwks_refresh,
+            jwks_max_age: self.oidc_jwks_max_age,
+            unknown_kid_refetch_interval: self.oidc_jwks_refetch_interval,
+            extra_ca_pem,
+            ..OidcSettings::default()
+        })
+    }
 }
 
 /// Outgoing email: `serve` and `mail-test` take the same settings.
@@ -664,6 +722,7 @@ async fn run_server(
         metrics_listen: args.metrics_listen,
         limits: args.limits.settings(),
         mail,
+        oidc: args.oidc.settings()?,
         ..ServeConfig::new(data_dir)
     };
     // Handlers are installed before the listener opens, so a SIGTERM that arrives while the

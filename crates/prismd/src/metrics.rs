@@ -340,7 +340,19 @@ pub struct TokenMetrics {
     refresh_failures: [Counter; RefreshFailure::ALL.len()],
     revoked_all: Counter,
     revoked_one: Counter,
+    /// OIDC token exchanges (keyless CI), by outcome (in [`EXCHANGE_OUTCOMES`]' order).
+    exchanges: [Counter; EXCHANGE_OUTCOMES.len()],
 }
+
+/// The outcomes of an OIDC token exchange: issued, or why not.
+const EXCHANGE_OUTCOMES: [&str; 6] = [
+    "issued",
+    "invalid_token",
+    "untrusted",
+    "replayed",
+    "issuer_unavailable",
+    "other",
+];
 
 impl TokenMetrics {
     fn register(registry: &mut Registry) -> Self {
@@ -368,12 +380,36 @@ impl TokenMetrics {
             "reason",
             RefreshFailure::ALL.map(RefreshFailure::label),
         );
+        let exchanges = closed_family(
+            registry,
+            "prismd_oidc_exchanges",
+            "OIDC token exchanges (keyless CI), by outcome: issued, or why not",
+            "outcome",
+            EXCHANGE_OUTCOMES,
+        );
         Self {
             minted,
             refreshed,
             refresh_failures,
             revoked_all,
             revoked_one,
+            exchanges,
+        }
+    }
+
+    /// Counts the outcome of an OIDC token exchange.
+    pub fn exchange<T>(&self, outcome: &Result<T, DomainError>) {
+        use crate::domain::trust::SubjectTokenError;
+        let index = match outcome {
+            Ok(_) => 0,
+            Err(DomainError::SubjectToken(SubjectTokenError::Invalid(_))) => 1,
+            Err(DomainError::SubjectToken(SubjectTokenError::Untrusted(_))) => 2,
+            Err(DomainError::SubjectToken(SubjectTokenError::Replayed(_))) => 3,
+            Err(DomainError::SubjectToken(SubjectTokenError::IssuerUnavailable(_))) => 4,
+            Err(_) => 5,
+        };
+        if let Some(counter) = self.exchanges.get(index) {
+            counter.inc();
         }
     }
 

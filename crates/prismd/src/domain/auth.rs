@@ -27,6 +27,7 @@ use super::{BearerError, DomainError, GrantError, RequestMeta, now_ms, secrets};
 use crate::store::{
     AuditEvent, Organization, RefreshGrant, RevokeDecision, SessionPolicy, Store, StoreError, User,
 };
+use crate::oidc::{OidcSettings, OidcSetupError, OidcVerifier};
 use crate::tokens::jwt::Audience;
 use crate::tokens::{
     AccessClaims, JwtError, KeyRing, LiveKeys, VerifiedTokens, VerifyExpectations, hash_secret, jwt,
@@ -40,6 +41,8 @@ pub struct TokenSettings {
     pub access_token_ttl: Duration,
     /// Most access tokens remembered as verified (0: verify every time).
     pub verified_token_capacity: usize,
+    /// How the OIDC tokens of trust policies (keyless CI) are verified.
+    pub oidc: OidcSettings,
 }
 
 /// The caller behind a verified, still-standing access token.
@@ -80,6 +83,32 @@ impl Principal {
     }
 }
 
+/// What decides the scope of an access token: the scope its refresh token (or trust policy)
+/// holds, and what its principal may hold now.
+pub(super) struct ScopeSource<'a> {
+    /// What holds the scope, for messages ("refresh token", "trust policy").
+    pub what: &'static str,
+    pub scope: &'a str,
+    pub role: &'a str,
+    /// The organization's own scopes the principal holds, when read with the grant.
+    pub held_org_scopes: Option<&'a str>,
+    pub org_id: &'a str,
+    pub user_id: &'a str,
+}
+
+impl<'a> ScopeSource<'a> {
+    fn of(grant: &'a RefreshGrant) -> Self {
+        Self {
+            what: "refresh token",
+            scope: &grant.scope,
+            role: &grant.role,
+            held_org_scopes: grant.held_org_scopes.as_deref(),
+            org_id: &grant.org_id,
+            user_id: &grant.user_id,
+        }
+    }
+}
+
 /// What a revoke request did. The HTTP answer is the same either way (RFC 7009: no oracle).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RevokeOutcome {
@@ -94,6 +123,8 @@ pub struct AuthService {
     verified: VerifiedTokens,
     settings: TokenSettings,
     usage: UsageRecorder,
+    /// The issuers' keys of keyless CI, cached.
+    oidc: OidcVerifier,
 }
 
 /// Last-use records that could not be written; they were put back and go out with the next
@@ -106,14 +137,44 @@ pub struct TokenUseWriteError {
 }
 
 impl AuthService {
-    pub fn new(store: Arc<dyn Store>, keys: Arc<LiveKeys>, settings: TokenSettings) -> Self {
-        Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        keys: Arc<LiveKeys>,
+        settings: TokenSettings,
+    ) -> Result<Self, OidcSetupError> {
+        Ok(Self {
             store,
             keys,
             verified: VerifiedTokens::new(settings.verified_token_capacity),
+            oidc: OidcVerifier::new(settings.oidc.clone())?,
             settings,
             usage: UsageRecorder::default(),
-        }
+        })
+    }
+
+    pub(super) fn oidc(&self) -> &OidcVerifier {
+        &self.oidc
+    }
+
+    pub(super) fn oidc_settings(&self) -> &OidcSettings {
+        &self.settings.oidc
+    }
+
+    /// Notes a use of a session (its last use is written in batches).
+    pub(super) fn note_use(&self, session_id: &str, at: i64, meta: &RequestMeta) {
+        self.usage.record(session_id, at, meta.address.as_deref());
+    }
+
+    /// Whether the session policy `policy` has ended a session (see `session_expired`).
+    pub(super) fn session_has_expired(
+        &self,
+        policy: SessionPolicy,
+        session_id: &str,
+        created_at: i64,
+        stored_last_use: Option<i64>,
+        now: i64,
+    ) -> bool {
+        self.session_expired(policy, session_id, created_at, stored_last_use, now)
     }
 
     pub fn settings(&self) -> &TokenSettings {
@@ -303,7 +364,7 @@ impl AuthService {
             standing::check(self.grant_standing(&grant, now))
                 .map_err(|denial| DomainError::InvalidGrant(GrantError::Denied(denial)))?;
         }
-        let granted_scope = self.granted_scope(&grant, scope).await?;
+        let granted_scope = self.granted_scope(ScopeSource::of(&grant), scope).await?;
         let now_secs = now / 1000;
         let ttl = i64::try_from(self.settings.access_token_ttl.as_secs()).unwrap_or(i64::MAX);
         // An access token never outlives the refresh token it came from.
@@ -342,6 +403,7 @@ impl AuthService {
             refresh_token: None,
             id_token: None,
             refresh_token_expires_in,
+            issued_token_type: None,
         })
     }
 
@@ -349,16 +411,16 @@ impl AuthService {
     /// (the OpenID names it always carried) unless API scopes are asked for; a restricted
     /// token's API scopes (or the requested part of them) that its principal still holds.
     /// Asking for a scope the token lacks, or keeping none, is `invalid_scope`.
-    async fn granted_scope(
+    pub(super) async fn granted_scope(
         &self,
-        grant: &RefreshGrant,
+        grant: ScopeSource<'_>,
         requested: Option<&str>,
     ) -> Result<Option<String>, DomainError> {
         let requested = match requested.map(TokenScopes::parse) {
             Some(TokenScopes::Restricted(names)) => Some(names),
             _ => None,
         };
-        let token = TokenScopes::parse(&grant.scope);
+        let token = TokenScopes::parse(grant.scope);
         let unrestricted = token == TokenScopes::Unrestricted;
         let wanted = match (token, requested) {
             // The path of every token minted before scopes existed: nothing to look up.
@@ -368,22 +430,23 @@ impl AuthService {
             (TokenScopes::Restricted(names), Some(requested)) => {
                 if let Some(missing) = requested.iter().find(|name| !names.contains(*name)) {
                     return Err(DomainError::InvalidScope(format!(
-                        "the refresh token does not hold the scope {missing}"
+                        "the {} does not hold the scope {missing}",
+                        grant.what
                     )));
                 }
                 requested
             }
         };
-        let role = Role::from_key(&grant.role);
+        let role = Role::from_key(grant.role);
         // A restricted token's grant carries them; an unrestricted one asking for one of the
         // organization's own scopes (rare) reads them.
         let read_now;
-        let org_held: BTreeSet<&str> = match grant.held_org_scopes.as_deref() {
+        let org_held: BTreeSet<&str> = match grant.held_org_scopes {
             Some(held) => held.split_whitespace().collect(),
             None if wanted.iter().any(|name| ApiScope::parse(name).is_none()) => {
                 read_now = self
                     .store()
-                    .held_org_scopes(&grant.org_id, role.key(), &grant.user_id)
+                    .held_org_scopes(grant.org_id, role.key(), grant.user_id)
                     .await?;
                 read_now.iter().map(String::as_str).collect()
             }

@@ -55,6 +55,8 @@ impl CleanupPolicy {
             | Garbage::StaleEpochRefreshTokens
             | Garbage::ExpiredRefreshTokens => before(self.dead_token_retention),
             Garbage::AuditEvents => before(self.audit_retention),
+            // Past its expiry and the clock skew an OIDC token is refused unread.
+            Garbage::SpentOidcTokens => before(Duration::from_secs(120)),
             Garbage::RetiredSigningKeys => self.key_window.expired_before(now),
             Garbage::AttemptCounters => before(self.attempt_retention),
         }

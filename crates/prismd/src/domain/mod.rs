@@ -41,6 +41,7 @@ pub mod secrets;
 pub mod service_accounts;
 pub mod sessions;
 pub mod standing;
+pub mod trust;
 pub mod usage;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -80,6 +81,9 @@ pub enum DomainError {
     /// was for was not done, and the caller may retry.
     #[error("{0}")]
     MailNotSent(String),
+    /// An OIDC token (keyless CI) that cannot be exchanged, or whose issuer is unreachable.
+    #[error("{0}")]
+    SubjectToken(trust::SubjectTokenError),
     /// A device-code poll that returns no tokens yet, or never will.
     #[error("{0}")]
     Device(device::DeviceError),

@@ -121,6 +121,46 @@ pub async fn held_scopes(
         .collect())
 }
 
+/// Checks that every one of `names` is a built-in scope or one the organization declared,
+/// and that `holder` may hold it now: what a minted token and a trust policy may carry.
+pub async fn checked_holder_scopes(
+    store: &dyn Store,
+    holder: &User,
+    names: &BTreeSet<String>,
+) -> Result<(), DomainError> {
+    if names.iter().any(|name| ApiScope::parse(name).is_none()) {
+        let declared: BTreeSet<String> = store
+            .org_scopes(&holder.org_id)
+            .await?
+            .into_iter()
+            .map(|scope| scope.name)
+            .collect();
+        if let Some(unknown) = names
+            .iter()
+            .find(|name| ApiScope::parse(name).is_none() && !declared.contains(*name))
+        {
+            return Err(DomainError::InvalidInput(format!(
+                "unknown scope {unknown}: use a built-in scope ({}) or one the organization \
+                 declared",
+                ApiScope::ALL.map(|s| s.name()).join(", ")
+            )));
+        }
+    }
+    let role = Role::of(holder);
+    let held = held_scopes(store, &holder.org_id, role, &holder.id, names).await?;
+    if let Some(missing) = names.iter().find(|name| !held.contains(*name)) {
+        let whose = if holder.is_service_account() {
+            "the service account"
+        } else {
+            "the user"
+        };
+        return Err(DomainError::InvalidInput(format!(
+            "{whose} (role {role}) may not hold the scope {missing}"
+        )));
+    }
+    Ok(())
+}
+
 /// Service accounts and organization scopes over the store.
 pub struct ServiceAccounts<'s> {
     store: &'s dyn Store,

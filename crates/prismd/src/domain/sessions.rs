@@ -13,7 +13,7 @@ use super::clients::{CLI_CLIENT_ID, DEFAULT_SCOPE};
 use super::policies::{self, Policies};
 use super::roles::Role;
 use super::scopes::{ApiScope, ApiScopes, TokenScopes};
-use super::service_accounts::held_scopes;
+use super::service_accounts::checked_holder_scopes;
 use super::usage::UsageRecorder;
 use super::{DomainError, RequestMeta, now_ms};
 use crate::store::{
@@ -400,35 +400,7 @@ impl<'s> Sessions<'s> {
                 "give at least one scope, or none at all for the full access of the role".into(),
             ));
         }
-        let declared: BTreeSet<String> = self
-            .store
-            .org_scopes(&holder.org_id)
-            .await?
-            .into_iter()
-            .map(|scope| scope.name)
-            .collect();
-        if let Some(unknown) = names
-            .iter()
-            .find(|name| ApiScope::parse(name).is_none() && !declared.contains(*name))
-        {
-            return Err(DomainError::InvalidInput(format!(
-                "unknown scope {unknown}: use a built-in scope ({}) or one the organization \
-                 declared",
-                ApiScope::ALL.map(|s| s.name()).join(", ")
-            )));
-        }
-        let role = Role::of(holder);
-        let held = held_scopes(self.store, &holder.org_id, role, &holder.id, &names).await?;
-        if let Some(missing) = names.iter().find(|name| !held.contains(*name)) {
-            let whose = if holder.is_service_account() {
-                "the service account"
-            } else {
-                "the user"
-            };
-            return Err(DomainError::InvalidInput(format!(
-                "{whose} (role {role}) may not hold the scope {missing}"
-            )));
-        }
+        checked_holder_scopes(self.store, holder, &names).await?;
         if let Some((caller_names, effective)) = restricted_minter {
             let beyond = names.iter().find(|name| match ApiScope::parse(name) {
                 Some(scope) => !effective.contains(scope),

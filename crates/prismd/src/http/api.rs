@@ -15,17 +15,18 @@ use super::body::{BodyShape, JsonBody};
 use super::error::{HttpError, RETRY_AFTER_SECS};
 use super::graphql::{MutationRoot, Outbox, QueryRoot, UNAVAILABLE_CODE};
 use super::graphql_access::{AccessMutation, AccessQuery};
+use super::graphql_trust::{TrustMutation, TrustQuery};
 use super::{AppState, ClientMeta};
 use crate::domain::auth::{AuthService, Principal};
 
 /// Every query: the users and sessions of `graphql`, the service accounts and scopes of
-/// `graphql_access`.
+/// `graphql_access`, the trust policies of `graphql_trust`.
 #[derive(MergedObject, Default)]
-pub struct Query(QueryRoot, AccessQuery);
+pub struct Query(QueryRoot, AccessQuery, TrustQuery);
 
 /// Every mutation, merged the same way.
 #[derive(MergedObject, Default)]
-pub struct Mutation(MutationRoot, AccessMutation);
+pub struct Mutation(MutationRoot, AccessMutation, TrustMutation);
 
 pub type ApiSchema = Schema<Query, Mutation, EmptySubscription>;
 

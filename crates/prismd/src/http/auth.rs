@@ -1,5 +1,6 @@
 //! `POST /auth/refresh` and `POST /auth/revoke`, exactly as Prismatic's CI/CD document uses
-//! them (JSON in, JSON out), and `GET /auth/meta`, where the official `prism` CLI discovers
+//! them (JSON in, JSON out), `POST /auth/exchange` (keyless CI, in the same shape), and
+//! `GET /auth/meta`, where the official `prism` CLI discovers
 //! this server.
 
 use axum::Json;
@@ -13,6 +14,7 @@ use super::error::HttpError;
 use super::{AppState, ClientMeta};
 use crate::domain::clients::CLI_CLIENT_ID;
 use crate::domain::limits::{LimitKey, LimitKind, Verdict};
+use crate::domain::trust::SubjectTokenError;
 use crate::domain::{DomainError, GrantError, RequestMeta};
 use crate::metrics::RevocationKind;
 
@@ -38,6 +40,66 @@ pub(super) fn no_store(mut response: Response) -> Response {
         .headers_mut()
         .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     response
+}
+
+/// `POST /auth/exchange`: the JSON twin of RFC 8693 token exchange at `/oauth/token`, in
+/// `/auth/refresh`'s shape, so a pipeline's `curl | jq` line stays the seed's.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ExchangeRequest {
+    pub token: String,
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    #[serde(default)]
+    pub scope: Option<String>,
+}
+
+/// OIDC tokens reach a few KiB (the verifier refuses more than 16 KiB).
+pub(super) const EXCHANGE_BODY_LIMIT: usize = 24 * 1024;
+
+impl BodyShape for ExchangeRequest {
+    const MAX_BYTES: usize = EXCHANGE_BODY_LIMIT;
+    const EXPECTED: &'static str = r#"a JSON object with a string field "token" (the pipeline's OIDC token) and optional strings "tenant_id" and "scope""#;
+}
+
+pub async fn exchange(
+    State(state): State<AppState>,
+    ClientMeta(meta): ClientMeta,
+    JsonBody(body): JsonBody<ExchangeRequest>,
+) -> Result<Response, HttpError> {
+    exchanged(
+        &state,
+        &meta,
+        &body.token,
+        body.tenant_id.as_deref(),
+        body.scope.as_deref(),
+    )
+    .await
+}
+
+/// Runs an OIDC token exchange for either endpoint: counted, logged with its policy, and
+/// refused ones counted against the address like bad refresh tokens.
+pub(super) async fn exchanged(
+    state: &AppState,
+    meta: &RequestMeta,
+    token: &str,
+    tenant_id: Option<&str>,
+    scope: Option<&str>,
+) -> Result<Response, HttpError> {
+    let outcome = state
+        .auth
+        .exchange_oidc_token(token, tenant_id, scope, meta)
+        .await;
+    state.metrics.tokens.exchange(&outcome);
+    match outcome {
+        Ok(exchanged) => {
+            tracing::info!(policy = %exchanged.policy_id, "OIDC token exchanged");
+            Ok(no_store(Json(exchanged.response).into_response()))
+        }
+        Err(err) => {
+            tracing::info!(error = %err, "OIDC token exchange refused");
+            Err(refresh_failed(state, meta, err).await)
+        }
+    }
 }
 
 pub async fn refresh(
@@ -70,10 +132,15 @@ pub(super) async fn refresh_failed(
     meta: &RequestMeta,
     err: DomainError,
 ) -> HttpError {
-    let counted = matches!(
-        err,
-        DomainError::InvalidGrant(GrantError::Malformed(_) | GrantError::Unknown)
-    );
+    let counted = match &err {
+        DomainError::InvalidGrant(GrantError::Malformed(_) | GrantError::Unknown) => true,
+        // Keyless CI: a token no policy accepts, or a forged or replayed one. An issuer that
+        // cannot be reached is not the client's fault.
+        DomainError::SubjectToken(reason) => {
+            !matches!(reason, SubjectTokenError::IssuerUnavailable(_))
+        }
+        _ => false,
+    };
     let key = LimitKey::address(LimitKind::RefreshAddress, meta).filter(|_| counted);
     let Some(key) = key else {
         return err.into();
@@ -90,7 +157,7 @@ pub(super) async fn refresh_failed(
             HttpError::too_many(
                 retry_after_secs,
                 format!(
-                    "too many invalid refresh tokens from this address; retry after {retry_after_secs} seconds"
+                    "too many invalid tokens from this address; retry after {retry_after_secs} seconds"
                 ),
             )
         }

@@ -97,6 +97,17 @@ impl From<DomainError> for HttpError {
                 Self::new(StatusCode::BAD_REQUEST, "invalid_scope", msg)
             }
             DomainError::InvalidToken(reason) => Self::invalid_token(reason.to_string()),
+            DomainError::SubjectToken(reason) => {
+                use crate::domain::trust::SubjectTokenError;
+                match reason {
+                    SubjectTokenError::IssuerUnavailable(msg) => Self {
+                        // An issuer outage lasts longer than a database failover.
+                        retry_after: Some(ISSUER_RETRY_AFTER_SECS),
+                        ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", msg)
+                    },
+                    other => Self::new(StatusCode::BAD_REQUEST, "invalid_grant", other.to_string()),
+                }
+            }
             DomainError::Device(reason) => {
                 use crate::domain::device::DeviceError;
                 let error = match reason {
@@ -145,6 +156,8 @@ pub(super) fn log_unavailable(cause: &StoreError) {
 
 /// `Retry-After` of every 503: the breaker notices a returning database within a second.
 pub(super) const RETRY_AFTER_SECS: &str = "1";
+/// `Retry-After` of a 503 for an OIDC issuer that cannot be reached.
+const ISSUER_RETRY_AFTER_SECS: u64 = 5;
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
@@ -163,7 +176,7 @@ impl IntoResponse for HttpError {
         {
             headers.insert(header::RETRY_AFTER, value);
         }
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if self.status == StatusCode::SERVICE_UNAVAILABLE && self.retry_after.is_none() {
             headers.insert(
                 header::RETRY_AFTER,
                 HeaderValue::from_static(RETRY_AFTER_SECS),

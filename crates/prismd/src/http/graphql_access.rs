@@ -27,7 +27,7 @@ fn account_id_from(id: &ID) -> Result<String, DomainError> {
 }
 
 /// A service account as the API shows it.
-pub struct ServiceAccountNode(User);
+pub struct ServiceAccountNode(pub(super) User);
 
 #[Object(name = "ServiceAccount")]
 impl ServiceAccountNode {

@@ -9,6 +9,7 @@ mod body;
 mod error;
 mod graphql;
 mod graphql_access;
+mod graphql_trust;
 mod metrics;
 mod oauth;
 mod ops;
@@ -122,6 +123,7 @@ pub fn router(state: AppState, request_timeout: Duration, metrics: MetricsExposu
     };
     routes
         .route("/auth/refresh", post(auth::refresh))
+        .route("/auth/exchange", post(auth::exchange))
         .route("/auth/revoke", post(auth::revoke))
         .route("/auth/meta", get(auth::meta))
         .route("/oauth/token", post(oauth::token))

@@ -1,4 +1,5 @@
-//! Standard OAuth 2.0 surface: the token endpoint (RFC 6749 §6 refresh grant, form or JSON),
+//! Standard OAuth 2.0 surface: the token endpoint (RFC 6749 §6 refresh grant, form or JSON,
+//! and RFC 8693 token exchange for keyless CI),
 //! the JWKS and the metadata documents (RFC 8414 / OpenID Discovery).
 
 use axum::Json;
@@ -9,12 +10,13 @@ use prism_proto::wire::TokenResponse;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::auth::{AUTH_BODY_LIMIT, no_store};
+use super::auth::{AUTH_BODY_LIMIT, EXCHANGE_BODY_LIMIT, no_store};
 use super::body::{BodyShape, JsonOrForm};
 use super::error::HttpError;
 use super::{AppState, ClientMeta};
 use crate::domain::clients::{CLI_CLIENT_ID, DEFAULT_SCOPE};
 use crate::domain::login::CodeGrant;
+use crate::domain::trust::{ACCESS_TOKEN_TYPE, SUBJECT_TOKEN_TYPES};
 use crate::metrics::RevocationKind;
 
 /// RFC 6749 token request parameters.
@@ -38,15 +40,25 @@ pub struct TokenRequest {
     redirect_uri: Option<String>,
     #[serde(default)]
     device_code: Option<String>,
+    /// Token exchange (RFC 8693): the pipeline's OIDC token and its type.
+    #[serde(default)]
+    subject_token: Option<String>,
+    #[serde(default)]
+    subject_token_type: Option<String>,
+    #[serde(default)]
+    requested_token_type: Option<String>,
 }
 
 /// RFC 8628 grant type.
 const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+/// RFC 8693 grant type.
+const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 
 impl BodyShape for TokenRequest {
-    const MAX_BYTES: usize = AUTH_BODY_LIMIT;
+    const MAX_BYTES: usize = EXCHANGE_BODY_LIMIT;
     const EXPECTED: &'static str = "string parameters: grant_type, and refresh_token (refresh_token grant) or code, \
-         code_verifier, redirect_uri, client_id (authorization_code grant)";
+         code_verifier, redirect_uri, client_id (authorization_code grant) or subject_token, \
+         subject_token_type (token-exchange grant)";
 }
 
 pub async fn token(
@@ -121,11 +133,47 @@ pub async fn token(
             count_minted(&state, &tokens);
             Ok(no_store(Json(tokens).into_response()))
         }
+        TOKEN_EXCHANGE_GRANT => {
+            let subject_token = request
+                .subject_token
+                .as_deref()
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| {
+                    HttpError::invalid_request("the subject_token parameter is required")
+                })?;
+            match request.subject_token_type.as_deref() {
+                Some(kind) if SUBJECT_TOKEN_TYPES.contains(&kind) => {}
+                _ => {
+                    return Err(HttpError::invalid_request(format!(
+                        "subject_token_type must be {}",
+                        SUBJECT_TOKEN_TYPES.join(" or ")
+                    )));
+                }
+            }
+            if request
+                .requested_token_type
+                .as_deref()
+                .is_some_and(|kind| kind != ACCESS_TOKEN_TYPE)
+            {
+                return Err(HttpError::invalid_request(format!(
+                    "this server issues only requested_token_type={ACCESS_TOKEN_TYPE}"
+                )));
+            }
+            super::auth::exchanged(
+                &state,
+                &meta,
+                subject_token,
+                request.tenant_id.as_deref(),
+                request.scope.as_deref(),
+            )
+            .await
+        }
         _ => Err(HttpError::new(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
-            "this server supports grant_type=authorization_code, refresh_token and \
-             urn:ietf:params:oauth:grant-type:device_code",
+            "this server supports grant_type=authorization_code, refresh_token, \
+             urn:ietf:params:oauth:grant-type:device_code and \
+             urn:ietf:params:oauth:grant-type:token-exchange",
         )),
     }
 }
@@ -225,7 +273,7 @@ pub fn metadata_document(issuer: &str) -> Value {
         "revocation_endpoint": format!("{issuer}/oauth/revoke"),
         "device_authorization_endpoint": format!("{issuer}/oauth/device/code"),
         "end_session_endpoint": format!("{issuer}/logout"),
-        "grant_types_supported": ["authorization_code", "refresh_token", DEVICE_CODE_GRANT],
+        "grant_types_supported": ["authorization_code", "refresh_token", DEVICE_CODE_GRANT, TOKEN_EXCHANGE_GRANT],
         "token_endpoint_auth_methods_supported": ["none"],
         "revocation_endpoint_auth_methods_supported": ["none"],
         "response_types_supported": ["code"],

@@ -10,7 +10,7 @@ use super::AuditEvent;
 /// replica.
 /// An identity's password changes no token's standing either (it ends browser sessions, which
 /// no cache holds), and a reset request can be made by anyone.
-pub const INFORMATIONAL_ACTIONS: [&str; 7] = [
+pub const INFORMATIONAL_ACTIONS: [&str; 8] = [
     "login.succeeded",
     "login.failed",
     "limit.tripped",
@@ -18,6 +18,9 @@ pub const INFORMATIONAL_ACTIONS: [&str; 7] = [
     "identity.password_changed",
     "identity.password_reset",
     "identity.reset_requested",
+    // An OIDC token exchanged under a trust policy: a session it starts is new (nothing cached
+    // names it), and one it replaces had already ended.
+    "oidc.exchanged",
 ];
 
 /// A committed change that may make state cached by some process stale: the audited action

@@ -40,11 +40,14 @@ pub enum Garbage {
     ExpiredPasswordResets,
     /// Password-reset links spent or replaced before the cutoff.
     SpentPasswordResets,
+    /// Replay keys of OIDC tokens (keyless CI) that expired before the cutoff: an expired
+    /// token is refused before its key is looked at.
+    SpentOidcTokens,
 }
 
 impl Garbage {
     /// Every kind, in the order a cleanup round deletes them.
-    pub const ALL: [Garbage; 14] = [
+    pub const ALL: [Garbage; 15] = [
         Garbage::UnusedAuthorizationCodes,
         Garbage::AuthorizationCodes,
         Garbage::DeviceCodes,
@@ -59,6 +62,7 @@ impl Garbage {
         Garbage::AttemptCounters,
         Garbage::ExpiredPasswordResets,
         Garbage::SpentPasswordResets,
+        Garbage::SpentOidcTokens,
     ];
 
     /// A name for logs.
@@ -78,6 +82,7 @@ impl Garbage {
             Garbage::AttemptCounters => "attempt_counters",
             Garbage::ExpiredPasswordResets => "expired_password_resets",
             Garbage::SpentPasswordResets => "spent_password_resets",
+            Garbage::SpentOidcTokens => "spent_oidc_tokens",
         }
     }
 
@@ -142,6 +147,10 @@ impl Garbage {
             Garbage::SpentPasswordResets => {
                 "DELETE FROM password_resets WHERE token_hash IN (SELECT token_hash \
                  FROM password_resets WHERE used_at IS NOT NULL AND used_at < $1 LIMIT $2)"
+            }
+            Garbage::SpentOidcTokens => {
+                "DELETE FROM oidc_token_uses WHERE token_key IN (SELECT token_key \
+                 FROM oidc_token_uses WHERE expires_at < $1 LIMIT $2)"
             }
         }
     }

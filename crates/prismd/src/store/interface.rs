@@ -463,6 +463,64 @@ pub trait AccessStore: Send + Sync + 'static {
     async fn release_expiry_notice(&self, token_id: &str) -> Result<(), StoreError>;
 }
 
+/// Trust policies (keyless CI) and the OIDC tokens exchanged under them. Every method is a
+/// single short transaction.
+#[async_trait]
+pub trait TrustStore: Send + Sync + 'static {
+    /// Creates a policy and its session (a refresh token row of its service account whose
+    /// secret is never issued), if `actor` may (an Owner or Admin of the organization; an
+    /// operator). Refused with [`Refusal::NotFound`] when the service account is not a live
+    /// one of the organization, [`Refusal::NameTaken`] when a policy there has the name.
+    async fn create_trust_policy(
+        &self,
+        policy: TrustPolicyRecord,
+        session_hash: [u8; 32],
+        actor: Actor<'_>,
+        audit: AuditEvent,
+    ) -> Result<Result<TrustPolicyRecord, Refusal>, StoreError>;
+
+    /// The organization's trust policies, by name.
+    async fn trust_policies(&self, org_id: &str) -> Result<Vec<TrustPolicyRecord>, StoreError>;
+
+    /// One policy of the organization.
+    async fn trust_policy(
+        &self,
+        org_id: &str,
+        id: &str,
+    ) -> Result<Option<TrustPolicyRecord>, StoreError>;
+
+    /// Writes a policy's new state (all its settings; not its session, times or use), if
+    /// `actor` may. With `end_session` its session is revoked first, ending every access
+    /// token it issued (the next exchange starts a new one). Refusals as for creating.
+    async fn update_trust_policy(
+        &self,
+        policy: TrustPolicyRecord,
+        end_session: bool,
+        actor: Actor<'_>,
+        audit: AuditEvent,
+    ) -> Result<Result<TrustPolicyRecord, Refusal>, StoreError>;
+
+    /// Deletes a policy and revokes its session, if `actor` may.
+    async fn delete_trust_policy(
+        &self,
+        org_id: &str,
+        id: &str,
+        actor: Actor<'_>,
+        audit: AuditEvent,
+    ) -> Result<Result<(), Refusal>, StoreError>;
+
+    /// The enabled policies that trust `issuer`, with what an exchange needs (one read).
+    async fn trust_candidates(&self, issuer: &str) -> Result<Vec<TrustCandidate>, StoreError>;
+
+    /// Records an exchange with `audit`: spends the token's replay key, notes the policy's
+    /// use, and replaces its session when asked.
+    async fn record_exchange(
+        &self,
+        exchange: PolicyExchange,
+        audit: AuditEvent,
+    ) -> Result<ExchangeWrite, StoreError>;
+}
+
 /// Signing keys. Every method is a single short transaction.
 #[async_trait]
 pub trait KeyStore: Send + Sync + 'static {
@@ -588,6 +646,7 @@ pub trait Store:
     OrganizationStore
     + UserStore
     + AccessStore
+    + TrustStore
     + SignInStore
     + TokenStore
     + KeyStore
@@ -601,6 +660,7 @@ impl<T> Store for T where
     T: OrganizationStore
         + UserStore
         + AccessStore
+        + TrustStore
         + SignInStore
         + TokenStore
         + KeyStore

@@ -45,7 +45,7 @@ use sqlite::SqliteDialect;
 pub mod traits {
     pub use super::interface::{
         AuditStore, KeyStore, LimitStore, Maintenance, OrganizationStore, SignInStore, Store,
-        TokenStore, UserStore,
+        TokenStore, TrustStore, UserStore,
     };
 }
 

@@ -593,3 +593,94 @@ pub struct AuditRecord {
     pub user_agent: Option<String>,
     pub detail: Option<String>,
 }
+
+/// A trust policy (keyless CI): which OIDC tokens of one issuer act as one of the
+/// organization's service accounts, as stored. `conditions` is the JSON list the domain
+/// parses (`oidc::claims::ClaimCondition`); `scopes` is space-separated ('' : the account's
+/// full role).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct TrustPolicyRecord {
+    pub id: String,
+    pub org_id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub issuer: String,
+    pub audience: String,
+    pub conditions: String,
+    pub service_account_id: String,
+    pub scopes: String,
+    pub access_token_ttl_secs: i64,
+    pub max_token_age_secs: i64,
+    pub enabled: bool,
+    /// The policy's session: the refresh token row (secret never issued) its access tokens
+    /// name as `sid`.
+    pub session_id: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub last_used_at: Option<i64>,
+}
+
+/// An enabled trust policy of an issuer, with what an exchange under it needs, read in one
+/// look-up: the service account's standing, its session's state and the organization's
+/// session policy.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TrustCandidate {
+    #[sqlx(flatten)]
+    pub policy: TrustPolicyRecord,
+    pub tenant_id: String,
+    pub account_role: String,
+    pub account_epoch: i64,
+    pub account_removed_at: Option<i64>,
+    /// The session row, when it exists and belongs to the policy's service account.
+    pub session_epoch: Option<i64>,
+    pub session_revoked_at: Option<i64>,
+    pub session_created_at: Option<i64>,
+    pub session_last_used_at: Option<i64>,
+    #[sqlx(flatten)]
+    pub session_policy: SessionPolicy,
+    /// The organization's own scopes the account may hold now, space-separated.
+    pub held_org_scopes: String,
+}
+
+/// The name a trust policy's session shows in its service account's session list.
+pub fn policy_session_name(policy_name: &str) -> String {
+    format!("trust policy {policy_name}")
+}
+
+/// A new session for a trust policy whose session ended: a refresh token row of its service
+/// account whose secret is never issued.
+#[derive(Debug, Clone)]
+pub struct NewPolicySession {
+    pub id: String,
+    /// A random hash no secret has: nobody can present this session as a refresh token.
+    pub token_hash: [u8; 32],
+    pub name: String,
+    /// The session it replaces (compare-and-set: of two replicas replacing it at once, one
+    /// does, and the other uses its session).
+    pub replaces: String,
+}
+
+/// One exchange of an OIDC token under a trust policy, written in one transaction with its
+/// audit row.
+#[derive(Debug, Clone)]
+pub struct PolicyExchange {
+    pub policy_id: String,
+    pub service_account_id: String,
+    /// The token's replay key (its issuer and jti, or its hash) and when it expires (ms).
+    pub token_key: String,
+    pub issuer: String,
+    pub token_expires_at: i64,
+    pub at: i64,
+    pub new_session: Option<NewPolicySession>,
+}
+
+/// What writing an exchange found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExchangeWrite {
+    /// Recorded: access tokens name this session.
+    Issued { session_id: String },
+    /// The token was exchanged before (here or on another replica).
+    Replayed,
+    /// The policy was disabled or deleted, or its service account removed, meanwhile.
+    PolicyGone,
+}

@@ -9,7 +9,7 @@ use crate::store::*;
 
 /// May `$actor` (an active, joined member of the account's organization `{org}`) manage
 /// service accounts there? Owners and Admins may; an operator (NULL) may.
-fn manager(actor: u8, org: &str) -> String {
+pub(super) fn manager(actor: u8, org: &str) -> String {
     format!(
         "(CAST(${actor} AS TEXT) IS NULL OR EXISTS (SELECT 1 FROM users a \
            WHERE a.id = CAST(${actor} AS TEXT) AND a.org_id = {org} AND a.removed_at IS NULL \

@@ -19,6 +19,7 @@ mod limits;
 mod maintenance;
 mod organizations;
 mod sign_in;
+mod trust;
 pub(crate) mod tokens;
 pub(crate) mod users;
 

@@ -391,6 +391,12 @@ impl<D: Dialect> UserStore for SqlStore<D> {
             tx.rollback().await?;
             return Ok(Err(why));
         }
+        // A removed service account's trust policies go with it (the removal's audit row
+        // says so for all of them): they could never issue a token again.
+        query("DELETE FROM trust_policies WHERE service_account_id = $1")
+            .bind(user_id)
+            .execute(&mut tx)
+            .await?;
         tx.commit_audited(&audit).await?;
         Ok(Ok(()))
     }

@@ -1,0 +1,362 @@
+//! Trust policies (keyless CI), their sessions, and the OIDC tokens exchanged under them.
+
+use async_trait::async_trait;
+
+use super::access::manager;
+use super::funnel::query;
+use super::{Dialect, Lock, SqlStore, Write, is_unique_violation};
+use crate::store::*;
+
+/// The columns of a [`TrustPolicyRecord`] (`p`: trust_policies).
+macro_rules! policy_columns {
+    () => {
+        "p.id, p.org_id, p.name, p.description, p.issuer, p.audience, p.conditions, \
+         p.service_account_id, p.scopes, p.access_token_ttl_secs, p.max_token_age_secs, \
+         p.enabled, p.session_id, p.created_at, p.updated_at, p.last_used_at"
+    };
+}
+
+/// [`TrustStore::trust_candidates`]: the enabled policies of an issuer (`$1`), each with its
+/// service account, organization and session.
+const CANDIDATES_SQL: &str = concat!(
+    "SELECT ",
+    policy_columns!(),
+    ", o.tenant_id, u.role AS account_role, u.token_epoch AS account_epoch, \
+       u.removed_at AS account_removed_at, s.user_epoch AS session_epoch, \
+       s.revoked_at AS session_revoked_at, s.created_at AS session_created_at, \
+       s.last_used_at AS session_last_used_at, \
+       o.refresh_idle_expiry_secs AS idle_expiry_secs, o.refresh_max_age_secs AS max_age_secs, \
+       COALESCE((SELECT string_agg(g.scope, ' ') FROM scope_grants g \
+         WHERE g.org_id = u.org_id AND g.grantee IN ('role:' || u.role, 'user:' || u.id)), '') \
+         AS held_org_scopes \
+     FROM trust_policies p \
+     JOIN users u ON u.id = p.service_account_id \
+     JOIN organizations o ON o.id = p.org_id \
+     LEFT JOIN refresh_tokens s ON s.id = p.session_id AND s.user_id = p.service_account_id \
+     WHERE p.issuer = $1 AND p.enabled \
+     ORDER BY p.org_id, p.name"
+);
+
+/// The session row of a policy: a refresh token of its service account (`$3`, which must be
+/// a live one of the organization `$6`) whose hash (`$2`) no secret has. Inserts nothing
+/// otherwise.
+const INSERT_SESSION_SQL: &str = "INSERT INTO refresh_tokens (id, token_hash, user_id, \
+     user_epoch, client_id, name, scope, created_at, named) \
+     SELECT $1, $2, u.id, u.token_epoch, 'keyless', $4, '', $5, FALSE FROM users u \
+     WHERE u.id = $3 AND u.org_id = $6 AND u.kind = 'service' AND u.removed_at IS NULL";
+
+async fn insert_session<D: Dialect>(
+    tx: &mut Write<'_, D>,
+    id: &str,
+    token_hash: &[u8; 32],
+    account_id: &str,
+    name: &str,
+    at: i64,
+    org_id: &str,
+) -> Result<u64, StoreError> {
+    query(INSERT_SESSION_SQL)
+        .bind(id)
+        .bind(&token_hash[..])
+        .bind(account_id)
+        .bind(name)
+        .bind(at)
+        .bind(org_id)
+        .execute(tx)
+        .await
+}
+
+async fn end_session<D: Dialect>(
+    tx: &mut Write<'_, D>,
+    session_id: &str,
+    at: i64,
+) -> Result<(), StoreError> {
+    query("UPDATE refresh_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+        .bind(session_id)
+        .bind(at)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+async fn read_policy(
+    on: &mut impl super::funnel::Exec,
+    org_id: &str,
+    id: &str,
+) -> Result<Option<TrustPolicyRecord>, StoreError> {
+    query(concat!(
+        "SELECT ",
+        policy_columns!(),
+        " FROM trust_policies p WHERE p.org_id = $1 AND p.id = $2"
+    ))
+    .bind(org_id)
+    .bind(id)
+    .fetch_optional(on)
+    .await
+}
+
+/// Ends a policy write: a row written is read back and committed with `audit`; none written
+/// (the actor may not) or a name taken is a refusal.
+async fn finish_policy_write<D: Dialect>(
+    mut tx: Write<'_, D>,
+    written: Result<u64, StoreError>,
+    org_id: &str,
+    id: &str,
+    audit: &AuditEvent,
+) -> Result<Result<TrustPolicyRecord, Refusal>, StoreError> {
+    let refusal = match written {
+        Ok(1) => None,
+        Ok(_) => Some(Refusal::Forbidden),
+        Err(err) if is_unique_violation(&err) => Some(Refusal::NameTaken),
+        Err(err) => return Err(err),
+    };
+    if let Some(refusal) = refusal {
+        tx.rollback().await?;
+        return Ok(Err(refusal));
+    }
+    let Some(policy) = read_policy(&mut tx, org_id, id).await? else {
+        tx.rollback().await?;
+        return Ok(Err(Refusal::NotFound));
+    };
+    tx.commit_audited(audit).await?;
+    Ok(Ok(policy))
+}
+
+#[async_trait]
+impl<D: Dialect> TrustStore for SqlStore<D> {
+    async fn create_trust_policy(
+        &self,
+        policy: TrustPolicyRecord,
+        session_hash: [u8; 32],
+        actor: Actor<'_>,
+        audit: AuditEvent,
+    ) -> Result<Result<TrustPolicyRecord, Refusal>, StoreError> {
+        let mut tx = self.write().await?;
+        tx.lock(Lock::Organization(&policy.org_id)).await?;
+        let session = insert_session(
+            &mut tx,
+            &policy.session_id,
+            &session_hash,
+            &policy.service_account_id,
+            &policy_session_name(&policy.name),
+            policy.created_at,
+            &policy.org_id,
+        )
+        .await?;
+        if session == 0 {
+            tx.rollback().await?;
+            return Ok(Err(Refusal::NotFound));
+        }
+        let sql = format!(
+            "INSERT INTO trust_policies (id, org_id, name, description, issuer, audience, \
+             conditions, service_account_id, scopes, access_token_ttl_secs, \
+             max_token_age_secs, enabled, session_id, created_at, updated_at) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14 WHERE {}",
+            manager(15, "$2")
+        );
+        let inserted = query(sqlx::AssertSqlSafe(sql))
+            .bind(&policy.id)
+            .bind(&policy.org_id)
+            .bind(&policy.name)
+            .bind(&policy.description)
+            .bind(&policy.issuer)
+            .bind(&policy.audience)
+            .bind(&policy.conditions)
+            .bind(&policy.service_account_id)
+            .bind(&policy.scopes)
+            .bind(policy.access_token_ttl_secs)
+            .bind(policy.max_token_age_secs)
+            .bind(policy.enabled)
+            .bind(&policy.session_id)
+            .bind(policy.created_at)
+            .bind(actor)
+            .execute(&mut tx)
+            .await;
+        finish_policy_write(tx, inserted, &policy.org_id, &policy.id, &audit).await
+    }
+
+    async fn trust_policies(&self, org_id: &str) -> Result<Vec<TrustPolicyRecord>, StoreError> {
+        query(concat!(
+            "SELECT ",
+            policy_columns!(),
+            " FROM trust_policies p WHERE p.org_id = $1 ORDER BY p.name"
+        ))
+        .bind(org_id)
+        .fetch_all(&mut self.read())
+        .await
+    }
+
+    async fn trust_policy(
+        &self,
+        org_id: &str,
+        id: &str,
+    ) -> Result<Option<TrustPolicyRecord>, StoreError> {
+        read_policy(&mut self.read(), org_id, id).await
+    }
+
+    async fn update_trust_policy(
+        &self,
+        policy: TrustPolicyRecord,
+        end: bool,
+        actor: Actor<'_>,
+        audit: AuditEvent,
+    ) -> Result<Result<TrustPolicyRecord, Refusal>, StoreError> {
+        let mut tx = self.write().await?;
+        tx.lock(Lock::Organization(&policy.org_id)).await?;
+        let account_live: Option<String> = query(
+            "SELECT id FROM users WHERE id = $1 AND org_id = $2 AND kind = 'service' \
+             AND removed_at IS NULL",
+        )
+        .bind(&policy.service_account_id)
+        .bind(&policy.org_id)
+        .scalar()
+        .fetch_optional(&mut tx)
+        .await?;
+        if account_live.is_none() {
+            tx.rollback().await?;
+            return Ok(Err(Refusal::NotFound));
+        }
+        let sql = format!(
+            "UPDATE trust_policies SET name = $3, description = $4, issuer = $5, \
+             audience = $6, conditions = $7, service_account_id = $8, scopes = $9, \
+             access_token_ttl_secs = $10, max_token_age_secs = $11, enabled = $12, \
+             updated_at = $13 WHERE org_id = $1 AND id = $2 AND {}",
+            manager(14, "$1")
+        );
+        let updated = query(sqlx::AssertSqlSafe(sql))
+            .bind(&policy.org_id)
+            .bind(&policy.id)
+            .bind(&policy.name)
+            .bind(&policy.description)
+            .bind(&policy.issuer)
+            .bind(&policy.audience)
+            .bind(&policy.conditions)
+            .bind(&policy.service_account_id)
+            .bind(&policy.scopes)
+            .bind(policy.access_token_ttl_secs)
+            .bind(policy.max_token_age_secs)
+            .bind(policy.enabled)
+            .bind(policy.updated_at)
+            .bind(actor)
+            .execute(&mut tx)
+            .await;
+        if end && matches!(updated, Ok(1)) {
+            // The session as stored (the caller's copy may be older than a rotation).
+            let session: Option<String> =
+                query("SELECT session_id FROM trust_policies WHERE id = $1")
+                    .bind(&policy.id)
+                    .scalar()
+                    .fetch_optional(&mut tx)
+                    .await?;
+            if let Some(session) = session {
+                end_session(&mut tx, &session, policy.updated_at).await?;
+            }
+        }
+        finish_policy_write(tx, updated, &policy.org_id, &policy.id, &audit).await
+    }
+
+    async fn delete_trust_policy(
+        &self,
+        org_id: &str,
+        id: &str,
+        actor: Actor<'_>,
+        audit: AuditEvent,
+    ) -> Result<Result<(), Refusal>, StoreError> {
+        let mut tx = self.write().await?;
+        tx.lock(Lock::Organization(org_id)).await?;
+        let Some(policy) = read_policy(&mut tx, org_id, id).await? else {
+            tx.rollback().await?;
+            return Ok(Err(Refusal::NotFound));
+        };
+        let sql = format!(
+            "DELETE FROM trust_policies WHERE org_id = $1 AND id = $2 AND {}",
+            manager(3, "$1")
+        );
+        let deleted = query(sqlx::AssertSqlSafe(sql))
+            .bind(org_id)
+            .bind(id)
+            .bind(actor)
+            .execute(&mut tx)
+            .await?;
+        if deleted == 0 {
+            tx.rollback().await?;
+            return Ok(Err(Refusal::Forbidden));
+        }
+        end_session(&mut tx, &policy.session_id, audit.at).await?;
+        tx.commit_audited(&audit).await?;
+        Ok(Ok(()))
+    }
+
+    async fn trust_candidates(&self, issuer: &str) -> Result<Vec<TrustCandidate>, StoreError> {
+        query(CANDIDATES_SQL)
+            .bind(issuer)
+            .fetch_all(&mut self.read())
+            .await
+    }
+
+    async fn record_exchange(
+        &self,
+        exchange: PolicyExchange,
+        audit: AuditEvent,
+    ) -> Result<ExchangeWrite, StoreError> {
+        let mut tx = self.write().await?;
+        let spent = query(
+            "INSERT INTO oidc_token_uses (token_key, issuer, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (token_key) DO NOTHING",
+        )
+        .bind(&exchange.token_key)
+        .bind(&exchange.issuer)
+        .bind(exchange.token_expires_at)
+        .execute(&mut tx)
+        .await?;
+        if spent == 0 {
+            tx.rollback().await?;
+            return Ok(ExchangeWrite::Replayed);
+        }
+        // Still enabled, still acting as the same account (a change in between ended the
+        // session the caller read; its token would be dead at once, so refuse instead).
+        let session: Option<String> = query(
+            "UPDATE trust_policies SET last_used_at = $2 \
+             WHERE id = $1 AND enabled AND service_account_id = $3 RETURNING session_id",
+        )
+        .bind(&exchange.policy_id)
+        .bind(exchange.at)
+        .bind(&exchange.service_account_id)
+        .scalar()
+        .fetch_optional(&mut tx)
+        .await?;
+        let Some(mut session_id) = session else {
+            tx.rollback().await?;
+            return Ok(ExchangeWrite::PolicyGone);
+        };
+        if let Some(new) = exchange.new_session.as_ref().filter(|new| new.replaces == session_id) {
+            let org_id: Option<String> =
+                query("SELECT org_id FROM trust_policies WHERE id = $1")
+                    .bind(&exchange.policy_id)
+                    .scalar()
+                    .fetch_optional(&mut tx)
+                    .await?;
+            let inserted = insert_session(
+                &mut tx,
+                &new.id,
+                &new.token_hash,
+                &exchange.service_account_id,
+                &new.name,
+                exchange.at,
+                org_id.as_deref().unwrap_or_default(),
+            )
+            .await?;
+            if inserted == 0 {
+                tx.rollback().await?;
+                return Ok(ExchangeWrite::PolicyGone);
+            }
+            query("UPDATE trust_policies SET session_id = $2 WHERE id = $1")
+                .bind(&exchange.policy_id)
+                .bind(&new.id)
+                .execute(&mut tx)
+                .await?;
+            session_id = new.id.clone();
+        }
+        tx.commit_audited(&audit).await?;
+        Ok(ExchangeWrite::Issued { session_id })
+    }
+}
