@@ -12,6 +12,8 @@ use prismd::domain::accounts::{self, Accounts, UserDraft, public_id};
 use prismd::domain::audit::{AuditFilter, AuditTrail};
 use prismd::domain::roles::Role;
 use prismd::domain::service_accounts::ServiceAccounts;
+use prismd::domain::trust::{NewTrustPolicy, TrustPolicies, TrustPolicyChanges};
+use prismd::oidc::claims::{ClaimCondition, MatchKind};
 use prismd::domain::sessions::{Minter, SessionOrigin, Sessions, TokenRequest};
 use prismd::domain::usage::UsageRecorder;
 use prismd::domain::{RequestMeta, now_ms};
@@ -140,6 +142,91 @@ pub enum ServiceAccountsCommand {
         #[arg(long, env = "PRISMD_SERVICE_ACCOUNT_NAME")]
         name: String,
     },
+}
+
+#[derive(Subcommand)]
+pub enum TrustPoliciesCommand {
+    /// Trust a CI system's OIDC tokens (keyless CI): tokens of ISSUER for AUDIENCE that meet
+    /// every --claim / --claim-glob act as the service account. Prints the policy's id.
+    Add {
+        #[arg(long, env = "PRISMD_TRUST_POLICY_NAME")]
+        name: String,
+        /// The exact `iss` of the tokens, e.g. https://token.actions.githubusercontent.com.
+        #[arg(long, env = "PRISMD_TRUST_POLICY_ISSUER")]
+        issuer: String,
+        /// The `aud` value the tokens must carry.
+        #[arg(long, env = "PRISMD_TRUST_POLICY_AUDIENCE")]
+        audience: String,
+        /// The service account (name or id) the pipeline acts as.
+        #[arg(long)]
+        service_account: String,
+        /// A claim that must equal a value: `repository_id=123456` (repeat for more; at
+        /// least one condition must pin a stable subject such as sub or repository_id).
+        #[arg(long = "claim", value_name = "CLAIM=VALUE")]
+        claims: Vec<String>,
+        /// A claim that must match a pattern (`*` any run, `?` one character):
+        /// `ref=refs/heads/release/*` (repeat for more).
+        #[arg(long = "claim-glob", value_name = "CLAIM=PATTERN")]
+        claim_globs: Vec<String>,
+        /// Restrict the access tokens to this API scope (repeat for more); without: the
+        /// service account's role decides.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// How long each access token lives (default 1h, at most 24h).
+        #[arg(long, value_parser = parse_seconds)]
+        lifetime: Option<i64>,
+        /// How old (since its `iat`) an OIDC token may be when exchanged (default 1h).
+        #[arg(long, value_parser = parse_seconds)]
+        max_token_age: Option<i64>,
+        #[arg(long)]
+        description: Option<String>,
+        /// Create it disabled.
+        #[arg(long)]
+        disabled: bool,
+        /// Accept a plain `http://` issuer (tests only; the server needs the same flag).
+        #[arg(long, env = "PRISMD_OIDC_ALLOW_HTTP_ISSUERS")]
+        oidc_allow_http_issuers: bool,
+    },
+    /// List the organization's trust policies: id, state, name, issuer and service account.
+    List {
+        /// One JSON object per line instead.
+        #[arg(long, env = "PRISMD_JSON")]
+        json: bool,
+    },
+    /// Stop a policy from issuing tokens, and end every access token it issued, at once.
+    Disable {
+        /// Its name or id.
+        name: String,
+    },
+    /// Let a disabled policy issue tokens again.
+    Enable {
+        /// Its name or id.
+        name: String,
+    },
+    /// Delete a policy: every access token it issued stops working at once.
+    Remove {
+        /// Its name or id.
+        name: String,
+    },
+}
+
+/// A whole number of seconds from a humantime duration (`1h`, `90m`).
+fn parse_seconds(input: &str) -> Result<i64, String> {
+    let duration = humantime::parse_duration(input.trim())
+        .map_err(|err| format!("{err}: give a duration such as 1h or 15m"))?;
+    i64::try_from(duration.as_secs()).map_err(|_| "that is too long".to_owned())
+}
+
+/// `CLAIM=VALUE` as a condition.
+fn condition(text: &str, kind: MatchKind) -> anyhow::Result<ClaimCondition> {
+    let (claim, value) = text
+        .split_once('=')
+        .ok_or_else(|| anyhow::anyhow!("a condition is CLAIM=VALUE, e.g. repository_id=123456"))?;
+    Ok(ClaimCondition {
+        claim: claim.trim().to_owned(),
+        kind,
+        value: value.to_owned(),
+    })
 }
 
 /// A token lifetime: a humantime duration (`30d`, `12h`) of at least a minute.
@@ -650,6 +737,140 @@ async fn run_service_accounts(
             eprintln!(
                 "Removed service account {}; its tokens no longer work.",
                 removed.name
+            );
+        }
+    }
+    Ok(())
+}
+
+pub async fn trust_policies(
+    backend: &Backend,
+    tenant: Option<&str>,
+    command: TrustPoliciesCommand,
+) -> anyhow::Result<()> {
+    let store = open(backend).await?;
+    let result = run_trust_policies(store.as_ref(), tenant, command).await;
+    store.close().await;
+    result
+}
+
+async fn run_trust_policies(
+    store: &dyn Store,
+    tenant: Option<&str>,
+    command: TrustPoliciesCommand,
+) -> anyhow::Result<()> {
+    let org = Accounts::new(store).org_by_tenant(tenant).await?;
+    let meta = RequestMeta::default();
+    // Operator commands do not know the server's --access-token-ttl: the server caps each
+    // policy's lifetime by it when it issues.
+    let allow_http = matches!(
+        &command,
+        TrustPoliciesCommand::Add {
+            oidc_allow_http_issuers: true,
+            ..
+        }
+    );
+    let policies = TrustPolicies::new(store, allow_http, i64::MAX);
+    let id_of = |name: String| {
+        accounts::parse_public_id("TrustPolicy", name.trim()).unwrap_or(name)
+    };
+    match command {
+        TrustPoliciesCommand::Add {
+            name,
+            issuer,
+            audience,
+            service_account,
+            claims,
+            claim_globs,
+            scopes,
+            lifetime,
+            max_token_age,
+            description,
+            disabled,
+            oidc_allow_http_issuers: _,
+        } => {
+            let mut conditions = Vec::new();
+            for text in &claims {
+                conditions.push(condition(text, MatchKind::Exact)?);
+            }
+            for text in &claim_globs {
+                conditions.push(condition(text, MatchKind::Glob)?);
+            }
+            let service_account = accounts::parse_public_id("ServiceAccount", service_account.trim())
+                .unwrap_or(service_account);
+            let policy = NewTrustPolicy {
+                name,
+                description,
+                issuer,
+                audience,
+                conditions,
+                service_account,
+                scopes,
+                access_token_ttl_secs: lifetime,
+                max_token_age_secs: max_token_age,
+                enabled: Some(!disabled),
+            };
+            let created = policies.create(None, &org, policy, &meta).await?;
+            println!("{}", public_id("TrustPolicy", &created.record.id));
+        }
+        TrustPoliciesCommand::List { json } => {
+            let accounts = ServiceAccounts::new(store).list(&org.id).await?;
+            for policy in policies.list(None, &org.id).await? {
+                let record = &policy.record;
+                let id = public_id("TrustPolicy", &record.id);
+                let account = accounts
+                    .iter()
+                    .find(|account| account.id == record.service_account_id)
+                    .map_or("?", |account| account.name.as_str());
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "id": id,
+                            "name": record.name,
+                            "issuer": record.issuer,
+                            "audience": record.audience,
+                            "conditions": policy.conditions,
+                            "serviceAccount": account,
+                            "serviceAccountId": public_id("ServiceAccount", &record.service_account_id),
+                            "scopes": policy.scopes,
+                            "accessTokenLifetimeSeconds": record.access_token_ttl_secs,
+                            "maxTokenAgeSeconds": record.max_token_age_secs,
+                            "enabled": record.enabled,
+                            "createdAt": rfc3339(record.created_at),
+                            "lastUsedAt": record.last_used_at.map(rfc3339),
+                        })
+                    );
+                } else {
+                    let state = if record.enabled { "enabled " } else { "disabled" };
+                    println!("{id}  {state}  {}  {}  as {account}", record.name, record.issuer);
+                }
+            }
+        }
+        TrustPoliciesCommand::Disable { name } => {
+            let changes = TrustPolicyChanges {
+                enabled: Some(false),
+                ..TrustPolicyChanges::default()
+            };
+            let policy = policies.update(None, &org, &id_of(name), changes, &meta).await?;
+            eprintln!(
+                "Disabled trust policy {}; the access tokens it issued no longer work.",
+                policy.record.name
+            );
+        }
+        TrustPoliciesCommand::Enable { name } => {
+            let changes = TrustPolicyChanges {
+                enabled: Some(true),
+                ..TrustPolicyChanges::default()
+            };
+            let policy = policies.update(None, &org, &id_of(name), changes, &meta).await?;
+            eprintln!("Enabled trust policy {}.", policy.record.name);
+        }
+        TrustPoliciesCommand::Remove { name } => {
+            let policy = policies.delete(None, &org, &id_of(name), &meta).await?;
+            eprintln!(
+                "Removed trust policy {}; the access tokens it issued no longer work.",
+                policy.record.name
             );
         }
     }

@@ -85,6 +85,10 @@ enum Command {
     /// Add, list and remove service accounts (non-human members with their own tokens).
     #[command(subcommand)]
     ServiceAccounts(admin::ServiceAccountsCommand),
+    /// Add, list, disable, enable and remove trust policies (keyless CI: a pipeline's OIDC
+    /// token acts as a service account).
+    #[command(subcommand)]
+    TrustPolicies(admin::TrustPoliciesCommand),
     /// Create and list organizations (tenants).
     #[command(subcommand)]
     Orgs(admin::OrgsCommand),
@@ -557,6 +561,9 @@ fn main() -> ExitCode {
             }
             Command::ServiceAccounts(command) => {
                 admin::service_accounts(&backend, cli.tenant_id.as_deref(), command).await
+            }
+            Command::TrustPolicies(command) => {
+                admin::trust_policies(&backend, cli.tenant_id.as_deref(), command).await
             }
             Command::Orgs(command) => admin::orgs(&backend, command).await,
             Command::Audit(args) => admin::audit(&backend, cli.tenant_id.as_deref(), args).await,

@@ -453,31 +453,34 @@ impl<'s> TrustPolicies<'s> {
         if old.service_account_id != policy.service_account_id {
             detail["previous_service_account_id"] = serde_json::json!(old.service_account_id);
         }
+        // The account it no longer acts as has cached state naming the ended session: a
+        // row about it, in the same commit, drops that everywhere too.
+        let also = (old.service_account_id != policy.service_account_id).then(|| {
+            audit_event(
+                "trust_policy.updated",
+                actor,
+                &old,
+                meta,
+                serde_json::json!({
+                    "policy_id": old.id,
+                    "moved_to_service_account_id": policy.service_account_id,
+                }),
+            )
+        });
         let audit = audit_event("trust_policy.updated", actor, &policy, meta, detail);
-        let write = self
-            .store
-            .update_trust_policy(policy, end_session, actor.map(|a| a.id.as_str()), audit);
+        let write = self.store.update_trust_policy(
+            policy,
+            end_session,
+            actor.map(|a| a.id.as_str()),
+            audit,
+            also,
+        );
         let updated = write.await?.map_err(|refusal| match refusal {
             crate::store::Refusal::NameTaken => {
                 DomainError::Conflict("the organization has a trust policy of that name".into())
             }
             other => refused(other),
         })?;
-        if old.service_account_id != updated.service_account_id && end_session {
-            // The old account's cached state names the ended session too: say so about it.
-            self.store
-                .record_audit(audit_event(
-                    "trust_policy.updated",
-                    actor,
-                    &TrustPolicyRecord {
-                        service_account_id: old.service_account_id.clone(),
-                        ..updated.clone()
-                    },
-                    meta,
-                    serde_json::json!({ "policy_id": updated.id, "moved_to_service_account_id": updated.service_account_id }),
-                ))
-                .await?;
-        }
         TrustPolicy::of(updated)
     }
 

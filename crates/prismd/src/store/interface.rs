@@ -491,13 +491,16 @@ pub trait TrustStore: Send + Sync + 'static {
 
     /// Writes a policy's new state (all its settings; not its session, times or use), if
     /// `actor` may. With `end_session` its session is revoked first, ending every access
-    /// token it issued (the next exchange starts a new one). Refusals as for creating.
+    /// token it issued (the next exchange starts a new one). `also` is a second audit row of
+    /// the same commit (about the service account it no longer acts as). Refusals as for
+    /// creating.
     async fn update_trust_policy(
         &self,
         policy: TrustPolicyRecord,
         end_session: bool,
         actor: Actor<'_>,
         audit: AuditEvent,
+        also: Option<AuditEvent>,
     ) -> Result<Result<TrustPolicyRecord, Refusal>, StoreError>;
 
     /// Deletes a policy and revokes its session, if `actor` may.

@@ -199,6 +199,7 @@ impl<D: Dialect> TrustStore for SqlStore<D> {
         end: bool,
         actor: Actor<'_>,
         audit: AuditEvent,
+        also: Option<AuditEvent>,
     ) -> Result<Result<TrustPolicyRecord, Refusal>, StoreError> {
         let mut tx = self.write().await?;
         tx.lock(Lock::Organization(&policy.org_id)).await?;
@@ -250,6 +251,9 @@ impl<D: Dialect> TrustStore for SqlStore<D> {
             if let Some(session) = session {
                 end_session(&mut tx, &session, policy.updated_at).await?;
             }
+        }
+        if let (Some(also), Ok(1)) = (also.as_ref(), &updated) {
+            tx.audit(also).await?;
         }
         finish_policy_write(tx, updated, &policy.org_id, &policy.id, &audit).await
     }
