@@ -10,6 +10,7 @@ use prism_proto::wire::TokenResponse;
 use crate::config::{self, Config};
 use crate::env;
 use crate::error::{Error, Result};
+use crate::keyless;
 use crate::login;
 use crate::session::{self, Ctx, Meta, Session};
 use crate::table::{self, Column, TableFlags};
@@ -35,7 +36,7 @@ pub const CREATE_SERVICE_ACCOUNT: &str = "mutation createServiceAccount($name: S
 pub const DELETE_SERVICE_ACCOUNT: &str = "mutation deleteServiceAccount($id: ID!) { deleteServiceAccount(input: { id: $id }) { serviceAccount { id name } errors { field messages } } }";
 
 /// A JSON value as a table cell: strings as is, null as empty.
-fn cell(value: &Value) -> String {
+pub(crate) fn cell(value: &Value) -> String {
     match value {
         Value::Null => String::new(),
         Value::String(s) => s.clone(),
@@ -44,7 +45,7 @@ fn cell(value: &Value) -> String {
 }
 
 /// A list of strings as one cell, space-separated (as OAuth writes scopes); null as empty.
-fn words(value: &Value) -> String {
+pub(crate) fn words(value: &Value) -> String {
     value
         .as_array()
         .into_iter()
@@ -55,7 +56,7 @@ fn words(value: &Value) -> String {
 }
 
 /// Fails with the payload's `errors` as `field: message` lines.
-fn payload_errors(payload: &Value) -> Result<()> {
+pub(crate) fn payload_errors(payload: &Value) -> Result<()> {
     let Some(errors) = payload["errors"].as_array().filter(|e| !e.is_empty()) else {
         return Ok(());
     };
@@ -271,8 +272,28 @@ pub fn me(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-pub fn me_token(ctx: &Ctx, kind: TokenType) -> Result<()> {
-    let mut session = Session::resolve(ctx)?;
+/// Prints only the token. With an OIDC token (keyless CI) it is exchanged for an access token
+/// and no stored login is read or needed.
+pub fn me_token(ctx: &Ctx, kind: TokenType, oidc: &keyless::OidcFlags) -> Result<()> {
+    if let Some(subject) = keyless::subject(oidc)? {
+        if kind == TokenType::Refresh {
+            fail!(
+                "An OIDC token exchange issues an access token only, no refresh token: drop --type refresh."
+            );
+        }
+        let token = keyless::exchange(ctx, subject, oidc)?;
+        println!("{token}");
+        return Ok(());
+    }
+    let mut session = match Session::resolve(ctx) {
+        Ok(session) => session,
+        // A job that may ask GitHub for an OIDC token but has no credentials most likely
+        // meant the exchange; only the audience is missing.
+        Err(e) if kind == TokenType::Access && keyless::in_github_actions() => {
+            return Err(keyless::github_actions_hint(e));
+        }
+        Err(e) => return Err(e),
+    };
     let token = match kind {
         TokenType::Access => session.access_token(ctx)?,
         TokenType::Refresh => session.refresh.clone().ok_or_else(|| {

@@ -4,6 +4,8 @@
 pub const PRISMATIC_URL: &str = "PRISMATIC_URL";
 pub const PRISM_ACCESS_TOKEN: &str = "PRISM_ACCESS_TOKEN";
 pub const PRISM_REFRESH_TOKEN: &str = "PRISM_REFRESH_TOKEN";
+/// An OIDC token for `me:token` to exchange (keyless CI).
+pub const PRISM_OIDC_TOKEN: &str = "PRISM_OIDC_TOKEN";
 pub const PRISM_PROFILE: &str = "PRISM_PROFILE";
 pub const PRISM_CONFIG_FILE: &str = "PRISM_CONFIG_FILE";
 pub const PRISMATIC_TENANT_ID: &str = "PRISMATIC_TENANT_ID";

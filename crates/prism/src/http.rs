@@ -123,6 +123,18 @@ impl Http {
         self.finish(url, response)
     }
 
+    /// GETs with `Authorization: <scheme> <credential>`; only the URL is printed with
+    /// `--print-requests` (the credential is a secret).
+    pub fn get_authorized(&self, url: &str, scheme: &str, credential: &str) -> Result<Reply> {
+        self.show("GET", url, None);
+        let response = self
+            .agent()?
+            .get(url)
+            .header("Authorization", format!("{scheme} {credential}"))
+            .call();
+        self.finish(url, response)
+    }
+
     /// POSTs a form. Only the field names are printed with `--print-requests`.
     pub fn post_form(&self, url: &str, form: &[(&str, &str)]) -> Result<Reply> {
         let names: Vec<&str> = form.iter().map(|(k, _)| *k).collect();

@@ -8,10 +8,12 @@ mod env;
 mod error;
 mod expiry;
 mod http;
+mod keyless;
 mod login;
 mod session;
 mod table;
 mod tenants;
+mod trust_policies;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +27,7 @@ Environment:
   PRISMATIC_URL          API URL (default https://app.prismatic.io)
   PRISM_ACCESS_TOKEN     use this access token (environment mode: the config file is not used)
   PRISM_REFRESH_TOKEN    use this refresh token (environment mode)
+  PRISM_OIDC_TOKEN       an OIDC token for 'prism me:token' to exchange (keyless CI)
   PRISMATIC_TENANT_ID    tenant (organization) for environment credentials, and the one
                          'prism login' chooses without asking
   PRISM_PROFILE          profile to use (like --profile)
@@ -104,12 +107,25 @@ enum Command {
     },
     /// Show the current user, organization and how you are authenticated
     Me,
-    /// Print an access token (refreshed when needed) or the refresh token
-    #[command(name = "me:token")]
+    /// Print an access token (refreshed when needed) or the refresh token; or exchange a CI
+    /// pipeline's OIDC token for an access token (keyless CI)
+    #[command(
+        name = "me:token",
+        long_about = "Print an access token (refreshed when needed) or the refresh token; or \
+        exchange a CI pipeline's OIDC token for an access token (keyless CI).\n\n\
+        With --oidc-token, --oidc-token-file or PRISM_OIDC_TOKEN, the OIDC token is exchanged \
+        at PRISMATIC_URL's /auth/exchange through one of your organization's trust policies \
+        (see trust-policies:create) and only the access token is printed, so \
+        TOKEN=$(prism me:token --oidc-token \"$JWT\") works; no login or config file is used. \
+        In GitHub Actions (a job with 'permissions: id-token: write'), --oidc-audience AUD \
+        fetches the job's OIDC token for AUD and exchanges it."
+    )]
     MeToken {
         /// Which token to print
         #[arg(short = 't', long = "type", value_enum, default_value = "access")]
         kind: TokenType,
+        #[command(flatten)]
+        oidc: keyless::OidcFlags,
     },
     /// Revoke all of your refresh tokens (access tokens stop working too) and delete the profile
     #[command(name = "me:token:revoke")]
@@ -248,6 +264,46 @@ enum Command {
         /// Id of the service account (see service-accounts:list)
         id: String,
     },
+    /// List your organization's trust policies (keyless CI) [prism-auth addition]
+    #[command(name = "trust-policies:list")]
+    TrustPoliciesList {
+        #[command(flatten)]
+        table: TableFlags,
+    },
+    /// Add a trust policy: OIDC tokens of an issuer that meet its conditions are exchanged for
+    /// a service account's access tokens; prints its id [prism-auth addition]
+    #[command(
+        name = "trust-policies:create",
+        long_about = "Add a trust policy: OIDC tokens of an issuer (a CI system) whose audience \
+        and claims meet its conditions are exchanged for access tokens of one service account, \
+        with 'prism me:token --oidc-token ...' in the pipeline; prints its id [prism-auth \
+        addition].\n\n\
+        At least one condition must pin a stable subject: an exact --claim on sub, \
+        repository_id, repository_owner_id, project_id or namespace_id, or a --claim-glob on \
+        one of them with a '/' before its first wildcard (repo:acme/* is fine, repo:* is not).\n\n\
+        Example (GitHub Actions, main branch of acme/app):\n  \
+        prism trust-policies:create --name app-main \\\n    \
+        --issuer https://token.actions.githubusercontent.com --audience https://auth.example.com \\\n    \
+        --service-account deployer --claim sub=repo:acme/app:ref:refs/heads/main"
+    )]
+    TrustPoliciesCreate {
+        #[command(flatten)]
+        flags: trust_policies::CreateFlags,
+    },
+    /// Change a trust policy; prints its id. Changing its issuer, audience, conditions,
+    /// service account or scopes, or disabling it, ends the access tokens it issued
+    /// [prism-auth addition]
+    #[command(name = "trust-policies:update")]
+    TrustPoliciesUpdate {
+        #[command(flatten)]
+        flags: trust_policies::UpdateFlags,
+    },
+    /// Delete a trust policy; the access tokens it issued stop working [prism-auth addition]
+    #[command(name = "trust-policies:delete")]
+    TrustPoliciesDelete {
+        /// Id of the trust policy (see trust-policies:list)
+        id: String,
+    },
     /// List the profiles in the config file
     #[command(name = "profiles:list")]
     ProfilesList {
@@ -286,7 +342,7 @@ fn run(cli: Cli) -> error::Result<()> {
         Command::Login { force, url, device } => commands::login(&ctx, force, url, device),
         Command::Logout { browser } => commands::logout(&ctx, browser),
         Command::Me => commands::me(&ctx),
-        Command::MeToken { kind } => commands::me_token(&ctx, kind),
+        Command::MeToken { kind, oidc } => commands::me_token(&ctx, kind, &oidc),
         Command::MeTokenRevoke { no_confirm } => commands::me_token_revoke(&ctx, no_confirm),
         Command::MeTokensList { table } => commands::me_tokens_list(&ctx, &table),
         Command::MeTokensRevoke { id } => commands::me_tokens_revoke(&ctx, &id),
@@ -338,6 +394,10 @@ fn run(cli: Cli) -> error::Result<()> {
             dark_mode.then_some(true),
             dark_mode_os_sync.then_some(true),
         ),
+        Command::TrustPoliciesList { table } => trust_policies::list(&ctx, &table),
+        Command::TrustPoliciesCreate { flags } => trust_policies::create(&ctx, &flags),
+        Command::TrustPoliciesUpdate { flags } => trust_policies::update(&ctx, &flags),
+        Command::TrustPoliciesDelete { id } => trust_policies::delete(&ctx, &id),
         Command::ProfilesList { table } => commands::profiles_list(&table),
         Command::ProfilesUse { name } => commands::profiles_use(&ctx, &name),
         Command::ProfilesDelete { name } => commands::profiles_delete(&ctx, &name),

@@ -12,11 +12,11 @@ use prismd::domain::accounts::{self, Accounts, UserDraft, public_id};
 use prismd::domain::audit::{AuditFilter, AuditTrail};
 use prismd::domain::roles::Role;
 use prismd::domain::service_accounts::ServiceAccounts;
-use prismd::domain::trust::{NewTrustPolicy, TrustPolicies, TrustPolicyChanges};
-use prismd::oidc::claims::{ClaimCondition, MatchKind};
 use prismd::domain::sessions::{Minter, SessionOrigin, Sessions, TokenRequest};
+use prismd::domain::trust::{NewTrustPolicy, TrustPolicies, TrustPolicyChanges};
 use prismd::domain::usage::UsageRecorder;
 use prismd::domain::{RequestMeta, now_ms};
+use prismd::oidc::claims::{ClaimCondition, MatchKind};
 use prismd::store::{self, Backend, Delivery, OpenOptions, PgPoolSettings, Store, User};
 use prismd::tokens::{AtRest, at_rest, keyring};
 
@@ -771,9 +771,8 @@ async fn run_trust_policies(
         }
     );
     let policies = TrustPolicies::new(store, allow_http, i64::MAX);
-    let id_of = |name: String| {
-        accounts::parse_public_id("TrustPolicy", name.trim()).unwrap_or(name)
-    };
+    let id_of =
+        |name: String| accounts::parse_public_id("TrustPolicy", name.trim()).unwrap_or(name);
     match command {
         TrustPoliciesCommand::Add {
             name,
@@ -796,8 +795,9 @@ async fn run_trust_policies(
             for text in &claim_globs {
                 conditions.push(condition(text, MatchKind::Glob)?);
             }
-            let service_account = accounts::parse_public_id("ServiceAccount", service_account.trim())
-                .unwrap_or(service_account);
+            let service_account =
+                accounts::parse_public_id("ServiceAccount", service_account.trim())
+                    .unwrap_or(service_account);
             let policy = NewTrustPolicy {
                 name,
                 description,
@@ -842,8 +842,15 @@ async fn run_trust_policies(
                         })
                     );
                 } else {
-                    let state = if record.enabled { "enabled " } else { "disabled" };
-                    println!("{id}  {state}  {}  {}  as {account}", record.name, record.issuer);
+                    let state = if record.enabled {
+                        "enabled "
+                    } else {
+                        "disabled"
+                    };
+                    println!(
+                        "{id}  {state}  {}  {}  as {account}",
+                        record.name, record.issuer
+                    );
                 }
             }
         }
@@ -852,7 +859,9 @@ async fn run_trust_policies(
                 enabled: Some(false),
                 ..TrustPolicyChanges::default()
             };
-            let policy = policies.update(None, &org, &id_of(name), changes, &meta).await?;
+            let policy = policies
+                .update(None, &org, &id_of(name), changes, &meta)
+                .await?;
             eprintln!(
                 "Disabled trust policy {}; the access tokens it issued no longer work.",
                 policy.record.name
@@ -863,7 +872,9 @@ async fn run_trust_policies(
                 enabled: Some(true),
                 ..TrustPolicyChanges::default()
             };
-            let policy = policies.update(None, &org, &id_of(name), changes, &meta).await?;
+            let policy = policies
+                .update(None, &org, &id_of(name), changes, &meta)
+                .await?;
             eprintln!("Enabled trust policy {}.", policy.record.name);
         }
         TrustPoliciesCommand::Remove { name } => {

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `prism` binary against real `prismd` processes over development TLS.
 
 mod harness;
+mod keyless;
 mod login;
 mod modes;
 mod sessions;

@@ -24,10 +24,10 @@ use super::sessions::Sessions;
 use super::standing::{self, Standing};
 use super::usage::UsageRecorder;
 use super::{BearerError, DomainError, GrantError, RequestMeta, now_ms, secrets};
+use crate::oidc::{OidcSettings, OidcSetupError, OidcVerifier};
 use crate::store::{
     AuditEvent, Organization, RefreshGrant, RevokeDecision, SessionPolicy, Store, StoreError, User,
 };
-use crate::oidc::{OidcSettings, OidcSetupError, OidcVerifier};
 use crate::tokens::jwt::Audience;
 use crate::tokens::{
     AccessClaims, JwtError, KeyRing, LiveKeys, VerifiedTokens, VerifyExpectations, hash_secret, jwt,

@@ -78,9 +78,14 @@ pub struct TrustPolicy {
 
 impl TrustPolicy {
     fn of(record: TrustPolicyRecord) -> Result<Self, DomainError> {
-        let conditions = serde_json::from_str(&record.conditions)
-            .map_err(|_| DomainError::Internal("a stored trust policy's conditions are unreadable"))?;
-        let scopes = record.scopes.split_whitespace().map(str::to_owned).collect();
+        let conditions = serde_json::from_str(&record.conditions).map_err(|_| {
+            DomainError::Internal("a stored trust policy's conditions are unreadable")
+        })?;
+        let scopes = record
+            .scopes
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
         Ok(Self {
             record,
             conditions,
@@ -132,8 +137,7 @@ fn managers_only(actor: Option<&User>) -> Result<(), DomainError> {
 
 fn checked_name(name: &str) -> Result<String, DomainError> {
     let name = name.trim();
-    if name.is_empty() || name.chars().count() > MAX_NAME || name.chars().any(char::is_control)
-    {
+    if name.is_empty() || name.chars().count() > MAX_NAME || name.chars().any(char::is_control) {
         return Err(DomainError::InvalidInput(format!(
             "a trust policy's name has 1 to {MAX_NAME} characters, none of them control characters"
         )));
@@ -158,7 +162,9 @@ fn checked_audience(audience: &str) -> Result<String, DomainError> {
     let audience = audience.trim();
     if audience.is_empty()
         || audience.chars().count() > MAX_AUDIENCE
-        || audience.chars().any(|c| c.is_whitespace() || c.is_control())
+        || audience
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
     {
         return Err(DomainError::InvalidInput(format!(
             "the audience is the exact `aud` value the issuer puts in the token: 1 to \
@@ -230,7 +236,8 @@ impl<'s> TrustPolicies<'s> {
         Self {
             store,
             allow_http_issuers,
-            longest_access_token_secs: longest_access_token_secs.clamp(MIN_LIFETIME_SECS, MAX_LIFETIME_SECS),
+            longest_access_token_secs: longest_access_token_secs
+                .clamp(MIN_LIFETIME_SECS, MAX_LIFETIME_SECS),
         }
     }
 
@@ -290,7 +297,10 @@ impl<'s> TrustPolicies<'s> {
     }
 
     /// Checks every setting of `policy` (its service account is read).
-    async fn checked(&self, mut policy: TrustPolicyRecord) -> Result<TrustPolicyRecord, DomainError> {
+    async fn checked(
+        &self,
+        mut policy: TrustPolicyRecord,
+    ) -> Result<TrustPolicyRecord, DomainError> {
         policy.name = checked_name(&policy.name)?;
         policy.issuer = self.checked_issuer(&policy.issuer)?;
         policy.audience = checked_audience(&policy.audience)?;
@@ -340,7 +350,9 @@ impl<'s> TrustPolicies<'s> {
                 access_token_ttl_secs: input
                     .access_token_ttl_secs
                     .unwrap_or(DEFAULT_ACCESS_TOKEN_TTL_SECS.min(self.longest_access_token_secs)),
-                max_token_age_secs: input.max_token_age_secs.unwrap_or(DEFAULT_MAX_TOKEN_AGE_SECS),
+                max_token_age_secs: input
+                    .max_token_age_secs
+                    .unwrap_or(DEFAULT_MAX_TOKEN_AGE_SECS),
                 enabled: input.enabled.unwrap_or(true),
                 session_id: uuid::Uuid::new_v4().to_string(),
                 created_at: now,
@@ -352,7 +364,13 @@ impl<'s> TrustPolicies<'s> {
             scopes: self.checked_scopes(&account, &input.scopes).await?,
             ..policy
         };
-        let audit = audit_event("trust_policy.created", actor, &policy, meta, described(&policy));
+        let audit = audit_event(
+            "trust_policy.created",
+            actor,
+            &policy,
+            meta,
+            described(&policy),
+        );
         let created = self
             .store
             .create_trust_policy(
@@ -363,9 +381,9 @@ impl<'s> TrustPolicies<'s> {
             )
             .await?
             .map_err(|refusal| match refusal {
-                crate::store::Refusal::NameTaken => DomainError::Conflict(
-                    "the organization has a trust policy of that name".into(),
-                ),
+                crate::store::Refusal::NameTaken => {
+                    DomainError::Conflict("the organization has a trust policy of that name".into())
+                }
                 other => refused(other),
             })?;
         TrustPolicy::of(created)
@@ -386,10 +404,16 @@ impl<'s> TrustPolicies<'s> {
         let current = self.find(actor, &org.id, id).await?;
         let old = current.record.clone();
         let account = match changes.service_account.as_deref() {
-            Some(wanted) => ServiceAccounts::new(self.store).find(&org.id, wanted).await?,
-            None => ServiceAccounts::new(self.store)
-                .find(&org.id, &old.service_account_id)
-                .await?,
+            Some(wanted) => {
+                ServiceAccounts::new(self.store)
+                    .find(&org.id, wanted)
+                    .await?
+            }
+            None => {
+                ServiceAccounts::new(self.store)
+                    .find(&org.id, &old.service_account_id)
+                    .await?
+            }
         };
         let conditions = match &changes.conditions {
             Some(conditions) => serde_json::to_string(conditions)
@@ -432,10 +456,19 @@ impl<'s> TrustPolicies<'s> {
             ("issuer", old.issuer != policy.issuer),
             ("audience", old.audience != policy.audience),
             ("conditions", old.conditions != policy.conditions),
-            ("service_account_id", old.service_account_id != policy.service_account_id),
+            (
+                "service_account_id",
+                old.service_account_id != policy.service_account_id,
+            ),
             ("scopes", old.scopes != policy.scopes),
-            ("access_token_ttl_secs", old.access_token_ttl_secs != policy.access_token_ttl_secs),
-            ("max_token_age_secs", old.max_token_age_secs != policy.max_token_age_secs),
+            (
+                "access_token_ttl_secs",
+                old.access_token_ttl_secs != policy.access_token_ttl_secs,
+            ),
+            (
+                "max_token_age_secs",
+                old.max_token_age_secs != policy.max_token_age_secs,
+            ),
             ("enabled", old.enabled != policy.enabled),
         ]
         .into_iter()
@@ -503,7 +536,12 @@ impl<'s> TrustPolicies<'s> {
             described(&policy.record),
         );
         self.store
-            .delete_trust_policy(&org.id, &policy.record.id, actor.map(|a| a.id.as_str()), audit)
+            .delete_trust_policy(
+                &org.id,
+                &policy.record.id,
+                actor.map(|a| a.id.as_str()),
+                audit,
+            )
             .await?
             .map_err(refused)?;
         Ok(policy)
@@ -682,9 +720,9 @@ impl AuthService {
             [one] => *one,
             [] => {
                 return Err(untrusted(match closest {
-                    Some(Mismatch::Condition { claim }) => format!(
-                        "the claim {claim} does not match the trust policy's condition"
-                    ),
+                    Some(Mismatch::Condition { claim }) => {
+                        format!("the claim {claim} does not match the trust policy's condition")
+                    }
                     Some(Mismatch::TooOld { max_age_secs }) => format!(
                         "the token was issued more than {max_age_secs} seconds ago, the most \
                          the trust policy accepts; exchange it as soon as the job gets it"
@@ -696,8 +734,7 @@ impl AuthService {
                 }));
             }
             several => {
-                let orgs: BTreeSet<&str> =
-                    several.iter().map(|c| c.tenant_id.as_str()).collect();
+                let orgs: BTreeSet<&str> = several.iter().map(|c| c.tenant_id.as_str()).collect();
                 return Err(untrusted(if orgs.len() > 1 {
                     "several organizations trust this token; name one with tenant_id".to_owned()
                 } else {

@@ -103,7 +103,11 @@ impl From<DomainError> for HttpError {
                     SubjectTokenError::IssuerUnavailable(msg) => Self {
                         // An issuer outage lasts longer than a database failover.
                         retry_after: Some(ISSUER_RETRY_AFTER_SECS),
-                        ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", msg)
+                        ..Self::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "temporarily_unavailable",
+                            msg,
+                        )
                     },
                     other => Self::new(StatusCode::BAD_REQUEST, "invalid_grant", other.to_string()),
                 }

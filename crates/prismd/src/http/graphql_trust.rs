@@ -289,7 +289,12 @@ impl TrustMutation {
         let created = caller
             .auth
             .trust_policies()
-            .create(Some(caller.actor()), &caller.principal.org, policy, &caller.meta)
+            .create(
+                Some(caller.actor()),
+                &caller.principal.org,
+                policy,
+                &caller.meta,
+            )
             .await;
         policy_payload(created)
     }

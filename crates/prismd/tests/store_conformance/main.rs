@@ -29,6 +29,7 @@ mod limits;
 mod organizations;
 mod sign_in;
 mod tokens;
+mod trust;
 mod users;
 
 use access::*;
@@ -42,6 +43,7 @@ use limits::*;
 use organizations::*;
 use sign_in::*;
 use tokens::*;
+use trust::*;
 use users::*;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -74,6 +76,35 @@ impl Db {
             Backend::Postgres(url) => {
                 let mut conn = sqlx::PgConnection::connect(url).await?;
                 let count = sqlx::query_scalar(sql).fetch_one(&mut conn).await?;
+                conn.close().await?;
+                count
+            }
+        })
+    }
+
+    /// Like [`Db::count`], with one text bind (`$1`).
+    async fn count_bind(
+        &self,
+        sql: &'static str,
+        bind: &str,
+    ) -> Result<i64, Box<dyn std::error::Error>> {
+        Ok(match &self.backend {
+            Backend::Sqlite(path) => {
+                let url = format!("sqlite://{}", path.display());
+                let mut conn = sqlx::SqliteConnection::connect(&url).await?;
+                let count = sqlx::query_scalar(sql)
+                    .bind(bind)
+                    .fetch_one(&mut conn)
+                    .await?;
+                conn.close().await?;
+                count
+            }
+            Backend::Postgres(url) => {
+                let mut conn = sqlx::PgConnection::connect(url).await?;
+                let count = sqlx::query_scalar(sql)
+                    .bind(bind)
+                    .fetch_one(&mut conn)
+                    .await?;
                 conn.close().await?;
                 count
             }
@@ -296,6 +327,10 @@ conformance!(
     named_token_names_race,
     expiry_notices_claimed_once,
     refresh_grants_carry_held_org_scopes,
+    trust_policies_follow_actor_rules,
+    trust_candidates_carry_the_session,
+    exchanged_tokens_are_spent_once,
+    ended_sessions_are_replaced_once,
 );
 
 // ---- helpers ----------------------------------------------------------------------------

@@ -19,8 +19,8 @@ mod limits;
 mod maintenance;
 mod organizations;
 mod sign_in;
-mod trust;
 pub(crate) mod tokens;
+mod trust;
 pub(crate) mod users;
 
 use std::future::Future;

@@ -332,13 +332,16 @@ impl<D: Dialect> TrustStore for SqlStore<D> {
             tx.rollback().await?;
             return Ok(ExchangeWrite::PolicyGone);
         };
-        if let Some(new) = exchange.new_session.as_ref().filter(|new| new.replaces == session_id) {
-            let org_id: Option<String> =
-                query("SELECT org_id FROM trust_policies WHERE id = $1")
-                    .bind(&exchange.policy_id)
-                    .scalar()
-                    .fetch_optional(&mut tx)
-                    .await?;
+        if let Some(new) = exchange
+            .new_session
+            .as_ref()
+            .filter(|new| new.replaces == session_id)
+        {
+            let org_id: Option<String> = query("SELECT org_id FROM trust_policies WHERE id = $1")
+                .bind(&exchange.policy_id)
+                .scalar()
+                .fetch_optional(&mut tx)
+                .await?;
             let inserted = insert_session(
                 &mut tx,
                 &new.id,

@@ -1,0 +1,449 @@
+//! Store conformance: trust policies (keyless CI), their sessions, and the OIDC tokens
+//! exchanged under them, spent once across processes.
+
+use prismd::store::{
+    ExchangeWrite, NewPolicySession, NewServiceAccount, PolicyExchange, TrustPolicyRecord,
+};
+
+use super::*;
+
+const ISSUER: &str = "https://token.actions.githubusercontent.com";
+
+/// A service account of `org`, created by an operator.
+async fn account(store: &dyn Store, org: &Organization, name: &str) -> Result<User, TestError> {
+    let account = NewServiceAccount {
+        id: uuid::Uuid::new_v4().to_string(),
+        org_id: org.id.clone(),
+        name: name.into(),
+        role: "integrator".into(),
+        description: None,
+        created_at: T0,
+    };
+    let event = AuditEvent {
+        subject_user_id: Some(account.id.clone()),
+        ..audit("service_account.created", T0)
+    };
+    Ok(store
+        .add_service_account(account, None, event)
+        .await?
+        .map_err(|refused| format!("the service account was refused: {refused:?}"))?)
+}
+
+fn policy(org: &Organization, account: &User, name: &str) -> TrustPolicyRecord {
+    TrustPolicyRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        org_id: org.id.clone(),
+        name: name.into(),
+        description: None,
+        issuer: ISSUER.into(),
+        audience: "https://prism.example".into(),
+        conditions: r#"[{"claim":"repository_id","match":"exact","value":"1"}]"#.into(),
+        service_account_id: account.id.clone(),
+        scopes: String::new(),
+        access_token_ttl_secs: 3600,
+        max_token_age_secs: 3600,
+        enabled: true,
+        session_id: uuid::Uuid::new_v4().to_string(),
+        created_at: T0,
+        updated_at: T0,
+        last_used_at: None,
+    }
+}
+
+/// Creates `policy` as `actor` would.
+async fn try_create(
+    store: &dyn Store,
+    policy: TrustPolicyRecord,
+    seed: u8,
+    actor: Option<&str>,
+) -> Result<Result<TrustPolicyRecord, Refusal>, StoreError> {
+    let event = AuditEvent {
+        subject_user_id: Some(policy.service_account_id.clone()),
+        ..audit("trust_policy.created", T0)
+    };
+    store
+        .create_trust_policy(policy, hash(seed), actor, event)
+        .await
+}
+
+async fn create(
+    store: &dyn Store,
+    policy: TrustPolicyRecord,
+    seed: u8,
+) -> Result<TrustPolicyRecord, TestError> {
+    Ok(try_create(store, policy, seed, None)
+        .await?
+        .map_err(|refused| format!("the policy was refused: {refused:?}"))?)
+}
+
+async fn update(
+    store: &dyn Store,
+    policy: TrustPolicyRecord,
+    end_session: bool,
+    actor: Option<&str>,
+) -> Result<Result<TrustPolicyRecord, Refusal>, StoreError> {
+    let event = AuditEvent {
+        subject_user_id: Some(policy.service_account_id.clone()),
+        ..audit("trust_policy.updated", T0 + 5)
+    };
+    store
+        .update_trust_policy(policy, end_session, actor, event, None)
+        .await
+}
+
+/// An exchange of the token `key` under `policy`, replacing `replaces` when given.
+fn exchange(policy: &TrustPolicyRecord, key: &str, replaces: Option<&str>) -> PolicyExchange {
+    PolicyExchange {
+        policy_id: policy.id.clone(),
+        service_account_id: policy.service_account_id.clone(),
+        token_key: key.into(),
+        issuer: ISSUER.into(),
+        token_expires_at: T0 + 600_000,
+        at: T0 + 10,
+        new_session: replaces.map(|old| NewPolicySession {
+            id: uuid::Uuid::new_v4().to_string(),
+            token_hash: rand_hash(),
+            name: format!("trust policy {}", policy.name),
+            replaces: old.into(),
+        }),
+    }
+}
+
+fn rand_hash() -> [u8; 32] {
+    let mut bytes = [0u8; 32];
+    bytes[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    bytes[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    bytes
+}
+
+async fn record(store: &dyn Store, exchange: PolicyExchange) -> Result<ExchangeWrite, StoreError> {
+    let event = AuditEvent {
+        subject_user_id: Some(exchange.service_account_id.clone()),
+        ..audit("oidc.exchanged", exchange.at)
+    };
+    store.record_exchange(exchange, event).await
+}
+
+/// Creating, listing, changing and deleting follow the actor rules; the service account must
+/// be a live one of the organization; names are unique per organization; removing the
+/// account takes its policies with it.
+pub(super) async fn trust_policies_follow_actor_rules(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    let (org, owner) = org_with_owner(store).await?;
+    let admin = add_user(store, &org, "admin@example.com", "admin", T0).await?;
+    let dev = add_user(store, &org, "dev@example.com", "integrator", T0).await?;
+    let ci = account(store, &org, "ci").await?;
+    let other_org = another_org(store, "Other", T0).await?;
+    let stranger = account(store, &other_org, "stranger").await?;
+
+    let refused = try_create(store, policy(&org, &ci, "by dev"), 1, Some(&dev.id)).await?;
+    assert_eq!(refused, Err(Refusal::Forbidden), "an Integrator may not");
+    let foreign = try_create(store, policy(&org, &stranger, "foreign"), 2, None).await?;
+    assert_eq!(
+        foreign,
+        Err(Refusal::NotFound),
+        "another organization's account"
+    );
+    let person = try_create(store, policy(&org, &dev, "person"), 3, None).await?;
+    assert_eq!(
+        person,
+        Err(Refusal::NotFound),
+        "a person is not a service account"
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM refresh_tokens").await?,
+        0,
+        "a refused policy leaves no session behind"
+    );
+
+    let by_admin = try_create(store, policy(&org, &ci, "deploy"), 4, Some(&admin.id))
+        .await?
+        .map_err(|r| format!("an Admin may: {r:?}"))?;
+    assert_eq!(by_admin.name, "deploy");
+    let by_owner = create(store, policy(&org, &ci, "another"), 5).await?;
+    let taken = try_create(store, policy(&org, &ci, "deploy"), 6, Some(&owner.id)).await?;
+    assert_eq!(taken, Err(Refusal::NameTaken));
+    let names: Vec<String> = store
+        .trust_policies(&org.id)
+        .await?
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(names, ["another", "deploy"], "by name");
+    assert!(store.trust_policies(&other_org.id).await?.is_empty());
+    assert_eq!(
+        store.trust_policy(&org.id, &by_admin.id).await?,
+        Some(by_admin.clone())
+    );
+    assert_eq!(store.trust_policy(&other_org.id, &by_admin.id).await?, None);
+
+    let renamed = TrustPolicyRecord {
+        name: "deploy prod".into(),
+        updated_at: T0 + 5,
+        ..by_admin.clone()
+    };
+    assert_eq!(
+        update(store, renamed.clone(), false, Some(&dev.id)).await?,
+        Err(Refusal::Forbidden)
+    );
+    let clash = TrustPolicyRecord {
+        name: "another".into(),
+        ..renamed.clone()
+    };
+    assert_eq!(
+        update(store, clash, false, None).await?,
+        Err(Refusal::NameTaken)
+    );
+    let updated = update(store, renamed, false, Some(&admin.id))
+        .await?
+        .map_err(|r| format!("{r:?}"))?;
+    assert_eq!(updated.name, "deploy prod");
+    assert_eq!(updated.session_id, by_admin.session_id, "the session stays");
+
+    let event = || audit_about("trust_policy.deleted", T0 + 6, &ci);
+    assert_eq!(
+        store
+            .delete_trust_policy(&org.id, &by_owner.id, Some(&dev.id), event())
+            .await?,
+        Err(Refusal::Forbidden)
+    );
+    assert_eq!(
+        store
+            .delete_trust_policy(&org.id, &by_owner.id, None, event())
+            .await?,
+        Ok(())
+    );
+    assert_eq!(
+        store
+            .delete_trust_policy(&org.id, &by_owner.id, None, event())
+            .await?,
+        Err(Refusal::NotFound)
+    );
+    let revoked = db
+        .count_bind(
+            "SELECT COUNT(*) FROM refresh_tokens WHERE id = $1 AND revoked_at IS NOT NULL",
+            &by_owner.session_id,
+        )
+        .await?;
+    assert_eq!(revoked, 1, "a deleted policy's session is revoked");
+
+    assert_eq!(
+        store
+            .remove_user(
+                &ci.id,
+                T0 + 7,
+                None,
+                audit_about("user.removed", T0 + 7, &ci)
+            )
+            .await?,
+        Ok(())
+    );
+    assert!(
+        store.trust_policies(&org.id).await?.is_empty(),
+        "a removed service account's policies go with it"
+    );
+    Ok(())
+}
+
+/// The exchange's one read: the enabled policies of an issuer, with the account's standing
+/// and the session's state; ending the session shows.
+pub(super) async fn trust_candidates_carry_the_session(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    let (org, _owner) = org_with_owner(store).await?;
+    let ci = account(store, &org, "ci").await?;
+    let live = create(store, policy(&org, &ci, "live"), 1).await?;
+    let disabled = create(
+        store,
+        TrustPolicyRecord {
+            enabled: false,
+            ..policy(&org, &ci, "disabled")
+        },
+        2,
+    )
+    .await?;
+    create(
+        store,
+        TrustPolicyRecord {
+            issuer: "https://gitlab.example".into(),
+            ..policy(&org, &ci, "gitlab")
+        },
+        3,
+    )
+    .await?;
+    let candidates = store.trust_candidates(ISSUER).await?;
+    assert_eq!(candidates.len(), 1, "only the enabled policy of the issuer");
+    let candidate = &candidates[0];
+    assert_eq!(candidate.policy, live);
+    assert_eq!(candidate.tenant_id, org.tenant_id);
+    assert_eq!(candidate.account_role, "integrator");
+    assert_eq!(candidate.account_removed_at, None);
+    assert_eq!(candidate.session_epoch, Some(candidate.account_epoch));
+    assert_eq!(candidate.session_revoked_at, None);
+    assert_eq!(candidate.session_created_at, Some(T0));
+    assert_eq!(candidate.held_org_scopes, "");
+    let sessions = store.list_sessions(&ci.id, 10).await?;
+    assert!(
+        sessions.iter().any(|s| s.id == live.session_id),
+        "the policy's session is one of the account's: {sessions:?}"
+    );
+    assert!(
+        store
+            .trust_candidates("https://nobody.example")
+            .await?
+            .is_empty()
+    );
+
+    // Rewriting what it trusts ends its session; disabling drops it from the candidates.
+    let narrowed = TrustPolicyRecord {
+        audience: "other".into(),
+        updated_at: T0 + 5,
+        ..live.clone()
+    };
+    update(store, narrowed, true, None)
+        .await?
+        .map_err(|r| format!("{r:?}"))?;
+    let candidates = store.trust_candidates(ISSUER).await?;
+    assert_eq!(candidates[0].session_revoked_at, Some(T0 + 5));
+    let enabled_again = TrustPolicyRecord {
+        enabled: true,
+        ..disabled.clone()
+    };
+    update(store, enabled_again, false, None)
+        .await?
+        .map_err(|r| format!("{r:?}"))?;
+    assert_eq!(store.trust_candidates(ISSUER).await?.len(), 2);
+    Ok(())
+}
+
+/// Each token is spent once, on this store and on another process's, also when many race.
+pub(super) async fn exchanged_tokens_are_spent_once(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    let other = db.another().await?;
+    let (org, _owner) = org_with_owner(store).await?;
+    let ci = account(store, &org, "ci").await?;
+    let live = create(store, policy(&org, &ci, "live"), 1).await?;
+    let issued = ExchangeWrite::Issued {
+        session_id: live.session_id.clone(),
+    };
+    assert_eq!(record(store, exchange(&live, "k1", None)).await?, issued);
+    assert_eq!(
+        record(store, exchange(&live, "k1", None)).await?,
+        ExchangeWrite::Replayed
+    );
+    assert_eq!(
+        record(other.as_ref(), exchange(&live, "k1", None)).await?,
+        ExchangeWrite::Replayed,
+        "another process sees it spent"
+    );
+    let mut racing = Vec::new();
+    for i in 0..8 {
+        let on = if i % 2 == 0 {
+            db.store.clone()
+        } else {
+            other.clone()
+        };
+        let exchange = exchange(&live, "k2", None);
+        racing.push(tokio::spawn(
+            async move { record(on.as_ref(), exchange).await },
+        ));
+    }
+    let mut outcomes = Vec::new();
+    for task in racing {
+        outcomes.push(task.await??);
+    }
+    let winners = outcomes.iter().filter(|o| **o == issued).count();
+    assert_eq!(
+        winners, 1,
+        "one of 8 racing exchanges of a token: {outcomes:?}"
+    );
+    let used_at = store
+        .trust_policy(&org.id, &live.id)
+        .await?
+        .and_then(|p| p.last_used_at);
+    assert_eq!(used_at, Some(T0 + 10), "the use is noted");
+    assert_eq!(db.count("SELECT COUNT(*) FROM oidc_token_uses").await?, 2);
+    other.close().await;
+    Ok(())
+}
+
+/// An ended session is replaced once, however many exchanges race to replace it; a disabled
+/// policy, or one that moved to another account, issues nothing.
+pub(super) async fn ended_sessions_are_replaced_once(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    let other = db.another().await?;
+    let (org, _owner) = org_with_owner(store).await?;
+    let ci = account(store, &org, "ci").await?;
+    let deployer = account(store, &org, "deployer").await?;
+    let live = create(store, policy(&org, &ci, "live"), 1).await?;
+    let rewritten = TrustPolicyRecord {
+        audience: "other".into(),
+        ..live.clone()
+    };
+    update(store, rewritten.clone(), true, None)
+        .await?
+        .map_err(|r| format!("{r:?}"))?;
+    let mut racing = Vec::new();
+    for i in 0..6u8 {
+        let on = if i % 2 == 0 {
+            db.store.clone()
+        } else {
+            other.clone()
+        };
+        let exchange = exchange(&live, &format!("race-{i}"), Some(&live.session_id));
+        racing.push(tokio::spawn(
+            async move { record(on.as_ref(), exchange).await },
+        ));
+    }
+    let mut sessions = std::collections::BTreeSet::new();
+    for task in racing {
+        match task.await?? {
+            ExchangeWrite::Issued { session_id } => {
+                sessions.insert(session_id);
+            }
+            other => return Err(format!("a racing exchange got {other:?}").into()),
+        }
+    }
+    assert_eq!(sessions.len(), 1, "one new session: {sessions:?}");
+    assert!(!sessions.contains(&live.session_id), "not the ended one");
+    let current = store
+        .trust_policy(&org.id, &live.id)
+        .await?
+        .ok_or("the policy is gone")?;
+    assert!(sessions.contains(&current.session_id));
+    assert_eq!(
+        db.count_bind(
+            "SELECT COUNT(*) FROM refresh_tokens WHERE user_id = $1 AND revoked_at IS NULL",
+            &ci.id,
+        )
+        .await?,
+        1,
+        "the account has one live session for the policy"
+    );
+
+    let disabled = TrustPolicyRecord {
+        enabled: false,
+        ..current.clone()
+    };
+    update(store, disabled, true, None)
+        .await?
+        .map_err(|r| format!("{r:?}"))?;
+    assert_eq!(
+        record(store, exchange(&current, "after-disable", None)).await?,
+        ExchangeWrite::PolicyGone
+    );
+    let moved = TrustPolicyRecord {
+        enabled: true,
+        service_account_id: deployer.id.clone(),
+        ..current.clone()
+    };
+    update(store, moved, true, None)
+        .await?
+        .map_err(|r| format!("{r:?}"))?;
+    assert_eq!(
+        record(store, exchange(&current, "after-move", None)).await?,
+        ExchangeWrite::PolicyGone,
+        "an exchange decided for the old account issues nothing"
+    );
+    other.close().await;
+    Ok(())
+}
