@@ -165,18 +165,6 @@ impl AuthService {
         self.usage.record(session_id, at, meta.address.as_deref());
     }
 
-    /// Whether the session policy `policy` has ended a session (see `session_expired`).
-    pub(super) fn session_has_expired(
-        &self,
-        policy: SessionPolicy,
-        session_id: &str,
-        created_at: i64,
-        stored_last_use: Option<i64>,
-        now: i64,
-    ) -> bool {
-        self.session_expired(policy, session_id, created_at, stored_last_use, now)
-    }
-
     pub fn settings(&self) -> &TokenSettings {
         &self.settings
     }

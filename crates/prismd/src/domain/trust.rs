@@ -4,9 +4,11 @@
 //! `/auth/exchange`). Verifying the token itself (keys, signature, times) is `crate::oidc`;
 //! matching it to a policy, spending it once and issuing the access token is here.
 //!
-//! Each policy owns a session (a refresh token row of its service account whose secret is
-//! never issued), and every access token it issues names that session, so disabling, deleting
-//! or rewriting the policy ends them at once on every replica through the one standing rule.
+//! Each exchange starts a session of the service account (a refresh token row whose secret is
+//! never issued, tagged with the policy, expiring with the access token), and the access token
+//! names it: revoking one job's token ends that job only, and disabling, deleting or rewriting
+//! the policy revokes all its sessions, so every token it issued ends at once on every replica
+//! through the one standing rule.
 
 use std::collections::BTreeSet;
 
@@ -21,8 +23,8 @@ use super::{DomainError, RequestMeta, now_ms, secrets};
 use crate::oidc::claims::{self, ClaimCondition};
 use crate::oidc::{self, VerifiedToken, VerifyError};
 use crate::store::{
-    AuditEvent, ExchangeWrite, NewPolicySession, Organization, PolicyExchange, Store,
-    TrustCandidate, TrustPolicyRecord, User,
+    AuditEvent, ExchangeWrite, Organization, PolicyExchange, Store, TrustCandidate,
+    TrustPolicyRecord, User,
 };
 use crate::tokens::AccessClaims;
 use crate::tokens::jwt::Audience;
@@ -354,7 +356,6 @@ impl<'s> TrustPolicies<'s> {
                     .max_token_age_secs
                     .unwrap_or(DEFAULT_MAX_TOKEN_AGE_SECS),
                 enabled: input.enabled.unwrap_or(true),
-                session_id: uuid::Uuid::new_v4().to_string(),
                 created_at: now,
                 updated_at: now,
                 last_used_at: None,
@@ -373,12 +374,7 @@ impl<'s> TrustPolicies<'s> {
         );
         let created = self
             .store
-            .create_trust_policy(
-                policy,
-                unissued_session_hash()?,
-                actor.map(|a| a.id.as_str()),
-                audit,
-            )
+            .create_trust_policy(policy, actor.map(|a| a.id.as_str()), audit)
             .await?
             .map_err(|refusal| match refusal {
                 crate::store::Refusal::NameTaken => {
@@ -474,7 +470,7 @@ impl<'s> TrustPolicies<'s> {
         .into_iter()
         .filter_map(|(field, differs)| differs.then_some(field))
         .collect();
-        let end_session = changed.iter().any(|field| {
+        let end_sessions = changed.iter().any(|field| {
             matches!(
                 *field,
                 "issuer" | "audience" | "conditions" | "service_account_id" | "scopes"
@@ -482,7 +478,7 @@ impl<'s> TrustPolicies<'s> {
         }) || (old.enabled && !policy.enabled);
         let mut detail = described(&policy);
         detail["changed"] = serde_json::json!(changed);
-        detail["ended_session"] = serde_json::json!(end_session);
+        detail["ended_sessions"] = serde_json::json!(end_sessions);
         if old.service_account_id != policy.service_account_id {
             detail["previous_service_account_id"] = serde_json::json!(old.service_account_id);
         }
@@ -503,7 +499,7 @@ impl<'s> TrustPolicies<'s> {
         let audit = audit_event("trust_policy.updated", actor, &policy, meta, detail);
         let write = self.store.update_trust_policy(
             policy,
-            end_session,
+            end_sessions,
             actor.map(|a| a.id.as_str()),
             audit,
             also,
@@ -781,29 +777,13 @@ impl AuthService {
             )
             .await?;
         let now = now_ms();
-        // A session that ended (revoked, of an older epoch, gone, or past the organization's
-        // session policy) is replaced: the policy still trusts the pipeline.
-        let session_live = candidate.session_revoked_at.is_none()
-            && candidate.session_epoch == Some(candidate.account_epoch)
-            && candidate.session_created_at.is_some_and(|created_at| {
-                !self.session_has_expired(
-                    candidate.session_policy,
-                    &policy.session_id,
-                    created_at,
-                    candidate.session_last_used_at,
-                    now,
-                )
-            });
-        let new_session = if session_live {
-            None
-        } else {
-            Some(NewPolicySession {
-                id: uuid::Uuid::new_v4().to_string(),
-                token_hash: unissued_session_hash()?,
-                name: crate::store::policy_session_name(&policy.name),
-                replaces: policy.session_id.clone(),
-            })
-        };
+        let now_secs = now / 1000;
+        let ttl = policy
+            .access_token_ttl_secs
+            .min(i64::try_from(self.settings().access_token_ttl.as_secs()).unwrap_or(i64::MAX));
+        let exp = now_secs.saturating_add(ttl);
+        let scope = granted.unwrap_or_else(|| policy.scopes.clone());
+        let session_id = uuid::Uuid::new_v4().to_string();
         let audit = AuditEvent {
             at: now,
             action: "oidc.exchanged",
@@ -837,13 +817,17 @@ impl AuthService {
                         .saturating_add(oidc::CLOCK_SKEW_SECS)
                         .saturating_mul(1000),
                     at: now,
-                    new_session,
+                    session_id: session_id.clone(),
+                    session_hash: unissued_session_hash()?,
+                    session_name: crate::store::policy_session_name(&policy.name),
+                    scope: scope.clone(),
+                    session_expires_at: exp.saturating_mul(1000),
                 },
                 audit,
             )
             .await?;
-        let session_id = match written {
-            ExchangeWrite::Issued { session_id } => session_id,
+        match written {
+            ExchangeWrite::Issued => {}
             ExchangeWrite::Replayed => {
                 return Err(DomainError::SubjectToken(SubjectTokenError::Replayed(
                     "this token was already exchanged: each OIDC token is accepted once, so \
@@ -856,21 +840,17 @@ impl AuthService {
                     "the trust policy was disabled or changed during the exchange".into(),
                 ));
             }
-        };
-        let now_secs = now / 1000;
-        let ttl = policy
-            .access_token_ttl_secs
-            .min(i64::try_from(self.settings().access_token_ttl.as_secs()).unwrap_or(i64::MAX));
+        }
         let claims = AccessClaims {
             iss: self.settings().issuer.clone(),
             sub: policy.service_account_id.clone(),
             aud: Audience::One(self.settings().audience.clone()),
-            exp: now_secs.saturating_add(ttl),
+            exp,
             iat: now_secs,
             nbf: None,
             jti: secrets::random_id()?,
             client_id: KEYLESS_CLIENT_ID.to_owned(),
-            scope: granted.unwrap_or_else(|| policy.scopes.clone()),
+            scope,
             tid: candidate.tenant_id.clone(),
             sid: session_id,
             ep: candidate.account_epoch,

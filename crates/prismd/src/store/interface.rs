@@ -467,14 +467,12 @@ pub trait AccessStore: Send + Sync + 'static {
 /// single short transaction.
 #[async_trait]
 pub trait TrustStore: Send + Sync + 'static {
-    /// Creates a policy and its session (a refresh token row of its service account whose
-    /// secret is never issued), if `actor` may (an Owner or Admin of the organization; an
+    /// Creates a policy, if `actor` may (an Owner or Admin of the organization; an
     /// operator). Refused with [`Refusal::NotFound`] when the service account is not a live
     /// one of the organization, [`Refusal::NameTaken`] when a policy there has the name.
     async fn create_trust_policy(
         &self,
         policy: TrustPolicyRecord,
-        session_hash: [u8; 32],
         actor: Actor<'_>,
         audit: AuditEvent,
     ) -> Result<Result<TrustPolicyRecord, Refusal>, StoreError>;
@@ -489,21 +487,20 @@ pub trait TrustStore: Send + Sync + 'static {
         id: &str,
     ) -> Result<Option<TrustPolicyRecord>, StoreError>;
 
-    /// Writes a policy's new state (all its settings; not its session, times or use), if
-    /// `actor` may. With `end_session` its session is revoked first, ending every access
-    /// token it issued (the next exchange starts a new one). `also` is a second audit row of
-    /// the same commit (about the service account it no longer acts as). Refusals as for
-    /// creating.
+    /// Writes a policy's new state (all its settings; not its times or use), if `actor` may.
+    /// With `end_sessions` every session it started is revoked, ending every access token it
+    /// issued. `also` is a second audit row of the same commit (about the service account it
+    /// no longer acts as). Refusals as for creating.
     async fn update_trust_policy(
         &self,
         policy: TrustPolicyRecord,
-        end_session: bool,
+        end_sessions: bool,
         actor: Actor<'_>,
         audit: AuditEvent,
         also: Option<AuditEvent>,
     ) -> Result<Result<TrustPolicyRecord, Refusal>, StoreError>;
 
-    /// Deletes a policy and revokes its session, if `actor` may.
+    /// Deletes a policy and revokes every session it started, if `actor` may.
     async fn delete_trust_policy(
         &self,
         org_id: &str,
@@ -516,7 +513,7 @@ pub trait TrustStore: Send + Sync + 'static {
     async fn trust_candidates(&self, issuer: &str) -> Result<Vec<TrustCandidate>, StoreError>;
 
     /// Records an exchange with `audit`: spends the token's replay key, notes the policy's
-    /// use, and replaces its session when asked.
+    /// use and starts the exchange's session.
     async fn record_exchange(
         &self,
         exchange: PolicyExchange,

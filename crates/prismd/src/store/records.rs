@@ -612,17 +612,13 @@ pub struct TrustPolicyRecord {
     pub access_token_ttl_secs: i64,
     pub max_token_age_secs: i64,
     pub enabled: bool,
-    /// The policy's session: the refresh token row (secret never issued) its access tokens
-    /// name as `sid`.
-    pub session_id: String,
     pub created_at: i64,
     pub updated_at: i64,
     pub last_used_at: Option<i64>,
 }
 
 /// An enabled trust policy of an issuer, with what an exchange under it needs, read in one
-/// look-up: the service account's standing, its session's state and the organization's
-/// session policy.
+/// look-up: its organization and its service account's standing and grants.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TrustCandidate {
     #[sqlx(flatten)]
@@ -631,37 +627,19 @@ pub struct TrustCandidate {
     pub account_role: String,
     pub account_epoch: i64,
     pub account_removed_at: Option<i64>,
-    /// The session row, when it exists and belongs to the policy's service account.
-    pub session_epoch: Option<i64>,
-    pub session_revoked_at: Option<i64>,
-    pub session_created_at: Option<i64>,
-    pub session_last_used_at: Option<i64>,
-    #[sqlx(flatten)]
-    pub session_policy: SessionPolicy,
     /// The organization's own scopes the account may hold now, space-separated.
     pub held_org_scopes: String,
 }
 
-/// The name a trust policy's session shows in its service account's session list.
+/// The name a trust policy's sessions show in its service account's session list.
 pub fn policy_session_name(policy_name: &str) -> String {
     format!("trust policy {policy_name}")
 }
 
-/// A new session for a trust policy whose session ended: a refresh token row of its service
-/// account whose secret is never issued.
-#[derive(Debug, Clone)]
-pub struct NewPolicySession {
-    pub id: String,
-    /// A random hash no secret has: nobody can present this session as a refresh token.
-    pub token_hash: [u8; 32],
-    pub name: String,
-    /// The session it replaces (compare-and-set: of two replicas replacing it at once, one
-    /// does, and the other uses its session).
-    pub replaces: String,
-}
-
 /// One exchange of an OIDC token under a trust policy, written in one transaction with its
-/// audit row.
+/// audit row: the token's replay key is spent, and a session of the policy's service account
+/// starts (a refresh token row whose secret is never issued, tagged with the policy and
+/// expiring with the access token that names it).
 #[derive(Debug, Clone)]
 pub struct PolicyExchange {
     pub policy_id: String,
@@ -671,16 +649,24 @@ pub struct PolicyExchange {
     pub issuer: String,
     pub token_expires_at: i64,
     pub at: i64,
-    pub new_session: Option<NewPolicySession>,
+    pub session_id: String,
+    /// A random hash no secret has: nobody can present the session as a refresh token.
+    pub session_hash: [u8; 32],
+    pub session_name: String,
+    /// The scope of the access token (what the session shows).
+    pub scope: String,
+    /// When the access token, and with it the session, ends (ms).
+    pub session_expires_at: i64,
 }
 
 /// What writing an exchange found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExchangeWrite {
-    /// Recorded: access tokens name this session.
-    Issued { session_id: String },
+    /// Recorded, with the session the access token names.
+    Issued,
     /// The token was exchanged before (here or on another replica).
     Replayed,
-    /// The policy was disabled or deleted, or its service account removed, meanwhile.
+    /// The policy was disabled, deleted or moved to another account, or its service account
+    /// removed, meanwhile.
     PolicyGone,
 }

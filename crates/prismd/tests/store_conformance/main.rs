@@ -328,9 +328,9 @@ conformance!(
     expiry_notices_claimed_once,
     refresh_grants_carry_held_org_scopes,
     trust_policies_follow_actor_rules,
-    trust_candidates_carry_the_session,
+    trust_candidates_of_an_issuer,
     exchanged_tokens_are_spent_once,
-    ended_sessions_are_replaced_once,
+    exchange_sessions_end_with_their_policy,
 );
 
 // ---- helpers ----------------------------------------------------------------------------

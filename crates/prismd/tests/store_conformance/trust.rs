@@ -1,9 +1,7 @@
 //! Store conformance: trust policies (keyless CI), their sessions, and the OIDC tokens
 //! exchanged under them, spent once across processes.
 
-use prismd::store::{
-    ExchangeWrite, NewPolicySession, NewServiceAccount, PolicyExchange, TrustPolicyRecord,
-};
+use prismd::store::{ExchangeWrite, NewServiceAccount, PolicyExchange, TrustPolicyRecord};
 
 use super::*;
 
@@ -43,7 +41,6 @@ fn policy(org: &Organization, account: &User, name: &str) -> TrustPolicyRecord {
         access_token_ttl_secs: 3600,
         max_token_age_secs: 3600,
         enabled: true,
-        session_id: uuid::Uuid::new_v4().to_string(),
         created_at: T0,
         updated_at: T0,
         last_used_at: None,
@@ -54,24 +51,20 @@ fn policy(org: &Organization, account: &User, name: &str) -> TrustPolicyRecord {
 async fn try_create(
     store: &dyn Store,
     policy: TrustPolicyRecord,
-    seed: u8,
     actor: Option<&str>,
 ) -> Result<Result<TrustPolicyRecord, Refusal>, StoreError> {
     let event = AuditEvent {
         subject_user_id: Some(policy.service_account_id.clone()),
         ..audit("trust_policy.created", T0)
     };
-    store
-        .create_trust_policy(policy, hash(seed), actor, event)
-        .await
+    store.create_trust_policy(policy, actor, event).await
 }
 
 async fn create(
     store: &dyn Store,
     policy: TrustPolicyRecord,
-    seed: u8,
 ) -> Result<TrustPolicyRecord, TestError> {
-    Ok(try_create(store, policy, seed, None)
+    Ok(try_create(store, policy, None)
         .await?
         .map_err(|refused| format!("the policy was refused: {refused:?}"))?)
 }
@@ -91,8 +84,8 @@ async fn update(
         .await
 }
 
-/// An exchange of the token `key` under `policy`, replacing `replaces` when given.
-fn exchange(policy: &TrustPolicyRecord, key: &str, replaces: Option<&str>) -> PolicyExchange {
+/// An exchange of the token `key` under `policy`, starting a session of its own.
+fn exchange(policy: &TrustPolicyRecord, key: &str) -> PolicyExchange {
     PolicyExchange {
         policy_id: policy.id.clone(),
         service_account_id: policy.service_account_id.clone(),
@@ -100,12 +93,11 @@ fn exchange(policy: &TrustPolicyRecord, key: &str, replaces: Option<&str>) -> Po
         issuer: ISSUER.into(),
         token_expires_at: T0 + 600_000,
         at: T0 + 10,
-        new_session: replaces.map(|old| NewPolicySession {
-            id: uuid::Uuid::new_v4().to_string(),
-            token_hash: rand_hash(),
-            name: format!("trust policy {}", policy.name),
-            replaces: old.into(),
-        }),
+        session_id: uuid::Uuid::new_v4().to_string(),
+        session_hash: rand_hash(),
+        session_name: format!("trust policy {}", policy.name),
+        scope: String::new(),
+        session_expires_at: T0 + 3_600_000,
     }
 }
 
@@ -136,32 +128,27 @@ pub(super) async fn trust_policies_follow_actor_rules(db: Db) -> TestResult {
     let other_org = another_org(store, "Other", T0).await?;
     let stranger = account(store, &other_org, "stranger").await?;
 
-    let refused = try_create(store, policy(&org, &ci, "by dev"), 1, Some(&dev.id)).await?;
+    let refused = try_create(store, policy(&org, &ci, "by dev"), Some(&dev.id)).await?;
     assert_eq!(refused, Err(Refusal::Forbidden), "an Integrator may not");
-    let foreign = try_create(store, policy(&org, &stranger, "foreign"), 2, None).await?;
+    let foreign = try_create(store, policy(&org, &stranger, "foreign"), None).await?;
     assert_eq!(
         foreign,
         Err(Refusal::NotFound),
         "another organization's account"
     );
-    let person = try_create(store, policy(&org, &dev, "person"), 3, None).await?;
+    let person = try_create(store, policy(&org, &dev, "person"), None).await?;
     assert_eq!(
         person,
         Err(Refusal::NotFound),
         "a person is not a service account"
     );
-    assert_eq!(
-        db.count("SELECT COUNT(*) FROM refresh_tokens").await?,
-        0,
-        "a refused policy leaves no session behind"
-    );
 
-    let by_admin = try_create(store, policy(&org, &ci, "deploy"), 4, Some(&admin.id))
+    let by_admin = try_create(store, policy(&org, &ci, "deploy"), Some(&admin.id))
         .await?
         .map_err(|r| format!("an Admin may: {r:?}"))?;
     assert_eq!(by_admin.name, "deploy");
-    let by_owner = create(store, policy(&org, &ci, "another"), 5).await?;
-    let taken = try_create(store, policy(&org, &ci, "deploy"), 6, Some(&owner.id)).await?;
+    let by_owner = create(store, policy(&org, &ci, "another")).await?;
+    let taken = try_create(store, policy(&org, &ci, "deploy"), Some(&owner.id)).await?;
     assert_eq!(taken, Err(Refusal::NameTaken));
     let names: Vec<String> = store
         .trust_policies(&org.id)
@@ -198,8 +185,11 @@ pub(super) async fn trust_policies_follow_actor_rules(db: Db) -> TestResult {
         .await?
         .map_err(|r| format!("{r:?}"))?;
     assert_eq!(updated.name, "deploy prod");
-    assert_eq!(updated.session_id, by_admin.session_id, "the session stays");
 
+    assert_eq!(
+        record(store, exchange(&by_owner, "before-delete")).await?,
+        ExchangeWrite::Issued
+    );
     let event = || audit_about("trust_policy.deleted", T0 + 6, &ci);
     assert_eq!(
         store
@@ -221,11 +211,12 @@ pub(super) async fn trust_policies_follow_actor_rules(db: Db) -> TestResult {
     );
     let revoked = db
         .count_bind(
-            "SELECT COUNT(*) FROM refresh_tokens WHERE id = $1 AND revoked_at IS NOT NULL",
-            &by_owner.session_id,
+            "SELECT COUNT(*) FROM refresh_tokens WHERE trust_policy_id = $1 \
+             AND revoked_at IS NOT NULL",
+            &by_owner.id,
         )
         .await?;
-    assert_eq!(revoked, 1, "a deleted policy's session is revoked");
+    assert_eq!(revoked, 1, "a deleted policy's sessions are revoked");
 
     assert_eq!(
         store
@@ -246,19 +237,18 @@ pub(super) async fn trust_policies_follow_actor_rules(db: Db) -> TestResult {
 }
 
 /// The exchange's one read: the enabled policies of an issuer, with the account's standing
-/// and the session's state; ending the session shows.
-pub(super) async fn trust_candidates_carry_the_session(db: Db) -> TestResult {
+/// and its organization.
+pub(super) async fn trust_candidates_of_an_issuer(db: Db) -> TestResult {
     let store = db.store.as_ref();
     let (org, _owner) = org_with_owner(store).await?;
     let ci = account(store, &org, "ci").await?;
-    let live = create(store, policy(&org, &ci, "live"), 1).await?;
+    let live = create(store, policy(&org, &ci, "live")).await?;
     let disabled = create(
         store,
         TrustPolicyRecord {
             enabled: false,
             ..policy(&org, &ci, "disabled")
         },
-        2,
     )
     .await?;
     create(
@@ -267,7 +257,6 @@ pub(super) async fn trust_candidates_carry_the_session(db: Db) -> TestResult {
             issuer: "https://gitlab.example".into(),
             ..policy(&org, &ci, "gitlab")
         },
-        3,
     )
     .await?;
     let candidates = store.trust_candidates(ISSUER).await?;
@@ -276,34 +265,15 @@ pub(super) async fn trust_candidates_carry_the_session(db: Db) -> TestResult {
     assert_eq!(candidate.policy, live);
     assert_eq!(candidate.tenant_id, org.tenant_id);
     assert_eq!(candidate.account_role, "integrator");
+    assert_eq!(candidate.account_epoch, ci.token_epoch);
     assert_eq!(candidate.account_removed_at, None);
-    assert_eq!(candidate.session_epoch, Some(candidate.account_epoch));
-    assert_eq!(candidate.session_revoked_at, None);
-    assert_eq!(candidate.session_created_at, Some(T0));
     assert_eq!(candidate.held_org_scopes, "");
-    let sessions = store.list_sessions(&ci.id, 10).await?;
-    assert!(
-        sessions.iter().any(|s| s.id == live.session_id),
-        "the policy's session is one of the account's: {sessions:?}"
-    );
     assert!(
         store
             .trust_candidates("https://nobody.example")
             .await?
             .is_empty()
     );
-
-    // Rewriting what it trusts ends its session; disabling drops it from the candidates.
-    let narrowed = TrustPolicyRecord {
-        audience: "other".into(),
-        updated_at: T0 + 5,
-        ..live.clone()
-    };
-    update(store, narrowed, true, None)
-        .await?
-        .map_err(|r| format!("{r:?}"))?;
-    let candidates = store.trust_candidates(ISSUER).await?;
-    assert_eq!(candidates[0].session_revoked_at, Some(T0 + 5));
     let enabled_again = TrustPolicyRecord {
         enabled: true,
         ..disabled.clone()
@@ -321,17 +291,17 @@ pub(super) async fn exchanged_tokens_are_spent_once(db: Db) -> TestResult {
     let other = db.another().await?;
     let (org, _owner) = org_with_owner(store).await?;
     let ci = account(store, &org, "ci").await?;
-    let live = create(store, policy(&org, &ci, "live"), 1).await?;
-    let issued = ExchangeWrite::Issued {
-        session_id: live.session_id.clone(),
-    };
-    assert_eq!(record(store, exchange(&live, "k1", None)).await?, issued);
+    let live = create(store, policy(&org, &ci, "live")).await?;
     assert_eq!(
-        record(store, exchange(&live, "k1", None)).await?,
+        record(store, exchange(&live, "k1")).await?,
+        ExchangeWrite::Issued
+    );
+    assert_eq!(
+        record(store, exchange(&live, "k1")).await?,
         ExchangeWrite::Replayed
     );
     assert_eq!(
-        record(other.as_ref(), exchange(&live, "k1", None)).await?,
+        record(other.as_ref(), exchange(&live, "k1")).await?,
         ExchangeWrite::Replayed,
         "another process sees it spent"
     );
@@ -342,7 +312,7 @@ pub(super) async fn exchanged_tokens_are_spent_once(db: Db) -> TestResult {
         } else {
             other.clone()
         };
-        let exchange = exchange(&live, "k2", None);
+        let exchange = exchange(&live, "k2");
         racing.push(tokio::spawn(
             async move { record(on.as_ref(), exchange).await },
         ));
@@ -351,7 +321,10 @@ pub(super) async fn exchanged_tokens_are_spent_once(db: Db) -> TestResult {
     for task in racing {
         outcomes.push(task.await??);
     }
-    let winners = outcomes.iter().filter(|o| **o == issued).count();
+    let winners = outcomes
+        .iter()
+        .filter(|o| **o == ExchangeWrite::Issued)
+        .count();
     assert_eq!(
         winners, 1,
         "one of 8 racing exchanges of a token: {outcomes:?}"
@@ -362,88 +335,109 @@ pub(super) async fn exchanged_tokens_are_spent_once(db: Db) -> TestResult {
         .and_then(|p| p.last_used_at);
     assert_eq!(used_at, Some(T0 + 10), "the use is noted");
     assert_eq!(db.count("SELECT COUNT(*) FROM oidc_token_uses").await?, 2);
+    assert_eq!(
+        db.count_bind(
+            "SELECT COUNT(*) FROM refresh_tokens WHERE trust_policy_id = $1",
+            &live.id
+        )
+        .await?,
+        2,
+        "a session per exchange, none for a replay"
+    );
     other.close().await;
     Ok(())
 }
 
-/// An ended session is replaced once, however many exchanges race to replace it; a disabled
-/// policy, or one that moved to another account, issues nothing.
-pub(super) async fn ended_sessions_are_replaced_once(db: Db) -> TestResult {
+/// Each exchange's session is one of the account's sessions while its access token lives;
+/// a change of what the policy trusts, or disabling it, ends them all; a disabled policy, or
+/// one that moved to another account, issues nothing.
+pub(super) async fn exchange_sessions_end_with_their_policy(db: Db) -> TestResult {
     let store = db.store.as_ref();
-    let other = db.another().await?;
     let (org, _owner) = org_with_owner(store).await?;
     let ci = account(store, &org, "ci").await?;
     let deployer = account(store, &org, "deployer").await?;
-    let live = create(store, policy(&org, &ci, "live"), 1).await?;
-    let rewritten = TrustPolicyRecord {
-        audience: "other".into(),
+    let live = create(store, policy(&org, &ci, "live")).await?;
+    let first = exchange(&live, "one");
+    let second = exchange(&live, "two");
+    for exchange in [first.clone(), second.clone()] {
+        assert_eq!(record(store, exchange).await?, ExchangeWrite::Issued);
+    }
+    let sessions = store.list_sessions(&ci.id, 10).await?;
+    let ids: std::collections::BTreeSet<&str> = sessions.iter().map(|s| s.id.as_str()).collect();
+    assert!(
+        ids.contains(first.session_id.as_str()) && ids.contains(second.session_id.as_str()),
+        "each exchange is a session of the account: {sessions:?}"
+    );
+    let shown = sessions
+        .iter()
+        .find(|s| s.id == first.session_id)
+        .ok_or("no session")?;
+    assert_eq!(shown.client_id, "keyless");
+    assert_eq!(shown.name.as_deref(), Some("trust policy live"));
+    let live_sessions = || {
+        db.count_bind(
+            "SELECT COUNT(*) FROM refresh_tokens WHERE trust_policy_id = $1 \
+             AND revoked_at IS NULL",
+            &live.id,
+        )
+    };
+    assert_eq!(live_sessions().await?, 2);
+
+    let renamed = TrustPolicyRecord {
+        name: "renamed".into(),
         ..live.clone()
     };
-    update(store, rewritten.clone(), true, None)
+    update(store, renamed.clone(), false, None)
         .await?
         .map_err(|r| format!("{r:?}"))?;
-    let mut racing = Vec::new();
-    for i in 0..6u8 {
-        let on = if i % 2 == 0 {
-            db.store.clone()
-        } else {
-            other.clone()
-        };
-        let exchange = exchange(&live, &format!("race-{i}"), Some(&live.session_id));
-        racing.push(tokio::spawn(
-            async move { record(on.as_ref(), exchange).await },
-        ));
-    }
-    let mut sessions = std::collections::BTreeSet::new();
-    for task in racing {
-        match task.await?? {
-            ExchangeWrite::Issued { session_id } => {
-                sessions.insert(session_id);
-            }
-            other => return Err(format!("a racing exchange got {other:?}").into()),
-        }
-    }
-    assert_eq!(sessions.len(), 1, "one new session: {sessions:?}");
-    assert!(!sessions.contains(&live.session_id), "not the ended one");
-    let current = store
-        .trust_policy(&org.id, &live.id)
+    assert_eq!(live_sessions().await?, 2, "a rename ends nothing");
+    let narrowed = TrustPolicyRecord {
+        audience: "other".into(),
+        ..renamed.clone()
+    };
+    update(store, narrowed.clone(), true, None)
         .await?
-        .ok_or("the policy is gone")?;
-    assert!(sessions.contains(&current.session_id));
+        .map_err(|r| format!("{r:?}"))?;
+    assert_eq!(live_sessions().await?, 0, "a rewrite ends every session");
     assert_eq!(
-        db.count_bind(
-            "SELECT COUNT(*) FROM refresh_tokens WHERE user_id = $1 AND revoked_at IS NULL",
-            &ci.id,
-        )
-        .await?,
+        record(store, exchange(&live, "three")).await?,
+        ExchangeWrite::Issued
+    );
+    assert_eq!(
+        live_sessions().await?,
         1,
-        "the account has one live session for the policy"
+        "the next exchange starts a new one"
     );
 
     let disabled = TrustPolicyRecord {
         enabled: false,
-        ..current.clone()
+        ..narrowed.clone()
     };
     update(store, disabled, true, None)
         .await?
         .map_err(|r| format!("{r:?}"))?;
+    assert_eq!(live_sessions().await?, 0);
     assert_eq!(
-        record(store, exchange(&current, "after-disable", None)).await?,
+        record(store, exchange(&live, "after-disable")).await?,
         ExchangeWrite::PolicyGone
     );
     let moved = TrustPolicyRecord {
         enabled: true,
         service_account_id: deployer.id.clone(),
-        ..current.clone()
+        ..narrowed
     };
     update(store, moved, true, None)
         .await?
         .map_err(|r| format!("{r:?}"))?;
     assert_eq!(
-        record(store, exchange(&current, "after-move", None)).await?,
+        record(store, exchange(&live, "after-move")).await?,
         ExchangeWrite::PolicyGone,
         "an exchange decided for the old account issues nothing"
     );
-    other.close().await;
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM oidc_token_uses").await?,
+        3,
+        "a refused exchange spends nothing"
+    );
     Ok(())
 }

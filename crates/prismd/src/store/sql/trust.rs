@@ -12,69 +12,65 @@ macro_rules! policy_columns {
     () => {
         "p.id, p.org_id, p.name, p.description, p.issuer, p.audience, p.conditions, \
          p.service_account_id, p.scopes, p.access_token_ttl_secs, p.max_token_age_secs, \
-         p.enabled, p.session_id, p.created_at, p.updated_at, p.last_used_at"
+         p.enabled, p.created_at, p.updated_at, p.last_used_at"
     };
 }
 
 /// [`TrustStore::trust_candidates`]: the enabled policies of an issuer (`$1`), each with its
-/// service account, organization and session.
+/// service account and organization.
 const CANDIDATES_SQL: &str = concat!(
     "SELECT ",
     policy_columns!(),
     ", o.tenant_id, u.role AS account_role, u.token_epoch AS account_epoch, \
-       u.removed_at AS account_removed_at, s.user_epoch AS session_epoch, \
-       s.revoked_at AS session_revoked_at, s.created_at AS session_created_at, \
-       s.last_used_at AS session_last_used_at, \
-       o.refresh_idle_expiry_secs AS idle_expiry_secs, o.refresh_max_age_secs AS max_age_secs, \
+       u.removed_at AS account_removed_at, \
        COALESCE((SELECT string_agg(g.scope, ' ') FROM scope_grants g \
          WHERE g.org_id = u.org_id AND g.grantee IN ('role:' || u.role, 'user:' || u.id)), '') \
          AS held_org_scopes \
      FROM trust_policies p \
      JOIN users u ON u.id = p.service_account_id \
      JOIN organizations o ON o.id = p.org_id \
-     LEFT JOIN refresh_tokens s ON s.id = p.session_id AND s.user_id = p.service_account_id \
      WHERE p.issuer = $1 AND p.enabled \
      ORDER BY p.org_id, p.name"
 );
 
-/// The session row of a policy: a refresh token of its service account (`$3`, which must be
-/// a live one of the organization `$6`) whose hash (`$2`) no secret has. Inserts nothing
-/// otherwise.
+/// An exchange's session: a refresh token of the policy's service account (`$3`, which must
+/// still be live) whose hash (`$2`) no secret has, tagged with the policy (`$9`).
 const INSERT_SESSION_SQL: &str = "INSERT INTO refresh_tokens (id, token_hash, user_id, \
-     user_epoch, client_id, name, scope, created_at, named) \
-     SELECT $1, $2, u.id, u.token_epoch, 'keyless', $4, '', $5, FALSE FROM users u \
-     WHERE u.id = $3 AND u.org_id = $6 AND u.kind = 'service' AND u.removed_at IS NULL";
+     user_epoch, client_id, name, scope, created_at, named, expires_at, trust_policy_id) \
+     SELECT $1, $2, u.id, u.token_epoch, 'keyless', $4, $5, $6, FALSE, $7, $8 FROM users u \
+     WHERE u.id = $3 AND u.kind = 'service' AND u.removed_at IS NULL";
 
-async fn insert_session<D: Dialect>(
+/// Whether the policy's service account is a live one of its organization.
+async fn account_live<D: Dialect>(
     tx: &mut Write<'_, D>,
-    id: &str,
-    token_hash: &[u8; 32],
-    account_id: &str,
-    name: &str,
-    at: i64,
-    org_id: &str,
-) -> Result<u64, StoreError> {
-    query(INSERT_SESSION_SQL)
-        .bind(id)
-        .bind(&token_hash[..])
-        .bind(account_id)
-        .bind(name)
-        .bind(at)
-        .bind(org_id)
-        .execute(tx)
-        .await
+    policy: &TrustPolicyRecord,
+) -> Result<bool, StoreError> {
+    let found: Option<String> = query(
+        "SELECT id FROM users WHERE id = $1 AND org_id = $2 AND kind = 'service' \
+         AND removed_at IS NULL",
+    )
+    .bind(&policy.service_account_id)
+    .bind(&policy.org_id)
+    .scalar()
+    .fetch_optional(tx)
+    .await?;
+    Ok(found.is_some())
 }
 
-async fn end_session<D: Dialect>(
+/// Revokes every live session a policy started: every access token it issued ends.
+async fn end_sessions<D: Dialect>(
     tx: &mut Write<'_, D>,
-    session_id: &str,
+    policy_id: &str,
     at: i64,
 ) -> Result<(), StoreError> {
-    query("UPDATE refresh_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
-        .bind(session_id)
-        .bind(at)
-        .execute(tx)
-        .await?;
+    query(
+        "UPDATE refresh_tokens SET revoked_at = $2 \
+         WHERE trust_policy_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(policy_id)
+    .bind(at)
+    .execute(tx)
+    .await?;
     Ok(())
 }
 
@@ -126,32 +122,21 @@ impl<D: Dialect> TrustStore for SqlStore<D> {
     async fn create_trust_policy(
         &self,
         policy: TrustPolicyRecord,
-        session_hash: [u8; 32],
         actor: Actor<'_>,
         audit: AuditEvent,
     ) -> Result<Result<TrustPolicyRecord, Refusal>, StoreError> {
         let mut tx = self.write().await?;
         tx.lock(Lock::Organization(&policy.org_id)).await?;
-        let session = insert_session(
-            &mut tx,
-            &policy.session_id,
-            &session_hash,
-            &policy.service_account_id,
-            &policy_session_name(&policy.name),
-            policy.created_at,
-            &policy.org_id,
-        )
-        .await?;
-        if session == 0 {
+        if !account_live(&mut tx, &policy).await? {
             tx.rollback().await?;
             return Ok(Err(Refusal::NotFound));
         }
         let sql = format!(
             "INSERT INTO trust_policies (id, org_id, name, description, issuer, audience, \
              conditions, service_account_id, scopes, access_token_ttl_secs, \
-             max_token_age_secs, enabled, session_id, created_at, updated_at) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14 WHERE {}",
-            manager(15, "$2")
+             max_token_age_secs, enabled, created_at, updated_at) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13 WHERE {}",
+            manager(14, "$2")
         );
         let inserted = query(sqlx::AssertSqlSafe(sql))
             .bind(&policy.id)
@@ -166,7 +151,6 @@ impl<D: Dialect> TrustStore for SqlStore<D> {
             .bind(policy.access_token_ttl_secs)
             .bind(policy.max_token_age_secs)
             .bind(policy.enabled)
-            .bind(&policy.session_id)
             .bind(policy.created_at)
             .bind(actor)
             .execute(&mut tx)
@@ -203,16 +187,7 @@ impl<D: Dialect> TrustStore for SqlStore<D> {
     ) -> Result<Result<TrustPolicyRecord, Refusal>, StoreError> {
         let mut tx = self.write().await?;
         tx.lock(Lock::Organization(&policy.org_id)).await?;
-        let account_live: Option<String> = query(
-            "SELECT id FROM users WHERE id = $1 AND org_id = $2 AND kind = 'service' \
-             AND removed_at IS NULL",
-        )
-        .bind(&policy.service_account_id)
-        .bind(&policy.org_id)
-        .scalar()
-        .fetch_optional(&mut tx)
-        .await?;
-        if account_live.is_none() {
+        if !account_live(&mut tx, &policy).await? {
             tx.rollback().await?;
             return Ok(Err(Refusal::NotFound));
         }
@@ -241,16 +216,7 @@ impl<D: Dialect> TrustStore for SqlStore<D> {
             .execute(&mut tx)
             .await;
         if end && matches!(updated, Ok(1)) {
-            // The session as stored (the caller's copy may be older than a rotation).
-            let session: Option<String> =
-                query("SELECT session_id FROM trust_policies WHERE id = $1")
-                    .bind(&policy.id)
-                    .scalar()
-                    .fetch_optional(&mut tx)
-                    .await?;
-            if let Some(session) = session {
-                end_session(&mut tx, &session, policy.updated_at).await?;
-            }
+            end_sessions(&mut tx, &policy.id, policy.updated_at).await?;
         }
         if let (Some(also), Ok(1)) = (also.as_ref(), &updated) {
             tx.audit(also).await?;
@@ -267,10 +233,10 @@ impl<D: Dialect> TrustStore for SqlStore<D> {
     ) -> Result<Result<(), Refusal>, StoreError> {
         let mut tx = self.write().await?;
         tx.lock(Lock::Organization(org_id)).await?;
-        let Some(policy) = read_policy(&mut tx, org_id, id).await? else {
+        if read_policy(&mut tx, org_id, id).await?.is_none() {
             tx.rollback().await?;
             return Ok(Err(Refusal::NotFound));
-        };
+        }
         let sql = format!(
             "DELETE FROM trust_policies WHERE org_id = $1 AND id = $2 AND {}",
             manager(3, "$1")
@@ -285,7 +251,7 @@ impl<D: Dialect> TrustStore for SqlStore<D> {
             tx.rollback().await?;
             return Ok(Err(Refusal::Forbidden));
         }
-        end_session(&mut tx, &policy.session_id, audit.at).await?;
+        end_sessions(&mut tx, id, audit.at).await?;
         tx.commit_audited(&audit).await?;
         Ok(Ok(()))
     }
@@ -317,53 +283,36 @@ impl<D: Dialect> TrustStore for SqlStore<D> {
             return Ok(ExchangeWrite::Replayed);
         }
         // Still enabled, still acting as the same account (a change in between ended the
-        // session the caller read; its token would be dead at once, so refuse instead).
-        let session: Option<String> = query(
+        // sessions it started; the new one would be refused at once, so refuse instead).
+        let still = query(
             "UPDATE trust_policies SET last_used_at = $2 \
-             WHERE id = $1 AND enabled AND service_account_id = $3 RETURNING session_id",
+             WHERE id = $1 AND enabled AND service_account_id = $3",
         )
         .bind(&exchange.policy_id)
         .bind(exchange.at)
         .bind(&exchange.service_account_id)
-        .scalar()
-        .fetch_optional(&mut tx)
+        .execute(&mut tx)
         .await?;
-        let Some(mut session_id) = session else {
+        let started = if still == 1 {
+            query(INSERT_SESSION_SQL)
+                .bind(&exchange.session_id)
+                .bind(&exchange.session_hash[..])
+                .bind(&exchange.service_account_id)
+                .bind(&exchange.session_name)
+                .bind(&exchange.scope)
+                .bind(exchange.at)
+                .bind(exchange.session_expires_at)
+                .bind(&exchange.policy_id)
+                .execute(&mut tx)
+                .await?
+        } else {
+            0
+        };
+        if started == 0 {
             tx.rollback().await?;
             return Ok(ExchangeWrite::PolicyGone);
-        };
-        if let Some(new) = exchange
-            .new_session
-            .as_ref()
-            .filter(|new| new.replaces == session_id)
-        {
-            let org_id: Option<String> = query("SELECT org_id FROM trust_policies WHERE id = $1")
-                .bind(&exchange.policy_id)
-                .scalar()
-                .fetch_optional(&mut tx)
-                .await?;
-            let inserted = insert_session(
-                &mut tx,
-                &new.id,
-                &new.token_hash,
-                &exchange.service_account_id,
-                &new.name,
-                exchange.at,
-                org_id.as_deref().unwrap_or_default(),
-            )
-            .await?;
-            if inserted == 0 {
-                tx.rollback().await?;
-                return Ok(ExchangeWrite::PolicyGone);
-            }
-            query("UPDATE trust_policies SET session_id = $2 WHERE id = $1")
-                .bind(&exchange.policy_id)
-                .bind(&new.id)
-                .execute(&mut tx)
-                .await?;
-            session_id = new.id.clone();
         }
         tx.commit_audited(&audit).await?;
-        Ok(ExchangeWrite::Issued { session_id })
+        Ok(ExchangeWrite::Issued)
     }
 }
