@@ -149,6 +149,7 @@ pub enum TrustPoliciesCommand {
     /// Trust a CI system's OIDC tokens (keyless CI): tokens of ISSUER for AUDIENCE that meet
     /// every --claim / --claim-glob act as the service account. Prints the policy's id.
     Add {
+        /// Its name, unique in the organization (1 to 100 characters).
         #[arg(long, env = "PRISMD_TRUST_POLICY_NAME")]
         name: String,
         /// The exact `iss` of the tokens, e.g. https://token.actions.githubusercontent.com.
@@ -172,12 +173,14 @@ pub enum TrustPoliciesCommand {
         /// service account's role decides.
         #[arg(long = "scope")]
         scopes: Vec<String>,
-        /// How long each access token lives (default 1h, at most 24h).
+        /// How long each access token lives (default 1h, at most 24h; the server issues no
+        /// longer ones than its --access-token-ttl).
         #[arg(long, value_parser = parse_seconds)]
         lifetime: Option<i64>,
         /// How old (since its `iat`) an OIDC token may be when exchanged (default 1h).
         #[arg(long, value_parser = parse_seconds)]
         max_token_age: Option<i64>,
+        /// What it is for, for the people who read the list (at most 500 characters).
         #[arg(long)]
         description: Option<String>,
         /// Create it disabled.
@@ -810,7 +813,10 @@ async fn run_trust_policies(
                 max_token_age_secs: max_token_age,
                 enabled: Some(!disabled),
             };
-            let created = policies.create(None, &org, policy, &meta).await?;
+            let created = policies
+                .create(None, &org, policy, &meta)
+                .await
+                .map_err(|(_, err)| err)?;
             println!("{}", public_id("TrustPolicy", &created.record.id));
         }
         TrustPoliciesCommand::List { json } => {
@@ -861,7 +867,8 @@ async fn run_trust_policies(
             };
             let policy = policies
                 .update(None, &org, &id_of(name), changes, &meta)
-                .await?;
+                .await
+                .map_err(|(_, err)| err)?;
             eprintln!(
                 "Disabled trust policy {}; the access tokens it issued no longer work.",
                 policy.record.name
@@ -874,7 +881,8 @@ async fn run_trust_policies(
             };
             let policy = policies
                 .update(None, &org, &id_of(name), changes, &meta)
-                .await?;
+                .await
+                .map_err(|(_, err)| err)?;
             eprintln!("Enabled trust policy {}.", policy.record.name);
         }
         TrustPoliciesCommand::Remove { name } => {

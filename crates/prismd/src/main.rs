@@ -326,7 +326,7 @@ struct OidcArgs {
 
     /// Least time between two fetches of one issuer's keys: a token with an unknown key id
     /// fetches them again at most this often.
-    #[arg(long, env = "PRISMD_OIDC_JWKS_REFETCH_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "PRISMD_OIDC_JWKS_REFETCH_INTERVAL", default_value = "5s", value_parser = parse_wait)]
     oidc_jwks_refetch_interval: Duration,
 }
 

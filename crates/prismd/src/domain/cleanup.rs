@@ -57,6 +57,8 @@ impl CleanupPolicy {
             Garbage::AuditEvents => before(self.audit_retention),
             // Past its expiry and the clock skew an OIDC token is refused unread.
             Garbage::SpentOidcTokens => before(Duration::from_secs(120)),
+            // Their access tokens expired with them (and are refused by their own `exp`).
+            Garbage::ExpiredKeylessSessions => now,
             Garbage::RetiredSigningKeys => self.key_window.expired_before(now),
             Garbage::AttemptCounters => before(self.attempt_retention),
         }

@@ -128,6 +128,29 @@ pub struct TrustPolicyChanges {
     pub enabled: Option<bool>,
 }
 
+/// A problem with a policy's input: the field it is about (as the GraphQL input names it,
+/// `id` for the policy, `__all__` for the whole request) and the error.
+pub type PolicyError = (&'static str, DomainError);
+
+fn on(field: &'static str) -> impl FnOnce(DomainError) -> PolicyError {
+    move |err| (field, err)
+}
+
+/// What the store's refusal of a policy write means.
+fn policy_refused(refusal: crate::store::Refusal) -> PolicyError {
+    match refusal {
+        crate::store::Refusal::NameTaken => (
+            "name",
+            DomainError::Conflict("the organization has a trust policy of that name".into()),
+        ),
+        crate::store::Refusal::NotFound => (
+            "serviceAccountId",
+            DomainError::InvalidInput("no such service account in your organization".into()),
+        ),
+        other => ("__all__", refused(other)),
+    }
+}
+
 fn managers_only(actor: Option<&User>) -> Result<(), DomainError> {
     match actor {
         Some(actor) if !Role::of(actor).manages_users() => Err(DomainError::AccessDenied(
@@ -298,28 +321,88 @@ impl<'s> TrustPolicies<'s> {
         Ok(names.into_iter().collect::<Vec<_>>().join(" "))
     }
 
-    /// Checks every setting of `policy` (its service account is read).
-    async fn checked(
+    /// Applies `changes` to `policy`, checking each field given, and only those: a policy
+    /// whose stored settings a later server would refuse (a shorter --access-token-ttl, a
+    /// plain-HTTP issuer of a test) can still be renamed or disabled. Returns the policy and
+    /// its service account.
+    async fn apply(
         &self,
+        org_id: &str,
         mut policy: TrustPolicyRecord,
-    ) -> Result<TrustPolicyRecord, DomainError> {
-        policy.name = checked_name(&policy.name)?;
-        policy.issuer = self.checked_issuer(&policy.issuer)?;
-        policy.audience = checked_audience(&policy.audience)?;
-        let conditions: Vec<ClaimCondition> = serde_json::from_str(&policy.conditions)
-            .map_err(|_| DomainError::Internal("conditions did not serialize"))?;
-        claims::validate_conditions(&conditions).map_err(DomainError::InvalidInput)?;
-        policy.access_token_ttl_secs = checked_lifetime(
-            "the access-token lifetime",
-            policy.access_token_ttl_secs,
-            self.longest_access_token_secs,
-        )?;
-        policy.max_token_age_secs = checked_lifetime(
-            "the maximum token age",
-            policy.max_token_age_secs,
-            MAX_LIFETIME_SECS,
-        )?;
-        Ok(policy)
+        changes: TrustPolicyChanges,
+    ) -> Result<(TrustPolicyRecord, User), PolicyError> {
+        if let Some(name) = changes.name {
+            policy.name = checked_name(&name).map_err(on("name"))?;
+        }
+        if let Some(description) = changes.description {
+            policy.description =
+                checked_description(Some(description)).map_err(on("description"))?;
+        }
+        if let Some(issuer) = changes.issuer {
+            policy.issuer = self.checked_issuer(&issuer).map_err(on("issuer"))?;
+        }
+        if let Some(audience) = changes.audience {
+            policy.audience = checked_audience(&audience).map_err(on("audience"))?;
+        }
+        if let Some(conditions) = changes.conditions {
+            claims::validate_conditions(&conditions)
+                .map_err(|message| ("conditions", DomainError::InvalidInput(message)))?;
+            policy.conditions = serde_json::to_string(&conditions).map_err(|_| {
+                (
+                    "conditions",
+                    DomainError::Internal("conditions did not serialize"),
+                )
+            })?;
+        }
+        if let Some(secs) = changes.access_token_ttl_secs {
+            policy.access_token_ttl_secs = checked_lifetime(
+                "the access-token lifetime",
+                secs,
+                self.longest_access_token_secs,
+            )
+            .map_err(on("accessTokenLifetimeSeconds"))?;
+        }
+        if let Some(secs) = changes.max_token_age_secs {
+            policy.max_token_age_secs =
+                checked_lifetime("the maximum token age", secs, MAX_LIFETIME_SECS)
+                    .map_err(on("maxTokenAgeSeconds"))?;
+        }
+        if let Some(enabled) = changes.enabled {
+            policy.enabled = enabled;
+        }
+        let moved = changes.service_account.is_some();
+        let wanted = changes
+            .service_account
+            .unwrap_or_else(|| policy.service_account_id.clone());
+        let account = ServiceAccounts::new(self.store)
+            .find(org_id, &wanted)
+            .await
+            .map_err(|err| match err {
+                DomainError::NotFound(message) => {
+                    ("serviceAccountId", DomainError::InvalidInput(message))
+                }
+                other => ("serviceAccountId", other),
+            })?;
+        policy.service_account_id = account.id.clone();
+        let scopes = match changes.scopes {
+            Some(scopes) => Some(scopes),
+            // The scopes it gives must hold for its new account too.
+            None if moved && !policy.scopes.is_empty() => Some(
+                policy
+                    .scopes
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+            None => None,
+        };
+        if let Some(scopes) = scopes {
+            policy.scopes = self
+                .checked_scopes(&account, &scopes)
+                .await
+                .map_err(on("scopes"))?;
+        }
+        Ok((policy, account))
     }
 
     /// Creates a policy in `org` (Owners and Admins; `None`: an operator), audited as
@@ -330,41 +413,47 @@ impl<'s> TrustPolicies<'s> {
         org: &Organization,
         input: NewTrustPolicy,
         meta: &RequestMeta,
-    ) -> Result<TrustPolicy, DomainError> {
-        managers_only(actor)?;
-        let account = ServiceAccounts::new(self.store)
-            .find(&org.id, &input.service_account)
-            .await?;
-        let conditions = serde_json::to_string(&input.conditions)
-            .map_err(|_| DomainError::Internal("conditions did not serialize"))?;
+    ) -> Result<TrustPolicy, PolicyError> {
+        managers_only(actor).map_err(on("__all__"))?;
         let now = now_ms();
-        let policy = self
-            .checked(TrustPolicyRecord {
-                id: uuid::Uuid::new_v4().to_string(),
-                org_id: org.id.clone(),
-                name: input.name,
-                description: checked_description(input.description)?,
-                issuer: input.issuer,
-                audience: input.audience,
-                conditions,
-                service_account_id: account.id.clone(),
-                scopes: String::new(),
-                access_token_ttl_secs: input
+        let blank = TrustPolicyRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            org_id: org.id.clone(),
+            name: String::new(),
+            description: None,
+            issuer: String::new(),
+            audience: String::new(),
+            conditions: "[]".into(),
+            service_account_id: String::new(),
+            scopes: String::new(),
+            access_token_ttl_secs: 0,
+            max_token_age_secs: 0,
+            enabled: true,
+            created_at: now,
+            updated_at: now,
+            last_used_at: None,
+        };
+        let every_field = TrustPolicyChanges {
+            name: Some(input.name),
+            description: input.description,
+            issuer: Some(input.issuer),
+            audience: Some(input.audience),
+            conditions: Some(input.conditions),
+            service_account: Some(input.service_account),
+            scopes: Some(input.scopes),
+            access_token_ttl_secs: Some(
+                input
                     .access_token_ttl_secs
                     .unwrap_or(DEFAULT_ACCESS_TOKEN_TTL_SECS.min(self.longest_access_token_secs)),
-                max_token_age_secs: input
+            ),
+            max_token_age_secs: Some(
+                input
                     .max_token_age_secs
                     .unwrap_or(DEFAULT_MAX_TOKEN_AGE_SECS),
-                enabled: input.enabled.unwrap_or(true),
-                created_at: now,
-                updated_at: now,
-                last_used_at: None,
-            })
-            .await?;
-        let policy = TrustPolicyRecord {
-            scopes: self.checked_scopes(&account, &input.scopes).await?,
-            ..policy
+            ),
+            enabled: input.enabled,
         };
+        let (policy, _account) = self.apply(&org.id, blank, every_field).await?;
         let audit = audit_event(
             "trust_policy.created",
             actor,
@@ -375,14 +464,10 @@ impl<'s> TrustPolicies<'s> {
         let created = self
             .store
             .create_trust_policy(policy, actor.map(|a| a.id.as_str()), audit)
-            .await?
-            .map_err(|refusal| match refusal {
-                crate::store::Refusal::NameTaken => {
-                    DomainError::Conflict("the organization has a trust policy of that name".into())
-                }
-                other => refused(other),
-            })?;
-        TrustPolicy::of(created)
+            .await
+            .map_err(|err| ("__all__", err.into()))?
+            .map_err(policy_refused)?;
+        TrustPolicy::of(created).map_err(on("__all__"))
     }
 
     /// Changes a policy (Owners and Admins), audited as `trust_policy.updated` with the
@@ -395,57 +480,15 @@ impl<'s> TrustPolicies<'s> {
         id: &str,
         changes: TrustPolicyChanges,
         meta: &RequestMeta,
-    ) -> Result<TrustPolicy, DomainError> {
-        managers_only(actor)?;
-        let current = self.find(actor, &org.id, id).await?;
-        let old = current.record.clone();
-        let account = match changes.service_account.as_deref() {
-            Some(wanted) => {
-                ServiceAccounts::new(self.store)
-                    .find(&org.id, wanted)
-                    .await?
-            }
-            None => {
-                ServiceAccounts::new(self.store)
-                    .find(&org.id, &old.service_account_id)
-                    .await?
-            }
-        };
-        let conditions = match &changes.conditions {
-            Some(conditions) => serde_json::to_string(conditions)
-                .map_err(|_| DomainError::Internal("conditions did not serialize"))?,
-            None => old.conditions.clone(),
-        };
-        let mut policy = self
-            .checked(TrustPolicyRecord {
-                name: changes.name.unwrap_or_else(|| old.name.clone()),
-                description: match changes.description {
-                    Some(description) => checked_description(Some(description))?,
-                    None => old.description.clone(),
-                },
-                issuer: changes.issuer.unwrap_or_else(|| old.issuer.clone()),
-                audience: changes.audience.unwrap_or_else(|| old.audience.clone()),
-                conditions,
-                service_account_id: account.id.clone(),
-                access_token_ttl_secs: changes
-                    .access_token_ttl_secs
-                    .unwrap_or(old.access_token_ttl_secs),
-                max_token_age_secs: changes.max_token_age_secs.unwrap_or(old.max_token_age_secs),
-                enabled: changes.enabled.unwrap_or(old.enabled),
-                updated_at: now_ms(),
-                ..old.clone()
-            })
-            .await?;
-        policy.scopes = match &changes.scopes {
-            Some(scopes) => self.checked_scopes(&account, scopes).await?,
-            None if account.id != old.service_account_id && !old.scopes.is_empty() => {
-                // The old scopes must hold for the new account too.
-                let old_scopes: Vec<String> =
-                    old.scopes.split_whitespace().map(str::to_owned).collect();
-                self.checked_scopes(&account, &old_scopes).await?
-            }
-            None => old.scopes.clone(),
-        };
+    ) -> Result<TrustPolicy, PolicyError> {
+        managers_only(actor).map_err(on("__all__"))?;
+        let old = self
+            .find(actor, &org.id, id)
+            .await
+            .map_err(on("id"))?
+            .record;
+        let (mut policy, _account) = self.apply(&org.id, old.clone(), changes).await?;
+        policy.updated_at = now_ms();
         let changed: Vec<&str> = [
             ("name", old.name != policy.name),
             ("description", old.description != policy.description),
@@ -482,8 +525,8 @@ impl<'s> TrustPolicies<'s> {
         if old.service_account_id != policy.service_account_id {
             detail["previous_service_account_id"] = serde_json::json!(old.service_account_id);
         }
-        // The account it no longer acts as has cached state naming the ended session: a
-        // row about it, in the same commit, drops that everywhere too.
+        // The account it no longer acts as has cached state naming the ended sessions: a row
+        // about it, in the same commit, drops that everywhere too.
         let also = (old.service_account_id != policy.service_account_id).then(|| {
             audit_event(
                 "trust_policy.updated",
@@ -504,13 +547,11 @@ impl<'s> TrustPolicies<'s> {
             audit,
             also,
         );
-        let updated = write.await?.map_err(|refusal| match refusal {
-            crate::store::Refusal::NameTaken => {
-                DomainError::Conflict("the organization has a trust policy of that name".into())
-            }
-            other => refused(other),
-        })?;
-        TrustPolicy::of(updated)
+        let updated = write
+            .await
+            .map_err(|err| ("__all__", err.into()))?
+            .map_err(policy_refused)?;
+        TrustPolicy::of(updated).map_err(on("__all__"))
     }
 
     /// Deletes a policy (Owners and Admins), ending every access token it issued; audited as
@@ -796,6 +837,8 @@ impl AuthService {
                 serde_json::json!({
                     "policy_id": policy.id,
                     "policy_name": policy.name,
+                    // The session this job's access token names: what to revoke to end it.
+                    "token_id": session_id,
                     "issuer": token.issuer,
                     "sub": token.claims.get("sub").and_then(|s| s.as_str()).map(|s| s.chars().take(500).collect::<String>()),
                     "jti": token.jti.as_deref().map(|j| j.chars().take(200).collect::<String>()),

@@ -9,7 +9,7 @@ use super::graphql_access::ServiceAccountNode;
 use crate::domain::DomainError;
 use crate::domain::accounts::{parse_public_id, public_id};
 use crate::domain::scopes::ApiScope;
-use crate::domain::trust::{NewTrustPolicy, TrustPolicy, TrustPolicyChanges};
+use crate::domain::trust::{NewTrustPolicy, PolicyError, TrustPolicy, TrustPolicyChanges};
 use crate::oidc::claims::{ClaimCondition, MatchKind};
 
 /// The kind in a trust policy's public id.
@@ -186,50 +186,18 @@ pub struct DeleteTrustPolicyPayload {
     errors: Vec<FieldError>,
 }
 
-/// The field a policy's validation message is about, from its text (the domain's messages
-/// name what they check).
-fn field_of(err: &DomainError) -> &'static str {
-    let message = match err {
-        DomainError::InvalidInput(msg) | DomainError::Conflict(msg) => msg.as_str(),
-        _ => return "id",
-    };
-    [
-        ("service account", "serviceAccountId"),
-        ("scope", "scopes"),
-        ("issuer", "issuer"),
-        ("audience", "audience"),
-        ("condition", "conditions"),
-        ("claim", "conditions"),
-        ("access-token lifetime", "accessTokenLifetimeSeconds"),
-        ("maximum token age", "maxTokenAgeSeconds"),
-        ("description", "description"),
-    ]
-    .into_iter()
-    .find(|(word, _)| message.contains(word))
-    .map_or("name", |(_, field)| field)
-}
-
 fn policy_payload(
-    result: Result<TrustPolicy, DomainError>,
+    result: Result<TrustPolicy, PolicyError>,
 ) -> async_graphql::Result<TrustPolicyPayload> {
     match result {
         Ok(policy) => Ok(TrustPolicyPayload {
             trust_policy: Some(TrustPolicyNode(policy)),
             errors: Vec::new(),
         }),
-        Err(DomainError::NotFound(msg)) if msg.contains("service account") => {
-            Ok(TrustPolicyPayload {
-                errors: payload_errors(DomainError::InvalidInput(msg), "serviceAccountId")?,
-                ..Default::default()
-            })
-        }
-        Err(err) => {
-            let field = field_of(&err);
-            Ok(TrustPolicyPayload {
-                errors: payload_errors(err, field)?,
-                ..Default::default()
-            })
-        }
+        Err((field, err)) => Ok(TrustPolicyPayload {
+            errors: payload_errors(err, field)?,
+            ..Default::default()
+        }),
     }
 }
 

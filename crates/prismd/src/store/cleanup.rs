@@ -43,11 +43,14 @@ pub enum Garbage {
     /// Replay keys of OIDC tokens (keyless CI) that expired before the cutoff: an expired
     /// token is refused before its key is looked at.
     SpentOidcTokens,
+    /// Sessions of OIDC token exchanges (keyless CI) whose access token expired before the
+    /// cutoff: no secret of theirs exists, so nothing can be told "revoked" with them.
+    ExpiredKeylessSessions,
 }
 
 impl Garbage {
     /// Every kind, in the order a cleanup round deletes them.
-    pub const ALL: [Garbage; 15] = [
+    pub const ALL: [Garbage; 16] = [
         Garbage::UnusedAuthorizationCodes,
         Garbage::AuthorizationCodes,
         Garbage::DeviceCodes,
@@ -63,6 +66,7 @@ impl Garbage {
         Garbage::ExpiredPasswordResets,
         Garbage::SpentPasswordResets,
         Garbage::SpentOidcTokens,
+        Garbage::ExpiredKeylessSessions,
     ];
 
     /// A name for logs.
@@ -83,6 +87,7 @@ impl Garbage {
             Garbage::ExpiredPasswordResets => "expired_password_resets",
             Garbage::SpentPasswordResets => "spent_password_resets",
             Garbage::SpentOidcTokens => "spent_oidc_tokens",
+            Garbage::ExpiredKeylessSessions => "expired_keyless_sessions",
         }
     }
 
@@ -151,6 +156,11 @@ impl Garbage {
             Garbage::SpentOidcTokens => {
                 "DELETE FROM oidc_token_uses WHERE token_key IN (SELECT token_key \
                  FROM oidc_token_uses WHERE expires_at < $1 LIMIT $2)"
+            }
+            Garbage::ExpiredKeylessSessions => {
+                "DELETE FROM refresh_tokens WHERE id IN (SELECT id FROM refresh_tokens \
+                 WHERE expires_at IS NOT NULL AND expires_at < $1 \
+                   AND trust_policy_id IS NOT NULL LIMIT $2)"
             }
         }
     }

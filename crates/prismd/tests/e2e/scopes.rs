@@ -62,6 +62,13 @@ pub const DELETE_SA: &str = "mutation($id: ID!) { deleteServiceAccount(input: {i
 pub const REVOKE_SESSION: &str = "mutation($id: ID!) { revokeSession(input: {id: $id}) { session { id } errors { field messages } } }";
 pub const REVOKE_ALL: &str = "mutation($userId: ID) { revokeAllSessions(input: {userId: $userId}) { user { id } errors { field messages } } }";
 pub const CREATE_TOKEN: &str = "mutation($name: String!, $scopes: [String!], $sa: ID, $days: Int, $at: String) { createToken(input: {name: $name, scopes: $scopes, serviceAccountId: $sa, expiresInDays: $days, expiresAt: $at}) { token session { id name scopes expiresAt named createdAt } errors { field messages } } }";
+/// A trust policy (keyless CI) for the service account `$sa`, of a GitHub-shaped issuer; only
+/// its settings are checked at creation, nothing is fetched.
+const CREATE_TRUST_POLICY: &str = "mutation($name: String!, $sa: ID!) { createTrustPolicy(input: {name: $name, issuer: \"https://token.actions.githubusercontent.com\", audience: \"https://prism.matrix.test\", conditions: [{claim: \"repository_id\", value: \"1\"}], serviceAccountId: $sa}) { trustPolicy { id name } errors { field messages } } }";
+const RENAME_TRUST_POLICY: &str = "mutation($id: ID!, $name: String!) { updateTrustPolicy(input: {id: $id, name: $name}) { trustPolicy { id name } errors { field messages } } }";
+const DELETE_TRUST_POLICY: &str =
+    "mutation($id: ID!) { deleteTrustPolicy(id: $id) { deleted errors { field messages } } }";
+
 pub const CREATE_SCOPE: &str = "mutation($name: String!, $description: String) { createScope(input: {name: $name, description: $description}) { scope { name description builtIn } errors { field messages } } }";
 pub const DELETE_SCOPE: &str = "mutation($name: String!) { deleteScope(input: {name: $name}) { scope { name } errors { field messages } } }";
 pub const GRANT_TO_ROLE: &str = "mutation($scope: String!, $role: ID!) { grantScope(input: {scope: $scope, role: $role}) { scope { name } errors { field messages } } }";
@@ -362,6 +369,10 @@ enum Op {
     RevokeScope,
     CreateMyToken,
     CreateServiceAccountToken,
+    TrustPolicies,
+    CreateTrustPolicy,
+    UpdateTrustPolicy,
+    DeleteTrustPolicy,
     /// Ends the caller's own sessions: last, as it ends the token in use.
     RevokeAllMine,
 }
@@ -383,6 +394,7 @@ impl Op {
                 | Op::MySessions
                 | Op::MemberSessions
                 | Op::ServiceAccountTokens
+                | Op::TrustPolicies
         )
     }
 }
@@ -436,6 +448,10 @@ const TABLE: &[(Op, &[&str], Who)] = &[
         &["sessions:write"],
         Who::Managers,
     ),
+    (Op::TrustPolicies, &["org:admin"], Who::Managers),
+    (Op::CreateTrustPolicy, &["org:admin"], Who::Managers),
+    (Op::UpdateTrustPolicy, &["org:admin"], Who::Managers),
+    (Op::DeleteTrustPolicy, &["org:admin"], Who::Managers),
     (Op::RevokeAllMine, &["sessions:write"], Who::Anyone),
 ];
 
@@ -655,6 +671,9 @@ struct CellState {
     doomed_scope: String,
     grantable_scope: String,
     granted_scope: String,
+    /// Trust policies of the bot the cell renames and deletes.
+    renamed_policy: String,
+    doomed_policy: String,
     /// What the cell passes as `createToken`'s `scopes`: null when unrestricted, else its
     /// effective scopes (a restricted caller must name scopes within its own).
     mint_scopes: Value,
@@ -805,7 +824,21 @@ async fn run_cell(w: &World<'_>, cell: &Cell) -> Res<(Vec<String>, bool)> {
         "createToken",
     )
     .await?;
+    let [renamed_policy, doomed_policy] = [format!("renamed-{i}"), format!("doomed-{i}")];
+    let mut policy_ids = Vec::new();
+    for name in [&renamed_policy, &doomed_policy] {
+        let made = w
+            .owner_must(
+                CREATE_TRUST_POLICY,
+                json!({ "name": name, "sa": w.bot_id }),
+                "createTrustPolicy",
+            )
+            .await?;
+        policy_ids.push(text(&made["trustPolicy"]["id"])?);
+    }
     let state = CellState {
+        renamed_policy: policy_ids[0].clone(),
+        doomed_policy: policy_ids[1].clone(),
         access,
         refresh,
         my_id,
@@ -1069,6 +1102,32 @@ async fn run_op(w: &World<'_>, cell: &Cell, s: &CellState, op: Op) -> Res<Outcom
             let name = format!("cell-{i}");
             let variables = json!({ "name": name, "scopes": s.mint_scopes, "sa": w.bot_id });
             mutate(CREATE_TOKEN, variables, "createToken", "token").await?
+        }
+        Op::TrustPolicies => {
+            let body = q("{ trustPolicies { id name } }", json!({})).await?;
+            query_outcome(&body, &body["data"]["trustPolicies"])
+        }
+        Op::CreateTrustPolicy => {
+            let variables = json!({ "name": format!("made-{i}"), "sa": w.bot_id });
+            mutate(CREATE_TRUST_POLICY, variables, "createTrustPolicy", "trustPolicy").await?
+        }
+        Op::UpdateTrustPolicy => {
+            let variables = json!({ "id": s.renamed_policy, "name": format!("renamed-{i}-again") });
+            mutate(RENAME_TRUST_POLICY, variables, "updateTrustPolicy", "trustPolicy").await?
+        }
+        Op::DeleteTrustPolicy => {
+            let body = q(DELETE_TRUST_POLICY, json!({ "id": s.doomed_policy })).await?;
+            // Its payload says `deleted` instead of returning an object.
+            let payload = &body["data"]["deleteTrustPolicy"];
+            let shaped = json!({ "data": { "deleteTrustPolicy": {
+                "errors": payload["errors"],
+                "deleted": if payload["deleted"] == true { json!(true) } else { Value::Null },
+            } } });
+            if has_errors(&body) {
+                Outcome::Broken(body.to_string())
+            } else {
+                mutation_outcome(&shaped, "deleteTrustPolicy", "deleted")
+            }
         }
         Op::RevokeAllMine => {
             let variables = json!({ "userId": null });
