@@ -144,6 +144,9 @@ pub enum ServiceAccountsCommand {
     },
 }
 
+// `Add` carries every setting of a policy; the command is parsed once per process, so its
+// size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum TrustPoliciesCommand {
     /// Trust a CI system's OIDC tokens (keyless CI): tokens of ISSUER for AUDIENCE that meet

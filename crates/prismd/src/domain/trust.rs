@@ -648,7 +648,7 @@ enum Mismatch {
 
 fn mismatch(candidate: &TrustCandidate, token: &VerifiedToken, now_secs: i64) -> Option<Mismatch> {
     let policy = &candidate.policy;
-    if !token.audiences.iter().any(|aud| *aud == policy.audience) {
+    if !token.audiences.contains(&policy.audience) {
         return Some(Mismatch::Audience);
     }
     if now_secs.saturating_sub(token.iat) > policy.max_token_age_secs {
@@ -872,10 +872,15 @@ impl AuthService {
         match written {
             ExchangeWrite::Issued => {}
             ExchangeWrite::Replayed => {
+                let which = match &token.jti {
+                    Some(jti) => format!(" (jti {})", oidc::for_message(jti)),
+                    None => String::new(),
+                };
                 return Err(DomainError::SubjectToken(SubjectTokenError::Replayed(
-                    "this token was already exchanged: each OIDC token is accepted once, so \
-                     exchange it once per job and reuse the access token"
-                        .into(),
+                    format!(
+                        "this token was already exchanged{which}: each OIDC token is accepted once, \
+                     so exchange it once per job and reuse the access token"
+                    ),
                 )));
             }
             ExchangeWrite::PolicyGone => {
