@@ -14,7 +14,7 @@ seconds="${1:-30}"
 shift || true
 targets=("$@")
 if ((${#targets[@]} == 0)); then
-  targets=(token_format request_body access_token)
+  targets=(token_format request_body access_token claim_matcher)
 fi
 
 if ! rustup run nightly rustc --version >/dev/null 2>&1; then

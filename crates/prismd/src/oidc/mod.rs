@@ -130,7 +130,7 @@ impl VerifyError {
 
 fn unknown_key_text(kid: Option<&str>) -> String {
     match kid {
-        Some(kid) => format!("the issuer has no signing key with the token's kid {kid:?}"),
+        Some(kid) => format!("the issuer has no signing key with the token's kid {kid}"),
         None => "the token names no kid, and the issuer does not have exactly one key for its \
                  algorithm"
             .to_owned(),

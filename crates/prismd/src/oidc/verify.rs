@@ -81,7 +81,8 @@ impl OidcVerifier {
     /// Verifies `token`'s signature with its issuer's key and its time claims at `now_secs`
     /// (Unix seconds): `exp` and `iat` are required; refused when now > exp + skew, or `nbf`
     /// or `iat` > now + skew. Audience, maximum age and claim conditions are the caller's.
-    /// Errors that mean the issuer could not be asked answer `is_unavailable()`.
+    /// Errors that mean the issuer could not be asked answer `is_unavailable()`; that includes
+    /// a token whose `kid` is not cached when fetching the keys again fails.
     pub async fn verify(
         &self,
         token: &UnverifiedToken,
