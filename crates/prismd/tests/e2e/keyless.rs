@@ -2522,3 +2522,122 @@ async fn exchange_when_granted(server: &Server, token: &str) -> Res<String> {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+// The manual's snippet.
+
+/// The `run: |` scripts of the first ```yaml block after `heading` in docs/ci.md, in order.
+fn documented_steps(heading: &str) -> Res<Vec<String>> {
+    const CI_MD: &str = include_str!("../../../../docs/ci.md");
+    let section = CI_MD
+        .split_once(heading)
+        .ok_or_else(|| format!("docs/ci.md has no {heading:?}"))?
+        .1;
+    let yaml = section
+        .split_once("```yaml\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .ok_or("no yaml block after the heading")?
+        .0;
+    let mut steps = Vec::new();
+    let mut lines = yaml.lines().peekable();
+    while let Some(line) = lines.next() {
+        let Some(indent) = line.find("run: |") else {
+            continue;
+        };
+        let mut script = String::new();
+        while let Some(next) = lines.peek() {
+            let body_indent = next.len() - next.trim_start().len();
+            if !next.trim().is_empty() && body_indent <= indent {
+                break;
+            }
+            script.push_str(next.trim_start());
+            script.push('\n');
+            lines.next();
+        }
+        steps.push(script);
+    }
+    Ok(steps)
+}
+
+/// The GitHub Actions job of docs/ci.md, its `run:` steps verbatim, as a runner runs them:
+/// bash with curl and jq, GitHub's token service played by the test issuer, `$GITHUB_ENV`
+/// carried to the next step. Only `AUTH_URL` (the job's `env:`) names this server.
+#[tokio::test]
+async fn the_documented_github_actions_job_runs_verbatim() -> TestResult {
+    use crate::oidc_issuer::{ACTIONS_REQUEST_SECRET, ACTIONS_TOKEN_PATH};
+    let steps = documented_steps("### GitHub Actions, keyless")?;
+    assert_eq!(steps.len(), 2, "the exchange and the API call: {steps:?}");
+    let w = World::new("Integrator").await?;
+    let auth_url = w.server.url("").trim_end_matches('/').to_owned();
+    let mut policy = w.github_policy("documented");
+    // The job asks for the server's URL as its audience, as the manual says.
+    policy["audience"] = json!(auth_url);
+    w.create(policy).await?;
+    let github_env = w.dir.path().join("github_env");
+    std::fs::write(&github_env, "")?;
+    let request_url = format!("{}{ACTIONS_TOKEN_PATH}?api-version=2.0", w.issuer.issuer);
+    // tokio's process: the issuer answering the step's curl runs on this test's runtime.
+    let run = async |script: &str, extra: &[(String, String)]| -> Res<std::process::Output> {
+        let mut command = tokio::process::Command::new("bash");
+        command
+            .args(["-e", "-c", script])
+            .env("AUTH_URL", &auth_url)
+            .env("ACTIONS_ID_TOKEN_REQUEST_URL", &request_url)
+            .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", ACTIONS_REQUEST_SECRET)
+            .env("GITHUB_ENV", &github_env);
+        for (name, value) in extra {
+            command.env(name, value);
+        }
+        Ok(command.output().await?)
+    };
+    let first = run(&steps[0], &[]).await?;
+    assert!(
+        first.status.success(),
+        "the exchange step failed: {}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let exported: Vec<(String, String)> = std::fs::read_to_string(&github_env)?
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect();
+    let access = exported
+        .iter()
+        .find(|(name, _)| name == "PRISMATIC_ACCESS_TOKEN")
+        .map(|(_, value)| value.clone())
+        .ok_or("the step exported no PRISMATIC_ACCESS_TOKEN")?;
+    assert_eq!(
+        jwt_claims(&access)?["sub"],
+        w.sa_uuid.as_str(),
+        "the access token is the service account's"
+    );
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        stdout.contains(&format!("::add-mask::{access}")),
+        "the token is masked in the job's log: {stdout}"
+    );
+    let second = run(&steps[1], &exported).await?;
+    let body: Value = serde_json::from_slice(&second.stdout)?;
+    assert!(second.status.success(), "the API step failed: {body}");
+    assert_eq!(
+        body["data"]["authenticatedUser"]["name"], "deployer",
+        "{body}"
+    );
+
+    // A job that asks for another audience runs the same step and fails it, with the
+    // server's reason in its log.
+    let refused = run(
+        &steps[0].replace(
+            "${ACTIONS_ID_TOKEN_REQUEST_URL}&audience=${AUTH_URL}",
+            "${ACTIONS_ID_TOKEN_REQUEST_URL}&audience=${AUTH_URL}/wrong",
+        ),
+        &[],
+    )
+    .await?;
+    assert!(
+        !refused.status.success(),
+        "a wrong audience must fail the step"
+    );
+    let log = String::from_utf8_lossy(&refused.stderr);
+    assert!(log.contains("invalid_grant"), "{log}");
+    w.stop()
+}

@@ -262,6 +262,7 @@ impl Issuer {
                 get(discovery),
             )
             .route(&format!("{prefix}/jwks"), get(jwks))
+            .route(&format!("{prefix}{ACTIONS_TOKEN_PATH}"), get(actions_token))
             .with_state(self.shared.clone());
         let handle = axum_server::Handle::new();
         let server = axum_server::from_tcp(listener)?.handle(handle.clone());
@@ -567,6 +568,43 @@ pub fn gitlab_claims(iss: &str, aud: &str) -> Value {
         "nbf": now,
         "exp": now + 300,
     })
+}
+
+/// Where the issuer plays GitHub's token service for jobs (`ACTIONS_ID_TOKEN_REQUEST_URL`).
+pub const ACTIONS_TOKEN_PATH: &str = "/actions/token";
+/// The bearer a job sends it (`ACTIONS_ID_TOKEN_REQUEST_TOKEN`).
+pub const ACTIONS_REQUEST_SECRET: &str = "actions-request-secret";
+
+#[derive(serde::Deserialize)]
+struct ActionsTokenQuery {
+    audience: String,
+}
+
+/// GitHub's token service for a job: with the job's bearer, a fresh GitHub-shaped token for
+/// the `audience` asked for, signed with the published EdDSA key, as `{"value": ...}`.
+async fn actions_token(
+    State(shared): State<Arc<Shared>>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<ActionsTokenQuery>,
+) -> Response {
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if bearer != Some(&format!("bearer {ACTIONS_REQUEST_SECRET}")) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let key = shared.published().into_iter().find(|k| k.alg == Alg::EdDsa);
+    let token = key.map(|key| {
+        sign_with(
+            &key,
+            &header(key.alg.name(), &key.kid),
+            &github_claims(&shared.issuer, &query.audience),
+        )
+    });
+    match token {
+        Some(Ok(token)) => axum::Json(json!({ "value": token })).into_response(),
+        _ => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
 }
 
 async fn discovery(State(shared): State<Arc<Shared>>) -> Response {
