@@ -7,6 +7,7 @@
 
 mod ceiling;
 mod client;
+mod issuer;
 mod propagation;
 mod seed;
 mod server;
@@ -22,7 +23,12 @@ use serde::Serialize;
 
 use crate::server::{ServerProcess, free_port, locate_prismd};
 
-const ALL_SCENARIOS: &str = "ceiling, refresh, oauth-token, api, revoke; or propagation alone";
+const ALL_SCENARIOS: &str =
+    "ceiling, refresh, oauth-token, api, revoke, exchange; or propagation alone";
+/// The `aud` of the exchange scenario's OIDC tokens, which its trust policy expects.
+const EXCHANGE_AUDIENCE: &str = "prism-bench";
+/// Their `sub`, which its trust policy pins (GitHub Actions' shape).
+const EXCHANGE_SUBJECT: &str = "repo:bench/app:ref:refs/heads/main";
 
 #[derive(Parser)]
 #[command(about = "Benchmark prismd's hot paths over loopback")]
@@ -41,6 +47,13 @@ struct Args {
     /// Further users with one token each, for the revoke scenario (each revoked once).
     #[arg(long, default_value_t = 20_000)]
     revocable: usize,
+    /// OIDC tokens the exchange scenario signs before it starts, each exchanged once (a
+    /// quarter as many more for its warm-up).
+    #[arg(long, default_value_t = 20_000)]
+    exchanges: usize,
+    /// The exchange scenario's issuer key: eddsa (Ed25519) or es256 (ECDSA P-256).
+    #[arg(long, value_enum, default_value = "eddsa")]
+    oidc_alg: issuer::Alg,
     /// The `scope` of the seeded refresh tokens, space-separated. API scope names (with a `:`)
     /// make them restricted tokens, e.g. "users:read sessions:read" (built-in scopes, checked
     /// against the role in memory) or "users:read deploy:prod" (an organization-defined scope,
@@ -57,8 +70,9 @@ struct Args {
     /// Unmeasured warm-up per scenario (not for revoke, whose tokens are used once).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     warmup: Duration,
-    /// Scenarios to run, comma-separated: ceiling, refresh, oauth-token, api, revoke; or
-    /// `propagation` alone (two replicas on PostgreSQL; needs --database-url).
+    /// Scenarios to run, comma-separated: ceiling, refresh, oauth-token, api, revoke, exchange
+    /// (not by default); or `propagation` alone (two replicas on PostgreSQL; needs
+    /// --database-url).
     #[arg(
         long,
         value_delimiter = ',',
@@ -173,6 +187,14 @@ struct Workload {
     reuse: bool,
 }
 
+/// The exchange scenario's OIDC tokens, signed before anything is measured, and the issuer
+/// that signed them (its JWKS must stay reachable while prismd may refetch it).
+struct Exchange {
+    _issuer: issuer::Issuer,
+    warmup: Vec<String>,
+    measured: Vec<String>,
+}
+
 async fn run(
     args: &Args,
     prismd_bin: &Path,
@@ -180,7 +202,16 @@ async fn run(
     postgres_url: Option<&str>,
 ) -> anyhow::Result<()> {
     for scenario in &args.scenarios {
-        if !["ceiling", "refresh", "oauth-token", "api", "revoke"].contains(&scenario.as_str()) {
+        if ![
+            "ceiling",
+            "refresh",
+            "oauth-token",
+            "api",
+            "revoke",
+            "exchange",
+        ]
+        .contains(&scenario.as_str())
+        {
             bail!("unknown scenario {scenario}; use {ALL_SCENARIOS}");
         }
     }
@@ -195,6 +226,11 @@ async fn run(
     let mut extra: Vec<&str> = postgres_url
         .map(|url| vec!["--database-url", url])
         .unwrap_or_default();
+    let wants_exchange = args.scenarios.iter().any(|s| s == "exchange");
+    if wants_exchange {
+        // The scenario's issuer is in this process, on plain HTTP.
+        extra.push("--oidc-allow-http-issuers");
+    }
     extra.extend(args.server_args.iter().map(String::as_str));
     let mut server = ServerProcess::prismd(prismd_bin, work_dir, &address, &extra)?;
     server.wait_ready(&address).await?;
@@ -225,6 +261,11 @@ async fn run(
         &seeded.shared[..args.users.min(seeded.shared.len())],
     )
     .await?;
+    let exchange = if wants_exchange {
+        Some(prepare_exchange(args, prismd_bin, work_dir, postgres_url, &address).await?)
+    } else {
+        None
+    };
 
     let mut ceiling_rps = None;
     let mut reports = Vec::new();
@@ -238,13 +279,26 @@ async fn run(
             (address.clone(), None)
         };
         let measured = process.as_ref().unwrap_or(&server);
-        let workload = workload(scenario, &target_address, &active, &seeded, &access_tokens);
+        let workload = workload(
+            scenario,
+            &target_address,
+            &active,
+            &seeded,
+            &access_tokens,
+            exchange.as_ref(),
+        );
         eprintln!(
             "{scenario}: warm-up {:?}, measuring {:?} at {} connections",
             args.warmup, args.duration, args.concurrency
         );
         if workload.reuse {
             drive(&target_address, &workload, args.concurrency, args.warmup).await?;
+        } else if let Some(tokens) = exchange.as_ref().filter(|_| scenario == "exchange") {
+            // Single-use tokens: the warm-up spends its own, up to `--warmup` long.
+            let warmup = exchange_workload(&target_address, &tokens.warmup);
+            if !warmup.requests.is_empty() {
+                drive(&target_address, &warmup, args.concurrency, args.warmup).await?;
+            }
         }
         let cpu_before = measured.cpu_seconds()?;
         let started = Instant::now();
@@ -312,6 +366,7 @@ fn workload(
     active: &[String],
     seeded: &seed::Seeded,
     access_tokens: &[String],
+    exchange: Option<&Exchange>,
 ) -> Workload {
     let json_refresh = |t: &String| format!(r#"{{"refresh_token":"{t}"}}"#);
     match scenario {
@@ -349,6 +404,11 @@ fn workload(
                 .collect(),
             reuse: true,
         },
+        // Each token is exchanged once: a second time is a replay, refused.
+        "exchange" => exchange_workload(
+            address,
+            exchange.map(|e| e.measured.as_slice()).unwrap_or_default(),
+        ),
         // Each revoke is a durable write only the first time; later ones find the token dead.
         _ => Workload {
             requests: seeded
@@ -359,6 +419,82 @@ fn workload(
             reuse: false,
         },
     }
+}
+
+/// `POST /auth/exchange {"token": ...}` once for each of `tokens`.
+fn exchange_workload(address: &str, tokens: &[String]) -> Workload {
+    Workload {
+        requests: tokens
+            .iter()
+            .map(|t| client::json_post("/auth/exchange", address, None, &exchange_body(t)))
+            .collect(),
+        reuse: false,
+    }
+}
+
+fn exchange_body(token: &str) -> String {
+    // A JWT is base64url and dots: nothing to escape.
+    format!(r#"{{"token":"{token}"}}"#)
+}
+
+/// The exchange scenario's setup, before anything is measured: its OIDC issuer on loopback, a
+/// service account and a trust policy for the issuer (prismd's operator commands), every
+/// token it will send signed, and one exchange to check that the policy accepts them (which
+/// also loads the issuer's keys into prismd's cache, as the first job of a pipeline would).
+async fn prepare_exchange(
+    args: &Args,
+    prismd_bin: &Path,
+    work_dir: &Path,
+    postgres_url: Option<&str>,
+    address: &str,
+) -> anyhow::Result<Exchange> {
+    let issuer = issuer::Issuer::start(args.oidc_alg).await?;
+    seed::trust_policy(
+        prismd_bin,
+        work_dir,
+        postgres_url,
+        issuer.url(),
+        EXCHANGE_AUDIENCE,
+        EXCHANGE_SUBJECT,
+    )?;
+    let signed_at = Instant::now();
+    let warmup_count = args.exchanges / 4;
+    let mut tokens = issuer.ci_tokens(
+        1 + warmup_count + args.exchanges,
+        EXCHANGE_AUDIENCE,
+        EXCHANGE_SUBJECT,
+    )?;
+    eprintln!(
+        "signed {} {:?} OIDC tokens of {} in {:.1} s",
+        tokens.len(),
+        args.oidc_alg,
+        issuer.url(),
+        signed_at.elapsed().as_secs_f64()
+    );
+    let measured = tokens.split_off(1 + warmup_count);
+    let warmup = tokens.split_off(1);
+    let mut conn = client::Connection::open(address).await?;
+    let first = tokens.first().context("no token to try")?;
+    let request = client::json_post("/auth/exchange", address, None, &exchange_body(first));
+    let (status, body) = conn.send_and_read(&request).await?;
+    if status != 200 {
+        bail!(
+            "the first exchange answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let json: serde_json::Value = serde_json::from_slice(&body)?;
+    eprintln!(
+        "an exchange grants {} the scope \"{}\" for {} s",
+        seed::SERVICE_ACCOUNT,
+        json["scope"].as_str().unwrap_or_default(),
+        json["expires_in"]
+    );
+    Ok(Exchange {
+        _issuer: issuer,
+        warmup,
+        measured,
+    })
 }
 
 fn print_reports(reports: &[Report], json: bool) -> anyhow::Result<()> {

@@ -7,6 +7,10 @@
 //! The tokens carry the `scope` given (`--token-scope`); organization-defined scopes it names
 //! (`deploy:prod`) are declared in the organization and granted to the seeded users' role, as
 //! `createScope` and `grantScope` would, so that the exchange grants them.
+//!
+//! The `exchange` scenario's service account and trust policy are made by prismd's own operator
+//! commands instead ([`trust_policy`]): they are two rows, and a policy owns a session that
+//! prismd creates its own way.
 
 use anyhow::Context;
 use prism_proto::token_format::{self, SecretKind};
@@ -293,6 +297,72 @@ pub async fn seed(
         shared: secrets,
         revocable,
     })
+}
+
+/// The service account the `exchange` scenario's pipeline acts as.
+pub const SERVICE_ACCOUNT: &str = "bench-ci";
+
+/// Adds, with `prismd`'s operator commands on the running server's database (`data_dir`, or
+/// `database_url`), the service account [`SERVICE_ACCOUNT`] (Integrator) to the first
+/// organization and a trust policy mapping `issuer`'s tokens for `audience` whose `sub` is
+/// `subject` and whose `ref` is a branch to it; prints nothing, fails with prismd's message.
+pub fn trust_policy(
+    prismd: &std::path::Path,
+    data_dir: &std::path::Path,
+    database_url: Option<&str>,
+    issuer: &str,
+    audience: &str,
+    subject: &str,
+) -> anyhow::Result<()> {
+    let run = |args: &[&str]| -> anyhow::Result<()> {
+        let mut command = std::process::Command::new(prismd);
+        command.arg("--data-dir").arg(data_dir);
+        if let Some(url) = database_url {
+            command.args(["--database-url", url]);
+        }
+        let output = command
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .with_context(|| format!("cannot run {}", prismd.display()))?;
+        if !output.status.success() {
+            anyhow::bail!(
+                "prismd {} failed ({}): {}",
+                args.first().copied().unwrap_or_default(),
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(())
+    };
+    run(&[
+        "service-accounts",
+        "add",
+        "--name",
+        SERVICE_ACCOUNT,
+        "--role",
+        "Integrator",
+        "--description",
+        "the exchange scenario's pipeline",
+    ])?;
+    run(&[
+        "trust-policies",
+        "add",
+        "--name",
+        "prism-bench",
+        "--issuer",
+        issuer,
+        "--audience",
+        audience,
+        "--service-account",
+        SERVICE_ACCOUNT,
+        "--claim",
+        &format!("sub={subject}"),
+        "--claim-glob",
+        "ref=refs/heads/*",
+        // The issuer is this process's, on plain HTTP over loopback.
+        "--oidc-allow-http-issuers",
+    ])
 }
 
 /// A PostgreSQL database made for one run, dropped by [`FreshPostgres::drop_now`].
