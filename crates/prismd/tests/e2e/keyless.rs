@@ -107,9 +107,17 @@ impl World {
     }
 
     async fn with_flags(role: &str, extra: &[&str]) -> Res<Self> {
-        let dir = temp_dir()?;
+        Self::with_issuer(role, extra, temp_dir()?, Issuer::start().await?).await
+    }
+
+    /// With `issuer`, and a server on `dir` started with `extra` flags.
+    async fn with_issuer(
+        role: &str,
+        extra: &[&str],
+        dir: tempfile::TempDir,
+        issuer: Issuer,
+    ) -> Res<Self> {
         let server = start(dir.path(), extra)?;
-        let issuer = Issuer::start().await?;
         let owner = owner_access(&server, dir.path()).await?;
         let role = role_id(&server, &owner, role).await?;
         let sa_id = create_sa(&server, &owner, "deployer", &role).await?;
@@ -2640,4 +2648,40 @@ async fn the_documented_github_actions_job_runs_verbatim() -> TestResult {
     let log = String::from_utf8_lossy(&refused.stderr);
     assert!(log.contains("invalid_grant"), "{log}");
     w.stop()
+}
+
+/// The production path: an HTTPS issuer whose certificate a private CA signed (a self-hosted
+/// GitLab, a cluster's API server). Without `--oidc-ca-file` its keys cannot be fetched (503);
+/// with it, the exchange works.
+#[tokio::test]
+async fn an_https_issuer_of_a_private_ca_is_trusted_through_oidc_ca_file() -> TestResult {
+    let certs = temp_dir()?;
+    let (ca, cert, key) = crate::smtp::test_certificates(certs.path())?;
+    let ca = ca.to_str().ok_or("a path that is not UTF-8")?.to_owned();
+    for trusted in [false, true] {
+        let flags: Vec<&str> = if trusted {
+            vec!["--oidc-ca-file", &ca]
+        } else {
+            Vec::new()
+        };
+        let issuer = Issuer::start_tls(&cert, &key).await?;
+        let w = World::with_issuer("Integrator", &flags, temp_dir()?, issuer).await?;
+        w.create(w.github_policy("self-hosted")).await?;
+        let token = w.github_token(|_| {})?;
+        let answer = w.exchange(Endpoint::Exchange, &token).await?;
+        if trusted {
+            granted(&answer, "an issuer the CA file vouches for")?;
+            assert!(w.issuer.jwks_fetches() > 0, "its keys came over HTTPS");
+        } else {
+            assert_eq!(answer.status, 503, "{}", answer.body);
+            assert_eq!(
+                answer.body["error"], "temporarily_unavailable",
+                "{}",
+                answer.body
+            );
+            assert_eq!(w.issuer.jwks_fetches(), 0, "nothing was trusted");
+        }
+        w.stop()?;
+    }
+    Ok(())
 }

@@ -216,6 +216,8 @@ pub struct Issuer {
     /// Every key it ever made, published or not, to sign with.
     keys: Mutex<Vec<Arc<Key>>>,
     serving: Mutex<Option<Serving>>,
+    /// Serves HTTPS with this certificate when set.
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
 }
 
 impl Issuer {
@@ -227,9 +229,26 @@ impl Issuer {
     /// An issuer at `http://127.0.0.1:PORT<suffix>` (`suffix` empty or starting with `/`),
     /// with one published key of each algorithm.
     pub async fn start_at(suffix: &str) -> Res<Self> {
+        Self::start_with(suffix, None).await
+    }
+
+    /// An issuer at `https://localhost:PORT`, serving the certificate `cert` (for localhost)
+    /// with its `key` (PEM files).
+    pub async fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Res<Self> {
+        let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key).await?;
+        Self::start_with("", Some(config)).await
+    }
+
+    async fn start_with(
+        suffix: &str,
+        tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    ) -> Res<Self> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
-        let issuer = format!("http://{addr}{suffix}");
+        let issuer = match tls {
+            Some(_) => format!("https://localhost:{}{suffix}", addr.port()),
+            None => format!("http://{addr}{suffix}"),
+        };
         let keys = Alg::ALL
             .into_iter()
             .map(|alg| Key::generate(alg).map(Arc::new))
@@ -249,6 +268,7 @@ impl Issuer {
             shared,
             keys: Mutex::new(keys),
             serving: Mutex::new(None),
+            tls,
         };
         this.serve(listener)?;
         Ok(this)
@@ -265,8 +285,17 @@ impl Issuer {
             .route(&format!("{prefix}{ACTIONS_TOKEN_PATH}"), get(actions_token))
             .with_state(self.shared.clone());
         let handle = axum_server::Handle::new();
-        let server = axum_server::from_tcp(listener)?.handle(handle.clone());
-        let task = tokio::spawn(server.serve(app.into_make_service()));
+        let task = match &self.tls {
+            Some(config) => {
+                let server =
+                    axum_server::from_tcp_rustls(listener, config.clone())?.handle(handle.clone());
+                tokio::spawn(server.serve(app.into_make_service()))
+            }
+            None => {
+                let server = axum_server::from_tcp(listener)?.handle(handle.clone());
+                tokio::spawn(server.serve(app.into_make_service()))
+            }
+        };
         *self.serving.lock().map_err(|_| "poisoned")? = Some((handle, task));
         Ok(())
     }
