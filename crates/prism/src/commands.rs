@@ -56,6 +56,28 @@ pub(crate) fn words(value: &Value) -> String {
 }
 
 /// Fails with the payload's `errors` as `field: message` lines.
+/// [`payload_errors`] of a mutation on one record by id, saying where to see the records
+/// (`what`, listed by `prism <list_command>`) when the id is what was wrong; the list would
+/// not help with anything else, e.g. a token's missing scope.
+pub(crate) fn payload_errors_pointing_to(
+    payload: &Value,
+    what: &str,
+    list_command: &str,
+) -> Result<()> {
+    let about_the_id = payload["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|error| error["field"] == "id");
+    payload_errors(payload).map_err(|e| {
+        if about_the_id {
+            Error::new(format!("{e}\nSee {what} with 'prism {list_command}'."))
+        } else {
+            e
+        }
+    })
+}
+
 pub(crate) fn payload_errors(payload: &Value) -> Result<()> {
     let Some(errors) = payload["errors"].as_array().filter(|e| !e.is_empty()) else {
         return Ok(());
@@ -693,21 +715,7 @@ pub fn service_accounts_delete(ctx: &Ctx, id: &str) -> Result<()> {
     let mut session = Session::resolve(ctx)?;
     let data = session.graphql(ctx, DELETE_SERVICE_ACCOUNT, json!({ "id": id }))?;
     let payload = &data["deleteServiceAccount"];
-    // The list helps only when the id is what was wrong, not e.g. a token's missing scope.
-    let about_the_id = payload["errors"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|error| error["field"] == "id");
-    payload_errors(payload).map_err(|e| {
-        if about_the_id {
-            Error::new(format!(
-                "{e}\nSee the service accounts with 'prism service-accounts:list'."
-            ))
-        } else {
-            e
-        }
-    })?;
+    payload_errors_pointing_to(payload, "the service accounts", "service-accounts:list")?;
     let name = payload["serviceAccount"]["name"].as_str().unwrap_or(id);
     ctx.say(&format!("Deleted service account '{name}'."));
     Ok(())

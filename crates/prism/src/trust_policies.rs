@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use crate::commands::{LIST_SERVICE_ACCOUNTS, cell, payload_errors, words};
+use crate::commands::{
+    LIST_SERVICE_ACCOUNTS, cell, payload_errors, payload_errors_pointing_to, words,
+};
 use crate::error::{Error, Result};
 use crate::fail;
 use crate::session::{Ctx, Session};
@@ -368,20 +370,7 @@ pub fn delete(ctx: &Ctx, id: &str) -> Result<()> {
     let mut session = Session::resolve(ctx)?;
     let data = session.graphql(ctx, DELETE, json!({ "id": id }))?;
     let payload = &data["deleteTrustPolicy"];
-    let about_the_id = payload["errors"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|error| error["field"] == "id");
-    payload_errors(payload).map_err(|e| {
-        if about_the_id {
-            Error::new(format!(
-                "{e}\nSee the trust policies with 'prism trust-policies:list'."
-            ))
-        } else {
-            e
-        }
-    })?;
+    payload_errors_pointing_to(payload, "the trust policies", "trust-policies:list")?;
     if payload["deleted"] != Value::Bool(true) {
         fail!("The server deleted no trust policy and gave no reason.");
     }

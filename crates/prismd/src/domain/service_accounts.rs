@@ -43,7 +43,10 @@ fn checked_name(name: &str) -> Result<String, DomainError> {
     Ok(name.to_owned())
 }
 
-fn checked_description(description: Option<String>) -> Result<Option<String>, DomainError> {
+/// A description as given, trimmed; at most [`MAX_DESCRIPTION`] characters.
+pub(super) fn checked_description(
+    description: Option<String>,
+) -> Result<Option<String>, DomainError> {
     let description = description.map(|d| d.trim().to_owned());
     if description
         .as_ref()

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use super::accounts::refused;
 use super::auth::{AuthService, ScopeSource};
 use super::roles::Role;
-use super::service_accounts::{ServiceAccounts, checked_holder_scopes};
+use super::service_accounts::{self, ServiceAccounts, checked_holder_scopes};
 use super::{DomainError, RequestMeta, now_ms, secrets};
 use crate::oidc::claims::{self, ClaimCondition};
 use crate::oidc::{self, VerifiedToken, VerifyError};
@@ -45,7 +45,6 @@ pub const DEFAULT_MAX_TOKEN_AGE_SECS: i64 = 3600;
 const MIN_LIFETIME_SECS: i64 = 60;
 const MAX_LIFETIME_SECS: i64 = 86_400;
 const MAX_NAME: usize = 100;
-const MAX_DESCRIPTION: usize = 500;
 const MAX_AUDIENCE: usize = 500;
 /// The most of an unverified issuer (a client's text) repeated in a message.
 const MAX_ECHOED_ISSUER: usize = 200;
@@ -170,17 +169,9 @@ fn checked_name(name: &str) -> Result<String, DomainError> {
     Ok(name.to_owned())
 }
 
+/// A description as given, trimmed; an empty one clears it.
 fn checked_description(description: Option<String>) -> Result<Option<String>, DomainError> {
-    let description = description.map(|d| d.trim().to_owned());
-    if description
-        .as_ref()
-        .is_some_and(|d| d.chars().count() > MAX_DESCRIPTION)
-    {
-        return Err(DomainError::InvalidInput(format!(
-            "a description has at most {MAX_DESCRIPTION} characters"
-        )));
-    }
-    Ok(description.filter(|d| !d.is_empty()))
+    Ok(service_accounts::checked_description(description)?.filter(|d| !d.is_empty()))
 }
 
 fn checked_audience(audience: &str) -> Result<String, DomainError> {

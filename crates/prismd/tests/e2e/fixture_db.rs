@@ -46,6 +46,27 @@ pub fn manifest<F: DeserializeOwned>(folder: &str) -> Res<Manifest<F>> {
     Ok(serde_json::from_str(&text)?)
 }
 
+/// Seconds in a day, for the policies and expiries of the manifests.
+pub const DAY_SECS: i64 = 86_400;
+
+/// The id the API shows for the record `id` of `kind` (`User`, `ServiceAccount`).
+pub fn public_id(kind: &str, id: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(format!("{kind}:{id}"))
+}
+
+/// A role key as stored (`owner`) as the API names it (`Owner`).
+pub fn role_name(key: &str) -> Res<&'static str> {
+    Ok(match key {
+        "owner" => "Owner",
+        "admin" => "Admin",
+        "integrator" => "Integrator",
+        "restricted_integrator" => "Restricted Integrator",
+        "guest" => "Guest",
+        other => return Err(format!("unknown role key {other:?}").into()),
+    })
+}
+
 /// Now, in ms since the epoch.
 pub fn now_ms() -> Res<i64> {
     Ok(i64::try_from(

@@ -9,11 +9,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::UNIX_EPOCH;
 
-use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::fixture_db::{Deployment, manifest, now_ms};
+use crate::fixture_db::{DAY_SECS, Deployment, manifest, now_ms, public_id, role_name};
 use crate::harness::{Server, TestResult};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -36,7 +35,6 @@ const ORGANIZATION: &str = "{ organization { id name tenantId \
 const CREATE_CI_TOKEN: &str = "mutation { createToken(input: {name: \"ci pipeline\"}) { \
                                token session { id name scopes expiresAt named } \
                                errors { field messages } } }";
-const DAY_SECS: i64 = 86_400;
 
 // ---------------------------------------------------------------------------------------------
 // The manifest make.sh wrote next to the fixtures.
@@ -121,23 +119,6 @@ impl Fixture {
     fn shift_ms(&self) -> Res<i64> {
         Ok((now_ms()? - self.made_at).max(0))
     }
-}
-
-/// The id the API shows for the user `id`.
-fn public_user_id(id: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(format!("User:{id}"))
-}
-
-/// A role key as stored (`owner`) as the API names it (`Owner`).
-fn role_name(key: &str) -> Res<&'static str> {
-    Ok(match key {
-        "owner" => "Owner",
-        "admin" => "Admin",
-        "integrator" => "Integrator",
-        "restricted_integrator" => "Restricted Integrator",
-        "guest" => "Guest",
-        other => return Err(format!("unknown role key {other:?}").into()),
-    })
 }
 
 /// An RFC 3339 time from the API as ms since the epoch.
@@ -360,7 +341,7 @@ async fn organizations_and_users_kept(server: &Server, fixture: &Fixture) -> Tes
             .filter(|u| u.org_tenant_id == org.tenant_id && !u.removed)
         {
             expected.insert((
-                public_user_id(&user.id),
+                public_id("User", &user.id),
                 user.email.clone(),
                 user.name.clone(),
                 role_name(&user.role)?.to_owned(),
@@ -412,7 +393,11 @@ async fn tokens_unchanged(server: &Server, fixture: &Fixture) -> TestResult {
         assert_eq!(status, 200, "{what}: {me}");
         assert!(me["errors"].is_null(), "{what}: {me}");
         let user = &me["data"]["authenticatedUser"];
-        assert_eq!(user["id"], public_user_id(&token.user_id), "{what}: {me}");
+        assert_eq!(
+            user["id"],
+            public_id("User", &token.user_id),
+            "{what}: {me}"
+        );
         assert_eq!(user["email"], token.email.as_str(), "{what}: {me}");
         assert_eq!(
             user["tenantId"],
@@ -523,7 +508,7 @@ async fn old_name_free_for_a_named_token(server: &Server, fixture: &Fixture) -> 
     let (status, _, me) = server.graphql(Some(&new_access), ME).await?;
     assert_eq!(status, 200, "{me}");
     let user = &me["data"]["authenticatedUser"];
-    assert_eq!(user["id"], public_user_id(&first.user_id), "{me}");
+    assert_eq!(user["id"], public_id("User", &first.user_id), "{me}");
     let sessions = user["sessions"]
         .as_array()
         .ok_or_else(|| format!("no sessions: {me}"))?;

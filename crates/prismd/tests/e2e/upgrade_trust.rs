@@ -9,18 +9,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::fixture_db::{Deployment, manifest, now_ms};
+use crate::fixture_db::{DAY_SECS, Deployment, manifest, now_ms, public_id, role_name};
 use crate::harness::{Server, TestResult, jwt_claims};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 /// The fixture folder under tests/fixtures.
 const FOLDER: &str = "before-trust-policies";
-const DAY_SECS: i64 = 86_400;
 /// An organization as its Owner sees it: its token policy, service accounts and scopes.
 const ORGANIZATION: &str = "{ organization { tenantId tokenPolicy { maxLifetimeDays } } \
                             serviceAccounts { id name description role { name } scopes } \
@@ -152,23 +150,6 @@ type AccountView = (String, String, Option<String>, String, Vec<String>);
 /// An organization's own scope as the API lists it: name, description, the roles and the
 /// service accounts granted it.
 type ScopeView = (String, Option<String>, Vec<String>, Vec<String>);
-
-/// The id the API shows for the service account `id`.
-fn public_account_id(id: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(format!("ServiceAccount:{id}"))
-}
-
-/// A role key as stored (`owner`) as the API names it (`Owner`).
-fn role_name(key: &str) -> Res<&'static str> {
-    Ok(match key {
-        "owner" => "Owner",
-        "admin" => "Admin",
-        "integrator" => "Integrator",
-        "restricted_integrator" => "Restricted Integrator",
-        "guest" => "Guest",
-        other => return Err(format!("unknown role key {other:?}").into()),
-    })
-}
 
 /// The strings of a JSON array (an empty list for anything else), sorted.
 fn strings(value: &Value) -> Vec<String> {
@@ -500,7 +481,7 @@ async fn organizations_kept(server: &Server, fixture: &Fixture) -> TestResult {
                 names
             };
             expected.insert((
-                public_account_id(&account.id),
+                public_id("ServiceAccount", &account.id),
                 account.name.clone(),
                 account.description.clone(),
                 role_name(&account.role)?.to_owned(),
@@ -615,7 +596,7 @@ async fn trust_policy_for_an_old_account(server: &Server, fixture: &Fixture) -> 
          trustPolicy {{ id name issuer audience conditions {{ claim match value }} \
          serviceAccount {{ id name }} scopes maxTokenAgeSeconds enabled lastUsedAt }} \
          errors {{ field messages }} }} }}",
-        public_account_id(&account.id)
+        public_id("ServiceAccount", &account.id)
     );
     let (status, _, body) = server.graphql(Some(&access), &mutation).await?;
     assert_eq!(status, 200, "{body}");
@@ -633,7 +614,7 @@ async fn trust_policy_for_an_old_account(server: &Server, fixture: &Fixture) -> 
     );
     assert_eq!(
         policy["serviceAccount"],
-        json!({ "id": public_account_id(&account.id), "name": account.name }),
+        json!({ "id": public_id("ServiceAccount", &account.id), "name": account.name }),
         "{body}"
     );
     assert_eq!(policy["scopes"], json!(["deploy:prod"]), "{body}");
