@@ -331,6 +331,7 @@ conformance!(
     trust_candidates_of_an_issuer,
     exchanged_tokens_are_spent_once,
     exchange_sessions_end_with_their_policy,
+    cleanup_deletes_expired_exchanges_only,
 );
 
 // ---- helpers ----------------------------------------------------------------------------

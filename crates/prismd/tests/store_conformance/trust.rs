@@ -1,7 +1,7 @@
 //! Store conformance: trust policies (keyless CI), their sessions, and the OIDC tokens
 //! exchanged under them, spent once across processes.
 
-use prismd::store::{ExchangeWrite, NewServiceAccount, PolicyExchange, TrustPolicyRecord};
+use prismd::store::{ExchangeWrite, Garbage, NewServiceAccount, PolicyExchange, TrustPolicyRecord};
 
 use super::*;
 
@@ -438,6 +438,66 @@ pub(super) async fn exchange_sessions_end_with_their_policy(db: Db) -> TestResul
         db.count("SELECT COUNT(*) FROM oidc_token_uses").await?,
         3,
         "a refused exchange spends nothing"
+    );
+    Ok(())
+}
+
+/// The cleanup deletes an exchange's session once its access token expired, and a spent
+/// token's replay key once the token expired; nothing live, and no other refresh token.
+pub(super) async fn cleanup_deletes_expired_exchanges_only(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    let (org, owner) = org_with_owner(store).await?;
+    let ci = account(store, &org, "ci").await?;
+    let live = create(store, policy(&org, &ci, "live")).await?;
+    let ends_soon = PolicyExchange {
+        session_expires_at: T0 + 1_000,
+        token_expires_at: T0 + 1_000,
+        ..exchange(&live, "soon")
+    };
+    let ends_later = exchange(&live, "later");
+    for exchange in [ends_soon, ends_later.clone()] {
+        assert_eq!(record(store, exchange).await?, ExchangeWrite::Issued);
+    }
+    // A person's named token that expired at the same time stays until its own retention.
+    let named = NewRefreshToken {
+        name: Some("laptop".into()),
+        named: true,
+        expires_at: Some(T0 + 1_000),
+        ..refresh_token(&owner, 7, None)
+    };
+    assert!(store.insert_refresh_token(named, audit("t", T0)).await?);
+    const SESSIONS: &str = "SELECT COUNT(*) FROM refresh_tokens";
+    assert_eq!(db.count(SESSIONS).await?, 3);
+    let cutoff = T0 + 2_000;
+    assert_eq!(
+        store
+            .delete_garbage(Garbage::ExpiredKeylessSessions, cutoff, 500)
+            .await?,
+        1
+    );
+    assert_eq!(
+        store
+            .delete_garbage(Garbage::SpentOidcTokens, cutoff, 500)
+            .await?,
+        1
+    );
+    assert_eq!(
+        db.count(SESSIONS).await?,
+        2,
+        "the later session and the named token stay"
+    );
+    assert_eq!(
+        db.count_bind(
+            "SELECT COUNT(*) FROM refresh_tokens WHERE id = $1",
+            &ends_later.session_id
+        )
+        .await?,
+        1
+    );
+    assert_eq!(
+        record(store, exchange(&live, "later")).await?,
+        ExchangeWrite::Replayed,
+        "a live token's replay key stays"
     );
     Ok(())
 }
