@@ -849,6 +849,8 @@ mod tests {
                 "# TYPE prismd_tokens_revoked_total counter",
                 "# HELP prismd_refresh_failures_total Refresh-token exchanges refused, by reason.",
                 "# TYPE prismd_refresh_failures_total counter",
+                "# HELP prismd_oidc_exchanges_total OIDC token exchanges (keyless CI), by outcome: issued, or why not.",
+                "# TYPE prismd_oidc_exchanges_total counter",
                 "# HELP prismd_limit_refusals_total Requests refused with 429 by an abuse limit (failed logins, device codes, refresh tokens).",
                 "# TYPE prismd_limit_refusals_total counter",
                 "# HELP prismd_http_requests_total Requests answered, by route template, method and status.",
