@@ -2533,37 +2533,54 @@ async fn exchange_when_granted(server: &Server, token: &str) -> Res<String> {
 
 // The manual's snippet.
 
-/// The `run: |` scripts of the first ```yaml block after `heading` in docs/ci.md, in order.
-fn documented_steps(heading: &str) -> Res<Vec<String>> {
+/// The part of docs/ci.md under `heading` (to the next heading of its level).
+fn ci_section(heading: &str) -> Res<&'static str> {
     const CI_MD: &str = include_str!("../../../../docs/ci.md");
     let section = CI_MD
         .split_once(heading)
         .ok_or_else(|| format!("docs/ci.md has no {heading:?}"))?
         .1;
-    let yaml = section
-        .split_once("```yaml\n")
+    Ok(section.split("\n### ").next().unwrap_or(section))
+}
+
+/// The first fenced block of `lang` in `section`.
+fn fenced(section: &str, lang: &str) -> Res<String> {
+    Ok(section
+        .split_once(&format!("```{lang}\n"))
         .and_then(|(_, rest)| rest.split_once("```"))
-        .ok_or("no yaml block after the heading")?
-        .0;
-    let mut steps = Vec::new();
+        .ok_or_else(|| format!("no {lang} block in the section"))?
+        .0
+        .to_owned())
+}
+
+/// The block scalars (`run: |`, `- |`) of a CI job's YAML: the scripts its steps run, in
+/// order, without their indentation.
+fn yaml_scripts(yaml: &str) -> Vec<String> {
+    let mut scripts = Vec::new();
     let mut lines = yaml.lines().peekable();
     while let Some(line) = lines.next() {
-        let Some(indent) = line.find("run: |") else {
+        let Some(start) = line.strip_suffix("|") else {
             continue;
         };
+        let key_indent = start.len() - start.trim_start().len();
         let mut script = String::new();
         while let Some(next) = lines.peek() {
-            let body_indent = next.len() - next.trim_start().len();
-            if !next.trim().is_empty() && body_indent <= indent {
+            let indent = next.len() - next.trim_start().len();
+            if !next.trim().is_empty() && indent <= key_indent {
                 break;
             }
             script.push_str(next.trim_start());
             script.push('\n');
             lines.next();
         }
-        steps.push(script);
+        scripts.push(script);
     }
-    Ok(steps)
+    scripts
+}
+
+/// The `run:` steps of the GitHub Actions job of docs/ci.md.
+fn documented_steps(heading: &str) -> Res<Vec<String>> {
+    Ok(yaml_scripts(&fenced(ci_section(heading)?, "yaml")?))
 }
 
 /// The GitHub Actions job of docs/ci.md, its `run:` steps verbatim, as a runner runs them:
@@ -2684,4 +2701,81 @@ async fn an_https_issuer_of_a_private_ca_is_trusted_through_oidc_ca_file() -> Te
         w.stop()?;
     }
     Ok(())
+}
+
+/// The GitLab job of docs/ci.md and the operator command of its policy, verbatim: the command
+/// (`prismd` naming this server's data directory, the issuer and audience this test's) makes
+/// the policy, and the job's script, given its `id_tokens:` variable, exchanges and calls the
+/// API as the service account.
+#[tokio::test]
+async fn the_documented_gitlab_job_and_policy_run_verbatim() -> TestResult {
+    let section = ci_section("### GitLab CI, keyless")?;
+    let scripts = yaml_scripts(&fenced(section, "yaml")?);
+    assert_eq!(scripts.len(), 1, "the job's one script: {scripts:?}");
+    let command = fenced(section, "sh")?;
+    let w = World::new("Integrator").await?;
+    let auth_url = w.server.url("").trim_end_matches('/').to_owned();
+    let role = role_id(&w.server, &w.owner, "Integrator").await?;
+    create_sa(&w.server, &w.owner, "deploy-bot", &role).await?;
+    // `prismd` on the PATH is this server's, on its data directory.
+    let bin = w.dir.path().join("bin");
+    std::fs::create_dir_all(&bin)?;
+    let wrapper = bin.join("prismd");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec '{}' --data-dir '{}' \"$@\"\n",
+            crate::harness::BIN,
+            w.data().display()
+        ),
+    )?;
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let command = command
+        .replace("https://gitlab.com", &w.issuer.issuer)
+        .replace("https://auth.example.com", &auth_url);
+    let made = tokio::process::Command::new("bash")
+        .args(["-e", "-c", &command])
+        .env("PATH", &path)
+        // The test issuer is plain HTTP.
+        .env("PRISMD_OIDC_ALLOW_HTTP_ISSUERS", "true")
+        .output()
+        .await?;
+    assert!(
+        made.status.success(),
+        "the documented command failed: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+
+    let run = async |claims: Value| -> Res<std::process::Output> {
+        let token = w.issuer.mint(Alg::Rs256, &claims)?;
+        Ok(tokio::process::Command::new("bash")
+            .args(["-e", "-c", &scripts[0]])
+            .env("AUTH_URL", &auth_url)
+            .env("PRISM_ID_TOKEN", token)
+            .output()
+            .await?)
+    };
+    let job = run(w.issuer.gitlab(&auth_url)).await?;
+    let body: Value = serde_json::from_slice(&job.stdout)
+        .map_err(|err| format!("{err}: {}", String::from_utf8_lossy(&job.stderr)))?;
+    assert!(job.status.success(), "the job failed: {body}");
+    assert_eq!(
+        body["data"]["authenticatedUser"]["name"], "deploy-bot",
+        "{body}"
+    );
+    // An unprotected branch's pipeline fails the job, and its log says why.
+    let mut unprotected = w.issuer.gitlab(&auth_url);
+    unprotected["ref"] = json!("feature");
+    unprotected["ref_protected"] = json!("false");
+    let refused = run(unprotected).await?;
+    assert!(!refused.status.success());
+    let log = String::from_utf8_lossy(&refused.stderr);
+    assert!(log.contains("does not match"), "{log}");
+    w.stop()
 }
