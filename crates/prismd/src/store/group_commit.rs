@@ -1,7 +1,8 @@
-//! Group commit of revoke-alls, shared by both backends: concurrent revokes wait in a queue and
-//! whoever commits takes whatever has gathered into a single transaction, so a burst pays for
-//! one durable commit (an fsync) instead of one each, and each caller is answered only after
-//! the commit that holds its revoke.
+//! Group commit of the durable writes of the hot paths, shared by both backends: concurrent
+//! revoke-alls (and, on SQLite, exchanges of keyless CI) wait in a queue and whoever commits
+//! takes whatever has gathered into a single transaction, so a burst pays for one durable
+//! commit (an fsync) instead of one each, and each caller is answered only after the commit
+//! that holds its write.
 //!
 //! A revoke-all named by a refresh token (`POST /auth/revoke`) has its grant read by whoever
 //! commits, where the revoke is written, and decided there. On PostgreSQL a task reads the
@@ -11,10 +12,12 @@
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{AuditEvent, RefreshGrant, RevokeDecision, RevokedAll, StoreError};
+use super::{
+    AuditEvent, ExchangeWrite, PolicyExchange, RefreshGrant, RevokeDecision, RevokedAll, StoreError,
+};
 
-/// Most revoke-alls committed in one transaction.
-const MAX_REVOKES_PER_COMMIT: usize = 64;
+/// Most writes committed in one transaction.
+const MAX_WRITES_PER_COMMIT: usize = 64;
 
 /// A revoke-all of a user whose epoch the caller read: the epoch moves only from there.
 #[derive(Clone)]
@@ -93,31 +96,65 @@ impl Request {
     }
 }
 
-/// The queue's sending side, held by the store.
-pub(super) struct RevokeQueue {
+/// An exchange of an OIDC token under a trust policy (keyless CI), queued with its caller: on
+/// SQLite it is committed with whatever revoke-alls and exchanges have gathered.
+pub(super) struct ExchangeRequest {
+    pub exchange: PolicyExchange,
+    pub audit: AuditEvent,
+    reply: oneshot::Sender<Result<ExchangeWrite, StoreError>>,
+}
+
+impl ExchangeRequest {
+    pub(super) fn answer(self, outcome: Result<ExchangeWrite, StoreError>) {
+        // A caller that went away (its request was cancelled) needs no answer.
+        let _ = self.reply.send(outcome);
+    }
+}
+
+/// What SQLite's writer thread takes from its queue: a revoke-all or an exchange.
+pub(super) enum GroupWrite {
+    Revoke(Request),
+    Exchange(ExchangeRequest),
+}
+
+impl From<Request> for GroupWrite {
+    fn from(request: Request) -> Self {
+        GroupWrite::Revoke(request)
+    }
+}
+
+impl From<ExchangeRequest> for GroupWrite {
+    fn from(request: ExchangeRequest) -> Self {
+        GroupWrite::Exchange(request)
+    }
+}
+
+/// The queue's sending side, held by the store; `T` is what its consumer takes ([`Request`]
+/// on PostgreSQL, [`GroupWrite`] on SQLite).
+pub(super) struct RevokeQueue<T = Request> {
     /// Taken by [`RevokeQueue::close`]; the consumer stops once every request before is done.
-    pending: std::sync::Mutex<Option<mpsc::UnboundedSender<Request>>>,
+    pending: std::sync::Mutex<Option<mpsc::UnboundedSender<T>>>,
     /// Signalled by the consumer when it has stopped.
     stopped: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
 }
 
 /// The queue's receiving side, for a consumer on a thread of its own.
-pub(super) struct PendingRevokes {
-    queue: mpsc::UnboundedReceiver<Request>,
+pub(super) struct PendingRevokes<T = Request> {
+    queue: mpsc::UnboundedReceiver<T>,
     stopped: Option<oneshot::Sender<()>>,
 }
 
-impl PendingRevokes {
+impl<T> PendingRevokes<T> {
     /// Waits for the next request and takes those queued behind it, up to a group's size;
     /// `None` once the queue is closed and empty. Blocks: not for an async context.
-    pub(super) fn next_group_blocking(&mut self) -> Option<Vec<Request>> {
+    pub(super) fn next_group_blocking(&mut self) -> Option<Vec<T>> {
         let first = self.queue.blocking_recv()?;
         Some(gather(first, &mut self.queue))
     }
 
     /// Waits for the next request and takes those queued behind it, up to a group's size;
     /// `None` once the queue is closed and empty.
-    pub(super) async fn next_group(&mut self) -> Option<Vec<Request>> {
+    pub(super) async fn next_group(&mut self) -> Option<Vec<T>> {
         let first = self.queue.recv().await?;
         Some(gather(first, &mut self.queue))
     }
@@ -136,9 +173,9 @@ fn stopped() -> StoreError {
     StoreError::Unreachable(sqlx::Error::PoolClosed)
 }
 
-impl RevokeQueue {
+impl<T> RevokeQueue<T> {
     /// A queue whose requests a consumer on a thread of its own takes.
-    pub fn new() -> (Self, PendingRevokes) {
+    pub fn new() -> (Self, PendingRevokes<T>) {
         let (pending, queue) = mpsc::unbounded_channel();
         let (stopped_tx, stopped_rx) = oneshot::channel();
         (
@@ -153,7 +190,7 @@ impl RevokeQueue {
         )
     }
 
-    fn send(&self, revoke: Revoke, reply: Reply) -> Result<(), StoreError> {
+    fn send(&self, item: T) -> Result<(), StoreError> {
         // Sent outside the lock: sending may wake the consumer, a system call that callers
         // on other threads must not queue behind.
         let pending = self
@@ -162,9 +199,25 @@ impl RevokeQueue {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
             .ok_or_else(stopped)?;
-        pending
-            .send(Request { revoke, reply })
-            .map_err(|_| stopped())
+        pending.send(item).map_err(|_| stopped())
+    }
+
+    /// Stops taking requests, and waits until those already queued are answered and the
+    /// consumer has stopped (on SQLite, closed its connection).
+    pub async fn close(&self) {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(stopped) = self.stopped.lock().await.take() {
+            let _ = stopped.await;
+        }
+    }
+}
+
+impl<T: From<Request>> RevokeQueue<T> {
+    fn send_revoke(&self, revoke: Revoke, reply: Reply) -> Result<(), StoreError> {
+        self.send(Request { revoke, reply }.into())
     }
 
     /// Queues a revoke-all and waits for the commit that holds it.
@@ -181,7 +234,7 @@ impl RevokeQueue {
             audit,
             whole_identity: false,
         });
-        self.send(revoke, Reply::User(reply))?;
+        self.send_revoke(revoke, Reply::User(reply))?;
         answered.await.map_err(|_| stopped())?
     }
 
@@ -194,27 +247,35 @@ impl RevokeQueue {
     ) -> Result<Option<RevokedAll>, StoreError> {
         let (reply, answered) = oneshot::channel();
         let revoke = Revoke::Token { token_hash, decide };
-        self.send(revoke, Reply::Token(reply))?;
+        self.send_revoke(revoke, Reply::Token(reply))?;
         answered.await.map_err(|_| stopped())?
     }
+}
 
-    /// Stops taking requests, and waits until those already queued are answered and the
-    /// consumer has stopped (on SQLite, closed its connection).
-    pub async fn close(&self) {
-        self.pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(stopped) = self.stopped.lock().await.take() {
-            let _ = stopped.await;
-        }
+impl<T: From<ExchangeRequest>> RevokeQueue<T> {
+    /// Queues an exchange and waits for the commit that holds it.
+    pub async fn record_exchange(
+        &self,
+        exchange: PolicyExchange,
+        audit: AuditEvent,
+    ) -> Result<ExchangeWrite, StoreError> {
+        let (reply, answered) = oneshot::channel();
+        self.send(
+            ExchangeRequest {
+                exchange,
+                audit,
+                reply,
+            }
+            .into(),
+        )?;
+        answered.await.map_err(|_| stopped())?
     }
 }
 
 /// `first` and the requests queued behind it, up to a group's size.
-fn gather(first: Request, queue: &mut mpsc::UnboundedReceiver<Request>) -> Vec<Request> {
+fn gather<T>(first: T, queue: &mut mpsc::UnboundedReceiver<T>) -> Vec<T> {
     let mut requests = vec![first];
-    while requests.len() < MAX_REVOKES_PER_COMMIT {
+    while requests.len() < MAX_WRITES_PER_COMMIT {
         match queue.try_recv() {
             Ok(next) => requests.push(next),
             Err(_) => break,

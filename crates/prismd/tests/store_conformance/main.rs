@@ -332,6 +332,7 @@ conformance!(
     exchanged_tokens_are_spent_once,
     exchange_sessions_end_with_their_policy,
     cleanup_deletes_expired_exchanges_only,
+    concurrent_exchanges_each_as_if_alone,
 );
 
 // ---- helpers ----------------------------------------------------------------------------

@@ -501,3 +501,90 @@ pub(super) async fn cleanup_deletes_expired_exchanges_only(db: Db) -> TestResult
     );
     Ok(())
 }
+
+/// Many exchanges at once (on SQLite, committed in groups with revoke-alls): each comes out
+/// as if it had run alone. Every distinct token is issued once, a token sent many times is
+/// issued once, a refused exchange spends nothing and writes nothing, and a revoke-all in the
+/// same burst lands too.
+pub(super) async fn concurrent_exchanges_each_as_if_alone(db: Db) -> TestResult {
+    let store = db.store.clone();
+    let (org, owner) = org_with_owner(store.as_ref()).await?;
+    let ci = account(store.as_ref(), &org, "ci").await?;
+    let live = create(store.as_ref(), policy(&org, &ci, "live")).await?;
+    let off = create(
+        store.as_ref(),
+        TrustPolicyRecord {
+            enabled: false,
+            ..policy(&org, &ci, "off")
+        },
+    )
+    .await?;
+    let mut tasks = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..24 {
+        let (exchange, outcome) = match i % 3 {
+            0 => (exchange(&live, &format!("distinct-{i}")), "issued"),
+            1 => (exchange(&live, "the-same"), "same"),
+            _ => (exchange(&off, &format!("refused-{i}")), "gone"),
+        };
+        expected.push(outcome);
+        let on = store.clone();
+        tasks.push(tokio::spawn(
+            async move { record(on.as_ref(), exchange).await },
+        ));
+    }
+    let revoke = {
+        let on = store.clone();
+        let owner_id = owner.id.clone();
+        tokio::spawn(async move {
+            on.revoke_all_tokens(&owner_id, 0, audit("revoke_all", T0 + 20))
+                .await
+        })
+    };
+    let mut same_issued = 0;
+    for (task, outcome) in tasks.into_iter().zip(expected) {
+        let got = task.await??;
+        match outcome {
+            "issued" => assert_eq!(got, ExchangeWrite::Issued),
+            "gone" => assert_eq!(got, ExchangeWrite::PolicyGone),
+            _ => match got {
+                ExchangeWrite::Issued => same_issued += 1,
+                ExchangeWrite::Replayed => {}
+                other => return Err(format!("a repeated token got {other:?}").into()),
+            },
+        }
+    }
+    assert_eq!(
+        same_issued, 1,
+        "a token sent 8 times at once is issued once"
+    );
+    assert!(
+        revoke.await??,
+        "the revoke-all in the same burst moved the epoch"
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM oidc_token_uses").await?,
+        9,
+        "8 distinct tokens and the repeated one spent; the refused ones not"
+    );
+    assert_eq!(
+        db.count_bind(
+            "SELECT COUNT(*) FROM refresh_tokens WHERE trust_policy_id = $1",
+            &live.id
+        )
+        .await?,
+        9
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM audit_events WHERE action = 'oidc.exchanged'")
+            .await?,
+        9,
+        "an audit row for each exchange issued, none for the refused"
+    );
+    // A token refused for its policy can still be exchanged where a policy accepts it.
+    assert_eq!(
+        record(store.as_ref(), exchange(&live, "refused-2")).await?,
+        ExchangeWrite::Issued
+    );
+    Ok(())
+}

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Transaction};
 
-use super::group_commit::RevokeQueue;
+use super::group_commit::{GroupWrite, RevokeQueue};
 use super::sql::audit::with_event;
 use super::sql::funnel::{Exec, Query, Record, query};
 use super::sql::tokens::{read_principal, read_refresh_grant};
@@ -431,6 +431,12 @@ impl Dialect for PgDialect {
                 rejections: breaker.rejections(),
             }),
         }
+    }
+
+    /// PostgreSQL commits each exchange in a transaction of its own (replicas write side by
+    /// side there; the revoke group commit batches with `UNNEST`, which exchanges do not have).
+    fn exchange_writer(&self) -> Option<&RevokeQueue<GroupWrite>> {
+        None
     }
 }
 

@@ -20,12 +20,13 @@ mod maintenance;
 mod organizations;
 mod sign_in;
 pub(crate) mod tokens;
-mod trust;
+pub(crate) mod trust;
 pub(crate) mod users;
 
 use std::future::Future;
 
 use super::cache::{CacheSettings, StandingCache};
+use super::group_commit::{GroupWrite, RevokeQueue};
 use super::{
     AuditEvent, Change, CleanupLock, ConnectionStats, PrincipalRecord, RefreshGrant,
     RevokeDecision, RevokedAll, StoreError, TokenUse,
@@ -183,6 +184,11 @@ pub(crate) trait Dialect: Send + Sync + Sized + 'static {
     fn close(&self) -> impl Future<Output = ()> + Send;
 
     fn connection_stats(&self) -> ConnectionStats;
+
+    /// The group commit that writes keyless exchanges beside the revoke-alls, where the
+    /// backend has one (SQLite's writer thread); `None`: each exchange is a transaction of the
+    /// shared write path.
+    fn exchange_writer(&self) -> Option<&RevokeQueue<GroupWrite>>;
 }
 
 /// The storage traits over one database.

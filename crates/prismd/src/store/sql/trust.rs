@@ -35,10 +35,21 @@ const CANDIDATES_SQL: &str = concat!(
 
 /// An exchange's session: a refresh token of the policy's service account (`$3`, which must
 /// still be live) whose hash (`$2`) no secret has, tagged with the policy (`$9`).
-const INSERT_SESSION_SQL: &str = "INSERT INTO refresh_tokens (id, token_hash, user_id, \
+pub(crate) const INSERT_SESSION_SQL: &str = "INSERT INTO refresh_tokens (id, token_hash, user_id, \
      user_epoch, client_id, name, scope, created_at, named, expires_at, trust_policy_id) \
      SELECT $1, $2, u.id, u.token_epoch, 'keyless', $4, $5, $6, FALSE, $7, $8 FROM users u \
      WHERE u.id = $3 AND u.kind = 'service' AND u.removed_at IS NULL";
+
+/// Spends an OIDC token's replay key (`$1`, of the issuer `$2`, until `$3`): no row when it
+/// was spent before, here or on another replica.
+pub(crate) const SPEND_TOKEN_SQL: &str = "INSERT INTO oidc_token_uses (token_key, issuer, \
+     expires_at) VALUES ($1, $2, $3) ON CONFLICT (token_key) DO NOTHING";
+
+/// Notes a policy's (`$1`) use at `$2`: no row when it was disabled, deleted or moved to
+/// another account than `$3` meanwhile (a change in between ended the sessions it started;
+/// the new one would be refused at once, so the exchange is refused instead).
+pub(crate) const NOTE_POLICY_USE_SQL: &str = "UPDATE trust_policies SET last_used_at = $2 \
+     WHERE id = $1 AND enabled AND service_account_id = $3";
 
 /// Whether the policy's service account is a live one of its organization.
 async fn account_live<D: Dialect>(
@@ -268,31 +279,26 @@ impl<D: Dialect> TrustStore for SqlStore<D> {
         exchange: PolicyExchange,
         audit: AuditEvent,
     ) -> Result<ExchangeWrite, StoreError> {
+        if let Some(writer) = self.db.exchange_writer() {
+            return writer.record_exchange(exchange, audit).await;
+        }
         let mut tx = self.write().await?;
-        let spent = query(
-            "INSERT INTO oidc_token_uses (token_key, issuer, expires_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (token_key) DO NOTHING",
-        )
-        .bind(&exchange.token_key)
-        .bind(&exchange.issuer)
-        .bind(exchange.token_expires_at)
-        .execute(&mut tx)
-        .await?;
+        let spent = query(SPEND_TOKEN_SQL)
+            .bind(&exchange.token_key)
+            .bind(&exchange.issuer)
+            .bind(exchange.token_expires_at)
+            .execute(&mut tx)
+            .await?;
         if spent == 0 {
             tx.rollback().await?;
             return Ok(ExchangeWrite::Replayed);
         }
-        // Still enabled, still acting as the same account (a change in between ended the
-        // sessions it started; the new one would be refused at once, so refuse instead).
-        let still = query(
-            "UPDATE trust_policies SET last_used_at = $2 \
-             WHERE id = $1 AND enabled AND service_account_id = $3",
-        )
-        .bind(&exchange.policy_id)
-        .bind(exchange.at)
-        .bind(&exchange.service_account_id)
-        .execute(&mut tx)
-        .await?;
+        let still = query(NOTE_POLICY_USE_SQL)
+            .bind(&exchange.policy_id)
+            .bind(exchange.at)
+            .bind(&exchange.service_account_id)
+            .execute(&mut tx)
+            .await?;
         let started = if still == 1 {
             query(INSERT_SESSION_SQL)
                 .bind(&exchange.session_id)

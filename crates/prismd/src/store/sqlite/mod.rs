@@ -19,7 +19,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, Transaction};
 
-use super::group_commit::RevokeQueue;
+use super::group_commit::{GroupWrite, RevokeQueue};
 use super::sql::funnel::{Exec, Query, Record};
 use super::sql::tokens::{read_principal, read_refresh_grant};
 use super::sql::{Dialect, Lock};
@@ -50,7 +50,7 @@ pub(crate) struct SqliteDialect {
     /// Answers the two hot-path reads on the calling thread, without the pool's thread hop.
     direct: DirectReaders,
     /// Revoke-alls wait here to be committed together, by the revoke thread.
-    revokes: RevokeQueue,
+    revokes: RevokeQueue<GroupWrite>,
     /// Taken by every write transaction, the writer's and the revoke thread's, so that they
     /// take turns in order instead of meeting SQLite's busy handler.
     write_gate: Arc<tokio::sync::Mutex<()>>,
@@ -338,6 +338,10 @@ impl Dialect for SqliteDialect {
             ],
             circuit: None,
         }
+    }
+
+    fn exchange_writer(&self) -> Option<&RevokeQueue<GroupWrite>> {
+        Some(&self.revokes)
     }
 }
 

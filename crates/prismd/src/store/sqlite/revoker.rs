@@ -1,6 +1,7 @@
-//! The SQLite backend's revoke-all writer: a thread with a read-write connection of its own
-//! that takes each group of queued revoke-alls, reads and decides their grants, writes them
-//! and commits, all in one go, and answers each caller.
+//! The SQLite backend's writer of the hot paths' durable writes: a thread with a read-write
+//! connection of its own that takes each group of queued revoke-alls and keyless exchanges,
+//! reads and decides the revokes' grants, writes everything and commits, all in one go, and
+//! answers each caller.
 //!
 //! Why it exists: through sqlx, every statement of a group (the grant read, `BEGIN`, the
 //! epoch update, the sessions, the audit rows, `COMMIT`) was a hop to the connection's worker
@@ -17,8 +18,11 @@
 //!   written, and the epoch moves only by compare-and-set from the epoch its grant was read
 //!   at: a revoke decides as if it had been read just before the group, and of several
 //!   revokes of one user at one epoch only the first moves it and writes an audit row.
-//! - If the group's transaction fails, each revoke is retried in a transaction of its own, so
-//!   that one bad revoke does not fail the others and each caller gets its own error.
+//! - An exchange is written in a savepoint of its own after the group's revokes: one that
+//!   finds its token spent (a replay) or its policy gone writes nothing, as if it had run
+//!   alone; a token twice in one group is spent by the first.
+//! - If the group's transaction fails, each write is retried in a transaction of its own, so
+//!   that one bad write does not fail the others and each caller gets its own error.
 //! - The connection has the pool's settings that matter for writes: WAL, `synchronous =
 //!   FULL` (a revoke is on disk before it is answered), foreign keys, the busy timeout and no
 //!   automatic checkpoint (checkpoints run beside the writers).
@@ -32,11 +36,14 @@ use rusqlite::{
 
 use super::direct::refresh_grant;
 use super::settings::{BUSY_TIMEOUT, MMAP_SIZE};
-use crate::store::group_commit::{PendingRevokes, Request, Revoke, RevokeQueue, UserRevoke};
+use crate::store::group_commit::{
+    ExchangeRequest, GroupWrite, PendingRevokes, Revoke, RevokeQueue, UserRevoke,
+};
 use crate::store::sql::audit::INSERT_AUDIT_SQL;
 use crate::store::sql::tokens::REFRESH_GRANT_SQL;
+use crate::store::sql::trust::{INSERT_SESSION_SQL, NOTE_POLICY_USE_SQL, SPEND_TOKEN_SQL};
 use crate::store::sql::users::END_BROWSER_SESSIONS_SQL;
-use crate::store::{AuditEvent, RevokedAll, StoreError};
+use crate::store::{AuditEvent, ExchangeWrite, PolicyExchange, RevokedAll, StoreError};
 
 /// Moves a user's epoch on from the one the revoke was decided at.
 const MOVE_EPOCH_SQL: &str = "UPDATE users SET token_epoch = token_epoch + 1, updated_at = $3 \
@@ -50,12 +57,12 @@ const SIBLINGS_SQL: &str = "SELECT s.id, s.org_id FROM users s JOIN users me \
 const MOVE_SIBLING_EPOCH_SQL: &str =
     "UPDATE users SET token_epoch = token_epoch + 1, updated_at = $2 WHERE id = $1";
 
-/// Starts the revoke thread on the database at `path` (which must exist, migrated and in WAL
+/// Starts the writer thread on the database at `path` (which must exist, migrated and in WAL
 /// mode); `gate` is the store's write gate.
 pub(super) fn start(
     path: &Path,
     gate: Arc<tokio::sync::Mutex<()>>,
-) -> Result<RevokeQueue, StoreError> {
+) -> Result<RevokeQueue<GroupWrite>, StoreError> {
     let conn = open_connection(path)?;
     let (queue, pending) = RevokeQueue::new();
     std::thread::Builder::new()
@@ -83,7 +90,7 @@ pub(super) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
 /// The thread's loop: until the queue is closed and empty.
 fn commit_in_groups(
     mut conn: Connection,
-    mut pending: PendingRevokes,
+    mut pending: PendingRevokes<GroupWrite>,
     gate: &tokio::sync::Mutex<()>,
 ) {
     while let Some(requests) = pending.next_group_blocking() {
@@ -96,7 +103,7 @@ fn commit_in_groups(
             commit_group(&mut conn, requests);
         }));
         if committed.is_err() {
-            tracing::error!("a group of revoke-alls panicked; none of it was committed");
+            tracing::error!("a group of durable writes panicked; none of it was committed");
         }
     }
     if let Err((_, err)) = conn.close() {
@@ -105,40 +112,68 @@ fn commit_in_groups(
     pending.stopped();
 }
 
-fn commit_group(conn: &mut Connection, requests: Vec<Request>) {
-    let revokes: Vec<&Revoke> = requests.iter().map(|request| &request.revoke).collect();
-    match revoke_in_one_transaction(conn, &revokes) {
-        Ok(outcomes) => {
-            for (request, outcome) in requests.into_iter().zip(outcomes) {
+/// What one transaction of a group came to: each revoke's and each exchange's outcome, in
+/// the order of their requests.
+type GroupOutcome = (Vec<Option<RevokedAll>>, Vec<ExchangeWrite>);
+
+fn commit_group(conn: &mut Connection, writes: Vec<GroupWrite>) {
+    let mut revokes = Vec::new();
+    let mut exchanges = Vec::new();
+    for write in writes {
+        match write {
+            GroupWrite::Revoke(request) => revokes.push(request),
+            GroupWrite::Exchange(request) => exchanges.push(request),
+        }
+    }
+    let queued_revokes: Vec<&Revoke> = revokes.iter().map(|request| &request.revoke).collect();
+    let queued_exchanges: Vec<&ExchangeRequest> = exchanges.iter().collect();
+    let outcome = write_in_one_transaction(conn, &queued_revokes, &queued_exchanges);
+    match outcome {
+        Ok((revoked, exchanged)) => {
+            for (request, outcome) in revokes.into_iter().zip(revoked) {
+                request.answer(Ok(outcome));
+            }
+            for (request, outcome) in exchanges.into_iter().zip(exchanged) {
                 request.answer(Ok(outcome));
             }
         }
-        Err(err) if requests.len() == 1 => {
-            if let Some(request) = requests.into_iter().next() {
+        Err(err) if revokes.len() + exchanges.len() == 1 => {
+            if let Some(request) = revokes.into_iter().next() {
+                request.answer(Err(err.into()));
+            } else if let Some(request) = exchanges.into_iter().next() {
                 request.answer(Err(err.into()));
             }
         }
-        // One bad revoke must not fail the others: each is retried on its own.
+        // One bad write must not fail the others: each is retried on its own.
         Err(_) => {
-            for request in requests {
-                let outcome = revoke_in_one_transaction(conn, &[&request.revoke])
-                    .map(|mut outcomes| outcomes.pop().flatten())
+            for request in revokes {
+                let outcome = write_in_one_transaction(conn, &[&request.revoke], &[])
+                    .map(|(mut revoked, _)| revoked.pop().flatten())
                     .map_err(StoreError::from);
+                request.answer(outcome);
+            }
+            for request in exchanges {
+                let outcome = write_in_one_transaction(conn, &[], &[&request])
+                    .map_err(StoreError::from)
+                    .and_then(|(_, mut exchanged)| {
+                        exchanged.pop().ok_or(StoreError::Conflict("no outcome"))
+                    });
                 request.answer(outcome);
             }
         }
     }
 }
 
-/// Reads, decides and writes `revokes` in one transaction and commits it; what each came to,
-/// in order.
-fn revoke_in_one_transaction(
+/// Reads, decides and writes `revokes`, then writes `exchanges`, in one transaction and
+/// commits it; what each came to, in order.
+fn write_in_one_transaction(
     conn: &mut Connection,
     revokes: &[&Revoke],
-) -> rusqlite::Result<Vec<Option<RevokedAll>>> {
+    exchanges: &[&ExchangeRequest],
+) -> rusqlite::Result<GroupOutcome> {
     // A failed statement or commit leaves the transaction to the destructor, which rolls it
     // back (SQLite may have done so already, on a full disk for one).
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut decided = Vec::with_capacity(revokes.len());
     for revoke in revokes {
         let grant = match revoke.token_hash() {
@@ -169,8 +204,62 @@ fn revoke_in_one_transaction(
             None => None,
         });
     }
+    let mut exchanged = Vec::with_capacity(exchanges.len());
+    for request in exchanges {
+        exchanged.push(write_exchange(&mut tx, &request.exchange, &request.audit)?);
+    }
     tx.commit()?;
-    Ok(outcomes)
+    Ok((outcomes, exchanged))
+}
+
+/// Writes one exchange in a savepoint: its token spent, the policy's use noted, its session
+/// and audit row; nothing when the token was spent before or the policy is gone.
+fn write_exchange(
+    tx: &mut Transaction<'_>,
+    exchange: &PolicyExchange,
+    audit: &AuditEvent,
+) -> rusqlite::Result<ExchangeWrite> {
+    let savepoint = tx.savepoint()?;
+    let spent = savepoint
+        .prepare_cached(SPEND_TOKEN_SQL)?
+        .execute(named_params! {
+            "$1": exchange.token_key,
+            "$2": exchange.issuer,
+            "$3": exchange.token_expires_at,
+        })?;
+    if spent == 0 {
+        // Dropping the savepoint rolls it back.
+        return Ok(ExchangeWrite::Replayed);
+    }
+    let noted = savepoint
+        .prepare_cached(NOTE_POLICY_USE_SQL)?
+        .execute(named_params! {
+            "$1": exchange.policy_id,
+            "$2": exchange.at,
+            "$3": exchange.service_account_id,
+        })?;
+    let started = if noted == 1 {
+        savepoint
+            .prepare_cached(INSERT_SESSION_SQL)?
+            .execute(named_params! {
+                "$1": exchange.session_id,
+                "$2": &exchange.session_hash[..],
+                "$3": exchange.service_account_id,
+                "$4": exchange.session_name,
+                "$5": exchange.scope,
+                "$6": exchange.at,
+                "$7": exchange.session_expires_at,
+                "$8": exchange.policy_id,
+            })?
+    } else {
+        0
+    };
+    if started == 0 {
+        return Ok(ExchangeWrite::PolicyGone);
+    }
+    insert_audit(&savepoint, audit)?;
+    savepoint.commit()?;
+    Ok(ExchangeWrite::Issued)
 }
 
 /// Moves the user's epoch on from the expected one, ends their browser sessions and writes
@@ -217,7 +306,7 @@ fn move_sibling_epochs(tx: &Transaction<'_>, revoke: &UserRevoke) -> rusqlite::R
     Ok(siblings.into_iter().map(|(id, _)| id).collect())
 }
 
-fn insert_audit(tx: &Transaction<'_>, event: &AuditEvent) -> rusqlite::Result<()> {
+fn insert_audit(tx: &Connection, event: &AuditEvent) -> rusqlite::Result<()> {
     tx.prepare_cached(INSERT_AUDIT_SQL)?
         .execute(named_params! {
             "$1": event.at,
