@@ -73,6 +73,8 @@ pub struct ServeConfig {
     pub mail: Option<Arc<Mailer>>,
     /// How keyless CI's OIDC tokens are verified (`--oidc-*`).
     pub oidc: OidcSettings,
+    /// What the identity headers of `/auth/verify` start with (`--forward-auth-header-prefix`).
+    pub forward_auth_prefix: String,
 }
 
 impl ServeConfig {
@@ -107,6 +109,7 @@ impl ServeConfig {
             limits: LimitSettings::default(),
             mail: None,
             oidc: OidcSettings::default(),
+            forward_auth_prefix: "X-Prism-".to_owned(),
         }
     }
 

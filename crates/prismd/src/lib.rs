@@ -180,6 +180,7 @@ pub async fn serve(
         secure_cookies: issuer.starts_with("https://"),
         logout_return_to: config.logout_return_to.clone(),
         limits: config.limits,
+        forward_auth_prefix: config.forward_auth_prefix.clone(),
     };
     let metrics = Arc::new(Metrics::new(store.clone()));
     let exposure = match metrics_listener {

@@ -299,6 +299,20 @@ struct ServeArgs {
 
     #[command(flatten)]
     oidc: OidcArgs,
+
+    /// What the identity headers of forward auth (`/auth/verify`: `User-Id`, `Email`, `Role`,
+    /// `Scopes`, ...) and its required-scope header start with. Configure the proxy to strip
+    /// headers with this prefix from what clients send.
+    #[arg(long, env = "PRISMD_FORWARD_AUTH_HEADER_PREFIX", default_value = "X-Prism-", value_parser = parse_header_prefix)]
+    forward_auth_header_prefix: String,
+}
+
+/// A header name prefix: letters, digits and `-`.
+fn parse_header_prefix(input: &str) -> Result<String, String> {
+    if input.is_empty() || !input.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Err("a header name prefix has letters, digits and '-' only, e.g. X-Prism-".into());
+    }
+    Ok(input.to_owned())
 }
 
 /// How the OIDC tokens of keyless CI (trust policies) are verified.
@@ -730,6 +744,7 @@ async fn run_server(
         limits: args.limits.settings(),
         mail,
         oidc: args.oidc.settings()?,
+        forward_auth_prefix: args.forward_auth_header_prefix,
         ..ServeConfig::new(data_dir)
     };
     // Handlers are installed before the listener opens, so a SIGTERM that arrives while the

@@ -457,7 +457,40 @@ pub struct Metrics {
     pub tokens: TokenMetrics,
     /// Requests refused with 429 by an abuse limit, by [`LimitKind`] (in its order).
     limit_refusals: [Counter; LIMIT_KINDS.len()],
+    /// `/auth/verify` answers, by [`ForwardAuthOutcome`] (in its order).
+    forward_auth: [Counter; ForwardAuthOutcome::ALL.len()],
     registry: Registry,
+}
+
+/// What `/auth/verify` answered a reverse proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardAuthOutcome {
+    /// 200: the request goes through.
+    Allowed,
+    /// 401: no token, or one that does not stand.
+    Refused,
+    /// 403: the token stands but lacks a required scope.
+    InsufficientScope,
+    /// Anything else (a malformed required scope, the database unavailable).
+    Other,
+}
+
+impl ForwardAuthOutcome {
+    const ALL: [ForwardAuthOutcome; 4] = [
+        Self::Allowed,
+        Self::Refused,
+        Self::InsufficientScope,
+        Self::Other,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Refused => "refused",
+            Self::InsufficientScope => "insufficient_scope",
+            Self::Other => "other",
+        }
+    }
 }
 
 impl Metrics {
@@ -485,6 +518,13 @@ impl Metrics {
             "kind",
             LIMIT_KINDS.map(LimitKind::label),
         );
+        let forward_auth = closed_family(
+            &mut registry,
+            "prismd_forward_auth",
+            "Forward-auth answers to reverse proxies (/auth/verify), by outcome",
+            "outcome",
+            ForwardAuthOutcome::ALL.map(ForwardAuthOutcome::label),
+        );
         let http = Arc::new(HttpMetrics::default());
         registry.register_collector(Box::new(http.clone()));
         registry.register_collector(Box::new(ScrapeTime {
@@ -494,7 +534,19 @@ impl Metrics {
             http,
             tokens,
             limit_refusals,
+            forward_auth,
             registry,
+        }
+    }
+
+    /// Counts an answer of `/auth/verify`.
+    pub fn forward_auth(&self, outcome: ForwardAuthOutcome) {
+        let index = ForwardAuthOutcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or(ForwardAuthOutcome::ALL.len() - 1);
+        if let Some(counter) = self.forward_auth.get(index) {
+            counter.inc();
         }
     }
 
@@ -853,6 +905,8 @@ mod tests {
                 "# TYPE prismd_oidc_exchanges_total counter",
                 "# HELP prismd_limit_refusals_total Requests refused with 429 by an abuse limit (failed logins, device codes, refresh tokens).",
                 "# TYPE prismd_limit_refusals_total counter",
+                "# HELP prismd_forward_auth_total Forward-auth answers to reverse proxies (/auth/verify), by outcome.",
+                "# TYPE prismd_forward_auth_total counter",
                 "# HELP prismd_http_requests_total Requests answered, by route template, method and status.",
                 "# TYPE prismd_http_requests_total counter",
                 "# HELP prismd_http_request_duration_seconds Time from receiving a request to its response, by route template, method and status.",

@@ -31,6 +31,7 @@ pub mod cleanup;
 pub mod clients;
 pub mod device;
 pub mod expiry_notices;
+pub mod forward_auth;
 pub mod limits;
 pub mod login;
 pub mod passwords;
@@ -71,6 +72,10 @@ pub enum DomainError {
     /// The token is fine but does not give access to what was asked (OAuth `access_denied`).
     #[error("{0}")]
     AccessDenied(String),
+    /// A bearer token that stands but lacks a scope the resource requires (RFC 6750
+    /// `insufficient_scope`); the scope it lacks.
+    #[error("this token lacks the scope {0}")]
+    InsufficientScope(String),
     /// A bearer token that does not authenticate (RFC 6750 `invalid_token`).
     #[error("{0}")]
     InvalidToken(BearerError),

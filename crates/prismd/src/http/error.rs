@@ -71,6 +71,27 @@ impl HttpError {
         }
     }
 
+    /// 403 for a token that stands but lacks a scope the resource requires (RFC 6750 §3.1),
+    /// with the scopes `required` in the challenge.
+    pub fn insufficient_scope(required: &str, missing: &str) -> Self {
+        let safe: String = required
+            .chars()
+            .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
+            .collect();
+        let challenge = HeaderValue::from_str(&format!(
+            r#"Bearer realm="prism", error="insufficient_scope", scope="{safe}""#
+        ))
+        .unwrap_or_else(|_| HeaderValue::from_static(r#"Bearer error="insufficient_scope""#));
+        Self {
+            challenge: Some(challenge),
+            ..Self::new(
+                StatusCode::FORBIDDEN,
+                "insufficient_scope",
+                format!("this token lacks the scope {missing}"),
+            )
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         self.status
     }
@@ -97,6 +118,7 @@ impl From<DomainError> for HttpError {
                 Self::new(StatusCode::BAD_REQUEST, "invalid_scope", msg)
             }
             DomainError::InvalidToken(reason) => Self::invalid_token(reason.to_string()),
+            DomainError::InsufficientScope(missing) => Self::insufficient_scope(&missing, &missing),
             DomainError::SubjectToken(reason) => {
                 use crate::domain::trust::SubjectTokenError;
                 match reason {

@@ -7,6 +7,7 @@ mod api;
 mod auth;
 mod body;
 mod error;
+mod forward_auth;
 mod graphql;
 mod graphql_access;
 mod graphql_trust;
@@ -27,7 +28,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use tracing::Instrument;
 
 use crate::domain::RequestMeta;
@@ -72,6 +73,8 @@ pub struct WebSettings {
     pub logout_return_to: Vec<String>,
     /// Abuse limits on logins, device code entry and refresh tokens.
     pub limits: LimitSettings,
+    /// What `/auth/verify`'s identity headers (and the required-scope header) start with.
+    pub forward_auth_prefix: String,
 }
 
 /// What every handler can reach.
@@ -124,6 +127,7 @@ pub fn router(state: AppState, request_timeout: Duration, metrics: MetricsExposu
     routes
         .route("/auth/refresh", post(auth::refresh))
         .route("/auth/exchange", post(auth::exchange))
+        .route("/auth/verify", any(forward_auth::verify))
         .route("/auth/revoke", post(auth::revoke))
         .route("/auth/meta", get(auth::meta))
         .route("/oauth/token", post(oauth::token))
