@@ -34,7 +34,8 @@ pub struct ProxyIdentity {
     pub client_id: String,
 }
 
-/// Parses what a route requires: space- or comma-separated API scope names.
+/// Parses what a route requires: space- or comma-separated API scope names (at most
+/// [`MAX_REQUIRED_SCOPES`] in all).
 pub fn required_scopes(text: &str) -> Result<BTreeSet<String>, DomainError> {
     let names: BTreeSet<String> = text
         .split([' ', ','])

@@ -3,7 +3,9 @@
 //! request's `Authorization` header here (any method); 200 with identity headers lets the
 //! request through, 401 (`invalid_token`, RFC 6750) or 403 (`insufficient_scope`) turns it
 //! away. A route's required scopes come in the `scope` query parameter or the
-//! `<prefix>Required-Scope` header, which the proxy sets per route.
+//! `<prefix>Required-Scope` header, which the proxy sets per route. Any path below
+//! `/auth/verify/` is the same check: Envoy's `ext_authz` appends the client's path to its
+//! `path_prefix`.
 
 use std::collections::BTreeSet;
 
@@ -18,12 +20,9 @@ use crate::domain::DomainError;
 use crate::domain::forward_auth::{ProxyIdentity, required_scopes};
 use crate::metrics::ForwardAuthOutcome;
 
-#[derive(Debug, serde::Deserialize)]
-pub struct VerifyQuery {
-    /// Scopes the route requires, space- or comma-separated.
-    #[serde(default)]
-    scope: Option<String>,
-}
+/// The query string as pairs: `scope` may repeat, and other parameters are ignored (Envoy's
+/// `ext_authz` appends the client's own path and query to the check's path).
+type VerifyQuery = Vec<(String, String)>;
 
 pub async fn verify(
     State(state): State<AppState>,
@@ -62,17 +61,21 @@ async fn answer(
     headers: &HeaderMap,
     caller: Result<Authenticated, HttpError>,
 ) -> Result<ProxyIdentity, HttpError> {
-    let mut required = BTreeSet::new();
-    let from_header = format!("{}Required-Scope", state.web.forward_auth_prefix);
-    for text in query.scope.iter().map(String::as_str).chain(
-        headers
-            .get_all(from_header.as_str())
-            .iter()
-            .filter_map(|value| value.to_str().ok()),
-    ) {
-        required.extend(required_scopes(text)?);
-    }
+    // The token first: a request without one is a 401 whatever its route requires.
     let Authenticated(principal) = caller?;
+    let from_header = format!("{}Required-Scope", state.web.forward_auth_prefix);
+    let texts: Vec<&str> = query
+        .iter()
+        .filter(|(name, _)| name == "scope")
+        .map(|(_, value)| value.as_str())
+        .chain(
+            headers
+                .get_all(from_header.as_str())
+                .iter()
+                .filter_map(|value| value.to_str().ok()),
+        )
+        .collect();
+    let required: BTreeSet<String> = required_scopes(&texts.join(" "))?;
     match state.auth.proxy_identity(&principal, &required).await {
         Ok(identity) => Ok(identity),
         Err(DomainError::InsufficientScope(missing)) => Err(HttpError::insufficient_scope(
