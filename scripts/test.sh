@@ -10,7 +10,9 @@
 #   lines), with the official `prism` CLI (Node.js >= 20, npm) whose browser login runs in
 #   Debian's headless Chromium, with PostgreSQL's own binaries, and send email to a real SMTP
 #   server (Python's aiosmtpd from PyPI, in a virtual environment outside the clone, handed to
-#   the tests as PRISM_TEST_SMTP_PYTHON). Missing ones are installed
+#   the tests as PRISM_TEST_SMTP_PYTHON), and put Debian's nginx in front of prismd's forward
+#   auth (/auth/verify, nginx's auth_request) with the configuration of docs/forward-auth.md,
+#   which they run on a free port of their own (e2e forward_auth). Missing ones are installed
 #   from Debian's packages (Node.js >= 20 from the npm registry when Debian's is older); when an
 #   install fails this says which tests cannot pass and why, and runs the rest.
 # - PostgreSQL: the store conformance suite and the replica tests run on PostgreSQL too. With
@@ -28,15 +30,19 @@ log() { echo "test.sh: $*" >&2; }
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 apt_updated=""
+# Debian's package lists, read once a run.
+apt_update() {
+  if [ -z "$apt_updated" ]; then
+    $sudo apt-get update -qq || log "apt-get update failed"
+    apt_updated=1
+  fi
+}
 # Installs Debian packages; on failure says which tests need them and carries on, so that
 # every other test still runs (and those tests fail with their own message).
 apt_install() { # why package...
   local why=$1
   shift
-  if [ -z "$apt_updated" ]; then
-    $sudo apt-get update -qq || log "apt-get update failed"
-    apt_updated=1
-  fi
+  apt_update
   log "installing $* (needed by $why)"
   if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null; then
     log "WARNING: could not install $*: $why cannot run and will fail"
@@ -48,6 +54,35 @@ command -v curl >/dev/null 2>&1 || apt_install "the seed and e2e tests that run 
 command -v jq >/dev/null 2>&1 || apt_install "the seed tests that run the document's jq lines" jq || true
 [ -x /usr/bin/chromium ] ||
   apt_install "the browser sign-in of the official client tests (official_cli)" chromium || true
+
+# nginx: the forward auth tests (e2e forward_auth) run its binary with a configuration of their
+# own; Debian's package `nginx` (`nginx-light` where there is no `nginx`), whose build has the
+# auth_request module. Installing it would also start the system's nginx on port 80 (and fail
+# the install when that port is taken): a policy-rc.d that forbids starting services, only
+# while apt runs and only when the machine has none of its own, keeps it stopped.
+nginx_for="the forward auth tests through a real nginx (e2e forward_auth)"
+policy_rc_d=/usr/sbin/policy-rc.d
+own_policy_rc_d=""
+drop_own_policy_rc_d() {
+  if [ -n "$own_policy_rc_d" ]; then $sudo rm -f "$policy_rc_d"; fi
+  own_policy_rc_d=""
+}
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+  if [ ! -e "$policy_rc_d" ] &&
+    printf '#!/bin/sh\n# scripts/test.sh: no service starts while it installs nginx\nexit 101\n' |
+    $sudo tee "$policy_rc_d" >/dev/null && $sudo chmod 755 "$policy_rc_d"; then
+    own_policy_rc_d=1
+    trap drop_own_policy_rc_d EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+  fi
+  apt_update
+  nginx_pkg=nginx
+  apt-cache show nginx >/dev/null 2>&1 || nginx_pkg=nginx-light
+  apt_install "$nginx_for" "$nginx_pkg" || true
+  drop_own_policy_rc_d
+  trap - EXIT
+fi
 
 # Node.js >= 20: the official client 10.4.0 and playwright-core need it; Debian 12 ships 18.
 node_major() { node -e 'process.stdout.write(process.versions.node.split(".")[0])' 2>/dev/null || echo 0; }

@@ -27,8 +27,8 @@ pub struct ProxyIdentity {
     /// `person` or `service`.
     pub kind: &'static str,
     /// The scopes the token may use now: the built-in ones of its role that it names (all
-    /// of the role's when unrestricted), and the organization's own that it names (those a
-    /// route requires are checked against the grants of now).
+    /// of the role's when unrestricted), and the organization's own that the route required
+    /// (checked against the grants of now).
     pub scopes: Vec<String>,
     pub session_id: String,
     pub client_id: String,
@@ -107,12 +107,11 @@ impl AuthService {
         if let Some(missing) = missing {
             return Err(DomainError::InsufficientScope(missing.clone()));
         }
+        // Only what holds now: the built-in scopes of the role of now, and the organization
+        // scopes this request checked against the grants of now. One the token names but the
+        // route did not require is left out: its grant may have been withdrawn since.
         let mut scopes: Vec<String> = effective.iter().map(|s| s.name().to_owned()).collect();
-        scopes.extend(named_org_scopes);
-        if token == TokenScopes::Unrestricted {
-            // The organization's scopes a route required, held now by an unrestricted token.
-            scopes.extend(held_org);
-        }
+        scopes.extend(held_org);
         let user = &principal.user;
         Ok(ProxyIdentity {
             user_id: user.id.clone(),

@@ -128,6 +128,7 @@ pub fn router(state: AppState, request_timeout: Duration, metrics: MetricsExposu
         .route("/auth/refresh", post(auth::refresh))
         .route("/auth/exchange", post(auth::exchange))
         .route("/auth/verify", any(forward_auth::verify))
+        .route("/auth/verify/", any(forward_auth::verify))
         .route("/auth/verify/{*rest}", any(forward_auth::verify))
         .route("/auth/revoke", post(auth::revoke))
         .route("/auth/meta", get(auth::meta))

@@ -12,6 +12,7 @@ mod faults;
 mod first_start_race;
 mod fixture_db;
 mod flows;
+mod forward_auth;
 mod graphql;
 mod harness;
 mod identities;
