@@ -56,17 +56,12 @@ impl HttpError {
     }
 
     fn invalid_token(description: String) -> Self {
-        // Descriptions are our own fixed texts; drop quotes anyway so the header stays valid.
-        let safe: String = description
-            .chars()
-            .filter(|c| *c != '"' && *c != '\\')
-            .collect();
-        let challenge = HeaderValue::from_str(&format!(
-            r#"Bearer realm="prism", error="invalid_token", error_description="{safe}""#
-        ))
-        .unwrap_or_else(|_| HeaderValue::from_static(r#"Bearer error="invalid_token""#));
         Self {
-            challenge: Some(challenge),
+            challenge: Some(bearer_challenge(
+                "invalid_token",
+                "error_description",
+                &description,
+            )),
             ..Self::new(StatusCode::UNAUTHORIZED, "invalid_token", description)
         }
     }
@@ -74,16 +69,8 @@ impl HttpError {
     /// 403 for a token that stands but lacks a scope the resource requires (RFC 6750 §3.1),
     /// with the scopes `required` in the challenge.
     pub fn insufficient_scope(required: &str, missing: &str) -> Self {
-        let safe: String = required
-            .chars()
-            .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
-            .collect();
-        let challenge = HeaderValue::from_str(&format!(
-            r#"Bearer realm="prism", error="insufficient_scope", scope="{safe}""#
-        ))
-        .unwrap_or_else(|_| HeaderValue::from_static(r#"Bearer error="insufficient_scope""#));
         Self {
-            challenge: Some(challenge),
+            challenge: Some(bearer_challenge("insufficient_scope", "scope", required)),
             ..Self::new(
                 StatusCode::FORBIDDEN,
                 "insufficient_scope",
@@ -100,6 +87,20 @@ impl HttpError {
     pub fn description(&self) -> &str {
         &self.description
     }
+}
+
+/// An RFC 6750 challenge: `Bearer realm="prism", error="<error>", <param>="<value>"`. The
+/// values are our own texts; quotes, backslashes and control characters are dropped anyway,
+/// so the header stays valid whatever they hold.
+fn bearer_challenge(error: &'static str, param: &str, value: &str) -> HeaderValue {
+    let safe: String = value
+        .chars()
+        .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
+        .collect();
+    HeaderValue::from_str(&format!(
+        r#"Bearer realm="prism", error="{error}", {param}="{safe}""#
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static(r#"Bearer realm="prism""#))
 }
 
 impl From<DomainError> for HttpError {
