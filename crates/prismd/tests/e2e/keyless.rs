@@ -1436,12 +1436,15 @@ async fn cached_keys_stop_serving_at_their_max_age_while_the_issuer_is_down() ->
     )
     .await?;
     w.create(w.github_policy("deploy")).await?;
+    // The server fetches the keys while it answers this first exchange, so they were fetched
+    // no earlier than this instant: a refusal must come at least 3 s after it. (An instant
+    // taken after the answer would be later than the fetch, and too strict by the round trip.)
+    let fetched_no_earlier_than = Instant::now();
     granted(
         &w.exchange(Endpoint::Exchange, &w.github_token(|_| {})?)
             .await?,
         "up",
     )?;
-    let fetched_at = Instant::now();
     w.issuer.set_unavailable(true);
     // Until the keys are 3 s old they serve; then 503, never a grant. Each try is a fresh
     // token: a granted one is spent.
@@ -1463,9 +1466,9 @@ async fn cached_keys_stop_serving_at_their_max_age_while_the_issuer_is_down() ->
         "keys past their max age",
     );
     assert!(
-        fetched_at.elapsed() >= std::time::Duration::from_secs(3),
+        fetched_no_earlier_than.elapsed() >= std::time::Duration::from_secs(3),
         "the cached keys stopped serving after {:?}, before their 3 s max age",
-        fetched_at.elapsed()
+        fetched_no_earlier_than.elapsed()
     );
     assert_eq!(answer.header("retry-after"), Some("5"));
     // Back up: fetched again and accepted.
