@@ -17,6 +17,14 @@ pub fn json_post(path: &str, host: &str, bearer: Option<&str>, body: &str) -> Ve
     .into_bytes()
 }
 
+/// A bodiless `GET` (the verify scenarios: the proxy's question carries only headers).
+pub fn get(path: &str, host: &str, bearer: Option<&str>) -> Vec<u8> {
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}\r\n").into_bytes()
+}
+
 pub fn form_post(path: &str, host: &str, body: &str) -> Vec<u8> {
     format!(
         "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
@@ -42,11 +50,33 @@ impl Connection {
 
     /// Sends one request and returns the response status (the body is read and dropped).
     pub async fn send(&mut self, request: &[u8]) -> anyhow::Result<u16> {
-        Ok(self.send_and_read(request).await?.0)
+        self.stream.write_all(request).await?;
+        let (status, _, total) = self.read_response().await?;
+        self.buffer.drain(..total);
+        Ok(status)
     }
 
     pub async fn send_and_read(&mut self, request: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
         self.stream.write_all(request).await?;
+        let (status, head_end, total) = self.read_response().await?;
+        let body = self.buffer[head_end + 4..total].to_vec();
+        self.buffer.drain(..total);
+        Ok((status, body))
+    }
+
+    /// Sends one request and returns the response's status and head (status line and
+    /// headers); the body is dropped.
+    pub async fn send_and_read_head(&mut self, request: &[u8]) -> anyhow::Result<(u16, String)> {
+        self.stream.write_all(request).await?;
+        let (status, head_end, total) = self.read_response().await?;
+        let head = String::from_utf8_lossy(&self.buffer[..head_end]).into_owned();
+        self.buffer.drain(..total);
+        Ok((status, head))
+    }
+
+    /// Reads one whole response into the buffer and returns its status, where its head ends
+    /// and where it ends; the caller takes what it needs and drains it.
+    async fn read_response(&mut self) -> anyhow::Result<(u16, usize, usize)> {
         loop {
             if let Some(end) = find(&self.buffer, b"\r\n\r\n") {
                 let head =
@@ -64,9 +94,7 @@ impl Connection {
                 while self.buffer.len() < total {
                     self.fill().await?;
                 }
-                let body = self.buffer[end + 4..total].to_vec();
-                self.buffer.drain(..total);
-                return Ok((status, body));
+                return Ok((status, end, total));
             }
             self.fill().await?;
         }

@@ -3,11 +3,14 @@
 //! an exchange. Seeds users and refresh tokens, then drives each scenario at a fixed
 //! concurrency for a fixed time over loopback with a minimal keep-alive HTTP/1.1 client, and
 //! reports requests/s, latency percentiles, errors, the server's CPU and memory, and each
-//! figure as a ratio to the ceiling measured in the same run.
+//! figure as a ratio to the ceiling measured in the same run. The forward-auth scenario
+//! through a real nginx (`verify-nginx`) has its own ceiling, the same nginx answering without
+//! asking prismd (`nginx-alone`).
 
 mod ceiling;
 mod client;
 mod issuer;
+mod nginx;
 mod propagation;
 mod seed;
 mod server;
@@ -23,8 +26,23 @@ use serde::Serialize;
 
 use crate::server::{ServerProcess, free_port, locate_prismd};
 
-const ALL_SCENARIOS: &str =
-    "ceiling, refresh, oauth-token, api, revoke, exchange; or propagation alone";
+const ALL_SCENARIOS: &str = "ceiling, refresh, oauth-token, api, verify, revoke, exchange, \
+     verify-nginx, nginx-alone; or propagation alone";
+/// The scenarios `run` knows.
+const SCENARIOS: [&str; 9] = [
+    "ceiling",
+    "refresh",
+    "oauth-token",
+    "api",
+    "verify",
+    "revoke",
+    "exchange",
+    "verify-nginx",
+    "nginx-alone",
+];
+/// The scenarios that go through nginx, and the one of them that is their ceiling.
+const NGINX_SCENARIOS: [&str; 2] = ["verify-nginx", "nginx-alone"];
+const NGINX_CEILING: &str = "nginx-alone";
 /// The `aud` of the exchange scenario's OIDC tokens, which its trust policy expects.
 const EXCHANGE_AUDIENCE: &str = "prism-bench";
 /// Their `sub`, which its trust policy pins (GitHub Actions' shape).
@@ -70,15 +88,26 @@ struct Args {
     /// Unmeasured warm-up per scenario (not for revoke, whose tokens are used once).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     warmup: Duration,
-    /// Scenarios to run, comma-separated: ceiling, refresh, oauth-token, api, revoke, exchange
-    /// (not by default); or `propagation` alone (two replicas on PostgreSQL; needs
-    /// --database-url).
+    /// Scenarios to run, comma-separated: ceiling, refresh, oauth-token, api, verify, revoke;
+    /// not by default: exchange, verify-nginx (through nginx, which must be installed; its
+    /// ceiling nginx-alone is added before it when not named); or `propagation` alone (two
+    /// replicas on PostgreSQL; needs --database-url).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ceiling,refresh,oauth-token,api,revoke"
+        default_value = "ceiling,refresh,oauth-token,api,verify,revoke"
     )]
     scenarios: Vec<String>,
+    /// Scopes the verify scenarios' route requires, space-separated API scope names: sent as
+    /// `/auth/verify?scope=...` (verify) or set by nginx in `X-Prism-Required-Scope`
+    /// (verify-nginx). An organization-defined one (deploy:prod) must also be in
+    /// --token-scope, which declares and grants it.
+    #[arg(long)]
+    verify_scope: Option<String>,
+    /// nginx's `worker_processes` for verify-nginx and nginx-alone: `auto` (one per core) or a
+    /// number.
+    #[arg(long, default_value = "auto")]
+    nginx_workers: String,
     /// A PostgreSQL server where the benchmark may create (and afterwards drop) a database,
     /// e.g. postgres://postgres@127.0.0.1:5432/test. Without it, prismd runs on SQLite.
     #[arg(long, env = "PRISM_BENCH_DATABASE_URL")]
@@ -116,6 +145,17 @@ struct Report {
     server_anon_rss_mib: f64,
     /// Requests/s as a share of the ceiling's, measured in the same run.
     ratio_to_ceiling: Option<f64>,
+    /// That ceiling: `ceiling`, or `nginx-alone` for the scenarios through nginx.
+    ceiling: &'static str,
+    /// Through nginx: nginx's share of `server_cpu_sec_per_1000` (the rest is prismd's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    proxy_cpu_sec_per_1000: Option<f64>,
+    /// The load generator's own CPU (this process), which shares the cores with the servers.
+    client_cpu_sec_per_1000: f64,
+    /// Cores busy on the whole machine during the scenario (every process, the kernel's
+    /// interrupt work too), and cores stolen by the hypervisor.
+    machine_busy_cores: f64,
+    machine_steal_cores: f64,
 }
 
 #[tokio::main]
@@ -143,6 +183,8 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let _ = std::fs::remove_dir_all(&work_dir);
+    // nginx's directory, when its start failed (a running nginx removes its own).
+    let _ = std::fs::remove_dir_all(nginx::dir_beside(&work_dir));
     result
 }
 
@@ -201,22 +243,13 @@ async fn run(
     work_dir: &Path,
     postgres_url: Option<&str>,
 ) -> anyhow::Result<()> {
-    for scenario in &args.scenarios {
-        if ![
-            "ceiling",
-            "refresh",
-            "oauth-token",
-            "api",
-            "revoke",
-            "exchange",
-        ]
-        .contains(&scenario.as_str())
-        {
-            bail!("unknown scenario {scenario}; use {ALL_SCENARIOS}");
-        }
-    }
+    let (scenarios, nginx_bin) = plan_scenarios(&args.scenarios)?;
     // A scope name prismd would refuse to declare fails here, before anything starts.
     seed::org_scopes(&args.token_scope)?;
+    if let Some(scope) = &args.verify_scope {
+        prismd::domain::forward_auth::required_scopes(scope)
+            .map_err(|err| anyhow::anyhow!("--verify-scope: {err}"))?;
+    }
     let backend = if postgres_url.is_some() {
         "postgres"
     } else {
@@ -235,7 +268,7 @@ async fn run(
     let mut server = ServerProcess::prismd(prismd_bin, work_dir, &address, &extra)?;
     server.wait_ready(&address).await?;
 
-    let wants_revoke = args.scenarios.iter().any(|s| s == "revoke");
+    let wants_revoke = scenarios.iter().any(|s| s == "revoke");
     let revocable = if wants_revoke { args.revocable } else { 0 };
     eprintln!(
         "seeding {} refresh tokens (scope \"{}\") over {} users, and {revocable} revocable users ...",
@@ -267,18 +300,53 @@ async fn run(
         None
     };
 
-    let mut ceiling_rps = None;
     let mut reports = Vec::new();
-    for scenario in &args.scenarios {
-        let (target_address, process) = if scenario == "ceiling" {
+    // Started at the first scenario through it, kept for the others (the same nginx).
+    let mut proxy: Option<nginx::Nginx> = None;
+    let nginx_dir = nginx::dir_beside(work_dir);
+    for scenario in &scenarios {
+        let through_nginx = NGINX_SCENARIOS.contains(&scenario.as_str());
+        if through_nginx && proxy.is_none() {
+            let bin = nginx_bin.as_deref().context("nginx was not found")?;
+            let started = nginx::Nginx::start(
+                bin,
+                &nginx_dir,
+                &address,
+                &args.nginx_workers,
+                args.verify_scope.as_deref(),
+            )
+            .await?;
+            started
+                .check(access_tokens.first().context("no access token")?)
+                .await?;
+            eprintln!(
+                "{} (worker_processes {}) on {} in front of prismd",
+                bin.display(),
+                args.nginx_workers,
+                started.address()
+            );
+            proxy = Some(started);
+        }
+        let ceiling_process = if scenario == "ceiling" {
             let ceiling_address = format!("127.0.0.1:{}", free_port()?);
             let mut ceiling = ServerProcess::ceiling(&ceiling_address)?;
             ceiling.wait_ready(&ceiling_address).await?;
-            (ceiling_address, Some(ceiling))
+            Some((ceiling_address, ceiling))
         } else {
-            (address.clone(), None)
+            None
         };
-        let measured = process.as_ref().unwrap_or(&server);
+        let nginx = proxy.as_ref().filter(|_| through_nginx);
+        // Whose CPU and memory the scenario is charged: the server it talks to, and prismd
+        // behind nginx too.
+        let (target_address, measured): (String, Vec<&ServerProcess>) =
+            match (&ceiling_process, nginx) {
+                (Some((ceiling_address, ceiling)), _) => (ceiling_address.clone(), vec![ceiling]),
+                (None, Some(nginx)) if scenario == NGINX_CEILING => {
+                    (nginx.address().to_owned(), vec![nginx.process()])
+                }
+                (None, Some(nginx)) => (nginx.address().to_owned(), vec![nginx.process(), &server]),
+                (None, None) => (address.clone(), vec![&server]),
+            };
         let workload = workload(
             scenario,
             &target_address,
@@ -286,6 +354,7 @@ async fn run(
             &seeded,
             &access_tokens,
             exchange.as_ref(),
+            args.verify_scope.as_deref(),
         );
         eprintln!(
             "{scenario}: warm-up {:?}, measuring {:?} at {} connections",
@@ -300,55 +369,128 @@ async fn run(
                 drive(&target_address, &warmup, args.concurrency, args.warmup).await?;
             }
         }
-        let cpu_before = measured.cpu_seconds()?;
+        let cpu_before = measured
+            .iter()
+            .map(|p| p.cpu_seconds())
+            .collect::<anyhow::Result<Vec<f64>>>()?;
+        let client_before = server::own_cpu_seconds()?;
+        let machine_before = server::MachineCpu::now()?;
         let started = Instant::now();
         let outcome = drive(&target_address, &workload, args.concurrency, args.duration).await?;
         let elapsed = started.elapsed().as_secs_f64();
-        let cpu = measured.cpu_seconds()? - cpu_before;
+        let machine_after = server::MachineCpu::now()?;
+        let client_cpu = server::own_cpu_seconds()? - client_before;
+        let mut cpu = Vec::new();
+        for (process, before) in measured.iter().zip(&cpu_before) {
+            cpu.push(process.cpu_seconds()? - before);
+        }
         let mut latencies = outcome.latencies_us;
         latencies.sort_unstable();
         let total = latencies.len() as u64;
-        let requests_per_sec = total as f64 / elapsed;
-        if scenario == "ceiling" {
-            ceiling_rps = Some(requests_per_sec);
+        let per_1000 = |seconds: f64| {
+            if total > 0 {
+                seconds * 1000.0 / total as f64
+            } else {
+                0.0
+            }
+        };
+        if outcome.errors > 0
+            && let Some(nginx) = nginx
+        {
+            eprintln!("nginx's error log ends with:\n{}", nginx.log_tail());
+        }
+        let mut peak_rss = 0.0;
+        let mut anon_rss = 0.0;
+        for process in &measured {
+            peak_rss += process.peak_rss_mib()?;
+            anon_rss += process.anon_rss_mib()?;
         }
         reports.push(Report {
             scenario: scenario.clone(),
-            backend: if scenario == "ceiling" {
+            backend: if scenario == "ceiling" || scenario == NGINX_CEILING {
                 "none"
             } else {
                 backend
             },
             requests: total,
             errors: outcome.errors,
-            requests_per_sec,
+            requests_per_sec: total as f64 / elapsed,
             p50_ms: percentile(&latencies, 0.50),
             p99_ms: percentile(&latencies, 0.99),
             p999_ms: percentile(&latencies, 0.999),
-            server_cpu_sec_per_1000: if total > 0 {
-                cpu * 1000.0 / total as f64
-            } else {
-                0.0
-            },
-            server_peak_rss_mib: measured.peak_rss_mib()?,
-            server_anon_rss_mib: measured.anon_rss_mib()?,
+            server_cpu_sec_per_1000: per_1000(cpu.iter().sum()),
+            server_peak_rss_mib: peak_rss,
+            server_anon_rss_mib: anon_rss,
             ratio_to_ceiling: None,
+            ceiling: if through_nginx {
+                NGINX_CEILING
+            } else {
+                "ceiling"
+            },
+            proxy_cpu_sec_per_1000: (scenario == "verify-nginx")
+                .then(|| per_1000(cpu.first().copied().unwrap_or_default())),
+            client_cpu_sec_per_1000: per_1000(client_cpu),
+            machine_busy_cores: (machine_after.busy - machine_before.busy) / elapsed,
+            machine_steal_cores: (machine_after.steal - machine_before.steal) / elapsed,
         });
-        if let Some(mut ceiling) = process {
+        if let Some((_, mut ceiling)) = ceiling_process {
             ceiling.stop();
         }
     }
+    drop(proxy);
     server.stop();
-    if let Some(ceiling) = ceiling_rps.filter(|rps| *rps > 0.0) {
-        for report in &mut reports {
-            report.ratio_to_ceiling = Some(report.requests_per_sec / ceiling);
-        }
+    let ceilings: Vec<(String, f64)> = reports
+        .iter()
+        .filter(|r| r.scenario == "ceiling" || r.scenario == NGINX_CEILING)
+        .filter(|r| r.requests_per_sec > 0.0)
+        .map(|r| (r.scenario.clone(), r.requests_per_sec))
+        .collect();
+    for report in &mut reports {
+        report.ratio_to_ceiling = ceilings
+            .iter()
+            .find(|(name, _)| name == report.ceiling)
+            .map(|(_, rps)| report.requests_per_sec / rps);
     }
     print_reports(&reports, args.json)?;
     if reports.iter().any(|r| r.errors > 0) {
         bail!("some requests failed; see the errors column");
     }
     Ok(())
+}
+
+/// The scenarios to run, in order, and nginx when one of them goes through it. Unknown names
+/// fail; `nginx-alone` is added before `verify-nginx` when not named (a ratio needs its ceiling
+/// in the same run); without nginx installed, the scenarios through it are skipped, with a
+/// word on stderr.
+fn plan_scenarios(requested: &[String]) -> anyhow::Result<(Vec<String>, Option<PathBuf>)> {
+    let mut scenarios = Vec::new();
+    for scenario in requested {
+        if !SCENARIOS.contains(&scenario.as_str()) {
+            bail!("unknown scenario {scenario}; use {ALL_SCENARIOS}");
+        }
+        if scenario == "verify-nginx" && !requested.iter().any(|s| s == NGINX_CEILING) {
+            scenarios.push(NGINX_CEILING.to_owned());
+        }
+        if !scenarios.contains(scenario) {
+            scenarios.push(scenario.clone());
+        }
+    }
+    if !scenarios
+        .iter()
+        .any(|s| NGINX_SCENARIOS.contains(&s.as_str()))
+    {
+        return Ok((scenarios, None));
+    }
+    let bin = nginx::locate();
+    if bin.is_none() {
+        eprintln!(
+            "nginx is not installed (no `nginx` on PATH): skipping {}; `apt-get install \
+             nginx-light` (or nginx) adds it",
+            NGINX_SCENARIOS.join(" and ")
+        );
+        scenarios.retain(|s| !NGINX_SCENARIOS.contains(&s.as_str()));
+    }
+    Ok((scenarios, bin))
 }
 
 /// `count` of `tokens` (all when `None`), spread evenly over them: in seeding order, tokens
@@ -367,7 +509,15 @@ fn workload(
     seeded: &seed::Seeded,
     access_tokens: &[String],
     exchange: Option<&Exchange>,
+    verify_scope: Option<&str>,
 ) -> Workload {
+    let bearer_gets = |path: &str| Workload {
+        requests: access_tokens
+            .iter()
+            .map(|a| client::get(path, address, Some(a)))
+            .collect(),
+        reuse: true,
+    };
     let json_refresh = |t: &String| format!(r#"{{"refresh_token":"{t}"}}"#);
     match scenario {
         "ceiling" | "refresh" => Workload {
@@ -404,6 +554,17 @@ fn workload(
                 .collect(),
             reuse: true,
         },
+        // The proxy's question: only the bearer token (and the route's scopes) to decide on.
+        "verify" => bearer_gets(&match verify_scope {
+            Some(scope) => format!(
+                "/auth/verify?scope={}",
+                url::form_urlencoded::byte_serialize(scope.as_bytes()).collect::<String>()
+            ),
+            None => "/auth/verify".to_owned(),
+        }),
+        // The same token through nginx, to the protected location or the open one.
+        "verify-nginx" => bearer_gets(nginx::PROTECTED),
+        "nginx-alone" => bearer_gets(nginx::OPEN),
         // Each token is exchanged once: a second time is a replay, refused.
         "exchange" => exchange_workload(
             address,
@@ -503,7 +664,7 @@ fn print_reports(reports: &[Report], json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<12} {:<9} {:>9} {:>6} {:>8} {:>7} {:>7} {:>8} {:>10} {:>8} {:>8} {:>9}",
+        "{:<12} {:<9} {:>9} {:>6} {:>8} {:>7} {:>7} {:>8} {:>10} {:>8} {:>8} {:>9}  of",
         "scenario",
         "backend",
         "requests",
@@ -519,7 +680,7 @@ fn print_reports(reports: &[Report], json: bool) -> anyhow::Result<()> {
     );
     for r in reports {
         println!(
-            "{:<12} {:<9} {:>9} {:>6} {:>8.0} {:>7.2} {:>7.2} {:>8.2} {:>10.3} {:>8.1} {:>8.1} {:>9}",
+            "{:<12} {:<9} {:>9} {:>6} {:>8.0} {:>7.2} {:>7.2} {:>8.2} {:>10.3} {:>8.1} {:>8.1} {:>9}  {}",
             r.scenario,
             r.backend,
             r.requests,
@@ -532,8 +693,33 @@ fn print_reports(reports: &[Report], json: bool) -> anyhow::Result<()> {
             r.server_peak_rss_mib,
             r.server_anon_rss_mib,
             r.ratio_to_ceiling
-                .map_or_else(|| "-".to_owned(), |ratio| format!("{ratio:.2}"))
+                .map_or_else(|| "-".to_owned(), |ratio| format!("{ratio:.2}")),
+            r.ceiling
         );
+    }
+    // Where the machine's cores went: the servers and the load generator share them.
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZeroUsize::get);
+    for r in reports {
+        println!(
+            "{}: load generator {:.3} cpu s/1000; machine busy {:.2} of {cores} cores{}",
+            r.scenario,
+            r.client_cpu_sec_per_1000,
+            r.machine_busy_cores,
+            if r.machine_steal_cores >= 0.05 {
+                format!(", {:.2} stolen", r.machine_steal_cores)
+            } else {
+                String::new()
+            }
+        );
+    }
+    for r in reports {
+        if let Some(proxy) = r.proxy_cpu_sec_per_1000 {
+            println!(
+                "{}: cpu s/1000 is nginx's {proxy:.3} and prismd's {:.3}; memory is both's",
+                r.scenario,
+                r.server_cpu_sec_per_1000 - proxy
+            );
+        }
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
-//! The processes under test: `prismd` (found next to this binary, or built) and the ceiling
-//! server (this binary again, in its serving mode), each started on a free loopback port and
-//! measured from `/proc`.
+//! The processes under test: `prismd` (found next to this binary, or built), the ceiling
+//! server (this binary again, in its serving mode) and nginx (for the forward-auth scenarios),
+//! each started on a free loopback port and measured from `/proc`, with the processes it
+//! forked (nginx's workers).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -63,6 +64,21 @@ impl ServerProcess {
         Self::spawn(command)
     }
 
+    /// nginx in the foreground, with `dir` as its prefix and `dir/nginx.conf` as its
+    /// configuration; `-e` keeps its start-up messages out of the system's log directory.
+    pub fn nginx(bin: &Path, dir: &Path) -> anyhow::Result<Self> {
+        let mut command = Command::new(bin);
+        command
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .args(["-g", "daemon off;"]);
+        Self::spawn(command)
+    }
+
     fn spawn(mut command: Command) -> anyhow::Result<Self> {
         let child = command
             .stdin(Stdio::null())
@@ -90,17 +106,51 @@ impl ServerProcess {
         bail!("the server did not become ready")
     }
 
-    /// User + system CPU time of the server so far, from /proc.
+    /// The server's process and those it forked (nginx's workers; none for prismd or the
+    /// ceiling), found by their parent in `/proc`.
+    fn pids(&self) -> Vec<u32> {
+        let parent = self.child.id();
+        let mut pids = vec![parent];
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return pids;
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| stat_field(&stat, 1).and_then(|f| f.parse::<u32>().ok()));
+            if ppid == Some(parent) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// User + system CPU time of the server so far (with its workers), from /proc.
     pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        let after_name = stat.rsplit_once(')').context("bad /proc stat")?.1;
-        let fields: Vec<&str> = after_name.split_whitespace().collect();
-        let ticks: f64 = fields.get(11).context("utime")?.parse::<f64>()?
-            + fields.get(12).context("stime")?.parse::<f64>()?;
+        let mut ticks = 0.0;
+        for pid in self.pids() {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                // A worker that has just gone; the server itself must be there.
+                if pid == self.child.id() {
+                    bail!("the server {pid} is gone");
+                }
+                continue;
+            };
+            ticks += stat_field(&stat, 11).context("utime")?.parse::<f64>()?
+                + stat_field(&stat, 12).context("stime")?.parse::<f64>()?;
+        }
         Ok(ticks / 100.0)
     }
 
-    /// Peak resident memory of the server, from /proc (VmHWM). It includes pages of the
+    /// Peak resident memory of the server, from /proc (VmHWM; with workers, the sum of
+    /// each process's peak). It includes pages of the
     /// database file mapped by SQLite (`mmap_size`), which the kernel's page cache holds and
     /// can reclaim; [`ServerProcess::anon_rss_mib`] is the heap alone.
     pub fn peak_rss_mib(&self) -> anyhow::Result<f64> {
@@ -113,16 +163,24 @@ impl ServerProcess {
     }
 
     fn status_mib(&self, field: &str) -> anyhow::Result<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let line = status
-            .lines()
-            .find(|l| l.starts_with(field))
-            .with_context(|| format!("no {field} in /proc status"))?;
-        let kib: f64 = line
-            .split_whitespace()
-            .nth(1)
-            .context("no value")?
-            .parse()?;
+        let mut kib = 0.0;
+        for pid in self.pids() {
+            let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+                if pid == self.child.id() {
+                    bail!("the server {pid} is gone");
+                }
+                continue;
+            };
+            let line = status
+                .lines()
+                .find(|l| l.starts_with(field))
+                .with_context(|| format!("no {field} in /proc status"))?;
+            kib += line
+                .split_whitespace()
+                .nth(1)
+                .context("no value")?
+                .parse::<f64>()?;
+        }
         Ok(kib / 1024.0)
     }
 
@@ -139,5 +197,46 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Field `index` of a `/proc/<pid>/stat` line, counted from the state (0) after the command
+/// name, which may itself hold spaces and parentheses.
+fn stat_field(stat: &str, index: usize) -> Option<&str> {
+    stat.rsplit_once(')')?.1.split_whitespace().nth(index)
+}
+
+/// CPU time of this process (the load generator, all its threads) so far, from /proc.
+pub fn own_cpu_seconds() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    let ticks = stat_field(&stat, 11).context("utime")?.parse::<f64>()?
+        + stat_field(&stat, 12).context("stime")?.parse::<f64>()?;
+    Ok(ticks / 100.0)
+}
+
+/// The whole machine's CPU time so far, from the first line of /proc/stat, in seconds: busy
+/// (user, nice, system, irq, softirq: whoever ran) and stolen (by the hypervisor, for other
+/// guests).
+#[derive(Clone, Copy)]
+pub struct MachineCpu {
+    pub busy: f64,
+    pub steal: f64,
+}
+
+impl MachineCpu {
+    pub fn now() -> anyhow::Result<Self> {
+        let stat = std::fs::read_to_string("/proc/stat")?;
+        let line = stat.lines().next().context("empty /proc/stat")?;
+        let ticks: Vec<f64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|field| field.parse::<f64>().unwrap_or(0.0))
+            .collect();
+        let field = |index: usize| ticks.get(index).copied().unwrap_or(0.0) / 100.0;
+        // user nice system idle iowait irq softirq steal
+        Ok(Self {
+            busy: field(0) + field(1) + field(2) + field(5) + field(6),
+            steal: field(7),
+        })
     }
 }
