@@ -1,11 +1,12 @@
-//! The scannable format of the opaque secrets prism-auth hands out (refresh tokens today).
+//! The scannable format of the opaque secrets prism-auth hands out: refresh tokens and the
+//! client secrets of resource servers (token introspection).
 //!
 //! A token is `<prefix><43 random base62 characters><6 base62 characters of CRC32>`, for
 //! example `prism_rt_` followed by 49 characters. 43 base62 characters carry 256.03 bits drawn
 //! from the OS CSPRNG. The CRC32 of the random part lets secret scanners recognise a real token
 //! offline and lets the server reject typos and garbage without touching the database; it is
-//! not a security feature (the randomness is). Scanner regex for refresh tokens:
-//! `\bprism_rt_[0-9A-Za-z]{49}\b`.
+//! not a security feature (the randomness is). Scanner regexes: refresh tokens
+//! `\bprism_rt_[0-9A-Za-z]{49}\b`, client secrets `\bprism_cs_[0-9A-Za-z]{49}\b`.
 //!
 //! The alphabet has no characters that a shell, a URL or a JSON string would treat specially,
 //! so the seed document's unquoted `'${PRISMATIC_REFRESH_TOKEN}'` expansion is always safe.
@@ -25,12 +26,15 @@ pub const CHECKSUM_LEN: usize = 6;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SecretKind {
     RefreshToken,
+    /// A resource server's client secret, for `/oauth/introspect`.
+    ClientSecret,
 }
 
 impl SecretKind {
     pub const fn prefix(self) -> &'static str {
         match self {
             SecretKind::RefreshToken => "prism_rt_",
+            SecretKind::ClientSecret => "prism_cs_",
         }
     }
 
@@ -155,6 +159,19 @@ mod tests {
         assert_eq!(a.len(), SecretKind::RefreshToken.token_len());
         assert!(a.starts_with("prism_rt_"));
         validate(SecretKind::RefreshToken, &a)?;
+        let secret = generate(SecretKind::ClientSecret)?;
+        assert!(secret.starts_with("prism_cs_"));
+        assert_eq!(secret.len(), SecretKind::ClientSecret.token_len());
+        validate(SecretKind::ClientSecret, &secret)?;
+        // One kind is never taken for the other.
+        assert_eq!(
+            validate(SecretKind::RefreshToken, &secret),
+            Err(TokenFormatError::WrongPrefix)
+        );
+        assert_eq!(
+            SecretKind::ClientSecret.scanner_regex(),
+            r"\bprism_cs_[0-9A-Za-z]{49}\b"
+        );
         Ok(())
     }
 

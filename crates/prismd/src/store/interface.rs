@@ -521,6 +521,55 @@ pub trait TrustStore: Send + Sync + 'static {
     ) -> Result<ExchangeWrite, StoreError>;
 }
 
+/// Resource servers, the clients that may introspect access tokens. Every method is a single
+/// short transaction.
+#[async_trait]
+pub trait ResourceServerStore: Send + Sync + 'static {
+    /// Registers `server`, if `actor` may: an active Owner of its organization, or an
+    /// operator (`None`), who alone may register one without an organization. Refused with
+    /// [`Refusal::Forbidden`] otherwise, [`Refusal::NameTaken`] when one of the same
+    /// organization (or instance-wide, for an instance-wide one) has its name.
+    async fn create_resource_server(
+        &self,
+        server: ResourceServerRecord,
+        actor: Actor<'_>,
+        audit: AuditEvent,
+    ) -> Result<Result<ResourceServerRecord, Refusal>, StoreError>;
+
+    /// The resource servers of an organization (`None`: the instance-wide ones), by name.
+    async fn resource_servers(
+        &self,
+        org_id: Option<&str>,
+    ) -> Result<Vec<ResourceServerRecord>, StoreError>;
+
+    /// One resource server by its client id, whatever its organization: what its client
+    /// authentication reads.
+    async fn resource_server(&self, id: &str) -> Result<Option<ResourceServerRecord>, StoreError>;
+
+    /// Replaces the secret hash of the resource server `id` of `org_id` (`None`:
+    /// instance-wide) at `at`, if `actor` may (as for creating): the old secret stops
+    /// working with the commit. [`Refusal::NotFound`] when there is no such server there.
+    async fn set_resource_server_secret(
+        &self,
+        org_id: Option<&str>,
+        id: &str,
+        secret_hash: Vec<u8>,
+        at: i64,
+        actor: Actor<'_>,
+        audit: AuditEvent,
+    ) -> Result<Result<ResourceServerRecord, Refusal>, StoreError>;
+
+    /// Deletes the resource server `id` of `org_id`, if `actor` may: its secret stops working
+    /// with the commit. [`Refusal::NotFound`] when there is no such server there.
+    async fn delete_resource_server(
+        &self,
+        org_id: Option<&str>,
+        id: &str,
+        actor: Actor<'_>,
+        audit: AuditEvent,
+    ) -> Result<Result<(), Refusal>, StoreError>;
+}
+
 /// Signing keys. Every method is a single short transaction.
 #[async_trait]
 pub trait KeyStore: Send + Sync + 'static {
@@ -647,6 +696,7 @@ pub trait Store:
     + UserStore
     + AccessStore
     + TrustStore
+    + ResourceServerStore
     + SignInStore
     + TokenStore
     + KeyStore
@@ -661,6 +711,7 @@ impl<T> Store for T where
         + UserStore
         + AccessStore
         + TrustStore
+        + ResourceServerStore
         + SignInStore
         + TokenStore
         + KeyStore

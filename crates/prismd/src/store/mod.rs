@@ -44,8 +44,8 @@ use sqlite::SqliteDialect;
 /// through the trait of its aggregate, which must be in scope.
 pub mod traits {
     pub use super::interface::{
-        AuditStore, KeyStore, LimitStore, Maintenance, OrganizationStore, SignInStore, Store,
-        TokenStore, TrustStore, UserStore,
+        AuditStore, KeyStore, LimitStore, Maintenance, OrganizationStore, ResourceServerStore,
+        SignInStore, Store, TokenStore, TrustStore, UserStore,
     };
 }
 

@@ -594,6 +594,21 @@ pub struct AuditRecord {
     pub detail: Option<String>,
 }
 
+/// A resource server: an OAuth client of someone's own API that may introspect access tokens
+/// (RFC 7662), as stored. `id` is its `client_id`; `secret_hash` the SHA-256 of its client
+/// secret. `org_id` `None`: an instance-wide one (an operator's), which may ask about the
+/// tokens of every organization.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ResourceServerRecord {
+    pub id: String,
+    pub org_id: Option<String>,
+    pub name: String,
+    pub description: Option<String>,
+    pub secret_hash: Vec<u8>,
+    pub created_at: i64,
+    pub secret_set_at: i64,
+}
+
 /// A trust policy (keyless CI): which OIDC tokens of one issuer act as one of the
 /// organization's service accounts, as stored. `conditions` is the JSON list the domain
 /// parses (`oidc::claims::ClaimCondition`); `scopes` is space-separated ('' : the account's

@@ -27,6 +27,7 @@ mod identities;
 mod keys;
 mod limits;
 mod organizations;
+mod resource_servers;
 mod sign_in;
 mod tokens;
 mod trust;
@@ -41,6 +42,7 @@ use identities::*;
 use keys::*;
 use limits::*;
 use organizations::*;
+use resource_servers::*;
 use sign_in::*;
 use tokens::*;
 use trust::*;
@@ -333,6 +335,7 @@ conformance!(
     exchange_sessions_end_with_their_policy,
     cleanup_deletes_expired_exchanges_only,
     concurrent_exchanges_each_as_if_alone,
+    resource_servers_follow_actor_rules,
 );
 
 // ---- helpers ----------------------------------------------------------------------------

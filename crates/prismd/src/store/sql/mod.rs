@@ -18,6 +18,7 @@ mod keys;
 mod limits;
 mod maintenance;
 mod organizations;
+mod resource_servers;
 mod sign_in;
 pub(crate) mod tokens;
 pub(crate) mod trust;
