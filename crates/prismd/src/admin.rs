@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use prismd::domain::accounts::{self, Accounts, UserDraft, public_id};
 use prismd::domain::audit::{AuditFilter, AuditTrail};
+use prismd::domain::introspection::{ResourceServer, ResourceServers, WithSecret};
 use prismd::domain::roles::Role;
 use prismd::domain::service_accounts::ServiceAccounts;
 use prismd::domain::sessions::{Minter, SessionOrigin, Sessions, TokenRequest};
@@ -213,6 +214,49 @@ pub enum TrustPoliciesCommand {
     Remove {
         /// Its name or id.
         name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ResourceServersCommand {
+    /// Register a resource server: a service of your own that asks /oauth/introspect whether
+    /// an access token stands (RFC 7662). It learns only about the tokens of the organization
+    /// (--tenant-id), or of every organization with --instance-wide. Prints
+    /// `{"client_id": ..., "client_secret": ...}` on stdout; the secret is shown this once.
+    Add {
+        /// Its name, unique in the organization (1 to 100 characters).
+        #[arg(long)]
+        name: String,
+        /// What it is, for the people who read the list (at most 500 characters).
+        #[arg(long)]
+        description: Option<String>,
+        /// May introspect the tokens of every organization (operators only).
+        #[arg(long)]
+        instance_wide: bool,
+    },
+    /// List the resource servers: client id, name, when its secret was set.
+    List {
+        /// The instance-wide ones instead of the organization's.
+        #[arg(long)]
+        instance_wide: bool,
+        /// One JSON object per line instead.
+        #[arg(long, env = "PRISMD_JSON")]
+        json: bool,
+    },
+    /// Give a resource server a new client secret; the old one stops working at once. Prints
+    /// `{"client_id": ..., "client_secret": ...}` on stdout.
+    RotateSecret {
+        /// Its name or client id.
+        name: String,
+        #[arg(long)]
+        instance_wide: bool,
+    },
+    /// Delete a resource server: its secret stops working at once.
+    Remove {
+        /// Its name or client id.
+        name: String,
+        #[arg(long)]
+        instance_wide: bool,
     },
 }
 
@@ -897,6 +941,104 @@ async fn run_trust_policies(
         }
     }
     Ok(())
+}
+
+pub async fn resource_servers(
+    backend: &Backend,
+    tenant: Option<&str>,
+    command: ResourceServersCommand,
+) -> anyhow::Result<()> {
+    let store = open(backend).await?;
+    let result = run_resource_servers(store.as_ref(), tenant, command).await;
+    store.close().await;
+    result
+}
+
+async fn run_resource_servers(
+    store: &dyn Store,
+    tenant: Option<&str>,
+    command: ResourceServersCommand,
+) -> anyhow::Result<()> {
+    let instance_wide = match &command {
+        ResourceServersCommand::Add { instance_wide, .. }
+        | ResourceServersCommand::List { instance_wide, .. }
+        | ResourceServersCommand::RotateSecret { instance_wide, .. }
+        | ResourceServersCommand::Remove { instance_wide, .. } => *instance_wide,
+    };
+    let org = if instance_wide {
+        None
+    } else {
+        Some(Accounts::new(store).org_by_tenant(tenant).await?)
+    };
+    let org_id = org.as_ref().map(|org| org.id.as_str());
+    let servers = ResourceServers::new(store);
+    let meta = RequestMeta::default();
+    let credentials = |created: &WithSecret| {
+        serde_json::json!({
+            "client_id": created.server.client_id,
+            "client_secret": created.client_secret,
+        })
+    };
+    match command {
+        ResourceServersCommand::Add {
+            name, description, ..
+        } => {
+            let created = servers
+                .create(None, org_id, &name, description.as_deref(), &meta)
+                .await?;
+            println!("{}", credentials(&created));
+            eprintln!(
+                "Registered resource server {} for {}; keep its client_secret in a secret \
+                 store: it is not shown again.",
+                created.server.name,
+                org.as_ref().map_or_else(
+                    || "every organization".to_owned(),
+                    |org| org.tenant_id.clone()
+                )
+            );
+        }
+        ResourceServersCommand::List { json, .. } => {
+            for server in servers.list(None, org_id).await? {
+                if json {
+                    println!("{}", described_server(&server));
+                } else {
+                    println!(
+                        "{}  {}  secret set {}",
+                        server.client_id,
+                        server.name,
+                        rfc3339(server.secret_set_at)
+                    );
+                }
+            }
+        }
+        ResourceServersCommand::RotateSecret { name, .. } => {
+            let rotated = servers.rotate_secret(None, org_id, &name, &meta).await?;
+            println!("{}", credentials(&rotated));
+            eprintln!(
+                "New client secret for {}; the old one no longer works.",
+                rotated.server.name
+            );
+        }
+        ResourceServersCommand::Remove { name, .. } => {
+            let removed = servers.delete(None, org_id, &name, &meta).await?;
+            eprintln!(
+                "Removed resource server {}; its secret no longer works.",
+                removed.name
+            );
+        }
+    }
+    Ok(())
+}
+
+fn described_server(server: &ResourceServer) -> serde_json::Value {
+    serde_json::json!({
+        "clientId": server.client_id,
+        "name": server.name,
+        "description": server.description,
+        "instanceWide": server.org_id.is_none(),
+        "createdAt": rfc3339(server.created_at),
+        "secretSetAt": rfc3339(server.secret_set_at),
+    })
 }
 
 fn read_password() -> anyhow::Result<String> {

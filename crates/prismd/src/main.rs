@@ -89,6 +89,10 @@ enum Command {
     /// token acts as a service account).
     #[command(subcommand)]
     TrustPolicies(admin::TrustPoliciesCommand),
+    /// Register, list, re-key and remove resource servers (services of your own that
+    /// introspect access tokens at /oauth/introspect).
+    #[command(subcommand)]
+    ResourceServers(admin::ResourceServersCommand),
     /// Create and list organizations (tenants).
     #[command(subcommand)]
     Orgs(admin::OrgsCommand),
@@ -578,6 +582,9 @@ fn main() -> ExitCode {
             }
             Command::TrustPolicies(command) => {
                 admin::trust_policies(&backend, cli.tenant_id.as_deref(), command).await
+            }
+            Command::ResourceServers(command) => {
+                admin::resource_servers(&backend, cli.tenant_id.as_deref(), command).await
             }
             Command::Orgs(command) => admin::orgs(&backend, command).await,
             Command::Audit(args) => admin::audit(&backend, cli.tenant_id.as_deref(), args).await,

@@ -459,7 +459,40 @@ pub struct Metrics {
     limit_refusals: [Counter; LIMIT_KINDS.len()],
     /// `/auth/verify` answers, by [`ForwardAuthOutcome`] (in its order).
     forward_auth: [Counter; ForwardAuthOutcome::ALL.len()],
+    /// `/oauth/introspect` answers, by [`IntrospectionOutcome`] (in its order).
+    introspection: [Counter; IntrospectionOutcome::ALL.len()],
     registry: Registry,
+}
+
+/// What `/oauth/introspect` answered a resource server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntrospectionOutcome {
+    /// `active: true`.
+    Active,
+    /// `active: false`.
+    Inactive,
+    /// 401: the resource server did not authenticate.
+    InvalidClient,
+    /// Anything else (a malformed request, the database unavailable).
+    Other,
+}
+
+impl IntrospectionOutcome {
+    const ALL: [IntrospectionOutcome; 4] = [
+        Self::Active,
+        Self::Inactive,
+        Self::InvalidClient,
+        Self::Other,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Inactive => "inactive",
+            Self::InvalidClient => "invalid_client",
+            Self::Other => "other",
+        }
+    }
 }
 
 /// What `/auth/verify` answered a reverse proxy.
@@ -525,6 +558,13 @@ impl Metrics {
             "outcome",
             ForwardAuthOutcome::ALL.map(ForwardAuthOutcome::label),
         );
+        let introspection = closed_family(
+            &mut registry,
+            "prismd_introspections",
+            "Token introspection answers to resource servers (/oauth/introspect), by outcome",
+            "outcome",
+            IntrospectionOutcome::ALL.map(IntrospectionOutcome::label),
+        );
         let http = Arc::new(HttpMetrics::default());
         registry.register_collector(Box::new(http.clone()));
         registry.register_collector(Box::new(ScrapeTime {
@@ -535,7 +575,19 @@ impl Metrics {
             tokens,
             limit_refusals,
             forward_auth,
+            introspection,
             registry,
+        }
+    }
+
+    /// Counts an answer of `/oauth/introspect`.
+    pub fn introspection(&self, outcome: IntrospectionOutcome) {
+        let index = IntrospectionOutcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or(IntrospectionOutcome::ALL.len() - 1);
+        if let Some(counter) = self.introspection.get(index) {
+            counter.inc();
         }
     }
 
@@ -907,6 +959,8 @@ mod tests {
                 "# TYPE prismd_limit_refusals_total counter",
                 "# HELP prismd_forward_auth_total Forward-auth answers to reverse proxies (/auth/verify), by outcome.",
                 "# TYPE prismd_forward_auth_total counter",
+                "# HELP prismd_introspections_total Token introspection answers to resource servers (/oauth/introspect), by outcome.",
+                "# TYPE prismd_introspections_total counter",
                 "# HELP prismd_http_requests_total Requests answered, by route template, method and status.",
                 "# TYPE prismd_http_requests_total counter",
                 "# HELP prismd_http_request_duration_seconds Time from receiving a request to its response, by route template, method and status.",

@@ -32,6 +32,7 @@ pub mod clients;
 pub mod device;
 pub mod expiry_notices;
 pub mod forward_auth;
+pub mod introspection;
 pub mod limits;
 pub mod login;
 pub mod passwords;
@@ -79,6 +80,9 @@ pub enum DomainError {
     /// A bearer token that does not authenticate (RFC 6750 `invalid_token`).
     #[error("{0}")]
     InvalidToken(BearerError),
+    /// A client (a resource server) that did not authenticate (RFC 6749 `invalid_client`).
+    #[error("{0}")]
+    InvalidClient(String),
     /// The database is unreachable or failing; the caller may retry.
     #[error("storage unavailable: {0}")]
     Unavailable(#[from] StoreError),

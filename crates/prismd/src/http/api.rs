@@ -15,18 +15,25 @@ use super::body::{BodyShape, JsonBody};
 use super::error::{HttpError, RETRY_AFTER_SECS};
 use super::graphql::{MutationRoot, Outbox, QueryRoot, UNAVAILABLE_CODE};
 use super::graphql_access::{AccessMutation, AccessQuery};
+use super::graphql_resource_servers::{ResourceServerMutation, ResourceServerQuery};
 use super::graphql_trust::{TrustMutation, TrustQuery};
 use super::{AppState, ClientMeta};
 use crate::domain::auth::{AuthService, Principal};
 
 /// Every query: the users and sessions of `graphql`, the service accounts and scopes of
-/// `graphql_access`, the trust policies of `graphql_trust`.
+/// `graphql_access`, the trust policies of `graphql_trust`, the resource servers of
+/// `graphql_resource_servers`.
 #[derive(MergedObject, Default)]
-pub struct Query(QueryRoot, AccessQuery, TrustQuery);
+pub struct Query(QueryRoot, AccessQuery, TrustQuery, ResourceServerQuery);
 
 /// Every mutation, merged the same way.
 #[derive(MergedObject, Default)]
-pub struct Mutation(MutationRoot, AccessMutation, TrustMutation);
+pub struct Mutation(
+    MutationRoot,
+    AccessMutation,
+    TrustMutation,
+    ResourceServerMutation,
+);
 
 pub type ApiSchema = Schema<Query, Mutation, EmptySubscription>;
 

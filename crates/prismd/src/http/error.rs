@@ -119,6 +119,11 @@ impl From<DomainError> for HttpError {
                 Self::new(StatusCode::BAD_REQUEST, "invalid_scope", msg)
             }
             DomainError::InvalidToken(reason) => Self::invalid_token(reason.to_string()),
+            // RFC 6749 §5.2: 401 with the scheme the client may authenticate with.
+            DomainError::InvalidClient(msg) => Self {
+                challenge: Some(HeaderValue::from_static(r#"Basic realm="prism""#)),
+                ..Self::new(StatusCode::UNAUTHORIZED, "invalid_client", msg)
+            },
             DomainError::InsufficientScope(missing) => Self::insufficient_scope(&missing, &missing),
             DomainError::SubjectToken(reason) => {
                 use crate::domain::trust::SubjectTokenError;

@@ -10,7 +10,9 @@ mod error;
 mod forward_auth;
 mod graphql;
 mod graphql_access;
+mod graphql_resource_servers;
 mod graphql_trust;
+mod introspection;
 mod metrics;
 mod oauth;
 mod ops;
@@ -134,6 +136,7 @@ pub fn router(state: AppState, request_timeout: Duration, metrics: MetricsExposu
         .route("/auth/meta", get(auth::meta))
         .route("/oauth/token", post(oauth::token))
         .route("/oauth/revoke", post(oauth::revoke))
+        .route("/oauth/introspect", post(introspection::introspect))
         .route("/oauth/device/code", post(oauth::device_code))
         .route("/device", get(web::device).post(web::decide_device))
         .route("/authorize", get(web::authorize).post(web::login))

@@ -1,6 +1,6 @@
 //! Standard OAuth 2.0 surface: the token endpoint (RFC 6749 §6 refresh grant, form or JSON,
-//! and RFC 8693 token exchange for keyless CI),
-//! the JWKS and the metadata documents (RFC 8414 / OpenID Discovery).
+//! and RFC 8693 token exchange for keyless CI), revocation, the JWKS and the metadata
+//! documents (RFC 8414 / OpenID Discovery). Introspection has its own module.
 
 use axum::Json;
 use axum::extract::State;
@@ -271,11 +271,14 @@ pub fn metadata_document(issuer: &str) -> Value {
         "authorization_endpoint": format!("{issuer}/authorize"),
         "token_endpoint": format!("{issuer}/oauth/token"),
         "revocation_endpoint": format!("{issuer}/oauth/revoke"),
+        "introspection_endpoint": format!("{issuer}/oauth/introspect"),
         "device_authorization_endpoint": format!("{issuer}/oauth/device/code"),
         "end_session_endpoint": format!("{issuer}/logout"),
         "grant_types_supported": ["authorization_code", "refresh_token", DEVICE_CODE_GRANT, TOKEN_EXCHANGE_GRANT],
         "token_endpoint_auth_methods_supported": ["none"],
         "revocation_endpoint_auth_methods_supported": ["none"],
+        // Resource servers only (RFC 7662 §2.1).
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
         "code_challenge_methods_supported": ["S256"],
