@@ -79,6 +79,28 @@ async fn introspect_raw(
     Ok((status, headers, body))
 }
 
+/// The `curl` command of docs/forward-auth.md's token introspection section.
+fn documented_curl() -> Res<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/forward-auth.md");
+    let doc = std::fs::read_to_string(path)?;
+    let section = doc
+        .split("## Token introspection")
+        .nth(1)
+        .ok_or("docs/forward-auth.md has no Token introspection section")?;
+    let start = section
+        .find("curl -s ")
+        .ok_or("no curl command in the section")?;
+    let command: Vec<&str> = section[start..]
+        .lines()
+        .scan(true, |more, line| {
+            let this = more.then_some(line);
+            *more = line.ends_with('\\');
+            this
+        })
+        .collect();
+    Ok(command.join("\n"))
+}
+
 fn form(pairs: &[(&str, &str)]) -> String {
     url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs(pairs)
@@ -197,6 +219,19 @@ async fn active_tokens_say_who_they_speak_for_now() -> TestResult {
     assert_eq!((status, &posted), (200, &body));
 
     // A service account with a restricted token: its scopes, no email, its name as username.
+    // docs/forward-auth.md's curl line, verbatim but for the host, answers the same.
+    let documented = documented_curl()?.replace("https://auth.example.com", &server.base);
+    let output = tokio::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &documented])
+        .env("CLIENT_ID", &client.id)
+        .env("CLIENT_SECRET", &client.secret)
+        .env("TOKEN", &owner)
+        .output()
+        .await?;
+    assert!(output.status.success(), "{documented}: {output:?}");
+    let answered: Value = serde_json::from_slice(&output.stdout)?;
+    assert_eq!(answered, body, "{documented}");
+
     let guest = role_of(&role_ids(&server, &owner).await?, "Guest")?;
     let sa = create_sa(&server, &owner, "deploy-bot", &guest).await?;
     let payload = must(
