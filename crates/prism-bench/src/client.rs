@@ -25,6 +25,16 @@ pub fn get(path: &str, host: &str, bearer: Option<&str>) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}\r\n").into_bytes()
 }
 
+/// A form `POST` with an `Authorization` header (introspection's HTTP Basic client
+/// credentials).
+pub fn form_post_authorized(path: &str, host: &str, authorization: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: {authorization}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 pub fn form_post(path: &str, host: &str, body: &str) -> Vec<u8> {
     format!(
         "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",

@@ -26,15 +26,16 @@ use serde::Serialize;
 
 use crate::server::{ServerProcess, free_port, locate_prismd};
 
-const ALL_SCENARIOS: &str = "ceiling, refresh, oauth-token, api, verify, revoke, exchange, \
-     verify-nginx, nginx-alone; or propagation alone";
+const ALL_SCENARIOS: &str = "ceiling, refresh, oauth-token, api, verify, introspect, revoke, \
+     exchange, verify-nginx, nginx-alone; or propagation alone";
 /// The scenarios `run` knows.
-const SCENARIOS: [&str; 9] = [
+const SCENARIOS: [&str; 10] = [
     "ceiling",
     "refresh",
     "oauth-token",
     "api",
     "verify",
+    "introspect",
     "revoke",
     "exchange",
     "verify-nginx",
@@ -88,14 +89,15 @@ struct Args {
     /// Unmeasured warm-up per scenario (not for revoke, whose tokens are used once).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     warmup: Duration,
-    /// Scenarios to run, comma-separated: ceiling, refresh, oauth-token, api, verify, revoke;
+    /// Scenarios to run, comma-separated: ceiling, refresh, oauth-token, api, verify,
+    /// introspect, revoke;
     /// not by default: exchange, verify-nginx (through nginx, which must be installed; its
     /// ceiling nginx-alone is added before it when not named); or `propagation` alone (two
     /// replicas on PostgreSQL; needs --database-url).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ceiling,refresh,oauth-token,api,verify,revoke"
+        default_value = "ceiling,refresh,oauth-token,api,verify,introspect,revoke"
     )]
     scenarios: Vec<String>,
     /// Scopes the verify scenarios' route requires, space-separated API scope names: sent as
@@ -294,6 +296,12 @@ async fn run(
         &seeded.shared[..args.users.min(seeded.shared.len())],
     )
     .await?;
+    // The introspect scenario's resource server: its HTTP Basic credentials.
+    let introspector = if scenarios.iter().any(|s| s == "introspect") {
+        Some(seed::resource_server(prismd_bin, work_dir, postgres_url)?)
+    } else {
+        None
+    };
     let exchange = if wants_exchange {
         Some(prepare_exchange(args, prismd_bin, work_dir, postgres_url, &address).await?)
     } else {
@@ -353,8 +361,11 @@ async fn run(
             &active,
             &seeded,
             &access_tokens,
-            exchange.as_ref(),
-            args.verify_scope.as_deref(),
+            &Prepared {
+                exchange: exchange.as_ref(),
+                verify_scope: args.verify_scope.as_deref(),
+                introspector: introspector.as_deref(),
+            },
         );
         eprintln!(
             "{scenario}: warm-up {:?}, measuring {:?} at {} connections",
@@ -502,15 +513,27 @@ fn active_tokens(tokens: &[String], count: Option<usize>) -> Vec<String> {
     tokens.iter().step_by(step).take(count).cloned().collect()
 }
 
+/// What some scenarios prepared before the run: the exchange's OIDC tokens, the verify
+/// scenarios' required scopes, the introspect scenario's `Authorization` header.
+struct Prepared<'a> {
+    exchange: Option<&'a Exchange>,
+    verify_scope: Option<&'a str>,
+    introspector: Option<&'a str>,
+}
+
 fn workload(
     scenario: &str,
     address: &str,
     active: &[String],
     seeded: &seed::Seeded,
     access_tokens: &[String],
-    exchange: Option<&Exchange>,
-    verify_scope: Option<&str>,
+    prepared: &Prepared<'_>,
 ) -> Workload {
+    let Prepared {
+        exchange,
+        verify_scope,
+        introspector,
+    } = *prepared;
     let bearer_gets = |path: &str| Workload {
         requests: access_tokens
             .iter()
@@ -562,6 +585,21 @@ fn workload(
             ),
             None => "/auth/verify".to_owned(),
         }),
+        // A resource server asks about each access token in turn (HTTP Basic, form body).
+        "introspect" => Workload {
+            requests: access_tokens
+                .iter()
+                .map(|a| {
+                    client::form_post_authorized(
+                        "/oauth/introspect",
+                        address,
+                        introspector.unwrap_or_default(),
+                        &format!("token={a}"),
+                    )
+                })
+                .collect(),
+            reuse: true,
+        },
         // The same token through nginx, to the protected location or the open one.
         "verify-nginx" => bearer_gets(nginx::PROTECTED),
         "nginx-alone" => bearer_gets(nginx::OPEN),

@@ -299,6 +299,62 @@ pub async fn seed(
     })
 }
 
+/// Runs one of `prismd`'s operator commands on the running server's database (`data_dir`, or
+/// `database_url`); its stdout, or a failure with prismd's message.
+fn operator(
+    prismd: &std::path::Path,
+    data_dir: &std::path::Path,
+    database_url: Option<&str>,
+    args: &[&str],
+) -> anyhow::Result<String> {
+    let mut command = std::process::Command::new(prismd);
+    command.arg("--data-dir").arg(data_dir);
+    if let Some(url) = database_url {
+        command.args(["--database-url", url]);
+    }
+    let output = command
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {}", prismd.display()))?;
+    if !output.status.success() {
+        anyhow::bail!(
+            "prismd {} failed ({}): {}",
+            args.first().copied().unwrap_or_default(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Registers the `introspect` scenario's resource server with `prismd resource-servers add`;
+/// its `Authorization: Basic ...` header value.
+pub fn resource_server(
+    prismd: &std::path::Path,
+    data_dir: &std::path::Path,
+    database_url: Option<&str>,
+) -> anyhow::Result<String> {
+    use base64::Engine as _;
+    let printed = operator(
+        prismd,
+        data_dir,
+        database_url,
+        &["resource-servers", "add", "--name", "prism-bench"],
+    )?;
+    let credentials: serde_json::Value = serde_json::from_str(printed.trim())?;
+    let (Some(id), Some(secret)) = (
+        credentials["client_id"].as_str(),
+        credentials["client_secret"].as_str(),
+    ) else {
+        anyhow::bail!("prismd resource-servers add printed {printed}");
+    };
+    Ok(format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
+    ))
+}
+
 /// The service account the `exchange` scenario's pipeline acts as.
 pub const SERVICE_ACCOUNT: &str = "bench-ci";
 
@@ -314,27 +370,7 @@ pub fn trust_policy(
     audience: &str,
     subject: &str,
 ) -> anyhow::Result<()> {
-    let run = |args: &[&str]| -> anyhow::Result<()> {
-        let mut command = std::process::Command::new(prismd);
-        command.arg("--data-dir").arg(data_dir);
-        if let Some(url) = database_url {
-            command.args(["--database-url", url]);
-        }
-        let output = command
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .with_context(|| format!("cannot run {}", prismd.display()))?;
-        if !output.status.success() {
-            anyhow::bail!(
-                "prismd {} failed ({}): {}",
-                args.first().copied().unwrap_or_default(),
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
-        Ok(())
-    };
+    let run = |args: &[&str]| operator(prismd, data_dir, database_url, args).map(|_| ());
     run(&[
         "service-accounts",
         "add",
