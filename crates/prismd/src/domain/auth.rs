@@ -53,6 +53,9 @@ pub struct Principal {
     pub claims: Arc<AccessClaims>,
     /// The built-in scopes the token itself names (all of them when it is unrestricted).
     pub token_allows: ApiScopes,
+    /// The organization's own scopes the principal may hold now (its role's grants and its
+    /// own), read with its standing.
+    pub held_org_scopes: BTreeSet<String>,
 }
 
 impl Principal {
@@ -583,11 +586,17 @@ impl AuthService {
         })
         .map_err(|denial| DomainError::InvalidToken(BearerError::Denied(denial)))?;
         let token_allows = TokenScopes::parse(&claims.scope).built_in();
+        let held_org_scopes = record
+            .held_org_scopes
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
         Ok(Principal {
             user: record.user,
             org: record.org,
             claims,
             token_allows,
+            held_org_scopes,
         })
     }
 

@@ -9,7 +9,6 @@ use super::DomainError;
 use super::auth::{AuthService, Principal};
 use super::roles::Role;
 use super::scopes::{ApiScope, TokenScopes, is_api_scope_name};
-use super::service_accounts::held_scopes;
 
 /// Most scopes one route may require.
 const MAX_REQUIRED_SCOPES: usize = 16;
@@ -61,9 +60,9 @@ impl AuthService {
     /// The identity behind `principal`, when its token holds every scope in `required`:
     /// built-in ones by its role narrowed by the token (as `/api` decides), the
     /// organization's own when the token names them (or is unrestricted) and the principal
-    /// holds them now by its role's grants or its own (one read, only when a route requires
-    /// one). Otherwise [`DomainError::InsufficientScope`] names the first missing.
-    pub async fn proxy_identity(
+    /// holds them now by its role's grants or its own (read with its standing). Otherwise
+    /// [`DomainError::InsufficientScope`] names the first missing.
+    pub fn proxy_identity(
         &self,
         principal: &Principal,
         required: &BTreeSet<String>,
@@ -84,18 +83,11 @@ impl AuthService {
             .filter(|name| ApiScope::parse(name).is_none())
             .cloned()
             .collect();
-        let held_org = if wanted_org.is_empty() {
-            BTreeSet::new()
-        } else {
-            held_scopes(
-                self.store(),
-                &principal.user.org_id,
-                role,
-                &principal.user.id,
-                &wanted_org,
-            )
-            .await?
-        };
+        // Read with the principal's standing (and cached with it): no read of its own.
+        let held_org: BTreeSet<String> = wanted_org
+            .into_iter()
+            .filter(|name| principal.held_org_scopes.contains(name))
+            .collect();
         let missing = required.iter().find(|name| match ApiScope::parse(name) {
             Some(scope) => !effective.contains(scope),
             None => {

@@ -4,8 +4,6 @@
 //! stands exactly when `/api` would take it, so a revoke, a removal, a session's end or a
 //! trust policy's change is `active: false` on the very next question.
 
-use std::collections::BTreeSet;
-
 use prism_proto::token_format::{self, SecretKind};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -13,7 +11,7 @@ use subtle::ConstantTimeEq;
 use super::accounts::refused;
 use super::auth::{AuthService, Principal};
 use super::roles::Role;
-use super::scopes::{ApiScope, TokenScopes};
+use super::scopes::TokenScopes;
 use super::secrets;
 use super::{DomainError, RequestMeta, now_ms};
 use crate::store::{AuditEvent, Refusal, ResourceServerRecord, Store, User};
@@ -363,7 +361,7 @@ impl AuthService {
         {
             return Ok(Introspection::Inactive);
         }
-        let scopes = self.scopes_held_now(&principal).await?;
+        let scopes = Self::scopes_held_now(&principal);
         let user = &principal.user;
         let claims = &principal.claims;
         Ok(Introspection::Active(Box::new(ActiveToken {
@@ -390,37 +388,26 @@ impl AuthService {
     }
 
     /// The principal's token's scopes that hold now: built-in ones by its role of now (as
-    /// `/api` decides), the organization's own by the grants of now (read only when the token
-    /// may carry one: it names one, or names none at all).
-    async fn scopes_held_now(&self, principal: &Principal) -> Result<Vec<String>, DomainError> {
+    /// `/api` decides), the organization's own that it names (any, when it names none) by the
+    /// grants of now, read with the principal's standing.
+    fn scopes_held_now(principal: &Principal) -> Vec<String> {
         let mut scopes: Vec<String> = principal
             .effective()
             .iter()
             .map(|scope| scope.name().to_owned())
             .collect();
-        let named_org: Option<BTreeSet<String>> = match principal.token_scopes() {
-            TokenScopes::Unrestricted => None,
-            TokenScopes::Restricted(names) => Some(
-                names
-                    .into_iter()
-                    .filter(|name| ApiScope::parse(name).is_none())
-                    .collect(),
-            ),
-        };
-        if named_org.as_ref().is_some_and(BTreeSet::is_empty) {
-            return Ok(scopes);
-        }
-        let user = &principal.user;
-        let held = self
-            .store()
-            .held_org_scopes(&user.org_id, Role::of(user).key(), &user.id)
-            .await?;
-        let held: BTreeSet<String> = held.into_iter().collect();
+        let token = principal.token_scopes();
         scopes.extend(
-            held.into_iter()
-                .filter(|name| named_org.as_ref().is_none_or(|named| named.contains(name))),
+            principal
+                .held_org_scopes
+                .iter()
+                .filter(|name| match &token {
+                    TokenScopes::Unrestricted => true,
+                    TokenScopes::Restricted(named) => named.contains(*name),
+                })
+                .cloned(),
         );
-        Ok(scopes)
+        scopes
     }
 
     pub fn resource_servers(&self) -> ResourceServers<'_> {

@@ -76,7 +76,7 @@ async fn answer(
         )
         .collect();
     let required: BTreeSet<String> = required_scopes(&texts.join(" "))?;
-    match state.auth.proxy_identity(&principal, &required).await {
+    match state.auth.proxy_identity(&principal, &required) {
         Ok(identity) => Ok(identity),
         Err(DomainError::InsufficientScope(missing)) => Err(HttpError::insufficient_scope(
             &required.into_iter().collect::<Vec<_>>().join(" "),

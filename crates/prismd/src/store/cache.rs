@@ -1,6 +1,6 @@
-//! The standing cache: the two hot-path reads (a refresh grant by token hash, the principal
-//! behind an access token) answered from memory, and the rules that keep it from outliving a
-//! revoke.
+//! The standing cache: the hot-path reads (a refresh grant by token hash, the principal
+//! behind an access token, the resource server asking `/oauth/introspect`) answered from
+//! memory, and the rules that keep it from outliving a revoke.
 //!
 //! A cached entry is dropped when:
 //! - this process commits a change: the store hands the audit rows of every commit (the same
@@ -32,7 +32,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::{Change, INFORMATIONAL_ACTIONS, PrincipalRecord, RefreshGrant, StoreError};
+use super::{
+    Change, INFORMATIONAL_ACTIONS, PrincipalRecord, RefreshGrant, ResourceServerRecord, StoreError,
+};
+
+/// The user id a resource server's entry is checked against: none is ever invalidated by it,
+/// so only "everything changed" drops them, which every change to a resource server is (its
+/// audit row names no user).
+const NO_USER: &str = "";
 
 /// How long and how much the cache keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +84,8 @@ struct Entries {
     /// slot takes it over).
     seen_once: Vec<u64>,
     principals: HashMap<(String, String), Entry<PrincipalRecord>>,
+    /// Resource servers by client id.
+    resource_servers: HashMap<String, Entry<ResourceServerRecord>>,
     /// Per user, the logical time of the last invalidation and when it happened (entries
     /// older than the lifetime expire anyway, so older marks can be forgotten).
     invalidated: HashMap<String, (u64, Instant)>,
@@ -118,6 +127,7 @@ impl Entries {
         self.cleared = at;
         self.grants.clear();
         self.principals.clear();
+        self.resource_servers.clear();
         self.invalidated.clear();
     }
 
@@ -256,6 +266,47 @@ impl StandingCache {
             let mut entries = self.lock();
             if entries.is_current(&entry, user_id, self.settings.ttl) {
                 insert_bounded(&mut entries.principals, key, entry, self.settings);
+            }
+        }
+        Ok(found)
+    }
+
+    /// A resource server from memory if current, else from `read`. Only known ones are
+    /// cached: a server registered a moment ago on another replica works everywhere at once.
+    pub(crate) async fn resource_server(
+        &self,
+        id: &str,
+        read: impl Future<Output = Result<Option<ResourceServerRecord>, StoreError>>,
+    ) -> Result<Option<ResourceServerRecord>, StoreError> {
+        if !self.in_use() {
+            return read.await;
+        }
+        {
+            let entries = self.lock();
+            if let Some(entry) = entries.resource_servers.get(id)
+                && entries.is_current(entry, NO_USER, self.settings.ttl)
+            {
+                self.count(true);
+                return Ok(Some(entry.value.clone()));
+            }
+        }
+        self.count(false);
+        let read_started = self.read_start();
+        let found = read.await?;
+        if let Some(server) = &found {
+            let entry = Entry {
+                value: server.clone(),
+                read_started,
+                filled_at: Instant::now(),
+            };
+            let mut entries = self.lock();
+            if entries.is_current(&entry, NO_USER, self.settings.ttl) {
+                insert_bounded(
+                    &mut entries.resource_servers,
+                    id.to_owned(),
+                    entry,
+                    self.settings,
+                );
             }
         }
         Ok(found)

@@ -478,6 +478,10 @@ pub struct PrincipalRecord {
     pub session_last_used_at: Option<i64>,
     /// The organization's session policy, read in the same look-up.
     pub policy: SessionPolicy,
+    /// The organization's own scopes the user may hold now (by their role's grants or their
+    /// own), space-separated, read in the same look-up: cached with the principal, which a
+    /// change of grants (audited about no one user) drops everywhere.
+    pub held_org_scopes: String,
 }
 
 /// The last use of a refresh token, recorded in batches off the hot path.

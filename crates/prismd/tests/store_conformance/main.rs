@@ -336,6 +336,8 @@ conformance!(
     cleanup_deletes_expired_exchanges_only,
     concurrent_exchanges_each_as_if_alone,
     resource_servers_follow_actor_rules,
+    cache_forgets_resource_servers_at_once,
+    principals_carry_the_grants_of_now,
 );
 
 // ---- helpers ----------------------------------------------------------------------------

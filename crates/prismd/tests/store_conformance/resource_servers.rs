@@ -2,7 +2,7 @@
 //! re-key and delete them, names unique per organization and among the instance-wide ones,
 //! and lookups by client id across organizations.
 
-use prismd::store::ResourceServerRecord;
+use prismd::store::{Grantee, ResourceServerRecord};
 
 use super::*;
 
@@ -199,5 +199,102 @@ pub(super) async fn resource_servers_follow_actor_rules(db: Db) -> TestResult {
         names(store.resource_servers(Some(&org.id)).await?),
         ["orders"]
     );
+    Ok(())
+}
+
+pub(super) async fn cache_forgets_resource_servers_at_once(db: Db) -> TestResult {
+    let (org, owner) = org_with_owner(db.store.as_ref()).await?;
+    let cached = live_cache(&db, 1000).await?;
+    let orders = try_create(&*cached, server(Some(&org), "orders"), Some(&owner.id))
+        .await?
+        .map_err(|r| format!("refused: {r:?}"))?;
+    // Unknown ids are never cached: one registered elsewhere works at once.
+    assert_eq!(cached.resource_server("prism_rs_later").await?, None);
+    assert_eq!(
+        cached.resource_server(&orders.id).await?,
+        Some(orders.clone())
+    );
+    let before = cached.stats();
+    assert_eq!(
+        cached.resource_server(&orders.id).await?,
+        Some(orders.clone())
+    );
+    assert_eq!(cached.stats().hits, before.hits + 1, "answered from memory");
+
+    // This process re-keys it: the next read has the new secret.
+    let rotated = cached
+        .set_resource_server_secret(
+            Some(&org.id),
+            &orders.id,
+            vec![9; 32],
+            T0 + 5,
+            None,
+            audit("resource_server.secret_rotated", T0 + 5),
+        )
+        .await?
+        .map_err(|r| format!("refused: {r:?}"))?;
+    assert_eq!(cached.resource_server(&orders.id).await?, Some(rotated));
+
+    // Another process deletes it: gone once its change is heard (here: handed over).
+    cached.resource_server(&orders.id).await?;
+    let event = audit("resource_server.deleted", T0 + 9);
+    db.store
+        .delete_resource_server(Some(&org.id), &orders.id, None, event.clone())
+        .await?
+        .map_err(|r| format!("refused: {r:?}"))?;
+    cached.apply(&Change::of(&event));
+    assert_eq!(cached.resource_server(&orders.id).await?, None);
+    Ok(())
+}
+
+pub(super) async fn principals_carry_the_grants_of_now(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    let (org, owner) = org_with_owner(store).await?;
+    let cached = live_cache(&db, 1000).await?;
+    let token = refresh_token(&owner, 1, None);
+    let session = token.id.clone();
+    cached.insert_refresh_token(token, audit("t", T0)).await?;
+    let principal = cached
+        .principal(&owner.id, &session)
+        .await?
+        .ok_or("no principal")?;
+    assert_eq!(principal.held_org_scopes, "");
+
+    // A grant to the Owners' role (audited about no one user) reaches the cached principal.
+    for name in ["deploy:prod", "deploy:staging"] {
+        assert!(
+            cached
+                .create_org_scope(&org.id, name, None, audit("scope.created", T0))
+                .await?
+        );
+    }
+    let grant = |scope: &'static str, to: Grantee, on: bool| {
+        let cached = &cached;
+        let org_id = org.id.clone();
+        async move {
+            cached
+                .set_scope_grant(&org_id, scope, &to, on, audit("scope.granted", T0 + 1))
+                .await
+        }
+    };
+    assert!(grant("deploy:prod", Grantee::Role("owner".into()), true).await?);
+    let principal = cached
+        .principal(&owner.id, &session)
+        .await?
+        .ok_or("no principal")?;
+    assert_eq!(principal.held_org_scopes, "deploy:prod");
+    assert!(grant("deploy:prod", Grantee::Role("owner".into()), false).await?);
+    let principal = cached
+        .principal(&owner.id, &session)
+        .await?
+        .ok_or("no principal")?;
+    assert_eq!(principal.held_org_scopes, "", "a withdrawn grant");
+    // Grants of other roles are not the Owner's.
+    assert!(grant("deploy:staging", Grantee::Role("admin".into()), true).await?);
+    let principal = cached
+        .principal(&owner.id, &session)
+        .await?
+        .ok_or("no principal")?;
+    assert_eq!(principal.held_org_scopes, "");
     Ok(())
 }

@@ -116,7 +116,12 @@ impl<D: Dialect> ResourceServerStore for SqlStore<D> {
     }
 
     async fn resource_server(&self, id: &str) -> Result<Option<ResourceServerRecord>, StoreError> {
-        read_server(&mut self.read(), id).await
+        let mut reader = self.read();
+        let read = read_server(&mut reader, id);
+        match &self.cache {
+            Some(cache) => cache.resource_server(id, read).await,
+            None => read.await,
+        }
     }
 
     async fn set_resource_server_secret(

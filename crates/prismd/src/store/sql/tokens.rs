@@ -301,7 +301,10 @@ pub(crate) const PRINCIPAL_SQL: &str = concat!(
             t.id AS session_id, t.revoked_at AS session_revoked_at, \
             t.created_at AS session_created_at, t.last_used_at AS session_last_used_at, \
             o.refresh_idle_expiry_secs AS idle_expiry_secs, \
-            o.refresh_max_age_secs AS max_age_secs \
+            o.refresh_max_age_secs AS max_age_secs, \
+            COALESCE((SELECT string_agg(g.scope, ' ') FROM scope_grants g \
+              WHERE g.org_id = u.org_id AND g.grantee IN ('role:' || u.role, 'user:' || u.id)), '') \
+              AS held_org_scopes \
      FROM users u \
      JOIN organizations o ON o.id = u.org_id \
      LEFT JOIN refresh_tokens t ON t.id = $2 AND t.user_id = u.id \
@@ -322,6 +325,7 @@ struct PrincipalRow {
     session_last_used_at: Option<i64>,
     #[sqlx(flatten)]
     policy: SessionPolicy,
+    held_org_scopes: String,
 }
 
 /// [`TokenStore::find_refresh_grant`] through a pool.
@@ -358,5 +362,6 @@ pub(crate) async fn read_principal(
         session_created_at: row.session_created_at,
         session_last_used_at: row.session_last_used_at,
         policy: row.policy,
+        held_org_scopes: row.held_org_scopes,
     }))
 }

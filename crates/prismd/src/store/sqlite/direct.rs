@@ -276,6 +276,7 @@ fn principal_record(row: &Row<'_>) -> rusqlite::Result<PrincipalRecord> {
             idle_expiry_secs: row.get(24)?,
             max_age_secs: row.get(25)?,
         },
+        held_org_scopes: row.get(26)?,
     })
 }
 
@@ -316,7 +317,7 @@ mod tests {
     ];
 
     /// [`PRINCIPAL_SQL`]'s columns, in order.
-    const PRINCIPAL_COLUMNS: [&str; 26] = [
+    const PRINCIPAL_COLUMNS: [&str; 27] = [
         "id",
         "org_id",
         "email",
@@ -343,6 +344,7 @@ mod tests {
         "session_last_used_at",
         "idle_expiry_secs",
         "max_age_secs",
+        "held_org_scopes",
     ];
 
     const T0: i64 = 1_700_000_000_000;
