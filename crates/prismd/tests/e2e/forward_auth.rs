@@ -25,9 +25,9 @@ use serde_json::{Value, json};
 use crate::harness::{Options, Server, TestResult, jwt_claims, temp_dir};
 use crate::metrics::scraped_value;
 use crate::scopes::{
-    CREATE_SCOPE, CREATE_TOKEN, DELETE_SA, DELETE_USER, GRANT_TO_ROLE, REVOKE_FROM_ROLE,
-    REVOKE_SESSION, Res, UPDATE_NAME, add_member, call, create_sa, exchange, must, named_token,
-    owner_access, role_ids, role_of, stop_clean, text,
+    CREATE_SCOPE, CREATE_TOKEN, DELETE_SA, DELETE_USER, GRANT_TO_ROLE, REVOKE_FROM_ROLE, Res,
+    UPDATE_NAME, add_member, call, create_sa, exchange, must, named_token, owner_access,
+    revoke_current_session, role_ids, role_of, stop_clean, text, tokens_that_do_not_stand,
 };
 
 /// The built-in scopes of Owners and Admins.
@@ -457,36 +457,9 @@ async fn no_token_and_tokens_that_do_not_stand_get_the_rfc_6750_challenges() -> 
     }
 
     // Tokens that are not a standing access token of this server: invalid_token.
-    let mut tampered_signature = owner.clone();
-    let last = tampered_signature.pop().ok_or("empty token")?;
-    tampered_signature.push(if last == 'A' { 'B' } else { 'A' });
-    // The payload changed (a later exp): the signature no longer matches.
-    let parts: Vec<&str> = owner.split('.').collect();
-    let mut claims = jwt_claims(&owner)?;
-    claims["exp"] = json!(claims["exp"].as_i64().ok_or("no exp")? + 86_400);
-    claims["sub"] = json!(uuid::Uuid::new_v4().to_string());
-    use base64::Engine as _;
-    let payload =
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims)?);
-    let tampered_payload = format!("{}.{payload}.{}", parts[0], parts[2]);
-    // An unsigned token (alg none) with the same claims.
-    let none_header =
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"at+jwt"}"#);
-    let unsigned = format!("{none_header}.{payload}.");
-    // A valid access token of another prismd (another signing key, another issuer).
-    let other_dir = temp_dir()?;
-    let other = Server::start(other_dir.path())?;
-    let foreign = owner_access(&other, other_dir.path()).await?;
-    stop_clean(other)?;
-    for (token, what) in [
-        ("garbage", "garbage"),
-        ("a.b.c", "three dots of nothing"),
-        (tampered_signature.as_str(), "a tampered signature"),
-        (tampered_payload.as_str(), "a tampered payload"),
-        (unsigned.as_str(), "an unsigned token"),
-        (foreign.as_str(), "another server's token"),
-        (owner_refresh.as_str(), "a refresh token as the bearer"),
-    ] {
+    let mut refused = tokens_that_do_not_stand(&owner).await?;
+    refused.push((owner_refresh.clone(), "a refresh token as the bearer"));
+    for (token, what) in &refused {
         let answer = verify(&server, token).await?;
         answer.expect_invalid_token(what)?;
         assert!(answer.identity(DEFAULT_PREFIX)?.is_empty(), "{what}");
@@ -848,25 +821,7 @@ async fn revocations_and_removals_are_refused_on_the_very_next_call() -> TestRes
     // One session revoked by a manager: the one `current` for the token's own view.
     let (_, _, bob) = member(&server, data, "bob@fa.test", "Integrator").await?;
     verify(&server, &bob).await?.expect_allowed("bob")?;
-    let mine = call(
-        &server,
-        &bob,
-        "{ authenticatedUser { sessions { id current } } }",
-        json!({}),
-    )
-    .await?;
-    let session = mine["data"]["authenticatedUser"]["sessions"]
-        .as_array()
-        .and_then(|all| all.iter().find(|s| s["current"] == true))
-        .ok_or_else(|| format!("no current session: {mine}"))?;
-    must(
-        &server,
-        &owner,
-        REVOKE_SESSION,
-        json!({ "id": text(&session["id"])? }),
-        "revokeSession",
-    )
-    .await?;
+    revoke_current_session(&server, &owner, &bob).await?;
     verify(&server, &bob)
         .await?
         .expect_invalid_token("after its session was revoked")?;

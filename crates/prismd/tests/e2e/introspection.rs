@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
 use crate::harness::{
@@ -16,9 +16,9 @@ use crate::harness::{
 };
 use crate::metrics::scraped_value;
 use crate::scopes::{
-    CREATE_SCOPE, CREATE_TOKEN, DELETE_SA, DELETE_USER, GRANT_TO_ROLE, REVOKE_FROM_ROLE,
-    REVOKE_SESSION, Res, add_member, call, create_sa, exchange, must, named_token, owner_access,
-    role_ids, role_of, stop_clean, text,
+    CREATE_SCOPE, CREATE_TOKEN, DELETE_SA, DELETE_USER, GRANT_TO_ROLE, REVOKE_FROM_ROLE, Res,
+    add_member, call, create_sa, exchange, must, named_token, owner_access, revoke_current_session,
+    role_ids, role_of, stop_clean, text, tokens_that_do_not_stand,
 };
 
 const ALL_BUILT_IN: &str =
@@ -346,32 +346,10 @@ async fn every_token_api_refuses_is_inactive_on_the_very_next_question() -> Test
 
     // Not a standing access token of this server.
     let owner = exchange(&server, &owner_refresh, None).await?;
-    let mut tampered_signature = owner.clone();
-    let last = tampered_signature.pop().ok_or("empty token")?;
-    tampered_signature.push(if last == 'A' { 'B' } else { 'A' });
-    let parts: Vec<&str> = owner.split('.').collect();
-    let mut claims = jwt_claims(&owner)?;
-    claims["sub"] = json!(uuid::Uuid::new_v4().to_string());
-    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims)?);
-    let tampered_payload = format!("{}.{payload}.{}", parts[0], parts[2]);
-    let unsigned = format!(
-        "{}.{payload}.",
-        URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"at+jwt"}"#)
-    );
-    let other_dir = temp_dir()?;
-    let other = Server::start(other_dir.path())?;
-    let foreign = owner_access(&other, other_dir.path()).await?;
-    stop_clean(other)?;
-    for (token, what) in [
-        ("garbage", "garbage"),
-        ("a.b.c", "three dots of nothing"),
-        (tampered_signature.as_str(), "a tampered signature"),
-        (tampered_payload.as_str(), "a tampered payload"),
-        (unsigned.as_str(), "an unsigned token"),
-        (foreign.as_str(), "another server's token"),
-        (owner_refresh.as_str(), "a live refresh token"),
-        (client.secret.as_str(), "the client's own secret"),
-    ] {
+    let mut refused = tokens_that_do_not_stand(&owner).await?;
+    refused.push((owner_refresh.clone(), "a live refresh token"));
+    refused.push((client.secret.clone(), "the client's own secret"));
+    for (token, what) in &refused {
         expect_inactive(&server, &client, token, what).await?;
     }
     expect_active(&server, &client, &owner, "the owner").await?;
@@ -389,26 +367,7 @@ async fn every_token_api_refuses_is_inactive_on_the_very_next_question() -> Test
     add_member(data, "bob@in.test", "Integrator")?;
     let bob = exchange(&server, &named_token(data, "bob@in.test", "bob")?, None).await?;
     expect_active(&server, &client, &bob, "bob").await?;
-    let sid = text(&jwt_claims(&bob)?["sid"])?;
-    let sessions = call(
-        &server,
-        &bob,
-        "{ authenticatedUser { sessions { id current } } }",
-        json!({}),
-    )
-    .await?;
-    let session = sessions["data"]["authenticatedUser"]["sessions"]
-        .as_array()
-        .and_then(|all| all.iter().find(|s| s["current"] == true))
-        .ok_or_else(|| format!("no current session of {sid}: {sessions}"))?;
-    must(
-        &server,
-        &owner,
-        REVOKE_SESSION,
-        json!({ "id": text(&session["id"])? }),
-        "revokeSession",
-    )
-    .await?;
+    revoke_current_session(&server, &owner, &bob).await?;
     expect_inactive(&server, &client, &bob, "after its session was revoked").await?;
 
     // A member removed, a service account removed.

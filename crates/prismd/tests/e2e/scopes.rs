@@ -235,6 +235,67 @@ pub async fn owner_access(server: &Server, data: &Path) -> Res<String> {
     .await
 }
 
+/// Access tokens that are not standing tokens of this server, made from `access` (a standing
+/// one of the server's first Owner), each with what it is: garbage, a tampered signature, a
+/// tampered payload (a later `exp`, another `sub`), an unsigned one (`alg: none`) and a valid
+/// token of another prismd (its own key and issuer, started and stopped here). Forward auth
+/// and introspection refuse each as `/api` does.
+pub async fn tokens_that_do_not_stand(access: &str) -> Res<Vec<(String, &'static str)>> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut tampered_signature = access.to_owned();
+    let last = tampered_signature.pop().ok_or("empty token")?;
+    tampered_signature.push(if last == 'A' { 'B' } else { 'A' });
+    let parts: Vec<&str> = access.split('.').collect();
+    let (Some(header), Some(signature)) = (parts.first(), parts.get(2)) else {
+        return Err(format!("not a JWT: {access}").into());
+    };
+    let mut claims = jwt_claims(access)?;
+    claims["exp"] = json!(claims["exp"].as_i64().ok_or("no exp")? + 86_400);
+    claims["sub"] = json!(uuid::Uuid::new_v4().to_string());
+    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims)?);
+    let tampered_payload = format!("{header}.{payload}.{signature}");
+    let none_header = URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"at+jwt"}"#);
+    let unsigned = format!("{none_header}.{payload}.");
+    let other_dir = temp_dir()?;
+    let other = Server::start(other_dir.path())?;
+    let foreign = owner_access(&other, other_dir.path()).await?;
+    stop_clean(other)?;
+    Ok(vec![
+        ("garbage".to_owned(), "garbage"),
+        ("a.b.c".to_owned(), "three dots of nothing"),
+        (tampered_signature, "a tampered signature"),
+        (tampered_payload, "a tampered payload"),
+        (unsigned, "an unsigned token"),
+        (foreign, "another server's token"),
+    ])
+}
+
+/// `manager` revokes the session of `member`'s access token (the one `current` in the
+/// member's own view) with `revokeSession`.
+pub async fn revoke_current_session(server: &Server, manager: &str, member: &str) -> TestResult {
+    let mine = call(
+        server,
+        member,
+        "{ authenticatedUser { sessions { id current } } }",
+        json!({}),
+    )
+    .await?;
+    let session = mine["data"]["authenticatedUser"]["sessions"]
+        .as_array()
+        .and_then(|all| all.iter().find(|s| s["current"] == true))
+        .ok_or_else(|| format!("no current session: {mine}"))?;
+    must(
+        server,
+        manager,
+        REVOKE_SESSION,
+        json!({ "id": text(&session["id"])? }),
+        "revokeSession",
+    )
+    .await?;
+    Ok(())
+}
+
 /// The id of the role `name` among `roles`.
 pub fn role_of(roles: &BTreeMap<String, String>, name: &str) -> Res<String> {
     Ok(roles.get(name).ok_or(format!("no role {name}"))?.clone())
