@@ -418,6 +418,45 @@ async fn dead(server: &Server, access: &str, what: &str) -> TestResult {
     Ok(())
 }
 
+/// A resource server the Owner (`owner`'s token) registers: its client id and secret.
+async fn resource_server(server: &Server, owner: &str) -> Res<(String, String)> {
+    let body = call(
+        server,
+        owner,
+        "mutation { createResourceServer(name: \"deploys\") { resourceServer { clientId } clientSecret } }",
+        json!({}),
+    )
+    .await?;
+    let payload = &body["data"]["createResourceServer"];
+    Ok((
+        text(&payload["resourceServer"]["clientId"])?,
+        text(&payload["clientSecret"])?,
+    ))
+}
+
+/// What the other two doors say of `access`: introspection's `active` (asked as `client`),
+/// and `/auth/verify`'s status.
+async fn elsewhere(server: &Server, client: &(String, String), access: &str) -> Res<(bool, u16)> {
+    let introspected: Value = server
+        .http
+        .post(server.url("/oauth/introspect"))
+        .basic_auth(&client.0, Some(&client.1))
+        .form(&[("token", access)])
+        .send()
+        .await?
+        .json()
+        .await?;
+    let verified = server
+        .http
+        .get(server.url("/auth/verify"))
+        .bearer_auth(access)
+        .send()
+        .await?
+        .status()
+        .as_u16();
+    Ok((introspected["active"] == true, verified))
+}
+
 /// The policies `access` lists.
 async fn policies(server: &Server, access: &str) -> Res<Vec<Value>> {
     let body = call(server, access, POLICIES, json!({})).await?;
@@ -1561,6 +1600,13 @@ async fn disabling_changing_or_deleting_a_policy_ends_its_tokens_at_once() -> Te
     let first = w.access().await?;
     acts_as(&w.server, &first, &w.sa_id).await?;
     let sid = |access: &str| -> Res<String> { text(&jwt_claims(access)?["sid"]) };
+    // A resource server and a reverse proxy asking about the same tokens.
+    let introspector = resource_server(&w.server, &w.owner).await?;
+    assert_eq!(
+        elsewhere(&w.server, &introspector, &first).await?,
+        (true, 200),
+        "introspected and verified while the policy stands"
+    );
 
     // Name, description and lifetimes: the tokens stay.
     let renamed = w
@@ -1588,6 +1634,11 @@ async fn disabling_changing_or_deleting_a_policy_ends_its_tokens_at_once() -> Te
     assert_eq!(disabled["enabled"], false);
     dead(&w.server, &first, "a token of a disabled policy").await?;
     dead(&w.server, &short, "a token of a disabled policy").await?;
+    assert_eq!(
+        elsewhere(&w.server, &introspector, &short).await?,
+        (false, 401),
+        "introspected and verified after the disabling"
+    );
     let token = w.github_token(|_| {})?;
     invalid_grant(
         &w.exchange(Endpoint::Exchange, &token).await?,
@@ -1627,8 +1678,17 @@ async fn disabling_changing_or_deleting_a_policy_ends_its_tokens_at_once() -> Te
     assert_eq!(claim_scope(&live)?, "users:read");
 
     // Deleted: its tokens die at once, it is gone, and nothing is accepted.
+    assert_eq!(
+        elsewhere(&w.server, &introspector, &live).await?,
+        (true, 200)
+    );
     w.delete(&id).await?;
     dead(&w.server, &live, "a token of a deleted policy").await?;
+    assert_eq!(
+        elsewhere(&w.server, &introspector, &live).await?,
+        (false, 401),
+        "introspected and verified after the deletion"
+    );
     assert!(policies(&w.server, &w.owner).await?.is_empty());
     invalid_grant(
         &w.exchange(Endpoint::Exchange, &w.github_token(|_| {})?)
