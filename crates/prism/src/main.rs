@@ -10,6 +10,7 @@ mod expiry;
 mod http;
 mod keyless;
 mod login;
+mod resource_servers;
 mod session;
 mod table;
 mod tenants;
@@ -304,6 +305,38 @@ enum Command {
         /// Id of the trust policy (see trust-policies:list)
         id: String,
     },
+    /// List your organization's resource servers (services that introspect access tokens)
+    /// [prism-auth addition]
+    #[command(name = "resource-servers:list")]
+    ResourceServersList {
+        #[command(flatten)]
+        table: TableFlags,
+    },
+    /// Register a resource server that may ask /oauth/introspect about your organization's
+    /// access tokens; prints {"client_id": ..., "client_secret": ...}, the secret once
+    /// [prism-auth addition]
+    #[command(name = "resource-servers:create")]
+    ResourceServersCreate {
+        /// Its name, unique in the organization
+        #[arg(short, long)]
+        name: String,
+        /// What it is
+        #[arg(short, long)]
+        description: Option<String>,
+    },
+    /// Give a resource server a new client secret (the old one stops working); prints its
+    /// credentials [prism-auth addition]
+    #[command(name = "resource-servers:rotate-secret")]
+    ResourceServersRotateSecret {
+        /// Its client id or name (see resource-servers:list)
+        id: String,
+    },
+    /// Delete a resource server; its client secret stops working [prism-auth addition]
+    #[command(name = "resource-servers:delete")]
+    ResourceServersDelete {
+        /// Its client id or name (see resource-servers:list)
+        id: String,
+    },
     /// List the profiles in the config file
     #[command(name = "profiles:list")]
     ProfilesList {
@@ -398,6 +431,12 @@ fn run(cli: Cli) -> error::Result<()> {
         Command::TrustPoliciesCreate { flags } => trust_policies::create(&ctx, &flags),
         Command::TrustPoliciesUpdate { flags } => trust_policies::update(&ctx, &flags),
         Command::TrustPoliciesDelete { id } => trust_policies::delete(&ctx, &id),
+        Command::ResourceServersList { table } => resource_servers::list(&ctx, &table),
+        Command::ResourceServersCreate { name, description } => {
+            resource_servers::create(&ctx, &name, description.as_deref())
+        }
+        Command::ResourceServersRotateSecret { id } => resource_servers::rotate_secret(&ctx, &id),
+        Command::ResourceServersDelete { id } => resource_servers::delete(&ctx, &id),
         Command::ProfilesList { table } => commands::profiles_list(&table),
         Command::ProfilesUse { name } => commands::profiles_use(&ctx, &name),
         Command::ProfilesDelete { name } => commands::profiles_delete(&ctx, &name),

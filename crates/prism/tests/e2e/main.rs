@@ -4,6 +4,7 @@ mod harness;
 mod keyless;
 mod login;
 mod modes;
+mod resource_servers;
 mod sessions;
 mod tenants;
 mod tokens;
