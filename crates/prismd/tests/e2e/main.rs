@@ -41,6 +41,7 @@ mod smtp;
 mod tls;
 mod token_expiry;
 mod upgrade;
+mod upgrade_common;
 mod upgrade_resource_servers;
 mod upgrade_tokens;
 mod upgrade_trust;

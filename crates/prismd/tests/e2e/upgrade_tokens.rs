@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::fixture_db::{DAY_SECS, Deployment, manifest, now_ms, public_id, role_name};
 use crate::harness::{Server, TestResult};
+use crate::upgrade_common::{ORGANIZATIONS, OrgRow, SessionPolicy, counts_kept};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -57,13 +58,7 @@ struct Organization {
     id: String,
     name: String,
     tenant_id: String,
-    session_policy: Policy,
-}
-
-#[derive(Deserialize, Clone, Copy, PartialEq, Debug)]
-struct Policy {
-    idle_expiry_secs: Option<i64>,
-    max_age_secs: Option<i64>,
+    session_policy: SessionPolicy,
 }
 
 #[derive(Deserialize)]
@@ -189,19 +184,7 @@ async fn upgrade(deployment: &Deployment, fixture: &Fixture) -> TestResult {
 /// session policies as they were, no organization scopes.
 async fn rows_kept(deployment: &Deployment, fixture: &Fixture) -> TestResult {
     // `_sqlx_migrations` gains 0010, checked below.
-    for (table, before) in fixture
-        .row_counts
-        .iter()
-        .filter(|(t, _)| *t != "_sqlx_migrations")
-    {
-        let now = deployment.count(table).await?;
-        assert_eq!(now, *before, "{table}: {now} rows, {before} before");
-    }
-    assert_eq!(
-        deployment.audit_actions().await?,
-        fixture.audit_actions,
-        "audit events by action"
-    );
+    counts_kept(deployment, &fixture.row_counts, &fixture.audit_actions).await?;
     for table in ["org_scopes", "scope_grants"] {
         assert_eq!(deployment.count(table).await?, 0, "{table}");
     }
@@ -230,10 +213,7 @@ async fn rows_kept(deployment: &Deployment, fixture: &Fixture) -> TestResult {
             org.id
         );
         assert_eq!(
-            Policy {
-                idle_expiry_secs: row.refresh_idle_expiry_secs,
-                max_age_secs: row.refresh_max_age_secs,
-            },
+            row.session_policy(),
             org.session_policy,
             "the session policy of {}",
             org.name
@@ -578,19 +558,6 @@ async fn access_token(server: &Server, token: &str) -> Res<String> {
 /// older than the idle expiry).
 const SHIFT_TIMES: &str = "UPDATE refresh_tokens SET created_at = created_at + $1, \
                            last_used_at = last_used_at + $1";
-
-const ORGANIZATIONS: &str = "SELECT id, name, tenant_id, refresh_idle_expiry_secs, \
-                             refresh_max_age_secs, max_token_lifetime_secs FROM organizations";
-
-#[derive(sqlx::FromRow)]
-struct OrgRow {
-    id: String,
-    name: String,
-    tenant_id: String,
-    refresh_idle_expiry_secs: Option<i64>,
-    refresh_max_age_secs: Option<i64>,
-    max_token_lifetime_secs: Option<i64>,
-}
 
 const USERS: &str = "SELECT u.id, o.tenant_id, u.email, u.name, u.role, u.removed_at, u.kind \
                      FROM users u JOIN organizations o ON o.id = u.org_id";
