@@ -1015,10 +1015,44 @@ async fn every_endpoint_survives_the_attack_battery() -> TestResult {
         )
         .await?;
     assert_eq!(status, 200, "{schema}");
-    let names = schema.to_string().to_lowercase();
-    for private in ["password", "hash", "secret", "private_key", "privatekey"] {
-        assert!(!names.contains(private), "introspection names {private}");
+    // Every type and field name. The only ones allowed to say "secret" are those of a
+    // resource server's client secret, which its mutations hand out once (as `createToken`
+    // hands out its token) and no query ever returns; never a hash.
+    let once_shown = [
+        "clientSecret",
+        "rotateResourceServerSecret",
+        "secretSetAt",
+        "ResourceServerSecretPayload",
+    ];
+    let mut names = Vec::new();
+    for schema_type in schema["data"]["__schema"]["types"]
+        .as_array()
+        .ok_or("no types")?
+    {
+        names.extend(schema_type["name"].as_str());
+        for field in schema_type["fields"].as_array().into_iter().flatten() {
+            names.extend(field["name"].as_str());
+        }
     }
+    assert!(names.len() > 50, "{schema}");
+    for name in names {
+        let lower = name.to_lowercase();
+        for private in ["password", "hash", "secret", "private_key", "privatekey"] {
+            assert!(
+                !lower.contains(private) || (private == "secret" && once_shown.contains(&name)),
+                "introspection names {name}"
+            );
+        }
+    }
+    // The one-time secret is no field of any query's type.
+    let resource_server = schema["data"]["__schema"]["types"]
+        .as_array()
+        .and_then(|types| types.iter().find(|t| t["name"] == "ResourceServer"))
+        .ok_or("no ResourceServer type")?;
+    assert!(
+        !resource_server.to_string().contains("clientSecret"),
+        "{resource_server}"
+    );
 
     // Still healthy, and nothing above revoked the real token.
     let health = server.http.get(server.url("/healthz")).send().await?;
