@@ -514,16 +514,23 @@ impl AuthService {
 
     /// Revokes every refresh token of the presented token's identity (its members in every
     /// organization), and with them every access token issued before now, in one durable
-    /// write. A token that is malformed, unknown or
-    /// already dead revokes nothing: otherwise a leaked, already-revoked token could be used to
-    /// kill its owner's new tokens again and again.
+    /// write. A token that is unknown or already dead revokes nothing (otherwise a leaked,
+    /// already-revoked token could be used to kill its owner's new tokens again and again);
+    /// one that is malformed is refused with [`DomainError::InvalidInput`].
     pub async fn revoke_all(
         &self,
         refresh_token: &str,
         meta: &RequestMeta,
     ) -> Result<RevokeOutcome, DomainError> {
-        if token_format::validate(SecretKind::RefreshToken, refresh_token).is_err() {
-            return Ok(RevokeOutcome::NothingToRevoke);
+        // A token that fails its own format (a shell quoting accident, a truncated copy) is
+        // refused rather than answered 200: whoever revokes a leaked token must learn that
+        // nothing was revoked. Only the format is judged, offline, so this tells nothing about
+        // which tokens exist; a well-formed unknown or revoked one still gets 200.
+        if let Err(reason) = token_format::validate(SecretKind::RefreshToken, refresh_token) {
+            return Err(DomainError::InvalidInput(format!(
+                "this is not a refresh token ({reason}), so nothing was revoked; copy it again \
+                 from 'prism me:token --type refresh' (prism_rt_ and 49 letters and digits)"
+            )));
         }
         let (address, user_agent) = (meta.address.clone(), meta.user_agent.clone());
         // Decided next to the write, from the grant as the writer reads it (see

@@ -378,8 +378,9 @@ async fn every_endpoint_survives_the_attack_battery() -> TestResult {
         cases.push(many);
     }
 
-    // Hostile token values in well-formed bodies. The revocation endpoints answer 200 to any
-    // token (RFC 7009) and must revoke nothing: the positive control at the end proves it.
+    // Hostile token values in well-formed bodies, all of them malformed: `/auth/revoke` says
+    // so (400) and `/oauth/revoke` answers 200 to any token (RFC 7009); both must revoke
+    // nothing, which the positive control at the end proves.
     for (name, token) in hostile_tokens(&refresh, &access) {
         let json_body = json!({ "refresh_token": token }).to_string();
         cases.push(
@@ -398,8 +399,8 @@ async fn every_endpoint_survives_the_attack_battery() -> TestResult {
                 &format!("/auth/revoke: {name}"),
                 Method::POST,
                 "/auth/revoke",
-                200,
-                Expect::Json,
+                400,
+                Expect::Error("invalid_request"),
             )
             .body(JSON, json_body)
             .secret(&token),

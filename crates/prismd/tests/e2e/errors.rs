@@ -244,14 +244,48 @@ async fn refresh_rejects_bad_bodies_and_bad_tokens() -> TestResult {
 }
 
 #[tokio::test]
-async fn revoke_answers_200_for_any_token_and_400_for_bad_bodies() -> TestResult {
+async fn revoke_answers_200_for_well_formed_tokens_and_400_for_malformed_ones() -> TestResult {
     let dir = temp_dir()?;
     let server = Server::start(dir.path())?;
     let token = user_with_token(dir.path(), "ci@example.com")?;
+    // Well-formed but unknown, or already revoked: 200 {} (RFC 7009; the official client
+    // ignores the body), revealing nothing about which tokens exist.
     let unknown = prism_proto::token_format::generate(prism_proto::SecretKind::RefreshToken)?;
-    for candidate in [unknown.as_str(), "garbage", ""] {
+    let revoked = user_with_token(dir.path(), "gone@example.com")?;
+    assert_eq!(server.revoke(&revoked).await?.0, 200);
+    for candidate in [unknown.as_str(), revoked.as_str()] {
         let (status, body) = server.revoke(candidate).await?;
-        assert_eq!(status, 200, "revoke of an invalid token: {body}");
+        assert_eq!((status, &body), (200, &json!({})), "a well-formed token");
+    }
+    // Malformed (a shell quoting accident, a truncated or mistyped copy, the access token):
+    // 400 saying it is not a refresh token, so nobody believes a revoke happened.
+    let mut mistyped = token.clone();
+    let last = mistyped.pop().ok_or("empty token")?;
+    mistyped.push(if last == 'A' { 'B' } else { 'A' });
+    let access = server.access_token(&token).await?;
+    for (case, candidate) in [
+        ("a mistyped checksum", mistyped.as_str()),
+        ("a truncated copy", &token[..token.len() - 1]),
+        ("a quote left in", &format!("'{token}")),
+        ("garbage", "garbage"),
+        ("empty", ""),
+        ("an access token", access.as_str()),
+    ] {
+        let (status, body) = server.revoke(candidate).await?;
+        assert_error(
+            case,
+            status,
+            &body.to_string(),
+            400,
+            "invalid_request",
+            &token[9..40],
+        );
+        assert!(
+            body["error_description"].as_str().is_some_and(
+                |d| d.contains("not a refresh token") && d.contains("nothing was revoked")
+            ),
+            "{case}: {body}"
+        );
     }
     for (case, content_type, body, want) in [
         (
