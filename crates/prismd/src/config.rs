@@ -75,6 +75,8 @@ pub struct ServeConfig {
     pub oidc: OidcSettings,
     /// What the identity headers of `/auth/verify` start with (`--forward-auth-header-prefix`).
     pub forward_auth_prefix: String,
+    /// Reverse proxies whose forwarded client addresses are believed (`--trusted-proxies`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl ServeConfig {
@@ -110,6 +112,7 @@ impl ServeConfig {
             mail: None,
             oidc: OidcSettings::default(),
             forward_auth_prefix: "X-Prism-".to_owned(),
+            trusted_proxies: Vec::new(),
         }
     }
 

@@ -181,6 +181,7 @@ pub async fn serve(
         logout_return_to: config.logout_return_to.clone(),
         limits: config.limits,
         forward_auth_prefix: config.forward_auth_prefix.clone(),
+        trusted_proxies: config.trusted_proxies.clone(),
     };
     let metrics = Arc::new(Metrics::new(store.clone()));
     let exposure = match metrics_listener {

@@ -309,9 +309,27 @@ struct ServeArgs {
     /// headers with this prefix from what clients send.
     #[arg(long, env = "PRISMD_FORWARD_AUTH_HEADER_PREFIX", default_value = "X-Prism-", value_parser = parse_header_prefix)]
     forward_auth_header_prefix: String,
+
+    /// Reverse proxies (CIDR blocks or addresses, comma-separated) whose `Forwarded` or
+    /// `X-Forwarded-For` header names the client, for the per-address limits and the audit
+    /// trail: the client is the nearest address in the chain that is not one of them. None by
+    /// default: without it those headers are ignored, since any client can send them.
+    #[arg(long, env = "PRISMD_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_proxy)]
+    trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// A header name prefix: letters, digits and `-`.
+/// A trusted proxy: a CIDR block (`10.0.0.0/8`, `fd00::/8`) or one address (`127.0.0.1`).
+fn parse_proxy(input: &str) -> Result<ipnet::IpNet, String> {
+    let input = input.trim();
+    input
+        .parse::<ipnet::IpNet>()
+        .or_else(|_| input.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| {
+            format!("{input:?} is neither an address nor a CIDR block (e.g. 10.0.0.0/8, ::1)")
+        })
+}
+
 fn parse_header_prefix(input: &str) -> Result<String, String> {
     if input.is_empty() || !input.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
         return Err("a header name prefix has letters, digits and '-' only, e.g. X-Prism-".into());
@@ -752,6 +770,7 @@ async fn run_server(
         mail,
         oidc: args.oidc.settings()?,
         forward_auth_prefix: args.forward_auth_header_prefix,
+        trusted_proxies: args.trusted_proxies,
         ..ServeConfig::new(data_dir)
     };
     // Handlers are installed before the listener opens, so a SIGTERM that arrives while the

@@ -152,7 +152,7 @@ impl LimitKey {
         let address = meta.address.as_deref().filter(|a| !a.is_empty())?;
         Some(Self {
             kind,
-            key: format!("{prefix}:{address}"),
+            key: format!("{prefix}:{}", address_group(address)),
         })
     }
 
@@ -272,9 +272,48 @@ pub fn wait_text(seconds: u64) -> String {
     }
 }
 
+/// What one client's addresses have in common: an IPv4 address itself, an IPv6 address's /64
+/// (one subscriber's network gets a whole /64 and picks addresses in it at will, so counting
+/// per address would give one client 2^64 fresh counters). Anything else as it is.
+pub fn address_group(address: &str) -> String {
+    match address
+        .parse::<std::net::IpAddr>()
+        .map(|a| a.to_canonical())
+    {
+        Ok(std::net::IpAddr::V6(v6)) => {
+            let [a, b, c, d, ..] = v6.segments();
+            format!("{a:x}:{b:x}:{c:x}:{d:x}::/64")
+        }
+        Ok(std::net::IpAddr::V4(v4)) => v4.to_string(),
+        Err(_) => address.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64() {
+        assert_eq!(address_group("2001:db8:1:2::a"), "2001:db8:1:2::/64");
+        assert_eq!(address_group("2001:db8:1:2:ffff::b"), "2001:db8:1:2::/64");
+        assert_ne!(
+            address_group("2001:db8:1:3::a"),
+            address_group("2001:db8:1:2::a")
+        );
+        assert_eq!(address_group("203.0.113.7"), "203.0.113.7");
+        assert_eq!(address_group("::ffff:203.0.113.7"), "203.0.113.7");
+        assert_eq!(address_group("not an address"), "not an address");
+        let meta = |address: &str| RequestMeta {
+            address: Some(address.to_owned()),
+            user_agent: None,
+        };
+        let key = |address: &str| {
+            LimitKey::address(LimitKind::RefreshAddress, &meta(address)).map(|k| k.key)
+        };
+        assert_eq!(key("2001:db8:1:2::a"), key("2001:db8:1:2::b"));
+        assert_ne!(key("2001:db8:1:2::a"), key("2001:db8:1:3::a"));
+    }
 
     #[test]
     fn locks_grow_and_are_capped() {

@@ -6,6 +6,7 @@ mod account_pages;
 mod api;
 mod auth;
 mod body;
+mod client_address;
 mod error;
 mod forward_auth;
 mod graphql;
@@ -77,6 +78,8 @@ pub struct WebSettings {
     pub limits: LimitSettings,
     /// What `/auth/verify`'s identity headers (and the required-scope header) start with.
     pub forward_auth_prefix: String,
+    /// Peers whose `Forwarded` / `X-Forwarded-For` name the client (`--trusted-proxies`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// What every handler can reach.
@@ -122,6 +125,9 @@ pub enum MetricsExposure {
 /// Builds the router with its middleware.
 pub fn router(state: AppState, request_timeout: Duration, metrics: MetricsExposure) -> Router {
     let recorder = state.metrics.clone();
+    let proxies = Arc::new(client_address::TrustedProxies(
+        state.web.trusted_proxies.clone(),
+    ));
     let routes = match metrics {
         MetricsExposure::Here => Router::new().route("/metrics", get(metrics::scrape)),
         MetricsExposure::Elsewhere => Router::new(),
@@ -170,6 +176,10 @@ pub fn router(state: AppState, request_timeout: Duration, metrics: MetricsExposu
         .method_not_allowed_fallback(oauth::method_not_allowed)
         .with_state(state)
         .layer(middleware::from_fn_with_state(request_timeout, deadline))
+        .layer(middleware::from_fn_with_state(
+            proxies,
+            client_address::resolve,
+        ))
         .layer(middleware::from_fn_with_state(recorder, access_log))
 }
 
@@ -207,10 +217,17 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientMeta {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        // As the middleware resolved it (a trusted proxy's forwarded client), else the peer.
         let address = parts
             .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip().to_string());
+            .get::<client_address::ClientAddress>()
+            .map(|client_address::ClientAddress(ip)| ip.to_string())
+            .or_else(|| {
+                parts
+                    .extensions
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|ConnectInfo(addr)| addr.ip().to_canonical().to_string())
+            });
         let user_agent = parts
             .headers
             .get(header::USER_AGENT)

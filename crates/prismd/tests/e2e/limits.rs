@@ -404,3 +404,115 @@ async fn device_page_and_browser_form_share_the_account_limit() -> TestResult {
     server.stop()?;
     Ok(())
 }
+
+/// `/auth/refresh` with `token` and the request headers `headers`: the status.
+async fn refresh_via(server: &Server, token: &str, headers: &[(&str, &str)]) -> Res<u16> {
+    let mut request = server
+        .http
+        .post(server.url("/auth/refresh"))
+        .json(&serde_json::json!({ "refresh_token": token }));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    Ok(request.send().await?.status().as_u16())
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_client_is_limited_apart_and_ipv6_by_its_64() -> TestResult {
+    let dir = temp_dir()?;
+    let server = start(
+        dir.path(),
+        &[
+            "--refresh-address-max-failures",
+            "3",
+            "--limit-lock",
+            "10m",
+            "--trusted-proxies",
+            "127.0.0.1/32,::1",
+        ],
+    )?;
+    let token = crate::harness::user_with_token(dir.path(), "ci@example.com")?;
+    let wrong = mistyped(&token);
+    let xff = |address: &'static str| [("x-forwarded-for", address)];
+
+    // One client behind the proxy trips its limit (its third failure is refused) ...
+    for _ in 0..2 {
+        assert_eq!(
+            refresh_via(&server, &wrong, &xff("203.0.113.7")).await?,
+            400
+        );
+    }
+    assert_eq!(
+        refresh_via(&server, &wrong, &xff("203.0.113.7")).await?,
+        429
+    );
+    // ... also when it puts another address further left, which only it wrote ...
+    assert_eq!(
+        refresh_via(&server, &wrong, &xff("198.51.100.1, 203.0.113.7")).await?,
+        429
+    );
+    // ... while another client behind the same proxy is not limited.
+    assert_eq!(
+        refresh_via(&server, &wrong, &xff("203.0.113.8")).await?,
+        400
+    );
+    assert_eq!(
+        refresh_via(&server, &token, &xff("203.0.113.8")).await?,
+        200
+    );
+
+    // IPv6 clients count by their /64 (RFC 7239's Forwarded or X-Forwarded-For alike).
+    let forwarded = [("forwarded", r#"for="[2001:db8:1:2::a]:4711";proto=https"#)];
+    for _ in 0..2 {
+        assert_eq!(refresh_via(&server, &wrong, &forwarded).await?, 400);
+    }
+    assert_eq!(
+        refresh_via(&server, &wrong, &xff("2001:db8:1:2:ffff::b")).await?,
+        429,
+        "another address of the same /64"
+    );
+    assert_eq!(
+        refresh_via(&server, &wrong, &xff("2001:db8:1:3::a")).await?,
+        400,
+        "another /64"
+    );
+
+    // The audit trail names the client the proxy saw, not the proxy: the address whose
+    // failure tripped the lock (for the /64, its third failure came from ::b).
+    let logs = server.stop()?;
+    assert!(!logs.contains(&token));
+    let audit = admin_ok(dir.path(), &["audit", "--action", "limit.tripped"])?;
+    assert!(audit.contains(r#""address":"203.0.113.7""#), "{audit}");
+    assert!(audit.contains(r#""address":"2001:db8:1:2:ffff::b""#), "{audit}");
+    assert!(!audit.contains("127.0.0.1"), "{audit}");
+    assert!(!audit.contains("198.51.100.1"), "{audit}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn forwarded_headers_are_ignored_without_trusted_proxies() -> TestResult {
+    let dir = temp_dir()?;
+    let server = start(
+        dir.path(),
+        &["--refresh-address-max-failures", "3", "--limit-lock", "10m"],
+    )?;
+    let token = crate::harness::user_with_token(dir.path(), "ci@example.com")?;
+    let wrong = mistyped(&token);
+    for address in ["203.0.113.7", "203.0.113.8"] {
+        let status = refresh_via(&server, &wrong, &[("x-forwarded-for", address)]).await?;
+        assert_eq!(status, 400, "{address}");
+    }
+    // Whatever address a header claims, it is the same client, the connection's: its third
+    // failure trips the limit.
+    for headers in [
+        [("x-forwarded-for", "203.0.113.9")],
+        [("forwarded", "for=203.0.113.10")],
+    ] {
+        assert_eq!(refresh_via(&server, &wrong, &headers).await?, 429);
+    }
+    server.stop()?;
+    let audit = admin_ok(dir.path(), &["audit", "--action", "limit.tripped"])?;
+    assert!(audit.contains("127.0.0.1"), "{audit}");
+    assert!(!audit.contains("203.0.113."), "{audit}");
+    Ok(())
+}
