@@ -396,11 +396,12 @@ async fn open(backend: &Backend) -> anyhow::Result<Arc<dyn Store>> {
 
 pub async fn users(
     backend: &Backend,
+    data_dir: &std::path::Path,
     tenant: Option<&str>,
     command: UsersCommand,
 ) -> anyhow::Result<()> {
     let store = open(backend).await?;
-    let result = run_users(store.as_ref(), tenant, command).await;
+    let result = run_users(store.as_ref(), data_dir, tenant, command).await;
     store.close().await;
     result
 }
@@ -597,6 +598,7 @@ async fn run_keys(store: &dyn Store, at_rest: &AtRest, command: KeysCommand) -> 
 
 async fn run_users(
     store: &dyn Store,
+    data_dir: &std::path::Path,
     tenant: Option<&str>,
     command: UsersCommand,
 ) -> anyhow::Result<()> {
@@ -657,10 +659,23 @@ async fn run_users(
         }
         UsersCommand::SetPassword { email } => {
             let user = accounts.find_user(&org, &email).await?;
+            // Whether this is the first Owner, still on the generated password: its file
+            // goes once the new one is set.
+            let generated =
+                prismd::first_start::file_password_matches(store, data_dir, &user.email)
+                    .await
+                    .unwrap_or(false);
             accounts
                 .set_password(&user, read_password()?, OPERATOR.into(), &meta)
                 .await?;
             eprintln!("Password set for {}.", user.email);
+            if generated {
+                prismd::first_start::remove_password_file(data_dir)?;
+                eprintln!(
+                    "Removed {}: it held the generated password, which no longer works.",
+                    data_dir.join(prismd::INITIAL_PASSWORD_FILE).display()
+                );
+            }
         }
     }
     Ok(())

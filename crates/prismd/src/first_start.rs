@@ -4,11 +4,18 @@
 //! The password is on disk (under a `.pending` name) before the Owner is committed, so no
 //! crash can leave an Owner whose password nobody has: a start that finds the organization and
 //! a pending file finishes the hand-over.
+//!
+//! Once the Owner has a password of their own, the file goes ([`retire_password_file`]): a
+//! plaintext password should not stay on disk for the life of the install.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use tokio::sync::watch;
 
 use crate::ServeError;
-use crate::domain::accounts::Accounts;
+use crate::domain::accounts::{Accounts, normalize_email};
 use crate::domain::{passwords, secrets};
 use crate::files::write_private;
 use crate::store::Store;
@@ -65,4 +72,124 @@ pub async fn ensure(
         created.owner_email,
     );
     Ok(())
+}
+
+/// How close to the password file's writing the Owner it belongs to was created: the first
+/// start writes the file, then commits the Owner, within moments.
+const FIRST_START_WINDOW_MS: i64 = 60_000;
+
+/// Whether the generated password in the file still signs in the identity `email` (false
+/// without a file, an identity or a password).
+pub async fn file_password_matches(
+    store: &dyn Store,
+    data_dir: &Path,
+    email: &str,
+) -> Result<bool, ServeError> {
+    Ok(match read_file(data_dir)? {
+        Some((password, _)) => matches(store, email, password).await?.unwrap_or(false),
+        None => false,
+    })
+}
+
+/// The password in the file and when the file was written; `None` without a file.
+fn read_file(data_dir: &Path) -> Result<Option<(String, i64)>, ServeError> {
+    let path = data_dir.join(INITIAL_PASSWORD_FILE);
+    let read = std::fs::read_to_string(&path).and_then(|text| {
+        let written = std::fs::metadata(&path)?.modified()?;
+        Ok((text, written))
+    });
+    match read {
+        Ok((text, written)) => {
+            let written_ms = written
+                .duration_since(UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                .unwrap_or(0);
+            Ok(Some((text.trim().to_owned(), written_ms)))
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Whether `password` signs in the identity `email`: `None` without such an identity or
+/// without a password, else its identity's creation time with the answer.
+async fn matches(
+    store: &dyn Store,
+    email: &str,
+    password: String,
+) -> Result<Option<bool>, ServeError> {
+    let Ok(email) = normalize_email(email) else {
+        return Ok(None);
+    };
+    let Some(credentials) = store.identity_by_email(&email).await? else {
+        return Ok(None);
+    };
+    let Some(hash) = credentials.password_hash else {
+        return Ok(None);
+    };
+    Ok(Some(passwords::verify(password, hash).await?))
+}
+
+/// Removes the password file, and says so in the log.
+pub fn remove_password_file(data_dir: &Path) -> Result<(), ServeError> {
+    let path = data_dir.join(INITIAL_PASSWORD_FILE);
+    std::fs::remove_file(&path)?;
+    tracing::info!(
+        password_file = %path.display(),
+        "the first Owner has set a password of their own: removed the file of the generated one"
+    );
+    Ok(())
+}
+
+/// Removes the password file once the first Owner (`owner_email`, created with the file) has
+/// a password of their own: the file's no longer signs them in. Anything it cannot tell (no
+/// file, no such identity, an identity made well after the file, no password) keeps the
+/// file. Returns whether it removed it.
+pub async fn retire_password_file(
+    store: &dyn Store,
+    data_dir: &Path,
+    owner_email: &str,
+) -> Result<bool, ServeError> {
+    let Some((password, written_ms)) = read_file(data_dir)? else {
+        return Ok(false);
+    };
+    let Ok(email) = normalize_email(owner_email) else {
+        return Ok(false);
+    };
+    let Some(credentials) = store.identity_by_email(&email).await? else {
+        return Ok(false);
+    };
+    if (credentials.identity.created_at - written_ms).abs() > FIRST_START_WINDOW_MS {
+        return Ok(false);
+    }
+    if matches(store, &email, password).await? != Some(false) {
+        return Ok(false);
+    }
+    remove_password_file(data_dir)?;
+    Ok(true)
+}
+
+/// [`retire_password_file`] every `interval` until the file is gone (or the server stops): an
+/// Owner may set their password on any replica, through the browser or a reset link.
+pub async fn retire_periodically(
+    store: Arc<dyn Store>,
+    data_dir: PathBuf,
+    owner_email: String,
+    interval: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        if !data_dir.join(INITIAL_PASSWORD_FILE).exists() {
+            return;
+        }
+        if let Err(err) = retire_password_file(store.as_ref(), &data_dir, &owner_email).await {
+            tracing::warn!(error = %err, "could not check the first Owner's password file");
+        }
+    }
 }

@@ -223,6 +223,14 @@ pub async fn serve(
             background_stopped.clone(),
         ))
     });
+    // The first Owner's generated password stays on disk only until they set their own.
+    let password_retirer = tokio::spawn(first_start::retire_periodically(
+        store.clone(),
+        config.data_dir.clone(),
+        config.owner_email.clone(),
+        config.cleanup_interval,
+        background_stopped.clone(),
+    ));
     let cleaner = tokio::spawn(domain::cleanup::run_periodically(
         store.clone(),
         config.cleanup_policy(),
@@ -294,6 +302,7 @@ pub async fn serve(
         let _ = key_rotator.await;
     }
     let _ = cleaner.await;
+    let _ = password_retirer.await;
     if let Some(notifier) = notifier {
         let _ = notifier.await;
     }

@@ -590,7 +590,7 @@ fn main() -> ExitCode {
             // Handled above.
             Command::Serve(_) | Command::Reference(_) | Command::MailTest(_) => Ok(()),
             Command::Users(command) => {
-                admin::users(&backend, cli.tenant_id.as_deref(), command).await
+                admin::users(&backend, &cli.data_dir, cli.tenant_id.as_deref(), command).await
             }
             Command::Tokens(command) => {
                 admin::tokens(&backend, cli.tenant_id.as_deref(), command).await

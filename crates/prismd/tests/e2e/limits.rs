@@ -483,7 +483,10 @@ async fn behind_a_trusted_proxy_each_client_is_limited_apart_and_ipv6_by_its_64(
     assert!(!logs.contains(&token));
     let audit = admin_ok(dir.path(), &["audit", "--action", "limit.tripped"])?;
     assert!(audit.contains(r#""address":"203.0.113.7""#), "{audit}");
-    assert!(audit.contains(r#""address":"2001:db8:1:2:ffff::b""#), "{audit}");
+    assert!(
+        audit.contains(r#""address":"2001:db8:1:2:ffff::b""#),
+        "{audit}"
+    );
     assert!(!audit.contains("127.0.0.1"), "{audit}");
     assert!(!audit.contains("198.51.100.1"), "{audit}");
     Ok(())

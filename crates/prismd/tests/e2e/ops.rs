@@ -60,6 +60,80 @@ async fn first_start_creates_an_owner_once_with_a_private_password() -> TestResu
     Ok(())
 }
 
+/// `prismd users set-password` for `email`, the password on stdin; its stderr.
+fn set_password(data: &std::path::Path, email: &str, password: &str) -> Res<String> {
+    let output = prismd_with_stdin(
+        data,
+        &["users", "set-password", "--email", email],
+        &format!("{password}\n"),
+    )?;
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    if !output.status.success() {
+        return Err(format!("set-password failed: {stderr}").into());
+    }
+    Ok(stderr)
+}
+
+#[tokio::test]
+async fn the_generated_password_file_goes_once_the_owner_has_their_own() -> TestResult {
+    // The operator sets the Owner's password: the file goes at once, and it says so. Another
+    // member's new password leaves it alone.
+    let dir = temp_dir()?;
+    let data = dir.path();
+    Server::start(data)?.stop()?;
+    let file = data.join(prismd::INITIAL_PASSWORD_FILE);
+    assert!(file.exists());
+    user_with_token(data, "bob@example.com")?;
+    let said = set_password(data, "bob@example.com", "bob's own passphrase")?;
+    assert!(!said.contains("Removed"), "{said}");
+    assert!(
+        file.exists(),
+        "another member's password took the Owner's file"
+    );
+    let said = set_password(data, "owner@localhost", "the owner's own passphrase")?;
+    assert!(
+        said.contains("Removed") && said.contains("no longer works"),
+        "{said}"
+    );
+    assert!(!file.exists());
+
+    // Set some other way (here: while the file was elsewhere, as when another replica's
+    // browser page set it): the server finds out at its start, and says so in its log.
+    let dir = temp_dir()?;
+    let data = dir.path();
+    Server::start(data)?.stop()?;
+    let file = data.join(prismd::INITIAL_PASSWORD_FILE);
+    let aside = data.join("aside");
+    std::fs::rename(&file, &aside)?;
+    set_password(data, "owner@localhost", "set elsewhere, long enough")?;
+    std::fs::rename(&aside, &file)?;
+    let server = Server::start_with(
+        data,
+        Options {
+            args: vec!["--cleanup-interval".into(), "1s".into()],
+            ..Options::default()
+        },
+    )?;
+    let deadline = std::time::Instant::now() + crate::harness::CHANGE_REACH_BOUND;
+    while file.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let logs = server.stop()?;
+    assert!(
+        !file.exists(),
+        "the server kept a password file that no longer works"
+    );
+    assert!(
+        logs.contains("the first Owner has set a password of their own"),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains("set elsewhere"),
+        "a password reached the log"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn health_metadata_and_jwks() -> TestResult {
     let dir = temp_dir()?;
