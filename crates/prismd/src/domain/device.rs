@@ -9,7 +9,7 @@ use super::auth::AuthService;
 use super::clients::{self, CLI_CLIENT_ID, DEFAULT_SCOPE};
 use super::sessions::SessionOrigin;
 use super::{DomainError, GrantError, RequestMeta, now_ms, secrets};
-use crate::store::{NewDeviceCode, StoreError, User};
+use crate::store::{AuditEvent, NewDeviceCode, StoreError, User};
 use crate::tokens::hash_secret;
 
 /// How long a device code can be approved and polled.
@@ -201,18 +201,46 @@ impl AuthService {
 
     /// Approves (for `user`) or denies the pending device code with this user code. Returns
     /// false when no pending code matches.
+    /// `member` (signed in as `identity_id`, by password or an existing browser session)
+    /// approves or denies the device code, audited as `device.approved` / `device.denied`
+    /// about the member, in the same commit. False for a code that is not pending.
     pub async fn decide_device_code(
         &self,
         user_code: &str,
-        approve_for: Option<&User>,
+        member: &User,
+        identity_id: &str,
+        approve: bool,
+        by_session: bool,
+        meta: &RequestMeta,
     ) -> Result<bool, DomainError> {
         let Some(code) = normalize_user_code(user_code) else {
             return Ok(false);
         };
-        let user_id = approve_for.map(|u| u.id.as_str());
+        let at = now_ms();
+        let audit = AuditEvent {
+            at,
+            action: if approve {
+                "device.approved"
+            } else {
+                "device.denied"
+            },
+            actor: format!("identity:{identity_id}"),
+            org_id: Some(member.org_id.clone()),
+            subject_user_id: Some(member.id.clone()),
+            address: meta.address.clone(),
+            user_agent: meta.user_agent.clone(),
+            detail: Some(
+                serde_json::json!({
+                    "identity": identity_id,
+                    "signed_in_by": if by_session { "browser_session" } else { "password" },
+                })
+                .to_string(),
+            ),
+        };
+        let user_id = approve.then_some(member.id.as_str());
         Ok(self
             .store()
-            .decide_device_code(&hash_secret(&code), user_id, now_ms())
+            .decide_device_code(&hash_secret(&code), user_id, at, audit)
             .await?)
     }
 }

@@ -402,12 +402,32 @@ impl AuthService {
             .await?)
     }
 
-    /// Ends a browser session.
-    pub async fn end_browser_session(&self, cookie: &str) -> Result<(), DomainError> {
-        Ok(self
-            .store()
-            .delete_browser_session(&hash_secret(cookie))
-            .await?)
+    /// Ends a browser session, audited as `logout` (actor and detail: its identity; `reason`:
+    /// `logout` or `switch`) when there was one.
+    pub async fn end_browser_session(
+        &self,
+        cookie: &str,
+        reason: &'static str,
+        meta: &RequestMeta,
+    ) -> Result<(), DomainError> {
+        let Some(session) = self.browser_session(cookie).await? else {
+            return Ok(());
+        };
+        let identity = &session.identity.id;
+        let audit = AuditEvent {
+            at: now_ms(),
+            action: "logout",
+            actor: format!("identity:{identity}"),
+            org_id: None,
+            subject_user_id: None,
+            address: meta.address.clone(),
+            user_agent: meta.user_agent.clone(),
+            detail: Some(serde_json::json!({ "identity": identity, "reason": reason }).to_string()),
+        };
+        self.store()
+            .delete_browser_session(&hash_secret(cookie), audit)
+            .await?;
+        Ok(())
     }
 }
 

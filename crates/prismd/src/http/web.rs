@@ -708,7 +708,10 @@ pub async fn login(
         }
         Some("switch") => {
             if let Some(session) = session {
-                let _ = state.auth.end_browser_session(session).await;
+                let _ = state
+                    .auth
+                    .end_browser_session(session, "switch", &meta)
+                    .await;
             }
             let mut response = login_page(&form.params, &form.csrf, "", None);
             set_cookie(
@@ -836,11 +839,15 @@ pub struct LogoutParams {
 /// `GET /logout`: ends the browser session; redirects only to an allowed `returnTo`.
 pub async fn logout(
     State(state): State<AppState>,
+    ClientMeta(meta): ClientMeta,
     headers: HeaderMap,
     Query(params): Query<LogoutParams>,
 ) -> Response {
     if let Some(session) = our_cookie(&headers, SESSION_COOKIE, state.web.secure_cookies)
-        && let Err(err) = state.auth.end_browser_session(session).await
+        && let Err(err) = state
+            .auth
+            .end_browser_session(session, "logout", &meta)
+            .await
     {
         tracing::warn!(error = %err, "could not end a browser session");
     }
@@ -982,7 +989,9 @@ pub async fn decide_device(
     if let Some(refused) = login_locked(&state, &device_keys).await {
         return refused;
     }
-    let session = match signed_in(&state, &headers).await {
+    let by_session = signed_in(&state, &headers).await;
+    let signed_in_by_session = by_session.is_some();
+    let session = match by_session {
         Some(session) => session,
         None => {
             let identity = match sign_in_with_password(
@@ -1023,7 +1032,14 @@ pub async fn decide_device(
     let approve = form.action == "approve";
     match state
         .auth
-        .decide_device_code(&form.user_code, approve.then_some(&user))
+        .decide_device_code(
+            &form.user_code,
+            &user,
+            &session.identity.id,
+            approve,
+            signed_in_by_session,
+            &meta,
+        )
         .await
     {
         Ok(true) if approve => page(

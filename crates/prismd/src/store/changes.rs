@@ -10,9 +10,14 @@ use super::AuditEvent;
 /// replica.
 /// An identity's password changes no token's standing either (it ends browser sessions, which
 /// no cache holds), and a reset request can be made by anyone.
-pub const INFORMATIONAL_ACTIONS: [&str; 8] = [
+pub const INFORMATIONAL_ACTIONS: [&str; 11] = [
     "login.succeeded",
     "login.failed",
+    // A browser session ended, a device code decided: no token's standing changes (the
+    // tokens a device gets are audited when they are minted).
+    "logout",
+    "device.approved",
+    "device.denied",
     "limit.tripped",
     "identity.password_set",
     "identity.password_changed",

@@ -242,12 +242,14 @@ pub trait SignInStore: Send + Sync + 'static {
     ) -> Result<Option<DeviceCode>, StoreError>;
 
     /// Moves a pending, unexpired device code (found by its user code) to `approved` (with
-    /// the user) or `denied`. Returns false when there is no such pending code.
+    /// the user) or `denied`, with `audit` in the same commit. Returns false (and writes no
+    /// audit row) when there is no such pending code.
     async fn decide_device_code(
         &self,
         user_code_hash: &[u8; 32],
         approve_for: Option<&str>,
         at: i64,
+        audit: AuditEvent,
     ) -> Result<bool, StoreError>;
 
     /// Moves an approved device code to `redeemed`; false if it was not approved (any more).
@@ -276,8 +278,13 @@ pub trait SignInStore: Send + Sync + 'static {
         now: i64,
     ) -> Result<Option<BrowserSession>, StoreError>;
 
-    /// Ends a browser session.
-    async fn delete_browser_session(&self, id_hash: &[u8; 32]) -> Result<(), StoreError>;
+    /// Ends a browser session, with `audit` in the same commit; false (no audit row) when there
+    /// was none.
+    async fn delete_browser_session(
+        &self,
+        id_hash: &[u8; 32],
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError>;
 }
 
 /// Refresh tokens (sessions), the grants and principals behind tokens, and revocation. Every method is a single short transaction.

@@ -332,3 +332,140 @@ async fn guessing_user_codes_is_rate_limited() -> TestResult {
     assert_eq!(status, 429);
     Ok(())
 }
+
+/// The person's side with a browser session (`prism_session=...`): no password typed.
+async fn decide_signed_in(
+    server: &Server,
+    http: &reqwest::Client,
+    user_code: &str,
+    session: &str,
+    action: &str,
+) -> Result<(u16, String), Box<dyn std::error::Error>> {
+    let page = http
+        .get(server.url("/device"))
+        .query(&[("user_code", user_code)])
+        .header("cookie", session)
+        .send()
+        .await?;
+    assert_eq!(page.status().as_u16(), 200);
+    let csrf_cookie = page
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("prism_device_csrf="))
+        .and_then(|c| c.split(';').next())
+        .ok_or("no CSRF cookie")?
+        .to_owned();
+    let html = page.text().await?;
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .ok_or("no csrf")?
+        .to_owned();
+    let response = http
+        .post(server.url("/device"))
+        .header("cookie", format!("{csrf_cookie}; {session}"))
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("user_code", user_code),
+            ("email", ""),
+            ("password", ""),
+            ("action", action),
+        ])
+        .send()
+        .await?;
+    Ok((response.status().as_u16(), response.text().await?))
+}
+
+/// The audit rows of `action`, as `prismd audit` prints them.
+fn audited(dir: &std::path::Path, action: &str) -> Result<Vec<Value>, Box<dyn std::error::Error>> {
+    let printed = crate::harness::admin_ok(dir, &["audit", "--action", action])?;
+    printed
+        .lines()
+        .map(|line| Ok(serde_json::from_str(line)?))
+        .collect()
+}
+
+#[tokio::test]
+async fn device_decisions_and_logouts_are_audited_also_through_a_browser_session() -> TestResult {
+    let dir = temp_dir()?;
+    let server = Server::start(dir.path())?;
+    user(dir.path())?;
+    let http = http()?;
+    let signed_in =
+        crate::harness::browser_sign_in(&server, "dev@example.com", PASSWORD, "device-e2e/1")
+            .await?;
+    let session = format!(
+        "prism_session={}",
+        signed_in
+            .cookie("prism_session")
+            .ok_or("no session cookie")?
+    );
+
+    // Approved with the browser session (no password typed), then by password, then denied.
+    let first = start(&server, &http).await?;
+    let code = first["user_code"].as_str().ok_or("user_code")?;
+    let (status, page) = decide_signed_in(&server, &http, code, &session, "approve").await?;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Device signed in"), "{page}");
+    let second = start(&server, &http).await?;
+    let code = second["user_code"].as_str().ok_or("user_code")?;
+    let (status, page) =
+        decide(&server, &http, code, "dev@example.com", PASSWORD, "approve").await?;
+    assert!(status == 200 && page.contains("Device signed in"), "{page}");
+    let third = start(&server, &http).await?;
+    let code = third["user_code"].as_str().ok_or("user_code")?;
+    let (status, page) = decide_signed_in(&server, &http, code, &session, "deny").await?;
+    assert!(status == 200 && page.contains("Sign-in denied"), "{page}");
+    // An unknown code decides nothing and audits nothing.
+    let (_, page) = decide_signed_in(&server, &http, "BCDF-GHJK", &session, "approve").await?;
+    assert!(page.contains("not valid"), "{page}");
+
+    let approved = audited(dir.path(), "device.approved")?;
+    let ways: Vec<&str> = approved
+        .iter()
+        .filter_map(|row| row["detail"]["signed_in_by"].as_str())
+        .collect();
+    assert_eq!(
+        ways,
+        ["password", "browser_session"],
+        "newest first: {approved:?}"
+    );
+    assert!(
+        approved.iter().all(|row| row["actor"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("identity:"))
+            && row["subjectUserId"].is_string()
+            && row["orgId"].is_string()),
+        "{approved:?}"
+    );
+    let denied = audited(dir.path(), "device.denied")?;
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert_eq!(denied[0]["detail"]["signed_in_by"], "browser_session");
+
+    // Logout ends the session, audited; a logout without one audits nothing.
+    for cookie in [Some(session.as_str()), None, Some(session.as_str())] {
+        let mut request = http.get(server.url("/logout"));
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        assert_eq!(request.send().await?.status().as_u16(), 200);
+    }
+    let logouts = audited(dir.path(), "logout")?;
+    assert_eq!(logouts.len(), 1, "{logouts:?}");
+    assert_eq!(logouts[0]["detail"]["reason"], "logout");
+    assert!(
+        logouts[0]["actor"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("identity:"))
+    );
+    // The session is gone: deciding with it now asks for a password.
+    let fourth = start(&server, &http).await?;
+    let code = fourth["user_code"].as_str().ok_or("user_code")?;
+    let (_, page) = decide_signed_in(&server, &http, code, &session, "approve").await?;
+    assert!(!page.contains("Device signed in"), "{page}");
+    server.stop()?;
+    Ok(())
+}

@@ -164,9 +164,26 @@ pub(super) async fn browser_sessions(db: Db) -> TestResult {
         None,
         "unknown"
     );
-    store.delete_browser_session(&hash(1)).await?;
+    let logouts = || {
+        db.count_bind(
+            "SELECT COUNT(*) FROM audit_events WHERE action = $1",
+            "logout",
+        )
+    };
+    assert!(
+        store
+            .delete_browser_session(&hash(1), audit("logout", T0 + 1))
+            .await?
+    );
     assert_eq!(store.browser_session(&hash(1), T0 + 1).await?, None);
-    store.delete_browser_session(&hash(1)).await?;
+    assert_eq!(logouts().await?, 1, "audited with the deletion");
+    assert!(
+        !store
+            .delete_browser_session(&hash(1), audit("logout", T0 + 2))
+            .await?,
+        "ended once"
+    );
+    assert_eq!(logouts().await?, 1, "nothing ended, nothing audited");
     // A new password ends every browser session of that identity, and only its.
     let guest = add_user(store, &org, "g@example.com", "guest", T0).await?;
     let guests = identity_of(&guest)?;
@@ -387,12 +404,35 @@ pub(super) async fn device_codes(db: Db) -> TestResult {
     );
     assert!(
         store
-            .decide_device_code(&user_code, Some(&owner.id), T0 + 8)
+            .decide_device_code(
+                &user_code,
+                Some(&owner.id),
+                T0 + 8,
+                audit("device.approved", T0 + 8)
+            )
             .await?
     );
     assert!(
-        !store.decide_device_code(&user_code, None, T0 + 9).await?,
+        !store
+            .decide_device_code(&user_code, None, T0 + 9, audit("device.denied", T0 + 9))
+            .await?,
         "decided once"
+    );
+    let decisions = |action: &'static str| {
+        db.count_bind(
+            "SELECT COUNT(*) FROM audit_events WHERE action = $1",
+            action,
+        )
+    };
+    assert_eq!(
+        decisions("device.approved").await?,
+        1,
+        "audited with the decision"
+    );
+    assert_eq!(
+        decisions("device.denied").await?,
+        0,
+        "a refused decision is not audited"
     );
     let approved = store
         .poll_device_code(&hash(1), T0 + 10)
@@ -407,7 +447,12 @@ pub(super) async fn device_codes(db: Db) -> TestResult {
     store.insert_device_code(device_code(3)).await?;
     assert!(
         store
-            .decide_device_code(&device_code(3).user_code_hash, None, T0 + 1)
+            .decide_device_code(
+                &device_code(3).user_code_hash,
+                None,
+                T0 + 1,
+                audit("device.denied", T0 + 1)
+            )
             .await?
     );
     assert_eq!(
@@ -425,7 +470,8 @@ pub(super) async fn device_codes(db: Db) -> TestResult {
             .decide_device_code(
                 &device_code(4).user_code_hash,
                 Some(&owner.id),
-                T0 + 600_000
+                T0 + 600_000,
+                audit("device.approved", T0 + 600_000)
             )
             .await?
     );
@@ -439,9 +485,13 @@ pub(super) async fn device_code_redeem_races(db: Db) -> TestResult {
         db.store.insert_device_code(device_code(seed)).await?;
         let user_code = device_code(seed).user_code_hash;
         let (a, b) = tokio::join!(
-            db.store
-                .decide_device_code(&user_code, Some(&owner.id), T0 + 1),
-            other.decide_device_code(&user_code, None, T0 + 1),
+            db.store.decide_device_code(
+                &user_code,
+                Some(&owner.id),
+                T0 + 1,
+                audit("device.approved", T0 + 1)
+            ),
+            other.decide_device_code(&user_code, None, T0 + 1, audit("device.denied", T0 + 1)),
         );
         assert_eq!(u8::from(a?) + u8::from(b?), 1, "decided exactly once");
         let device = hash(seed);

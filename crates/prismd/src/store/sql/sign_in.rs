@@ -154,6 +154,7 @@ impl<D: Dialect> SignInStore for SqlStore<D> {
         user_code_hash: &[u8; 32],
         approve_for: Option<&str>,
         at: i64,
+        audit: AuditEvent,
     ) -> Result<bool, StoreError> {
         let mut tx = self.write().await?;
         let status = if approve_for.is_some() {
@@ -171,7 +172,11 @@ impl<D: Dialect> SignInStore for SqlStore<D> {
         .bind(at)
         .execute(&mut tx)
         .await?;
-        tx.commit_unaudited(Unaudited::DeviceCode).await?;
+        if done == 1 {
+            tx.commit_audited(&audit).await?;
+        } else {
+            tx.commit_unaudited(Unaudited::DeviceCode).await?;
+        }
         Ok(done == 1)
     }
 
@@ -243,14 +248,22 @@ impl<D: Dialect> SignInStore for SqlStore<D> {
         }))
     }
 
-    async fn delete_browser_session(&self, id_hash: &[u8; 32]) -> Result<(), StoreError> {
+    async fn delete_browser_session(
+        &self,
+        id_hash: &[u8; 32],
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.write().await?;
-        query("DELETE FROM browser_sessions WHERE id_hash = $1")
+        let deleted = query("DELETE FROM browser_sessions WHERE id_hash = $1")
             .bind(&id_hash[..])
             .execute(&mut tx)
             .await?;
-        tx.commit_unaudited(Unaudited::BrowserSession).await?;
-        Ok(())
+        if deleted == 1 {
+            tx.commit_audited(&audit).await?;
+        } else {
+            tx.commit_unaudited(Unaudited::BrowserSession).await?;
+        }
+        Ok(deleted == 1)
     }
 }
 
