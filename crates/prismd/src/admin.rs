@@ -297,6 +297,15 @@ pub enum KeysCommand {
     /// encrypted keys it needs the same PRISMD_KEY_ENCRYPTION_KEY(_FILE) as the server, and
     /// refuses without it. Prints the new kid; audited as `keys.rotated`.
     Rotate,
+    /// Revoke a signing key whose private key leaked: it is deleted, and every access token it
+    /// signed is refused at once on every replica (they hear of it through the change feed);
+    /// the active key is rotated out first. Refresh tokens keep working and get access tokens
+    /// signed with the new key. Needs the same PRISMD_KEY_ENCRYPTION_KEY(_FILE) as the server
+    /// when it rotates. Audited as `keys.revoked`.
+    Revoke {
+        /// The key's id (`prismd keys list`).
+        kid: String,
+    },
     /// Re-seal every private signing key with a new key encryption key, given in
     /// PRISMD_NEW_KEY_ENCRYPTION_KEY or a file (--new-key-encryption-key-file); the current one
     /// comes from PRISMD_KEY_ENCRYPTION_KEY(_FILE) (none if the keys are stored plain). Stop
@@ -536,6 +545,18 @@ async fn run_keys(store: &dyn Store, at_rest: &AtRest, command: KeysCommand) -> 
             for kid in rotation.retired {
                 eprintln!("Retired {kid}; it verifies the tokens it signed until they expire.");
             }
+        }
+        KeysCommand::Revoke { kid } => {
+            let revocation =
+                keyring::revoke(store, at_rest, OPERATOR.into(), now_ms(), &kid).await?;
+            if let Some(new) = &revocation.rotated_to {
+                eprintln!("{kid} was the active key: {new} signs new tokens now.");
+            }
+            eprintln!(
+                "Revoked {kid}: every token it signed is refused as soon as each server hears of \
+                 it (at once through the change feed); refresh tokens keep working and get new \
+                 access tokens."
+            );
         }
         KeysCommand::Rewrap {
             new_key_encryption_key_file,

@@ -609,6 +609,15 @@ pub trait KeyStore: Send + Sync + 'static {
         active_created_before: i64,
     ) -> Result<Option<Vec<String>>, StoreError>;
 
+    /// Deletes the retired signing key `kid` with `audit`, under the signing-key lock: every
+    /// token it signed stops verifying once a process reloads its keys (the change feed makes
+    /// each one do so). Refused without deleting when the key is the active one, or unknown.
+    async fn delete_retired_signing_key(
+        &self,
+        kid: &str,
+        audit: AuditEvent,
+    ) -> Result<KeyDeletion, StoreError>;
+
     /// Replaces the stored private key of each named signing key whose row still holds
     /// `previous`, with `audit`, in one transaction (under the signing-key lock). Returns the
     /// kids it replaced; when none, nothing is written, not even the audit event.

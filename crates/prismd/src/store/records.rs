@@ -504,6 +504,17 @@ pub struct SigningKeyRecord {
     pub retired_at: Option<i64>,
 }
 
+/// What [`KeyStore::delete_retired_signing_key`] did.
+///
+/// [`KeyStore::delete_retired_signing_key`]: crate::store::KeyStore::delete_retired_signing_key
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyDeletion {
+    Deleted,
+    /// The key signs new tokens: rotate first.
+    Active,
+    NotFound,
+}
+
 // By hand, so that no log line or error that prints a record can show its private key.
 impl std::fmt::Debug for SigningKeyRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

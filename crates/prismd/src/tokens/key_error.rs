@@ -22,6 +22,10 @@ pub enum KeyError {
     Randomness,
     #[error("no active signing key after creating one")]
     NoActiveKey,
+    #[error("there is no signing key {0}; `prismd keys list` shows them")]
+    NoSuchKey(String),
+    #[error("signing key {0} signs new tokens; rotate it out first (`prismd keys rotate`)")]
+    StillActive(String),
     /// The KEK's text is unusable; the message never contains it. `variable` names where it
     /// came from.
     #[error(

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::at_rest::{AtRest, is_sealed};
 use super::key_error::KeyError;
-use crate::store::{AuditEvent, PrivateKeyReplacement, SigningKeyRecord, Store};
+use crate::store::{AuditEvent, KeyDeletion, PrivateKeyReplacement, SigningKeyRecord, Store};
 
 /// The JOSE name of the only algorithm we sign and accept.
 pub const ALGORITHM: &str = "EdDSA";
@@ -232,6 +232,55 @@ pub async fn rotate(
         .rotate_signing_key(key, rotated_event(actor, &kid, now_ms))
         .await?;
     Ok(Rotation { kid, retired })
+}
+
+/// Audit action of a revoked signing key.
+pub const REVOKED_ACTION: &str = "keys.revoked";
+
+/// What [`revoke`] did.
+#[derive(Debug)]
+pub struct Revocation {
+    /// The key that signed new tokens instead, when the revoked one was the active key.
+    pub rotated_to: Option<String>,
+}
+
+/// Revokes the signing key `kid` (after a leak of its private key): it is deleted, so every
+/// token it signed is refused as soon as each process reloads its keys, which the change feed
+/// makes them do at once (audited as `keys.revoked`, about no one user, which also drops every
+/// cached standing). The active key is rotated out first. Refresh tokens are untouched: their
+/// holders get new access tokens, signed with the new key.
+pub async fn revoke(
+    store: &dyn Store,
+    at_rest: &AtRest,
+    actor: String,
+    now_ms: i64,
+    kid: &str,
+) -> Result<Revocation, KeyError> {
+    let records = store.signing_keys().await?;
+    let Some(record) = records.iter().find(|record| record.kid == kid) else {
+        return Err(KeyError::NoSuchKey(kid.to_owned()));
+    };
+    let rotated_to = if record.retired_at.is_none() {
+        Some(rotate(store, at_rest, actor.clone(), now_ms).await?.kid)
+    } else {
+        None
+    };
+    let audit = AuditEvent {
+        at: now_ms,
+        action: REVOKED_ACTION,
+        actor,
+        org_id: None,
+        subject_user_id: None,
+        address: None,
+        user_agent: None,
+        detail: Some(serde_json::json!({ "kid": kid, "rotated_to": rotated_to }).to_string()),
+    };
+    match store.delete_retired_signing_key(kid, audit).await? {
+        KeyDeletion::Deleted => Ok(Revocation { rotated_to }),
+        KeyDeletion::NotFound => Err(KeyError::NoSuchKey(kid.to_owned())),
+        // Only new keys become active, so after the rotation above this cannot happen: a guard.
+        KeyDeletion::Active => Err(KeyError::StillActive(kid.to_owned())),
+    }
 }
 
 /// Actor of automatic rotations in the audit log.

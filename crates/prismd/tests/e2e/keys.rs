@@ -1,7 +1,7 @@
 //! Signing-key rotation end to end: `prismd keys rotate` and `keys list`, running servers
 //! picking up a rotation (periodically, and at once for a token signed with a key they do not
-//! know yet), retired keys verifying until their last token has expired, and a failed reload
-//! that keeps the current keys.
+//! know yet), retired keys verifying until their last token has expired, a failed reload
+//! that keeps the current keys, and `prismd keys revoke` refusing a leaked key's tokens at once.
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
 
 use crate::harness::{
-    CHANGE_REACH_BOUND, Options, Server, TestResult, admin_ok, temp_dir, user_with_token,
+    CHANGE_REACH_BOUND, Options, Server, TestResult, admin_ok, prismd, temp_dir, user_with_token,
 };
 use crate::postgres::FreshDatabase;
 
@@ -327,5 +327,83 @@ async fn replicas_pick_up_a_rotation(url: &str) -> TestResult {
         let logs = server.stop()?;
         assert!(!logs.contains("ERROR"), "{logs}");
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_revoked_key_is_refused_at_once_and_its_holders_refresh_onto_the_new_one() -> TestResult {
+    let dir = temp_dir()?;
+    let data = dir.path();
+    let server = Server::start(data)?;
+    let refresh = user_with_token(data, "ada@example.com")?;
+    let leaked = server.access_token(&refresh).await?;
+    let leaked_kid = kid_of(&leaked)?;
+    assert_eq!(server.whoami(&leaked).await?, Ok("ada@example.com".into()));
+
+    // Revoking the active key rotates it out first, in the same command.
+    let output = prismd(data, &["keys", "revoke", &leaked_kid])?;
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{said}");
+    assert!(
+        said.contains("was the active key") && said.contains("Revoked"),
+        "{said}"
+    );
+    // Another process revoked it: the server hears of it through the change feed.
+    let deadline = Instant::now() + CHANGE_REACH_BOUND;
+    while server.whoami(&leaked).await? != Err(401) {
+        assert!(Instant::now() < deadline, "the revoked key still verifies");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let verify = server
+        .http
+        .get(server.url("/auth/verify"))
+        .bearer_auth(&leaked)
+        .send()
+        .await?;
+    assert_eq!(verify.status().as_u16(), 401, "forward auth too");
+    assert!(!jwks_kids(&server).await?.contains(&leaked_kid));
+    // The refresh token still works, and its new access token is signed with the new key.
+    let fresh = server.access_token(&refresh).await?;
+    let new_kid = kid_of(&fresh)?;
+    assert_ne!(new_kid, leaked_kid);
+    assert_eq!(server.whoami(&fresh).await?, Ok("ada@example.com".into()));
+    assert_eq!(jwks_kids(&server).await?, vec![new_kid.clone()]);
+
+    // A retired key is revoked without a rotation; an unknown one is an error.
+    let rotated = admin_ok(data, &["keys", "rotate"])?;
+    let deadline = Instant::now() + CHANGE_REACH_BOUND;
+    while kid_of(&server.access_token(&refresh).await?)? != rotated {
+        assert!(Instant::now() < deadline, "the rotation did not arrive");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(server.whoami(&fresh).await?, Ok("ada@example.com".into()));
+    let output = prismd(data, &["keys", "revoke", &new_kid])?;
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && !said.contains("was the active key"),
+        "{said}"
+    );
+    let deadline = Instant::now() + CHANGE_REACH_BOUND;
+    while server.whoami(&fresh).await? != Err(401) {
+        assert!(
+            Instant::now() < deadline,
+            "the revoked retired key still verifies"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let output = prismd(data, &["keys", "revoke", &new_kid])?;
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("there is no signing key"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let audit = admin_ok(data, &["audit", "--action", "keys.revoked"])?;
+    assert_eq!(audit.lines().count(), 2, "{audit}");
+    assert!(
+        audit.contains(&leaked_kid) && audit.contains(&new_kid),
+        "{audit}"
+    );
+    server.stop()?;
     Ok(())
 }

@@ -315,3 +315,50 @@ pub(super) async fn private_key_replacement(db: Db) -> TestResult {
     assert_eq!(recent_events(store, 10).await?.len(), events_before + 1);
     Ok(())
 }
+
+pub(super) async fn signing_key_revocation(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    store
+        .insert_signing_key_if_none_active(signing_key("k1", T0))
+        .await?;
+    store
+        .rotate_signing_key(signing_key("k2", T0 + 10), audit("keys.rotated", T0 + 10))
+        .await?;
+    // The active key and an unknown one are refused, and nothing is written.
+    assert_eq!(
+        store
+            .delete_retired_signing_key("k2", audit("keys.revoked", T0 + 20))
+            .await?,
+        KeyDeletion::Active
+    );
+    assert_eq!(
+        store
+            .delete_retired_signing_key("k9", audit("keys.revoked", T0 + 20))
+            .await?,
+        KeyDeletion::NotFound
+    );
+    assert_eq!(recent_events(store, 1).await?[0].action, "keys.rotated");
+    // A retired key goes, audited in the same commit.
+    assert_eq!(
+        store
+            .delete_retired_signing_key("k1", audit("keys.revoked", T0 + 20))
+            .await?,
+        KeyDeletion::Deleted
+    );
+    let kids: Vec<String> = store
+        .signing_keys()
+        .await?
+        .into_iter()
+        .map(|k| k.kid)
+        .collect();
+    assert_eq!(kids, ["k2"]);
+    assert_eq!(recent_events(store, 1).await?[0].action, "keys.revoked");
+    assert_eq!(
+        store
+            .delete_retired_signing_key("k1", audit("keys.revoked", T0 + 30))
+            .await?,
+        KeyDeletion::NotFound,
+        "revoked once"
+    );
+    Ok(())
+}

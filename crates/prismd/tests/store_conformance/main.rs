@@ -11,10 +11,10 @@ use std::sync::Arc;
 use prismd::store::{
     self, AddedMember, AttemptPolicy, AuditBind, AuditEvent, AuditQuery, AuditRecord, Backend,
     CacheSettings, CacheStats, Change, CodeRedemption, Delivery, Garbage, Identity, JoinExisting,
-    MAX_AUDIT_PAGE, NewAuthorizationCode, NewDeviceCode, NewOrganization, NewRefreshToken, NewUser,
-    OpenOptions, Organization, PrincipalRecord, PrivateKeyReplacement, ProfileChanges,
-    RefreshGrant, Refusal, RevokeDecision, RevokedAll, SessionPolicy, SessionRecord,
-    SigningKeyRecord, Store, StoreError, TokenUse, User,
+    KeyDeletion, MAX_AUDIT_PAGE, NewAuthorizationCode, NewDeviceCode, NewOrganization,
+    NewRefreshToken, NewUser, OpenOptions, Organization, PrincipalRecord, PrivateKeyReplacement,
+    ProfileChanges, RefreshGrant, Refusal, RevokeDecision, RevokedAll, SessionPolicy,
+    SessionRecord, SigningKeyRecord, Store, StoreError, TokenUse, User,
 };
 use sqlx::Connection;
 
@@ -279,6 +279,7 @@ conformance!(
     signing_key_rotation_races,
     signing_key_rotation_if_stale,
     signing_key_stale_rotation_races,
+    signing_key_revocation,
     private_key_replacement,
     audit_rows,
     token_uses_and_ping,

@@ -80,6 +80,38 @@ impl<D: Dialect> KeyStore for SqlStore<D> {
         Ok(Some(retired))
     }
 
+    async fn delete_retired_signing_key(
+        &self,
+        kid: &str,
+        audit: AuditEvent,
+    ) -> Result<KeyDeletion, StoreError> {
+        let mut tx = self.write().await?;
+        tx.lock(Lock::SigningKeys).await?;
+        let retired: Option<Option<i64>> =
+            query("SELECT retired_at FROM signing_keys WHERE kid = $1")
+                .bind(kid)
+                .scalar()
+                .fetch_optional(&mut tx)
+                .await?;
+        let outcome = match retired {
+            None => KeyDeletion::NotFound,
+            Some(None) => KeyDeletion::Active,
+            Some(Some(_)) => {
+                query("DELETE FROM signing_keys WHERE kid = $1")
+                    .bind(kid)
+                    .execute(&mut tx)
+                    .await?;
+                KeyDeletion::Deleted
+            }
+        };
+        if outcome == KeyDeletion::Deleted {
+            tx.commit_audited(&audit).await?;
+        } else {
+            tx.rollback().await?;
+        }
+        Ok(outcome)
+    }
+
     async fn replace_private_keys(
         &self,
         replacements: &[PrivateKeyReplacement],
