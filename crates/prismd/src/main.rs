@@ -479,6 +479,11 @@ struct LimitArgs {
     #[arg(long, env = "PRISMD_DEVICE_ADDRESS_MAX_FAILURES", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     device_address_max_failures: u32,
 
+    /// Most device logins (`/oauth/device/code`) pending at once on the whole server; beyond
+    /// it new ones get 429 until some are approved, denied or expire (10 minutes).
+    #[arg(long, env = "PRISMD_DEVICE_CODES_MAX", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    device_codes_max: u32,
+
     /// How long failures are counted, from the first one.
     #[arg(long, env = "PRISMD_LIMIT_WINDOW", default_value = "15m", value_parser = parse_duration)]
     limit_window: Duration,
@@ -510,6 +515,11 @@ impl LimitArgs {
             // Reset mails are few by nature: fixed, not flags (docs/security.md, "Limits").
             reset_account: policy(3),
             reset_address: policy(10),
+            device_start_address: AttemptPolicy {
+                max_failures: prismd::domain::limits::DEVICE_STARTS_PER_ADDRESS,
+                ..policy(1)
+            },
+            live_device_codes: i64::from(self.device_codes_max),
         }
     }
 }

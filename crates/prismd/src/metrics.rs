@@ -442,13 +442,14 @@ impl TokenMetrics {
 }
 
 /// The limits in the order of [`Metrics::limit_index`].
-const LIMIT_KINDS: [LimitKind; 6] = [
+const LIMIT_KINDS: [LimitKind; 7] = [
     LimitKind::LoginAccount,
     LimitKind::LoginAddress,
     LimitKind::RefreshAddress,
     LimitKind::DeviceAddress,
     LimitKind::ResetAccount,
     LimitKind::ResetAddress,
+    LimitKind::DeviceStartAddress,
 ];
 
 /// Everything `/metrics` shows: what the server counts, and where it reads the gauges from.
@@ -615,6 +616,7 @@ impl Metrics {
             LimitKind::DeviceAddress => 3,
             LimitKind::ResetAccount => 4,
             LimitKind::ResetAddress => 5,
+            LimitKind::DeviceStartAddress => 6,
         }
     }
 

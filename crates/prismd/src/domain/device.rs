@@ -31,6 +31,9 @@ pub enum DeviceError {
     ExpiredToken,
     #[error("the user denied the sign-in")]
     AccessDenied,
+    /// Starting one: too many are pending on the server.
+    #[error("too many device logins are in progress on this server; try again in a minute")]
+    TooManyPending,
 }
 
 /// What `POST /oauth/device/code` answers.
@@ -78,10 +81,13 @@ pub fn format_user_code(code: &str) -> String {
 
 impl AuthService {
     /// Starts a device authorization for `client_id`.
+    /// Starts a device login, unless `max_live` are pending already
+    /// ([`DeviceError::TooManyPending`]): each is a row anyone can make.
     pub async fn start_device_authorization(
         &self,
         client_id: &str,
         scope: Option<&str>,
+        max_live: i64,
     ) -> Result<DeviceAuthorization, DomainError> {
         if client_id != CLI_CLIENT_ID {
             return Err(DomainError::InvalidInput("unknown client_id".into()));
@@ -95,6 +101,9 @@ impl AuthService {
         }
         let rng = SystemRandom::new();
         let now = now_ms();
+        if self.store().live_device_codes(now).await? >= max_live {
+            return Err(DomainError::Device(DeviceError::TooManyPending));
+        }
         // A user-code collision among live codes is possible (20^8 codes); try again then.
         for _ in 0..5 {
             let device_code = secrets::random_secret()?;

@@ -23,6 +23,9 @@ pub enum LimitKind {
     ResetAccount,
     /// Password-reset mails asked for from one address.
     ResetAddress,
+    /// Device logins started from one address (`/oauth/device/code`; counted per request:
+    /// each one stores a row).
+    DeviceStartAddress,
 }
 
 impl LimitKind {
@@ -34,6 +37,7 @@ impl LimitKind {
             Self::DeviceAddress => "device_address",
             Self::ResetAccount => "reset_account",
             Self::ResetAddress => "reset_address",
+            Self::DeviceStartAddress => "device_start_address",
         }
     }
 }
@@ -47,9 +51,18 @@ pub struct LimitSettings {
     pub device_address: AttemptPolicy,
     pub reset_account: AttemptPolicy,
     pub reset_address: AttemptPolicy,
+    pub device_start_address: AttemptPolicy,
+    /// Most device logins pending at once on the whole server (every address together).
+    pub live_device_codes: i64,
 }
 
 const MINUTE_MS: i64 = 60_000;
+
+/// Device logins one address may start per window: a person starts one at a time; a NAT of a
+/// whole office still has room.
+pub const DEVICE_STARTS_PER_ADDRESS: i64 = 30;
+/// Device logins pending at once, by default: each is a row, and each lives 10 minutes.
+pub const DEFAULT_LIVE_DEVICE_CODES: i64 = 10_000;
 
 impl Default for LimitSettings {
     /// The documented defaults (docs/security.md, "Limits").
@@ -67,6 +80,8 @@ impl Default for LimitSettings {
             device_address: policy(10),
             reset_account: policy(3),
             reset_address: policy(10),
+            device_start_address: policy(DEVICE_STARTS_PER_ADDRESS),
+            live_device_codes: DEFAULT_LIVE_DEVICE_CODES,
         }
     }
 }
@@ -81,6 +96,7 @@ impl LimitSettings {
             self.device_address,
             self.reset_account,
             self.reset_address,
+            self.device_start_address,
         ]
         .iter()
         .map(|p| p.window_ms)
@@ -97,6 +113,7 @@ impl LimitSettings {
             LimitKind::DeviceAddress => self.device_address,
             LimitKind::ResetAccount => self.reset_account,
             LimitKind::ResetAddress => self.reset_address,
+            LimitKind::DeviceStartAddress => self.device_start_address,
         }
     }
 }
@@ -145,6 +162,7 @@ impl LimitKey {
         let prefix = match kind {
             LimitKind::LoginAccount | LimitKind::ResetAccount => return None,
             LimitKind::ResetAddress => "reset:addr",
+            LimitKind::DeviceStartAddress => "device-start:addr",
             LimitKind::LoginAddress => "login:addr",
             LimitKind::RefreshAddress => "refresh:addr",
             LimitKind::DeviceAddress => "device:addr",

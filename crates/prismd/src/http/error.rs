@@ -140,6 +140,12 @@ impl From<DomainError> for HttpError {
                     other => Self::new(StatusCode::BAD_REQUEST, "invalid_grant", other.to_string()),
                 }
             }
+            DomainError::Device(crate::domain::device::DeviceError::TooManyPending) => {
+                Self::too_many(
+                    60,
+                    crate::domain::device::DeviceError::TooManyPending.to_string(),
+                )
+            }
             DomainError::Device(reason) => {
                 use crate::domain::device::DeviceError;
                 let error = match reason {
@@ -147,6 +153,7 @@ impl From<DomainError> for HttpError {
                     DeviceError::SlowDown => "slow_down",
                     DeviceError::ExpiredToken => "expired_token",
                     DeviceError::AccessDenied => "access_denied",
+                    DeviceError::TooManyPending => "slow_down",
                 };
                 Self::new(StatusCode::BAD_REQUEST, error, reason.to_string())
             }

@@ -15,6 +15,7 @@ use super::body::{BodyShape, JsonOrForm};
 use super::error::HttpError;
 use super::{AppState, ClientMeta};
 use crate::domain::clients::{CLI_CLIENT_ID, DEFAULT_SCOPE};
+use crate::domain::limits::{LimitKey, LimitKind, Verdict};
 use crate::domain::login::CodeGrant;
 use crate::domain::trust::{ACCESS_TOKEN_TYPE, SUBJECT_TOKEN_TYPES};
 use crate::metrics::RevocationKind;
@@ -198,9 +199,12 @@ impl BodyShape for DeviceCodeRequest {
     const EXPECTED: &'static str = "a string parameter client_id and an optional scope";
 }
 
-/// `POST /oauth/device/code`: a device code to poll with and a user code for a person.
+/// `POST /oauth/device/code`: a device code to poll with and a user code for a person. Each
+/// stores a row anyone can ask for: counted per address (429 once an address has started
+/// its share within the window), and refused while too many are pending on the server.
 pub async fn device_code(
     State(state): State<AppState>,
+    ClientMeta(meta): ClientMeta,
     JsonOrForm(request): JsonOrForm<DeviceCodeRequest>,
 ) -> Result<Response, HttpError> {
     if request.client_id != CLI_CLIENT_ID {
@@ -210,9 +214,26 @@ pub async fn device_code(
             "unknown client_id",
         ));
     }
+    let keys: Vec<LimitKey> = LimitKey::address(LimitKind::DeviceStartAddress, &meta)
+        .into_iter()
+        .collect();
+    if let Verdict::Locked { retry_after_secs } = state.limits().check(&keys).await? {
+        state.metrics.limit_trip(LimitKind::DeviceStartAddress);
+        return Err(HttpError::too_many(
+            retry_after_secs,
+            "too many device logins started from this address; try again later",
+        ));
+    }
+    // Each request counts, whatever it finds. The one that reaches the limit is still served:
+    // the lock it sets refuses the next one (checked above), as for password resets.
+    state.limits().fail(&keys, &meta, None).await?;
     let started = state
         .auth
-        .start_device_authorization(&request.client_id, request.scope.as_deref())
+        .start_device_authorization(
+            &request.client_id,
+            request.scope.as_deref(),
+            state.web.limits.live_device_codes,
+        )
         .await?;
     let issuer = &state.auth.settings().issuer;
     let body = json!({

@@ -234,6 +234,9 @@ pub trait SignInStore: Send + Sync + 'static {
     /// Stores a new device authorization.
     async fn insert_device_code(&self, code: NewDeviceCode) -> Result<(), StoreError>;
 
+    /// How many device authorizations are pending and unexpired at `now` (a read).
+    async fn live_device_codes(&self, now: i64) -> Result<i64, StoreError>;
+
     /// Notes a poll of a device code and returns its state before this poll.
     async fn poll_device_code(
         &self,

@@ -469,3 +469,88 @@ async fn device_decisions_and_logouts_are_audited_also_through_a_browser_session
     server.stop()?;
     Ok(())
 }
+
+/// `POST /oauth/device/code` with extra headers: status, `Retry-After`, body.
+async fn start_raw(
+    server: &Server,
+    http: &reqwest::Client,
+    headers: &[(&str, &str)],
+) -> Result<(u16, Option<String>, Value), Box<dyn std::error::Error>> {
+    let mut request = http
+        .post(server.url("/oauth/device/code"))
+        .form(&[("client_id", "prism-cli")]);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    Ok((status, retry_after, response.json().await?))
+}
+
+#[tokio::test]
+async fn device_logins_are_capped_on_the_server_and_per_address() -> TestResult {
+    let dir = temp_dir()?;
+    let server = crate::harness::Server::start_with(
+        dir.path(),
+        crate::harness::Options {
+            args: ["--device-codes-max", "2", "--trusted-proxies", "127.0.0.1"]
+                .map(str::to_owned)
+                .to_vec(),
+            ..crate::harness::Options::default()
+        },
+    )?;
+    user(dir.path())?;
+    let http = http()?;
+
+    // Two pending at once, then 429 until one is decided.
+    let first = start(&server, &http).await?;
+    start(&server, &http).await?;
+    let (status, retry_after, body) = start_raw(&server, &http, &[]).await?;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (429, Some("slow_down")),
+        "{body}"
+    );
+    assert_eq!(retry_after.as_deref(), Some("60"));
+    let code = first["user_code"].as_str().ok_or("user_code")?;
+    let (status, page) = decide(&server, &http, code, "dev@example.com", PASSWORD, "deny").await?;
+    assert!(status == 200 && page.contains("Sign-in denied"), "{page}");
+    let (status, _, body) = start_raw(&server, &http, &[]).await?;
+    assert_eq!(status, 200, "{body}");
+    server.stop()?;
+
+    // Per address (every request counted, served up to the limit): 30 from one client behind
+    // the proxy, then 429; another client still starts.
+    let dir = temp_dir()?;
+    let server = crate::harness::Server::start_with(
+        dir.path(),
+        crate::harness::Options {
+            args: ["--trusted-proxies", "127.0.0.1"]
+                .map(str::to_owned)
+                .to_vec(),
+            ..crate::harness::Options::default()
+        },
+    )?;
+    let one = [("x-forwarded-for", "203.0.113.7")];
+    for n in 1..=30 {
+        let (status, _, body) = start_raw(&server, &http, &one).await?;
+        assert_eq!(status, 200, "start {n}: {body}");
+    }
+    let (status, retry_after, body) = start_raw(&server, &http, &one).await?;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (429, Some("slow_down")),
+        "{body}"
+    );
+    assert!(retry_after.is_some());
+    let (status, _, body) =
+        start_raw(&server, &http, &[("x-forwarded-for", "203.0.113.8")]).await?;
+    assert_eq!(status, 200, "{body}");
+    server.stop()?;
+    Ok(())
+}

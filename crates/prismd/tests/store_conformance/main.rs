@@ -273,6 +273,7 @@ conformance!(
     invitations_single_use,
     device_codes,
     device_code_redeem_races,
+    live_device_codes_and_unknown_polls_only_read,
     signing_key_created_once,
     signing_key_races,
     signing_key_rotation,

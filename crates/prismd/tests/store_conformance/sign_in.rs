@@ -515,3 +515,60 @@ pub(super) async fn device_code_redeem_races(db: Db) -> TestResult {
     other.close().await;
     Ok(())
 }
+
+pub(super) async fn live_device_codes_and_unknown_polls_only_read(db: Db) -> TestResult {
+    let store = db.store.as_ref();
+    let (_, owner) = org_with_owner(store).await?;
+    assert_eq!(store.live_device_codes(T0).await?, 0);
+    for seed in 1..=3 {
+        store.insert_device_code(device_code(seed)).await?;
+    }
+    assert_eq!(store.live_device_codes(T0).await?, 3);
+    // Decided ones and expired ones are not pending.
+    store
+        .decide_device_code(
+            &device_code(1).user_code_hash,
+            Some(&owner.id),
+            T0 + 1,
+            audit("device.approved", T0 + 1),
+        )
+        .await?;
+    assert_eq!(store.live_device_codes(T0 + 2).await?, 2);
+    assert_eq!(store.live_device_codes(T0 + 600_000).await?, 0, "expired");
+
+    // A poll with an unknown code reads, and takes no write lock: it answers while another
+    // connection holds SQLite's write lock (on PostgreSQL it answers alike).
+    let held = match &db.backend {
+        Backend::Sqlite(path) => {
+            let url = format!("sqlite://{}", path.display());
+            let mut conn = sqlx::SqliteConnection::connect(&url).await?;
+            sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await?;
+            Some(conn)
+        }
+        Backend::Postgres(_) => None,
+    };
+    let polled = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        store.poll_device_code(&hash(77), T0 + 3),
+    )
+    .await;
+    assert!(
+        matches!(polled, Ok(Ok(None))),
+        "an unknown code's poll waited for the write lock or failed: {polled:?}"
+    );
+    if let Some(mut conn) = held {
+        sqlx::query("ROLLBACK").execute(&mut conn).await?;
+    }
+    // A known code's poll still records the poll.
+    let code = store
+        .poll_device_code(&hash(2), T0 + 4)
+        .await?
+        .ok_or("a known code")?;
+    assert_eq!(code.status, "pending");
+    let again = store
+        .poll_device_code(&hash(2), T0 + 5)
+        .await?
+        .ok_or("a known code")?;
+    assert_eq!(again.last_polled_at, Some(T0 + 4));
+    Ok(())
+}

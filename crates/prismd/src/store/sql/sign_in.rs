@@ -122,11 +122,30 @@ impl<D: Dialect> SignInStore for SqlStore<D> {
         Ok(())
     }
 
+    async fn live_device_codes(&self, now: i64) -> Result<i64, StoreError> {
+        query("SELECT COUNT(*) FROM device_codes WHERE status = 'pending' AND expires_at > $1")
+            .bind(now)
+            .scalar()
+            .fetch_one(&mut self.read())
+            .await
+    }
+
     async fn poll_device_code(
         &self,
         device_code_hash: &[u8; 32],
         at: i64,
     ) -> Result<Option<DeviceCode>, StoreError> {
+        // Read first, on a reader: a poll with an unknown code (anyone can send one) must not
+        // take the write lock.
+        let known: Option<String> =
+            query("SELECT status FROM device_codes WHERE device_code_hash = $1")
+                .bind(&device_code_hash[..])
+                .scalar()
+                .fetch_optional(&mut self.read())
+                .await?;
+        if known.is_none() {
+            return Ok(None);
+        }
         let mut tx = self.write().await?;
         // Two polls racing must not both read the same "last polled" time, or neither would
         // be told to slow down.
