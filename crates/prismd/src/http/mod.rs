@@ -44,7 +44,7 @@ pub use error::HttpError;
 
 /// How many request-body types [`parse_request_body`] knows.
 #[doc(hidden)]
-pub const REQUEST_BODY_KINDS: u8 = 11;
+pub const REQUEST_BODY_KINDS: u8 = 13;
 
 /// Parses `bytes` sent with `content_type` exactly as the extractor of one endpoint would
 /// (`kind` picks which, modulo [`REQUEST_BODY_KINDS`]), without a server. The entry point of
@@ -63,7 +63,9 @@ pub fn parse_request_body(kind: u8, content_type: &str, bytes: &[u8]) -> Result<
         7 => either::<password_links::PasswordLinkForm>(content_type, bytes).map(drop),
         8 => either::<account_pages::ChangeForm>(content_type, bytes).map(drop),
         9 => either::<account_pages::ForgotForm>(content_type, bytes).map(drop),
-        _ => either::<web::DeviceForm>(content_type, bytes).map(drop),
+        10 => either::<web::DeviceForm>(content_type, bytes).map(drop),
+        11 => either::<web::LogoutForm>(content_type, bytes).map(drop),
+        _ => either::<introspection::IntrospectionRequest>(content_type, bytes).map(drop),
     }
 }
 
@@ -146,7 +148,7 @@ pub fn router(state: AppState, request_timeout: Duration, metrics: MetricsExposu
         .route("/oauth/device/code", post(oauth::device_code))
         .route("/device", get(web::device).post(web::decide_device))
         .route("/authorize", get(web::authorize).post(web::login))
-        .route("/logout", get(web::logout))
+        .route("/logout", get(web::logout).post(web::end_session))
         .route(
             "/invite",
             get(password_links::invite).post(password_links::accept_invite),

@@ -836,30 +836,37 @@ pub struct LogoutParams {
     return_to: Option<String>,
 }
 
-/// `GET /logout`: ends the browser session; redirects only to an allowed `returnTo`.
-pub async fn logout(
-    State(state): State<AppState>,
-    ClientMeta(meta): ClientMeta,
-    headers: HeaderMap,
-    Query(params): Query<LogoutParams>,
-) -> Response {
-    if let Some(session) = our_cookie(&headers, SESSION_COOKIE, state.web.secure_cookies)
-        && let Err(err) = state
-            .auth
-            .end_browser_session(session, "logout", &meta)
-            .await
-    {
-        tracing::warn!(error = %err, "could not end a browser session");
-    }
-    let allowed = params.return_to.as_deref().filter(|target| {
+/// The form of the sign-out button.
+#[derive(serde::Deserialize, Default)]
+pub struct LogoutForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default, rename = "returnTo")]
+    return_to: Option<String>,
+}
+
+impl BodyShape for LogoutForm {
+    const MAX_BYTES: usize = 16 * 1024;
+    const EXPECTED: &'static str = "the sign-out form";
+}
+
+const LOGOUT_CSRF_COOKIE: &str = "prism_logout_csrf";
+
+/// `returnTo` when it is one `/logout` may redirect to: configured, or a loopback address.
+fn allowed_return<'a>(state: &AppState, return_to: Option<&'a str>) -> Option<&'a str> {
+    return_to.filter(|target| {
         state
             .web
             .logout_return_to
             .iter()
             .any(|allowed| allowed == target)
             || login::loopback_redirect(target).is_some()
-    });
-    let mut response = match allowed {
+    })
+}
+
+/// Where a sign-out ends: the allowed `returnTo`, or a page; the session cookie cleared.
+fn signed_out(state: &AppState, return_to: Option<&str>) -> Response {
+    let mut response = match allowed_return(state, return_to) {
         Some(target) => see_other(target),
         None => page(
             StatusCode::OK,
@@ -874,6 +881,84 @@ pub async fn logout(
         0,
         state.web.secure_cookies,
         "Lax",
+    );
+    response
+}
+
+/// `GET /logout`: with a live browser session, a page with a sign-out button (a POST with a
+/// CSRF token): a GET changes nothing, so another site cannot sign a person out with a link
+/// or an image. Without one there is nothing to end: straight to `returnTo` (if allowed).
+pub async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(params): Query<LogoutParams>,
+) -> Response {
+    let Some(session) = signed_in(&state, &headers).await else {
+        return signed_out(&state, params.return_to.as_deref());
+    };
+    let Ok(csrf) = random_secret() else {
+        return error_page(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+    };
+    let return_field = allowed_return(&state, params.return_to.as_deref())
+        .map(|target| {
+            format!(
+                "<input type=\"hidden\" name=\"returnTo\" value=\"{}\">",
+                escape(target)
+            )
+        })
+        .unwrap_or_default();
+    let body = format!(
+        "<h1>Sign out</h1><p>Signed in as {email}.</p>\
+         <form method=\"post\" action=\"/logout\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">{return_field}\
+         <button type=\"submit\">Sign out</button></form>",
+        email = escape(&session.identity.email),
+    );
+    let mut response = page(StatusCode::OK, "Sign out", &body);
+    set_cookie(
+        &mut response,
+        LOGOUT_CSRF_COOKIE,
+        &csrf,
+        1800,
+        state.web.secure_cookies,
+        "Strict",
+    );
+    response
+}
+
+/// `POST /logout`: the sign-out button. Ends the browser session (audited as `logout`) and
+/// redirects only to an allowed `returnTo`.
+pub async fn end_session(
+    State(state): State<AppState>,
+    ClientMeta(meta): ClientMeta,
+    headers: HeaderMap,
+    JsonOrForm(form): JsonOrForm<LogoutForm>,
+) -> Response {
+    if let Some(refusal) = refuse_forged_form(
+        &state,
+        &headers,
+        LOGOUT_CSRF_COOKIE,
+        &form.csrf,
+        "This form expired or was not sent from this site. Open the sign-out page again.",
+    ) {
+        return refusal;
+    }
+    if let Some(session) = our_cookie(&headers, SESSION_COOKIE, state.web.secure_cookies)
+        && let Err(err) = state
+            .auth
+            .end_browser_session(session, "logout", &meta)
+            .await
+    {
+        tracing::warn!(error = %err, "could not end a browser session");
+    }
+    let mut response = signed_out(&state, form.return_to.as_deref());
+    set_cookie(
+        &mut response,
+        LOGOUT_CSRF_COOKIE,
+        "",
+        0,
+        state.web.secure_cookies,
+        "Strict",
     );
     response
 }

@@ -445,8 +445,10 @@ async fn device_decisions_and_logouts_are_audited_also_through_a_browser_session
     assert_eq!(denied.len(), 1, "{denied:?}");
     assert_eq!(denied[0]["detail"]["signed_in_by"], "browser_session");
 
-    // Logout ends the session, audited; a logout without one audits nothing.
-    for cookie in [Some(session.as_str()), None, Some(session.as_str())] {
+    // Signing out ends the session, audited; a logout without one audits nothing.
+    let signed_out = crate::harness::sign_out(&server, &http, &session, None).await?;
+    assert_eq!(signed_out.status().as_u16(), 200);
+    for cookie in [None, Some(session.as_str())] {
         let mut request = http.get(server.url("/logout"));
         if let Some(cookie) = cookie {
             request = request.header("cookie", cookie);

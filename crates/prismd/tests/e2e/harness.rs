@@ -669,3 +669,45 @@ pub async fn oauth_refresh(
     }
     server.post_form("/oauth/token", &form).await
 }
+
+/// Signs the browser session `session` (`prism_session=...`) out as a person does: `GET
+/// /logout` (with `returnTo`, if given) shows the sign-out button, whose form (its CSRF token
+/// and `returnTo`) is posted back. The POST's response.
+pub async fn sign_out(
+    server: &Server,
+    http: &reqwest::Client,
+    session: &str,
+    return_to: Option<&str>,
+) -> Result<reqwest::Response, Box<dyn std::error::Error>> {
+    let mut request = http.get(server.url("/logout")).header("cookie", session);
+    if let Some(target) = return_to {
+        request = request.query(&[("returnTo", target)]);
+    }
+    let page = request.send().await?;
+    if page.status().as_u16() != 200 {
+        return Err(format!("GET /logout answered {}", page.status()).into());
+    }
+    let csrf_cookie = set_cookie(page.headers(), "prism_logout_csrf")
+        .ok_or("the sign-out page set no CSRF cookie")?;
+    let html = page.text().await?;
+    let field = |name: &str| {
+        html.split(&format!("name=\"{name}\" value=\""))
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .map(|value| value.replace("&amp;", "&"))
+    };
+    let csrf = field("csrf").ok_or("no csrf field on the sign-out page")?;
+    let mut form = vec![("csrf", csrf)];
+    if let Some(target) = field("returnTo") {
+        form.push(("returnTo", target));
+    }
+    Ok(http
+        .post(server.url("/logout"))
+        .header(
+            "cookie",
+            format!("{session}; prism_logout_csrf={csrf_cookie}"),
+        )
+        .form(&form)
+        .send()
+        .await?)
+}

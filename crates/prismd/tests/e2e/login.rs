@@ -884,13 +884,42 @@ async fn login_browser_session_skips_the_form_until_logout() -> TestResult {
         &get_authorize(&server, &http, &evil, Some(&session_cookie)).await?,
     );
 
-    // Logout to an allowed address.
+    // A GET of /logout changes nothing (another site could link or embed it): it shows the
+    // sign-out button, and the session still skips the password.
     let response = http
         .get(server.url("/logout"))
         .query(&[("returnTo", "https://prismatic.io")])
         .header("cookie", &session_cookie)
         .send()
         .await?;
+    let page = Page::read(response).await?;
+    assert_eq!(page.status, 200, "{}", page.describe());
+    assert!(page.body.contains("method=\"post\""), "{}", page.body);
+    assert!(
+        page.set_cookie("prism_session").is_none(),
+        "a GET cleared the session"
+    );
+    let still = get_authorize(&server, &http, &second, Some(&session_cookie)).await?;
+    assert!(!is_password_form(&still), "{}", still.describe());
+    // Its form posted without the CSRF token (a forged cross-site POST) is refused.
+    let forged = http
+        .post(server.url("/logout"))
+        .header("cookie", &session_cookie)
+        .form(&[("csrf", "forged"), ("returnTo", "https://prismatic.io")])
+        .send()
+        .await?;
+    assert_eq!(forged.status().as_u16(), 403);
+    let still = get_authorize(&server, &http, &second, Some(&session_cookie)).await?;
+    assert!(!is_password_form(&still), "{}", still.describe());
+
+    // The button: signed out, to an allowed address.
+    let response = crate::harness::sign_out(
+        &server,
+        &http,
+        &session_cookie,
+        Some("https://prismatic.io"),
+    )
+    .await?;
     let page = Page::read(response).await?;
     assert_eq!(page.status, 303, "{}", page.describe());
     assert_eq!(page.location(), Some("https://prismatic.io"));
