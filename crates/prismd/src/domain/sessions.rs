@@ -17,7 +17,8 @@ use super::service_accounts::checked_holder_scopes;
 use super::usage::UsageRecorder;
 use super::{DomainError, RequestMeta, now_ms};
 use crate::store::{
-    AuditEvent, MAX_LISTED_SESSIONS, NewRefreshToken, SessionRecord, Store, StoreError, User,
+    AuditEvent, Identity, MAX_LISTED_SESSIONS, NewRefreshToken, SessionRecord, Store, StoreError,
+    User,
 };
 use crate::tokens::hash_secret;
 
@@ -199,6 +200,22 @@ impl<'s> Sessions<'s> {
 
     /// Ends every session of `user_id` (the actor or a member they manage), and every access
     /// token, in one durable write: what `/auth/revoke` does with a refresh token. Returns whose.
+    /// Revokes every refresh token of `identity` in every organization it is a member of
+    /// (each member revoking its own, audited as `tokens.revoked_all`): "sign out everywhere"
+    /// after a password change.
+    pub async fn sign_out_everywhere(
+        &self,
+        identity: &Identity,
+        meta: &RequestMeta,
+    ) -> Result<(), DomainError> {
+        let memberships = Accounts::new(self.store).memberships(&identity.id).await?;
+        for membership in memberships.iter().filter(|m| m.user.is_joined()) {
+            self.revoke_all(&membership.user, &membership.user.id, meta)
+                .await?;
+        }
+        Ok(())
+    }
+
     pub async fn revoke_all(
         &self,
         actor: &User,

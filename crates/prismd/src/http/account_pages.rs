@@ -67,7 +67,10 @@ fn change_page(csrf: &str, email: &str, error: Option<&str>) -> Response {
          <input id=\"email\" name=\"email\" type=\"email\" autocomplete=\"username\" required value=\"{email}\">\
          <label for=\"current\">Current password</label>\
          <input id=\"current\" name=\"current\" type=\"password\" autocomplete=\"current-password\" required>\
-         {fields}<button type=\"submit\">Change password</button></form>",
+         {fields}<label><input name=\"everywhere\" type=\"checkbox\" value=\"yes\"> Also \
+         sign out everywhere: end every token of mine (the command line, CI), in every \
+         organization</label>\
+         <button type=\"submit\">Change password</button></form>",
         error = error_line(error),
         csrf = escape(csrf),
         email = escape(email),
@@ -99,6 +102,10 @@ pub struct ChangeForm {
     password: String,
     #[serde(default)]
     confirm: String,
+    /// The "sign out everywhere" box: also revoke every refresh token of the identity (in
+    /// every organization), and with them the access tokens issued before now.
+    #[serde(default)]
+    everywhere: Option<String>,
 }
 
 impl BodyShape for ChangeForm {
@@ -149,6 +156,30 @@ pub async fn change_password(
         .change_password(&identity, form.password, &meta)
         .await
     {
+        Ok(()) if form.everywhere.is_some() => {
+            match state
+                .auth
+                .sessions()
+                .sign_out_everywhere(&identity, &meta)
+                .await
+            {
+                Ok(()) => done_page(
+                    &state,
+                    CHANGE_CSRF_COOKIE,
+                    "Password changed",
+                    "Your password is changed, and you are signed out everywhere: every token \
+                     of yours stopped working. Sign in again where you need to.",
+                ),
+                Err(err) => {
+                    tracing::error!(error = %err, "could not sign out everywhere");
+                    error_page(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "Your password is changed, but your tokens could not all be ended; \
+                         try again to sign out everywhere.",
+                    )
+                }
+            }
+        }
         Ok(()) => done_page(
             &state,
             CHANGE_CSRF_COOKIE,

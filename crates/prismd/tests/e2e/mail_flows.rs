@@ -923,3 +923,94 @@ async fn change_password_checks_the_current_one() -> TestResult {
     server.stop()?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_password_change_can_sign_out_everywhere() -> TestResult {
+    let dir = temp_dir()?;
+    let data = dir.path();
+    let server = start(data, None)?;
+    add_user(data, None, PERSON, "Integrator", Some(PASSWORD))?;
+    // The same person in a second organization, with a token there too.
+    let tenant_b = admin_ok(data, &["orgs", "add", "--name", "B"])?;
+    admin_ok(
+        data,
+        &[
+            "--tenant-id",
+            &tenant_b,
+            "users",
+            "add",
+            "--email",
+            PERSON,
+            "--role",
+            "Guest",
+        ],
+    )?;
+    let in_a = admin_ok(data, &["tokens", "create", "--email", PERSON])?;
+    let in_b = admin_ok(
+        data,
+        &[
+            "--tenant-id",
+            &tenant_b,
+            "tokens",
+            "create",
+            "--email",
+            PERSON,
+        ],
+    )?;
+    let others = admin_ok(data, &["tokens", "create", "--email", "owner@localhost"])?;
+    let change = |new: &'static str, everywhere: bool| {
+        let server = &server;
+        async move {
+            let page = open_form(&server.url("/account/password"), "prism_change_csrf").await?;
+            assert!(page.body.contains("name=\"everywhere\""), "{}", page.body);
+            let csrf = page.csrf.ok_or("no prism_change_csrf cookie")?;
+            let current = if new == OTHER_PASSWORD {
+                PASSWORD
+            } else {
+                OTHER_PASSWORD
+            };
+            let mut form = vec![
+                ("email", PERSON),
+                ("current", current),
+                ("password", new),
+                ("confirm", new),
+            ];
+            if everywhere {
+                form.push(("everywhere", "yes"));
+            }
+            post_form(
+                server,
+                "/account/password",
+                "prism_change_csrf",
+                &csrf,
+                &form,
+            )
+            .await
+        }
+    };
+
+    // A plain change keeps the tokens.
+    let (status, body) = change(OTHER_PASSWORD, false).await?;
+    assert!(status == 200 && body.contains("Password changed"), "{body}");
+    assert_eq!(server.refresh(&in_a).await?.0, 200);
+    assert_eq!(server.refresh(&in_b).await?.0, 200);
+
+    // With the box: every token of the person, in both organizations, stops; nobody else's.
+    let (status, body) = change("yet another long passphrase", true).await?;
+    assert!(
+        status == 200 && body.contains("signed out everywhere"),
+        "{body}"
+    );
+    for token in [&in_a, &in_b] {
+        let (status, answer) = server.refresh(token).await?;
+        assert_eq!(status, 400, "{answer}");
+    }
+    assert_eq!(server.refresh(&others).await?.0, 200);
+    assert_eq!(
+        audit_count(data, "tokens.revoked_all")?,
+        2,
+        "one per organization"
+    );
+    server.stop()?;
+    Ok(())
+}
