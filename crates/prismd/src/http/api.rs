@@ -37,12 +37,20 @@ pub struct Mutation(
 
 pub type ApiSchema = Schema<Query, Mutation, EmptySubscription>;
 
+/// The most a query may cost: a few pages of users with all their sessions.
+const MAX_COMPLEXITY: usize = 250_000;
+/// The most aliased fields a request may have (through fragments too): each alias runs its
+/// field again, which is how one request multiplied itself 200 times.
+const MAX_ALIASES: usize = 50;
+
 /// Builds the schema with limits that keep hostile queries cheap.
 pub fn schema(auth: Arc<AuthService>) -> ApiSchema {
     Schema::build(Query::default(), Mutation::default(), EmptySubscription)
         .data(auth)
         .limit_depth(16)
-        .limit_complexity(1000)
+        // List fields cost their page size times their items (`graphql::page_cost`): a full
+        // page of users with every session each (100 × 500) passes; two of them do not.
+        .limit_complexity(MAX_COMPLEXITY)
         .limit_recursive_depth(32)
         .finish()
 }
@@ -107,6 +115,14 @@ pub async fn graphql(
     ClientMeta(meta): ClientMeta,
     JsonBody(request): JsonBody<GraphqlRequest>,
 ) -> Response {
+    if aliases_beyond_cap(&request.query) {
+        return http_response(async_graphql::Response::from_errors(vec![
+            async_graphql::ServerError::new(
+                format!("a request may alias at most {MAX_ALIASES} fields"),
+                None,
+            ),
+        ]));
+    }
     let response = state
         .schema
         .execute(
@@ -167,5 +183,77 @@ mod tests {
         let response = http_response(async_graphql::Response::from_errors(vec![other]));
         assert_eq!(response.status(), StatusCode::OK);
         assert!(response.headers().get(header::RETRY_AFTER).is_none());
+    }
+}
+
+/// Whether `query` has more than [`MAX_ALIASES`] aliased fields, counting a fragment's each
+/// time it is spread. A query that does not parse is left to the schema, which answers its
+/// syntax error; a fragment spread deeper than the depth limit counts as too many (cycles are
+/// the schema's to refuse, but must not loop here).
+fn aliases_beyond_cap(query: &str) -> bool {
+    use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
+
+    fn count(set: &SelectionSet, document: &ExecutableDocument, depth: usize) -> usize {
+        if depth > 32 {
+            return MAX_ALIASES + 1;
+        }
+        set.items
+            .iter()
+            .map(|item| match &item.node {
+                Selection::Field(field) => {
+                    usize::from(field.node.alias.is_some())
+                        + count(&field.node.selection_set.node, document, depth + 1)
+                }
+                Selection::InlineFragment(fragment) => {
+                    count(&fragment.node.selection_set.node, document, depth + 1)
+                }
+                Selection::FragmentSpread(spread) => document
+                    .fragments
+                    .get(&spread.node.fragment_name.node)
+                    .map_or(0, |fragment| {
+                        count(&fragment.node.selection_set.node, document, depth + 1)
+                    }),
+            })
+            .fold(0, usize::saturating_add)
+    }
+
+    let Ok(document) = async_graphql::parser::parse_query(query) else {
+        return false;
+    };
+    document
+        .operations
+        .iter()
+        .map(|(_, operation)| count(&operation.node.selection_set.node, &document, 0))
+        .fold(0, usize::saturating_add)
+        > MAX_ALIASES
+}
+
+#[cfg(test)]
+mod alias_cap_tests {
+    use super::*;
+
+    #[test]
+    fn aliases_are_counted_through_fragments() {
+        let many: String = (0..51)
+            .map(|i| format!("a{i}: authenticatedUser {{ id }} "))
+            .collect();
+        assert!(aliases_beyond_cap(&format!("{{ {many} }}")));
+        let fifty: String = (0..50)
+            .map(|i| format!("a{i}: authenticatedUser {{ id }} "))
+            .collect();
+        assert!(!aliases_beyond_cap(&format!("{{ {fifty} }}")));
+        // 30 aliases in a fragment spread twice: 60.
+        let inner: String = (0..30).map(|i| format!("f{i}: id ")).collect();
+        let spread = format!(
+            "{{ a: authenticatedUser {{ ...F }} b: authenticatedUser {{ ...F }} }} \
+             fragment F on User {{ {inner} }}"
+        );
+        assert!(aliases_beyond_cap(&spread));
+        // A cycle is not counted forever.
+        assert!(aliases_beyond_cap(
+            "{ authenticatedUser { ...A } } fragment A on User { ...A }"
+        ));
+        assert!(!aliases_beyond_cap("not graphql at all"));
+        assert!(!aliases_beyond_cap("{ authenticatedUser { id email } }"));
     }
 }

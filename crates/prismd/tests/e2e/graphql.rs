@@ -713,3 +713,71 @@ async fn role_changes_follow_the_rules() -> TestResult {
     assert_eq!(payload["user"]["role"]["name"], "Admin", "{payload}");
     Ok(())
 }
+
+#[tokio::test]
+async fn list_fields_cost_their_page_size() -> TestResult {
+    let dir = temp_dir()?;
+    let data = dir.path();
+    let server = Server::start(data)?;
+    let owner = server
+        .access_token(&admin_ok(
+            data,
+            &["tokens", "create", "--email", "owner@localhost"],
+        )?)
+        .await?;
+    admin_ok(
+        data,
+        &[
+            "users",
+            "add",
+            "--email",
+            "guest@example.com",
+            "--role",
+            "Guest",
+        ],
+    )?;
+    let guest = server
+        .access_token(&admin_ok(
+            data,
+            &["tokens", "create", "--email", "guest@example.com"],
+        )?)
+        .await?;
+    let one = "organization { users(first: 100) { nodes { sessions { id } } } }";
+    // One full page of users with every session each is allowed ...
+    let (status, _, body) = server
+        .graphql(Some(&owner), &format!("{{ {one} }}"))
+        .await?;
+    assert_eq!(status, 200);
+    assert!(body["errors"].is_null(), "{body}");
+    assert!(
+        body["data"]["organization"]["users"]["nodes"].is_array(),
+        "{body}"
+    );
+    // ... the 200 aliases of it are refused before anything runs, for anyone, with a
+    // short answer (a Guest got 3.4 MB of errors from this before).
+    let aliased: String = (0..200).map(|n| format!("a{n}: {one} ")).collect();
+    let query = format!("{{ {aliased} }}");
+    for (who, access) in [("the Owner", &owner), ("a Guest", &guest)] {
+        let (status, _, body) = server.graphql(Some(access), &query).await?;
+        assert_eq!(status, 200, "{who}");
+        assert!(body["data"].is_null(), "{who}: {body}");
+        let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("at most 50"), "{who}: {body}");
+        let size = body.to_string().len();
+        assert!(size < 4_096, "{who}: a long answer ({size} bytes)");
+    }
+    // Under the alias cap, six full pages (each up to 100 users × 500 sessions) cost too much;
+    // the official client's user list is fine.
+    let six: String = (0..6).map(|n| format!("p{n}: {one} ")).collect();
+    let (_, _, body) = server
+        .graphql(Some(&owner), &format!("{{ {six} }}"))
+        .await?;
+    assert!(body["data"].is_null(), "{body}");
+    let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("complex"), "{body}");
+    let list_users = "query listUsers($after: String) { organization { users(after: $after) { nodes { id name email externalId phone role { name } } pageInfo { hasNextPage endCursor } } } }";
+    let (_, _, body) = server.graphql(Some(&owner), list_users).await?;
+    assert!(body["errors"].is_null(), "{body}");
+    server.stop()?;
+    Ok(())
+}
