@@ -127,6 +127,16 @@ pub struct FieldError {
     messages: Vec<String>,
 }
 
+/// The field a refusal is answered against: the whole request (`__all__`) when the caller may
+/// not do it at all, else `field`.
+pub(super) fn refusal_field(err: &DomainError, field: &'static str) -> &'static str {
+    if matches!(err, DomainError::AccessDenied(_)) {
+        "__all__"
+    } else {
+        field
+    }
+}
+
 /// Domain failures of a mutation: user errors go into the payload (against `field`), while an
 /// unavailable database is a top-level error the client can retry.
 pub(super) fn payload_errors(

@@ -4,7 +4,7 @@
 
 use async_graphql::{Context, ID, Object, SimpleObject};
 
-use super::graphql::{FieldError, caller, payload_errors, query_error, timestamp};
+use super::graphql::{FieldError, caller, payload_errors, query_error, refusal_field, timestamp};
 use crate::domain::DomainError;
 use crate::domain::introspection::{ResourceServer, WithSecret};
 use crate::domain::scopes::ApiScope;
@@ -49,7 +49,7 @@ pub struct DeleteResourceServerPayload {
 
 fn secret_payload(
     result: Result<WithSecret, DomainError>,
-    field: &str,
+    field: &'static str,
 ) -> async_graphql::Result<ResourceServerSecretPayload> {
     match result {
         Ok(made) => Ok(ResourceServerSecretPayload {
@@ -58,11 +58,7 @@ fn secret_payload(
             errors: Vec::new(),
         }),
         Err(err) => {
-            let field = if matches!(err, DomainError::AccessDenied(_)) {
-                "__all__"
-            } else {
-                field
-            };
+            let field = refusal_field(&err, field);
             Ok(ResourceServerSecretPayload {
                 errors: payload_errors(err, field)?,
                 ..Default::default()
@@ -181,11 +177,7 @@ impl ResourceServerMutation {
                 errors: Vec::new(),
             }),
             Err(err) => {
-                let field = if matches!(err, DomainError::AccessDenied(_)) {
-                    "__all__"
-                } else {
-                    "id"
-                };
+                let field = refusal_field(&err, "id");
                 Ok(DeleteResourceServerPayload {
                     deleted: false,
                     errors: payload_errors(err, field)?,

@@ -4,9 +4,8 @@
 
 use async_graphql::{Context, Enum, ID, InputObject, Object, SimpleObject};
 
-use super::graphql::{FieldError, caller, payload_errors, query_error, timestamp};
+use super::graphql::{FieldError, caller, payload_errors, query_error, refusal_field, timestamp};
 use super::graphql_access::ServiceAccountNode;
-use crate::domain::DomainError;
 use crate::domain::accounts::{parse_public_id, public_id};
 use crate::domain::scopes::ApiScope;
 use crate::domain::trust::{NewTrustPolicy, PolicyError, TrustPolicy, TrustPolicyChanges};
@@ -337,11 +336,7 @@ impl TrustMutation {
                 errors: Vec::new(),
             }),
             Err(err) => {
-                let field = if matches!(err, DomainError::AccessDenied(_)) {
-                    "__all__"
-                } else {
-                    "id"
-                };
+                let field = refusal_field(&err, "id");
                 Ok(DeleteTrustPolicyPayload {
                     deleted: false,
                     errors: payload_errors(err, field)?,
