@@ -198,7 +198,7 @@ async fn retired_key_verifies_until_its_last_token_expired() -> TestResult {
 }
 
 #[tokio::test]
-async fn rotation_reaches_every_replica_on_postgres() -> TestResult {
+async fn rotation_and_revocation_reach_every_replica_on_postgres() -> TestResult {
     let db = FreshDatabase::create().await?;
     let outcome = replicas_pick_up_a_rotation(&db.url).await;
     db.drop_now().await?;
@@ -321,6 +321,23 @@ async fn replicas_pick_up_a_rotation(url: &str) -> TestResult {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    // A revoked key (the first, long retired, still verifying `before` everywhere): every
+    // replica refuses its tokens once the change feed reaches it, and drops it from the JWKS.
+    for server in [&a, &b, &c] {
+        assert_eq!(server.whoami(&before).await?, Ok("ada@example.com".into()));
+    }
+    admin(&["keys", "revoke", &old_kid])?;
+    for server in [&a, &b, &c] {
+        let deadline = Instant::now() + CHANGE_REACH_BOUND;
+        while server.whoami(&before).await? != Err(401) {
+            if Instant::now() > deadline {
+                return Err("a replica still verifies a revoked key's token".into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(!jwks_kids(server).await?.contains(&old_kid));
     }
 
     for server in [a, b, c] {
