@@ -126,6 +126,12 @@ impl SqliteDialect {
         MIGRATOR.run(&writer).await?;
         let readers = SqlitePoolOptions::new()
             .max_connections(readers.max(1))
+            // Connections to a local file never go stale, so no idle or lifetime reaping:
+            // that would start sqlx's (0.9.0) maintenance task, which was seen spinning on a
+            // wrapped idle count while an operator command closed its pool, so the process
+            // never exited (and an e2e test hung).
+            .idle_timeout(None)
+            .max_lifetime(None)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
