@@ -85,10 +85,12 @@ pub async fn file_password_matches(
     data_dir: &Path,
     email: &str,
 ) -> Result<bool, ServeError> {
-    Ok(match read_file(data_dir)? {
-        Some((password, _)) => matches(store, email, password).await?.unwrap_or(false),
-        None => false,
-    })
+    let (Some((password, _)), Some((_, hash))) =
+        (read_file(data_dir)?, credentials_of(store, email).await?)
+    else {
+        return Ok(false);
+    };
+    Ok(passwords::verify(password, hash).await?)
 }
 
 /// The password in the file and when the file was written; `None` without a file.
@@ -111,23 +113,18 @@ fn read_file(data_dir: &Path) -> Result<Option<(String, i64)>, ServeError> {
     }
 }
 
-/// Whether `password` signs in the identity `email`: `None` without such an identity or
-/// without a password, else its identity's creation time with the answer.
-async fn matches(
+/// The identity `email` with its password hash, when it has both.
+async fn credentials_of(
     store: &dyn Store,
     email: &str,
-    password: String,
-) -> Result<Option<bool>, ServeError> {
+) -> Result<Option<(crate::store::Identity, String)>, ServeError> {
     let Ok(email) = normalize_email(email) else {
         return Ok(None);
     };
-    let Some(credentials) = store.identity_by_email(&email).await? else {
-        return Ok(None);
-    };
-    let Some(hash) = credentials.password_hash else {
-        return Ok(None);
-    };
-    Ok(Some(passwords::verify(password, hash).await?))
+    Ok(store
+        .identity_by_email(&email)
+        .await?
+        .and_then(|c| c.password_hash.map(|hash| (c.identity, hash))))
 }
 
 /// Removes the password file, and says so in the log.
@@ -153,16 +150,13 @@ pub async fn retire_password_file(
     let Some((password, written_ms)) = read_file(data_dir)? else {
         return Ok(false);
     };
-    let Ok(email) = normalize_email(owner_email) else {
+    // One read of the Owner: made with the file, and with a password of their own.
+    let Some((identity, hash)) = credentials_of(store, owner_email).await? else {
         return Ok(false);
     };
-    let Some(credentials) = store.identity_by_email(&email).await? else {
-        return Ok(false);
-    };
-    if (credentials.identity.created_at - written_ms).abs() > FIRST_START_WINDOW_MS {
-        return Ok(false);
-    }
-    if matches(store, &email, password).await? != Some(false) {
+    if (identity.created_at - written_ms).abs() > FIRST_START_WINDOW_MS
+        || passwords::verify(password, hash).await?
+    {
         return Ok(false);
     }
     remove_password_file(data_dir)?;

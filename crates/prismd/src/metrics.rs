@@ -527,6 +527,17 @@ impl ForwardAuthOutcome {
     }
 }
 
+/// Counts `outcome` in the counter at its place in `all` (the last, "other", if absent).
+fn count_outcome<T: PartialEq>(counters: &[Counter], all: &[T], outcome: T) {
+    let index = all
+        .iter()
+        .position(|o| *o == outcome)
+        .unwrap_or(all.len().saturating_sub(1));
+    if let Some(counter) = counters.get(index) {
+        counter.inc();
+    }
+}
+
 impl Metrics {
     /// The metrics of a server on `store`, whose connection pools, breaker and cache (when
     /// on) are read at each scrape.
@@ -581,26 +592,14 @@ impl Metrics {
         }
     }
 
-    /// Counts an answer of `/oauth/introspect`.
-    pub fn introspection(&self, outcome: IntrospectionOutcome) {
-        let index = IntrospectionOutcome::ALL
-            .iter()
-            .position(|o| *o == outcome)
-            .unwrap_or(IntrospectionOutcome::ALL.len() - 1);
-        if let Some(counter) = self.introspection.get(index) {
-            counter.inc();
-        }
-    }
-
     /// Counts an answer of `/auth/verify`.
     pub fn forward_auth(&self, outcome: ForwardAuthOutcome) {
-        let index = ForwardAuthOutcome::ALL
-            .iter()
-            .position(|o| *o == outcome)
-            .unwrap_or(ForwardAuthOutcome::ALL.len() - 1);
-        if let Some(counter) = self.forward_auth.get(index) {
-            counter.inc();
-        }
+        count_outcome(&self.forward_auth, &ForwardAuthOutcome::ALL, outcome);
+    }
+
+    /// Counts an answer of `/oauth/introspect`.
+    pub fn introspection(&self, outcome: IntrospectionOutcome) {
+        count_outcome(&self.introspection, &IntrospectionOutcome::ALL, outcome);
     }
 
     /// Counts a request an abuse limit refused.
