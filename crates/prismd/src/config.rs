@@ -35,6 +35,8 @@ pub struct ServeConfig {
     pub request_timeout: Duration,
     /// How long a client may take to send a request's headers.
     pub header_read_timeout: Duration,
+    /// The connection cap and idle timeout of the main listener.
+    pub connections: ConnectionSettings,
     /// How long in-flight requests may take to finish after a shutdown signal.
     pub shutdown_grace: Duration,
     pub usage_flush_interval: Duration,
@@ -93,6 +95,10 @@ impl ServeConfig {
             db_pool: PgPoolSettings::default(),
             request_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
+            connections: ConnectionSettings {
+                max_connections: 10_000,
+                idle_timeout: Duration::from_secs(60),
+            },
             shutdown_grace: Duration::from_secs(20),
             usage_flush_interval: Duration::from_secs(5),
             cache: CacheSettings::default(),
@@ -153,4 +159,13 @@ impl ServeConfig {
             .map(|i| i.trim_end_matches('/').to_owned())
             .unwrap_or_else(|| format!("{scheme}://{local}"))
     }
+}
+
+/// The main listener's connection limits (`--max-connections`, `--idle-timeout`).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionSettings {
+    /// Connections beyond this many open ones are closed as soon as they are accepted.
+    pub max_connections: u32,
+    /// A connection with no request in flight for this long is shut down gracefully.
+    pub idle_timeout: Duration,
 }

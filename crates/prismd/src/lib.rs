@@ -70,6 +70,11 @@ pub enum ServeError {
 /// Largest request head (request line and headers) a client may send.
 const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
 
+/// How often an HTTP/2 peer is pinged, and how long its answer may take before the
+/// connection is closed as dead.
+const HTTP2_PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(20);
+const HTTP2_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Runs the server on `listener` until `shutdown` completes, then lets in-flight requests
 /// finish (up to the configured grace period), writes pending last-use records and closes the
 /// database cleanly.
@@ -261,14 +266,18 @@ pub async fn serve(
                 .handle(metrics_handle.clone())
                 .first_request_timeout(config.header_read_timeout);
             limit_http1(server.http_builder(), config.header_read_timeout);
-            let service = http::metrics_router(metrics).into_make_service();
+            let service = http::metrics_router(metrics.clone()).into_make_service();
             Some(tokio::spawn(server.serve(service)))
         }
         None => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(%issuer, "listening on {scheme}://{local}");
-    let make_service = app.into_make_service_with_connect_info::<SocketAddr>();
+    let make_service = http::LimitConnections::new(
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+        config.connections,
+        metrics.connections.clone(),
+    );
     let served = match tls {
         Some(tls) => {
             let mut server = axum_server::from_tcp_rustls(listener, tls)?
@@ -315,7 +324,8 @@ pub async fn serve(
 }
 
 /// Slow or oversized request heads are cut off instead of holding a connection (and a
-/// graceful shutdown) forever.
+/// graceful shutdown) forever, and HTTP/2 connections whose peer stopped answering are found
+/// by pings. (Idle HTTP/2 connections are closed by [`http::LimitConnections`].)
 fn limit_http1(
     builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
     header_read_timeout: std::time::Duration,
@@ -324,6 +334,11 @@ fn limit_http1(
         .http1()
         .header_read_timeout(header_read_timeout)
         .max_buf_size(MAX_REQUEST_HEAD_BYTES);
+    builder
+        .http2()
+        .keep_alive_interval(HTTP2_PING_INTERVAL)
+        .keep_alive_timeout(HTTP2_PING_TIMEOUT)
+        .max_header_list_size(MAX_REQUEST_HEAD_BYTES as u32);
 }
 
 /// The host of the issuer URL, so the development certificate also covers it.

@@ -267,6 +267,18 @@ struct ServeArgs {
     #[arg(long, env = "PRISMD_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     header_read_timeout: Duration,
 
+    /// A connection with no request in flight for this long is closed (HTTP/2 with a GOAWAY).
+    /// Idle HTTP/1 connections are closed sooner when --header-read-timeout is shorter: that
+    /// timer runs from the end of one response to the next request's headers.
+    #[arg(long, env = "PRISMD_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+
+    /// Most connections open at once on the main listener; one more is closed as soon as it
+    /// is accepted (counted in prismd_http_connections_refused_total). Keep it below the
+    /// process's open-file limit (`ulimit -n`).
+    #[arg(long, env = "PRISMD_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_connections: u32,
+
     /// After SIGTERM (or Ctrl-C), how long in-flight requests may take to finish; then pending
     /// last-use records are written and the database is closed.
     #[arg(long, env = "PRISMD_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
@@ -749,6 +761,10 @@ async fn run_server(
         issuer: args.issuer,
         tls,
         header_read_timeout: args.header_read_timeout,
+        connections: prismd::config::ConnectionSettings {
+            max_connections: args.max_connections,
+            idle_timeout: args.idle_timeout,
+        },
         shutdown_grace: args.shutdown_grace,
         audience: args.audience,
         access_token_ttl: args.key_window.access_token_ttl,

@@ -27,7 +27,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet, p
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
@@ -452,6 +452,15 @@ const LIMIT_KINDS: [LimitKind; 7] = [
     LimitKind::DeviceStartAddress,
 ];
 
+/// The main listener's connections (`--max-connections`).
+#[derive(Clone, Default)]
+pub struct ConnectionGauges {
+    /// Connections open now.
+    pub open: Gauge,
+    /// Connections closed at once because the cap was reached.
+    pub refused: Counter,
+}
+
 /// Everything `/metrics` shows: what the server counts, and where it reads the gauges from.
 pub struct Metrics {
     pub http: Arc<HttpMetrics>,
@@ -462,6 +471,8 @@ pub struct Metrics {
     forward_auth: [Counter; ForwardAuthOutcome::ALL.len()],
     /// `/oauth/introspect` answers, by [`IntrospectionOutcome`] (in its order).
     introspection: [Counter; IntrospectionOutcome::ALL.len()],
+    /// The main listener's open and refused connections.
+    pub connections: ConnectionGauges,
     registry: Registry,
 }
 
@@ -577,6 +588,17 @@ impl Metrics {
             "outcome",
             IntrospectionOutcome::ALL.map(IntrospectionOutcome::label),
         );
+        let connections = ConnectionGauges::default();
+        registry.register(
+            "prismd_http_connections_open",
+            "Connections open on the main listener",
+            connections.open.clone(),
+        );
+        registry.register(
+            "prismd_http_connections_refused",
+            "Connections closed as soon as they were accepted because --max-connections were open",
+            connections.refused.clone(),
+        );
         let http = Arc::new(HttpMetrics::default());
         registry.register_collector(Box::new(http.clone()));
         registry.register_collector(Box::new(ScrapeTime {
@@ -588,6 +610,7 @@ impl Metrics {
             limit_refusals,
             forward_auth,
             introspection,
+            connections,
             registry,
         }
     }

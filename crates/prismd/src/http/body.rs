@@ -1,10 +1,18 @@
 //! Request-body extractors that answer bad input the OAuth way: a JSON or form body with the
 //! right content type, within a size limit, into a typed struct, or a clear 400/413/415 that
-//! never echoes what was sent (parser messages can quote input, so they are not passed on).
+//! never echoes what was sent (parser messages can quote input, so they are not passed on);
+//! and the middleware that reads what a handler left of a body before the answer goes out.
 
-use axum::body::Bytes;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{FromRequest, Request};
 use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 
 use super::error::HttpError;
@@ -154,4 +162,75 @@ fn too_large(limit: usize) -> HttpError {
         "invalid_request",
         format!("the request body is larger than {limit} bytes"),
     )
+}
+
+/// How much of a body a handler left unread is still read, and thrown away, before its
+/// answer is sent. Beyond this the answer goes out anyway; the request timeout bounds the
+/// time either way.
+const DRAIN_UNREAD_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Middleware: whatever part of the request body the handler did not read (a 413 for a body
+/// over its limit, a 415, a 401 before the body mattered) is read and thrown away before the
+/// answer goes out. Answering first makes an HTTP/2 server reset the stream (`CANCEL`),
+/// which clients report as a framing error without the status, and an HTTP/1 client still
+/// sending may see the connection close before it reads the answer; either way the client
+/// never learns why it was refused.
+pub(super) async fn drain_unread(req: Request, next: Next) -> Response {
+    if req.body().is_end_stream() {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let kept = Arc::new(Mutex::new(Some(body)));
+    let lent = Body::new(LentBody(kept.clone()));
+    let response = next.run(Request::from_parts(parts, lent)).await;
+    let unread = kept.lock().unwrap_or_else(PoisonError::into_inner).take();
+    if let Some(mut unread) = unread
+        && !unread.is_end_stream()
+    {
+        let mut seen = 0u64;
+        while seen <= DRAIN_UNREAD_BYTES {
+            match unread.frame().await {
+                Some(Ok(frame)) => {
+                    seen += frame.data_ref().map_or(0, |data| data.len() as u64);
+                }
+                Some(Err(_)) | None => break,
+            }
+        }
+    }
+    response
+}
+
+/// The request body as the handler sees it, while the middleware keeps hold of it.
+struct LentBody(Arc<Mutex<Option<Body>>>);
+
+impl HttpBody for LentBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let mut body = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match body.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_none_or(HttpBody::is_end_stream)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map_or_else(|| http_body::SizeHint::with_exact(0), HttpBody::size_hint)
+    }
 }

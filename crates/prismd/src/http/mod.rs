@@ -7,6 +7,7 @@ mod api;
 mod auth;
 mod body;
 mod client_address;
+mod connections;
 mod error;
 mod forward_auth;
 mod graphql;
@@ -40,6 +41,7 @@ use crate::domain::limits::{LimitSettings, Limits};
 use crate::metrics::Metrics;
 
 pub use api::ApiSchema;
+pub use connections::LimitConnections;
 pub use error::HttpError;
 
 /// How many request-body types [`parse_request_body`] knows.
@@ -177,6 +179,7 @@ pub fn router(state: AppState, request_timeout: Duration, metrics: MetricsExposu
         .fallback(oauth::not_found)
         .method_not_allowed_fallback(oauth::method_not_allowed)
         .with_state(state)
+        .layer(middleware::from_fn(body::drain_unread))
         .layer(middleware::from_fn_with_state(request_timeout, deadline))
         .layer(middleware::from_fn_with_state(
             proxies,

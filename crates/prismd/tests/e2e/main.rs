@@ -5,6 +5,7 @@ mod admin;
 mod attack_battery;
 mod audit;
 mod cleanup;
+mod connections;
 mod crash;
 mod device;
 mod errors;
