@@ -96,6 +96,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Outgoing email; `None` without `--smtp-url` (then links are shown, not mailed).
     pub mail: Option<Arc<crate::mail::Mailer>>,
+    /// `/readyz`'s last answer, shared by the probes of a fraction of a second.
+    pub readiness: Arc<ops::Readiness>,
 }
 
 impl AppState {
@@ -108,6 +110,7 @@ impl AppState {
             web: Arc::new(web),
             metrics,
             mail: None,
+            readiness: Arc::new(ops::Readiness::default()),
         }
     }
 

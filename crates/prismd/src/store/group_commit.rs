@@ -273,6 +273,25 @@ impl<T: From<ExchangeRequest>> RevokeQueue<T> {
 }
 
 /// `first` and the requests queued behind it, up to a group's size.
+/// The consumer's loop on an async runtime (PostgreSQL's): each group is committed by
+/// `commit` in a task of its own, so that a panic (a bug) costs only its group, whose callers
+/// get the error of a store that went away (their replies are dropped), and not every later
+/// revoke. SQLite's thread does the same with `catch_unwind`.
+pub(super) async fn commit_supervised<F, Committing>(mut pending: PendingRevokes, commit: F)
+where
+    F: Fn(Vec<Request>) -> Committing,
+    Committing: std::future::Future<Output = ()> + Send + 'static,
+{
+    while let Some(requests) = pending.next_group().await {
+        if let Err(err) = tokio::spawn(commit(requests)).await
+            && err.is_panic()
+        {
+            tracing::error!("a group of revoke-alls panicked; none of it was committed");
+        }
+    }
+    pending.stopped();
+}
+
 fn gather<T>(first: T, queue: &mut mpsc::UnboundedReceiver<T>) -> Vec<T> {
     let mut requests = vec![first];
     while requests.len() < MAX_WRITES_PER_COMMIT {
@@ -282,4 +301,58 @@ fn gather<T>(first: T, queue: &mut mpsc::UnboundedReceiver<T>) -> Vec<T> {
         }
     }
     requests
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn audit() -> AuditEvent {
+        AuditEvent {
+            at: 0,
+            action: "tokens.revoked_all",
+            actor: "test".to_owned(),
+            org_id: None,
+            subject_user_id: None,
+            address: None,
+            user_agent: None,
+            detail: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_group_fails_only_its_own_callers() {
+        let (queue, pending) = RevokeQueue::new();
+        let consumer = tokio::spawn(commit_supervised(
+            pending,
+            |requests: Vec<Request>| async move {
+                for request in requests {
+                    let user = match &request.revoke {
+                        Revoke::User(revoke) => revoke.user_id.clone(),
+                        Revoke::Token { .. } => String::new(),
+                    };
+                    assert_ne!(user, "buggy", "an injected bug");
+                    request.answer(Ok(Some(RevokedAll {
+                        user_id: user,
+                        moved: true,
+                        siblings: Vec::new(),
+                    })));
+                }
+            },
+        ));
+        let failed = queue.revoke_all("buggy", 1, audit()).await;
+        assert!(
+            matches!(failed, Err(StoreError::Unreachable(_))),
+            "the panicking group's caller gets an error, not a hang: {failed:?}"
+        );
+        for _ in 0..3 {
+            let served = queue.revoke_all("alice", 1, audit()).await;
+            assert!(
+                matches!(served, Ok(true)),
+                "later revokes are still committed: {served:?}"
+            );
+        }
+        queue.close().await;
+        assert!(consumer.await.is_ok(), "the consumer stopped cleanly");
+    }
 }

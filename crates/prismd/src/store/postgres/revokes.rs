@@ -3,19 +3,23 @@
 //! one more (`UNNEST` over the group's columns), so a burst pays one round trip and one flush.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use sqlx::postgres::PgPool;
 use sqlx::{FromRow, Row};
 
 use super::CHANGES_CHANNEL;
-use crate::store::group_commit::{PendingRevokes, Request, RevokeQueue, UserRevoke};
+use crate::store::group_commit::{Request, RevokeQueue, UserRevoke, commit_supervised};
 use crate::store::sql::tokens::{refresh_grant_columns, refresh_grant_tables};
 use crate::store::{RefreshGrant, RevokedAll, StoreError};
 
 /// Starts the committing task; revoke-alls queued on the returned queue are committed by it.
 pub(super) fn start(pool: PgPool) -> RevokeQueue {
     let (queue, pending) = RevokeQueue::new();
-    tokio::spawn(commit_in_groups(PgRevokes(pool), pending));
+    let writer = Arc::new(PgRevokes(pool));
+    tokio::spawn(commit_supervised(pending, move |requests| {
+        commit_group(writer.clone(), requests)
+    }));
     queue
 }
 
@@ -227,50 +231,48 @@ impl RevokeColumns {
     }
 }
 
-async fn commit_in_groups(writer: PgRevokes, mut pending: PendingRevokes) {
-    while let Some(requests) = pending.next_group().await {
-        let grants = read_grants(&writer, &requests).await;
-        let mut group = Vec::with_capacity(requests.len());
-        let mut callers = Vec::with_capacity(requests.len());
-        for (request, grant) in requests.into_iter().zip(grants) {
-            match grant.map(|grant| request.revoke.resolve(grant.as_ref())) {
-                Ok(Some(revoke)) => {
-                    group.push(revoke);
-                    callers.push(request);
-                }
-                Ok(None) => request.answer(Ok(None)),
-                Err(err) => request.answer(Err(err)),
+/// Commits one group: its tokens' grants in one statement, its revokes in another.
+async fn commit_group(writer: Arc<PgRevokes>, requests: Vec<Request>) {
+    let grants = read_grants(&writer, &requests).await;
+    let mut group = Vec::with_capacity(requests.len());
+    let mut callers = Vec::with_capacity(requests.len());
+    for (request, grant) in requests.into_iter().zip(grants) {
+        match grant.map(|grant| request.revoke.resolve(grant.as_ref())) {
+            Ok(Some(revoke)) => {
+                group.push(revoke);
+                callers.push(request);
+            }
+            Ok(None) => request.answer(Ok(None)),
+            Err(err) => request.answer(Err(err)),
+        }
+    }
+    if group.is_empty() {
+        return;
+    }
+    match writer.revoke_group(&group).await {
+        Ok(outcomes) => {
+            for ((request, revoke), moved) in callers.into_iter().zip(group).zip(outcomes) {
+                request.answer(Ok(Some(RevokedAll {
+                    user_id: revoke.user_id,
+                    moved: moved.is_some(),
+                    siblings: moved.unwrap_or_default(),
+                })));
             }
         }
-        if group.is_empty() {
-            continue;
-        }
-        match writer.revoke_group(&group).await {
-            Ok(outcomes) => {
-                for ((request, revoke), moved) in callers.into_iter().zip(group).zip(outcomes) {
-                    request.answer(Ok(Some(RevokedAll {
+        // One bad revoke must not fail the others: each is retried on its own.
+        Err(_) => {
+            for (request, revoke) in callers.into_iter().zip(group) {
+                let outcome = writer.revoke_alone(&revoke).await;
+                request.answer(outcome.map(|moved| {
+                    Some(RevokedAll {
                         user_id: revoke.user_id,
                         moved: moved.is_some(),
                         siblings: moved.unwrap_or_default(),
-                    })));
-                }
-            }
-            // One bad revoke must not fail the others: each is retried on its own.
-            Err(_) => {
-                for (request, revoke) in callers.into_iter().zip(group) {
-                    let outcome = writer.revoke_alone(&revoke).await;
-                    request.answer(outcome.map(|moved| {
-                        Some(RevokedAll {
-                            user_id: revoke.user_id,
-                            moved: moved.is_some(),
-                            siblings: moved.unwrap_or_default(),
-                        })
-                    }));
-                }
+                    })
+                }));
             }
         }
     }
-    pending.stopped();
 }
 
 /// The grant of each request's token, in order (`Ok(None)` for a user-named request or an
