@@ -79,6 +79,8 @@ pub struct ServeConfig {
     pub forward_auth_prefix: String,
     /// Reverse proxies whose forwarded client addresses are believed (`--trusted-proxies`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `/api` requests a second per caller (`--api-rate-limit`); 0: no limit.
+    pub api_rate_limit: u32,
 }
 
 impl ServeConfig {
@@ -119,6 +121,7 @@ impl ServeConfig {
             oidc: OidcSettings::default(),
             forward_auth_prefix: "X-Prism-".to_owned(),
             trusted_proxies: Vec::new(),
+            api_rate_limit: 50,
         }
     }
 

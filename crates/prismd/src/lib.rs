@@ -187,6 +187,7 @@ pub async fn serve(
         limits: config.limits,
         forward_auth_prefix: config.forward_auth_prefix.clone(),
         trusted_proxies: config.trusted_proxies.clone(),
+        api_rate_limit: config.api_rate_limit,
     };
     let metrics = Arc::new(Metrics::new(store.clone()));
     let exposure = match metrics_listener {

@@ -328,6 +328,12 @@ struct ServeArgs {
     /// default: without it those headers are ignored, since any client can send them.
     #[arg(long, env = "PRISMD_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_proxy)]
     trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// `/api` requests a second each member or service account may make, with a burst of one
+    /// second's worth; beyond it 429 with `Retry-After`. Counted per process: with several
+    /// replicas behind a load balancer a caller may get up to this much from each. 0: no limit.
+    #[arg(long, env = "PRISMD_API_RATE_LIMIT", default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    api_rate_limit: u32,
 }
 
 /// A header name prefix: letters, digits and `-`.
@@ -797,6 +803,7 @@ async fn run_server(
         oidc: args.oidc.settings()?,
         forward_auth_prefix: args.forward_auth_header_prefix,
         trusted_proxies: args.trusted_proxies,
+        api_rate_limit: args.api_rate_limit,
         ..ServeConfig::new(data_dir)
     };
     // Handlers are installed before the listener opens, so a SIGTERM that arrives while the

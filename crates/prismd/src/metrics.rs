@@ -473,6 +473,8 @@ pub struct Metrics {
     introspection: [Counter; IntrospectionOutcome::ALL.len()],
     /// The main listener's open and refused connections.
     pub connections: ConnectionGauges,
+    /// `/api` requests refused by the per-caller rate limit.
+    api_rate_limited: Counter,
     registry: Registry,
 }
 
@@ -588,6 +590,11 @@ impl Metrics {
             "outcome",
             IntrospectionOutcome::ALL.map(IntrospectionOutcome::label),
         );
+        let api_rate_limited = plain_counter(
+            &mut registry,
+            "prismd_api_rate_limited",
+            "/api requests answered 429 by the per-caller rate limit (--api-rate-limit)",
+        );
         let connections = ConnectionGauges::default();
         registry.register(
             "prismd_http_connections_open",
@@ -611,6 +618,7 @@ impl Metrics {
             forward_auth,
             introspection,
             connections,
+            api_rate_limited,
             registry,
         }
     }
@@ -623,6 +631,11 @@ impl Metrics {
     /// Counts an answer of `/oauth/introspect`.
     pub fn introspection(&self, outcome: IntrospectionOutcome) {
         count_outcome(&self.introspection, &IntrospectionOutcome::ALL, outcome);
+    }
+
+    /// Counts an `/api` request the per-caller rate limit refused.
+    pub fn api_rate_limited(&self) {
+        self.api_rate_limited.inc();
     }
 
     /// Counts a request an abuse limit refused.

@@ -6,7 +6,7 @@
 
 use prism_proto::token_format::{self, SecretKind};
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use super::accounts::Accounts;
 use super::clients::{CLI_CLIENT_ID, DEFAULT_SCOPE};
@@ -17,8 +17,8 @@ use super::service_accounts::checked_holder_scopes;
 use super::usage::UsageRecorder;
 use super::{DomainError, RequestMeta, now_ms};
 use crate::store::{
-    AuditEvent, Identity, MAX_LISTED_SESSIONS, NewRefreshToken, SessionRecord, Store, StoreError,
-    User,
+    AuditEvent, Identity, MAX_LISTED_SESSIONS, NewRefreshToken, SessionPolicy, SessionRecord,
+    Store, StoreError, User,
 };
 use crate::tokens::hash_secret;
 
@@ -31,6 +31,16 @@ pub struct LiveSession {
     pub record: SessionRecord,
     /// ms since the epoch; `None` when no policy applies.
     pub expires_at: Option<i64>,
+}
+
+/// Only Owners manage Owners' sessions (the caller already manages users).
+fn may_manage_sessions_of(actor: &User, target: &User) -> Result<(), DomainError> {
+    if Role::of(target) == Role::Owner && Role::of(actor) != Role::Owner {
+        return Err(DomainError::AccessDenied(
+            "Admins cannot manage Owners' sessions".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn revoke_all_event(actor: &User, holder: &User, meta: &RequestMeta) -> AuditEvent {
@@ -114,16 +124,11 @@ impl<'s> Sessions<'s> {
         if user_id == actor.id {
             return Ok(actor.clone());
         }
-        let actor_role = Role::of(actor);
-        if !actor_role.manages_users() {
+        if !Role::of(actor).manages_users() {
             return Err(DomainError::NotFound(NO_SUCH_USER.into()));
         }
         let target = Accounts::new(self.store).member(actor, user_id).await?;
-        if Role::of(&target) == Role::Owner && actor_role != Role::Owner {
-            return Err(DomainError::AccessDenied(
-                "Admins cannot manage Owners' sessions".into(),
-            ));
-        }
+        may_manage_sessions_of(actor, &target)?;
         Ok(target)
     }
 
@@ -141,8 +146,69 @@ impl<'s> Sessions<'s> {
             .session_policy(&holder.org_id)
             .await?
             .unwrap_or_default();
+        Ok(self.still_live(records, policy))
+    }
+
+    /// [`Self::list`] for each of `members`, already read (a page of the organization's
+    /// users): one read of all their sessions and one of the policy, not three reads per
+    /// member. Each member's answer, in their order, is what [`Self::list`] would give.
+    pub async fn list_for_members(
+        &self,
+        actor: &User,
+        members: &[User],
+    ) -> Result<Vec<Result<Vec<LiveSession>, DomainError>>, DomainError> {
+        let allowed: Vec<Result<&User, DomainError>> = members
+            .iter()
+            .map(|member| {
+                if member.id == actor.id {
+                    return Ok(member);
+                }
+                // A member of another organization is unknown here, as `member` would say.
+                if !Role::of(actor).manages_users() || member.org_id != actor.org_id {
+                    return Err(DomainError::NotFound(NO_SUCH_USER.into()));
+                }
+                may_manage_sessions_of(actor, member).map(|()| member)
+            })
+            .collect();
+        let holder_ids: Vec<&str> = allowed
+            .iter()
+            .filter_map(|holder| holder.as_ref().ok().map(|holder| holder.id.as_str()))
+            .collect();
+        if holder_ids.is_empty() {
+            return Ok(allowed
+                .into_iter()
+                .map(|holder| holder.map(|_| Vec::new()))
+                .collect());
+        }
+        let mut by_holder: HashMap<String, Vec<SessionRecord>> = HashMap::new();
+        for record in self
+            .store
+            .list_sessions_of_users(&holder_ids, MAX_LISTED_SESSIONS)
+            .await?
+        {
+            by_holder
+                .entry(record.user_id.clone())
+                .or_default()
+                .push(record);
+        }
+        let policy = self
+            .store
+            .session_policy(&actor.org_id)
+            .await?
+            .unwrap_or_default();
+        Ok(allowed
+            .into_iter()
+            .map(|holder| {
+                let own = by_holder.remove(&holder?.id).unwrap_or_default();
+                Ok(self.still_live(own, policy))
+            })
+            .collect())
+    }
+
+    /// The sessions among `records` that `policy` has not ended, with when it will.
+    fn still_live(&self, records: Vec<SessionRecord>, policy: SessionPolicy) -> Vec<LiveSession> {
         let now = now_ms();
-        Ok(records
+        records
             .into_iter()
             .map(|record| {
                 let last_use = record.last_used_at.max(self.usage.last_use(&record.id));
@@ -155,7 +221,7 @@ impl<'s> Sessions<'s> {
                 LiveSession { record, expires_at }
             })
             .filter(|session| session.expires_at.is_none_or(|end| now < end))
-            .collect())
+            .collect()
     }
 
     /// Ends one session: its refresh token stops working, and so do the access tokens issued

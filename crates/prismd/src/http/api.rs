@@ -115,6 +115,18 @@ pub async fn graphql(
     ClientMeta(meta): ClientMeta,
     JsonBody(request): JsonBody<GraphqlRequest>,
 ) -> Response {
+    if let Err(wait) = state.api_rate.check(&principal.user.id) {
+        state.metrics.api_rate_limited();
+        // Whole seconds for Retry-After, never 0: a client that retries at once would only
+        // be refused again.
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        return HttpError::too_many(
+            seconds.max(1),
+            "this caller is making more /api requests a second than --api-rate-limit allows; \
+             retry after the time in Retry-After",
+        )
+        .into_response();
+    }
     if aliases_beyond_cap(&request.query) {
         return http_response(async_graphql::Response::from_errors(vec![
             async_graphql::ServerError::new(

@@ -18,6 +18,7 @@ use crate::domain::auth::{AuthService, Principal};
 use crate::domain::policies::{PolicyDays, PolicyUpdate};
 use crate::domain::roles::Role;
 use crate::domain::scopes::{ApiScope, TokenScopes};
+use crate::domain::sessions::LiveSession;
 use crate::domain::{DomainError, RequestMeta, audit};
 use crate::store::{
     AuditRecord, Delivery, Organization, ProfileChanges, SessionRecord, StoreError, User,
@@ -172,10 +173,7 @@ impl QueryRoot {
     /// The user the access token belongs to.
     async fn authenticated_user(&self, ctx: &Context<'_>) -> async_graphql::Result<UserNode> {
         let principal = ctx.data::<Principal>()?;
-        Ok(UserNode {
-            user: principal.user.clone(),
-            org: principal.org.clone(),
-        })
+        Ok(UserNode::new(principal.user.clone(), principal.org.clone()))
     }
 
     /// The tenants (organizations) where the caller's sign-in identity is a member.
@@ -368,6 +366,18 @@ impl AuditEventNode {
 pub struct UserNode {
     user: User,
     org: Organization,
+    /// Its sessions, when the page it is listed in read them for all its users at once.
+    sessions: Option<Result<Vec<LiveSession>, async_graphql::Error>>,
+}
+
+impl UserNode {
+    fn new(user: User, org: Organization) -> Self {
+        Self {
+            user,
+            org,
+            sessions: None,
+        }
+    }
 }
 
 #[Object(name = "User")]
@@ -422,12 +432,15 @@ impl UserNode {
         caller
             .require(ApiScope::SessionsRead)
             .map_err(query_error)?;
-        let live = caller
-            .auth
-            .sessions()
-            .list(&caller.principal.user, &self.user.id)
-            .await
-            .map_err(query_error)?;
+        let live = match &self.sessions {
+            Some(prefetched) => prefetched.clone()?,
+            None => caller
+                .auth
+                .sessions()
+                .list(&caller.principal.user, &self.user.id)
+                .await
+                .map_err(query_error)?,
+        };
         Ok(Some(
             live.into_iter()
                 .map(|session| {
@@ -620,15 +633,29 @@ impl OrganizationNode {
             .users
             .last()
             .map(|u| encode_cursor(u.created_at, &u.id));
+        let mut nodes: Vec<UserNode> = page
+            .users
+            .into_iter()
+            .map(|user| UserNode::new(user, self.0.clone()))
+            .collect();
+        // When the query asks for the users' sessions (and may), they are read for the whole
+        // page at once: one read instead of three per user.
+        if ctx.look_ahead().field("nodes").field("sessions").exists()
+            && caller.require(ApiScope::SessionsRead).is_ok()
+        {
+            let members: Vec<User> = nodes.iter().map(|node| node.user.clone()).collect();
+            let listed = caller
+                .auth
+                .sessions()
+                .list_for_members(&caller.principal.user, &members)
+                .await
+                .map_err(query_error)?;
+            for (node, sessions) in nodes.iter_mut().zip(listed) {
+                node.sessions = Some(sessions.map_err(query_error));
+            }
+        }
         Ok(UserConnection {
-            nodes: page
-                .users
-                .into_iter()
-                .map(|user| UserNode {
-                    user,
-                    org: self.0.clone(),
-                })
-                .collect(),
+            nodes,
             page_info: PageInfo {
                 has_next_page: page.has_next_page,
                 end_cursor,
@@ -759,10 +786,7 @@ impl UserPayload {
     ) -> async_graphql::Result<Self> {
         Ok(match result {
             Ok(user) => UserPayload {
-                user: Some(UserNode {
-                    user,
-                    org: org.clone(),
-                }),
+                user: Some(UserNode::new(user, org.clone())),
                 errors: Vec::new(),
             },
             Err(err) => UserPayload {
@@ -918,10 +942,7 @@ impl MutationRoot {
             None
         };
         Ok(CreateOrganizationUserPayload {
-            user: Some(UserNode {
-                user,
-                org: caller.principal.org.clone(),
-            }),
+            user: Some(UserNode::new(user, caller.principal.org.clone())),
             invitation_url: invitation,
             errors: Vec::new(),
         })
@@ -1049,10 +1070,7 @@ impl MutationRoot {
         };
         Ok(match result {
             Ok(user) => RevokeAllSessionsPayload {
-                user: Some(UserNode {
-                    user,
-                    org: caller.principal.org.clone(),
-                }),
+                user: Some(UserNode::new(user, caller.principal.org.clone())),
                 errors: Vec::new(),
             },
             Err(err) => RevokeAllSessionsPayload {

@@ -3,6 +3,8 @@
 //! schema beside `graphql`'s root objects (see `api::schema`); resolvers call the domain's
 //! services and report problems in the payload's `errors { field messages }`.
 
+use std::sync::Arc;
+
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 
 use super::graphql::{
@@ -14,7 +16,7 @@ use crate::domain::policies::{MAX_POLICY_DAYS, SECONDS_PER_DAY};
 use crate::domain::roles::Role;
 use crate::domain::scopes::{ApiScope, role_scopes};
 use crate::domain::service_accounts::AccountUpdate;
-use crate::domain::sessions::{Minter, TokenRequest};
+use crate::domain::sessions::{LiveSession, Minter, TokenRequest};
 use crate::domain::{DomainError, now_ms};
 use crate::store::{Grantee, OrgScope, User};
 
@@ -27,41 +29,61 @@ fn account_id_from(id: &ID) -> Result<String, DomainError> {
 }
 
 /// A service account as the API shows it.
-pub struct ServiceAccountNode(pub(super) User);
+pub struct ServiceAccountNode {
+    account: User,
+    /// The organization's scopes, when the list it is in read them once for all its accounts.
+    org_scopes: Option<Arc<Vec<OrgScope>>>,
+    /// Its tokens, when the list it is in read them for all its accounts at once.
+    tokens: Option<Result<Vec<LiveSession>, async_graphql::Error>>,
+}
+
+impl ServiceAccountNode {
+    pub(super) fn new(account: User) -> Self {
+        Self {
+            account,
+            org_scopes: None,
+            tokens: None,
+        }
+    }
+}
 
 #[Object(name = "ServiceAccount")]
 impl ServiceAccountNode {
     /// `base64("ServiceAccount:<uuid>")`; its tokens' `sub` is the uuid.
     async fn id(&self) -> ID {
-        ID(public_id(SERVICE_ACCOUNT, &self.0.id))
+        ID(public_id(SERVICE_ACCOUNT, &self.account.id))
     }
     async fn name(&self) -> &str {
-        &self.0.name
+        &self.account.name
     }
     async fn description(&self) -> Option<&str> {
-        self.0.description.as_deref()
+        self.account.description.as_deref()
     }
     async fn role(&self) -> RoleNode {
-        RoleNode(Role::of(&self.0))
+        RoleNode(Role::of(&self.account))
     }
     /// RFC 3339, UTC.
     async fn created_at(&self) -> String {
-        timestamp(self.0.created_at)
+        timestamp(self.account.created_at)
     }
     /// The organization's own scopes granted to this account itself (its role's grants are
     /// on each scope).
     async fn scopes(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<String>> {
-        let caller = caller(ctx)?;
-        let scopes = caller
-            .auth
-            .service_accounts()
-            .org_scopes(&self.0.org_id)
-            .await
-            .map_err(query_error)?;
+        let scopes = match &self.org_scopes {
+            Some(scopes) => scopes.clone(),
+            None => Arc::new(
+                caller(ctx)?
+                    .auth
+                    .service_accounts()
+                    .org_scopes(&self.account.org_id)
+                    .await
+                    .map_err(query_error)?,
+            ),
+        };
         Ok(scopes
-            .into_iter()
-            .filter(|scope| scope.service_accounts.contains(&self.0.id))
-            .map(|scope| scope.name)
+            .iter()
+            .filter(|scope| scope.service_accounts.contains(&self.account.id))
+            .map(|scope| scope.name.clone())
             .collect())
     }
     /// Its live tokens, newest first (Owners and Admins, `sessions:read`).
@@ -70,12 +92,15 @@ impl ServiceAccountNode {
         caller
             .require(ApiScope::SessionsRead)
             .map_err(query_error)?;
-        let live = caller
-            .auth
-            .sessions()
-            .list(caller.actor(), &self.0.id)
-            .await
-            .map_err(query_error)?;
+        let live = match &self.tokens {
+            Some(prefetched) => prefetched.clone()?,
+            None => caller
+                .auth
+                .sessions()
+                .list(caller.actor(), &self.account.id)
+                .await
+                .map_err(query_error)?,
+        };
         Ok(Some(
             live.into_iter()
                 .map(|session| {
@@ -156,7 +181,7 @@ impl ScopeNode {
         Ok(accounts
             .into_iter()
             .filter(|account| self.service_accounts.contains(&account.id))
-            .map(ServiceAccountNode)
+            .map(ServiceAccountNode::new)
             .collect())
     }
 }
@@ -179,7 +204,44 @@ impl AccessQuery {
             .list(&caller.actor().org_id)
             .await
             .map_err(query_error)?;
-        Ok(Some(accounts.into_iter().map(ServiceAccountNode).collect()))
+        // What the query asks of every account is read once for them all, not once each.
+        let wants = ctx.look_ahead();
+        let org_scopes = if wants.field("scopes").exists() {
+            Some(Arc::new(
+                caller
+                    .auth
+                    .service_accounts()
+                    .org_scopes(&caller.actor().org_id)
+                    .await
+                    .map_err(query_error)?,
+            ))
+        } else {
+            None
+        };
+        let mut tokens: Vec<Option<Result<Vec<LiveSession>, async_graphql::Error>>> =
+            accounts.iter().map(|_| None).collect();
+        if wants.field("tokens").exists() && caller.require(ApiScope::SessionsRead).is_ok() {
+            let listed = caller
+                .auth
+                .sessions()
+                .list_for_members(caller.actor(), &accounts)
+                .await
+                .map_err(query_error)?;
+            for (slot, listed) in tokens.iter_mut().zip(listed) {
+                *slot = Some(listed.map_err(query_error));
+            }
+        }
+        Ok(Some(
+            accounts
+                .into_iter()
+                .zip(tokens)
+                .map(|(account, tokens)| ServiceAccountNode {
+                    account,
+                    org_scopes: org_scopes.clone(),
+                    tokens,
+                })
+                .collect(),
+        ))
     }
 
     /// Every scope a token here may be restricted to: the built-in ones, then the
@@ -306,7 +368,7 @@ fn account_payload(
 ) -> async_graphql::Result<ServiceAccountPayload> {
     match result {
         Ok(account) => Ok(ServiceAccountPayload {
-            service_account: Some(ServiceAccountNode(account)),
+            service_account: Some(ServiceAccountNode::new(account)),
             errors: Vec::new(),
         }),
         Err(err) => failed(err, field, |errors| ServiceAccountPayload {

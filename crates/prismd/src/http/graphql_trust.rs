@@ -115,7 +115,7 @@ impl TrustPolicyNode {
             .find(&caller.actor().org_id, &self.0.record.service_account_id)
             .await
             .map_err(query_error)?;
-        Ok(ServiceAccountNode(account))
+        Ok(ServiceAccountNode::new(account))
     }
     /// The scopes its access tokens carry; empty: the service account's role.
     async fn scopes(&self) -> &[String] {

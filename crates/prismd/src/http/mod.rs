@@ -4,6 +4,7 @@
 
 mod account_pages;
 mod api;
+mod api_rate;
 mod auth;
 mod body;
 mod client_address;
@@ -84,6 +85,8 @@ pub struct WebSettings {
     pub forward_auth_prefix: String,
     /// Peers whose `Forwarded` / `X-Forwarded-For` name the client (`--trusted-proxies`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `/api` requests a second per caller (`--api-rate-limit`); 0: no limit.
+    pub api_rate_limit: u32,
 }
 
 /// What every handler can reach.
@@ -98,11 +101,14 @@ pub struct AppState {
     pub mail: Option<Arc<crate::mail::Mailer>>,
     /// `/readyz`'s last answer, shared by the probes of a fraction of a second.
     pub readiness: Arc<ops::Readiness>,
+    /// How many `/api` requests each caller has left.
+    pub api_rate: Arc<api_rate::ApiRate>,
 }
 
 impl AppState {
     pub fn new(auth: Arc<AuthService>, web: WebSettings, metrics: Arc<Metrics>) -> Self {
         let metadata = Arc::new(oauth::metadata_document(&auth.settings().issuer));
+        let api_rate_limit = web.api_rate_limit;
         Self {
             schema: api::schema(auth.clone()),
             auth,
@@ -111,6 +117,7 @@ impl AppState {
             metrics,
             mail: None,
             readiness: Arc::new(ops::Readiness::default()),
+            api_rate: Arc::new(api_rate::ApiRate::new(api_rate_limit)),
         }
     }
 

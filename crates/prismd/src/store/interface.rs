@@ -368,6 +368,16 @@ pub trait TokenStore: Send + Sync + 'static {
         limit: i64,
     ) -> Result<Vec<SessionRecord>, StoreError>;
 
+    /// The live sessions of each of `user_ids` (same rule and order as
+    /// [`Store::list_sessions`], at most `limit_per_user` each), in one statement: a page of
+    /// users with their sessions is one read, not one per user. Grouped by user in no
+    /// particular order of users.
+    async fn list_sessions_of_users(
+        &self,
+        user_ids: &[&str],
+        limit_per_user: i64,
+    ) -> Result<Vec<SessionRecord>, StoreError>;
+
     /// One live session by id (same rule as [`Store::list_sessions`]), whoever's it is.
     async fn live_session(&self, token_id: &str) -> Result<Option<SessionRecord>, StoreError>;
 

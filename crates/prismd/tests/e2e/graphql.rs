@@ -781,3 +781,161 @@ async fn list_fields_cost_their_page_size() -> TestResult {
     server.stop()?;
     Ok(())
 }
+
+/// How many statements the server has logged (sqlx's statement log) that read sessions, once
+/// every line before now has reached the log: a marker request is made, and its access-log line
+/// waited for.
+async fn session_reads_logged(server: &Server) -> Result<usize, Box<dyn std::error::Error>> {
+    let markers = server.logs().matches("route=\"/healthz\"").count();
+    server.http.get(server.url("/healthz")).send().await?;
+    for _ in 0..200 {
+        let logs = server.logs();
+        if logs.matches("route=\"/healthz\"").count() > markers {
+            return Ok(logs.matches("FROM refresh_tokens t JOIN users u").count());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    Err("the marker request never reached the log".into())
+}
+
+/// The answer to `query`, and how many statements that read sessions it took.
+async fn with_session_reads(
+    server: &Server,
+    access: &str,
+    query: &str,
+) -> Result<(Value, usize), Box<dyn std::error::Error>> {
+    let before = session_reads_logged(server).await?;
+    let answer = gql(server, access, query, Value::Null).await?;
+    let after = session_reads_logged(server).await?;
+    Ok((answer, after - before))
+}
+
+#[tokio::test]
+async fn a_page_of_users_reads_all_their_sessions_at_once() -> TestResult {
+    let dir = temp_dir()?;
+    let server = Server::start_with(
+        dir.path(),
+        crate::harness::Options {
+            env: vec![("PRISMD_LOG".into(), "info,sqlx::query=debug".into())],
+            ..Default::default()
+        },
+    )?;
+    let owner = server
+        .access_token(&admin_ok(
+            dir.path(),
+            &["tokens", "create", "--email", "owner@localhost"],
+        )?)
+        .await?;
+    let admin = member(&server, dir.path(), None, "admin@example.com", "Admin").await?;
+    for n in 0..6 {
+        let email = format!("m{n}@example.com");
+        admin_ok(dir.path(), &["users", "add", "--email", &email])?;
+        // Member n has n tokens.
+        for _ in 0..n {
+            admin_ok(dir.path(), &["tokens", "create", "--email", &email])?;
+        }
+    }
+    let query = "{ organization { users(first: 100) { nodes { email sessions { id } } } } }";
+
+    // The Owner: every member's sessions, in one read.
+    let (page, reads) = with_session_reads(&server, &owner, query).await?;
+    assert!(page.get("errors").is_none(), "{page}");
+    let nodes = page["data"]["organization"]["users"]["nodes"]
+        .as_array()
+        .ok_or("nodes")?;
+    assert_eq!(nodes.len(), 8, "{page}");
+    for node in nodes {
+        let email = node["email"].as_str().unwrap_or_default();
+        let sessions = node["sessions"].as_array().ok_or("sessions")?.len();
+        let expected = match email
+            .strip_prefix('m')
+            .and_then(|rest| rest.split('@').next())
+        {
+            Some(n) => n.parse::<usize>()?,
+            // The Owner's own token (this request's) and the Admin's.
+            None => 1,
+        };
+        assert_eq!(sessions, expected, "{email}: {node}");
+    }
+    assert_eq!(
+        reads, 1,
+        "eight users' sessions in one statement, not eight"
+    );
+
+    // An Admin: the Owner's are refused at the Owner's node, the rest listed, still one read.
+    let (page, reads) = with_session_reads(&server, &admin, query).await?;
+    let errors = page["errors"]
+        .as_array()
+        .ok_or("an error for the Owner's sessions")?;
+    assert_eq!(errors.len(), 1, "{page}");
+    assert!(
+        errors[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Owners' sessions")),
+        "{page}"
+    );
+    let nodes = page["data"]["organization"]["users"]["nodes"]
+        .as_array()
+        .ok_or("nodes")?;
+    let listed = nodes
+        .iter()
+        .filter(|node| node["sessions"].is_array())
+        .count();
+    assert_eq!(listed, 7, "everyone's but the Owner's: {page}");
+    assert_eq!(reads, 1);
+
+    // Service accounts with their tokens: one read too.
+    for n in 0..3 {
+        let name = format!("sa{n}");
+        admin_ok(
+            dir.path(),
+            &[
+                "service-accounts",
+                "add",
+                "--name",
+                &name,
+                "--role",
+                "Integrator",
+            ],
+        )?;
+        for t in 0..n {
+            admin_ok(
+                dir.path(),
+                &[
+                    "tokens",
+                    "create",
+                    "--service-account",
+                    &name,
+                    "--name",
+                    &format!("t{t}"),
+                ],
+            )?;
+        }
+    }
+    let (page, reads) = with_session_reads(
+        &server,
+        &owner,
+        "{ serviceAccounts { name scopes tokens { id } } }",
+    )
+    .await?;
+    assert!(page.get("errors").is_none(), "{page}");
+    let accounts = page["data"]["serviceAccounts"]
+        .as_array()
+        .ok_or("serviceAccounts")?;
+    assert_eq!(accounts.len(), 3, "{page}");
+    for account in accounts {
+        let n: usize = account["name"]
+            .as_str()
+            .and_then(|name| name.strip_prefix("sa"))
+            .ok_or("name")?
+            .parse()?;
+        assert_eq!(
+            account["tokens"].as_array().map(Vec::len),
+            Some(n),
+            "{account}"
+        );
+    }
+    assert_eq!(reads, 1, "three accounts' tokens in one statement");
+    server.stop()?;
+    Ok(())
+}

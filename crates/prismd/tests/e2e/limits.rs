@@ -519,3 +519,126 @@ async fn forwarded_headers_are_ignored_without_trusted_proxies() -> TestResult {
     assert!(!audit.contains("203.0.113."), "{audit}");
     Ok(())
 }
+
+/// `/metrics`' value of an unlabelled series.
+async fn metric_value(server: &Server, name: &str) -> Res<f64> {
+    let text = server
+        .http
+        .get(server.url("/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let value = text
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .ok_or_else(|| format!("{name} is not in /metrics"))?;
+    Ok(value.trim().parse()?)
+}
+
+#[tokio::test]
+async fn api_callers_are_rate_limited_each_on_their_own() -> TestResult {
+    let dir = temp_dir()?;
+    // One request a second: a burst of twenty at once cannot all pass, however slow this
+    // machine is, unless they took twenty seconds.
+    let server = start(dir.path(), &["--api-rate-limit", "1"])?;
+    let busy = server
+        .access_token(&crate::harness::user_with_token(
+            dir.path(),
+            "busy@example.com",
+        )?)
+        .await?;
+    let quiet = server
+        .access_token(&crate::harness::user_with_token(
+            dir.path(),
+            "quiet@example.com",
+        )?)
+        .await?;
+    let query = "{ authenticatedUser { email } }";
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let request = server
+            .http
+            .post(server.url("/api"))
+            .header("authorization", format!("Bearer {busy}"))
+            .json(&serde_json::json!({ "query": query }));
+        burst.spawn(async move {
+            let answer = request.send().await?;
+            let status = answer.status().as_u16();
+            Ok::<_, reqwest::Error>((status, answer.json::<Value>().await?))
+        });
+    }
+    let mut refused = 0;
+    while let Some(answer) = burst.join_next().await {
+        let (status, body) = answer??;
+        match status {
+            200 => assert_eq!(
+                body["data"]["authenticatedUser"]["email"], "busy@example.com",
+                "{body}"
+            ),
+            429 => {
+                refused += 1;
+                assert_eq!(body["error"], "slow_down", "{body}");
+                assert!(
+                    body["error_description"]
+                        .as_str()
+                        .is_some_and(|d| d.contains("--api-rate-limit")),
+                    "{body}"
+                );
+            }
+            other => return Err(format!("unexpected {other}: {body}").into()),
+        }
+    }
+    assert!(
+        refused > 0,
+        "twenty requests at once over a limit of one a second"
+    );
+    assert_eq!(
+        metric_value(&server, "prismd_api_rate_limited_total").await?,
+        f64::from(refused)
+    );
+
+    // Retry-After says when to come back, and is at least a second.
+    let refusal = server
+        .http
+        .post(server.url("/api"))
+        .header("authorization", format!("Bearer {busy}"))
+        .json(&serde_json::json!({ "query": query }))
+        .send()
+        .await?;
+    let wait = if refusal.status().as_u16() == 429 {
+        let seconds: u64 = refusal
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or("429 without Retry-After")?;
+        assert!(seconds >= 1);
+        seconds
+    } else {
+        0
+    };
+
+    // Another caller has an allowance of its own.
+    let (status, body) = crate::harness::api(&server, &quiet, query, Value::Null).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["data"]["authenticatedUser"]["email"],
+        "quiet@example.com"
+    );
+
+    // After the wait, the busy caller is served again.
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    let mut served = false;
+    for _ in 0..50 {
+        let (status, _) = crate::harness::api(&server, &busy, query, Value::Null).await?;
+        if status == 200 {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(served, "the allowance comes back");
+    server.stop()?;
+    Ok(())
+}

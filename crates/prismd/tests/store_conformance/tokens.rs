@@ -844,6 +844,33 @@ pub(super) async fn sessions_live_only_newest_first(db: Db) -> TestResult {
     assert_eq!(store.list_sessions(&owner.id, i64::MAX).await?.len(), 2);
     assert!(store.list_sessions("nobody", 100).await?.is_empty());
 
+    // Many users at once: each one's live sessions as list_sessions gives them, the limit per
+    // user, and unknown users and an empty list are no error.
+    let both = store
+        .list_sessions_of_users(&[owner.id.as_str(), member.id.as_str(), "nobody"], 100)
+        .await?;
+    let of = |user: &str| -> Vec<SessionRecord> {
+        both.iter().filter(|s| s.user_id == user).cloned().collect()
+    };
+    assert_eq!(of(&owner.id), sessions);
+    assert_eq!(of(&member.id), store.list_sessions(&member.id, 100).await?);
+    assert_eq!(both.len(), 3);
+    let newest_each = store
+        .list_sessions_of_users(&[owner.id.as_str(), member.id.as_str()], 1)
+        .await?;
+    let mut newest_ids: Vec<&str> = newest_each.iter().map(|s| s.id.as_str()).collect();
+    newest_ids.sort_unstable();
+    let mut expected = vec![newer.id.as_str(), members.id.as_str()];
+    expected.sort_unstable();
+    assert_eq!(newest_ids, expected, "the newest of each, one each");
+    assert!(store.list_sessions_of_users(&[], 100).await?.is_empty());
+    assert!(
+        store
+            .list_sessions_of_users(&[owner.id.as_str()], -5)
+            .await?
+            .is_empty()
+    );
+
     // One by id: anyone's, live only.
     assert_eq!(
         store.live_session(&older.id).await?.as_ref(),

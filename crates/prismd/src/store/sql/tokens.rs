@@ -233,6 +233,33 @@ impl<D: Dialect> TokenStore for SqlStore<D> {
             .await?)
     }
 
+    async fn list_sessions_of_users(
+        &self,
+        user_ids: &[&str],
+        limit_per_user: i64,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        if user_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One placeholder per user ($2...): neither backend's driver binds a list portably.
+        let placeholders: Vec<String> = (2..user_ids.len() + 2).map(|n| format!("${n}")).collect();
+        let sql = format!(
+            "SELECT * FROM ( \
+                 SELECT {SESSION_COLUMNS}, ROW_NUMBER() OVER ( \
+                     PARTITION BY t.user_id ORDER BY t.created_at DESC, t.id DESC) AS newest \
+                 FROM refresh_tokens t JOIN users u ON u.id = t.user_id \
+                 WHERE t.user_id IN ({}) AND {LIVE_SESSION}) ranked \
+             WHERE newest <= $1 ORDER BY user_id, created_at DESC, id DESC",
+            placeholders.join(", ")
+        );
+        let mut statement =
+            query(sqlx::AssertSqlSafe(sql)).bind(limit_per_user.clamp(0, MAX_LISTED_SESSIONS));
+        for user_id in user_ids {
+            statement = statement.bind(*user_id);
+        }
+        Ok(statement.fetch_all(&mut self.read()).await?)
+    }
+
     async fn live_session(&self, token_id: &str) -> Result<Option<SessionRecord>, StoreError> {
         let sql = format!(
             "SELECT {SESSION_COLUMNS} FROM refresh_tokens t JOIN users u ON u.id = t.user_id \
