@@ -442,7 +442,7 @@ impl TokenMetrics {
 }
 
 /// The limits in the order of [`Metrics::limit_index`].
-const LIMIT_KINDS: [LimitKind; 7] = [
+const LIMIT_KINDS: [LimitKind; 8] = [
     LimitKind::LoginAccount,
     LimitKind::LoginAddress,
     LimitKind::RefreshAddress,
@@ -450,6 +450,7 @@ const LIMIT_KINDS: [LimitKind; 7] = [
     LimitKind::ResetAccount,
     LimitKind::ResetAddress,
     LimitKind::DeviceStartAddress,
+    LimitKind::LoginDevice,
 ];
 
 /// The main listener's connections (`--max-connections`).
@@ -652,6 +653,7 @@ impl Metrics {
             LimitKind::ResetAccount => 4,
             LimitKind::ResetAddress => 5,
             LimitKind::DeviceStartAddress => 6,
+            LimitKind::LoginDevice => 7,
         }
     }
 

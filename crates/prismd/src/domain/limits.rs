@@ -26,6 +26,9 @@ pub enum LimitKind {
     /// Device logins started from one address (`/oauth/device/code`; counted per request:
     /// each one stores a row).
     DeviceStartAddress,
+    /// Failed sign-ins from one trusted browser (its device cookie), counted instead of the
+    /// account's: see `domain::trusted_devices`.
+    LoginDevice,
 }
 
 impl LimitKind {
@@ -38,6 +41,7 @@ impl LimitKind {
             Self::ResetAccount => "reset_account",
             Self::ResetAddress => "reset_address",
             Self::DeviceStartAddress => "device_start_address",
+            Self::LoginDevice => "login_device",
         }
     }
 }
@@ -114,6 +118,8 @@ impl LimitSettings {
             LimitKind::ResetAccount => self.reset_account,
             LimitKind::ResetAddress => self.reset_address,
             LimitKind::DeviceStartAddress => self.device_start_address,
+            // A trusted browser gets what the account would: the same guesses, the same locks.
+            LimitKind::LoginDevice => self.login_account,
         }
     }
 }
@@ -147,6 +153,15 @@ impl LimitKey {
         }
     }
 
+    /// A trusted browser's own count (its device cookie's id), which its sign-ins use in place
+    /// of the account's.
+    pub fn login_device(device_id: &str) -> Self {
+        Self {
+            kind: LimitKind::LoginDevice,
+            key: format!("login:device:{device_id}"),
+        }
+    }
+
     /// The account a password-reset request names, keyed like [`LimitKey::login_account`]'s
     /// email form whether or not it exists (the limit must not tell which emails do).
     pub fn reset_account(email: &str) -> Self {
@@ -160,7 +175,9 @@ impl LimitKey {
     /// The client address of a request, for a per-address kind; none without an address.
     pub fn address(kind: LimitKind, meta: &RequestMeta) -> Option<Self> {
         let prefix = match kind {
-            LimitKind::LoginAccount | LimitKind::ResetAccount => return None,
+            LimitKind::LoginAccount | LimitKind::ResetAccount | LimitKind::LoginDevice => {
+                return None;
+            }
             LimitKind::ResetAddress => "reset:addr",
             LimitKind::DeviceStartAddress => "device-start:addr",
             LimitKind::LoginAddress => "login:addr",

@@ -44,6 +44,7 @@ pub mod service_accounts;
 pub mod sessions;
 pub mod standing;
 pub mod trust;
+pub mod trusted_devices;
 pub mod usage;
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -139,6 +139,7 @@ pub async fn change_password(
     }
     let identity = match sign_in_with_password(
         &state,
+        &headers,
         &form.email,
         &form.current,
         &meta,
@@ -147,7 +148,7 @@ pub async fn change_password(
     )
     .await
     {
-        Ok(identity) => identity,
+        Ok(signed_in) => signed_in.identity,
         Err(page) => return page,
     };
     match state

@@ -17,6 +17,7 @@ use crate::domain::audit::{SignIn, SignInPage};
 use crate::domain::limits::{self, LimitKey, LimitKind, Verdict};
 use crate::domain::login::{self, AuthorizationRequest, AuthorizeError, AuthorizeParams};
 use crate::domain::secrets::random_secret;
+use crate::domain::trusted_devices;
 use crate::domain::{DomainError, RequestMeta, now_ms};
 use crate::store::{BrowserSession, Identity, Membership, User};
 
@@ -32,6 +33,8 @@ fn cookie_name(name: &'static str, secure: bool) -> std::borrow::Cow<'static, st
 
 pub(super) const SESSION_COOKIE: &str = "prism_session";
 const CSRF_COOKIE: &str = "prism_csrf";
+/// Marks a browser where its person signed in with their password (`domain::trusted_devices`).
+const DEVICE_COOKIE: &str = "prism_device";
 
 const STYLE: &str = "body{font-family:system-ui,-apple-system,sans-serif;background:#f4f5f7;color:#1d2433;margin:0}\
 main{max-width:22rem;margin:8vh auto;padding:2rem;background:#fff;border-radius:.75rem;box-shadow:0 1px 4px #0002}\
@@ -140,11 +143,48 @@ fn too_many_page(state: &AppState, kinds: &[LimitKind], retry_after_secs: u64) -
 }
 
 /// The keys a password sign-in counts against: the account (its identity, when the email
-/// names one) and the client's address.
-fn login_keys(identity: Option<&Identity>, email: &str, meta: &RequestMeta) -> Vec<LimitKey> {
-    let mut keys = vec![LimitKey::login_account(identity, email)];
+/// names one), or instead the browser's own count when it is trusted for that identity; and
+/// the client's address.
+fn login_keys(
+    state: &AppState,
+    headers: &HeaderMap,
+    identity: Option<&Identity>,
+    email: &str,
+    meta: &RequestMeta,
+) -> Vec<LimitKey> {
+    let trusted = identity.and_then(|identity| {
+        let cookie = our_cookie(headers, DEVICE_COOKIE, state.web.secure_cookies)?;
+        let issuer = &state.auth.settings().issuer;
+        trusted_devices::recognize(&state.auth.keys(), issuer, cookie, identity)
+    });
+    let mut keys = vec![match trusted {
+        Some(device) => LimitKey::login_device(&device),
+        None => LimitKey::login_account(identity, email),
+    }];
     keys.extend(LimitKey::address(LimitKind::LoginAddress, meta));
     keys
+}
+
+/// A good password sign-in: who signed in, and the cookie that makes this browser trusted.
+pub(super) struct PasswordSignIn {
+    pub identity: Identity,
+    device_cookie: Option<String>,
+}
+
+impl PasswordSignIn {
+    /// Sets the device cookie on the answer (a fresh one at every good sign-in).
+    pub(super) fn remember_device(&self, state: &AppState, response: &mut Response) {
+        if let Some(cookie) = &self.device_cookie {
+            set_cookie(
+                response,
+                DEVICE_COOKIE,
+                cookie,
+                trusted_devices::TRUSTED_FOR_SECS,
+                state.web.secure_cookies,
+                "Lax",
+            );
+        }
+    }
 }
 
 /// Before a password is checked: refused (a page) when the account or the address is locked.
@@ -253,7 +293,8 @@ async fn login_succeeded(
             "the service is temporarily unavailable; try again",
         ));
     }
-    for key in keys.iter().filter(|k| k.kind() == LimitKind::LoginAccount) {
+    let own = |kind| matches!(kind, LimitKind::LoginAccount | LimitKind::LoginDevice);
+    for key in keys.iter().filter(|k| own(k.kind())) {
         if let Err(err) = state.limits().clear(key).await {
             tracing::warn!(error = %err, "could not reset the login limit");
         }
@@ -266,14 +307,21 @@ async fn login_succeeded(
 /// again with an error.
 pub(super) async fn sign_in_with_password(
     state: &AppState,
+    headers: &HeaderMap,
     email: &str,
     password: &str,
     meta: &RequestMeta,
     page: SignInPage,
     retry: impl FnOnce(&str) -> Response,
-) -> Result<Identity, Response> {
+) -> Result<PasswordSignIn, Response> {
     let subject = sign_in_subject(state, email).await?;
-    let keys = login_keys(subject.as_ref().map(|(identity, _)| identity), email, meta);
+    let keys = login_keys(
+        state,
+        headers,
+        subject.as_ref().map(|(identity, _)| identity),
+        email,
+        meta,
+    );
     if let Some(refused) = login_locked(state, &keys).await {
         return Err(refused);
     }
@@ -284,7 +332,15 @@ pub(super) async fn sign_in_with_password(
                 .filter(|(named, _)| named.id == identity.id)
                 .unwrap_or_else(|| (identity.clone(), Vec::new()));
             login_succeeded(state, &keys, &subject, meta, page).await?;
-            Ok(identity)
+            let device_cookie = trusted_devices::remember(
+                &state.auth.keys(),
+                &state.auth.settings().issuer,
+                &identity,
+            );
+            Ok(PasswordSignIn {
+                identity,
+                device_cookie,
+            })
         }
         Ok(None) => {
             tracing::info!(
@@ -726,8 +782,9 @@ pub async fn login(
         }
         _ => {}
     }
-    let identity = match sign_in_with_password(
+    let password_sign_in = match sign_in_with_password(
         &state,
+        &headers,
         &form.email,
         &form.password,
         &meta,
@@ -736,9 +793,10 @@ pub async fn login(
     )
     .await
     {
-        Ok(identity) => identity,
+        Ok(signed_in) => signed_in,
         Err(page) => return page,
     };
+    let identity = password_sign_in.identity.clone();
     let cookie = match state.auth.start_browser_session(&identity).await {
         Ok(cookie) => cookie,
         Err(err) => {
@@ -763,6 +821,7 @@ pub async fn login(
         state.web.secure_cookies,
         "Lax",
     );
+    password_sign_in.remember_device(&state, &mut response);
     response
 }
 
@@ -1076,11 +1135,13 @@ pub async fn decide_device(
     }
     let by_session = signed_in(&state, &headers).await;
     let signed_in_by_session = by_session.is_some();
+    let mut password_sign_in = None;
     let session = match by_session {
         Some(session) => session,
         None => {
-            let identity = match sign_in_with_password(
+            let signed_in = match sign_in_with_password(
                 &state,
+                &headers,
                 &form.email,
                 &form.password,
                 &meta,
@@ -1089,9 +1150,11 @@ pub async fn decide_device(
             )
             .await
             {
-                Ok(identity) => identity,
+                Ok(signed_in) => signed_in,
                 Err(page) => return page,
             };
+            let identity = signed_in.identity.clone();
+            password_sign_in = Some(signed_in);
             BrowserSession {
                 identity,
                 only_user_id: None,
@@ -1115,7 +1178,7 @@ pub async fn decide_device(
         );
     };
     let approve = form.action == "approve";
-    match state
+    let mut response = match state
         .auth
         .decide_device_code(
             &form.user_code,
@@ -1158,5 +1221,9 @@ pub async fn decide_device(
                 "the service is temporarily unavailable; try again",
             )
         }
+    };
+    if let Some(signed_in) = &password_sign_in {
+        signed_in.remember_device(&state, &mut response);
     }
+    response
 }

@@ -546,6 +546,19 @@ pub async fn browser_sign_in_with(
     password: &str,
     user_agent: &str,
 ) -> Result<SignInPage, Box<dyn std::error::Error>> {
+    browser_sign_in_carrying(server, query, email, password, user_agent, None).await
+}
+
+/// [`browser_sign_in_with`] from a browser that also sends the cookie `carried`
+/// (`name=value`), for example a device cookie from an earlier sign-in.
+pub async fn browser_sign_in_carrying(
+    server: &Server,
+    query: &[(&'static str, String)],
+    email: &str,
+    password: &str,
+    user_agent: &str,
+    carried: Option<&str>,
+) -> Result<SignInPage, Box<dyn std::error::Error>> {
     let http = browser(user_agent)?;
     let form_page = http
         .get(server.url("/authorize"))
@@ -559,9 +572,13 @@ pub async fn browser_sign_in_with(
         ("email", email.to_owned()),
         ("password", password.to_owned()),
     ]);
+    let cookies = match carried {
+        Some(carried) => format!("prism_csrf={csrf}; {carried}"),
+        None => format!("prism_csrf={csrf}"),
+    };
     let response = http
         .post(server.url("/authorize"))
-        .header("cookie", format!("prism_csrf={csrf}"))
+        .header("cookie", cookies)
         .form(&form)
         .send()
         .await?;

@@ -642,3 +642,116 @@ async fn api_callers_are_rate_limited_each_on_their_own() -> TestResult {
     server.stop()?;
     Ok(())
 }
+
+/// Signs in from a browser that carries `device` (a `prism_device` cookie value), if any.
+async fn sign_in_on(
+    server: &Server,
+    device: Option<&str>,
+    email: &str,
+    password: &str,
+) -> Res<Page> {
+    let carried = device.map(|value| format!("prism_device={value}"));
+    crate::harness::browser_sign_in_carrying(
+        server,
+        &crate::harness::authorize_query(),
+        email,
+        password,
+        "limits-e2e",
+        carried.as_deref(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_locked_account_still_signs_in_from_its_own_browser() -> TestResult {
+    let dir = temp_dir()?;
+    let server = start(
+        dir.path(),
+        &[
+            "--login-account-max-failures",
+            "3",
+            "--login-address-max-failures",
+            "1000",
+            "--limit-lock",
+            "10m",
+            "--limit-max-lock",
+            "10m",
+        ],
+    )?;
+    add_user(dir.path(), &[], "ann@example.com")?;
+    add_user(dir.path(), &[], "bob@example.com")?;
+    // Ann signs in once from her browser: it is trusted from then on.
+    let first = sign_in_on(&server, None, "ann@example.com", PASSWORD).await?;
+    assert_eq!(first.status, 303, "{}", first.describe());
+    let ann_device = first.cookie("prism_device").ok_or("no device cookie")?;
+    let bob_device = sign_in_on(&server, None, "bob@example.com", PASSWORD)
+        .await?
+        .cookie("prism_device")
+        .ok_or("no device cookie for Bob")?;
+    // A failed sign-in sets none.
+    assert!(
+        sign_in_on(&server, None, "ann@example.com", WRONG)
+            .await?
+            .cookie("prism_device")
+            .is_none()
+    );
+
+    // Someone else locks Ann's account with wrong passwords (the one above was the first).
+    for _ in 0..2 {
+        let _ = sign_in_on(&server, None, "ann@example.com", WRONG).await?;
+    }
+    assert_locked(
+        &sign_in_on(&server, None, "ann@example.com", PASSWORD).await?,
+        600,
+    );
+    // Another person's cookie, and a tampered or made-up one, trust nothing: still locked.
+    let mut tampered = ann_device.clone().into_bytes();
+    let middle = tampered.len() / 2;
+    tampered[middle] = if tampered[middle] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered)?;
+    for other in [bob_device.as_str(), tampered.as_str(), "not.a.cookie"] {
+        assert_locked(
+            &sign_in_on(&server, Some(other), "ann@example.com", PASSWORD).await?,
+            600,
+        );
+    }
+
+    // Ann's own browser signs in despite the lock, and gets a fresh cookie.
+    let own = sign_in_on(&server, Some(&ann_device), "ann@example.com", PASSWORD).await?;
+    assert_eq!(own.status, 303, "{}", own.describe());
+    let renewed = own.cookie("prism_device").ok_or("no renewed cookie")?;
+    // The account stays locked for everyone else.
+    assert_locked(
+        &sign_in_on(&server, None, "ann@example.com", PASSWORD).await?,
+        600,
+    );
+
+    // A trusted browser has a count of its own: wrong passwords from it lock it, not more.
+    for _ in 0..2 {
+        assert_wrong_password(
+            &sign_in_on(&server, Some(&renewed), "ann@example.com", WRONG).await?,
+        );
+    }
+    assert_locked(
+        &sign_in_on(&server, Some(&renewed), "ann@example.com", WRONG).await?,
+        600,
+    );
+    assert_locked(
+        &sign_in_on(&server, Some(&renewed), "ann@example.com", PASSWORD).await?,
+        600,
+    );
+
+    let trips = limit_trips(dir.path())?;
+    let limits: Vec<&str> = trips
+        .iter()
+        .filter_map(|trip| trip["detail"]["limit"].as_str())
+        .collect();
+    assert!(limits.contains(&"login_account"), "{trips:?}");
+    assert!(limits.contains(&"login_device"), "{trips:?}");
+    let logs = server.stop()?;
+    assert!(
+        !logs.contains(&ann_device),
+        "the device cookie is never logged"
+    );
+    Ok(())
+}
