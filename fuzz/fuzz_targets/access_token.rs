@@ -1,5 +1,6 @@
-//! Fuzzes access-token (JWT) verification with a real Ed25519 key ring. It must never panic,
-//! and nothing the fuzzer makes may verify: forging an Ed25519 signature is out of its reach,
+//! Fuzzes access-token (JWT) verification, and that of the other JWTs this server signs
+//! (device cookies, `device+jwt`), with a real Ed25519 key ring. It must never panic, and
+//! nothing the fuzzer makes may verify: forging an Ed25519 signature is out of its reach,
 //! so any input that passes is a bug. Each input is tried twice: as sent, and as
 //! `header.payload.signature` parts that are base64url-encoded here, with `KID` in the header
 //! replaced by the ring's key id, so the fuzzer gets past the key look-up to the signature
@@ -34,6 +35,10 @@ fuzz_target!(|data: &[u8]| {
             ring.verify(token, &EXPECT).is_err(),
             "an unsigned token verified"
         );
+        assert!(
+            ring.verify_typed("device+jwt", token).is_none(),
+            "an unsigned device cookie verified"
+        );
     }
     let mut parts = data.splitn(3, |b| *b == b'.');
     let header =
@@ -49,5 +54,9 @@ fuzz_target!(|data: &[u8]| {
     assert!(
         ring.verify(&token, &EXPECT).is_err(),
         "an unsigned token verified"
+    );
+    assert!(
+        ring.verify_typed("device+jwt", &token).is_none(),
+        "an unsigned device cookie verified"
     );
 });
