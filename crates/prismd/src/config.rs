@@ -121,7 +121,7 @@ impl ServeConfig {
             oidc: OidcSettings::default(),
             forward_auth_prefix: "X-Prism-".to_owned(),
             trusted_proxies: Vec::new(),
-            api_rate_limit: 50,
+            api_rate_limit: 100,
         }
     }
 

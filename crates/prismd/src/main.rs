@@ -332,7 +332,7 @@ struct ServeArgs {
     /// `/api` requests a second each member or service account may make, with a burst of one
     /// second's worth; beyond it 429 with `Retry-After`. Counted per process: with several
     /// replicas behind a load balancer a caller may get up to this much from each. 0: no limit.
-    #[arg(long, env = "PRISMD_API_RATE_LIMIT", default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    #[arg(long, env = "PRISMD_API_RATE_LIMIT", default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     api_rate_limit: u32,
 }
 

@@ -266,6 +266,8 @@ fn broken_bodies() -> Vec<(&'static str, Option<&'static str>, Vec<u8>, u16)> {
             400,
         ),
         ("huge body", JSON, vec![b' '; 200_000], 413),
+        // Read (and thrown away) before the 413, so the client gets it whole.
+        ("2 MB body", JSON, vec![b'{'; 2_000_000], 413),
         (
             "wrong content type",
             Some("text/plain"),
@@ -285,7 +287,15 @@ fn broken_bodies() -> Vec<(&'static str, Option<&'static str>, Vec<u8>, u16)> {
 #[tokio::test]
 async fn every_endpoint_survives_the_attack_battery() -> TestResult {
     let dir = temp_dir()?;
-    let server = Server::start(dir.path())?;
+    // The battery sends its hostile /api requests as one caller, as fast as it can: the
+    // per-caller rate limit (tested in limits.rs) is raised so that it never answers first.
+    let server = Server::start_with(
+        dir.path(),
+        crate::harness::Options {
+            args: vec!["--api-rate-limit".into(), "100000".into()],
+            ..Default::default()
+        },
+    )?;
     let refresh = user_with_token(dir.path(), "battery@example.com")?;
     let access = server.access_token(&refresh).await?;
     // No redirects followed (the checker looks at them), and no pooled connections: the
