@@ -120,6 +120,9 @@ pub struct ScopeNode {
     built_in: bool,
     roles: Vec<Role>,
     service_accounts: Vec<String>,
+    /// The organization's service accounts, when the list this scope is in read them once for
+    /// all its scopes.
+    accounts: Option<Arc<Vec<User>>>,
 }
 
 impl ScopeNode {
@@ -133,6 +136,7 @@ impl ScopeNode {
                 .filter(|role| role_scopes(*role).contains(scope))
                 .collect(),
             service_accounts: Vec::new(),
+            accounts: None,
         }
     }
 
@@ -143,6 +147,7 @@ impl ScopeNode {
             built_in: false,
             roles: scope.roles.iter().map(|key| Role::from_key(key)).collect(),
             service_accounts: scope.service_accounts,
+            accounts: None,
         }
     }
 }
@@ -171,16 +176,14 @@ impl ScopeNode {
         if self.service_accounts.is_empty() {
             return Ok(Vec::new());
         }
-        let caller = caller(ctx)?;
-        let accounts = caller
-            .auth
-            .service_accounts()
-            .list(&caller.actor().org_id)
-            .await
-            .map_err(query_error)?;
+        let accounts = match &self.accounts {
+            Some(accounts) => accounts.clone(),
+            None => Arc::new(organization_accounts(ctx).await?),
+        };
         Ok(accounts
-            .into_iter()
+            .iter()
             .filter(|account| self.service_accounts.contains(&account.id))
+            .cloned()
             .map(ServiceAccountNode::new)
             .collect())
     }
@@ -198,12 +201,7 @@ impl AccessQuery {
     ) -> async_graphql::Result<Option<Vec<ServiceAccountNode>>> {
         let caller = caller(ctx)?;
         caller.require(ApiScope::UsersRead).map_err(query_error)?;
-        let accounts = caller
-            .auth
-            .service_accounts()
-            .list(&caller.actor().org_id)
-            .await
-            .map_err(query_error)?;
+        let accounts = organization_accounts(ctx).await?;
         // What the query asks of every account is read once for them all, not once each.
         let wants = ctx.look_ahead();
         let org_scopes = if wants.field("scopes").exists() {
@@ -254,12 +252,36 @@ impl AccessQuery {
             .org_scopes(&caller.actor().org_id)
             .await
             .map_err(query_error)?;
+        // Every scope that names service accounts would read them all: read once, shared.
+        let accounts = if ctx.look_ahead().field("serviceAccounts").exists()
+            && declared
+                .iter()
+                .any(|scope| !scope.service_accounts.is_empty())
+        {
+            Some(Arc::new(organization_accounts(ctx).await?))
+        } else {
+            None
+        };
         Ok(ApiScope::ALL
             .into_iter()
             .map(ScopeNode::of_built_in)
-            .chain(declared.into_iter().map(ScopeNode::declared))
+            .chain(declared.into_iter().map(|scope| ScopeNode {
+                accounts: accounts.clone(),
+                ..ScopeNode::declared(scope)
+            }))
             .collect())
     }
+}
+
+/// The caller's organization's service accounts.
+async fn organization_accounts(ctx: &Context<'_>) -> async_graphql::Result<Vec<User>> {
+    let caller = caller(ctx)?;
+    caller
+        .auth
+        .service_accounts()
+        .list(&caller.actor().org_id)
+        .await
+        .map_err(query_error)
 }
 
 #[derive(InputObject)]

@@ -782,31 +782,40 @@ async fn list_fields_cost_their_page_size() -> TestResult {
     Ok(())
 }
 
-/// How many statements the server has logged (sqlx's statement log) that read sessions, once
-/// every line before now has reached the log: a marker request is made, and its access-log line
-/// waited for.
-async fn session_reads_logged(server: &Server) -> Result<usize, Box<dyn std::error::Error>> {
+/// A statement that reads sessions (`list_sessions`, `list_sessions_of_users`).
+const SESSION_READ: &str = "FROM refresh_tokens t JOIN users u";
+/// The statement that reads an organization's service accounts.
+const SERVICE_ACCOUNTS_READ: &str = "AND u.kind = 'service' ORDER BY u.created_at";
+
+/// How many statements containing `marker` the server has logged (sqlx's statement log),
+/// once every line before now has reached the log: a marker request is made, and its
+/// access-log line waited for.
+async fn statements_logged(
+    server: &Server,
+    marker: &str,
+) -> Result<usize, Box<dyn std::error::Error>> {
     let markers = server.logs().matches("route=\"/healthz\"").count();
     server.http.get(server.url("/healthz")).send().await?;
     for _ in 0..200 {
         let logs = server.logs();
         if logs.matches("route=\"/healthz\"").count() > markers {
-            return Ok(logs.matches("FROM refresh_tokens t JOIN users u").count());
+            return Ok(logs.matches(marker).count());
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
     Err("the marker request never reached the log".into())
 }
 
-/// The answer to `query`, and how many statements that read sessions it took.
-async fn with_session_reads(
+/// The answer to `query`, and how many statements containing `marker` it took.
+async fn with_statements(
     server: &Server,
     access: &str,
     query: &str,
+    marker: &str,
 ) -> Result<(Value, usize), Box<dyn std::error::Error>> {
-    let before = session_reads_logged(server).await?;
+    let before = statements_logged(server, marker).await?;
     let answer = gql(server, access, query, Value::Null).await?;
-    let after = session_reads_logged(server).await?;
+    let after = statements_logged(server, marker).await?;
     Ok((answer, after - before))
 }
 
@@ -838,7 +847,7 @@ async fn a_page_of_users_reads_all_their_sessions_at_once() -> TestResult {
     let query = "{ organization { users(first: 100) { nodes { email sessions { id } } } } }";
 
     // The Owner: every member's sessions, in one read.
-    let (page, reads) = with_session_reads(&server, &owner, query).await?;
+    let (page, reads) = with_statements(&server, &owner, query, SESSION_READ).await?;
     assert!(page.get("errors").is_none(), "{page}");
     let nodes = page["data"]["organization"]["users"]["nodes"]
         .as_array()
@@ -863,7 +872,7 @@ async fn a_page_of_users_reads_all_their_sessions_at_once() -> TestResult {
     );
 
     // An Admin: the Owner's are refused at the Owner's node, the rest listed, still one read.
-    let (page, reads) = with_session_reads(&server, &admin, query).await?;
+    let (page, reads) = with_statements(&server, &admin, query, SESSION_READ).await?;
     let errors = page["errors"]
         .as_array()
         .ok_or("an error for the Owner's sessions")?;
@@ -912,10 +921,11 @@ async fn a_page_of_users_reads_all_their_sessions_at_once() -> TestResult {
             )?;
         }
     }
-    let (page, reads) = with_session_reads(
+    let (page, reads) = with_statements(
         &server,
         &owner,
-        "{ serviceAccounts { name scopes tokens { id } } }",
+        "{ serviceAccounts { id name scopes tokens { id } } }",
+        SESSION_READ,
     )
     .await?;
     assert!(page.get("errors").is_none(), "{page}");
@@ -936,6 +946,50 @@ async fn a_page_of_users_reads_all_their_sessions_at_once() -> TestResult {
         );
     }
     assert_eq!(reads, 1, "three accounts' tokens in one statement");
+
+    // Scopes granted to service accounts: the accounts are read once for all the scopes.
+    let ids: Vec<String> = page["data"]["serviceAccounts"]
+        .as_array()
+        .ok_or("serviceAccounts")?
+        .iter()
+        .filter_map(|account| account["id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(ids.len(), 3, "{page}");
+    for (n, id) in ids.iter().enumerate() {
+        let scope = format!("deploy:env{n}");
+        let made = gql(
+            &server,
+            &owner,
+            crate::scopes::CREATE_SCOPE,
+            json!({ "name": scope }),
+        )
+        .await?;
+        assert!(made.get("errors").is_none(), "{made}");
+        let granted = gql(
+            &server,
+            &owner,
+            crate::scopes::GRANT_TO_SA,
+            json!({ "scope": scope, "sa": id }),
+        )
+        .await?;
+        assert!(granted.get("errors").is_none(), "{granted}");
+    }
+    let (page, reads) = with_statements(
+        &server,
+        &owner,
+        "{ scopes { name serviceAccounts { name } } }",
+        SERVICE_ACCOUNTS_READ,
+    )
+    .await?;
+    assert!(page.get("errors").is_none(), "{page}");
+    let granted: usize = page["data"]["scopes"]
+        .as_array()
+        .ok_or("scopes")?
+        .iter()
+        .map(|scope| scope["serviceAccounts"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(granted, 3, "{page}");
+    assert_eq!(reads, 1, "three scopes' service accounts in one read");
     server.stop()?;
     Ok(())
 }
