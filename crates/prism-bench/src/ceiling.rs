@@ -5,14 +5,14 @@
 
 use std::sync::Arc;
 
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use aws_lc_rs::signature::Ed25519KeyPair;
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use prism_proto::wire::{RefreshRequest, TokenResponse};
-use ring::rand::{SecureRandom, SystemRandom};
-use ring::signature::Ed25519KeyPair;
 use sha2::{Digest, Sha256};
 
 struct Signer {

@@ -1,20 +1,20 @@
 //! One issuer's signing keys, parsed from its JWKS, and signature checks with them.
 //!
-//! Signatures are checked with `ring` directly rather than with the `jsonwebtoken` crate:
-//! its 9.x line (the last on ring; later ones need aws-lc-rs or RustCrypto, a second crypto
-//! provider) is only passively maintained; its `JwkSet` refuses a whole set over one key of a
-//! type it does not know, where we skip that key; its `decode` takes the algorithm from the
-//! header and validates claims its own way; and its `crypto::verify` panics when handed an
-//! HMAC algorithm with an RSA key. What would remain is a thin wrapper over these same ring
-//! calls, while the key-confusion rules have to be ours anyway: the algorithm comes from the
-//! key's type and curve (and its own `alg`), and the header's must agree.
+//! Signatures are checked with `aws-lc-rs` directly (the provider that signs and checks our
+//! own tokens) rather than with the `jsonwebtoken` crate: its `JwkSet` refuses a whole set
+//! over one key of a type it does not know, where we skip that key; its `decode` takes the
+//! algorithm from the header and validates claims its own way; and its `crypto::verify`
+//! panics when handed an HMAC algorithm with an RSA key. What would remain is a thin wrapper
+//! over these same calls, while the key-confusion rules have to be ours anyway: the
+//! algorithm comes from the key's type and curve (and its own `alg`), and the header's must
+//! agree.
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ring::signature::{
+use aws_lc_rs::signature::{
     ECDSA_P256_SHA256_FIXED, ED25519, RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents,
     UnparsedPublicKey,
 };
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
 
 use super::{VerifyError, for_message};

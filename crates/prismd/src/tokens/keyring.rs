@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ring::rand::SystemRandom;
-use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+// aws-lc-rs rather than ring: it signs Ed25519 in 40% of ring's time (BENCHMARKS.md), and
+// reads the same PKCS#8 documents, so keys stored by earlier releases load unchanged.
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
