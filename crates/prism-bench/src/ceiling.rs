@@ -9,6 +9,7 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use aws_lc_rs::signature::Ed25519KeyPair;
 use axum::extract::State;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -38,7 +39,12 @@ pub async fn serve(listen: &str) -> anyhow::Result<()> {
         .route("/auth/refresh", post(refresh))
         .route("/readyz", get(|| async { "ready" }))
         .with_state(signer);
-    let listener = tokio::net::TcpListener::bind(listen).await?;
+    // TCP_NODELAY, as prismd's server sets it: without it a response written in two parts
+    // waits for the client's delayed ACK (40 ms) whenever a connection is not kept busy,
+    // which is what an open-loop run does.
+    let listener = tokio::net::TcpListener::bind(listen).await?.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app).await?;
     Ok(())
 }

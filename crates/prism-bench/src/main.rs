@@ -123,6 +123,13 @@ struct Args {
     /// Extra flag for `prismd serve`, repeatable, e.g. `--server-arg=--cache-capacity=2000000`.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     server_args: Vec<String>,
+    /// After each scenario's closed-loop run, run it again open loop: at this fraction of the
+    /// rate it just reached (e.g. 0.5), every connection sending on a fixed schedule whether or
+    /// not its last answer was slow, as a row `<scenario>@<fraction>`. Its latency counts from
+    /// the time a request was due, so time spent behind schedule counts against the server
+    /// (no coordinated omission). Not for single-use workloads (revoke, exchange).
+    #[arg(long, value_parser = parse_fraction)]
+    open_loop: Option<f64>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -375,78 +382,117 @@ async fn run(
             args.warmup, args.duration, args.concurrency
         );
         if workload.reuse {
-            drive(&target_address, &workload, args.concurrency, args.warmup).await?;
+            drive(
+                &target_address,
+                &workload,
+                args.concurrency,
+                args.warmup,
+                None,
+            )
+            .await?;
         } else if let Some(tokens) = exchange.as_ref().filter(|_| scenario == "exchange") {
             // Single-use tokens: the warm-up spends its own, up to `--warmup` long.
             let warmup = exchange_workload(&target_address, &tokens.warmup);
             if !warmup.requests.is_empty() {
-                drive(&target_address, &warmup, args.concurrency, args.warmup).await?;
+                drive(
+                    &target_address,
+                    &warmup,
+                    args.concurrency,
+                    args.warmup,
+                    None,
+                )
+                .await?;
             }
         }
-        let cpu_before = measured
-            .iter()
-            .map(|p| p.cpu_seconds())
-            .collect::<anyhow::Result<Vec<f64>>>()?;
-        let client_before = server::own_cpu_seconds()?;
-        let machine_before = server::MachineCpu::now()?;
-        let started = Instant::now();
-        let outcome = drive(&target_address, &workload, args.concurrency, args.duration).await?;
-        let elapsed = started.elapsed().as_secs_f64();
-        let machine_after = server::MachineCpu::now()?;
-        let client_cpu = server::own_cpu_seconds()? - client_before;
-        let mut cpu = Vec::new();
-        for (process, before) in measured.iter().zip(&cpu_before) {
-            cpu.push(process.cpu_seconds()? - before);
+        // Closed loop first (every connection sends its next request when the last is
+        // answered: the most the server does); then, with --open-loop, a fixed rate at that
+        // fraction of it, where latency is not mostly queueing.
+        let mut passes: Vec<Option<f64>> = vec![None];
+        if let Some(fraction) = args.open_loop.filter(|_| workload.reuse) {
+            passes.push(Some(fraction));
         }
-        let mut latencies = outcome.latencies_us;
-        latencies.sort_unstable();
-        let total = latencies.len() as u64;
-        let per_1000 = |seconds: f64| {
-            if total > 0 {
-                seconds * 1000.0 / total as f64
-            } else {
-                0.0
+        let mut closed_loop_rate = 0.0;
+        for pass in passes {
+            let pace = pass.map(|fraction| fraction * closed_loop_rate);
+            let label = match pass {
+                None => scenario.clone(),
+                Some(fraction) => format!("{scenario}@{fraction}"),
+            };
+            let cpu_before = measured
+                .iter()
+                .map(|p| p.cpu_seconds())
+                .collect::<anyhow::Result<Vec<f64>>>()?;
+            let client_before = server::own_cpu_seconds()?;
+            let machine_before = server::MachineCpu::now()?;
+            let started = Instant::now();
+            let outcome = drive(
+                &target_address,
+                &workload,
+                args.concurrency,
+                args.duration,
+                pace,
+            )
+            .await?;
+            let elapsed = started.elapsed().as_secs_f64();
+            let machine_after = server::MachineCpu::now()?;
+            let client_cpu = server::own_cpu_seconds()? - client_before;
+            let mut cpu = Vec::new();
+            for (process, before) in measured.iter().zip(&cpu_before) {
+                cpu.push(process.cpu_seconds()? - before);
             }
-        };
-        if outcome.errors > 0
-            && let Some(nginx) = nginx
-        {
-            eprintln!("nginx's error log ends with:\n{}", nginx.log_tail());
+            let mut latencies = outcome.latencies_us;
+            latencies.sort_unstable();
+            let total = latencies.len() as u64;
+            let per_1000 = |seconds: f64| {
+                if total > 0 {
+                    seconds * 1000.0 / total as f64
+                } else {
+                    0.0
+                }
+            };
+            if outcome.errors > 0
+                && let Some(nginx) = nginx
+            {
+                eprintln!("nginx's error log ends with:\n{}", nginx.log_tail());
+            }
+            let mut peak_rss = 0.0;
+            let mut anon_rss = 0.0;
+            for process in &measured {
+                peak_rss += process.peak_rss_mib()?;
+                anon_rss += process.anon_rss_mib()?;
+            }
+            if pass.is_none() {
+                closed_loop_rate = total as f64 / elapsed;
+            }
+            reports.push(Report {
+                scenario: label,
+                backend: if scenario == "ceiling" || scenario == NGINX_CEILING {
+                    "none"
+                } else {
+                    backend
+                },
+                requests: total,
+                errors: outcome.errors,
+                requests_per_sec: total as f64 / elapsed,
+                p50_ms: percentile(&latencies, 0.50),
+                p99_ms: percentile(&latencies, 0.99),
+                p999_ms: percentile(&latencies, 0.999),
+                server_cpu_sec_per_1000: per_1000(cpu.iter().sum()),
+                server_peak_rss_mib: peak_rss,
+                server_anon_rss_mib: anon_rss,
+                ratio_to_ceiling: None,
+                ceiling: if through_nginx {
+                    NGINX_CEILING
+                } else {
+                    "ceiling"
+                },
+                proxy_cpu_sec_per_1000: (scenario == "verify-nginx")
+                    .then(|| per_1000(cpu.first().copied().unwrap_or_default())),
+                client_cpu_sec_per_1000: per_1000(client_cpu),
+                machine_busy_cores: (machine_after.busy - machine_before.busy) / elapsed,
+                machine_steal_cores: (machine_after.steal - machine_before.steal) / elapsed,
+            });
         }
-        let mut peak_rss = 0.0;
-        let mut anon_rss = 0.0;
-        for process in &measured {
-            peak_rss += process.peak_rss_mib()?;
-            anon_rss += process.anon_rss_mib()?;
-        }
-        reports.push(Report {
-            scenario: scenario.clone(),
-            backend: if scenario == "ceiling" || scenario == NGINX_CEILING {
-                "none"
-            } else {
-                backend
-            },
-            requests: total,
-            errors: outcome.errors,
-            requests_per_sec: total as f64 / elapsed,
-            p50_ms: percentile(&latencies, 0.50),
-            p99_ms: percentile(&latencies, 0.99),
-            p999_ms: percentile(&latencies, 0.999),
-            server_cpu_sec_per_1000: per_1000(cpu.iter().sum()),
-            server_peak_rss_mib: peak_rss,
-            server_anon_rss_mib: anon_rss,
-            ratio_to_ceiling: None,
-            ceiling: if through_nginx {
-                NGINX_CEILING
-            } else {
-                "ceiling"
-            },
-            proxy_cpu_sec_per_1000: (scenario == "verify-nginx")
-                .then(|| per_1000(cpu.first().copied().unwrap_or_default())),
-            client_cpu_sec_per_1000: per_1000(client_cpu),
-            machine_busy_cores: (machine_after.busy - machine_before.busy) / elapsed,
-            machine_steal_cores: (machine_after.steal - machine_before.steal) / elapsed,
-        });
         if let Some((_, mut ceiling)) = ceiling_process {
             ceiling.stop();
         }
@@ -780,12 +826,15 @@ struct Outcome {
 
 /// Runs `concurrency` connections until `duration` has passed. A reusable workload is sent
 /// round-robin (each connection from its own offset); a single-use one hands each request
-/// to exactly one connection and ends early when all have been sent.
+/// to exactly one connection and ends early when all have been sent. With `pace` (requests a
+/// second in all) each connection sends on its own fixed schedule, staggered against the
+/// others: open loop.
 async fn drive(
     address: &str,
     workload: &Workload,
     concurrency: usize,
     duration: Duration,
+    pace: Option<f64>,
 ) -> anyhow::Result<Outcome> {
     if workload.requests.is_empty() {
         bail!("nothing to send; seed more tokens");
@@ -795,6 +844,11 @@ async fn drive(
     let next_single_use = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = tokio::task::JoinSet::new();
+    // Each connection's time between two requests, and the start all schedules count from.
+    let interval = pace
+        .filter(|rate| *rate > 0.0)
+        .map(|rate| Duration::from_secs_f64(concurrency as f64 / rate));
+    let schedule_start = tokio::time::Instant::now();
     for connection in 0..concurrency {
         let (requests, stop, next, address) = (
             requests.clone(),
@@ -807,6 +861,9 @@ async fn drive(
             let mut latencies = Vec::with_capacity(100_000);
             let mut errors = 0u64;
             let mut index = connection * 7919;
+            let mut due = interval.map(|interval| {
+                schedule_start + interval.mul_f64(connection as f64 / concurrency as f64)
+            });
             while !stop.load(Ordering::Relaxed) {
                 let request = if reuse {
                     index += 1;
@@ -817,7 +874,22 @@ async fn drive(
                         None => break,
                     }
                 };
-                let started = Instant::now();
+                let started = match (due, interval) {
+                    (Some(when), Some(interval)) => {
+                        due = Some(when + interval);
+                        if when > tokio::time::Instant::now() {
+                            // On time: measured from the send, so the timer's millisecond
+                            // granularity is not charged to the server.
+                            tokio::time::sleep_until(when).await;
+                            Instant::now()
+                        } else {
+                            // Behind schedule (the last answer was slow): from when it was
+                            // due, so the wait counts.
+                            when.into_std()
+                        }
+                    }
+                    _ => Instant::now(),
+                };
                 let status = conn.send(request).await?;
                 latencies.push(u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX));
                 if status != 200 {
@@ -883,4 +955,26 @@ async fn fetch_access_tokens(
         );
     }
     Ok(out)
+}
+
+/// A fraction in (0, 1] for --open-loop.
+fn parse_fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(fraction) if fraction > 0.0 && fraction <= 1.0 => Ok(fraction),
+        _ => Err(format!("{text:?} is not a fraction in (0, 1], e.g. 0.5")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_fraction;
+
+    #[test]
+    fn open_loop_takes_a_fraction_of_the_closed_loop_rate() {
+        assert_eq!(parse_fraction("0.5"), Ok(0.5));
+        assert_eq!(parse_fraction("1"), Ok(1.0));
+        for refused in ["0", "-0.5", "1.5", "half", "NaN", ""] {
+            assert!(parse_fraction(refused).is_err(), "{refused}");
+        }
+    }
 }
