@@ -102,7 +102,14 @@ impl Http {
             .max_redirects(0)
             .timeout_global(Some(Duration::from_secs(60)))
             .user_agent(concat!("prism-rs/", env!("CARGO_PKG_VERSION")))
-            .tls_config(TlsConfig::builder().root_certs(roots).build())
+            .tls_config(
+                TlsConfig::builder()
+                    .root_certs(roots)
+                    .unversioned_rustls_crypto_provider(std::sync::Arc::new(
+                        rustls::crypto::aws_lc_rs::default_provider(),
+                    ))
+                    .build(),
+            )
             .build()
             .into();
         Ok(self.agent.get_or_init(|| agent))

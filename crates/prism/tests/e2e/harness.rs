@@ -77,6 +77,9 @@ impl Server {
     }
 
     pub fn start_with(args: &[&str]) -> Res<Self> {
+        // ureq is built without a crypto provider (the CLI hands aws-lc-rs to its agents);
+        // the tests' own agents take the process default, installed by the first test.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let data = temp_dir()?;
         let mut child = Command::new(prismd_bin()?)
             .arg("--data-dir")

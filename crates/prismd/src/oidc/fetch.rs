@@ -45,7 +45,14 @@ pub(crate) fn agent(settings: &OidcSettings) -> Result<Agent, OidcSetupError> {
         .max_redirects(MAX_REDIRECTS)
         .timeout_global(Some(settings.fetch_timeout))
         .user_agent(concat!("prismd/", env!("CARGO_PKG_VERSION")))
-        .tls_config(TlsConfig::builder().root_certs(roots).build())
+        .tls_config(
+            TlsConfig::builder()
+                .root_certs(roots)
+                .unversioned_rustls_crypto_provider(std::sync::Arc::new(
+                    rustls::crypto::aws_lc_rs::default_provider(),
+                ))
+                .build(),
+        )
         .build()
         .into())
 }
