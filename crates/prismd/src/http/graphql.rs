@@ -367,7 +367,7 @@ pub struct UserNode {
     user: User,
     org: Organization,
     /// Its sessions, when the page it is listed in read them for all its users at once.
-    sessions: Option<Result<Vec<LiveSession>, async_graphql::Error>>,
+    sessions: PrefetchedSessions,
 }
 
 impl UserNode {
@@ -428,28 +428,64 @@ impl UserNode {
     /// Admins) a member's; Admins not Owners'. Null, with an error, for anyone else's.
     #[graphql(complexity = "page_cost(None, crate::store::MAX_LISTED_SESSIONS, child_complexity)")]
     async fn sessions(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Vec<SessionNode>>> {
-        let caller = caller(ctx)?;
-        caller
-            .require(ApiScope::SessionsRead)
-            .map_err(query_error)?;
-        let live = match &self.sessions {
-            Some(prefetched) => prefetched.clone()?,
-            None => caller
-                .auth
-                .sessions()
-                .list(&caller.principal.user, &self.user.id)
-                .await
-                .map_err(query_error)?,
-        };
-        Ok(Some(
-            live.into_iter()
-                .map(|session| {
-                    SessionNode::new(session.record, caller.principal)
-                        .expiring_at(session.expires_at)
-                })
-                .collect(),
-        ))
+        session_nodes(ctx, &self.user.id, &self.sessions).await
     }
+}
+
+/// What a list read for one of its members' sessions: `None` when it read nothing (the query
+/// did not ask, or the caller may not), and the node reads its own.
+pub(super) type PrefetchedSessions = Option<Result<Vec<LiveSession>, async_graphql::Error>>;
+
+/// The sessions of each of `members` (in order), read at once when `wanted` and the caller
+/// may read sessions: one read for a whole list instead of three per member.
+pub(super) async fn prefetch_sessions(
+    ctx: &Context<'_>,
+    members: &[User],
+    wanted: bool,
+) -> async_graphql::Result<Vec<PrefetchedSessions>> {
+    let caller = caller(ctx)?;
+    if !wanted || caller.require(ApiScope::SessionsRead).is_err() {
+        return Ok(members.iter().map(|_| None).collect());
+    }
+    let listed = caller
+        .auth
+        .sessions()
+        .list_for_members(caller.actor(), members)
+        .await
+        .map_err(query_error)?;
+    Ok(listed
+        .into_iter()
+        .map(|sessions| Some(sessions.map_err(query_error)))
+        .collect())
+}
+
+/// A member's live sessions as the API shows them (`sessions:read`): what its list read, or
+/// else read for `holder_id` alone.
+pub(super) async fn session_nodes(
+    ctx: &Context<'_>,
+    holder_id: &str,
+    prefetched: &PrefetchedSessions,
+) -> async_graphql::Result<Option<Vec<SessionNode>>> {
+    let caller = caller(ctx)?;
+    caller
+        .require(ApiScope::SessionsRead)
+        .map_err(query_error)?;
+    let live = match prefetched {
+        Some(prefetched) => prefetched.clone()?,
+        None => caller
+            .auth
+            .sessions()
+            .list(caller.actor(), holder_id)
+            .await
+            .map_err(query_error)?,
+    };
+    Ok(Some(
+        live.into_iter()
+            .map(|session| {
+                SessionNode::new(session.record, caller.principal).expiring_at(session.expires_at)
+            })
+            .collect(),
+    ))
 }
 
 /// A domain failure of a query field, as a GraphQL error: the message, and `extensions.code`
@@ -638,21 +674,13 @@ impl OrganizationNode {
             .into_iter()
             .map(|user| UserNode::new(user, self.0.clone()))
             .collect();
-        // When the query asks for the users' sessions (and may), they are read for the whole
-        // page at once: one read instead of three per user.
-        if ctx.look_ahead().field("nodes").field("sessions").exists()
-            && caller.require(ApiScope::SessionsRead).is_ok()
+        let members: Vec<User> = nodes.iter().map(|node| node.user.clone()).collect();
+        let wanted = ctx.look_ahead().field("nodes").field("sessions").exists();
+        for (node, sessions) in nodes
+            .iter_mut()
+            .zip(prefetch_sessions(ctx, &members, wanted).await?)
         {
-            let members: Vec<User> = nodes.iter().map(|node| node.user.clone()).collect();
-            let listed = caller
-                .auth
-                .sessions()
-                .list_for_members(&caller.principal.user, &members)
-                .await
-                .map_err(query_error)?;
-            for (node, sessions) in nodes.iter_mut().zip(listed) {
-                node.sessions = Some(sessions.map_err(query_error));
-            }
+            node.sessions = sessions;
         }
         Ok(UserConnection {
             nodes,

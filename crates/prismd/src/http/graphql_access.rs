@@ -8,15 +8,15 @@ use std::sync::Arc;
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 
 use super::graphql::{
-    Caller, FieldError, RoleNode, SessionNode, TokenPolicy, caller, parse_role, payload_errors,
-    query_error, timestamp,
+    Caller, FieldError, PrefetchedSessions, RoleNode, SessionNode, TokenPolicy, caller, parse_role,
+    payload_errors, prefetch_sessions, query_error, session_nodes, timestamp,
 };
 use crate::domain::accounts::{parse_public_id, public_id};
 use crate::domain::policies::{MAX_POLICY_DAYS, SECONDS_PER_DAY};
 use crate::domain::roles::Role;
 use crate::domain::scopes::{ApiScope, role_scopes};
 use crate::domain::service_accounts::AccountUpdate;
-use crate::domain::sessions::{LiveSession, Minter, TokenRequest};
+use crate::domain::sessions::{Minter, TokenRequest};
 use crate::domain::{DomainError, now_ms};
 use crate::store::{Grantee, OrgScope, User};
 
@@ -34,7 +34,7 @@ pub struct ServiceAccountNode {
     /// The organization's scopes, when the list it is in read them once for all its accounts.
     org_scopes: Option<Arc<Vec<OrgScope>>>,
     /// Its tokens, when the list it is in read them for all its accounts at once.
-    tokens: Option<Result<Vec<LiveSession>, async_graphql::Error>>,
+    tokens: PrefetchedSessions,
 }
 
 impl ServiceAccountNode {
@@ -88,27 +88,7 @@ impl ServiceAccountNode {
     }
     /// Its live tokens, newest first (Owners and Admins, `sessions:read`).
     async fn tokens(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Vec<SessionNode>>> {
-        let caller = caller(ctx)?;
-        caller
-            .require(ApiScope::SessionsRead)
-            .map_err(query_error)?;
-        let live = match &self.tokens {
-            Some(prefetched) => prefetched.clone()?,
-            None => caller
-                .auth
-                .sessions()
-                .list(caller.actor(), &self.account.id)
-                .await
-                .map_err(query_error)?,
-        };
-        Ok(Some(
-            live.into_iter()
-                .map(|session| {
-                    SessionNode::new(session.record, caller.principal)
-                        .expiring_at(session.expires_at)
-                })
-                .collect(),
-        ))
+        session_nodes(ctx, &self.account.id, &self.tokens).await
     }
 }
 
@@ -216,19 +196,7 @@ impl AccessQuery {
         } else {
             None
         };
-        let mut tokens: Vec<Option<Result<Vec<LiveSession>, async_graphql::Error>>> =
-            accounts.iter().map(|_| None).collect();
-        if wants.field("tokens").exists() && caller.require(ApiScope::SessionsRead).is_ok() {
-            let listed = caller
-                .auth
-                .sessions()
-                .list_for_members(caller.actor(), &accounts)
-                .await
-                .map_err(query_error)?;
-            for (slot, listed) in tokens.iter_mut().zip(listed) {
-                *slot = Some(listed.map_err(query_error));
-            }
-        }
+        let tokens = prefetch_sessions(ctx, &accounts, wants.field("tokens").exists()).await?;
         Ok(Some(
             accounts
                 .into_iter()

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::harness::{Options, Server, TestResult, temp_dir};
+use crate::metrics::scraped_value;
 
 /// curl's answer to a 2 MB body: (status, HTTP version, body, stderr).
 fn curl_oversized(
@@ -314,13 +315,11 @@ fn h1_open(address: &str) -> Result<Option<(TcpStream, String)>, Box<dyn std::er
     }
 }
 
+/// One series on the separate metrics listener (the main one may be full).
 async fn metric(server: &Server, name: &str) -> Result<f64, Box<dyn std::error::Error>> {
-    let url = server.metrics_url.clone().ok_or("no metrics listener")?;
-    let text = server.http.get(url).send().await?.text().await?;
-    text.lines()
-        .find_map(|line| line.strip_prefix(&format!("{name} ")))
-        .ok_or_else(|| format!("{name} is not in /metrics").into())
-        .and_then(|value| Ok(value.trim().parse::<f64>()?))
+    let url = server.metrics_url.as_deref().ok_or("no metrics listener")?;
+    let base = url.strip_suffix("/metrics").unwrap_or(url);
+    scraped_value(&server.http, base, name).await
 }
 
 #[tokio::test]

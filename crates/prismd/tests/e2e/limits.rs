@@ -15,6 +15,7 @@ use crate::harness::{
     Options, Server, SignInPage, TestResult, admin_ok, browser_sign_in, device_sign_in,
     prismd_with_stdin, temp_dir,
 };
+use crate::metrics::scraped_value;
 use crate::postgres::FreshDatabase;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -520,22 +521,6 @@ async fn forwarded_headers_are_ignored_without_trusted_proxies() -> TestResult {
     Ok(())
 }
 
-/// `/metrics`' value of an unlabelled series.
-async fn metric_value(server: &Server, name: &str) -> Res<f64> {
-    let text = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
-    let value = text
-        .lines()
-        .find_map(|line| line.strip_prefix(&format!("{name} ")))
-        .ok_or_else(|| format!("{name} is not in /metrics"))?;
-    Ok(value.trim().parse()?)
-}
-
 #[tokio::test]
 async fn api_callers_are_rate_limited_each_on_their_own() -> TestResult {
     let dir = temp_dir()?;
@@ -594,7 +579,7 @@ async fn api_callers_are_rate_limited_each_on_their_own() -> TestResult {
         "twenty requests at once over a limit of one a second"
     );
     assert_eq!(
-        metric_value(&server, "prismd_api_rate_limited_total").await?,
+        scraped_value(&server.http, &server.base, "prismd_api_rate_limited_total").await?,
         f64::from(refused)
     );
 
