@@ -1,10 +1,63 @@
-//! A minimal keep-alive HTTP/1.1 client: pre-built request bytes out, status and body in. It
-//! does the least work per request so that the load generator, which shares the machine's
-//! cores with the server, takes as little CPU as it can.
+//! A minimal keep-alive HTTP/1.1 client, over plain TCP or TLS: pre-built request bytes out,
+//! status and body in. It does the least work per request so that the load generator, which
+//! shares the machine's cores with the server, takes as little CPU as it can.
+
+use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// Where connections go: an address, spoken to in plain HTTP or over TLS.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub address: String,
+    tls: Option<TlsConnector>,
+}
+
+impl Endpoint {
+    pub fn plain(address: &str) -> Self {
+        Self {
+            address: address.to_owned(),
+            tls: None,
+        }
+    }
+
+    /// TLS (rustls on aws-lc-rs, prismd's own provider), trusting only the CA in `ca_pem`:
+    /// the certificate is verified as a real client would, once per connection.
+    pub fn tls(address: &str, ca_pem: &Path) -> anyhow::Result<Self> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca_pem)
+            .with_context(|| format!("cannot read {}", ca_pem.display()))?
+        {
+            roots.add(cert?)?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(Self {
+            address: address.to_owned(),
+            tls: Some(TlsConnector::from(Arc::new(config))),
+        })
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
 
 pub fn json_post(path: &str, host: &str, bearer: Option<&str>, body: &str) -> Vec<u8> {
     let auth = bearer
@@ -44,30 +97,58 @@ pub fn form_post(path: &str, host: &str, body: &str) -> Vec<u8> {
 }
 
 pub struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     buffer: Vec<u8>,
 }
 
 impl Connection {
+    /// A plain HTTP connection to `address`.
     pub async fn open(address: &str) -> anyhow::Result<Self> {
-        let stream = TcpStream::connect(address).await?;
-        stream.set_nodelay(true)?;
+        Self::connect(&Endpoint::plain(address)).await
+    }
+
+    /// A connection to `endpoint`, its TLS handshake done when it has TLS.
+    pub async fn connect(endpoint: &Endpoint) -> anyhow::Result<Self> {
+        let tcp = TcpStream::connect(&endpoint.address).await?;
+        tcp.set_nodelay(true)?;
+        let stream = match &endpoint.tls {
+            None => Stream::Plain(tcp),
+            Some(connector) => {
+                let host = endpoint
+                    .address
+                    .rsplit_once(':')
+                    .map_or(endpoint.address.as_str(), |(host, _)| host);
+                let name = ServerName::try_from(host.to_owned())?;
+                Stream::Tls(Box::new(connector.connect(name, tcp).await?))
+            }
+        };
         Ok(Self {
             stream,
             buffer: Vec::with_capacity(8192),
         })
     }
 
+    async fn write_all(&mut self, request: &[u8]) -> std::io::Result<()> {
+        match &mut self.stream {
+            Stream::Plain(tcp) => tcp.write_all(request).await,
+            // rustls buffers the record; the flush puts it on the wire.
+            Stream::Tls(tls) => {
+                tls.write_all(request).await?;
+                tls.flush().await
+            }
+        }
+    }
+
     /// Sends one request and returns the response status (the body is read and dropped).
     pub async fn send(&mut self, request: &[u8]) -> anyhow::Result<u16> {
-        self.stream.write_all(request).await?;
+        self.write_all(request).await?;
         let (status, _, total) = self.read_response().await?;
         self.buffer.drain(..total);
         Ok(status)
     }
 
     pub async fn send_and_read(&mut self, request: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
-        self.stream.write_all(request).await?;
+        self.write_all(request).await?;
         let (status, head_end, total) = self.read_response().await?;
         let body = self.buffer[head_end + 4..total].to_vec();
         self.buffer.drain(..total);
@@ -77,7 +158,7 @@ impl Connection {
     /// Sends one request and returns the response's status and head (status line and
     /// headers); the body is dropped.
     pub async fn send_and_read_head(&mut self, request: &[u8]) -> anyhow::Result<(u16, String)> {
-        self.stream.write_all(request).await?;
+        self.write_all(request).await?;
         let (status, head_end, total) = self.read_response().await?;
         let head = String::from_utf8_lossy(&self.buffer[..head_end]).into_owned();
         self.buffer.drain(..total);
@@ -112,7 +193,10 @@ impl Connection {
 
     async fn fill(&mut self) -> anyhow::Result<()> {
         let mut chunk = [0u8; 8192];
-        let n = self.stream.read(&mut chunk).await?;
+        let n = match &mut self.stream {
+            Stream::Plain(tcp) => tcp.read(&mut chunk).await?,
+            Stream::Tls(tls) => tls.read(&mut chunk).await?,
+        };
         if n == 0 {
             bail!("connection closed by the server");
         }

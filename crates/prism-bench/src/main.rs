@@ -11,9 +11,11 @@ mod ceiling;
 mod client;
 mod issuer;
 mod nginx;
+mod peer;
 mod propagation;
 mod seed;
 mod server;
+mod wrk;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,12 +28,14 @@ use serde::Serialize;
 
 use crate::server::{ServerProcess, free_port, locate_prismd};
 
-const ALL_SCENARIOS: &str = "ceiling, refresh, oauth-token, api, verify, introspect, revoke, \
-     exchange, verify-nginx, nginx-alone; or propagation alone";
+const ALL_SCENARIOS: &str = "ceiling, refresh, refresh-https, peer, oauth-token, api, verify, \
+     introspect, revoke, exchange, verify-nginx, nginx-alone; or propagation alone";
 /// The scenarios `run` knows.
-const SCENARIOS: [&str; 10] = [
+const SCENARIOS: [&str; 12] = [
     "ceiling",
     "refresh",
+    "refresh-https",
+    "peer",
     "oauth-token",
     "api",
     "verify",
@@ -44,6 +48,10 @@ const SCENARIOS: [&str; 10] = [
 /// The scenarios that go through nginx, and the one of them that is their ceiling.
 const NGINX_SCENARIOS: [&str; 2] = ["verify-nginx", "nginx-alone"];
 const NGINX_CEILING: &str = "nginx-alone";
+/// The scenarios `--wrk` repeats with wrk: the refresh exchange and its ceiling and peer.
+const WRK_SCENARIOS: [&str; 4] = ["ceiling", "refresh", "refresh-https", "peer"];
+/// The ceiling of the rows wrk measured.
+const WRK_CEILING: &str = "ceiling/wrk";
 /// The `aud` of the exchange scenario's OIDC tokens, which its trust policy expects.
 const EXCHANGE_AUDIENCE: &str = "prism-bench";
 /// Their `sub`, which its trust policy pins (GitHub Actions' shape).
@@ -89,15 +97,17 @@ struct Args {
     /// Unmeasured warm-up per scenario (not for revoke, whose tokens are used once).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     warmup: Duration,
-    /// Scenarios to run, comma-separated: ceiling, refresh, oauth-token, api, verify,
-    /// introspect, revoke;
-    /// not by default: exchange, verify-nginx (through nginx, which must be installed; its
+    /// Scenarios to run, comma-separated: ceiling, refresh, refresh-https (a second prismd on
+    /// the same data, serving HTTPS with --dev-tls), oauth-token, api, verify, introspect,
+    /// revoke;
+    /// not by default: peer (node-oidc-provider's refresh grant; scripts/bench-peer.sh
+    /// installs it), exchange, verify-nginx (through nginx, which must be installed; its
     /// ceiling nginx-alone is added before it when not named); or `propagation` alone (two
     /// replicas on PostgreSQL; needs --database-url).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ceiling,refresh,oauth-token,api,verify,introspect,revoke"
+        default_value = "ceiling,refresh,refresh-https,oauth-token,api,verify,introspect,revoke"
     )]
     scenarios: Vec<String>,
     /// Scopes the verify scenarios' route requires, space-separated API scope names: sent as
@@ -130,6 +140,23 @@ struct Args {
     /// (no coordinated omission). Not for single-use workloads (revoke, exchange).
     #[arg(long, value_parser = parse_fraction)]
     open_loop: Option<f64>,
+    /// Where scripts/bench-peer.sh installed node-oidc-provider (server.mjs and its
+    /// node_modules), for the `peer` scenario.
+    #[arg(
+        long,
+        env = "PRISM_BENCH_PEER_DIR",
+        default_value = "/var/tmp/prism-peer-oidc-provider"
+    )]
+    peer_dir: PathBuf,
+    /// Refresh tokens the peer mints for the `peer` scenario.
+    #[arg(long, default_value_t = 10_000)]
+    peer_tokens: usize,
+    /// After prism-bench's own run of ceiling, refresh, refresh-https and peer, send the same
+    /// requests with wrk (Debian's package; must be on PATH), the same connections and
+    /// duration, as rows `<scenario>/wrk` whose ratios are to `ceiling/wrk`: a cross-check of
+    /// this tool's own client.
+    #[arg(long)]
+    wrk: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -152,6 +179,9 @@ struct Report {
     server_peak_rss_mib: f64,
     /// Heap and stacks at the end of the scenario (without mapped database pages).
     server_anon_rss_mib: f64,
+    /// Mapped file pages at the end of the scenario: the binary and the database pages SQLite
+    /// maps, the kernel's page cache.
+    server_file_rss_mib: f64,
     /// Requests/s as a share of the ceiling's, measured in the same run.
     ratio_to_ceiling: Option<f64>,
     /// That ceiling: `ceiling`, or `nginx-alone` for the scenarios through nginx.
@@ -322,6 +352,11 @@ async fn run(
     // Started at the first scenario through it, kept for the others (the same nginx).
     let mut proxy: Option<nginx::Nginx> = None;
     let nginx_dir = nginx::dir_beside(work_dir);
+    let wrk_bin = if args.wrk {
+        Some(wrk::locate().context("--wrk: no wrk on PATH; `apt-get install wrk` adds it")?)
+    } else {
+        None
+    };
     for scenario in &scenarios {
         let through_nginx = NGINX_SCENARIOS.contains(&scenario.as_str());
         if through_nginx && proxy.is_none() {
@@ -345,29 +380,29 @@ async fn run(
             );
             proxy = Some(started);
         }
-        let ceiling_process = if scenario == "ceiling" {
-            let ceiling_address = format!("127.0.0.1:{}", free_port()?);
-            let mut ceiling = ServerProcess::ceiling(&ceiling_address)?;
-            ceiling.wait_ready(&ceiling_address).await?;
-            Some((ceiling_address, ceiling))
-        } else {
-            None
-        };
+        // A server of the scenario's own, started for it and stopped after it: the ceiling, a
+        // second prismd serving HTTPS on the same data, or the peer.
+        let own_server =
+            start_scenario_server(scenario, args, prismd_bin, work_dir, &extra).await?;
         let nginx = proxy.as_ref().filter(|_| through_nginx);
-        // Whose CPU and memory the scenario is charged: the server it talks to, and prismd
-        // behind nginx too.
-        let (target_address, measured): (String, Vec<&ServerProcess>) =
-            match (&ceiling_process, nginx) {
-                (Some((ceiling_address, ceiling)), _) => (ceiling_address.clone(), vec![ceiling]),
-                (None, Some(nginx)) if scenario == NGINX_CEILING => {
-                    (nginx.address().to_owned(), vec![nginx.process()])
-                }
-                (None, Some(nginx)) => (nginx.address().to_owned(), vec![nginx.process(), &server]),
-                (None, None) => (address.clone(), vec![&server]),
+        // Where the requests go, and whose CPU and memory the scenario is charged: the server
+        // it talks to, and prismd behind nginx too.
+        let (endpoint, measured): (client::Endpoint, Vec<&ServerProcess>) =
+            match (&own_server, nginx) {
+                (Some(own), _) => (own.endpoint.clone(), vec![&own.process]),
+                (None, Some(nginx)) if scenario == NGINX_CEILING => (
+                    client::Endpoint::plain(nginx.address()),
+                    vec![nginx.process()],
+                ),
+                (None, Some(nginx)) => (
+                    client::Endpoint::plain(nginx.address()),
+                    vec![nginx.process(), &server],
+                ),
+                (None, None) => (client::Endpoint::plain(&address), vec![&server]),
             };
         let workload = workload(
             scenario,
-            &target_address,
+            &endpoint.address,
             &active,
             &seeded,
             &access_tokens,
@@ -375,6 +410,7 @@ async fn run(
                 exchange: exchange.as_ref(),
                 verify_scope: args.verify_scope.as_deref(),
                 introspector: introspector.as_deref(),
+                peer: own_server.as_ref().and_then(|own| own.peer.as_ref()),
             },
         );
         eprintln!(
@@ -382,28 +418,31 @@ async fn run(
             args.warmup, args.duration, args.concurrency
         );
         if workload.reuse {
-            drive(
-                &target_address,
-                &workload,
-                args.concurrency,
-                args.warmup,
-                None,
-            )
-            .await?;
+            drive(&endpoint, &workload, args.concurrency, args.warmup, None).await?;
         } else if let Some(tokens) = exchange.as_ref().filter(|_| scenario == "exchange") {
             // Single-use tokens: the warm-up spends its own, up to `--warmup` long.
-            let warmup = exchange_workload(&target_address, &tokens.warmup);
+            let warmup = exchange_workload(&endpoint.address, &tokens.warmup);
             if !warmup.requests.is_empty() {
-                drive(
-                    &target_address,
-                    &warmup,
-                    args.concurrency,
-                    args.warmup,
-                    None,
-                )
-                .await?;
+                drive(&endpoint, &warmup, args.concurrency, args.warmup, None).await?;
             }
         }
+        let ceiling = if through_nginx {
+            NGINX_CEILING
+        } else {
+            "ceiling"
+        };
+        let row = |label: String, ceiling: &'static str| Row {
+            label,
+            backend: if scenario == "ceiling" || scenario == NGINX_CEILING {
+                "none"
+            } else if scenario == "peer" {
+                "peer"
+            } else {
+                backend
+            },
+            ceiling,
+            proxied: scenario == "verify-nginx",
+        };
         // Closed loop first (every connection sends its next request when the last is
         // answered: the most the server does); then, with --open-loop, a fixed rate at that
         // fraction of it, where latency is not mostly queueing.
@@ -418,90 +457,68 @@ async fn run(
                 None => scenario.clone(),
                 Some(fraction) => format!("{scenario}@{fraction}"),
             };
-            let cpu_before = measured
-                .iter()
-                .map(|p| p.cpu_seconds())
-                .collect::<anyhow::Result<Vec<f64>>>()?;
-            let client_before = server::own_cpu_seconds()?;
-            let machine_before = server::MachineCpu::now()?;
-            let started = Instant::now();
-            let outcome = drive(
-                &target_address,
-                &workload,
-                args.concurrency,
-                args.duration,
-                pace,
-            )
-            .await?;
-            let elapsed = started.elapsed().as_secs_f64();
-            let machine_after = server::MachineCpu::now()?;
-            let client_cpu = server::own_cpu_seconds()? - client_before;
-            let mut cpu = Vec::new();
-            for (process, before) in measured.iter().zip(&cpu_before) {
-                cpu.push(process.cpu_seconds()? - before);
-            }
-            let mut latencies = outcome.latencies_us;
-            latencies.sort_unstable();
-            let total = latencies.len() as u64;
-            let per_1000 = |seconds: f64| {
-                if total > 0 {
-                    seconds * 1000.0 / total as f64
-                } else {
-                    0.0
-                }
-            };
+            let meter = Meter::start(&measured)?;
+            let outcome =
+                drive(&endpoint, &workload, args.concurrency, args.duration, pace).await?;
             if outcome.errors > 0
                 && let Some(nginx) = nginx
             {
                 eprintln!("nginx's error log ends with:\n{}", nginx.log_tail());
             }
-            let mut peak_rss = 0.0;
-            let mut anon_rss = 0.0;
-            for process in &measured {
-                peak_rss += process.peak_rss_mib()?;
-                anon_rss += process.anon_rss_mib()?;
-            }
+            let mut latencies = outcome.latencies_us;
+            latencies.sort_unstable();
+            let report = meter.finish(
+                row(label, ceiling),
+                Counted {
+                    requests: latencies.len() as u64,
+                    errors: outcome.errors,
+                    percentiles_ms: [
+                        percentile(&latencies, 0.50),
+                        percentile(&latencies, 0.99),
+                        percentile(&latencies, 0.999),
+                    ],
+                },
+            )?;
             if pass.is_none() {
-                closed_loop_rate = total as f64 / elapsed;
+                closed_loop_rate = report.requests_per_sec;
             }
-            reports.push(Report {
-                scenario: label,
-                backend: if scenario == "ceiling" || scenario == NGINX_CEILING {
-                    "none"
-                } else {
-                    backend
-                },
-                requests: total,
-                errors: outcome.errors,
-                requests_per_sec: total as f64 / elapsed,
-                p50_ms: percentile(&latencies, 0.50),
-                p99_ms: percentile(&latencies, 0.99),
-                p999_ms: percentile(&latencies, 0.999),
-                server_cpu_sec_per_1000: per_1000(cpu.iter().sum()),
-                server_peak_rss_mib: peak_rss,
-                server_anon_rss_mib: anon_rss,
-                ratio_to_ceiling: None,
-                ceiling: if through_nginx {
-                    NGINX_CEILING
-                } else {
-                    "ceiling"
-                },
-                proxy_cpu_sec_per_1000: (scenario == "verify-nginx")
-                    .then(|| per_1000(cpu.first().copied().unwrap_or_default())),
-                client_cpu_sec_per_1000: per_1000(client_cpu),
-                machine_busy_cores: (machine_after.busy - machine_before.busy) / elapsed,
-                machine_steal_cores: (machine_after.steal - machine_before.steal) / elapsed,
-            });
+            reports.push(report);
         }
-        if let Some((_, mut ceiling)) = ceiling_process {
-            ceiling.stop();
+        if let Some(bin) = wrk_bin
+            .as_deref()
+            .filter(|_| WRK_SCENARIOS.contains(&scenario.as_str()))
+        {
+            eprintln!("{scenario}: the same with wrk");
+            let meter = Meter::start(&measured)?;
+            let outcome = wrk::run(
+                bin,
+                work_dir,
+                &endpoint,
+                &workload.requests,
+                args.concurrency,
+                args.duration,
+            )?;
+            let mut report = meter.finish(
+                row(format!("{scenario}/wrk"), WRK_CEILING),
+                Counted {
+                    requests: outcome.requests,
+                    errors: outcome.errors,
+                    percentiles_ms: [outcome.p50_ms, outcome.p99_ms, outcome.p999_ms],
+                },
+            )?;
+            // wrk's own clock: its requests over its own duration.
+            report.requests_per_sec = outcome.requests as f64 / outcome.seconds.max(1e-9);
+            reports.push(report);
+        }
+        if let Some(mut own) = own_server {
+            own.process.stop();
         }
     }
     drop(proxy);
     server.stop();
     let ceilings: Vec<(String, f64)> = reports
         .iter()
-        .filter(|r| r.scenario == "ceiling" || r.scenario == NGINX_CEILING)
+        .filter(|r| r.scenario == r.ceiling)
         .filter(|r| r.requests_per_sec > 0.0)
         .map(|r| (r.scenario.clone(), r.requests_per_sec))
         .collect();
@@ -516,6 +533,156 @@ async fn run(
         bail!("some requests failed; see the errors column");
     }
     Ok(())
+}
+
+/// A server started for one scenario and stopped after it.
+struct ScenarioServer {
+    endpoint: client::Endpoint,
+    process: ServerProcess,
+    /// For `peer`: what it minted.
+    peer: Option<peer::Peer>,
+}
+
+/// The server of the scenarios that have their own: the ceiling; for `refresh-https` a second
+/// prismd on the same data (database, keys) serving HTTPS with its development CA (`--dev-tls`),
+/// trusted by the client as a real one would be; for `peer` node-oidc-provider.
+async fn start_scenario_server(
+    scenario: &str,
+    args: &Args,
+    prismd_bin: &Path,
+    work_dir: &Path,
+    prismd_flags: &[&str],
+) -> anyhow::Result<Option<ScenarioServer>> {
+    let address = format!("127.0.0.1:{}", free_port()?);
+    let (endpoint, process, peer) = match scenario {
+        "ceiling" => {
+            let mut ceiling = ServerProcess::ceiling(&address)?;
+            ceiling.wait_ready(&address).await?;
+            (client::Endpoint::plain(&address), ceiling, None)
+        }
+        "refresh-https" => {
+            let mut flags = prismd_flags.to_vec();
+            flags.push("--dev-tls");
+            let mut tls = ServerProcess::prismd(prismd_bin, work_dir, &address, &flags)?;
+            // The CA file is written at start-up: wait for it before trusting it.
+            let ca = work_dir.join(prismd::tls::DEV_CA_FILE);
+            for _ in 0..100 {
+                if ca.exists() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let endpoint = client::Endpoint::tls(&address, &ca)?;
+            tls.wait_ready_at(&endpoint).await?;
+            (endpoint, tls, None)
+        }
+        "peer" => {
+            let (process, peer) =
+                peer::Peer::start(&args.peer_dir, work_dir, &address, args.peer_tokens).await?;
+            eprintln!(
+                "node-oidc-provider on {address}, {} refresh tokens",
+                peer.refresh_tokens.len()
+            );
+            (client::Endpoint::plain(&address), process, Some(peer))
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(ScenarioServer {
+        endpoint,
+        process,
+        peer,
+    }))
+}
+
+/// How a scenario's row is labelled and charged.
+struct Row {
+    label: String,
+    backend: &'static str,
+    /// The row whose rate its ratio is to.
+    ceiling: &'static str,
+    /// Through nginx: the first measured process is nginx, whose share is reported apart.
+    proxied: bool,
+}
+
+/// What a load generator counted.
+struct Counted {
+    requests: u64,
+    errors: u64,
+    /// p50, p99 and p99.9.
+    percentiles_ms: [f64; 3],
+}
+
+/// The servers' and the load generator's CPU, and the machine's, from a scenario's start.
+struct Meter<'a> {
+    measured: &'a [&'a ServerProcess],
+    cpu_before: Vec<f64>,
+    client_before: f64,
+    machine_before: server::MachineCpu,
+    started: Instant,
+}
+
+impl<'a> Meter<'a> {
+    fn start(measured: &'a [&'a ServerProcess]) -> anyhow::Result<Self> {
+        Ok(Self {
+            measured,
+            cpu_before: measured
+                .iter()
+                .map(|p| p.cpu_seconds())
+                .collect::<anyhow::Result<Vec<f64>>>()?,
+            client_before: server::load_generator_cpu_seconds()?,
+            machine_before: server::MachineCpu::now()?,
+            started: Instant::now(),
+        })
+    }
+
+    fn finish(self, row: Row, counted: Counted) -> anyhow::Result<Report> {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let machine_after = server::MachineCpu::now()?;
+        let client_cpu = server::load_generator_cpu_seconds()? - self.client_before;
+        let mut cpu = Vec::new();
+        for (process, before) in self.measured.iter().zip(&self.cpu_before) {
+            cpu.push(process.cpu_seconds()? - before);
+        }
+        let total = counted.requests;
+        let per_1000 = |seconds: f64| {
+            if total > 0 {
+                seconds * 1000.0 / total as f64
+            } else {
+                0.0
+            }
+        };
+        let mut peak_rss = 0.0;
+        let mut anon_rss = 0.0;
+        let mut file_rss = 0.0;
+        for process in self.measured {
+            peak_rss += process.peak_rss_mib()?;
+            anon_rss += process.anon_rss_mib()?;
+            file_rss += process.file_rss_mib()?;
+        }
+        let [p50_ms, p99_ms, p999_ms] = counted.percentiles_ms;
+        Ok(Report {
+            scenario: row.label,
+            backend: row.backend,
+            requests: total,
+            errors: counted.errors,
+            requests_per_sec: total as f64 / elapsed,
+            p50_ms,
+            p99_ms,
+            p999_ms,
+            server_cpu_sec_per_1000: per_1000(cpu.iter().sum()),
+            server_peak_rss_mib: peak_rss,
+            server_anon_rss_mib: anon_rss,
+            server_file_rss_mib: file_rss,
+            ratio_to_ceiling: None,
+            ceiling: row.ceiling,
+            proxy_cpu_sec_per_1000: row
+                .proxied
+                .then(|| per_1000(cpu.first().copied().unwrap_or_default())),
+            client_cpu_sec_per_1000: per_1000(client_cpu),
+            machine_busy_cores: (machine_after.busy - self.machine_before.busy) / elapsed,
+            machine_steal_cores: (machine_after.steal - self.machine_before.steal) / elapsed,
+        })
+    }
 }
 
 /// The scenarios to run, in order, and nginx when one of them goes through it. Unknown names
@@ -568,6 +735,7 @@ struct Prepared<'a> {
     exchange: Option<&'a Exchange>,
     verify_scope: Option<&'a str>,
     introspector: Option<&'a str>,
+    peer: Option<&'a peer::Peer>,
 }
 
 fn workload(
@@ -582,6 +750,7 @@ fn workload(
         exchange,
         verify_scope,
         introspector,
+        peer,
     } = *prepared;
     let bearer_gets = |path: &str| Workload {
         requests: access_tokens
@@ -592,7 +761,26 @@ fn workload(
     };
     let json_refresh = |t: &String| format!(r#"{{"refresh_token":"{t}"}}"#);
     match scenario {
-        "ceiling" | "refresh" => Workload {
+        // node-oidc-provider's refresh grant, as its confidential client sends it.
+        "peer" => Workload {
+            requests: peer
+                .map(|peer| {
+                    peer.refresh_tokens
+                        .iter()
+                        .map(|t| {
+                            client::form_post_authorized(
+                                &peer.token_path,
+                                address,
+                                &peer.authorization,
+                                &format!("grant_type=refresh_token&refresh_token={t}"),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            reuse: true,
+        },
+        "ceiling" | "refresh" | "refresh-https" => Workload {
             requests: active
                 .iter()
                 .map(|t| client::json_post("/auth/refresh", address, None, &json_refresh(t)))
@@ -751,7 +939,7 @@ fn print_reports(reports: &[Report], json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<12} {:<9} {:>9} {:>6} {:>8} {:>7} {:>7} {:>8} {:>10} {:>8} {:>8} {:>9}  of",
+        "{:<17} {:<9} {:>9} {:>6} {:>8} {:>7} {:>7} {:>8} {:>10} {:>8} {:>8} {:>8} {:>9}  of",
         "scenario",
         "backend",
         "requests",
@@ -763,11 +951,12 @@ fn print_reports(reports: &[Report], json: bool) -> anyhow::Result<()> {
         "cpu s/1000",
         "peak MiB",
         "anon MiB",
+        "file MiB",
         "x ceiling"
     );
     for r in reports {
         println!(
-            "{:<12} {:<9} {:>9} {:>6} {:>8.0} {:>7.2} {:>7.2} {:>8.2} {:>10.3} {:>8.1} {:>8.1} {:>9}  {}",
+            "{:<17} {:<9} {:>9} {:>6} {:>8.0} {:>7.2} {:>7.2} {:>8.2} {:>10.3} {:>8.1} {:>8.1} {:>8.1} {:>9}  {}",
             r.scenario,
             r.backend,
             r.requests,
@@ -779,6 +968,7 @@ fn print_reports(reports: &[Report], json: bool) -> anyhow::Result<()> {
             r.server_cpu_sec_per_1000,
             r.server_peak_rss_mib,
             r.server_anon_rss_mib,
+            r.server_file_rss_mib,
             r.ratio_to_ceiling
                 .map_or_else(|| "-".to_owned(), |ratio| format!("{ratio:.2}")),
             r.ceiling
@@ -798,6 +988,28 @@ fn print_reports(reports: &[Report], json: bool) -> anyhow::Result<()> {
                 String::new()
             }
         );
+    }
+    // The comparisons the issue's targets name, each within this run.
+    let rate = |name: &str| {
+        reports
+            .iter()
+            .find(|r| r.scenario == name && r.requests_per_sec > 0.0)
+            .map(|r| r.requests_per_sec)
+    };
+    for (what, of, than) in [
+        ("refresh-https", "x plain refresh", "refresh"),
+        ("refresh", "x node-oidc-provider's refresh grant", "peer"),
+        (
+            "refresh/wrk",
+            "x node-oidc-provider's (both wrk)",
+            "peer/wrk",
+        ),
+        ("ceiling/wrk", "x prism-bench's own client's", "ceiling"),
+        ("refresh/wrk", "x prism-bench's own client's", "refresh"),
+    ] {
+        if let (Some(a), Some(b)) = (rate(what), rate(than)) {
+            println!("{what}: {:.2} {of}", a / b);
+        }
     }
     for r in reports {
         if let Some(proxy) = r.proxy_cpu_sec_per_1000 {
@@ -830,7 +1042,7 @@ struct Outcome {
 /// second in all) each connection sends on its own fixed schedule, staggered against the
 /// others: open loop.
 async fn drive(
-    address: &str,
+    endpoint: &client::Endpoint,
     workload: &Workload,
     concurrency: usize,
     duration: Duration,
@@ -850,14 +1062,14 @@ async fn drive(
         .map(|rate| Duration::from_secs_f64(concurrency as f64 / rate));
     let schedule_start = tokio::time::Instant::now();
     for connection in 0..concurrency {
-        let (requests, stop, next, address) = (
+        let (requests, stop, next, endpoint) = (
             requests.clone(),
             stop.clone(),
             next_single_use.clone(),
-            address.to_owned(),
+            endpoint.clone(),
         );
         tasks.spawn(async move {
-            let mut conn = client::Connection::open(&address).await?;
+            let mut conn = client::Connection::connect(&endpoint).await?;
             let mut latencies = Vec::with_capacity(100_000);
             let mut errors = 0u64;
             let mut index = connection * 7919;

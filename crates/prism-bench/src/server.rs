@@ -64,6 +64,17 @@ impl ServerProcess {
         Self::spawn(command)
     }
 
+    /// The peer, node-oidc-provider (`server.mjs`), on loopback `port`, minting `tokens`
+    /// refresh tokens and writing them to `out`.
+    pub fn node(script: &Path, port: &str, tokens: usize, out: &Path) -> anyhow::Result<Self> {
+        let mut command = Command::new("node");
+        command
+            .arg(script)
+            .args(["--port", port, "--tokens", &tokens.to_string(), "--out"])
+            .arg(out);
+        Self::spawn(command)
+    }
+
     /// nginx in the foreground, with `dir` as its prefix and `dir/nginx.conf` as its
     /// configuration; `-e` keeps its start-up messages out of the system's log directory.
     pub fn nginx(bin: &Path, dir: &Path) -> anyhow::Result<Self> {
@@ -90,8 +101,14 @@ impl ServerProcess {
     }
 
     pub async fn wait_ready(&mut self, address: &str) -> anyhow::Result<()> {
+        self.wait_ready_at(&client::Endpoint::plain(address)).await
+    }
+
+    /// Waits until `GET /readyz` answers 200 at `endpoint` (over TLS when it has TLS).
+    pub async fn wait_ready_at(&mut self, endpoint: &client::Endpoint) -> anyhow::Result<()> {
+        let address = &endpoint.address;
         for _ in 0..600 {
-            if let Ok(mut conn) = client::Connection::open(address).await {
+            if let Ok(mut conn) = client::Connection::connect(endpoint).await {
                 let request =
                     format!("GET /readyz HTTP/1.1\r\nHost: {address}\r\n\r\n").into_bytes();
                 if matches!(conn.send(&request).await, Ok(200)) {
@@ -162,6 +179,13 @@ impl ServerProcess {
         self.status_mib("RssAnon:")
     }
 
+    /// Resident file-backed memory of the server now, from /proc (RssFile): its binary and
+    /// libraries, and the database pages SQLite maps (`mmap_size`), which are the kernel's page
+    /// cache, shared and reclaimable, not the server's heap.
+    pub fn file_rss_mib(&self) -> anyhow::Result<f64> {
+        self.status_mib("RssFile:")
+    }
+
     fn status_mib(&self, field: &str) -> anyhow::Result<f64> {
         let mut kib = 0.0;
         for pid in self.pids() {
@@ -206,11 +230,16 @@ fn stat_field(stat: &str, index: usize) -> Option<&str> {
     stat.rsplit_once(')')?.1.split_whitespace().nth(index)
 }
 
-/// CPU time of this process (the load generator, all its threads) so far, from /proc.
-pub fn own_cpu_seconds() -> anyhow::Result<f64> {
+/// CPU time of the load generator so far: this process (all its threads) and the children it
+/// has waited for (wrk, which is gone before its own `/proc` entry could be read; the servers
+/// are waited for only after their scenarios, outside any measurement), from /proc.
+pub fn load_generator_cpu_seconds() -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat")?;
-    let ticks = stat_field(&stat, 11).context("utime")?.parse::<f64>()?
-        + stat_field(&stat, 12).context("stime")?.parse::<f64>()?;
+    let mut ticks = 0.0;
+    // utime, stime, then cutime and cstime: the waited-for children's.
+    for (index, name) in [(11, "utime"), (12, "stime"), (13, "cutime"), (14, "cstime")] {
+        ticks += stat_field(&stat, index).context(name)?.parse::<f64>()?;
+    }
     Ok(ticks / 100.0)
 }
 
