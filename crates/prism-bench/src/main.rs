@@ -28,6 +28,11 @@ use serde::Serialize;
 
 use crate::server::{ServerProcess, free_port, locate_prismd};
 
+/// prismd's allocator, so that the ceiling (this binary in its serving mode) is not slower
+/// than prismd at any of the work the two share; the load generator gets it too.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const ALL_SCENARIOS: &str = "ceiling, refresh, refresh-https, peer, oauth-token, api, verify, \
      introspect, revoke, exchange, verify-nginx, nginx-alone; or propagation alone";
 /// The scenarios `run` knows.

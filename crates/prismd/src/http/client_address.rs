@@ -4,12 +4,9 @@
 //! default: any client can send them.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::http::HeaderMap;
-use axum::middleware::Next;
-use axum::response::Response;
 use ipnet::IpNet;
 
 /// The address a request is attributed to, resolved once per request by [`resolve`].
@@ -95,12 +92,9 @@ fn node_address(node: &str) -> Option<IpAddr> {
         .map(|a| a.ip().to_canonical())
 }
 
-/// Middleware: puts the request's [`ClientAddress`] in its extensions.
-pub async fn resolve(
-    State(proxies): State<Arc<TrustedProxies>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+/// Puts the request's [`ClientAddress`] in its extensions (part of the router's one
+/// per-request envelope, `http::envelope`).
+pub fn resolve(proxies: &TrustedProxies, request: &mut Request) {
     if let Some(ConnectInfo(peer)) = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -109,7 +103,6 @@ pub async fn resolve(
         let address = proxies.client_of(peer.ip(), request.headers());
         request.extensions_mut().insert(ClientAddress(address));
     }
-    next.run(request).await
 }
 
 #[cfg(test)]

@@ -139,9 +139,7 @@ pub enum MetricsExposure {
 /// Builds the router with its middleware.
 pub fn router(state: AppState, request_timeout: Duration, metrics: MetricsExposure) -> Router {
     let recorder = state.metrics.clone();
-    let proxies = Arc::new(client_address::TrustedProxies(
-        state.web.trusted_proxies.clone(),
-    ));
+    let proxies = client_address::TrustedProxies(state.web.trusted_proxies.clone());
     let routes = match metrics {
         MetricsExposure::Here => Router::new().route("/metrics", get(metrics::scrape)),
         MetricsExposure::Elsewhere => Router::new(),
@@ -189,13 +187,14 @@ pub fn router(state: AppState, request_timeout: Duration, metrics: MetricsExposu
         .fallback(oauth::not_found)
         .method_not_allowed_fallback(oauth::method_not_allowed)
         .with_state(state)
-        .layer(middleware::from_fn(body::drain_unread))
-        .layer(middleware::from_fn_with_state(request_timeout, deadline))
         .layer(middleware::from_fn_with_state(
-            proxies,
-            client_address::resolve,
+            Arc::new(Envelope {
+                metrics: recorder,
+                proxies,
+                request_timeout,
+            }),
+            envelope,
         ))
-        .layer(middleware::from_fn_with_state(recorder, access_log))
 }
 
 /// The router of the separate metrics listener: `GET /metrics` and nothing else. Its requests
@@ -208,21 +207,14 @@ pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
         .with_state(metrics)
 }
 
-/// Answers 408 (in the OAuth error shape) when a request takes longer than `limit`.
-async fn deadline(
-    axum::extract::State(limit): axum::extract::State<Duration>,
-    req: Request,
-    next: Next,
-) -> Response {
-    match tokio::time::timeout(limit, next.run(req)).await {
-        Ok(response) => response,
-        Err(_) => HttpError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "temporarily_unavailable",
-            "the request took too long; retry",
-        )
-        .into_response(),
-    }
+/// The 408 (in the OAuth error shape) of a request that took longer than `--request-timeout`.
+fn timed_out() -> Response {
+    HttpError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "temporarily_unavailable",
+        "the request took too long; retry",
+    )
+    .into_response()
 }
 
 /// The caller's address and user agent, for audit events and last-use records.
@@ -285,27 +277,45 @@ fn request_id(req: &Request) -> HeaderValue {
 /// the metrics. The route is the matched pattern, never the raw path or query, and no header
 /// is logged, so no token can reach the log. Everything logged while the request runs carries
 /// its request id.
-async fn access_log(
-    axum::extract::State(metrics): axum::extract::State<Arc<Metrics>>,
+/// What the per-request envelope needs.
+struct Envelope {
+    metrics: Arc<Metrics>,
+    proxies: client_address::TrustedProxies,
+    request_timeout: Duration,
+}
+
+/// Every request's envelope, outermost first: its id and span, the access log line and the
+/// HTTP metrics; the client's address (`--trusted-proxies`); the `--request-timeout` deadline;
+/// and the draining of a body the handler left unread ([`body::drain_unread`]). One
+/// middleware rather than one each, because each `from_fn` layer clones and boxes the inner
+/// service and boxes a future per request, a measurable share of a refresh exchange's cost.
+async fn envelope(
+    axum::extract::State(envelope): axum::extract::State<Arc<Envelope>>,
     mut req: Request,
     next: Next,
 ) -> Response {
     let started = Instant::now();
     let id = request_id(&req);
     req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
+    client_address::resolve(&envelope.proxies, &mut req);
     let method = req.method().clone();
     let matched = req.extensions().get::<MatchedPath>().cloned();
-    let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or("-"));
-    let mut response = next.run(req).instrument(span).await;
+    let request_id = id.to_str().unwrap_or("-");
+    let span = tracing::info_span!("request", request_id);
+    let answered = tokio::time::timeout(envelope.request_timeout, body::drain_unread(req, next))
+        .instrument(span)
+        .await;
+    let mut response = answered.unwrap_or_else(|_| timed_out());
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
-    metrics
+    envelope
+        .metrics
         .http
         .observe(matched.as_ref(), &method, status, elapsed);
     let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
     tracing::info!(
         target: "prismd::access",
-        request_id = id.to_str().unwrap_or("-"),
+        request_id,
         %method,
         route = matched.as_ref().map_or("<unmatched>", MatchedPath::as_str),
         status,
