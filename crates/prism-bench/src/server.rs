@@ -54,7 +54,19 @@ impl ServerProcess {
             .arg(data_dir)
             .args(["serve", "--listen", address])
             .args(extra);
-        Self::spawn(command)
+        // prismd's log, for a run that needs explaining: appended to this file (every prismd
+        // of the run), else dropped.
+        let log = match std::env::var_os("PRISM_BENCH_SERVER_LOG") {
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .with_context(|| format!("cannot open {}", path.to_string_lossy()))?,
+            ),
+            None => Stdio::null(),
+        };
+        Self::spawn_logging(command, log)
     }
 
     /// This binary as the ceiling server on `address`.
@@ -90,11 +102,15 @@ impl ServerProcess {
         Self::spawn(command)
     }
 
-    fn spawn(mut command: Command) -> anyhow::Result<Self> {
+    fn spawn(command: Command) -> anyhow::Result<Self> {
+        Self::spawn_logging(command, Stdio::null())
+    }
+
+    fn spawn_logging(mut command: Command, log: Stdio) -> anyhow::Result<Self> {
         let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .with_context(|| format!("cannot start {:?}", command.get_program()))?;
         Ok(Self { child })
