@@ -16,17 +16,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-missing=()
-command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
-command -v wrk >/dev/null 2>&1 || missing+=(wrk)
-command -v curl >/dev/null 2>&1 || missing+=(curl)
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "bench-instructions.sh: installing ${missing[*]} (Debian's packages)" >&2
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+# shellcheck source=scripts/lib/debian-packages.sh
+source scripts/lib/debian-packages.sh
+install_missing bench-instructions.sh valgrind:valgrind wrk:wrk curl:curl
 
 cargo build --release --locked --quiet -p prismd -p prism-bench
 target=$(realpath "${CARGO_TARGET_DIR:-target}")/release

@@ -15,17 +15,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-missing=()
-command -v wrk >/dev/null 2>&1 || missing+=(wrk)
-command -v node >/dev/null 2>&1 || missing+=(nodejs)
-command -v npm >/dev/null 2>&1 || missing+=(npm)
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "bench-peer.sh: installing ${missing[*]} (Debian's packages)" >&2
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+# shellcheck source=scripts/lib/debian-packages.sh
+source scripts/lib/debian-packages.sh
+install_missing bench-peer.sh wrk:wrk node:nodejs npm:npm
 
 # The peer, from the committed lock file; reinstalled when the lock changes.
 peer_dir=${PRISM_BENCH_PEER_DIR:-/var/tmp/prism-peer-oidc-provider}

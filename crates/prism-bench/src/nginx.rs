@@ -25,13 +25,10 @@ const REQUIRED_SCOPE_HEADER: &str = "X-Prism-Required-Scope";
 /// The nginx binary: `nginx` on `PATH`, else where Debian's package puts it (`/usr/sbin`,
 /// which a non-root `PATH` often lacks).
 pub fn locate() -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-        .map(|dir| dir.join("nginx"));
-    on_path
-        .chain([PathBuf::from("/usr/sbin/nginx")])
-        .find(|candidate| candidate.is_file())
+    crate::server::on_path("nginx").or_else(|| {
+        let sbin = PathBuf::from("/usr/sbin/nginx");
+        sbin.is_file().then_some(sbin)
+    })
 }
 
 /// nginx's directory for a run whose prismd data directory is `work_dir`: beside it, not in

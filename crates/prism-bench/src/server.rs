@@ -17,6 +17,15 @@ pub fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// The first file called `name` in a directory of `PATH`.
+pub fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    })
+}
+
 pub fn locate_prismd() -> anyhow::Result<PathBuf> {
     let here = std::env::current_exe()?;
     let dir = here.parent().context("no directory for this binary")?;

@@ -65,11 +65,7 @@ pub struct WrkRun {
 }
 
 pub fn locate() -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("wrk"))
-            .find(|candidate| candidate.is_file())
-    })
+    crate::server::on_path("wrk")
 }
 
 /// Runs `bin` against `endpoint` with `requests`, `concurrency` connections over as many
